@@ -1,0 +1,83 @@
+"""The one interface every generator adapter implements.
+
+A backend turns one :class:`GenerationRequest` (one task) into its images. It
+receives its dependencies (settings, an ``httpx.AsyncClient``) when built and
+never blocks the event loop: blocking work runs in a thread, so the scheduler
+keeps renewing leases while a generation is in progress.
+
+Errors leave a backend only as :mod:`pixelkiln.exceptions` ``BackendError``
+subclasses; their ``retryable`` flag tells the scheduler whether to try again.
+
+A third-party backend is a factory registered under the entry-point group
+``pixelkiln.backends``::
+
+    [project.entry-points."pixelkiln.backends"]
+    mygen = "mypkg.kiln:create"        # create(settings, deps) -> Backend
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+
+from pixelkiln.config import BackendSettings
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything a backend needs to make the images of one task."""
+
+    task_id: int  #: database id, unique per task; backends may use it to tag requests
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    cfg_scale: float
+    sampler: str  #: "" = the backend's default
+    seed: int  #: image i uses seed + i, as the WebUI does
+    n: int  #: number of images wanted
+    model: str  #: "" = the backend's configured default
+    denoise: float  #: img2img strength, used only with an init image
+    init_image: bytes | None = None  #: encoded image (PNG/JPEG/...) for img2img
+    reference_images: tuple[bytes, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One image a backend produced."""
+
+    data: bytes  #: encoded image as the generator returned it (PNG, JPEG or WebP)
+    seed: int  #: the seed that made it, as reported by the generator when it says
+    info: dict[str, Any] = field(default_factory=dict)  #: generator-specific details
+
+
+@dataclass(frozen=True)
+class BackendDeps:
+    """What a backend is given when built; passed in, never imported as globals."""
+
+    http: httpx.AsyncClient
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A generator adapter. ``settings.name`` is how batches refer to it."""
+
+    settings: BackendSettings
+
+    async def generate(self, request: GenerationRequest) -> list[GeneratedImage]:
+        """Return the images of one task, or raise a BackendError."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the backend holds (the shared HTTP client is closed by its owner)."""
+        ...
+
+
+class BackendFactory(Protocol):
+    """Builds a backend from its settings and dependencies."""
+
+    def __call__(self, settings: BackendSettings, deps: BackendDeps) -> Backend: ...

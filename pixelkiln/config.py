@@ -1,0 +1,205 @@
+"""Settings: ``kiln.toml`` plus ``KILN_SECTION__KEY`` environment variables.
+
+Environment variables win over the file. Nothing here reads the environment at
+import time: call :func:`load_settings` (the CLI does, once) and pass the
+result down.
+
+>>> settings = load_settings(None)          # ./kiln.toml if present, else defaults
+>>> settings.scheduler.concurrency
+4
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pixelkiln.exceptions import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("kiln.toml")
+
+
+class StorageSettings(BaseModel):
+    """``[storage]``: where the database and the image files live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Field(
+        Path("kiln-data"),
+        description="Folder for images, logs, reports and the SQLite database.",
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the database; empty means SQLite at <data_dir>/kiln.db.",
+    )
+
+    def resolved_database_url(self) -> str:
+        """The URL to connect to, with the embedded default filled in."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'kiln.db').resolve()}"
+
+
+class BackendSettings(BaseModel):
+    """One ``[[backends]]`` entry: a named generator of some type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Name that batch files use in their `backend` parameter.")
+    type: str = Field(
+        description="Generator type: sdwebui, comfyui, openai, openrouter, diffusers, placeholder."
+    )
+    urls: list[str] = Field(
+        default_factory=list, description="Base URLs of the servers of this backend (a pool)."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="API key or `user:password`; never logged or returned."
+    )
+    model: str = Field("", description="Default model / checkpoint when a task names none.")
+    concurrency: int = Field(
+        1, ge=1, le=256, description="Requests in flight per URL (or in all, without URLs)."
+    )
+    rpm: int | None = Field(None, ge=1, description="Requests per minute allowed; none = no cap.")
+    timeout: float = Field(300.0, gt=0, description="Seconds one request may take.")
+    latency: float = Field(0.0, ge=0, description="placeholder only: seconds each request takes.")
+    fail_rate: float = Field(
+        0.0, ge=0, le=1, description="placeholder only: share of requests that fail."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Type-specific options (e.g. comfyui `workflow`)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_." for c in value):
+            raise ValueError("use letters, digits, '-', '_' or '.'")
+        return value
+
+    @property
+    def slots(self) -> int:
+        """Requests this backend may have in flight across all its servers."""
+        return self.concurrency * max(1, len(self.urls))
+
+
+class SchedulerSettings(BaseModel):
+    """``[scheduler]``: how tasks are claimed, limited and retried."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = Field(4, ge=1, le=1024, description="Tasks running at once, in all.")
+    max_attempts: int = Field(
+        3, ge=1, le=100, description="Tries per task (1 + retries) before it fails."
+    )
+    task_timeout: float = Field(600.0, gt=0, description="Seconds one try of a task may take.")
+    retry_base_delay: float = Field(
+        2.0, ge=0, description="Seconds before the first retry; doubles each retry, jittered."
+    )
+    retry_max_delay: float = Field(300.0, ge=0, description="Longest wait between retries.")
+    lease_seconds: float = Field(
+        30.0, gt=0, description="A claimed task returns to the queue if not renewed this long."
+    )
+    poll_interval: float = Field(
+        0.5, gt=0, description="Seconds between looks for new work when the queue is empty."
+    )
+
+
+class LogSettings(BaseModel):
+    """``[log]``: the log file written by each run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KILN_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    backends: list[BackendSettings] = Field(default_factory=list)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's contents arrive as init kwargs; the environment must win over them.
+        return (env_settings, init_settings)
+
+    @field_validator("backends")
+    @classmethod
+    def _unique_names(cls, value: list[BackendSettings]) -> list[BackendSettings]:
+        names = [b.name for b in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"backend names must be unique; repeated: {', '.join(duplicates)}")
+        return value
+
+    def effective_backends(self) -> list[BackendSettings]:
+        """The configured backends, or the offline ``placeholder`` when none is configured."""
+        if self.backends:
+            return self.backends
+        return [BackendSettings(name="placeholder", type="placeholder", concurrency=4)]
+
+    def default_backend(self) -> str:
+        """Name of the backend a task uses when it names none: the first configured."""
+        return self.effective_backends()[0].name
+
+
+def load_settings(path: Path | None, **overrides: Any) -> Settings:
+    """Read ``path`` (or ``./kiln.toml`` / ``$KILN_CONFIG`` when None), then the environment.
+
+    Raises :class:`ConfigError` with every invalid key named.
+    """
+    file = path
+    if file is None:
+        env_path = os.environ.get("KILN_CONFIG")
+        if env_path:
+            file = Path(env_path)
+        elif DEFAULT_CONFIG_FILE.is_file():
+            file = DEFAULT_CONFIG_FILE
+    data: dict[str, Any] = {}
+    if file is not None:
+        data = _read_toml(file)
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        where = f" in {file}" if file else ""
+        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(lines)) from exc
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    try:
+        with file.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {file}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc

@@ -1,0 +1,240 @@
+"""Connections, the schema, and the one writer.
+
+SQLite allows one writer at a time, so every write of this process funnels
+through a single thread holding a single connection (datasette's pattern).
+The thread takes whatever writes are waiting and commits them together
+("group commit"): under load, hundreds of task results cost one fsync. If
+one write of a group fails, the group is rolled back and each write re-run in
+its own transaction, so a bad write never takes good ones down with it.
+Reads use their own pooled connections and never wait for the writer (WAL).
+
+Write functions take a :class:`Tx` first; events they append are handed to
+``on_commit`` once their transaction is durable, which is how the in-process
+event bus learns of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import OperationalError
+
+from pixelkiln.exceptions import DatabaseError
+from pixelkiln.models import Event
+
+#: the newest migration; the schema is upgraded when the database is older
+SCHEMA_REVISION = "0001"
+MIGRATIONS = Path(__file__).parent / "migrations"
+MAX_GROUP = 512  # writes committed together at most
+SQLITE_BUSY_MS = 30_000
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass
+class Tx:
+    """One write: the connection, a clock read once, and the events appended."""
+
+    conn: Connection
+    now: float
+    dialect: str
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass
+class _Write:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    future: concurrent.futures.Future[Any]
+
+
+class Database:
+    """The database of one pixelkiln installation. Use :meth:`open`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self.dialect = "sqlite" if self.is_sqlite else "postgresql"
+        self.read_engine, self.write_engine = _engines(url)
+        self.on_commit: Callable[[list[Event]], None] | None = None
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def open(cls, url: str) -> Database:
+        """Connect, bring the schema up to date, and start the writer thread."""
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = cls(url)
+        try:
+            db._migrate()
+        except OperationalError as exc:
+            raise DatabaseError(f"cannot open the database: {exc.orig}") from exc
+        db._thread = threading.Thread(target=db._writer_loop, name="kiln-db-writer", daemon=True)
+        db._thread.start()
+        return db
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def write(self, fn: Callable[Concatenate[Tx, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(tx, ...)`` in the writer thread and wait for its committed result."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put(_Write(fn, args, kwargs, future))
+        return future.result()
+
+    async def awrite(
+        self, fn: Callable[Concatenate[Tx, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """:meth:`write` for async code: the event loop keeps running meanwhile."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put(_Write(fn, args, kwargs, future))
+        return await asyncio.wrap_future(future)
+
+    def _writer_loop(self) -> None:
+        with self.write_engine.connect() as conn:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                group = [item]
+                stop = False
+                while len(group) < MAX_GROUP:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    group.append(more)
+                self._commit_group(conn, group)
+                if stop:
+                    return
+
+    def _commit_group(self, conn: Connection, group: list[_Write]) -> None:
+        try:
+            txs, results = [], []
+            with conn.begin():
+                for item in group:
+                    tx = Tx(conn, time.time(), self.dialect)
+                    results.append(item.fn(tx, *item.args, **item.kwargs))
+                    txs.append(tx)
+        except BaseException:
+            if len(group) == 1:
+                self._commit_one(conn, group[0])
+                return
+            for item in group:  # find the bad one; the others commit on their own
+                self._commit_one(conn, item)
+            return
+        self._published([e for tx in txs for e in tx.events])
+        for item, result in zip(group, results):
+            item.future.set_result(result)
+
+    def _commit_one(self, conn: Connection, item: _Write) -> None:
+        try:
+            with conn.begin():
+                tx = Tx(conn, time.time(), self.dialect)
+                result = item.fn(tx, *item.args, **item.kwargs)
+        except OperationalError as exc:
+            item.future.set_exception(DatabaseError(f"database error: {exc.orig}"))
+            return
+        except BaseException as exc:
+            item.future.set_exception(exc)
+            return
+        self._published(tx.events)
+        item.future.set_result(result)
+
+    def _published(self, events: list[Event]) -> None:
+        if events and self.on_commit is not None:
+            self.on_commit(events)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def read(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(conn, ...)`` on a read connection (a consistent snapshot)."""
+        try:
+            with self.read_engine.connect() as conn, conn.begin():
+                return fn(conn, *args, **kwargs)
+        except OperationalError as exc:
+            raise DatabaseError(f"database error: {exc.orig}") from exc
+
+    async def aread(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """:meth:`read` in a worker thread."""
+        return await asyncio.to_thread(self.read, fn, *args, **kwargs)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Finish queued writes, stop the writer, release connections."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self.read_engine.dispose()
+        self.write_engine.dispose()
+
+    def _migrate(self) -> None:
+        with self.write_engine.connect() as conn, conn.begin():
+            if not self.is_sqlite:
+                # one migrator at a time across processes
+                conn.execute(text("SELECT pg_advisory_xact_lock(7477001)"))
+            if _schema_revision(conn) == SCHEMA_REVISION:
+                return
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+
+def _schema_revision(conn: Connection) -> str | None:
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+    return str(row[0]) if row else None
+
+
+def _engines(url: str) -> tuple[Engine, Engine]:
+    """(read engine, write engine); the same pooled engine on PostgreSQL."""
+    if not url.startswith("sqlite"):
+        engine = create_engine(url, pool_pre_ping=True)
+        return engine, engine
+    args = {"check_same_thread": False, "timeout": SQLITE_BUSY_MS / 1000}
+    read = create_engine(url, connect_args=args)
+    write = create_engine(url, connect_args=args, pool_size=1, max_overflow=0)
+    _sqlite_setup(read, begin="BEGIN")
+    _sqlite_setup(write, begin="BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
+    return read, write
+
+
+def _sqlite_setup(engine: Engine, begin: str) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+
+__all__ = ["SCHEMA_REVISION", "Database", "Tx"]

@@ -1,0 +1,133 @@
+"""SQLAlchemy table definitions: the single source of truth for the schema.
+
+Times are epoch seconds (``Float``): cheap to compare in the claim query and
+identical on SQLite and PostgreSQL. Migrations in ``migrations/versions``
+must produce exactly these tables (a test compares them).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("owner_id", Integer, nullable=True, index=True),
+    Column("name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("source", String(16), nullable=False),
+    Column("defaults", JSON, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("n_tasks", Integer, nullable=False, server_default="0"),
+    Column("n_pending", Integer, nullable=False, server_default="0"),
+    Column("n_running", Integer, nullable=False, server_default="0"),
+    Column("n_succeeded", Integer, nullable=False, server_default="0"),
+    Column("n_failed", Integer, nullable=False, server_default="0"),
+    Column("n_cancelled", Integer, nullable=False, server_default="0"),
+    Column("n_images", Integer, nullable=False, server_default="0"),
+    Column("scheduled_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Index(None, "status", "priority"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("backend", String(100), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("negative_prompt", Text, nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("inputs", JSON, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False),
+    Column("next_attempt_at", Float, nullable=False, server_default="0"),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("duration", Float, nullable=True),
+    Column("cost", Integer, nullable=False, server_default="0"),
+    UniqueConstraint("batch_id", "position"),
+    # claim: pending tasks of one batch in position order
+    Index(None, "batch_id", "status", "position"),
+    # lease recovery and renewal
+    Index(None, "status", "lease_expires_at"),
+)
+
+images = Table(
+    "images",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("task_id", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
+    Column("index", Integer, nullable=False),
+    Column("path", String(500), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("seed", Integer, nullable=False),
+    Column("thumbnail", String(500), nullable=True),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("task_id", "index"),
+    Index(None, "batch_id"),
+)
+
+assets = Table(
+    "assets",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("owner_id", Integer, nullable=True),
+    Column("path", String(500), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("mime", String(50), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index(None, "sha256"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", Integer, nullable=True),
+    Column("type", String(32), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index(None, "batch_id", "id"),
+)

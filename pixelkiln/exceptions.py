@@ -1,0 +1,109 @@
+"""pixelkiln's exception tree.
+
+Foreign errors (httpx, sqlite, Pillow, pydantic) are translated once, at the
+boundary where they enter our code, into one of these, with ``raise ... from``::
+
+    KilnError
+    ├── ConfigError              kiln.toml / KILN_* values that cannot work
+    ├── SpecError                bad batch input; carries every Problem found
+    ├── NotFoundError            a batch, task or image that does not exist (for this user)
+    ├── InvalidStateError        an action that the object's state forbids (retry a running batch)
+    ├── DatabaseError            the database is unreachable or stayed locked
+    └── BackendError             a generator failed one request
+        ├── RejectedInputError   the generator refused the request; retrying cannot help
+        ├── BackendUnavailableError  connection refused / reset, DNS, server marked down
+        ├── BackendTimeoutError  no answer within the request timeout
+        ├── RateLimitedError     429; ``retry_after`` seconds when the server said
+        └── ServerError          5xx or a malformed answer
+
+``BackendError.retryable`` says whether the scheduler may try the task again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class KilnError(Exception):
+    """Base of every error pixelkiln raises on purpose."""
+
+
+class ConfigError(KilnError):
+    """The configuration cannot work (unknown backend type, bad value)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with batch input, located as precisely as we can."""
+
+    #: file the problem is in ("" when the spec did not come from a file)
+    source: str
+    #: human location inside it: "task 3", "row 17"; "" for the whole file
+    where: str
+    #: parameter or column name; "" when not about one field
+    field: str
+    #: what is wrong, in words a user can act on
+    message: str
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.source, self.where) if p]
+        head = ", ".join(parts)
+        if self.field:
+            head = f"{head}, field '{self.field}'" if head else f"field '{self.field}'"
+        return f"{head}: {self.message}" if head else self.message
+
+
+class SpecError(KilnError):
+    """Batch input is invalid; ``problems`` lists every problem found, not only the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems[:5]))
+
+
+class NotFoundError(KilnError):
+    """The object does not exist, or belongs to someone else."""
+
+
+class InvalidStateError(KilnError):
+    """The action is not allowed in the object's current state."""
+
+
+class BackendError(KilnError):
+    """A generator failed one request."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, server: str = "") -> None:
+        self.server = server
+        super().__init__(message)
+
+
+class RejectedInputError(BackendError):
+    """The generator refused the request (bad parameters, moderation, 4xx): not retried."""
+
+    retryable = False
+
+
+class BackendUnavailableError(BackendError):
+    """The server could not be reached, or every server of the backend is down."""
+
+
+class BackendTimeoutError(BackendError):
+    """The server did not answer within the timeout."""
+
+
+class RateLimitedError(BackendError):
+    """The server answered 429; ``retry_after`` is its Retry-After in seconds, if any."""
+
+    def __init__(self, message: str, *, server: str = "", retry_after: float | None = None):
+        self.retry_after = retry_after
+        super().__init__(message, server=server)
+
+
+class ServerError(BackendError):
+    """The server failed (5xx) or answered something we cannot read."""
+
+
+class DatabaseError(KilnError):
+    """The database could not be reached or stayed locked past the busy timeout."""

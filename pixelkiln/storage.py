@@ -1,0 +1,166 @@
+"""Where image bytes live: a local folder, files named from ids, PNG metadata.
+
+Every path under the data folder is built here from ids and *sanitised*
+names; no user string reaches the filesystem as given. Files are written to a
+temporary name and renamed, so a crash never leaves half an image, and names
+are deterministic (batch, task position, image index), so re-running a task
+overwrites its files instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from pixelkiln import png
+from pixelkiln.exceptions import ServerError
+
+#: image formats accepted as uploads / init images, by Pillow format name
+INPUT_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
+MAX_INPUT_BYTES = 10 * 1024 * 1024
+MAX_INPUT_PIXELS = 40_000_000  # decompression-bomb guard: ~6300×6300
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str, fallback: str = "image", limit: int = 80) -> str:
+    """``text`` reduced to letters, digits, ``._-``; never empty, never ``..``-like."""
+    name = _UNSAFE.sub("_", text).strip("._-")[:limit].strip("._-")
+    return name or fallback
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image file as written: what the ``images`` row records."""
+
+    path: str  #: relative to the data folder, '/'-separated
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """A validated input image (init / reference) as read from a file or upload."""
+
+    data: bytes
+    format: str  #: Pillow's name: PNG, JPEG, GIF, WEBP
+    mime: str
+    width: int
+    height: int
+    sha256: str
+
+
+def infotext(
+    prompt: str, negative_prompt: str, settings: dict[str, object]
+) -> str:
+    """WebUI-style ``parameters`` text: prompt, ``Negative prompt:``, then ``Key: value, ...``."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{k}: {v}" for k, v in settings.items() if v not in ("", None)))
+    return "\n".join(lines)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR, without decoding it."""
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def to_png(data: bytes) -> bytes:
+    """Generator output as PNG bytes; JPEG/WebP are re-encoded, garbage is a ServerError."""
+    if png.is_png(data) and data[12:16] == b"IHDR":
+        return data
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            out = io.BytesIO()
+            image.convert("RGBA" if "A" in image.getbands() else "RGB").save(out, format="PNG")
+            return out.getvalue()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ServerError(f"generator returned data that is not an image ({exc})") from exc
+
+
+class Storage:
+    """The data folder: images, assets, logs and reports below one root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def image_path(self, batch_id: int, stem: str, position: int, index: int) -> str:
+        """Relative path of image ``index`` of the task at ``position`` in a batch."""
+        return f"images/{batch_id}/{safe_name(stem, 'task')}_{position:04d}_{index}.png"
+
+    def absolute(self, relative: str) -> Path:
+        """The file for a stored relative path; refuses anything that leaves the root."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"path escapes the data folder: {relative}")
+        return path
+
+    def write_image(self, relative: str, data: bytes, parameters: str) -> StoredImage:
+        """Write ``data`` as PNG with the ``parameters`` chunk, atomically; return its record."""
+        encoded = png.with_text(to_png(data), "parameters", parameters)
+        self._write_atomic(self.absolute(relative), encoded)
+        width, height = png_size(encoded)
+        digest = hashlib.sha256(encoded).hexdigest()
+        return StoredImage(relative, width, height, len(encoded), digest)
+
+    def write_asset(self, image: InputImage) -> str:
+        """Store an input image by content hash (so re-uploads share a file); relative path."""
+        ext = {"JPEG": "jpg"}.get(image.format, image.format.lower())
+        relative = f"assets/{image.sha256[:2]}/{image.sha256}.{ext}"
+        target = self.absolute(relative)
+        if not target.exists():
+            self._write_atomic(target, image.data)
+        return relative
+
+    def read(self, relative: str) -> bytes:
+        return self.absolute(relative).read_bytes()
+
+    def delete(self, relative: str) -> None:
+        self.absolute(relative).unlink(missing_ok=True)
+
+    @staticmethod
+    def _write_atomic(target: Path, data: bytes) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def read_input_image(
+    data: bytes, *, max_bytes: int = MAX_INPUT_BYTES, max_pixels: int = MAX_INPUT_PIXELS
+) -> InputImage:
+    """Validate an input image by its content (not its name); ValueError says what is wrong."""
+    if len(data) > max_bytes:
+        raise ValueError(f"image is {len(data):,} bytes; the limit is {max_bytes:,}")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt = image.format or ""
+            width, height = image.size
+            if fmt not in INPUT_FORMATS:
+                raise ValueError(f"unsupported image type {fmt or 'unknown'}; use PNG, JPEG, GIF or WebP")
+            if width * height > max_pixels:
+                raise ValueError(f"image is {width}×{height} pixels; the limit is {max_pixels:,} pixels")
+            image.load()  # catches truncated files
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"not a readable image ({exc})") from exc
+    except OSError as exc:
+        raise ValueError(f"damaged or truncated image ({exc})") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    return InputImage(data, fmt, INPUT_FORMATS[fmt], width, height, digest)
