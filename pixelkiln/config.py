@@ -60,6 +60,9 @@ class BackendSettings(BaseModel):
     api_key: SecretStr | None = Field(
         None, description="API key or `user:password`; never logged or returned."
     )
+    api_key_env: str = Field(
+        "", description="Name of an environment variable holding the API key (wins over api_key)."
+    )
     model: str = Field("", description="Default model / checkpoint when a task names none.")
     concurrency: int = Field(
         1, ge=1, le=256, description="Requests in flight per URL (or in all, without URLs)."
@@ -80,6 +83,17 @@ class BackendSettings(BaseModel):
         if not value or not all(c.isalnum() or c in "-_." for c in value):
             raise ValueError("use letters, digits, '-', '_' or '.'")
         return value
+
+    def secret(self) -> str:
+        """The API key (or ``user:password``): from ``api_key_env`` if set, else ``api_key``."""
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env, "")
+            if not value:
+                raise ConfigError(
+                    f"backend '{self.name}': environment variable {self.api_key_env} is not set"
+                )
+            return value
+        return self.api_key.get_secret_value() if self.api_key else ""
 
     @property
     def slots(self) -> int:

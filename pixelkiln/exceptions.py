@@ -12,6 +12,7 @@ boundary where they enter our code, into one of these, with ``raise ... from``::
     └── BackendError             a generator failed one request
         ├── RejectedInputError   the generator refused the request; retrying cannot help
         ├── BackendUnavailableError  connection refused / reset, DNS, server marked down
+        │   └── NoServerAvailableError  every server of the backend is down: wait, spend no attempt
         ├── BackendTimeoutError  no answer within the request timeout
         ├── RateLimitedError     429; ``retry_after`` seconds when the server said
         └── ServerError          5xx or a malformed answer
@@ -87,6 +88,10 @@ class RejectedInputError(BackendError):
 
 class BackendUnavailableError(BackendError):
     """The server could not be reached, or every server of the backend is down."""
+
+
+class NoServerAvailableError(BackendUnavailableError):
+    """Every server of the backend is down (circuit open): the task waits, no attempt is spent."""
 
 
 class BackendTimeoutError(BackendError):
