@@ -1,0 +1,186 @@
+"""Batch specs: validation located per task, defaults merged, values decided."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pixelkiln import params
+from pixelkiln.exceptions import Problem, SpecError
+from pixelkiln.specs import parse_batch, resolve_tasks
+
+
+def batch(*tasks: dict[str, Any], **defaults: Any) -> dict[str, Any]:
+    return {"name": "test", "defaults": defaults, "tasks": list(tasks)}
+
+
+def problems(exc: pytest.ExceptionInfo[SpecError]) -> list[tuple[str, str]]:
+    return [(p.where, p.field) for p in exc.value.problems]
+
+
+def test_defaults_are_merged_and_tasks_override_them() -> None:
+    spec = parse_batch(
+        batch({"prompt": "a"}, {"prompt": "b", "steps": 40, "n": 1}, n=2, steps=30, seed=7)
+    )
+    first, second = resolve_tasks(spec, default_backend="placeholder")
+    assert (first.n, first.steps, first.seed) == (2, 30, 7)
+    assert (second.n, second.steps, second.seed) == (1, 40, 7)
+
+
+def test_prompt_may_come_from_defaults() -> None:
+    spec = parse_batch(batch({"key": "one"}, prompt="shared"))
+    [task] = resolve_tasks(spec, default_backend="placeholder")
+    assert (task.prompt, task.key) == ("shared", "one")
+
+
+def test_unset_values_take_the_documented_defaults() -> None:
+    [task] = resolve_tasks(parse_batch(batch({"prompt": "a"})), default_backend="sd")
+    assert (task.backend, task.width, task.height, task.n) == ("sd", 1024, 1024, 1)
+    assert (task.steps, task.cfg_scale, task.denoise) == (
+        params.DEFAULT_STEPS,
+        params.DEFAULT_CFG_SCALE,
+        params.DEFAULT_DENOISE,
+    )
+    assert (task.key, task.position) == ("1", 1)
+
+
+def test_unknown_key_is_located_and_lists_known_keys() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_batch(batch({"prompt": "a"}, {"prompt": "b", "colour": "red"}), source="b.yaml")
+    [problem] = exc.value.problems
+    assert (problem.source, problem.where, problem.field) == ("b.yaml", "task 2", "colour")
+    assert "unknown key 'colour'" in problem.message
+    assert "negative_prompt" in problem.message
+
+
+def test_unknown_key_in_defaults_is_located_in_defaults() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_batch(batch({"prompt": "a"}, steep=3))
+    assert problems(exc) == [("defaults", "steep")]
+
+
+@pytest.mark.parametrize("n", [0, 11, -1])
+def test_n_outside_1_to_10_is_a_problem(n: int) -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_batch(batch({"prompt": "a"}, {"prompt": "b", "n": n}))
+    assert problems(exc) == [("task 2", "n")]
+
+
+@pytest.mark.parametrize("n", [1, 10])
+def test_n_at_the_limits_is_accepted(n: int) -> None:
+    [task] = resolve_tasks(parse_batch(batch({"prompt": "a", "n": n})), default_backend="p")
+    assert task.n == n
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    data = batch({"prompt": "a", "n": 0}, {"prompt": "b", "aspect_ratio": "5:4", "steps": 0})
+    with pytest.raises(SpecError) as exc:
+        parse_batch(data)
+    assert sorted(problems(exc)) == [
+        ("task 1", "n"),
+        ("task 2", "aspect_ratio"),
+        ("task 2", "steps"),
+    ]
+
+
+def test_missing_prompt_is_located() -> None:
+    spec = parse_batch(batch({"prompt": "a"}, {"key": "k"}))
+    with pytest.raises(SpecError) as exc:
+        resolve_tasks(spec, default_backend="placeholder", source="b.json")
+    assert exc.value.problems == [
+        Problem("b.json", "task 2", "prompt", "is required (in the task or in defaults)")
+    ]
+
+
+def test_where_names_tasks_as_the_caller_says() -> None:
+    spec = parse_batch(batch({"prompt": "a"}, {"key": "k"}))
+    with pytest.raises(SpecError) as exc:
+        resolve_tasks(spec, default_backend="p", where=lambda i: f"row {i + 2}")
+    assert problems(exc) == [("row 3", "prompt")]
+
+
+def test_random_seed_is_drawn_within_range() -> None:
+    tasks = [{"prompt": str(i)} for i in range(200)]
+    resolved = resolve_tasks(parse_batch(batch(*tasks, seed=-1)), default_backend="p")
+    seeds = [task.seed for task in resolved]
+    assert all(0 <= seed <= params.MAX_SEED for seed in seeds)
+    assert len(set(seeds)) > 190  # drawn per task, not once per batch
+
+
+def test_unset_seed_is_random_too() -> None:
+    [task] = resolve_tasks(parse_batch(batch({"prompt": "a"})), default_backend="p")
+    assert 0 <= task.seed <= params.MAX_SEED
+
+
+def test_random_seed_follows_the_given_rng() -> None:
+    spec = parse_batch(batch({"prompt": "a"}, {"prompt": "b", "seed": 5}, seed=-1))
+    one = resolve_tasks(spec, default_backend="p", rng=random.Random(3))
+    two = resolve_tasks(spec, default_backend="p", rng=random.Random(3))
+    assert [t.seed for t in one] == [t.seed for t in two]
+    assert one[1].seed == 5
+
+
+@pytest.mark.parametrize("seed", [-2, params.MAX_SEED + 1])
+def test_seed_out_of_range_is_a_problem(seed: int) -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_batch(batch({"prompt": "a", "seed": seed}))
+    assert problems(exc) == [("task 1", "seed")]
+
+
+def test_more_than_four_reference_images_is_a_problem() -> None:
+    refs = [f"r{i}.png" for i in range(params.MAX_REFERENCE_IMAGES + 1)]
+    with pytest.raises(SpecError) as exc:
+        parse_batch(batch({"prompt": "a", "reference_images": refs}))
+    assert problems(exc) == [("task 1", "reference_images")]
+
+
+def test_init_image_not_found_is_located(tmp_path: Path) -> None:
+    spec = parse_batch(batch({"prompt": "a", "init_image": "missing.png"}))
+    with pytest.raises(SpecError) as exc:
+        resolve_tasks(spec, default_backend="p", base_dir=tmp_path)
+    [problem] = exc.value.problems
+    assert (problem.where, problem.field) == ("task 1", "init_image")
+    assert problem.message == "file not found: missing.png"
+
+
+def test_input_images_resolve_against_base_dir(tmp_path: Path) -> None:
+    (tmp_path / "in.png").write_bytes(b"png")
+    (tmp_path / "ref.png").write_bytes(b"png")
+    data = {"prompt": "a", "init_image": "in.png", "reference_images": ["ref.png", "asset:9"]}
+    [task] = resolve_tasks(parse_batch(batch(data)), default_backend="p", base_dir=tmp_path)
+    assert task.init_image == str((tmp_path / "in.png").resolve())
+    assert task.reference_images == (str((tmp_path / "ref.png").resolve()), "asset:9")
+
+
+def test_missing_reference_image_is_located(tmp_path: Path) -> None:
+    spec = parse_batch(batch({"prompt": "a", "reference_images": ["nope.png"]}))
+    with pytest.raises(SpecError) as exc:
+        resolve_tasks(spec, default_backend="p", base_dir=tmp_path)
+    assert problems(exc) == [("task 1", "reference_images")]
+
+
+def test_unknown_backend_is_a_problem() -> None:
+    spec = parse_batch(batch({"prompt": "a"}, {"prompt": "b", "backend": "gpu"}))
+    with pytest.raises(SpecError) as exc:
+        resolve_tasks(spec, default_backend="sd", known_backends=["sd"])
+    assert problems(exc) == [("task 2", "backend")]
+
+
+def test_bad_size_is_a_problem_of_the_task() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_batch(batch({"prompt": "a", "width": 1001}))
+    assert problems(exc) == [("task 1", "width")]
+
+
+def test_a_batch_needs_tasks() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_batch({"name": "x", "tasks": []})
+    assert problems(exc) == [("", "tasks")]
+
+
+def test_a_batch_must_be_a_mapping() -> None:
+    with pytest.raises(SpecError, match="mapping"):
+        parse_batch([{"prompt": "a"}], source="b.json")
