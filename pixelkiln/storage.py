@@ -14,7 +14,7 @@ import io
 import os
 import re
 import struct
-import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +95,8 @@ class Storage:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        self._prefix = str(self.root) + os.sep
+        self._made: set[str] = set()  # folders known to exist
 
     def image_path(self, batch_id: int, stem: str, position: int, index: int) -> str:
         """Relative path of image ``index`` of the task at ``position`` in a batch."""
@@ -102,10 +104,12 @@ class Storage:
 
     def absolute(self, relative: str) -> Path:
         """The file for a stored relative path; refuses anything that leaves the root."""
-        path = (self.root / relative).resolve()
-        if not path.is_relative_to(self.root):
+        # normpath, not resolve(): no filesystem calls on the hot path, and the
+        # folders below the root are ours (no user-made symlinks to follow)
+        path = os.path.normpath(os.path.join(self.root, relative))
+        if not path.startswith(self._prefix):
             raise ValueError(f"path escapes the data folder: {relative}")
-        return path
+        return Path(path)
 
     def write_image(self, relative: str, data: bytes, parameters: str) -> StoredImage:
         """Write ``data`` as PNG with the ``parameters`` chunk, atomically; return its record."""
@@ -130,12 +134,15 @@ class Storage:
     def delete(self, relative: str) -> None:
         self.absolute(relative).unlink(missing_ok=True)
 
-    @staticmethod
-    def _write_atomic(target: Path, data: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    def _write_atomic(self, target: Path, data: bytes) -> None:
+        folder = str(target.parent)
+        if folder not in self._made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(folder)
+        # unique per process and thread, so concurrent writers never share a temp file
+        tmp = f"{folder}/.{target.name}.{os.getpid()}-{threading.get_ident()}.tmp"
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with open(tmp, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, target)
         except BaseException:

@@ -6,11 +6,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, or_, select, update
 
 from pixelkiln.db.database import Tx
 from pixelkiln.db.events import append_event
-from pixelkiln.db.tables import batches, images, tasks
+from pixelkiln.db.tables import assets, batches, images, tasks
 from pixelkiln.exceptions import InvalidStateError, NotFoundError
 from pixelkiln.models import Batch, BatchCounts, BatchStatus, EventType, TaskStatus
 from pixelkiln.specs import ResolvedTask
@@ -29,6 +29,8 @@ class NewBatch:
     tasks: Sequence[ResolvedTask]
     #: per task: {"init_image": asset path, "reference_images": [paths]}
     inputs: Sequence[dict[str, Any]] = ()
+    #: input images stored for this batch: path, sha256, mime, width, height, bytes
+    assets: Sequence[dict[str, Any]] = ()
     priority: int = 0
     defaults: dict[str, Any] = field(default_factory=dict)
     owner_id: int | None = None
@@ -58,11 +60,25 @@ def create_batch(tx: Tx, new: NewBatch) -> int:
     ]
     for start in range(0, len(rows), 5000):
         tx.conn.execute(insert(tasks), rows[start : start + 5000])
+    _record_assets(tx, new.owner_id, new.assets)
     append_event(
         tx, batch_id, EventType.BATCH_UPDATE,
         {"status": BatchStatus.QUEUED, "name": new.name, "total": len(new.tasks)},
     )
     return batch_id
+
+
+def _record_assets(tx: Tx, owner_id: int | None, records: Sequence[dict[str, Any]]) -> None:
+    """Remember input images once per owner and content."""
+    for record in records:
+        known = tx.conn.execute(
+            select(assets.c.id).where(
+                assets.c.sha256 == record["sha256"], assets.c.owner_id.is_(owner_id)
+                if owner_id is None else assets.c.owner_id == owner_id,
+            )
+        ).first()
+        if known is None:
+            tx.conn.execute(insert(assets).values(owner_id=owner_id, created_at=tx.now, **record))
 
 
 def _batch(row: Row[Any]) -> Batch:
@@ -121,20 +137,30 @@ def list_batches(
     return [_batch(row) for row in conn.execute(query)]
 
 
-def runnable_batch_ids(conn: Connection, now: float, only: Iterable[int] | None = None) -> list[int]:
-    """Batches that may start tasks now, by priority then age."""
+def _runnable_statement(filtered: bool) -> Any:
     query = (
         select(batches.c.id)
         .where(
             batches.c.status.in_([str(s) for s in ACTIVE]),
             batches.c.n_pending > 0,
-            or_(batches.c.scheduled_at.is_(None), batches.c.scheduled_at <= now),
+            or_(batches.c.scheduled_at.is_(None), batches.c.scheduled_at <= bindparam("r_now")),
         )
         .order_by(batches.c.priority.desc(), batches.c.id)
     )
-    if only is not None:
-        query = query.where(batches.c.id.in_(list(only)))
-    return list(conn.execute(query).scalars())
+    if filtered:
+        query = query.where(batches.c.id.in_(bindparam("r_only", expanding=True)))
+    return query
+
+
+_RUNNABLE = _runnable_statement(filtered=False)
+_RUNNABLE_ONLY = _runnable_statement(filtered=True)
+
+
+def runnable_batch_ids(conn: Connection, now: float, only: Iterable[int] | None = None) -> list[int]:
+    """Batches that may start tasks now, by priority then age."""
+    if only is None:
+        return list(conn.execute(_RUNNABLE, {"r_now": now}).scalars())
+    return list(conn.execute(_RUNNABLE_ONLY, {"r_now": now, "r_only": list(only)}).scalars())
 
 
 def unfinished_batch_ids(conn: Connection, statuses: Iterable[BatchStatus] = ACTIVE) -> list[int]:
@@ -199,14 +225,18 @@ def _set_final(tx: Tx, batch: Batch, status: BatchStatus) -> None:
     append_event(tx, batch.id, EventType.DONE, {"summary": summary(final)})
 
 
+_MARK_STARTED = (
+    update(batches)
+    .where(batches.c.id == bindparam("m_batch"), batches.c.status == str(BatchStatus.QUEUED))
+    .values(status=str(BatchStatus.RUNNING),
+            started_at=func.coalesce(batches.c.started_at, bindparam("m_now")))
+)
+
+
 def mark_started(tx: Tx, batch_ids: Iterable[int]) -> None:
     """queued → running for batches whose first task was just claimed."""
     for batch_id in set(batch_ids):
-        changed = tx.conn.execute(
-            update(batches)
-            .where(batches.c.id == batch_id, batches.c.status == BatchStatus.QUEUED)
-            .values(status=BatchStatus.RUNNING, started_at=func.coalesce(batches.c.started_at, tx.now))
-        ).rowcount
+        changed = tx.conn.execute(_MARK_STARTED, {"m_batch": batch_id, "m_now": tx.now}).rowcount
         if changed:
             append_event(tx, batch_id, EventType.BATCH_UPDATE, {"status": BatchStatus.RUNNING})
 

@@ -14,6 +14,9 @@ from pixelkiln.models import Event, EventType
 PendingEvent = tuple[int, int | None, EventType, dict[str, Any]]
 
 
+_INSERT = insert(events).returning(events.c.id, sort_by_parameter_order=True)
+
+
 def append_events(tx: Tx, pending: list[PendingEvent]) -> list[Event]:
     """Insert events in order; they are published to live subscribers after commit."""
     if not pending:
@@ -22,9 +25,7 @@ def append_events(tx: Tx, pending: list[PendingEvent]) -> list[Event]:
         {"batch_id": b, "task_id": t, "type": str(kind), "data": data, "created_at": tx.now}
         for b, t, kind, data in pending
     ]
-    ids = tx.conn.execute(
-        insert(events).returning(events.c.id, sort_by_parameter_order=True), rows
-    ).scalars().all()
+    ids = tx.conn.execute(_INSERT, rows).scalars().all()
     appended = [
         Event(id, b, t, kind, data, tx.now) for id, (b, t, kind, data) in zip(ids, pending)
     ]

@@ -7,6 +7,7 @@ lease (it was presumed dead, or the batch was cancelled) changes nothing.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class TaskFailure:
     retry_at: float | None
     duration: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+    spend_attempt: bool = True  #: False when the task only waited (every server down)
 
 
 _CLAIM_COLUMNS = (
@@ -84,73 +86,109 @@ def claim_tasks(
     """
     claimed: list[ClaimedTask] = []
     batch_ids = runnable_batch_ids(tx.conn, tx.now, only_batches)
+    statement = _CLAIM_PG if tx.dialect == "postgresql" else _CLAIM
     for backend, want in wants.items():
         for batch_id in batch_ids:
             if want <= 0:
                 break
-            pick = (
-                select(tasks.c.id)
-                .where(
-                    tasks.c.batch_id == batch_id,
-                    tasks.c.status == TaskStatus.PENDING,
-                    tasks.c.backend == backend,
-                    tasks.c.next_attempt_at <= tx.now,
-                )
-                .order_by(tasks.c.position)
-                .limit(want)
-            )
-            if tx.dialect == "postgresql":
-                pick = pick.with_for_update(skip_locked=True)
-            rows = tx.conn.execute(
-                update(tasks)
-                .where(tasks.c.id.in_(pick.scalar_subquery()))
-                .values(
-                    status=TaskStatus.RUNNING, lease_owner=owner,
-                    lease_expires_at=tx.now + lease_seconds,
-                    attempts=tasks.c.attempts + 1, started_at=tx.now,
-                )
-                .returning(*_CLAIM_COLUMNS)
-            ).all()
+            rows = tx.conn.execute(statement, {
+                "c_batch": batch_id, "c_backend": backend, "c_now": tx.now, "c_limit": want,
+                "c_owner": owner, "c_expires": tx.now + lease_seconds,
+            }).all()
             want -= len(rows)
             claimed.extend(ClaimedTask(*row) for row in rows)
     _shift_counts(tx, Counter(t.batch_id for t in claimed), "n_pending", "n_running")
-    mark_started(tx, {t.batch_id for t in claimed})
+    if claimed:
+        mark_started(tx, {t.batch_id for t in claimed})
     claimed.sort(key=lambda t: (batch_ids.index(t.batch_id), t.position))
     return claimed
 
 
+def _claim_statement(skip_locked: bool) -> Any:
+    """Built once: constructing SQLAlchemy statements per call costs more than running them."""
+    pick = (
+        select(tasks.c.id)
+        .where(
+            tasks.c.batch_id == bindparam("c_batch"),
+            tasks.c.status == str(TaskStatus.PENDING),
+            tasks.c.backend == bindparam("c_backend"),
+            tasks.c.next_attempt_at <= bindparam("c_now"),
+        )
+        .order_by(tasks.c.position)
+        .limit(bindparam("c_limit"))
+    )
+    if skip_locked:
+        pick = pick.with_for_update(skip_locked=True)
+    return (
+        update(tasks)
+        .where(tasks.c.id.in_(pick.scalar_subquery()))
+        .values(
+            status=str(TaskStatus.RUNNING), lease_owner=bindparam("c_owner"),
+            lease_expires_at=bindparam("c_expires"), attempts=tasks.c.attempts + 1,
+            started_at=bindparam("c_now"),
+        )
+        .returning(*_CLAIM_COLUMNS)
+    )
+
+
+_CLAIM = _claim_statement(skip_locked=False)
+_CLAIM_PG = _claim_statement(skip_locked=True)
+
+
+@functools.cache
+def _shift_statement(source: str, target: str) -> Any:
+    return (
+        update(batches)
+        .where(batches.c.id == bindparam("s_batch"))
+        .values({source: batches.c[source] - bindparam("s_k"),
+                 target: batches.c[target] + bindparam("s_k")})
+    )
+
+
 def _shift_counts(tx: Tx, per_batch: Counter[int], source: str, target: str) -> None:
     for batch_id, k in per_batch.items():
-        tx.conn.execute(
-            update(batches)
-            .where(batches.c.id == batch_id)
-            .values({source: batches.c[source] - k, target: batches.c[target] + k})
-        )
+        tx.conn.execute(_shift_statement(source, target), {"s_batch": batch_id, "s_k": k})
+
+
+_HELD = select(tasks.c.id).where(
+    tasks.c.id.in_(bindparam("h_ids", expanding=True)),
+    tasks.c.status == RUNNING,
+    tasks.c.lease_owner == bindparam("h_owner"),
+)
 
 
 def _held(tx: Tx, owner: str, task_ids: Iterable[int]) -> set[int]:
     """Which of ``task_ids`` are still running under ``owner``'s lease."""
-    return set(
-        tx.conn.execute(
-            select(tasks.c.id).where(
-                tasks.c.id.in_(list(task_ids)),
-                tasks.c.status == RUNNING,
-                tasks.c.lease_owner == owner,
-            )
-        ).scalars()
-    )
+    return set(tx.conn.execute(_HELD, {"h_ids": list(task_ids), "h_owner": owner}).scalars())
 
 
-def renew_leases(tx: Tx, owner: str, until: float) -> set[int]:
-    """Extend every lease ``owner`` holds; returns the ids it still holds."""
-    return set(
-        tx.conn.execute(
-            update(tasks)
-            .where(tasks.c.lease_owner == owner, tasks.c.status == RUNNING)
-            .values(lease_expires_at=until)
-            .returning(tasks.c.id)
-        ).scalars()
-    )
+def renew_leases(tx: Tx, owner: str, task_ids: Sequence[int], until: float) -> set[int]:
+    """Extend ``owner``'s leases on ``task_ids``; returns the ids it still holds.
+
+    A task missing from the answer was taken away (its batch cancelled, or the
+    lease presumed dead and recovered): its runner must stop working on it.
+    """
+    if not task_ids:
+        return set()
+    params = {"r_ids": list(task_ids), "r_owner": owner, "r_until": until}
+    return set(tx.conn.execute(_RENEW, params).scalars())
+
+
+_RENEW = (
+    update(tasks)
+    .where(tasks.c.id.in_(bindparam("r_ids", expanding=True)),
+           tasks.c.lease_owner == bindparam("r_owner"), tasks.c.status == RUNNING)
+    .values(lease_expires_at=bindparam("r_until"))
+    .returning(tasks.c.id)
+)
+
+
+def record_outcomes(
+    tx: Tx, owner: str, results: Sequence[TaskResult], failures: Sequence[TaskFailure]
+) -> set[int]:
+    """Record a group of finished tries in one transaction; returns the ids accepted."""
+    accepted = complete_tasks(tx, owner, results) if results else set()
+    return accepted | (fail_tasks(tx, owner, failures) if failures else set())
 
 
 def complete_tasks(tx: Tx, owner: str, results: Sequence[TaskResult]) -> set[int]:
@@ -163,16 +201,10 @@ def complete_tasks(tx: Tx, owner: str, results: Sequence[TaskResult]) -> set[int
     if not done:
         return set()
     tx.conn.execute(
-        update(tasks)
-        .where(tasks.c.id == bindparam("t_id"))
-        .values(
-            status=TaskStatus.SUCCEEDED, finished_at=tx.now, duration=bindparam("t_duration"),
-            lease_owner=None, lease_expires_at=None, last_error=None,
-        ),
-        [{"t_id": r.task.id, "t_duration": r.duration} for r in done],
+        _SUCCEED, [{"t_id": r.task.id, "t_duration": r.duration, "t_now": tx.now} for r in done]
     )
     # a re-run after a crash overwrote the same files; never keep two rows for them
-    tx.conn.execute(delete(images).where(images.c.task_id.in_([r.task.id for r in done])))
+    tx.conn.execute(_DROP_IMAGES, {"d_ids": [r.task.id for r in done]})
     image_rows = [
         {
             "task_id": r.task.id, "batch_id": r.task.batch_id, "index": i, "path": img.path,
@@ -183,11 +215,7 @@ def complete_tasks(tx: Tx, owner: str, results: Sequence[TaskResult]) -> set[int
         for i, (img, seed) in enumerate(r.images)
     ]
     image_ids = iter(
-        tx.conn.execute(
-            insert(images).returning(images.c.id, sort_by_parameter_order=True), image_rows
-        ).scalars().all()
-        if image_rows
-        else []
+        tx.conn.execute(_INSERT_IMAGES, image_rows).scalars().all() if image_rows else []
     )
     events: list[PendingEvent] = []
     for r in done:
@@ -210,22 +238,50 @@ def complete_tasks(tx: Tx, owner: str, results: Sequence[TaskResult]) -> set[int
     return {r.task.id for r in done}
 
 
+_SUCCEED = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("t_id"))
+    .values(
+        status=str(TaskStatus.SUCCEEDED), finished_at=bindparam("t_now"),
+        duration=bindparam("t_duration"), lease_owner=None, lease_expires_at=None,
+        last_error=None,
+    )
+)
+_DROP_IMAGES = delete(images).where(images.c.task_id.in_(bindparam("d_ids", expanding=True)))
+_INSERT_IMAGES = insert(images).returning(images.c.id, sort_by_parameter_order=True)
+
+
+@functools.cache
+def _advance_statement(target: str, with_images: bool) -> Any:
+    values: dict[str, Any] = {
+        "n_running": batches.c.n_running - bindparam("a_k"),
+        target: batches.c[target] + bindparam("a_k"),
+    }
+    if with_images:
+        values["n_images"] = batches.c.n_images + bindparam("a_images")
+    return (
+        update(batches)
+        .where(batches.c.id == bindparam("a_batch"))
+        .values(values)
+        .returning(
+            batches.c.n_tasks,
+            batches.c.n_succeeded + batches.c.n_failed + batches.c.n_cancelled,
+            batches.c.n_pending + batches.c.n_running,
+        )
+    )
+
+
 def _advance(
     tx: Tx, per_batch: Counter[int], target: str, n_images: Counter[int] | None = None
 ) -> dict[int, list[int]]:
     """Move tasks running → ``target``; returns {batch: [done before, total, open after]}."""
     state: dict[int, list[int]] = {}
+    statement = _advance_statement(target, n_images is not None)
     for batch_id, k in per_batch.items():
-        values: dict[str, Any] = {"n_running": batches.c.n_running - k,
-                                  target: batches.c[target] + k}
-        if n_images:
-            values["n_images"] = batches.c.n_images + n_images[batch_id]
-        row = tx.conn.execute(
-            update(batches).where(batches.c.id == batch_id).values(values).returning(
-                batches.c.n_tasks, batches.c.n_succeeded + batches.c.n_failed
-                + batches.c.n_cancelled, batches.c.n_pending + batches.c.n_running,
-            )
-        ).one()
+        params = {"a_batch": batch_id, "a_k": k}
+        if n_images is not None:
+            params["a_images"] = n_images[batch_id]
+        row = tx.conn.execute(statement, params).one()
         state[batch_id] = [row[1] - k, row[0], row[2]]
     return state
 
@@ -256,6 +312,7 @@ def fail_tasks(tx: Tx, owner: str, failures: Sequence[TaskFailure]) -> set[int]:
             update(tasks).where(tasks.c.id == f.task.id).values(
                 status=TaskStatus.PENDING, next_attempt_at=f.retry_at, last_error=f.error,
                 lease_owner=None, lease_expires_at=None, duration=f.duration,
+                attempts=tasks.c.attempts - (0 if f.spend_attempt else 1),
             )
         )
     for f in final:
@@ -273,6 +330,7 @@ def fail_tasks(tx: Tx, owner: str, failures: Sequence[TaskFailure]) -> set[int]:
             "retry_in": round(max(0.0, (f.retry_at or tx.now) - tx.now), 3), **f.details,
         })
         for f in retry
+        if f.spend_attempt  # waits for a down backend are reported once, by the scheduler
     ]
     progress = _advance(tx, Counter(f.task.batch_id for f in final), "n_failed")
     for f in final:

@@ -1,0 +1,41 @@
+"""When to try a failed task again, and how long to wait first."""
+
+from __future__ import annotations
+
+import random
+
+from pixelkiln.exceptions import BackendError, NoServerAvailableError, RateLimitedError
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: ``base * 2**(attempt-1)``, capped, times 0.5–1.0.
+
+    The jitter spreads retries of tasks that failed together (a server restart)
+    so they do not hit the server again in one burst.
+    """
+    delay = min(cap, base * 2 ** max(0, attempt - 1))
+    return delay * rng.uniform(0.5, 1.0)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line message for a failure, with the backend's own words."""
+    if isinstance(exc, BackendError):
+        return str(exc) or type(exc).__name__
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Backend errors say so themselves; an unexpected exception is retried (it may be transient)."""
+    return exc.retryable if isinstance(exc, BackendError) else True
+
+
+def spends_attempt(exc: BaseException) -> bool:
+    """Waiting for a backend whose every server is down is not the task's fault."""
+    return not isinstance(exc, NoServerAvailableError)
+
+
+def minimum_delay(exc: BaseException) -> float:
+    """What the server asked us to wait (Retry-After), if anything."""
+    if isinstance(exc, RateLimitedError) and exc.retry_after:
+        return exc.retry_after
+    return 0.0
