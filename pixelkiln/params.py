@@ -15,7 +15,8 @@ both sides and ``4k`` quadruples them::
     9:16    768×1344     1536×2688    3072×5376
 
 An explicit ``width`` and ``height`` always win. With only one of them, the
-other follows from the aspect ratio (1:1 when none), rounded to a multiple of 8.
+other follows from the exact aspect ratio (1:1 when none), rounded to a
+multiple of 8: 16:9 at width 512 gives 512×288.
 With neither and no resolution, the size is 1024×1024 scaled to the ratio (1k).
 
 >>> resolve_size("16:9", "2K", None, None)
@@ -89,11 +90,12 @@ def resolve_size(
     """Width and height in pixels for the given parameters (see the module docstring)."""
     ratio = normalize_aspect_ratio(aspect_ratio) if aspect_ratio else "1:1"
     base_w, base_h = ASPECT_RATIOS[ratio]
+    ratio_w, ratio_h = (int(part) for part in ratio.split(":"))
     if width is not None and height is not None:
         return check_side(width), check_side(height)
     if width is not None:
-        return check_side(width), _round_side(width * base_h / base_w)
+        return check_side(width), _round_side(width * ratio_h / ratio_w)
     if height is not None:
-        return _round_side(height * base_w / base_h), check_side(height)
+        return _round_side(height * ratio_w / ratio_h), check_side(height)
     scale = RESOLUTIONS[normalize_resolution(resolution)] if resolution else 1
     return base_w * scale, base_h * scale

@@ -35,7 +35,8 @@ PARAM_NAMES = (
 class Params(BaseModel):
     """Generation parameters; every one optional so defaults and overrides share a shape."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # `key: 17` or `filename_prefix: 2024` in YAML/JSON arrive as numbers
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
 
     backend: str | None = None  #: name of a configured backend
     model: str | None = None  #: model / checkpoint; the backend's default when None
@@ -140,7 +141,8 @@ def problems_from_validation(
 
 def _message(error: Any, name: str) -> str:
     if error["type"] == "extra_forbidden":
-        return f"unknown key '{name}'; known keys are: {', '.join(PARAM_NAMES)}"
+        known = ", ".join([*PARAM_NAMES, "key"])
+        return f"unknown key '{name}'; known keys are: {known}"
     if error["type"] == "missing":
         return "is required"
     message = str(error["msg"])
@@ -221,7 +223,7 @@ def _resolve_one(
             merged.get("width"), merged.get("height"),
         )
     except ValueError as exc:
-        raise _TaskProblem("width", str(exc)) from exc
+        raise _TaskProblem("aspect_ratio", str(exc)) from exc
     seed = merged.get("seed", params.RANDOM_SEED)
     if seed == params.RANDOM_SEED:
         seed = rng.randrange(0, params.MAX_SEED)

@@ -48,10 +48,10 @@ def test_explicit_size_wins_over_ratio_and_resolution() -> None:
     ("ratio", "width", "height", "expected"),
     [
         ("3:2", 768, None, (768, 512)),
-        ("16:9", None, 768, (1344, 768)),
+        ("16:9", None, 768, (1368, 768)),  # exact 16:9, not the 1k table's 1344
         (None, 512, None, (512, 512)),  # no ratio means 1:1
         (None, None, 320, (320, 320)),
-        ("9:16", 576, None, (576, 1008)),
+        ("9:16", 576, None, (576, 1024)),
     ],
 )
 def test_one_side_gives_the_other_from_the_ratio(
@@ -71,8 +71,8 @@ def test_derived_side_is_a_multiple_of_8(ratio: str, side: int) -> None:
 
 
 def test_derived_side_is_rounded_to_the_nearest_multiple() -> None:
-    # 1000 * 768 / 1344 = 571.4 → 568, the nearest multiple of 8
-    assert resolve_size("16:9", None, 1000, None) == (1000, 568)
+    # 1000 * 9 / 16 = 562.5 → 560, the nearest multiple of 8
+    assert resolve_size("16:9", None, 1000, None) == (1000, 560)
 
 
 def test_derived_side_is_clamped_to_the_bounds() -> None:
