@@ -139,6 +139,69 @@ class LogSettings(BaseModel):
         return value
 
 
+class AuthSettings(BaseModel):
+    """``[auth]``: who may use the HTTP API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        False,
+        description="Require a bearer token on every endpoint but /healthz. When false, "
+        "`kiln serve` binds to loopback only.",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Fernet key that encrypts users' provider keys; empty = one generated "
+        "into <data_dir>/secret.key on first use.",
+    )
+
+
+class CreditsSettings(BaseModel):
+    """``[credits]``: what a generated image costs a user of the API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        False, description="Charge credits for batches created through the API by a user."
+    )
+    per_image: int = Field(1, ge=0, description="Credits one image costs on the system's key.")
+    backends: dict[str, int] = Field(
+        default_factory=dict, description="Per-backend price per image, overriding per_image."
+    )
+
+    def price(self, backend: str) -> int:
+        """Credits one image on ``backend`` costs (on the system's key)."""
+        return self.backends.get(backend, self.per_image)
+
+
+class ServerSettings(BaseModel):
+    """``[server]``: `kiln serve` and the HTTP API's limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address `kiln serve` binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `kiln serve` listens on.")
+    max_request_bytes: int = Field(
+        560 * 1024 * 1024, ge=1024, description="Largest request body accepted (HTTP 413 above)."
+    )
+    max_upload_files: int = Field(50, ge=1, description="Images one upload may carry.")
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest uploaded image, in bytes."
+    )
+    max_upload_pixels: int = Field(
+        40_000_000, ge=1, description="Largest uploaded image, in pixels (decompression bombs)."
+    )
+    max_concurrency: int = Field(
+        10, ge=1, le=1024, description="Highest global concurrency an admin may set at run time."
+    )
+    heartbeat_seconds: float = Field(
+        15.0, gt=0, description="Seconds between SSE heartbeat comments on a quiet stream."
+    )
+    max_wait_seconds: float = Field(
+        600.0, gt=0, description="Longest `?wait=true` a create request may wait for its batch."
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable. Build it with :func:`load_settings`."""
 
@@ -150,6 +213,9 @@ class Settings(BaseSettings):
     backends: list[BackendSettings] = Field(default_factory=list)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    credits: CreditsSettings = Field(default_factory=CreditsSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
     @classmethod
     def settings_customise_sources(
