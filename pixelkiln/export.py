@@ -1,0 +1,52 @@
+"""Copy a batch's images out of the data folder: to a folder or a ZIP, with a manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from pixelkiln.db.database import Database
+from pixelkiln.db.tasks import images_by_task, list_tasks
+from pixelkiln.storage import Storage
+
+
+def manifest(db: Database, batch_id: int) -> list[dict[str, Any]]:
+    """One entry per image: file name, task key and position, prompt, seed, size, sha256."""
+    tasks = {t.id: t for t in db.read(list_tasks, batch_id)}
+    entries = []
+    for task_id, images in db.read(images_by_task, batch_id).items():
+        task = tasks[task_id]
+        for image in images:
+            entries.append({
+                "file": Path(image.path).name, "key": task.key, "position": task.position,
+                "index": image.index, "prompt": task.prompt,
+                "negative_prompt": task.negative_prompt, "seed": image.seed,
+                "width": image.width, "height": image.height, "sha256": image.sha256,
+                "backend": task.backend, "model": task.params.get("model", ""),
+            })
+    return sorted(entries, key=lambda e: (e["position"], e["index"]))
+
+
+def export_batch(db: Database, data_dir: Path, batch_id: int, target: Path) -> int:
+    """Write images + manifest.json to ``target`` (a folder, or a .zip file); returns the count."""
+    storage = Storage(data_dir)
+    entries = manifest(db, batch_id)
+    by_name = {Path(i.path).name: i.path for imgs in db.read(images_by_task, batch_id).values()
+               for i in imgs}
+    if target.suffix.lower() == ".zip":
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
+            for entry in entries:  # PNGs are compressed already
+                archive.write(storage.absolute(by_name[entry["file"]]), entry["file"])
+            archive.writestr("manifest.json", json.dumps(entries, indent=2, ensure_ascii=False))
+        return len(entries)
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        shutil.copyfile(storage.absolute(by_name[entry["file"]]), target / entry["file"])
+    (target / "manifest.json").write_text(
+        json.dumps(entries, indent=2, ensure_ascii=False), encoding="utf-8"
+    )
+    return len(entries)

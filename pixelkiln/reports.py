@@ -1,0 +1,95 @@
+"""Reports of a batch: the facts as a dict (JSON), and as text for a terminal or a log.
+
+>>> report = build_report(db, batch_id)          # doctest: +SKIP
+>>> print(render_text(report))                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from pixelkiln.db.batches import get_batch
+from pixelkiln.db.tasks import list_tasks
+from pixelkiln.models import Batch, TaskStatus
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+
+
+def eta_seconds(batch: Batch, now: float | None = None) -> float | None:
+    """Remaining seconds at the rate tasks have finished so far; None when unknown."""
+    c = batch.counts
+    if batch.status.finished or not batch.started_at or not c.done:
+        return 0.0 if batch.status.finished else None
+    elapsed = (now or time.time()) - batch.started_at
+    return (c.total - c.done) * elapsed / c.done
+
+
+def build_report(conn: Connection, batch_id: int) -> dict[str, Any]:
+    """Everything a report shows: time range, totals, rates, per-backend figures, failures."""
+    batch = get_batch(conn, batch_id)
+    tasks = list_tasks(conn, batch_id)
+    c = batch.counts
+    end = batch.finished_at or time.time()
+    elapsed = end - batch.started_at if batch.started_at else 0.0
+    durations = [t.duration for t in tasks if t.status == TaskStatus.SUCCEEDED and t.duration]
+    backends = Counter(t.backend for t in tasks)
+    ok_by_backend = Counter(t.backend for t in tasks if t.status == TaskStatus.SUCCEEDED)
+    return {
+        "batch": {"id": batch.id, "name": batch.name, "status": str(batch.status),
+                  "source": batch.source, "priority": batch.priority},
+        "time": {"created": _iso(batch.created_at), "started": _iso(batch.started_at),
+                 "finished": _iso(batch.finished_at), "elapsed_seconds": round(elapsed, 3)},
+        "totals": {"tasks": c.total, "succeeded": c.succeeded, "failed": c.failed,
+                   "cancelled": c.cancelled, "pending": c.pending, "running": c.running,
+                   "images": c.images},
+        "success_rate": round(c.succeeded / c.total, 4) if c.total else 0.0,
+        "seconds_per_task": round(elapsed / c.done, 4) if c.done else None,
+        "mean_generation_seconds": round(sum(durations) / len(durations), 4)
+        if durations else None,
+        "images_per_second": round(c.images / elapsed, 3) if elapsed else None,
+        "eta_seconds": eta_seconds(batch),
+        "backends": {name: {"tasks": n, "succeeded": ok_by_backend[name]}
+                     for name, n in sorted(backends.items())},
+        "failures": [
+            {"key": t.key, "position": t.position, "status": str(t.status),
+             "attempts": t.attempts, "error": t.last_error or ""}
+            for t in tasks if t.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+        ],
+    }
+
+
+def render_text(report: dict[str, Any], max_failures: int = 20) -> str:
+    """The report as a few readable lines (the console summary and `kiln report`)."""
+    b, t, tot = report["batch"], report["time"], report["totals"]
+    lines = [
+        f"Batch {b['id']} '{b['name']}': {b['status']}",
+        f"  time      {t['started'] or '-'} → {t['finished'] or '(running)'}"
+        f"  ({t['elapsed_seconds']:.1f} s)",
+        f"  tasks     {tot['succeeded']} succeeded, {tot['failed']} failed, "
+        f"{tot['cancelled']} cancelled, {tot['pending'] + tot['running']} unfinished "
+        f"of {tot['tasks']}  (success rate {report['success_rate']:.1%})",
+        f"  images    {tot['images']}"
+        + (f"  ({report['images_per_second']:.2f}/s)" if report["images_per_second"] else ""),
+    ]
+    if report["seconds_per_task"] is not None:
+        mean = report["mean_generation_seconds"]
+        lines.append(
+            f"  per task  {report['seconds_per_task']:.3f} s wall"
+            + (f", {mean:.3f} s generating" if mean is not None else "")
+        )
+    failures = report["failures"]
+    if failures:
+        lines.append(f"  failures ({len(failures)}):")
+        for f in failures[:max_failures]:
+            lines.append(f"    #{f['position']} {f['key']}: {f['status']} after "
+                         f"{f['attempts']} attempt(s): {f['error'] or '-'}")
+        if len(failures) > max_failures:
+            lines.append(f"    … and {len(failures) - max_failures} more (see the JSON report)")
+    return "\n".join(lines)
