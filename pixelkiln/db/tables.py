@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -130,4 +131,90 @@ events = Table(
     Column("data", JSON, nullable=False),
     Column("created_at", Float, nullable=False),
     Index(None, "batch_id", "id"),
+)
+
+# -- users, credits and runtime settings (migration 0002) --------------------------------------
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("is_admin", Boolean, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# only the sha256 of a token is stored: a leaked database grants no access
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("label", String(100), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index(None, "user_id"),
+)
+
+# append-only: a balance is the sum of a user's rows. batch_id has no foreign key on
+# purpose, so deleting a batch never rewrites the money history.
+credit_ledger = Table(
+    "credit_ledger",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("delta", Integer, nullable=False),
+    Column("reason", String(16), nullable=False),
+    Column("batch_id", Integer, nullable=True),
+    Column("note", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index(None, "user_id", "id"),
+)
+
+# a user's own key for a backend, encrypted; with one, that backend costs them nothing
+provider_keys = Table(
+    "provider_keys",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("backend", String(100), primary_key=True),
+    Column("ciphertext", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+presets = Table(
+    "presets",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("title", String(200), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("negative_prompt", Text, nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("category", String(100), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index(None, "category", "position"),
+)
+
+# runtime values an admin changes without a restart (global concurrency)
+runtime_settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# owner_key is the user id, 0 without auth (NULL would never collide in a primary key)
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("owner_key", Integer, primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("batch_id", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index(None, "batch_id"),
 )
