@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, func, insert, or_, select, update
 
+from pixelkiln.db.credits import refund_open_tasks
 from pixelkiln.db.database import Tx
 from pixelkiln.db.events import append_event
 from pixelkiln.db.tables import assets, batches, images, tasks
@@ -246,6 +247,7 @@ def cancel_batch(tx: Tx, batch_id: int, owner_id: int | None = None) -> Batch:
     batch = get_batch(tx.conn, batch_id, owner_id)
     if batch.status.finished:
         raise InvalidStateError(f"batch {batch_id} already finished ({batch.status})")
+    refund_open_tasks(tx, batch_id)  # exactly the tasks cancelled below
     tx.conn.execute(
         update(tasks)
         .where(

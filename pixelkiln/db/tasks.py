@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
 
 from pixelkiln.db.batches import finish_if_done, mark_started, refresh_counts, runnable_batch_ids
+from pixelkiln.db.credits import refund_tasks
 from pixelkiln.db.database import Tx
 from pixelkiln.db.events import PendingEvent, append_events
 from pixelkiln.db.tables import batches, images, tasks
@@ -322,6 +323,8 @@ def fail_tasks(tx: Tx, owner: str, failures: Sequence[TaskFailure]) -> set[int]:
                 lease_owner=None, lease_expires_at=None, duration=f.duration,
             )
         )
+    if final:
+        refund_tasks(tx, [f.task.id for f in final])  # failed for good: its credits go back
     _shift_counts(tx, Counter(f.task.batch_id for f in retry), "n_running", "n_pending")
     events: list[PendingEvent] = [
         (f.task.batch_id, f.task.id, EventType.WARNING, {
@@ -392,6 +395,7 @@ def recover_leases(tx: Tx, dead_owners: Sequence[str] = ()) -> int:
                 last_error="the runner stopped during the last attempt (lease expired)",
             )
         )
+        refund_tasks(tx, exhausted)
     refresh_counts(tx, {r.batch_id for r in rows})
     append_events(tx, [
         (r.batch_id, r.id, EventType.WARNING, {

@@ -1,0 +1,189 @@
+"""Credits: an append-only ledger whose sum is a user's balance.
+
+Charging happens in the transaction that creates a batch (so a batch nobody
+paid for is never queued) and refunds in the transaction that fails or cancels
+a task (so a crash between the two cannot lose or duplicate money). Each task
+records what it cost in ``tasks.cost``; a refund pays that back and zeroes it,
+which makes refunding the same task twice impossible.
+
+Two requests racing for the last credits are serialised: on SQLite by the one
+writer (``BEGIN IMMEDIATE``), on PostgreSQL by locking the user's row before
+the balance is read.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, insert, select, update
+
+from pixelkiln.db.database import Tx
+from pixelkiln.db.tables import batches, credit_ledger, tasks, users
+from pixelkiln.exceptions import KilnError, NotFoundError
+from pixelkiln.models import TaskStatus
+
+CHUNK = 500  # ids per IN (...) list: far below every database's parameter limit
+
+
+class InsufficientCreditsError(KilnError):
+    """The user's balance does not cover what the request costs; nothing was done."""
+
+    def __init__(self, needed: int, balance: int) -> None:
+        self.needed = needed
+        self.balance = balance
+        super().__init__(f"this batch costs {needed} credit(s); the balance is {balance}")
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One row of the ledger."""
+
+    id: int
+    delta: int  #: positive: grant or refund; negative: charge
+    reason: str  #: grant, charge, refund
+    batch_id: int | None
+    note: str
+    created_at: float
+
+
+_BALANCE = select(func.coalesce(func.sum(credit_ledger.c.delta), 0)).where(
+    credit_ledger.c.user_id == bindparam("b_user")
+)
+
+
+def balance(conn: Connection, user_id: int) -> int:
+    """The user's credits: the sum of their ledger."""
+    return int(conn.execute(_BALANCE, {"b_user": user_id}).scalar_one())
+
+
+def _locked_balance(tx: Tx, user_id: int) -> int:
+    """The balance, with the user's row locked until commit (PostgreSQL; SQLite is serial)."""
+    found = tx.conn.execute(
+        select(users.c.id).where(users.c.id == user_id).with_for_update()
+    ).first()
+    if found is None:
+        raise NotFoundError(f"no user {user_id}")
+    return balance(tx.conn, user_id)
+
+
+def _append(tx: Tx, user_id: int, delta: int, reason: str, batch_id: int | None, note: str) -> None:
+    tx.conn.execute(
+        insert(credit_ledger),
+        {
+            "user_id": user_id,
+            "delta": delta,
+            "reason": reason,
+            "batch_id": batch_id,
+            "note": note,
+            "created_at": tx.now,
+        },
+    )
+
+
+def grant(tx: Tx, user_id: int, amount: int, note: str = "") -> int:
+    """Add (or, negative, remove) credits; the balance never goes below zero. New balance."""
+    current = _locked_balance(tx, user_id)
+    if current + amount < 0:
+        raise InsufficientCreditsError(-amount, current)
+    if amount:
+        _append(tx, user_id, amount, "grant", None, note)
+    return current + amount
+
+
+def charge(tx: Tx, user_id: int, amount: int, batch_id: int, note: str = "") -> int:
+    """Take ``amount`` for a batch or refuse with InsufficientCreditsError. New balance."""
+    current = _locked_balance(tx, user_id)
+    if amount > current:
+        raise InsufficientCreditsError(amount, current)
+    if amount:
+        _append(tx, user_id, -amount, "charge", batch_id, note)
+    return current - amount
+
+
+def set_task_costs(tx: Tx, batch_id: int, costs: Sequence[int]) -> None:
+    """Record what each task of a batch cost; ``costs[i]`` is for position i + 1."""
+    by_cost: dict[int, list[int]] = defaultdict(list)
+    for position, cost in enumerate(costs, start=1):
+        by_cost[cost].append(position)
+    if not by_cost:
+        return
+    # the usual batch has one price: one statement for it, then the exceptions
+    common = max(by_cost, key=lambda c: len(by_cost[c]))
+    if common:
+        tx.conn.execute(update(tasks).where(tasks.c.batch_id == batch_id).values(cost=common))
+    for cost, positions in by_cost.items():
+        if cost == common:
+            continue
+        for chunk in _chunks(positions):
+            tx.conn.execute(
+                update(tasks)
+                .where(tasks.c.batch_id == batch_id, tasks.c.position.in_(chunk))
+                .values(cost=cost)
+            )
+
+
+def refund_tasks(tx: Tx, task_ids: Iterable[int]) -> int:
+    """Pay back what the given tasks cost their batch's owner, once; returns credits refunded.
+
+    Call it in the transaction that fails or cancels the tasks.
+    """
+    refunded = 0
+    for chunk in _chunks(list(task_ids)):
+        refunded += _refund(tx, tasks.c.id.in_(chunk))
+    return refunded
+
+
+def refund_open_tasks(tx: Tx, batch_id: int) -> int:
+    """Refund a batch's pending and running tasks (call it before cancelling them)."""
+    return _refund(
+        tx,
+        (tasks.c.batch_id == batch_id)
+        & tasks.c.status.in_([str(TaskStatus.PENDING), str(TaskStatus.RUNNING)]),
+    )
+
+
+def _refund(tx: Tx, condition: Any) -> int:
+    rows = tx.conn.execute(
+        select(batches.c.owner_id, tasks.c.batch_id, func.sum(tasks.c.cost).label("total"))
+        .join(batches, batches.c.id == tasks.c.batch_id)
+        .where(condition, tasks.c.cost > 0)
+        .group_by(batches.c.owner_id, tasks.c.batch_id)
+    ).all()
+    if not rows:
+        return 0
+    tx.conn.execute(update(tasks).where(condition, tasks.c.cost > 0).values(cost=0))
+    total = 0
+    for row in rows:
+        if row.owner_id is not None:
+            _append(
+                tx,
+                row.owner_id,
+                int(row.total),
+                "refund",
+                row.batch_id,
+                "failed or cancelled tasks",
+            )
+            total += int(row.total)
+    return total
+
+
+def ledger(
+    conn: Connection, user_id: int, *, limit: int = 50, offset: int = 0
+) -> list[LedgerEntry]:
+    """A user's ledger, newest first."""
+    rows = conn.execute(
+        select(credit_ledger)
+        .where(credit_ledger.c.user_id == user_id)
+        .order_by(credit_ledger.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return [LedgerEntry(r.id, r.delta, r.reason, r.batch_id, r.note, r.created_at) for r in rows]
+
+
+def _chunks(items: Sequence[int]) -> Iterable[list[int]]:
+    for start in range(0, len(items), CHUNK):
+        yield list(items[start : start + CHUNK])

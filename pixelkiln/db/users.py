@@ -1,0 +1,164 @@
+"""Users, their API tokens and their provider keys.
+
+A token is shown once, when issued, and only its sha256 is stored: tokens are
+32 random bytes, so a plain hash is enough (no salt or slow hash needed, those
+defend guessable passwords) and a lookup is one indexed equality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from pixelkiln.db.database import Tx
+from pixelkiln.db.tables import api_tokens, credit_ledger, provider_keys, users
+from pixelkiln.exceptions import InvalidStateError, NotFoundError
+
+TOKEN_PREFIX = "pk_"
+
+
+@dataclass(frozen=True)
+class User:
+    """A person or program using the API."""
+
+    id: int
+    name: str
+    is_admin: bool  #: may manage users, credits, presets and runtime settings
+    active: bool  #: an inactive user's tokens are refused
+    created_at: float
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _user(row: Row[Any]) -> User:
+    return User(row.id, row.name, bool(row.is_admin), bool(row.active), row.created_at)
+
+
+def create_user(tx: Tx, name: str, *, is_admin: bool = False) -> User:
+    """A new active user; InvalidStateError when the name is taken."""
+    if tx.conn.execute(select(users.c.id).where(users.c.name == name)).first() is not None:
+        raise InvalidStateError(f"a user named '{name}' already exists")
+    try:
+        user_id = tx.conn.execute(
+            insert(users).returning(users.c.id),
+            {"name": name, "is_admin": is_admin, "active": True, "created_at": tx.now},
+        ).scalar_one()
+    except IntegrityError as exc:  # another process won the race for the name
+        raise InvalidStateError(f"a user named '{name}' already exists") from exc
+    return User(user_id, name, is_admin, True, tx.now)
+
+
+def issue_token(tx: Tx, user_id: int, label: str = "") -> str:
+    """A new token for the user; the only time its text exists outside the caller."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    tx.conn.execute(
+        insert(api_tokens),
+        {"user_id": user_id, "token_hash": hash_token(token), "label": label, "created_at": tx.now},
+    )
+    return token
+
+
+def revoke_tokens(tx: Tx, user_id: int) -> int:
+    """Invalidate every token of a user; returns how many."""
+    return tx.conn.execute(delete(api_tokens).where(api_tokens.c.user_id == user_id)).rowcount
+
+
+_BY_TOKEN = (  # built once: it runs on every authenticated request
+    select(users)
+    .join(api_tokens, api_tokens.c.user_id == users.c.id)
+    .where(api_tokens.c.token_hash == bindparam("t_hash"), users.c.active.is_(True))
+)
+
+
+def user_for_token(conn: Connection, token: str) -> User | None:
+    """The active user a token belongs to, or None."""
+    row = conn.execute(_BY_TOKEN, {"t_hash": hash_token(token)}).first()
+    return _user(row) if row is not None else None
+
+
+def get_user(conn: Connection, user_id: int) -> User:
+    row = conn.execute(select(users).where(users.c.id == user_id)).first()
+    if row is None:
+        raise NotFoundError(f"no user {user_id}")
+    return _user(row)
+
+
+def find_user(conn: Connection, ref: str) -> User:
+    """A user by name, or by id when ``ref`` is a number."""
+    query = select(users).where(users.c.id == int(ref) if ref.isdigit() else users.c.name == ref)
+    row = conn.execute(query).first()
+    if row is None:
+        raise NotFoundError(f"no user '{ref}'")
+    return _user(row)
+
+
+def list_users(conn: Connection) -> list[tuple[User, int]]:
+    """Every user with their credit balance, by name."""
+    balance = (
+        select(func.coalesce(func.sum(credit_ledger.c.delta), 0))
+        .where(credit_ledger.c.user_id == users.c.id)
+        .scalar_subquery()
+    )
+    rows = conn.execute(select(users, balance.label("balance")).order_by(users.c.name))
+    return [(_user(row), int(row.balance)) for row in rows]
+
+
+def set_active(tx: Tx, user_id: int, active: bool) -> User:
+    changed = tx.conn.execute(
+        update(users).where(users.c.id == user_id).values(active=active)
+    ).rowcount
+    if not changed:
+        raise NotFoundError(f"no user {user_id}")
+    return get_user(tx.conn, user_id)
+
+
+# -- provider keys (ciphertext only; encryption happens in the API layer) ----------------------
+
+
+def set_provider_key(tx: Tx, user_id: int, backend: str, ciphertext: str) -> None:
+    """Store (or replace) the user's encrypted key for a backend."""
+    tx.conn.execute(
+        delete(provider_keys).where(
+            provider_keys.c.user_id == user_id, provider_keys.c.backend == backend
+        )
+    )
+    tx.conn.execute(
+        insert(provider_keys),
+        {"user_id": user_id, "backend": backend, "ciphertext": ciphertext, "created_at": tx.now},
+    )
+
+
+def delete_provider_key(tx: Tx, user_id: int, backend: str) -> None:
+    deleted = tx.conn.execute(
+        delete(provider_keys).where(
+            provider_keys.c.user_id == user_id, provider_keys.c.backend == backend
+        )
+    ).rowcount
+    if not deleted:
+        raise NotFoundError(f"no key stored for backend '{backend}'")
+
+
+def provider_key_backends(conn: Connection, user_id: int) -> dict[str, float]:
+    """Backends the user has a key for → when it was stored (never the key)."""
+    rows = conn.execute(
+        select(provider_keys.c.backend, provider_keys.c.created_at)
+        .where(provider_keys.c.user_id == user_id)
+        .order_by(provider_keys.c.backend)
+    )
+    return {row.backend: row.created_at for row in rows}
+
+
+def provider_key_ciphertext(conn: Connection, user_id: int, backend: str) -> str | None:
+    """The stored ciphertext, for a backend adapter that will use the user's key."""
+    return conn.execute(
+        select(provider_keys.c.ciphertext).where(
+            provider_keys.c.user_id == user_id, provider_keys.c.backend == backend
+        )
+    ).scalar_one_or_none()
