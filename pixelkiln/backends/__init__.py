@@ -16,6 +16,10 @@ from pixelkiln.exceptions import ConfigError
 #: (type name, "module:factory") of the backends that ship with pixelkiln
 DEFAULT_BACKENDS: tuple[tuple[str, str], ...] = (
     ("placeholder", "pixelkiln.backends.placeholder:create"),
+    ("sdwebui", "pixelkiln.backends.sdwebui:create"),
+    ("comfyui", "pixelkiln.backends.comfyui:create"),
+    ("openai", "pixelkiln.backends.openai:create"),
+    ("openrouter", "pixelkiln.backends.openrouter:create"),
 )
 
 ENTRY_POINT_GROUP = "pixelkiln.backends"
@@ -53,4 +57,4 @@ def build_backends(
     return {s.name: build_backend(s, deps) for s in settings}
 
 
-__all__ = ["Backend", "BackendDeps", "build_backend", "build_backends", "backend_types"]
+__all__ = ["Backend", "BackendDeps", "backend_types", "build_backend", "build_backends"]

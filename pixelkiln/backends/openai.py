@@ -1,0 +1,174 @@
+"""The ``openai`` backend: any OpenAI-compatible Images API.
+
+``POST {base}/images/generations`` (JSON) for text-to-image and ``POST
+{base}/images/edits`` (multipart) when the task has an init image or reference
+images: one image goes as ``image``, several as repeated ``image[]`` parts, as
+openai-python sends them. ``size`` is ``"{width}x{height}"``, ``n`` the image
+count (split into requests of at most ``options.max_n``), ``model`` the task's
+or the configured one, and ``response_format = "b64_json"`` unless
+``options.response_format`` says otherwise (``""`` leaves it out, for GPT image
+models and servers that refuse it). ``url`` answers are fetched.
+
+``urls`` are API base URLs including the version, as openai-python's
+``base_url`` (``https://api.openai.com/v1``; a bare ``http://host:port`` gets
+``/v1``). Without ``urls`` the backend talks to api.openai.com. The key goes as
+``Authorization: Bearer``. The Images API has no seed and no negative prompt:
+``options.negative_prompt = "append"`` adds it to the prompt as "Avoid: ...";
+the recorded seed is the task's, for reference only.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from pixelkiln.backends.base import BackendDeps, GeneratedImage, GenerationRequest
+from pixelkiln.backends.http import decode_image, image_mime, join_url, json_object
+from pixelkiln.backends.pool import PooledBackend, Server
+from pixelkiln.config import BackendSettings
+from pixelkiln.exceptions import RejectedInputError, ServerError
+
+logger = logging.getLogger(__name__)
+
+
+class OpenAIBackend(PooledBackend):
+    """See the module docstring."""
+
+    default_url = "https://api.openai.com/v1"
+
+    @classmethod
+    def normalize_url(cls, url: str) -> str:
+        url = url.rstrip("/")
+        return url + "/v1" if urlsplit(url).path in ("", "/") else url
+
+    def __init__(self, settings: BackendSettings, deps: BackendDeps) -> None:
+        super().__init__(settings, deps)
+        self._headers = {"Authorization": f"Bearer {self._secret}"} if self._secret else {}
+        self._max_n = max(1, int(settings.options.get("max_n", 10)))
+
+    async def generate(self, request: GenerationRequest) -> list[GeneratedImage]:
+        images: list[GeneratedImage] = []
+        while len(images) < request.n:
+            count = min(self._max_n, request.n - len(images))
+            first = len(images)
+            call = functools.partial(self._generate_on, request=request, count=count, first=first)
+            images += await self.pool.run(call)
+        return images
+
+    async def _generate_on(
+        self, server: Server, request: GenerationRequest, count: int, first: int
+    ) -> list[GeneratedImage]:
+        fields = self._fields(request, count)
+        uploads = [request.init_image] if request.init_image is not None else []
+        uploads += list(request.reference_images)
+        if uploads:
+            name = "image" if len(uploads) == 1 else "image[]"
+            files = [
+                (name, (f"image{i}.png", data, image_mime(data))) for i, data in enumerate(uploads)
+            ]
+            response = await self.request(
+                "POST",
+                join_url(server.url, "images/edits"),
+                server=server.url,
+                headers=self._headers,
+                files=files,
+                data={k: str(v) for k, v in fields.items()},
+            )
+        else:
+            response = await self.request(
+                "POST",
+                join_url(server.url, "images/generations"),
+                server=server.url,
+                headers=self._headers,
+                json=fields,
+            )
+        data = json_object(response, server=server.url)
+        return await self._images(data, request, count, first, server.url)
+
+    def _fields(self, request: GenerationRequest, count: int) -> dict[str, Any]:
+        options = self.settings.options
+        prompt = request.prompt
+        if request.negative_prompt and options.get("negative_prompt") == "append":
+            prompt = f"{prompt}\n\nAvoid: {request.negative_prompt}"
+        fields: dict[str, Any] = {
+            "prompt": prompt,
+            "n": count,
+            "size": str(options.get("size") or f"{request.width}x{request.height}"),
+        }
+        model = request.model or self.settings.model
+        if model:
+            fields["model"] = model
+        response_format = options.get("response_format", "b64_json")
+        if response_format:
+            fields["response_format"] = response_format
+        extra = options.get("params", {})
+        if isinstance(extra, dict):
+            fields.update(extra)
+        return fields
+
+    async def _images(
+        self,
+        data: dict[str, Any],
+        request: GenerationRequest,
+        count: int,
+        first: int,
+        server: str,
+    ) -> list[GeneratedImage]:
+        items = data.get("data")
+        if not isinstance(items, list) or not items:
+            raise ServerError(f"{server}: answer has no images in 'data'", server=server)
+        if len(items) != count:
+            logger.info(
+                "backend %s: asked %s for %d images, got %d",
+                self.settings.name,
+                server,
+                count,
+                len(items),
+            )
+        images = []
+        for i, item in enumerate(items[:count]):
+            if not isinstance(item, dict):
+                raise ServerError(f"{server}: 'data' holds a {type(item).__name__}", server=server)
+            info = {"server": server}
+            if item.get("revised_prompt"):
+                info["revised_prompt"] = str(item["revised_prompt"])
+            images.append(
+                GeneratedImage(
+                    await self._bytes(item, server), seed=request.seed + first + i, info=info
+                )
+            )
+        return images
+
+    async def _bytes(self, item: dict[str, Any], server: str) -> bytes:
+        if item.get("b64_json"):
+            return decode_image(str(item["b64_json"]), server=server)
+        url = item.get("url")
+        if not url:
+            raise ServerError(f"{server}: image has neither b64_json nor url", server=server)
+        if str(url).startswith("data:"):
+            return decode_image(str(url), server=server)
+        try:  # a signed URL: no key goes with it
+            response = await self.request("GET", str(url), server=server)
+        except RejectedInputError as exc:  # expired or missing: the generation must be redone
+            raise ServerError(
+                f"{server}: cannot fetch the image URL: {exc}", server=server
+            ) from exc
+        return response.content
+
+    async def list_models(self, url: str) -> list[str]:
+        response = await self.request(
+            "GET", join_url(url, "models"), server=url, headers=self._headers
+        )
+        items = json_object(response, server=url).get("data", [])
+        return (
+            [str(m.get("id")) for m in items if isinstance(m, dict)]
+            if isinstance(items, list)
+            else []
+        )
+
+
+def create(settings: BackendSettings, deps: BackendDeps) -> OpenAIBackend:
+    """Entry-point factory (``pixelkiln.backends`` group)."""
+    return OpenAIBackend(settings, deps)

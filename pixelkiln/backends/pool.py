@@ -1,0 +1,547 @@
+"""Server pools: many URLs behind one backend, with health, failover and rate limits.
+
+Every HTTP backend sends its requests through a :class:`ServerPool`. The pool
+keeps one :class:`Server` per URL and decides, per request, where it goes:
+
+* **free slots, fastest first.** A request goes to a healthy server with a free
+  slot (``concurrency`` per URL); among several, the one that has been
+  answering fastest. A slow server never holds up the others, as round robin
+  would: a slot that frees is refilled at once.
+* **circuit breaker.** ``failure_threshold`` consecutive failures (connection
+  errors, timeouts, 5xx, unreadable answers) open a server's circuit; a refused
+  connection opens it at once. An open server gets no work. After
+  ``open_seconds`` (doubling up to ``max_open_seconds`` while it stays down) a
+  background probe calls the backend's health check: success closes the
+  circuit, failure keeps it open.
+* **failover.** A request that fails on one server for a server reason is sent
+  to another healthy server in the same :meth:`ServerPool.run` call, so a dying
+  server costs the task at most one attempt. When every server's circuit is
+  open, :class:`NoServerAvailableError` tells the scheduler to wait without
+  spending an attempt.
+* **429.** ``Retry-After`` (or ``default_retry_after``) cools that server down;
+  the request waits for a server (up to ``max_rate_limit_wait`` seconds) instead
+  of failing the task.
+* **rpm.** Request starts across all servers of the backend are spaced to
+  ``rpm`` per minute (a GCRA token bucket, burst ``rpm_burst``).
+* **adaptive concurrency** (``adaptive_concurrency = true``): a 429 or timeout
+  halves that server's slot limit; ``adaptive_raise_after`` successes in a row
+  give one slot back, up to ``concurrency``.
+
+The policy numbers come from the backend's ``options``::
+
+    [[backends]]
+    name = "sd"
+    type = "sdwebui"
+    urls = ["http://gpu1:7860", "http://gpu2:7860"]
+    concurrency = 2
+    options = { failure_threshold = 3, open_seconds = 5 }
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import httpx
+
+from pixelkiln.backends.base import BackendDeps
+from pixelkiln.backends.http import ServerDownError, raise_for_status, redact_url, send
+from pixelkiln.config import BackendSettings
+from pixelkiln.exceptions import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigError,
+    NoServerAvailableError,
+    RateLimitedError,
+    RejectedInputError,
+    ServerError,
+)
+
+T = TypeVar("T")
+#: raises a BackendError when the server at the URL is unhealthy
+HealthCheck = Callable[[str], Awaitable[object]]
+
+logger = logging.getLogger(__name__)
+
+#: failures that say something about the server, so they move the breaker and fail over
+SERVER_FAILURES = (BackendUnavailableError, BackendTimeoutError, ServerError)
+#: weight of the newest sample in a server's latency average
+LATENCY_EWMA = 0.3
+
+
+class CircuitState(StrEnum):
+    """Whether a server gets work."""
+
+    CLOSED = "closed"  #: healthy: gets work
+    OPEN = "open"  #: failing: no work until a probe succeeds
+    HALF_OPEN = "half_open"  #: one probe (or, without health checks, one request) in flight
+
+
+@dataclass(frozen=True)
+class PoolPolicy:
+    """How a pool reacts to failures; read from a backend's ``options``."""
+
+    failure_threshold: int = 5  #: consecutive failures that open a circuit
+    open_seconds: float = 1.0  #: first wait before probing an open server
+    max_open_seconds: float = 30.0  #: longest wait between probes of a server that stays down
+    health_timeout: float = 5.0  #: seconds a health probe may take
+    default_retry_after: float = 1.0  #: cooldown after a 429 that names no Retry-After
+    max_rate_limit_wait: float = 30.0  #: longest wait for a cooled-down server in one call
+    max_rate_limit_retries: int = 5  #: 429s tolerated in one call before giving up
+    adaptive_concurrency: bool = False  #: halve a server's slots on 429/timeout
+    adaptive_raise_after: int = 20  #: successes in a row that give one slot back
+    rpm_burst: int = 1  #: request starts allowed back to back under ``rpm``
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], backend: str = "") -> PoolPolicy:
+        """The policy named in ``options`` (other keys are ignored); ConfigError on bad values."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in options:
+                values[f.name] = _coerce(
+                    f.name, options[f.name], type(getattr(cls(), f.name)), backend
+                )
+        return cls(**values)
+
+
+def _coerce(name: str, value: Any, kind: type, backend: str) -> Any:
+    ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+    if not ok or isinstance(value, bool) != (kind is bool) or (kind is not bool and value < 0):
+        raise ConfigError(
+            f"backend '{backend}': option {name} must be a non-negative "
+            f"{kind.__name__}, not {value!r}"
+        )
+    return kind(value)
+
+
+@dataclass(eq=False)
+class Server:
+    """One URL of a pool and what the pool knows about it."""
+
+    url: str  #: base URL, without credentials
+    capacity: int  #: configured slots (``concurrency``)
+    limit: int  #: slots usable now (lower than capacity under adaptive concurrency)
+    in_flight: int = 0  #: requests running on it now
+    state: CircuitState = CircuitState.CLOSED
+    failures: int = 0  #: consecutive server failures
+    open_for: float = 0.0  #: length of the current open period
+    retry_at: float = 0.0  #: when an open server may be probed
+    cooldown_until: float = 0.0  #: no requests before this (after a 429)
+    latency: float | None = None  #: running average of successful request seconds
+    successes: int = 0  #: successes since the slot limit last changed
+    requests: int = 0  #: requests sent, in all
+    failed: int = 0  #: server failures, in all
+    rate_limited: int = 0  #: 429 answers, in all
+    last_error: str = ""  #: the newest failure's message
+
+    def has_slot(self) -> bool:
+        return self.in_flight < self.limit
+
+    @property
+    def up(self) -> bool:
+        return self.state is CircuitState.CLOSED
+
+
+class RateLimiter:
+    """Spaces request starts ``60 / rpm`` seconds apart, allowing ``burst`` back to back.
+
+    A reservation scheme (GCRA): each caller is given the next start time and
+    sleeps until then, so concurrent callers queue fairly and a window of W
+    seconds never holds more than ``W * rpm / 60 + burst`` starts.
+    """
+
+    def __init__(self, rpm: int, burst: int = 1, clock: Callable[[], float] = time.monotonic):
+        self.interval = 60.0 / rpm
+        self.burst = max(1, burst)
+        self._clock = clock
+        self._tat = 0.0  # theoretical arrival time of the next request
+
+    def reserve(self) -> float:
+        """Claim the next start; returns seconds to wait before starting."""
+        now = self._clock()
+        start = max(now, self._tat - (self.burst - 1) * self.interval)
+        self._tat = max(self._tat, start) + self.interval
+        return start - now
+
+    async def wait(self) -> None:
+        delay = self.reserve()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class ServerPool:
+    """The servers of one backend; see the module docstring.
+
+    >>> pool = ServerPool("sd", ["http://gpu1:7860"], concurrency=2, health=check)
+    >>> images = await pool.run(lambda server: generate_on(server.url))
+    """
+
+    def __init__(
+        self,
+        name: str,
+        urls: Sequence[str],
+        *,
+        concurrency: int = 1,
+        rpm: int | None = None,
+        policy: PoolPolicy | None = None,
+        health: HealthCheck | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not urls:
+            raise ConfigError(f"backend '{name}': list at least one server in `urls`")
+        self.name = name
+        self.policy = policy or PoolPolicy()
+        self.servers = [
+            Server(url=redact_url(u), capacity=concurrency, limit=concurrency) for u in urls
+        ]
+        self._health = health
+        self._clock = clock
+        self._limiter = RateLimiter(rpm, self.policy.rpm_burst, clock) if rpm else None
+        self._changed = asyncio.Event()
+        self._prober: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    def from_settings(
+        cls, settings: BackendSettings, health: HealthCheck | None, urls: Sequence[str] = ()
+    ) -> ServerPool:
+        """The pool a backend's settings describe (``urls`` overrides ``settings.urls``)."""
+        return cls(
+            settings.name,
+            list(urls or settings.urls),
+            concurrency=settings.concurrency,
+            rpm=settings.rpm,
+            policy=PoolPolicy.from_options(settings.options, settings.name),
+            health=health,
+        )
+
+    # -- the public operation ------------------------------------------------------
+
+    async def run(self, call: Callable[[Server], Awaitable[T]]) -> T:
+        """Run ``call`` on a server, failing over to others; see the module docstring."""
+        self._ensure_prober()
+        tried: set[Server] = set()
+        last: BackendError | None = None
+        rate_limited = 0
+        while True:
+            server = await self._acquire(tried, last)
+            try:
+                return await self._call(server, call)
+            except RateLimitedError as exc:
+                rate_limited += 1
+                if rate_limited > self.policy.max_rate_limit_retries:
+                    raise
+                last = exc
+            except SERVER_FAILURES as exc:
+                tried.add(server)
+                last = exc
+                logger.info(
+                    "backend %s: %s failed (%s); trying another server",
+                    self.name,
+                    server.url,
+                    type(exc).__name__,
+                )
+
+    def describe(self) -> str:
+        """One line for status displays: how many servers are up and why the others are not."""
+        up = sum(s.up for s in self.servers)
+        down = [f"{s.url} ({s.last_error or s.state})" for s in self.servers if not s.up]
+        text = f"backend '{self.name}': {up}/{len(self.servers)} servers up"
+        return f"{text}; down: {', '.join(down)}" if down else text
+
+    async def aclose(self) -> None:
+        """Stop the background health probe."""
+        self._closed = True
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+            self._prober = None
+
+    # -- choosing a server ---------------------------------------------------------
+
+    async def _acquire(self, tried: set[Server], last: BackendError | None) -> Server:
+        """Take a slot on the best usable server, waiting for slots and 429 cooldowns."""
+        while True:
+            now = self._clock()
+            candidates = [s for s in self.servers if s not in tried and self._usable(s, now)]
+            if not candidates:
+                raise self._nothing_left(last)
+            free = [s for s in candidates if s.has_slot() and s.cooldown_until <= now]
+            if free:
+                server = min(free, key=_preference)
+                self._take(server)
+                return server
+            await self._wait_change(self._cooldown_wait(candidates, now, last))
+
+    def _usable(self, server: Server, now: float) -> bool:
+        if server.state is CircuitState.CLOSED:
+            return True
+        if self._health is not None:  # the prober alone decides when it comes back
+            return False
+        if server.state is CircuitState.OPEN and now >= server.retry_at:
+            server.state = CircuitState.HALF_OPEN  # this request is the trial
+            return True
+        return server.state is CircuitState.HALF_OPEN and server.in_flight == 0
+
+    def _take(self, server: Server) -> None:
+        server.in_flight += 1
+        server.requests += 1
+
+    def _nothing_left(self, last: BackendError | None) -> BackendError:
+        """The error for a call that has no server left to try."""
+        if last is not None and any(s.up for s in self.servers):
+            return last  # a server is up but already failed this call: one attempt spent
+        down = ", ".join(f"{s.url}: {s.last_error or 'down'}" for s in self.servers)
+        error = NoServerAvailableError(
+            f"backend '{self.name}': every server is down ({down}); "
+            "waiting for a health check to bring one back",
+            server=",".join(s.url for s in self.servers),
+        )
+        error.__cause__ = last
+        return error
+
+    def _cooldown_wait(
+        self, candidates: list[Server], now: float, last: BackendError | None
+    ) -> float | None:
+        """Seconds until a cooled-down server may take work (None: wait for a free slot)."""
+        cooling = [s.cooldown_until for s in candidates if s.cooldown_until > now]
+        if len(cooling) < len(candidates):
+            return min(cooling) - now if cooling else None
+        wait = min(cooling) - now
+        if wait > self.policy.max_rate_limit_wait:
+            error = RateLimitedError(
+                f"backend '{self.name}': every server asked to wait ({wait:.0f}s)",
+                server=",".join(s.url for s in candidates),
+                retry_after=wait,
+            )
+            raise error from last
+        return wait
+
+    async def _wait_change(self, timeout: float | None) -> None:
+        """Sleep until a slot frees, a circuit changes, or ``timeout`` passes."""
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+
+    def _notify(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    # -- accounting ----------------------------------------------------------------
+
+    async def _call(self, server: Server, call: Callable[[Server], Awaitable[T]]) -> T:
+        """``call`` on ``server`` (slot already taken), recording how it went."""
+        try:
+            if self._limiter is not None:
+                await self._limiter.wait()
+            started = self._clock()
+            result = await call(server)
+        except RejectedInputError:
+            self._succeeded(server, None)  # the server answered sensibly
+            raise
+        except RateLimitedError as exc:
+            self._rate_limited(server, exc)
+            raise
+        except SERVER_FAILURES as exc:
+            self._failed(server, exc)
+            raise
+        else:
+            self._succeeded(server, self._clock() - started)
+            return result
+        finally:
+            server.in_flight -= 1
+            self._notify()
+
+    def _succeeded(self, server: Server, seconds: float | None) -> None:
+        server.failures = 0
+        if server.state is not CircuitState.CLOSED:
+            self._close(server)
+        if seconds is not None:
+            old = server.latency
+            server.latency = seconds if old is None else old + LATENCY_EWMA * (seconds - old)
+        server.successes += 1
+        if (
+            self.policy.adaptive_concurrency
+            and server.limit < server.capacity
+            and server.successes >= self.policy.adaptive_raise_after
+        ):
+            server.limit += 1
+            server.successes = 0
+
+    def _failed(self, server: Server, exc: BackendError) -> None:
+        server.failures += 1
+        server.failed += 1
+        server.last_error = str(exc)
+        if isinstance(exc, BackendTimeoutError):
+            self._shrink(server)
+        if server.state is CircuitState.OPEN or (
+            server.state is CircuitState.HALF_OPEN and self._health is not None
+        ):
+            return  # a request sent before it opened; the probe decides from here
+        if (
+            server.state is CircuitState.HALF_OPEN
+            or isinstance(exc, ServerDownError)
+            or server.failures >= self.policy.failure_threshold
+        ):
+            self._open(server)
+
+    def _rate_limited(self, server: Server, exc: RateLimitedError) -> None:
+        delay = exc.retry_after if exc.retry_after is not None else self.policy.default_retry_after
+        server.rate_limited += 1
+        server.cooldown_until = max(server.cooldown_until, self._clock() + delay)
+        self._shrink(server)
+        logger.info(
+            "backend %s: %s rate-limited us; pausing it %.1fs", self.name, server.url, delay
+        )
+
+    def _shrink(self, server: Server) -> None:
+        if self.policy.adaptive_concurrency:
+            server.limit = max(1, math.ceil(server.limit / 2))
+            server.successes = 0
+
+    # -- the circuit breaker -------------------------------------------------------
+
+    def _open(self, server: Server) -> None:
+        was_closed = server.state is CircuitState.CLOSED
+        base, most = self.policy.open_seconds, self.policy.max_open_seconds
+        server.open_for = base if was_closed else min(most, max(base, server.open_for * 2))
+        server.retry_at = self._clock() + server.open_for
+        server.state = CircuitState.OPEN
+        if was_closed:
+            logger.warning(
+                "backend %s: server %s marked down after %d failure(s): %s",
+                self.name,
+                server.url,
+                server.failures,
+                server.last_error,
+            )
+
+    def _close(self, server: Server) -> None:
+        server.state = CircuitState.CLOSED
+        server.failures = 0
+        server.open_for = 0.0
+        logger.info("backend %s: server %s is back", self.name, server.url)
+
+    def _ensure_prober(self) -> None:
+        """Start the health probe on first use (it needs a running loop)."""
+        if self._health is None or self._prober is not None or self._closed:
+            return
+        self._prober = asyncio.get_running_loop().create_task(
+            self._probe_loop(), name=f"pixelkiln-health-{self.name}"
+        )
+
+    async def _probe_loop(self) -> None:
+        """Probe open servers when their wait is over; sleep until the next one is due."""
+        while True:
+            due = [
+                s
+                for s in self.servers
+                if s.state is CircuitState.OPEN and s.retry_at <= self._clock()
+            ]
+            if due:
+                await asyncio.gather(*(self._probe(s) for s in due))
+                continue
+            waits = [s.retry_at for s in self.servers if s.state is CircuitState.OPEN]
+            await self._wait_change(min(waits) - self._clock() if waits else None)
+
+    async def _probe(self, server: Server) -> None:
+        assert self._health is not None
+        server.state = CircuitState.HALF_OPEN
+        try:
+            async with asyncio.timeout(self.policy.health_timeout):
+                await self._health(server.url)
+        except (RejectedInputError, RateLimitedError):
+            self._close(server)  # it answered: up, whatever it thinks of the probe
+        except (BackendError, TimeoutError) as exc:
+            server.last_error = str(exc) or "health check timed out"
+            self._open(server)
+        except Exception as exc:  # a bug in a health check must not kill the prober
+            logger.exception("backend %s: health check of %s crashed", self.name, server.url)
+            server.last_error = f"health check crashed: {type(exc).__name__}"
+            self._open(server)
+        else:
+            self._close(server)
+        self._notify()
+
+
+def _preference(server: Server) -> tuple[float, float]:
+    """Fastest first (unknown speed counts as fastest, so new servers get tried), then emptiest."""
+    return (server.latency or 0.0, server.in_flight / server.limit)
+
+
+class PooledBackend:
+    """Base of the HTTP backends: settings, the shared client, a pool, and cleanup.
+
+    Subclasses implement ``generate`` (sending each request through
+    ``self.pool.run``), :meth:`health` and :meth:`list_models`. Error messages
+    pass through :meth:`request`, which removes the secret should a server echo
+    it back.
+    """
+
+    #: base URL used when the settings list none (hosted APIs)
+    default_url: str | None = None
+
+    def __init__(self, settings: BackendSettings, deps: BackendDeps) -> None:
+        self.settings = settings
+        self.http = deps.http
+        self._secret = settings.secret()
+        urls = [self.normalize_url(u) for u in settings.urls]
+        if not urls and self.default_url:
+            urls = [self.default_url]
+        self.pool = ServerPool.from_settings(settings, self.health, urls)
+
+    @classmethod
+    def normalize_url(cls, url: str) -> str:
+        """A configured URL as requests are built from it (overridden to add ``/v1``)."""
+        return url.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.settings.name!r} {len(self.pool.servers)} server(s)>"
+
+    async def health(self, url: str) -> None:
+        """Raise a BackendError unless the server at ``url`` can take work."""
+        await self.list_models(url)
+
+    async def list_models(self, url: str) -> list[str]:
+        """Model names the server at ``url`` offers (for ``kiln backends check``)."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+    async def request(self, method: str, url: str, *, server: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP request with our errors, the settings' timeout, and no secret in messages."""
+        kwargs.setdefault("timeout", self.settings.timeout)
+        try:
+            return await send(self.http, method, url, server=server, **kwargs)
+        except BackendError as exc:
+            scrub(exc, self._secret)
+            raise
+
+    def check(self, response: httpx.Response, *, server: str) -> None:
+        """:func:`raise_for_status` for a response fetched with ``check=False``, scrubbed."""
+        try:
+            raise_for_status(response, server=server)
+        except BackendError as exc:
+            scrub(exc, self._secret)
+            raise
+
+
+def scrub(exc: BackendError, secret: str) -> None:
+    """Mask ``secret`` (and its halves, for ``user:password``) in ``exc``'s message."""
+    text = str(exc)
+    for part in {secret, *secret.split(":", 1)} if secret else ():
+        if len(part) >= 4:
+            text = text.replace(part, "***")
+    if text != str(exc):
+        exc.args = (text,)

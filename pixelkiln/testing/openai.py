@@ -1,0 +1,276 @@
+"""A fake OpenAI-compatible Images API: ``/v1/images/generations`` and ``/v1/images/edits``.
+
+Bearer key check (401), the OpenAI error body ``{"error": {"message", "type",
+"param", "code"}}``, ``n`` 1–10, ``size`` as ``WxH`` or ``auto`` (optionally
+limited to ``sizes``), ``response_format`` ``b64_json`` or ``url`` (images then
+served from ``/files/...``), and ``reject_response_format=True`` to behave like
+GPT image models, which refuse that parameter. ``blocked_words`` make a prompt
+fail moderation (400 ``moderation_blocked``). Edits take ``image`` or repeated
+``image[]`` parts.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import secrets
+import time
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from pixelkiln.backends.placeholder import draw
+from pixelkiln.testing.server import FakeServer, read_form
+
+_SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+
+
+class OpenAIError(Exception):
+    """Raised by handlers; answered with OpenAI's error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.kind = (
+            status,
+            message,
+            code,
+            param,
+            kind,
+        )
+
+
+class FakeOpenAI(FakeServer):
+    """See the module docstring."""
+
+    kind = "openai"
+    fault_paths = frozenset({"/v1/images/generations", "/v1/images/edits"})
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        models: tuple[str, ...] = ("gpt-image-1", "dall-e-3", "jimeng-4.0"),
+        sizes: tuple[str, ...] | None = None,
+        reject_response_format: bool = False,
+        blocked_words: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> None:
+        self.api_key = api_key
+        self.models = models
+        self.sizes = sizes
+        self.reject_response_format = reject_response_format
+        self.blocked_words = blocked_words
+        self.hosted: dict[str, bytes] = {}  # /files/<name> → bytes
+        super().__init__(**kwargs)
+
+    def build_app(self) -> ASGIApp:
+        routes = [
+            Route("/v1/images/generations", self._generations, methods=["POST"]),
+            Route("/v1/images/edits", self._edits, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+            Route("/files/{name}", self._file, methods=["GET"]),
+        ]
+        return Starlette(routes=[_guarded(self, r) for r in routes])
+
+    def error_response(self, status: int, message: str) -> Response:
+        kind = (
+            "server_error"
+            if status >= 500
+            else "requests"
+            if status == 429
+            else "invalid_request_error"
+        )
+        return _error_body(OpenAIError(status, message, kind=kind))
+
+    # -- routes ------------------------------------------------------------------------
+
+    async def _generations(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise OpenAIError(400, "We could not parse the JSON body of your request.") from None
+        params = self._params(body if isinstance(body, dict) else {})
+        return await self._answer(request, params, [])
+
+    async def _edits(self, request: Request) -> Response:
+        fields, files = await read_form(request)
+        parts = [
+            (name, filename, data) for name, filename, data in files if name in ("image", "image[]")
+        ]
+        request.scope["state"]["record"].extra.update(
+            {"fields": fields, "image_parts": [name for name, _, _ in parts]}
+        )
+        images = [_read_image(filename, data) for _, filename, data in parts]
+        if not images:
+            raise OpenAIError(
+                400, "Missing required parameter: 'image'.", "missing_required_parameter", "image"
+            )
+        body: dict[str, Any] = dict(fields)
+        if "n" in body:
+            body["n"] = _int(body["n"], "n")
+        return await self._answer(request, self._params(body), images)
+
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"}
+                    for m in self.models
+                ],
+            }
+        )
+
+    async def _file(self, request: Request) -> Response:
+        data = self.hosted.get(request.path_params["name"])
+        if data is None:
+            raise OpenAIError(404, "No such file")
+        return Response(data, media_type="image/png")
+
+    # -- the shared part ----------------------------------------------------------------
+
+    def _params(self, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise OpenAIError(
+                400, "Missing required parameter: 'prompt'.", "missing_required_parameter", "prompt"
+            )
+        for word in self.blocked_words:
+            if word in prompt:
+                raise OpenAIError(
+                    400,
+                    "Your request was rejected as a result of our safety system.",
+                    "moderation_blocked",
+                    kind="image_generation_user_error",
+                )
+        model = body.get("model") or self.models[0]
+        if model not in self.models:
+            raise OpenAIError(400, f"Invalid model {model!r}.", "invalid_value", "model")
+        n = body.get("n", 1)
+        if not isinstance(n, int) or not 1 <= n <= 10:
+            raise OpenAIError(400, f"Invalid 'n': {n!r}; expected 1 to 10.", "invalid_value", "n")
+        fmt = body.get("response_format")
+        if fmt is not None and self.reject_response_format:
+            raise OpenAIError(
+                400, "Unknown parameter: 'response_format'.", "unknown_parameter", "response_format"
+            )
+        if fmt not in (None, "url", "b64_json"):
+            raise OpenAIError(
+                400, f"Invalid 'response_format': {fmt!r}.", "invalid_value", "response_format"
+            )
+        width, height = self._size(body.get("size", "auto"))
+        return {
+            "prompt": prompt,
+            "model": model,
+            "n": n,
+            "format": fmt or "b64_json",
+            "width": width,
+            "height": height,
+        }
+
+    def _size(self, size: Any) -> tuple[int, int]:
+        if size == "auto":
+            return 1024, 1024
+        match = _SIZE.match(str(size))
+        if match is None or (self.sizes is not None and size not in self.sizes):
+            allowed = ", ".join(self.sizes or ("WxH", "auto"))
+            raise OpenAIError(
+                400,
+                f"Invalid value: {size!r}. Supported values are: {allowed}.",
+                "invalid_value",
+                "size",
+            )
+        return int(match[1]), int(match[2])
+
+    async def _answer(
+        self, request: Request, p: dict[str, Any], images: list[Image.Image]
+    ) -> Response:
+        import asyncio
+
+        await asyncio.sleep(self.faults.delay())
+        seed = secrets.randbelow(2**31)
+        data = []
+        for i in range(p["n"]):
+            png = draw(p["prompt"], seed + i, p["width"], p["height"])
+            if p["format"] == "url":
+                name = f"img-{secrets.token_hex(8)}.png"
+                self.hosted[name] = png
+                data.append(
+                    {
+                        "url": f"{str(request.base_url).rstrip('/')}/files/{name}",
+                        "revised_prompt": p["prompt"],
+                    }
+                )
+            else:
+                data.append(
+                    {"b64_json": base64.b64encode(png).decode(), "revised_prompt": p["prompt"]}
+                )
+        return JSONResponse(
+            {
+                "created": int(time.time()),
+                "data": data,
+                "size": f"{p['width']}x{p['height']}",
+                "output_format": "png",
+                "usage": {
+                    "input_tokens": 10 + 100 * len(images),
+                    "output_tokens": 1000 * p["n"],
+                    "total_tokens": 10 + 100 * len(images) + 1000 * p["n"],
+                },
+            }
+        )
+
+
+def _guarded(fake: FakeOpenAI, route: Route) -> Route:
+    """The route with the bearer key checked and OpenAIError turned into its error body."""
+    endpoint = route.endpoint
+
+    async def guarded(request: Request) -> Response:
+        try:
+            if fake.api_key is not None and not route.path.startswith("/files/"):
+                given = request.headers.get("authorization", "").removeprefix("Bearer ")
+                if not secrets.compare_digest(given.encode(), fake.api_key.encode()):
+                    raise OpenAIError(401, "Incorrect API key provided.", "invalid_api_key")
+            response: Response = await endpoint(request)
+            return response
+        except OpenAIError as exc:
+            return _error_body(exc)
+
+    return Route(route.path, guarded, methods=list(route.methods or ()))
+
+
+def _error_body(exc: OpenAIError) -> Response:
+    return JSONResponse(
+        {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}},
+        status_code=exc.status,
+    )
+
+
+def _read_image(filename: str, data: bytes) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError):
+        raise OpenAIError(
+            400, f"Invalid image file: {filename!r}.", "invalid_image", "image"
+        ) from None
+    return image
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise OpenAIError(400, f"Invalid '{name}': {value!r}.", "invalid_value", name) from None
