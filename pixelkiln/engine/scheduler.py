@@ -329,6 +329,8 @@ class Scheduler:
                 raise ServerError("the backend returned no images")
         except asyncio.CancelledError:
             self._generation_over(job)
+            if job.lost:  # taken away: nothing to record or give back
+                self._jobs.pop(task.id, None)
             raise
         except TimeoutError:
             self._generation_over(job)
