@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelkiln.db.batches import NewBatch
-from pixelkiln.exceptions import Problem, SpecError
+from pixelkiln.exceptions import NotFoundError, Problem, SpecError
 from pixelkiln.specs import BatchSpec, ResolvedTask, resolve_tasks
 from pixelkiln.storage import InputImage, Storage, read_input_image
 
@@ -30,13 +30,19 @@ def prepare_batch(
     where: Callable[[int], str] | None = None,
     owner_id: int | None = None,
     scheduled_at: float | None = None,
+    resolve_asset: Callable[[str], str] | None = None,
 ) -> NewBatch:
-    """Resolve every task and store its input images; SpecError lists every problem."""
+    """Resolve every task and store its input images; SpecError lists every problem.
+
+    ``resolve_asset("asset:ID")`` gives the stored path of an image uploaded
+    earlier (the API passes one that only finds the caller's own uploads) or
+    raises NotFoundError; without it, asset references are refused.
+    """
     tasks = resolve_tasks(
         spec, default_backend=default_backend, known_backends=known_backends,
         base_dir=base_dir, source=source_name, where=where,
     )
-    inputs, assets = _ingest_inputs(tasks, storage, source_name, where)
+    inputs, assets = _ingest_inputs(tasks, storage, source_name, where, resolve_asset)
     return NewBatch(
         name=spec.name, source=source, max_attempts=spec.max_attempts or max_attempts,
         tasks=tasks, inputs=inputs, assets=assets, priority=spec.priority,
@@ -50,6 +56,7 @@ def _ingest_inputs(
     storage: Storage,
     source_name: str,
     where: Callable[[int], str] | None,
+    resolve_asset: Callable[[str], str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per task {"init_image": path, "reference_images": [paths]}, and the asset records."""
     stored: dict[str, str] = {}  # original path → stored relative path
@@ -61,6 +68,8 @@ def _ingest_inputs(
     def ingest(original: str, index: int, field: str) -> str:
         if original in stored:
             return stored[original]
+        if original.startswith("asset:"):
+            return uploaded(original, index, field)
         try:
             image = read_input_image(Path(original).read_bytes())
         except (OSError, ValueError) as exc:
@@ -69,6 +78,17 @@ def _ingest_inputs(
         stored[original] = storage.write_asset(image)
         assets.setdefault(image.sha256, _asset_record(image, stored[original]))
         return stored[original]
+
+    def uploaded(ref: str, index: int, field: str) -> str:
+        # already validated and stored when it was uploaded: only look it up
+        try:
+            if resolve_asset is None:
+                raise NotFoundError("uploaded images can only be used through the HTTP API")
+            stored[ref] = resolve_asset(ref)
+        except NotFoundError as exc:
+            problems.append(Problem(source_name, name_of(index), field, f"{ref}: {exc}"))
+            return ""
+        return stored[ref]
 
     for i, task in enumerate(tasks):
         entry: dict[str, Any] = {}

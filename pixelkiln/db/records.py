@@ -1,0 +1,320 @@
+"""The records the API browses: images with their prompts, batches by text, uploads.
+
+Every query takes an ``owner_id``: None means "everyone's" (no auth, or an
+admin), a number restricts to that user's batches, so someone else's record
+is indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, exists, func, insert, or_, select, update
+
+from pixelkiln.db.batches import UNFINISHED, _batch
+from pixelkiln.db.database import Tx
+from pixelkiln.db.tables import assets, batches, idempotency_keys, images, tasks
+from pixelkiln.exceptions import InvalidStateError, NotFoundError
+from pixelkiln.models import Batch, BatchStatus, ImageRecord
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image with what made it: its task's prompt and parameters, its batch."""
+
+    image: ImageRecord
+    key: str  #: the task's key
+    position: int  #: the task's position in its batch
+    prompt: str
+    negative_prompt: str
+    backend: str
+    params: dict[str, Any]
+    inputs: dict[str, Any]  #: init_image / reference_images as asset paths
+    batch_name: str
+    batch_status: BatchStatus
+    owner_id: int | None
+
+
+@dataclass(frozen=True)
+class ImageQuery:
+    """Filters of the records search; every one optional."""
+
+    text: str | None = None  #: part of the prompt
+    batch_id: int | None = None
+    status: BatchStatus | None = None  #: the batch's status
+    since: float | None = None  #: created at or after (epoch seconds)
+    until: float | None = None  #: created before
+    before_id: int | None = None  #: cursor: images with a smaller id (newest first)
+
+
+@dataclass(frozen=True)
+class Asset:
+    """An uploaded input image."""
+
+    id: int
+    owner_id: int | None
+    path: str  #: relative to the data folder
+    sha256: str
+    mime: str
+    width: int
+    height: int
+    bytes: int
+    created_at: float
+
+
+def _owned(query: Any, owner_id: int | None) -> Any:
+    return query if owner_id is None else query.where(batches.c.owner_id == owner_id)
+
+
+# -- images -----------------------------------------------------------------------------------
+
+_IMAGE_COLUMNS = (
+    images,
+    tasks.c.key,
+    tasks.c.position,
+    tasks.c.prompt,
+    tasks.c.negative_prompt,
+    tasks.c.backend,
+    tasks.c.params,
+    tasks.c.inputs,
+    batches.c.name.label("batch_name"),
+    batches.c.status.label("batch_status"),
+    batches.c.owner_id,
+)
+
+
+def _joined(*columns: Any) -> Any:
+    return (
+        select(*columns)
+        .select_from(images)
+        .join(tasks, tasks.c.id == images.c.task_id)
+        .join(batches, batches.c.id == images.c.batch_id)
+    )
+
+
+def _image_record(row: Row[Any]) -> ImageRecord:
+    m = row._mapping  # "index" would be the tuple method as an attribute
+    return ImageRecord(
+        m["id"],
+        m["task_id"],
+        m["batch_id"],
+        m["index"],
+        m["path"],
+        m["width"],
+        m["height"],
+        m["bytes"],
+        m["sha256"],
+        m["seed"],
+        m["created_at"],
+    )
+
+
+def _image_info(row: Row[Any]) -> ImageInfo:
+    record = _image_record(row)
+    return ImageInfo(
+        record,
+        row.key,
+        row.position,
+        row.prompt,
+        row.negative_prompt,
+        row.backend,
+        dict(row.params),
+        dict(row.inputs),
+        row.batch_name,
+        BatchStatus(row.batch_status),
+        row.owner_id,
+    )
+
+
+def _filtered(query: Any, q: ImageQuery, owner_id: int | None) -> Any:
+    query = _owned(query, owner_id)
+    if q.text:
+        query = query.where(tasks.c.prompt.contains(q.text, autoescape=True))
+    if q.batch_id is not None:
+        query = query.where(images.c.batch_id == q.batch_id)
+    if q.status is not None:
+        query = query.where(batches.c.status == str(q.status))
+    if q.since is not None:
+        query = query.where(images.c.created_at >= q.since)
+    if q.until is not None:
+        query = query.where(images.c.created_at < q.until)
+    if q.before_id is not None:
+        query = query.where(images.c.id < q.before_id)
+    return query
+
+
+def search_images(
+    conn: Connection, q: ImageQuery, *, owner_id: int | None, limit: int, offset: int = 0
+) -> list[ImageInfo]:
+    """Images matching ``q``, newest first."""
+    query = _filtered(_joined(*_IMAGE_COLUMNS), q, owner_id)
+    query = query.order_by(images.c.id.desc()).limit(limit).offset(offset)
+    return [_image_info(row) for row in conn.execute(query)]
+
+
+def count_images(conn: Connection, q: ImageQuery, *, owner_id: int | None) -> int:
+    return int(conn.execute(_filtered(_joined(func.count()), q, owner_id)).scalar_one())
+
+
+def get_image(conn: Connection, image_id: int, owner_id: int | None = None) -> ImageInfo:
+    row = conn.execute(
+        _owned(_joined(*_IMAGE_COLUMNS).where(images.c.id == image_id), owner_id)
+    ).first()
+    if row is None:
+        raise NotFoundError(f"no image {image_id}")
+    return _image_info(row)
+
+
+def images_of_tasks(conn: Connection, task_ids: Iterable[int]) -> dict[int, list[ImageRecord]]:
+    """Images of the given tasks, grouped by task, in index order."""
+    ids = list(task_ids)
+    grouped: dict[int, list[ImageRecord]] = {i: [] for i in ids}
+    if not ids:
+        return grouped
+    rows = conn.execute(
+        select(images).where(images.c.task_id.in_(ids)).order_by(images.c.task_id, images.c.index)
+    )
+    for r in rows:
+        grouped[r.task_id].append(_image_record(r))
+    return grouped
+
+
+def delete_image(tx: Tx, image_id: int, owner_id: int | None = None) -> ImageInfo:
+    """Forget one image (the caller removes its file); the batch's image count follows."""
+    info = get_image(tx.conn, image_id, owner_id)
+    tx.conn.execute(delete(images).where(images.c.id == image_id))
+    tx.conn.execute(
+        update(batches)
+        .where(batches.c.id == info.image.batch_id)
+        .values(n_images=batches.c.n_images - 1)
+    )
+    return info
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+
+def _batch_filter(
+    query: Any, owner_id: int | None, statuses: Iterable[BatchStatus] | None, text: str | None
+) -> Any:
+    query = _owned(query, owner_id)
+    if statuses is not None:
+        query = query.where(batches.c.status.in_([str(s) for s in statuses]))
+    if text:
+        in_prompt = exists().where(
+            tasks.c.batch_id == batches.c.id, tasks.c.prompt.contains(text, autoescape=True)
+        )
+        query = query.where(or_(batches.c.name.contains(text, autoescape=True), in_prompt))
+    return query
+
+
+def search_batches(
+    conn: Connection,
+    *,
+    owner_id: int | None,
+    statuses: Iterable[BatchStatus] | None = None,
+    text: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Batch], int]:
+    """Batches whose name or any prompt contains ``text``, newest first; and how many match."""
+    page = _batch_filter(select(batches), owner_id, statuses, text)
+    page = page.order_by(batches.c.id.desc()).limit(limit).offset(offset)
+    total = _batch_filter(select(func.count()).select_from(batches), owner_id, statuses, text)
+    return [_batch(row) for row in conn.execute(page)], int(conn.execute(total).scalar_one())
+
+
+def count_active(conn: Connection, owner_id: int | None = None) -> int:
+    """Batches not finished yet (queued, running or paused)."""
+    query = select(func.count()).select_from(batches)
+    query = query.where(batches.c.status.in_([str(s) for s in UNFINISHED]))
+    return int(conn.execute(_owned(query, owner_id)).scalar_one())
+
+
+def delete_batch(tx: Tx, batch_id: int, owner_id: int | None = None) -> None:
+    """Forget a finished batch, its tasks, images and events (the caller removes files)."""
+    row = tx.conn.execute(
+        _owned(select(batches.c.status).where(batches.c.id == batch_id), owner_id)
+    ).first()
+    if row is None:
+        raise NotFoundError(f"no batch {batch_id}")
+    if not BatchStatus(row.status).finished:
+        raise InvalidStateError(f"batch {batch_id} is {row.status}; cancel it before deleting")
+    tx.conn.execute(delete(idempotency_keys).where(idempotency_keys.c.batch_id == batch_id))
+    tx.conn.execute(delete(batches).where(batches.c.id == batch_id))  # cascades
+
+
+# -- uploads ----------------------------------------------------------------------------------
+
+
+def record_asset(tx: Tx, owner_id: int | None, record: dict[str, Any]) -> Asset:
+    """Remember an uploaded image once per owner and content; returns its row."""
+    same_owner = assets.c.owner_id.is_(None) if owner_id is None else assets.c.owner_id == owner_id
+    row = tx.conn.execute(
+        select(assets).where(assets.c.sha256 == record["sha256"], same_owner)
+    ).first()
+    if row is None:
+        asset_id = tx.conn.execute(
+            insert(assets).returning(assets.c.id),
+            {**record, "owner_id": owner_id, "created_at": tx.now},
+        ).scalar_one()
+        return get_asset(tx.conn, asset_id)
+    return _asset(row)
+
+
+def get_asset(conn: Connection, asset_id: int, owner_id: int | None = None) -> Asset:
+    query = select(assets).where(assets.c.id == asset_id)
+    if owner_id is not None:
+        query = query.where(assets.c.owner_id == owner_id)
+    row = conn.execute(query).first()
+    if row is None:
+        raise NotFoundError(f"no uploaded image {asset_id}")
+    return _asset(row)
+
+
+def _asset(row: Row[Any]) -> Asset:
+    return Asset(
+        row.id,
+        row.owner_id,
+        row.path,
+        row.sha256,
+        row.mime,
+        row.width,
+        row.height,
+        row.bytes,
+        row.created_at,
+    )
+
+
+def asset_owned_by(conn: Connection, path: str, owner_id: int) -> bool:
+    """Whether the user uploaded (or used) the input image stored at ``path``."""
+    query = select(assets.c.id).where(assets.c.path == path, assets.c.owner_id == owner_id)
+    return conn.execute(query.limit(1)).first() is not None
+
+
+# -- idempotency ------------------------------------------------------------------------------
+
+
+def find_idempotent(conn: Connection, owner_key: int, key: str) -> tuple[int, str] | None:
+    """(batch id, request hash) a key already created, or None."""
+    row = conn.execute(
+        select(idempotency_keys.c.batch_id, idempotency_keys.c.request_hash).where(
+            idempotency_keys.c.owner_key == owner_key, idempotency_keys.c.key == key
+        )
+    ).first()
+    return (row.batch_id, row.request_hash) if row is not None else None
+
+
+def remember_idempotent(tx: Tx, owner_key: int, key: str, request_hash: str, batch_id: int) -> None:
+    tx.conn.execute(
+        insert(idempotency_keys),
+        {
+            "owner_key": owner_key,
+            "key": key,
+            "request_hash": request_hash,
+            "batch_id": batch_id,
+            "created_at": tx.now,
+        },
+    )
