@@ -115,18 +115,22 @@ class ComfyUIBackend(PooledBackend):
     async def _run(self, server: Server, graph: Graph) -> str:
         """Queue ``graph`` and wait until ComfyUI has finished it; returns the prompt id."""
         client_id = uuid.uuid4().hex
-        prompt_id = ""
+        # chosen here (newer ComfyUI honours it), so a cancel that lands while /prompt is
+        # still answering can name the prompt; older servers pick their own id
+        prompt_id = str(uuid.uuid4())
+        queued = False
         try:
             async with asyncio.timeout(self.settings.timeout):
                 async with await self._connect(server, client_id) as socket:
-                    prompt_id = await self._queue(server, graph, client_id)
+                    queued = True
+                    prompt_id = await self._queue(server, graph, client_id, prompt_id)
                     await self._wait(socket, server, prompt_id)
         except asyncio.CancelledError:
-            if prompt_id:
+            if queued:
                 await self._cancel(server, prompt_id)
             raise
         except TimeoutError as exc:
-            if prompt_id:
+            if queued:
                 await self._cancel(server, prompt_id)
             raise BackendTimeoutError(
                 f"{server.url}: prompt not finished within {self.settings.timeout:g}s",
@@ -157,13 +161,13 @@ class ComfyUIBackend(PooledBackend):
                 f"{server.url}: websocket failed ({type(exc).__name__})", server=server.url
             ) from exc
 
-    async def _queue(self, server: Server, graph: Graph, client_id: str) -> str:
+    async def _queue(self, server: Server, graph: Graph, client_id: str, prompt_id: str) -> str:
         response = await self.request(
             "POST",
             join_url(server.url, "prompt"),
             server=server.url,
             headers=self._headers,
-            json={"prompt": graph, "client_id": client_id},
+            json={"prompt": graph, "client_id": client_id, "prompt_id": prompt_id},
             check=False,
         )
         if response.status_code == 400:
@@ -172,10 +176,10 @@ class ComfyUIBackend(PooledBackend):
                 server=server.url,
             )
         self.check(response, server=server.url)
-        prompt_id = json_object(response, server=server.url).get("prompt_id")
-        if not prompt_id:
+        answered = json_object(response, server=server.url).get("prompt_id")
+        if not answered:
             raise ServerError(f"{server.url}: /prompt gave no prompt_id", server=server.url)
-        return str(prompt_id)
+        return str(answered)
 
     async def _wait(self, socket: ClientConnection, server: Server, prompt_id: str) -> None:
         """Read messages until ours is done; poll history if the socket drops."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pixelkiln.testing.comfyui import FakeComfyUI
 from pixelkiln.testing.faults import Faults, Outcome, parse_error_rates, parse_outcome
+from pixelkiln.testing.helpers import generation_request, settings_for
 from pixelkiln.testing.openai import FakeOpenAI
 from pixelkiln.testing.openrouter import FakeOpenRouter
 from pixelkiln.testing.sdwebui import FakeSDWebUI
@@ -40,6 +41,8 @@ __all__ = [
     "Faults",
     "Outcome",
     "RecordedRequest",
+    "generation_request",
     "parse_error_rates",
     "parse_outcome",
+    "settings_for",
 ]
