@@ -14,7 +14,7 @@ the balance is read.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +123,16 @@ def set_task_costs(tx: Tx, batch_id: int, costs: Sequence[int]) -> None:
                 .where(tasks.c.batch_id == batch_id, tasks.c.position.in_(chunk))
                 .values(cost=cost)
             )
+
+
+def set_costs(tx: Tx, costs: Mapping[int, int]) -> None:
+    """Record what each task (by id) costs, grouping tasks of equal cost into one statement."""
+    by_cost: dict[int, list[int]] = defaultdict(list)
+    for task_id, cost in costs.items():
+        by_cost[cost].append(task_id)
+    for cost, ids in by_cost.items():
+        for chunk in _chunks(ids):
+            tx.conn.execute(update(tasks).where(tasks.c.id.in_(chunk)).values(cost=cost))
 
 
 def refund_tasks(tx: Tx, task_ids: Iterable[int]) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from pixelkiln.db.credits import grant
 from pixelkiln.db.database import Tx
 from pixelkiln.db.tables import api_tokens, credit_ledger, provider_keys, users
 from pixelkiln.exceptions import InvalidStateError, NotFoundError
@@ -63,6 +64,15 @@ def issue_token(tx: Tx, user_id: int, label: str = "") -> str:
         {"user_id": user_id, "token_hash": hash_token(token), "label": label, "created_at": tx.now},
     )
     return token
+
+
+def add_user(tx: Tx, name: str, *, is_admin: bool = False, credits: int = 0) -> tuple[User, str]:
+    """A new user with a first token (returned: shown once) and optional starting credits."""
+    user = create_user(tx, name, is_admin=is_admin)
+    token = issue_token(tx, user.id, "first token")
+    if credits:
+        grant(tx, user.id, credits, "initial credits")
+    return user, token
 
 
 def revoke_tokens(tx: Tx, user_id: int) -> int:

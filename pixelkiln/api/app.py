@@ -1,0 +1,97 @@
+"""The FastAPI app: one :class:`~pixelkiln.app.Kiln` and its scheduler, run by the lifespan.
+
+>>> app = create_app(load_settings(None))                 # doctest: +SKIP
+>>> uvicorn.run(app, host="127.0.0.1", port=8000)         # what `kiln serve` does
+
+Every route lives under ``/api/v1`` (OpenAPI at ``/docs``) except ``/healthz``
+and ``/metrics``. With ``[auth] enabled`` every route but ``/healthz`` needs a
+bearer token; the dependency is attached to the routers here, once, so a new
+route cannot forget it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI
+
+from pixelkiln import __version__
+from pixelkiln.api.deps import ApiContext, get_caller
+from pixelkiln.api.errors import BodyLimit, install_error_handlers
+from pixelkiln.api.keys import KeyBox
+from pixelkiln.api.routes import admin, assets, batches, events, images, presets, system, tasks
+from pixelkiln.api.routes import users as users_routes
+from pixelkiln.api.sse import FrameCache
+from pixelkiln.app import Kiln
+from pixelkiln.config import Settings
+from pixelkiln.db.settings_store import CONCURRENCY, get_setting
+
+log = logging.getLogger("pixelkiln.api")
+
+
+def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
+    """The API for ``settings``; the Kiln opens and the scheduler starts with the lifespan.
+
+    ``run_scheduler=False`` serves the API only (another process, e.g. ``kiln
+    worker``, runs the tasks).
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with Kiln(settings) as kiln:
+            ctx = ApiContext(settings=settings, kiln=kiln, keys=KeyBox(settings))
+            runner = await _start_scheduler(ctx) if run_scheduler else None
+            app.state.ctx = ctx
+            try:
+                yield
+            finally:
+                if runner is not None and ctx.scheduler is not None:
+                    ctx.scheduler.stop()
+                    await runner
+                ctx.pool.shutdown(wait=True)
+
+    app = FastAPI(
+        title="pixelkiln",
+        version=__version__,
+        summary="Batch image generation: queue thousands of prompts, come back to images.",
+        lifespan=lifespan,
+    )
+    app.state.frames = FrameCache()
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.server.max_request_bytes)
+    app.include_router(system.health)
+    secured = [Depends(get_caller)]
+    app.include_router(system.protected, dependencies=secured)
+    for router in (
+        batches.router,
+        tasks.router,
+        images.router,
+        assets.router,
+        events.router,
+        presets.router,
+        users_routes.me,
+        users_routes.admin,
+        admin.router,
+    ):
+        app.include_router(router, prefix="/api/v1", dependencies=secured)
+    return app
+
+
+async def _start_scheduler(ctx: ApiContext) -> asyncio.Task[None]:
+    """The scheduler at the concurrency an admin last set (else the configured one)."""
+    scheduler = ctx.kiln.new_scheduler()
+    stored = await ctx.read(get_setting, CONCURRENCY)
+    if isinstance(stored, int):
+        scheduler.set_concurrency(stored)
+    ctx.scheduler = scheduler
+    runner = asyncio.create_task(scheduler.run(), name="kiln-scheduler")
+    runner.add_done_callback(_report_crash)
+    return runner
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the scheduler stopped", exc_info=task.exception())

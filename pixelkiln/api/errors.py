@@ -1,0 +1,199 @@
+"""One error shape for every failure: ``{"error": {"code", "message", "field"?, "problems"?}}``.
+
+Our exception tree is translated here, once, into HTTP statuses; so are
+FastAPI's validation errors and Starlette's HTTP errors (unknown route, wrong
+method). Bad input is always a 4xx with a message a client can show; a 500
+means a bug in pixelkiln, and its details stay in the server log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pixelkiln.db.credits import InsufficientCreditsError
+from pixelkiln.exceptions import (
+    DatabaseError,
+    InvalidStateError,
+    KilnError,
+    NotFoundError,
+    SpecError,
+)
+
+log = logging.getLogger("pixelkiln.api")
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+}
+
+
+class ApiError(HTTPException):
+    """An error answer with a code and (maybe) the field at fault.
+
+    A subclass of Starlette's HTTPException so that FastAPI passes it through
+    unchanged even when raised while the request body is being read.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        problems: Sequence[dict[str, str]] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status, message, headers)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.problems = list(problems)
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    problems: Sequence[dict[str, str]] = (),
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    if problems:
+        error["problems"] = list(problems)
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+def _field_of(loc: Sequence[Any]) -> str:
+    """("body", "tasks", 2, "seed") → "tasks[2].seed"."""
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _where(loc: Sequence[Any]) -> str:
+    """("body", "tasks", 2, ...) → "task 3", as batch files name their tasks."""
+    parts = list(loc)
+    if len(parts) >= 3 and parts[0] == "body" and parts[1] == "tasks" and isinstance(parts[2], int):
+        return f"task {parts[2] + 1}"
+    return ""
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {
+            "where": _where(e.get("loc", ())),
+            "field": _field_of(e.get("loc", ())),
+            "message": str(e.get("msg", "")).removeprefix("Value error, "),
+        }
+        for e in exc.errors()
+    ]
+    first = problems[0] if problems else {"field": "", "message": "invalid request"}
+    message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+    return error_response(422, "invalid_request", message, first["field"] or None, problems)
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if isinstance(exc, ApiError):
+        return error_response(
+            exc.status_code, exc.code, exc.message, exc.field, exc.problems, exc.headers
+        )
+    code = _CODES.get(exc.status_code, "error")
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+async def _kiln(_: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, SpecError):
+        problems = [
+            {"where": p.where, "field": p.field, "message": p.message} for p in exc.problems
+        ]
+        first = exc.problems[0] if exc.problems else None
+        field = first.field if first and first.field else None
+        return error_response(422, "invalid_spec", str(exc), field, problems)
+    if isinstance(exc, NotFoundError):
+        return error_response(404, "not_found", str(exc))
+    if isinstance(exc, InvalidStateError):
+        return error_response(409, "invalid_state", str(exc))
+    if isinstance(exc, InsufficientCreditsError):
+        return error_response(402, "insufficient_credits", str(exc))
+    if isinstance(exc, DatabaseError):
+        log.error("database unavailable: %s", exc)
+        return error_response(503, "unavailable", "the database is busy or unreachable; retry")
+    log.error("unexpected %s: %s", type(exc).__name__, exc)
+    return error_response(500, "internal", "internal error")
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal", "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(KilnError, _kiln)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+class BodyLimit:
+    """Refuse request bodies above ``max_bytes`` with 413, declared or streamed (chunked)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await error_response(400, "bad_request", "invalid Content-Length")(
+                    scope, receive, send
+                )
+                return
+            if int(declared) > self.max_bytes:
+                await self._too_large()(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise ApiError(413, "too_large", self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self) -> str:
+        return f"request body is larger than {self.max_bytes:,} bytes"
+
+    def _too_large(self) -> JSONResponse:
+        return error_response(413, "too_large", self._message())

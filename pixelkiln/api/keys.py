@@ -1,0 +1,64 @@
+"""Encryption of users' provider keys at rest (Fernet: AES-128-CBC + HMAC-SHA256).
+
+The key comes from ``[auth] secret_key``, or is generated once into
+``<data_dir>/secret.key`` (mode 0600) the first time a provider key is stored.
+Losing that file makes stored provider keys unreadable, never readable by
+someone else: users then store their keys again.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from pixelkiln.config import Settings
+from pixelkiln.exceptions import ConfigError
+
+
+class KeyBox:
+    """Encrypts and decrypts provider keys; builds its Fernet key on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        secret = settings.auth.secret_key
+        self._configured = secret.get_secret_value() if secret else None
+        self._file = settings.storage.data_dir / "secret.key"
+        self._fernet: Fernet | None = None
+        self._lock = threading.Lock()
+
+    def encrypt(self, plaintext: str) -> str:
+        return self._get().encrypt(plaintext.encode()).decode()
+
+    def decrypt(self, ciphertext: str) -> str:
+        try:
+            return self._get().decrypt(ciphertext.encode()).decode()
+        except InvalidToken as exc:
+            raise ConfigError(
+                "a stored provider key cannot be decrypted with this secret key"
+            ) from exc
+
+    def _get(self) -> Fernet:
+        with self._lock:
+            if self._fernet is None:
+                key = self._configured or _load_or_create(self._file)
+                try:
+                    self._fernet = Fernet(key)
+                except ValueError as exc:
+                    raise ConfigError(f"[auth] secret_key is not a Fernet key: {exc}") from exc
+            return self._fernet
+
+
+def _load_or_create(path: Path) -> str:
+    if path.is_file():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = Fernet.generate_key().decode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key

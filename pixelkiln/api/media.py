@@ -1,0 +1,114 @@
+"""Image files for the API: cached thumbnails and ZIP archives streamed as they are written.
+
+A thumbnail is made with Pillow on its first request and kept under
+``<data_dir>/thumbs/<batch>/<image>_<size>.webp``; later requests are a file
+read. A ZIP is written into a sink that hands its bytes to the response as
+each file goes in (PNG is already compressed, so entries are stored), so a
+batch of any size costs one read buffer of memory, not the archive.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import zipfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
+
+from pixelkiln.models import ImageRecord
+from pixelkiln.storage import Storage
+
+THUMB_SIZES = (128, 256, 512)
+THUMB_TYPE = "image/webp"
+READ_CHUNK = 256 * 1024
+
+
+def thumbnail_path(storage: Storage, image: ImageRecord, size: int) -> Path:
+    """The cached thumbnail of an image, made now if missing (blocking: call in a thread)."""
+    target = storage.absolute(f"thumbs/{image.batch_id}/{image.id}_{size}.webp")
+    if target.exists():
+        return target
+    with Image.open(storage.absolute(image.path)) as source:
+        source.thumbnail((size, size))
+        picture = source.convert("RGBA" if "A" in source.getbands() else "RGB")
+    out = io.BytesIO()
+    picture.save(out, format="WEBP", quality=80)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    tmp.write_bytes(out.getvalue())
+    os.replace(tmp, target)  # concurrent first requests each write whole files
+    return target
+
+
+def remove_batch_files(storage: Storage, batch_id: int) -> None:
+    """Delete a batch's images and thumbnails (after its rows are gone)."""
+    for folder in (f"images/{batch_id}", f"thumbs/{batch_id}"):
+        _remove_tree(storage.absolute(folder))
+
+
+def remove_image_files(storage: Storage, image: ImageRecord) -> None:
+    storage.delete(image.path)
+    for size in THUMB_SIZES:
+        storage.delete(f"thumbs/{image.batch_id}/{image.id}_{size}.webp")
+
+
+def _remove_tree(folder: Path) -> None:
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_dir():
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
+    folder.rmdir()
+
+
+class _Sink(io.RawIOBase):
+    """A write-only, unseekable file that collects bytes until taken."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self._chunks.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        out = b"".join(self._chunks)
+        self._chunks.clear()
+        return out
+
+
+def zip_stream(storage: Storage, images: Iterable[ImageRecord]) -> Iterator[bytes]:
+    """The bytes of a ZIP of ``images``, produced while it is written (blocking iterator)."""
+    sink = _Sink()
+    names: set[str] = set()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
+        for image in images:
+            path = storage.absolute(image.path)
+            if not path.is_file():
+                continue  # deleted meanwhile: the archive has the rest
+            name = _unique(PurePosixPath(image.path).name, names)
+            with archive.open(name, "w", force_zip64=image.bytes >= 2**31) as entry:
+                with path.open("rb") as source:
+                    while block := source.read(READ_CHUNK):
+                        entry.write(block)
+                        yield sink.take()
+            yield sink.take()
+    yield sink.take()
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    stem, dot, ext = name.rpartition(".")
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}-{n}{dot}{ext}" if dot else f"{name}-{n}"
+    taken.add(candidate)
+    return candidate

@@ -1,0 +1,368 @@
+"""``/api/v1/batches``: create (JSON, image uploads, batch files), read, list, control, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pixelkiln.api import service
+from pixelkiln.api.deps import ApiContext, Caller, CallerDep, CtxDep, PageDep, page_fields
+from pixelkiln.api.errors import ApiError
+from pixelkiln.api.media import remove_batch_files, zip_stream
+from pixelkiln.api.schemas import (
+    ActiveCount,
+    BatchDetail,
+    BatchPublic,
+    ErrorBody,
+    Page,
+    RetryRequest,
+    RetryResult,
+)
+from pixelkiln.api.service import Submission, TaskPage
+from pixelkiln.api.uploads import files_of, load_table, read_form, saved_table, store_images
+from pixelkiln.api.views import batch_public
+from pixelkiln.db.batches import get_batch, set_paused
+from pixelkiln.db.presets import get_preset
+from pixelkiln.db.records import count_active, delete_batch, search_batches
+from pixelkiln.db.tasks import list_images
+from pixelkiln.models import BatchStatus, TaskStatus
+from pixelkiln.specs import BatchSpec, Params, parse_batch, problems_from_validation
+
+router = APIRouter(prefix="/batches", tags=["batches"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 402, 404, 409, 413, 422)
+}
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="Retrying a create with the same key never makes a second batch.",
+    ),
+]
+Wait = Annotated[bool, Query(description="Answer when the batch has ended, with every task.")]
+WaitTimeout = Annotated[
+    float | None, Query(gt=0, description="Longest wait in seconds (default: the server's).")
+]
+
+
+async def _created(
+    ctx: ApiContext,
+    caller: Caller,
+    sub: Submission,
+    response: Response,
+    wait: bool,
+    timeout: float | None,
+) -> BatchDetail:
+    batch_id, created = await service.submit(ctx, caller, sub)
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/api/v1/batches/{batch_id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    page = TaskPage()
+    if wait:
+        limit = min(
+            timeout or ctx.settings.server.max_wait_seconds, ctx.settings.server.max_wait_seconds
+        )
+        if not await service.wait_until_finished(ctx, batch_id, limit):
+            response.status_code = 202  # accepted, still running: poll GET /batches/{id}
+        page = TaskPage(limit=service.ALL_TASKS)
+    return await service.batch_detail(ctx, batch_id, caller.scope, page)
+
+
+@router.post("", status_code=201, responses=ERRORS, summary="Create a batch from a spec")
+async def create_batch(
+    spec: BatchSpec,
+    ctx: CtxDep,
+    caller: CallerDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+    wait: Wait = False,
+    timeout: WaitTimeout = None,
+) -> BatchDetail:
+    """Queue a batch (``{"name", "defaults", "tasks": [...]}``); 402 when credits do not cover it.
+
+    Input images must be uploads (``asset:<id>`` from ``POST /api/v1/assets``).
+    """
+    sub = Submission(
+        spec,
+        idempotency_key=idempotency_key,
+        fingerprint=service.fingerprint("json", spec.model_dump(mode="json")),
+    )
+    return await _created(ctx, caller, sub, response, wait, timeout)
+
+
+class UploadFields(BaseModel):
+    """The text fields of an image upload batch (img2img: one task per image)."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    name: str = Field("uploads", min_length=1, max_length=200)
+    prompt: str = Field("", max_length=20_000)
+    preset_id: int | None = None
+    negative_prompt: str | None = Field(None, max_length=20_000)
+    backend: str | None = None
+    model: str | None = None
+    denoise: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=10)
+    aspect_ratio: str | None = None
+    resolution: str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    seed: int | None = None
+
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        **UploadFields.model_json_schema()["properties"],
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/upload",
+    status_code=201,
+    responses=ERRORS,
+    openapi_extra=_UPLOAD_BODY,
+    summary="Create an img2img batch from uploaded images",
+)
+async def create_from_uploads(
+    request: Request,
+    ctx: CtxDep,
+    caller: CallerDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+    wait: Wait = False,
+    timeout: WaitTimeout = None,
+) -> BatchDetail:
+    """Up to 50 images (JPG/PNG/GIF/WebP, 10 MB each), one prompt (or a preset) for all."""
+    form = await read_form(request, ctx.settings.server.max_upload_files)
+    try:
+        fields = UploadFields.model_validate(
+            {k: v for k, v in form.multi_items() if isinstance(v, str) and v != ""}
+        )
+        uploads = await store_images(ctx, caller, files_of(form, "files"))
+    except ValidationError as exc:
+        raise _form_error(exc) from exc
+    finally:
+        await form.close()
+    spec = await _upload_spec(ctx, fields, [u.asset.id for u in uploads])
+    sub = Submission(
+        spec,
+        source="api",
+        idempotency_key=idempotency_key,
+        fingerprint=service.fingerprint(
+            "upload", fields.model_dump(), [u.asset.sha256 for u in uploads]
+        ),
+    )
+    return await _created(ctx, caller, sub, response, wait, timeout)
+
+
+def _form_error(exc: ValidationError) -> ApiError:
+    problems = problems_from_validation(exc, "", lambda loc: ("", ".".join(map(str, loc))))
+    first = problems[0]
+    return ApiError(
+        422,
+        "invalid_request",
+        f"{first.field}: {first.message}",
+        field=first.field,
+        problems=[{"where": p.where, "field": p.field, "message": p.message} for p in problems],
+    )
+
+
+async def _upload_spec(ctx: ApiContext, fields: UploadFields, asset_ids: list[int]) -> BatchSpec:
+    """One task per uploaded image; a preset gives the prompt's frame and default parameters."""
+    prompt, negative, preset_params = fields.prompt, fields.negative_prompt, {}
+    if fields.preset_id is not None:
+        preset = await ctx.read(get_preset, fields.preset_id, include_inactive=False)
+        template = preset.content
+        if "{prompt}" in template:
+            prompt = template.replace("{prompt}", prompt)
+        else:
+            prompt = f"{template}, {prompt}" if prompt else template
+        negative = negative if negative is not None else (preset.negative_prompt or None)
+        preset_params = {k: v for k, v in preset.params.items() if k in Params.model_fields}
+    if not prompt:
+        raise ApiError(422, "invalid_request", "a prompt (or a preset) is required", field="prompt")
+    overrides = fields.model_dump(
+        exclude_none=True, exclude={"name", "prompt", "preset_id", "negative_prompt"}
+    )
+    data = {
+        "name": fields.name,
+        "defaults": {**preset_params, **overrides, "prompt": prompt, "negative_prompt": negative},
+        "tasks": [{"init_image": f"asset:{i}", "key": str(i)} for i in asset_ids],
+    }
+    return parse_batch(data, "upload")
+
+
+@router.post(
+    "/import",
+    status_code=201,
+    responses=ERRORS | {415: {"model": ErrorBody}},
+    summary="Create a batch from an uploaded batch file (XLSX, CSV, JSON, YAML, TOML)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "name": {"type": "string"},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def create_from_file(
+    request: Request,
+    ctx: CtxDep,
+    caller: CallerDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+    wait: Wait = False,
+    timeout: WaitTimeout = None,
+) -> BatchDetail:
+    """Rows carry the batch spec's parameter names as columns; errors name row and column."""
+    form = await read_form(request, 1)
+    try:
+        files = files_of(form, "file")
+        if len(files) != 1:
+            raise ApiError(422, "invalid_request", "send exactly one 'file'", field="file")
+        name = form.get("name")
+        data = await files[0].read(ctx.settings.server.max_request_bytes)
+        with saved_table(files[0], data) as path:
+            loaded = await ctx.run(
+                load_table, path, name if isinstance(name, str) and name else None
+            )
+    finally:
+        await form.close()
+    sub = Submission(
+        loaded.spec,
+        source="api",
+        source_name=loaded.source,
+        where=loaded.where,
+        idempotency_key=idempotency_key,
+        fingerprint=service.fingerprint("file", loaded.spec.model_dump(mode="json")),
+    )
+    return await _created(ctx, caller, sub, response, wait, timeout)
+
+
+StatusFilter = Annotated[list[BatchStatus] | None, Query(alias="status")]
+
+
+@router.get("", responses=ERRORS, summary="List my batches")
+async def list_batches(
+    ctx: CtxDep,
+    caller: CallerDep,
+    page: PageDep,
+    status: StatusFilter = None,
+    q: Annotated[str | None, Query(max_length=200, description="Part of name or prompt.")] = None,
+) -> Page[BatchPublic]:
+    batches, total = await ctx.read(
+        search_batches,
+        owner_id=caller.mine,
+        statuses=status,
+        text=q,
+        limit=page.limit,
+        offset=page.offset,
+    )
+    return Page[BatchPublic](
+        items=[batch_public(b) for b in batches], **page_fields(page, len(batches), total)
+    )
+
+
+@router.get("/active", responses=ERRORS, summary="Count my unfinished batches")
+async def active_batches(ctx: CtxDep, caller: CallerDep) -> ActiveCount:
+    return ActiveCount(active=await ctx.read(count_active, caller.mine))
+
+
+@router.get("/{batch_id}", responses=ERRORS, summary="One batch with a page of its tasks")
+async def get_one(
+    batch_id: int,
+    ctx: CtxDep,
+    caller: CallerDep,
+    task_status: Annotated[list[TaskStatus] | None, Query()] = None,
+    task_limit: Annotated[int, Query(ge=0, le=1000)] = 50,
+    task_offset: Annotated[int, Query(ge=0)] = 0,
+) -> BatchDetail:
+    """Status, counters, progress 0–1, estimated remaining seconds, and tasks (paginated)."""
+    page = TaskPage(task_status, task_limit, task_offset)
+    return await service.batch_detail(ctx, batch_id, caller.scope, page)
+
+
+@router.post("/{batch_id}/cancel", responses=ERRORS, summary="Cancel a batch")
+async def cancel(batch_id: int, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
+    """Pending tasks stop at once (refunded), running ones at their next lease check."""
+    batch = await ctx.kiln.cancel(batch_id, caller.scope)
+    return batch_public(batch)
+
+
+@router.post("/{batch_id}/retry", responses=ERRORS, summary="Retry failed tasks")
+async def retry(
+    batch_id: int, ctx: CtxDep, caller: CallerDep, body: RetryRequest | None = None
+) -> RetryResult:
+    """Every failed task (or only ``task_ids``); charged again like a new create."""
+    body = body or RetryRequest()
+    count = await service.retry(ctx, caller, batch_id, body.task_ids, body.include_cancelled)
+    batch = await ctx.read(get_batch, batch_id)
+    return RetryResult(retried=count, batch=batch_public(batch))
+
+
+@router.post("/{batch_id}/pause", responses=ERRORS, summary="Pause a batch")
+async def pause(batch_id: int, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
+    return batch_public(await ctx.write(set_paused, batch_id, True, caller.scope))
+
+
+@router.post("/{batch_id}/resume", responses=ERRORS, summary="Resume a paused batch")
+async def resume(batch_id: int, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
+    batch = await ctx.write(set_paused, batch_id, False, caller.scope)
+    ctx.wake_scheduler()
+    return batch_public(batch)
+
+
+@router.delete("/{batch_id}", status_code=204, responses=ERRORS, summary="Delete a batch")
+async def delete(batch_id: int, ctx: CtxDep, caller: CallerDep) -> Response:
+    """A finished batch with its tasks, events and image files; 409 while it runs."""
+    await ctx.write(delete_batch, batch_id, caller.scope)
+    await ctx.run(remove_batch_files, ctx.storage, batch_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{batch_id}/images.zip",
+    responses=ERRORS | {200: {"content": {"application/zip": {}}}},
+    response_class=StreamingResponse,
+    summary="Every image of a batch as a ZIP",
+)
+async def images_zip(batch_id: int, ctx: CtxDep, caller: CallerDep) -> StreamingResponse:
+    """Streamed while it is written: memory does not grow with the batch."""
+    batch = await ctx.read(get_batch, batch_id, caller.scope)
+    images = await ctx.read(list_images, batch_id)
+    filename = f"batch-{batch.id}.zip"
+    return StreamingResponse(
+        zip_stream(ctx.storage, images),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

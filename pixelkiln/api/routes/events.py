@@ -1,0 +1,103 @@
+"""Events as Server-Sent Events (``Last-Event-ID`` resumes) and as a JSON log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+
+from pixelkiln.api.deps import CallerDep, CtxDep
+from pixelkiln.api.errors import ApiError
+from pixelkiln.api.routes.batches import ERRORS
+from pixelkiln.api.schemas import EventPublic, Page
+from pixelkiln.api.sse import HEADERS, StreamScope, event_stream
+from pixelkiln.api.views import event_public
+from pixelkiln.db.batches import get_batch
+from pixelkiln.db.events import events_after
+from pixelkiln.db.records import latest_event_id
+
+router = APIRouter(tags=["events"])
+
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "An event stream."}
+}
+
+
+def _after(header: str | None, query: int | None) -> int | None:
+    """The id to resume after: the header (what EventSource sends), else the query."""
+    if header:
+        if not header.strip().isdigit():
+            raise ApiError(
+                422, "invalid_request", "Last-Event-ID must be a number", field="Last-Event-ID"
+            )
+        return int(header.strip())
+    return query
+
+
+@router.get(
+    "/batches/{batch_id}/events",
+    responses=ERRORS | SSE_RESPONSE,
+    response_class=StreamingResponse,
+    summary="A batch's events, live (SSE)",
+)
+async def batch_events(
+    batch_id: int,
+    request: Request,
+    ctx: CtxDep,
+    caller: CallerDep,
+    last_event_id: LastEventId = None,
+    after: Annotated[int | None, Query(ge=0, description="Resume after this event id.")] = None,
+) -> StreamingResponse:
+    """Every event of the batch from the start (or after ``Last-Event-ID``); ends after ``done``."""
+    await ctx.read(get_batch, batch_id, caller.scope)
+    scope = StreamScope(batch_id, None, end_when_done=True)
+    start = _after(last_event_id, after) or 0
+    return _response(request, scope, start)
+
+
+@router.get(
+    "/events",
+    responses=ERRORS | SSE_RESPONSE,
+    response_class=StreamingResponse,
+    summary="Events of all my batches, live (SSE)",
+)
+async def my_events(
+    request: Request,
+    ctx: CtxDep,
+    caller: CallerDep,
+    last_event_id: LastEventId = None,
+    after: Annotated[int | None, Query(ge=0, description="Replay after this id (0: all).")] = None,
+) -> StreamingResponse:
+    """From now on (or after ``Last-Event-ID`` / ``after``); never ends by itself."""
+    start = _after(last_event_id, after)
+    if start is None:
+        start = await ctx.read(latest_event_id)
+    return _response(request, StreamScope(None, caller.mine, end_when_done=False), start)
+
+
+def _response(request: Request, scope: StreamScope, start: int) -> StreamingResponse:
+    ctx = request.app.state.ctx
+    stream = event_stream(
+        ctx, request.app.state.frames, scope, start, ctx.settings.server.heartbeat_seconds
+    )
+    return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
+
+
+@router.get("/batches/{batch_id}/log", responses=ERRORS, summary="A batch's events as JSON")
+async def batch_log(
+    batch_id: int,
+    ctx: CtxDep,
+    caller: CallerDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> Page[EventPublic]:
+    """The per-batch log, oldest first; page on with ``after`` = the last id seen."""
+    await ctx.read(get_batch, batch_id, caller.scope)
+    events = await ctx.read(events_after, after, batch_id=batch_id, limit=limit)
+    return Page[EventPublic](
+        items=[event_public(e) for e in events],
+        limit=limit,
+        next_cursor=events[-1].id if len(events) == limit else None,
+    )

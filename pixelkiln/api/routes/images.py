@@ -1,0 +1,163 @@
+"""``/api/v1/images``: the records search, files, thumbnails, inputs, edit and delete."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import FileResponse
+
+from pixelkiln.api import service
+from pixelkiln.api.deps import CallerDep, CtxDep, PageDep, page_fields
+from pixelkiln.api.errors import ApiError
+from pixelkiln.api.media import THUMB_SIZES, THUMB_TYPE, remove_image_files, thumbnail_path
+from pixelkiln.api.routes.batches import ERRORS
+from pixelkiln.api.schemas import BatchDetail, EditRequest, ImageDetail, Page
+from pixelkiln.api.service import Submission, TaskPage
+from pixelkiln.api.views import image_detail
+from pixelkiln.db.records import ImageQuery, count_images, delete_image, get_image, search_images
+from pixelkiln.models import BatchStatus
+from pixelkiln.params import check_side
+from pixelkiln.specs import parse_batch
+
+router = APIRouter(prefix="/images", tags=["images"])
+
+PNG = "image/png"
+
+
+@router.get("", responses=ERRORS, summary="Search generated images (records)")
+async def search(
+    ctx: CtxDep,
+    caller: CallerDep,
+    page: PageDep,
+    q: Annotated[str | None, Query(max_length=200, description="Part of the prompt.")] = None,
+    batch_id: int | None = None,
+    status: Annotated[BatchStatus | None, Query(description="The batch's status.")] = None,
+    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
+    until: Annotated[datetime | None, Query(description="Created before (ISO 8601).")] = None,
+    before: Annotated[int | None, Query(ge=1, description="Cursor: ids below this.")] = None,
+    count: Annotated[bool, Query(description="Also count every match (slower).")] = True,
+) -> Page[ImageDetail]:
+    """Newest first; page with ``limit``/``offset``, or with the cursor ``before``."""
+    query = ImageQuery(
+        text=q,
+        batch_id=batch_id,
+        status=status,
+        before_id=before,
+        since=since.timestamp() if since else None,
+        until=until.timestamp() if until else None,
+    )
+    found = await ctx.read(
+        search_images, query, owner_id=caller.mine, limit=page.limit, offset=page.offset
+    )
+    total = await ctx.read(count_images, query, owner_id=caller.mine) if count else None
+    fields = page_fields(page, len(found), total)
+    cursor = found[-1].image.id if len(found) == page.limit else None
+    return Page[ImageDetail](items=[image_detail(i) for i in found], next_cursor=cursor, **fields)
+
+
+@router.get("/{image_id}", responses=ERRORS, summary="An image's metadata")
+async def metadata(image_id: int, ctx: CtxDep, caller: CallerDep) -> ImageDetail:
+    return image_detail(await ctx.read(get_image, image_id, caller.scope))
+
+
+@router.get(
+    "/{image_id}/file", responses=ERRORS, response_class=FileResponse, summary="The PNG file"
+)
+async def file(image_id: int, ctx: CtxDep, caller: CallerDep) -> FileResponse:
+    info = await ctx.read(get_image, image_id, caller.scope)
+    name = info.image.path.rsplit("/", 1)[-1]
+    return FileResponse(
+        ctx.storage.absolute(info.image.path),
+        media_type=PNG,
+        filename=name,
+        content_disposition_type="inline",
+    )
+
+
+@router.get(
+    "/{image_id}/thumbnail",
+    responses=ERRORS,
+    response_class=FileResponse,
+    summary="A WebP thumbnail, made on first request and cached",
+)
+async def thumbnail(
+    image_id: int,
+    ctx: CtxDep,
+    caller: CallerDep,
+    size: Annotated[int, Query(description=f"Longest side: one of {THUMB_SIZES}.")] = 256,
+) -> FileResponse:
+    if size not in THUMB_SIZES:
+        raise ApiError(422, "invalid_request", f"size must be one of {THUMB_SIZES}", field="size")
+    info = await ctx.read(get_image, image_id, caller.scope)
+    path = await ctx.run(thumbnail_path, ctx.storage, info.image, size)
+    return FileResponse(path, media_type=THUMB_TYPE, headers={"Cache-Control": "max-age=86400"})
+
+
+@router.get(
+    "/{image_id}/inputs/{n}",
+    responses=ERRORS,
+    response_class=FileResponse,
+    summary="An input image of the task that made this image",
+)
+async def task_input(image_id: int, n: int, ctx: CtxDep, caller: CallerDep) -> FileResponse:
+    """``n`` = 0: the init image; 1…4: the reference images."""
+    info = await ctx.read(get_image, image_id, caller.scope)
+    paths = [info.inputs.get("init_image") or "", *(info.inputs.get("reference_images") or [])]
+    if not 0 <= n < len(paths) or not paths[n]:
+        raise ApiError(404, "not_found", f"image {image_id} has no input {n}")
+    return FileResponse(ctx.storage.absolute(paths[n]))
+
+
+@router.delete("/{image_id}", status_code=204, responses=ERRORS, summary="Delete an image")
+async def delete(image_id: int, ctx: CtxDep, caller: CallerDep) -> Response:
+    info = await ctx.write(delete_image, image_id, caller.scope)
+    await ctx.run(remove_image_files, ctx.storage, info.image)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{image_id}/edit",
+    status_code=201,
+    responses=ERRORS,
+    summary="Re-prompt an image: a new img2img batch from it",
+)
+async def edit(
+    image_id: int, body: EditRequest, ctx: CtxDep, caller: CallerDep, response: Response
+) -> BatchDetail:
+    """The original stays as it is; the result is a new one-task batch (charged as such)."""
+    info = await ctx.read(get_image, image_id, caller.scope)
+    task: dict[str, object] = {
+        "prompt": body.prompt,
+        "negative_prompt": body.negative_prompt
+        if body.negative_prompt is not None
+        else info.negative_prompt,
+        "init_image": str(ctx.storage.absolute(info.image.path)),
+        "backend": body.backend or info.backend,
+        "model": body.model if body.model is not None else info.params.get("model") or None,
+        "denoise": body.denoise,
+        "seed": body.seed,
+        "n": body.n,
+        "key": f"edit-{image_id}",
+    }
+    task.update(_same_size(info.image.width, info.image.height))
+    spec = parse_batch(
+        {
+            "name": body.name or f"edit of image {image_id}",
+            "tasks": [{k: v for k, v in task.items() if v is not None}],
+        },
+        "edit",
+    )
+    sub = Submission(spec, source="api", server_paths=True)
+    batch_id, _ = await service.submit(ctx, caller, sub)
+    response.headers["Location"] = f"/api/v1/batches/{batch_id}"
+    return await service.batch_detail(ctx, batch_id, caller.scope, TaskPage())
+
+
+def _same_size(width: int, height: int) -> dict[str, int]:
+    """The original's size when the generator accepts it; else the default size."""
+    try:
+        return {"width": check_side(width), "height": check_side(height)}
+    except ValueError:
+        return {}

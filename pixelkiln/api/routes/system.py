@@ -1,0 +1,51 @@
+"""``/healthz`` (no auth), ``/metrics`` (Prometheus) and ``/api/v1/backends``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+
+from pixelkiln import __version__
+from pixelkiln.api import metrics
+from pixelkiln.api.deps import CallerDep, CtxDep
+from pixelkiln.api.routes.batches import ERRORS
+from pixelkiln.api.schemas import BackendPublic, Health
+from pixelkiln.api.service import pricing_for
+
+health = APIRouter(tags=["system"])
+protected = APIRouter(tags=["system"])
+
+
+@health.get("/healthz", summary="Liveness: the process answers and its database opens")
+async def healthz(ctx: CtxDep) -> Health:
+    await ctx.read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+    return Health(status="ok", version=__version__)
+
+
+@protected.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses=ERRORS,
+    summary="Prometheus metrics",
+)
+async def prometheus(ctx: CtxDep, _: CallerDep) -> PlainTextResponse:
+    snap = await ctx.read(metrics.snapshot)
+    status = ctx.scheduler.status() if ctx.scheduler else None
+    text = metrics.render(snap, list(ctx.kiln.backends), status)
+    return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
+
+
+@protected.get("/api/v1/backends", responses=ERRORS, summary="Configured generators and prices")
+async def backends(ctx: CtxDep, caller: CallerDep) -> list[BackendPublic]:
+    """Names to use as ``backend``, and what an image costs you on each."""
+    pricing = await pricing_for(ctx, caller.user_id)
+    return [
+        BackendPublic(
+            name=name,
+            type=b.settings.type,
+            model=b.settings.model,
+            credits_per_image=pricing.price(name),
+            own_key=name in pricing.own_keys,
+        )
+        for name, b in ctx.kiln.backends.items()
+    ]

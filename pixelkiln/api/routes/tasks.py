@@ -1,0 +1,41 @@
+"""``/api/v1/tasks``: one task with its images; retry one task."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import Connection
+
+from pixelkiln.api import service
+from pixelkiln.api.deps import CallerDep, CtxDep
+from pixelkiln.api.routes.batches import ERRORS
+from pixelkiln.api.schemas import RetryResult, TaskPublic
+from pixelkiln.api.views import batch_public, task_public
+from pixelkiln.db.batches import get_batch
+from pixelkiln.db.records import images_of_tasks
+from pixelkiln.db.tasks import get_task
+from pixelkiln.models import ImageRecord, Task
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+
+def _owned_task(
+    conn: Connection, task_id: int, scope: int | None
+) -> tuple[Task, list[ImageRecord]]:
+    """The task, when its batch is the caller's (else NotFoundError, like a missing one)."""
+    task = get_task(conn, task_id)
+    get_batch(conn, task.batch_id, scope)
+    return task, images_of_tasks(conn, [task.id])[task.id]
+
+
+@router.get("/{task_id}", responses=ERRORS, summary="One task with its images")
+async def get_one(task_id: int, ctx: CtxDep, caller: CallerDep) -> TaskPublic:
+    task, images = await ctx.read(_owned_task, task_id, caller.scope)
+    return task_public(task, images)
+
+
+@router.post("/{task_id}/retry", responses=ERRORS, summary="Retry one failed or cancelled task")
+async def retry(task_id: int, ctx: CtxDep, caller: CallerDep) -> RetryResult:
+    task, _ = await ctx.read(_owned_task, task_id, caller.scope)
+    count = await service.retry(ctx, caller, task.batch_id, [task.id], include_cancelled=True)
+    batch = await ctx.read(get_batch, task.batch_id)
+    return RetryResult(retried=count, batch=batch_public(batch))

@@ -1,0 +1,340 @@
+"""What the HTTP API accepts (``*Create``, ``*Update``, ``*Request``) and returns (``*Public``).
+
+These are separate from the tables and the domain records on purpose: the
+wire format is a promise to clients and changes only by adding fields. Only
+pydantic is imported here, so :mod:`pixelkiln.client` parses responses with
+the very models the server validated them against.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from pixelkiln.models import BatchStatus, EventType, TaskStatus
+
+T = TypeVar("T")
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # a newer server may send more fields
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class ProblemPublic(_Public):
+    where: str = ""  #: "task 3", "row 4", "files[2]"; "" for the whole request
+    field: str = ""
+    message: str
+
+
+class ErrorDetail(_Public):
+    code: str  #: stable, machine-readable: not_found, invalid_spec, insufficient_credits…
+    message: str
+    field: str | None = None  #: the request field at fault, when one is
+    problems: list[ProblemPublic] = Field(default_factory=list)
+
+
+class ErrorBody(_Public):
+    """Every 4xx and 5xx answer has this body."""
+
+    error: ErrorDetail
+
+
+# -- batches, tasks, images -------------------------------------------------------------------
+
+
+class CountsPublic(_Public):
+    total: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    images: int
+
+
+class ImagePublic(_Public):
+    id: int
+    task_id: int
+    batch_id: int
+    index: int  #: 0-based within its task
+    width: int
+    height: int
+    bytes: int
+    seed: int
+    url: str  #: the PNG, relative to the server's root
+    thumbnail_url: str
+    created_at: float
+
+
+class TaskPublic(_Public):
+    id: int
+    batch_id: int
+    position: int
+    key: str
+    status: TaskStatus
+    backend: str
+    prompt: str  #: the final prompt as sent to the generator
+    negative_prompt: str
+    params: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    error: str | None  #: why the last try failed
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None  #: generation seconds of the successful (or last) try
+    images: list[ImagePublic] = Field(default_factory=list)
+
+
+class BatchPublic(_Public):
+    id: int
+    name: str
+    status: BatchStatus
+    priority: int
+    source: str
+    owner_id: int | None
+    counts: CountsPublic
+    progress: float  #: share of tasks finished, 0–1
+    eta_seconds: float | None  #: estimated time to the end; None until it can be told
+    elapsed_seconds: float | None  #: from the first start to the end (or now)
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    scheduled_at: float | None
+
+
+class BatchDetail(BatchPublic):
+    """A batch with one page of its tasks (every task when created with ``?wait=true``)."""
+
+    tasks: list[TaskPublic] = Field(default_factory=list)
+    task_total: int = 0  #: tasks matching the task filter
+    task_offset: int = 0
+    finished: bool = False  #: the batch reached a final status
+
+
+class Page(_Public, Generic[T]):
+    items: list[T]
+    total: int | None = None  #: matches in all pages (None when not counted)
+    limit: int
+    offset: int = 0
+    next_offset: int | None = None  #: offset of the next page; None on the last one
+    next_cursor: int | None = None  #: ``before`` value of the next page (images)
+
+
+class ActiveCount(_Public):
+    active: int  #: queued, running or paused batches
+
+
+class RetryRequest(_Input):
+    task_ids: list[int] | None = Field(None, max_length=10_000)  #: None = every failed task
+    include_cancelled: bool = False
+
+
+class RetryResult(_Public):
+    retried: int
+    batch: BatchPublic
+
+
+class ImageInputPublic(_Public):
+    role: str  #: init_image or reference_image
+    url: str
+
+
+class ImageDetail(ImagePublic):
+    key: str
+    prompt: str
+    negative_prompt: str
+    backend: str
+    params: dict[str, Any]
+    batch_name: str
+    batch_status: BatchStatus
+    inputs: list[ImageInputPublic] = Field(default_factory=list)
+
+
+class EditRequest(_Input):
+    """Re-prompt an image: a new img2img batch from it; the original stays as it is."""
+
+    prompt: str = Field(min_length=1, max_length=20_000)
+    negative_prompt: str | None = Field(None, max_length=20_000)
+    denoise: float | None = Field(None, ge=0, le=1)
+    backend: str | None = None
+    model: str | None = None
+    seed: int | None = None
+    n: int | None = Field(None, ge=1, le=10)
+    name: str | None = Field(None, max_length=200)
+
+
+class AssetPublic(_Public):
+    id: int
+    ref: str  #: use as init_image / reference_images in a batch: "asset:<id>"
+    filename: str  #: the uploaded name, sanitised (never used as a path)
+    mime: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+    url: str
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+class EventPublic(_Public):
+    """One event as sent over SSE (the ``data:`` line) and in batch logs."""
+
+    id: int
+    type: EventType
+    batch_id: int
+    task_id: int | None
+    created_at: float
+    data: dict[str, Any]
+
+
+# -- presets ----------------------------------------------------------------------------------
+
+
+class PresetCreate(_Input):
+    title: str = Field(min_length=1, max_length=200)
+    content: str = Field(min_length=1, max_length=20_000)  #: prompt, or template with {prompt}
+    negative_prompt: str = Field("", max_length=20_000)
+    params: dict[str, Any] = Field(default_factory=dict)  #: default generation parameters
+    category: str = Field("", max_length=100)
+    position: int | None = None  #: default: last in its category
+    active: bool = True
+
+
+class PresetUpdate(_Input):
+    title: str | None = Field(None, min_length=1, max_length=200)
+    content: str | None = Field(None, min_length=1, max_length=20_000)
+    negative_prompt: str | None = Field(None, max_length=20_000)
+    params: dict[str, Any] | None = None
+    category: str | None = Field(None, max_length=100)
+    position: int | None = None
+    active: bool | None = None
+
+
+class PresetPublic(_Public):
+    id: int
+    title: str
+    content: str
+    negative_prompt: str
+    params: dict[str, Any]
+    category: str
+    position: int
+    active: bool
+    created_at: float
+    updated_at: float
+
+
+class ReorderRequest(_Input):
+    ids: list[int] = Field(min_length=1, max_length=10_000)  #: preset ids in their new order
+
+
+# -- users and credits ------------------------------------------------------------------------
+
+
+class UserPublic(_Public):
+    id: int
+    name: str
+    is_admin: bool
+    active: bool
+    created_at: float
+    balance: int
+
+
+class UserCreate(_Input):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._@-]+$")
+    is_admin: bool = False
+    credits: int = Field(0, ge=0)
+
+
+class UserCreated(UserPublic):
+    token: str  #: shown this once; only its hash is stored
+
+
+class UserUpdate(_Input):
+    active: bool
+
+
+class GrantRequest(_Input):
+    amount: int = Field(description="Credits to add (negative to take back).")
+    note: str = Field("", max_length=500)
+
+
+class LedgerEntryPublic(_Public):
+    id: int
+    delta: int
+    reason: str  #: grant, charge or refund
+    batch_id: int | None
+    note: str
+    created_at: float
+
+
+class CreditsPublic(_Public):
+    user_id: int | None  #: None without auth: nothing is charged
+    balance: int
+    entries: list[LedgerEntryPublic] = Field(default_factory=list)
+
+
+class ProviderKeyRequest(_Input):
+    api_key: SecretStr = Field(min_length=1, max_length=4096)
+
+
+class ProviderKeyPublic(_Public):
+    backend: str
+    created_at: float  #: the key itself is never returned
+
+
+class BackendPublic(_Public):
+    name: str
+    type: str
+    model: str
+    credits_per_image: int  #: 0 when credits are off or you stored your own key for it
+    own_key: bool
+
+
+# -- admin and system -------------------------------------------------------------------------
+
+
+class ConcurrencyPublic(_Public):
+    concurrency: int
+    max: int
+
+
+class ConcurrencyUpdate(_Input):
+    concurrency: int = Field(ge=1)
+
+
+class DayCount(_Public):
+    date: str  #: YYYY-MM-DD (UTC)
+    images: int
+
+
+class BackendStats(_Public):
+    name: str
+    succeeded: int
+    failed: int
+    retries: int
+    mean_seconds: float | None
+
+
+class StatsPublic(_Public):
+    images_per_day: list[DayCount]
+    tasks: dict[str, int]  #: by state
+    success_rate: float | None  #: succeeded / (succeeded + failed)
+    backends: list[BackendStats]
+    queue_depth: int  #: tasks waiting in unfinished batches
+    active_batches: int
+
+
+class Health(_Public):
+    status: str
+    version: str

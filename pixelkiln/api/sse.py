@@ -1,0 +1,143 @@
+"""Server-Sent Events: replay from the database, then live from the event bus.
+
+A stream first subscribes to the bus, then replays every stored event after
+the client's ``Last-Event-ID`` from the database, then forwards live events,
+skipping any it already sent (the two overlap by design, so nothing falls in
+a gap between them). A subscriber that fell behind the bus (``lagged``) goes
+back to the database from the last id it sent. Quiet streams get a comment
+line every ``heartbeat`` seconds so proxies and clients keep them open.
+
+Each event is encoded once, whatever the number of subscribers: the encoded
+frames sit in a small shared cache keyed by event id.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from pixelkiln.api.deps import ApiContext
+from pixelkiln.api.views import event_public
+from pixelkiln.db.batches import get_batch
+from pixelkiln.db.events import events_after
+from pixelkiln.engine.bus import Subscription
+from pixelkiln.exceptions import NotFoundError
+from pixelkiln.models import Event, EventType
+
+REPLAY_PAGE = 500
+RETRY_MS = 2000  #: how long EventSource clients wait before reconnecting
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class FrameCache:
+    """Encoded SSE frames by event id, most recent ``size`` kept."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._frames: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._size = size
+
+    def frame(self, event: Event) -> bytes:
+        cached = self._frames.get(event.id)
+        if cached is None:
+            data = event_public(event).model_dump_json()
+            cached = f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n".encode()
+            self._frames[event.id] = cached
+            if len(self._frames) > self._size:
+                self._frames.popitem(last=False)
+        return cached
+
+
+@dataclass
+class StreamScope:
+    """Which events a stream carries: one batch, or every batch of one owner (None: all)."""
+
+    batch_id: int | None
+    owner_id: int | None
+    end_when_done: bool  #: a batch stream ends after the batch's ``done``
+
+
+class _Stream:
+    def __init__(self, ctx: ApiContext, frames: FrameCache, scope: StreamScope, last: int):
+        self.ctx = ctx
+        self.frames = frames
+        self.scope = scope
+        self.last = last
+        self.done = False
+        self._owned: dict[int, bool] = {}
+        # subscribed before the replay reads the database: nothing can fall in between
+        self.subscription: Subscription = ctx.kiln.bus.subscribe(scope.batch_id)
+
+    async def live(self, heartbeat: float) -> AsyncIterator[bytes]:
+        """Events from the bus as they commit; keep-alive comments while quiet."""
+        while True:
+            if self.subscription.lagged:  # fell behind the bus: the database has everything
+                self.subscription.close()
+                self.subscription = self.ctx.kiln.bus.subscribe(self.scope.batch_id)
+                async for frame in self.replay():
+                    yield frame
+            event = await self.subscription.get(timeout=heartbeat)
+            if event is None:
+                yield b": keep-alive\n\n"
+            elif event.id > self.last and await self.allowed(event):
+                yield self._send(event)
+
+    async def replay(self) -> AsyncIterator[bytes]:
+        """Stored events after ``last``, page by page."""
+        while True:
+            events = await self.ctx.read(
+                events_after,
+                self.last,
+                batch_id=self.scope.batch_id,
+                owner_id=self.scope.owner_id,
+                limit=REPLAY_PAGE,
+            )
+            for event in events:
+                yield self._send(event)
+            if len(events) < REPLAY_PAGE:
+                return
+
+    async def allowed(self, event: Event) -> bool:
+        """Whether a live event belongs to this stream's owner (cached per batch)."""
+        owner = self.scope.owner_id
+        if owner is None or self.scope.batch_id is not None:
+            return True
+        if event.batch_id not in self._owned:
+            try:
+                await self.ctx.read(get_batch, event.batch_id, owner)
+                self._owned[event.batch_id] = True
+            except NotFoundError:
+                self._owned[event.batch_id] = False
+        return self._owned[event.batch_id]
+
+    def _send(self, event: Event) -> bytes:
+        self.last = event.id
+        if event.type == EventType.DONE:
+            self.done = True
+        return self.frames.frame(event)
+
+    async def batch_finished(self) -> bool:
+        if self.scope.batch_id is None or not self.scope.end_when_done:
+            return False
+        batch = await self.ctx.read(get_batch, self.scope.batch_id)
+        return batch.status.finished
+
+
+async def event_stream(
+    ctx: ApiContext, frames: FrameCache, scope: StreamScope, last_id: int, heartbeat: float
+) -> AsyncIterator[bytes]:
+    """The bytes of an SSE response; see the module docstring."""
+    stream = _Stream(ctx, frames, scope, last_id)
+    try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        async for frame in stream.replay():
+            yield frame
+        if await stream.batch_finished():
+            return  # everything there will ever be was replayed
+        stream.done = False  # a replayed "done" of an earlier run does not end the stream
+        async for frame in stream.live(heartbeat):
+            yield frame
+            if scope.end_when_done and stream.done:
+                return
+    finally:
+        stream.subscription.close()

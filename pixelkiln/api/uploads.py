@@ -1,0 +1,203 @@
+"""Multipart uploads: images checked by content, size and pixel count; tables for import.
+
+Nothing from an upload reaches the filesystem by its name: images are stored
+by content hash (:meth:`Storage.write_asset`), a table goes to a temporary
+file. The name a client sent is kept only as sanitised text for display.
+Files are read one at a time, so 50 × 10 MB never sits in memory at once.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from fastapi import Request
+from PIL import Image
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+
+from pixelkiln.api.deps import ApiContext, Caller
+from pixelkiln.api.errors import ApiError
+from pixelkiln.db.database import Tx
+from pixelkiln.db.records import Asset, record_asset
+from pixelkiln.exceptions import SpecError
+from pixelkiln.inputs import LoadedBatch, load_batch_file
+from pixelkiln.storage import InputImage, read_input_image, safe_name
+
+TABLE_TYPES = (".csv", ".xlsx", ".json", ".yaml", ".yml", ".toml")
+#: an XLSX is a ZIP: refuse one that inflates past this (a "zip bomb" aimed at openpyxl)
+MAX_TABLE_INFLATED = 256 * 1024 * 1024
+MAX_FIELDS = 100
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """One stored upload: its row and the name the client gave it (sanitised)."""
+
+    asset: Asset
+    filename: str
+
+
+def display_name(raw: str | None, fallback: str = "upload") -> str:
+    """``../../etc/passwd.png`` → ``passwd.png``: the last path part, reduced to safe text."""
+    base = PurePosixPath((raw or "").replace("\\", "/")).name
+    return safe_name(base, fallback)
+
+
+async def read_form(request: Request, max_files: int) -> FormData:
+    """Parse a multipart body within our limits; 422 for too many files."""
+    try:
+        return await request.form(max_files=max_files, max_fields=MAX_FIELDS)
+    except HTTPException as exc:
+        if isinstance(exc, ApiError):
+            raise
+        detail = str(exc.detail)
+        if "files" in detail.lower():
+            raise ApiError(
+                422, "too_many_files", f"at most {max_files} files per request", field="files"
+            ) from exc
+        raise ApiError(400, "bad_request", f"unreadable form data: {detail}") from exc
+
+
+def files_of(form: FormData, name: str) -> list[UploadFile]:
+    items = form.getlist(name)
+    files = [item for item in items if isinstance(item, UploadFile)]
+    if len(files) != len(items):
+        raise ApiError(422, "invalid_request", f"'{name}' must be file parts", field=name)
+    return files
+
+
+async def store_images(
+    ctx: ApiContext, caller: Caller, files: list[UploadFile], field: str = "files"
+) -> list[Uploaded]:
+    """Validate every file by content and store it; one 4xx listing every bad file."""
+    limits = ctx.settings.server
+    if not files:
+        raise ApiError(422, "invalid_request", "no image was uploaded", field=field)
+    if len(files) > limits.max_upload_files:
+        raise ApiError(
+            422,
+            "too_many_files",
+            f"at most {limits.max_upload_files} files per request",
+            field=field,
+        )
+    stored: list[tuple[dict[str, Any], str]] = []
+    too_large: list[dict[str, str]] = []
+    invalid: list[dict[str, str]] = []
+    for i, upload in enumerate(files):
+        where, name = f"{field}[{i}]", display_name(upload.filename)
+        if upload.size is not None and upload.size > limits.max_upload_bytes:
+            too_large.append(
+                _problem(where, name, _too_large(upload.size, limits.max_upload_bytes))
+            )
+            continue
+        data = await upload.read(limits.max_upload_bytes + 1)
+        try:
+            record = await ctx.run(_check_and_store, ctx, data)
+        except ValueError as exc:
+            bucket = too_large if len(data) > limits.max_upload_bytes else invalid
+            bucket.append(_problem(where, name, str(exc)))
+            continue
+        stored.append((record, name))
+    if too_large:
+        raise ApiError(
+            413,
+            "file_too_large",
+            too_large[0]["message"],
+            field=field,
+            problems=too_large + invalid,
+        )
+    if invalid:
+        raise ApiError(
+            422,
+            "invalid_image",
+            f"{invalid[0]['where']} ({invalid[0]['field']}): {invalid[0]['message']}",
+            field=field,
+            problems=invalid,
+        )
+    assets = await ctx.write(_record_all, caller.user_id, [r for r, _ in stored])
+    return [Uploaded(a, name) for a, (_, name) in zip(assets, stored, strict=True)]
+
+
+def _problem(where: str, name: str, message: str) -> dict[str, str]:
+    return {"where": where, "field": name, "message": message}
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"file is {size:,} bytes; the limit is {limit:,}"
+
+
+def _check_and_store(ctx: ApiContext, data: bytes) -> dict[str, Any]:
+    """Content checks (type, size, pixels, truncation), then the file by hash (a thread)."""
+    limits = ctx.settings.server
+    try:
+        image: InputImage = read_input_image(
+            data, max_bytes=limits.max_upload_bytes, max_pixels=limits.max_upload_pixels
+        )
+    except Image.DecompressionBombWarning as exc:  # raised when warnings are errors
+        raise ValueError(f"image has too many pixels ({exc})") from exc
+    path = ctx.storage.write_asset(image)
+    return {
+        "path": path,
+        "sha256": image.sha256,
+        "mime": image.mime,
+        "width": image.width,
+        "height": image.height,
+        "bytes": len(image.data),
+    }
+
+
+def _record_all(tx: Tx, owner_id: int | None, records: list[dict[str, Any]]) -> list[Asset]:
+    return [record_asset(tx, owner_id, r) for r in records]
+
+
+# -- batch files ------------------------------------------------------------------------------
+
+
+@contextmanager
+def saved_table(upload: UploadFile, data: bytes) -> Iterator[Path]:
+    """The uploaded batch file in a private temporary folder, under a safe name."""
+    name = display_name(upload.filename, "batch")
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix not in TABLE_TYPES:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"batch files must end in {', '.join(TABLE_TYPES)}",
+            field="file",
+        )
+    with tempfile.TemporaryDirectory(prefix="kiln-upload-") as folder:
+        path = Path(folder) / name
+        path.write_bytes(data)
+        if suffix == ".xlsx":
+            _check_inflated_size(path)
+        yield path
+
+
+def _check_inflated_size(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ApiError(
+            422, "invalid_file", f"not a readable XLSX file ({exc})", field="file"
+        ) from exc
+    if inflated > MAX_TABLE_INFLATED:
+        raise ApiError(413, "too_large", "the XLSX file inflates too much", field="file")
+
+
+def load_table(path: Path, name: str | None) -> LoadedBatch:
+    """Read the batch file (thread); SpecError names each problem's row and column.
+
+    Messages name the file as uploaded, not the temporary copy.
+    """
+    try:
+        loaded = load_batch_file(path, name=name)
+    except SpecError as exc:
+        raise SpecError([replace(p, source=path.name) for p in exc.problems]) from exc
+    return replace(loaded, source=path.name)

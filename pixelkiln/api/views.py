@@ -1,0 +1,213 @@
+"""Domain records → API schemas. URLs of files are built here, in one place."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pixelkiln.api.schemas import (
+    AssetPublic,
+    BatchPublic,
+    CountsPublic,
+    EventPublic,
+    ImageDetail,
+    ImageInputPublic,
+    ImagePublic,
+    LedgerEntryPublic,
+    PresetPublic,
+    TaskPublic,
+    UserPublic,
+)
+from pixelkiln.db.credits import LedgerEntry
+from pixelkiln.db.presets import Preset
+from pixelkiln.db.records import Asset, ImageInfo
+from pixelkiln.db.users import User
+from pixelkiln.models import Batch, Event, EventType, ImageRecord, Task
+from pixelkiln.reports import eta_seconds
+
+API = "/api/v1"
+
+
+def image_url(image_id: int) -> str:
+    return f"{API}/images/{image_id}/file"
+
+
+def thumbnail_url(image_id: int) -> str:
+    return f"{API}/images/{image_id}/thumbnail"
+
+
+def batch_public(batch: Batch, now: float | None = None) -> BatchPublic:
+    return BatchPublic(**batch_fields(batch, now))
+
+
+def batch_fields(batch: Batch, now: float | None = None) -> dict[str, Any]:
+    now = now or time.time()
+    c = batch.counts
+    elapsed = None
+    if batch.started_at:
+        elapsed = round((batch.finished_at or now) - batch.started_at, 3)
+    eta = eta_seconds(batch, now)
+    return {
+        "id": batch.id,
+        "name": batch.name,
+        "status": batch.status,
+        "priority": batch.priority,
+        "source": batch.source,
+        "owner_id": batch.owner_id,
+        "counts": CountsPublic(
+            total=c.total,
+            pending=c.pending,
+            running=c.running,
+            succeeded=c.succeeded,
+            failed=c.failed,
+            cancelled=c.cancelled,
+            images=c.images,
+        ),
+        "progress": round(c.progress, 4),
+        "eta_seconds": round(eta, 1) if eta is not None else None,
+        "elapsed_seconds": elapsed,
+        "created_at": batch.created_at,
+        "started_at": batch.started_at,
+        "finished_at": batch.finished_at,
+        "scheduled_at": batch.scheduled_at,
+    }
+
+
+def image_public(image: ImageRecord) -> ImagePublic:
+    return ImagePublic(**_image_fields(image))
+
+
+def _image_fields(image: ImageRecord) -> dict[str, Any]:
+    return {
+        "id": image.id,
+        "task_id": image.task_id,
+        "batch_id": image.batch_id,
+        "index": image.index,
+        "width": image.width,
+        "height": image.height,
+        "bytes": image.bytes,
+        "seed": image.seed,
+        "url": image_url(image.id),
+        "thumbnail_url": thumbnail_url(image.id),
+        "created_at": image.created_at,
+    }
+
+
+def task_public(task: Task, images: list[ImageRecord]) -> TaskPublic:
+    return TaskPublic(
+        id=task.id,
+        batch_id=task.batch_id,
+        position=task.position,
+        key=task.key,
+        status=task.status,
+        backend=task.backend,
+        prompt=task.prompt,
+        negative_prompt=task.negative_prompt,
+        params=task.params,
+        attempts=task.attempts,
+        max_attempts=task.max_attempts,
+        error=task.last_error if task.status != "succeeded" else None,
+        created_at=task.created_at,
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+        duration=task.duration,
+        images=[image_public(i) for i in images],
+    )
+
+
+def input_urls(info: ImageInfo) -> list[ImageInputPublic]:
+    """The task's input images, served through the image they belong to."""
+    out = []
+    if info.inputs.get("init_image"):
+        out.append(ImageInputPublic(role="init_image", url=_input_url(info.image.id, 0)))
+    for n, _ in enumerate(info.inputs.get("reference_images") or [], start=1):
+        out.append(ImageInputPublic(role="reference_image", url=_input_url(info.image.id, n)))
+    return out
+
+
+def _input_url(image_id: int, n: int) -> str:
+    return f"{API}/images/{image_id}/inputs/{n}"
+
+
+def image_detail(info: ImageInfo) -> ImageDetail:
+    return ImageDetail(
+        **_image_fields(info.image),
+        key=info.key,
+        prompt=info.prompt,
+        negative_prompt=info.negative_prompt,
+        backend=info.backend,
+        params=info.params,
+        batch_name=info.batch_name,
+        batch_status=info.batch_status,
+        inputs=input_urls(info),
+    )
+
+
+def asset_public(asset: Asset, filename: str) -> AssetPublic:
+    return AssetPublic(
+        id=asset.id,
+        ref=f"asset:{asset.id}",
+        filename=filename,
+        mime=asset.mime,
+        width=asset.width,
+        height=asset.height,
+        bytes=asset.bytes,
+        sha256=asset.sha256,
+        url=f"{API}/assets/{asset.id}/file",
+    )
+
+
+def event_public(event: Event) -> EventPublic:
+    """An event for clients: image events carry URLs instead of storage paths."""
+    data = event.data
+    if event.type == EventType.IMAGE_GENERATED and isinstance(data.get("image"), dict):
+        image = {k: v for k, v in data["image"].items() if k != "path"}
+        if "id" in image:
+            image["url"] = image_url(image["id"])
+            image["thumbnail_url"] = thumbnail_url(image["id"])
+        data = {**data, "image": image}
+    return EventPublic(
+        id=event.id,
+        type=event.type,
+        batch_id=event.batch_id,
+        task_id=event.task_id,
+        created_at=event.created_at,
+        data=data,
+    )
+
+
+def preset_public(p: Preset) -> PresetPublic:
+    return PresetPublic(
+        id=p.id,
+        title=p.title,
+        content=p.content,
+        negative_prompt=p.negative_prompt,
+        params=p.params,
+        category=p.category,
+        position=p.position,
+        active=p.active,
+        created_at=p.created_at,
+        updated_at=p.updated_at,
+    )
+
+
+def user_public(user: User, balance: int) -> UserPublic:
+    return UserPublic(
+        id=user.id,
+        name=user.name,
+        is_admin=user.is_admin,
+        active=user.active,
+        created_at=user.created_at,
+        balance=balance,
+    )
+
+
+def ledger_public(entry: LedgerEntry) -> LedgerEntryPublic:
+    return LedgerEntryPublic(
+        id=entry.id,
+        delta=entry.delta,
+        reason=entry.reason,
+        batch_id=entry.batch_id,
+        note=entry.note,
+        created_at=entry.created_at,
+    )

@@ -1,0 +1,51 @@
+"""The API under test: a real app with its lifespan (Kiln, SQLite in tmp_path, scheduler).
+
+``api`` talks to it through ``httpx.ASGITransport``; ``live`` serves the same
+kind of app with uvicorn on a loopback port, for what needs real HTTP
+(streaming responses, disconnects, the Python client's reconnects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apikit import Api, Live, api_settings, running_api, serving
+
+
+@pytest.fixture
+def make_api(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[Api]]:
+    """``async with make_api(auth={"enabled": True}) as api`` for tests that need settings."""
+
+    def make(**overrides: Any) -> contextlib.AbstractAsyncContextManager[Api]:
+        return running_api(api_settings(tmp_path / "data", **overrides))
+
+    return make
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    """No auth, no credits: the single local user."""
+    async with running_api(api_settings(tmp_path / "data")) as running:
+        yield running
+
+
+@pytest.fixture
+async def auth_api(tmp_path: Path) -> AsyncIterator[Api]:
+    """Auth and credits on (1 credit per image, 3 on the slow backend)."""
+    settings = api_settings(
+        tmp_path / "data",
+        auth={"enabled": True},
+        credits={"enabled": True, "per_image": 1, "backends": {"slow": 3}},
+    )
+    async with running_api(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> AsyncIterator[Live]:
+    async with serving(api_settings(tmp_path / "data")) as running:
+        yield running
