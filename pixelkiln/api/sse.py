@@ -133,7 +133,10 @@ async def event_stream(
         async for frame in stream.replay():
             yield frame
         if await stream.batch_finished():
-            return  # everything there will ever be was replayed
+            # it may have finished after the replay's read: catch up, then the stream is whole
+            async for frame in stream.replay():
+                yield frame
+            return
         stream.done = False  # a replayed "done" of an earlier run does not end the stream
         async for frame in stream.live(heartbeat):
             yield frame

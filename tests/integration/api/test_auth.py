@@ -1,0 +1,193 @@
+"""Bearer tokens: who may call what, and nobody sees anyone else's batches."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from apikit import Api, png_bytes, spec
+from sqlalchemy import select
+
+from pixelkiln.db.tables import api_tokens, provider_keys
+
+pytestmark = pytest.mark.anyio
+
+EVERY_USER_ROUTE = [
+    ("GET", "/api/v1/batches"),
+    ("POST", "/api/v1/batches"),
+    ("GET", "/api/v1/batches/1"),
+    ("GET", "/api/v1/batches/active"),
+    ("POST", "/api/v1/batches/1/cancel"),
+    ("GET", "/api/v1/images"),
+    ("GET", "/api/v1/images/1/file"),
+    ("GET", "/api/v1/tasks/1"),
+    ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/batches/1/events"),
+    ("GET", "/api/v1/presets"),
+    ("POST", "/api/v1/assets"),
+    ("GET", "/api/v1/me"),
+    ("GET", "/api/v1/admin/stats"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/backends"),
+    ("GET", "/api/v1/batches/1/images.zip"),
+]
+
+
+async def test_every_route_but_healthz_needs_a_valid_token(auth_api: Api) -> None:
+    stranger = auth_api.with_token("pk_made-up")
+    for method, path in EVERY_USER_ROUTE:
+        for client in (auth_api.client, stranger):
+            r = await client.request(method, path)
+            assert r.status_code == 401, (method, path, r.text)
+            assert r.json()["error"]["code"] == "unauthorized"
+            assert r.headers["www-authenticate"].startswith("Bearer")
+    basic = await auth_api.client.get("/api/v1/batches", headers={"Authorization": "Basic eDp5"})
+    assert basic.status_code == 401
+    health = await auth_api.client.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+async def test_tokens_are_stored_hashed_and_shown_once(auth_api: Api) -> None:
+    _, admin = await auth_api.add_user("root", admin=True)
+    made = await admin.post("/api/v1/admin/users", json={"name": "carol", "credits": 5})
+    assert made.status_code == 201, made.text
+    token = made.json()["token"]
+    assert token.startswith("pk_") and len(token) > 40
+    hashes = await auth_api.ctx.read(lambda c: list(c.execute(select(api_tokens)).all()))
+    assert all(token not in str(tuple(row)) for row in hashes)
+    me = await auth_api.with_token(token).get("/api/v1/me")
+    assert me.json()["name"] == "carol" and me.json()["balance"] == 5
+    listed = (await admin.get("/api/v1/admin/users")).json()
+    assert {u["name"]: u["balance"] for u in listed} == {"carol": 5, "root": 0}
+    assert all("token" not in u for u in listed)
+    again = await admin.post(f"/api/v1/admin/users/{me.json()['id']}/tokens")
+    assert again.json()["token"] != token
+    assert (await auth_api.with_token(again.json()["token"]).get("/api/v1/me")).status_code == 200
+    taken = await admin.post("/api/v1/admin/users", json={"name": "carol"})
+    assert taken.status_code == 409
+
+
+async def test_a_disabled_user_is_locked_out(auth_api: Api) -> None:
+    _, admin = await auth_api.add_user("root", admin=True)
+    dave_id, dave = await auth_api.add_user("dave")
+    assert (await dave.get("/api/v1/me")).status_code == 200
+    off = await admin.patch(f"/api/v1/admin/users/{dave_id}", json={"active": False})
+    assert off.status_code == 200 and off.json()["active"] is False
+    assert (await dave.get("/api/v1/me")).status_code == 401
+
+
+async def test_nobody_sees_or_touches_anyone_elses_batch(auth_api: Api) -> None:
+    _, alice = await auth_api.add_user("alice", credits=100)
+    _, bob = await auth_api.add_user("bob", credits=100)
+    _, admin = await auth_api.add_user("root", admin=True)
+    batch = (await alice.post("/api/v1/batches?wait=true", json=spec("mine", "REJECT"))).json()
+    task_id = batch["tasks"][0]["id"]
+    image_id = batch["tasks"][0]["images"][0]["id"]
+    b = batch["id"]
+    for method, path in [
+        ("GET", f"/api/v1/batches/{b}"),
+        ("POST", f"/api/v1/batches/{b}/cancel"),
+        ("POST", f"/api/v1/batches/{b}/retry"),
+        ("POST", f"/api/v1/batches/{b}/pause"),
+        ("DELETE", f"/api/v1/batches/{b}"),
+        ("GET", f"/api/v1/batches/{b}/events"),
+        ("GET", f"/api/v1/batches/{b}/log"),
+        ("GET", f"/api/v1/batches/{b}/images.zip"),
+        ("GET", f"/api/v1/tasks/{task_id}"),
+        ("POST", f"/api/v1/tasks/{task_id}/retry"),
+        ("GET", f"/api/v1/images/{image_id}"),
+        ("GET", f"/api/v1/images/{image_id}/file"),
+        ("GET", f"/api/v1/images/{image_id}/thumbnail"),
+        ("DELETE", f"/api/v1/images/{image_id}"),
+        ("GET", f"/api/v1/images/{image_id}/inputs/0"),
+        ("POST", f"/api/v1/images/{image_id}/edit"),
+    ]:
+        body = {"prompt": "x"} if path.endswith("/edit") else None
+        r = await bob.request(method, path, json=body)
+        assert r.status_code == 404, (method, path, r.status_code, r.text)
+        assert r.json()["error"]["code"] == "not_found"
+    assert (await bob.get("/api/v1/batches")).json()["total"] == 0
+    assert (await bob.get("/api/v1/images")).json()["total"] == 0
+    assert (await bob.get("/api/v1/batches/active")).json()["active"] == 0
+    # the owner and an admin still reach it
+    assert (await alice.get(f"/api/v1/batches/{b}")).status_code == 200
+    assert (await admin.get(f"/api/v1/batches/{b}")).status_code == 200
+    every = (await admin.get("/api/v1/admin/batches")).json()
+    assert [x["id"] for x in every["items"]] == [b]
+    assert (await admin.get("/api/v1/batches")).json()["total"] == 0  # "my" list is the admin's
+
+
+async def test_admin_routes_need_an_admin(auth_api: Api) -> None:
+    _, user = await auth_api.add_user("erin")
+    for method, path, body in [
+        ("GET", "/api/v1/admin/users", None),
+        ("POST", "/api/v1/admin/users", {"name": "x"}),
+        ("POST", "/api/v1/admin/users/1/credits", {"amount": 5}),
+        ("GET", "/api/v1/admin/concurrency", None),
+        ("PUT", "/api/v1/admin/concurrency", {"concurrency": 2}),
+        ("GET", "/api/v1/admin/batches", None),
+        ("GET", "/api/v1/admin/stats", None),
+        ("POST", "/api/v1/presets", {"title": "t", "content": "c"}),
+        ("PATCH", "/api/v1/presets/1", {"title": "t"}),
+        ("DELETE", "/api/v1/presets/1", None),
+        ("POST", "/api/v1/presets/reorder", {"ids": [1]}),
+    ]:
+        r = await user.request(method, path, json=body)
+        assert r.status_code == 403, (method, path, r.text)
+        assert r.json()["error"]["code"] == "forbidden"
+
+
+async def test_provider_keys_are_encrypted_and_never_returned(auth_api: Api) -> None:
+    user_id, frank = await auth_api.add_user("frank", credits=1)
+    secret = "sk-very-secret-123"
+    r = await frank.put("/api/v1/me/provider-keys/placeholder", json={"api_key": secret})
+    assert r.status_code == 204
+    unknown = await frank.put("/api/v1/me/provider-keys/nope", json={"api_key": secret})
+    assert unknown.status_code == 404
+    listed = await frank.get("/api/v1/me/provider-keys")
+    assert [k["backend"] for k in listed.json()] == ["placeholder"]
+    assert secret not in listed.text
+    rows = await auth_api.ctx.read(lambda c: list(c.execute(select(provider_keys)).all()))
+    assert len(rows) == 1 and secret not in rows[0].ciphertext
+    assert auth_api.ctx.keys.decrypt(rows[0].ciphertext) == secret
+    backends = {b["name"]: b for b in (await frank.get("/api/v1/backends")).json()}
+    assert backends["placeholder"]["credits_per_image"] == 0 and backends["placeholder"]["own_key"]
+    assert backends["slow"]["credits_per_image"] == 3
+    for path in ("/api/v1/me", "/api/v1/me/credits", "/api/v1/backends"):
+        assert secret not in (await frank.get(path)).text
+    # with their own key the batch costs nothing, even beyond the balance
+    batch = await frank.post("/api/v1/batches", json=spec("a", "b", "c"))
+    assert batch.status_code == 201 and (await frank.get("/api/v1/me")).json()["balance"] == 1
+    gone = await frank.delete("/api/v1/me/provider-keys/placeholder")
+    assert gone.status_code == 204 and (await frank.get("/api/v1/me/provider-keys")).json() == []
+    assert user_id
+
+
+async def test_users_only_hear_their_own_events(auth_api: Api) -> None:
+    from pixelkiln.api.deps import Caller
+    from pixelkiln.api.sse import FrameCache, StreamScope, event_stream
+    from pixelkiln.db.users import get_user
+
+    alice_id, alice = await auth_api.add_user("alice", credits=10)
+    _, bob = await auth_api.add_user("bob", credits=10)
+    user = await auth_api.ctx.read(get_user, alice_id)
+    scope = StreamScope(None, Caller(user).mine, end_when_done=False)
+    stream = event_stream(auth_api.ctx, FrameCache(), scope, 0, heartbeat=0.05)
+    assert (await anext(stream)).startswith(b"retry:")
+    await bob.post("/api/v1/batches?wait=true", json=spec("bob's"))
+    mine = (await alice.post("/api/v1/batches?wait=true", json=spec("alice's"))).json()
+    frames = []
+    async with asyncio.timeout(10):
+        while not frames or b"event: done" not in frames[-1]:
+            frame = await anext(stream)
+            if not frame.startswith(b":"):
+                frames.append(frame)
+    await stream.aclose()
+    assert all(f'"batch_id":{mine["id"]}'.encode() in f for f in frames)
+
+
+async def test_uploads_and_presets_work_for_plain_users(auth_api: Api) -> None:
+    _, user = await auth_api.add_user("gina", credits=3)
+    r = await user.post("/api/v1/assets", files={"files": ("a.png", png_bytes())})
+    assert r.status_code == 201
+    assert (await user.get("/api/v1/presets")).json() == []

@@ -1,0 +1,96 @@
+"""The Python clients against a live server: every call, typed answers, errors as ApiError."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from apikit import Live, png_bytes, spec
+
+from pixelkiln import ApiError, AsyncClient, Client
+from pixelkiln.api.schemas import BatchDetail, EventPublic
+from pixelkiln.models import BatchStatus, EventType
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_async_client_covers_the_batch_lifecycle(live: Live, tmp_path: Path) -> None:
+    async with AsyncClient(live.url) as kiln:
+        batch = await kiln.create_batch(spec("a fox", "REJECT"), wait=True)
+        assert isinstance(batch, BatchDetail) and batch.status == BatchStatus.PARTIAL
+        image = batch.tasks[0].images[0]
+        assert (await kiln.download(image.url)).startswith(b"\x89PNG")
+        assert (await kiln.download(image.id)) == await kiln.download(image.url)
+        assert (await kiln.get_image(image.id)).prompt == "a fox"
+        assert (await kiln.get_task(batch.tasks[1].id)).error
+        retried = await kiln.retry_task(batch.tasks[1].id)
+        assert retried.retried == 1
+        listed = await kiln.list_batches(q="fox")
+        assert [b.id for b in listed.items] == [batch.id]
+        slow = await kiln.create_batch(spec(*"abcd", backend="slow"))
+        assert await kiln.active_batches() >= 1
+        cancelled = await kiln.cancel_batch(slow.id)
+        assert cancelled.status == BatchStatus.CANCELLED
+        again = await kiln.retry_batch(slow.id, include_cancelled=True)
+        assert again.retried >= 1
+        await kiln.cancel_batch(slow.id)
+        await kiln.delete_batch(slow.id)
+        with pytest.raises(ApiError) as missing:
+            await kiln.get_batch(slow.id)
+        assert (missing.value.status, missing.value.code) == (404, "not_found")
+        with pytest.raises(ApiError) as bad:
+            await kiln.create_batch({"name": "x", "tasks": [{"prompt": "p", "n": 99}]})
+        assert bad.value.code == "invalid_request" and bad.value.field == "tasks[0].n"
+        assert (await kiln.credits()).balance == 0
+
+
+async def test_async_client_uploads_and_creates_img2img(live: Live, tmp_path: Path) -> None:
+    picture = tmp_path / "photo.png"
+    picture.write_bytes(png_bytes())
+    async with AsyncClient(live.url) as kiln:
+        assets = await kiln.upload([picture, ("other.jpg", png_bytes(fmt="JPEG"))])
+        assert [a.filename for a in assets] == ["photo.png", "other.jpg"]
+        batch = await kiln.create_batch_from_images(
+            [picture], "in the rain", width=64, height=64, denoise=0.5
+        )
+        events = [e async for e in kiln.stream(batch.id)]
+        assert events[-1].type == EventType.DONE
+        assert (await kiln.get_batch(batch.id)).status == BatchStatus.COMPLETED
+
+
+async def test_the_sync_client_in_a_pipeline_stage(live: Live) -> None:
+    """DESIGN.md workflow 2: storyboard items in, one image each, events while it runs."""
+    storyboard = [("s1", "a harbour at dawn"), ("s2", "a REJECT scene"), ("s3", "gulls")]
+
+    def stage() -> tuple[dict[str, bytes], list[str], list[EventPublic]]:
+        images, errors, events = {}, [], []
+        with Client(live.url) as kiln:
+            batch = kiln.create_batch(
+                {
+                    "name": "storyboard",
+                    "defaults": {"width": 64, "height": 64},
+                    "tasks": [{"key": k, "prompt": p} for k, p in storyboard],
+                }
+            )
+            for event in kiln.stream(batch.id):
+                events.append(event)
+                if event.type == "image_generated":
+                    images[event.data["item_key"]] = kiln.download(event.data["image"]["url"])
+                elif event.type == "error":
+                    errors.append(event.data["item_key"])
+            assert kiln.get_batch(batch.id).status == BatchStatus.PARTIAL
+        return images, errors, events
+
+    images, errors, events = await asyncio.to_thread(stage)
+    assert sorted(images) == ["s1", "s3"] and errors == ["s2"]
+    assert all(data.startswith(b"\x89PNG") for data in images.values())
+    assert events[-1].type == "done" and events[-1].data["summary"]["status"] == "partial"
+
+
+async def test_a_create_retried_by_the_client_is_not_duplicated(live: Live) -> None:
+    async with AsyncClient(live.url) as kiln:
+        first = await kiln.create_batch(spec("once"), idempotency_key="job-1")
+        second = await kiln.create_batch(spec("once"), idempotency_key="job-1")
+        assert first.id == second.id
+        assert (await kiln.list_batches()).total == 1
