@@ -14,7 +14,6 @@ import io
 import os
 import re
 import struct
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,11 +138,19 @@ class Storage:
         if folder not in self._made:
             target.parent.mkdir(parents=True, exist_ok=True)
             self._made.add(folder)
-        # unique per process and thread, so concurrent writers never share a temp file
-        tmp = f"{folder}/.{target.name}.{os.getpid()}-{threading.get_ident()}.tmp"
+        # one temp name per target: a re-run after a crash reuses (truncates) the
+        # half-written temp file instead of leaving it behind. Only the lease holder
+        # of a task writes its files, so two writers of one name do not meet.
+        tmp = f"{folder}/.{target.name}.tmp"
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
+            # os-level calls: open() adds fstat/ioctl/lseek round trips per file
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -433,6 +433,7 @@ class Scheduler:
     # -- recording, leases, recovery, shutdown --------------------------------------------------
 
     async def _commit_loop(self) -> None:
+        """Record outcomes in groups: whatever finished while the last group was written."""
         while True:
             first = await self._outcomes.get()
             outcomes = [first] if first is not None else []
@@ -448,6 +449,7 @@ class Scheduler:
                 return
 
     async def _record(self, outcomes: list[_Outcome]) -> None:
+        """Write the group's image files, then commit its rows: a row never lacks its file."""
         generated = [o for o in outcomes if isinstance(o, _Generated)]
         failures = [o for o in outcomes if isinstance(o, TaskFailure)]
         results: list[TaskResult] = []
@@ -468,6 +470,8 @@ class Scheduler:
         """Write the image files of a group (worker thread); a task that cannot be stored fails."""
         out: list[TaskResult | TaskFailure] = []
         for g in generated:
+            if g.job.lost:
+                continue  # taken away meanwhile: its files are someone else's to write
             try:
                 out.append(TaskResult(g.task, self._store(g.task, g.images), g.duration))
             except Exception as exc:
