@@ -17,6 +17,7 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pixelkiln.config import Settings, load_settings
@@ -75,12 +76,12 @@ def serve(
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     if not is_loopback(host) and not settings.auth.enabled:
-        err_console.print(
-            f"[red]Refusing to listen on {host}:[/] without authentication anyone who can "
-            "reach it could use it. Set [auth] enabled = true (and add users with "
-            "`kiln users add`), or keep the default host 127.0.0.1.",
-            highlight=False,
+        advice = (
+            "without authentication anyone who can reach it could use it. Set [auth] "
+            "enabled = true (and add users with `kiln users add`), or keep the default host "
+            "127.0.0.1."
         )
+        err_console.print(f"[red]Refusing to listen on {host}:[/] {escape(advice)}")
         raise typer.Exit(2)
     console.print(f"pixelkiln API on http://{host}:{port} (docs at /docs); Ctrl-C stops it")
     uvicorn.run(
