@@ -32,16 +32,23 @@ SIZE = 64
 
 
 def _spec(tasks: int) -> BatchSpec:
-    return parse_batch({
-        "name": "bench", "defaults": {"width": SIZE, "height": SIZE, "seed": 1},
-        "tasks": [{"prompt": f"benchmark prompt {i}"} for i in range(tasks)],
-    })
+    return parse_batch(
+        {
+            "name": "bench",
+            "defaults": {"width": SIZE, "height": SIZE, "seed": 1},
+            "tasks": [{"prompt": f"benchmark prompt {i}"} for i in range(tasks)],
+        }
+    )
 
 
 def _settings(data_dir: Path, concurrency: int) -> Settings:
     backend = {"name": "placeholder", "type": "placeholder", "concurrency": concurrency}
-    return load_settings(None, storage={"data_dir": str(data_dir)},
-                         scheduler={"concurrency": concurrency}, backends=[backend])
+    return load_settings(
+        None,
+        storage={"data_dir": str(data_dir)},
+        scheduler={"concurrency": concurrency},
+        backends=[backend],
+    )
 
 
 async def baseline(tasks: int, concurrency: int) -> float:
@@ -51,8 +58,9 @@ async def baseline(tasks: int, concurrency: int) -> float:
 
     async def one(i: int) -> None:
         async with gate:
-            request = GenerationRequest(i, f"benchmark prompt {i}", "", SIZE, SIZE, 20, 7.0,
-                                        "", 1, 1, "", 0.75)
+            request = GenerationRequest(
+                i, f"benchmark prompt {i}", "", SIZE, SIZE, 20, 7.0, "", 1, 1, "", 0.75
+            )
             await backend.generate(request)
 
     started = time.perf_counter()
@@ -82,8 +90,9 @@ def claim_path(claims: int) -> float:
         try:
             spec = _spec(claims)
             resolved = resolve_tasks(spec, default_backend="placeholder")
-            db.write(create_batch, NewBatch(name="claims", source="cli", max_attempts=3,
-                                            tasks=resolved))
+            db.write(
+                create_batch, NewBatch(name="claims", source="cli", max_attempts=3, tasks=resolved)
+            )
             started = time.perf_counter()
             for _ in range(claims):
                 db.write(claim_tasks, "bench", {"placeholder": 1}, 30.0, None)
@@ -97,8 +106,11 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--data-dir", default=None,
-                        help="parent folder of the runs' data (default: the system temp dir)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="parent folder of the runs' data (default: the system temp dir)",
+    )
     args = parser.parse_args()
 
     tmpfs = "/dev/shm" if Path("/dev/shm").is_dir() else None
@@ -113,8 +125,10 @@ def main() -> None:
     base, run, e2e = (statistics.median(x) for x in (base_runs, run_runs, e2e_runs))
     claims = claim_path(1000)
     overhead_ms = (1 / e2e - 1 / base) * 1000
-    print(f"tasks: {args.tasks} placeholder {SIZE}x{SIZE}, concurrency {args.concurrency}, "
-          f"median of {args.repeat}")
+    print(
+        f"tasks: {args.tasks} placeholder {SIZE}x{SIZE}, concurrency {args.concurrency}, "
+        f"median of {args.repeat}"
+    )
     print(f"baseline (asyncio loop, no persistence): {base:8.0f} tasks/s")
     print(f"pixelkiln run (SQLite, files, events):   {run:8.0f} tasks/s")
     print(f"pixelkiln end to end (incl. submit):     {e2e:8.0f} tasks/s   target >= 1000")
@@ -122,8 +136,10 @@ def main() -> None:
     print(f"engine overhead per task:                {overhead_ms:8.3f} ms   target < 1 ms")
     if mem_runs:
         mem = statistics.median(mem_runs)
-        print(f"same, data folder on tmpfs (no disk):    {mem:8.0f} tasks/s   "
-              f"ratio {mem / base:.2f}, overhead {(1 / mem - 1 / base) * 1000:.3f} ms")
+        print(
+            f"same, data folder on tmpfs (no disk):    {mem:8.0f} tasks/s   "
+            f"ratio {mem / base:.2f}, overhead {(1 / mem - 1 / base) * 1000:.3f} ms"
+        )
     print(f"SQLite claim path alone (1 task/claim):  {claims:8.0f} claims/s")
 
 

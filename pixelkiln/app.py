@@ -55,7 +55,9 @@ class Kiln:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
@@ -97,11 +99,17 @@ class Kiln:
     ) -> int:
         """Validate, store and queue a batch; returns its id. SpecError lists every problem."""
         new = await asyncio.to_thread(
-            prepare_batch, spec, storage=self.storage,
+            prepare_batch,
+            spec,
+            storage=self.storage,
             default_backend=self.settings.default_backend(),
             known_backends=list(self.backends),
-            max_attempts=self.settings.scheduler.max_attempts, source=source,
-            source_name=source_name, base_dir=base_dir, where=where, owner_id=owner_id,
+            max_attempts=self.settings.scheduler.max_attempts,
+            source=source,
+            source_name=source_name,
+            base_dir=base_dir,
+            where=where,
+            owner_id=owner_id,
         )
         batch_id = await self.db.awrite(create_batch, new)
         if self.scheduler is not None:
@@ -111,8 +119,11 @@ class Kiln:
     def new_scheduler(self, only_batches: Sequence[int] | None = None) -> Scheduler:
         """A scheduler over this installation (all batches, or only the given ones)."""
         self.scheduler = Scheduler(
-            db=self.db, storage=self.storage, backends=self.backends,
-            settings=self.settings.scheduler, only_batches=only_batches,
+            db=self.db,
+            storage=self.storage,
+            backends=self.backends,
+            settings=self.settings.scheduler,
+            only_batches=only_batches,
         )
         return self.scheduler
 

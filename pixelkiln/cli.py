@@ -150,8 +150,9 @@ async def _run_batches(kiln: Kiln, batch_ids: list[int], quiet: bool) -> bool:
         if interrupted:  # a second Ctrl-C: leave now; the leases lapse and tasks come back
             os._exit(EXIT_INTERRUPTED)
         interrupted = True
-        err_console.print("[yellow]Stopping: running tasks go back to the queue "
-                          "(Ctrl-C again to quit at once)…")
+        err_console.print(
+            "[yellow]Stopping: running tasks go back to the queue (Ctrl-C again to quit at once)…"
+        )
         scheduler.stop()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -188,14 +189,18 @@ async def _finish(
         path = _report_path(kiln.settings, batch, report if len(batch_ids) == 1 else None)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-        console.print(f"  report    {path}\n  folder    {kiln.storage.root / 'images' / str(batch_id)}")
+        console.print(
+            f"  report    {path}\n  folder    {kiln.storage.root / 'images' / str(batch_id)}"
+        )
         if batch.status != BatchStatus.COMPLETED:
             code = EXIT_FAILED
     console.print(f"  log       {log_path}")
     if interrupted:
         ids = " ".join(str(b) for b in batch_ids)
-        err_console.print(f"[yellow]Interrupted. Unfinished tasks wait in the queue; "
-                          f"continue with:[/] kiln resume {ids}")
+        err_console.print(
+            f"[yellow]Interrupted. Unfinished tasks wait in the queue; "
+            f"continue with:[/] kiln resume {ids}"
+        )
         return EXIT_INTERRUPTED
     return code
 
@@ -205,11 +210,16 @@ async def _submit_and_run(
 ) -> int:
     async with Kiln(settings) as kiln:
         batch_id = await kiln.submit(
-            loaded.spec, source="cli", source_name=loaded.source,
-            base_dir=loaded.base_dir, where=loaded.where,
+            loaded.spec,
+            source="cli",
+            source_name=loaded.source,
+            base_dir=loaded.base_dir,
+            where=loaded.where,
         )
-        console.print(f"Batch [bold]{batch_id}[/] '{loaded.spec.name}': "
-                      f"{len(loaded.spec.tasks)} task(s)", highlight=False)
+        console.print(
+            f"Batch [bold]{batch_id}[/] '{loaded.spec.name}': {len(loaded.spec.tasks)} task(s)",
+            highlight=False,
+        )
         interrupted = await _run_batches(kiln, [batch_id], quiet)
         return await _finish(kiln, [batch_id], interrupted, report, log_path)
 
@@ -242,7 +252,9 @@ def run(
 
 @app.command()
 def resume(
-    batch: Annotated[str | None, typer.Argument(help="Batch id or name; default: all unfinished.")] = None,
+    batch: Annotated[
+        str | None, typer.Argument(help="Batch id or name; default: all unfinished.")
+    ] = None,
     config: ConfigOption = None,
     report: Annotated[Path | None, typer.Option(help="Where to write the JSON report.")] = None,
     log_level: LogLevelOption = None,
@@ -305,8 +317,10 @@ def cancel(batch: BatchArg, config: ConfigOption = None) -> None:
     with _errors():
         settings = _settings(config)
         done = _with_db(settings, lambda db: db.write(cancel_batch, _resolve(db, batch).id))
-        console.print(f"Batch {done.id} cancelled: {done.counts.succeeded} succeeded, "
-                      f"{done.counts.cancelled} cancelled, {done.counts.failed} failed.")
+        console.print(
+            f"Batch {done.id} cancelled: {done.counts.succeeded} succeeded, "
+            f"{done.counts.cancelled} cancelled, {done.counts.failed} failed."
+        )
 
 
 # -- looking ----------------------------------------------------------------------------------
@@ -315,18 +329,29 @@ def cancel(batch: BatchArg, config: ConfigOption = None) -> None:
 def _batch_facts(batch: Batch) -> dict[str, Any]:
     c = batch.counts
     return {
-        "id": batch.id, "name": batch.name, "status": str(batch.status),
-        "total": c.total, "pending": c.pending, "running": c.running,
-        "succeeded": c.succeeded, "failed": c.failed, "cancelled": c.cancelled,
-        "images": c.images, "progress": round(c.progress, 4), "eta_seconds": eta_seconds(batch),
-        "created_at": batch.created_at, "started_at": batch.started_at,
+        "id": batch.id,
+        "name": batch.name,
+        "status": str(batch.status),
+        "total": c.total,
+        "pending": c.pending,
+        "running": c.running,
+        "succeeded": c.succeeded,
+        "failed": c.failed,
+        "cancelled": c.cancelled,
+        "images": c.images,
+        "progress": round(c.progress, 4),
+        "eta_seconds": eta_seconds(batch),
+        "created_at": batch.created_at,
+        "started_at": batch.started_at,
         "finished_at": batch.finished_at,
     }
 
 
 @app.command()
 def status(
-    batch: Annotated[str | None, typer.Argument(help="Batch id or name; default: recent batches.")] = None,
+    batch: Annotated[
+        str | None, typer.Argument(help="Batch id or name; default: recent batches.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     limit: Annotated[int, typer.Option(help="How many recent batches to list.")] = 20,
     config: ConfigOption = None,
@@ -347,10 +372,15 @@ def status(
         return
     table = Table("id", "name", "status", "done", "failed", "images", "created")
     for f in facts:
-        table.add_row(str(f["id"]), f["name"], f["status"],
-                      f"{f['succeeded'] + f['failed'] + f['cancelled']}/{f['total']}",
-                      str(f["failed"]), str(f["images"]),
-                      datetime.fromtimestamp(f["created_at"]).strftime("%Y-%m-%d %H:%M"))
+        table.add_row(
+            str(f["id"]),
+            f["name"],
+            f["status"],
+            f"{f['succeeded'] + f['failed'] + f['cancelled']}/{f['total']}",
+            str(f["failed"]),
+            str(f["images"]),
+            datetime.fromtimestamp(f["created_at"]).strftime("%Y-%m-%d %H:%M"),
+        )
     console.print(table if facts else "No batches yet. Start one with: kiln run BATCH_FILE")
 
 
@@ -362,7 +392,8 @@ def _print_one(f: dict[str, Any]) -> None:
         f"  {f['succeeded']} succeeded, {f['failed']} failed, {f['cancelled']} cancelled, "
         f"{f['running']} running, {f['pending']} pending of {f['total']}\n"
         f"  {f['images']} images; ETA {eta_text}",
-        highlight=False, markup=False,
+        highlight=False,
+        markup=False,
     )
 
 
@@ -429,8 +460,14 @@ def backends_list(config: ConfigOption = None) -> None:
         settings = _settings(config)
     table = Table("name", "type", "servers", "slots", "rpm", "model")
     for b in settings.effective_backends():
-        table.add_row(b.name, b.type, ", ".join(b.urls) or "-", str(b.slots),
-                      str(b.rpm or "-"), b.model or "-")
+        table.add_row(
+            b.name,
+            b.type,
+            ", ".join(b.urls) or "-",
+            str(b.slots),
+            str(b.rpm or "-"),
+            b.model or "-",
+        )
     console.print(table)
 
 

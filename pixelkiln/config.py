@@ -205,9 +205,7 @@ class ServerSettings(BaseModel):
 class Settings(BaseSettings):
     """Everything configurable. Build it with :func:`load_settings`."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="KILN_", env_nested_delimiter="__", extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="KILN_", env_nested_delimiter="__", extra="forbid")
 
     storage: StorageSettings = Field(default_factory=StorageSettings)
     backends: list[BackendSettings] = Field(default_factory=list)

@@ -20,13 +20,22 @@ def manifest(db: Database, batch_id: int) -> list[dict[str, Any]]:
     for task_id, images in db.read(images_by_task, batch_id).items():
         task = tasks[task_id]
         for image in images:
-            entries.append({
-                "file": Path(image.path).name, "key": task.key, "position": task.position,
-                "index": image.index, "prompt": task.prompt,
-                "negative_prompt": task.negative_prompt, "seed": image.seed,
-                "width": image.width, "height": image.height, "sha256": image.sha256,
-                "backend": task.backend, "model": task.params.get("model", ""),
-            })
+            entries.append(
+                {
+                    "file": Path(image.path).name,
+                    "key": task.key,
+                    "position": task.position,
+                    "index": image.index,
+                    "prompt": task.prompt,
+                    "negative_prompt": task.negative_prompt,
+                    "seed": image.seed,
+                    "width": image.width,
+                    "height": image.height,
+                    "sha256": image.sha256,
+                    "backend": task.backend,
+                    "model": task.params.get("model", ""),
+                }
+            )
     return sorted(entries, key=lambda e: (e["position"], e["index"]))
 
 
@@ -34,8 +43,11 @@ def export_batch(db: Database, data_dir: Path, batch_id: int, target: Path) -> i
     """Write images + manifest.json to ``target`` (a folder, or a .zip file); returns the count."""
     storage = Storage(data_dir)
     entries = manifest(db, batch_id)
-    by_name = {Path(i.path).name: i.path for imgs in db.read(images_by_task, batch_id).values()
-               for i in imgs}
+    by_name = {
+        Path(i.path).name: i.path
+        for imgs in db.read(images_by_task, batch_id).values()
+        for i in imgs
+    }
     if target.suffix.lower() == ".zip":
         target.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:

@@ -77,7 +77,7 @@ def check_side(value: int) -> int:
 
 
 def _round_side(value: float) -> int:
-    side = int(round(value / SIZE_MULTIPLE)) * SIZE_MULTIPLE
+    side = round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE
     return max(MIN_SIDE, min(MAX_SIDE, side))
 
 

@@ -34,17 +34,33 @@ def log_event(event: Event) -> None:
     """One line per event in the log file."""
     d = event.data
     if event.type == EventType.PROGRESS:
-        events_log.info("batch %s [%s/%s] %s: %s", event.batch_id, d.get("current"),
-                        d.get("total"), d.get("item"), d.get("message"))
+        events_log.info(
+            "batch %s [%s/%s] %s: %s",
+            event.batch_id,
+            d.get("current"),
+            d.get("total"),
+            d.get("item"),
+            d.get("message"),
+        )
     elif event.type == EventType.ERROR:
-        events_log.error("batch %s task %s failed: %s", event.batch_id, d.get("item_key"),
-                         d.get("error"))
+        events_log.error(
+            "batch %s task %s failed: %s", event.batch_id, d.get("item_key"), d.get("error")
+        )
     elif event.type == EventType.WARNING:
-        events_log.warning("batch %s %s: %s %s", event.batch_id, d.get("item_key", ""),
-                           d.get("message", ""), d.get("error", ""))
+        events_log.warning(
+            "batch %s %s: %s %s",
+            event.batch_id,
+            d.get("item_key", ""),
+            d.get("message", ""),
+            d.get("error", ""),
+        )
     elif event.type == EventType.IMAGE_GENERATED:
-        events_log.debug("batch %s task %s image %s", event.batch_id, d.get("item_key"),
-                         d.get("image", {}).get("path"))
+        events_log.debug(
+            "batch %s task %s image %s",
+            event.batch_id,
+            d.get("item_key"),
+            d.get("image", {}).get("path"),
+        )
     else:
         events_log.info("batch %s %s %s", event.batch_id, event.type, d)
 
@@ -72,8 +88,12 @@ class BatchProgress:
         )
         self._bars: dict[int, TaskID] = {
             b.id: self._progress.add_task(
-                f"#{b.id} {b.name}"[:40], total=b.counts.total, completed=b.counts.done,
-                failed=b.counts.failed, rate="0.0", note="",
+                f"#{b.id} {b.name}"[:40],
+                total=b.counts.total,
+                completed=b.counts.done,
+                failed=b.counts.failed,
+                rate="0.0",
+                note="",
             )
             for b in batches
         }

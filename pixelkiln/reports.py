@@ -42,25 +42,47 @@ def build_report(conn: Connection, batch_id: int) -> dict[str, Any]:
     backends = Counter(t.backend for t in tasks)
     ok_by_backend = Counter(t.backend for t in tasks if t.status == TaskStatus.SUCCEEDED)
     return {
-        "batch": {"id": batch.id, "name": batch.name, "status": str(batch.status),
-                  "source": batch.source, "priority": batch.priority},
-        "time": {"created": _iso(batch.created_at), "started": _iso(batch.started_at),
-                 "finished": _iso(batch.finished_at), "elapsed_seconds": round(elapsed, 3)},
-        "totals": {"tasks": c.total, "succeeded": c.succeeded, "failed": c.failed,
-                   "cancelled": c.cancelled, "pending": c.pending, "running": c.running,
-                   "images": c.images},
+        "batch": {
+            "id": batch.id,
+            "name": batch.name,
+            "status": str(batch.status),
+            "source": batch.source,
+            "priority": batch.priority,
+        },
+        "time": {
+            "created": _iso(batch.created_at),
+            "started": _iso(batch.started_at),
+            "finished": _iso(batch.finished_at),
+            "elapsed_seconds": round(elapsed, 3),
+        },
+        "totals": {
+            "tasks": c.total,
+            "succeeded": c.succeeded,
+            "failed": c.failed,
+            "cancelled": c.cancelled,
+            "pending": c.pending,
+            "running": c.running,
+            "images": c.images,
+        },
         "success_rate": round(c.succeeded / c.total, 4) if c.total else 0.0,
         "seconds_per_task": round(elapsed / c.done, 4) if c.done else None,
-        "mean_generation_seconds": round(sum(durations) / len(durations), 4)
-        if durations else None,
+        "mean_generation_seconds": round(sum(durations) / len(durations), 4) if durations else None,
         "images_per_second": round(c.images / elapsed, 3) if elapsed else None,
         "eta_seconds": eta_seconds(batch),
-        "backends": {name: {"tasks": n, "succeeded": ok_by_backend[name]}
-                     for name, n in sorted(backends.items())},
+        "backends": {
+            name: {"tasks": n, "succeeded": ok_by_backend[name]}
+            for name, n in sorted(backends.items())
+        },
         "failures": [
-            {"key": t.key, "position": t.position, "status": str(t.status),
-             "attempts": t.attempts, "error": t.last_error or ""}
-            for t in tasks if t.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+            {
+                "key": t.key,
+                "position": t.position,
+                "status": str(t.status),
+                "attempts": t.attempts,
+                "error": t.last_error or "",
+            }
+            for t in tasks
+            if t.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
         ],
     }
 
@@ -88,8 +110,10 @@ def render_text(report: dict[str, Any], max_failures: int = 20) -> str:
     if failures:
         lines.append(f"  failures ({len(failures)}):")
         for f in failures[:max_failures]:
-            lines.append(f"    #{f['position']} {f['key']}: {f['status']} after "
-                         f"{f['attempts']} attempt(s): {f['error'] or '-'}")
+            lines.append(
+                f"    #{f['position']} {f['key']}: {f['status']} after "
+                f"{f['attempts']} attempt(s): {f['error'] or '-'}"
+            )
         if len(failures) > max_failures:
             lines.append(f"    … and {len(failures) - max_failures} more (see the JSON report)")
     return "\n".join(lines)

@@ -219,8 +219,10 @@ def _resolve_one(
         raise _TaskProblem("backend", f"unknown backend '{backend}'; configured: {sorted(known)}")
     try:
         width, height = params.resolve_size(
-            merged.get("aspect_ratio"), merged.get("resolution"),
-            merged.get("width"), merged.get("height"),
+            merged.get("aspect_ratio"),
+            merged.get("resolution"),
+            merged.get("width"),
+            merged.get("height"),
         )
     except ValueError as exc:
         raise _TaskProblem("aspect_ratio", str(exc)) from exc
@@ -229,7 +231,8 @@ def _resolve_one(
         seed = rng.randrange(0, params.MAX_SEED)
     init_image = _input_path(merged.get("init_image"), base_dir, "init_image")
     references = tuple(
-        _input_path(p, base_dir, "reference_images") or "" for p in merged.get("reference_images", ())
+        _input_path(p, base_dir, "reference_images") or ""
+        for p in merged.get("reference_images", ())
     )
     return ResolvedTask(
         position=index + 1,

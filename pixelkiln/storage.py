@@ -59,9 +59,7 @@ class InputImage:
     sha256: str
 
 
-def infotext(
-    prompt: str, negative_prompt: str, settings: dict[str, object]
-) -> str:
+def infotext(prompt: str, negative_prompt: str, settings: dict[str, object]) -> str:
     """WebUI-style ``parameters`` text: prompt, ``Negative prompt:``, then ``Key: value, ...``."""
     lines = [prompt]
     if negative_prompt:
@@ -168,9 +166,13 @@ def read_input_image(
             fmt = image.format or ""
             width, height = image.size
             if fmt not in INPUT_FORMATS:
-                raise ValueError(f"unsupported image type {fmt or 'unknown'}; use PNG, JPEG, GIF or WebP")
+                raise ValueError(
+                    f"unsupported image type {fmt or 'unknown'}; use PNG, JPEG, GIF or WebP"
+                )
             if width * height > max_pixels:
-                raise ValueError(f"image is {width}×{height} pixels; the limit is {max_pixels:,} pixels")
+                raise ValueError(
+                    f"image is {width}×{height} pixels; the limit is {max_pixels:,} pixels"
+                )
             image.load()  # catches truncated files
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a readable image ({exc})") from exc

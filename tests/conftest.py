@@ -36,8 +36,10 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     scheduler = {"retry_base_delay": 0.01, "retry_max_delay": 0.05, "poll_interval": 0.05}
     scheduler.update(overrides.pop("scheduler", {}))
     return load_settings(
-        None, storage={"data_dir": str(data_dir), **overrides.pop("storage", {})},
-        scheduler=scheduler, **overrides,
+        None,
+        storage={"data_dir": str(data_dir), **overrides.pop("storage", {})},
+        scheduler=scheduler,
+        **overrides,
     )
 
 

@@ -50,9 +50,7 @@ def build_backend(settings: BackendSettings, deps: BackendDeps) -> Backend:
     return _load(types[settings.type])(settings, deps)
 
 
-def build_backends(
-    settings: list[BackendSettings], deps: BackendDeps
-) -> dict[str, Backend]:
+def build_backends(settings: list[BackendSettings], deps: BackendDeps) -> dict[str, Backend]:
     """Build every configured backend, keyed by name."""
     return {s.name: build_backend(s, deps) for s in settings}
 

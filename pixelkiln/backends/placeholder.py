@@ -40,8 +40,10 @@ def draw(prompt: str, seed: int, width: int, height: int) -> bytes:
     for k in range(3):
         x0, y0, x1, y1 = (digest[8 + 4 * k + j] / 255 for j in range(4))
         box = (
-            int(min(x0, x1) * width), int(min(y0, y1) * height),
-            int(max(x0, x1) * width) + 1, int(max(y0, y1) * height) + 1,
+            int(min(x0, x1) * width),
+            int(min(y0, y1) * height),
+            int(max(x0, x1) * width) + 1,
+            int(max(y0, y1) * height) + 1,
         )
         colour = (digest[20 + k], digest[21 + k], digest[22 + k])
         (pen.ellipse if digest[24 + k] % 2 else pen.rectangle)(box, outline=colour, width=2)
@@ -66,8 +68,12 @@ def _label(size: int) -> Image.Image:
     left, top, right, bottom = font.getbbox(LABEL, stroke_width=1)
     stamp = Image.new("RGBA", (int(right - left) + 2, int(bottom - top) + 2))
     ImageDraw.Draw(stamp).text(
-        (1 - left, 1 - top), LABEL, fill=(255, 255, 255, 255), font=font,
-        stroke_width=1, stroke_fill=(0, 0, 0, 255),
+        (1 - left, 1 - top),
+        LABEL,
+        fill=(255, 255, 255, 255),
+        font=font,
+        stroke_width=1,
+        stroke_fill=(0, 0, 0, 255),
     )
     return stamp
 
@@ -77,8 +83,12 @@ def _draw_prompt(pen: ImageDraw.ImageDraw, prompt: str, width: int, height: int)
     columns = max(8, width // max(1, size // 2 + 1))
     lines = textwrap.wrap(prompt, columns)[: max(1, (height - 2 * size) // (size + 4))]
     pen.multiline_text(
-        (4, size + 8), "\n".join(lines), fill=(255, 255, 255), font=_font(size),
-        stroke_width=1, stroke_fill=(0, 0, 0),
+        (4, size + 8),
+        "\n".join(lines),
+        fill=(255, 255, 255),
+        font=_font(size),
+        stroke_width=1,
+        stroke_fill=(0, 0, 0),
     )
 
 

@@ -43,27 +43,44 @@ def create_batch(tx: Tx, new: NewBatch) -> int:
     batch_id: int = tx.conn.execute(
         insert(batches).returning(batches.c.id),
         {
-            "owner_id": new.owner_id, "name": new.name, "status": BatchStatus.QUEUED,
-            "priority": new.priority, "source": new.source, "defaults": new.defaults,
-            "max_attempts": new.max_attempts, "n_tasks": len(new.tasks),
-            "n_pending": len(new.tasks), "scheduled_at": new.scheduled_at, "created_at": tx.now,
+            "owner_id": new.owner_id,
+            "name": new.name,
+            "status": BatchStatus.QUEUED,
+            "priority": new.priority,
+            "source": new.source,
+            "defaults": new.defaults,
+            "max_attempts": new.max_attempts,
+            "n_tasks": len(new.tasks),
+            "n_pending": len(new.tasks),
+            "scheduled_at": new.scheduled_at,
+            "created_at": tx.now,
         },
     ).scalar_one()
     inputs = list(new.inputs) or [{} for _ in new.tasks]
     rows = [
         {
-            "batch_id": batch_id, "position": t.position, "key": t.key,
-            "status": TaskStatus.PENDING, "backend": t.backend, "prompt": t.prompt,
-            "negative_prompt": t.negative_prompt, "params": t.params_json(), "inputs": i,
-            "max_attempts": new.max_attempts, "created_at": tx.now, "next_attempt_at": 0.0,
+            "batch_id": batch_id,
+            "position": t.position,
+            "key": t.key,
+            "status": TaskStatus.PENDING,
+            "backend": t.backend,
+            "prompt": t.prompt,
+            "negative_prompt": t.negative_prompt,
+            "params": t.params_json(),
+            "inputs": i,
+            "max_attempts": new.max_attempts,
+            "created_at": tx.now,
+            "next_attempt_at": 0.0,
         }
-        for t, i in zip(new.tasks, inputs)
+        for t, i in zip(new.tasks, inputs, strict=True)
     ]
     for start in range(0, len(rows), 5000):
         tx.conn.execute(insert(tasks), rows[start : start + 5000])
     _record_assets(tx, new.owner_id, new.assets)
     append_event(
-        tx, batch_id, EventType.BATCH_UPDATE,
+        tx,
+        batch_id,
+        EventType.BATCH_UPDATE,
         {"status": BatchStatus.QUEUED, "name": new.name, "total": len(new.tasks)},
     )
     return batch_id
@@ -74,8 +91,10 @@ def _record_assets(tx: Tx, owner_id: int | None, records: Sequence[dict[str, Any
     for record in records:
         known = tx.conn.execute(
             select(assets.c.id).where(
-                assets.c.sha256 == record["sha256"], assets.c.owner_id.is_(owner_id)
-                if owner_id is None else assets.c.owner_id == owner_id,
+                assets.c.sha256 == record["sha256"],
+                assets.c.owner_id.is_(owner_id)
+                if owner_id is None
+                else assets.c.owner_id == owner_id,
             )
         ).first()
         if known is None:
@@ -84,14 +103,28 @@ def _record_assets(tx: Tx, owner_id: int | None, records: Sequence[dict[str, Any
 
 def _batch(row: Row[Any]) -> Batch:
     counts = BatchCounts(
-        row.n_tasks, row.n_pending, row.n_running, row.n_succeeded,
-        row.n_failed, row.n_cancelled, row.n_images,
+        row.n_tasks,
+        row.n_pending,
+        row.n_running,
+        row.n_succeeded,
+        row.n_failed,
+        row.n_cancelled,
+        row.n_images,
     )
     return Batch(
-        id=row.id, name=row.name, status=BatchStatus(row.status), priority=row.priority,
-        source=row.source, owner_id=row.owner_id, max_attempts=row.max_attempts, counts=counts,
-        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
-        scheduled_at=row.scheduled_at, defaults=dict(row.defaults),
+        id=row.id,
+        name=row.name,
+        status=BatchStatus(row.status),
+        priority=row.priority,
+        source=row.source,
+        owner_id=row.owner_id,
+        max_attempts=row.max_attempts,
+        counts=counts,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        scheduled_at=row.scheduled_at,
+        defaults=dict(row.defaults),
     )
 
 
@@ -157,7 +190,9 @@ _RUNNABLE = _runnable_statement(filtered=False)
 _RUNNABLE_ONLY = _runnable_statement(filtered=True)
 
 
-def runnable_batch_ids(conn: Connection, now: float, only: Iterable[int] | None = None) -> list[int]:
+def runnable_batch_ids(
+    conn: Connection, now: float, only: Iterable[int] | None = None
+) -> list[int]:
     """Batches that may start tasks now, by priority then age."""
     if only is None:
         return list(conn.execute(_RUNNABLE, {"r_now": now}).scalars())
@@ -172,7 +207,7 @@ def unfinished_batch_ids(conn: Connection, statuses: Iterable[BatchStatus] = ACT
 def refresh_counts(tx: Tx, batch_ids: Iterable[int]) -> None:
     """Recount a batch's tasks by state (after bulk changes; the hot path adjusts in place)."""
     for batch_id in set(batch_ids):
-        by_status = dict(
+        by_status: dict[str, int] = dict(
             tx.conn.execute(
                 select(tasks.c.status, func.count())
                 .where(tasks.c.batch_id == batch_id)
@@ -183,7 +218,9 @@ def refresh_counts(tx: Tx, batch_ids: Iterable[int]) -> None:
             select(func.count()).select_from(images).where(images.c.batch_id == batch_id)
         ).scalar_one()
         tx.conn.execute(
-            update(batches).where(batches.c.id == batch_id).values(
+            update(batches)
+            .where(batches.c.id == batch_id)
+            .values(
                 n_tasks=sum(by_status.values()),
                 **{f"n_{s}": by_status.get(str(s), 0) for s in TaskStatus},
                 n_images=n_images,
@@ -195,9 +232,14 @@ def summary(batch: Batch) -> dict[str, Any]:
     """The facts a ``done`` event and a report start from."""
     c = batch.counts
     return {
-        "status": str(batch.status), "total": c.total, "succeeded": c.succeeded,
-        "failed": c.failed, "cancelled": c.cancelled, "images": c.images,
-        "started_at": batch.started_at, "finished_at": batch.finished_at,
+        "status": str(batch.status),
+        "total": c.total,
+        "succeeded": c.succeeded,
+        "failed": c.failed,
+        "cancelled": c.cancelled,
+        "images": c.images,
+        "started_at": batch.started_at,
+        "finished_at": batch.finished_at,
     }
 
 
@@ -229,8 +271,10 @@ def _set_final(tx: Tx, batch: Batch, status: BatchStatus) -> None:
 _MARK_STARTED = (
     update(batches)
     .where(batches.c.id == bindparam("m_batch"), batches.c.status == str(BatchStatus.QUEUED))
-    .values(status=str(BatchStatus.RUNNING),
-            started_at=func.coalesce(batches.c.started_at, bindparam("m_now")))
+    .values(
+        status=str(BatchStatus.RUNNING),
+        started_at=func.coalesce(batches.c.started_at, bindparam("m_now")),
+    )
 )
 
 
@@ -262,8 +306,12 @@ def cancel_batch(tx: Tx, batch_id: int, owner_id: int | None = None) -> Batch:
 
 
 def retry_batch(
-    tx: Tx, batch_id: int, *, include_cancelled: bool = False,
-    task_ids: Iterable[int] | None = None, owner_id: int | None = None,
+    tx: Tx,
+    batch_id: int,
+    *,
+    include_cancelled: bool = False,
+    task_ids: Iterable[int] | None = None,
+    owner_id: int | None = None,
 ) -> int:
     """Put failed (and optionally cancelled) tasks back in the queue; returns how many."""
     batch = get_batch(tx.conn, batch_id, owner_id)
@@ -273,8 +321,12 @@ def retry_batch(
         query = query.where(tasks.c.id.in_(list(task_ids)))
     count = tx.conn.execute(
         query.values(
-            status=TaskStatus.PENDING, attempts=0, next_attempt_at=0.0,
-            lease_owner=None, lease_expires_at=None, finished_at=None,
+            status=TaskStatus.PENDING,
+            attempts=0,
+            next_attempt_at=0.0,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=None,
         )
     ).rowcount
     if not count:
@@ -295,8 +347,10 @@ def set_paused(tx: Tx, batch_id: int, paused: bool, owner_id: int | None = None)
         raise InvalidStateError(f"batch {batch_id} already finished ({batch.status})")
     if paused == (batch.status == BatchStatus.PAUSED):
         return batch
-    status = BatchStatus.PAUSED if paused else (
-        BatchStatus.RUNNING if batch.started_at else BatchStatus.QUEUED
+    status = (
+        BatchStatus.PAUSED
+        if paused
+        else (BatchStatus.RUNNING if batch.started_at else BatchStatus.QUEUED)
     )
     tx.conn.execute(update(batches).where(batches.c.id == batch_id).values(status=status))
     append_event(tx, batch_id, EventType.BATCH_UPDATE, {"status": status})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import queue
 import threading
 import time
@@ -140,7 +141,7 @@ class Database:
                 self._commit_one(conn, item)
             return
         self._published([e for tx in txs for e in tx.events])
-        for item, result in zip(group, results):
+        for item, result in zip(group, results, strict=True):
             item.future.set_result(result)
 
     def _commit_one(self, conn: Connection, item: _Write) -> None:
@@ -163,7 +164,9 @@ class Database:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def read(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+    def read(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         """Run ``fn(conn, ...)`` on a read connection (a consistent snapshot)."""
         try:
             with self.read_engine.connect() as conn, conn.begin():
@@ -175,7 +178,7 @@ class Database:
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """:meth:`read` in a worker thread."""
-        return await asyncio.to_thread(self.read, fn, *args, **kwargs)
+        return await asyncio.to_thread(functools.partial(self.read, fn, *args, **kwargs))
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -217,7 +220,9 @@ def _engines(url: str) -> tuple[Engine, Engine]:
     read = create_engine(url, connect_args=args)
     write = create_engine(url, connect_args=args, pool_size=1, max_overflow=0)
     _sqlite_setup(read, begin="BEGIN")
-    _sqlite_setup(write, begin="BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
+    _sqlite_setup(
+        write, begin="BEGIN IMMEDIATE"
+    )  # take the write lock up front: no upgrade deadlocks
     return read, write
 
 

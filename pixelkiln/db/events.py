@@ -27,7 +27,8 @@ def append_events(tx: Tx, pending: list[PendingEvent]) -> list[Event]:
     ]
     ids = tx.conn.execute(_INSERT, rows).scalars().all()
     appended = [
-        Event(id, b, t, kind, data, tx.now) for id, (b, t, kind, data) in zip(ids, pending)
+        Event(id, b, t, kind, data, tx.now)
+        for id, (b, t, kind, data) in zip(ids, pending, strict=True)
     ]
     tx.events.extend(appended)
     return appended

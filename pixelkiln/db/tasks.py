@@ -66,9 +66,17 @@ class TaskFailure:
 
 
 _CLAIM_COLUMNS = (
-    tasks.c.id, tasks.c.batch_id, tasks.c.position, tasks.c.key, tasks.c.backend,
-    tasks.c.prompt, tasks.c.negative_prompt, tasks.c.params, tasks.c.inputs,
-    tasks.c.attempts, tasks.c.max_attempts,
+    tasks.c.id,
+    tasks.c.batch_id,
+    tasks.c.position,
+    tasks.c.key,
+    tasks.c.backend,
+    tasks.c.prompt,
+    tasks.c.negative_prompt,
+    tasks.c.params,
+    tasks.c.inputs,
+    tasks.c.attempts,
+    tasks.c.max_attempts,
 )
 
 
@@ -92,10 +100,17 @@ def claim_tasks(
         for batch_id in batch_ids:
             if want <= 0:
                 break
-            rows = tx.conn.execute(statement, {
-                "c_batch": batch_id, "c_backend": backend, "c_now": tx.now, "c_limit": want,
-                "c_owner": owner, "c_expires": tx.now + lease_seconds,
-            }).all()
+            rows = tx.conn.execute(
+                statement,
+                {
+                    "c_batch": batch_id,
+                    "c_backend": backend,
+                    "c_now": tx.now,
+                    "c_limit": want,
+                    "c_owner": owner,
+                    "c_expires": tx.now + lease_seconds,
+                },
+            ).all()
             want -= len(rows)
             claimed.extend(ClaimedTask(*row) for row in rows)
     _shift_counts(tx, Counter(t.batch_id for t in claimed), "n_pending", "n_running")
@@ -124,8 +139,10 @@ def _claim_statement(skip_locked: bool) -> Any:
         update(tasks)
         .where(tasks.c.id.in_(pick.scalar_subquery()))
         .values(
-            status=str(TaskStatus.RUNNING), lease_owner=bindparam("c_owner"),
-            lease_expires_at=bindparam("c_expires"), attempts=tasks.c.attempts + 1,
+            status=str(TaskStatus.RUNNING),
+            lease_owner=bindparam("c_owner"),
+            lease_expires_at=bindparam("c_expires"),
+            attempts=tasks.c.attempts + 1,
             started_at=bindparam("c_now"),
         )
         .returning(*_CLAIM_COLUMNS)
@@ -141,8 +158,12 @@ def _shift_statement(source: str, target: str) -> Any:
     return (
         update(batches)
         .where(batches.c.id == bindparam("s_batch"))
-        .values({source: batches.c[source] - bindparam("s_k"),
-                 target: batches.c[target] + bindparam("s_k")})
+        .values(
+            {
+                source: batches.c[source] - bindparam("s_k"),
+                target: batches.c[target] + bindparam("s_k"),
+            }
+        )
     )
 
 
@@ -177,8 +198,11 @@ def renew_leases(tx: Tx, owner: str, task_ids: Sequence[int], until: float) -> s
 
 _RENEW = (
     update(tasks)
-    .where(tasks.c.id.in_(bindparam("r_ids", expanding=True)),
-           tasks.c.lease_owner == bindparam("r_owner"), tasks.c.status == RUNNING)
+    .where(
+        tasks.c.id.in_(bindparam("r_ids", expanding=True)),
+        tasks.c.lease_owner == bindparam("r_owner"),
+        tasks.c.status == RUNNING,
+    )
     .values(lease_expires_at=bindparam("r_until"))
     .returning(tasks.c.id)
 )
@@ -208,9 +232,16 @@ def complete_tasks(tx: Tx, owner: str, results: Sequence[TaskResult]) -> set[int
     tx.conn.execute(_DROP_IMAGES, {"d_ids": [r.task.id for r in done]})
     image_rows = [
         {
-            "task_id": r.task.id, "batch_id": r.task.batch_id, "index": i, "path": img.path,
-            "width": img.width, "height": img.height, "bytes": img.bytes,
-            "sha256": img.sha256, "seed": seed, "created_at": tx.now,
+            "task_id": r.task.id,
+            "batch_id": r.task.batch_id,
+            "index": i,
+            "path": img.path,
+            "width": img.width,
+            "height": img.height,
+            "bytes": img.bytes,
+            "sha256": img.sha256,
+            "seed": seed,
+            "created_at": tx.now,
         }
         for r in done
         for i, (img, seed) in enumerate(r.images)
@@ -221,11 +252,24 @@ def complete_tasks(tx: Tx, owner: str, results: Sequence[TaskResult]) -> set[int
     events: list[PendingEvent] = []
     for r in done:
         for i, (img, _seed) in enumerate(r.images):
-            events.append((r.task.batch_id, r.task.id, EventType.IMAGE_GENERATED, {
-                "item_key": r.task.key, "task_id": r.task.id,
-                "image": {"id": next(image_ids), "index": i, "path": img.path,
-                          "width": img.width, "height": img.height},
-            }))
+            events.append(
+                (
+                    r.task.batch_id,
+                    r.task.id,
+                    EventType.IMAGE_GENERATED,
+                    {
+                        "item_key": r.task.key,
+                        "task_id": r.task.id,
+                        "image": {
+                            "id": next(image_ids),
+                            "index": i,
+                            "path": img.path,
+                            "width": img.width,
+                            "height": img.height,
+                        },
+                    },
+                )
+            )
     per_batch = Counter(r.task.batch_id for r in done)
     n_images = Counter({b: 0 for b in per_batch})
     for r in done:
@@ -243,8 +287,11 @@ _SUCCEED = (
     update(tasks)
     .where(tasks.c.id == bindparam("t_id"))
     .values(
-        status=str(TaskStatus.SUCCEEDED), finished_at=bindparam("t_now"),
-        duration=bindparam("t_duration"), lease_owner=None, lease_expires_at=None,
+        status=str(TaskStatus.SUCCEEDED),
+        finished_at=bindparam("t_now"),
+        duration=bindparam("t_duration"),
+        lease_owner=None,
+        lease_expires_at=None,
         last_error=None,
     )
 )
@@ -310,35 +357,61 @@ def fail_tasks(tx: Tx, owner: str, failures: Sequence[TaskFailure]) -> set[int]:
     final = [f for f in live if f.retry_at is None]
     for f in retry:
         tx.conn.execute(
-            update(tasks).where(tasks.c.id == f.task.id).values(
-                status=TaskStatus.PENDING, next_attempt_at=f.retry_at, last_error=f.error,
-                lease_owner=None, lease_expires_at=None, duration=f.duration,
+            update(tasks)
+            .where(tasks.c.id == f.task.id)
+            .values(
+                status=TaskStatus.PENDING,
+                next_attempt_at=f.retry_at,
+                last_error=f.error,
+                lease_owner=None,
+                lease_expires_at=None,
+                duration=f.duration,
                 attempts=tasks.c.attempts - (0 if f.spend_attempt else 1),
             )
         )
     for f in final:
         tx.conn.execute(
-            update(tasks).where(tasks.c.id == f.task.id).values(
-                status=TaskStatus.FAILED, finished_at=tx.now, last_error=f.error,
-                lease_owner=None, lease_expires_at=None, duration=f.duration,
+            update(tasks)
+            .where(tasks.c.id == f.task.id)
+            .values(
+                status=TaskStatus.FAILED,
+                finished_at=tx.now,
+                last_error=f.error,
+                lease_owner=None,
+                lease_expires_at=None,
+                duration=f.duration,
             )
         )
     if final:
         refund_tasks(tx, [f.task.id for f in final])  # failed for good: its credits go back
     _shift_counts(tx, Counter(f.task.batch_id for f in retry), "n_running", "n_pending")
     events: list[PendingEvent] = [
-        (f.task.batch_id, f.task.id, EventType.WARNING, {
-            "message": f"attempt {f.task.attempts} of {f.task.max_attempts} failed; retrying",
-            "error": f.error, "item_key": f.task.key, "attempt": f.task.attempts,
-            "retry_in": round(max(0.0, (f.retry_at or tx.now) - tx.now), 3), **f.details,
-        })
+        (
+            f.task.batch_id,
+            f.task.id,
+            EventType.WARNING,
+            {
+                "message": f"attempt {f.task.attempts} of {f.task.max_attempts} failed; retrying",
+                "error": f.error,
+                "item_key": f.task.key,
+                "attempt": f.task.attempts,
+                "retry_in": round(max(0.0, (f.retry_at or tx.now) - tx.now), 3),
+                **f.details,
+            },
+        )
         for f in retry
         if f.spend_attempt  # waits for a down backend are reported once, by the scheduler
     ]
     progress = _advance(tx, Counter(f.task.batch_id for f in final), "n_failed")
     for f in final:
-        events.append((f.task.batch_id, f.task.id, EventType.ERROR,
-                       {"error": f.error, "item_key": f.task.key, **f.details}))
+        events.append(
+            (
+                f.task.batch_id,
+                f.task.id,
+                EventType.ERROR,
+                {"error": f.error, "item_key": f.task.key, **f.details},
+            )
+        )
         events.append(_progress_event(progress, f.task, f"failed: {f.error}"))
     append_events(tx, events)
     _finish_batches(tx, progress)
@@ -347,23 +420,36 @@ def fail_tasks(tx: Tx, owner: str, failures: Sequence[TaskFailure]) -> set[int]:
 
 def release_tasks(tx: Tx, owner: str, task_ids: Iterable[int]) -> int:
     """Give tasks back untried (shutdown, Ctrl-C): pending again, the attempt not counted."""
-    rows = tx.conn.execute(
-        update(tasks)
-        .where(tasks.c.id.in_(list(task_ids)), tasks.c.status == RUNNING,
-               tasks.c.lease_owner == owner)
-        .values(status=TaskStatus.PENDING, lease_owner=None, lease_expires_at=None,
-                attempts=func.max(tasks.c.attempts - 1, 0) if tx.dialect == "sqlite"
-                else func.greatest(tasks.c.attempts - 1, 0))
-        .returning(tasks.c.batch_id)
-    ).scalars().all()
+    rows = (
+        tx.conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.id.in_(list(task_ids)),
+                tasks.c.status == RUNNING,
+                tasks.c.lease_owner == owner,
+            )
+            .values(
+                status=TaskStatus.PENDING,
+                lease_owner=None,
+                lease_expires_at=None,
+                attempts=func.max(tasks.c.attempts - 1, 0)
+                if tx.dialect == "sqlite"
+                else func.greatest(tasks.c.attempts - 1, 0),
+            )
+            .returning(tasks.c.batch_id)
+        )
+        .scalars()
+        .all()
+    )
     _shift_counts(tx, Counter(rows), "n_running", "n_pending")
     return len(rows)
 
 
 def running_lease_owners(conn: Connection) -> list[str]:
     return list(
-        conn.execute(select(tasks.c.lease_owner).where(tasks.c.status == RUNNING).distinct())
-        .scalars()
+        conn.execute(
+            select(tasks.c.lease_owner).where(tasks.c.status == RUNNING).distinct()
+        ).scalars()
     )
 
 
@@ -373,38 +459,58 @@ def recover_leases(tx: Tx, dead_owners: Sequence[str] = ()) -> int:
     A task that was on its last attempt fails instead, so a task that kills its
     runner cannot loop forever. Returns how many tasks were recovered.
     """
-    expired = (tasks.c.lease_expires_at < tx.now)
+    expired = tasks.c.lease_expires_at < tx.now
     if dead_owners:
         expired = expired | tasks.c.lease_owner.in_(list(dead_owners))
     rows = tx.conn.execute(
         update(tasks)
         .where(tasks.c.status == RUNNING, expired)
-        .values(status=TaskStatus.PENDING, lease_owner=None, lease_expires_at=None,
-                next_attempt_at=tx.now,
-                last_error="the runner stopped (lease expired); task put back in the queue")
-        .returning(tasks.c.id, tasks.c.batch_id, tasks.c.key, tasks.c.attempts,
-                   tasks.c.max_attempts)
+        .values(
+            status=TaskStatus.PENDING,
+            lease_owner=None,
+            lease_expires_at=None,
+            next_attempt_at=tx.now,
+            last_error="the runner stopped (lease expired); task put back in the queue",
+        )
+        .returning(
+            tasks.c.id, tasks.c.batch_id, tasks.c.key, tasks.c.attempts, tasks.c.max_attempts
+        )
     ).all()
     if not rows:
         return 0
     exhausted = [r.id for r in rows if r.attempts >= r.max_attempts]
     if exhausted:
         tx.conn.execute(
-            update(tasks).where(tasks.c.id.in_(exhausted)).values(
-                status=TaskStatus.FAILED, finished_at=tx.now,
+            update(tasks)
+            .where(tasks.c.id.in_(exhausted))
+            .values(
+                status=TaskStatus.FAILED,
+                finished_at=tx.now,
                 last_error="the runner stopped during the last attempt (lease expired)",
             )
         )
         refund_tasks(tx, exhausted)
     refresh_counts(tx, {r.batch_id for r in rows})
-    append_events(tx, [
-        (r.batch_id, r.id, EventType.WARNING, {
-            "message": "runner stopped; task "
-            + ("failed (no attempts left)" if r.id in exhausted else "put back in the queue"),
-            "item_key": r.key,
-        })
-        for r in rows
-    ])
+    append_events(
+        tx,
+        [
+            (
+                r.batch_id,
+                r.id,
+                EventType.WARNING,
+                {
+                    "message": "runner stopped; task "
+                    + (
+                        "failed (no attempts left)"
+                        if r.id in exhausted
+                        else "put back in the queue"
+                    ),
+                    "item_key": r.key,
+                },
+            )
+            for r in rows
+        ],
+    )
     for batch_id in {r.batch_id for r in rows}:
         finish_if_done(tx, batch_id)
     return len(rows)
@@ -415,11 +521,22 @@ def recover_leases(tx: Tx, dead_owners: Sequence[str] = ()) -> int:
 
 def _task(row: Row[Any]) -> Task:
     return Task(
-        id=row.id, batch_id=row.batch_id, position=row.position, key=row.key,
-        status=TaskStatus(row.status), backend=row.backend, prompt=row.prompt,
-        negative_prompt=row.negative_prompt, params=dict(row.params), inputs=dict(row.inputs),
-        attempts=row.attempts, max_attempts=row.max_attempts, last_error=row.last_error,
-        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+        id=row.id,
+        batch_id=row.batch_id,
+        position=row.position,
+        key=row.key,
+        status=TaskStatus(row.status),
+        backend=row.backend,
+        prompt=row.prompt,
+        negative_prompt=row.negative_prompt,
+        params=dict(row.params),
+        inputs=dict(row.inputs),
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        last_error=row.last_error,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
         duration=row.duration,
     )
 
@@ -450,8 +567,17 @@ def list_tasks(
 
 def _image(row: Row[Any]) -> ImageRecord:
     return ImageRecord(
-        row.id, row.task_id, row.batch_id, row.index, row.path, row.width, row.height,
-        row.bytes, row.sha256, row.seed, row.created_at,
+        row.id,
+        row.task_id,
+        row.batch_id,
+        row._mapping["index"],  # row.index is the tuple method
+        row.path,
+        row.width,
+        row.height,
+        row.bytes,
+        row.sha256,
+        row.seed,
+        row.created_at,
     )
 
 

@@ -39,14 +39,24 @@ def prepare_batch(
     raises NotFoundError; without it, asset references are refused.
     """
     tasks = resolve_tasks(
-        spec, default_backend=default_backend, known_backends=known_backends,
-        base_dir=base_dir, source=source_name, where=where,
+        spec,
+        default_backend=default_backend,
+        known_backends=known_backends,
+        base_dir=base_dir,
+        source=source_name,
+        where=where,
     )
     inputs, assets = _ingest_inputs(tasks, storage, source_name, where, resolve_asset)
     return NewBatch(
-        name=spec.name, source=source, max_attempts=spec.max_attempts or max_attempts,
-        tasks=tasks, inputs=inputs, assets=assets, priority=spec.priority,
-        defaults=spec.defaults.model_dump(exclude_none=True), owner_id=owner_id,
+        name=spec.name,
+        source=source,
+        max_attempts=spec.max_attempts or max_attempts,
+        tasks=tasks,
+        inputs=inputs,
+        assets=assets,
+        priority=spec.priority,
+        defaults=spec.defaults.model_dump(exclude_none=True),
+        owner_id=owner_id,
         scheduled_at=scheduled_at,
     )
 
@@ -106,6 +116,10 @@ def _ingest_inputs(
 
 def _asset_record(image: InputImage, path: str) -> dict[str, Any]:
     return {
-        "path": path, "sha256": image.sha256, "mime": image.mime, "width": image.width,
-        "height": image.height, "bytes": len(image.data),
+        "path": path,
+        "sha256": image.sha256,
+        "mime": image.mime,
+        "width": image.width,
+        "height": image.height,
+        "bytes": len(image.data),
     }

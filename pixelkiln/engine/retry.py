@@ -13,7 +13,7 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     The jitter spreads retries of tasks that failed together (a server restart)
     so they do not hit the server again in one burst.
     """
-    delay = min(cap, base * 2 ** max(0, attempt - 1))
+    delay = min(cap, base * 2.0 ** max(0, attempt - 1))
     return delay * rng.uniform(0.5, 1.0)
 
 
@@ -25,7 +25,7 @@ def describe(exc: BaseException) -> str:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Backend errors say so themselves; an unexpected exception is retried (it may be transient)."""
+    """Backend errors say so; an unexpected exception is retried (it may be transient)."""
     return exc.retryable if isinstance(exc, BackendError) else True
 
 

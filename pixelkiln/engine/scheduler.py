@@ -356,17 +356,30 @@ class Scheduler:
         p = task.params
         init = task.inputs.get("init_image")
         refs = task.inputs.get("reference_images") or []
-        init_bytes, ref_bytes = None, ()
+        init_bytes: bytes | None = None
+        ref_bytes: tuple[bytes, ...] = ()
         if init or refs:
             init_bytes, ref_bytes = await asyncio.to_thread(self._read_inputs, init, refs)
         return GenerationRequest(
-            task_id=task.id, prompt=task.prompt, negative_prompt=task.negative_prompt,
-            width=p["width"], height=p["height"], steps=p["steps"], cfg_scale=p["cfg_scale"],
-            sampler=p["sampler"], seed=p["seed"], n=p["n"], model=p["model"],
-            denoise=p["denoise"], init_image=init_bytes, reference_images=ref_bytes,
+            task_id=task.id,
+            prompt=task.prompt,
+            negative_prompt=task.negative_prompt,
+            width=p["width"],
+            height=p["height"],
+            steps=p["steps"],
+            cfg_scale=p["cfg_scale"],
+            sampler=p["sampler"],
+            seed=p["seed"],
+            n=p["n"],
+            model=p["model"],
+            denoise=p["denoise"],
+            init_image=init_bytes,
+            reference_images=ref_bytes,
         )
 
-    def _read_inputs(self, init: str | None, refs: list[str]) -> tuple[bytes | None, tuple[bytes, ...]]:
+    def _read_inputs(
+        self, init: str | None, refs: list[str]
+    ) -> tuple[bytes | None, tuple[bytes, ...]]:
         return (
             self.storage.read(init) if init else None,
             tuple(self.storage.read(r) for r in refs),
@@ -390,14 +403,26 @@ class Scheduler:
         details: dict[str, Any] = {"error_type": type(exc).__name__}
         if isinstance(exc, NoServerAvailableError):
             self._backend_down(task)
-            return TaskFailure(task, message, now + DOWN_WAIT, now - job.started, details,
-                               spend_attempt=False)
-        log.warning("task %s (batch %s, %s) attempt %s/%s failed: %s", task.key, task.batch_id,
-                    task.backend, task.attempts, task.max_attempts, message)
+            return TaskFailure(
+                task, message, now + DOWN_WAIT, now - job.started, details, spend_attempt=False
+            )
+        log.warning(
+            "task %s (batch %s, %s) attempt %s/%s failed: %s",
+            task.key,
+            task.batch_id,
+            task.backend,
+            task.attempts,
+            task.max_attempts,
+            message,
+        )
         if retry.is_retryable(exc) and task.attempts < task.max_attempts:
             delay = max(
-                retry.backoff_delay(task.attempts, self.settings.retry_base_delay,
-                                    self.settings.retry_max_delay, self._rng),
+                retry.backoff_delay(
+                    task.attempts,
+                    self.settings.retry_base_delay,
+                    self.settings.retry_max_delay,
+                    self._rng,
+                ),
                 retry.minimum_delay(exc),
             )
             return TaskFailure(task, message, now + delay, now - job.started, details)
@@ -410,11 +435,14 @@ class Scheduler:
         key = (task.backend, task.batch_id)
         if key not in self._down_reported:
             self._down_reported.add(key)
-            message = (f"backend '{task.backend}': every server is down; its tasks wait "
-                       "and resume when one comes back")
+            message = (
+                f"backend '{task.backend}': every server is down; its tasks wait "
+                "and resume when one comes back"
+            )
             log.warning(message)
-            self._note(task.batch_id, EventType.WARNING, {"message": message,
-                                                          "backend": task.backend})
+            self._note(
+                task.batch_id, EventType.WARNING, {"message": message, "backend": task.backend}
+            )
 
     def _backend_up(self, backend: str) -> None:
         if self._down.pop(backend, None) is None:
@@ -493,7 +521,7 @@ class Scheduler:
             except Exception:
                 log.exception("could not renew leases")
                 continue
-            self._drop_ready(lambda t: t.id not in held)
+            self._drop_ready(lambda t, held=held: t.id not in held)  # type: ignore[misc]
             for task_id in ids:
                 job = self._jobs.get(task_id)
                 if job is not None and task_id not in held and job.generating and job.job:
@@ -527,16 +555,21 @@ class Scheduler:
             try:
                 await self.db.awrite(release_tasks, self.owner, give_back)
             except Exception:
-                log.exception("could not give back %d task(s); their leases will lapse",
-                              len(give_back))
+                log.exception(
+                    "could not give back %d task(s); their leases will lapse", len(give_back)
+                )
         self._jobs.clear()
 
 
 def _infotext_settings(task: ClaimedTask, image: GeneratedImage) -> dict[str, object]:
     p = task.params
     settings: dict[str, object] = {
-        "Steps": p["steps"], "Sampler": p["sampler"], "CFG scale": p["cfg_scale"],
-        "Seed": image.seed, "Size": f"{p['width']}x{p['height']}", "Model": p["model"],
+        "Steps": p["steps"],
+        "Sampler": p["sampler"],
+        "CFG scale": p["cfg_scale"],
+        "Seed": image.seed,
+        "Size": f"{p['width']}x{p['height']}",
+        "Model": p["model"],
     }
     if task.inputs.get("init_image"):
         settings["Denoising strength"] = p["denoise"]

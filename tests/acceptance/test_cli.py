@@ -20,15 +20,23 @@ REPO = Path(__file__).resolve().parents[2]
 
 def kiln(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pixelkiln.cli", *args], cwd=cwd, capture_output=True,
-        text=True, timeout=timeout, env=_env(),
+        [sys.executable, "-m", "pixelkiln.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
     )
 
 
 def start(cwd: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "pixelkiln.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env=_env(),
+        [sys.executable, "-m", "pixelkiln.cli", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
     )
 
 
@@ -56,8 +64,11 @@ latency = {latency}
 
 
 def write_batch(folder: Path, tasks: int, n: int = 1) -> Path:
-    spec = {"name": "big", "defaults": {"width": 64, "height": 64, "n": n},
-            "tasks": [{"prompt": f"scene {i}", "key": f"s{i}"} for i in range(tasks)]}
+    spec = {
+        "name": "big",
+        "defaults": {"width": 64, "height": 64, "n": n},
+        "tasks": [{"prompt": f"scene {i}", "key": f"s{i}"} for i in range(tasks)],
+    }
     path = folder / "big.json"
     path.write_text(json.dumps(spec))
     return path
@@ -82,8 +93,9 @@ def wait_for(folder: Path, sql: str, at_least: int, timeout: float = 30) -> None
 
 
 def test_quickstart_runs_writes_report_log_and_images(tmp_path: Path) -> None:
-    done = kiln(tmp_path, "run", str(REPO / "examples" / "quickstart.yaml"),
-                "--report", "report.json")
+    done = kiln(
+        tmp_path, "run", str(REPO / "examples" / "quickstart.yaml"), "--report", "report.json"
+    )
     assert done.returncode == 0, done.stderr
     assert "Batch 1" in done.stdout and "completed" in done.stdout
     report = json.loads((tmp_path / "report.json").read_text())
@@ -103,8 +115,10 @@ def test_bad_input_exits_2_naming_file_row_and_field(tmp_path: Path) -> None:
     assert "row 3, field 'n'" in done.stderr
     assert "row 4, field 'aspect_ratio'" in done.stderr
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "kiln-data" / "kiln.db").exists() or not query(
-        tmp_path, "SELECT COUNT(*) FROM batches")[0][0]
+    assert (
+        not (tmp_path / "kiln-data" / "kiln.db").exists()
+        or not query(tmp_path, "SELECT COUNT(*) FROM batches")[0][0]
+    )
     missing = kiln(tmp_path, "run", "nope.yaml")
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
     unknown = kiln(tmp_path, "status", "42")
@@ -125,14 +139,15 @@ def test_killed_mid_batch_then_resumed_every_task_succeeds_exactly_once(tmp_path
     resumed = kiln(tmp_path, "resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert query(tmp_path, "SELECT status, n_succeeded, n_images FROM batches") == [
-        ("completed", 300, 600)]
+        ("completed", 300, 600)
+    ]
     per_task = query(tmp_path, "SELECT task_id, COUNT(*) FROM images GROUP BY task_id")
     assert len(per_task) == 300 and all(count == 2 for _, count in per_task)
     files = list((tmp_path / "kiln-data" / "images" / "1").iterdir())
     assert len(files) == 600 and all(f.suffix == ".png" for f in files)
     successes = Counter(
-        json.loads(data)["item"] for (data,) in query(
-            tmp_path, "SELECT data FROM events WHERE type = 'progress'")
+        json.loads(data)["item"]
+        for (data,) in query(tmp_path, "SELECT data FROM events WHERE type = 'progress'")
     )
     assert len(successes) == 300 and set(successes.values()) == {1}
 
@@ -165,7 +180,8 @@ def test_cancel_from_another_terminal_stops_a_running_batch(tmp_path: Path) -> N
     runner.communicate(timeout=20)
     assert runner.returncode == 1
     status, succeeded, cancelled_n = query(
-        tmp_path, "SELECT status, n_succeeded, n_cancelled FROM batches")[0]
+        tmp_path, "SELECT status, n_succeeded, n_cancelled FROM batches"
+    )[0]
     assert status == "cancelled" and succeeded + cancelled_n == 200 and cancelled_n > 150
 
 
@@ -175,14 +191,23 @@ def test_retry_report_and_export(tmp_path: Path) -> None:
         'type = "placeholder"\n[backends.options]\nreject_if_prompt_contains = "bad"\n'
     )
     spec = tmp_path / "b.yaml"
-    spec.write_text("name: mixed\ndefaults: {width: 64, height: 64}\n"
-                    "tasks:\n  - {prompt: good one, key: a}\n  - {prompt: bad one, key: b}\n")
+    spec.write_text(
+        "name: mixed\ndefaults: {width: 64, height: 64}\n"
+        "tasks:\n  - {prompt: good one, key: a}\n  - {prompt: bad one, key: b}\n"
+    )
     first = kiln(tmp_path, "run", str(spec), "--quiet")
     assert first.returncode == 1
     assert "b: failed after 1 attempt(s): placeholder rejects" in first.stdout
     report = json.loads(kiln(tmp_path, "report", "1", "--format", "json").stdout)
-    assert report["totals"] == {"tasks": 2, "succeeded": 1, "failed": 1, "cancelled": 0,
-                                "pending": 0, "running": 0, "images": 1}
+    assert report["totals"] == {
+        "tasks": 2,
+        "succeeded": 1,
+        "failed": 1,
+        "cancelled": 0,
+        "pending": 0,
+        "running": 0,
+        "images": 1,
+    }
     assert report["failures"][0]["key"] == "b"
     again = kiln(tmp_path, "retry", "1", "--quiet")
     assert again.returncode == 1 and "1 task(s) back in the queue" in again.stdout

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from alembic.config import Config
+from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from pixelkiln.db.batches import (
@@ -49,14 +49,23 @@ def db(database_url: str) -> Iterator[Database]:
     opened.close()
 
 
-def _batch(db: Database, n: int, *, priority: int = 0, max_attempts: int = 3,
-           backend: str = "placeholder") -> int:
-    spec = parse_batch({"name": f"b{n}", "priority": priority,
-                        "tasks": [{"prompt": f"p{i}", "n": 2} for i in range(n)]})
+def _batch(
+    db: Database, n: int, *, priority: int = 0, max_attempts: int = 3, backend: str = "placeholder"
+) -> int:
+    spec = parse_batch(
+        {
+            "name": f"b{n}",
+            "priority": priority,
+            "tasks": [{"prompt": f"p{i}", "n": 2} for i in range(n)],
+        }
+    )
     tasks = resolve_tasks(spec, default_backend=backend)
-    return db.write(create_batch, NewBatch(name=spec.name, source="cli",
-                                           max_attempts=max_attempts, tasks=tasks,
-                                           priority=priority))
+    return db.write(
+        create_batch,
+        NewBatch(
+            name=spec.name, source="cli", max_attempts=max_attempts, tasks=tasks, priority=priority
+        ),
+    )
 
 
 def _claim(db: Database, owner: str, n: int, lease: float = 30.0) -> list[ClaimedTask]:
@@ -64,8 +73,13 @@ def _claim(db: Database, owner: str, n: int, lease: float = 30.0) -> list[Claime
 
 
 def _result(task: ClaimedTask) -> TaskResult:
-    images = [(StoredImage(f"images/{task.batch_id}/x_{task.position}_{i}.png", 64, 64, 10,
-                           "0" * 64), 100 + i) for i in range(2)]
+    images = [
+        (
+            StoredImage(f"images/{task.batch_id}/x_{task.position}_{i}.png", 64, 64, 10, "0" * 64),
+            100 + i,
+        )
+        for i in range(2)
+    ]
     return TaskResult(task, images, 0.5)
 
 

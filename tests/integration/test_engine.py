@@ -26,10 +26,13 @@ pytestmark = pytest.mark.anyio
 
 
 def _spec(count: int, **defaults: Any) -> Any:
-    return parse_batch({
-        "name": "t", "defaults": {"width": 64, "height": 64, **defaults},
-        "tasks": [{"prompt": f"prompt {i}", "key": f"k{i}"} for i in range(count)],
-    })
+    return parse_batch(
+        {
+            "name": "t",
+            "defaults": {"width": 64, "height": 64, **defaults},
+            "tasks": [{"prompt": f"prompt {i}", "key": f"k{i}"} for i in range(count)],
+        }
+    )
 
 
 def _placeholder(**kw: Any) -> list[dict[str, Any]]:
@@ -85,8 +88,13 @@ async def test_an_error_that_cannot_succeed_fails_at_once(tmp_path: Path) -> Non
     settings = make_settings(
         tmp_path, backends=_placeholder(options={"reject_if_prompt_contains": "forbidden"})
     )
-    spec = parse_batch({"name": "t", "defaults": {"width": 64, "height": 64},
-                        "tasks": [{"prompt": "fine"}, {"prompt": "a forbidden thing"}]})
+    spec = parse_batch(
+        {
+            "name": "t",
+            "defaults": {"width": 64, "height": 64},
+            "tasks": [{"prompt": "fine"}, {"prompt": "a forbidden thing"}],
+        }
+    )
     async with Kiln(settings) as kiln:
         batch_id = await kiln.submit(spec)
         await kiln.run_until_done([batch_id])
@@ -116,8 +124,9 @@ async def test_cancel_stops_pending_and_running_tasks(tmp_path: Path) -> None:
 
 async def test_a_task_that_takes_too_long_times_out_and_is_retried(tmp_path: Path) -> None:
     settings = make_settings(
-        tmp_path, backends=_placeholder(latency=1.0), scheduler={"task_timeout": 0.1,
-                                                                 "max_attempts": 2},
+        tmp_path,
+        backends=_placeholder(latency=1.0),
+        scheduler={"task_timeout": 0.1, "max_attempts": 2},
     )
     async with Kiln(settings) as kiln:
         batch_id = await kiln.submit(_spec(1))
@@ -198,13 +207,27 @@ async def test_input_images_are_checked_and_stored_by_content(
     bad.write_text("not an image")
     async with Kiln(settings) as kiln:
         with pytest.raises(SpecError) as caught:
-            await kiln.submit(parse_batch({"name": "t", "tasks": [
-                {"prompt": "a", "init_image": str(good)},
-                {"prompt": "b", "init_image": str(bad)}]}))
+            await kiln.submit(
+                parse_batch(
+                    {
+                        "name": "t",
+                        "tasks": [
+                            {"prompt": "a", "init_image": str(good)},
+                            {"prompt": "b", "init_image": str(bad)},
+                        ],
+                    }
+                )
+            )
         assert "task 2" in str(caught.value) and "not a readable image" in str(caught.value)
-        batch_id = await kiln.submit(parse_batch({"name": "t", "defaults": {"width": 64,
-                                                                            "height": 64},
-                                                  "tasks": [{"prompt": "a", "init_image": str(good)}]}))
+        batch_id = await kiln.submit(
+            parse_batch(
+                {
+                    "name": "t",
+                    "defaults": {"width": 64, "height": 64},
+                    "tasks": [{"prompt": "a", "init_image": str(good)}],
+                }
+            )
+        )
         await kiln.run_until_done([batch_id])
         [task] = kiln.db.read(list_tasks, batch_id)
         stored = kiln.storage.read(task.inputs["init_image"])
