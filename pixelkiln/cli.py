@@ -23,7 +23,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pixelkiln.api.cli import serve, users_app
 from pixelkiln.app import Kiln
+from pixelkiln.backends.check import all_ok, check_backends, print_reports
 from pixelkiln.config import Settings, load_settings
 from pixelkiln.db.batches import (
     UNFINISHED,
@@ -48,6 +50,7 @@ from pixelkiln.inputs import LoadedBatch, load_batch_file
 from pixelkiln.models import Batch, BatchStatus
 from pixelkiln.progress import BatchProgress
 from pixelkiln.reports import build_report, eta_seconds, render_text
+from pixelkiln.testing.cli import dev_app
 
 app = typer.Typer(
     help="pixelkiln: batch image generation. Queue thousands of prompts, come back to images.",
@@ -57,6 +60,9 @@ app = typer.Typer(
 )
 backends_app = typer.Typer(help="Inspect the configured generator backends.", no_args_is_help=True)
 app.add_typer(backends_app, name="backends")
+app.command()(serve)
+app.add_typer(users_app, name="users", help="API users, their tokens and credits.")
+app.add_typer(dev_app, name="dev")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -469,6 +475,21 @@ def backends_list(config: ConfigOption = None) -> None:
             b.model or "-",
         )
     console.print(table)
+
+
+@backends_app.command("check")
+def backends_check(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Backends to probe; default: all.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Probe every server of the backends: reachable, latency, models, errors."""
+    with _errors():
+        settings = _settings(config)
+        reports = asyncio.run(check_backends(settings, names or None))
+    print_reports(reports, console)
+    raise typer.Exit(EXIT_OK if all_ok(reports) else EXIT_FAILED)
 
 
 def main() -> None:

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import OperationalError
 
@@ -198,6 +196,9 @@ class Database:
                 conn.execute(text("SELECT pg_advisory_xact_lock(7477001)"))
             if _schema_revision(conn) == SCHEMA_REVISION:
                 return
+            from alembic import command  # only when migrating: alembic is slow to import
+            from alembic.config import Config
+
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = conn

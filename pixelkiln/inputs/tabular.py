@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
-import openpyxl
 from pydantic import ValidationError
 
 from pixelkiln.exceptions import Problem, SpecError
@@ -90,6 +89,8 @@ def _xlsx_rows(data: bytes, source: str) -> list[Row]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"openpyxl(\.|$)")
         try:
+            import openpyxl  # imported here: it costs a quarter second at start-up
+
             workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
         except Exception as exc:
             # A damaged workbook surfaces as any of BadZipFile, KeyError, XML
