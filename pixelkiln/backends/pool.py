@@ -10,7 +10,7 @@ keeps one :class:`Server` per URL and decides, per request, where it goes:
 * **circuit breaker.** ``failure_threshold`` consecutive failures (connection
   errors, timeouts, 5xx, unreadable answers) open a server's circuit; a refused
   connection opens it at once. An open server gets no work. After
-  ``open_seconds`` (doubling up to ``max_open_seconds`` while it stays down) a
+  ``open_seconds`` (growing 1.5× up to ``max_open_seconds`` while it stays down) a
   background probe calls the backend's health check: success closes the
   circuit, failure keeps it open.
 * **failover.** A request that fails on one server for a server reason is sent
@@ -75,6 +75,8 @@ logger = logging.getLogger(__name__)
 SERVER_FAILURES = (BackendUnavailableError, BackendTimeoutError, ServerError)
 #: weight of the newest sample in a server's latency average
 LATENCY_EWMA = 0.3
+#: factor by which the wait between probes of a server that stays down grows
+OPEN_GROWTH = 1.5
 
 
 class CircuitState(StrEnum):
@@ -91,7 +93,7 @@ class PoolPolicy:
 
     failure_threshold: int = 5  #: consecutive failures that open a circuit
     open_seconds: float = 1.0  #: first wait before probing an open server
-    max_open_seconds: float = 30.0  #: longest wait between probes of a server that stays down
+    max_open_seconds: float = 10.0  #: longest wait between probes of a server that stays down
     health_timeout: float = 5.0  #: seconds a health probe may take
     default_retry_after: float = 1.0  #: cooldown after a 429 that names no Retry-After
     max_rate_limit_wait: float = 30.0  #: longest wait for a cooled-down server in one call
@@ -414,7 +416,11 @@ class ServerPool:
     def _open(self, server: Server) -> None:
         was_closed = server.state is CircuitState.CLOSED
         base, most = self.policy.open_seconds, self.policy.max_open_seconds
-        server.open_for = base if was_closed else min(most, max(base, server.open_for * 2))
+        # probes are one cheap GET: grow gently, so a server back after a short outage
+        # is found soon, while one that stays down is asked every max_open_seconds
+        server.open_for = (
+            base if was_closed else min(most, max(base, server.open_for * OPEN_GROWTH))
+        )
         server.retry_at = self._clock() + server.open_for
         server.state = CircuitState.OPEN
         if was_closed:

@@ -21,6 +21,7 @@ server's ``concurrency`` is 1, else asked of ``/internal/progress`` with our
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import secrets
@@ -48,6 +49,9 @@ class SDWebUIBackend(PooledBackend):
     def __init__(self, settings: BackendSettings, deps: BackendDeps) -> None:
         super().__init__(settings, deps)
         self._auth = _basic_auth(settings.name, self._secret, settings.urls)
+        # force_task_id tags: unique per request without a random syscall each time
+        self._nonce = secrets.token_hex(4)
+        self._tags = itertools.count()
 
     async def generate(self, request: GenerationRequest) -> list[GeneratedImage]:
         if request.reference_images:
@@ -62,7 +66,7 @@ class SDWebUIBackend(PooledBackend):
     async def _generate_on(
         self, server: Server, path: str, payload: dict[str, Any], request: GenerationRequest
     ) -> list[GeneratedImage]:
-        tag = f"pixelkiln-{request.task_id}-{secrets.token_hex(4)}"
+        tag = f"pixelkiln-{request.task_id}-{self._nonce}-{next(self._tags)}"
         try:
             response = await self.request(
                 "POST",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pixelkiln.testing.comfyui import FakeComfyUI
 from pixelkiln.testing.faults import Faults, Outcome, parse_error_rates, parse_outcome
+from pixelkiln.testing.fleet import FakeFleet
 from pixelkiln.testing.helpers import generation_request, settings_for
 from pixelkiln.testing.openai import FakeOpenAI
 from pixelkiln.testing.openrouter import FakeOpenRouter
@@ -34,6 +35,7 @@ FAKES: dict[str, type[FakeServer]] = {
 __all__ = [
     "FAKES",
     "FakeComfyUI",
+    "FakeFleet",
     "FakeOpenAI",
     "FakeOpenRouter",
     "FakeSDWebUI",

@@ -81,6 +81,7 @@ class FakeServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_error: BaseException | None = None
+        self._dying = False  # going down: cancelled handlers end quietly
 
     # -- what subclasses provide ---------------------------------------------------
 
@@ -111,7 +112,9 @@ class FakeServer:
         """Listen (on a free port the first time, on the same port afterwards)."""
         if self.running:
             return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted connections
+        # only then, and without it every keep-alive answer waits ~40 ms for a delayed ACK
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
@@ -126,7 +129,7 @@ class FakeServer:
             timeout_keep_alive=30,
         )
         server = uvicorn.Server(config)
-        self._server, self._start_error = server, None
+        self._server, self._start_error, self._dying = server, None, False
         self._thread = threading.Thread(
             target=self._serve,
             args=(server, sock),
@@ -142,7 +145,7 @@ class FakeServer:
         server, loop, thread = self._server, self._loop, self._thread
         if server is None or loop is None or thread is None or not thread.is_alive():
             return
-        loop.call_soon_threadsafe(_kill, server)
+        loop.call_soon_threadsafe(self._kill, server)
         thread.join(START_TIMEOUT)
         self._server = self._thread = self._loop = None
 
@@ -157,6 +160,19 @@ class FakeServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.down()
+
+    def _kill(self, server: uvicorn.Server) -> None:
+        """On the server's loop: stop listening now, reset every connection, then exit."""
+        self._dying = True
+        for listener in getattr(server, "servers", []):
+            listener.close()
+        for connection in list(server.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None and not transport.is_closing():
+                _abort(transport)
+        for task in list(server.server_state.tasks):
+            task.cancel()  # hung handlers included: a dead process answers nothing
+        server.should_exit = True
 
     def received(self, path: str, method: str | None = None) -> list[RecordedRequest]:
         """Requests received on ``path`` (optionally only with ``method``)."""
@@ -206,13 +222,18 @@ class FakeServer:
         )
         self.requests.append(record)
         scope.setdefault("state", {})["record"] = record
-        if scope["type"] == "http" and scope["path"] in self.fault_paths:
-            outcome = self.faults.next_outcome()
-            record.outcome = str(outcome)
-            if outcome != "ok":
-                await self._misbehave(outcome, scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        try:
+            if scope["type"] == "http" and scope["path"] in self.fault_paths:
+                outcome = self.faults.next_outcome()
+                record.outcome = str(outcome)
+                if outcome != "ok":
+                    await self._misbehave(outcome, scope, receive, send)
+                    return
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self._dying:
+                raise
+            # killed by down(): end without uvicorn's "Exception in ASGI application"
 
     async def _misbehave(
         self, outcome: Outcome, scope: Scope, receive: Receive, send: Send
@@ -293,16 +314,3 @@ def _abort(transport: asyncio.BaseTransport) -> None:
         transport.abort()
     else:
         transport.close()
-
-
-def _kill(server: uvicorn.Server) -> None:
-    """Runs on the server's loop: stop listening now, reset every connection, then exit."""
-    for listener in getattr(server, "servers", []):
-        listener.close()
-    for connection in list(server.server_state.connections):
-        transport = getattr(connection, "transport", None)
-        if transport is not None and not transport.is_closing():
-            _abort(transport)
-    for task in list(server.server_state.tasks):
-        task.cancel()  # hung handlers included: a dead process answers nothing
-    server.should_exit = True

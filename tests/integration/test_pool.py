@@ -124,7 +124,7 @@ async def test_circuit_opens_half_opens_and_closes(fakes: Any, http: httpx.Async
     assert len(flaky.received(TXT2IMG)) == 3  # open: no more work
 
     flaky.down()  # the probe fails: stays open, waits longer
-    await wait_for(lambda: pool.servers[0].open_for >= 0.4)
+    await wait_for(lambda: pool.servers[0].open_for >= 0.3)
     assert pool.servers[0].state is CircuitState.OPEN
     flaky.up()
     await wait_for(lambda: pool.servers[0].up, timeout=5)
@@ -159,7 +159,7 @@ async def test_half_open_trial_without_health_checks() -> None:
     with pytest.raises(NoServerAvailableError):  # the half-open trial fails: open, longer
         await pool.run(call)
     assert len(calls) == 3
-    assert pool.servers[0].open_for == pytest.approx(0.2)
+    assert pool.servers[0].open_for == pytest.approx(0.15)
     fail = False
     await asyncio.sleep(0.25)
     assert await pool.run(call) == "ok"
