@@ -213,6 +213,9 @@ class Scheduler:
         ]
         try:
             while not self._stopping:
+                # cleared before looking, not after: a wake-up that arrives while we
+                # look (a task finishing during the claim) must not be lost
+                self._wake.clear()
                 await self._recover_if_due()
                 if await self._claim_and_start():
                     continue
@@ -224,7 +227,6 @@ class Scheduler:
             await self._shutdown(helpers)
 
     async def _idle(self) -> None:
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
 
