@@ -135,6 +135,11 @@ def main() -> None:
         f"bound:        {best:6.2f} s   best possible ratio {healthy.seconds / best:.3f}; "
         f"pixelkiln reached {best / faults.seconds:.3f} of it"
     )
+    ideal = args.tasks * args.latency / (2 * args.slots)
+    print(
+        f"(the healthy run reached {ideal / healthy.seconds:.3f} of its ideal {ideal:.2f} s: "
+        "the same per-request cost shows in both)"
+    )
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from pixelkiln.backends.base import BackendDeps
 from pixelkiln.backends.placeholder import draw
 from pixelkiln.backends.sdwebui import SDWebUIBackend, create
+from pixelkiln.config import BackendSettings
 from pixelkiln.exceptions import (
     BackendTimeoutError,
     BackendUnavailableError,
@@ -23,7 +25,8 @@ from pixelkiln.exceptions import (
     RejectedInputError,
     ServerError,
 )
-from pixelkiln.testing import FakeSDWebUI, generation_request, settings_for
+from pixelkiln.testing import FakeFleet, FakeSDWebUI, generation_request, settings_for
+from pixelkiln.testing.cli import dev_app
 
 pytestmark = pytest.mark.anyio
 PASSWORD = "hunter22-secret"
@@ -51,6 +54,10 @@ async def backend(webui: FakeSDWebUI, http: httpx.AsyncClient) -> AsyncIterator[
     backend = create(settings_for(webui, model="sd_xl_base_1.0.safetensors"), BackendDeps(http))
     yield backend
     await backend.aclose()
+
+
+def settings_for_urls(urls: list[str]) -> BackendSettings:
+    return BackendSettings(name="sd", type="sdwebui", urls=urls, timeout=10)
 
 
 async def wait_for(condition: object, timeout: float = 5.0) -> None:
@@ -232,3 +239,43 @@ async def test_cancel_interrupts_our_generation(
 async def test_list_models(backend: SDWebUIBackend, webui: FakeSDWebUI) -> None:
     models = await backend.list_models(webui.url)
     assert models == list(webui.models)
+
+
+async def test_fake_fleet_serves_from_a_child_process(http: httpx.AsyncClient) -> None:
+    with FakeFleet([("sdwebui", {"latency": 0.01, "grid": True})]) as fleet:
+        backend = create(settings_for_urls(fleet.urls), BackendDeps(http))
+        assert len(await backend.generate(generation_request(n=2))) == 2
+        fleet.down(0)
+        with pytest.raises(NoServerAvailableError):
+            await backend.generate(generation_request())
+        fleet.up(0)
+        fleet.set_faults(0, error_rates={500: 1.0})
+        await backend.aclose()
+        backend = create(settings_for_urls(fleet.urls), BackendDeps(http))
+        with pytest.raises(ServerError):
+            await backend.generate(generation_request())
+        await backend.aclose()
+        assert fleet.outcomes(0) == {"ok": 1, "500": 1}
+
+
+def test_fake_backend_command_serves_until_the_duration() -> None:
+    result = CliRunner().invoke(
+        dev_app,
+        [
+            "fake-backend",
+            "--kind",
+            "sdwebui",
+            "--port",
+            "0",
+            "--duration",
+            "0.2",
+            "--error-rates",
+            "500:0.5",
+            "--latency",
+            "0.01",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "fake sdwebui listening on http://127.0.0.1:" in result.output
+    bad = CliRunner().invoke(dev_app, ["fake-backend", "--port", "0", "--error-rates", "oops"])
+    assert bad.exit_code != 0
