@@ -25,7 +25,7 @@ from pixelkiln.backends.placeholder import PlaceholderBackend
 from pixelkiln.config import BackendSettings, Settings, load_settings
 from pixelkiln.db.batches import NewBatch, create_batch, get_batch
 from pixelkiln.db.database import Database
-from pixelkiln.db.tasks import claim_tasks
+from pixelkiln.db.leases import claim_tasks
 from pixelkiln.specs import BatchSpec, parse_batch, resolve_tasks
 
 SIZE = 64

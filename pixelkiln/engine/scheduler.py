@@ -32,17 +32,15 @@ from pixelkiln.config import SchedulerSettings
 from pixelkiln.db.batches import runnable_batch_ids, unfinished_batch_ids
 from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.events import append_event
-from pixelkiln.db.tasks import (
+from pixelkiln.db.leases import (
     ClaimedTask,
-    TaskFailure,
-    TaskResult,
     claim_tasks,
-    record_outcomes,
     recover_leases,
     release_tasks,
     renew_leases,
     running_lease_owners,
 )
+from pixelkiln.db.tasks import TaskFailure, TaskResult, record_outcomes
 from pixelkiln.engine import retry
 from pixelkiln.exceptions import BackendTimeoutError, NoServerAvailableError, ServerError
 from pixelkiln.models import EventType

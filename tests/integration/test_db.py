@@ -22,19 +22,21 @@ from pixelkiln.db.batches import (
 )
 from pixelkiln.db.database import MIGRATIONS, SCHEMA_REVISION, Database, Tx
 from pixelkiln.db.events import events_after
+from pixelkiln.db.leases import (
+    ClaimedTask,
+    claim_tasks,
+    recover_leases,
+    release_tasks,
+    renew_leases,
+)
 from pixelkiln.db.tables import metadata
 from pixelkiln.db.tasks import (
-    ClaimedTask,
     TaskFailure,
     TaskResult,
-    claim_tasks,
     complete_tasks,
     fail_tasks,
     get_task,
     list_images,
-    recover_leases,
-    release_tasks,
-    renew_leases,
 )
 from pixelkiln.exceptions import InvalidStateError
 from pixelkiln.models import BatchStatus, EventType, TaskStatus
