@@ -18,16 +18,13 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import random
-import secrets
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pixelkiln.backends.base import Backend, GeneratedImage, GenerationRequest
+from pixelkiln.backends.base import Backend, GeneratedImage
 from pixelkiln.config import SchedulerSettings
 from pixelkiln.db.batches import runnable_batch_ids, unfinished_batch_ids
 from pixelkiln.db.database import Database, Tx
@@ -42,9 +39,11 @@ from pixelkiln.db.leases import (
 )
 from pixelkiln.db.tasks import TaskFailure, TaskResult, record_outcomes
 from pixelkiln.engine import retry
+from pixelkiln.engine.owners import dead_local_owners, new_owner_id
+from pixelkiln.engine.task_io import build_request, store_images
 from pixelkiln.exceptions import BackendTimeoutError, NoServerAvailableError, ServerError
 from pixelkiln.models import EventType
-from pixelkiln.storage import Storage, StoredImage, infotext
+from pixelkiln.storage import Storage
 
 log = logging.getLogger("pixelkiln.engine")
 
@@ -55,31 +54,6 @@ PREFETCH_SECONDS = 0.25
 MAX_PREFETCH = 64
 #: seconds a task waits before looking again when every server of its backend is down
 DOWN_WAIT = 2.0
-
-
-def new_owner_id() -> str:
-    """``host:pid:nonce`` — lets a scheduler on the same host spot a dead owner at once."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def dead_local_owners(owners: Iterable[str], me: str) -> list[str]:
-    """Lease owners on this host whose process no longer exists."""
-    host = socket.gethostname()
-    dead = []
-    for owner in owners:
-        owner_host, _, rest = owner.partition(":")
-        pid_text = rest.partition(":")[0]
-        if owner == me or owner_host != host or not pid_text.isdigit():
-            continue
-        if int(pid_text) == os.getpid():
-            continue  # another scheduler of this process: trust its lease
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            dead.append(owner)
-        except PermissionError:
-            pass  # alive, someone else's
-    return dead
 
 
 @dataclass
@@ -321,7 +295,7 @@ class Scheduler:
     async def _execute(self, job: _Job) -> None:
         task = job.task
         try:
-            request = await self._request(task)
+            request = await build_request(self.storage, task)
             images = await asyncio.wait_for(
                 self.backends[task.backend].generate(request), self.settings.task_timeout
             )
@@ -351,51 +325,6 @@ class Scheduler:
             job.generating = False
             self._generating[job.task.backend] -= 1
             self._wake.set()
-
-    async def _request(self, task: ClaimedTask) -> GenerationRequest:
-        p = task.params
-        init = task.inputs.get("init_image")
-        refs = task.inputs.get("reference_images") or []
-        init_bytes: bytes | None = None
-        ref_bytes: tuple[bytes, ...] = ()
-        if init or refs:
-            init_bytes, ref_bytes = await asyncio.to_thread(self._read_inputs, init, refs)
-        return GenerationRequest(
-            task_id=task.id,
-            prompt=task.prompt,
-            negative_prompt=task.negative_prompt,
-            width=p["width"],
-            height=p["height"],
-            steps=p["steps"],
-            cfg_scale=p["cfg_scale"],
-            sampler=p["sampler"],
-            seed=p["seed"],
-            n=p["n"],
-            model=p["model"],
-            denoise=p["denoise"],
-            init_image=init_bytes,
-            reference_images=ref_bytes,
-        )
-
-    def _read_inputs(
-        self, init: str | None, refs: list[str]
-    ) -> tuple[bytes | None, tuple[bytes, ...]]:
-        return (
-            self.storage.read(init) if init else None,
-            tuple(self.storage.read(r) for r in refs),
-        )
-
-    def _store(
-        self, task: ClaimedTask, images: list[GeneratedImage]
-    ) -> list[tuple[StoredImage, int]]:
-        p = task.params
-        stem = p.get("filename_prefix") or task.key
-        stored = []
-        for index, image in enumerate(images):
-            relative = self.storage.image_path(task.batch_id, stem, task.position, index)
-            text = infotext(task.prompt, task.negative_prompt, _infotext_settings(task, image))
-            stored.append((self.storage.write_image(relative, image.data, text), image.seed))
-        return stored
 
     def _failure(self, job: _Job, exc: BaseException) -> TaskFailure:
         task, now = job.task, self._clock()
@@ -501,7 +430,9 @@ class Scheduler:
             if g.job.lost:
                 continue  # taken away meanwhile: its files are someone else's to write
             try:
-                out.append(TaskResult(g.task, self._store(g.task, g.images), g.duration))
+                out.append(
+                    TaskResult(g.task, store_images(self.storage, g.task, g.images), g.duration)
+                )
             except Exception as exc:
                 out.append(self._failure(g.job, exc))
         return out
@@ -559,19 +490,3 @@ class Scheduler:
                     "could not give back %d task(s); their leases will lapse", len(give_back)
                 )
         self._jobs.clear()
-
-
-def _infotext_settings(task: ClaimedTask, image: GeneratedImage) -> dict[str, object]:
-    p = task.params
-    settings: dict[str, object] = {
-        "Steps": p["steps"],
-        "Sampler": p["sampler"],
-        "CFG scale": p["cfg_scale"],
-        "Seed": image.seed,
-        "Size": f"{p['width']}x{p['height']}",
-        "Model": p["model"],
-    }
-    if task.inputs.get("init_image"):
-        settings["Denoising strength"] = p["denoise"]
-    settings["Backend"] = task.backend
-    return settings

@@ -11,8 +11,8 @@ from pixelkiln.backends.base import GenerationRequest
 from pixelkiln.backends.placeholder import PlaceholderBackend, draw
 from pixelkiln.config import BackendSettings
 from pixelkiln.engine.bus import EventBus
+from pixelkiln.engine.owners import dead_local_owners, new_owner_id
 from pixelkiln.engine.retry import backoff_delay, is_retryable, minimum_delay, spends_attempt
-from pixelkiln.engine.scheduler import dead_local_owners, new_owner_id
 from pixelkiln.exceptions import (
     NoServerAvailableError,
     RateLimitedError,
