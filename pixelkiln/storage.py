@@ -9,6 +9,7 @@ overwrites its files instead of duplicating them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -92,7 +93,8 @@ class Storage:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
-        self._prefix = str(self.root) + os.sep
+        self._root = str(self.root)  # plain strings on the hot path: pathlib costs per call
+        self._prefix = self._root + os.sep
         self._made: set[str] = set()  # folders known to exist
 
     def image_path(self, batch_id: int, stem: str, position: int, index: int) -> str:
@@ -101,17 +103,20 @@ class Storage:
 
     def absolute(self, relative: str) -> Path:
         """The file for a stored relative path; refuses anything that leaves the root."""
+        return Path(self._checked(relative))
+
+    def _checked(self, relative: str) -> str:
         # normpath, not resolve(): no filesystem calls on the hot path, and the
         # folders below the root are ours (no user-made symlinks to follow)
-        path = os.path.normpath(os.path.join(self.root, relative))
+        path = os.path.normpath(os.path.join(self._root, relative))
         if not path.startswith(self._prefix):
             raise ValueError(f"path escapes the data folder: {relative}")
-        return Path(path)
+        return path
 
     def write_image(self, relative: str, data: bytes, parameters: str) -> StoredImage:
         """Write ``data`` as PNG with the ``parameters`` chunk, atomically; return its record."""
         encoded = png.with_text(to_png(data), "parameters", parameters)
-        self._write_atomic(self.absolute(relative), encoded)
+        self._write_atomic(self._checked(relative), encoded)
         width, height = png_size(encoded)
         digest = hashlib.sha256(encoded).hexdigest()
         return StoredImage(relative, width, height, len(encoded), digest)
@@ -120,8 +125,8 @@ class Storage:
         """Store an input image by content hash (so re-uploads share a file); relative path."""
         ext = {"JPEG": "jpg"}.get(image.format, image.format.lower())
         relative = f"assets/{image.sha256[:2]}/{image.sha256}.{ext}"
-        target = self.absolute(relative)
-        if not target.exists():
+        target = self._checked(relative)
+        if not os.path.exists(target):
             self._write_atomic(target, image.data)
         return relative
 
@@ -131,15 +136,15 @@ class Storage:
     def delete(self, relative: str) -> None:
         self.absolute(relative).unlink(missing_ok=True)
 
-    def _write_atomic(self, target: Path, data: bytes) -> None:
-        folder = str(target.parent)
+    def _write_atomic(self, target: str, data: bytes) -> None:
+        folder, name = os.path.split(target)
         if folder not in self._made:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             self._made.add(folder)
         # one temp name per target: a re-run after a crash reuses (truncates) the
         # half-written temp file instead of leaving it behind. Only the lease holder
         # of a task writes its files, so two writers of one name do not meet.
-        tmp = f"{folder}/.{target.name}.tmp"
+        tmp = f"{folder}/.{name}.tmp"
         try:
             # os-level calls: open() adds fstat/ioctl/lseek round trips per file
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -151,7 +156,8 @@ class Storage:
                 os.close(fd)
             os.replace(tmp, target)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
 
 
