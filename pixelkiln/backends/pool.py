@@ -207,7 +207,8 @@ class ServerPool:
         self._health = health
         self._clock = clock
         self._limiter = RateLimiter(rpm, self.policy.rpm_burst, clock) if rpm else None
-        self._changed = asyncio.Event()
+        self._changed = asyncio.Event()  # a slot freed or a circuit changed: for waiters
+        self._opened = asyncio.Event()  # a circuit opened: for the prober alone
         self._prober: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -423,6 +424,7 @@ class ServerPool:
         )
         server.retry_at = self._clock() + server.open_for
         server.state = CircuitState.OPEN
+        self._opened.set()
         if was_closed:
             logger.warning(
                 "backend %s: server %s marked down after %d failure(s): %s",
@@ -447,18 +449,22 @@ class ServerPool:
         )
 
     async def _probe_loop(self) -> None:
-        """Probe open servers when their wait is over; sleep until the next one is due."""
+        """Probe open servers when their wait is over; sleep until the next one is due.
+
+        It wakes only when a circuit opens (not on every request), so a busy
+        pool pays nothing for it.
+        """
         while True:
-            due = [
-                s
-                for s in self.servers
-                if s.state is CircuitState.OPEN and s.retry_at <= self._clock()
-            ]
+            self._opened.clear()
+            now = self._clock()
+            due = [s for s in self.servers if s.state is CircuitState.OPEN and s.retry_at <= now]
             if due:
                 await asyncio.gather(*(self._probe(s) for s in due))
                 continue
             waits = [s.retry_at for s in self.servers if s.state is CircuitState.OPEN]
-            await self._wait_change(min(waits) - self._clock() if waits else None)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(waits) - now if waits else None):
+                    await self._opened.wait()
 
     async def _probe(self, server: Server) -> None:
         assert self._health is not None
