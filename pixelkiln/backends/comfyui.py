@@ -46,7 +46,13 @@ from pixelkiln.backends.comfyui_workflow import (
     fill_workflow,
     load_workflow,
 )
-from pixelkiln.backends.http import ServerDownError, error_for_status, join_url, json_object
+from pixelkiln.backends.http import (
+    ServerDownError,
+    error_for_status,
+    join_url,
+    json_body,
+    json_object,
+)
 from pixelkiln.backends.pool import PooledBackend, Server
 from pixelkiln.config import BackendSettings
 from pixelkiln.exceptions import (
@@ -185,7 +191,7 @@ class ComfyUIBackend(PooledBackend):
         """Read messages until ours is done; poll history if the socket drops."""
         try:
             async for raw in socket:
-                if isinstance(raw, str) and _finished(json.loads(raw), prompt_id, server.url):
+                if isinstance(raw, str) and _finished(_parse(raw), prompt_id, server.url):
                     return
         except websockets.ConnectionClosed:
             pass
@@ -219,16 +225,9 @@ class ComfyUIBackend(PooledBackend):
             )
         images = []
         for i, ref in enumerate(refs):
-            response = await self.request(
-                "GET",
-                join_url(server.url, "view"),
-                server=server.url,
-                headers=self._headers,
-                params=ref,
-            )
             images.append(
                 GeneratedImage(
-                    response.content,
+                    await self._view(server, ref),
                     seed=request.seed,
                     info={
                         "server": server.url,
@@ -239,6 +238,22 @@ class ComfyUIBackend(PooledBackend):
                 )
             )
         return images
+
+    async def _view(self, server: Server, ref: dict[str, str]) -> bytes:
+        """One saved image; a file history names but /view lacks is the server's fault."""
+        try:
+            response = await self.request(
+                "GET",
+                join_url(server.url, "view"),
+                server=server.url,
+                headers=self._headers,
+                params=ref,
+            )
+        except RejectedInputError as exc:
+            raise ServerError(
+                f"{server.url}: cannot read {ref['filename']}: {exc}", server=server.url
+            ) from exc
+        return response.content
 
     async def _upload(self, server: Server, data: bytes) -> str:
         """Upload an init image under a name derived from its bytes; returns ComfyUI's name."""
@@ -313,8 +328,16 @@ class ComfyUIBackend(PooledBackend):
         response = await self.request(
             "GET", join_url(url, "models/checkpoints"), server=url, headers=self._headers
         )
-        names = response.json()
+        names = json_body(response, server=url)
         return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def _parse(raw: str) -> Any:
+    """A websocket text frame as JSON (None for garbage, which is skipped)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 def _finished(message: Any, prompt_id: str, server: str) -> bool:

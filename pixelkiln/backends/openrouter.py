@@ -121,15 +121,22 @@ class OpenRouterBackend(PooledBackend):
         self.check(response, server=server.url)
         data = json_object(response, server=server.url)
         self._raise_body_error(data, server.url)
-        urls = _image_urls(data, server.url)
+        info = {"server": server.url, "model": str(data.get("model", ""))}
         return [
-            GeneratedImage(
-                decode_image(url, server=server.url),
-                seed=request.seed + first + i,
-                info={"server": server.url, "model": str(data.get("model", ""))},
-            )
-            for i, url in enumerate(urls)
+            GeneratedImage(await self._bytes(url, server.url), request.seed + first + i, info)
+            for i, url in enumerate(_image_urls(data, server.url))
         ]
+
+    async def _bytes(self, url: str, server: str) -> bytes:
+        """A data URL decoded, or an http(s) URL fetched (no key goes with it)."""
+        if not url.startswith(("http://", "https://")):
+            return decode_image(url, server=server)
+        try:
+            return (await self.request("GET", url, server=server)).content
+        except RejectedInputError as exc:
+            raise ServerError(
+                f"{server}: cannot fetch the image URL: {exc}", server=server
+            ) from exc
 
     def _raise_body_error(self, data: dict[str, Any], server: str) -> None:
         """An error that arrived with HTTP 200, at the top or inside the choice."""

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from pixelkiln.backends.base import BackendDeps, GeneratedImage, GenerationRequest
-from pixelkiln.backends.http import decode_image, encode_image, join_url, json_object
+from pixelkiln.backends.http import decode_image, encode_image, join_url, json_body, json_object
 from pixelkiln.backends.pool import PooledBackend, Server
 from pixelkiln.config import BackendSettings
 from pixelkiln.exceptions import BackendError, ConfigError, RejectedInputError, ServerError
@@ -117,7 +117,7 @@ class SDWebUIBackend(PooledBackend):
         response = await self.request(
             "GET", join_url(url, "/sdapi/v1/sd-models"), server=url, auth=self._auth
         )
-        models = response.json() if response.content else []
+        models = json_body(response, server=url) if response.content else []
         if not isinstance(models, list):
             raise ServerError(f"{url}: sd-models answer is not a list", server=url)
         return [str(m.get("title", m.get("model_name", ""))) for m in models if isinstance(m, dict)]
