@@ -140,7 +140,7 @@ class Database:
             return
         self._published([e for tx in txs for e in tx.events])
         for item, result in zip(group, results, strict=True):
-            item.future.set_result(result)
+            _settle(item.future, result=result)
 
     def _commit_one(self, conn: Connection, item: _Write) -> None:
         try:
@@ -148,13 +148,13 @@ class Database:
                 tx = Tx(conn, time.time(), self.dialect)
                 result = item.fn(tx, *item.args, **item.kwargs)
         except OperationalError as exc:
-            item.future.set_exception(DatabaseError(f"database error: {exc.orig}"))
+            _settle(item.future, error=DatabaseError(f"database error: {exc.orig}"))
             return
         except BaseException as exc:
-            item.future.set_exception(exc)
+            _settle(item.future, error=exc)
             return
         self._published(tx.events)
-        item.future.set_result(result)
+        _settle(item.future, result=result)
 
     def _published(self, events: list[Event]) -> None:
         if events and self.on_commit is not None:
@@ -203,6 +203,23 @@ class Database:
             config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+
+def _settle(
+    future: concurrent.futures.Future[Any],
+    *,
+    result: Any = None,
+    error: BaseException | None = None,
+) -> None:
+    """Hand a write's outcome back; the caller may have given up on it (its coroutine was
+    cancelled), which must not kill the writer thread. The write itself stands."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 def _schema_revision(conn: Connection) -> str | None:

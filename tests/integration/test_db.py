@@ -283,3 +283,23 @@ def _try(db: Database, fn: object, *args: object) -> object:
         return db.write(fn, *args)  # type: ignore[arg-type]
     except Exception as exc:
         return exc
+
+
+@pytest.mark.anyio
+async def test_a_caller_giving_up_does_not_stop_the_writer(db: Database) -> None:
+    import asyncio
+
+    gate = threading.Event()
+
+    def slow(tx: Tx) -> int:
+        gate.wait(2)
+        return 1
+
+    waiting = asyncio.ensure_future(db.awrite(slow))
+    await asyncio.sleep(0.05)
+    waiting.cancel()  # cancels the future the writer will try to complete
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.sleep(0.1)
+    assert db._thread is not None and db._thread.is_alive()
+    assert await asyncio.wait_for(db.awrite(lambda tx: 7), 5) == 7
