@@ -168,21 +168,29 @@ def read_input_image(
     if len(data) > max_bytes:
         raise ValueError(f"image is {len(data):,} bytes; the limit is {max_bytes:,}")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            fmt = image.format or ""
-            width, height = image.size
-            if fmt not in INPUT_FORMATS:
-                raise ValueError(
-                    f"unsupported image type {fmt or 'unknown'}; use PNG, JPEG, GIF or WebP"
-                )
-            if width * height > max_pixels:
-                raise ValueError(
-                    f"image is {width}×{height} pixels; the limit is {max_pixels:,} pixels"
-                )
-            image.load()  # catches truncated files
+        return _inspect_image(data, max_pixels)
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a readable image ({exc})") from exc
+    except Image.DecompressionBombWarning as exc:
+        # raised only where warnings are errors; elsewhere our own pixel limit (below
+        # Pillow's) refuses the image. No catch_warnings: it is not thread-safe.
+        raise ValueError(f"image has too many pixels ({exc})") from exc
     except OSError as exc:
         raise ValueError(f"damaged or truncated image ({exc})") from exc
+
+
+def _inspect_image(data: bytes, max_pixels: int) -> InputImage:
+    with Image.open(io.BytesIO(data)) as image:
+        fmt = image.format or ""
+        width, height = image.size
+        if fmt not in INPUT_FORMATS:
+            raise ValueError(
+                f"unsupported image type {fmt or 'unknown'}; use PNG, JPEG, GIF or WebP"
+            )
+        if width * height > max_pixels:
+            raise ValueError(
+                f"image is {width}×{height} pixels; the limit is {max_pixels:,} pixels"
+            )
+        image.load()  # catches truncated files
     digest = hashlib.sha256(data).hexdigest()
     return InputImage(data, fmt, INPUT_FORMATS[fmt], width, height, digest)

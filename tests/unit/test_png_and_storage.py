@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,13 @@ def test_input_images_are_checked_by_content() -> None:
     Image.new("RGB", (4, 4)).save(bmp, format="BMP")
     with pytest.raises(ValueError, match="unsupported image type BMP"):
         read_input_image(bmp.getvalue())
+
+
+def test_decompression_bombs_are_refused_without_decoding() -> None:
+    # a tiny PNG that claims 20000×20000 pixels: refused from its header
+    small = _png()
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    bomb = small[:8] + chunk + small[33:]
+    with pytest.raises(ValueError, match="pixels"):
+        read_input_image(bomb)
