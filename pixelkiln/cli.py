@@ -28,7 +28,6 @@ from pixelkiln.app import Kiln
 from pixelkiln.backends.check import all_ok, check_backends, print_reports
 from pixelkiln.config import Settings, load_settings
 from pixelkiln.db.batches import (
-    UNFINISHED,
     cancel_batch,
     find_batch,
     list_batches,
@@ -106,12 +105,8 @@ def _errors() -> Iterator[None]:
 
 
 def _settings(config: Path | None, log_level: str | None = None) -> Settings:
-    overrides: dict[str, Any] = {}
-    settings = load_settings(config)
-    if log_level:
-        overrides["log"] = {"level": log_level}
-        settings = load_settings(config, **overrides)
-    return settings
+    overrides: dict[str, Any] = {"log": {"level": log_level}} if log_level else {}
+    return load_settings(config, **overrides)
 
 
 def _setup_logging(settings: Settings) -> Path:
@@ -504,4 +499,4 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-__all__ = ["UNFINISHED", "app", "main"]
+__all__ = ["app", "main"]

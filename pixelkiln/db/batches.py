@@ -92,9 +92,7 @@ def _record_assets(tx: Tx, owner_id: int | None, records: Sequence[dict[str, Any
         known = tx.conn.execute(
             select(assets.c.id).where(
                 assets.c.sha256 == record["sha256"],
-                assets.c.owner_id.is_(owner_id)
-                if owner_id is None
-                else assets.c.owner_id == owner_id,
+                assets.c.owner_id.is_not_distinct_from(owner_id),
             )
         ).first()
         if known is None:
