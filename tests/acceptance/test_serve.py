@@ -18,8 +18,7 @@ import pytest
 from pixelkiln import ApiError, Client
 from pixelkiln.models import BatchStatus
 
-# the `kiln serve` / `kiln users` commands (pixelkiln.cli mounts the same Typer functions)
-KILN = [sys.executable, "-m", "pixelkiln.api.cli"]
+KILN = [sys.executable, "-m", "pixelkiln.cli"]  # the `kiln` command
 
 CONFIG = """
 [[backends]]
