@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
@@ -24,12 +23,11 @@ from pixelkiln.api.errors import BodyLimit, install_error_handlers
 from pixelkiln.api.keys import KeyBox
 from pixelkiln.api.routes import admin, assets, batches, events, images, presets, system, tasks
 from pixelkiln.api.routes import users as users_routes
+from pixelkiln.api.runner import SchedulerThread
 from pixelkiln.api.sse import FrameCache
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
 from pixelkiln.db.settings_store import CONCURRENCY, get_setting
-
-log = logging.getLogger("pixelkiln.api")
 
 
 def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
@@ -43,14 +41,14 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with Kiln(settings) as kiln:
             ctx = ApiContext(settings=settings, kiln=kiln, keys=KeyBox(settings))
-            runner = await _start_scheduler(ctx) if run_scheduler else None
+            if run_scheduler:
+                ctx.runner = await _start_scheduler(ctx)
             app.state.ctx = ctx
             try:
                 yield
             finally:
-                if runner is not None and ctx.scheduler is not None:
-                    ctx.scheduler.stop()
-                    await runner
+                if ctx.runner is not None:
+                    await asyncio.to_thread(ctx.runner.stop)
                 ctx.pool.shutdown(wait=True)
 
     app = FastAPI(
@@ -80,18 +78,9 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
     return app
 
 
-async def _start_scheduler(ctx: ApiContext) -> asyncio.Task[None]:
-    """The scheduler at the concurrency an admin last set (else the configured one)."""
-    scheduler = ctx.kiln.new_scheduler()
+async def _start_scheduler(ctx: ApiContext) -> SchedulerThread:
+    """The scheduler, on its own loop, at the concurrency an admin last set (else configured)."""
     stored = await ctx.read(get_setting, CONCURRENCY)
-    if isinstance(stored, int):
-        scheduler.set_concurrency(stored)
-    ctx.scheduler = scheduler
-    runner = asyncio.create_task(scheduler.run(), name="kiln-scheduler")
-    runner.add_done_callback(_report_crash)
+    runner = SchedulerThread(ctx.kiln, stored if isinstance(stored, int) else None)
+    await asyncio.to_thread(runner.start)
     return runner
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the scheduler stopped", exc_info=task.exception())

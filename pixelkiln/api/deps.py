@@ -18,11 +18,11 @@ from sqlalchemy import Connection
 
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.keys import KeyBox
+from pixelkiln.api.runner import SchedulerThread
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
 from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.users import User, user_for_token
-from pixelkiln.engine.scheduler import Scheduler
 from pixelkiln.storage import Storage
 
 P = ParamSpec("P")
@@ -40,7 +40,7 @@ class ApiContext:
     settings: Settings
     kiln: Kiln
     keys: KeyBox
-    scheduler: Scheduler | None = None
+    runner: SchedulerThread | None = None  #: None when another process runs the tasks
     pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(READ_THREADS, thread_name_prefix="kiln-api")
     )
@@ -71,8 +71,8 @@ class ApiContext:
         return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
 
     def wake_scheduler(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.wake()
+        if self.runner is not None:
+            self.runner.wake()
 
 
 @dataclass(frozen=True)

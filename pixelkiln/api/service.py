@@ -270,7 +270,7 @@ async def batch_detail(
         task_total = counts.total
     else:
         task_total = sum(getattr(counts, str(s)) for s in page.statuses)
-    return BatchDetail(
+    return BatchDetail.model_construct(
         **batch_fields(batch),
         tasks=[task_public(t, images.get(t.id, [])) for t in tasks],
         task_total=task_total,

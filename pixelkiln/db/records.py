@@ -296,12 +296,6 @@ def _asset(row: Row[Any]) -> Asset:
     )
 
 
-def asset_owned_by(conn: Connection, path: str, owner_id: int) -> bool:
-    """Whether the user uploaded (or used) the input image stored at ``path``."""
-    query = select(assets.c.id).where(assets.c.path == path, assets.c.owner_id == owner_id)
-    return conn.execute(query.limit(1)).first() is not None
-
-
 def latest_event_id(conn: Connection) -> int:
     """The newest event's id (0 when none): where a "from now on" stream starts."""
     return int(conn.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one())

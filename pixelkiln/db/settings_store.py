@@ -27,7 +27,3 @@ def get_setting(conn: Connection, key: str, default: Any = None) -> Any:
 def set_setting(tx: Tx, key: str, value: Any) -> None:
     tx.conn.execute(delete(runtime_settings).where(runtime_settings.c.key == key))
     tx.conn.execute(insert(runtime_settings), {"key": key, "value": value, "updated_at": tx.now})
-
-
-def all_settings(conn: Connection) -> dict[str, Any]:
-    return {row.key: row.value for row in conn.execute(select(runtime_settings))}

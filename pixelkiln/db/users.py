@@ -75,11 +75,6 @@ def add_user(tx: Tx, name: str, *, is_admin: bool = False, credits: int = 0) -> 
     return user, token
 
 
-def revoke_tokens(tx: Tx, user_id: int) -> int:
-    """Invalidate every token of a user; returns how many."""
-    return tx.conn.execute(delete(api_tokens).where(api_tokens.c.user_id == user_id)).rowcount
-
-
 _BY_TOKEN = (  # built once: it runs on every authenticated request
     select(users)
     .join(api_tokens, api_tokens.c.user_id == users.c.id)
@@ -163,12 +158,3 @@ def provider_key_backends(conn: Connection, user_id: int) -> dict[str, float]:
         .order_by(provider_keys.c.backend)
     )
     return {row.backend: row.created_at for row in rows}
-
-
-def provider_key_ciphertext(conn: Connection, user_id: int, backend: str) -> str | None:
-    """The stored ciphertext, for a backend adapter that will use the user's key."""
-    return conn.execute(
-        select(provider_keys.c.ciphertext).where(
-            provider_keys.c.user_id == user_id, provider_keys.c.backend == backend
-        )
-    ).scalar_one_or_none()

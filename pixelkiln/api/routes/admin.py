@@ -31,7 +31,7 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 @router.get("/concurrency", responses=ERRORS, summary="The global concurrency now")
 async def get_concurrency(ctx: CtxDep, _: AdminDep) -> ConcurrencyPublic:
-    current = ctx.scheduler.concurrency if ctx.scheduler else ctx.settings.scheduler.concurrency
+    current = ctx.runner.concurrency if ctx.runner else ctx.settings.scheduler.concurrency
     return ConcurrencyPublic(concurrency=current, max=ctx.settings.server.max_concurrency)
 
 
@@ -44,8 +44,8 @@ async def put_concurrency(body: ConcurrencyUpdate, ctx: CtxDep, _: AdminDep) -> 
             422, "invalid_request", f"concurrency must be between 1 and {top}", field="concurrency"
         )
     await ctx.write(set_setting, CONCURRENCY, body.concurrency)
-    if ctx.scheduler is not None:
-        ctx.scheduler.set_concurrency(body.concurrency)
+    if ctx.runner is not None:
+        ctx.runner.set_concurrency(body.concurrency)
     return ConcurrencyPublic(concurrency=body.concurrency, max=top)
 
 
@@ -66,7 +66,7 @@ async def all_batches(
         limit=page.limit,
         offset=page.offset,
     )
-    return Page[BatchPublic](
+    return Page[BatchPublic].model_construct(
         items=[batch_public(b) for b in batches], **page_fields(page, len(batches), total)
     )
 

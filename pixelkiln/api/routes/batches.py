@@ -24,7 +24,7 @@ from pixelkiln.api.schemas import (
 from pixelkiln.api.service import Submission, TaskPage
 from pixelkiln.api.uploads import files_of, load_table, read_form, saved_table, store_images
 from pixelkiln.api.views import batch_public
-from pixelkiln.db.batches import get_batch, set_paused
+from pixelkiln.db.batches import cancel_batch, get_batch, set_paused
 from pixelkiln.db.presets import get_preset
 from pixelkiln.db.records import count_active, delete_batch, search_batches
 from pixelkiln.db.tasks import list_images
@@ -288,7 +288,7 @@ async def list_batches(
         limit=page.limit,
         offset=page.offset,
     )
-    return Page[BatchPublic](
+    return Page[BatchPublic].model_construct(
         items=[batch_public(b) for b in batches], **page_fields(page, len(batches), total)
     )
 
@@ -315,7 +315,9 @@ async def get_one(
 @router.post("/{batch_id}/cancel", responses=ERRORS, summary="Cancel a batch")
 async def cancel(batch_id: int, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
     """Pending tasks stop at once (refunded), running ones at their next lease check."""
-    batch = await ctx.kiln.cancel(batch_id, caller.scope)
+    batch = await ctx.write(cancel_batch, batch_id, caller.scope)
+    if ctx.runner is not None:
+        ctx.runner.cancel_batch(batch_id)
     return batch_public(batch)
 
 

@@ -96,7 +96,7 @@ async def batch_log(
     """The per-batch log, oldest first; page on with ``after`` = the last id seen."""
     await ctx.read(get_batch, batch_id, caller.scope)
     events = await ctx.read(events_after, after, batch_id=batch_id, limit=limit)
-    return Page[EventPublic](
+    return Page[EventPublic].model_construct(
         items=[event_public(e) for e in events],
         limit=limit,
         next_cursor=events[-1].id if len(events) == limit else None,

@@ -7,16 +7,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
+from sqlalchemy import Connection
 
 from pixelkiln.api import service
-from pixelkiln.api.deps import CallerDep, CtxDep, PageDep, page_fields
+from pixelkiln.api.deps import CallerDep, CtxDep, PageDep, Pagination, page_fields
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.media import THUMB_SIZES, THUMB_TYPE, remove_image_files, thumbnail_path
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.schemas import BatchDetail, EditRequest, ImageDetail, Page
 from pixelkiln.api.service import Submission, TaskPage
 from pixelkiln.api.views import image_detail
-from pixelkiln.db.records import ImageQuery, count_images, delete_image, get_image, search_images
+from pixelkiln.db.records import (
+    ImageInfo,
+    ImageQuery,
+    count_images,
+    delete_image,
+    get_image,
+    search_images,
+)
 from pixelkiln.models import BatchStatus
 from pixelkiln.params import check_side
 from pixelkiln.specs import parse_batch
@@ -24,6 +32,14 @@ from pixelkiln.specs import parse_batch
 router = APIRouter(prefix="/images", tags=["images"])
 
 PNG = "image/png"
+
+
+def _page(
+    conn: Connection, query: ImageQuery, owner_id: int | None, page: Pagination, count: bool
+) -> tuple[list[ImageInfo], int | None]:
+    """One page and (maybe) the number of matches, in one read."""
+    found = search_images(conn, query, owner_id=owner_id, limit=page.limit, offset=page.offset)
+    return found, count_images(conn, query, owner_id=owner_id) if count else None
 
 
 @router.get("", responses=ERRORS, summary="Search generated images (records)")
@@ -48,10 +64,7 @@ async def search(
         since=since.timestamp() if since else None,
         until=until.timestamp() if until else None,
     )
-    found = await ctx.read(
-        search_images, query, owner_id=caller.mine, limit=page.limit, offset=page.offset
-    )
-    total = await ctx.read(count_images, query, owner_id=caller.mine) if count else None
+    found, total = await ctx.read(_page, query, caller.mine, page, count)
     fields = page_fields(page, len(found), total)
     cursor = found[-1].image.id if len(found) == page.limit else None
     return Page[ImageDetail](items=[image_detail(i) for i in found], next_cursor=cursor, **fields)

@@ -30,7 +30,7 @@ async def healthz(ctx: CtxDep) -> Health:
 )
 async def prometheus(ctx: CtxDep, _: CallerDep) -> PlainTextResponse:
     snap = await ctx.read(metrics.snapshot)
-    status = ctx.scheduler.status() if ctx.scheduler else None
+    status = await ctx.runner.status() if ctx.runner else None
     text = metrics.render(snap, list(ctx.kiln.backends), status)
     return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
 

@@ -52,7 +52,7 @@ async def test_concurrency_changes_at_run_time_and_survives_a_restart(
     make_api: Callable[..., AbstractAsyncContextManager[Api]],
 ) -> None:
     async with make_api() as api:
-        assert api.ctx.scheduler is not None
+        assert api.ctx.runner is not None
         now = (await api.client.get("/api/v1/admin/concurrency")).json()
         assert now == {"concurrency": api.settings.scheduler.concurrency, "max": 10}
         for wrong in (0, 11, "three"):
@@ -60,12 +60,14 @@ async def test_concurrency_changes_at_run_time_and_survives_a_restart(
             assert r.status_code == 422, wrong
         r = await api.client.put("/api/v1/admin/concurrency", json={"concurrency": 7})
         assert r.json() == {"concurrency": 7, "max": 10}
-        assert api.ctx.scheduler.concurrency == 7
+        assert api.ctx.runner.concurrency == 7
+        status = await api.ctx.runner.status()
+        assert status is not None and status.concurrency == 7
         assert await api.ctx.read(get_setting, CONCURRENCY) == 7
         batch = await api.client.post("/api/v1/batches?wait=true", json=spec("still runs"))
         assert batch.json()["status"] == "completed"
     async with make_api() as again:
-        assert again.ctx.scheduler is not None and again.ctx.scheduler.concurrency == 7
+        assert again.ctx.runner is not None and again.ctx.runner.concurrency == 7
         assert (await again.client.get("/api/v1/admin/concurrency")).json()["concurrency"] == 7
 
 
