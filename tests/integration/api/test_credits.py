@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
-from apikit import Api, spec
+from apikit import Api, api_settings, running_api, spec
 from sqlalchemy import Connection, func, select
 
 from pixelkiln.db.tables import batches, credit_ledger, tasks
@@ -152,3 +153,31 @@ async def test_without_auth_nothing_is_charged(api: Api) -> None:
         "entries": [],
     }
     assert (await api.client.get("/api/v1/me")).status_code == 409
+
+
+@pytest.mark.postgres
+async def test_charges_refunds_and_races_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    settings = api_settings(
+        tmp_path / "data",
+        storage={"database_url": postgres_url},
+        auth={"enabled": True},
+        credits={"enabled": True, "per_image": 1},
+    )
+    async with running_api(settings) as api:
+        user_id, user = await api.add_user("pg", credits=10)
+        # seeds below 2**31: images.seed is a 32-bit integer on PostgreSQL (reported)
+        responses = await asyncio.gather(
+            *[user.post("/api/v1/batches", json=spec(f"p{i}", seed=i)) for i in range(20)]
+        )
+        assert sorted(r.status_code for r in responses) == [201] * 10 + [402] * 10
+        assert await balance(user) == 0
+        _, admin = await api.add_user("root", admin=True)
+        await admin.post(f"/api/v1/admin/users/{user_id}/credits", json={"amount": 2})
+        failed = (
+            await user.post("/api/v1/batches?wait=true", json=spec("ok", "REJECT", seed=7))
+        ).json()
+        assert failed["status"] == "partial" and await balance(user) == 1
+        assert sum(d for d, _ in await api.ctx.read(ledger_of, user_id)) == 1
+        found = (await user.get("/api/v1/images", params={"q": "ok"})).json()
+        assert found["total"] == 1
+        assert (await admin.get("/api/v1/admin/stats")).json()["tasks"]["failed"] == 1
