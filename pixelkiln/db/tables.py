@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -99,7 +100,7 @@ images = Table(
     Column("height", Integer, nullable=False),
     Column("bytes", Integer, nullable=False),
     Column("sha256", String(64), nullable=False),
-    Column("seed", Integer, nullable=False),
+    Column("seed", BigInteger, nullable=False),  # seeds reach 2**32 - 1
     Column("thumbnail", String(500), nullable=True),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("task_id", "index"),

@@ -168,6 +168,11 @@ class Scheduler:
             self._ready[name] = collections.deque(keep)
         return dropped
 
+    def _drop_lost(self, lost: set[int]) -> None:
+        """Forget ready tasks whose lease was taken away (cancelled, or recovered)."""
+        if lost:
+            self._drop_ready(lambda t: t.id in lost)
+
     def _ready_ids(self) -> list[int]:
         return [t.id for ready in self._ready.values() for t in ready]
 
@@ -452,7 +457,8 @@ class Scheduler:
             except Exception:
                 log.exception("could not renew leases")
                 continue
-            self._drop_ready(lambda t, held=held: t.id not in held)  # type: ignore[misc]
+            # only what we asked about: tasks claimed while the renewal ran are not in `ids`
+            self._drop_lost(set(ids) - held)
             for task_id in ids:
                 job = self._jobs.get(task_id)
                 if job is not None and task_id not in held and job.generating and job.job:

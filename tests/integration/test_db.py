@@ -74,11 +74,11 @@ def _claim(db: Database, owner: str, n: int, lease: float = 30.0) -> list[Claime
     return db.write(claim_tasks, owner, {"placeholder": n}, lease, None)
 
 
-def _result(task: ClaimedTask) -> TaskResult:
+def _result(task: ClaimedTask, seed: int = 100) -> TaskResult:
     images = [
         (
             StoredImage(f"images/{task.batch_id}/x_{task.position}_{i}.png", 64, 64, 10, "0" * 64),
-            100 + i,
+            seed + i,
         )
         for i in range(2)
     ]
@@ -150,6 +150,13 @@ def test_success_records_images_and_events_in_one_go(db: Database) -> None:
     assert kinds.count(EventType.IMAGE_GENERATED) == 4
     assert kinds.count(EventType.PROGRESS) == 2
     assert kinds[-1] == EventType.DONE
+
+
+def test_the_largest_seeds_are_stored(db: Database) -> None:
+    batch_id = _batch(db, 1)
+    [task] = _claim(db, "w1", 1)
+    db.write(complete_tasks, "w1", [_result(task, seed=2**32 - 2)])
+    assert [i.seed for i in db.read(list_images, batch_id)] == [2**32 - 2, 2**32 - 1]
 
 
 def test_a_late_write_from_a_runner_that_lost_its_lease_changes_nothing(db: Database) -> None:
