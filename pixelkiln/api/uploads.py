@@ -24,6 +24,7 @@ from pixelkiln.api.deps import ApiContext, Caller
 from pixelkiln.api.errors import ApiError
 from pixelkiln.db.database import Tx
 from pixelkiln.db.records import Asset, record_asset
+from pixelkiln.engine.intake import asset_record
 from pixelkiln.exceptions import SpecError
 from pixelkiln.inputs import LoadedBatch, load_batch_file
 from pixelkiln.storage import read_input_image, safe_name
@@ -137,15 +138,7 @@ def _check_and_store(ctx: ApiContext, data: bytes) -> dict[str, Any]:
     image = read_input_image(
         data, max_bytes=limits.max_upload_bytes, max_pixels=limits.max_upload_pixels
     )
-    path = ctx.storage.write_asset(image)
-    return {
-        "path": path,
-        "sha256": image.sha256,
-        "mime": image.mime,
-        "width": image.width,
-        "height": image.height,
-        "bytes": len(image.data),
-    }
+    return asset_record(image, ctx.storage.write_asset(image))
 
 
 def _record_all(tx: Tx, owner_id: int | None, records: list[dict[str, Any]]) -> list[Asset]:

@@ -86,7 +86,7 @@ def _ingest_inputs(
             problems.append(Problem(source_name, name_of(index), field, f"{original}: {exc}"))
             return ""
         stored[original] = storage.write_asset(image)
-        assets.setdefault(image.sha256, _asset_record(image, stored[original]))
+        assets.setdefault(image.sha256, asset_record(image, stored[original]))
         return stored[original]
 
     def uploaded(ref: str, index: int, field: str) -> str:
@@ -114,7 +114,8 @@ def _ingest_inputs(
     return inputs, list(assets.values())
 
 
-def _asset_record(image: InputImage, path: str) -> dict[str, Any]:
+def asset_record(image: InputImage, path: str) -> dict[str, Any]:
+    """The ``assets`` row of a stored input image (CLI inputs and API uploads alike)."""
     return {
         "path": path,
         "sha256": image.sha256,
