@@ -41,7 +41,7 @@ from pixelkiln.db.tasks import TaskFailure, TaskResult, record_outcomes
 from pixelkiln.engine import retry
 from pixelkiln.engine.owners import dead_local_owners, new_owner_id
 from pixelkiln.engine.task_io import build_request, store_images
-from pixelkiln.exceptions import BackendTimeoutError, NoServerAvailableError, ServerError
+from pixelkiln.exceptions import BackendTimeoutError, ServerError
 from pixelkiln.models import EventType
 from pixelkiln.storage import Storage
 
@@ -300,30 +300,32 @@ class Scheduler:
     async def _execute(self, job: _Job) -> None:
         task = job.task
         try:
-            request = await build_request(self.storage, task)
-            images = await asyncio.wait_for(
-                self.backends[task.backend].generate(request), self.settings.task_timeout
-            )
-            if not images:
-                raise ServerError("the backend returned no images")
+            images = await self._generate(task)
         except asyncio.CancelledError:
-            self._generation_over(job)
             if job.lost:  # taken away: nothing to record or give back
                 self._jobs.pop(task.id, None)
             raise
-        except TimeoutError:
-            self._generation_over(job)
-            timeout = BackendTimeoutError(f"no result within {self.settings.task_timeout:g} s")
-            self._outcomes.put_nowait(self._failure(job, timeout))
-            return
         except Exception as exc:
-            self._generation_over(job)
             self._outcomes.put_nowait(self._failure(job, exc))
-            return
-        self._generation_over(job)
-        self._observe(task.backend, self._clock() - job.started)
-        self._backend_up(task.backend)
-        self._outcomes.put_nowait(_Generated(job, images, self._clock() - job.started))
+        else:
+            self._observe(task.backend, self._clock() - job.started)
+            self._backend_up(task.backend)
+            self._outcomes.put_nowait(_Generated(job, images, self._clock() - job.started))
+        finally:
+            self._generation_over(job)
+
+    async def _generate(self, task: ClaimedTask) -> list[GeneratedImage]:
+        """One try on the backend, within the per-task timeout."""
+        request = await build_request(self.storage, task)
+        try:
+            images = await asyncio.wait_for(
+                self.backends[task.backend].generate(request), self.settings.task_timeout
+            )
+        except TimeoutError as exc:
+            raise BackendTimeoutError(f"no result within {self.settings.task_timeout:g} s") from exc
+        if not images:
+            raise ServerError("the backend returned no images")
+        return images
 
     def _generation_over(self, job: _Job) -> None:
         if job.generating:
@@ -335,7 +337,7 @@ class Scheduler:
         task, now = job.task, self._clock()
         message = retry.describe(exc)
         details: dict[str, Any] = {"error_type": type(exc).__name__}
-        if isinstance(exc, NoServerAvailableError):
+        if not retry.spends_attempt(exc):  # every server down: wait, it is not the task's fault
             self._backend_down(task)
             return TaskFailure(
                 task, message, now + DOWN_WAIT, now - job.started, details, spend_attempt=False
