@@ -24,8 +24,10 @@ from pixelkiln.config import Settings
 from pixelkiln.db.batches import cancel_batch, create_batch
 from pixelkiln.db.database import Database
 from pixelkiln.engine.bus import EventBus
+from pixelkiln.engine.credentials import UserKeys
 from pixelkiln.engine.intake import prepare_batch
 from pixelkiln.engine.scheduler import Scheduler
+from pixelkiln.keybox import KeyBox
 from pixelkiln.models import Batch
 from pixelkiln.specs import BatchSpec
 from pixelkiln.storage import Storage
@@ -38,6 +40,7 @@ class Kiln:
         self.settings = settings
         self.storage = Storage(settings.storage.data_dir)
         self.bus = EventBus()
+        self.keys = KeyBox(settings)  #: users' own provider keys, encrypted at rest
         self.backends: dict[str, Backend] = {}
         self.scheduler: Scheduler | None = None
         self._http = http
@@ -124,6 +127,7 @@ class Kiln:
             backends=self.backends,
             settings=self.settings.scheduler,
             only_batches=only_batches,
+            user_keys=UserKeys(self.db, self.keys),
         )
         return self.scheduler
 

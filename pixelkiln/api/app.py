@@ -20,7 +20,6 @@ from fastapi import Depends, FastAPI
 from pixelkiln import __version__
 from pixelkiln.api.deps import ApiContext, get_caller
 from pixelkiln.api.errors import BodyLimit, install_error_handlers
-from pixelkiln.api.keys import KeyBox
 from pixelkiln.api.routes import admin, assets, batches, events, images, presets, system, tasks
 from pixelkiln.api.routes import users as users_routes
 from pixelkiln.api.runner import SchedulerThread
@@ -40,7 +39,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with Kiln(settings) as kiln:
-            ctx = ApiContext(settings=settings, kiln=kiln, keys=KeyBox(settings))
+            ctx = ApiContext(settings=settings, kiln=kiln, keys=kiln.keys)
             if run_scheduler:
                 ctx.runner = await _start_scheduler(ctx)
             app.state.ctx = ctx

@@ -17,12 +17,12 @@ from fastapi import Depends, Query, Request
 from sqlalchemy import Connection
 
 from pixelkiln.api.errors import ApiError
-from pixelkiln.api.keys import KeyBox
 from pixelkiln.api.runner import SchedulerThread
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
 from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.users import User, user_for_token
+from pixelkiln.keybox import KeyBox
 from pixelkiln.storage import Storage
 
 P = ParamSpec("P")

@@ -25,6 +25,7 @@ import httpx
 
 from pixelkiln.app import Kiln
 from pixelkiln.backends import BackendDeps, build_backends
+from pixelkiln.engine.credentials import UserKeys
 from pixelkiln.engine.scheduler import Scheduler, SchedulerStatus
 
 log = logging.getLogger("pixelkiln.api")
@@ -104,6 +105,7 @@ class SchedulerThread:
                 storage=self.kiln.storage,
                 backends=backends,
                 settings=settings.scheduler,
+                user_keys=UserKeys(self.kiln.db, self.kiln.keys),
             )
             self._scheduler.set_concurrency(self.concurrency)
             self._loop = asyncio.get_running_loop()

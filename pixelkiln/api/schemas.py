@@ -298,7 +298,8 @@ class BackendPublic(_Public):
     type: str
     model: str
     credits_per_image: int  #: 0 when credits are off or you stored your own key for it
-    own_key: bool
+    own_key: bool  #: your tasks on it run on the key you stored
+    takes_own_key: bool  #: you may store your own key for it (hosted APIs)
 
 
 # -- admin and system -------------------------------------------------------------------------

@@ -23,8 +23,9 @@ from pixelkiln.api.deps import ApiContext, Caller
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.schemas import BatchDetail
 from pixelkiln.api.views import batch_fields, task_public
+from pixelkiln.backends.base import accepts_user_keys
 from pixelkiln.db.batches import NewBatch, create_batch, get_batch, retry_batch
-from pixelkiln.db.credits import charge, set_costs, set_task_costs
+from pixelkiln.db.credits import charge, set_costs, set_own_key, set_task_costs
 from pixelkiln.db.database import Tx
 from pixelkiln.db.records import find_idempotent, get_asset, images_of_tasks, remember_idempotent
 from pixelkiln.db.tables import tasks as tasks_table
@@ -53,7 +54,11 @@ class Submission:
 
 @dataclass(frozen=True)
 class Pricing:
-    """Credits per image per backend for one caller; nothing when credits are off."""
+    """Credits per image per backend for one caller; nothing when credits are off.
+
+    ``own_keys``: backends the caller stored their own key for; tasks on them
+    run on that key (``tasks.own_key``) and cost nothing.
+    """
 
     enabled: bool
     per_image: int = 0
@@ -78,10 +83,14 @@ def fingerprint(*parts: Any) -> str:
 async def pricing_for(ctx: ApiContext, user_id: int | None) -> Pricing:
     """What images cost ``user_id`` (nothing without a user or with credits off)."""
     credits = ctx.settings.credits
-    if not credits.enabled or user_id is None:
+    if user_id is None:
         return Pricing(False)
-    own = await ctx.read(provider_key_backends, user_id)
-    return Pricing(True, credits.per_image, dict(credits.backends), frozenset(own))
+    stored = await ctx.read(provider_key_backends, user_id)
+    backends = ctx.kiln.backends
+    own = frozenset(b for b in stored if b in backends and accepts_user_keys(backends[b]))
+    if not credits.enabled:
+        return Pricing(False, own_keys=own)
+    return Pricing(True, credits.per_image, dict(credits.backends), own)
 
 
 def check_inputs_are_uploads(spec: BatchSpec, source: str = "") -> None:
@@ -122,7 +131,7 @@ async def submit(ctx: ApiContext, caller: Caller, sub: Submission) -> tuple[int,
     pricing = await pricing_for(ctx, caller.user_id)
     costs = [pricing.task_cost(t.backend, t.n) for t in new.tasks]
     batch_id, created, stored_hash = await ctx.write(
-        _store, new, costs, caller.user_id, caller.owner_key, key, sub.fingerprint
+        _store, new, costs, pricing.own_keys, caller.user_id, caller.owner_key, key, sub.fingerprint
     )
     if not created:
         return _replayed((batch_id, stored_hash), sub.fingerprint), False
@@ -169,6 +178,7 @@ def _store(
     tx: Tx,
     new: NewBatch,
     costs: Sequence[int],
+    own_keys: frozenset[str],
     user_id: int | None,
     owner_key: int,
     key: str | None,
@@ -184,6 +194,8 @@ def _store(
     if total and user_id is not None:
         charge(tx, user_id, total, batch_id, note=f"batch '{new.name}': {len(costs)} task(s)")
         set_task_costs(tx, batch_id, costs)
+    if own_keys & {t.backend for t in new.tasks}:
+        set_own_key(tx, batch_id, own_keys)
     if key:
         remember_idempotent(tx, owner_key, key, request_hash, batch_id)
     return batch_id, True, request_hash
@@ -240,6 +252,8 @@ def retry_charged(
     if total and batch.owner_id is not None:
         charge(tx, batch.owner_id, total, batch_id, note=f"retry of {count} task(s)")
         set_costs(tx, costs)
+    # a retry runs on the key the owner has now: their own (free) or the system's (charged)
+    set_own_key(tx, batch_id, pricing.own_keys, [r.id for r in rows])
     return count
 
 

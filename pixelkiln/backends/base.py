@@ -44,6 +44,9 @@ class GenerationRequest:
     init_image: bytes | None = None  #: encoded image (PNG/JPEG/...) for img2img
     reference_images: tuple[bytes, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the task owner's own provider key, sent instead of the configured one
+    #: (only to backends with ``accepts_user_keys = True``); never in repr or logs
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,15 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release what the backend holds (the shared HTTP client is closed by its owner)."""
         ...
+
+
+def accepts_user_keys(backend: Backend) -> bool:
+    """Whether ``backend`` sends a user's own key (``GenerationRequest.api_key``) when given.
+
+    A backend opts in with a class attribute ``accepts_user_keys = True``; the
+    API refuses to store users' keys for any other.
+    """
+    return bool(getattr(backend, "accepts_user_keys", False))
 
 
 class BackendFactory(Protocol):

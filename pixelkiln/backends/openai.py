@@ -43,9 +43,10 @@ class OpenAIBackend(PooledBackend):
         url = url.rstrip("/")
         return url + "/v1" if urlsplit(url).path in ("", "/") else url
 
+    accepts_user_keys = True  #: a user's own key goes instead of ours when given
+
     def __init__(self, settings: BackendSettings, deps: BackendDeps) -> None:
         super().__init__(settings, deps)
-        self._headers = {"Authorization": f"Bearer {self._secret}"} if self._secret else {}
         self._max_n = max(1, int(settings.options.get("max_n", 10)))
 
     async def generate(self, request: GenerationRequest) -> list[GeneratedImage]:
@@ -72,7 +73,7 @@ class OpenAIBackend(PooledBackend):
                 "POST",
                 join_url(server.url, "images/edits"),
                 server=server.url,
-                headers=self._headers,
+                headers=self.bearer(request),
                 files=files,
                 data={k: str(v) for k, v in fields.items()},
             )
@@ -81,7 +82,7 @@ class OpenAIBackend(PooledBackend):
                 "POST",
                 join_url(server.url, "images/generations"),
                 server=server.url,
-                headers=self._headers,
+                headers=self.bearer(request),
                 json=fields,
             )
         data = json_object(response, server=server.url)
@@ -159,7 +160,7 @@ class OpenAIBackend(PooledBackend):
 
     async def list_models(self, url: str) -> list[str]:
         response = await self.request(
-            "GET", join_url(url, "models"), server=url, headers=self._headers
+            "GET", join_url(url, "models"), server=url, headers=self.bearer()
         )
         items = json_object(response, server=url).get("data", [])
         return (

@@ -33,7 +33,7 @@ from pixelkiln.backends.http import (
     join_url,
     json_object,
 )
-from pixelkiln.backends.pool import PooledBackend, Server, scrub
+from pixelkiln.backends.pool import PooledBackend, Server
 from pixelkiln.config import BackendSettings
 from pixelkiln.exceptions import RejectedInputError, ServerError
 
@@ -53,9 +53,7 @@ class OpenRouterBackend(PooledBackend):
         url = url.rstrip("/")
         return url + "/api/v1" if urlsplit(url).path in ("", "/") else url
 
-    def __init__(self, settings: BackendSettings, deps: BackendDeps) -> None:
-        super().__init__(settings, deps)
-        self._headers = {"Authorization": f"Bearer {self._secret}"} if self._secret else {}
+    accepts_user_keys = True  #: a user's own OpenRouter key goes instead of ours when given
 
     async def generate(self, request: GenerationRequest) -> list[GeneratedImage]:
         body = self.build_body(request)
@@ -109,7 +107,7 @@ class OpenRouterBackend(PooledBackend):
             "POST",
             join_url(server.url, "chat/completions"),
             server=server.url,
-            headers=self._headers,
+            headers=self.bearer(request),
             json=body,
             check=False,
         )
@@ -118,9 +116,9 @@ class OpenRouterBackend(PooledBackend):
                 f"{server.url}: out of credits: {error_message(response.content)}",
                 server=server.url,
             )
-        self.check(response, server=server.url)
+        self.check(response, server=server.url, request=request)
         data = json_object(response, server=server.url)
-        self._raise_body_error(data, server.url)
+        self._raise_body_error(data, server.url, request)
         info = {"server": server.url, "model": str(data.get("model", ""))}
         return [
             GeneratedImage(await self._bytes(url, server.url), request.seed + first + i, info)
@@ -138,7 +136,9 @@ class OpenRouterBackend(PooledBackend):
                 f"{server}: cannot fetch the image URL: {exc}", server=server
             ) from exc
 
-    def _raise_body_error(self, data: dict[str, Any], server: str) -> None:
+    def _raise_body_error(
+        self, data: dict[str, Any], server: str, request: GenerationRequest
+    ) -> None:
         """An error that arrived with HTTP 200, at the top or inside the choice."""
         choices = data.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices else {}
@@ -155,7 +155,7 @@ class OpenRouterBackend(PooledBackend):
         else:
             exc = error_for_status(status if status >= 400 else 502, message, server=server)
         if isinstance(exc, RejectedInputError | ServerError):
-            scrub(exc, self._secret)
+            self.hide_secrets(exc, request.api_key)
         raise exc
 
     async def list_models(self, url: str) -> list[str]:
@@ -163,7 +163,7 @@ class OpenRouterBackend(PooledBackend):
             "GET",
             join_url(url, "models"),
             server=url,
-            headers=self._headers,
+            headers=self.bearer(),
             params={"output_modalities": "image"},
         )
         items = json_object(response, server=url).get("data", [])

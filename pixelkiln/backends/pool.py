@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from pixelkiln.backends.base import BackendDeps
+from pixelkiln.backends.base import BackendDeps, GenerationRequest
 from pixelkiln.backends.http import ServerDownError, raise_for_status, redact_url, send
 from pixelkiln.config import BackendSettings
 from pixelkiln.exceptions import (
@@ -531,22 +531,37 @@ class PooledBackend:
     async def aclose(self) -> None:
         await self.pool.aclose()
 
+    def bearer(self, request: GenerationRequest | None = None) -> dict[str, str]:
+        """``Authorization: Bearer`` with the request's user key, else the configured one."""
+        key = (request.api_key if request is not None else None) or self._secret
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
     async def request(self, method: str, url: str, *, server: str, **kwargs: Any) -> httpx.Response:
         """One HTTP request with our errors, the settings' timeout, and no secret in messages."""
         kwargs.setdefault("timeout", self.settings.timeout)
         try:
             return await send(self.http, method, url, server=server, **kwargs)
         except BackendError as exc:
-            scrub(exc, self._secret)
+            # a user's own key, sent in this request's headers, is a secret too
+            sent = (kwargs.get("headers") or {}).get("Authorization", "")
+            self.hide_secrets(exc, sent.removeprefix("Bearer ").strip())
             raise
 
-    def check(self, response: httpx.Response, *, server: str) -> None:
+    def check(
+        self, response: httpx.Response, *, server: str, request: GenerationRequest | None = None
+    ) -> None:
         """:func:`raise_for_status` for a response fetched with ``check=False``, scrubbed."""
         try:
             raise_for_status(response, server=server)
         except BackendError as exc:
-            scrub(exc, self._secret)
+            self.hide_secrets(exc, request.api_key if request is not None else None)
             raise
+
+    def hide_secrets(self, exc: BackendError, user_key: str | None = None) -> None:
+        """Mask the configured secret and a user's own key in ``exc``'s message."""
+        scrub(exc, self._secret)
+        if user_key:
+            scrub(exc, user_key)
 
 
 def scrub(exc: BackendError, secret: str) -> None:

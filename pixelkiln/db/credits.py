@@ -14,11 +14,11 @@ the balance is read.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, false, func, insert, select, update
 
 from pixelkiln.db.database import Tx
 from pixelkiln.db.tables import batches, credit_ledger, tasks, users
@@ -133,6 +133,22 @@ def set_costs(tx: Tx, costs: Mapping[int, int]) -> None:
     for cost, ids in by_cost.items():
         for chunk in _chunks(ids):
             tx.conn.execute(update(tasks).where(tasks.c.id.in_(chunk)).values(cost=cost))
+
+
+def set_own_key(
+    tx: Tx, batch_id: int, backends: Collection[str], task_ids: Sequence[int] | None = None
+) -> None:
+    """Mark the tasks on ``backends`` as running on their owner's own key, the others not.
+
+    Every task of the batch, or only ``task_ids`` (a retry decides afresh).
+    """
+    value = tasks.c.backend.in_(sorted(backends)) if backends else false()
+    marking = update(tasks).where(tasks.c.batch_id == batch_id).values(own_key=value)
+    if task_ids is None:
+        tx.conn.execute(marking)
+        return
+    for chunk in _chunks(task_ids):
+        tx.conn.execute(marking.where(tasks.c.id.in_(chunk)))
 
 
 def refund_tasks(tx: Tx, task_ids: Iterable[int]) -> int:

@@ -41,6 +41,7 @@ class ClaimedTask:
     inputs: dict[str, Any]
     attempts: int  #: including this one
     max_attempts: int
+    own_key: bool = False  #: runs on its owner's own provider key (see engine.credentials)
 
 
 _CLAIM_COLUMNS = (
@@ -55,6 +56,7 @@ _CLAIM_COLUMNS = (
     tasks.c.inputs,
     tasks.c.attempts,
     tasks.c.max_attempts,
+    tasks.c.own_key,
 )
 
 

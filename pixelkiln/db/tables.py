@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData(
@@ -81,6 +82,8 @@ tasks = Table(
     Column("finished_at", Float, nullable=True),
     Column("duration", Float, nullable=True),
     Column("cost", Integer, nullable=False, server_default="0"),
+    # priced 0 because its owner's own provider key goes with the request
+    Column("own_key", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("batch_id", "position"),
     # claim: pending tasks of one batch in position order
     Index(None, "batch_id", "status", "position"),

@@ -17,7 +17,14 @@ from sqlalchemy.exc import IntegrityError
 
 from pixelkiln.db.credits import grant
 from pixelkiln.db.database import Tx
-from pixelkiln.db.tables import api_tokens, credit_ledger, provider_keys, users
+from pixelkiln.db.tables import (
+    api_tokens,
+    batches,
+    credit_ledger,
+    provider_keys,
+    tasks,
+    users,
+)
 from pixelkiln.exceptions import InvalidStateError, NotFoundError
 
 TOKEN_PREFIX = "pk_"
@@ -124,7 +131,7 @@ def set_active(tx: Tx, user_id: int, active: bool) -> User:
     return get_user(tx.conn, user_id)
 
 
-# -- provider keys (ciphertext only; encryption happens in the API layer) ----------------------
+# -- provider keys (ciphertext only; pixelkiln.keybox encrypts and decrypts) ----------------------
 
 
 def set_provider_key(tx: Tx, user_id: int, backend: str, ciphertext: str) -> None:
@@ -158,3 +165,19 @@ def provider_key_backends(conn: Connection, user_id: int) -> dict[str, float]:
         .order_by(provider_keys.c.backend)
     )
     return {row.backend: row.created_at for row in rows}
+
+
+def provider_key_for_task(conn: Connection, task_id: int) -> str | None:
+    """The ciphertext of the key the task's owner stored for the task's backend, if any."""
+    row = conn.execute(
+        select(provider_keys.c.ciphertext)
+        .select_from(
+            tasks.join(batches, batches.c.id == tasks.c.batch_id).join(
+                provider_keys,
+                (provider_keys.c.user_id == batches.c.owner_id)
+                & (provider_keys.c.backend == tasks.c.backend),
+            )
+        )
+        .where(tasks.c.id == task_id)
+    ).first()
+    return None if row is None else str(row.ciphertext)

@@ -39,9 +39,10 @@ from pixelkiln.db.leases import (
 )
 from pixelkiln.db.tasks import TaskFailure, TaskResult, record_outcomes
 from pixelkiln.engine import retry
+from pixelkiln.engine.credentials import UserKeys
 from pixelkiln.engine.owners import dead_local_owners, new_owner_id
 from pixelkiln.engine.task_io import build_request, store_images
-from pixelkiln.exceptions import BackendTimeoutError, ServerError
+from pixelkiln.exceptions import BackendTimeoutError, RejectedInputError, ServerError
 from pixelkiln.models import EventType
 from pixelkiln.storage import Storage
 
@@ -102,6 +103,7 @@ class Scheduler:
         backends: Mapping[str, Backend],
         settings: SchedulerSettings,
         only_batches: Iterable[int] | None = None,
+        user_keys: UserKeys | None = None,
         owner: str | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
@@ -112,6 +114,7 @@ class Scheduler:
         self.settings = settings
         self.concurrency = settings.concurrency
         self.only_batches = set(only_batches) if only_batches is not None else None
+        self.user_keys = user_keys
         self.owner = owner or new_owner_id()
         self._rng = rng or random.Random()
         self._clock = clock
@@ -316,11 +319,15 @@ class Scheduler:
 
     async def _generate(self, task: ClaimedTask) -> list[GeneratedImage]:
         """One try on the backend, within the per-task timeout."""
-        request = await build_request(self.storage, task)
+        backend = self.backends[task.backend]
+        api_key = None
+        if task.own_key:
+            if self.user_keys is None:
+                raise RejectedInputError("this task runs on its owner's own key; no key store here")
+            api_key = await self.user_keys.key_for(task, backend)
+        request = await build_request(self.storage, task, api_key)
         try:
-            images = await asyncio.wait_for(
-                self.backends[task.backend].generate(request), self.settings.task_timeout
-            )
+            images = await asyncio.wait_for(backend.generate(request), self.settings.task_timeout)
         except TimeoutError as exc:
             raise BackendTimeoutError(f"no result within {self.settings.task_timeout:g} s") from exc
         if not images:

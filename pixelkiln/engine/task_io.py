@@ -9,7 +9,9 @@ from pixelkiln.db.leases import ClaimedTask
 from pixelkiln.storage import Storage, StoredImage, infotext
 
 
-async def build_request(storage: Storage, task: ClaimedTask) -> GenerationRequest:
+async def build_request(
+    storage: Storage, task: ClaimedTask, api_key: str | None = None
+) -> GenerationRequest:
     """The backend request for a claimed task; input images are read off the event loop."""
     p = task.params
     init = task.inputs.get("init_image")
@@ -33,6 +35,7 @@ async def build_request(storage: Storage, task: ClaimedTask) -> GenerationReques
         denoise=p["denoise"],
         init_image=init_bytes,
         reference_images=ref_bytes,
+        api_key=api_key,
     )
 
 

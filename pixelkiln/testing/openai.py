@@ -16,6 +16,7 @@ import io
 import re
 import secrets
 import time
+from collections.abc import Collection
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -26,7 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from pixelkiln.backends.placeholder import draw
-from pixelkiln.testing.server import FakeServer, read_form
+from pixelkiln.testing.server import FakeServer, bearer_accepted, read_form
 
 _SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 
@@ -61,14 +62,15 @@ class FakeOpenAI(FakeServer):
     def __init__(
         self,
         *,
-        api_key: str | None = None,
+        api_key: str | Collection[str] | None = None,
         models: tuple[str, ...] = ("gpt-image-1", "dall-e-3", "jimeng-4.0"),
         sizes: tuple[str, ...] | None = None,
         reject_response_format: bool = False,
         blocked_words: tuple[str, ...] = (),
         **kwargs: Any,
     ) -> None:
-        self.api_key = api_key
+        #: keys accepted as ``Authorization: Bearer`` (None: any request is let in)
+        self.api_keys = (api_key,) if isinstance(api_key, str) else api_key
         self.models = models
         self.sizes = sizes
         self.reject_response_format = reject_response_format
@@ -239,10 +241,10 @@ def _guarded(fake: FakeOpenAI, route: Route) -> Route:
 
     async def guarded(request: Request) -> Response:
         try:
-            if fake.api_key is not None and not route.path.startswith("/files/"):
-                given = request.headers.get("authorization", "").removeprefix("Bearer ")
-                if not secrets.compare_digest(given.encode(), fake.api_key.encode()):
-                    raise OpenAIError(401, "Incorrect API key provided.", "invalid_api_key")
+            if not route.path.startswith("/files/") and not bearer_accepted(
+                request.headers, fake.api_keys
+            ):
+                raise OpenAIError(401, "Incorrect API key provided.", "invalid_api_key")
             response: Response = await endpoint(request)
             return response
         except OpenAIError as exc:

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import secrets
 import time
+from collections.abc import Collection
 from typing import Any
 
 from starlette.applications import Starlette
@@ -25,7 +26,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from pixelkiln.backends.placeholder import draw
-from pixelkiln.testing.server import FakeServer
+from pixelkiln.testing.server import FakeServer, bearer_accepted
 
 #: OpenRouter's documented 1K sizes per aspect ratio
 ASPECT_SIZES: dict[str, tuple[int, int]] = {
@@ -60,7 +61,7 @@ class FakeOpenRouter(FakeServer):
     def __init__(
         self,
         *,
-        api_key: str | None = None,
+        api_key: str | Collection[str] | None = None,
         models: tuple[str, ...] = ("google/gemini-2.5-flash-image", "openai/gpt-5-image"),
         credits: int | None = None,
         blocked_words: tuple[str, ...] = (),
@@ -68,7 +69,8 @@ class FakeOpenRouter(FakeServer):
         image_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        self.api_key = api_key
+        #: keys accepted as ``Authorization: Bearer`` (None: any request is let in)
+        self.api_keys = (api_key,) if isinstance(api_key, str) else api_key
         self.models = models
         self.credits = credits  #: images left before 402 (None: unlimited)
         self.blocked_words = blocked_words
@@ -101,10 +103,10 @@ class FakeOpenRouter(FakeServer):
     def _guard(self, endpoint: Any) -> Any:
         async def guarded(request: Request) -> Response:
             try:
-                if self.api_key is not None and not request.url.path.endswith("/models"):
-                    given = request.headers.get("authorization", "").removeprefix("Bearer ")
-                    if not secrets.compare_digest(given.encode(), self.api_key.encode()):
-                        raise OpenRouterError(401, "No auth credentials found")
+                if not request.url.path.endswith("/models") and not bearer_accepted(
+                    request.headers, self.api_keys
+                ):
+                    raise OpenRouterError(401, "No auth credentials found")
                 response: Response = await endpoint(request)
                 return response
             except OpenRouterError as exc:

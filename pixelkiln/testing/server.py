@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import socket
 import struct
 import threading
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, ClassVar, Self
@@ -37,6 +39,14 @@ from pixelkiln.testing.faults import Faults, Outcome
 
 #: how long start() waits for the server thread to listen
 START_TIMEOUT = 10.0
+
+
+def bearer_accepted(headers: Mapping[str, str], keys: Collection[str] | None) -> bool:
+    """Whether ``Authorization: Bearer <key>`` names one of ``keys`` (None accepts anything)."""
+    if keys is None:
+        return True
+    given = headers.get("authorization", "").removeprefix("Bearer ").encode()
+    return any(secrets.compare_digest(given, key.encode()) for key in keys)
 
 
 @dataclass

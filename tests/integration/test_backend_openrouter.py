@@ -168,3 +168,17 @@ def test_image_size_from_the_longer_side() -> None:
     assert image_config(4096, 2304) == {"aspect_ratio": "16:9", "image_size": "4K"}
     assert image_config(1000, 700) == {"image_size": "1K"}
     assert image_config(1024, 1024, "2K")["image_size"] == "2K"
+
+
+async def test_a_users_own_key_goes_instead_of_ours(http: httpx.AsyncClient) -> None:
+    own = "sk-or-v1-users-own-4321"
+    with FakeOpenRouter(api_key=(KEY, own), image_scale=0.1) as fake:
+        backend = make(fake, http)
+        await backend.generate(generation_request(api_key=own))
+        await backend.generate(generation_request())
+        sent = [r.headers["authorization"] for r in fake.received("/api/v1/chat/completions")]
+        assert sent == [f"Bearer {own}", f"Bearer {KEY}"]
+        with pytest.raises(RejectedInputError) as info:
+            await backend.generate(generation_request(api_key="sk-or-v1-wrong-0000"))
+        assert "sk-or-v1-wrong-0000" not in str(info.value)
+        assert "sk-or-v1-users-own-4321" not in repr(generation_request(api_key=own))

@@ -11,6 +11,7 @@ from pixelkiln.api.deps import CallerDep, CtxDep
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.schemas import BackendPublic, Health
 from pixelkiln.api.service import pricing_for
+from pixelkiln.backends.base import accepts_user_keys
 
 health = APIRouter(tags=["system"])
 protected = APIRouter(tags=["system"])
@@ -46,6 +47,7 @@ async def backends(ctx: CtxDep, caller: CallerDep) -> list[BackendPublic]:
             model=b.settings.model,
             credits_per_image=pricing.price(name),
             own_key=name in pricing.own_keys,
+            takes_own_key=accepts_user_keys(b),
         )
         for name, b in ctx.kiln.backends.items()
     ]

@@ -21,6 +21,7 @@ from pixelkiln.api.schemas import (
     UserUpdate,
 )
 from pixelkiln.api.views import ledger_public, user_public
+from pixelkiln.backends.base import accepts_user_keys
 from pixelkiln.db.credits import LedgerEntry, balance, grant, ledger
 from pixelkiln.db.users import (
     User,
@@ -83,7 +84,7 @@ async def my_keys(ctx: CtxDep, caller: CallerDep) -> list[ProviderKeyPublic]:
     "/provider-keys/{backend}",
     status_code=204,
     responses=ERRORS,
-    summary="Store my own key for a backend (its images then cost no credits)",
+    summary="Store my own key for a backend (its images then run on it and cost no credits)",
 )
 async def put_key(
     backend: str, body: ProviderKeyRequest, ctx: CtxDep, caller: CallerDep
@@ -91,6 +92,13 @@ async def put_key(
     user_id = _need_user(caller)
     if backend not in ctx.kiln.backends:
         raise ApiError(404, "not_found", f"no backend '{backend}'", field="backend")
+    if not accepts_user_keys(ctx.kiln.backends[backend]):
+        raise ApiError(
+            422,
+            "own_key_not_supported",
+            f"backend '{backend}' runs on the server's own generators; it takes no user key",
+            field="backend",
+        )
     ciphertext = await ctx.run(ctx.keys.encrypt, body.api_key.get_secret_value())
     await ctx.write(set_provider_key, user_id, backend, ciphertext)
     return Response(status_code=204)

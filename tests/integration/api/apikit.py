@@ -110,8 +110,8 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def running_api(settings: Settings) -> AsyncIterator[Api]:
-    app = create_app(settings)
+async def running_api(settings: Settings, *, run_scheduler: bool = True) -> AsyncIterator[Api]:
+    app = create_app(settings, run_scheduler=run_scheduler)
     async with app.router.lifespan_context(app):
         api = Api(app, httpx.AsyncClient(), settings)
         api.client = api.with_token(None)
