@@ -200,6 +200,11 @@ class ServerSettings(BaseModel):
     max_wait_seconds: float = Field(
         600.0, gt=0, description="Longest `?wait=true` a create request may wait for its batch."
     )
+    idempotency_hours: float = Field(
+        24.0,
+        gt=0,
+        description="How long an `Idempotency-Key` is remembered; after that it may be reused.",
+    )
 
 
 class Settings(BaseSettings):

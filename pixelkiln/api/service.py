@@ -121,8 +121,9 @@ def check_inputs_are_uploads(spec: BatchSpec, source: str = "") -> None:
 async def submit(ctx: ApiContext, caller: Caller, sub: Submission) -> tuple[int, bool]:
     """Store (and charge for) a batch; (batch id, False when an idempotent replay)."""
     key = sub.idempotency_key
+    since = time.time() - ctx.settings.server.idempotency_hours * 3600  # older keys expired
     if key:
-        found = await ctx.read(find_idempotent, caller.owner_key, key)
+        found = await ctx.read(find_idempotent, caller.owner_key, key, since)
         if found is not None:
             return _replayed(found, sub.fingerprint), False
     if not sub.server_paths:
@@ -131,7 +132,13 @@ async def submit(ctx: ApiContext, caller: Caller, sub: Submission) -> tuple[int,
     pricing = await pricing_for(ctx, caller.user_id)
     costs = [pricing.task_cost(t.backend, t.n) for t in new.tasks]
     batch_id, created, stored_hash = await ctx.write(
-        _store, new, costs, pricing.own_keys, caller.user_id, caller.owner_key, key, sub.fingerprint
+        _store,
+        new,
+        costs,
+        pricing.own_keys,
+        caller.user_id,
+        caller.owner_key,
+        (key, sub.fingerprint, since),
     )
     if not created:
         return _replayed((batch_id, stored_hash), sub.fingerprint), False
@@ -181,12 +188,15 @@ def _store(
     own_keys: frozenset[str],
     user_id: int | None,
     owner_key: int,
-    key: str | None,
-    request_hash: str,
+    idempotency: tuple[str | None, str, float],
 ) -> tuple[int, bool, str]:
-    """The one write of a create: idempotency check, batch, charge, key."""
+    """The one write of a create: idempotency check, batch, charge, key.
+
+    ``idempotency`` is (key or None, request hash, oldest time a key is still valid).
+    """
+    key, request_hash, since = idempotency
     if key:
-        found = find_idempotent(tx.conn, owner_key, key)
+        found = find_idempotent(tx.conn, owner_key, key, since)
         if found is not None:  # a concurrent request with the same key won
             return found[0], False, found[1]
     batch_id = create_batch(tx, new)
@@ -197,7 +207,7 @@ def _store(
     if own_keys & {t.backend for t in new.tasks}:
         set_own_key(tx, batch_id, own_keys)
     if key:
-        remember_idempotent(tx, owner_key, key, request_hash, batch_id)
+        remember_idempotent(tx, owner_key, key, request_hash, batch_id, since)
     return batch_id, True, request_hash
 
 

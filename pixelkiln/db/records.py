@@ -304,17 +304,25 @@ def latest_event_id(conn: Connection) -> int:
 # -- idempotency ------------------------------------------------------------------------------
 
 
-def find_idempotent(conn: Connection, owner_key: int, key: str) -> tuple[int, str] | None:
-    """(batch id, request hash) a key already created, or None."""
+def find_idempotent(
+    conn: Connection, owner_key: int, key: str, since: float
+) -> tuple[int, str] | None:
+    """(batch id, request hash) a key created at or after ``since``, or None."""
     row = conn.execute(
         select(idempotency_keys.c.batch_id, idempotency_keys.c.request_hash).where(
-            idempotency_keys.c.owner_key == owner_key, idempotency_keys.c.key == key
+            idempotency_keys.c.owner_key == owner_key,
+            idempotency_keys.c.key == key,
+            idempotency_keys.c.created_at >= since,
         )
     ).first()
     return (row.batch_id, row.request_hash) if row is not None else None
 
 
-def remember_idempotent(tx: Tx, owner_key: int, key: str, request_hash: str, batch_id: int) -> None:
+def remember_idempotent(
+    tx: Tx, owner_key: int, key: str, request_hash: str, batch_id: int, since: float
+) -> None:
+    """Remember a key's batch, first forgetting every key older than ``since`` (expired)."""
+    tx.conn.execute(delete(idempotency_keys).where(idempotency_keys.c.created_at < since))
     tx.conn.execute(
         insert(idempotency_keys),
         {

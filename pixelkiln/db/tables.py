@@ -221,4 +221,5 @@ idempotency_keys = Table(
     Column("batch_id", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
     Index(None, "batch_id"),
+    Index(None, "created_at"),  # expiry
 )

@@ -11,6 +11,9 @@ from typing import Any
 import openpyxl
 import pytest
 from apikit import Api, spec
+from sqlalchemy import select, update
+
+from pixelkiln.db.tables import idempotency_keys
 
 pytestmark = pytest.mark.anyio
 
@@ -140,6 +143,27 @@ async def test_a_retried_create_with_the_same_key_makes_one_batch(api: Api) -> N
     assert len({r.json()["id"] for r in racing}) == 1
     assert sorted(r.status_code for r in racing) == [200] * 7 + [201]
     assert (await api.client.get("/api/v1/batches")).json()["total"] == 2
+
+
+async def test_an_idempotency_key_expires_and_may_then_be_reused(api: Api) -> None:
+    headers = {"Idempotency-Key": "nightly-2026-11-22"}
+    first = await api.client.post("/api/v1/batches", json=spec("once"), headers=headers)
+    hours = api.settings.server.idempotency_hours
+    # the key was stored a moment longer ago than it is remembered
+    await api.ctx.write(
+        lambda tx: tx.conn.execute(
+            update(idempotency_keys).values(
+                created_at=idempotency_keys.c.created_at - hours * 3600 - 1
+            )
+        )
+    )
+    again = await api.client.post("/api/v1/batches", json=spec("other"), headers=headers)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json()["id"] != first.json()["id"]
+    replay = await api.client.post("/api/v1/batches", json=spec("other"), headers=headers)
+    assert replay.status_code == 200 and replay.json()["id"] == again.json()["id"]
+    rows = await api.ctx.read(lambda c: c.execute(select(idempotency_keys)).all())
+    assert [r.batch_id for r in rows] == [again.json()["id"]]  # the expired one is gone
 
 
 async def test_wait_with_a_timeout_answers_202_while_the_batch_runs(api: Api) -> None:

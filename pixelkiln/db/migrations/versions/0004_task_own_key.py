@@ -1,4 +1,5 @@
-"""tasks.own_key: the task runs on its owner's own provider key (and was priced 0)
+"""tasks.own_key: the task runs on its owner's own provider key (and was priced 0);
+an index to expire idempotency keys by age
 
 Revision ID: 0004
 Revises: 0003
@@ -20,8 +21,14 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("own_key", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+    with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_idempotency_keys_created_at"), ["created_at"], unique=False
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_idempotency_keys_created_at"))
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.drop_column("own_key")
