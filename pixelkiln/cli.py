@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pixelkiln.api.cli import serve, users_app
+from pixelkiln.api.pricing import load_pricing, retry_charged
 from pixelkiln.app import Kiln
 from pixelkiln.backends.check import all_ok, check_backends, print_reports
 from pixelkiln.config import Settings, load_settings
@@ -31,11 +32,11 @@ from pixelkiln.db.batches import (
     cancel_batch,
     find_batch,
     list_batches,
-    retry_batch,
     set_paused,
     unfinished_batch_ids,
 )
 from pixelkiln.db.batches import get_batch as db_get_batch
+from pixelkiln.db.credits import InsufficientCreditsError
 from pixelkiln.db.database import Database
 from pixelkiln.exceptions import (
     ConfigError,
@@ -295,21 +296,38 @@ def retry(
     config: ConfigOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Put a batch's failed tasks (and with --cancelled, cancelled ones) back in the queue."""
+    """Put a batch's failed tasks (and with --cancelled, cancelled ones) back in the queue.
+
+    With credits on, a user's batch is charged for the retried tasks, as a retry
+    through the API is (they were refunded when they failed or were cancelled).
+    """
     with _errors():
         settings = _settings(config)
-
-        def requeue(db: Database) -> tuple[int, int]:
-            found = _resolve(db, batch)
-            return found.id, db.write(retry_batch, found.id, include_cancelled=cancelled)
-
-        batch_id, count = _with_db(settings, requeue)
+        batch_id, count = asyncio.run(_requeue(settings, batch, cancelled))
         console.print(f"Batch {batch_id}: {count} task(s) back in the queue.")
         if not run_now:
             raise typer.Exit(EXIT_OK)
         log_path = _setup_logging(settings)
         code = asyncio.run(_continue(settings, [batch_id], None, quiet, log_path))
     raise typer.Exit(code)
+
+
+async def _requeue(settings: Settings, ref: str, cancelled: bool) -> tuple[int, int]:
+    async with Kiln(settings) as kiln:  # the backends tell which take users' own keys
+        found = await kiln.db.aread(find_batch, ref)
+        pricing = await kiln.db.aread(load_pricing, settings, kiln.backends, found.owner_id)
+        try:
+            count = await kiln.db.awrite(
+                retry_charged,
+                found.id,
+                scope=None,
+                task_ids=None,
+                include_cancelled=cancelled,
+                pricing=pricing,
+            )
+        except InsufficientCreditsError as exc:
+            raise KilnError(f"{exc}; add credits with 'kiln users grant USER AMOUNT'") from None
+        return found.id, count
 
 
 @app.command()

@@ -14,23 +14,21 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from pixelkiln.api.deps import ApiContext, Caller
 from pixelkiln.api.errors import ApiError
+from pixelkiln.api.pricing import Pricing, load_pricing, retry_charged
 from pixelkiln.api.schemas import BatchDetail
 from pixelkiln.api.views import batch_fields, task_public
-from pixelkiln.backends.base import accepts_user_keys
-from pixelkiln.db.batches import NewBatch, create_batch, get_batch, retry_batch
-from pixelkiln.db.credits import charge, set_costs, set_own_key, set_task_costs
+from pixelkiln.db.batches import NewBatch, create_batch, get_batch
+from pixelkiln.db.credits import charge, set_own_key, set_task_costs
 from pixelkiln.db.database import Tx
 from pixelkiln.db.records import find_idempotent, get_asset, images_of_tasks, remember_idempotent
-from pixelkiln.db.tables import tasks as tasks_table
 from pixelkiln.db.tasks import list_tasks
-from pixelkiln.db.users import provider_key_backends
 from pixelkiln.engine.intake import prepare_batch
 from pixelkiln.exceptions import NotFoundError, Problem, SpecError
 from pixelkiln.models import Batch, ImageRecord, Task, TaskStatus
@@ -52,28 +50,6 @@ class Submission:
     server_paths: bool = False  #: inputs are server files the API itself chose (edit)
 
 
-@dataclass(frozen=True)
-class Pricing:
-    """Credits per image per backend for one caller; nothing when credits are off.
-
-    ``own_keys``: backends the caller stored their own key for; tasks on them
-    run on that key (``tasks.own_key``) and cost nothing.
-    """
-
-    enabled: bool
-    per_image: int = 0
-    backends: dict[str, int] = field(default_factory=dict)
-    own_keys: frozenset[str] = frozenset()
-
-    def price(self, backend: str) -> int:
-        if not self.enabled or backend in self.own_keys:
-            return 0
-        return self.backends.get(backend, self.per_image)
-
-    def task_cost(self, backend: str, n: int) -> int:
-        return self.price(backend) * n
-
-
 def fingerprint(*parts: Any) -> str:
     """A stable hash of what a request asked for (JSON-able parts)."""
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
@@ -82,15 +58,7 @@ def fingerprint(*parts: Any) -> str:
 
 async def pricing_for(ctx: ApiContext, user_id: int | None) -> Pricing:
     """What images cost ``user_id`` (nothing without a user or with credits off)."""
-    credits = ctx.settings.credits
-    if user_id is None:
-        return Pricing(False)
-    stored = await ctx.read(provider_key_backends, user_id)
-    backends = ctx.kiln.backends
-    own = frozenset(b for b in stored if b in backends and accepts_user_keys(backends[b]))
-    if not credits.enabled:
-        return Pricing(False, own_keys=own)
-    return Pricing(True, credits.per_image, dict(credits.backends), own)
+    return await ctx.read(load_pricing, ctx.settings, ctx.kiln.backends, user_id)
 
 
 def check_inputs_are_uploads(spec: BatchSpec, source: str = "") -> None:
@@ -233,37 +201,6 @@ async def retry(
         pricing=pricing,
     )
     ctx.wake_scheduler()
-    return count
-
-
-def retry_charged(
-    tx: Tx,
-    batch_id: int,
-    *,
-    scope: int | None,
-    task_ids: Sequence[int] | None,
-    include_cancelled: bool,
-    pricing: Pricing,
-) -> int:
-    """Put tasks back in the queue and charge for them again, in one transaction."""
-    batch = get_batch(tx.conn, batch_id, scope)
-    states = [str(TaskStatus.FAILED)] + ([str(TaskStatus.CANCELLED)] if include_cancelled else [])
-    query = select(tasks_table.c.id, tasks_table.c.backend, tasks_table.c.params).where(
-        tasks_table.c.batch_id == batch_id, tasks_table.c.status.in_(states)
-    )
-    if task_ids is not None:
-        query = query.where(tasks_table.c.id.in_(list(task_ids)))
-    rows = tx.conn.execute(query).all()
-    count = retry_batch(
-        tx, batch_id, include_cancelled=include_cancelled, task_ids=task_ids, owner_id=scope
-    )
-    costs = {r.id: pricing.task_cost(r.backend, int(r.params.get("n", 1))) for r in rows}
-    total = sum(costs.values())
-    if total and batch.owner_id is not None:
-        charge(tx, batch.owner_id, total, batch_id, note=f"retry of {count} task(s)")
-        set_costs(tx, costs)
-    # a retry runs on the key the owner has now: their own (free) or the system's (charged)
-    set_own_key(tx, batch_id, pricing.own_keys, [r.id for r in rows])
     return count
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from apikit import Api, api_settings, running_api, spec
 from sqlalchemy import Connection, func, select
 
+from pixelkiln.db.credits import grant
 from pixelkiln.db.tables import batches, credit_ledger, tasks
 
 pytestmark = pytest.mark.anyio
@@ -181,3 +185,47 @@ async def test_charges_refunds_and_races_on_postgresql(tmp_path: Path, postgres_
         found = (await user.get("/api/v1/images", params={"q": "ok"})).json()
         assert found["total"] == 1
         assert (await admin.get("/api/v1/admin/stats")).json()["tasks"]["failed"] == 1
+
+
+def kiln_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `kiln` command on the API's data folder, credits on as in ``auth_api``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env |= {
+        "COLUMNS": "200",
+        "KILN_STORAGE__DATA_DIR": str(data_dir),
+        "KILN_CREDITS__ENABLED": "true",
+        "KILN_CREDITS__PER_IMAGE": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pixelkiln.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+async def test_kiln_retry_charges_the_batch_owner_as_the_api_does(auth_api: Api) -> None:
+    user_id, user = await auth_api.add_user("gus", credits=2)
+    batch = (await user.post("/api/v1/batches?wait=true", json=spec("REJECT a", "REJECT b"))).json()
+    assert batch["status"] == "failed" and await balance(user) == 2  # charged 2, refunded 2
+    data_dir = auth_api.settings.storage.data_dir
+
+    done = await asyncio.to_thread(kiln_cli, data_dir, "retry", str(batch["id"]), "--no-run")
+    assert done.returncode == 0, done.stderr
+    assert "2 task(s) back in the queue" in done.stdout
+    await auth_api.wait_finished(batch["id"], user)  # the server runs them: rejected again
+    entries = await auth_api.ctx.read(ledger_of, user_id)
+    assert [e for e in entries if e[1] == "charge"] == [(-2, "charge")] * 2  # create, retry
+    assert sum(d for d, r in entries if r == "refund") == 4
+    assert await balance(user) == 2
+
+    # nothing left to pay with: the retry is refused and nothing is queued
+    await auth_api.ctx.write(grant, user_id, -2)
+    refused = await asyncio.to_thread(kiln_cli, data_dir, "retry", str(batch["id"]), "--no-run")
+    assert refused.returncode == 1
+    assert "costs 2 credit(s); the balance is 0; add credits with 'kiln users grant" in (
+        refused.stderr
+    )
+    after = (await user.get(f"/api/v1/batches/{batch['id']}")).json()
+    assert after["status"] == "failed" and after["counts"]["failed"] == 2
