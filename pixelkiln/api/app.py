@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import JSONResponse
 
 from pixelkiln import __version__
 from pixelkiln.api.deps import ApiContext, get_caller
@@ -50,11 +51,15 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
                     await asyncio.to_thread(ctx.runner.stop)
                 ctx.pool.shutdown(wait=True)
 
+    open_docs = not settings.auth.enabled  # with auth on, the schema needs a token too
     app = FastAPI(
         title="pixelkiln",
         version=__version__,
         summary="Batch image generation: queue thousands of prompts, come back to images.",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if open_docs else None,
+        docs_url="/docs" if open_docs else None,
+        redoc_url="/redoc" if open_docs else None,
     )
     app.state.frames = FrameCache()
     install_error_handlers(app)
@@ -62,6 +67,8 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(system.health)
     secured = [Depends(get_caller)]
     app.include_router(system.protected, dependencies=secured)
+    if not open_docs:
+        app.include_router(_schema_route(app), dependencies=secured)
     for router in (
         batches.router,
         tasks.router,
@@ -75,6 +82,17 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
     ):
         app.include_router(router, prefix="/api/v1", dependencies=secured)
     return app
+
+
+def _schema_route(app: FastAPI) -> APIRouter:
+    """``/openapi.json`` behind the token (the interactive /docs page is off with auth on)."""
+    router = APIRouter()
+
+    @router.get("/openapi.json", include_in_schema=False)
+    async def schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    return router
 
 
 async def _start_scheduler(ctx: ApiContext) -> SchedulerThread:

@@ -86,6 +86,24 @@ def check_inputs_are_uploads(spec: BatchSpec, source: str = "") -> None:
         raise SpecError(problems)
 
 
+def check_user_limits(spec: BatchSpec, max_attempts: int, source: str = "") -> None:
+    """A user may lower their batch's priority, not raise it over others'; nor buy extra tries.
+
+    Extra attempts would spend the system's provider key on retries charged once.
+    """
+    problems = []
+    if spec.priority > 0:
+        problems.append(
+            Problem(source, "", "priority", "only admins may give a batch a priority above 0")
+        )
+    if spec.max_attempts is not None and spec.max_attempts > max_attempts:
+        problems.append(
+            Problem(source, "", "max_attempts", f"at most {max_attempts} attempts per task")
+        )
+    if problems:
+        raise SpecError(problems)
+
+
 async def submit(ctx: ApiContext, caller: Caller, sub: Submission) -> tuple[int, bool]:
     """Store (and charge for) a batch; (batch id, False when an idempotent replay)."""
     key = sub.idempotency_key
@@ -96,6 +114,8 @@ async def submit(ctx: ApiContext, caller: Caller, sub: Submission) -> tuple[int,
             return _replayed(found, sub.fingerprint), False
     if not sub.server_paths:
         check_inputs_are_uploads(sub.spec, sub.source_name)
+    if not caller.is_admin:
+        check_user_limits(sub.spec, ctx.settings.scheduler.max_attempts, sub.source_name)
     new = await ctx.run(_prepare, ctx, caller, sub)
     pricing = await pricing_for(ctx, caller.user_id)
     costs = [pricing.task_cost(t.backend, t.n) for t in new.tasks]

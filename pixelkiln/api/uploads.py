@@ -3,11 +3,14 @@
 Nothing from an upload reaches the filesystem by its name: images are stored
 by content hash (:meth:`Storage.write_asset`), a table goes to a temporary
 file. The name a client sent is kept only as sanitised text for display.
-Files are read one at a time, so 50 × 10 MB never sits in memory at once.
+Files are read one at a time, so 50 × 10 MB never sits in memory at once: every
+file is checked first, and only when all pass are they read again from their
+spool and stored, so a refused upload leaves no file behind.
 """
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -27,7 +30,7 @@ from pixelkiln.db.records import Asset, record_asset
 from pixelkiln.engine.intake import asset_record
 from pixelkiln.exceptions import SpecError
 from pixelkiln.inputs import LoadedBatch, load_batch_file
-from pixelkiln.storage import read_input_image, safe_name
+from pixelkiln.storage import InputImage, read_input_image, safe_name
 
 TABLE_TYPES = (".csv", ".xlsx", ".json", ".yaml", ".yml", ".toml")
 #: an XLSX is a ZIP: refuse one that inflates past this (a "zip bomb" aimed at openpyxl)
@@ -86,7 +89,7 @@ async def store_images(
             f"at most {limits.max_upload_files} files per request",
             field=field,
         )
-    stored: list[tuple[dict[str, Any], str]] = []
+    checked: list[tuple[UploadFile, InputImage, str]] = []
     too_large: list[dict[str, str]] = []
     invalid: list[dict[str, str]] = []
     for i, upload in enumerate(files):
@@ -98,12 +101,12 @@ async def store_images(
             continue
         data = await upload.read(limits.max_upload_bytes + 1)
         try:
-            record = await ctx.run(_check_and_store, ctx, data)
+            image = await ctx.run(_check, ctx, data)
         except ValueError as exc:
             bucket = too_large if len(data) > limits.max_upload_bytes else invalid
             bucket.append(_problem(where, name, str(exc)))
             continue
-        stored.append((record, name))
+        checked.append((upload, replace(image, data=b""), name))  # bytes stay in the spool
     if too_large:
         raise ApiError(
             413,
@@ -120,8 +123,14 @@ async def store_images(
             field=field,
             problems=invalid,
         )
-    assets = await ctx.write(_record_all, caller.user_id, [r for r, _ in stored])
-    return [Uploaded(a, name) for a, (_, name) in zip(assets, stored, strict=True)]
+    # only now, every file good, does anything reach the disk: a refused upload leaves nothing
+    records = []
+    for upload, image, _ in checked:
+        await upload.seek(0)
+        data = await upload.read(limits.max_upload_bytes + 1)
+        records.append(await ctx.run(_store, ctx, replace(image, data=data)))
+    assets = await ctx.write(_record_all, caller.user_id, records)
+    return [Uploaded(a, name) for a, (_, _, name) in zip(assets, checked, strict=True)]
 
 
 def _problem(where: str, name: str, message: str) -> dict[str, str]:
@@ -132,12 +141,18 @@ def _too_large(size: int, limit: int) -> str:
     return f"file is {size:,} bytes; the limit is {limit:,}"
 
 
-def _check_and_store(ctx: ApiContext, data: bytes) -> dict[str, Any]:
-    """Content checks (type, size, pixels, truncation), then the file by hash (a thread)."""
+def _check(ctx: ApiContext, data: bytes) -> InputImage:
+    """Content checks: type, size, pixels, truncation (a thread)."""
     limits = ctx.settings.server
-    image = read_input_image(
+    return read_input_image(
         data, max_bytes=limits.max_upload_bytes, max_pixels=limits.max_upload_pixels
     )
+
+
+def _store(ctx: ApiContext, image: InputImage) -> dict[str, Any]:
+    """The checked file by content hash (a thread); the bytes must be those checked."""
+    if hashlib.sha256(image.data).hexdigest() != image.sha256:
+        raise ApiError(400, "bad_request", "an uploaded file changed while it was read")
     return asset_record(image, ctx.storage.write_asset(image))
 
 

@@ -7,7 +7,7 @@ from fastapi.responses import PlainTextResponse
 
 from pixelkiln import __version__
 from pixelkiln.api import metrics
-from pixelkiln.api.deps import CallerDep, CtxDep
+from pixelkiln.api.deps import AdminDep, CallerDep, CtxDep
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.schemas import BackendPublic, Health
 from pixelkiln.api.service import pricing_for
@@ -29,7 +29,8 @@ async def healthz(ctx: CtxDep) -> Health:
     responses=ERRORS,
     summary="Prometheus metrics",
 )
-async def prometheus(ctx: CtxDep, _: CallerDep) -> PlainTextResponse:
+async def prometheus(ctx: CtxDep, _: AdminDep) -> PlainTextResponse:
+    """Counts across every user: with auth on, an admin's token (Prometheus ``bearer_token``)."""
     snap = await ctx.read(metrics.snapshot)
     status = await ctx.runner.status() if ctx.runner else None
     text = metrics.render(snap, list(ctx.kiln.backends), status)

@@ -30,6 +30,7 @@ EVERY_USER_ROUTE = [
     ("GET", "/metrics"),
     ("GET", "/api/v1/backends"),
     ("GET", "/api/v1/batches/1/images.zip"),
+    ("GET", "/openapi.json"),
 ]
 
 
@@ -165,3 +166,27 @@ async def test_uploads_and_presets_work_for_plain_users(auth_api: Api) -> None:
     r = await user.post("/api/v1/assets", files={"files": ("a.png", png_bytes())})
     assert r.status_code == 201
     assert (await user.get("/api/v1/presets")).json() == []
+
+
+async def test_users_cannot_jump_the_queue_or_buy_extra_attempts(auth_api: Api) -> None:
+    _, user = await auth_api.add_user("ivy", credits=10)
+    _, admin = await auth_api.add_user("boss", admin=True, credits=10)
+    limit = auth_api.settings.scheduler.max_attempts
+    greedy = {**spec("a"), "priority": 5, "max_attempts": limit + 1}
+    r = await user.post("/api/v1/batches", json=greedy)
+    assert r.status_code == 422
+    assert sorted(p["field"] for p in r.json()["error"]["problems"]) == ["max_attempts", "priority"]
+    assert (await user.get("/api/v1/batches")).json()["total"] == 0
+    modest = {**spec("a"), "priority": -3, "max_attempts": limit}
+    assert (await user.post("/api/v1/batches", json=modest)).status_code == 201
+    assert (await admin.post("/api/v1/batches", json=greedy)).status_code == 201
+
+
+async def test_with_auth_on_the_schema_needs_a_token_and_metrics_an_admin(auth_api: Api) -> None:
+    _, user = await auth_api.add_user("jo")
+    _, admin = await auth_api.add_user("boss", admin=True)
+    assert (await auth_api.client.get("/docs")).status_code == 404  # no page to fetch it from
+    schema = await user.get("/openapi.json")
+    assert schema.status_code == 200 and "/api/v1/batches" in schema.json()["paths"]
+    assert (await user.get("/metrics")).status_code == 403  # counts of every user's work
+    assert "kiln_tasks" in (await admin.get("/metrics")).text

@@ -229,3 +229,16 @@ async def test_someone_elses_upload_cannot_be_used(auth_api: Api) -> None:
     assert r.status_code == 422 and "no uploaded image" in r.json()["error"]["message"]
     assert (await bob.get(asset["url"])).status_code == 404
     assert (await alice.post("/api/v1/batches", json=body)).status_code == 201
+
+
+async def test_a_refused_upload_leaves_no_file_behind(api: Api) -> None:
+    """One bad file refuses the request, and the good files before it are not kept either."""
+    files = [("files", ("ok.png", png_bytes(40, 30))), ("files", ("junk.png", b"not an image"))]
+    r = await api.client.post("/api/v1/assets", files=files)
+    assert r.status_code == 422
+    assets_dir = api.ctx.storage.root / "assets"
+    assert not assets_dir.exists() or not any(p.is_file() for p in assets_dir.rglob("*"))
+    good = await api.client.post("/api/v1/assets", files=files[:1])
+    assert good.status_code == 201
+    stored = [p for p in assets_dir.rglob("*") if p.is_file()]
+    assert [p.read_bytes() for p in stored] == [png_bytes(40, 30)]
