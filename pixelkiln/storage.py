@@ -169,8 +169,11 @@ def read_input_image(
         raise ValueError(f"image is {len(data):,} bytes; the limit is {max_bytes:,}")
     try:
         return _inspect_image(data, max_pixels)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"not a readable image ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        # not Pillow's text: it names the buffer's memory address
+        raise ValueError("not a readable image (JPEG, PNG, GIF or WebP expected)") from exc
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image has too many pixels ({exc})") from exc
     except Image.DecompressionBombWarning as exc:
         # raised only where warnings are errors; elsewhere our own pixel limit (below
         # Pillow's) refuses the image. No catch_warnings: it is not thread-safe.

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pixelkiln.api.schemas import MAX_GRANT
 from pixelkiln.config import Settings, load_settings
 from pixelkiln.db.credits import grant
 from pixelkiln.db.database import Database
@@ -104,13 +105,16 @@ def _with_db(config: Path | None, fn: Callable[[Database], T]) -> T:
     except KilnError as exc:
         err_console.print(f"[red]Error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    except OverflowError:  # a user id past 64 bits names nobody
+        err_console.print("[red]Error:[/] a number is out of range", highlight=False)
+        raise typer.Exit(2) from None
 
 
 @users_app.command("add")
 def users_add(
     name: Annotated[str, typer.Argument(help="Login name (letters, digits, . _ @ -).")],
     admin: Annotated[bool, typer.Option("--admin", help="May manage users and settings.")] = False,
-    credits: Annotated[int, typer.Option(min=0, help="Credits to start with.")] = 0,
+    credits: Annotated[int, typer.Option(min=0, max=MAX_GRANT, help="Credits to start with.")] = 0,
     config: ConfigOption = None,
 ) -> None:
     """Add a user and print their API token (shown this once; only its hash is kept)."""
@@ -153,7 +157,12 @@ def users_list(config: ConfigOption = None) -> None:
 @users_app.command("grant")
 def users_grant(
     name: Annotated[str, typer.Argument(help="User name or id.")],
-    amount: Annotated[int, typer.Argument(help="Credits to add (negative to take back).")],
+    amount: Annotated[
+        int,
+        typer.Argument(
+            min=-MAX_GRANT, max=MAX_GRANT, help="Credits to add (negative to take back)."
+        ),
+    ],
     note: Annotated[str, typer.Option(help="Why, for the ledger.")] = "",
     config: ConfigOption = None,
 ) -> None:

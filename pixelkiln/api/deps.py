@@ -13,11 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 from sqlalchemy import Connection
 
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.runner import SchedulerThread
+from pixelkiln.api.schemas import MAX_ID, Id, Offset
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
 from pixelkiln.db.database import Database, Tx
@@ -27,6 +28,27 @@ from pixelkiln.storage import Storage
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+#: an object's id in a path; ``Id``/``Offset`` (pixelkiln.api.schemas) bound query values
+#: and body fields the same way: nothing past 64 bits reaches the database
+IdPath = Annotated[Id, Path()]
+OffsetQuery = Annotated[Offset, Query(description="Items to skip.")]
+
+
+def parse_id(text: str, *, low: int = 1) -> int | None:
+    """``text`` as an integer in low…MAX_ID, or None: for ids that arrive as free text.
+
+    ``str.isdigit()`` alone is not enough: it accepts "²", which int() refuses.
+    """
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_ID)):  # also spares int() a 4,300-digit string
+        return None
+    number = int(digits)
+    return number if low <= number <= MAX_ID else None
+
 
 #: threads for the API's reads and file work: kept apart from the loop's default
 #: executor, which the scheduler uses, so API load cannot starve generation
@@ -164,7 +186,7 @@ class Pagination:
 
 def get_page(
     limit: Annotated[int, Query(ge=1, le=500, description="Items per page.")] = 50,
-    offset: Annotated[int, Query(ge=0, description="Items to skip.")] = 0,
+    offset: OffsetQuery = 0,
 ) -> Pagination:
     return Pagination(limit, offset)
 

@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pixelkiln.db.credits import InsufficientCreditsError
+from pixelkiln.api.schemas import MAX_ID
+from pixelkiln.db.credits import BalanceLimitError, InsufficientCreditsError
 from pixelkiln.exceptions import (
     DatabaseError,
     InvalidStateError,
@@ -139,11 +140,33 @@ async def _kiln(_: Request, exc: Exception) -> JSONResponse:
         return error_response(409, "invalid_state", str(exc))
     if isinstance(exc, InsufficientCreditsError):
         return error_response(402, "insufficient_credits", str(exc))
+    if isinstance(exc, BalanceLimitError):
+        return error_response(422, "balance_limit", str(exc), "amount")
     if isinstance(exc, DatabaseError):
         log.error("database unavailable: %s", exc)
         return error_response(503, "unavailable", "the database is busy or unreachable; retry")
     log.error("unexpected %s: %s", type(exc).__name__, exc)
     return error_response(500, "internal", "internal error")
+
+
+def _beyond_any_id(value: object) -> bool:
+    digits = str(value).strip().lstrip("+-")
+    if not (digits.isascii() and digits.isdigit()):
+        return False
+    digits = digits.lstrip("0")
+    return len(digits) > len(str(MAX_ID)) or int(digits or "0") > MAX_ID  # no 4,300-digit int()
+
+
+async def _overflow(request: Request, exc: Exception) -> JSONResponse:
+    """Last resort for a number too large for the database's 64-bit integers.
+
+    The bounded types (``IdPath``, ``Id``, ``Offset``…) keep such numbers out; a route
+    that misses them must still not answer 500. A path id that large names nothing: 404.
+    """
+    log.warning("out-of-range number reached the database: %s", exc, exc_info=exc)
+    if any(_beyond_any_id(v) for v in request.path_params.values()):
+        return error_response(404, "not_found", "no such object: the id is out of range")
+    return error_response(422, "invalid_request", "a number in the request is out of range")
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -155,6 +178,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(KilnError, _kiln)
+    app.add_exception_handler(OverflowError, _overflow)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import threading
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
+import anyio
+from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
+from starlette.types import Receive, Scope, Send
 
+from pixelkiln.api.errors import ApiError, error_response
 from pixelkiln.models import ImageRecord
 from pixelkiln.storage import Storage
 
@@ -26,12 +31,45 @@ THUMB_TYPE = "image/webp"
 READ_CHUNK = 256 * 1024
 
 
+FILE_MISSING = "file_missing"
+_GONE = "the file is no longer on the server (deleted meanwhile?)"
+
+
+def _file_missing() -> JSONResponse:
+    return error_response(404, FILE_MISSING, _GONE)
+
+
+class StoredFile(FileResponse):
+    """A file from the data folder that answers 404 ``file_missing`` when it is gone.
+
+    Starlette's FileResponse raises RuntimeError (a 500) for a missing file, and it looks
+    only when the response is sent: after the route's own checks, so an image deleted
+    while it is being fetched must be caught here.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.stat_result is None:
+            try:
+                found = await anyio.to_thread.run_sync(os.stat, self.path)
+            except FileNotFoundError:
+                await _file_missing()(scope, receive, send)
+                return
+            if stat.S_ISREG(found.st_mode):  # else FileResponse's own error: a bug, not input
+                self.stat_result = found
+                self.set_stat_headers(found)
+        await super().__call__(scope, receive, send)
+
+
 def thumbnail_path(storage: Storage, image: ImageRecord, size: int) -> Path:
     """The cached thumbnail of an image, made now if missing (blocking: call in a thread)."""
     target = storage.absolute(f"thumbs/{image.batch_id}/{image.id}_{size}.webp")
     if target.exists():
         return target
-    with Image.open(storage.absolute(image.path)) as source:
+    try:
+        source = Image.open(storage.absolute(image.path))
+    except FileNotFoundError as exc:
+        raise ApiError(404, FILE_MISSING, _GONE) from exc
+    with source:
         source.thumbnail((size, size))
         picture = source.convert("RGBA" if "A" in source.getbands() else "RGB")
     out = io.BytesIO()

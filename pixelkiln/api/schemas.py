@@ -8,13 +8,25 @@ the very models the server validated them against.
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from pixelkiln.models import BatchStatus, EventType, TaskStatus
 
 T = TypeVar("T")
+
+#: the largest integer SQLite and PostgreSQL (bigint) store: a bigger id names no row, and
+#: binding one makes the driver raise OverflowError, so every id, offset and cursor is bounded
+MAX_ID = 2**63 - 1
+#: the most credits one grant (or a new user) may carry; balances have their own cap
+#: (pixelkiln.db.credits.MAX_BALANCE), so summing a ledger cannot overflow
+MAX_GRANT = 10**12
+#: preset positions are small ordinals; "last + 1" must stay far from MAX_ID
+MAX_POSITION = 1_000_000
+
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]  #: a row id
+Offset = Annotated[int, Field(ge=0, le=MAX_ID)]  #: items to skip, or an id to resume after
 
 
 class _Public(BaseModel):
@@ -134,7 +146,7 @@ class ActiveCount(_Public):
 
 
 class RetryRequest(_Input):
-    task_ids: list[int] | None = Field(None, max_length=10_000)  #: None = every failed task
+    task_ids: list[Id] | None = Field(None, max_length=10_000)  #: None = every failed task
     include_cancelled: bool = False
 
 
@@ -207,7 +219,7 @@ class PresetCreate(_Input):
     negative_prompt: str = Field("", max_length=20_000)
     params: dict[str, Any] = Field(default_factory=dict)  #: default generation parameters
     category: str = Field("", max_length=100)
-    position: int | None = None  #: default: last in its category
+    position: int | None = Field(None, ge=0, le=MAX_POSITION)  #: default: last in its category
     active: bool = True
 
 
@@ -217,7 +229,7 @@ class PresetUpdate(_Input):
     negative_prompt: str | None = Field(None, max_length=20_000)
     params: dict[str, Any] | None = None
     category: str | None = Field(None, max_length=100)
-    position: int | None = None
+    position: int | None = Field(None, ge=0, le=MAX_POSITION)
     active: bool | None = None
 
 
@@ -235,7 +247,17 @@ class PresetPublic(_Public):
 
 
 class ReorderRequest(_Input):
-    ids: list[int] = Field(min_length=1, max_length=10_000)  #: preset ids in their new order
+    ids: list[Id] = Field(min_length=1, max_length=10_000)  #: preset ids in their new order
+
+    @field_validator("ids")
+    @classmethod
+    def _distinct(cls, ids: list[int]) -> list[int]:
+        seen: set[int] = set()
+        for preset_id in ids:
+            if preset_id in seen:
+                raise ValueError(f"preset {preset_id} is listed twice")
+            seen.add(preset_id)
+        return ids
 
 
 # -- users and credits ------------------------------------------------------------------------
@@ -253,7 +275,7 @@ class UserPublic(_Public):
 class UserCreate(_Input):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._@-]+$")
     is_admin: bool = False
-    credits: int = Field(0, ge=0)
+    credits: int = Field(0, ge=0, le=MAX_GRANT)
 
 
 class UserCreated(UserPublic):
@@ -265,7 +287,9 @@ class UserUpdate(_Input):
 
 
 class GrantRequest(_Input):
-    amount: int = Field(description="Credits to add (negative to take back).")
+    amount: int = Field(
+        ge=-MAX_GRANT, le=MAX_GRANT, description="Credits to add (negative to take back)."
+    )
     note: str = Field("", max_length=500)
 
 

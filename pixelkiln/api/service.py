@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from pixelkiln.api.deps import ApiContext, Caller
+from pixelkiln.api.deps import ApiContext, Caller, parse_id
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.pricing import Pricing, load_pricing, retry_charged
 from pixelkiln.api.schemas import BatchDetail
@@ -151,9 +151,12 @@ def _prepare(ctx: ApiContext, caller: Caller, sub: Submission) -> NewBatch:
 
     def resolve_asset(ref: str) -> str:
         number = ref.removeprefix("asset:")
-        if not number.isdigit():
+        if not (number.isascii() and number.isdigit()):  # isdigit() alone takes "²"
             raise NotFoundError("not an asset reference; expected 'asset:<id>'")
-        return ctx.db.read(get_asset, int(number), caller.scope).path
+        asset_id = parse_id(number)
+        if asset_id is None:  # 0, or past 64 bits: no such row (and the driver would overflow)
+            raise NotFoundError("no uploaded image with that id")
+        return ctx.db.read(get_asset, asset_id, caller.scope).path
 
     return prepare_batch(
         sub.spec,

@@ -26,15 +26,32 @@ from pixelkiln.exceptions import KilnError, NotFoundError
 from pixelkiln.models import TaskStatus
 
 CHUNK = 500  # ids per IN (...) list: far below every database's parameter limit
+#: the most credits a balance may hold: SQL's SUM over a ledger stays far from 64-bit
+#: overflow, which would break every balance read of that user for good
+MAX_BALANCE = 10**15
 
 
 class InsufficientCreditsError(KilnError):
     """The user's balance does not cover what the request costs; nothing was done."""
 
-    def __init__(self, needed: int, balance: int) -> None:
+    def __init__(self, needed: int, balance: int, message: str | None = None) -> None:
         self.needed = needed
         self.balance = balance
-        super().__init__(f"this batch costs {needed} credit(s); the balance is {balance}")
+        super().__init__(
+            message or f"this batch costs {needed} credit(s); the balance is {balance}"
+        )
+
+
+class BalanceLimitError(KilnError):
+    """A grant would lift a balance above MAX_BALANCE; nothing was done."""
+
+    def __init__(self, amount: int, balance: int) -> None:
+        self.amount = amount
+        self.balance = balance
+        super().__init__(
+            f"cannot add {amount:,} credits: the balance is {balance:,} "
+            f"and may not exceed {MAX_BALANCE:,}"
+        )
 
 
 @dataclass(frozen=True)
@@ -84,10 +101,14 @@ def _append(tx: Tx, user_id: int, delta: int, reason: str, batch_id: int | None,
 
 
 def grant(tx: Tx, user_id: int, amount: int, note: str = "") -> int:
-    """Add (or, negative, remove) credits; the balance never goes below zero. New balance."""
+    """Add (or, negative, remove) credits; the balance stays within 0…MAX_BALANCE. New balance."""
     current = _locked_balance(tx, user_id)
     if current + amount < 0:
-        raise InsufficientCreditsError(-amount, current)
+        raise InsufficientCreditsError(
+            -amount, current, f"cannot take {-amount:,} credit(s): the balance is {current:,}"
+        )
+    if amount > 0 and current + amount > MAX_BALANCE:
+        raise BalanceLimitError(amount, current)
     if amount:
         _append(tx, user_id, amount, "grant", None, note)
     return current + amount

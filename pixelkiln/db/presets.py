@@ -102,17 +102,30 @@ def delete_preset(tx: Tx, preset_id: int) -> None:
 
 
 def reorder_presets(tx: Tx, preset_ids: Sequence[int]) -> list[Preset]:
-    """Give the listed presets positions 1, 2, 3… in that order."""
-    known = set(tx.conn.execute(select(presets.c.id)).scalars())
-    missing = [i for i in preset_ids if i not in known]
+    """Put the listed presets first, in that order; the others follow in their old order.
+
+    Every preset is renumbered 1, 2, 3…, so positions stay unique whatever was listed
+    (a partial list, or an id twice: its first place counts).
+    """
+    listed = list(dict.fromkeys(preset_ids))
+    rows = tx.conn.execute(
+        select(presets.c.id, presets.c.position).order_by(
+            presets.c.category, presets.c.position, presets.c.id
+        )
+    ).all()
+    old = {row.id: row.position for row in rows}
+    missing = [i for i in listed if i not in old]
     if missing:
         raise NotFoundError(f"no preset {missing[0]}")
-    for position, preset_id in enumerate(preset_ids, start=1):
-        tx.conn.execute(
-            update(presets)
-            .where(presets.c.id == preset_id)
-            .values(position=position, updated_at=tx.now)
-        )
+    chosen = set(listed)
+    order = listed + [row.id for row in rows if row.id not in chosen]
+    for position, preset_id in enumerate(order, start=1):
+        if old[preset_id] != position:
+            tx.conn.execute(
+                update(presets)
+                .where(presets.c.id == preset_id)
+                .values(position=position, updated_at=tx.now)
+            )
     return list_presets(tx.conn, include_inactive=True)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
-from pixelkiln.api.deps import CallerDep, CtxDep
+from pixelkiln.api.deps import CallerDep, CtxDep, IdPath
+from pixelkiln.api.media import StoredFile
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.schemas import AssetPublic
 from pixelkiln.api.uploads import files_of, read_form, store_images
@@ -48,6 +49,6 @@ async def upload(request: Request, ctx: CtxDep, caller: CallerDep) -> list[Asset
 @router.get(
     "/{asset_id}/file", responses=ERRORS, response_class=FileResponse, summary="An uploaded image"
 )
-async def file(asset_id: int, ctx: CtxDep, caller: CallerDep) -> FileResponse:
+async def file(asset_id: IdPath, ctx: CtxDep, caller: CallerDep) -> FileResponse:
     asset = await ctx.read(get_asset, asset_id, caller.scope)
-    return FileResponse(ctx.storage.absolute(asset.path), media_type=asset.mime)
+    return StoredFile(ctx.storage.absolute(asset.path), media_type=asset.mime)

@@ -9,7 +9,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pixelkiln.api import service
-from pixelkiln.api.deps import ApiContext, Caller, CallerDep, CtxDep, PageDep, page_fields
+from pixelkiln.api.deps import (
+    ApiContext,
+    Caller,
+    CallerDep,
+    CtxDep,
+    IdPath,
+    PageDep,
+    page_fields,
+)
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.media import remove_batch_files, zip_stream
 from pixelkiln.api.schemas import (
@@ -17,6 +25,8 @@ from pixelkiln.api.schemas import (
     BatchDetail,
     BatchPublic,
     ErrorBody,
+    Id,
+    Offset,
     Page,
     RetryRequest,
     RetryResult,
@@ -103,7 +113,7 @@ class UploadFields(BaseModel):
 
     name: str = Field("uploads", min_length=1, max_length=200)
     prompt: str = Field("", max_length=20_000)
-    preset_id: int | None = None
+    preset_id: Id | None = None
     negative_prompt: str | None = Field(None, max_length=20_000)
     backend: str | None = None
     model: str | None = None
@@ -245,11 +255,16 @@ async def create_from_file(
     timeout: WaitTimeout = None,
 ) -> BatchDetail:
     """Rows carry the batch spec's parameter names as columns; errors name row and column."""
-    form = await read_form(request, 1)
+    try:
+        form = await read_form(request, 1)
+    except ApiError as exc:
+        if exc.code != "too_many_files":
+            raise
+        raise _one_file() from exc
     try:
         files = files_of(form, "file")
         if len(files) != 1:
-            raise ApiError(422, "invalid_request", "send exactly one 'file'", field="file")
+            raise _one_file()
         name = form.get("name")
         data = await files[0].read(ctx.settings.server.max_request_bytes)
         with saved_table(files[0], data) as path:
@@ -267,6 +282,10 @@ async def create_from_file(
         fingerprint=service.fingerprint("file", loaded.spec.model_dump(mode="json")),
     )
     return await _created(ctx, caller, sub, response, wait, timeout)
+
+
+def _one_file() -> ApiError:
+    return ApiError(422, "invalid_request", "send exactly one 'file'", field="file")
 
 
 StatusFilter = Annotated[list[BatchStatus] | None, Query(alias="status")]
@@ -300,12 +319,12 @@ async def active_batches(ctx: CtxDep, caller: CallerDep) -> ActiveCount:
 
 @router.get("/{batch_id}", responses=ERRORS, summary="One batch with a page of its tasks")
 async def get_one(
-    batch_id: int,
+    batch_id: IdPath,
     ctx: CtxDep,
     caller: CallerDep,
     task_status: Annotated[list[TaskStatus] | None, Query()] = None,
     task_limit: Annotated[int, Query(ge=0, le=1000)] = 50,
-    task_offset: Annotated[int, Query(ge=0)] = 0,
+    task_offset: Annotated[Offset, Query()] = 0,
 ) -> BatchDetail:
     """Status, counters, progress 0–1, estimated remaining seconds, and tasks (paginated)."""
     page = TaskPage(task_status, task_limit, task_offset)
@@ -313,7 +332,7 @@ async def get_one(
 
 
 @router.post("/{batch_id}/cancel", responses=ERRORS, summary="Cancel a batch")
-async def cancel(batch_id: int, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
+async def cancel(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
     """Pending tasks stop at once (refunded), running ones at their next lease check."""
     batch = await ctx.write(cancel_batch, batch_id, caller.scope)
     if ctx.runner is not None:
@@ -323,7 +342,7 @@ async def cancel(batch_id: int, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
 
 @router.post("/{batch_id}/retry", responses=ERRORS, summary="Retry failed tasks")
 async def retry(
-    batch_id: int, ctx: CtxDep, caller: CallerDep, body: RetryRequest | None = None
+    batch_id: IdPath, ctx: CtxDep, caller: CallerDep, body: RetryRequest | None = None
 ) -> RetryResult:
     """Every failed task (or only ``task_ids``); charged again like a new create."""
     body = body or RetryRequest()
@@ -333,19 +352,19 @@ async def retry(
 
 
 @router.post("/{batch_id}/pause", responses=ERRORS, summary="Pause a batch")
-async def pause(batch_id: int, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
+async def pause(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
     return batch_public(await ctx.write(set_paused, batch_id, True, caller.scope))
 
 
 @router.post("/{batch_id}/resume", responses=ERRORS, summary="Resume a paused batch")
-async def resume(batch_id: int, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
+async def resume(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
     batch = await ctx.write(set_paused, batch_id, False, caller.scope)
     ctx.wake_scheduler()
     return batch_public(batch)
 
 
 @router.delete("/{batch_id}", status_code=204, responses=ERRORS, summary="Delete a batch")
-async def delete(batch_id: int, ctx: CtxDep, caller: CallerDep) -> Response:
+async def delete(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> Response:
     """A finished batch with its tasks, events and image files; 409 while it runs."""
     await ctx.write(delete_batch, batch_id, caller.scope)
     await ctx.run(remove_batch_files, ctx.storage, batch_id)
@@ -358,7 +377,7 @@ async def delete(batch_id: int, ctx: CtxDep, caller: CallerDep) -> Response:
     response_class=StreamingResponse,
     summary="Every image of a batch as a ZIP",
 )
-async def images_zip(batch_id: int, ctx: CtxDep, caller: CallerDep) -> StreamingResponse:
+async def images_zip(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> StreamingResponse:
     """Streamed while it is written: memory does not grow with the batch."""
     batch = await ctx.read(get_batch, batch_id, caller.scope)
     images = await ctx.read(list_images, batch_id)

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from pixelkiln.api.deps import CallerDep, CtxDep
+from pixelkiln.api.deps import CallerDep, CtxDep, IdPath, parse_id
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.schemas import EventPublic, Page
+from pixelkiln.api.schemas import EventPublic, Offset, Page
 from pixelkiln.api.sse import HEADERS, StreamScope, event_stream
 from pixelkiln.api.views import event_public
 from pixelkiln.db.batches import get_batch
@@ -26,13 +26,21 @@ SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 
 def _after(header: str | None, query: int | None) -> int | None:
-    """The id to resume after: the header (what EventSource sends), else the query."""
+    """The id to resume after: the header (what EventSource sends), else the query.
+
+    A header that is no event id (not ASCII digits, or past 64 bits) is 422: checked
+    here, before the stream starts, since a failure inside it could no longer be a 4xx.
+    """
     if header:
-        if not header.strip().isdigit():
+        after = parse_id(header, low=0)
+        if after is None:
             raise ApiError(
-                422, "invalid_request", "Last-Event-ID must be a number", field="Last-Event-ID"
+                422,
+                "invalid_request",
+                "Last-Event-ID must be an event id (a number)",
+                field="Last-Event-ID",
             )
-        return int(header.strip())
+        return after
     return query
 
 
@@ -43,12 +51,12 @@ def _after(header: str | None, query: int | None) -> int | None:
     summary="A batch's events, live (SSE)",
 )
 async def batch_events(
-    batch_id: int,
+    batch_id: IdPath,
     request: Request,
     ctx: CtxDep,
     caller: CallerDep,
     last_event_id: LastEventId = None,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this event id.")] = None,
+    after: Annotated[Offset | None, Query(description="Resume after this event id.")] = None,
 ) -> StreamingResponse:
     """Every event of the batch from the start (or after ``Last-Event-ID``); ends after ``done``."""
     await ctx.read(get_batch, batch_id, caller.scope)
@@ -68,7 +76,7 @@ async def my_events(
     ctx: CtxDep,
     caller: CallerDep,
     last_event_id: LastEventId = None,
-    after: Annotated[int | None, Query(ge=0, description="Replay after this id (0: all).")] = None,
+    after: Annotated[Offset | None, Query(description="Replay after this id (0: all).")] = None,
 ) -> StreamingResponse:
     """From now on (or after ``Last-Event-ID`` / ``after``); never ends by itself."""
     start = _after(last_event_id, after)
@@ -87,10 +95,10 @@ def _response(request: Request, scope: StreamScope, start: int) -> StreamingResp
 
 @router.get("/batches/{batch_id}/log", responses=ERRORS, summary="A batch's events as JSON")
 async def batch_log(
-    batch_id: int,
+    batch_id: IdPath,
     ctx: CtxDep,
     caller: CallerDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[Offset, Query()] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> Page[EventPublic]:
     """The per-batch log, oldest first; page on with ``after`` = the last id seen."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -10,11 +10,17 @@ from fastapi.responses import FileResponse
 from sqlalchemy import Connection
 
 from pixelkiln.api import service
-from pixelkiln.api.deps import CallerDep, CtxDep, PageDep, Pagination, page_fields
+from pixelkiln.api.deps import CallerDep, CtxDep, IdPath, PageDep, Pagination, page_fields
 from pixelkiln.api.errors import ApiError
-from pixelkiln.api.media import THUMB_SIZES, THUMB_TYPE, remove_image_files, thumbnail_path
+from pixelkiln.api.media import (
+    THUMB_SIZES,
+    THUMB_TYPE,
+    StoredFile,
+    remove_image_files,
+    thumbnail_path,
+)
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.schemas import BatchDetail, EditRequest, ImageDetail, Page
+from pixelkiln.api.schemas import BatchDetail, EditRequest, Id, ImageDetail, Page
 from pixelkiln.api.service import Submission, TaskPage
 from pixelkiln.api.views import image_detail
 from pixelkiln.db.records import (
@@ -42,17 +48,28 @@ def _page(
     return found, count_images(conn, query, owner_id=owner_id) if count else None
 
 
+_WHEN = "ISO 8601; UTC when it names no time zone"
+
+
+def _epoch(when: datetime | None) -> float | None:
+    """Seconds since 1970. A naive time is UTC, not the server's local time: converting
+    through local time fails for year 1 (and means nothing to a client elsewhere)."""
+    if when is None:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
 @router.get("", responses=ERRORS, summary="Search generated images (records)")
 async def search(
     ctx: CtxDep,
     caller: CallerDep,
     page: PageDep,
     q: Annotated[str | None, Query(max_length=200, description="Part of the prompt.")] = None,
-    batch_id: int | None = None,
+    batch_id: Annotated[Id | None, Query()] = None,
     status: Annotated[BatchStatus | None, Query(description="The batch's status.")] = None,
-    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
-    until: Annotated[datetime | None, Query(description="Created before (ISO 8601).")] = None,
-    before: Annotated[int | None, Query(ge=1, description="Cursor: ids below this.")] = None,
+    since: Annotated[datetime | None, Query(description=f"Created at or after ({_WHEN}).")] = None,
+    until: Annotated[datetime | None, Query(description=f"Created before ({_WHEN}).")] = None,
+    before: Annotated[Id | None, Query(description="Cursor: ids below this.")] = None,
     count: Annotated[bool, Query(description="Also count every match (slower).")] = True,
 ) -> Page[ImageDetail]:
     """Newest first; page with ``limit``/``offset``, or with the cursor ``before``."""
@@ -61,8 +78,8 @@ async def search(
         batch_id=batch_id,
         status=status,
         before_id=before,
-        since=since.timestamp() if since else None,
-        until=until.timestamp() if until else None,
+        since=_epoch(since),
+        until=_epoch(until),
     )
     found, total = await ctx.read(_page, query, caller.mine, page, count)
     fields = page_fields(page, len(found), total)
@@ -71,17 +88,17 @@ async def search(
 
 
 @router.get("/{image_id}", responses=ERRORS, summary="An image's metadata")
-async def metadata(image_id: int, ctx: CtxDep, caller: CallerDep) -> ImageDetail:
+async def metadata(image_id: IdPath, ctx: CtxDep, caller: CallerDep) -> ImageDetail:
     return image_detail(await ctx.read(get_image, image_id, caller.scope))
 
 
 @router.get(
     "/{image_id}/file", responses=ERRORS, response_class=FileResponse, summary="The PNG file"
 )
-async def file(image_id: int, ctx: CtxDep, caller: CallerDep) -> FileResponse:
+async def file(image_id: IdPath, ctx: CtxDep, caller: CallerDep) -> FileResponse:
     info = await ctx.read(get_image, image_id, caller.scope)
     name = info.image.path.rsplit("/", 1)[-1]
-    return FileResponse(
+    return StoredFile(
         ctx.storage.absolute(info.image.path),
         media_type=PNG,
         filename=name,
@@ -96,7 +113,7 @@ async def file(image_id: int, ctx: CtxDep, caller: CallerDep) -> FileResponse:
     summary="A WebP thumbnail, made on first request and cached",
 )
 async def thumbnail(
-    image_id: int,
+    image_id: IdPath,
     ctx: CtxDep,
     caller: CallerDep,
     size: Annotated[int, Query(description=f"Longest side: one of {THUMB_SIZES}.")] = 256,
@@ -105,7 +122,7 @@ async def thumbnail(
         raise ApiError(422, "invalid_request", f"size must be one of {THUMB_SIZES}", field="size")
     info = await ctx.read(get_image, image_id, caller.scope)
     path = await ctx.run(thumbnail_path, ctx.storage, info.image, size)
-    return FileResponse(path, media_type=THUMB_TYPE, headers={"Cache-Control": "max-age=86400"})
+    return StoredFile(path, media_type=THUMB_TYPE, headers={"Cache-Control": "max-age=86400"})
 
 
 @router.get(
@@ -114,17 +131,17 @@ async def thumbnail(
     response_class=FileResponse,
     summary="An input image of the task that made this image",
 )
-async def task_input(image_id: int, n: int, ctx: CtxDep, caller: CallerDep) -> FileResponse:
+async def task_input(image_id: IdPath, n: int, ctx: CtxDep, caller: CallerDep) -> FileResponse:
     """``n`` = 0: the init image; 1…4: the reference images."""
     info = await ctx.read(get_image, image_id, caller.scope)
     paths = [info.inputs.get("init_image") or "", *(info.inputs.get("reference_images") or [])]
     if not 0 <= n < len(paths) or not paths[n]:
         raise ApiError(404, "not_found", f"image {image_id} has no input {n}")
-    return FileResponse(ctx.storage.absolute(paths[n]))
+    return StoredFile(ctx.storage.absolute(paths[n]))
 
 
 @router.delete("/{image_id}", status_code=204, responses=ERRORS, summary="Delete an image")
-async def delete(image_id: int, ctx: CtxDep, caller: CallerDep) -> Response:
+async def delete(image_id: IdPath, ctx: CtxDep, caller: CallerDep) -> Response:
     info = await ctx.write(delete_image, image_id, caller.scope)
     await ctx.run(remove_image_files, ctx.storage, info.image)
     return Response(status_code=204)
@@ -137,7 +154,7 @@ async def delete(image_id: int, ctx: CtxDep, caller: CallerDep) -> Response:
     summary="Re-prompt an image: a new img2img batch from it",
 )
 async def edit(
-    image_id: int, body: EditRequest, ctx: CtxDep, caller: CallerDep, response: Response
+    image_id: IdPath, body: EditRequest, ctx: CtxDep, caller: CallerDep, response: Response
 ) -> BatchDetail:
     """The original stays as it is; the result is a new one-task batch (charged as such)."""
     info = await ctx.read(get_image, image_id, caller.scope)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import Connection
 
-from pixelkiln.api.deps import AdminDep, CallerDep, CtxDep, PageDep
+from pixelkiln.api.deps import AdminDep, CallerDep, CtxDep, IdPath, PageDep
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.schemas import (
@@ -130,7 +130,7 @@ async def users_add(body: UserCreate, ctx: CtxDep, _: AdminDep) -> UserCreated:
 
 
 @admin.patch("/{user_id}", responses=ERRORS, summary="Enable or disable a user")
-async def users_update(user_id: int, body: UserUpdate, ctx: CtxDep, _: AdminDep) -> UserPublic:
+async def users_update(user_id: IdPath, body: UserUpdate, ctx: CtxDep, _: AdminDep) -> UserPublic:
     user = await ctx.write(set_active, user_id, body.active)
     return user_public(user, await ctx.read(balance, user_id))
 
@@ -142,7 +142,7 @@ async def users_update(user_id: int, body: UserUpdate, ctx: CtxDep, _: AdminDep)
     summary="Issue another token for a user (shown once)",
 )
 async def users_token(
-    user_id: int,
+    user_id: IdPath,
     ctx: CtxDep,
     _: AdminDep,
     label: Annotated[str, Query(max_length=100)] = "",
@@ -155,7 +155,9 @@ async def users_token(
 
 
 @admin.post("/{user_id}/credits", responses=ERRORS, summary="Grant (or take back) credits")
-async def users_grant(user_id: int, body: GrantRequest, ctx: CtxDep, _: AdminDep) -> CreditsPublic:
+async def users_grant(
+    user_id: IdPath, body: GrantRequest, ctx: CtxDep, _: AdminDep
+) -> CreditsPublic:
     await ctx.read(get_user, user_id)
     total = await ctx.write(grant, user_id, body.amount, body.note)
     return CreditsPublic(user_id=user_id, balance=total)
