@@ -136,3 +136,22 @@ class Event:
     type: EventType
     data: dict[str, Any]
     created_at: float
+
+
+#: the largest row id: ids and offsets are 64-bit integers in every database we use
+MAX_ID = 2**63 - 1
+
+
+def parse_id(text: str, *, low: int = 1) -> int | None:
+    """``text`` as an integer in low…MAX_ID, or None: for ids that arrive as free text.
+
+    ``str.isdigit()`` alone is not enough: it accepts "²", which int() refuses.
+    """
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_ID)):  # also spares int() a 4,300-digit string
+        return None
+    number = int(digits)
+    return number if low <= number <= MAX_ID else None

@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.runner import SchedulerThread
-from pixelkiln.api.schemas import MAX_ID, Id, Offset
+from pixelkiln.api.schemas import Id, Offset
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
 from pixelkiln.db.database import Database, Tx
@@ -33,21 +33,6 @@ T = TypeVar("T")
 #: and body fields the same way: nothing past 64 bits reaches the database
 IdPath = Annotated[Id, Path()]
 OffsetQuery = Annotated[Offset, Query(description="Items to skip.")]
-
-
-def parse_id(text: str, *, low: int = 1) -> int | None:
-    """``text`` as an integer in low…MAX_ID, or None: for ids that arrive as free text.
-
-    ``str.isdigit()`` alone is not enough: it accepts "²", which int() refuses.
-    """
-    digits = text.strip()
-    if not (digits.isascii() and digits.isdigit()):
-        return None
-    digits = digits.lstrip("0") or "0"
-    if len(digits) > len(str(MAX_ID)):  # also spares int() a 4,300-digit string
-        return None
-    number = int(digits)
-    return number if low <= number <= MAX_ID else None
 
 
 #: threads for the API's reads and file work: kept apart from the loop's default

@@ -18,7 +18,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pixelkiln.api.schemas import MAX_ID
 from pixelkiln.db.credits import BalanceLimitError, InsufficientCreditsError
 from pixelkiln.exceptions import (
     DatabaseError,
@@ -27,6 +26,7 @@ from pixelkiln.exceptions import (
     NotFoundError,
     SpecError,
 )
+from pixelkiln.models import MAX_ID
 
 log = logging.getLogger("pixelkiln.api")
 

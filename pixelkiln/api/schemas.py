@@ -12,13 +12,12 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from pixelkiln.models import BatchStatus, EventType, TaskStatus
+from pixelkiln.models import MAX_ID, BatchStatus, EventType, TaskStatus
 
 T = TypeVar("T")
 
 #: the largest integer SQLite and PostgreSQL (bigint) store: a bigger id names no row, and
 #: binding one makes the driver raise OverflowError, so every id, offset and cursor is bounded
-MAX_ID = 2**63 - 1
 #: the most credits one grant (or a new user) may carry; balances have their own cap
 #: (pixelkiln.db.credits.MAX_BALANCE), so summing a ledger cannot overflow
 MAX_GRANT = 10**12

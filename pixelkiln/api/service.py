@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from pixelkiln.api.deps import ApiContext, Caller, parse_id
+from pixelkiln.api.deps import ApiContext, Caller
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.pricing import Pricing, load_pricing, retry_charged
 from pixelkiln.api.schemas import BatchDetail
@@ -31,7 +31,7 @@ from pixelkiln.db.records import find_idempotent, get_asset, images_of_tasks, re
 from pixelkiln.db.tasks import list_tasks
 from pixelkiln.engine.intake import prepare_batch
 from pixelkiln.exceptions import NotFoundError, Problem, SpecError
-from pixelkiln.models import Batch, ImageRecord, Task, TaskStatus
+from pixelkiln.models import Batch, ImageRecord, Task, TaskStatus, parse_id
 from pixelkiln.specs import BatchSpec
 
 ALL_TASKS = 1_000_000  # "every task" for a waited-for create

@@ -146,7 +146,7 @@ class OpenRouterBackend(PooledBackend):
         if not error:
             return
         code = str(error.get("code")) if isinstance(error, dict) else ""
-        status = int(code) if code.isdigit() else 502
+        status = int(code) if code.isascii() and code.isdigit() and len(code) == 3 else 502
         message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
         if status == 402:
             exc: Exception = RejectedInputError(

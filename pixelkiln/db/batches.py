@@ -13,7 +13,7 @@ from pixelkiln.db.database import Tx
 from pixelkiln.db.events import append_event
 from pixelkiln.db.tables import assets, batches, images, tasks
 from pixelkiln.exceptions import InvalidStateError, NotFoundError
-from pixelkiln.models import Batch, BatchCounts, BatchStatus, EventType, TaskStatus
+from pixelkiln.models import Batch, BatchCounts, BatchStatus, EventType, TaskStatus, parse_id
 from pixelkiln.specs import ResolvedTask
 
 ACTIVE = (BatchStatus.QUEUED, BatchStatus.RUNNING)
@@ -139,8 +139,9 @@ def get_batch(conn: Connection, batch_id: int, owner_id: int | None = None) -> B
 
 def find_batch(conn: Connection, ref: str) -> Batch:
     """A batch by id, or the newest batch with that name."""
-    if ref.isdigit():
-        return get_batch(conn, int(ref))
+    number = parse_id(ref)
+    if number is not None:
+        return get_batch(conn, number)
     row = conn.execute(
         select(batches).where(batches.c.name == ref).order_by(batches.c.id.desc()).limit(1)
     ).first()

@@ -26,6 +26,7 @@ from pixelkiln.db.tables import (
     users,
 )
 from pixelkiln.exceptions import InvalidStateError, NotFoundError
+from pixelkiln.models import parse_id
 
 TOKEN_PREFIX = "pk_"
 
@@ -104,7 +105,8 @@ def get_user(conn: Connection, user_id: int) -> User:
 
 def find_user(conn: Connection, ref: str) -> User:
     """A user by name, or by id when ``ref`` is a number."""
-    query = select(users).where(users.c.id == int(ref) if ref.isdigit() else users.c.name == ref)
+    number = parse_id(ref)
+    query = select(users).where(users.c.id == number if number is not None else users.c.name == ref)
     row = conn.execute(query).first()
     if row is None:
         raise NotFoundError(f"no user '{ref}'")

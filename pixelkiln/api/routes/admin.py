@@ -18,6 +18,7 @@ from pixelkiln.api.schemas import (
     ConcurrencyPublic,
     ConcurrencyUpdate,
     DayCount,
+    Id,
     Page,
     StatsPublic,
 )
@@ -56,7 +57,7 @@ async def all_batches(
     page: PageDep,
     status: StatusFilter = None,
     q: Annotated[str | None, Query(max_length=200)] = None,
-    owner_id: Annotated[int | None, Query(description="Only this user's.")] = None,
+    owner_id: Annotated[Id | None, Query(description="Only this user's.")] = None,
 ) -> Page[BatchPublic]:
     batches, total = await ctx.read(
         search_batches,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from pixelkiln.api.deps import CallerDep, CtxDep, IdPath, parse_id
+from pixelkiln.api.deps import CallerDep, CtxDep, IdPath
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.schemas import EventPublic, Offset, Page
@@ -16,6 +16,7 @@ from pixelkiln.api.views import event_public
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.events import events_after
 from pixelkiln.db.records import latest_event_id
+from pixelkiln.models import parse_id
 
 router = APIRouter(tags=["events"])
 

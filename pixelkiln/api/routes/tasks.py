@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy import Connection
 
 from pixelkiln.api import service
-from pixelkiln.api.deps import CallerDep, CtxDep
+from pixelkiln.api.deps import CallerDep, CtxDep, IdPath
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.schemas import RetryResult, TaskPublic
 from pixelkiln.api.views import batch_public, task_public
@@ -28,13 +28,13 @@ def _owned_task(
 
 
 @router.get("/{task_id}", responses=ERRORS, summary="One task with its images")
-async def get_one(task_id: int, ctx: CtxDep, caller: CallerDep) -> TaskPublic:
+async def get_one(task_id: IdPath, ctx: CtxDep, caller: CallerDep) -> TaskPublic:
     task, images = await ctx.read(_owned_task, task_id, caller.scope)
     return task_public(task, images)
 
 
 @router.post("/{task_id}/retry", responses=ERRORS, summary="Retry one failed or cancelled task")
-async def retry(task_id: int, ctx: CtxDep, caller: CallerDep) -> RetryResult:
+async def retry(task_id: IdPath, ctx: CtxDep, caller: CallerDep) -> RetryResult:
     task, _ = await ctx.read(_owned_task, task_id, caller.scope)
     count = await service.retry(ctx, caller, task.batch_id, [task.id], include_cancelled=True)
     batch = await ctx.read(get_batch, task.batch_id)

@@ -139,8 +139,10 @@ def test_kiln_users_grant_says_what_is_wrong_without_a_traceback(tmp_path: Path)
     assert code == 2 and "cannot take 9 credit(s): the balance is 5" in out
     code, out = kiln("grant", "carol", "1")
     assert code == 2 and "may not exceed" in out
-    code, out = kiln("grant", str(BIG), "1")
-    assert code == 2 and "out of range" in out
+    code, out = kiln("grant", str(BIG), "1")  # too big to be an id: looked up as a name
+    assert code == 2 and f"no user '{BIG}'" in out
+    code, out = kiln("grant", "²", "1")  # str.isdigit() says yes; int() would refuse
+    assert code == 2 and "no user '²'" in out
 
 
 async def test_unicode_digits_are_not_ids(api: Api) -> None:
