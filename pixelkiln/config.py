@@ -184,6 +184,11 @@ class ServerSettings(BaseModel):
     max_request_bytes: int = Field(
         560 * 1024 * 1024, ge=1024, description="Largest request body accepted (HTTP 413 above)."
     )
+    max_spec_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Largest batch spec: a JSON request body or an imported batch file (HTTP 413).",
+    )
     max_upload_files: int = Field(50, ge=1, description="Images one upload may carry.")
     max_upload_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest uploaded image, in bytes."

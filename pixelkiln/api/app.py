@@ -63,7 +63,10 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
     )
     app.state.frames = FrameCache()
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.server.max_request_bytes)
+    limits = settings.server
+    app.add_middleware(
+        BodyLimit, max_bytes=limits.max_request_bytes, max_other=limits.max_spec_bytes
+    )
     app.include_router(system.health)
     secured = [Depends(get_caller)]
     app.include_router(system.protected, dependencies=secured)

@@ -183,25 +183,33 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """Refuse request bodies above ``max_bytes`` with 413, declared or streamed (chunked)."""
+    """Refuse request bodies above their limit with 413, declared or streamed (chunked).
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Multipart bodies (images, spooled to disk by the form parser) may be up to
+    ``max_bytes``; any other body is parsed in memory, so it gets ``max_other``.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_other: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_other = max_other
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        multipart = headers.get(b"content-type", b"").startswith(b"multipart/form-data")
+        limit = self.max_bytes if multipart else min(self.max_bytes, self.max_other)
+        declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
                 await error_response(400, "bad_request", "invalid Content-Length")(
                     scope, receive, send
                 )
                 return
-            if int(declared) > self.max_bytes:
-                await self._too_large()(scope, receive, send)
+            if int(declared) > limit:
+                await _too_large(limit)(scope, receive, send)
                 return
         seen = 0
 
@@ -210,14 +218,16 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise ApiError(413, "too_large", self._message())
+                if seen > limit:
+                    raise ApiError(413, "too_large", _too_large_message(limit))
             return message
 
         await self.app(scope, limited, send)
 
-    def _message(self) -> str:
-        return f"request body is larger than {self.max_bytes:,} bytes"
 
-    def _too_large(self) -> JSONResponse:
-        return error_response(413, "too_large", self._message())
+def _too_large_message(limit: int) -> str:
+    return f"request body is larger than {limit:,} bytes"
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return error_response(413, "too_large", _too_large_message(limit))

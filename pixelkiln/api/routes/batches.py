@@ -266,7 +266,12 @@ async def create_from_file(
         if len(files) != 1:
             raise _one_file()
         name = form.get("name")
-        data = await files[0].read(ctx.settings.server.max_request_bytes)
+        limit = ctx.settings.server.max_spec_bytes
+        data = await files[0].read(limit + 1)  # a table is parsed in memory: bounded
+        if len(data) > limit:
+            raise ApiError(
+                413, "too_large", f"batch files are limited to {limit:,} bytes", field="file"
+            )
         with saved_table(files[0], data) as path:
             loaded = await ctx.run(
                 load_table, path, name if isinstance(name, str) and name else None

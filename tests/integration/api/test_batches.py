@@ -10,7 +10,7 @@ from typing import Any
 
 import openpyxl
 import pytest
-from apikit import Api, spec
+from apikit import Api, png_bytes, spec
 from sqlalchemy import select, update
 
 from pixelkiln.db.tables import idempotency_keys
@@ -284,6 +284,26 @@ async def test_request_bodies_over_the_limit_are_413(
         )
         assert streamed.status_code == 413
         assert (await api.client.post("/api/v1/batches", json=spec("ok"))).status_code == 201
+
+
+async def test_specs_have_a_smaller_limit_than_image_uploads(
+    make_api: Callable[..., AbstractAsyncContextManager[Api]],
+) -> None:
+    """A JSON body or a batch file is parsed in memory; images spool to disk."""
+    async with make_api(server={"max_spec_bytes": 4096}) as api:
+        big = spec(*["x" * 100] * 60)
+        r = await api.client.post("/api/v1/batches", json=big)
+        assert r.status_code == 413 and "4,096 bytes" in r.json()["error"]["message"]
+        table = b"prompt\n" + b"a long prompt for a big table\n" * 200
+        imported = await api.client.post(
+            "/api/v1/batches/import", files={"file": ("big.csv", table, "text/csv")}
+        )
+        assert imported.status_code == 413, imported.text
+        assert imported.json()["error"]["field"] == "file"
+        files = [("files", (f"{i}.png", png_bytes(64, 64 + i))) for i in range(40)]
+        assert sum(len(f[1][1]) for f in files) > 4096  # past the spec limit, yet images
+        uploaded = await api.client.post("/api/v1/assets", files=files)
+        assert uploaded.status_code == 201, uploaded.text
 
 
 async def test_import_csv_and_xlsx_files(api: Api) -> None:
