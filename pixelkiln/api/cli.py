@@ -24,7 +24,7 @@ from pixelkiln.api.schemas import MAX_GRANT
 from pixelkiln.config import Settings, load_settings
 from pixelkiln.db.credits import grant
 from pixelkiln.db.database import Database
-from pixelkiln.db.users import add_user, find_user, issue_token, list_users
+from pixelkiln.db.users import add_user, find_user, issue_token, list_users, revoke_tokens
 from pixelkiln.exceptions import KilnError
 
 T = TypeVar("T")
@@ -141,6 +141,19 @@ def users_token(
         return db.write(issue_token, user.id, "cli")
 
     print(_with_db(config, issue))
+
+
+@users_app.command("revoke")
+def users_revoke(
+    name: Annotated[str, typer.Argument(help="User name or id.")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke every token of a user (a leaked one, say); `kiln users token` issues a new one."""
+
+    def revoke(db: Database) -> int:
+        return db.write(revoke_tokens, db.read(find_user, name).id)
+
+    console.print(f"Revoked {_with_db(config, revoke)} token(s) of '{name}'.")
 
 
 @users_app.command("list")

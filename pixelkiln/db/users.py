@@ -74,6 +74,12 @@ def issue_token(tx: Tx, user_id: int, label: str = "") -> str:
     return token
 
 
+def revoke_tokens(tx: Tx, user_id: int) -> int:
+    """Forget every token of the user (they get 401 from now on); how many there were."""
+    get_user(tx.conn, user_id)  # NotFoundError for nobody
+    return int(tx.conn.execute(delete(api_tokens).where(api_tokens.c.user_id == user_id)).rowcount)
+
+
 def add_user(tx: Tx, name: str, *, is_admin: bool = False, credits: int = 0) -> tuple[User, str]:
     """A new user with a first token (returned: shown once) and optional starting credits."""
     user = create_user(tx, name, is_admin=is_admin)

@@ -140,8 +140,13 @@ def test_users_with_tokens_and_credits(tmp_path: Path) -> None:
     assert kiln(tmp_path, "users", "grant", "nobody", "1").returncode == 2
     second = kiln(tmp_path, "users", "token", "alice").stdout.strip()
     assert second.startswith("pk_") and second != token
+    revoked = kiln(tmp_path, "users", "revoke", "alice")
+    assert revoked.returncode == 0 and "Revoked 2 token(s)" in revoked.stdout
+    second = kiln(tmp_path, "users", "token", "alice").stdout.strip()
     with serving(tmp_path, "--host", "0.0.0.0") as url:  # allowed: auth is on
         assert httpx.get(f"{url}/api/v1/batches").status_code == 401
+        old = httpx.get(f"{url}/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+        assert old.status_code == 401  # revoked
         body = {
             "name": "paid",
             "defaults": {"width": 64, "height": 64},

@@ -207,6 +207,7 @@ def _admin(admin: Recorder) -> None:
     ids = {"user_id": bob["id"]}
     admin.call("PATCH", "/api/v1/admin/users/{user_id}", 200, ids=ids, json={"active": False})
     admin.call("POST", "/api/v1/admin/users/{user_id}/tokens", 201, ids=ids)
+    admin.call("DELETE", "/api/v1/admin/users/{user_id}/tokens", 204, ids=ids)
     admin.call("POST", "/api/v1/admin/users/{user_id}/credits", 200, ids=ids, json={"amount": 5})
     assert admin.call("GET", "/api/v1/admin/concurrency", 200).json()
     admin.call("PUT", "/api/v1/admin/concurrency", 200, json={"concurrency": 3})

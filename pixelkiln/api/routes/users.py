@@ -31,6 +31,7 @@ from pixelkiln.db.users import (
     issue_token,
     list_users,
     provider_key_backends,
+    revoke_tokens,
     set_active,
     set_provider_key,
 )
@@ -152,6 +153,17 @@ async def users_token(
     return UserCreated(
         **user_public(user, await ctx.read(balance, user_id)).model_dump(), token=token
     )
+
+
+@admin.delete(
+    "/{user_id}/tokens",
+    status_code=204,
+    responses=ERRORS,
+    summary="Revoke every token of a user (a leaked one, say); issue a new one after",
+)
+async def users_revoke(user_id: IdPath, ctx: CtxDep, _: AdminDep) -> Response:
+    await ctx.write(revoke_tokens, user_id)
+    return Response(status_code=204)
 
 
 @admin.post("/{user_id}/credits", responses=ERRORS, summary="Grant (or take back) credits")

@@ -190,3 +190,15 @@ async def test_with_auth_on_the_schema_needs_a_token_and_metrics_an_admin(auth_a
     assert schema.status_code == 200 and "/api/v1/batches" in schema.json()["paths"]
     assert (await user.get("/metrics")).status_code == 403  # counts of every user's work
     assert "kiln_tasks" in (await admin.get("/metrics")).text
+
+
+async def test_an_admin_revokes_every_token_of_a_user(auth_api: Api) -> None:
+    _, admin = await auth_api.add_user("root", admin=True)
+    kim_id, kim = await auth_api.add_user("kim")
+    assert (await kim.get("/api/v1/me")).status_code == 200
+    assert (await kim.delete(f"/api/v1/admin/users/{kim_id}/tokens")).status_code == 403
+    assert (await admin.delete(f"/api/v1/admin/users/{kim_id}/tokens")).status_code == 204
+    assert (await kim.get("/api/v1/me")).status_code == 401
+    fresh = (await admin.post(f"/api/v1/admin/users/{kim_id}/tokens")).json()["token"]
+    assert (await auth_api.with_token(fresh).get("/api/v1/me")).status_code == 200
+    assert (await admin.delete("/api/v1/admin/users/999/tokens")).status_code == 404
