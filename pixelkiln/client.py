@@ -168,8 +168,12 @@ class Client:
         return self._run(Calls.get_image(image_id))
 
     def download(self, image: int | str) -> bytes:
-        """An image's PNG bytes, by id or by the ``url`` an event or response gave."""
-        return self._run(Calls.download(image))
+        """An image's PNG bytes, by id or by the ``url`` an event or response gave.
+
+        The URL must be a path or on this client's server (same scheme, host and
+        port): the token is never sent elsewhere (``ValueError``).
+        """
+        return self._run(Calls.download(image, self._http.base_url))
 
     def delete_batch(self, batch_id: int) -> None:
         self._run(Calls.delete_batch(batch_id))
@@ -185,7 +189,9 @@ class Client:
         max_failures: int = 10,
         reconnect_delay: float = 1.0,
     ) -> Iterator[EventPublic]:
-        """The batch's events, from the start (or after ``last_event_id``) until ``done``.
+        """The batch's events, from the start (or after ``last_event_id``) until the
+        ``done`` that ends it (a retried batch's stream carries the earlier runs' ``done``
+        too; it goes on past them while the batch runs).
 
         A dropped connection is resumed with ``Last-Event-ID``, so no event is
         missed or repeated; ``max_failures`` failed reconnects in a row raise.
@@ -203,8 +209,6 @@ class Client:
                     for line in r.iter_lines():
                         if (event := parser.feed(line)) is not None:
                             yield state.seen(event)
-                            if state.ended:
-                                return
             except httpx.TransportError as exc:
                 state.failed(exc)
             else:  # the server closed the stream: over only if the batch is
@@ -319,7 +323,8 @@ class AsyncClient:
         return await self._run(Calls.get_image(image_id))
 
     async def download(self, image: int | str) -> bytes:
-        return await self._run(Calls.download(image))
+        """See :meth:`Client.download`."""
+        return await self._run(Calls.download(image, self._http.base_url))
 
     async def delete_batch(self, batch_id: int) -> None:
         await self._run(Calls.delete_batch(batch_id))
@@ -349,8 +354,6 @@ class AsyncClient:
                     async for line in r.aiter_lines():
                         if (event := parser.feed(line)) is not None:
                             yield state.seen(event)
-                            if state.ended:
-                                return
             except httpx.TransportError as exc:
                 state.failed(exc)
             else:

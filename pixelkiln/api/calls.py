@@ -30,7 +30,6 @@ from pixelkiln.api.schemas import (
     TaskPublic,
 )
 from pixelkiln.exceptions import KilnError
-from pixelkiln.models import EventType
 
 T = TypeVar("T")
 #: upload parts: a path, or (file name, bytes)
@@ -201,9 +200,12 @@ class Calls:
         return Call("GET", f"/api/v1/images/{image_id}", _model(ImageDetail))
 
     @staticmethod
-    def download(image: int | str) -> Call[bytes]:
-        path = f"/api/v1/images/{image}/file" if isinstance(image, int) else image
-        return Call("GET", path, _bytes)
+    def download(image: int | str, base_url: httpx.URL) -> Call[bytes]:
+        """By id, or by a URL on the client's own server (the token goes with it)."""
+        if isinstance(image, int):
+            return Call("GET", f"/api/v1/images/{image}/file", _bytes)
+        same_origin(image, base_url)
+        return Call("GET", image, _bytes)
 
     @staticmethod
     def delete_batch(batch_id: int) -> Call[None]:
@@ -212,6 +214,25 @@ class Calls:
     @staticmethod
     def credits() -> Call[CreditsPublic]:
         return Call("GET", "/api/v1/me/credits", _model(CreditsPublic))
+
+
+_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or _PORTS.get(url.scheme)
+
+
+def same_origin(url: str, base_url: httpx.URL) -> None:
+    """Refuse (``ValueError``) an absolute URL on another server than ``base_url``: the
+    client's bearer token goes with every request and must not leak there. Paths pass.
+    """
+    target = httpx.URL(url)
+    if (target.scheme or target.host) and _origin(target) != _origin(base_url):
+        raise ValueError(
+            f"refusing to send the API token to {url!r}: not on the client's server "
+            f"({base_url}); fetch URLs elsewhere with a plain HTTP client"
+        )
 
 
 class SSEParser:
@@ -237,13 +258,19 @@ def auth_headers(token: str | None) -> dict[str, str]:
 
 
 class StreamState:
-    """Where a batch stream is: the last id seen, failures in a row, whether it ended."""
+    """Where a batch stream is: the last id seen and failures in a row.
+
+    A ``done`` event does not end a stream: after a retry the server replays
+    the ``done`` of an earlier run and goes on with the new one. The server
+    closes the stream after the ``done`` that really ends the batch, and the
+    client stops when, the stream closed, a GET says the batch is finished;
+    otherwise it reconnects after the last id.
+    """
 
     def __init__(self, last: int | None, max_failures: int) -> None:
         self.last = last
         self.failures = 0
         self.max_failures = max_failures
-        self.ended = False
 
     def request(self, batch_id: int) -> tuple[str, dict[str, str]]:
         headers = {"Last-Event-ID": str(self.last)} if self.last else {}
@@ -251,7 +278,6 @@ class StreamState:
 
     def seen(self, event: EventPublic) -> EventPublic:
         self.last, self.failures = event.id, 0
-        self.ended = event.type == EventType.DONE
         return event
 
     def failed(self, exc: Exception) -> None:

@@ -4,8 +4,15 @@ A stream first subscribes to the bus, then replays every stored event after
 the client's ``Last-Event-ID`` from the database, then forwards live events,
 skipping any it already sent (the two overlap by design, so nothing falls in
 a gap between them). A subscriber that fell behind the bus (``lagged``) goes
-back to the database from the last id it sent. Quiet streams get a comment
-line every ``heartbeat`` seconds so proxies and clients keep them open.
+back to the database from the last id it sent. A stream that wrote nothing
+for ``heartbeat`` seconds sends a comment line so proxies and clients keep it
+open (other users' events, filtered out, do not count as writing).
+
+Events that other processes commit (``kiln worker``, ``kiln run``, ``kiln
+retry`` beside the server, an API started with ``run_scheduler=False``) never
+pass through this process's bus: streams make the bus *follow* the events
+table (one shared reader for all streams, see :mod:`pixelkiln.engine.bus`),
+so they arrive too, in id order, within ``FOLLOW_INTERVAL`` seconds.
 
 Each event is encoded once, whatever the number of subscribers: the encoded
 frames sit in a small shared cache keyed by event id.
@@ -14,6 +21,7 @@ frames sit in a small shared cache keyed by event id.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -21,6 +29,7 @@ from pixelkiln.api.deps import ApiContext
 from pixelkiln.api.views import event_public
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.events import events_after
+from pixelkiln.db.records import latest_event_id
 from pixelkiln.engine.bus import Subscription
 from pixelkiln.exceptions import NotFoundError
 from pixelkiln.models import Event, EventType
@@ -28,6 +37,10 @@ from pixelkiln.models import Event, EventType
 REPLAY_PAGE = 500
 RETRY_MS = 2000  #: how long EventSource clients wait before reconnecting
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+#: how often the bus looks for other processes' events when nothing arrived
+FOLLOW_INTERVAL = 0.5
+#: PostgreSQL: how long a hole in the event ids may be an open transaction (SQLite has none)
+GAP_GRACE = 2.0
 
 
 class FrameCache:
@@ -48,6 +61,25 @@ class FrameCache:
         return cached
 
 
+class DatabaseEvents:
+    """The events table as the bus's :class:`~pixelkiln.engine.bus.EventSource`."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    async def latest_id(self) -> int:
+        return await self.ctx.read(latest_event_id)
+
+    async def events_after(self, after_id: int, limit: int) -> list[Event]:
+        return await self.ctx.read(events_after, after_id, limit=limit)
+
+
+def follow_database(ctx: ApiContext) -> None:
+    """Make the bus carry other processes' events too (idempotent; the bus stops when idle)."""
+    grace = 0.0 if ctx.db.dialect == "sqlite" else GAP_GRACE
+    ctx.kiln.bus.follow(DatabaseEvents(ctx), interval=FOLLOW_INTERVAL, gap_grace=grace)
+
+
 @dataclass
 class StreamScope:
     """Which events a stream carries: one batch, or every batch of one owner (None: all)."""
@@ -64,26 +96,37 @@ class _Stream:
         self.scope = scope
         self.last = last
         self.done = False
+        self.wrote_at = time.monotonic()  #: when this stream last sent anything
         self._owned: dict[int, bool] = {}
         # subscribed before the replay reads the database: nothing can fall in between
         self.subscription: Subscription = ctx.kiln.bus.subscribe(scope.batch_id)
+        follow_database(ctx)
 
     async def live(self, heartbeat: float) -> AsyncIterator[bytes]:
-        """Events from the bus as they commit; keep-alive comments while quiet."""
+        """Events from the bus as they commit; a keep-alive comment when this stream
+        sent nothing for ``heartbeat`` seconds, however busy the bus is with others' events."""
         while True:
             if self.subscription.lagged:  # fell behind the bus: the database has everything
-                self.subscription.close()
+                lagged = self.subscription  # closed after: the bus keeps following meanwhile
                 self.subscription = self.ctx.kiln.bus.subscribe(self.scope.batch_id)
+                lagged.close()
                 async for frame in self.replay():
                     yield frame
-            event = await self.subscription.get(timeout=heartbeat)
-            if event is None:
+            quiet_left = self.wrote_at + heartbeat - time.monotonic()
+            if quiet_left <= 0:
+                self.wrote_at = time.monotonic()
                 yield b": keep-alive\n\n"
-            elif event.id > self.last and await self.allowed(event):
+                continue
+            event = await self.subscription.get(timeout=quiet_left)
+            if event is not None and event.id > self.last and await self.allowed(event):
                 yield self._send(event)
 
-    async def replay(self) -> AsyncIterator[bytes]:
-        """Stored events after ``last``, page by page."""
+    async def replay(self, *, settled: bool = True) -> AsyncIterator[bytes]:
+        """Stored events after ``last``, page by page. ``settled``: only up to the bus's
+        watermark; the bus delivers the later ones, in id order. On PostgreSQL an id can
+        be visible while a lower one's transaction is still open: a replay that read past
+        it would skip that event for good."""
+        bound = self.ctx.kiln.bus.watermark if settled else None
         while True:
             events = await self.ctx.read(
                 events_after,
@@ -93,6 +136,8 @@ class _Stream:
                 limit=REPLAY_PAGE,
             )
             for event in events:
+                if bound is not None and event.id > bound:
+                    return
                 yield self._send(event)
             if len(events) < REPLAY_PAGE:
                 return
@@ -111,7 +156,7 @@ class _Stream:
         return self._owned[event.batch_id]
 
     def _send(self, event: Event) -> bytes:
-        self.last = event.id
+        self.last, self.wrote_at = event.id, time.monotonic()
         if event.type == EventType.DONE:
             self.done = True
         return self.frames.frame(event)
@@ -130,11 +175,12 @@ async def event_stream(
     stream = _Stream(ctx, frames, scope, last_id)
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
+        await ctx.kiln.bus.synced()  # what other processes store from here on reaches the bus
         async for frame in stream.replay():
             yield frame
         if await stream.batch_finished():
             # it may have finished after the replay's read: catch up, then the stream is whole
-            async for frame in stream.replay():
+            async for frame in stream.replay(settled=False):
                 yield frame
             return
         stream.done = False  # a replayed "done" of an earlier run does not end the stream

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from apikit import Live, png_bytes, spec
 
@@ -94,3 +96,74 @@ async def test_a_create_retried_by_the_client_is_not_duplicated(live: Live) -> N
         second = await kiln.create_batch(spec("once"), idempotency_key="job-1")
         assert first.id == second.id
         assert (await kiln.list_batches()).total == 1
+
+
+async def test_a_retried_batch_streams_past_the_done_of_its_earlier_run(live: Live) -> None:
+    """The server replays the old run's ``done`` and goes on; so must both clients."""
+    async with AsyncClient(live.url) as kiln:
+        running = await kiln.create_batch(spec(*"abcdef", backend="slow"))
+        await kiln.cancel_batch(running.id)
+        await kiln.retry_batch(running.id, include_cancelled=True)
+        events = [e async for e in kiln.stream(running.id)]  # while the retry runs
+        assert (await kiln.get_batch(running.id, task_limit=0)).finished
+        finished = await kiln.create_batch(spec("ok", "REJECT"), wait=True)
+        await kiln.retry_batch(finished.id)
+        for _ in range(200):  # the retry runs to its end before anyone streams
+            if (await kiln.get_batch(finished.id, task_limit=0)).finished:
+                break
+            await asyncio.sleep(0.02)
+    kinds = [e.type for e in events]
+    assert kinds.count(EventType.DONE) == 2 and kinds[-1] == EventType.DONE
+    assert EventType.PROGRESS in kinds[kinds.index(EventType.DONE) :]
+    assert events[-1].data["summary"]["status"] == "completed"
+
+    def sync_stream() -> list[EventPublic]:
+        with Client(live.url) as kiln:
+            return list(kiln.stream(finished.id))
+
+    replayed = await asyncio.to_thread(sync_stream)
+    async with AsyncClient(live.url) as kiln:
+        log = (await kiln._http.get(f"/api/v1/batches/{finished.id}/log")).json()["items"]
+    assert [e.id for e in replayed] == [e["id"] for e in log]
+    assert [e.type for e in replayed].count(EventType.DONE) == 2
+
+
+async def test_download_sends_the_token_only_to_the_clients_own_server(live: Live) -> None:
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, content=b"\x89PNG")
+
+    transport = httpx.MockTransport(record)
+    base = "http://kiln.example:8000"
+    with Client(base, token="pk_secret", transport=transport) as kiln:
+        assert kiln.download("/api/v1/images/1/file") == b"\x89PNG"
+        assert kiln.download(f"{base}/api/v1/images/1/file") == b"\x89PNG"
+        for elsewhere in (
+            "https://kiln.example:8000/api/v1/images/1/file",  # other scheme
+            "http://evil.example:8000/steal",  # other host
+            "http://kiln.example:9000/api/v1/images/1/file",  # other port
+            "http://kiln.example/api/v1/images/1/file",  # port 80
+            "//evil.example/steal",  # scheme-relative
+        ):
+            with pytest.raises(ValueError, match="refusing to send the API token"):
+                kiln.download(elsewhere)
+    async with AsyncClient(base, token="pk_secret", transport=_async(record)) as akiln:
+        assert await akiln.download(7) == b"\x89PNG"
+        with pytest.raises(ValueError, match="not on the client's server"):
+            await akiln.download("https://evil.example/x.png")
+    assert [str(r.url) for r in sent] == [
+        f"{base}/api/v1/images/1/file",
+        f"{base}/api/v1/images/1/file",
+        f"{base}/api/v1/images/7/file",
+    ]
+    assert all(r.headers["authorization"] == "Bearer pk_secret" for r in sent)
+    async with AsyncClient(live.url) as same:  # a real server: its own absolute URLs are fine
+        batch = await same.create_batch(spec("a fox"), wait=True)
+        url = batch.tasks[0].images[0].url
+        assert await same.download(f"{live.url}{url}") == await same.download(url)
+
+
+def _async(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.AsyncBaseTransport:
+    return httpx.MockTransport(handler)

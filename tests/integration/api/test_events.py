@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from apikit import Live, api_settings, serving, spec
 
 from pixelkiln import AsyncClient
 from pixelkiln.api.deps import ApiContext
+from pixelkiln.db.users import add_user
 
 pytestmark = pytest.mark.anyio
 
@@ -37,6 +39,10 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
             fields = {}
         else:
             fields = {}
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def read_until_done(
@@ -206,3 +212,32 @@ async def test_the_async_client_streams_and_reconnects_after_a_drop(live: Live) 
     assert transport.resumed_from[0] is None and transport.resumed_from[1] is not None
     assert [e.id for e in events] == [e["id"] for e in log]
     assert events[-1].type == "done"
+
+
+async def test_my_stream_keeps_its_heartbeat_while_other_users_are_busy(tmp_path: Path) -> None:
+    """Bob's events keep the bus busy but are not Alice's: her stream still pings."""
+    busy = [{"name": "placeholder", "type": "placeholder", "concurrency": 1, "latency": 0.03}]
+    settings = api_settings(tmp_path / "data", auth={"enabled": True}, backends=busy)
+    async with serving(settings) as live:
+        ctx: ApiContext = live.app.state.ctx
+        _, alice = await ctx.write(add_user, "alice")
+        _, bob = await ctx.write(add_user, "bob")
+        async with (
+            httpx.AsyncClient(base_url=live.url, timeout=20, headers=_bearer(alice)) as a,
+            httpx.AsyncClient(base_url=live.url, timeout=20, headers=_bearer(bob)) as b,
+        ):
+            batch = await b.post("/api/v1/batches", json=spec(*[f"p{i}" for i in range(200)]))
+            comments = 0
+
+            async def listen() -> None:
+                nonlocal comments
+                async with a.stream("GET", "/api/v1/events") as r:
+                    async for event in sse_events(r):
+                        comments += "comment" in event
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listen(), 1.2)  # heartbeat 0.2 s
+            running = (await b.get(f"/api/v1/batches/{batch.json()['id']}")).json()
+            await b.post(f"/api/v1/batches/{batch.json()['id']}/cancel")
+    assert running["status"] == "running"  # bob's events flowed the whole time
+    assert comments >= 3
