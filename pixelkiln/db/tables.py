@@ -135,6 +135,9 @@ events = Table(
     Column("data", JSON, nullable=False),
     Column("created_at", Float, nullable=False),
     Index(None, "batch_id", "id"),
+    # ids are SSE cursors (Last-Event-ID): never reuse one, even after the newest batch
+    # (and its events) is deleted; without this SQLite hands out max(id) + 1 again
+    sqlite_autoincrement=True,
 )
 
 # -- users, credits and runtime settings (migration 0002) --------------------------------------

@@ -11,6 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import update
 
 from pixelkiln.db.batches import (
     NewBatch,
@@ -29,7 +30,8 @@ from pixelkiln.db.leases import (
     release_tasks,
     renew_leases,
 )
-from pixelkiln.db.tables import metadata
+from pixelkiln.db.records import delete_batch
+from pixelkiln.db.tables import batches, metadata
 from pixelkiln.db.tasks import (
     TaskFailure,
     TaskResult,
@@ -310,3 +312,14 @@ async def test_a_caller_giving_up_does_not_stop_the_writer(db: Database) -> None
     await asyncio.sleep(0.1)
     assert db._thread is not None and db._thread.is_alive()
     assert await asyncio.wait_for(db.awrite(lambda tx: 7), 5) == 7
+
+
+def test_event_ids_are_never_reused_after_the_newest_batch_is_deleted(db: Database) -> None:
+    """Event ids are SSE cursors: a reused id would be skipped by a client resuming after it."""
+    _batch(db, 1)
+    newest = _batch(db, 1)
+    highest = max(e.id for e in db.read(events_after, 0, limit=1000))
+    db.write(lambda tx: tx.conn.execute(update(batches).values(status="completed")))
+    db.write(delete_batch, newest)
+    later = _batch(db, 1)
+    assert all(e.id > highest for e in db.read(events_after, 0, batch_id=later, limit=1000))

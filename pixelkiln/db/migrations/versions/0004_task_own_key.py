@@ -1,5 +1,6 @@
 """tasks.own_key: the task runs on its owner's own provider key (and was priced 0);
-an index to expire idempotency keys by age
+an index to expire idempotency keys by age; on SQLite, event ids never reused
+(AUTOINCREMENT: they are SSE cursors, and deleting the newest batch freed its ids)
 
 Revision ID: 0004
 Revises: 0003
@@ -25,6 +26,12 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_idempotency_keys_created_at"), ["created_at"], unique=False
         )
+
+    if op.get_bind().dialect.name == "sqlite":  # PostgreSQL's SERIAL never reuses ids
+        with op.batch_alter_table(
+            "events", recreate="always", table_kwargs={"sqlite_autoincrement": True}
+        ):
+            pass
 
 
 def downgrade() -> None:
