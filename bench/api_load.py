@@ -2,7 +2,7 @@
 
     python -m bench.api_load [--tasks 20000] [--latency 0.05] [--concurrency 16]
                              [--clients 10] [--interval 0.1] [--status-tasks 0]
-                             [--repeat 1]
+                             [--subscribers 0] [--repeat 1]
 
 Two runs of the same batch against a real `kiln serve` subprocess (SQLite,
 placeholder backend with ``--latency`` seconds per image, 64×64 images):
@@ -56,6 +56,8 @@ class Run:
     peak_rss_mb: float
     cpu_cores: float  #: server CPU seconds per second while the batch ran
     latencies: dict[str, list[float]] = field(default_factory=dict)  #: endpoint → seconds
+    #: per SSE subscriber: image_generated events received (each should equal --tasks)
+    streamed: list[int] = field(default_factory=list)
 
 
 def _config(folder: Path, latency: float, concurrency: int) -> Path:
@@ -148,6 +150,17 @@ async def _poller(
         await asyncio.sleep(max(0.0, interval - (time.perf_counter() - started)))
 
 
+async def _subscriber(http: httpx.AsyncClient, batch_id: int) -> int:
+    """Follow the batch's SSE stream to its end; image_generated events received."""
+    images = 0
+    async with http.stream("GET", f"/api/v1/batches/{batch_id}/events") as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line == "event: image_generated":
+                images += 1
+    return images
+
+
 async def _watch(http: httpx.AsyncClient, batch_id: int) -> dict[str, Any]:
     while True:
         body: dict[str, Any] = (await http.get(f"/api/v1/batches/{batch_id}?task_limit=0")).json()
@@ -166,7 +179,7 @@ async def one_run(args: argparse.Namespace, loaded: bool) -> Run:
         url = f"http://127.0.0.1:{port}"
         try:
             await _wait_up(url, process)
-            limits = httpx.Limits(max_connections=args.clients + 4)
+            limits = httpx.Limits(max_connections=args.clients + args.subscribers + 4)
             async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
                 started = time.perf_counter()
                 cpu_before = _cpu_seconds(process.pid)
@@ -180,9 +193,14 @@ async def one_run(args: argparse.Namespace, loaded: bool) -> Run:
                     asyncio.create_task(_poller(http, batch_id, args, stop, latencies, i))
                     for i in range(args.clients if loaded else 0)
                 ]
+                subscribers = [
+                    asyncio.create_task(_subscriber(http, batch_id))
+                    for _ in range(args.subscribers if loaded else 0)
+                ]
                 batch = await _watch(http, batch_id)
                 stop.set()
                 await asyncio.gather(*pollers)
+                streamed = list(await asyncio.gather(*subscribers))
                 cores = (_cpu_seconds(process.pid) - cpu_before) / (time.perf_counter() - started)
             rss = _peak_rss_mb(process.pid)
         finally:
@@ -190,7 +208,7 @@ async def one_run(args: argparse.Namespace, loaded: bool) -> Run:
             process.wait(timeout=30)
     elapsed = batch["finished_at"] - batch["started_at"]
     assert batch["counts"]["succeeded"] == args.tasks, batch["counts"]
-    return Run(create_seconds, args.tasks / elapsed, rss, cores, latencies)
+    return Run(create_seconds, args.tasks / elapsed, rss, cores, latencies, streamed)
 
 
 def _ms(values: list[float], q: float) -> float:
@@ -206,7 +224,10 @@ def _median_run(runs: list[Run]) -> Run:
         for name, values in run.latencies.items():
             pooled.setdefault(name, []).extend(values)
     peak = max(r.peak_rss_mb for r in runs)
-    return Run(chosen.create_seconds, chosen.tasks_per_second, peak, chosen.cpu_cores, pooled)
+    streamed = [n for r in runs for n in r.streamed]
+    return Run(
+        chosen.create_seconds, chosen.tasks_per_second, peak, chosen.cpu_cores, pooled, streamed
+    )
 
 
 def report(args: argparse.Namespace, unloaded: Run, loaded: Run) -> None:
@@ -216,7 +237,8 @@ def report(args: argparse.Namespace, unloaded: Run, loaded: Run) -> None:
     print(
         f"\n{args.tasks} tasks, placeholder latency {args.latency * 1000:.0f} ms, "
         f"concurrency {args.concurrency}; load: {args.clients} clients every "
-        f"{args.interval * 1000:.0f} ms; median of {args.repeat} run(s) each"
+        f"{args.interval * 1000:.0f} ms, {args.subscribers} SSE subscriber(s); "
+        f"median of {args.repeat} run(s) each"
     )
     print(
         f"create through the API: {unloaded.create_seconds:.2f} s / "
@@ -234,6 +256,12 @@ def report(args: argparse.Namespace, unloaded: Run, loaded: Run) -> None:
             f"p99 {_ms(values, 0.99):6.1f} ms  max {1000 * max(values):6.1f} ms"
         )
     print(f"connection errors (retried): {errors}")
+    if loaded.streamed:
+        whole = sum(n == args.tasks for n in loaded.streamed)
+        print(
+            f"SSE subscribers that received every image_generated event: "
+            f"{whole} / {len(loaded.streamed)}"
+        )
     print(
         f"server peak RSS: {unloaded.peak_rss_mb:.0f} MB unloaded, "
         f"{loaded.peak_rss_mb:.0f} MB loaded (target < 500 MB)"
@@ -253,10 +281,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="measure each side this often")
     parser.add_argument("--clients", type=int, default=10, help="polling clients in the load")
     parser.add_argument(
+        "--subscribers", type=int, default=0, help="SSE clients following the batch in the load"
+    )
+    parser.add_argument(
         "--interval", type=float, default=0.1, help="seconds between a client's requests"
     )
     args = parser.parse_args()
-    unloaded, loaded = [], []
+    unloaded: list[Run] = []
+    loaded: list[Run] = []
     for i in range(args.repeat):
         for runs, is_loaded in ((unloaded, False), (loaded, True)):
             run = asyncio.run(one_run(args, loaded=is_loaded))
