@@ -13,7 +13,10 @@ placeholder backend with ``--latency`` seconds per image, 64×64 images):
    ``--interval`` seconds, alternately the batch's status (counters, progress,
    ETA; ``--status-tasks`` tasks with it, none by default, as a progress bar
    polls) and the newest page of 50 image records with their total count (the
-   records page).
+   records page). With ``--subscribers N``, N more clients follow the batch's
+   Server-Sent Events stream to its end (each must receive every
+   ``image_generated`` event), from a process of their own;
+   ``--clients 0 --subscribers 20`` measures what subscribers alone cost.
 
 With ``--repeat N`` the pair is measured N times, alternately, and the
 medians are reported (this machine is shared and noisy). It prints the
