@@ -137,9 +137,9 @@ class Live:
 
 
 @contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Live]:
+async def serving(settings: Settings, *, run_scheduler: bool = True) -> AsyncIterator[Live]:
     """The app under uvicorn on 127.0.0.1, in this event loop."""
-    app = create_app(settings)
+    app = create_app(settings, run_scheduler=run_scheduler)
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1

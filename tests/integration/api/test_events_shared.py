@@ -9,44 +9,19 @@ the API's streams would carry only heartbeats.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from apikit import Live, api_settings, free_port, spec
+from apikit import api_settings, serving, spec
 from test_events import sse_events
 
-from pixelkiln.api.app import create_app
 from pixelkiln.app import Kiln
-from pixelkiln.config import Settings
 from pixelkiln.engine.bus import EventBus
 from pixelkiln.models import Event, EventType
 
 pytestmark = pytest.mark.anyio
-
-
-@contextlib.asynccontextmanager
-async def serving_api_only(settings: Settings) -> AsyncIterator[Live]:
-    """The app without its scheduler, under uvicorn on 127.0.0.1."""
-    app = create_app(settings, run_scheduler=False)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=free_port(), log_level="warning", timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield Live(f"http://127.0.0.1:{config.port}", app, server)
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def collect(
@@ -65,7 +40,7 @@ async def test_a_batch_run_by_another_scheduler_streams_live(
 ) -> None:
     settings = api_settings(tmp_path / "data", storage={"database_url": database_url})
     async with (
-        serving_api_only(settings) as live,
+        serving(settings, run_scheduler=False) as live,
         httpx.AsyncClient(base_url=live.url, timeout=20) as http,
     ):
         batch = (await http.post("/api/v1/batches", json=spec("a", "b", "REJECT c"))).json()
@@ -90,7 +65,7 @@ async def test_events_from_here_and_elsewhere_interleave_in_id_order(
     """The API writes (new batches) while the worker writes: one stream, every id, in order."""
     settings = api_settings(tmp_path / "data", storage={"database_url": database_url})
     async with (
-        serving_api_only(settings) as live,
+        serving(settings, run_scheduler=False) as live,
         httpx.AsyncClient(base_url=live.url, timeout=20) as http,
     ):
         run = (await http.post("/api/v1/batches", json=spec(*"abcd", backend="slow"))).json()
