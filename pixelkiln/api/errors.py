@@ -26,7 +26,7 @@ from pixelkiln.exceptions import (
     NotFoundError,
     SpecError,
 )
-from pixelkiln.models import MAX_ID
+from pixelkiln.models import parse_id
 
 log = logging.getLogger("pixelkiln.api")
 
@@ -150,11 +150,9 @@ async def _kiln(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _beyond_any_id(value: object) -> bool:
+    """A whole number (any sign) too large to be an id."""
     digits = str(value).strip().lstrip("+-")
-    if not (digits.isascii() and digits.isdigit()):
-        return False
-    digits = digits.lstrip("0")
-    return len(digits) > len(str(MAX_ID)) or int(digits or "0") > MAX_ID  # no 4,300-digit int()
+    return digits.isascii() and digits.isdigit() and parse_id(digits, low=0) is None
 
 
 async def _overflow(request: Request, exc: Exception) -> JSONResponse:

@@ -39,7 +39,8 @@ from pixelkiln.models import Event
 
 log = logging.getLogger(__name__)
 
-#: ids delivered lately, to tell an id the database reused (SQLite, after a delete) from a repeat
+#: ids delivered lately, to tell one the reader already delivered from one it passed over
+#: (PostgreSQL: committed here after its hole in the ids was given up on)
 RECENT_IDS = 4096
 #: how soon a held-back hole in the ids is looked at again
 GAP_RECHECK = 0.05
@@ -208,7 +209,7 @@ class _Follower:
         for event in events:
             if event.id in self._recent_set:
                 continue  # the reader got it first
-            if event.id <= self.watermark:  # an id SQLite reused after a delete: new to all
+            if event.id <= self.watermark:  # committed after its hole was given up: late, not lost
                 self._remember(event.id)
                 out.append(event)
             elif event.id == self.watermark + 1:

@@ -8,7 +8,8 @@ renewal was cancelled or taken away, and its job is cancelled. Recovery of
 expired leases (a runner that died) runs inside the loop.
 
 >>> scheduler = Scheduler(db=db, storage=storage, backends=backends,
-...                       settings=settings.scheduler, only_batches=[batch_id])
+...                       settings=settings.scheduler, user_keys=UserKeys(db, keys),
+...                       only_batches=[batch_id])
 >>> await scheduler.run(until_done=True)          # doctest: +SKIP
 """
 
@@ -42,7 +43,7 @@ from pixelkiln.engine import retry
 from pixelkiln.engine.credentials import UserKeys
 from pixelkiln.engine.owners import dead_local_owners, new_owner_id
 from pixelkiln.engine.task_io import build_request, store_images
-from pixelkiln.exceptions import BackendTimeoutError, RejectedInputError, ServerError
+from pixelkiln.exceptions import BackendTimeoutError, ServerError
 from pixelkiln.models import EventType
 from pixelkiln.storage import Storage
 
@@ -103,7 +104,7 @@ class Scheduler:
         backends: Mapping[str, Backend],
         settings: SchedulerSettings,
         only_batches: Iterable[int] | None = None,
-        user_keys: UserKeys | None = None,
+        user_keys: UserKeys,
         owner: str | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
@@ -320,11 +321,7 @@ class Scheduler:
     async def _generate(self, task: ClaimedTask) -> list[GeneratedImage]:
         """One try on the backend, within the per-task timeout."""
         backend = self.backends[task.backend]
-        api_key = None
-        if task.own_key:
-            if self.user_keys is None:
-                raise RejectedInputError("this task runs on its owner's own key; no key store here")
-            api_key = await self.user_keys.key_for(task, backend)
+        api_key = await self.user_keys.key_for(task, backend)  # None: the backend's own key
         request = await build_request(self.storage, task, api_key)
         try:
             images = await asyncio.wait_for(backend.generate(request), self.settings.task_timeout)
