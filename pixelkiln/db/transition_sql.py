@@ -151,6 +151,7 @@ def start_sqlite(n: int) -> str:
         "AND lease_owner = ? AND started_at IS NULL RETURNING id"
     )
 
+
 # -- outcomes -----------------------------------------------------------------------------------
 
 HELD = select(tasks.c.id).where(
