@@ -196,6 +196,13 @@ def pause(tx: Tx, batch: Batch, paused: bool) -> bool:
     return True
 
 
+def image_deleted(tx: Tx, batch_id: int) -> None:
+    """One image of the batch was deleted (its task stays succeeded)."""
+    counts = _Counts()
+    counts.deltas[batch_id]["images"] -= 1
+    counts.apply(tx)
+
+
 # -- tasks: claim and start -------------------------------------------------------------------
 
 
