@@ -10,16 +10,6 @@ from sqlalchemy import Connection
 from pixelkiln.api.deps import AdminDep, CallerDep, CtxDep, IdPath, PageDep
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.schemas import (
-    CreditsPublic,
-    GrantRequest,
-    ProviderKeyPublic,
-    ProviderKeyRequest,
-    UserCreate,
-    UserCreated,
-    UserPublic,
-    UserUpdate,
-)
 from pixelkiln.api.views import ledger_public, user_public
 from pixelkiln.backends.base import accepts_user_keys
 from pixelkiln.db.credits import LedgerEntry, balance, grant, ledger
@@ -34,6 +24,16 @@ from pixelkiln.db.users import (
     revoke_tokens,
     set_active,
     set_provider_key,
+)
+from pixelkiln.wire.schemas import (
+    CreditsPublic,
+    GrantRequest,
+    ProviderKeyPublic,
+    ProviderKeyRequest,
+    UserCreate,
+    UserCreated,
+    UserPublic,
+    UserUpdate,
 )
 
 me = APIRouter(prefix="/me", tags=["me"])
