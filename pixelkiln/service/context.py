@@ -24,6 +24,7 @@ from pixelkiln.config import Settings
 from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.users import User
 from pixelkiln.engine.bus import EventBus
+from pixelkiln.exceptions import ConfigError
 from pixelkiln.keybox import KeyBox
 from pixelkiln.storage import Storage
 
@@ -119,6 +120,11 @@ class ServiceContext:
             EventBus(),
             Schedulers(),
         )
+
+    def require_backends(self) -> None:
+        """ConfigError for a context made :meth:`without_backends`: a programming error."""
+        if not self.backends.names:
+            raise ConfigError("this service context knows no backend: it cannot price a batch")
 
     async def read(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs

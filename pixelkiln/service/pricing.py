@@ -10,37 +10,34 @@ failed or was cancelled) happen where the task moves, in the database layer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
-from pixelkiln.config import Settings
+from pixelkiln.config import CreditsSettings, Settings
 from pixelkiln.db.credits import charge, set_costs, set_own_key, set_task_costs
 from pixelkiln.db.database import Tx
 from pixelkiln.db.users import provider_key_backends
-from pixelkiln.exceptions import ConfigError
 from pixelkiln.models import Task
 from pixelkiln.service.context import BackendCatalog, ServiceContext
 
 
 @dataclass(frozen=True)
 class Pricing:
-    """Credits per image per backend for one user; nothing when credits are off.
+    """What images cost one user; nothing when credits are off.
 
     ``own_keys``: backends the user stored their own key for; tasks on them
     run on that key (``tasks.own_key``) and cost nothing.
     """
 
-    enabled: bool
-    per_image: int = 0
-    backends: dict[str, int] = field(default_factory=dict)
+    credits: CreditsSettings | None = None  #: the price list; None: credits are off
     own_keys: frozenset[str] = frozenset()
 
     def price(self, backend: str) -> int:
         """Credits for one image on ``backend``."""
-        if not self.enabled or backend in self.own_keys:
+        if self.credits is None or backend in self.own_keys:
             return 0
-        return self.backends.get(backend, self.per_image)
+        return self.credits.price(backend)
 
     def task_cost(self, backend: str, n: int) -> int:
         """Credits for a task of ``n`` images on ``backend``."""
@@ -52,21 +49,17 @@ def load_pricing(
 ) -> Pricing:
     """What images cost ``user_id`` (nothing without a user or with credits off)."""
     if user_id is None:
-        return Pricing(False)
+        return Pricing()
     stored = provider_key_backends(conn, user_id)
     own = frozenset(b for b in stored if b in catalog.user_keys)
-    credits = settings.credits
-    if not credits.enabled:
-        return Pricing(False, own_keys=own)
-    return Pricing(True, credits.per_image, dict(credits.backends), own)
+    return Pricing(settings.credits if settings.credits.enabled else None, own)
 
 
 async def pricing_for(ctx: ServiceContext, user_id: int | None) -> Pricing:
     """What images cost ``user_id`` in this installation."""
-    if not ctx.backends.names:
-        raise ConfigError("this service context knows no backend: it cannot price a batch")
+    ctx.require_backends()
     if user_id is None:  # the local installation pays nothing: no query
-        return Pricing(False)
+        return Pricing()
     return await ctx.read(load_pricing, ctx.settings, ctx.backends, user_id)
 
 
