@@ -201,9 +201,14 @@ async def test_cancel_refunds_and_stops_this_process_s_running_task_now(kiln: Ki
         await _until(generating, 1)
         batch = await service.cancel(ctx, alice, made.batch_id)
         assert batch.status == BatchStatus.CANCELLED and batch.counts.cancelled == 2
+        # counted in turns of the event loop, not seconds: the scheduler's own lease check
+        # (every 2 s) cannot be what stopped the task, only the cancel reaching it
+        for _ in range(500):
+            if await generating() == 0:
+                break
+            await asyncio.sleep(0)
+        assert await generating() == 0
         assert await _balance(ctx, alice) == 10
-        # the slow generator would take minutes: only the cancel reaching the scheduler ends it
-        await _until(generating, 0)
     finally:
         scheduler.stop()
         await runner
