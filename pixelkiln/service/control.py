@@ -7,6 +7,7 @@ batch's running tasks now rather than at their next lease renewal).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -20,6 +21,8 @@ from pixelkiln.models import Batch, TaskStatus
 from pixelkiln.service.context import Caller, ServiceContext
 from pixelkiln.service.pricing import Pricing, charge_retry, pricing_for
 from pixelkiln.storage import Storage
+
+log = logging.getLogger(__name__)
 
 
 async def retry(
@@ -102,7 +105,10 @@ def remove_batch_files(storage: Storage, batch_id: int) -> None:
 
     Each folder is first renamed out of the way in one step, so nothing ever
     sees a half-deleted folder under the batch's name; ids are never reused, so
-    no other batch can be writing there. ``rmtree`` does not follow symlinks.
+    no newer batch's files are there. A runner still finishing a task of the
+    batch (cancelled in another process, not stopped yet) may write meanwhile:
+    that must not turn a delete whose rows are gone into an error, so what
+    cannot be removed is logged. ``rmtree`` does not follow symlinks.
     """
     for folder in (f"images/{batch_id}", f"thumbs/{batch_id}"):
         path = storage.absolute(folder)
@@ -111,4 +117,6 @@ def remove_batch_files(storage: Storage, batch_id: int) -> None:
             os.rename(path, doomed)
         except FileNotFoundError:
             continue
-        shutil.rmtree(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        if doomed.exists():
+            log.warning("could not remove all of %s", doomed)
