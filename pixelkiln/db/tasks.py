@@ -20,6 +20,7 @@ from pixelkiln.db.credits import refund_tasks
 from pixelkiln.db.database import Tx
 from pixelkiln.db.events import PendingEvent, append_events
 from pixelkiln.db.leases import ClaimedTask, held_by, shift_counts
+from pixelkiln.db.records import image_record
 from pixelkiln.db.tables import batches, images, tasks
 from pixelkiln.exceptions import NotFoundError
 from pixelkiln.models import EventType, ImageRecord, Task, TaskStatus
@@ -81,6 +82,10 @@ def complete_tasks(tx: Tx, owner: str, results: Sequence[TaskResult]) -> set[int
             "sha256": img.sha256,
             "seed": seed,
             "created_at": tx.now,
+            "backend": img.backend or r.task.backend,
+            "server": img.server,
+            "model": img.model,
+            "params": dict(img.params),
         }
         for r in done
         for i, (img, seed) in enumerate(r.images)
@@ -105,6 +110,9 @@ def complete_tasks(tx: Tx, owner: str, results: Sequence[TaskResult]) -> set[int
                             "path": img.path,
                             "width": img.width,
                             "height": img.height,
+                            "backend": img.backend or r.task.backend,
+                            "server": img.server,
+                            "model": img.model,
                         },
                     },
                 )
@@ -300,22 +308,6 @@ def list_tasks(
     return [_task(row) for row in conn.execute(query)]
 
 
-def _image(row: Row[Any]) -> ImageRecord:
-    return ImageRecord(
-        row.id,
-        row.task_id,
-        row.batch_id,
-        row._mapping["index"],  # row.index is the tuple method
-        row.path,
-        row.width,
-        row.height,
-        row.bytes,
-        row.sha256,
-        row.seed,
-        row.created_at,
-    )
-
-
 def list_images(conn: Connection, batch_id: int) -> list[ImageRecord]:
     """Images of a batch, by task position then index."""
     query = (
@@ -324,7 +316,7 @@ def list_images(conn: Connection, batch_id: int) -> list[ImageRecord]:
         .where(images.c.batch_id == batch_id)
         .order_by(tasks.c.position, images.c.index)
     )
-    return [_image(row) for row in conn.execute(query)]
+    return [image_record(row) for row in conn.execute(query)]
 
 
 def images_by_task(conn: Connection, batch_id: int) -> dict[int, list[ImageRecord]]:
