@@ -15,8 +15,7 @@ import io
 import os
 import re
 import struct
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +50,9 @@ class StoredImage:
     backend: str = ""  #: name of the backend that made it
     server: str = ""  #: URL of its server, without credentials ("" for a local generator)
     model: str = ""  #: the model used
-    #: the generation parameters the generator took, as sent (see ``ImageRecord.params``)
-    params: Mapping[str, Any] = field(default_factory=dict)
+    #: the generation parameters the generator took, as sent (see ``ImageRecord.params``);
+    #: None: not known
+    params: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def complete_tasks(tx: Tx, owner: str, results: Sequence[TaskResult]) -> set[int
             "backend": img.backend or r.task.backend,
             "server": img.server,
             "model": img.model,
-            "params": dict(img.params),
+            "params": img.params,
         }
         for r in done
         for i, (img, seed) in enumerate(r.images)
