@@ -10,9 +10,7 @@ batch of any size costs one read buffer of memory, not the archive.
 from __future__ import annotations
 
 import io
-import logging
 import os
-import shutil
 import stat
 import threading
 import zipfile
@@ -27,8 +25,6 @@ from starlette.types import Receive, Scope, Send
 from pixelkiln.api.errors import ApiError, error_response
 from pixelkiln.models import ImageRecord
 from pixelkiln.storage import Storage
-
-log = logging.getLogger(__name__)
 
 THUMB_SIZES = (128, 256, 512)
 THUMB_TYPE = "image/webp"
@@ -85,28 +81,10 @@ def thumbnail_path(storage: Storage, image: ImageRecord, size: int) -> Path:
     return target
 
 
-def remove_batch_files(storage: Storage, batch_id: int) -> None:
-    """Delete a batch's images and thumbnails (after its rows are gone).
-
-    The folders are named by the batch's id, which is never given to another batch
-    (AUTOINCREMENT, see ``db/tables.py``), so this never meets a newer batch's files.
-    """
-    for folder in (f"images/{batch_id}", f"thumbs/{batch_id}"):
-        _remove_tree(storage.absolute(folder))
-
-
 def remove_image_files(storage: Storage, image: ImageRecord) -> None:
     storage.delete(image.path)
     for size in THUMB_SIZES:
         storage.delete(f"thumbs/{image.batch_id}/{image.id}_{size}.webp")
-
-
-def _remove_tree(folder: Path) -> None:
-    # a runner still finishing a task of the deleted batch (cancelled, not stopped yet) may
-    # write meanwhile: that must not turn the delete, whose rows are gone, into an error
-    shutil.rmtree(folder, ignore_errors=True)
-    if folder.exists():
-        log.warning("could not remove all of %s", folder)
 
 
 class _Sink(io.RawIOBase):

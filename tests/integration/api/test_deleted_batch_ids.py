@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from apikit import Api, api_settings, running_api, spec
 
-from pixelkiln.api.media import remove_batch_files
 from pixelkiln.db.records import delete_batch
+from pixelkiln.service.control import remove_batch_files
 
 pytestmark = pytest.mark.anyio
 
