@@ -115,6 +115,11 @@ class Task:
     duration: float | None  #: seconds the successful (or last) try took
 
 
+#: request parameters a generator may take or ignore (``GenerationRequest`` field names);
+#: an image records only those its backend took (``Backend.honours``)
+GENERATION_PARAMS = ("negative_prompt", "steps", "cfg_scale", "sampler", "seed", "denoise")
+
+
 @dataclass(frozen=True)
 class ClaimedTask:
     """A task a runner now holds a lease on: what it needs to run it."""
@@ -156,19 +161,25 @@ class TaskFailure:
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One generated image file."""
+    """One generated image file, and who made it with what."""
 
     id: int
     task_id: int
     batch_id: int
     index: int  #: 0-based within its task
     path: str  #: relative to the data folder
-    width: int
+    width: int  #: as the generator returned it (read from the file, not the request)
     height: int
     bytes: int
     sha256: str
     seed: int
     created_at: float
+    backend: str = ""  #: name of the backend that made it
+    server: str = ""  #: URL of the server that made it, without credentials; "" if local
+    model: str = ""  #: the model used: the generator's word, else what was sent
+    #: the GENERATION_PARAMS the generator took, as sent; None for images recorded
+    #: before migration 0005 (their task's parameters stand in)
+    params: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,9 @@ def _image_fields(image: ImageRecord) -> dict[str, Any]:
         "url": image_url(image.id),
         "thumbnail_url": thumbnail_url(image.id),
         "created_at": image.created_at,
+        "backend": image.backend,
+        "server": image.server,
+        "model": image.model,
     }
 
 
@@ -147,9 +150,8 @@ def image_detail(info: ImageInfo) -> ImageDetail:
         **_image_fields(info.image),
         key=info.key,
         prompt=info.prompt,
-        negative_prompt=info.negative_prompt,
-        backend=info.backend,
-        params=info.params,
+        negative_prompt=info.sent_negative_prompt,
+        params=info.sent_params,
         batch_name=info.batch_name,
         batch_status=info.batch_status,
         inputs=input_urls(info),

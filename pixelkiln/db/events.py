@@ -63,6 +63,9 @@ class ImageData(TypedDict):
     path: str  #: relative to the data folder (the API sends url and thumbnail_url instead)
     width: int
     height: int
+    backend: str  #: the backend that made it (after any fallback)
+    server: str  #: the server's URL without credentials ("" for a local generator)
+    model: str  #: the model actually used
 
 
 class ImageGeneratedData(TypedDict):

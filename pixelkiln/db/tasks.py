@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Row, select
 
 from pixelkiln.db import transitions
 from pixelkiln.db.database import Tx
+from pixelkiln.db.records import image_record
 from pixelkiln.db.tables import images, tasks
 from pixelkiln.exceptions import NotFoundError
 from pixelkiln.models import ImageRecord, Task, TaskFailure, TaskResult, TaskStatus
@@ -99,22 +100,6 @@ def list_tasks(
     return [_task(row) for row in conn.execute(query)]
 
 
-def _image(row: Row[Any]) -> ImageRecord:
-    return ImageRecord(
-        row.id,
-        row.task_id,
-        row.batch_id,
-        row._mapping["index"],  # row.index is the tuple method
-        row.path,
-        row.width,
-        row.height,
-        row.bytes,
-        row.sha256,
-        row.seed,
-        row.created_at,
-    )
-
-
 def list_images(conn: Connection, batch_id: int) -> list[ImageRecord]:
     """Images of a batch, by task position then index."""
     query = (
@@ -123,7 +108,7 @@ def list_images(conn: Connection, batch_id: int) -> list[ImageRecord]:
         .where(images.c.batch_id == batch_id)
         .order_by(tasks.c.position, images.c.index)
     )
-    return [_image(row) for row in conn.execute(query)]
+    return [image_record(row) for row in conn.execute(query)]
 
 
 def images_by_task(conn: Connection, batch_id: int) -> dict[int, list[ImageRecord]]:

@@ -216,6 +216,10 @@ def image_row(
         "sha256": image.sha256,
         "seed": seed,
         "created_at": now,
+        "backend": image.backend or task.backend,  # the backend that ran it (after any fallback)
+        "server": image.server,
+        "model": image.model,
+        "params": image.params,
     }
 
 

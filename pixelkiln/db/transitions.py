@@ -347,6 +347,9 @@ def _image_events(result: TaskResult, image_ids: Iterable[int]) -> list[ev.Pendi
                 "path": im.path,
                 "width": im.width,
                 "height": im.height,
+                "backend": im.backend or t.backend,
+                "server": im.server,
+                "model": im.model,
             },
         )
         for i, (im, _seed) in enumerate(result.images)

@@ -441,9 +441,9 @@ class Scheduler:
             if g.job.lost:
                 continue  # taken away meanwhile: its files are someone else's to write
             try:
-                out.append(
-                    TaskResult(g.task, store_images(self.storage, g.task, g.images), g.duration)
-                )
+                backend = self.backends.get(g.task.backend)  # the records say what it took
+                stored = store_images(self.storage, g.task, g.images, backend)
+                out.append(TaskResult(g.task, stored, g.duration))
             except Exception as exc:
                 out.append(self._failure(g.job, exc))
         return out
