@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 
 from pixelkiln.backends.base import BackendDeps, GeneratedImage, GenerationRequest
 from pixelkiln.backends.http import decode_image, image_mime, join_url, json_object
-from pixelkiln.backends.pool import PooledBackend, Server
+from pixelkiln.backends.pool import Server
+from pixelkiln.backends.pooled import PooledBackend
 from pixelkiln.config import BackendSettings
 from pixelkiln.exceptions import RejectedInputError, ServerError
 

@@ -20,7 +20,8 @@ from pixelkiln.backends.http import (
     raise_for_status,
     redact_url,
 )
-from pixelkiln.backends.pool import PoolPolicy, RateLimiter, scrub
+from pixelkiln.backends.policy import PoolPolicy, RateLimiter
+from pixelkiln.backends.pooled import scrub
 from pixelkiln.exceptions import (
     BackendTimeoutError,
     BackendUnavailableError,
