@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, select
 
-from pixelkiln.backends.base import Backend, accepts_user_keys
+from pixelkiln.backends.base import BackendInfo, accepts_user_keys
 from pixelkiln.config import Settings
 from pixelkiln.db.batches import get_batch, retry_batch
 from pixelkiln.db.credits import charge, set_costs, set_own_key
@@ -45,7 +45,7 @@ class Pricing:
 
 
 def load_pricing(
-    conn: Connection, settings: Settings, backends: Mapping[str, Backend], user_id: int | None
+    conn: Connection, settings: Settings, backends: Mapping[str, BackendInfo], user_id: int | None
 ) -> Pricing:
     """What images cost ``user_id`` (nothing without a user or with credits off)."""
     if user_id is None:

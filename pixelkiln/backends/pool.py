@@ -189,6 +189,22 @@ class ServerPool:
                     type(exc).__name__,
                 )
 
+    def servers_up(self) -> int:
+        """How many servers may take work now (circuit closed)."""
+        return sum(s.up for s in self.servers)
+
+    def set_concurrency(self, per_server: int) -> None:
+        """Change every server's slots at run time (an admin's ``kiln concurrency``).
+
+        Requests already running keep their slots; under adaptive concurrency a
+        server that had shrunk stays as small and grows back by successes.
+        """
+        for server in self.servers:
+            shrunk = server.limit < server.capacity
+            server.capacity = max(1, per_server)
+            server.limit = min(server.limit, server.capacity) if shrunk else server.capacity
+        self._notify()
+
     def describe(self) -> str:
         """One line for status displays: how many servers are up and why the others are not."""
         up = sum(s.up for s in self.servers)
