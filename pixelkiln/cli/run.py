@@ -39,7 +39,7 @@ from pixelkiln.db.batches import find_batch, set_paused, unfinished_batch_ids
 from pixelkiln.db.batches import get_batch as db_get_batch
 from pixelkiln.db.credits import InsufficientCreditsError
 from pixelkiln.db.database import Database
-from pixelkiln.exceptions import InvalidStateError, KilnError
+from pixelkiln.exceptions import InvalidStateError, KilnError, SchedulerStalledError
 from pixelkiln.inputs import LoadedBatch, load_batch_file
 from pixelkiln.models import Batch, BatchStatus
 from pixelkiln.progress import BatchProgress
@@ -72,6 +72,12 @@ async def _run_batches(kiln: Kiln, batch_ids: list[int], quiet: bool) -> bool:
             subscription, runner, scheduler
         )
         await runner
+    except SchedulerStalledError as exc:  # writes kept failing: say why, exit 1, no hang
+        err_console.print(
+            f"[red]Stopped:[/] {exc}\nUnfinished tasks wait in the queue; continue with: "
+            f"kiln resume {' '.join(str(b) for b in batch_ids)}",
+            highlight=False,
+        )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

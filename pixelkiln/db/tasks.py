@@ -198,7 +198,6 @@ def fail_tasks(tx: Tx, owner: str, failures: Sequence[TaskFailure]) -> set[int]:
         again: dict[str, Any] = {
             "status": TaskStatus.PENDING,
             "next_attempt_at": f.retry_at,
-            "attempts": tasks.c.attempts - (0 if f.spend_attempt else 1),
         }
         tx.conn.execute(
             update(tasks)
@@ -208,6 +207,8 @@ def fail_tasks(tx: Tx, owner: str, failures: Sequence[TaskFailure]) -> set[int]:
                 lease_owner=None,
                 lease_expires_at=None,
                 duration=f.duration,
+                # a try that only found its backend down is no attempt, even a final one
+                attempts=tasks.c.attempts - (0 if f.spend_attempt else 1),
                 **(
                     again
                     if f.retry_at is not None
