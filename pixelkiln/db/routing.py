@@ -71,7 +71,8 @@ def move_tasks(tx: Tx, moves: Sequence[tuple[ClaimedTask, str, str]]) -> set[int
     return moved
 
 
-_OWN_CHAIN = tasks.c.params["backends"]
+#: the task's own chain as text (SQL NULL when it has none)
+_OWN_CHAIN = tasks.c.params["backends"].as_string()
 
 
 def move_waiting(
