@@ -19,7 +19,7 @@ from pixelkiln.config import SchedulerSettings
 from pixelkiln.db.leases import ClaimedTask
 from pixelkiln.db.tasks import TaskFailure
 from pixelkiln.engine import retry
-from pixelkiln.engine.routing import Routes, unavailable
+from pixelkiln.engine.routing import Routes
 
 log = logging.getLogger("pixelkiln.engine")
 
@@ -80,7 +80,7 @@ def judge(
     message = retry.describe(exc)
     details: dict[str, Any] = {"error_type": type(exc).__name__}
     took = now - job.started
-    if unavailable(exc):  # not the task's fault: no attempt spent
+    if not retry.spends_attempt(exc):  # its backend could not take it: move, fail or wait
         verdict = routes.verdict(task, exc, now)
         if verdict.move_to is not None:
             text = f"{message}; moved to '{verdict.move_to}'"

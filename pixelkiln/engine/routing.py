@@ -57,11 +57,6 @@ class Verdict:
     #: neither move_to nor fail: it waits for its backend to come back
 
 
-def unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the backend cannot take work (rather than this task failing)."""
-    return isinstance(exc, NoServerAvailableError | QuotaExhaustedError)
-
-
 class Routes:
     """Which backends are up, and where a task of a backend that is not goes; see the module."""
 
