@@ -422,16 +422,13 @@ class Scheduler:
                 await self._renew()
             except Exception as exc:
                 self.supervision.failed("lease renewal", exc)
-            else:
-                self.supervision.ok("lease renewal")
 
     async def _renew(self) -> None:
         """Extend the leases of everything held; stop work on what was taken away."""
         ids = list(self._jobs) + self._ready_ids()
-        if not ids:
-            return
         until = self._clock() + self.settings.lease_seconds
-        held = await self.db.awrite(renew_leases, self.owner, ids, until)
+        held = await self.db.awrite(renew_leases, self.owner, ids, until) if ids else set()
+        self.supervision.ok("lease renewal")
         # only what we asked about: tasks claimed while the renewal ran are not in `ids`
         self._drop_lost(set(ids) - held)
         for task_id in ids:
