@@ -102,8 +102,12 @@ async def _finish(
         batch = await kiln.db.aread(db_get_batch, batch_id)
         console.print(render_text(data), markup=False, highlight=False)
         path = _report_path(kiln.settings, batch, report if len(batch_ids) == 1 else None)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+        except OSError as exc:  # a full disk must not end a night run in a traceback
+            err_console.print(f"[red]Could not write the report {path}:[/] {exc.strerror}")
+            code = EXIT_FAILED
         console.print(
             f"  report    {path}\n  folder    {kiln.storage.root / 'images' / str(batch_id)}"
         )

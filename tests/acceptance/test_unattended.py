@@ -267,3 +267,22 @@ def _wait_finished(url: str, batch: int) -> dict[str, object]:
             return body
         time.sleep(0.2)
     raise AssertionError(f"batch {batch} did not finish after the disk was enlarged")
+
+
+def test_kiln_run_on_a_disk_that_stays_full_exits_1_with_the_reason(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "data") as data:
+        (tmp_path / "kiln.toml").write_text(
+            f'[storage]\ndata_dir = "{data}"\n[scheduler]\nstall_seconds = 2\n'
+            "poll_interval = 0.05\nretry_base_delay = 0.01\n"
+        )
+        tasks = [{"prompt": f"a long night scene number {i}", "key": f"s{i}"} for i in range(40)]
+        body = {"name": "big", "defaults": {"width": 512, "height": 512, "n": 2}, "tasks": tasks}
+        (tmp_path / "big.json").write_text(json.dumps(body))
+        done = kiln(tmp_path, "run", "big.json", "--quiet", timeout=180)  # ends: no hang
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the scheduler could not go on" in done.stderr
+    assert "disk is full" in done.stderr or "No space left" in done.stderr
+    assert (
+        "kiln resume 1" in done.stderr
+        and "Traceback (most recent call last)" not in (done.stderr.split("Stopped:")[-1])
+    )
