@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, false, select, update
 
 from pixelkiln.db.batches import runnable_batch_ids
 from pixelkiln.db.database import Tx
@@ -92,7 +92,7 @@ def move_waiting(
     UPDATE. Tasks with their own chain (``params["backends"]``) go to the first
     backend after ``source`` in it that is in ``up``, one UPDATE per target,
     at most ``limit`` of them per call. Only tasks of batches that may run now
-    (and of ``only_batches``) move.
+    (and of ``only_batches``) move, and never one on its owner's own provider key.
     """
     batch_ids = runnable_batch_ids(tx.conn, tx.now, only_batches)
     if not batch_ids:
@@ -101,6 +101,7 @@ def move_waiting(
         tasks.c.backend == source,
         tasks.c.status == str(TaskStatus.PENDING),
         tasks.c.batch_id.in_(batch_ids),
+        tasks.c.own_key.is_(false()),  # elsewhere it would run on the system's key, unpaid
     )
     moved: list[tuple[Any, str]] = []
     if configured is not None:

@@ -159,7 +159,13 @@ class Routes:
     # -- decisions ------------------------------------------------------------------------------
 
     def fallback_for(self, task: ClaimedTask, now: float) -> str | None:
-        """The first backend of the task's chain after its current one that is up."""
+        """The first backend of the task's chain after its current one that is up.
+
+        None for a task on its owner's own provider key: elsewhere it would run
+        on the system's key, which its owner did not pay for.
+        """
+        if task.own_key:
+            return None
         own = task.params.get("backends")
         if isinstance(own, list) and own:
             rest = own[own.index(task.backend) + 1 :] if task.backend in own else own

@@ -1,11 +1,16 @@
 """The scheduler: claims tasks, runs them on backends within limits, records outcomes.
 
-One scheduler per process. Its loop claims as many tasks as there are free
-generator slots (globally and per backend), runs each as an asyncio job, and
-hands outcomes to a committer that records them in groups. A lease keeper
+One scheduler per process, built by :mod:`pixelkiln.engine.assembly`. Its
+loop claims as many tasks as there are free generator slots (globally and per
+backend, see engine.limits), runs each as an asyncio job, and hands outcomes
+to a committer that records them in groups (engine.recorder). A lease keeper
 renews the leases of held tasks every few seconds; a task missing from the
 renewal was cancelled or taken away, and its job is cancelled. Recovery of
-expired leases (a runner that died) runs inside the loop.
+expired leases (a runner that died), moves of waiting tasks to a fallback
+backend (engine.routing) and an admin's new limits run inside the loop.
+
+Nothing stops it quietly: a step that fails is logged, backed off and tried
+again, and a helper that dies is started again (engine.supervisor).
 
 >>> scheduler = Scheduler(db=db, storage=storage, backends=backends,
 ...                       settings=settings.scheduler, user_keys=UserKeys(db, keys),

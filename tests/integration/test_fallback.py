@@ -18,9 +18,11 @@ import pytest
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
 from pixelkiln.db.batches import get_batch, retry_batch
+from pixelkiln.db.credits import set_own_key
 from pixelkiln.db.events import events_after
 from pixelkiln.db.routing import FALLBACK_FROM
 from pixelkiln.db.tasks import list_images, list_tasks
+from pixelkiln.db.users import add_user, set_provider_key
 from pixelkiln.models import BatchStatus, EventType, TaskStatus
 from pixelkiln.reports import build_report, render_text
 from pixelkiln.specs import parse_batch
@@ -206,3 +208,29 @@ async def test_without_a_fallback_an_empty_account_fails_its_tasks_at_once(
     failed = [t for t in tasks if t.status == TaskStatus.FAILED]
     assert len(failed) == 2 and all("out of credits" in (t.last_error or "") for t in failed)
     assert requests <= 3  # no retries on an empty account
+
+
+async def test_a_task_on_its_owners_own_key_never_moves_to_the_systems_fallback(
+    tmp_path: Path, database_url: str
+) -> None:
+    with FakeOpenRouter(credits=0, image_scale=0.05) as router:  # every request: 402
+        backends = [
+            {"name": "router", "type": "openrouter", "urls": [router.url], "model": MODEL,
+             "api_key": "sk-system", "fallback": ["placeholder"]},
+            PLACEHOLDER,
+        ]  # fmt: skip
+        async with Kiln(settings_with(tmp_path, database_url, backends)) as kiln:
+            user, _ = kiln.db.write(add_user, "ivy")
+            secret = kiln.keys.encrypt("sk-ivy-own")
+            kiln.db.write(set_provider_key, user.id, "router", secret)
+            batch_id = await kiln.submit(spec(2), owner_id=user.id)
+            own, system = kiln.db.read(list_tasks, batch_id)
+            kiln.db.write(set_own_key, batch_id, ["router"], [own.id])
+            await asyncio.wait_for(kiln.run_until_done([batch_id]), 60)
+            tasks = {t.id: t for t in kiln.db.read(list_tasks, batch_id)}
+    assert (tasks[own.id].status, tasks[own.id].backend) == (TaskStatus.FAILED, "router")
+    assert "out of credits" in (tasks[own.id].last_error or "")
+    assert (tasks[system.id].status, tasks[system.id].backend) == (
+        TaskStatus.SUCCEEDED,
+        "placeholder",
+    )
