@@ -13,7 +13,7 @@ fallbacks if ``b`` goes down too; loops are refused when the settings load.
 With no fallback up, a task waits for a down backend and fails at once for a
 backend out of quota. While every server of a pool is down its tasks stay in
 the queue (claiming them would only put them back) and every few seconds
-:meth:`Routes.sweeps` names what to move to a fallback that came up. A backend down for
+:meth:`Routes.sweep` moves those that have a fallback up. A backend down for
 ``down_timeout`` seconds fails the tasks that wait for it, spending no
 attempt, with a reason that says so; ``kiln retry`` runs them again later.
 
@@ -43,7 +43,7 @@ log = logging.getLogger("pixelkiln.engine")
 
 #: seconds a backend out of quota is passed over before a task tries it again
 QUOTA_HOLD = 60.0
-#: seconds between moves of waiting tasks to a fallback (see Routes.sweeps)
+#: seconds between moves of waiting tasks to a fallback (see Routes.sweep)
 SWEEP_INTERVAL = 2.0
 
 
@@ -91,14 +91,17 @@ class Routes:
             return pool.servers_up() > 0
         return name not in self.down  # without a pool, only a success says it is back
 
-    def refuse_early(self, name: str, now: float) -> BackendError | None:
+    def refuse_early(self, name: str, now: float, own_key: bool = False) -> BackendError | None:
         """The error a task of ``name`` gets without a request, when we already know it.
 
         Only what is certain: every server of its pool is down (the pool's
-        health probe brings them back), or its account is out of quota.
+        health probe brings them back), or the system's account is out of
+        quota (a task on its owner's own key is still sent).
         """
+        if not (self.down or self._quota):
+            return None  # the hot path: nothing is known to be wrong
         until, why = self._quota.get(name, (0.0, ""))
-        if until > now:
+        if until > now and not own_key:
             return QuotaExhaustedError(why)
         pool = self.pool(name)
         if pool is not None and name in self.down and pool.servers_up() == 0:
@@ -114,7 +117,7 @@ class Routes:
         """True while claiming tasks of ``name`` would only put them back.
 
         Every server of its pool is down and the deadline has not passed: its
-        waiting tasks stay in the queue (and :meth:`sweeps` moves those that
+        waiting tasks stay in the queue (and :meth:`sweep` moves those that
         have a fallback up) instead of being claimed and returned in a loop.
         """
         return (
@@ -177,7 +180,8 @@ class Routes:
         """Move, fail or wait: what becomes of ``task``, whose backend raised ``exc``."""
         name = task.backend
         if isinstance(exc, QuotaExhaustedError):
-            self._quota[name] = (now + QUOTA_HOLD, str(exc))
+            if not task.own_key:  # the system's account: its other tasks would hear the same
+                self._quota[name] = (now + QUOTA_HOLD, str(exc))
             why = "is out of quota or credits"
         else:
             self._went_down(task, now)
@@ -205,7 +209,7 @@ class Routes:
             else "its tasks wait"
         )
         message = f"backend '{task.backend}': every server is down; {wait} for it to come back"
-        if self.chains[task.backend] or task.params.get("backends"):
+        if self.chains.get(task.backend) or task.params.get("backends"):
             message += " or move to a fallback that is up"
         log.warning(message)
         self._note(task.batch_id, EventType.WARNING, {"message": message, "backend": task.backend})

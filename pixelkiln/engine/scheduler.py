@@ -385,9 +385,7 @@ class Scheduler:
 
     async def _generate(self, task: ClaimedTask) -> list[GeneratedImage]:
         """One try on the backend, within the per-task timeout."""
-        known = (
-            self.routes.refuse_early(task.backend, self._clock()) if self.routes.troubled else None
-        )
+        known = self.routes.refuse_early(task.backend, self._clock(), task.own_key)
         if known is not None:
             raise known  # nothing to ask: every server is down, or the account is empty
         backend = self.backends[task.backend]
