@@ -187,6 +187,10 @@ async def test_backends_health_and_openapi(api: Api) -> None:
         ("slow", "placeholder", 0),
     ]
     assert "api_key" not in str(backends)
+    # the API knows its backends from the settings; only the scheduler thread builds them
+    assert api.ctx.kiln._engine is None and api.ctx.runner is not None
+    status = await api.ctx.runner.status()
+    assert status is not None and sorted(status.backends) == ["placeholder", "slow"]
     health = (await api.client.get("/healthz")).json()
     assert health["status"] == "ok" and health["version"]
     assert health["scheduler"]["state"] in ("starting", "running")
