@@ -91,7 +91,9 @@ class Supervision:
     def stalled_for(self) -> float:
         """Seconds without progress: the oldest failure streak, or the time since the last beat."""
         now = self._clock()
-        since = min((s for s, _ in self._failing.values()), default=now)
+        # a copy first: /healthz reads this from another thread while the loop writes
+        streaks = list(self._failing.values())
+        since = min((s for s, _ in streaks), default=now)
         last = self._beat if self._beat is not None else self._started
         return max(now - since, now - last)
 
