@@ -221,11 +221,11 @@ async def test_a_task_on_its_owners_own_key_never_moves_to_the_systems_fallback(
         ]  # fmt: skip
         async with Kiln(settings_with(tmp_path, database_url, backends)) as kiln:
             user, _ = kiln.db.write(add_user, "ivy")
+            batch_id = await kiln.submit(spec(2), owner_id=user.id)  # no key yet: system's
             secret = kiln.keys.encrypt("sk-ivy-own")
             kiln.db.write(set_provider_key, user.id, "router", secret)
-            batch_id = await kiln.submit(spec(2), owner_id=user.id)
             own, system = kiln.db.read(list_tasks, batch_id)
-            kiln.db.write(set_own_key, batch_id, ["router"], [own.id])
+            kiln.db.write(set_own_key, batch_id, ["router"], [own.id])  # as a retry would
             await asyncio.wait_for(kiln.run_until_done([batch_id]), 60)
             tasks = {t.id: t for t in kiln.db.read(list_tasks, batch_id)}
     assert (tasks[own.id].status, tasks[own.id].backend) == (TaskStatus.FAILED, "router")

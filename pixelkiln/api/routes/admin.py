@@ -12,18 +12,6 @@ from sqlalchemy import Connection
 from pixelkiln.api.deps import AdminDep, ApiContext, CtxDep, PageDep, page_fields
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.routes.batches import ERRORS, StatusFilter
-from pixelkiln.api.schemas import (
-    BackendConcurrency,
-    BackendConcurrencyUpdate,
-    BackendStats,
-    BatchPublic,
-    ConcurrencyPublic,
-    ConcurrencyUpdate,
-    DayCount,
-    Id,
-    Page,
-    StatsPublic,
-)
 from pixelkiln.api.views import batch_public
 from pixelkiln.db.records import count_active, search_batches
 from pixelkiln.db.settings_store import (
@@ -35,6 +23,18 @@ from pixelkiln.db.settings_store import (
 )
 from pixelkiln.db.stats import DAY, backend_figures, images_per_day, queue_depth, task_counts
 from pixelkiln.engine.limits import configured_limits
+from pixelkiln.wire.schemas import (
+    BackendConcurrency,
+    BackendConcurrencyUpdate,
+    BackendStats,
+    BatchPublic,
+    ConcurrencyPublic,
+    ConcurrencyUpdate,
+    DayCount,
+    Id,
+    Page,
+    StatsPublic,
+)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
