@@ -16,7 +16,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pixelkiln.exceptions import ConfigError
@@ -76,6 +83,11 @@ class BackendSettings(BaseModel):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Type-specific options (e.g. comfyui `workflow`)."
     )
+    fallback: list[str] = Field(
+        default_factory=list,
+        description="Backends that take this one's tasks, in order, while every server of it "
+        "is down or its account is out of quota.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -120,6 +132,18 @@ class SchedulerSettings(BaseModel):
     )
     poll_interval: float = Field(
         0.5, gt=0, description="Seconds between looks for new work when the queue is empty."
+    )
+    down_timeout: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds tasks wait for a backend whose every server is down (with no "
+        "fallback up) before they fail, spending no attempt; 0 = wait for ever.",
+    )
+    stall_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds the scheduler's steps may keep failing (database, disk) before "
+        "/healthz answers 503 and `kiln run` stops with exit 1.",
     )
 
 
@@ -246,6 +270,37 @@ class Settings(BaseSettings):
             raise ValueError(f"backend names must be unique; repeated: {', '.join(duplicates)}")
         return value
 
+    @field_validator("backends")
+    @classmethod
+    def _fallbacks_exist_without_loops(cls, value: list[BackendSettings]) -> list[BackendSettings]:
+        names = {b.name for b in value}
+        for backend in value:
+            unknown = [f for f in backend.fallback if f not in names]
+            if unknown:
+                raise ValueError(
+                    f"backend '{backend.name}': fallback names unknown backend(s) "
+                    f"{', '.join(unknown)}; configured: {', '.join(sorted(names))}"
+                )
+            loop = _fallback_loop(value, backend.name)
+            if loop:
+                raise ValueError(f"fallback chains must not loop: {' → '.join(loop)}")
+        return value
+
+    def fallback_chain(self, name: str) -> list[str]:
+        """Where tasks of backend ``name`` go when it is down: its ``fallback`` list, each
+        followed by its own chain, in order, without repeats (``name`` itself excluded)."""
+        by_name = {b.name: b for b in self.effective_backends()}
+        chain: list[str] = []
+
+        def visit(current: str) -> None:
+            for nxt in by_name[current].fallback if current in by_name else ():
+                if nxt != name and nxt not in chain:
+                    chain.append(nxt)
+                    visit(nxt)
+
+        visit(name)
+        return chain
+
     def effective_backends(self) -> list[BackendSettings]:
         """The configured backends, or the offline ``placeholder`` when none is configured."""
         if self.backends:
@@ -255,6 +310,25 @@ class Settings(BaseSettings):
     def default_backend(self) -> str:
         """Name of the backend a task uses when it names none: the first configured."""
         return self.effective_backends()[0].name
+
+
+def _fallback_loop(backends: list[BackendSettings], start: str) -> list[str]:
+    """A loop of fallbacks through ``start`` (``[a, b, a]``), or [] when there is none."""
+    by_name = {b.name: b.fallback for b in backends}
+    path: list[str] = []
+
+    def walk(name: str) -> list[str]:
+        if name in path:
+            return [*path[path.index(name) :], name] if name == start else []
+        path.append(name)
+        for nxt in by_name.get(name, ()):
+            found = walk(nxt)
+            if found:
+                return found
+        path.pop()
+        return []
+
+    return walk(start)
 
 
 def load_settings(path: Path | None, **overrides: Any) -> Settings:
@@ -277,7 +351,10 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         where = f" in {file}" if file else ""
-        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = [
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
         raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(lines)) from exc
 
 

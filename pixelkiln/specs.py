@@ -31,6 +31,9 @@ PARAM_NAMES = (
     "cfg_scale sampler seed n denoise init_image reference_images filename_prefix"
 ).split()
 
+#: most backends one task's chain may name
+MAX_CHAIN = 10
+
 
 class Params(BaseModel):
     """Generation parameters; every one optional so defaults and overrides share a shape."""
@@ -38,7 +41,9 @@ class Params(BaseModel):
     # `key: 17` or `filename_prefix: 2024` in YAML/JSON arrive as numbers
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
 
-    backend: str | None = None  #: name of a configured backend
+    #: name of a configured backend, or a chain of them (first = preferred, the rest take over
+    #: in order while it is down); "a, b" in a table cell is the chain ["a", "b"]
+    backend: str | list[str] | None = None
     model: str | None = None  #: model / checkpoint; the backend's default when None
     prompt: str | None = Field(None, max_length=20_000)
     negative_prompt: str | None = Field(None, max_length=20_000)
@@ -55,6 +60,20 @@ class Params(BaseModel):
     init_image: str | None = None  #: path (relative to the batch file) or asset reference
     reference_images: list[str] | None = Field(None, max_length=params.MAX_REFERENCE_IMAGES)
     filename_prefix: str | None = Field(None, max_length=100)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_chain(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, str) and "," in value:
+            value = [part.strip() for part in value.split(",")]
+        if not isinstance(value, list):
+            return value or None
+        chain = [name.strip() for name in value]
+        if not chain or not all(chain) or len(chain) > MAX_CHAIN:
+            raise ValueError(f"a backend chain names 1 to {MAX_CHAIN} backends")
+        if len(set(chain)) < len(chain):
+            raise ValueError("a backend chain names each backend once")
+        return chain
 
     @field_validator("aspect_ratio")
     @classmethod
@@ -111,10 +130,15 @@ class ResolvedTask:
     filename_prefix: str
     init_image: str | None = None  #: path as given, resolved against the batch file's folder
     reference_images: tuple[str, ...] = field(default_factory=tuple)
+    #: the task's own backend chain (first = ``backend``); () = ``backend`` and its configured
+    #: ``fallback`` chain. Stored as ``params["backends"]``; ``tasks.backend`` is the one
+    #: running it now (see engine.routing)
+    backends: tuple[str, ...] = ()
 
     def params_json(self) -> dict[str, Any]:
         """The parameters stored in ``tasks.params`` (prompt and inputs live in own columns)."""
-        return {
+        chain = {"backends": list(self.backends)} if self.backends else {}
+        return chain | {
             "model": self.model,
             "width": self.width,
             "height": self.height,
@@ -214,9 +238,14 @@ def _resolve_one(
     prompt = merged.get("prompt") or ""
     if not prompt:
         raise _TaskProblem("prompt", "is required (in the task or in defaults)")
-    backend = merged.get("backend") or default_backend
-    if known is not None and backend not in known:
-        raise _TaskProblem("backend", f"unknown backend '{backend}'; configured: {sorted(known)}")
+    chosen = merged.get("backend") or default_backend
+    chain = tuple(chosen) if isinstance(chosen, list) else ()
+    backend = chain[0] if chain else chosen
+    unknown = [b for b in chain or (backend,) if known is not None and b not in known]
+    if unknown:
+        raise _TaskProblem(
+            "backend", f"unknown backend '{unknown[0]}'; configured: {sorted(known or ())}"
+        )
     try:
         width, height = params.resolve_size(
             merged.get("aspect_ratio"),
@@ -252,6 +281,7 @@ def _resolve_one(
         filename_prefix=merged.get("filename_prefix") or "",
         init_image=init_image,
         reference_images=references,
+        backends=chain,
     )
 
 

@@ -91,3 +91,31 @@ def test_every_setting_is_documented() -> None:
         assert match, f"docs/configuration.md has no section {section}"
         for key in model.model_fields:
             assert f"| `{key}` |" in match.group(1), f"{section} {key} is not documented"
+
+
+def _backends(**fallbacks: list[str]) -> list[dict[str, object]]:
+    return [{"name": n, "type": "placeholder", "fallback": f} for n, f in fallbacks.items()]
+
+
+def test_fallback_chains_follow_each_backend_in_order() -> None:
+    settings = load_settings(None, backends=_backends(a=["b", "c"], b=["d"], c=[], d=[]))
+    assert settings.fallback_chain("a") == ["b", "d", "c"]
+    assert settings.fallback_chain("b") == ["d"]
+    assert settings.fallback_chain("c") == []
+    assert (settings.scheduler.down_timeout, settings.scheduler.stall_seconds) == (600.0, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("fallbacks", "message"),
+    [
+        ({"a": ["x"]}, "backend 'a': fallback names unknown backend(s) x; configured: a"),
+        ({"a": ["a"]}, "fallback chains must not loop: a → a"),
+        ({"a": ["b"], "b": ["c"], "c": ["b"]}, "fallback chains must not loop: b → c → b"),
+    ],
+)
+def test_a_fallback_must_name_a_backend_and_never_loop(
+    fallbacks: dict[str, list[str]], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, backends=_backends(**fallbacks))
+    assert f"backends: {message}" in str(caught.value)

@@ -184,3 +184,30 @@ def test_a_batch_needs_tasks() -> None:
 def test_a_batch_must_be_a_mapping() -> None:
     with pytest.raises(SpecError, match="mapping"):
         parse_batch([{"prompt": "a"}], source="b.json")
+
+
+def test_a_backend_chain_names_the_first_and_keeps_the_rest_in_params() -> None:
+    spec = parse_batch(
+        batch(
+            {"prompt": "a"},
+            {"prompt": "b", "backend": "c"},
+            {"prompt": "c", "backend": "a, c"},  # a spreadsheet cell
+            backend=["a", "b"],
+        )
+    )
+    first, second, third = resolve_tasks(spec, default_backend="a", known_backends="abc")
+    assert (first.backend, first.params_json()["backends"]) == ("a", ["a", "b"])
+    assert (second.backend, "backends" in second.params_json()) == ("c", False)
+    assert (third.backend, third.backends) == ("a", ("a", "c"))
+
+
+def test_a_backend_chain_is_checked_whole() -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_batch(batch({"prompt": "a", "backend": ["a", "a"]}, {"prompt": "b", "backend": []}))
+    assert [p.message for p in caught.value.problems] == [
+        "a backend chain names each backend once",
+        "a backend chain names 1 to 10 backends",
+    ]
+    spec = parse_batch(batch({"prompt": "a", "backend": ["a", "nope"]}))
+    with pytest.raises(SpecError, match="unknown backend 'nope'"):
+        resolve_tasks(spec, default_backend="a", known_backends=["a"])
