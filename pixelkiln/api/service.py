@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection
@@ -30,7 +30,7 @@ from pixelkiln.db.database import Tx
 from pixelkiln.db.records import find_idempotent, get_asset, images_of_tasks, remember_idempotent
 from pixelkiln.db.tasks import list_tasks
 from pixelkiln.engine.intake import prepare_batch
-from pixelkiln.exceptions import NotFoundError, Problem, SpecError
+from pixelkiln.exceptions import NotFoundError, Problem
 from pixelkiln.models import Batch, ImageRecord, Task, TaskStatus, parse_id
 from pixelkiln.specs import BatchSpec
 
@@ -61,32 +61,7 @@ async def pricing_for(ctx: ApiContext, user_id: int | None) -> Pricing:
     return await ctx.read(load_pricing, ctx.settings, ctx.kiln.backends, user_id)
 
 
-def check_inputs_are_uploads(spec: BatchSpec, source: str = "") -> None:
-    """Refuse server file paths as input images: an API caller may only use its uploads."""
-    problems = []
-    entries = [("defaults", spec.defaults)] + [
-        (f"task {i + 1}", t) for i, t in enumerate(spec.tasks)
-    ]
-    for where, params in entries:
-        refs = [("init_image", params.init_image)] + [
-            ("reference_images", r) for r in params.reference_images or []
-        ]
-        for name, ref in refs:
-            if ref and not ref.startswith("asset:"):
-                problems.append(
-                    Problem(
-                        source,
-                        where,
-                        name,
-                        f"'{ref}' is not an uploaded image; upload it with "
-                        "POST /api/v1/assets and use the 'asset:<id>' it returns",
-                    )
-                )
-    if problems:
-        raise SpecError(problems)
-
-
-def check_user_limits(spec: BatchSpec, max_attempts: int, source: str = "") -> None:
+def limit_problems(spec: BatchSpec, max_attempts: int, source: str = "") -> list[Problem]:
     """A user may lower their batch's priority, not raise it over others'; nor buy extra tries.
 
     Extra attempts would spend the system's provider key on retries charged once.
@@ -100,8 +75,7 @@ def check_user_limits(spec: BatchSpec, max_attempts: int, source: str = "") -> N
         problems.append(
             Problem(source, "", "max_attempts", f"at most {max_attempts} attempts per task")
         )
-    if problems:
-        raise SpecError(problems)
+    return problems
 
 
 async def submit(ctx: ApiContext, caller: Caller, sub: Submission) -> tuple[int, bool]:
@@ -112,10 +86,9 @@ async def submit(ctx: ApiContext, caller: Caller, sub: Submission) -> tuple[int,
         found = await ctx.read(find_idempotent, caller.owner_key, key, since)
         if found is not None:
             return _replayed(found, sub.fingerprint), False
-    if not sub.server_paths:
-        check_inputs_are_uploads(sub.spec, sub.source_name)
-    if not caller.is_admin:
-        check_user_limits(sub.spec, ctx.settings.scheduler.max_attempts, sub.source_name)
+    if not caller.is_admin:  # reported with every other problem of the input, by prepare_batch
+        problems = limit_problems(sub.spec, ctx.settings.scheduler.max_attempts, sub.source_name)
+        sub = replace(sub, spec=sub.spec.with_problems(problems))
     new = await ctx.run(_prepare, ctx, caller, sub)
     pricing = await pricing_for(ctx, caller.user_id)
     costs = [pricing.task_cost(t.backend, t.n) for t in new.tasks]
@@ -169,6 +142,7 @@ def _prepare(ctx: ApiContext, caller: Caller, sub: Submission) -> NewBatch:
         where=sub.where,
         owner_id=caller.user_id,
         resolve_asset=resolve_asset,
+        uploads_only=not sub.server_paths,  # a caller may only use its own uploads
     )
 
 
