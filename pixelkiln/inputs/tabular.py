@@ -4,6 +4,8 @@ Every row is validated as a :class:`~pixelkiln.specs.TaskSpec` and every
 problem found, in every row, is reported at once ("row 17, field 'n'"), so a
 user fixes a spreadsheet in one pass rather than one error per run. Row
 numbers are the spreadsheet's own (header = row 1), blank rows included.
+A table written by ``kiln export --to FILE.xlsx|FILE.csv`` reads back as it is:
+its result columns (status, error, images) are passed over.
 """
 
 from __future__ import annotations
@@ -26,7 +28,21 @@ from pixelkiln.specs import TASK_KEYS, BatchSpec, TaskSpec, salvage
 
 #: columns a table may have: every parameter plus the task key
 COLUMN_NAMES = TASK_KEYS
-__all__ = ["COLUMN_NAMES", "MAX_PROBLEMS", "TableBatch", "load_csv", "load_xlsx", "rows_to_batch"]
+#: columns an export adds (``kiln export --to FILE.xlsx``): read over, so the table runs again
+RESULT_COLUMNS = ("status", "error", "images")
+#: a CSV cell starting with one of these is a formula to a spreadsheet, so an export writes
+#: it behind a ``'``, which reading takes off again
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+__all__ = [
+    "COLUMN_NAMES",
+    "FORMULA_STARTS",
+    "MAX_PROBLEMS",
+    "RESULT_COLUMNS",
+    "TableBatch",
+    "load_csv",
+    "load_xlsx",
+    "rows_to_batch",
+]
 #: columns whose values are text: numbers typed into them (a key 17) become "17"
 TEXT_COLUMNS = frozenset(
     name for name, info in TaskSpec.model_fields.items() if str in get_args(info.annotation)
@@ -51,10 +67,15 @@ def load_csv(path: Path, source: str, name: str, *, partial: bool = False) -> Ta
     text = read_text(path, source, hint="in Excel, save as 'CSV UTF-8'")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_sniff_delimiter(text))
     try:
-        rows = [(number, cells) for number, cells in enumerate(reader, start=1)]
+        rows = [(number, _unescaped(cells)) for number, cells in enumerate(reader, start=1)]
     except csv.Error as exc:
         raise file_error(source, f"is not valid CSV (line {reader.line_num}): {exc}") from exc
     return rows_to_batch(rows, source, name, partial=partial)
+
+
+def _unescaped(cells: list[str]) -> list[str]:
+    """Cells as written before an export guarded them against formulas ("'=x" → "=x")."""
+    return [c[1:] if c[:1] == "'" and c[1:2] in FORMULA_STARTS else c for c in cells]
 
 
 def _sniff_delimiter(text: str) -> str:
@@ -163,6 +184,8 @@ class _Header:
                 continue
             named.add(index)
             column = _column_name(str(heading))
+            if column in RESULT_COLUMNS:
+                continue
             if column not in COLUMN_NAMES:
                 text = str(heading)
                 problems.append(Problem(source, where, text, _unknown_column(text)))
