@@ -11,8 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, delete, exists, func, insert, or_, select
 
+from pixelkiln.db import transitions
 from pixelkiln.db.batches import UNFINISHED, _batch
 from pixelkiln.db.database import Tx
 from pixelkiln.db.tables import assets, batches, events, idempotency_keys, images, tasks
@@ -193,11 +194,7 @@ def delete_image(tx: Tx, image_id: int, owner_id: int | None = None) -> ImageInf
     """Forget one image (the caller removes its file); the batch's image count follows."""
     info = get_image(tx.conn, image_id, owner_id)
     tx.conn.execute(delete(images).where(images.c.id == image_id))
-    tx.conn.execute(
-        update(batches)
-        .where(batches.c.id == info.image.batch_id)
-        .values(n_images=batches.c.n_images - 1)
-    )
+    transitions.image_deleted(tx, info.image.batch_id)
     return info
 
 
