@@ -12,6 +12,7 @@ result down.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,9 @@ def _fallback_loop(backends: list[BackendSettings], start: str) -> list[str]:
 def load_settings(path: Path | None, **overrides: Any) -> Settings:
     """Read ``path`` (or ``./kiln.toml`` / ``$KILN_CONFIG`` when None), then the environment.
 
+    Relative paths in the file (``[storage] data_dir``, an SQLite ``database_url``)
+    are the file's folder's, wherever the command runs from (cron runs it from
+    ``/``); relative paths in the environment or ``overrides`` are the current folder's.
     Raises :class:`ConfigError` with every invalid key named.
     """
     file = path
@@ -346,6 +350,7 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
     data: dict[str, Any] = {}
     if file is not None:
         data = _read_toml(file)
+        _paths_against(data, file.absolute().parent)
     data.update(overrides)
     try:
         return Settings(**data)
@@ -356,6 +361,38 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
             for e in exc.errors()
         ]
         raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(lines)) from exc
+
+
+def _paths_against(data: dict[str, Any], folder: Path) -> None:
+    """Make the file's relative storage paths relative to ``folder`` (the file's own)."""
+    storage = data.get("storage")
+    if not isinstance(storage, dict):
+        return  # not a table: Settings names the mistake
+    data_dir = storage.get("data_dir")
+    if isinstance(data_dir, str) and data_dir:
+        storage["data_dir"] = str(folder / Path(data_dir).expanduser())
+    url = storage.get("database_url")
+    if isinstance(url, str):
+        storage["database_url"] = _sqlite_against(url, folder)
+
+
+# sqlite:///relative/path.db (three slashes, then no fourth): a path relative to the cwd
+_SQLITE_RELATIVE = re.compile(r"^(sqlite(?:\+\w+)?:///)([^/?][^?]*)(\?.*)?$")
+
+
+def _sqlite_against(url: str, folder: Path) -> str:
+    """An SQLite URL with a relative file path made absolute against ``folder``.
+
+    >>> _sqlite_against("sqlite:///db/kiln.db", Path("/etc/kiln"))
+    'sqlite:////etc/kiln/db/kiln.db'
+    """
+    match = _SQLITE_RELATIVE.match(url)
+    if match is None or match.group(2) == ":memory:":
+        return url
+    path = Path(match.group(2)).expanduser()
+    if path.is_absolute():  # it was "~/..."
+        return f"{match.group(1)}{path}{match.group(3) or ''}"
+    return f"{match.group(1)}{folder / path}{match.group(3) or ''}"
 
 
 def _read_toml(file: Path) -> dict[str, Any]:

@@ -48,6 +48,9 @@ class Problem:
     field: str
     #: what is wrong, in words a user can act on
     message: str
+    #: where the value sits in submitted structured data ("tasks[0].n", "" for the whole of
+    #: it) when the problem is that it does not fit the batch schema; None otherwise
+    path: str | None = None
 
     def __str__(self) -> str:
         parts = [p for p in (self.source, self.where) if p]

@@ -170,7 +170,7 @@ def run(
     """Run a batch file to the end, with a progress bar and a summary."""
     with errors():
         settings = settings_from(config, log_level)
-        loaded = load_batch_file(spec, name=name)
+        loaded = load_batch_file(spec, name=name, partial=True)
         log_path = setup_logging(settings)
         code = asyncio.run(_submit_and_run(settings, loaded, report, quiet, log_path))
     raise typer.Exit(code)

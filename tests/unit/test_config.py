@@ -78,6 +78,47 @@ def _sections() -> dict[str, type[BaseModel]]:
     return sections
 
 
+def test_relative_storage_paths_are_the_config_files_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "etc" / "kiln"
+    folder.mkdir(parents=True)
+    (folder / "kiln.toml").write_text(
+        '[storage]\ndata_dir = "data"\ndatabase_url = "sqlite:///db/kiln.db?timeout=5"\n'
+    )
+    monkeypatch.chdir("/")  # as cron runs it
+    settings = load_settings(folder / "kiln.toml")
+    assert settings.storage.data_dir == folder / "data"
+    assert settings.storage.resolved_database_url() == f"sqlite:///{folder}/db/kiln.db?timeout=5"
+    monkeypatch.chdir(tmp_path)  # the file named relative to where the command runs
+    assert load_settings(Path("etc/kiln/kiln.toml")).storage.data_dir == folder / "data"
+
+
+def test_absolute_and_server_storage_paths_are_kept(tmp_path: Path) -> None:
+    config = tmp_path / "kiln.toml"
+    config.write_text(
+        '[storage]\ndata_dir = "/srv/kiln"\ndatabase_url = "postgresql+psycopg://db/kiln"\n'
+    )
+    storage = load_settings(config).storage
+    assert (storage.data_dir, storage.database_url) == (
+        Path("/srv/kiln"),
+        "postgresql+psycopg://db/kiln",
+    )
+    config.write_text('[storage]\ndatabase_url = "sqlite:////var/kiln.db"\n')
+    assert load_settings(config).storage.database_url == "sqlite:////var/kiln.db"
+
+
+def test_without_a_file_or_from_the_environment_paths_are_the_current_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(None).storage.data_dir == Path("kiln-data")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "kiln.toml").write_text('[storage]\ndata_dir = "data"\n')
+    monkeypatch.setenv("KILN_STORAGE__DATA_DIR", "from-env")
+    assert load_settings(tmp_path / "conf" / "kiln.toml").storage.data_dir == Path("from-env")
+
+
 def test_every_setting_has_a_default_or_is_required_and_has_help() -> None:
     for section, model in _sections().items():
         for key, field in model.model_fields.items():
