@@ -79,7 +79,7 @@ class ImagePublic(_Public):
     width: int
     height: int
     bytes: int
-    seed: int
+    seed: int | None  #: None when the generator takes no seed (OpenAI-compatible APIs)
     url: str  #: the PNG, relative to the server's root
     thumbnail_url: str
     created_at: float
