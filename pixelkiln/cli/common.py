@@ -44,7 +44,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def print_error(message: object) -> None:
     """``Error: <message>`` on stderr; the message is the user's text, never markup."""
-    err_console.print("[red]Error:[/]", escape(str(message)), highlight=False)
+    err_console.print("[red]Error:[/]", escape(str(message)), highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -55,7 +55,7 @@ def errors() -> Iterator[None]:
     except SpecError as exc:
         err_console.print(f"[red]Invalid input ({len(exc.problems)} problem(s)):")
         for problem in exc.problems[:50]:
-            err_console.print(f"  - {problem}", markup=False, highlight=False)
+            err_console.print(f"  - {problem}", markup=False, highlight=False, soft_wrap=True)
         if len(exc.problems) > 50:
             err_console.print(f"  … and {len(exc.problems) - 50} more")
         raise typer.Exit(EXIT_BAD_INPUT) from None

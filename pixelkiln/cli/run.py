@@ -102,7 +102,7 @@ async def _finish(
     for batch_id in batch_ids:
         data = await kiln.db.aread(build_report, batch_id)
         batch = await kiln.db.aread(db_get_batch, batch_id)
-        console.print(render_text(data), markup=False, highlight=False)
+        console.print(render_text(data), markup=False, highlight=False, soft_wrap=True)
         path = _report_path(kiln.settings, batch, report if len(batch_ids) == 1 else None)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
