@@ -90,17 +90,25 @@ class Database:
 
     def write(self, fn: Callable[Concatenate[Tx, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(tx, ...)`` in the writer thread and wait for its committed result."""
+        return self.submit(fn, *args, **kwargs).result()
+
+    def submit(
+        self, fn: Callable[Concatenate[Tx, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[T]:
+        """Queue ``fn(tx, ...)`` for the writer thread; the future settles once committed.
+
+        For callers that hand the result on from a callback instead of awaiting it
+        (``engine.starts``: no task and no extra turn of the event loop per write).
+        """
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._queue.put(_Write(fn, args, kwargs, future))
-        return future.result()
+        return future
 
     async def awrite(
         self, fn: Callable[Concatenate[Tx, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """:meth:`write` for async code: the event loop keeps running meanwhile."""
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put(_Write(fn, args, kwargs, future))
-        return await asyncio.wrap_future(future)
+        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
     def _writer_loop(self) -> None:
         with self.write_engine.connect() as conn:

@@ -11,6 +11,7 @@ together in the next one.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Future
 
 from pixelkiln.db.database import Database
 from pixelkiln.db.leases import start_tasks
@@ -22,35 +23,57 @@ class TakenAwayError(KilnError):
 
 
 class StartMarks:
-    """Spends tasks' attempts in grouped writes; :meth:`mark` returns once committed."""
+    """Spends tasks' attempts in grouped writes; :meth:`mark` returns once committed.
+
+    This write is on every task's path to its generator, so it costs no task and
+    no extra turn of the event loop: the first mark of a turn schedules one flush
+    for the end of the turn (the other tasks started in that turn join in), and
+    the writer's answer settles the waiting tasks from one callback.
+    """
 
     def __init__(self, db: Database, owner: str) -> None:
         self._db = db
         self._owner = owner
         self._waiting: dict[int, asyncio.Future[bool]] = {}
-        self._writer: asyncio.Task[None] | None = None
 
     async def mark(self, task_id: int) -> None:
         """Record that ``task_id`` starts generating now; raise TakenAwayError if not held."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._flush, loop)
         self._waiting[task_id] = future
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write(), name="kiln-start-marks")
         if not await future:
             raise TakenAwayError(f"task {task_id} was taken away before it started")
 
-    async def _write(self) -> None:
-        """Write waiting marks, group after group, until none is left; never raises."""
-        await asyncio.sleep(0)  # the other tasks started in this turn of the loop join in
-        while self._waiting:
-            group, self._waiting = self._waiting, {}
-            try:
-                held = await self._db.awrite(start_tasks, self._owner, list(group))
-            except Exception as exc:  # each task then fails its try with the reason
-                for future in group.values():
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for task_id, future in group.items():
-                if not future.done():  # its job may have been cancelled meanwhile
-                    future.set_result(task_id in held)
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send the marks waiting now as one write; never raises."""
+        group, self._waiting = self._waiting, {}
+        try:
+            written = self._db.submit(start_tasks, self._owner, list(group))
+        except Exception as exc:  # each task then fails its try with the reason
+            _settle(group, set(), exc)
+            return
+
+        def answered(done: Future[set[int]]) -> None:  # in the writer thread
+            if not loop.is_closed():  # else nobody waits any more
+                loop.call_soon_threadsafe(_settle_written, group, done)
+
+        written.add_done_callback(answered)
+
+
+def _settle_written(group: dict[int, asyncio.Future[bool]], written: Future[set[int]]) -> None:
+    error = written.exception()
+    _settle(group, set() if error is not None else written.result(), error)
+
+
+def _settle(
+    group: dict[int, asyncio.Future[bool]], held: set[int], error: BaseException | None
+) -> None:
+    for task_id, future in group.items():
+        if future.done():  # its job was cancelled meanwhile
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(task_id in held)

@@ -41,13 +41,13 @@ async def test_marks_of_tasks_starting_together_go_in_one_write(db: Database) ->
     _batch(db, 8)
     claimed = db.write(claim_tasks, "me", {"placeholder": 8}, 3600.0, None)
     writes: list[Any] = []
-    real = db.awrite
+    real = db.submit
 
-    async def counting(fn: Any, *args: Any) -> Any:
+    def counting(fn: Any, *args: Any) -> Any:
         writes.append(args)
-        return await real(fn, *args)
+        return real(fn, *args)
 
-    db.awrite = counting  # type: ignore[method-assign]
+    db.submit = counting  # type: ignore[method-assign]
     marks = StartMarks(db, "me")
     await asyncio.gather(*(marks.mark(t.id) for t in claimed))
     assert len(writes) == 1 and sorted(writes[0][1]) == [t.id for t in claimed]
