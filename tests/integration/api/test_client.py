@@ -165,5 +165,26 @@ async def test_download_sends_the_token_only_to_the_clients_own_server(live: Liv
         assert await same.download(f"{live.url}{url}") == await same.download(url)
 
 
+async def test_both_clients_resend_after_a_network_error_only_what_is_safe() -> None:
+    sent: list[str] = []
+
+    def every_other_fails(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        if len(sent) % 2:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, json={"active": 3})
+
+    transport = httpx.MockTransport(every_other_fails)
+    with Client("http://kiln.test", retries=1, transport=transport) as kiln:
+        assert kiln.active_batches() == 3  # a GET: sent again
+        with pytest.raises(httpx.ConnectError):
+            kiln.cancel_batch(1)  # a POST without an idempotency key: never twice
+    async with AsyncClient("http://kiln.test", retries=0, transport=_async(every_other_fails)) as a:
+        assert await a.active_batches() == 3
+        with pytest.raises(httpx.ConnectError):
+            await a.active_batches()  # no retries left
+    assert sent == ["GET", "GET", "POST", "GET", "GET"]
+
+
 def _async(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.AsyncBaseTransport:
     return httpx.MockTransport(handler)
