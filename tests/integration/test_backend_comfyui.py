@@ -231,7 +231,7 @@ async def test_timeout_cancels_on_the_server(comfy: FakeComfyUI, http: httpx.Asy
     # long enough for the prompt to be queued and running on a loaded machine; the
     # held prompt never finishes, so the timeout always lands while it runs
     backend = create(
-        settings_for(comfy, timeout=2.0, model="v1-5-pruned-emaonly.safetensors"), BackendDeps(http)
+        settings_for(comfy, timeout=3.0, model="v1-5-pruned-emaonly.safetensors"), BackendDeps(http)
     )
     comfy.hold()
     with pytest.raises(BackendTimeoutError):
