@@ -71,7 +71,8 @@ async def test_concurrency_changes_at_run_time_and_survives_a_restart(
         assert (await again.client.get("/api/v1/admin/concurrency")).json()["concurrency"] == 7
 
 
-async def test_stats_and_metrics_describe_the_work(api: Api) -> None:
+async def test_stats_and_metrics_describe_the_work(held_api: Api) -> None:
+    api = held_api  # its "waiting" batch runs for as long as the test looks
     await api.client.post("/api/v1/batches?wait=true", json=spec("a", "b", "REJECT"))
     await api.client.post("/api/v1/batches", json=spec("waiting", backend="slow"))
     stats = (await api.client.get("/api/v1/admin/stats?days=3")).json()
