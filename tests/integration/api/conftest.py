@@ -61,3 +61,13 @@ async def held_api(tmp_path: Path) -> AsyncIterator[Api]:
         settings = api_settings(tmp_path / "data", backends=held_slow_backends(webui.url))
         async with running_api(settings) as running:
             yield running
+
+
+@pytest.fixture
+async def held_live(tmp_path: Path) -> AsyncIterator[Live]:
+    """Like ``live``, with the "slow" backend a held fake WebUI (see ``held_api``)."""
+    with FakeSDWebUI() as webui:
+        webui.hold()
+        settings = api_settings(tmp_path / "data", backends=held_slow_backends(webui.url))
+        async with serving(settings) as running:
+            yield running
