@@ -16,8 +16,8 @@ from apikit import Api, png_bytes, spec
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
-from pixelkiln.api.cli import app as cli_app
 from pixelkiln.api.errors import install_error_handlers
+from pixelkiln.cli import app as cli_app
 from pixelkiln.config import load_settings
 from pixelkiln.db.credits import MAX_BALANCE
 from pixelkiln.db.database import Database

@@ -1,27 +1,24 @@
-"""``kiln serve`` and ``kiln users``: the server, and the accounts that may use it.
-
-Wired into the ``kiln`` command by :mod:`pixelkiln.cli` (``serve`` as a
-command, ``users_app`` as a sub-app); also runnable on its own as
-``python -m pixelkiln.api.cli``.
-
-Security default: without ``[auth] enabled = true`` anyone who can reach the
-port may do anything, so ``serve`` refuses to bind anything but loopback.
-"""
+"""``kiln users``: the accounts that may use the API, their tokens and credits."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from pixelkiln.api.schemas import MAX_GRANT
-from pixelkiln.config import Settings, load_settings
+from pixelkiln.cli.common import (
+    EXIT_BAD_INPUT,
+    ConfigOption,
+    console,
+    err_console,
+    errors,
+    settings_from,
+)
+from pixelkiln.cli.common import with_db as _open_db
 from pixelkiln.db.credits import grant
 from pixelkiln.db.database import Database
 from pixelkiln.db.users import add_user, find_user, issue_token, list_users, revoke_tokens
@@ -29,85 +26,23 @@ from pixelkiln.exceptions import KilnError
 
 T = TypeVar("T")
 
-console = Console()
-err_console = Console(stderr=True)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="kiln.toml to use (default: ./kiln.toml or $KILN_CONFIG)."),
-]
-
 users_app = typer.Typer(
     help="API users: add them (prints a token), list them, grant credits.", no_args_is_help=True
 )
 
 
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and "localhost"; anything else is reachable from elsewhere."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except KilnError as exc:
-        err_console.print(f"[red]Error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-
-
-def serve(
-    host: Annotated[
-        str | None, typer.Option(help="Address to bind (default [server] host: 127.0.0.1).")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default [server] port: 8000).")] = None,
-    config: ConfigOption = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
-) -> None:
-    """Serve the HTTP API (OpenAPI at /docs) and run the scheduler in this process."""
-    import uvicorn
-
-    from pixelkiln.api.app import create_app
-
-    settings = _settings(config)
-    host = host or settings.server.host
-    port = settings.server.port if port is None else port
-    if not is_loopback(host) and not settings.auth.enabled:
-        advice = (
-            "without authentication anyone who can reach it could use it. Set [auth] "
-            "enabled = true (and add users with `kiln users add`), or keep the default host "
-            "127.0.0.1."
-        )
-        err_console.print(f"[red]Refusing to listen on {host}:[/] {escape(advice)}")
-        raise typer.Exit(2)
-    console.print(f"pixelkiln API on http://{host}:{port} (docs at /docs); Ctrl-C stops it")
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=log_level,
-        timeout_graceful_shutdown=5,  # open event streams must not hold a shutdown forever
-    )
-
-
 def _with_db(config: Path | None, fn: Callable[[Database], T]) -> T:
-    settings = _settings(config)
+    """Every refusal here is the caller's input (no such user, a balance limit): exit 2."""
+    with errors():
+        settings = settings_from(config)
     try:
-        db = Database.open(settings.storage.resolved_database_url())
-        try:
-            return fn(db)
-        finally:
-            db.close()
+        return _open_db(settings, fn)
     except KilnError as exc:
         err_console.print(f"[red]Error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except OverflowError:  # a user id past 64 bits names nobody
         err_console.print("[red]Error:[/] a number is out of range", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 @users_app.command("add")
@@ -186,11 +121,3 @@ def users_grant(
         return db.write(grant, user.id, amount, note or "granted on the command line")
 
     console.print(f"balance of '{name}': {_with_db(config, add)}")
-
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
-app.command()(serve)
-app.add_typer(users_app, name="users")
-
-if __name__ == "__main__":
-    app()

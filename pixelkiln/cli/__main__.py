@@ -1,0 +1,5 @@
+"""``python -m pixelkiln.cli``: the ``kiln`` command."""
+
+from pixelkiln.cli import main
+
+main()

@@ -1,0 +1,166 @@
+"""``kiln cancel``, ``kiln status``, ``kiln report``, ``kiln export``, ``kiln init``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pixelkiln.cli.common import (
+    BatchArg,
+    ConfigOption,
+    console,
+    err_console,
+    errors,
+    resolve,
+    settings_from,
+    with_db,
+)
+from pixelkiln.db.batches import cancel_batch, list_batches
+from pixelkiln.db.database import Database
+from pixelkiln.exceptions import ConfigError
+from pixelkiln.export import export_batch
+from pixelkiln.models import Batch
+from pixelkiln.reports import build_report, eta_seconds, render_text
+
+
+def cancel(batch: BatchArg, config: ConfigOption = None) -> None:
+    """Cancel a batch: pending tasks at once, running ones at their runner's next check."""
+    with errors():
+        settings = settings_from(config)
+        done = with_db(settings, lambda db: db.write(cancel_batch, resolve(db, batch).id))
+        console.print(
+            f"Batch {done.id} cancelled: {done.counts.succeeded} succeeded, "
+            f"{done.counts.cancelled} cancelled, {done.counts.failed} failed."
+        )
+
+
+# -- looking ----------------------------------------------------------------------------------
+
+
+def _batch_facts(batch: Batch) -> dict[str, Any]:
+    c = batch.counts
+    return {
+        "id": batch.id,
+        "name": batch.name,
+        "status": str(batch.status),
+        "total": c.total,
+        "pending": c.pending,
+        "running": c.running,
+        "succeeded": c.succeeded,
+        "failed": c.failed,
+        "cancelled": c.cancelled,
+        "images": c.images,
+        "progress": round(c.progress, 4),
+        "eta_seconds": eta_seconds(batch),
+        "created_at": batch.created_at,
+        "started_at": batch.started_at,
+        "finished_at": batch.finished_at,
+    }
+
+
+def status(
+    batch: Annotated[
+        str | None, typer.Argument(help="Batch id or name; default: recent batches.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    limit: Annotated[int, typer.Option(help="How many recent batches to list.")] = 20,
+    config: ConfigOption = None,
+) -> None:
+    """Show one batch (counts, progress, ETA) or the most recent batches."""
+    with errors():
+        settings = settings_from(config)
+        if batch is None:
+            found = with_db(settings, lambda db: db.read(list_batches, limit=limit))
+        else:
+            found = [with_db(settings, lambda db: resolve(db, batch))]
+    facts = [_batch_facts(b) for b in found]
+    if as_json:
+        print(json.dumps(facts[0] if batch is not None else facts, indent=2))
+        return
+    if batch is not None:
+        _print_one(facts[0])
+        return
+    table = Table("id", "name", "status", "done", "failed", "images", "created")
+    for f in facts:
+        table.add_row(
+            str(f["id"]),
+            f["name"],
+            f["status"],
+            f"{f['succeeded'] + f['failed'] + f['cancelled']}/{f['total']}",
+            str(f["failed"]),
+            str(f["images"]),
+            datetime.fromtimestamp(f["created_at"]).strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table if facts else "No batches yet. Start one with: kiln run BATCH_FILE")
+
+
+def _print_one(f: dict[str, Any]) -> None:
+    eta = f["eta_seconds"]
+    eta_text = "-" if eta is None else f"{eta:.0f} s"
+    console.print(
+        f"Batch {f['id']} '{f['name']}': {f['status']}  {f['progress']:.0%}\n"
+        f"  {f['succeeded']} succeeded, {f['failed']} failed, {f['cancelled']} cancelled, "
+        f"{f['running']} running, {f['pending']} pending of {f['total']}\n"
+        f"  {f['images']} images; ETA {eta_text}",
+        highlight=False,
+        markup=False,
+    )
+
+
+def report(
+    batch: BatchArg,
+    fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    output: Annotated[Path | None, typer.Option(help="Write to this file.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """A batch's report: time range, totals, success rate, rates, each failure and why."""
+    with errors():
+        if fmt not in ("text", "json"):
+            raise ConfigError("--format must be text or json")
+        settings = settings_from(config)
+        data = with_db(settings, lambda db: db.read(build_report, resolve(db, batch).id))
+    text = json.dumps(data, indent=2, ensure_ascii=False) if fmt == "json" else render_text(data)
+    if output is not None:
+        output.write_text(text + "\n", encoding="utf-8")
+        console.print(f"Report written to {output}")
+    else:
+        print(text)
+
+
+def export(
+    batch: BatchArg,
+    to: Annotated[Path, typer.Option("--to", help="A folder, or a file ending in .zip.")],
+    config: ConfigOption = None,
+) -> None:
+    """Copy a batch's images and a manifest.json to a folder or a ZIP file."""
+    with errors():
+        settings = settings_from(config)
+
+        def do_export(db: Database) -> int:
+            return export_batch(db, settings.storage.data_dir, resolve(db, batch).id, to)
+
+        count = with_db(settings, do_export)
+    console.print(f"Exported {count} image(s) to {to}")
+
+
+def init(
+    folder: Annotated[Path, typer.Argument(help="Where to write the files.")] = Path("."),
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+) -> None:
+    """Write a commented sample kiln.toml and batch.yaml to start from."""
+    samples = resources.files("pixelkiln") / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("kiln.toml", "batch.yaml"):
+        target = folder / name
+        if target.exists() and not force:
+            err_console.print(f"[yellow]{target} exists; left as it is (use --force to overwrite)")
+            continue
+        target.write_text((samples / name).read_text(encoding="utf-8"), encoding="utf-8")
+        console.print(f"Wrote {target}")
+    console.print("Next: kiln run batch.yaml")

@@ -1,0 +1,234 @@
+"""``kiln run``, ``kiln resume``, ``kiln retry``: run batches to the end with a progress bar.
+
+Exit codes: 0 every task succeeded (or nothing to do), 1 some task failed or
+was cancelled, 2 bad input (spec, config, unknown batch), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pixelkiln.api.pricing import load_pricing, retry_charged
+from pixelkiln.app import Kiln
+from pixelkiln.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    BatchArg,
+    ConfigOption,
+    LogLevelOption,
+    QuietOption,
+    console,
+    err_console,
+    errors,
+    resolve,
+    settings_from,
+    setup_logging,
+    with_db,
+)
+from pixelkiln.config import Settings
+from pixelkiln.db.batches import find_batch, set_paused, unfinished_batch_ids
+from pixelkiln.db.batches import get_batch as db_get_batch
+from pixelkiln.db.credits import InsufficientCreditsError
+from pixelkiln.db.database import Database
+from pixelkiln.exceptions import InvalidStateError, KilnError
+from pixelkiln.inputs import LoadedBatch, load_batch_file
+from pixelkiln.models import Batch, BatchStatus
+from pixelkiln.progress import BatchProgress
+from pixelkiln.reports import build_report, render_text
+
+
+async def _run_batches(kiln: Kiln, batch_ids: list[int], quiet: bool) -> bool:
+    """Run batches to the end with a progress bar; True if interrupted (Ctrl-C / SIGTERM)."""
+    batches = [await kiln.db.aread(db_get_batch, b) for b in batch_ids]
+    subscription = kiln.bus.subscribe()
+    scheduler = kiln.new_scheduler(batch_ids)
+    interrupted = False
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        nonlocal interrupted
+        if interrupted:  # a second Ctrl-C: leave now; the leases lapse and tasks come back
+            os._exit(EXIT_INTERRUPTED)
+        interrupted = True
+        err_console.print(
+            "[yellow]Stopping: running tasks go back to the queue (Ctrl-C again to quit at once)…"
+        )
+        scheduler.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    try:
+        runner = asyncio.create_task(scheduler.run(until_done=True))
+        await BatchProgress(console, batches, enabled=not quiet).follow(
+            subscription, runner, scheduler
+        )
+        await runner
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        subscription.close()
+    return interrupted
+
+
+def _report_path(settings: Settings, batch: Batch, given: Path | None) -> Path:
+    if given is not None:
+        return given
+    folder = settings.storage.data_dir / "reports"
+    return folder / f"{batch.id}-{datetime.now():%Y%m%d_%H%M%S}.json"
+
+
+async def _finish(
+    kiln: Kiln, batch_ids: list[int], interrupted: bool, report: Path | None, log_path: Path
+) -> int:
+    """Print each batch's summary, write its JSON report, choose the exit code."""
+    code = EXIT_OK
+    for batch_id in batch_ids:
+        data = await kiln.db.aread(build_report, batch_id)
+        batch = await kiln.db.aread(db_get_batch, batch_id)
+        console.print(render_text(data), markup=False, highlight=False)
+        path = _report_path(kiln.settings, batch, report if len(batch_ids) == 1 else None)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+        console.print(
+            f"  report    {path}\n  folder    {kiln.storage.root / 'images' / str(batch_id)}"
+        )
+        if batch.status != BatchStatus.COMPLETED:
+            code = EXIT_FAILED
+    console.print(f"  log       {log_path}")
+    if interrupted:
+        ids = " ".join(str(b) for b in batch_ids)
+        err_console.print(
+            f"[yellow]Interrupted. Unfinished tasks wait in the queue; "
+            f"continue with:[/] kiln resume {ids}"
+        )
+        return EXIT_INTERRUPTED
+    return code
+
+
+async def _submit_and_run(
+    settings: Settings, loaded: LoadedBatch, report: Path | None, quiet: bool, log_path: Path
+) -> int:
+    async with Kiln(settings) as kiln:
+        batch_id = await kiln.submit(
+            loaded.spec,
+            source="cli",
+            source_name=loaded.source,
+            base_dir=loaded.base_dir,
+            where=loaded.where,
+        )
+        console.print(
+            f"Batch [bold]{batch_id}[/] '{loaded.spec.name}': {len(loaded.spec.tasks)} task(s)",
+            highlight=False,
+        )
+        interrupted = await _run_batches(kiln, [batch_id], quiet)
+        return await _finish(kiln, [batch_id], interrupted, report, log_path)
+
+
+async def _continue(
+    settings: Settings, batch_ids: list[int], report: Path | None, quiet: bool, log_path: Path
+) -> int:
+    async with Kiln(settings) as kiln:
+        interrupted = await _run_batches(kiln, batch_ids, quiet)
+        return await _finish(kiln, batch_ids, interrupted, report, log_path)
+
+
+def run(
+    spec: Annotated[Path, typer.Argument(help="Batch file: .yaml .yml .json .toml .csv .xlsx")],
+    config: ConfigOption = None,
+    report: Annotated[Path | None, typer.Option(help="Where to write the JSON report.")] = None,
+    log_level: LogLevelOption = None,
+    name: Annotated[str | None, typer.Option(help="Batch name (default: from the file).")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Run a batch file to the end, with a progress bar and a summary."""
+    with errors():
+        settings = settings_from(config, log_level)
+        loaded = load_batch_file(spec, name=name)
+        log_path = setup_logging(settings)
+        code = asyncio.run(_submit_and_run(settings, loaded, report, quiet, log_path))
+    raise typer.Exit(code)
+
+
+def resume(
+    batch: Annotated[
+        str | None, typer.Argument(help="Batch id or name; default: all unfinished.")
+    ] = None,
+    config: ConfigOption = None,
+    report: Annotated[Path | None, typer.Option(help="Where to write the JSON report.")] = None,
+    log_level: LogLevelOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Continue interrupted (or paused) batches, redoing only unfinished tasks."""
+    with errors():
+        settings = settings_from(config, log_level)
+        ids = with_db(settings, lambda db: _resumable(db, batch))
+        if not ids:
+            console.print("Nothing to resume: no unfinished batch.")
+            raise typer.Exit(EXIT_OK)
+        log_path = setup_logging(settings)
+        code = asyncio.run(_continue(settings, ids, report, quiet, log_path))
+    raise typer.Exit(code)
+
+
+def _resumable(db: Database, ref: str | None) -> list[int]:
+    if ref is None:
+        return db.read(unfinished_batch_ids)
+    found = resolve(db, ref)
+    if found.status.finished:
+        raise InvalidStateError(
+            f"batch {found.id} already finished ({found.status}); "
+            f"use 'kiln retry {found.id}' to run its failed tasks again"
+        )
+    if found.status == BatchStatus.PAUSED:
+        db.write(set_paused, found.id, False)
+    return [found.id]
+
+
+def retry(
+    batch: BatchArg,
+    cancelled: Annotated[bool, typer.Option(help="Also retry cancelled tasks.")] = False,
+    run_now: Annotated[bool, typer.Option("--run/--no-run", help="Run them now.")] = True,
+    config: ConfigOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Put a batch's failed tasks (and with --cancelled, cancelled ones) back in the queue.
+
+    With credits on, a user's batch is charged for the retried tasks, as a retry
+    through the API is (they were refunded when they failed or were cancelled).
+    """
+    with errors():
+        settings = settings_from(config)
+        batch_id, count = asyncio.run(_requeue(settings, batch, cancelled))
+        console.print(f"Batch {batch_id}: {count} task(s) back in the queue.")
+        if not run_now:
+            raise typer.Exit(EXIT_OK)
+        log_path = setup_logging(settings)
+        code = asyncio.run(_continue(settings, [batch_id], None, quiet, log_path))
+    raise typer.Exit(code)
+
+
+async def _requeue(settings: Settings, ref: str, cancelled: bool) -> tuple[int, int]:
+    async with Kiln(settings) as kiln:  # the backends tell which take users' own keys
+        found = await kiln.db.aread(find_batch, ref)
+        pricing = await kiln.db.aread(load_pricing, settings, kiln.backends, found.owner_id)
+        try:
+            count = await kiln.db.awrite(
+                retry_charged,
+                found.id,
+                scope=None,
+                task_ids=None,
+                include_cancelled=cancelled,
+                pricing=pricing,
+            )
+        except InsufficientCreditsError as exc:
+            raise KilnError(f"{exc}; add credits with 'kiln users grant USER AMOUNT'") from None
+        return found.id, count

@@ -1,0 +1,60 @@
+"""``kiln serve``: the HTTP API, the web UI and the scheduler in one process.
+
+Security default: without ``[auth] enabled = true`` anyone who can reach the
+port may do anything, so ``serve`` refuses to bind anything but loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from pixelkiln.cli.common import ConfigOption, console, err_console, errors, settings_from
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and "localhost"; anything else is reachable from elsewhere."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (default [server] host: 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default [server] port: 8000).")] = None,
+    config: ConfigOption = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve the HTTP API (OpenAPI at /docs) and run the scheduler in this process."""
+    import uvicorn
+
+    from pixelkiln.api.app import create_app
+
+    with errors():
+        settings = settings_from(config)
+    host = host or settings.server.host
+    port = settings.server.port if port is None else port
+    if not is_loopback(host) and not settings.auth.enabled:
+        advice = (
+            "without authentication anyone who can reach it could use it. Set [auth] "
+            "enabled = true (and add users with `kiln users add`), or keep the default host "
+            "127.0.0.1."
+        )
+        err_console.print(f"[red]Refusing to listen on {host}:[/] {escape(advice)}")
+        raise typer.Exit(2)
+    console.print(f"pixelkiln API on http://{host}:{port} (docs at /docs); Ctrl-C stops it")
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,  # open event streams must not hold a shutdown forever
+    )
