@@ -21,7 +21,7 @@ SLOW = """
 name = "slow"
 type = "placeholder"
 concurrency = 1
-latency = 0.5
+latency = 5.0  # its batch must still run when pause, resume and cancel reach a loaded server
 
 [auth]
 enabled = true
