@@ -21,14 +21,23 @@ import httpx
 
 from pixelkiln.backends import Backend, BackendDeps, build_backends
 from pixelkiln.config import Settings
-from pixelkiln.db.batches import cancel_batch, create_batch
 from pixelkiln.db.database import Database
+from pixelkiln.db.users import get_user
 from pixelkiln.engine.bus import EventBus
 from pixelkiln.engine.credentials import UserKeys
-from pixelkiln.engine.intake import prepare_batch
 from pixelkiln.engine.scheduler import Scheduler
 from pixelkiln.keybox import KeyBox
 from pixelkiln.models import Batch
+from pixelkiln.service import (
+    LOCAL,
+    BackendCatalog,
+    Caller,
+    Schedulers,
+    ServiceContext,
+    Submission,
+    cancel,
+    submit,
+)
 from pixelkiln.specs import BatchSpec
 from pixelkiln.storage import Storage
 
@@ -43,6 +52,9 @@ class Kiln:
         self.keys = KeyBox(settings)  #: users' own provider keys, encrypted at rest
         self.backends: dict[str, Backend] = {}
         self.scheduler: Scheduler | None = None
+        #: the schedulers of this process that submits wake (this one's, the API's thread)
+        self.schedulers = Schedulers()
+        self._service: ServiceContext | None = None
         self._http = http
         self._own_http = http is None
         self._db: Database | None = None
@@ -52,6 +64,13 @@ class Kiln:
         if self._db is None:
             raise RuntimeError("Kiln is not open; use 'async with Kiln(settings)'")
         return self._db
+
+    @property
+    def service(self) -> ServiceContext:
+        """What :mod:`pixelkiln.service` needs of this installation (once open)."""
+        if self._service is None:
+            raise RuntimeError("Kiln is not open; use 'async with Kiln(settings)'")
+        return self._service
 
     async def __aenter__(self) -> Kiln:
         await self.open()
@@ -76,6 +95,15 @@ class Kiln:
         self.backends = build_backends(
             self.settings.effective_backends(), BackendDeps(http=self._http)
         )
+        self._service = ServiceContext(
+            settings=self.settings,
+            db=self._db,
+            storage=self.storage,
+            backends=BackendCatalog.of(self.backends),
+            keys=self.keys,
+            bus=self.bus,
+            schedulers=self.schedulers,
+        )
 
     async def aclose(self) -> None:
         """Stop the scheduler if running, release backends, the HTTP client and the DB."""
@@ -89,6 +117,7 @@ class Kiln:
         if self._db is not None:
             await asyncio.to_thread(self._db.close)
             self._db = None
+            self._service = None
 
     async def submit(
         self,
@@ -100,27 +129,25 @@ class Kiln:
         where: Callable[[int], str] | None = None,
         owner_id: int | None = None,
     ) -> int:
-        """Validate, store and queue a batch; returns its id. SpecError lists every problem."""
-        new = await asyncio.to_thread(
-            prepare_batch,
+        """Validate, store and queue a batch; returns its id. SpecError lists every problem.
+
+        Input paths are files on this machine (relative ones to ``base_dir``);
+        with ``owner_id`` the batch is that user's, charged to them like theirs.
+        """
+        sub = Submission(
             spec,
-            storage=self.storage,
-            default_backend=self.settings.default_backend(),
-            known_backends=list(self.backends),
-            max_attempts=self.settings.scheduler.max_attempts,
             source=source,
             source_name=source_name,
-            base_dir=base_dir,
             where=where,
+            server_paths=True,
+            base_dir=base_dir,
             owner_id=owner_id,
         )
-        batch_id = await self.db.awrite(create_batch, new)
-        if self.scheduler is not None:
-            self.scheduler.wake()
-        return batch_id
+        return (await submit(self.service, LOCAL, sub)).batch_id
 
     def new_scheduler(self, only_batches: Sequence[int] | None = None) -> Scheduler:
         """A scheduler over this installation (all batches, or only the given ones)."""
+        self.schedulers.discard(self.scheduler)
         self.scheduler = Scheduler(
             db=self.db,
             storage=self.storage,
@@ -129,6 +156,7 @@ class Kiln:
             only_batches=only_batches,
             user_keys=UserKeys(self.db, self.keys),
         )
+        self.schedulers.add(self.scheduler)
         return self.scheduler
 
     async def run_until_done(self, batch_ids: Sequence[int] | None = None) -> None:
@@ -136,8 +164,10 @@ class Kiln:
         await self.new_scheduler(batch_ids).run(until_done=True)
 
     async def cancel(self, batch_id: int, owner_id: int | None = None) -> Batch:
-        """Cancel a batch: pending tasks at once, this process's running ones now too."""
-        batch = await self.db.awrite(cancel_batch, batch_id, owner_id)
-        if self.scheduler is not None:
-            self.scheduler.cancel_batch(batch_id)
-        return batch
+        """Cancel a batch: pending tasks at once, this process's running ones now too.
+
+        With ``owner_id`` the cancel is done as that user, who reaches only their
+        own batches unless they are an admin (NotFoundError otherwise).
+        """
+        caller = LOCAL if owner_id is None else Caller(await self.db.aread(get_user, owner_id))
+        return await cancel(self.service, caller, batch_id)

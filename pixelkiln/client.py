@@ -13,9 +13,9 @@ A pipeline stage in ten lines::
             elif event.type == "error":
                 log.warning("%s failed: %s", event.data.get("item_key"), event.data["error"])
 
-Both clients share every request's shape (:mod:`pixelkiln.api.calls`); they differ only
+Both clients share every request's shape (:mod:`pixelkiln.wire.calls`); they differ only
 in how the request is sent. Responses are parsed into the same pydantic
-models the server validated them against (:mod:`pixelkiln.api.schemas`).
+models the server validated them against (:mod:`pixelkiln.wire.schemas`).
 Errors arrive as :class:`ApiError` with the server's ``code``.
 """
 
@@ -30,7 +30,7 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from pixelkiln.api.calls import (
+from pixelkiln.wire.calls import (
     ApiError,
     Call,
     Calls,
@@ -40,7 +40,7 @@ from pixelkiln.api.calls import (
     auth_headers,
     raise_for,
 )
-from pixelkiln.api.schemas import (
+from pixelkiln.wire.schemas import (
     AssetPublic,
     BatchDetail,
     BatchPublic,

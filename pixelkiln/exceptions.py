@@ -8,6 +8,7 @@ boundary where they enter our code, into one of these, with ``raise ... from``::
     ├── SpecError                bad batch input; carries every Problem found
     ├── NotFoundError            a batch, task or image that does not exist (for this user)
     ├── InvalidStateError        an action that the object's state forbids (retry a running batch)
+    ├── IdempotencyKeyReusedError  an idempotency key sent again with a different request
     ├── DatabaseError            the database is unreachable or stayed locked
     └── BackendError             a generator failed one request
         ├── RejectedInputError   the generator refused the request; retrying cannot help
@@ -108,6 +109,10 @@ class RateLimitedError(BackendError):
 
 class ServerError(BackendError):
     """The server failed (5xx) or answered something we cannot read."""
+
+
+class IdempotencyKeyReusedError(KilnError):
+    """An idempotency key came again with a different request; nothing was done."""
 
 
 class DatabaseError(KilnError):

@@ -9,34 +9,36 @@ from pathlib import Path
 from typing import Any
 
 from pixelkiln.db.database import Database
-from pixelkiln.db.tasks import images_by_task, list_tasks
+from pixelkiln.db.records import batch_images
+from pixelkiln.db.tasks import images_by_task
 from pixelkiln.storage import Storage
 
 
 def manifest(db: Database, batch_id: int) -> list[dict[str, Any]]:
-    """One entry per image: file name, task key and position, prompt, seed, size, sha256."""
-    tasks = {t.id: t for t in db.read(list_tasks, batch_id)}
-    entries = []
-    for task_id, images in db.read(images_by_task, batch_id).items():
-        task = tasks[task_id]
-        for image in images:
-            entries.append(
-                {
-                    "file": Path(image.path).name,
-                    "key": task.key,
-                    "position": task.position,
-                    "index": image.index,
-                    "prompt": task.prompt,
-                    "negative_prompt": task.negative_prompt,
-                    "seed": image.seed,
-                    "width": image.width,
-                    "height": image.height,
-                    "sha256": image.sha256,
-                    "backend": task.backend,
-                    "model": task.params.get("model", ""),
-                }
-            )
-    return sorted(entries, key=lambda e: (e["position"], e["index"]))
+    """One entry per image: file name, task key and position, what was sent, who made it.
+
+    ``negative_prompt`` and ``params`` are as sent (what the backend ignores is left out),
+    ``width``/``height`` as returned, ``model`` the one used, ``server`` without credentials.
+    """
+    return [
+        {
+            "file": Path(info.image.path).name,
+            "key": info.key,
+            "position": info.position,
+            "index": info.image.index,
+            "prompt": info.prompt,
+            "negative_prompt": info.sent_negative_prompt,
+            "seed": info.image.seed,
+            "width": info.image.width,
+            "height": info.image.height,
+            "sha256": info.image.sha256,
+            "backend": info.image.backend,
+            "server": info.image.server,
+            "model": info.image.model,
+            "params": info.sent_params,
+        }
+        for info in db.read(batch_images, batch_id)
+    ]
 
 
 def export_batch(db: Database, data_dir: Path, batch_id: int, target: Path) -> int:

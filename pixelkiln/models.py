@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pixelkiln.storage import StoredImage
 
 
 class BatchStatus(StrEnum):
@@ -28,20 +32,22 @@ FINISHED_BATCH = frozenset(
 
 class TaskStatus(StrEnum):
     PENDING = "pending"  #: waiting to be claimed (maybe until next_attempt_at)
-    RUNNING = "running"  #: claimed by a runner holding a lease
+    RUNNING = "running"  #: claimed under a lease; generating once started_at is set
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
 class EventType(StrEnum):
+    """What an event reports; its fields: ``db.events.PAYLOADS`` (and docs/api.md)."""
+
     BATCH_UPDATE = "batch_update"  #: the batch changed status
     INFO = "info"
-    PROGRESS = "progress"  #: a task finished: {current, total, message, item}
-    IMAGE_GENERATED = "image_generated"  #: {item_key, task_id, image: {id, path, width, height}}
+    PROGRESS = "progress"  #: a task finished
+    IMAGE_GENERATED = "image_generated"  #: an image was stored
     WARNING = "warning"  #: a try failed and will be retried, or work is waiting
-    ERROR = "error"  #: a task failed for good: {error, item_key}
-    DONE = "done"  #: the batch finished: {status, summary}
+    ERROR = "error"  #: a task failed for good
+    DONE = "done"  #: the batch finished
 
 
 @dataclass(frozen=True)
@@ -100,30 +106,80 @@ class Task:
     negative_prompt: str
     params: dict[str, Any]  #: model, width, height, steps, cfg_scale, sampler, seed, n, ...
     inputs: dict[str, Any]  #: init_image / reference_images as asset paths
-    attempts: int
+    attempts: int  #: tries that started generating (a claim alone spends none)
     max_attempts: int
     last_error: str | None
     created_at: float
-    started_at: float | None
+    started_at: float | None  #: when the current (or last) try started generating
     finished_at: float | None
     duration: float | None  #: seconds the successful (or last) try took
 
 
+#: request parameters a generator may take or ignore (``GenerationRequest`` field names);
+#: an image records only those its backend took (``Backend.honours``)
+GENERATION_PARAMS = ("negative_prompt", "steps", "cfg_scale", "sampler", "seed", "denoise")
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """A task a runner now holds a lease on: what it needs to run it."""
+
+    id: int
+    batch_id: int
+    position: int
+    key: str
+    backend: str
+    prompt: str
+    negative_prompt: str
+    params: dict[str, Any]
+    inputs: dict[str, Any]
+    attempts: int  #: the number of this try (counted once it starts)
+    max_attempts: int
+    own_key: bool = False  #: runs on its owner's own provider key (see engine.credentials)
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """A successful try: the images already written to storage."""
+
+    task: ClaimedTask
+    images: Sequence[tuple[StoredImage, int]]  #: (file record, seed)
+    duration: float
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A failed try. ``retry_at`` None means the task fails for good."""
+
+    task: ClaimedTask
+    error: str
+    retry_at: float | None
+    duration: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)  #: error_type
+    spend_attempt: bool = True  #: False when the task only waited (every server down)
+
+
 @dataclass(frozen=True)
 class ImageRecord:
-    """One generated image file."""
+    """One generated image file, and who made it with what."""
 
     id: int
     task_id: int
     batch_id: int
     index: int  #: 0-based within its task
     path: str  #: relative to the data folder
-    width: int
+    width: int  #: as the generator returned it (read from the file, not the request)
     height: int
     bytes: int
     sha256: str
     seed: int
     created_at: float
+    backend: str = ""  #: name of the backend that made it
+    server: str = ""  #: URL of the server that made it, without credentials; "" if local
+    model: str = ""  #: the model used: the generator's word, else what was sent
+    #: the GENERATION_PARAMS the generator took, as sent; None for images recorded
+    #: before migration 0005 (their task's parameters stand in)
+    params: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def log_event(event: Event) -> None:
             event.batch_id,
             d.get("current"),
             d.get("total"),
-            d.get("item"),
+            d.get("item_key"),
             d.get("message"),
         )
     elif event.type == EventType.ERROR:

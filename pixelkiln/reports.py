@@ -14,8 +14,9 @@ from typing import Any
 from sqlalchemy import Connection
 
 from pixelkiln.db.batches import get_batch
+from pixelkiln.db.records import image_sources
 from pixelkiln.db.tasks import list_tasks
-from pixelkiln.models import Batch, TaskStatus
+from pixelkiln.models import Batch, Task, TaskStatus
 
 
 def _iso(ts: float | None) -> str | None:
@@ -39,8 +40,6 @@ def build_report(conn: Connection, batch_id: int) -> dict[str, Any]:
     end = batch.finished_at or time.time()
     elapsed = end - batch.started_at if batch.started_at else 0.0
     durations = [t.duration for t in tasks if t.status == TaskStatus.SUCCEEDED and t.duration]
-    backends = Counter(t.backend for t in tasks)
-    ok_by_backend = Counter(t.backend for t in tasks if t.status == TaskStatus.SUCCEEDED)
     return {
         "batch": {
             "id": batch.id,
@@ -69,10 +68,7 @@ def build_report(conn: Connection, batch_id: int) -> dict[str, Any]:
         "mean_generation_seconds": round(sum(durations) / len(durations), 4) if durations else None,
         "images_per_second": round(c.images / elapsed, 3) if elapsed else None,
         "eta_seconds": eta_seconds(batch),
-        "backends": {
-            name: {"tasks": n, "succeeded": ok_by_backend[name]}
-            for name, n in sorted(backends.items())
-        },
+        "backends": _backends(tasks, image_sources(conn, batch_id)),
         "failures": [
             {
                 "key": t.key,
@@ -85,6 +81,24 @@ def build_report(conn: Connection, batch_id: int) -> dict[str, Any]:
             if t.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
         ],
     }
+
+
+def _backends(tasks: list[Task], sources: dict[tuple[str, str], int]) -> dict[str, Any]:
+    """Per backend: its tasks now, and the images it made (by server). A task rerouted to
+    a fallback counts under its current backend; its images under the one that made them."""
+    names = sorted({t.backend for t in tasks} | {name for name, _ in sources})
+    tasks_of = Counter(t.backend for t in tasks)
+    ok = Counter(t.backend for t in tasks if t.status == TaskStatus.SUCCEEDED)
+    out: dict[str, Any] = {}
+    for name in names:
+        servers = {url: n for (b, url), n in sorted(sources.items()) if b == name}
+        out[name] = {
+            "tasks": tasks_of[name],
+            "succeeded": ok[name],
+            "images": sum(servers.values()),
+            "servers": servers,  # "" = a local generator
+        }
+    return out
 
 
 def render_text(report: dict[str, Any], max_failures: int = 20) -> str:
@@ -105,6 +119,11 @@ def render_text(report: dict[str, Any], max_failures: int = 20) -> str:
         lines.append(
             f"  per task  {report['seconds_per_task']:.3f} s wall"
             + (f", {mean:.3f} s generating" if mean is not None else "")
+        )
+    for name, figures in report["backends"].items():
+        made = ", ".join(f"{url}: {n}" for url, n in figures["servers"].items() if url)
+        lines.append(
+            f"  backend   {name}: {figures['images']} image(s)" + (f" ({made})" if made else "")
         )
     failures = report["failures"]
     if failures:

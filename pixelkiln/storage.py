@@ -17,6 +17,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -39,13 +40,19 @@ def safe_name(text: str, fallback: str = "image", limit: int = 80) -> str:
 
 @dataclass(frozen=True)
 class StoredImage:
-    """An image file as written: what the ``images`` row records."""
+    """An image file as written, and who made it: what the ``images`` row records."""
 
     path: str  #: relative to the data folder, '/'-separated
-    width: int
+    width: int  #: read from the file: the size the generator returned
     height: int
     bytes: int
     sha256: str
+    backend: str = ""  #: name of the backend that made it
+    server: str = ""  #: URL of its server, without credentials ("" for a local generator)
+    model: str = ""  #: the model used
+    #: the generation parameters the generator took, as sent (see ``ImageRecord.params``);
+    #: None: not known
+    params: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,10 @@ class Storage:
         return path
 
     def write_image(self, relative: str, data: bytes, parameters: str) -> StoredImage:
-        """Write ``data`` as PNG with the ``parameters`` chunk, atomically; return its record."""
+        """Write ``data`` as PNG with the ``parameters`` chunk, atomically; return its record.
+
+        The size recorded is the file's own (what the generator returned, whatever was asked).
+        """
         encoded = png.with_text(to_png(data), "parameters", parameters)
         self._write_atomic(self._checked(relative), encoded)
         width, height = png_size(encoded)

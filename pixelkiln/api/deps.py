@@ -6,11 +6,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
 from fastapi import Depends, Path, Query, Request
@@ -18,39 +16,56 @@ from sqlalchemy import Connection
 
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.runner import SchedulerThread
-from pixelkiln.api.schemas import Id, Offset
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
 from pixelkiln.db.database import Database, Tx
-from pixelkiln.db.users import User, user_for_token
+from pixelkiln.db.users import user_for_token
 from pixelkiln.keybox import KeyBox
+from pixelkiln.service.context import LOCAL, Caller
 from pixelkiln.storage import Storage
+from pixelkiln.wire.schemas import Id, Offset
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: an object's id in a path; ``Id``/``Offset`` (pixelkiln.api.schemas) bound query values
+#: an object's id in a path; ``Id``/``Offset`` (pixelkiln.wire.schemas) bound query values
 #: and body fields the same way: nothing past 64 bits reaches the database
 IdPath = Annotated[Id, Path()]
 OffsetQuery = Annotated[Offset, Query(description="Items to skip.")]
 
 
-#: threads for the API's reads and file work: kept apart from the loop's default
-#: executor, which the scheduler uses, so API load cannot starve generation
-READ_THREADS = 4
+READ_THREADS = 4  #: threads for the API's reads and file work
 
 
-@dataclass
 class ApiContext:
-    """The running installation as the routes see it; one per app."""
+    """The running installation as the routes see it; one per app.
 
-    settings: Settings
-    kiln: Kiln
-    keys: KeyBox
-    runner: SchedulerThread | None = None  #: None when another process runs the tasks
-    pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(READ_THREADS, thread_name_prefix="kiln-api")
-    )
+    ``service`` is what :mod:`pixelkiln.service` is called with: the Kiln's,
+    with reads and file work on the API's own threads.
+    """
+
+    def __init__(self, settings: Settings, kiln: Kiln, keys: KeyBox) -> None:
+        self.settings = settings
+        self.kiln = kiln
+        self.keys = keys
+        #: threads for the API's reads and file work: kept apart from the loop's default
+        #: executor, which the scheduler uses, so API load cannot starve generation
+        self.pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="kiln-api")
+        self.service = replace(kiln.service, executor=self.pool)
+        self._runner: SchedulerThread | None = None
+
+    @property
+    def runner(self) -> SchedulerThread | None:
+        """The scheduler thread of this process; None when another process runs the tasks."""
+        return self._runner
+
+    @runner.setter
+    def runner(self, runner: SchedulerThread | None) -> None:
+        # the service wakes (and tells of cancels) whichever schedulers this process runs
+        self.kiln.schedulers.discard(self._runner)
+        self._runner = runner
+        if runner is not None:
+            self.kiln.schedulers.add(runner)
 
     @property
     def db(self) -> Database:
@@ -64,55 +79,17 @@ class ApiContext:
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run a read query in the API's own threads."""
-        return await self.run(self.db.read, fn, *args, **kwargs)  # type: ignore[arg-type]
+        return await self.service.read(fn, *args, **kwargs)
 
     async def write(
         self, fn: Callable[Concatenate[Tx, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run a write through the one writer and wait for its commit."""
-        return await self.db.awrite(fn, *args, **kwargs)
+        return await self.service.write(fn, *args, **kwargs)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Blocking work (files, Pillow) in the API's threads."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
-
-    def wake_scheduler(self) -> None:
-        if self.runner is not None:
-            self.runner.wake()
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking. Without auth, the one local user, who may do everything."""
-
-    user: User | None
-
-    @property
-    def user_id(self) -> int | None:
-        return self.user.id if self.user else None
-
-    @property
-    def is_admin(self) -> bool:
-        return self.user is None or self.user.is_admin
-
-    @property
-    def scope(self) -> int | None:
-        """Owner filter for reaching one object by id: admins reach everyone's."""
-        return None if self.is_admin else self.user_id
-
-    @property
-    def mine(self) -> int | None:
-        """Owner filter for lists: your own (everything without auth)."""
-        return self.user_id
-
-    @property
-    def owner_key(self) -> int:
-        """Idempotency keys are per user; 0 stands for "no auth"."""
-        return self.user_id or 0
-
-
-LOCAL = Caller(None)
+        return await self.service.run(fn, *args, **kwargs)
 
 
 def get_ctx(request: Request) -> ApiContext:

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pixelkiln.db.credits import BalanceLimitError, InsufficientCreditsError
 from pixelkiln.exceptions import (
     DatabaseError,
+    IdempotencyKeyReusedError,
     InvalidStateError,
     KilnError,
     NotFoundError,
@@ -138,6 +139,8 @@ async def _kiln(_: Request, exc: Exception) -> JSONResponse:
         return error_response(404, "not_found", str(exc))
     if isinstance(exc, InvalidStateError):
         return error_response(409, "invalid_state", str(exc))
+    if isinstance(exc, IdempotencyKeyReusedError):
+        return error_response(422, "idempotency_key_reused", str(exc), "Idempotency-Key")
     if isinstance(exc, InsufficientCreditsError):
         return error_response(402, "insufficient_credits", str(exc))
     if isinstance(exc, BalanceLimitError):

@@ -81,27 +81,10 @@ def thumbnail_path(storage: Storage, image: ImageRecord, size: int) -> Path:
     return target
 
 
-def remove_batch_files(storage: Storage, batch_id: int) -> None:
-    """Delete a batch's images and thumbnails (after its rows are gone)."""
-    for folder in (f"images/{batch_id}", f"thumbs/{batch_id}"):
-        _remove_tree(storage.absolute(folder))
-
-
 def remove_image_files(storage: Storage, image: ImageRecord) -> None:
     storage.delete(image.path)
     for size in THUMB_SIZES:
         storage.delete(f"thumbs/{image.batch_id}/{image.id}_{size}.webp")
-
-
-def _remove_tree(folder: Path) -> None:
-    if not folder.is_dir():
-        return
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_dir():
-            path.rmdir()
-        else:
-            path.unlink(missing_ok=True)
-    folder.rmdir()
 
 
 class _Sink(io.RawIOBase):

@@ -23,13 +23,14 @@ from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
-from pixelkiln.api.deps import ApiContext, Caller
+from pixelkiln.api.deps import ApiContext
 from pixelkiln.api.errors import ApiError
 from pixelkiln.db.database import Tx
 from pixelkiln.db.records import Asset, record_asset
 from pixelkiln.engine.intake import asset_record
 from pixelkiln.exceptions import SpecError
 from pixelkiln.inputs import LoadedBatch, load_batch_file
+from pixelkiln.service import Caller
 from pixelkiln.storage import InputImage, read_input_image, safe_name
 
 TABLE_TYPES = (".csv", ".xlsx", ".json", ".yaml", ".yml", ".toml")

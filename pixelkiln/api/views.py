@@ -10,8 +10,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pixelkiln.api.schemas import (
+from pixelkiln.db.credits import LedgerEntry
+from pixelkiln.db.presets import Preset
+from pixelkiln.db.records import Asset, ImageInfo
+from pixelkiln.db.users import User
+from pixelkiln.models import Batch, Event, EventType, ImageRecord, Task
+from pixelkiln.reports import eta_seconds
+from pixelkiln.service.reading import BatchPage
+from pixelkiln.wire.schemas import (
     AssetPublic,
+    BatchDetail,
     BatchPublic,
     CountsPublic,
     EventPublic,
@@ -23,12 +31,6 @@ from pixelkiln.api.schemas import (
     TaskPublic,
     UserPublic,
 )
-from pixelkiln.db.credits import LedgerEntry
-from pixelkiln.db.presets import Preset
-from pixelkiln.db.records import Asset, ImageInfo
-from pixelkiln.db.users import User
-from pixelkiln.models import Batch, Event, EventType, ImageRecord, Task
-from pixelkiln.reports import eta_seconds
 
 API = "/api/v1"
 
@@ -95,6 +97,9 @@ def _image_fields(image: ImageRecord) -> dict[str, Any]:
         "url": image_url(image.id),
         "thumbnail_url": thumbnail_url(image.id),
         "created_at": image.created_at,
+        "backend": image.backend,
+        "server": image.server,
+        "model": image.model,
     }
 
 
@@ -145,9 +150,8 @@ def image_detail(info: ImageInfo) -> ImageDetail:
         **_image_fields(info.image),
         key=info.key,
         prompt=info.prompt,
-        negative_prompt=info.negative_prompt,
-        backend=info.backend,
-        params=info.params,
+        negative_prompt=info.sent_negative_prompt,
+        params=info.sent_params,
         batch_name=info.batch_name,
         batch_status=info.batch_status,
         inputs=input_urls(info),
@@ -221,4 +225,15 @@ def ledger_public(entry: LedgerEntry) -> LedgerEntryPublic:
         batch_id=entry.batch_id,
         note=entry.note,
         created_at=entry.created_at,
+    )
+
+
+def batch_detail(page: BatchPage) -> BatchDetail:
+    """A batch with one page of its tasks and their images."""
+    return BatchDetail.model_construct(
+        **batch_fields(page.batch),
+        tasks=[task_public(t, page.images.get(t.id, [])) for t in page.tasks],
+        task_total=page.task_total,
+        task_offset=page.task_offset,
+        finished=page.batch.status.finished,
     )

@@ -5,6 +5,10 @@ receives its dependencies (settings, an ``httpx.AsyncClient``) when built and
 never blocks the event loop: blocking work runs in a thread, so the scheduler
 keeps renewing leases while a generation is in progress.
 
+Each image says which server and model made it (:class:`GeneratedImage`), and a
+backend says which request parameters it sends at all (``honours``, see
+:func:`honoured_params`), so an image's record says what was sent, not what was asked.
+
 Errors leave a backend only as :mod:`pixelkiln.exceptions` ``BackendError``
 subclasses; their ``retryable`` flag tells the scheduler whether to try again.
 
@@ -17,12 +21,14 @@ A third-party backend is a factory registered under the entry-point group
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
 from pixelkiln.config import BackendSettings
+from pixelkiln.models import GENERATION_PARAMS
 
 
 @dataclass(frozen=True)
@@ -51,11 +57,15 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GeneratedImage:
-    """One image a backend produced."""
+    """One image a backend produced, and where it came from (for the image's record)."""
 
     data: bytes  #: encoded image as the generator returned it (PNG, JPEG or WebP)
     seed: int  #: the seed that made it, as reported by the generator when it says
     info: dict[str, Any] = field(default_factory=dict)  #: generator-specific details
+    server: str = ""  #: base URL of the server that made it, without credentials; "" if local
+    #: the model that made it: the generator's answer when it names one, else the model
+    #: sent; "" when unknown (the record then falls back to the task's or configured model)
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,24 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release what the backend holds (the shared HTTP client is closed by its owner)."""
         ...
+
+
+def honoured_params(backend: Backend | None) -> frozenset[str]:
+    """Which :data:`~pixelkiln.models.GENERATION_PARAMS` ``backend`` sends to its generator.
+
+    A backend declares them with an attribute ``honours`` (a class attribute, or set per
+    instance when options decide, e.g. a negative prompt appended to the prompt); an
+    image's record (PNG ``parameters``, ``GET /images/{id}``, the manifest) keeps only
+    those. A backend that declares nothing is taken to send them all.
+    """
+    declared = getattr(backend, "honours", None)
+    return frozenset(GENERATION_PARAMS if declared is None else declared)
+
+
+def answered_model(answer: Mapping[str, Any]) -> str:
+    """The ``model`` a generator's JSON answer names ("" when it names none)."""
+    model = answer.get("model")
+    return model if isinstance(model, str) else ""
 
 
 def accepts_user_keys(backend: Backend) -> bool:

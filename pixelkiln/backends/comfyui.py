@@ -41,6 +41,7 @@ from websockets.asyncio.client import ClientConnection
 from pixelkiln.backends.base import BackendDeps, GeneratedImage, GenerationRequest
 from pixelkiln.backends.comfyui_workflow import (
     Graph,
+    checkpoint_of,
     default_workflow,
     describe_node_errors,
     fill_workflow,
@@ -62,6 +63,7 @@ from pixelkiln.exceptions import (
     RejectedInputError,
     ServerError,
 )
+from pixelkiln.models import GENERATION_PARAMS
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ MAX_FRAME = 16 * 2**20
 
 class ComfyUIBackend(PooledBackend):
     """See the module docstring."""
+
+    honours = frozenset(GENERATION_PARAMS)  #: filled into the sampler and text encoders
 
     def __init__(self, settings: BackendSettings, deps: BackendDeps) -> None:
         super().__init__(settings, deps)
@@ -116,7 +120,7 @@ class ComfyUIBackend(PooledBackend):
             model = await self._first_checkpoint(server)
         filled = fill_workflow(graph, request, model=model, image=image, backend=self.settings.name)
         prompt_id = await self._run(server, filled)
-        return await self._collect(server, prompt_id, request)
+        return await self._collect(server, prompt_id, request, checkpoint_of(filled) or model)
 
     async def _run(self, server: Server, graph: Graph) -> str:
         """Queue ``graph`` and wait until ComfyUI has finished it; returns the prompt id."""
@@ -212,7 +216,7 @@ class ComfyUIBackend(PooledBackend):
         return entry if isinstance(entry, dict) else {}
 
     async def _collect(
-        self, server: Server, prompt_id: str, request: GenerationRequest
+        self, server: Server, prompt_id: str, request: GenerationRequest, model: str
     ) -> list[GeneratedImage]:
         entry = await self._history(server, prompt_id)
         refs = _output_images(entry)
@@ -235,6 +239,8 @@ class ComfyUIBackend(PooledBackend):
                         "batch_index": i,
                         "filename": ref["filename"],
                     },
+                    server=server.url,
+                    model=model,
                 )
             )
         return images

@@ -150,6 +150,14 @@ def fill_workflow(
     return graph
 
 
+def checkpoint_of(graph: Graph) -> str:
+    """The checkpoint a filled graph loads ("" when it names none): the model it runs."""
+    for node in graph.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            return str(node.get("inputs", {}).get("ckpt_name") or "")
+    return ""
+
+
 def _fill_sampler(
     graph: Graph, kind: str, inputs: dict[str, Any], request: GenerationRequest
 ) -> None:

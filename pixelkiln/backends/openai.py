@@ -24,8 +24,18 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from pixelkiln.backends.base import BackendDeps, GeneratedImage, GenerationRequest
-from pixelkiln.backends.http import decode_image, image_mime, join_url, json_object
+from pixelkiln.backends.base import (
+    BackendDeps,
+    GeneratedImage,
+    GenerationRequest,
+    answered_model,
+)
+from pixelkiln.backends.http import (
+    decode_image,
+    image_mime,
+    join_url,
+    json_object,
+)
 from pixelkiln.backends.pool import PooledBackend, Server
 from pixelkiln.config import BackendSettings
 from pixelkiln.exceptions import RejectedInputError, ServerError
@@ -45,9 +55,15 @@ class OpenAIBackend(PooledBackend):
 
     accepts_user_keys = True  #: a user's own key goes instead of ours when given
 
+    #: the Images API takes no seed, steps, cfg, sampler or strength; a negative prompt
+    #: only when ``options.negative_prompt = "append"`` adds it to the prompt
+    honours: frozenset[str] = frozenset()
+
     def __init__(self, settings: BackendSettings, deps: BackendDeps) -> None:
         super().__init__(settings, deps)
         self._max_n = max(1, int(settings.options.get("max_n", 10)))
+        if settings.options.get("negative_prompt") == "append":
+            self.honours = frozenset({"negative_prompt"})
 
     async def generate(self, request: GenerationRequest) -> list[GeneratedImage]:
         images: list[GeneratedImage] = []
@@ -128,6 +144,8 @@ class OpenAIBackend(PooledBackend):
                 count,
                 len(items),
             )
+        # an answer that names its model (some compatible servers do) says what was used
+        model = answered_model(data) or request.model or self.settings.model
         images = []
         for i, item in enumerate(items[:count]):
             if not isinstance(item, dict):
@@ -137,7 +155,11 @@ class OpenAIBackend(PooledBackend):
                 info["revised_prompt"] = str(item["revised_prompt"])
             images.append(
                 GeneratedImage(
-                    await self._bytes(item, server), seed=request.seed + first + i, info=info
+                    await self._bytes(item, server),
+                    seed=request.seed + first + i,
+                    info=info,
+                    server=server,
+                    model=model,
                 )
             )
         return images

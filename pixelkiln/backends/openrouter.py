@@ -24,7 +24,12 @@ from fractions import Fraction
 from typing import Any
 from urllib.parse import urlsplit
 
-from pixelkiln.backends.base import BackendDeps, GeneratedImage, GenerationRequest
+from pixelkiln.backends.base import (
+    BackendDeps,
+    GeneratedImage,
+    GenerationRequest,
+    answered_model,
+)
 from pixelkiln.backends.http import (
     data_url,
     decode_image,
@@ -54,6 +59,14 @@ class OpenRouterBackend(PooledBackend):
         return url + "/api/v1" if urlsplit(url).path in ("", "/") else url
 
     accepts_user_keys = True  #: a user's own OpenRouter key goes instead of ours when given
+    #: chat completions take no seed, steps, cfg, sampler or strength; the negative prompt
+    #: goes as "Avoid: ..." unless ``options.negative_prompt = "ignore"``
+    honours = frozenset({"negative_prompt"})
+
+    def __init__(self, settings: BackendSettings, deps: BackendDeps) -> None:
+        super().__init__(settings, deps)
+        if settings.options.get("negative_prompt") == "ignore":
+            self.honours = frozenset()
 
     async def generate(self, request: GenerationRequest) -> list[GeneratedImage]:
         body = self.build_body(request)
@@ -120,8 +133,16 @@ class OpenRouterBackend(PooledBackend):
         data = json_object(response, server=server.url)
         self._raise_body_error(data, server.url, request)
         info = {"server": server.url, "model": str(data.get("model", ""))}
+        # the answer names the model that ran (a routed or aliased id resolves to it)
+        model = answered_model(data) or str(body["model"])
         return [
-            GeneratedImage(await self._bytes(url, server.url), request.seed + first + i, info)
+            GeneratedImage(
+                await self._bytes(url, server.url),
+                request.seed + first + i,
+                info,
+                server=server.url,
+                model=model,
+            )
             for i, url in enumerate(_image_urls(data, server.url))
         ]
 

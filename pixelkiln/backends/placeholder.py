@@ -100,6 +100,8 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 class PlaceholderBackend:
     """Draws placeholder images; see the module docstring."""
 
+    honours = frozenset({"seed"})  #: the picture comes from prompt, seed and size alone
+
     def __init__(self, settings: BackendSettings, rng: random.Random | None = None) -> None:
         self.settings = settings
         self._rng = rng or random.Random()
@@ -128,6 +130,7 @@ class PlaceholderBackend:
                 data=draw(request.prompt, request.seed + i, request.width, request.height),
                 seed=request.seed + i,
                 info={"placeholder": True},
+                model=request.model or self.settings.model,
             )
             for i in range(request.n)
         ]

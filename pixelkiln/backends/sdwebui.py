@@ -34,6 +34,7 @@ from pixelkiln.backends.http import decode_image, encode_image, join_url, json_b
 from pixelkiln.backends.pool import PooledBackend, Server
 from pixelkiln.config import BackendSettings
 from pixelkiln.exceptions import BackendError, ConfigError, RejectedInputError, ServerError
+from pixelkiln.models import GENERATION_PARAMS
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ CANCEL_TIMEOUT = 5.0
 
 class SDWebUIBackend(PooledBackend):
     """See the module docstring."""
+
+    honours = frozenset(GENERATION_PARAMS)  #: the WebUI takes every generation parameter
 
     def __init__(self, settings: BackendSettings, deps: BackendDeps) -> None:
         super().__init__(settings, deps)
@@ -78,7 +81,12 @@ class SDWebUIBackend(PooledBackend):
         except asyncio.CancelledError:
             await self._interrupt(server, tag)
             raise
-        return parse_images(json_object(response, server=server.url), request, server.url)
+        return parse_images(
+            json_object(response, server=server.url),
+            request,
+            server.url,
+            request.model or self.settings.model,
+        )
 
     async def _interrupt(self, server: Server, tag: str) -> None:
         """Stop our generation on ``server``, never someone else's (see the module docstring)."""
@@ -170,9 +178,9 @@ def build_payload(request: GenerationRequest, settings: BackendSettings) -> dict
 
 
 def parse_images(
-    data: dict[str, Any], request: GenerationRequest, server: str
+    data: dict[str, Any], request: GenerationRequest, server: str, sent_model: str = ""
 ) -> list[GeneratedImage]:
-    """The task's images from a WebUI answer, grid skipped, seeds from ``info``."""
+    """The task's images from a WebUI answer, grid skipped, seeds and model from ``info``."""
     images = data.get("images")
     if not isinstance(images, list):
         raise ServerError(f"{server}: answer has no 'images' list", server=server)
@@ -187,11 +195,15 @@ def parse_images(
     seeds = info.get("all_seeds")
     seeds = seeds if isinstance(seeds, list) else []
     details: dict[str, Any] = {k: info[k] for k in ("sd_model_name", "sampler_name") if k in info}
+    # the WebUI ignores an unknown checkpoint without a word: its answer names the one used
+    model = str(info.get("sd_model_name") or sent_model)
     return [
         GeneratedImage(
             data=decode_image(str(image), server=server),
             seed=_seed(seeds, i, request.seed + i),
             info={"server": server, **details},
+            server=server,
+            model=model,
         )
         for i, image in enumerate(images[: request.n])
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from importlib import resources
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from pixelkiln import service
 from pixelkiln.cli.common import (
     BatchArg,
     ConfigOption,
@@ -21,7 +23,8 @@ from pixelkiln.cli.common import (
     settings_from,
     with_db,
 )
-from pixelkiln.db.batches import cancel_batch, list_batches
+from pixelkiln.config import Settings
+from pixelkiln.db.batches import list_batches
 from pixelkiln.db.database import Database
 from pixelkiln.exceptions import ConfigError
 from pixelkiln.export import export_batch
@@ -33,11 +36,17 @@ def cancel(batch: BatchArg, config: ConfigOption = None) -> None:
     """Cancel a batch: pending tasks at once, running ones at their runner's next check."""
     with errors():
         settings = settings_from(config)
-        done = with_db(settings, lambda db: db.write(cancel_batch, resolve(db, batch).id))
+        done = with_db(settings, lambda db: _cancel(settings, db, batch))
         console.print(
             f"Batch {done.id} cancelled: {done.counts.succeeded} succeeded, "
             f"{done.counts.cancelled} cancelled, {done.counts.failed} failed."
         )
+
+
+def _cancel(settings: Settings, db: Database, ref: str) -> Batch:
+    # the database alone: building the backends (and their HTTP client) is not needed here
+    ctx = service.ServiceContext.without_backends(settings, db)
+    return asyncio.run(service.cancel(ctx, service.LOCAL, resolve(db, ref).id))
 
 
 # -- looking ----------------------------------------------------------------------------------

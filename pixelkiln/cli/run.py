@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from pixelkiln.api.pricing import load_pricing, retry_charged
+from pixelkiln import service
 from pixelkiln.app import Kiln
 from pixelkiln.cli.common import (
     EXIT_FAILED,
@@ -35,7 +35,7 @@ from pixelkiln.cli.common import (
     with_db,
 )
 from pixelkiln.config import Settings
-from pixelkiln.db.batches import find_batch, set_paused, unfinished_batch_ids
+from pixelkiln.db.batches import find_batch, unfinished_batch_ids
 from pixelkiln.db.batches import get_batch as db_get_batch
 from pixelkiln.db.credits import InsufficientCreditsError
 from pixelkiln.db.database import Database
@@ -134,9 +134,17 @@ async def _submit_and_run(
 
 
 async def _continue(
-    settings: Settings, batch_ids: list[int], report: Path | None, quiet: bool, log_path: Path
+    settings: Settings,
+    batch_ids: list[int],
+    report: Path | None,
+    quiet: bool,
+    log_path: Path,
+    unpause: bool = False,
 ) -> int:
     async with Kiln(settings) as kiln:
+        if unpause:  # a batch named to `kiln resume` runs even when it was paused
+            for batch_id in batch_ids:
+                await service.resume(kiln.service, service.LOCAL, batch_id)
         interrupted = await _run_batches(kiln, batch_ids, quiet)
         return await _finish(kiln, batch_ids, interrupted, report, log_path)
 
@@ -175,7 +183,7 @@ def resume(
             console.print("Nothing to resume: no unfinished batch.")
             raise typer.Exit(EXIT_OK)
         log_path = setup_logging(settings)
-        code = asyncio.run(_continue(settings, ids, report, quiet, log_path))
+        code = asyncio.run(_continue(settings, ids, report, quiet, log_path, batch is not None))
     raise typer.Exit(code)
 
 
@@ -188,8 +196,6 @@ def _resumable(db: Database, ref: str | None) -> list[int]:
             f"batch {found.id} already finished ({found.status}); "
             f"use 'kiln retry {found.id}' to run its failed tasks again"
         )
-    if found.status == BatchStatus.PAUSED:
-        db.write(set_paused, found.id, False)
     return [found.id]
 
 
@@ -219,15 +225,9 @@ def retry(
 async def _requeue(settings: Settings, ref: str, cancelled: bool) -> tuple[int, int]:
     async with Kiln(settings) as kiln:  # the backends tell which take users' own keys
         found = await kiln.db.aread(find_batch, ref)
-        pricing = await kiln.db.aread(load_pricing, settings, kiln.backends, found.owner_id)
         try:
-            count = await kiln.db.awrite(
-                retry_charged,
-                found.id,
-                scope=None,
-                task_ids=None,
-                include_cancelled=cancelled,
-                pricing=pricing,
+            count = await service.retry(
+                kiln.service, service.LOCAL, found.id, include_cancelled=cancelled
             )
         except InsufficientCreditsError as exc:
             raise KilnError(f"{exc}; add credits with 'kiln users grant USER AMOUNT'") from None

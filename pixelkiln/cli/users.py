@@ -9,7 +9,6 @@ from typing import Annotated, TypeVar
 import typer
 from rich.table import Table
 
-from pixelkiln.api.schemas import MAX_GRANT
 from pixelkiln.cli.common import (
     EXIT_BAD_INPUT,
     ConfigOption,
@@ -23,6 +22,7 @@ from pixelkiln.db.credits import grant
 from pixelkiln.db.database import Database
 from pixelkiln.db.users import add_user, find_user, issue_token, list_users, revoke_tokens
 from pixelkiln.exceptions import KilnError
+from pixelkiln.wire.schemas import MAX_GRANT
 
 T = TypeVar("T")
 

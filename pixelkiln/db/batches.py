@@ -1,4 +1,4 @@
-"""Batch queries: create, find, list, cancel, retry, pause, and the counters."""
+"""Batches: create, find, list; cancel, retry and pause (the moves are in :mod:`.transitions`)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, bindparam, insert, or_, select
 
-from pixelkiln.db.credits import refund_open_tasks
+from pixelkiln.db import transitions
 from pixelkiln.db.database import Tx
-from pixelkiln.db.events import append_event
-from pixelkiln.db.tables import assets, batches, images, tasks
-from pixelkiln.exceptions import InvalidStateError, NotFoundError
-from pixelkiln.models import Batch, BatchCounts, BatchStatus, EventType, TaskStatus, parse_id
+from pixelkiln.db.tables import assets, batches, tasks
+from pixelkiln.exceptions import NotFoundError
+from pixelkiln.models import Batch, BatchCounts, BatchStatus, TaskStatus, parse_id
 from pixelkiln.specs import ResolvedTask
 
 ACTIVE = (BatchStatus.QUEUED, BatchStatus.RUNNING)
@@ -77,12 +76,7 @@ def create_batch(tx: Tx, new: NewBatch) -> int:
     for start in range(0, len(rows), 5000):
         tx.conn.execute(insert(tasks), rows[start : start + 5000])
     _record_assets(tx, new.owner_id, new.assets)
-    append_event(
-        tx,
-        batch_id,
-        EventType.BATCH_UPDATE,
-        {"status": BatchStatus.QUEUED, "name": new.name, "total": len(new.tasks)},
-    )
+    transitions.created(tx, batch_id, new.name, len(new.tasks))
     return batch_id
 
 
@@ -203,104 +197,9 @@ def unfinished_batch_ids(conn: Connection, statuses: Iterable[BatchStatus] = ACT
     return list(conn.execute(query.order_by(batches.c.id)).scalars())
 
 
-def refresh_counts(tx: Tx, batch_ids: Iterable[int]) -> None:
-    """Recount a batch's tasks by state (after bulk changes; the hot path adjusts in place)."""
-    for batch_id in set(batch_ids):
-        by_status: dict[str, int] = dict(
-            tx.conn.execute(
-                select(tasks.c.status, func.count())
-                .where(tasks.c.batch_id == batch_id)
-                .group_by(tasks.c.status)
-            ).all()
-        )
-        n_images = tx.conn.execute(
-            select(func.count()).select_from(images).where(images.c.batch_id == batch_id)
-        ).scalar_one()
-        tx.conn.execute(
-            update(batches)
-            .where(batches.c.id == batch_id)
-            .values(
-                n_tasks=sum(by_status.values()),
-                **{f"n_{s}": by_status.get(str(s), 0) for s in TaskStatus},
-                n_images=n_images,
-            )
-        )
-
-
-def summary(batch: Batch) -> dict[str, Any]:
-    """The facts a ``done`` event and a report start from."""
-    c = batch.counts
-    return {
-        "status": str(batch.status),
-        "total": c.total,
-        "succeeded": c.succeeded,
-        "failed": c.failed,
-        "cancelled": c.cancelled,
-        "images": c.images,
-        "started_at": batch.started_at,
-        "finished_at": batch.finished_at,
-    }
-
-
-def finish_if_done(tx: Tx, batch_id: int) -> BatchStatus | None:
-    """Give a batch its final status once no task is pending or running; emits ``done``."""
-    batch = get_batch(tx.conn, batch_id)
-    c = batch.counts
-    if c.pending or c.running or batch.status.finished:
-        return None
-    if c.succeeded == c.total:
-        status = BatchStatus.COMPLETED
-    elif c.succeeded:
-        status = BatchStatus.PARTIAL
-    else:
-        status = BatchStatus.FAILED
-    _set_final(tx, batch, status)
-    return status
-
-
-def _set_final(tx: Tx, batch: Batch, status: BatchStatus) -> None:
-    tx.conn.execute(
-        update(batches).where(batches.c.id == batch.id).values(status=status, finished_at=tx.now)
-    )
-    final = get_batch(tx.conn, batch.id)
-    append_event(tx, batch.id, EventType.BATCH_UPDATE, {"status": status})
-    append_event(tx, batch.id, EventType.DONE, {"summary": summary(final)})
-
-
-_MARK_STARTED = (
-    update(batches)
-    .where(batches.c.id == bindparam("m_batch"), batches.c.status == str(BatchStatus.QUEUED))
-    .values(
-        status=str(BatchStatus.RUNNING),
-        started_at=func.coalesce(batches.c.started_at, bindparam("m_now")),
-    )
-)
-
-
-def mark_started(tx: Tx, batch_ids: Iterable[int]) -> None:
-    """queued → running for batches whose first task was just claimed."""
-    for batch_id in set(batch_ids):
-        changed = tx.conn.execute(_MARK_STARTED, {"m_batch": batch_id, "m_now": tx.now}).rowcount
-        if changed:
-            append_event(tx, batch_id, EventType.BATCH_UPDATE, {"status": BatchStatus.RUNNING})
-
-
 def cancel_batch(tx: Tx, batch_id: int, owner_id: int | None = None) -> Batch:
     """Cancel pending tasks now; running ones stop when their runner next renews its lease."""
-    batch = get_batch(tx.conn, batch_id, owner_id)
-    if batch.status.finished:
-        raise InvalidStateError(f"batch {batch_id} already finished ({batch.status})")
-    refund_open_tasks(tx, batch_id)  # exactly the tasks cancelled below
-    tx.conn.execute(
-        update(tasks)
-        .where(
-            tasks.c.batch_id == batch_id,
-            tasks.c.status.in_([TaskStatus.PENDING, TaskStatus.RUNNING]),
-        )
-        .values(status=TaskStatus.CANCELLED, finished_at=tx.now, lease_owner=None)
-    )
-    refresh_counts(tx, [batch_id])
-    _set_final(tx, batch, BatchStatus.CANCELLED)
+    transitions.cancel(tx, get_batch(tx.conn, batch_id, owner_id))
     return get_batch(tx.conn, batch_id)
 
 
@@ -314,43 +213,12 @@ def retry_batch(
 ) -> int:
     """Put failed (and optionally cancelled) tasks back in the queue; returns how many."""
     batch = get_batch(tx.conn, batch_id, owner_id)
-    states = [TaskStatus.FAILED] + ([TaskStatus.CANCELLED] if include_cancelled else [])
-    query = update(tasks).where(tasks.c.batch_id == batch_id, tasks.c.status.in_(states))
-    if task_ids is not None:
-        query = query.where(tasks.c.id.in_(list(task_ids)))
-    count = tx.conn.execute(
-        query.values(
-            status=TaskStatus.PENDING,
-            attempts=0,
-            next_attempt_at=0.0,
-            lease_owner=None,
-            lease_expires_at=None,
-            finished_at=None,
-        )
-    ).rowcount
-    if not count:
-        raise InvalidStateError(f"batch {batch_id} has no {' or '.join(states)} task to retry")
-    refresh_counts(tx, [batch_id])
-    status = BatchStatus.PAUSED if batch.status == BatchStatus.PAUSED else BatchStatus.QUEUED
-    tx.conn.execute(
-        update(batches).where(batches.c.id == batch_id).values(status=status, finished_at=None)
-    )
-    append_event(tx, batch_id, EventType.BATCH_UPDATE, {"status": status, "retried": count})
-    return count
+    return transitions.retry(tx, batch, include_cancelled=include_cancelled, task_ids=task_ids)
 
 
 def set_paused(tx: Tx, batch_id: int, paused: bool, owner_id: int | None = None) -> Batch:
     """Pause (no new task starts) or resume a batch."""
     batch = get_batch(tx.conn, batch_id, owner_id)
-    if batch.status.finished:
-        raise InvalidStateError(f"batch {batch_id} already finished ({batch.status})")
-    if paused == (batch.status == BatchStatus.PAUSED):
+    if not transitions.pause(tx, batch, paused):
         return batch
-    status = (
-        BatchStatus.PAUSED
-        if paused
-        else (BatchStatus.RUNNING if batch.started_at else BatchStatus.QUEUED)
-    )
-    tx.conn.execute(update(batches).where(batches.c.id == batch_id).values(status=status))
-    append_event(tx, batch_id, EventType.BATCH_UPDATE, {"status": status})
     return get_batch(tx.conn, batch_id)

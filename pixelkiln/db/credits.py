@@ -4,7 +4,8 @@ Charging happens in the transaction that creates a batch (so a batch nobody
 paid for is never queued) and refunds in the transaction that fails or cancels
 a task (so a crash between the two cannot lose or duplicate money). Each task
 records what it cost in ``tasks.cost``; a refund pays that back and zeroes it,
-which makes refunding the same task twice impossible.
+which makes refunding the same task twice impossible. Refunds are made by the
+moves that end a task without images, in :mod:`.transitions`.
 
 Two requests racing for the last credits are serialised: on SQLite by the one
 writer (``BEGIN IMMEDIATE``), on PostgreSQL by locking the user's row before
@@ -16,14 +17,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Connection, bindparam, false, func, insert, select, update
 
 from pixelkiln.db.database import Tx
-from pixelkiln.db.tables import batches, credit_ledger, tasks, users
+from pixelkiln.db.tables import credit_ledger, tasks, users
 from pixelkiln.exceptions import KilnError, NotFoundError
-from pixelkiln.models import TaskStatus
 
 CHUNK = 500  # ids per IN (...) list: far below every database's parameter limit
 #: the most credits a balance may hold: SQL's SUM over a ledger stays far from 64-bit
@@ -86,7 +85,10 @@ def _locked_balance(tx: Tx, user_id: int) -> int:
     return balance(tx.conn, user_id)
 
 
-def _append(tx: Tx, user_id: int, delta: int, reason: str, batch_id: int | None, note: str) -> None:
+def record_entry(
+    tx: Tx, user_id: int, delta: int, reason: str, batch_id: int | None, note: str
+) -> None:
+    """Append one row to the ledger (grant, charge or refund)."""
     tx.conn.execute(
         insert(credit_ledger),
         {
@@ -110,7 +112,7 @@ def grant(tx: Tx, user_id: int, amount: int, note: str = "") -> int:
     if amount > 0 and current + amount > MAX_BALANCE:
         raise BalanceLimitError(amount, current)
     if amount:
-        _append(tx, user_id, amount, "grant", None, note)
+        record_entry(tx, user_id, amount, "grant", None, note)
     return current + amount
 
 
@@ -120,7 +122,7 @@ def charge(tx: Tx, user_id: int, amount: int, batch_id: int, note: str = "") -> 
     if amount > current:
         raise InsufficientCreditsError(amount, current)
     if amount:
-        _append(tx, user_id, -amount, "charge", batch_id, note)
+        record_entry(tx, user_id, -amount, "charge", batch_id, note)
     return current - amount
 
 
@@ -170,51 +172,6 @@ def set_own_key(
         return
     for chunk in _chunks(task_ids):
         tx.conn.execute(marking.where(tasks.c.id.in_(chunk)))
-
-
-def refund_tasks(tx: Tx, task_ids: Iterable[int]) -> int:
-    """Pay back what the given tasks cost their batch's owner, once; returns credits refunded.
-
-    Call it in the transaction that fails or cancels the tasks.
-    """
-    refunded = 0
-    for chunk in _chunks(list(task_ids)):
-        refunded += _refund(tx, tasks.c.id.in_(chunk))
-    return refunded
-
-
-def refund_open_tasks(tx: Tx, batch_id: int) -> int:
-    """Refund a batch's pending and running tasks (call it before cancelling them)."""
-    return _refund(
-        tx,
-        (tasks.c.batch_id == batch_id)
-        & tasks.c.status.in_([str(TaskStatus.PENDING), str(TaskStatus.RUNNING)]),
-    )
-
-
-def _refund(tx: Tx, condition: Any) -> int:
-    rows = tx.conn.execute(
-        select(batches.c.owner_id, tasks.c.batch_id, func.sum(tasks.c.cost).label("total"))
-        .join(batches, batches.c.id == tasks.c.batch_id)
-        .where(condition, tasks.c.cost > 0)
-        .group_by(batches.c.owner_id, tasks.c.batch_id)
-    ).all()
-    if not rows:
-        return 0
-    tx.conn.execute(update(tasks).where(condition, tasks.c.cost > 0).values(cost=0))
-    total = 0
-    for row in rows:
-        if row.owner_id is not None:
-            _append(
-                tx,
-                row.owner_id,
-                int(row.total),
-                "refund",
-                row.batch_id,
-                "failed or cancelled tasks",
-            )
-            total += int(row.total)
-    return total
 
 
 def ledger(

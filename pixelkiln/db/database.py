@@ -33,7 +33,7 @@ from pixelkiln.exceptions import DatabaseError
 from pixelkiln.models import Event
 
 #: the newest migration; the schema is upgraded when the database is older
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 MIGRATIONS = Path(__file__).parent / "migrations"
 MAX_GROUP = 512  # writes committed together at most
 SQLITE_BUSY_MS = 30_000
@@ -190,19 +190,39 @@ class Database:
         self.write_engine.dispose()
 
     def _migrate(self) -> None:
-        with self.write_engine.connect() as conn, conn.begin():
-            if not self.is_sqlite:
-                # one migrator at a time across processes
-                conn.execute(text("SELECT pg_advisory_xact_lock(7477001)"))
-            if _schema_revision(conn) == SCHEMA_REVISION:
-                return
-            from alembic import command  # only when migrating: alembic is slow to import
-            from alembic.config import Config
+        with self.write_engine.connect() as conn:
+            # A migration may rebuild a table others reference (SQLite alters tables by
+            # copying them); with foreign keys on, dropping the old copy would cascade-delete
+            # every child row. SQLite ignores this pragma inside a transaction: set it before.
+            self._sqlite_pragma(conn, "PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    self._upgrade(conn)
+            finally:
+                self._sqlite_pragma(conn, "PRAGMA foreign_keys=ON")
 
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS))
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+    def _upgrade(self, conn: Connection) -> None:
+        if not self.is_sqlite:
+            # one migrator at a time across processes
+            conn.execute(text("SELECT pg_advisory_xact_lock(7477001)"))
+        if _schema_revision(conn) == SCHEMA_REVISION:
+            return
+        from alembic import command  # only when migrating: alembic is slow to import
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+        if self.is_sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+            raise DatabaseError("migration left rows whose foreign keys point nowhere")
+
+    def _sqlite_pragma(self, conn: Connection, pragma: str) -> None:
+        """Run ``pragma`` outside any transaction (the driver's own autocommit)."""
+        if self.is_sqlite:
+            driver = conn.connection.driver_connection
+            assert driver is not None  # an open connection
+            driver.execute(pragma)
 
 
 def _settle(

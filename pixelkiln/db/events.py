@@ -1,19 +1,244 @@
-"""The append-only event log: written inside the transaction of the change it reports."""
+"""The append-only event log, and one typed builder per event type.
+
+Every producer (the state transitions of :mod:`.transitions`, the scheduler's
+notes about backends) builds its events here, so each event type has one set
+of field names; ``docs/api.md`` lists them in a table that a test checks
+against :data:`PAYLOADS`. Events are written inside the transaction of the
+change they report.
+
+>>> progress(12, 310, current=3, total=10, message="generated 1 image(s)", item_key="s3")
+(12, 310, <EventType.PROGRESS: 'progress'>, {'current': 3, 'total': 10, ...})
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import Connection, Row, insert, select
 
 from pixelkiln.db.database import Tx
 from pixelkiln.db.tables import batches, events
-from pixelkiln.models import Event, EventType
+from pixelkiln.models import BatchStatus, Event, EventType
 
 #: (batch_id, task_id, type, data) of one event to append
 PendingEvent = tuple[int, int | None, EventType, dict[str, Any]]
 
+
+# -- payloads: the fields of each event type ----------------------------------------------------
+
+
+# Optional fields are those of a ``total=False`` subclass: ``NotRequired`` inside
+# postponed annotations is not seen by Python 3.11's TypedDict.
+
+
+class _BatchUpdate(TypedDict):
+    status: str  #: the batch's new status
+
+
+class BatchUpdateData(_BatchUpdate, total=False):
+    name: str  #: when the batch was created
+    total: int  #: tasks, when the batch was created
+    retried: int  #: tasks put back in the queue by a retry
+
+
+class _Info(TypedDict):
+    message: str
+
+
+class InfoData(_Info, total=False):
+    backend: str  #: the backend the message is about
+
+
+class ProgressData(TypedDict):
+    current: int  #: tasks of the batch finished (succeeded, failed or cancelled) so far
+    total: int
+    message: str
+    item_key: str  #: the finished task's key
+
+
+class ImageData(TypedDict):
+    id: int
+    index: int  #: 0-based within its task
+    path: str  #: relative to the data folder (the API sends url and thumbnail_url instead)
+    width: int
+    height: int
+    backend: str  #: the backend that made it (after any fallback)
+    server: str  #: the server's URL without credentials ("" for a local generator)
+    model: str  #: the model actually used
+
+
+class ImageGeneratedData(TypedDict):
+    item_key: str
+    task_id: int
+    image: ImageData
+
+
+class _Warning(TypedDict):
+    message: str
+
+
+class WarningData(_Warning, total=False):
+    item_key: str  #: the task concerned, if one
+    error: str  #: the failed try's error
+    error_type: str
+    attempt: int  #: the try that failed
+    retry_in: float  #: seconds until the next try
+    backend: str  #: a backend that is down
+
+
+class _Error(TypedDict):
+    error: str  #: why the task failed for good
+
+
+class ErrorData(_Error, total=False):
+    item_key: str
+    error_type: str
+
+
+class Summary(TypedDict):
+    status: str  #: completed, partial, failed or cancelled
+    total: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    images: int
+    started_at: float | None
+    finished_at: float | None
+
+
+class DoneData(TypedDict):
+    summary: Summary
+
+
+#: the payload of each event type (docs/api.md's event table is checked against it)
+PAYLOADS: dict[EventType, type] = {
+    EventType.BATCH_UPDATE: BatchUpdateData,
+    EventType.INFO: InfoData,
+    EventType.PROGRESS: ProgressData,
+    EventType.IMAGE_GENERATED: ImageGeneratedData,
+    EventType.WARNING: WarningData,
+    EventType.ERROR: ErrorData,
+    EventType.DONE: DoneData,
+}
+
+
+# -- builders: one per event type -----------------------------------------------------------------
+
+
+def batch_update(
+    batch_id: int,
+    status: BatchStatus,
+    *,
+    name: str | None = None,
+    total: int | None = None,
+    retried: int | None = None,
+) -> PendingEvent:
+    """The batch changed status (created, started, paused, resumed, retried, finished)."""
+    data: BatchUpdateData = {"status": str(status)}
+    if name is not None:
+        data["name"] = name
+    if total is not None:
+        data["total"] = total
+    if retried is not None:
+        data["retried"] = retried
+    return (batch_id, None, EventType.BATCH_UPDATE, dict(data))
+
+
+def info(batch_id: int, message: str, *, backend: str | None = None) -> PendingEvent:
+    """Something worth knowing that needs no action (a backend came back)."""
+    data: InfoData = {"message": message}
+    if backend is not None:
+        data["backend"] = backend
+    return (batch_id, None, EventType.INFO, dict(data))
+
+
+def progress(
+    batch_id: int, task_id: int, *, current: int, total: int, message: str, item_key: str
+) -> PendingEvent:
+    """A task finished (succeeded or failed for good)."""
+    data: ProgressData = {
+        "current": current,
+        "total": total,
+        "message": message,
+        "item_key": item_key,
+    }
+    return (batch_id, task_id, EventType.PROGRESS, dict(data))
+
+
+def image_generated(
+    batch_id: int, task_id: int, *, item_key: str, image: ImageData
+) -> PendingEvent:
+    """An image of a task was stored."""
+    data: ImageGeneratedData = {"item_key": item_key, "task_id": task_id, "image": image}
+    return (batch_id, task_id, EventType.IMAGE_GENERATED, dict(data))
+
+
+def warning(
+    batch_id: int,
+    message: str,
+    *,
+    task_id: int | None = None,
+    item_key: str | None = None,
+    error: str | None = None,
+    error_type: str | None = None,
+    attempt: int | None = None,
+    retry_in: float | None = None,
+    backend: str | None = None,
+) -> PendingEvent:
+    """A try failed and will be retried, a runner stopped, or a backend is down."""
+    data: WarningData = {"message": message}
+    if item_key is not None:
+        data["item_key"] = item_key
+    if error is not None:
+        data["error"] = error
+    if error_type is not None:
+        data["error_type"] = error_type
+    if attempt is not None:
+        data["attempt"] = attempt
+    if retry_in is not None:
+        data["retry_in"] = retry_in
+    if backend is not None:
+        data["backend"] = backend
+    return (batch_id, task_id, EventType.WARNING, dict(data))
+
+
+def error(
+    batch_id: int,
+    task_id: int | None,
+    *,
+    error: str,
+    item_key: str | None = None,
+    error_type: str | None = None,
+) -> PendingEvent:
+    """A task failed for good."""
+    data: ErrorData = {"error": error}
+    if item_key is not None:
+        data["item_key"] = item_key
+    if error_type is not None:
+        data["error_type"] = error_type
+    return (batch_id, task_id, EventType.ERROR, dict(data))
+
+
+def done(batch_id: int, *, summary: Summary) -> PendingEvent:
+    """The batch finished (completed, partial, failed or cancelled); the last event of a run."""
+    data: DoneData = {"summary": summary}
+    return (batch_id, None, EventType.DONE, dict(data))
+
+
+#: the builder of each event type
+BUILDERS = {
+    EventType.BATCH_UPDATE: batch_update,
+    EventType.INFO: info,
+    EventType.PROGRESS: progress,
+    EventType.IMAGE_GENERATED: image_generated,
+    EventType.WARNING: warning,
+    EventType.ERROR: error,
+    EventType.DONE: done,
+}
+
+
+# -- the log --------------------------------------------------------------------------------------
 
 _INSERT = insert(events).returning(events.c.id, sort_by_parameter_order=True)
 
@@ -66,10 +291,9 @@ def _insert_sqlite(tx: Tx, pending: list[PendingEvent]) -> list[int]:
     return ids
 
 
-def append_event(
-    tx: Tx, batch_id: int, kind: EventType, data: dict[str, Any], task_id: int | None = None
-) -> Event:
-    return append_events(tx, [(batch_id, task_id, kind, data)])[0]
+def append_event(tx: Tx, event: PendingEvent) -> Event:
+    """Append one event made by a builder of this module."""
+    return append_events(tx, [event])[0]
 
 
 def events_after(

@@ -11,13 +11,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, delete, exists, func, insert, or_, select
 
+from pixelkiln.db import transitions
 from pixelkiln.db.batches import UNFINISHED, _batch
 from pixelkiln.db.database import Tx
 from pixelkiln.db.tables import assets, batches, events, idempotency_keys, images, tasks
 from pixelkiln.exceptions import InvalidStateError, NotFoundError
-from pixelkiln.models import Batch, BatchStatus, ImageRecord
+from pixelkiln.models import GENERATION_PARAMS, Batch, BatchStatus, ImageRecord
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,29 @@ class ImageInfo:
     position: int  #: the task's position in its batch
     prompt: str
     negative_prompt: str
-    backend: str
-    params: dict[str, Any]
+    backend: str  #: the task's backend now (a rerouted task's differs from the image's)
+    params: dict[str, Any]  #: the task's parameters, as asked
     inputs: dict[str, Any]  #: init_image / reference_images as asset paths
     batch_name: str
     batch_status: BatchStatus
     owner_id: int | None
+
+    @property
+    def sent_negative_prompt(self) -> str:
+        """The negative prompt as sent: "" where the backend takes none."""
+        sent = self.image.params
+        return self.negative_prompt if sent is None else str(sent.get("negative_prompt", ""))
+
+    @property
+    def sent_params(self) -> dict[str, Any]:
+        """The task's parameters as the generator took them: those it ignores left out,
+        ``model`` the one used. Images recorded before migration 0005: the task's own."""
+        sent = self.image.params
+        if sent is None:
+            return self.params
+        kept = {k: v for k, v in self.params.items() if k not in GENERATION_PARAMS}
+        taken = {k: v for k, v in sent.items() if k != "negative_prompt"}
+        return {**kept, **taken, "model": self.image.model}
 
 
 @dataclass(frozen=True)
@@ -71,13 +89,13 @@ def _owned(query: Any, owner_id: int | None) -> Any:
 # -- images -----------------------------------------------------------------------------------
 
 _IMAGE_COLUMNS = (
-    images,
+    images,  # its backend and params are the image's: the task's are labelled
     tasks.c.key,
     tasks.c.position,
     tasks.c.prompt,
     tasks.c.negative_prompt,
-    tasks.c.backend,
-    tasks.c.params,
+    tasks.c.backend.label("task_backend"),
+    tasks.c.params.label("task_params"),
     tasks.c.inputs,
     batches.c.name.label("batch_name"),
     batches.c.status.label("batch_status"),
@@ -94,7 +112,8 @@ def _joined(*columns: Any) -> Any:
     )
 
 
-def _image_record(row: Row[Any]) -> ImageRecord:
+def image_record(row: Row[Any]) -> ImageRecord:
+    """An ``images`` row (or a row holding its columns) as a record."""
     m = row._mapping  # "index" would be the tuple method as an attribute
     return ImageRecord(
         m["id"],
@@ -108,19 +127,23 @@ def _image_record(row: Row[Any]) -> ImageRecord:
         m["sha256"],
         m["seed"],
         m["created_at"],
+        m["backend"],
+        m["server"],
+        m["model"],
+        None if m["params"] is None else dict(m["params"]),
     )
 
 
 def _image_info(row: Row[Any]) -> ImageInfo:
-    record = _image_record(row)
+    record = image_record(row)
     return ImageInfo(
         record,
         row.key,
         row.position,
         row.prompt,
         row.negative_prompt,
-        row.backend,
-        dict(row.params),
+        row.task_backend,
+        dict(row.task_params),
         dict(row.inputs),
         row.batch_name,
         BatchStatus(row.batch_status),
@@ -175,6 +198,23 @@ def get_image(conn: Connection, image_id: int, owner_id: int | None = None) -> I
     return _image_info(row)
 
 
+def batch_images(conn: Connection, batch_id: int) -> list[ImageInfo]:
+    """Every image of a batch with what made it, by task position then index."""
+    query = _joined(*_IMAGE_COLUMNS).where(images.c.batch_id == batch_id)
+    query = query.order_by(tasks.c.position, images.c.index)
+    return [_image_info(row) for row in conn.execute(query)]
+
+
+def image_sources(conn: Connection, batch_id: int) -> dict[tuple[str, str], int]:
+    """How many images of a batch each (backend, server) made."""
+    query = (
+        select(images.c.backend, images.c.server, func.count())
+        .where(images.c.batch_id == batch_id)
+        .group_by(images.c.backend, images.c.server)
+    )
+    return {(row[0], row[1]): int(row[2]) for row in conn.execute(query)}
+
+
 def images_of_tasks(conn: Connection, task_ids: Iterable[int]) -> dict[int, list[ImageRecord]]:
     """Images of the given tasks, grouped by task, in index order."""
     ids = list(task_ids)
@@ -185,7 +225,7 @@ def images_of_tasks(conn: Connection, task_ids: Iterable[int]) -> dict[int, list
         select(images).where(images.c.task_id.in_(ids)).order_by(images.c.task_id, images.c.index)
     )
     for r in rows:
-        grouped[r.task_id].append(_image_record(r))
+        grouped[r.task_id].append(image_record(r))
     return grouped
 
 
@@ -193,11 +233,7 @@ def delete_image(tx: Tx, image_id: int, owner_id: int | None = None) -> ImageInf
     """Forget one image (the caller removes its file); the batch's image count follows."""
     info = get_image(tx.conn, image_id, owner_id)
     tx.conn.execute(delete(images).where(images.c.id == image_id))
-    tx.conn.execute(
-        update(batches)
-        .where(batches.c.id == info.image.batch_id)
-        .values(n_images=batches.c.n_images - 1)
-    )
+    transitions.image_deleted(tx, info.image.batch_id)
     return info
 
 

@@ -24,6 +24,12 @@ from sqlalchemy import (
     false,
 )
 
+#: tables whose ids are handles (URLs, a client's saved id, a folder name): never reused.
+#: PostgreSQL's sequences never hand an id out twice; SQLite without AUTOINCREMENT gives
+#: max(id) + 1, so deleting the newest batch handed its id (and its image folder) to the
+#: next one. Each of these tables says ``sqlite_autoincrement=True`` (migrations 0004, 0005).
+NEVER_REUSED = ("batches", "tasks", "images", "assets", "events", "users", "presets")
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -56,6 +62,7 @@ batches = Table(
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
     Index(None, "status", "priority"),
+    sqlite_autoincrement=True,  # see NEVER_REUSED
 )
 
 tasks = Table(
@@ -89,6 +96,7 @@ tasks = Table(
     Index(None, "batch_id", "status", "position"),
     # lease recovery and renewal
     Index(None, "status", "lease_expires_at"),
+    sqlite_autoincrement=True,
 )
 
 images = Table(
@@ -106,8 +114,16 @@ images = Table(
     Column("seed", BigInteger, nullable=False),  # seeds reach 2**32 - 1
     Column("thumbnail", String(500), nullable=True),
     Column("created_at", Float, nullable=False),
+    # who made it (migration 0005): the backend's name, the server's URL without
+    # credentials ("" for a local generator), the model the generator used, and the
+    # request parameters it took, as sent (NULL: recorded before 0005; the task's stand in)
+    Column("backend", String(100), nullable=False, server_default=""),
+    Column("server", String(500), nullable=False, server_default=""),
+    Column("model", String(200), nullable=False, server_default=""),
+    Column("params", JSON, nullable=True),
     UniqueConstraint("task_id", "index"),
     Index(None, "batch_id"),
+    sqlite_autoincrement=True,
 )
 
 assets = Table(
@@ -123,6 +139,7 @@ assets = Table(
     Column("bytes", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
     Index(None, "sha256"),
+    sqlite_autoincrement=True,
 )
 
 events = Table(
@@ -136,7 +153,7 @@ events = Table(
     Column("created_at", Float, nullable=False),
     Index(None, "batch_id", "id"),
     # ids are SSE cursors (Last-Event-ID): never reuse one, even after the newest batch
-    # (and its events) is deleted; without this SQLite hands out max(id) + 1 again
+    # (and its events) is deleted
     sqlite_autoincrement=True,
 )
 
@@ -150,6 +167,7 @@ users = Table(
     Column("is_admin", Boolean, nullable=False),
     Column("active", Boolean, nullable=False),
     Column("created_at", Float, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 # only the sha256 of a token is stored: a leaked database grants no access
@@ -203,6 +221,7 @@ presets = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Index(None, "category", "position"),
+    sqlite_autoincrement=True,
 )
 
 # runtime values an admin changes without a restart (global concurrency)

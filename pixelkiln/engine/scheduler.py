@@ -27,9 +27,9 @@ from typing import Any
 
 from pixelkiln.backends.base import Backend, GeneratedImage
 from pixelkiln.config import SchedulerSettings
+from pixelkiln.db import events
 from pixelkiln.db.batches import runnable_batch_ids, unfinished_batch_ids
 from pixelkiln.db.database import Database, Tx
-from pixelkiln.db.events import append_event
 from pixelkiln.db.leases import (
     ClaimedTask,
     claim_tasks,
@@ -42,9 +42,9 @@ from pixelkiln.db.tasks import TaskFailure, TaskResult, record_outcomes
 from pixelkiln.engine import retry
 from pixelkiln.engine.credentials import UserKeys
 from pixelkiln.engine.owners import dead_local_owners, new_owner_id
+from pixelkiln.engine.starts import StartMarks
 from pixelkiln.engine.task_io import build_request, store_images
 from pixelkiln.exceptions import BackendTimeoutError, ServerError
-from pixelkiln.models import EventType
 from pixelkiln.storage import Storage
 
 log = logging.getLogger("pixelkiln.engine")
@@ -117,6 +117,7 @@ class Scheduler:
         self.only_batches = set(only_batches) if only_batches is not None else None
         self.user_keys = user_keys
         self.owner = owner or new_owner_id()
+        self._starts = StartMarks(db, self.owner)  # attempts are spent when a request goes out
         self._rng = rng or random.Random()
         self._clock = clock
         self._slots = {name: b.settings.slots for name, b in self.backends.items()}
@@ -323,6 +324,7 @@ class Scheduler:
         backend = self.backends[task.backend]
         api_key = await self.user_keys.key_for(task, backend)  # None: the backend's own key
         request = await build_request(self.storage, task, api_key)
+        await self._starts.mark(task.id)  # committed before the request goes out
         try:
             images = await asyncio.wait_for(backend.generate(request), self.settings.task_timeout)
         except TimeoutError as exc:
@@ -380,20 +382,18 @@ class Scheduler:
                 "and resume when one comes back"
             )
             log.warning(message)
-            self._note(
-                task.batch_id, EventType.WARNING, {"message": message, "backend": task.backend}
-            )
+            self._note(events.warning(task.batch_id, message, backend=task.backend))
 
     def _backend_up(self, backend: str) -> None:
         if self._down.pop(backend, None) is None:
             return
         for name, batch_id in [k for k in self._down_reported if k[0] == backend]:
             self._down_reported.discard((name, batch_id))
-            self._note(batch_id, EventType.INFO, {"message": f"backend '{backend}' is back"})
+            self._note(events.info(batch_id, f"backend '{backend}' is back", backend=backend))
 
-    def _note(self, batch_id: int, kind: EventType, data: dict[str, Any]) -> None:
+    def _note(self, event: events.PendingEvent) -> None:
         def write(tx: Tx) -> None:
-            append_event(tx, batch_id, kind, data)
+            events.append_event(tx, event)
 
         task = asyncio.ensure_future(self.db.awrite(write))
         task.add_done_callback(lambda t: t.exception())  # never "exception never retrieved"
@@ -441,9 +441,9 @@ class Scheduler:
             if g.job.lost:
                 continue  # taken away meanwhile: its files are someone else's to write
             try:
-                out.append(
-                    TaskResult(g.task, store_images(self.storage, g.task, g.images), g.duration)
-                )
+                backend = self.backends.get(g.task.backend)  # the records say what it took
+                stored = store_images(self.storage, g.task, g.images, backend)
+                out.append(TaskResult(g.task, stored, g.duration))
             except Exception as exc:
                 out.append(self._failure(g.job, exc))
         return out

@@ -171,7 +171,7 @@ def test_killed_mid_batch_then_resumed_every_task_succeeds_exactly_once(tmp_path
     files = list((tmp_path / "kiln-data" / "images" / "1").iterdir())
     assert len(files) == 600 and all(f.suffix == ".png" for f in files)
     successes = Counter(
-        json.loads(data)["item"]
+        json.loads(data)["item_key"]
         for (data,) in query(tmp_path, "SELECT data FROM events WHERE type = 'progress'")
     )
     assert len(successes) == 300 and set(successes.values()) == {1}

@@ -29,6 +29,7 @@ from pixelkiln.db.leases import (
     recover_leases,
     release_tasks,
     renew_leases,
+    start_tasks,
 )
 from pixelkiln.db.records import delete_batch
 from pixelkiln.db.tables import batches, metadata
@@ -74,6 +75,12 @@ def _batch(
 
 def _claim(db: Database, owner: str, n: int, lease: float = 30.0) -> list[ClaimedTask]:
     return db.write(claim_tasks, owner, {"placeholder": n}, lease, None)
+
+
+def _started(db: Database, owner: str, tasks: list[ClaimedTask]) -> list[ClaimedTask]:
+    """Mark claimed tasks as sent to their generator (their attempt spent)."""
+    assert db.write(start_tasks, owner, [t.id for t in tasks]) == {t.id for t in tasks}
+    return tasks
 
 
 def _result(task: ClaimedTask, seed: int = 100) -> TaskResult:
@@ -163,7 +170,7 @@ def test_the_largest_seeds_are_stored(db: Database) -> None:
 
 def test_a_late_write_from_a_runner_that_lost_its_lease_changes_nothing(db: Database) -> None:
     batch_id = _batch(db, 1)
-    [task] = _claim(db, "dead", 1, lease=0.01)
+    [task] = _started(db, "dead", _claim(db, "dead", 1, lease=0.01))
     time.sleep(0.05)
     assert db.write(recover_leases) == 1
     [again] = _claim(db, "alive", 1)
@@ -175,7 +182,7 @@ def test_a_late_write_from_a_runner_that_lost_its_lease_changes_nothing(db: Data
 
 def test_recovering_on_the_last_attempt_fails_the_task(db: Database) -> None:
     batch_id = _batch(db, 1, max_attempts=1)
-    _claim(db, "dead", 1, lease=0.01)
+    _started(db, "dead", _claim(db, "dead", 1, lease=0.01))
     time.sleep(0.05)
     db.write(recover_leases)
     batch = db.read(get_batch, batch_id)

@@ -12,7 +12,11 @@ from sqlalchemy import Connection
 from pixelkiln.api.deps import AdminDep, CtxDep, PageDep, page_fields
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.routes.batches import ERRORS, StatusFilter
-from pixelkiln.api.schemas import (
+from pixelkiln.api.views import batch_public
+from pixelkiln.db.records import count_active, search_batches
+from pixelkiln.db.settings_store import CONCURRENCY, set_setting
+from pixelkiln.db.stats import DAY, backend_figures, images_per_day, queue_depth, task_counts
+from pixelkiln.wire.schemas import (
     BackendStats,
     BatchPublic,
     ConcurrencyPublic,
@@ -22,10 +26,6 @@ from pixelkiln.api.schemas import (
     Page,
     StatsPublic,
 )
-from pixelkiln.api.views import batch_public
-from pixelkiln.db.records import count_active, search_batches
-from pixelkiln.db.settings_store import CONCURRENCY, set_setting
-from pixelkiln.db.stats import DAY, backend_figures, images_per_day, queue_depth, task_counts
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 

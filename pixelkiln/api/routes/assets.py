@@ -8,10 +8,10 @@ from fastapi.responses import FileResponse
 from pixelkiln.api.deps import CallerDep, CtxDep, IdPath
 from pixelkiln.api.media import StoredFile
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.schemas import AssetPublic
 from pixelkiln.api.uploads import files_of, read_form, store_images
 from pixelkiln.api.views import asset_public
 from pixelkiln.db.records import get_asset
+from pixelkiln.wire.schemas import AssetPublic
 
 router = APIRouter(prefix="/assets", tags=["assets"])
 

@@ -8,10 +8,9 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pixelkiln.api import service
+from pixelkiln import service
 from pixelkiln.api.deps import (
     ApiContext,
-    Caller,
     CallerDep,
     CtxDep,
     IdPath,
@@ -19,8 +18,17 @@ from pixelkiln.api.deps import (
     page_fields,
 )
 from pixelkiln.api.errors import ApiError
-from pixelkiln.api.media import remove_batch_files, zip_stream
-from pixelkiln.api.schemas import (
+from pixelkiln.api.media import zip_stream
+from pixelkiln.api.uploads import files_of, load_table, read_form, saved_table, store_images
+from pixelkiln.api.views import batch_detail, batch_public
+from pixelkiln.db.batches import get_batch
+from pixelkiln.db.presets import get_preset
+from pixelkiln.db.records import count_active, search_batches
+from pixelkiln.db.tasks import list_images
+from pixelkiln.models import BatchStatus, TaskStatus
+from pixelkiln.service import Caller, Submission, TaskPage
+from pixelkiln.specs import BatchSpec, Params, parse_batch, problems_from_validation
+from pixelkiln.wire.schemas import (
     ActiveCount,
     BatchDetail,
     BatchPublic,
@@ -31,15 +39,6 @@ from pixelkiln.api.schemas import (
     RetryRequest,
     RetryResult,
 )
-from pixelkiln.api.service import Submission, TaskPage
-from pixelkiln.api.uploads import files_of, load_table, read_form, saved_table, store_images
-from pixelkiln.api.views import batch_public
-from pixelkiln.db.batches import cancel_batch, get_batch, set_paused
-from pixelkiln.db.presets import get_preset
-from pixelkiln.db.records import count_active, delete_batch, search_batches
-from pixelkiln.db.tasks import list_images
-from pixelkiln.models import BatchStatus, TaskStatus
-from pixelkiln.specs import BatchSpec, Params, parse_batch, problems_from_validation
 
 router = APIRouter(prefix="/batches", tags=["batches"])
 
@@ -68,7 +67,7 @@ async def _created(
     wait: bool,
     timeout: float | None,
 ) -> BatchDetail:
-    batch_id, created = await service.submit(ctx, caller, sub)
+    batch_id, created = await service.submit(ctx.service, caller, sub)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/api/v1/batches/{batch_id}"
     if not created:
@@ -78,10 +77,10 @@ async def _created(
         limit = min(
             timeout or ctx.settings.server.max_wait_seconds, ctx.settings.server.max_wait_seconds
         )
-        if not await service.wait_until_finished(ctx, batch_id, limit):
+        if not await service.wait_until_finished(ctx.service, batch_id, limit):
             response.status_code = 202  # accepted, still running: poll GET /batches/{id}
         page = TaskPage(limit=service.ALL_TASKS)
-    return await service.batch_detail(ctx, batch_id, caller.scope, page)
+    return batch_detail(await service.batch_page(ctx.service, caller, batch_id, page))
 
 
 @router.post("", status_code=201, responses=ERRORS, summary="Create a batch from a spec")
@@ -333,16 +332,13 @@ async def get_one(
 ) -> BatchDetail:
     """Status, counters, progress 0–1, estimated remaining seconds, and tasks (paginated)."""
     page = TaskPage(task_status, task_limit, task_offset)
-    return await service.batch_detail(ctx, batch_id, caller.scope, page)
+    return batch_detail(await service.batch_page(ctx.service, caller, batch_id, page))
 
 
 @router.post("/{batch_id}/cancel", responses=ERRORS, summary="Cancel a batch")
 async def cancel(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
     """Pending tasks stop at once (refunded), running ones at their next lease check."""
-    batch = await ctx.write(cancel_batch, batch_id, caller.scope)
-    if ctx.runner is not None:
-        ctx.runner.cancel_batch(batch_id)
-    return batch_public(batch)
+    return batch_public(await service.cancel(ctx.service, caller, batch_id))
 
 
 @router.post("/{batch_id}/retry", responses=ERRORS, summary="Retry failed tasks")
@@ -351,28 +347,31 @@ async def retry(
 ) -> RetryResult:
     """Every failed task (or only ``task_ids``); charged again like a new create."""
     body = body or RetryRequest()
-    count = await service.retry(ctx, caller, batch_id, body.task_ids, body.include_cancelled)
+    count = await service.retry(
+        ctx.service,
+        caller,
+        batch_id,
+        task_ids=body.task_ids,
+        include_cancelled=body.include_cancelled,
+    )
     batch = await ctx.read(get_batch, batch_id)
     return RetryResult(retried=count, batch=batch_public(batch))
 
 
 @router.post("/{batch_id}/pause", responses=ERRORS, summary="Pause a batch")
 async def pause(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
-    return batch_public(await ctx.write(set_paused, batch_id, True, caller.scope))
+    return batch_public(await service.pause(ctx.service, caller, batch_id))
 
 
 @router.post("/{batch_id}/resume", responses=ERRORS, summary="Resume a paused batch")
 async def resume(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
-    batch = await ctx.write(set_paused, batch_id, False, caller.scope)
-    ctx.wake_scheduler()
-    return batch_public(batch)
+    return batch_public(await service.resume(ctx.service, caller, batch_id))
 
 
 @router.delete("/{batch_id}", status_code=204, responses=ERRORS, summary="Delete a batch")
 async def delete(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> Response:
     """A finished batch with its tasks, events and image files; 409 while it runs."""
-    await ctx.write(delete_batch, batch_id, caller.scope)
-    await ctx.run(remove_batch_files, ctx.storage, batch_id)
+    await service.delete(ctx.service, caller, batch_id)
     return Response(status_code=204)
 
 

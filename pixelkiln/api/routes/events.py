@@ -10,13 +10,13 @@ from fastapi.responses import StreamingResponse
 from pixelkiln.api.deps import CallerDep, CtxDep, IdPath
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.schemas import EventPublic, Offset, Page
 from pixelkiln.api.sse import HEADERS, StreamScope, event_stream
 from pixelkiln.api.views import event_public
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.events import events_after
 from pixelkiln.db.records import latest_event_id
 from pixelkiln.models import parse_id
+from pixelkiln.wire.schemas import EventPublic, Offset, Page
 
 router = APIRouter(tags=["events"])
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 from sqlalchemy import Connection
 
-from pixelkiln.api import service
+from pixelkiln import service
 from pixelkiln.api.deps import CallerDep, CtxDep, IdPath, PageDep, Pagination, page_fields
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.media import (
@@ -20,9 +20,7 @@ from pixelkiln.api.media import (
     thumbnail_path,
 )
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.schemas import BatchDetail, EditRequest, Id, ImageDetail, Page
-from pixelkiln.api.service import Submission, TaskPage
-from pixelkiln.api.views import image_detail
+from pixelkiln.api.views import batch_detail, image_detail
 from pixelkiln.db.records import (
     ImageInfo,
     ImageQuery,
@@ -34,6 +32,7 @@ from pixelkiln.db.records import (
 from pixelkiln.models import BatchStatus
 from pixelkiln.params import check_side
 from pixelkiln.specs import parse_batch
+from pixelkiln.wire.schemas import BatchDetail, EditRequest, Id, ImageDetail, Page
 
 router = APIRouter(prefix="/images", tags=["images"])
 
@@ -179,10 +178,10 @@ async def edit(
         },
         "edit",
     )
-    sub = Submission(spec, source="api", server_paths=True)
-    batch_id, _ = await service.submit(ctx, caller, sub)
+    sub = service.Submission(spec, source="api", server_paths=True)
+    batch_id, _ = await service.submit(ctx.service, caller, sub)
     response.headers["Location"] = f"/api/v1/batches/{batch_id}"
-    return await service.batch_detail(ctx, batch_id, caller.scope, TaskPage())
+    return batch_detail(await service.batch_page(ctx.service, caller, batch_id))
 
 
 def _same_size(width: int, height: int) -> dict[str, int]:

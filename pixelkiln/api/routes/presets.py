@@ -10,7 +10,6 @@ from pydantic import ValidationError
 from pixelkiln.api.deps import AdminDep, CallerDep, CtxDep, IdPath
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.schemas import PresetCreate, PresetPublic, PresetUpdate, ReorderRequest
 from pixelkiln.api.views import preset_public
 from pixelkiln.db.presets import (
     PresetFields,
@@ -22,6 +21,7 @@ from pixelkiln.db.presets import (
     update_preset,
 )
 from pixelkiln.specs import Params, problems_from_validation
+from pixelkiln.wire.schemas import PresetCreate, PresetPublic, PresetUpdate, ReorderRequest
 
 router = APIRouter(prefix="/presets", tags=["presets"])
 

@@ -9,9 +9,9 @@ from pixelkiln import __version__
 from pixelkiln.api import metrics
 from pixelkiln.api.deps import AdminDep, CallerDep, CtxDep
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.schemas import BackendPublic, Health
-from pixelkiln.api.service import pricing_for
 from pixelkiln.backends.base import accepts_user_keys
+from pixelkiln.service import pricing_for
+from pixelkiln.wire.schemas import BackendPublic, Health
 
 health = APIRouter(tags=["system"])
 protected = APIRouter(tags=["system"])
@@ -40,7 +40,7 @@ async def prometheus(ctx: CtxDep, _: AdminDep) -> PlainTextResponse:
 @protected.get("/api/v1/backends", responses=ERRORS, summary="Configured generators and prices")
 async def backends(ctx: CtxDep, caller: CallerDep) -> list[BackendPublic]:
     """Names to use as ``backend``, and what an image costs you on each."""
-    pricing = await pricing_for(ctx, caller.user_id)
+    pricing = await pricing_for(ctx.service, caller.user_id)
     return [
         BackendPublic(
             name=name,

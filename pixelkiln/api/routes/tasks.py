@@ -5,15 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import Connection
 
-from pixelkiln.api import service
+from pixelkiln import service
 from pixelkiln.api.deps import CallerDep, CtxDep, IdPath
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.schemas import RetryResult, TaskPublic
 from pixelkiln.api.views import batch_public, task_public
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.records import images_of_tasks
 from pixelkiln.db.tasks import get_task
 from pixelkiln.models import ImageRecord, Task
+from pixelkiln.wire.schemas import RetryResult, TaskPublic
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -36,6 +36,8 @@ async def get_one(task_id: IdPath, ctx: CtxDep, caller: CallerDep) -> TaskPublic
 @router.post("/{task_id}/retry", responses=ERRORS, summary="Retry one failed or cancelled task")
 async def retry(task_id: IdPath, ctx: CtxDep, caller: CallerDep) -> RetryResult:
     task, _ = await ctx.read(_owned_task, task_id, caller.scope)
-    count = await service.retry(ctx, caller, task.batch_id, [task.id], include_cancelled=True)
+    count = await service.retry(
+        ctx.service, caller, task.batch_id, task_ids=[task.id], include_cancelled=True
+    )
     batch = await ctx.read(get_batch, task.batch_id)
     return RetryResult(retried=count, batch=batch_public(batch))

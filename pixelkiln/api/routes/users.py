@@ -10,18 +10,7 @@ from sqlalchemy import Connection
 from pixelkiln.api.deps import AdminDep, CallerDep, CtxDep, IdPath, PageDep
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.schemas import (
-    CreditsPublic,
-    GrantRequest,
-    ProviderKeyPublic,
-    ProviderKeyRequest,
-    UserCreate,
-    UserCreated,
-    UserPublic,
-    UserUpdate,
-)
 from pixelkiln.api.views import ledger_public, user_public
-from pixelkiln.backends.base import accepts_user_keys
 from pixelkiln.db.credits import LedgerEntry, balance, grant, ledger
 from pixelkiln.db.users import (
     User,
@@ -34,6 +23,16 @@ from pixelkiln.db.users import (
     revoke_tokens,
     set_active,
     set_provider_key,
+)
+from pixelkiln.wire.schemas import (
+    CreditsPublic,
+    GrantRequest,
+    ProviderKeyPublic,
+    ProviderKeyRequest,
+    UserCreate,
+    UserCreated,
+    UserPublic,
+    UserUpdate,
 )
 
 me = APIRouter(prefix="/me", tags=["me"])
@@ -91,9 +90,9 @@ async def put_key(
     backend: str, body: ProviderKeyRequest, ctx: CtxDep, caller: CallerDep
 ) -> Response:
     user_id = _need_user(caller)
-    if backend not in ctx.kiln.backends:
+    if backend not in ctx.service.backends.names:
         raise ApiError(404, "not_found", f"no backend '{backend}'", field="backend")
-    if not accepts_user_keys(ctx.kiln.backends[backend]):
+    if backend not in ctx.service.backends.user_keys:
         raise ApiError(
             422,
             "own_key_not_supported",

@@ -11,9 +11,9 @@ import pytest
 from apikit import Live, png_bytes, spec
 
 from pixelkiln import ApiError, AsyncClient, Client
-from pixelkiln.api.schemas import BatchDetail, EventPublic
 from pixelkiln.models import BatchStatus, EventType
 from pixelkiln.testing import wait_until
+from pixelkiln.wire.schemas import BatchDetail, EventPublic
 
 pytestmark = pytest.mark.anyio
 

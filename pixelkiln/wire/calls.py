@@ -17,7 +17,8 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from pixelkiln.api.schemas import (
+from pixelkiln.exceptions import KilnError
+from pixelkiln.wire.schemas import (
     ActiveCount,
     AssetPublic,
     BatchDetail,
@@ -29,7 +30,6 @@ from pixelkiln.api.schemas import (
     RetryResult,
     TaskPublic,
 )
-from pixelkiln.exceptions import KilnError
 
 T = TypeVar("T")
 #: upload parts: a path, or (file name, bytes)

@@ -83,6 +83,9 @@ class ImagePublic(_Public):
     url: str  #: the PNG, relative to the server's root
     thumbnail_url: str
     created_at: float
+    backend: str = ""  #: the backend that made it
+    server: str = ""  #: its server's URL, without credentials; "" for a local generator
+    model: str = ""  #: the model used (the backend's configured one when the task named none)
 
 
 class TaskPublic(_Public):
@@ -160,11 +163,12 @@ class ImageInputPublic(_Public):
 
 
 class ImageDetail(ImagePublic):
+    """An image and what made it, as sent: what the backend ignores is left out."""
+
     key: str
     prompt: str
-    negative_prompt: str
-    backend: str
-    params: dict[str, Any]
+    negative_prompt: str  #: as sent: "" where the backend takes none
+    params: dict[str, Any]  #: the task's, less what the backend ignores; the model used
     batch_name: str
     batch_status: BatchStatus
     inputs: list[ImageInputPublic] = Field(default_factory=list)

@@ -1,0 +1,306 @@
+"""The statements :mod:`.transitions` runs, built once.
+
+Constructing a SQLAlchemy statement costs more than running it on the hot path
+(claim, start, outcomes), so these are module constants with named parameters;
+the few that depend on their arguments (recovery, moves of a whole batch) are
+small functions. What each move means, and when it runs: :mod:`.transitions`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam, case, delete, func, insert, select, update
+
+from pixelkiln.db.tables import batches, images, tasks
+from pixelkiln.models import BatchStatus, ClaimedTask, TaskStatus
+from pixelkiln.storage import StoredImage
+
+PENDING, RUNNING = TaskStatus.PENDING, TaskStatus.RUNNING
+
+#: "running" tested so that no index can serve it: statements that name their task ids
+#: must look them up by id, but SQLite without statistics would rather walk the status
+#: index through every running task (all those claimed ahead, too)
+IS_RUNNING = tasks.c.status.concat("") == RUNNING
+
+# -- counters: every move adds its deltas in place, one statement per batch ---------------------
+
+#: batches.n_<key> for each delta key
+COUNTED = (*(str(s) for s in TaskStatus), "images")
+ADJUST_COUNTS = (
+    update(batches)
+    .where(batches.c.id == bindparam("k_batch"))
+    .values({f"n_{k}": batches.c[f"n_{k}"] + bindparam(f"k_{k}") for k in COUNTED})
+    .returning(
+        batches.c.id,
+        batches.c.status,
+        batches.c.started_at,
+        batches.c.n_tasks,
+        *(batches.c[f"n_{k}"] for k in COUNTED),
+    )
+)
+
+# -- batches ------------------------------------------------------------------------------------
+
+START_BATCH = (
+    update(batches)
+    .where(batches.c.id == bindparam("m_batch"), batches.c.status == BatchStatus.QUEUED)
+    .values(
+        status=BatchStatus.RUNNING,
+        started_at=func.coalesce(batches.c.started_at, bindparam("m_now")),
+    )
+)
+
+
+def set_batch(batch_id: int, **values: Any) -> Any:
+    return update(batches).where(batches.c.id == batch_id).values(**values)
+
+
+def _batch_tasks(batch_id: int, source: TaskStatus) -> Any:
+    return update(tasks).where(tasks.c.batch_id == batch_id, tasks.c.status == source)
+
+
+def cancel_tasks(batch_id: int, source: TaskStatus, now: float) -> Any:
+    """A batch's tasks in ``source`` → cancelled, their leases void."""
+    return _batch_tasks(batch_id, source).values(
+        status=TaskStatus.CANCELLED, finished_at=now, lease_owner=None, lease_expires_at=None
+    )
+
+
+def retry_tasks(batch_id: int, source: TaskStatus, only: list[int] | None) -> Any:
+    """A batch's tasks in ``source`` (or only those of ``only``) → pending, attempts anew."""
+    query = _batch_tasks(batch_id, source)
+    if only is not None:
+        query = query.where(tasks.c.id.in_(only))
+    return query.values(
+        status=PENDING,
+        attempts=0,
+        next_attempt_at=0.0,
+        lease_owner=None,
+        lease_expires_at=None,
+        started_at=None,
+        finished_at=None,
+    )
+
+
+# -- claim and start ----------------------------------------------------------------------------
+
+_CLAIMED = ("id", "batch_id", "position", "key", "backend", "prompt", "negative_prompt")
+
+
+def _claim_statement(skip_locked: bool) -> Any:
+    """pending → running under a lease, returning models.ClaimedTask's fields in order."""
+    pick = (
+        select(tasks.c.id)
+        .where(
+            tasks.c.batch_id == bindparam("c_batch"),
+            tasks.c.status == PENDING,
+            tasks.c.backend == bindparam("c_backend"),
+            tasks.c.next_attempt_at <= bindparam("c_now"),
+        )
+        .order_by(tasks.c.position)
+        .limit(bindparam("c_limit"))
+    )
+    if skip_locked:
+        pick = pick.with_for_update(skip_locked=True)
+    return (
+        update(tasks)
+        .where(tasks.c.id.in_(pick.scalar_subquery()))
+        .values(
+            status=RUNNING,
+            lease_owner=bindparam("c_owner"),
+            lease_expires_at=bindparam("c_expires"),
+            started_at=None,  # set by START, when generation begins
+        )
+        .returning(
+            *(tasks.c[name] for name in _CLAIMED),
+            tasks.c.params,
+            tasks.c.inputs,
+            (tasks.c.attempts + 1).label("attempts"),  # the try this claim is for
+            tasks.c.max_attempts,
+            tasks.c.own_key,
+        )
+    )
+
+
+CLAIM = _claim_statement(skip_locked=False)
+CLAIM_PG = _claim_statement(skip_locked=True)
+
+START = (
+    update(tasks)
+    .where(
+        tasks.c.id.in_(bindparam("s_ids", expanding=True)),
+        IS_RUNNING,
+        tasks.c.lease_owner == bindparam("s_owner"),
+        tasks.c.started_at.is_(None),
+    )
+    .values(attempts=tasks.c.attempts + 1, started_at=bindparam("s_now"))
+    .returning(tasks.c.id)
+)
+
+
+def start_sqlite(n: int) -> str:
+    """START as SQLite text for ``n`` ids (parameters: now, *ids, owner).
+
+    A task waits for this write before its request goes out, once per start:
+    run through the driver it costs half of what SQLAlchemy adds around it.
+    """
+    return (
+        "UPDATE tasks SET attempts = attempts + 1, started_at = ? "
+        f"WHERE id IN ({','.join('?' * n)}) AND status || '' = '{RUNNING}' "
+        "AND lease_owner = ? AND started_at IS NULL RETURNING id"
+    )
+
+
+# -- outcomes -----------------------------------------------------------------------------------
+
+HELD = select(tasks.c.id).where(
+    tasks.c.id.in_(bindparam("h_ids", expanding=True)),
+    IS_RUNNING,
+    tasks.c.lease_owner == bindparam("h_owner"),
+)
+HELD_PG = HELD.with_for_update()  # no other worker's recovery may slip in before the move
+
+#: a try recorded without having been marked started still counts as one
+_UNMARKED = case((tasks.c.started_at.is_(None), 1), else_=0)
+_TRIED: dict[str, Any] = {
+    "lease_owner": None,
+    "lease_expires_at": None,
+    "duration": bindparam("t_duration"),
+    "started_at": func.coalesce(tasks.c.started_at, bindparam("t_now")),
+}
+
+
+def _outcome(**values: Any) -> Any:
+    return update(tasks).where(tasks.c.id == bindparam("t_id")).values(**values, **_TRIED)
+
+
+SUCCEED = _outcome(
+    status=TaskStatus.SUCCEEDED,
+    finished_at=bindparam("t_now"),
+    last_error=None,
+    attempts=tasks.c.attempts + _UNMARKED,
+)
+RETRY_LATER = _outcome(
+    status=PENDING,
+    next_attempt_at=bindparam("t_at"),
+    last_error=bindparam("t_error"),
+    attempts=tasks.c.attempts + _UNMARKED - bindparam("t_give_back"),
+)
+FAIL = _outcome(
+    status=TaskStatus.FAILED,
+    finished_at=bindparam("t_now"),
+    last_error=bindparam("t_error"),
+    attempts=tasks.c.attempts + _UNMARKED,
+)
+DROP_IMAGES = (
+    delete(images)
+    .where(images.c.task_id.in_(bindparam("d_ids", expanding=True)))
+    .returning(images.c.batch_id)
+)
+INSERT_IMAGES = insert(images).returning(images.c.id, sort_by_parameter_order=True)
+
+
+def image_row(
+    task: ClaimedTask, index: int, image: StoredImage, seed: int, now: float
+) -> dict[str, Any]:
+    """INSERT_IMAGES' parameters for one stored image of a task."""
+    return {
+        "task_id": task.id,
+        "batch_id": task.batch_id,
+        "index": index,
+        "path": image.path,
+        "width": image.width,
+        "height": image.height,
+        "bytes": image.bytes,
+        "sha256": image.sha256,
+        "seed": seed,
+        "created_at": now,
+        "backend": image.backend or task.backend,  # the backend that ran it (after any fallback)
+        "server": image.server,
+        "model": image.model,
+        "params": image.params,
+    }
+
+
+# -- giving back --------------------------------------------------------------------------------
+
+RELEASE = (
+    update(tasks)
+    .where(
+        tasks.c.id.in_(bindparam("l_ids", expanding=True)),
+        IS_RUNNING,
+        tasks.c.lease_owner == bindparam("l_owner"),
+    )
+    .values(
+        status=PENDING,
+        lease_owner=None,
+        lease_expires_at=None,
+        attempts=tasks.c.attempts - case((tasks.c.started_at.is_not(None), 1), else_=0),
+    )
+    .returning(tasks.c.batch_id)
+)
+
+_RECOVERED = (tasks.c.id, tasks.c.batch_id, tasks.c.key, tasks.c.started_at)
+
+
+def lapsed(now: float, dead_owners: list[str]) -> ColumnElement[bool]:
+    """Running under a lease that expired, or of a runner known dead."""
+    expired = tasks.c.lease_expires_at < now
+    if dead_owners:
+        expired = expired | tasks.c.lease_owner.in_(dead_owners)
+    return (tasks.c.status == RUNNING) & expired
+
+
+def recover_failed(where: ColumnElement[bool], now: float, error: str) -> Any:
+    """Lapsed tasks whose last attempt had started → failed."""
+    return (
+        update(tasks)
+        .where(where, tasks.c.started_at.is_not(None), tasks.c.attempts >= tasks.c.max_attempts)
+        .values(
+            status=TaskStatus.FAILED,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            last_error=error,
+        )
+        .returning(*_RECOVERED)
+    )
+
+
+def recover_back(where: ColumnElement[bool], now: float, error: str) -> Any:
+    """Lapsed tasks → pending; one that never started keeps its last error."""
+    return (
+        update(tasks)
+        .where(where)
+        .values(
+            status=PENDING,
+            lease_owner=None,
+            lease_expires_at=None,
+            next_attempt_at=now,
+            last_error=case((tasks.c.started_at.is_(None), tasks.c.last_error), else_=error),
+        )
+        .returning(*_RECOVERED)
+    )
+
+
+# -- refunds ------------------------------------------------------------------------------------
+
+
+def owed(condition: ColumnElement[bool]) -> ColumnElement[bool]:
+    """Tasks matching ``condition`` that still hold what they cost."""
+    return condition & (tasks.c.cost > 0)
+
+
+def refunds_due(condition: ColumnElement[bool]) -> Any:
+    """What each (owner, batch) is owed for the tasks matching ``condition``."""
+    return (
+        select(batches.c.owner_id, tasks.c.batch_id, func.sum(tasks.c.cost).label("total"))
+        .join(batches, batches.c.id == tasks.c.batch_id)
+        .where(owed(condition))
+        .group_by(batches.c.owner_id, tasks.c.batch_id)
+    )
+
+
+def zero_costs(condition: ColumnElement[bool]) -> Any:
+    return update(tasks).where(owed(condition)).values(cost=0)

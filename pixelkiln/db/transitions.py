@@ -1,0 +1,488 @@
+"""Every move of a task or a batch between statuses: rows, counters, refunds and events.
+
+Each move is one helper here, run in the caller's transaction: it changes the
+rows, adjusts the batch counters by the rows it actually moved (in-place
+deltas, one statement per batch, never a recount), refunds the credits of a
+task that ends without images (failed for good, or cancelled), and appends
+its events through the builders of :mod:`.events`, so all of it commits
+together or not at all. Charging is the service layer's; refunds are here.
+The SQL it runs is in :mod:`.transition_sql`.
+
+Tasks (``models.TaskStatus``)::
+
+    pending ──claim──▶ running ──start (attempt spent)──▶ running ──succeed──▶ succeeded
+    running ──retry later · release · recover──▶ pending
+    running ──fail · recover after the last attempt──▶ failed            (refund)
+    pending, running ──cancel──▶ cancelled                               (refund)
+    failed, cancelled ──retry──▶ pending
+
+Batches (``models.BatchStatus``): created queued; queued ──first claim──▶
+running; queued, running ⇄ paused; nothing left open ──▶ completed, partial or
+failed; cancel ──▶ cancelled; retry ──▶ queued (or paused).
+
+An attempt is spent when its generation starts (:func:`start`, just before the
+request goes out), not when the task is claimed: tasks claimed ahead and lost
+with their runner go back without losing one. A recorded outcome of a task
+never marked started counts as its try.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row
+
+from pixelkiln.db import events as ev
+from pixelkiln.db import transition_sql as sql
+from pixelkiln.db.credits import record_entry
+from pixelkiln.db.database import Tx
+from pixelkiln.db.tables import tasks
+from pixelkiln.exceptions import InvalidStateError
+from pixelkiln.models import Batch, BatchStatus, ClaimedTask, TaskFailure, TaskResult, TaskStatus
+
+PENDING, RUNNING = TaskStatus.PENDING, TaskStatus.RUNNING
+SUCCEEDED, FAILED, CANCELLED = TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED
+CHUNK = 500  # ids per IN (...) list: far below every database's parameter limit
+LAST_ATTEMPT = "the runner stopped during the last attempt (lease expired)"
+PUT_BACK = "the runner stopped (lease expired); task put back in the queue"
+
+
+# -- counters ---------------------------------------------------------------------------------
+
+
+class _Counts:
+    """Counter deltas per batch, from the rows a move changed; applied in place, once."""
+
+    def __init__(self) -> None:
+        self.deltas: defaultdict[int, Counter[str]] = defaultdict(Counter)
+
+    def shift(self, batch_id: int, source: str, target: str, k: int = 1) -> None:
+        delta = self.deltas[batch_id]
+        delta[source] -= k
+        delta[target] += k
+
+    def moved(self, batch_ids: Iterable[int], source: str, target: str) -> None:
+        for batch_id in batch_ids:
+            self.shift(batch_id, source, target)
+
+    def apply(self, tx: Tx) -> dict[int, Row[Any]]:
+        """Adjust each batch's counters; returns its row after (status, started_at, n_*)."""
+        after = {}
+        for batch_id, delta in self.deltas.items():
+            params = {f"k_{k}": delta[k] for k in sql.COUNTED}
+            after[batch_id] = tx.conn.execute(
+                sql.ADJUST_COUNTS, {"k_batch": batch_id, **params}
+            ).one()
+        return after
+
+
+class _Progress:
+    """Numbers the ``progress`` events of the tasks one move finished."""
+
+    def __init__(self, after: dict[int, Row[Any]], finished: Iterable[int]) -> None:
+        self._after = after
+        self._current = {b: r.n_succeeded + r.n_failed + r.n_cancelled for b, r in after.items()}
+        for batch_id in finished:  # count up to the totals read after the move
+            self._current[batch_id] -= 1
+
+    def event(self, batch_id: int, task_id: int, item_key: str, message: str) -> ev.PendingEvent:
+        self._current[batch_id] += 1
+        return ev.progress(
+            batch_id,
+            task_id,
+            current=self._current[batch_id],
+            total=self._after[batch_id].n_tasks,
+            message=message,
+            item_key=item_key,
+        )
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+
+def created(tx: Tx, batch_id: int, name: str, total: int) -> None:
+    """A new batch is queued (its rows are stored by ``batches.create_batch``)."""
+    ev.append_events(tx, [ev.batch_update(batch_id, BatchStatus.QUEUED, name=name, total=total)])
+
+
+def _start_batches(tx: Tx, after: dict[int, Row[Any]]) -> None:
+    """queued → running for batches whose first task was just claimed."""
+    for batch_id, row in after.items():
+        if row.status != BatchStatus.QUEUED:
+            continue
+        if tx.conn.execute(sql.START_BATCH, {"m_batch": batch_id, "m_now": tx.now}).rowcount:
+            ev.append_events(tx, [ev.batch_update(batch_id, BatchStatus.RUNNING)])
+
+
+def _finish_done(tx: Tx, after: Iterable[Row[Any]]) -> None:
+    """Batches with no task pending or running end completed, partial or failed."""
+    for row in after:
+        if row.n_pending or row.n_running or BatchStatus(row.status).finished:
+            continue
+        if row.n_succeeded == row.n_tasks:
+            _set_final(tx, row, BatchStatus.COMPLETED)
+        else:
+            _set_final(tx, row, BatchStatus.PARTIAL if row.n_succeeded else BatchStatus.FAILED)
+
+
+def _set_final(tx: Tx, row: Row[Any], status: BatchStatus) -> None:
+    tx.conn.execute(sql.set_batch(row.id, status=status, finished_at=tx.now))
+    summary: ev.Summary = {
+        "status": str(status),
+        "total": row.n_tasks,
+        "succeeded": row.n_succeeded,
+        "failed": row.n_failed,
+        "cancelled": row.n_cancelled,
+        "images": row.n_images,
+        "started_at": row.started_at,
+        "finished_at": tx.now,
+    }
+    ev.append_events(tx, [ev.batch_update(row.id, status), ev.done(row.id, summary=summary)])
+
+
+def cancel(tx: Tx, batch: Batch) -> None:
+    """Pending and running tasks → cancelled and refunded; the batch ends cancelled.
+
+    A runner working on one of them learns it at its next lease renewal.
+    """
+    if batch.status.finished:
+        raise InvalidStateError(f"batch {batch.id} already finished ({batch.status})")
+    counts = _Counts()
+    for source in (PENDING, RUNNING):
+        moved = tx.conn.execute(sql.cancel_tasks(batch.id, source, tx.now)).rowcount
+        counts.shift(batch.id, source, CANCELLED, moved)
+    _refund_where(tx, (tasks.c.batch_id == batch.id) & (tasks.c.status == CANCELLED))
+    _set_final(tx, counts.apply(tx)[batch.id], BatchStatus.CANCELLED)
+
+
+def retry(
+    tx: Tx, batch: Batch, *, include_cancelled: bool = False, task_ids: Iterable[int] | None = None
+) -> int:
+    """Failed (and optionally cancelled) tasks → pending with fresh attempts; returns how many.
+
+    The batch is queued again (paused stays paused). Charging for the retry is
+    the caller's (the service layer's) part of the same transaction.
+    """
+    sources = [FAILED] + ([CANCELLED] if include_cancelled else [])
+    only = None if task_ids is None else list(task_ids)
+    counts = _Counts()
+    for source in sources:
+        moved = tx.conn.execute(sql.retry_tasks(batch.id, source, only)).rowcount
+        counts.shift(batch.id, source, PENDING, moved)
+    retried = counts.deltas[batch.id][PENDING]
+    if not retried:
+        raise InvalidStateError(f"batch {batch.id} has no {' or '.join(sources)} task to retry")
+    counts.apply(tx)
+    status = BatchStatus.PAUSED if batch.status == BatchStatus.PAUSED else BatchStatus.QUEUED
+    tx.conn.execute(sql.set_batch(batch.id, status=status, finished_at=None))
+    ev.append_events(tx, [ev.batch_update(batch.id, status, retried=retried)])
+    return retried
+
+
+def pause(tx: Tx, batch: Batch, paused: bool) -> bool:
+    """Pause (no new task starts) or resume a batch; False when it already was so."""
+    if batch.status.finished:
+        raise InvalidStateError(f"batch {batch.id} already finished ({batch.status})")
+    if paused == (batch.status == BatchStatus.PAUSED):
+        return False
+    if paused:
+        status = BatchStatus.PAUSED
+    else:
+        status = BatchStatus.RUNNING if batch.started_at else BatchStatus.QUEUED
+    tx.conn.execute(sql.set_batch(batch.id, status=status))
+    ev.append_events(tx, [ev.batch_update(batch.id, status)])
+    return True
+
+
+def image_deleted(tx: Tx, batch_id: int) -> None:
+    """One image of the batch was deleted (its task stays succeeded)."""
+    counts = _Counts()
+    counts.deltas[batch_id]["images"] -= 1
+    counts.apply(tx)
+
+
+# -- tasks: claim and start -------------------------------------------------------------------
+
+
+def claim(
+    tx: Tx, owner: str, wants: dict[str, int], lease_seconds: float, batch_ids: Sequence[int]
+) -> list[ClaimedTask]:
+    """pending → running under ``owner``'s lease, spending no attempt yet.
+
+    Up to ``wants[backend]`` tasks per backend from ``batch_ids``, in that order
+    (priority, then age), each batch's in position order. One UPDATE … RETURNING
+    per (backend, batch); on PostgreSQL the inner select is ``FOR UPDATE SKIP
+    LOCKED``, so workers on several machines never claim the same task.
+    """
+    claimed: list[ClaimedTask] = []
+    statement = sql.CLAIM_PG if tx.dialect == "postgresql" else sql.CLAIM
+    for backend, want in wants.items():
+        for batch_id in batch_ids:
+            if want <= 0:
+                break
+            params = {
+                "c_batch": batch_id,
+                "c_backend": backend,
+                "c_now": tx.now,
+                "c_limit": want,
+                "c_owner": owner,
+                "c_expires": tx.now + lease_seconds,
+            }
+            rows = tx.conn.execute(statement, params).all()
+            want -= len(rows)
+            claimed.extend(ClaimedTask(*row) for row in rows)
+    if not claimed:
+        return []
+    counts = _Counts()
+    counts.moved((t.batch_id for t in claimed), PENDING, RUNNING)
+    _start_batches(tx, counts.apply(tx))
+    order = {batch_id: i for i, batch_id in enumerate(batch_ids)}
+    claimed.sort(key=lambda t: (order[t.batch_id], t.position))
+    return claimed
+
+
+def start(tx: Tx, owner: str, task_ids: Sequence[int]) -> set[int]:
+    """Spend an attempt of each task about to be sent to its generator.
+
+    Commit it before the request goes out: a task that kills its runner then
+    still runs out of attempts. Returns the ids marked; one missing was taken
+    away (cancelled, or recovered) and must not be sent.
+    """
+    if not task_ids:
+        return set()
+    if tx.dialect == "sqlite":
+        cursor = tx.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(sql.start_sqlite(len(task_ids)), [tx.now, *task_ids, owner])
+        marked = {row[0] for row in cursor.fetchall()}
+        cursor.close()
+        return marked
+    params = {"s_ids": list(task_ids), "s_owner": owner, "s_now": tx.now}
+    return set(tx.conn.execute(sql.START, params).scalars())
+
+
+# -- tasks: outcomes --------------------------------------------------------------------------
+
+
+def record_outcomes(
+    tx: Tx, owner: str, results: Sequence[TaskResult], failures: Sequence[TaskFailure]
+) -> set[int]:
+    """Record a group of finished tries (succeed, retry later, fail); returns the ids accepted.
+
+    A try whose lease ``owner`` lost (presumed dead, or the batch was
+    cancelled) changes nothing.
+    """
+    ids = [r.task.id for r in results] + [f.task.id for f in failures]
+    if not ids:
+        return set()
+    held_query = sql.HELD_PG if tx.dialect == "postgresql" else sql.HELD
+    held = set(tx.conn.execute(held_query, {"h_ids": ids, "h_owner": owner}).scalars())
+    done = [r for r in results if r.task.id in held]
+    later = [f for f in failures if f.task.id in held and f.retry_at is not None]
+    final = [f for f in failures if f.task.id in held and f.retry_at is None]
+    counts = _Counts()
+    image_ids = iter(_succeed(tx, done, counts))
+    _retry_later(tx, later, counts)
+    _fail(tx, final, counts)
+    after = counts.apply(tx)
+    progress = _Progress(after, [t.batch_id for t in _tasks(done) + _tasks(final)])
+    events: list[ev.PendingEvent] = []
+    for r in done:
+        t = r.task
+        events.extend(_image_events(r, image_ids))
+        events.append(
+            progress.event(t.batch_id, t.id, t.key, f"generated {len(r.images)} image(s)")
+        )
+    # a wait for a down backend (no attempt spent) is noted once by the scheduler instead
+    events.extend(_retry_warning(tx, f) for f in later if f.spend_attempt)
+    for f in final:
+        t = f.task
+        events.append(
+            ev.error(t.batch_id, t.id, error=f.error, item_key=t.key, error_type=_type(f))
+        )
+        events.append(progress.event(t.batch_id, t.id, t.key, f"failed: {f.error}"))
+    ev.append_events(tx, events)
+    _finish_done(tx, after.values())
+    return {t.id for t in _tasks(done) + _tasks(later) + _tasks(final)}
+
+
+def _tasks(outcomes: Sequence[TaskResult] | Sequence[TaskFailure]) -> list[ClaimedTask]:
+    return [o.task for o in outcomes]
+
+
+def _succeed(tx: Tx, done: Sequence[TaskResult], counts: _Counts) -> list[int]:
+    """running → succeeded with the image rows; returns the new image ids in order."""
+    if not done:
+        return []
+    tx.conn.execute(
+        sql.SUCCEED, [{"t_id": r.task.id, "t_duration": r.duration, "t_now": tx.now} for r in done]
+    )
+    # a re-run after a crash overwrote the same files; never keep two rows for them
+    for batch_id in tx.conn.execute(
+        sql.DROP_IMAGES, {"d_ids": [r.task.id for r in done]}
+    ).scalars():
+        counts.deltas[batch_id]["images"] -= 1
+    counts.moved((r.task.batch_id for r in done), RUNNING, SUCCEEDED)
+    for r in done:
+        counts.deltas[r.task.batch_id]["images"] += len(r.images)
+    rows = [
+        sql.image_row(r.task, i, img, seed, tx.now)
+        for r in done
+        for i, (img, seed) in enumerate(r.images)
+    ]
+    return list(tx.conn.execute(sql.INSERT_IMAGES, rows).scalars()) if rows else []
+
+
+def _image_events(result: TaskResult, image_ids: Iterable[int]) -> list[ev.PendingEvent]:
+    t, ids = result.task, iter(image_ids)
+    return [
+        ev.image_generated(
+            t.batch_id,
+            t.id,
+            item_key=t.key,
+            image={
+                "id": next(ids),
+                "index": i,
+                "path": im.path,
+                "width": im.width,
+                "height": im.height,
+                "backend": im.backend or t.backend,
+                "server": im.server,
+                "model": im.model,
+            },
+        )
+        for i, (im, _seed) in enumerate(result.images)
+    ]
+
+
+def _retry_later(tx: Tx, failures: Sequence[TaskFailure], counts: _Counts) -> None:
+    """running → pending until ``retry_at``; a wait for a down backend gives its attempt back."""
+    if not failures:
+        return
+    rows = [
+        {
+            "t_id": f.task.id,
+            "t_at": f.retry_at,
+            "t_error": f.error,
+            "t_duration": f.duration,
+            "t_give_back": 0 if f.spend_attempt else 1,
+            "t_now": tx.now,
+        }
+        for f in failures
+    ]
+    tx.conn.execute(sql.RETRY_LATER, rows)
+    counts.moved((f.task.batch_id for f in failures), RUNNING, PENDING)
+
+
+def _retry_warning(tx: Tx, f: TaskFailure) -> ev.PendingEvent:
+    return ev.warning(
+        f.task.batch_id,
+        f"attempt {f.task.attempts} of {f.task.max_attempts} failed; retrying",
+        task_id=f.task.id,
+        item_key=f.task.key,
+        error=f.error,
+        error_type=_type(f),
+        attempt=f.task.attempts,
+        retry_in=round(max(0.0, (f.retry_at or tx.now) - tx.now), 3),
+    )
+
+
+def _type(f: TaskFailure) -> str | None:
+    error_type = f.details.get("error_type")
+    return None if error_type is None else str(error_type)
+
+
+def _fail(tx: Tx, failures: Sequence[TaskFailure], counts: _Counts) -> None:
+    """running → failed for good, refunded."""
+    if not failures:
+        return
+    rows = [
+        {"t_id": f.task.id, "t_error": f.error, "t_duration": f.duration, "t_now": tx.now}
+        for f in failures
+    ]
+    tx.conn.execute(sql.FAIL, rows)
+    _refund(tx, [f.task.id for f in failures])
+    counts.moved((f.task.batch_id for f in failures), RUNNING, FAILED)
+
+
+# -- tasks: giving back -----------------------------------------------------------------------
+
+
+def release(tx: Tx, owner: str, task_ids: Iterable[int]) -> int:
+    """running → pending, untried (shutdown, Ctrl-C): a started try gives its attempt back."""
+    ids = list(task_ids)
+    if not ids:
+        return 0
+    moved = tx.conn.execute(sql.RELEASE, {"l_ids": ids, "l_owner": owner}).scalars().all()
+    counts = _Counts()
+    counts.moved(moved, RUNNING, PENDING)
+    counts.apply(tx)
+    return len(moved)
+
+
+def recover(tx: Tx, dead_owners: Sequence[str] = ()) -> int:
+    """Running tasks whose lease expired, or whose runner is known dead, → pending.
+
+    A task whose last attempt had started fails instead (refunded), so a task
+    that kills its runner cannot loop for ever; one that never started loses
+    nothing. Returns how many tasks moved.
+    """
+    lapsed = sql.lapsed(tx.now, list(dead_owners))
+    failed = tx.conn.execute(sql.recover_failed(lapsed, tx.now, LAST_ATTEMPT)).all()
+    back = tx.conn.execute(sql.recover_back(lapsed, tx.now, PUT_BACK)).all()
+    if not failed and not back:
+        return 0
+    _refund(tx, [r.id for r in failed])
+    counts = _Counts()
+    counts.moved((r.batch_id for r in failed), RUNNING, FAILED)
+    counts.moved((r.batch_id for r in back), RUNNING, PENDING)
+    after = counts.apply(tx)
+    events = [_put_back_warning(r) for r in back]
+    progress = _Progress(after, (r.batch_id for r in failed))
+    for r in failed:
+        events.append(ev.error(r.batch_id, r.id, error=LAST_ATTEMPT, item_key=r.key))
+        events.append(progress.event(r.batch_id, r.id, r.key, f"failed: {LAST_ATTEMPT}"))
+    ev.append_events(tx, events)
+    _finish_done(tx, after.values())
+    return len(failed) + len(back)
+
+
+def _put_back_warning(row: Row[Any]) -> ev.PendingEvent:
+    unstarted = " (it had not started: no attempt spent)" if row.started_at is None else ""
+    return ev.warning(
+        row.batch_id,
+        f"runner stopped; task put back in the queue{unstarted}",
+        task_id=row.id,
+        item_key=row.key,
+    )
+
+
+# -- refunds ----------------------------------------------------------------------------------
+
+
+def _refund(tx: Tx, task_ids: Sequence[int]) -> int:
+    """Pay back what the given tasks cost their batch's owner, once; returns credits refunded."""
+    refunded = 0
+    for first in range(0, len(task_ids), CHUNK):
+        refunded += _refund_where(tx, tasks.c.id.in_(task_ids[first : first + CHUNK]))
+    return refunded
+
+
+def _refund_where(tx: Tx, condition: ColumnElement[bool]) -> int:
+    """Refund the tasks matching ``condition`` that still hold a cost, and zero it.
+
+    Each task records what it cost; zeroing it makes refunding a task twice
+    impossible (a retry charges it again and records the new cost).
+    """
+    rows = tx.conn.execute(sql.refunds_due(condition)).all()
+    if not rows:
+        return 0
+    tx.conn.execute(sql.zero_costs(condition))
+    total = 0
+    for row in rows:
+        if row.owner_id is not None:
+            note = "failed or cancelled tasks"
+            record_entry(tx, row.owner_id, int(row.total), "refund", row.batch_id, note)
+            total += int(row.total)
+    return total

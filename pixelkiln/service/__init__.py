@@ -1,0 +1,65 @@
+"""The application core that every face calls: the CLI, the API, the ``Kiln`` library
+facade and, next, the web UI, schedules and workers.
+
+A face parses its user's shape, calls one function here with a
+:class:`ServiceContext` (the open installation, passed in) and a
+:class:`Caller` (who asks), and renders the answer. No HTTP here: errors are
+:mod:`pixelkiln.exceptions`, which each face translates once.
+
+- :mod:`~pixelkiln.service.submission`: validate, prepare, price, charge, idempotency, store, wake
+- :mod:`~pixelkiln.service.control`: retry (charged again), cancel, pause, resume, delete
+- :mod:`~pixelkiln.service.pricing`: what images cost a user; the one module that charges
+- :mod:`~pixelkiln.service.reading`: a batch with a page of its tasks; waiting for its end
+- :mod:`~pixelkiln.service.context`: the context, the caller, the schedulers to wake
+
+>>> from pixelkiln import service
+>>> async with Kiln(settings) as kiln:                                   # doctest: +SKIP
+...     batch_id, _ = await service.submit(kiln.service, service.LOCAL, service.Submission(spec))
+...     await service.cancel(kiln.service, service.LOCAL, batch_id)
+"""
+
+from __future__ import annotations
+
+from pixelkiln.service.context import (
+    LOCAL,
+    BackendCatalog,
+    Caller,
+    SchedulerLink,
+    Schedulers,
+    ServiceContext,
+)
+from pixelkiln.service.control import cancel, delete, pause, resume, retry
+from pixelkiln.service.pricing import Pricing, pricing_for
+from pixelkiln.service.reading import (
+    ALL_TASKS,
+    BatchPage,
+    TaskPage,
+    batch_page,
+    wait_until_finished,
+)
+from pixelkiln.service.submission import Submission, Submitted, fingerprint, submit
+
+__all__ = [
+    "ALL_TASKS",
+    "LOCAL",
+    "BackendCatalog",
+    "BatchPage",
+    "Caller",
+    "Pricing",
+    "SchedulerLink",
+    "Schedulers",
+    "ServiceContext",
+    "Submission",
+    "Submitted",
+    "TaskPage",
+    "batch_page",
+    "cancel",
+    "delete",
+    "fingerprint",
+    "pause",
+    "pricing_for",
+    "resume",
+    "retry",
+    "submit",
+    "wait_until_finished",
+]

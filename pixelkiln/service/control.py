@@ -1,0 +1,122 @@
+"""What happens to a batch after it was submitted: retry, cancel, pause, resume, delete.
+
+Each is one write through the database's transitions, then a word to the
+schedulers of this process (woken for new work; told to stop a cancelled
+batch's running tasks now rather than at their next lease renewal).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+
+from pixelkiln.db.batches import cancel_batch, get_batch, retry_batch, set_paused
+from pixelkiln.db.database import Tx
+from pixelkiln.db.records import delete_batch
+from pixelkiln.db.tasks import list_tasks
+from pixelkiln.models import Batch, TaskStatus
+from pixelkiln.service.context import Caller, ServiceContext
+from pixelkiln.service.pricing import Pricing, charge_retry, pricing_for
+from pixelkiln.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+async def retry(
+    ctx: ServiceContext,
+    caller: Caller,
+    batch_id: int,
+    *,
+    task_ids: Sequence[int] | None = None,
+    include_cancelled: bool = False,
+) -> int:
+    """Re-queue failed (and maybe cancelled) tasks, every one or only ``task_ids``.
+
+    The batch's owner is charged again (those tasks were refunded when they
+    ended); InsufficientCreditsError leaves everything as it was. Returns how
+    many tasks went back; InvalidStateError when there was none.
+    """
+    batch = await ctx.read(get_batch, batch_id, caller.scope)
+    pricing = await pricing_for(ctx, batch.owner_id)
+    count = await ctx.write(
+        _retry_charged, batch_id, caller.scope, task_ids, include_cancelled, pricing
+    )
+    ctx.schedulers.wake()
+    return count
+
+
+def _retry_charged(
+    tx: Tx,
+    batch_id: int,
+    scope: int | None,
+    task_ids: Sequence[int] | None,
+    include_cancelled: bool,
+    pricing: Pricing,
+) -> int:
+    """Put tasks back in the queue and charge for them again, in one transaction."""
+    batch = get_batch(tx.conn, batch_id, scope)
+    states = [TaskStatus.FAILED] + ([TaskStatus.CANCELLED] if include_cancelled else [])
+    retried = list_tasks(tx.conn, batch_id, statuses=states)
+    if task_ids is not None:
+        wanted = set(task_ids)
+        retried = [t for t in retried if t.id in wanted]
+    count = retry_batch(
+        tx, batch_id, include_cancelled=include_cancelled, task_ids=task_ids, owner_id=scope
+    )
+    charge_retry(tx, batch_id, batch.owner_id, retried, pricing)
+    return count
+
+
+async def cancel(ctx: ServiceContext, caller: Caller, batch_id: int) -> Batch:
+    """Cancel a batch: pending tasks at once (refunded), this process's running ones now,
+    other processes' at their next lease renewal."""
+    batch = await ctx.write(cancel_batch, batch_id, caller.scope)
+    ctx.schedulers.cancel_batch(batch_id)
+    return batch
+
+
+async def pause(ctx: ServiceContext, caller: Caller, batch_id: int) -> Batch:
+    """No new task of the batch starts; running ones finish."""
+    return await ctx.write(set_paused, batch_id, True, caller.scope)
+
+
+async def resume(ctx: ServiceContext, caller: Caller, batch_id: int) -> Batch:
+    """Let a paused batch run again (a batch that is not paused stays as it is)."""
+    batch = await ctx.write(set_paused, batch_id, False, caller.scope)
+    ctx.schedulers.wake()
+    return batch
+
+
+async def delete(ctx: ServiceContext, caller: Caller, batch_id: int) -> None:
+    """Forget a finished batch with its tasks, events and image files.
+
+    InvalidStateError while it is unfinished. The rows go first, then the files:
+    a row never points at a missing file for longer than this call.
+    """
+    await ctx.write(delete_batch, batch_id, caller.scope)
+    await ctx.run(remove_batch_files, ctx.storage, batch_id)
+
+
+def remove_batch_files(storage: Storage, batch_id: int) -> None:
+    """Delete a batch's images and thumbnails (after its rows are gone).
+
+    Each folder is first renamed out of the way in one step, so nothing ever
+    sees a half-deleted folder under the batch's name; ids are never reused, so
+    no newer batch's files are there. A runner still finishing a task of the
+    batch (cancelled in another process, not stopped yet) may write meanwhile:
+    that must not turn a delete whose rows are gone into an error, so what
+    cannot be removed is logged. ``rmtree`` does not follow symlinks.
+    """
+    for folder in (f"images/{batch_id}", f"thumbs/{batch_id}"):
+        path = storage.absolute(folder)
+        doomed = path.with_name(f".deleted-{batch_id}-{uuid.uuid4().hex}")
+        try:
+            os.rename(path, doomed)
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
+        if doomed.exists():
+            log.warning("could not remove all of %s", doomed)

@@ -1,0 +1,216 @@
+"""Submitting a batch: validate, prepare, price, charge, store in one write, wake.
+
+A submit is: check the spec against what the caller may ask (inputs must be
+the caller's uploads, never server paths, unless the installation itself
+chose them; users may not raise priority or buy extra tries), resolve it
+(``prepare_batch``), price every task (credits per image per backend; 0 on a
+backend the user has their own key for), then one write that checks the
+idempotency key, stores the batch, charges the ledger and records the key.
+If the balance does not cover it, that write raises and nothing is stored.
+Then the schedulers of this process are woken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pixelkiln.db.batches import NewBatch, create_batch
+from pixelkiln.db.database import Tx
+from pixelkiln.db.records import find_idempotent, get_asset, remember_idempotent
+from pixelkiln.engine.intake import prepare_batch
+from pixelkiln.exceptions import (
+    IdempotencyKeyReusedError,
+    InvalidStateError,
+    NotFoundError,
+    Problem,
+    SpecError,
+)
+from pixelkiln.models import parse_id
+from pixelkiln.service.context import Caller, ServiceContext
+from pixelkiln.service.pricing import Pricing, charge_new_batch, pricing_for
+from pixelkiln.specs import BatchSpec
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A batch a caller asks for, and how it came."""
+
+    spec: BatchSpec
+    source: str = "api"  #: cli, api, web, project, schedule
+    source_name: str = ""  #: the file it came from, for messages
+    where: Callable[[int], str] | None = None  #: names task i in messages ("row 4")
+    idempotency_key: str | None = None
+    fingerprint: str = ""  #: hash of the request: a reused key must come with the same one
+    #: inputs are files on this machine that the installation itself chose (the CLI's and the
+    #: library's batch files, the API's edit of a stored image); else only the caller's uploads
+    server_paths: bool = False
+    base_dir: Path | None = None  #: relative input paths are relative to this folder
+    #: who owns (and pays for) the batch when an admin queues it for someone; default: the caller
+    owner_id: int | None = None
+
+
+class Submitted(NamedTuple):
+    batch_id: int
+    created: bool  #: False: an earlier request with the same idempotency key made it
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of what a request asked for (JSON-able parts)."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_inputs_are_uploads(spec: BatchSpec, source: str = "") -> None:
+    """Refuse server file paths as input images: a remote caller may only use its uploads."""
+    problems = []
+    entries = [("defaults", spec.defaults)] + [
+        (f"task {i + 1}", t) for i, t in enumerate(spec.tasks)
+    ]
+    for where, params in entries:
+        refs = [("init_image", params.init_image)] + [
+            ("reference_images", r) for r in params.reference_images or []
+        ]
+        for name, ref in refs:
+            if ref and not ref.startswith("asset:"):
+                problems.append(
+                    Problem(
+                        source,
+                        where,
+                        name,
+                        f"'{ref}' is not an uploaded image; upload it with "
+                        "POST /api/v1/assets and use the 'asset:<id>' it returns",
+                    )
+                )
+    if problems:
+        raise SpecError(problems)
+
+
+def check_user_limits(spec: BatchSpec, max_attempts: int, source: str = "") -> None:
+    """A user may lower their batch's priority, not raise it over others'; nor buy extra tries.
+
+    Extra attempts would spend the system's provider key on retries charged once.
+    """
+    problems = []
+    if spec.priority > 0:
+        problems.append(
+            Problem(source, "", "priority", "only admins may give a batch a priority above 0")
+        )
+    if spec.max_attempts is not None and spec.max_attempts > max_attempts:
+        problems.append(
+            Problem(source, "", "max_attempts", f"at most {max_attempts} attempts per task")
+        )
+    if problems:
+        raise SpecError(problems)
+
+
+def _owner(caller: Caller, sub: Submission) -> int | None:
+    if sub.owner_id is None or sub.owner_id == caller.user_id:
+        return caller.user_id
+    if not caller.is_admin:
+        raise InvalidStateError("only admins may queue a batch for another user")
+    return sub.owner_id
+
+
+async def submit(ctx: ServiceContext, caller: Caller, sub: Submission) -> Submitted:
+    """Store (and charge for) a batch, then wake the schedulers.
+
+    SpecError lists every problem of the input; InsufficientCreditsError when the
+    owner cannot pay (nothing stored); IdempotencyKeyReusedError when the key
+    came before with another request.
+    """
+    ctx.require_backends()
+    key = sub.idempotency_key
+    since = time.time() - ctx.settings.server.idempotency_hours * 3600  # older keys expired
+    if key:
+        found = await ctx.read(find_idempotent, caller.owner_key, key, since)
+        if found is not None:
+            return Submitted(_replayed(found, sub.fingerprint), False)
+    owner_id = _owner(caller, sub)
+    if not sub.server_paths:
+        check_inputs_are_uploads(sub.spec, sub.source_name)
+    if not caller.is_admin:
+        check_user_limits(sub.spec, ctx.settings.scheduler.max_attempts, sub.source_name)
+    new = await ctx.run(_prepare, ctx, caller, sub, owner_id)
+    pricing = await pricing_for(ctx, owner_id)
+    costs = [pricing.task_cost(t.backend, t.n) for t in new.tasks]
+    batch_id, created, stored_hash = await ctx.write(
+        _store, new, costs, pricing, caller.owner_key, (key, sub.fingerprint, since)
+    )
+    if not created:
+        return Submitted(_replayed((batch_id, stored_hash), sub.fingerprint), False)
+    ctx.schedulers.wake()
+    return Submitted(batch_id, True)
+
+
+def _replayed(found: tuple[int, str], wanted: str) -> int:
+    batch_id, stored = found
+    if stored != wanted:
+        raise IdempotencyKeyReusedError("this Idempotency-Key was used for a different request")
+    return batch_id
+
+
+def _prepare(
+    ctx: ServiceContext, caller: Caller, sub: Submission, owner_id: int | None
+) -> NewBatch:
+    def resolve_asset(ref: str) -> str:
+        number = ref.removeprefix("asset:")
+        if not (number.isascii() and number.isdigit()):  # isdigit() alone takes "²"
+            raise NotFoundError("not an asset reference; expected 'asset:<id>'")
+        asset_id = parse_id(number)
+        if asset_id is None:  # 0, or past 64 bits: no such row (and the driver would overflow)
+            raise NotFoundError("no uploaded image with that id")
+        return ctx.db.read(get_asset, asset_id, caller.scope).path
+
+    settings = ctx.settings
+    return prepare_batch(
+        sub.spec,
+        storage=ctx.storage,
+        default_backend=settings.default_backend(),
+        known_backends=list(ctx.backends.names),
+        max_attempts=settings.scheduler.max_attempts,
+        source=sub.source,
+        source_name=sub.source_name,
+        base_dir=sub.base_dir,
+        where=sub.where,
+        owner_id=owner_id,
+        # uploads are for remote callers: local batch files name files on this machine
+        resolve_asset=None if sub.server_paths else resolve_asset,
+    )
+
+
+def _store(
+    tx: Tx,
+    new: NewBatch,
+    costs: Sequence[int],
+    pricing: Pricing,
+    owner_key: int,
+    idempotency: tuple[str | None, str, float],
+) -> tuple[int, bool, str]:
+    """The one write of a submit: idempotency check, batch, charge, key.
+
+    ``idempotency`` is (key or None, request hash, oldest time a key is still valid).
+    """
+    key, request_hash, since = idempotency
+    if key:
+        found = find_idempotent(tx.conn, owner_key, key, since)
+        if found is not None:  # a concurrent request with the same key won
+            return found[0], False, found[1]
+    batch_id = create_batch(tx, new)
+    charge_new_batch(
+        tx,
+        batch_id,
+        name=new.name,
+        backends=[t.backend for t in new.tasks],
+        costs=costs,
+        pricing=pricing,
+        user_id=new.owner_id,
+    )
+    if key:
+        remember_idempotent(tx, owner_key, key, request_hash, batch_id, since)
+    return batch_id, True, request_hash

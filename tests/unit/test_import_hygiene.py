@@ -1,0 +1,109 @@
+"""Where modules may reach: the client stays light, the faces go through service/.
+
+These read the source (imports as written) and run a fresh interpreter (imports
+as they happen), so a new import that breaks a boundary fails here by name.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pixelkiln
+
+PACKAGE = Path(pixelkiln.__file__).parent
+SERVER_ONLY = ("fastapi", "starlette", "sqlalchemy")
+#: ``kiln serve`` is the one place outside api/ that may reach it: to build the app it serves
+SERVES_THE_API = {
+    "cli/serve.py": {
+        "pixelkiln.api",
+        "pixelkiln.api.app",
+        "pixelkiln.api.create_app",
+        "pixelkiln.api.app.create_app",
+    }
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any depth (inside functions too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            # ``from pixelkiln import api`` names a module too
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _modules(under: str = "") -> list[tuple[str, set[str]]]:
+    root = PACKAGE / under
+    return [
+        (path.relative_to(PACKAGE).as_posix(), _imports(path))
+        for path in sorted(root.rglob("*.py"))
+    ]
+
+
+def _reaches(imports: set[str], package: str) -> set[str]:
+    return {name for name in imports if name == package or name.startswith(package + ".")}
+
+
+def _loaded_after(statement: str) -> list[str]:
+    code = f"{statement}; import json, sys; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    loaded: list[str] = json.loads(out)
+    return loaded
+
+
+def test_no_module_outside_api_imports_the_api() -> None:
+    offenders = {
+        name: sorted(reached - SERVES_THE_API.get(name, set()))
+        for name, imports in _modules()
+        if not name.startswith("api/") and (reached := _reaches(imports, "pixelkiln.api"))
+    }
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
+@pytest.mark.parametrize("folder", ["service", "wire"])
+def test_the_core_and_the_wire_types_know_nothing_of_http(folder: str) -> None:
+    banned = ("fastapi", "starlette", "pixelkiln.api", "pixelkiln.cli")
+    if folder == "wire":
+        banned += ("sqlalchemy", "pixelkiln.db", "pixelkiln.service", "pixelkiln.engine")
+    found = {
+        name: sorted(n for b in banned for n in _reaches(imports, b))
+        for name, imports in _modules(folder)
+    }
+    assert {name: names for name, names in found.items() if names} == {}
+
+
+def test_credits_are_charged_from_one_module() -> None:
+    charging = ("charge", "set_task_costs", "set_costs", "set_own_key")
+    users = sorted(
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if path.parent.name != "db"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom)
+        and node.module == "pixelkiln.db.credits"
+        and any(alias.name in charging for alias in node.names)
+    )
+    assert users == ["service/pricing.py"]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["import pixelkiln.client", "import pixelkiln", "from pixelkiln import AsyncClient, Client"],
+)
+def test_the_client_pulls_in_neither_fastapi_nor_sqlalchemy(statement: str) -> None:
+    loaded = _loaded_after(statement)
+    assert "pixelkiln.client" in loaded  # the import really happened
+    assert [m for m in loaded if m.split(".")[0] in SERVER_ONLY] == []
+    assert [m for m in loaded if m.startswith(("pixelkiln.api", "pixelkiln.db"))] == []
