@@ -13,18 +13,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
-from pixelkiln.backends import Backend, BackendDeps, build_backends
+from pixelkiln.backends import Backend, BackendInfo, describe_backends
 from pixelkiln.config import Settings
 from pixelkiln.db.database import Database
 from pixelkiln.db.users import get_user
+from pixelkiln.engine.assembly import Engine
 from pixelkiln.engine.bus import EventBus
-from pixelkiln.engine.credentials import UserKeys
 from pixelkiln.engine.scheduler import Scheduler
 from pixelkiln.keybox import KeyBox
 from pixelkiln.models import Batch
@@ -43,20 +43,35 @@ from pixelkiln.storage import Storage
 
 
 class Kiln:
-    """An open pixelkiln installation. Use ``async with Kiln(settings) as kiln``."""
+    """An open pixelkiln installation. Use ``async with Kiln(settings) as kiln``.
 
-    def __init__(self, settings: Settings, *, http: httpx.AsyncClient | None = None) -> None:
+    ``backends`` replaces the configured ones with ready-made instances (tests,
+    embedding); ``engine=False`` builds none when opening, for a process whose
+    tasks run elsewhere (the API: its scheduler thread builds its own).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        http: httpx.AsyncClient | None = None,
+        backends: Mapping[str, Backend] | None = None,
+        engine: bool = True,
+    ) -> None:
         self.settings = settings
         self.storage = Storage(settings.storage.data_dir)
         self.bus = EventBus()
         self.keys = KeyBox(settings)  #: users' own provider keys, encrypted at rest
-        self.backends: dict[str, Backend] = {}
+        #: the configured backends, what each is and can do (nothing built: see ``engine``)
+        self.backends: dict[str, BackendInfo] = {}
         self.scheduler: Scheduler | None = None
         #: the schedulers of this process that submits wake (this one's, the API's thread)
         self.schedulers = Schedulers()
         self._service: ServiceContext | None = None
         self._http = http
-        self._own_http = http is None
+        self._given_backends = backends
+        self._build_engine = engine
+        self._engine: Engine | None = None
         self._db: Database | None = None
 
     @property
@@ -85,16 +100,12 @@ class Kiln:
         await self.aclose()
 
     async def open(self) -> None:
-        """Open the database (migrating it), build the backends, wire the event bus."""
+        """Open the database (migrating it), wire the event bus, build the backends."""
+        self.backends = describe_backends(self.settings.effective_backends())
         url = self.settings.storage.resolved_database_url()
         self._db = await asyncio.to_thread(Database.open, url)
         self.bus.bind(asyncio.get_running_loop())
         self._db.on_commit = self.bus.publish
-        if self._http is None:
-            self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000))
-        self.backends = build_backends(
-            self.settings.effective_backends(), BackendDeps(http=self._http)
-        )
         self._service = ServiceContext(
             settings=self.settings,
             db=self._db,
@@ -104,16 +115,29 @@ class Kiln:
             bus=self.bus,
             schedulers=self.schedulers,
         )
+        if self._build_engine:
+            self.engine()  # a backend that cannot be built fails here, before any submit
+
+    def engine(self) -> Engine:
+        """The built backends of this process, on the running loop (built on first use)."""
+        if self._engine is None:
+            self._engine = Engine(
+                self.settings,
+                db=self.db,
+                storage=self.storage,
+                keys=self.keys,
+                http=self._http,
+                backends=self._given_backends,
+            )
+        return self._engine
 
     async def aclose(self) -> None:
         """Stop the scheduler if running, release backends, the HTTP client and the DB."""
         if self.scheduler is not None:
             self.scheduler.stop()
-        for backend in self.backends.values():
-            await backend.aclose()
-        if self._own_http and self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        if self._engine is not None:
+            await self._engine.aclose()
+            self._engine = None
         if self._db is not None:
             await asyncio.to_thread(self._db.close)
             self._db = None
@@ -146,21 +170,21 @@ class Kiln:
         return (await submit(self.service, LOCAL, sub)).batch_id
 
     def new_scheduler(self, only_batches: Sequence[int] | None = None) -> Scheduler:
-        """A scheduler over this installation (all batches, or only the given ones)."""
+        """A scheduler over this installation (all batches, or only the given ones).
+
+        It stops with SchedulerStalledError rather than hang when its writes keep
+        failing for ``[scheduler] stall_seconds``.
+        """
         self.schedulers.discard(self.scheduler)
-        self.scheduler = Scheduler(
-            db=self.db,
-            storage=self.storage,
-            backends=self.backends,
-            settings=self.settings.scheduler,
-            only_batches=only_batches,
-            user_keys=UserKeys(self.db, self.keys),
-        )
+        self.scheduler = self.engine().scheduler(only_batches, stop_when_stalled=True)
         self.schedulers.add(self.scheduler)
         return self.scheduler
 
     async def run_until_done(self, batch_ids: Sequence[int] | None = None) -> None:
-        """Run the given batches (default: every unfinished one) until each has ended."""
+        """Run the given batches (default: every unfinished one) until each has ended.
+
+        Raises SchedulerStalledError when the scheduler cannot go on.
+        """
         await self.new_scheduler(batch_ids).run(until_done=True)
 
     async def cancel(self, batch_id: int, owner_id: int | None = None) -> Batch:

@@ -12,11 +12,19 @@ result down.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pixelkiln.exceptions import ConfigError
@@ -76,6 +84,11 @@ class BackendSettings(BaseModel):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Type-specific options (e.g. comfyui `workflow`)."
     )
+    fallback: list[str] = Field(
+        default_factory=list,
+        description="Backends that take this one's tasks, in order, while every server of it "
+        "is down or its account is out of quota.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -120,6 +133,18 @@ class SchedulerSettings(BaseModel):
     )
     poll_interval: float = Field(
         0.5, gt=0, description="Seconds between looks for new work when the queue is empty."
+    )
+    down_timeout: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds tasks wait for a backend whose every server is down (with no "
+        "fallback up) before they fail, spending no attempt; 0 = wait for ever.",
+    )
+    stall_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds the scheduler's steps may keep failing (database, disk) before "
+        "/healthz answers 503 and `kiln run` stops with exit 1.",
     )
 
 
@@ -246,6 +271,37 @@ class Settings(BaseSettings):
             raise ValueError(f"backend names must be unique; repeated: {', '.join(duplicates)}")
         return value
 
+    @field_validator("backends")
+    @classmethod
+    def _fallbacks_exist_without_loops(cls, value: list[BackendSettings]) -> list[BackendSettings]:
+        names = {b.name for b in value}
+        for backend in value:
+            unknown = [f for f in backend.fallback if f not in names]
+            if unknown:
+                raise ValueError(
+                    f"backend '{backend.name}': fallback names unknown backend(s) "
+                    f"{', '.join(unknown)}; configured: {', '.join(sorted(names))}"
+                )
+            loop = _fallback_loop(value, backend.name)
+            if loop:
+                raise ValueError(f"fallback chains must not loop: {' → '.join(loop)}")
+        return value
+
+    def fallback_chain(self, name: str) -> list[str]:
+        """Where tasks of backend ``name`` go when it is down: its ``fallback`` list, each
+        followed by its own chain, in order, without repeats (``name`` itself excluded)."""
+        by_name = {b.name: b for b in self.effective_backends()}
+        chain: list[str] = []
+
+        def visit(current: str) -> None:
+            for nxt in by_name[current].fallback if current in by_name else ():
+                if nxt != name and nxt not in chain:
+                    chain.append(nxt)
+                    visit(nxt)
+
+        visit(name)
+        return chain
+
     def effective_backends(self) -> list[BackendSettings]:
         """The configured backends, or the offline ``placeholder`` when none is configured."""
         if self.backends:
@@ -257,9 +313,31 @@ class Settings(BaseSettings):
         return self.effective_backends()[0].name
 
 
+def _fallback_loop(backends: list[BackendSettings], start: str) -> list[str]:
+    """A loop of fallbacks through ``start`` (``[a, b, a]``), or [] when there is none."""
+    by_name = {b.name: b.fallback for b in backends}
+    path: list[str] = []
+
+    def walk(name: str) -> list[str]:
+        if name in path:
+            return [*path[path.index(name) :], name] if name == start else []
+        path.append(name)
+        for nxt in by_name.get(name, ()):
+            found = walk(nxt)
+            if found:
+                return found
+        path.pop()
+        return []
+
+    return walk(start)
+
+
 def load_settings(path: Path | None, **overrides: Any) -> Settings:
     """Read ``path`` (or ``./kiln.toml`` / ``$KILN_CONFIG`` when None), then the environment.
 
+    Relative paths in the file (``[storage] data_dir``, an SQLite ``database_url``)
+    are the file's folder's, wherever the command runs from (cron runs it from
+    ``/``); relative paths in the environment or ``overrides`` are the current folder's.
     Raises :class:`ConfigError` with every invalid key named.
     """
     file = path
@@ -272,13 +350,49 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
     data: dict[str, Any] = {}
     if file is not None:
         data = _read_toml(file)
+        _paths_against(data, file.absolute().parent)
     data.update(overrides)
     try:
         return Settings(**data)
     except ValidationError as exc:
         where = f" in {file}" if file else ""
-        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = [
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
         raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(lines)) from exc
+
+
+def _paths_against(data: dict[str, Any], folder: Path) -> None:
+    """Make the file's relative storage paths relative to ``folder`` (the file's own)."""
+    storage = data.get("storage")
+    if not isinstance(storage, dict):
+        return  # not a table: Settings names the mistake
+    data_dir = storage.get("data_dir")
+    if isinstance(data_dir, str) and data_dir:
+        storage["data_dir"] = str(folder / Path(data_dir).expanduser())
+    url = storage.get("database_url")
+    if isinstance(url, str):
+        storage["database_url"] = _sqlite_against(url, folder)
+
+
+# sqlite:///relative/path.db (three slashes, then no fourth): a path relative to the cwd
+_SQLITE_RELATIVE = re.compile(r"^(sqlite(?:\+\w+)?:///)([^/?][^?]*)(\?.*)?$")
+
+
+def _sqlite_against(url: str, folder: Path) -> str:
+    """An SQLite URL with a relative file path made absolute against ``folder``.
+
+    >>> _sqlite_against("sqlite:///db/kiln.db", Path("/etc/kiln"))
+    'sqlite:////etc/kiln/db/kiln.db'
+    """
+    match = _SQLITE_RELATIVE.match(url)
+    if match is None or match.group(2) == ":memory:":
+        return url
+    path = Path(match.group(2)).expanduser()
+    if path.is_absolute():  # it was "~/..."
+        return f"{match.group(1)}{path}{match.group(3) or ''}"
+    return f"{match.group(1)}{folder / path}{match.group(3) or ''}"
 
 
 def _read_toml(file: Path) -> dict[str, Any]:

@@ -10,8 +10,10 @@ boundary where they enter our code, into one of these, with ``raise ... from``::
     ├── InvalidStateError        an action that the object's state forbids (retry a running batch)
     ├── IdempotencyKeyReusedError  an idempotency key sent again with a different request
     ├── DatabaseError            the database is unreachable or stayed locked
+    ├── SchedulerStalledError    the scheduler could not go on (its writes kept failing)
     └── BackendError             a generator failed one request
         ├── RejectedInputError   the generator refused the request; retrying cannot help
+        │   └── QuotaExhaustedError  the provider account is out of quota or credits
         ├── BackendUnavailableError  connection refused / reset, DNS, server marked down
         │   └── NoServerAvailableError  every server of the backend is down: wait, spend no attempt
         ├── BackendTimeoutError  no answer within the request timeout
@@ -46,6 +48,9 @@ class Problem:
     field: str
     #: what is wrong, in words a user can act on
     message: str
+    #: where the value sits in submitted structured data ("tasks[0].n", "" for the whole of
+    #: it) when the problem is that it does not fit the batch schema; None otherwise
+    path: str | None = None
 
     def __str__(self) -> str:
         parts = [p for p in (self.source, self.where) if p]
@@ -87,6 +92,15 @@ class RejectedInputError(BackendError):
     retryable = False
 
 
+class QuotaExhaustedError(RejectedInputError):
+    """The provider account is out of quota or credits (HTTP 402, ``insufficient_quota``).
+
+    Retrying on the same backend cannot help until someone pays; a backend
+    with a ``fallback`` chain hands the task to the next one instead, spending
+    no attempt.
+    """
+
+
 class BackendUnavailableError(BackendError):
     """The server could not be reached, or every server of the backend is down."""
 
@@ -117,3 +131,11 @@ class IdempotencyKeyReusedError(KilnError):
 
 class DatabaseError(KilnError):
     """The database could not be reached or stayed locked past the busy timeout."""
+
+
+class SchedulerStalledError(KilnError):
+    """The scheduler made no progress for ``[scheduler] stall_seconds``: its steps kept failing.
+
+    ``kiln run`` stops with this reason (exit 1) instead of hanging; ``kiln
+    serve`` keeps retrying and reports it on ``/healthz``.
+    """

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -62,7 +63,20 @@ def log_event(event: Event) -> None:
             d.get("image", {}).get("path"),
         )
     else:
-        events_log.info("batch %s %s %s", event.batch_id, event.type, d)
+        events_log.info("batch %s %s %s", event.batch_id, event.type, _fields(d))
+
+
+def _fields(data: dict[str, Any]) -> str:
+    """``status=running retried=2``: values as text (an enum's value, never its repr)."""
+    return " ".join(f"{name}={_text(value)}" for name, value in data.items())
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + _fields(value) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_text(v) for v in value) + "]"
+    return str(value)  # a StrEnum's str() is its value
 
 
 class BatchProgress:

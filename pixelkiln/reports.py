@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.records import image_sources
+from pixelkiln.db.routing import tasks_fallen_back
 from pixelkiln.db.tasks import list_tasks
 from pixelkiln.models import Batch, Task, TaskStatus
 
@@ -62,6 +63,7 @@ def build_report(conn: Connection, batch_id: int) -> dict[str, Any]:
             "pending": c.pending,
             "running": c.running,
             "images": c.images,
+            "fell_back": tasks_fallen_back(conn, batch_id),  #: tasks moved to a fallback backend
         },
         "success_rate": round(c.succeeded / c.total, 4) if c.total else 0.0,
         "seconds_per_task": round(elapsed / c.done, 4) if c.done else None,
@@ -114,6 +116,12 @@ def render_text(report: dict[str, Any], max_failures: int = 20) -> str:
         f"  images    {tot['images']}"
         + (f"  ({report['images_per_second']:.2f}/s)" if report["images_per_second"] else ""),
     ]
+    if tot.get("fell_back"):
+        ran = ", ".join(f"{n} {v['succeeded']}" for n, v in report["backends"].items())
+        lines.append(
+            f"  fallback  {tot['fell_back']} task(s) moved to a fallback backend; "
+            f"succeeded per backend: {ran}"
+        )
     if report["seconds_per_task"] is not None:
         mean = report["mean_generation_seconds"]
         lines.append(

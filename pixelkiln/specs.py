@@ -15,21 +15,34 @@ data into a :class:`BatchSpec`, reporting *every* problem with where it is;
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from pixelkiln import params
 from pixelkiln.exceptions import Problem, SpecError
+from pixelkiln.problems import capped, json_path, merge_problems
+from pixelkiln.problems import problems_from_validation as problems_from_validation  # re-export
 
 #: names of every parameter a task or the defaults may carry
 PARAM_NAMES = (
     "backend model prompt negative_prompt aspect_ratio resolution width height steps "
     "cfg_scale sampler seed n denoise init_image reference_images filename_prefix"
 ).split()
+_P = TypeVar("_P", bound="Params")
+
+#: most backends one task's chain may name
+MAX_CHAIN = 10
 
 
 class Params(BaseModel):
@@ -38,7 +51,9 @@ class Params(BaseModel):
     # `key: 17` or `filename_prefix: 2024` in YAML/JSON arrive as numbers
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
 
-    backend: str | None = None  #: name of a configured backend
+    #: name of a configured backend, or a chain of them (first = preferred, the rest take over
+    #: in order while it is down); "a, b" in a table cell is the chain ["a", "b"]
+    backend: str | list[str] | None = None
     model: str | None = None  #: model / checkpoint; the backend's default when None
     prompt: str | None = Field(None, max_length=20_000)
     negative_prompt: str | None = Field(None, max_length=20_000)
@@ -55,6 +70,20 @@ class Params(BaseModel):
     init_image: str | None = None  #: path (relative to the batch file) or asset reference
     reference_images: list[str] | None = Field(None, max_length=params.MAX_REFERENCE_IMAGES)
     filename_prefix: str | None = Field(None, max_length=100)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_chain(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, str) and "," in value:
+            value = [part.strip() for part in value.split(",")]
+        if not isinstance(value, list):
+            return value or None
+        chain = [name.strip() for name in value]
+        if not chain or not all(chain) or len(chain) > MAX_CHAIN:
+            raise ValueError(f"a backend chain names 1 to {MAX_CHAIN} backends")
+        if len(set(chain)) < len(chain):
+            raise ValueError("a backend chain names each backend once")
+        return chain
 
     @field_validator("aspect_ratio")
     @classmethod
@@ -89,6 +118,32 @@ class BatchSpec(BaseModel):
     priority: int = Field(0, ge=-100, le=100)  #: higher runs first
     max_attempts: int | None = Field(None, ge=1, le=100)  #: overrides [scheduler] max_attempts
 
+    # Problems of the input this spec was salvaged from (``parse_batch(partial=True)``):
+    # kept with the spec so that the checks that need files, the database or the
+    # configuration report them together with their own, in one SpecError.
+    _problems: tuple[Problem, ...] = PrivateAttr(default=())
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        """What was wrong with the input (empty for a valid spec); such a spec never runs.
+
+        >>> parse_batch({"tasks": [{"prompt": "a", "n": 0}]}, partial=True).problems[0].where
+        'task 1'
+        """
+        return self._problems
+
+    def with_problems(self, problems: Iterable[Problem]) -> BatchSpec:
+        """A copy that also carries ``problems`` (found by a caller's own checks)."""
+        copy = self.model_copy()
+        copy._problems = merge_problems(self._problems, problems)
+        return copy
+
+
+#: top-level keys of a batch spec
+BATCH_KEYS = tuple(BatchSpec.model_fields)
+#: keys a task may carry: every parameter plus its key
+TASK_KEYS = (*PARAM_NAMES, "key")
+
 
 @dataclass(frozen=True)
 class ResolvedTask:
@@ -111,10 +166,15 @@ class ResolvedTask:
     filename_prefix: str
     init_image: str | None = None  #: path as given, resolved against the batch file's folder
     reference_images: tuple[str, ...] = field(default_factory=tuple)
+    #: the task's own backend chain (first = ``backend``); () = ``backend`` and its configured
+    #: ``fallback`` chain. Stored as ``params["backends"]``; ``tasks.backend`` is the one
+    #: running it now (see engine.routing)
+    backends: tuple[str, ...] = ()
 
     def params_json(self) -> dict[str, Any]:
         """The parameters stored in ``tasks.params`` (prompt and inputs live in own columns)."""
-        return {
+        chain = {"backends": list(self.backends)} if self.backends else {}
+        return chain | {
             "model": self.model,
             "width": self.width,
             "height": self.height,
@@ -128,27 +188,6 @@ class ResolvedTask:
         }
 
 
-def problems_from_validation(
-    exc: ValidationError, source: str, locate: Callable[[tuple[Any, ...]], tuple[str, str]]
-) -> list[Problem]:
-    """Turn pydantic errors into Problems; ``locate(loc)`` gives (where, field)."""
-    problems = []
-    for error in exc.errors():
-        where, name = locate(tuple(error["loc"]))
-        problems.append(Problem(source, where, name, _message(error, name)))
-    return problems
-
-
-def _message(error: Any, name: str) -> str:
-    if error["type"] == "extra_forbidden":
-        known = ", ".join([*PARAM_NAMES, "key"])
-        return f"unknown key '{name}'; known keys are: {known}"
-    if error["type"] == "missing":
-        return "is required"
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
-
-
 def _locate_in_batch(loc: tuple[Any, ...]) -> tuple[str, str]:
     if loc and loc[0] == "tasks" and len(loc) >= 2 and isinstance(loc[1], int):
         return f"task {loc[1] + 1}", ".".join(str(p) for p in loc[2:])
@@ -157,14 +196,71 @@ def _locate_in_batch(loc: tuple[Any, ...]) -> tuple[str, str]:
     return "", ".".join(str(p) for p in loc)
 
 
-def parse_batch(data: Any, source: str = "") -> BatchSpec:
-    """Validate raw batch data (from JSON/YAML/TOML/an API body) into a BatchSpec."""
+def _known_in_batch(loc: tuple[Any, ...]) -> Sequence[str]:
+    """The keys valid where ``loc`` points: a task's, the defaults', or the top level's."""
+    if len(loc) == 3 and loc[0] == "tasks":
+        return TASK_KEYS
+    if len(loc) == 2 and loc[0] == "defaults":
+        return PARAM_NAMES
+    return BATCH_KEYS
+
+
+def parse_batch(data: Any, source: str = "", *, partial: bool = False) -> BatchSpec:
+    """Validate raw batch data (from JSON/YAML/TOML/an API body) into a BatchSpec.
+
+    Raises SpecError listing every problem. With ``partial=True`` a spec whose
+    values are invalid is returned all the same, those values left out and its
+    problems in :attr:`BatchSpec.problems`, so that the checks made later (input
+    files, uploads, backends) report in the same answer; nothing runs it, since
+    :func:`resolve_tasks` and ``prepare_batch`` raise them.
+    """
     if not isinstance(data, dict):
-        raise SpecError([Problem(source, "", "", "a batch must be a mapping with 'tasks'")])
+        message = "a batch must be a mapping with 'tasks'"
+        raise SpecError([Problem(source, "", "", message, path="")])
     try:
         return BatchSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(problems_from_validation(exc, source, _locate_in_batch)) from exc
+        problems = problems_from_validation(
+            exc, source, _locate_in_batch, known=_known_in_batch, path_of=json_path
+        )
+        if not partial:
+            raise SpecError(capped(problems, source)) from exc
+        return _salvage(data, exc).with_problems(problems)
+
+
+def _salvage(data: dict[Any, Any], exc: ValidationError) -> BatchSpec:
+    """The valid part of ``data``: every task kept (so that positions hold), bad values left out."""
+    bad_top = {e["loc"][0] for e in exc.errors() if e["loc"]}
+    top = {k: v for k, v in data.items() if k in ("name", "priority", "max_attempts")}
+    top = {k: v for k, v in top.items() if k not in bad_top}
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []
+    try:
+        base = BatchSpec.model_validate({"name": "unnamed", **top, "tasks": [{}]})
+    except ValidationError:  # cannot happen: every invalid value was left out
+        base = BatchSpec(name="unnamed", tasks=[TaskSpec()])
+    return base.model_copy(
+        update={
+            "defaults": salvage(Params, data.get("defaults")),
+            "tasks": [salvage(TaskSpec, task) for task in tasks or []],
+        }
+    )
+
+
+def salvage(model: type[_P], value: Any) -> _P:
+    """``value`` as ``model``, leaving out each key that is invalid (or unknown).
+
+    >>> salvage(Params, {"n": 0, "steps": 20}).steps
+    20
+    """
+    values = dict(value) if isinstance(value, dict) else {}
+    while True:
+        try:
+            return model.model_validate(values)
+        except ValidationError as exc:
+            bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+            if not bad & set(values):  # nothing left to leave out
+                return model()
+            values = {k: v for k, v in values.items() if k not in bad}
 
 
 def resolve_tasks(
@@ -180,27 +276,59 @@ def resolve_tasks(
     """Merge defaults into every task and decide every value; SpecError lists all problems.
 
     ``where(i)`` names task i (0-based) in messages: "task 3" by default, "row 4" for tables.
+    The problems of a salvaged spec (:attr:`BatchSpec.problems`) come first.
+    """
+    tasks, problems = check_tasks(
+        spec,
+        default_backend=default_backend,
+        known_backends=known_backends,
+        base_dir=base_dir,
+        source=source,
+        rng=rng,
+        where=where,
+    )
+    if problems:
+        raise SpecError(capped(problems, source))
+    return tasks
+
+
+def check_tasks(
+    spec: BatchSpec,
+    *,
+    default_backend: str,
+    known_backends: Iterable[str] | None = None,
+    base_dir: Path | None = None,
+    source: str = "",
+    rng: random.Random | None = None,
+    where: Callable[[int], str] | None = None,
+    uploads_only: bool = False,
+) -> tuple[list[ResolvedTask], list[Problem]]:
+    """:func:`resolve_tasks` without raising: every task, and every problem of every task.
+
+    A value with a problem is replaced by its default in the task returned, so
+    that the task's other values (its input images) can still be checked. An
+    input image is checked where it is written (in "defaults" once, not in each
+    task). With ``uploads_only`` (the API) an input image must be an uploaded
+    ``asset:ID``: a path is refused without looking at this machine's files.
     """
     rng = rng or random.Random()
     known = set(known_backends) if known_backends is not None else None
     name_of = where or (lambda i: f"task {i + 1}")
     resolved: list[ResolvedTask] = []
-    problems: list[Problem] = []
+    found: list[Problem] = []
+
+    def reporter(place: str) -> Callable[[str, str], None]:
+        return lambda field, message: found.append(Problem(source, place, field, message))
+
+    images = _InputPaths(base_dir, uploads_only)
+    shared = images.of(spec.defaults, reporter("defaults"))
     defaults = spec.defaults.model_dump(exclude_none=True)
     for i, task in enumerate(spec.tasks):
         merged = {**defaults, **task.model_dump(exclude_none=True)}
-        try:
-            resolved.append(_resolve_one(i, merged, default_backend, known, base_dir, rng))
-        except _TaskProblem as problem:
-            problems.append(Problem(source, name_of(i), problem.field, problem.message))
-    if problems:
-        raise SpecError(problems)
-    return resolved
-
-
-class _TaskProblem(Exception):
-    def __init__(self, field: str, message: str) -> None:
-        self.field, self.message = field, message
+        report = reporter(name_of(i))
+        inputs = {**shared, **images.of(task, report)}
+        resolved.append(_resolve_one(i, merged, default_backend, known, rng, report, inputs))
+    return resolved, list(merge_problems(spec.problems, found))
 
 
 def _resolve_one(
@@ -208,15 +336,19 @@ def _resolve_one(
     merged: dict[str, Any],
     default_backend: str,
     known: set[str] | None,
-    base_dir: Path | None,
     rng: random.Random,
+    report: Callable[[str, str], None],
+    inputs: dict[str, Any],
 ) -> ResolvedTask:
     prompt = merged.get("prompt") or ""
     if not prompt:
-        raise _TaskProblem("prompt", "is required (in the task or in defaults)")
-    backend = merged.get("backend") or default_backend
-    if known is not None and backend not in known:
-        raise _TaskProblem("backend", f"unknown backend '{backend}'; configured: {sorted(known)}")
+        report("prompt", "is required (in the task or in defaults)")
+    chosen = merged.get("backend") or default_backend
+    chain = tuple(chosen) if isinstance(chosen, list) else ()
+    backend = chain[0] if chain else chosen
+    unknown = [b for b in chain or (backend,) if known is not None and b not in known]
+    if unknown:
+        report("backend", f"unknown backend '{unknown[0]}'; configured: {sorted(known or ())}")
     try:
         width, height = params.resolve_size(
             merged.get("aspect_ratio"),
@@ -225,15 +357,11 @@ def _resolve_one(
             merged.get("height"),
         )
     except ValueError as exc:
-        raise _TaskProblem("aspect_ratio", str(exc)) from exc
+        report("aspect_ratio", str(exc))
+        width, height = params.resolve_size(None, None, None, None)
     seed = merged.get("seed", params.RANDOM_SEED)
     if seed == params.RANDOM_SEED:
         seed = rng.randrange(0, params.MAX_SEED)
-    init_image = _input_path(merged.get("init_image"), base_dir, "init_image")
-    references = tuple(
-        _input_path(p, base_dir, "reference_images") or ""
-        for p in merged.get("reference_images", ())
-    )
     return ResolvedTask(
         position=index + 1,
         key=str(merged.get("key") or index + 1),
@@ -250,20 +378,49 @@ def _resolve_one(
         n=merged.get("n", 1),
         denoise=float(merged.get("denoise", params.DEFAULT_DENOISE)),
         filename_prefix=merged.get("filename_prefix") or "",
-        init_image=init_image,
-        reference_images=references,
+        init_image=inputs.get("init_image"),
+        reference_images=inputs.get("reference_images", ()),
+        backends=chain,
     )
 
 
-def _input_path(value: str | None, base_dir: Path | None, name: str) -> str | None:
-    """An input image named by path must exist; assets (``asset:ID``) are checked on ingest."""
-    if not value:
-        return None
-    if value.startswith("asset:"):
-        return value
-    path = Path(value).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    if not path.is_file():
-        raise _TaskProblem(name, f"file not found: {value}")
-    return str(path.resolve())
+@dataclass(frozen=True)
+class _InputPaths:
+    """Where the input images named in a task (or the defaults) are."""
+
+    base_dir: Path | None  #: relative paths resolve against it (the batch file's folder)
+    uploads_only: bool  #: only ``asset:ID`` references may be named
+
+    def of(self, given: Params, report: Callable[[str, str], None]) -> dict[str, Any]:
+        """{"init_image": path or None, "reference_images": (paths...)}, for those set."""
+        found: dict[str, Any] = {}
+        if given.init_image is not None:
+            found["init_image"] = self.path(given.init_image, "init_image", report)
+        if given.reference_images is not None:
+            paths = (self.path(p, "reference_images", report) for p in given.reference_images)
+            found["reference_images"] = tuple(p for p in paths if p)
+        return found
+
+    def path(self, value: str, name: str, report: Callable[[str, str], None]) -> str | None:
+        """An uploaded ``asset:ID`` as it is (checked on ingest), or an existing file's path.
+
+        A missing file (or any path, with ``uploads_only``) is reported and gives None.
+        """
+        if not value:
+            return None
+        if value.startswith("asset:"):
+            return value
+        if self.uploads_only:
+            report(
+                name,
+                f"'{value}' is not an uploaded image; upload it (POST /api/v1/assets) and "
+                "use the 'asset:<id>' it returns",
+            )
+            return None
+        path = Path(value).expanduser()
+        if not path.is_absolute() and self.base_dir is not None:
+            path = self.base_dir / path
+        if not path.is_file():
+            report(name, f"file not found: {value}")
+            return None
+        return str(path.resolve())

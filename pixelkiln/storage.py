@@ -15,6 +15,7 @@ import io
 import os
 import re
 import struct
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,41 @@ INPUT_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "
 MAX_INPUT_BYTES = 10 * 1024 * 1024
 MAX_INPUT_PIXELS = 40_000_000  # decompression-bomb guard: ~6300×6300
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: Windows device names: a file so named (with any extension) opens the device
+_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10))]
+)
 
 
 def safe_name(text: str, fallback: str = "image", limit: int = 80) -> str:
-    """``text`` reduced to letters, digits, ``._-``; never empty, never ``..``-like."""
-    name = _UNSAFE.sub("_", text).strip("._-")[:limit].strip("._-")
+    """``text`` as one file-name part that is safe on every filesystem, in any script.
+
+    Letters, marks and digits of every script are kept ("场景1" stays "场景1"), as
+    are ``.``, ``_`` and ``-``; anything else (``/``, ``\\``, NUL and other control
+    or invisible characters, spaces, punctuation, symbols) becomes one ``_`` per run.
+    No leading or trailing ``._-`` (so never ``.`` or ``..``, nor a hidden file), no
+    ``..`` inside, no Windows device name (``CON``, ``nul.png``), at most ``limit``
+    bytes of UTF-8 (filesystems count bytes, not characters; a character is never
+    cut in half), and never empty: ``fallback`` instead.
+
+    >>> safe_name("场景 1/第二幕")
+    '场景_1_第二幕'
+    """
+    kept: list[str] = []
+    for char in unicodedata.normalize("NFC", text):
+        if char in "._-" or unicodedata.category(char)[0] in "LMN":
+            kept.append(char)
+        elif not kept or kept[-1] != "\0":
+            kept.append("\0")  # one _ for a run of unsafe characters
+    name = _DOTS.sub(".", "".join(kept).replace("\0", "_")).strip("._-")
+    name = name.encode()[:limit].decode(errors="ignore").strip("._-")
+    stem, dot, rest = name.partition(".")
+    if stem.upper() in _RESERVED:
+        name = f"{stem}_{dot}{rest}"
     return name or fallback
+
+
+_DOTS = re.compile(r"\.{2,}")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pixelkiln.api.runner import SchedulerThread
 from pixelkiln.api.sse import FrameCache
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
-from pixelkiln.db.settings_store import CONCURRENCY, get_setting
+from pixelkiln.db.settings_store import stored_concurrency
 
 
 def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
@@ -39,7 +39,8 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with Kiln(settings) as kiln:
+        # the API builds no backends: the scheduler thread builds them on its own loop
+        async with Kiln(settings, engine=False) as kiln:
             ctx = ApiContext(settings=settings, kiln=kiln, keys=kiln.keys)
             if run_scheduler:
                 ctx.runner = await _start_scheduler(ctx)
@@ -99,8 +100,8 @@ def _schema_route(app: FastAPI) -> APIRouter:
 
 
 async def _start_scheduler(ctx: ApiContext) -> SchedulerThread:
-    """The scheduler, on its own loop, at the concurrency an admin last set (else configured)."""
-    stored = await ctx.read(get_setting, CONCURRENCY)
-    runner = SchedulerThread(ctx.kiln, stored if isinstance(stored, int) else None)
+    """The scheduler, on its own loop, at the limits an admin last set (else configured)."""
+    overall, per_backend = await ctx.read(stored_concurrency)
+    runner = SchedulerThread(ctx.kiln, overall, per_backend)
     await asyncio.to_thread(runner.start)
     return runner

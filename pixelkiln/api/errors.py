@@ -2,7 +2,8 @@
 
 Our exception tree is translated here, once, into HTTP statuses; so are
 FastAPI's validation errors and Starlette's HTTP errors (unknown route, wrong
-method). Bad input is always a 4xx with a message a client can show; a 500
+method). Bad input is always a 4xx with a message a client can show (an
+unknown field is answered with the fields valid there, as the CLI does); a 500
 means a bug in pixelkiln, and its details stay in the server log.
 """
 
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +30,7 @@ from pixelkiln.exceptions import (
     SpecError,
 )
 from pixelkiln.models import parse_id
+from pixelkiln.problems import json_path
 
 log = logging.getLogger("pixelkiln.api")
 
@@ -87,11 +90,7 @@ def error_response(
 
 def _field_of(loc: Sequence[Any]) -> str:
     """("body", "tasks", 2, "seed") → "tasks[2].seed"."""
-    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
+    return json_path(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
 
 
 def _where(loc: Sequence[Any]) -> str:
@@ -102,13 +101,49 @@ def _where(loc: Sequence[Any]) -> str:
     return ""
 
 
-async def _validation(_: Request, exc: Exception) -> JSONResponse:
+def _message(request: Request, error: Mapping[str, Any]) -> str:
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "extra_forbidden" and loc:
+        known = ", ".join(_known_fields(request, loc)) or "none"
+        return f"unknown field '{loc[-1]}'; known fields are: {known}"
+    return str(error.get("msg", "")).removeprefix("Value error, ")
+
+
+def _known_fields(request: Request, loc: Sequence[Any]) -> list[str]:
+    """The fields valid beside the unknown one at ``loc``: the body's model, followed along it."""
+    body = getattr(request.scope.get("route"), "body_field", None)
+    if body is None or loc[0] != "body":
+        return []
+    model = _model_in(body.field_info.annotation)
+    for part in loc[1:-1]:
+        if model is None:
+            return []
+        if not isinstance(part, int):  # an int indexes a list of the model already found
+            field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+            model = _model_in(field.annotation) if field is not None else None
+    if model is None:
+        return []
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds: itself, or inside Optional/list/Annotated."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        model = _model_in(arg)
+        if model is not None:
+            return model
+    return None
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = [
         {
             "where": _where(e.get("loc", ())),
             "field": _field_of(e.get("loc", ())),
-            "message": str(e.get("msg", "")).removeprefix("Value error, "),
+            "message": _message(request, e),
         }
         for e in exc.errors()
     ]
@@ -129,12 +164,7 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
 
 async def _kiln(_: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, SpecError):
-        problems = [
-            {"where": p.where, "field": p.field, "message": p.message} for p in exc.problems
-        ]
-        first = exc.problems[0] if exc.problems else None
-        field = first.field if first and first.field else None
-        return error_response(422, "invalid_spec", str(exc), field, problems)
+        return _spec_error(exc)
     if isinstance(exc, NotFoundError):
         return error_response(404, "not_found", str(exc))
     if isinstance(exc, InvalidStateError):
@@ -150,6 +180,23 @@ async def _kiln(_: Request, exc: Exception) -> JSONResponse:
         return error_response(503, "unavailable", "the database is busy or unreachable; retry")
     log.error("unexpected %s: %s", type(exc).__name__, exc)
     return error_response(500, "internal", "internal error")
+
+
+def _spec_error(exc: SpecError) -> JSONResponse:
+    """Every problem of a batch at once, in one 422.
+
+    A value that does not fit the schema is named by its path in the body
+    (``tasks[0].n``) and answered ``invalid_request``, as FastAPI's own validation was.
+    """
+    problems = [
+        {"where": p.where, "field": p.field if p.path is None else p.path, "message": p.message}
+        for p in exc.problems
+    ]
+    first = exc.problems[0] if exc.problems else None
+    if first is not None and first.path is not None:
+        return error_response(422, "invalid_request", str(exc), first.path or None, problems)
+    field = first.field if first and first.field else None
+    return error_response(422, "invalid_spec", str(exc), field, problems)
 
 
 def _beyond_any_id(value: object) -> bool:

@@ -1,4 +1,4 @@
-"""The scheduler of `kiln serve`, on its own event loop in its own thread.
+"""The scheduler of `kiln serve`, on its own event loop in its own thread, kept alive.
 
 The API and the scheduler share one process, one database writer and one
 event bus, but not one event loop. On a shared loop every HTTP handler (a few
@@ -7,9 +7,15 @@ start; with generators that answer in tens of milliseconds, a few polling
 clients cost a third of the throughput. On its own loop the scheduler only
 competes for the interpreter, not for a place in the HTTP handlers' queue.
 
-The scheduler gets its own backends (and their HTTP client) on its own loop;
-what the API asks of it (wake up, change concurrency, drop a cancelled batch,
-report its status) crosses over with ``call_soon_threadsafe``.
+The scheduler's backends (and their HTTP client) are built here, on its loop,
+by the one builder (:class:`pixelkiln.engine.assembly.Engine`); the API side
+builds none. What the API asks of it (wake up, change limits, drop a cancelled
+batch, report its status) crosses over with ``call_soon_threadsafe``.
+
+The scheduler retries its own failing steps (engine.supervisor); should its
+run still end by accident, it is started again here after a pause, so the
+server never goes on accepting batches that nothing runs. :meth:`health`
+says how it is, for ``/healthz``.
 """
 
 from __future__ import annotations
@@ -18,15 +24,13 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
-
 from pixelkiln.app import Kiln
-from pixelkiln.backends import BackendDeps, build_backends
-from pixelkiln.engine.credentials import UserKeys
+from pixelkiln.engine.assembly import Engine
 from pixelkiln.engine.scheduler import Scheduler, SchedulerStatus
+from pixelkiln.engine.supervisor import BACKOFF_MAX, HealthReport
 
 log = logging.getLogger("pixelkiln.api")
 
@@ -34,14 +38,27 @@ log = logging.getLogger("pixelkiln.api")
 class SchedulerThread:
     """Runs a :class:`Scheduler` over ``kiln`` until :meth:`stop`; see the module docstring."""
 
-    def __init__(self, kiln: Kiln, concurrency: int | None = None) -> None:
+    def __init__(
+        self,
+        kiln: Kiln,
+        concurrency: int | None = None,
+        backend_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.kiln = kiln
-        self.concurrency = concurrency or kiln.settings.scheduler.concurrency
+        self._concurrency = concurrency
+        self._backend_limits = dict(backend_limits or {})
+        self.restarts = 0  #: times the scheduler was started again after its run ended
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduler: Scheduler | None = None
         self._started = threading.Event()
+        self._stopping = False
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="kiln-scheduler", daemon=True)
+
+    @property
+    def concurrency(self) -> int:
+        """The global limit last set here (the scheduler's own: :meth:`status`)."""
+        return self._concurrency or self.kiln.settings.scheduler.concurrency
 
     def start(self) -> None:
         """Start the thread and wait until the scheduler runs (blocking: call in a thread)."""
@@ -52,6 +69,7 @@ class SchedulerThread:
 
     def stop(self) -> None:
         """Stop claiming, give running tasks back, and wait for the thread (blocking)."""
+        self._stopping = True
         self._call(lambda s: s.stop())
         self._thread.join()
 
@@ -59,12 +77,34 @@ class SchedulerThread:
         self._call(lambda s: s.wake())
 
     def set_concurrency(self, value: int) -> None:
-        self.concurrency = value
+        self._concurrency = value
         self._call(lambda s: s.set_concurrency(value))
+
+    def set_backend_concurrency(self, backend: str, per_url: int | None) -> None:
+        """A backend's per-URL limit (None: the configured one), applied at once."""
+        if per_url is None:
+            self._backend_limits.pop(backend, None)
+        else:
+            self._backend_limits[backend] = per_url
+        self._call(lambda s: s.set_backend_concurrency(backend, per_url))
 
     def cancel_batch(self, batch_id: int) -> None:
         """Stop this process's running tasks of a batch the database just cancelled."""
         self._call(lambda s: s.cancel_batch(batch_id))
+
+    def health(self) -> HealthReport:
+        """How the scheduler is (any thread): "stopped" when its thread is gone."""
+        scheduler = self._scheduler
+        if scheduler is None or not self._thread.is_alive():
+            return HealthReport("stopped", 0.0, str(self._failure or ""), (), self.restarts)
+        report = scheduler.supervision.report()
+        return HealthReport(
+            report.state,
+            report.stalled_seconds,
+            report.last_error,
+            report.failing,
+            report.restarts + self.restarts,
+        )
 
     async def status(self) -> SchedulerStatus | None:
         """A snapshot taken on the scheduler's own loop (None once it has stopped)."""
@@ -96,22 +136,26 @@ class SchedulerThread:
             self._started.set()
 
     async def _run(self) -> None:
-        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000))
-        settings = self.kiln.settings
-        backends = build_backends(settings.effective_backends(), BackendDeps(http=http))
+        kiln = self.kiln
+        engine = Engine(kiln.settings, db=kiln.db, storage=kiln.storage, keys=kiln.keys)
         try:
-            self._scheduler = Scheduler(
-                db=self.kiln.db,
-                storage=self.kiln.storage,
-                backends=backends,
-                settings=settings.scheduler,
-                user_keys=UserKeys(self.kiln.db, self.kiln.keys),
-            )
-            self._scheduler.set_concurrency(self.concurrency)
             self._loop = asyncio.get_running_loop()
-            self._started.set()
-            await self._scheduler.run()
+            while not self._stopping:
+                self._scheduler = engine.scheduler(
+                    concurrency=self._concurrency,
+                    backend_limits=self._backend_limits,
+                    follow_settings=True,
+                )
+                if self._stopping:  # stop() came while this one was being built
+                    self._scheduler.stop()
+                self._started.set()
+                try:
+                    await self._scheduler.run()
+                except Exception as exc:  # a bug; its steps' own failures are retried inside
+                    log.exception("the scheduler stopped by accident; starting it again")
+                    self._failure = exc
+                if not self._stopping:
+                    self.restarts += 1
+                    await asyncio.sleep(BACKOFF_MAX / 4)
         finally:
-            for backend in backends.values():
-                await backend.aclose()
-            await http.aclose()
+            await engine.aclose()

@@ -28,7 +28,6 @@ from pixelkiln.api.errors import ApiError
 from pixelkiln.db.database import Tx
 from pixelkiln.db.records import Asset, record_asset
 from pixelkiln.engine.intake import asset_record
-from pixelkiln.exceptions import SpecError
 from pixelkiln.inputs import LoadedBatch, load_batch_file
 from pixelkiln.service import Caller
 from pixelkiln.storage import InputImage, read_input_image, safe_name
@@ -201,8 +200,4 @@ def load_table(path: Path, name: str | None) -> LoadedBatch:
 
     Messages name the file as uploaded, not the temporary copy.
     """
-    try:
-        loaded = load_batch_file(path, name=name)
-    except SpecError as exc:
-        raise SpecError([replace(p, source=path.name) for p in exc.problems]) from exc
-    return replace(loaded, source=path.name)
+    return load_batch_file(path, name=name, partial=True, source=path.name)

@@ -2,14 +2,21 @@
 
 Built-in backends are registered exactly as a third-party one would be: a tuple
 of defaults, plus whatever the ``pixelkiln.backends`` entry-point group adds.
+
+What the API needs to know of a backend (its name, type, whether it takes
+users' own keys) comes from :func:`describe_backends`, which builds nothing (no
+pool, no HTTP client): it reads ``accepts_user_keys`` from the factory, or from
+the class the factory's return annotation names. Only the process that runs
+the scheduler builds backends.
 """
 
 from __future__ import annotations
 
 import importlib
+import typing
 from importlib.metadata import entry_points
 
-from pixelkiln.backends.base import Backend, BackendDeps, BackendFactory
+from pixelkiln.backends.base import Backend, BackendDeps, BackendFactory, BackendInfo
 from pixelkiln.config import BackendSettings
 from pixelkiln.exceptions import ConfigError
 
@@ -39,15 +46,35 @@ def backend_types() -> dict[str, str]:
     return types
 
 
-def build_backend(settings: BackendSettings, deps: BackendDeps) -> Backend:
-    """Build the backend ``settings`` describes; ConfigError for an unknown type."""
+def _factory(settings: BackendSettings) -> BackendFactory:
     types = backend_types()
     if settings.type not in types:
         raise ConfigError(
             f"backend '{settings.name}': unknown type '{settings.type}'; "
             f"known types: {', '.join(sorted(types))}"
         )
-    return _load(types[settings.type])(settings, deps)
+    return _load(types[settings.type])
+
+
+def build_backend(settings: BackendSettings, deps: BackendDeps) -> Backend:
+    """Build the backend ``settings`` describes; ConfigError for an unknown type."""
+    return _factory(settings)(settings, deps)
+
+
+def _takes_user_keys(factory: BackendFactory) -> bool:
+    flag = getattr(factory, "accepts_user_keys", None)
+    if flag is None:
+        try:
+            made = typing.get_type_hints(factory).get("return")
+        except (NameError, TypeError):  # an annotation that does not resolve says nothing
+            made = None
+        flag = getattr(made, "accepts_user_keys", False)
+    return bool(flag)
+
+
+def describe_backends(settings: list[BackendSettings]) -> dict[str, BackendInfo]:
+    """What each configured backend is and can do, keyed by name, without building any."""
+    return {s.name: BackendInfo(s, _takes_user_keys(_factory(s))) for s in settings}
 
 
 def build_backends(settings: list[BackendSettings], deps: BackendDeps) -> dict[str, Backend]:
@@ -55,4 +82,12 @@ def build_backends(settings: list[BackendSettings], deps: BackendDeps) -> dict[s
     return {s.name: build_backend(s, deps) for s in settings}
 
 
-__all__ = ["Backend", "BackendDeps", "backend_types", "build_backend", "build_backends"]
+__all__ = [
+    "Backend",
+    "BackendDeps",
+    "BackendInfo",
+    "backend_types",
+    "build_backend",
+    "build_backends",
+    "describe_backends",
+]

@@ -108,11 +108,24 @@ def answered_model(answer: Mapping[str, Any]) -> str:
     return model if isinstance(model, str) else ""
 
 
-def accepts_user_keys(backend: Backend) -> bool:
+@dataclass(frozen=True)
+class BackendInfo:
+    """A configured backend as the API and pricing see it: known without building it."""
+
+    settings: BackendSettings
+    accepts_user_keys: bool = False  #: see :func:`accepts_user_keys`
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+
+def accepts_user_keys(backend: Backend | BackendInfo) -> bool:
     """Whether ``backend`` sends a user's own key (``GenerationRequest.api_key``) when given.
 
-    A backend opts in with a class attribute ``accepts_user_keys = True``; the
-    API refuses to store users' keys for any other.
+    A backend opts in with a class attribute ``accepts_user_keys = True`` (on
+    the class or function registered as its factory); the API refuses to store
+    users' keys for any other.
     """
     return bool(getattr(backend, "accepts_user_keys", False))
 

@@ -54,7 +54,8 @@ from pixelkiln.backends.http import (
     json_body,
     json_object,
 )
-from pixelkiln.backends.pool import PooledBackend, Server
+from pixelkiln.backends.pool import Server
+from pixelkiln.backends.pooled import PooledBackend
 from pixelkiln.config import BackendSettings
 from pixelkiln.exceptions import (
     BackendError,

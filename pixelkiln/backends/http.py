@@ -4,7 +4,9 @@ Foreign errors become :mod:`pixelkiln.exceptions` here, once, so each backend
 module only speaks its generator's protocol. The rule the scheduler relies on:
 
 * 4xx other than 408/429 → :class:`RejectedInputError` with the generator's own
-  message (retrying the same request cannot help);
+  message (retrying the same request cannot help); an account out of quota or
+  credits (402, or an error code such as OpenAI's ``insufficient_quota``, sent
+  with 429) → :class:`QuotaExhaustedError`, which a fallback backend can take over;
 * 408, timeouts → :class:`BackendTimeoutError`; 429 → :class:`RateLimitedError`
   with ``Retry-After``; 5xx and unreadable answers → :class:`ServerError`;
 * connection refused → :class:`ServerDownError`; resets and other transport
@@ -34,6 +36,7 @@ from pixelkiln.exceptions import (
     BackendError,
     BackendTimeoutError,
     BackendUnavailableError,
+    QuotaExhaustedError,
     RateLimitedError,
     RejectedInputError,
     ServerError,
@@ -41,6 +44,8 @@ from pixelkiln.exceptions import (
 
 #: longest Retry-After we believe; beyond it a server is misbehaving, not pacing us
 MAX_RETRY_AFTER = 3600.0
+#: error codes (OpenAI's ``error.code`` / ``error.type``) that mean the account is out of money
+QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 #: longest backend message we copy into an exception (bodies can be whole HTML pages)
 MAX_MESSAGE = 500
 
@@ -100,6 +105,23 @@ def error_message(body: bytes | str, fallback: str = "") -> str:
     return _short(_message_from(data) or fallback or text.strip())
 
 
+def error_code(body: bytes | str) -> str:
+    """The machine-readable code of an error body (``{"error": {"code"|"type"}}``), or ""."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return ""
+    for key in ("code", "type"):
+        value = error.get(key)
+        if isinstance(value, str) and value in QUOTA_CODES:
+            return value
+    return str(error.get("code") or error.get("type") or "")
+
+
 def _message_from(data: Any) -> str:
     if isinstance(data, str):
         return data
@@ -132,10 +154,20 @@ def _short(text: str) -> str:
 
 
 def error_for_status(
-    status: int, message: str, *, server: str, retry_after: float | None = None
+    status: int,
+    message: str,
+    *,
+    server: str,
+    retry_after: float | None = None,
+    code: str = "",
 ) -> BackendError:
-    """The exception for an HTTP error ``status`` (see the module docstring for the rule)."""
+    """The exception for an HTTP error ``status`` (see the module docstring for the rule).
+
+    ``code`` is the body's error code, if any (:func:`error_code`).
+    """
     text = f"{server}: HTTP {status}: {message}" if message else f"{server}: HTTP {status}"
+    if status == 402 or code in QUOTA_CODES:
+        return QuotaExhaustedError(f"{text} (quota or credits exhausted)", server=server)
     if status == 429:
         return RateLimitedError(text, server=server, retry_after=retry_after)
     if status == 408:
@@ -155,6 +187,7 @@ def raise_for_status(response: httpx.Response, *, server: str) -> None:
         message,
         server=server,
         retry_after=parse_retry_after(response.headers),
+        code=error_code(response.content),
     ) from None
 
 

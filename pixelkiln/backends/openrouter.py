@@ -11,9 +11,10 @@ the negative prompt is appended as "Avoid: ..." (``options.negative_prompt =
 ``choices[0].message.images``.
 
 OpenRouter can report a failure with HTTP 200 and an ``error`` body; that is
-read like the status it names. 402 means the account is out of credits (not
-retried); an answer with text but no image is a refusal when the model says
-so (safety), else a retryable server error. ``urls`` default to
+read like the status it names. 402 means the account is out of credits
+(:class:`QuotaExhaustedError`: not retried here; a fallback backend takes
+over); an answer with text but no image is a refusal when the model says so
+(safety), else a retryable server error. ``urls`` default to
 ``https://openrouter.ai/api/v1`` (a bare host gets ``/api/v1``).
 """
 
@@ -38,9 +39,10 @@ from pixelkiln.backends.http import (
     join_url,
     json_object,
 )
-from pixelkiln.backends.pool import PooledBackend, Server
+from pixelkiln.backends.pool import Server
+from pixelkiln.backends.pooled import PooledBackend
 from pixelkiln.config import BackendSettings
-from pixelkiln.exceptions import RejectedInputError, ServerError
+from pixelkiln.exceptions import QuotaExhaustedError, RejectedInputError, ServerError
 
 #: aspect ratios OpenRouter's image_config accepts
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
@@ -125,7 +127,7 @@ class OpenRouterBackend(PooledBackend):
             check=False,
         )
         if response.status_code == 402:
-            raise RejectedInputError(
+            raise QuotaExhaustedError(
                 f"{server.url}: out of credits: {error_message(response.content)}",
                 server=server.url,
             )
@@ -170,7 +172,7 @@ class OpenRouterBackend(PooledBackend):
         status = int(code) if code.isascii() and code.isdigit() and len(code) == 3 else 502
         message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
         if status == 402:
-            exc: Exception = RejectedInputError(
+            exc: Exception = QuotaExhaustedError(
                 f"{server}: out of credits: {message}", server=server
             )
         else:

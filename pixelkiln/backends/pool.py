@@ -44,15 +44,13 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import httpx
-
-from pixelkiln.backends.base import BackendDeps, GenerationRequest
-from pixelkiln.backends.http import ServerDownError, raise_for_status, redact_url, send
+from pixelkiln.backends.http import ServerDownError, redact_url
+from pixelkiln.backends.policy import PoolPolicy, RateLimiter
 from pixelkiln.config import BackendSettings
 from pixelkiln.exceptions import (
     BackendError,
@@ -64,6 +62,8 @@ from pixelkiln.exceptions import (
     RejectedInputError,
     ServerError,
 )
+
+__all__ = ["CircuitState", "HealthCheck", "PoolPolicy", "RateLimiter", "Server", "ServerPool"]
 
 T = TypeVar("T")
 #: raises a BackendError when the server at the URL is unhealthy
@@ -85,43 +85,6 @@ class CircuitState(StrEnum):
     CLOSED = "closed"  #: healthy: gets work
     OPEN = "open"  #: failing: no work until a probe succeeds
     HALF_OPEN = "half_open"  #: one probe (or, without health checks, one request) in flight
-
-
-@dataclass(frozen=True)
-class PoolPolicy:
-    """How a pool reacts to failures; read from a backend's ``options``."""
-
-    failure_threshold: int = 5  #: consecutive failures that open a circuit
-    open_seconds: float = 1.0  #: first wait before probing an open server
-    max_open_seconds: float = 10.0  #: longest wait between probes of a server that stays down
-    health_timeout: float = 5.0  #: seconds a health probe may take
-    default_retry_after: float = 1.0  #: cooldown after a 429 that names no Retry-After
-    max_rate_limit_wait: float = 30.0  #: longest wait for a cooled-down server in one call
-    max_rate_limit_retries: int = 5  #: 429s tolerated in one call before giving up
-    adaptive_concurrency: bool = False  #: halve a server's slots on 429/timeout
-    adaptive_raise_after: int = 20  #: successes in a row that give one slot back
-    rpm_burst: int = 1  #: request starts allowed back to back under ``rpm``
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any], backend: str = "") -> PoolPolicy:
-        """The policy named in ``options`` (other keys are ignored); ConfigError on bad values."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in options:
-                values[f.name] = _coerce(
-                    f.name, options[f.name], type(getattr(cls(), f.name)), backend
-                )
-        return cls(**values)
-
-
-def _coerce(name: str, value: Any, kind: type, backend: str) -> Any:
-    ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-    if not ok or isinstance(value, bool) != (kind is bool) or (kind is not bool and value < 0):
-        raise ConfigError(
-            f"backend '{backend}': option {name} must be a non-negative "
-            f"{kind.__name__}, not {value!r}"
-        )
-    return kind(value)
 
 
 @dataclass(eq=False)
@@ -150,33 +113,6 @@ class Server:
     @property
     def up(self) -> bool:
         return self.state is CircuitState.CLOSED
-
-
-class RateLimiter:
-    """Spaces request starts ``60 / rpm`` seconds apart, allowing ``burst`` back to back.
-
-    A reservation scheme (GCRA): each caller is given the next start time and
-    sleeps until then, so concurrent callers queue fairly and a window of W
-    seconds never holds more than ``W * rpm / 60 + burst`` starts.
-    """
-
-    def __init__(self, rpm: int, burst: int = 1, clock: Callable[[], float] = time.monotonic):
-        self.interval = 60.0 / rpm
-        self.burst = max(1, burst)
-        self._clock = clock
-        self._tat = 0.0  # theoretical arrival time of the next request
-
-    def reserve(self) -> float:
-        """Claim the next start; returns seconds to wait before starting."""
-        now = self._clock()
-        start = max(now, self._tat - (self.burst - 1) * self.interval)
-        self._tat = max(self._tat, start) + self.interval
-        return start - now
-
-    async def wait(self) -> None:
-        delay = self.reserve()
-        if delay > 0:
-            await asyncio.sleep(delay)
 
 
 class ServerPool:
@@ -252,6 +188,22 @@ class ServerPool:
                     server.url,
                     type(exc).__name__,
                 )
+
+    def servers_up(self) -> int:
+        """How many servers may take work now (circuit closed)."""
+        return sum(s.up for s in self.servers)
+
+    def set_concurrency(self, per_server: int) -> None:
+        """Change every server's slots at run time (an admin's ``kiln concurrency``).
+
+        Requests already running keep their slots; under adaptive concurrency a
+        server that had shrunk stays as small and grows back by successes.
+        """
+        for server in self.servers:
+            shrunk = server.limit < server.capacity
+            server.capacity = max(1, per_server)
+            server.limit = min(server.limit, server.capacity) if shrunk else server.capacity
+        self._notify()
 
     def describe(self) -> str:
         """One line for status displays: how many servers are up and why the others are not."""
@@ -489,86 +441,3 @@ class ServerPool:
 def _preference(server: Server) -> tuple[float, float]:
     """Fastest first (unknown speed counts as fastest, so new servers get tried), then emptiest."""
     return (server.latency or 0.0, server.in_flight / server.limit)
-
-
-class PooledBackend:
-    """Base of the HTTP backends: settings, the shared client, a pool, and cleanup.
-
-    Subclasses implement ``generate`` (sending each request through
-    ``self.pool.run``), :meth:`health` and :meth:`list_models`. Error messages
-    pass through :meth:`request`, which removes the secret should a server echo
-    it back.
-    """
-
-    #: base URL used when the settings list none (hosted APIs)
-    default_url: str | None = None
-
-    def __init__(self, settings: BackendSettings, deps: BackendDeps) -> None:
-        self.settings = settings
-        self.http = deps.http
-        self._secret = settings.secret()
-        urls = [self.normalize_url(u) for u in settings.urls]
-        if not urls and self.default_url:
-            urls = [self.default_url]
-        self.pool = ServerPool.from_settings(settings, self.health, urls)
-
-    @classmethod
-    def normalize_url(cls, url: str) -> str:
-        """A configured URL as requests are built from it (overridden to add ``/v1``)."""
-        return url.rstrip("/")
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.settings.name!r} {len(self.pool.servers)} server(s)>"
-
-    async def health(self, url: str) -> None:
-        """Raise a BackendError unless the server at ``url`` can take work."""
-        await self.list_models(url)
-
-    async def list_models(self, url: str) -> list[str]:
-        """Model names the server at ``url`` offers (for ``kiln backends check``)."""
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        await self.pool.aclose()
-
-    def bearer(self, request: GenerationRequest | None = None) -> dict[str, str]:
-        """``Authorization: Bearer`` with the request's user key, else the configured one."""
-        key = (request.api_key if request is not None else None) or self._secret
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
-    async def request(self, method: str, url: str, *, server: str, **kwargs: Any) -> httpx.Response:
-        """One HTTP request with our errors, the settings' timeout, and no secret in messages."""
-        kwargs.setdefault("timeout", self.settings.timeout)
-        try:
-            return await send(self.http, method, url, server=server, **kwargs)
-        except BackendError as exc:
-            # a user's own key, sent in this request's headers, is a secret too
-            sent = (kwargs.get("headers") or {}).get("Authorization", "")
-            self.hide_secrets(exc, sent.removeprefix("Bearer ").strip())
-            raise
-
-    def check(
-        self, response: httpx.Response, *, server: str, request: GenerationRequest | None = None
-    ) -> None:
-        """:func:`raise_for_status` for a response fetched with ``check=False``, scrubbed."""
-        try:
-            raise_for_status(response, server=server)
-        except BackendError as exc:
-            self.hide_secrets(exc, request.api_key if request is not None else None)
-            raise
-
-    def hide_secrets(self, exc: BackendError, user_key: str | None = None) -> None:
-        """Mask the configured secret and a user's own key in ``exc``'s message."""
-        scrub(exc, self._secret)
-        if user_key:
-            scrub(exc, user_key)
-
-
-def scrub(exc: BackendError, secret: str) -> None:
-    """Mask ``secret`` (and its halves, for ``user:password``) in ``exc``'s message."""
-    text = str(exc)
-    for part in {secret, *secret.split(":", 1)} if secret else ():
-        if len(part) >= 4:
-            text = text.replace(part, "***")
-    if text != str(exc):
-        exc.args = (text,)

@@ -31,7 +31,8 @@ import httpx
 
 from pixelkiln.backends.base import BackendDeps, GeneratedImage, GenerationRequest
 from pixelkiln.backends.http import decode_image, encode_image, join_url, json_body, json_object
-from pixelkiln.backends.pool import PooledBackend, Server
+from pixelkiln.backends.pool import Server
+from pixelkiln.backends.pooled import PooledBackend
 from pixelkiln.config import BackendSettings
 from pixelkiln.exceptions import BackendError, ConfigError, RejectedInputError, ServerError
 from pixelkiln.models import GENERATION_PARAMS

@@ -11,7 +11,7 @@ import time
 
 import typer
 
-from pixelkiln.cli import batches, run, serve
+from pixelkiln.cli import admin, batches, run, serve
 from pixelkiln.cli.backends import backends_app
 from pixelkiln.cli.users import users_app
 from pixelkiln.testing.cli import dev_app
@@ -34,6 +34,7 @@ app.command()(batches.export)
 app.command()(batches.init)
 app.add_typer(backends_app, name="backends")
 app.command()(serve.serve)
+app.command()(admin.concurrency)
 app.add_typer(users_app, name="users", help="API users, their tokens and credits.")
 app.add_typer(dev_app, name="dev")
 

@@ -27,7 +27,7 @@ from pixelkiln.config import Settings
 from pixelkiln.db.batches import list_batches
 from pixelkiln.db.database import Database
 from pixelkiln.exceptions import ConfigError
-from pixelkiln.export import export_batch
+from pixelkiln.export import export_batch, export_kind
 from pixelkiln.models import Batch
 from pixelkiln.reports import build_report, eta_seconds, render_text
 
@@ -144,10 +144,21 @@ def report(
 
 def export(
     batch: BatchArg,
-    to: Annotated[Path, typer.Option("--to", help="A folder, or a file ending in .zip.")],
+    to: Annotated[
+        Path,
+        typer.Option(
+            "--to",
+            help="A folder or a .zip file (images and manifest.json), "
+            "or a .xlsx / .csv table (one row per task; kiln run reads it back).",
+        ),
+    ],
     config: ConfigOption = None,
 ) -> None:
-    """Copy a batch's images and a manifest.json to a folder or a ZIP file."""
+    """Copy a batch's images and a manifest.json out, or write it as a spreadsheet."""
+    try:
+        kind = export_kind(to)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--to") from None
     with errors():
         settings = settings_from(config)
 
@@ -155,7 +166,8 @@ def export(
             return export_batch(db, settings.storage.data_dir, resolve(db, batch).id, to)
 
         count = with_db(settings, do_export)
-    console.print(f"Exported {count} image(s) to {to}")
+    what = "task(s)" if kind in ("xlsx", "csv") else "image(s)"
+    console.print(f"Exported {count} {what} to {to}")
 
 
 def init(

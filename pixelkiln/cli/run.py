@@ -39,7 +39,7 @@ from pixelkiln.db.batches import find_batch, unfinished_batch_ids
 from pixelkiln.db.batches import get_batch as db_get_batch
 from pixelkiln.db.credits import InsufficientCreditsError
 from pixelkiln.db.database import Database
-from pixelkiln.exceptions import InvalidStateError, KilnError
+from pixelkiln.exceptions import InvalidStateError, KilnError, SchedulerStalledError
 from pixelkiln.inputs import LoadedBatch, load_batch_file
 from pixelkiln.models import Batch, BatchStatus
 from pixelkiln.progress import BatchProgress
@@ -72,6 +72,12 @@ async def _run_batches(kiln: Kiln, batch_ids: list[int], quiet: bool) -> bool:
             subscription, runner, scheduler
         )
         await runner
+    except SchedulerStalledError as exc:  # writes kept failing: say why, exit 1, no hang
+        err_console.print(
+            f"[red]Stopped:[/] {exc}\nUnfinished tasks wait in the queue; continue with: "
+            f"kiln resume {' '.join(str(b) for b in batch_ids)}",
+            highlight=False,
+        )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -96,8 +102,12 @@ async def _finish(
         batch = await kiln.db.aread(db_get_batch, batch_id)
         console.print(render_text(data), markup=False, highlight=False)
         path = _report_path(kiln.settings, batch, report if len(batch_ids) == 1 else None)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+        except OSError as exc:  # a full disk must not end a night run in a traceback
+            err_console.print(f"[red]Could not write the report {path}:[/] {exc.strerror}")
+            code = EXIT_FAILED
         console.print(
             f"  report    {path}\n  folder    {kiln.storage.root / 'images' / str(batch_id)}"
         )
@@ -160,7 +170,7 @@ def run(
     """Run a batch file to the end, with a progress bar and a summary."""
     with errors():
         settings = settings_from(config, log_level)
-        loaded = load_batch_file(spec, name=name)
+        loaded = load_batch_file(spec, name=name, partial=True)
         log_path = setup_logging(settings)
         code = asyncio.run(_submit_and_run(settings, loaded, report, quiet, log_path))
     raise typer.Exit(code)

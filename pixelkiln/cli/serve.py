@@ -7,12 +7,22 @@ port may do anything, so ``serve`` refuses to bind anything but loopback.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from pixelkiln.cli.common import ConfigOption, console, err_console, errors, settings_from
+from pixelkiln.cli.common import (
+    ConfigOption,
+    console,
+    err_console,
+    errors,
+    settings_from,
+    setup_logging,
+)
+
+log = logging.getLogger("pixelkiln.serve")
 
 
 def is_loopback(host: str) -> bool:
@@ -25,6 +35,13 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+def _banner(host: str, port: int, docs_url: str | None) -> str:
+    """The start-up line; it names the docs only where the app serves them (not with auth on)."""
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+    docs = f" (docs at {docs_url})" if docs_url else ""
+    return f"pixelkiln API on http://{shown}:{port}{docs}; Ctrl-C stops it"
+
+
 def serve(
     host: Annotated[
         str | None, typer.Option(help="Address to bind (default [server] host: 127.0.0.1).")
@@ -33,7 +50,11 @@ def serve(
     config: ConfigOption = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
 ) -> None:
-    """Serve the HTTP API (OpenAPI at /docs) and run the scheduler in this process."""
+    """Serve the HTTP API (OpenAPI at /docs unless auth is on) and run the scheduler here.
+
+    pixelkiln's own log goes to a timestamped file in <data_dir>/logs, as ``kiln
+    run``'s does; uvicorn's access log stays on the console.
+    """
     import uvicorn
 
     from pixelkiln.api.app import create_app
@@ -50,9 +71,14 @@ def serve(
         )
         err_console.print(f"[red]Refusing to listen on {host}:[/] {escape(advice)}")
         raise typer.Exit(2)
-    console.print(f"pixelkiln API on http://{host}:{port} (docs at /docs); Ctrl-C stops it")
+    with errors():
+        log_path = setup_logging(settings, prefix="serve")
+    app = create_app(settings)
+    log.info("serving on %s:%s; data folder %s", host, port, settings.storage.data_dir)
+    console.print(_banner(host, port, app.docs_url), highlight=False)
+    console.print(f"  log       {log_path}", highlight=False)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=host,
         port=port,
         log_level=log_level,

@@ -47,7 +47,10 @@ class _Info(TypedDict):
 
 
 class InfoData(_Info, total=False):
-    backend: str  #: the backend the message is about
+    backend: str  #: the backend the message is about (for a move: the one that takes it over)
+    item_key: str  #: the task concerned, if one
+    task_id: int
+    fallback_from: str  #: a task moved to a fallback backend: the backend it left
 
 
 class ProgressData(TypedDict):
@@ -145,12 +148,26 @@ def batch_update(
     return (batch_id, None, EventType.BATCH_UPDATE, dict(data))
 
 
-def info(batch_id: int, message: str, *, backend: str | None = None) -> PendingEvent:
-    """Something worth knowing that needs no action (a backend came back)."""
+def info(
+    batch_id: int,
+    message: str,
+    *,
+    backend: str | None = None,
+    task_id: int | None = None,
+    item_key: str | None = None,
+    fallback_from: str | None = None,
+) -> PendingEvent:
+    """Something worth knowing that needs no action (a backend came back, a task fell back)."""
     data: InfoData = {"message": message}
     if backend is not None:
         data["backend"] = backend
-    return (batch_id, None, EventType.INFO, dict(data))
+    if task_id is not None:
+        data["task_id"] = task_id
+    if item_key is not None:
+        data["item_key"] = item_key
+    if fallback_from is not None:
+        data["fallback_from"] = fallback_from
+    return (batch_id, task_id, EventType.INFO, dict(data))
 
 
 def progress(

@@ -191,7 +191,8 @@ FAIL = _outcome(
     status=TaskStatus.FAILED,
     finished_at=bindparam("t_now"),
     last_error=bindparam("t_error"),
-    attempts=tasks.c.attempts + _UNMARKED,
+    # a try that only found its backend down (the down_timeout deadline) is no attempt
+    attempts=tasks.c.attempts + _UNMARKED - bindparam("t_give_back"),
 )
 DROP_IMAGES = (
     delete(images)

@@ -398,7 +398,13 @@ def _fail(tx: Tx, failures: Sequence[TaskFailure], counts: _Counts) -> None:
     if not failures:
         return
     rows = [
-        {"t_id": f.task.id, "t_error": f.error, "t_duration": f.duration, "t_now": tx.now}
+        {
+            "t_id": f.task.id,
+            "t_error": f.error,
+            "t_duration": f.duration,
+            "t_give_back": 0 if f.spend_attempt else 1,
+            "t_now": tx.now,
+        }
         for f in failures
     ]
     tx.conn.execute(sql.FAIL, rows)

@@ -3,6 +3,10 @@
 Input images named by path are read once, checked by content (type, size,
 pixel count), and copied into the data folder by hash, so a batch never
 depends on files that may move before it runs.
+
+Bad input is reported whole: the spec's own problems (a salvaged spec, see
+``parse_batch(partial=True)``), every task's values and every input image are
+all checked, and one SpecError lists what is wrong, wherever it was found.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from typing import Any
 
 from pixelkiln.db.batches import NewBatch
 from pixelkiln.exceptions import NotFoundError, Problem, SpecError
-from pixelkiln.specs import BatchSpec, ResolvedTask, resolve_tasks
+from pixelkiln.problems import capped, merge_problems
+from pixelkiln.specs import BatchSpec, ResolvedTask, check_tasks
 from pixelkiln.storage import InputImage, Storage, read_input_image
 
 
@@ -31,29 +36,38 @@ def prepare_batch(
     owner_id: int | None = None,
     scheduled_at: float | None = None,
     resolve_asset: Callable[[str], str] | None = None,
+    uploads_only: bool = False,
 ) -> NewBatch:
     """Resolve every task and store its input images; SpecError lists every problem.
 
     ``resolve_asset("asset:ID")`` gives the stored path of an image uploaded
     earlier (the API passes one that only finds the caller's own uploads) or
-    raises NotFoundError; without it, asset references are refused.
+    raises NotFoundError; without it, asset references are refused. With
+    ``uploads_only`` (an API caller) input images must be such references: paths
+    are refused without a look at the files they name.
     """
-    tasks = resolve_tasks(
+    tasks, problems = check_tasks(
         spec,
         default_backend=default_backend,
         known_backends=known_backends,
         base_dir=base_dir,
         source=source_name,
         where=where,
+        uploads_only=uploads_only,
     )
-    inputs, assets = _ingest_inputs(tasks, storage, source_name, where, resolve_asset)
+    # With problems already found the batch is refused, so its images are only checked.
+    reader = _Inputs(storage, source_name, where, resolve_asset, store=not problems)
+    inputs = [reader.of_task(i, task) for i, task in enumerate(tasks)]
+    problems = list(merge_problems(problems, reader.problems))
+    if problems:
+        raise SpecError(capped(problems, source_name))
     return NewBatch(
         name=spec.name,
         source=source,
         max_attempts=spec.max_attempts or max_attempts,
         tasks=tasks,
         inputs=inputs,
-        assets=assets,
+        assets=list(reader.assets.values()),
         priority=spec.priority,
         defaults=spec.defaults.model_dump(exclude_none=True),
         owner_id=owner_id,
@@ -61,57 +75,74 @@ def prepare_batch(
     )
 
 
-def _ingest_inputs(
-    tasks: Sequence[ResolvedTask],
-    storage: Storage,
-    source_name: str,
-    where: Callable[[int], str] | None,
-    resolve_asset: Callable[[str], str] | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Per task {"init_image": path, "reference_images": [paths]}, and the asset records."""
-    stored: dict[str, str] = {}  # original path → stored relative path
-    assets: dict[str, dict[str, Any]] = {}  # sha256 → record
-    problems: list[Problem] = []
-    inputs: list[dict[str, Any]] = []
-    name_of = where or (lambda i: f"task {i + 1}")
+class _Inputs:
+    """Reads, checks and (with ``store``) stores the input images of a batch's tasks.
 
-    def ingest(original: str, index: int, field: str) -> str:
-        if original in stored:
-            return stored[original]
-        if original.startswith("asset:"):
-            return uploaded(original, index, field)
-        try:
-            image = read_input_image(Path(original).read_bytes())
-        except (OSError, ValueError) as exc:
-            problems.append(Problem(source_name, name_of(index), field, f"{original}: {exc}"))
-            return ""
-        stored[original] = storage.write_asset(image)
-        assets.setdefault(image.sha256, asset_record(image, stored[original]))
-        return stored[original]
+    Each path is read once however many tasks name it; each problem is kept in
+    ``problems`` rather than raised, so that every bad image is reported.
+    """
 
-    def uploaded(ref: str, index: int, field: str) -> str:
-        # already validated and stored when it was uploaded: only look it up
-        try:
-            if resolve_asset is None:
-                raise NotFoundError("uploaded images can only be used through the HTTP API")
-            stored[ref] = resolve_asset(ref)
-        except NotFoundError as exc:
-            problems.append(Problem(source_name, name_of(index), field, f"{ref}: {exc}"))
-            return ""
-        return stored[ref]
+    def __init__(
+        self,
+        storage: Storage,
+        source_name: str,
+        where: Callable[[int], str] | None,
+        resolve_asset: Callable[[str], str] | None,
+        *,
+        store: bool,
+    ) -> None:
+        self.storage = storage
+        self.source_name = source_name
+        self.name_of = where or (lambda i: f"task {i + 1}")
+        self.resolve_asset = resolve_asset
+        self.store = store
+        self.stored: dict[str, str] = {}  # original path or reference → stored relative path
+        self.assets: dict[str, dict[str, Any]] = {}  # sha256 → record
+        self.problems: list[Problem] = []
+        self.failed: set[str] = set()  # reported once, not for every task that names it
 
-    for i, task in enumerate(tasks):
+    def of_task(self, index: int, task: ResolvedTask) -> dict[str, Any]:
+        """The task's {"init_image": path, "reference_images": [paths]}."""
         entry: dict[str, Any] = {}
         if task.init_image:
-            entry["init_image"] = ingest(task.init_image, i, "init_image")
+            entry["init_image"] = self.ingest(task.init_image, index, "init_image")
         if task.reference_images:
             entry["reference_images"] = [
-                ingest(p, i, "reference_images") for p in task.reference_images
+                self.ingest(p, index, "reference_images") for p in task.reference_images if p
             ]
-        inputs.append(entry)
-    if problems:
-        raise SpecError(problems)
-    return inputs, list(assets.values())
+        return entry
+
+    def ingest(self, original: str, index: int, field: str) -> str:
+        if original in self.stored:
+            return self.stored[original]
+        if original in self.failed:
+            return ""
+        try:
+            if original.startswith("asset:"):
+                # already validated and stored when it was uploaded: only look it up
+                path = self._uploaded(original)
+            else:
+                path = self._read(original)
+        except (OSError, ValueError, NotFoundError) as exc:
+            where = self.name_of(index)
+            self.problems.append(Problem(self.source_name, where, field, f"{original}: {exc}"))
+            self.failed.add(original)
+            return ""
+        self.stored[original] = path
+        return path
+
+    def _uploaded(self, ref: str) -> str:
+        if self.resolve_asset is None:
+            raise NotFoundError("uploaded images can only be used through the HTTP API")
+        return self.resolve_asset(ref)
+
+    def _read(self, original: str) -> str:
+        image = read_input_image(Path(original).read_bytes())
+        if not self.store:
+            return ""
+        path = self.storage.write_asset(image)
+        self.assets.setdefault(image.sha256, asset_record(image, path))
+        return path
 
 
 def asset_record(image: InputImage, path: str) -> dict[str, Any]:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import random
 
-from pixelkiln.exceptions import BackendError, NoServerAvailableError, RateLimitedError
+from pixelkiln.exceptions import (
+    BackendError,
+    NoServerAvailableError,
+    QuotaExhaustedError,
+    RateLimitedError,
+)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -30,8 +35,9 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def spends_attempt(exc: BaseException) -> bool:
-    """Waiting for a backend whose every server is down is not the task's fault."""
-    return not isinstance(exc, NoServerAvailableError)
+    """A backend that cannot take work (every server down, account out of quota or credits)
+    is not the task's fault: the task moves to a fallback or waits, and the try is no attempt."""
+    return not isinstance(exc, NoServerAvailableError | QuotaExhaustedError)
 
 
 def minimum_delay(exc: BaseException) -> float:

@@ -1,11 +1,16 @@
 """The scheduler: claims tasks, runs them on backends within limits, records outcomes.
 
-One scheduler per process. Its loop claims as many tasks as there are free
-generator slots (globally and per backend), runs each as an asyncio job, and
-hands outcomes to a committer that records them in groups. A lease keeper
+One scheduler per process, built by :mod:`pixelkiln.engine.assembly`. Its
+loop claims as many tasks as there are free generator slots (globally and per
+backend, see engine.limits), runs each as an asyncio job, and hands outcomes
+to a committer that records them in groups (engine.recorder). A lease keeper
 renews the leases of held tasks every few seconds; a task missing from the
 renewal was cancelled or taken away, and its job is cancelled. Recovery of
-expired leases (a runner that died) runs inside the loop.
+expired leases (a runner that died), moves of waiting tasks to a fallback
+backend (engine.routing) and an admin's new limits run inside the loop.
+
+Nothing stops it quietly: a step that fails is logged, backed off and tried
+again, and a helper that dies is started again (engine.supervisor).
 
 >>> scheduler = Scheduler(db=db, storage=storage, backends=backends,
 ...                       settings=settings.scheduler, user_keys=UserKeys(db, keys),
@@ -21,15 +26,13 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from pixelkiln.backends.base import Backend, GeneratedImage
 from pixelkiln.config import SchedulerSettings
-from pixelkiln.db import events
 from pixelkiln.db.batches import runnable_batch_ids, unfinished_batch_ids
-from pixelkiln.db.database import Database, Tx
+from pixelkiln.db.database import Database
 from pixelkiln.db.leases import (
     ClaimedTask,
     claim_tasks,
@@ -38,12 +41,17 @@ from pixelkiln.db.leases import (
     renew_leases,
     running_lease_owners,
 )
-from pixelkiln.db.tasks import TaskFailure, TaskResult, record_outcomes
-from pixelkiln.engine import retry
+from pixelkiln.db.settings_store import stored_concurrency
+from pixelkiln.db.tasks import TaskFailure
 from pixelkiln.engine.credentials import UserKeys
+from pixelkiln.engine.limits import BackendLimit, Limits
+from pixelkiln.engine.outcomes import Generated, Job, Moved, Outcome, judge
 from pixelkiln.engine.owners import dead_local_owners, new_owner_id
+from pixelkiln.engine.recorder import Recorder
+from pixelkiln.engine.routing import Routes
 from pixelkiln.engine.starts import StartMarks
-from pixelkiln.engine.task_io import build_request, store_images
+from pixelkiln.engine.supervisor import HealthReport, Supervision
+from pixelkiln.engine.task_io import build_request
 from pixelkiln.exceptions import BackendTimeoutError, ServerError
 from pixelkiln.storage import Storage
 
@@ -54,33 +62,8 @@ MAX_BACKLOG = 256
 #: work claimed ahead per backend, in seconds of generation (see _ready_target)
 PREFETCH_SECONDS = 0.25
 MAX_PREFETCH = 64
-#: seconds a task waits before looking again when every server of its backend is down
-DOWN_WAIT = 2.0
-
-
-@dataclass
-class _Job:
-    task: ClaimedTask
-    started: float
-    job: asyncio.Task[None] | None = None
-    generating: bool = True
-    lost: bool = False  #: the lease was taken away; nothing to give back
-
-
-@dataclass(frozen=True)
-class _Generated:
-    """Images made but not yet written: the committer writes a whole group in one thread hop."""
-
-    job: _Job
-    images: list[GeneratedImage]
-    duration: float
-
-    @property
-    def task(self) -> ClaimedTask:
-        return self.job.task
-
-
-_Outcome = _Generated | TaskFailure
+#: seconds between looks at the concurrency an admin stored (``follow_settings``)
+SETTINGS_INTERVAL = 2.0
 
 
 @dataclass
@@ -91,6 +74,8 @@ class SchedulerStatus:
     generating: dict[str, int]
     held: int
     backends_down: dict[str, float] = field(default_factory=dict)  #: name → down since
+    backends: dict[str, BackendLimit] = field(default_factory=dict)  #: limits, servers up
+    health: HealthReport | None = None
 
 
 class Scheduler:
@@ -105,6 +90,9 @@ class Scheduler:
         settings: SchedulerSettings,
         only_batches: Iterable[int] | None = None,
         user_keys: UserKeys,
+        chains: Mapping[str, Sequence[str]] | None = None,
+        stop_when_stalled: bool = False,
+        follow_settings: bool = False,
         owner: str | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
@@ -113,16 +101,23 @@ class Scheduler:
         self.storage = storage
         self.backends = dict(backends)
         self.settings = settings
-        self.concurrency = settings.concurrency
         self.only_batches = set(only_batches) if only_batches is not None else None
         self.user_keys = user_keys
         self.owner = owner or new_owner_id()
         self._starts = StartMarks(db, self.owner)  # attempts are spent when a request goes out
+        #: stop with SchedulerStalledError after ``stall_seconds`` without progress (kiln run);
+        #: otherwise retry for ever and let /healthz tell (kiln serve)
+        self.stop_when_stalled = stop_when_stalled
+        #: apply the concurrency an admin stores in the database while running (kiln serve)
+        self.follow_settings = follow_settings
+        self.limits = Limits(settings.concurrency, self.backends)
+        self.routes = Routes(self.backends, chains or {}, settings.down_timeout, db)
+        self.supervision = Supervision(settings.stall_seconds)
         self._rng = rng or random.Random()
         self._clock = clock
-        self._slots = {name: b.settings.slots for name, b in self.backends.items()}
+        self._slots = self.limits.slots  # the same dict: admins' changes show at once
         self._generating = dict.fromkeys(self.backends, 0)
-        self._jobs: dict[int, _Job] = {}
+        self._jobs: dict[int, Job] = {}
         #: claimed ahead, waiting for a slot; claiming in chunks keeps the writer's
         #: per-task cost low. Their leases are renewed like those of running tasks.
         self._ready: dict[str, collections.deque[ClaimedTask]] = {
@@ -130,15 +125,29 @@ class Scheduler:
         }
         self._nothing_runnable = False
         self._mean_duration: dict[str, float] = {}  # moving average of generation time
-        self._outcomes: asyncio.Queue[_Outcome | None] = asyncio.Queue()
+        self._recorder = Recorder(
+            db=db,
+            storage=storage,
+            backends=self.backends,
+            owner=self.owner,
+            supervision=self.supervision,
+            failure_for=self._failure,
+            recorded=self._recorded,
+            pause=self._pause,
+        )
         self._wake = asyncio.Event()
+        self._stop_event = asyncio.Event()  # cuts a back-off pause short
         self._stopping = False
-        self._down: dict[str, float] = {}
-        self._down_reported: set[tuple[str, int]] = set()
         self._next_recovery = 0.0
+        self._next_settings = 0.0
         self._backend_order = list(self.backends)
 
     # -- control ------------------------------------------------------------------------------
+
+    @property
+    def concurrency(self) -> int:
+        """The global limit now."""
+        return self.limits.overall
 
     def wake(self) -> None:
         """Look for work now (a batch was submitted or resumed)."""
@@ -148,12 +157,19 @@ class Scheduler:
     def stop(self) -> None:
         """Stop claiming; running tasks are cancelled and given back untried."""
         self._stopping = True
+        self._stop_event.set()
         self._wake.set()
 
     def set_concurrency(self, value: int) -> None:
         """Change the global limit at run time; takes effect at the next claim."""
-        self.concurrency = max(1, value)
+        self.limits.overall = max(1, value)
         self._wake.set()
+
+    def set_backend_concurrency(self, backend: str, per_url: int | None) -> bool:
+        """Change a backend's per-URL limit at run time (None: back to the configured one)."""
+        known = self.limits.set_backend(backend, per_url)
+        self._wake.set()
+        return known
 
     def cancel_batch(self, batch_id: int) -> int:
         """Stop this process's running tasks of a batch now (after the DB cancel)."""
@@ -183,40 +199,88 @@ class Scheduler:
 
     def status(self) -> SchedulerStatus:
         held = len(self._jobs) + len(self._ready_ids())
-        return SchedulerStatus(self.concurrency, dict(self._generating), held, dict(self._down))
+        return SchedulerStatus(
+            self.limits.overall,
+            dict(self._generating),
+            held,
+            dict(self.routes.down),
+            self.limits.snapshot(self._generating),
+            self.supervision.report(),
+        )
 
     # -- main loop ----------------------------------------------------------------------------
 
     async def run(self, *, until_done: bool = False) -> None:
-        """Run until :meth:`stop`; with ``until_done``, also stop when the batches end."""
-        helpers = [
-            asyncio.create_task(self._commit_loop(), name="kiln-commit"),
-            asyncio.create_task(self._lease_loop(), name="kiln-leases"),
-        ]
+        """Run until :meth:`stop`; with ``until_done``, also stop when the batches end.
+
+        A failing step is logged, backed off and tried again (see
+        engine.supervisor); with ``stop_when_stalled`` the run ends with
+        :class:`SchedulerStalledError` once it has made no progress for
+        ``stall_seconds``.
+        """
+        helpers: dict[str, asyncio.Task[None]] = {}
         try:
             while not self._stopping:
                 # cleared before looking, not after: a wake-up that arrives while we
                 # look (a task finishing during the claim) must not be lost
                 self._wake.clear()
-                await self._recover_if_due()
-                if await self._claim_and_start():
+                self._keep_helpers(helpers)
+                try:
+                    if await self._step(until_done):
+                        break
+                except Exception as exc:
+                    delay = self.supervision.failed("scheduling", exc)
+                    if self.stop_when_stalled:
+                        self.supervision.raise_if_stalled()
+                    await self._pause(delay)
                     continue
-                idle = not self._jobs and not any(self._ready.values())
-                if until_done and idle and await self._scope_finished():
-                    break
-                await self._idle()
+                self.supervision.ok("scheduling")
+                self.supervision.beat()
+                if self.stop_when_stalled:
+                    self.supervision.raise_if_stalled()
         finally:
             await self._shutdown(helpers)
+            self.supervision.stopped()
+
+    async def _step(self, until_done: bool) -> bool:
+        """One pass of the loop; True when every batch in scope has ended (``until_done``)."""
+        await self._housekeeping()
+        if await self._claim_and_start():
+            return False
+        idle = not self._jobs and not any(self._ready.values())
+        if until_done and idle and await self._scope_finished():
+            return True
+        await self._idle()
+        return False
+
+    def _keep_helpers(self, helpers: dict[str, asyncio.Task[None]]) -> None:
+        """Start the committer and the lease keeper, and again should one have died."""
+        for name, make in (("commit", self._recorder.run), ("leases", self._lease_loop)):
+            task = helpers.get(name)
+            if task is not None and task.done():
+                failure = None if task.cancelled() else task.exception()
+                log.error(
+                    "scheduler: the %s helper stopped; starting it again", name, exc_info=failure
+                )
+                self.supervision.restarts += 1
+                task = None
+            if task is None:
+                helpers[name] = asyncio.create_task(make(), name=f"kiln-{name}")
+
+    async def _pause(self, seconds: float) -> None:
+        """Back off after a failure; :meth:`stop` cuts it short."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
 
     def _free(self) -> int:
-        return self.concurrency - sum(self._generating.values())
+        return self.limits.overall - sum(self._generating.values())
 
     def _capacity(self, backend: str) -> int:
-        return max(1, min(self._slots[backend], self.concurrency))
+        return max(1, min(self._slots[backend], self.limits.overall))
 
     def _ready_target(self, backend: str) -> int:
         """Tasks to keep claimed ahead: about PREFETCH_SECONDS of work, within bounds.
@@ -236,8 +300,11 @@ class Scheduler:
         """How many tasks to claim per backend: refill the ready queue once it runs low."""
         if len(self._jobs) - sum(self._generating.values()) > MAX_BACKLOG:
             return {}
+        troubled, now = self.routes.troubled, self._clock()
         wants: dict[str, int] = {}
         for name in self._backend_order:
+            if troubled and self.routes.holds_back(name, now):
+                continue  # its tasks would only come back: they wait in the queue
             target = self._ready_target(name)
             ready = len(self._ready[name])
             free_slots = max(0, min(self._slots[name] - self._generating[name], self._free()))
@@ -268,7 +335,7 @@ class Scheduler:
         return started
 
     def _start(self, task: ClaimedTask) -> None:
-        job = _Job(task, self._clock())
+        job = Job(task, self._clock())
         self._jobs[task.id] = job
         self._generating[task.backend] += 1
         job.job = asyncio.create_task(self._execute(job), name=f"kiln-task-{task.id}")
@@ -302,7 +369,7 @@ class Scheduler:
 
     # -- one task -----------------------------------------------------------------------------
 
-    async def _execute(self, job: _Job) -> None:
+    async def _execute(self, job: Job) -> None:
         task = job.task
         try:
             images = await self._generate(task)
@@ -311,16 +378,19 @@ class Scheduler:
                 self._jobs.pop(task.id, None)
             raise
         except Exception as exc:
-            self._outcomes.put_nowait(self._failure(job, exc))
+            self._recorder.put(self._failure(job, exc))
         else:
             self._observe(task.backend, self._clock() - job.started)
-            self._backend_up(task.backend)
-            self._outcomes.put_nowait(_Generated(job, images, self._clock() - job.started))
+            self.routes.back_up(task.backend)
+            self._recorder.put(Generated(job, images, self._clock() - job.started))
         finally:
             self._generation_over(job)
 
     async def _generate(self, task: ClaimedTask) -> list[GeneratedImage]:
         """One try on the backend, within the per-task timeout."""
+        known = self.routes.refuse_early(task.backend, self._clock(), task.own_key)
+        if known is not None:
+            raise known  # nothing to ask: every server is down, or the account is empty
         backend = self.backends[task.backend]
         api_key = await self.user_keys.key_for(task, backend)  # None: the backend's own key
         request = await build_request(self.storage, task, api_key)
@@ -333,120 +403,21 @@ class Scheduler:
             raise ServerError("the backend returned no images")
         return images
 
-    def _generation_over(self, job: _Job) -> None:
+    def _generation_over(self, job: Job) -> None:
         if job.generating:
             job.generating = False
             self._generating[job.task.backend] -= 1
             self._wake.set()
 
-    def _failure(self, job: _Job, exc: BaseException) -> TaskFailure:
-        task, now = job.task, self._clock()
-        message = retry.describe(exc)
-        details: dict[str, Any] = {"error_type": type(exc).__name__}
-        if not retry.spends_attempt(exc):  # every server down: wait, it is not the task's fault
-            self._backend_down(task)
-            return TaskFailure(
-                task, message, now + DOWN_WAIT, now - job.started, details, spend_attempt=False
-            )
-        log.warning(
-            "task %s (batch %s, %s) attempt %s/%s failed: %s",
-            task.key,
-            task.batch_id,
-            task.backend,
-            task.attempts,
-            task.max_attempts,
-            message,
-        )
-        if retry.is_retryable(exc) and task.attempts < task.max_attempts:
-            delay = max(
-                retry.backoff_delay(
-                    task.attempts,
-                    self.settings.retry_base_delay,
-                    self.settings.retry_max_delay,
-                    self._rng,
-                ),
-                retry.minimum_delay(exc),
-            )
-            return TaskFailure(task, message, now + delay, now - job.started, details)
-        return TaskFailure(task, message, None, now - job.started, details)
-
-    # -- backends going down and coming back ----------------------------------------------------
-
-    def _backend_down(self, task: ClaimedTask) -> None:
-        self._down.setdefault(task.backend, self._clock())
-        key = (task.backend, task.batch_id)
-        if key not in self._down_reported:
-            self._down_reported.add(key)
-            message = (
-                f"backend '{task.backend}': every server is down; its tasks wait "
-                "and resume when one comes back"
-            )
-            log.warning(message)
-            self._note(events.warning(task.batch_id, message, backend=task.backend))
-
-    def _backend_up(self, backend: str) -> None:
-        if self._down.pop(backend, None) is None:
-            return
-        for name, batch_id in [k for k in self._down_reported if k[0] == backend]:
-            self._down_reported.discard((name, batch_id))
-            self._note(events.info(batch_id, f"backend '{backend}' is back", backend=backend))
-
-    def _note(self, event: events.PendingEvent) -> None:
-        def write(tx: Tx) -> None:
-            events.append_event(tx, event)
-
-        task = asyncio.ensure_future(self.db.awrite(write))
-        task.add_done_callback(lambda t: t.exception())  # never "exception never retrieved"
+    def _failure(self, job: Job, exc: BaseException) -> TaskFailure | Moved:
+        return judge(job, exc, self._clock(), self.settings, self._rng, self.routes)
 
     # -- recording, leases, recovery, shutdown --------------------------------------------------
 
-    async def _commit_loop(self) -> None:
-        """Record outcomes in groups: whatever finished while the last group was written."""
-        while True:
-            first = await self._outcomes.get()
-            outcomes = [first] if first is not None else []
-            while not self._outcomes.empty():
-                more = self._outcomes.get_nowait()
-                if more is None:
-                    first = None
-                else:
-                    outcomes.append(more)
-            if outcomes:
-                await self._record(outcomes)
-            if first is None:
-                return
-
-    async def _record(self, outcomes: list[_Outcome]) -> None:
-        """Write the group's image files, then commit its rows: a row never lacks its file."""
-        generated = [o for o in outcomes if isinstance(o, _Generated)]
-        failures = [o for o in outcomes if isinstance(o, TaskFailure)]
-        results: list[TaskResult] = []
-        if generated:
-            stored = await asyncio.to_thread(self._store_all, generated)
-            results = [r for r in stored if isinstance(r, TaskResult)]
-            failures += [r for r in stored if isinstance(r, TaskFailure)]
-        try:
-            await self.db.awrite(record_outcomes, self.owner, results, failures)
-        except Exception:
-            # the leases lapse and the tasks are recovered and re-run: nothing is lost
-            log.exception("could not record %d task outcome(s)", len(outcomes))
+    def _recorded(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             self._jobs.pop(outcome.task.id, None)
         self._wake.set()
-
-    def _store_all(self, generated: list[_Generated]) -> list[TaskResult | TaskFailure]:
-        """Write the image files of a group (worker thread); a task that cannot be stored fails."""
-        out: list[TaskResult | TaskFailure] = []
-        for g in generated:
-            if g.job.lost:
-                continue  # taken away meanwhile: its files are someone else's to write
-            try:
-                backend = self.backends.get(g.task.backend)  # the records say what it took
-                stored = store_images(self.storage, g.task, g.images, backend)
-                out.append(TaskResult(g.task, stored, g.duration))
-            except Exception as exc:
-                out.append(self._failure(g.job, exc))
-        return out
 
     def _renew_interval(self) -> float:
         return min(2.0, self.settings.lease_seconds / 3)
@@ -454,43 +425,60 @@ class Scheduler:
     async def _lease_loop(self) -> None:
         while True:
             await asyncio.sleep(self._renew_interval())
-            ids = list(self._jobs) + self._ready_ids()
-            if not ids:
-                continue
-            until = self._clock() + self.settings.lease_seconds
             try:
-                held = await self.db.awrite(renew_leases, self.owner, ids, until)
-            except Exception:
-                log.exception("could not renew leases")
-                continue
-            # only what we asked about: tasks claimed while the renewal ran are not in `ids`
-            self._drop_lost(set(ids) - held)
-            for task_id in ids:
-                job = self._jobs.get(task_id)
-                if job is not None and task_id not in held and job.generating and job.job:
-                    job.lost = True  # cancelled elsewhere, or presumed dead: stop working
-                    job.job.cancel()
+                await self._renew()
+            except Exception as exc:
+                self.supervision.failed("lease renewal", exc)
 
-    async def _recover_if_due(self) -> None:
+    async def _renew(self) -> None:
+        """Extend the leases of everything held; stop work on what was taken away."""
+        ids = list(self._jobs) + self._ready_ids()
+        until = self._clock() + self.settings.lease_seconds
+        held = await self.db.awrite(renew_leases, self.owner, ids, until) if ids else set()
+        self.supervision.ok("lease renewal")
+        # only what we asked about: tasks claimed while the renewal ran are not in `ids`
+        self._drop_lost(set(ids) - held)
+        for task_id in ids:
+            job = self._jobs.get(task_id)
+            if job is not None and task_id not in held and job.generating and job.job:
+                job.lost = True  # cancelled elsewhere, or presumed dead: stop working
+                job.job.cancel()
+
+    async def _housekeeping(self) -> None:
+        """Recovery of dead runners' tasks, fallback moves and admins' limits, when due."""
         now = self._clock()
-        if now < self._next_recovery:
-            return
-        self._next_recovery = now + max(1.0, self.settings.lease_seconds / 2)
-        owners = await self.db.aread(running_lease_owners)
-        dead = dead_local_owners(owners, self.owner)
-        recovered = await self.db.awrite(recover_leases, dead)
-        if recovered:
-            log.info("put back %d task(s) whose runner stopped", recovered)
+        if self.routes.troubled and await self.routes.sweep(now, self.only_batches):
+            self.wake()  # waiting tasks moved to a fallback that is up
+        if now >= self._next_recovery:
+            # our own leases first: after writes failed for a while (full disk) they may
+            # have lapsed, and recovering our own running tasks would run them twice
+            await self._renew()
+            owners = await self.db.aread(running_lease_owners)
+            recovered = await self.db.awrite(recover_leases, dead_local_owners(owners, self.owner))
+            self._next_recovery = now + max(1.0, self.settings.lease_seconds / 2)
+            if recovered:
+                log.info("put back %d task(s) whose runner stopped", recovered)
+        if self.follow_settings and now >= self._next_settings:
+            self.limits.apply(*await self.db.aread(stored_concurrency))
+            self._next_settings = now + SETTINGS_INTERVAL
 
-    async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
-        committer, lease_keeper = helpers
-        lease_keeper.cancel()
+    async def _shutdown(self, helpers: dict[str, asyncio.Task[None]]) -> None:
+        self._stopping = self._recorder.stopping = True
+        self._stop_event.set()
+        lease_keeper = helpers.get("leases")
+        committer = helpers.get("commit")
+        if committer is None or committer.done():
+            committer = asyncio.create_task(self._recorder.run(), name="kiln-commit")
+        if lease_keeper is not None:
+            lease_keeper.cancel()
         jobs = [j.job for j in self._jobs.values() if j.job is not None]
         for job in self._jobs.values():
             if job.generating and job.job is not None:
                 job.job.cancel()
-        await asyncio.gather(*jobs, lease_keeper, return_exceptions=True)
-        self._outcomes.put_nowait(None)  # the committer records what was produced, then ends
+        await asyncio.gather(
+            *jobs, *([lease_keeper] if lease_keeper else []), return_exceptions=True
+        )
+        self._recorder.close()  # the committer records what was produced, then ends
         await asyncio.gather(committer, return_exceptions=True)
         give_back = [tid for tid, j in self._jobs.items() if not j.lost] + self._ready_ids()
         self._drop_ready(lambda t: True)

@@ -77,26 +77,32 @@ class _RowNumbers:
         return f"row {self.rows[index]}"
 
 
-def load_batch_file(path: Path, *, name: str | None = None) -> LoadedBatch:
+def load_batch_file(
+    path: Path, *, name: str | None = None, partial: bool = False, source: str | None = None
+) -> LoadedBatch:
     """Read and validate a batch file; the extension says which format it is.
 
     ``name`` names the batch when the file does not (a spec without ``name``,
     or a table); otherwise the file's stem does. Raises SpecError listing every
-    problem found.
+    problem found. With ``partial=True`` a file that can be read but holds
+    invalid values loads all the same, its problems carried by the spec
+    (:attr:`~pixelkiln.specs.BatchSpec.problems`), so that :meth:`LoadedBatch.resolve`
+    or ``Kiln.submit`` report them together with missing input files and the like.
+    ``source`` names the file in messages (default: the path as given).
 
     >>> load_batch_file(Path("shots.csv")).where(0)                 # doctest: +SKIP
     'row 2'
     """
-    source = str(path)
+    source = str(path) if source is None else source
     suffix = path.suffix.lower()
     default_name = name or path.stem
     base_dir = path.absolute().parent
     if suffix in structured.EXTENSIONS:
-        spec = structured.load_structured(path, source, default_name)
+        spec = structured.load_structured(path, source, default_name, partial=partial)
         return LoadedBatch(spec, source, base_dir, _TaskNumbers())
     if suffix in (".csv", ".xlsx"):
         load = tabular.load_csv if suffix == ".csv" else tabular.load_xlsx
-        table = load(path, source, default_name)
+        table = load(path, source, default_name, partial=partial)
         return LoadedBatch(table.spec, source, base_dir, _RowNumbers(table.rows))
     raise file_error(
         source,

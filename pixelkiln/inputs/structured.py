@@ -20,10 +20,13 @@ from pixelkiln.inputs._files import file_error, read_text
 from pixelkiln.specs import BatchSpec, parse_batch
 
 
-def load_structured(path: Path, source: str, default_name: str) -> BatchSpec:
+def load_structured(
+    path: Path, source: str, default_name: str, *, partial: bool = False
+) -> BatchSpec:
     """Parse a ``.json``, ``.yaml``/``.yml`` or ``.toml`` batch file into a BatchSpec.
 
-    ``default_name`` names the batch when the file has no ``name`` of its own.
+    ``default_name`` names the batch when the file has no ``name`` of its own;
+    ``partial`` is :func:`pixelkiln.specs.parse_batch`'s.
     """
     parse = _PARSERS[path.suffix.lower()]
     text = read_text(path, source)
@@ -39,7 +42,7 @@ def load_structured(path: Path, source: str, default_name: str) -> BatchSpec:
         )
     if not data.get("name"):
         data = {**data, "name": default_name}
-    return parse_batch(data, source)
+    return parse_batch(data, source, partial=partial)
 
 
 def _parse_json(text: str, source: str) -> Any:

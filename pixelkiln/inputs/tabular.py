@@ -4,6 +4,8 @@ Every row is validated as a :class:`~pixelkiln.specs.TaskSpec` and every
 problem found, in every row, is reported at once ("row 17, field 'n'"), so a
 user fixes a spreadsheet in one pass rather than one error per run. Row
 numbers are the spreadsheet's own (header = row 1), blank rows included.
+A table written by ``kiln export --to FILE.xlsx|FILE.csv`` reads back as it is:
+its result columns (status, error, images) are passed over.
 """
 
 from __future__ import annotations
@@ -21,17 +23,26 @@ from pydantic import ValidationError
 
 from pixelkiln.exceptions import Problem, SpecError
 from pixelkiln.inputs._files import file_error, read_bytes, read_text
-from pixelkiln.specs import (
-    PARAM_NAMES,
-    BatchSpec,
-    TaskSpec,
-    problems_from_validation,
-)
+from pixelkiln.problems import MAX_PROBLEMS, capped, problems_from_validation
+from pixelkiln.specs import TASK_KEYS, BatchSpec, TaskSpec, salvage
 
-#: most problems one SpecError lists; past this a last Problem says how many more
-MAX_PROBLEMS = 200
 #: columns a table may have: every parameter plus the task key
-COLUMN_NAMES = (*PARAM_NAMES, "key")
+COLUMN_NAMES = TASK_KEYS
+#: columns an export adds (``kiln export --to FILE.xlsx``): read over, so the table runs again
+RESULT_COLUMNS = ("status", "error", "images")
+#: a CSV cell starting with one of these is a formula to a spreadsheet, so an export writes
+#: it behind a ``'``, which reading takes off again
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+__all__ = [
+    "COLUMN_NAMES",
+    "FORMULA_STARTS",
+    "MAX_PROBLEMS",
+    "RESULT_COLUMNS",
+    "TableBatch",
+    "load_csv",
+    "load_xlsx",
+    "rows_to_batch",
+]
 #: columns whose values are text: numbers typed into them (a key 17) become "17"
 TEXT_COLUMNS = frozenset(
     name for name, info in TaskSpec.model_fields.items() if str in get_args(info.annotation)
@@ -51,15 +62,20 @@ class TableBatch:
     rows: tuple[int, ...] = field(repr=False)  #: rows[i] is the row task i came from
 
 
-def load_csv(path: Path, source: str, name: str) -> TableBatch:
+def load_csv(path: Path, source: str, name: str, *, partial: bool = False) -> TableBatch:
     """Read a CSV file (UTF-8, with or without BOM; ``,`` ``;`` or tab separated)."""
     text = read_text(path, source, hint="in Excel, save as 'CSV UTF-8'")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_sniff_delimiter(text))
     try:
-        rows = [(number, cells) for number, cells in enumerate(reader, start=1)]
+        rows = [(number, _unescaped(cells)) for number, cells in enumerate(reader, start=1)]
     except csv.Error as exc:
         raise file_error(source, f"is not valid CSV (line {reader.line_num}): {exc}") from exc
-    return rows_to_batch(rows, source, name)
+    return rows_to_batch(rows, source, name, partial=partial)
+
+
+def _unescaped(cells: list[str]) -> list[str]:
+    """Cells as written before an export guarded them against formulas ("'=x" → "=x")."""
+    return [c[1:] if c[:1] == "'" and c[1:2] in FORMULA_STARTS else c for c in cells]
 
 
 def _sniff_delimiter(text: str) -> str:
@@ -75,12 +91,12 @@ def _sniff_delimiter(text: str) -> str:
     return best if counts[best] else ","
 
 
-def load_xlsx(path: Path, source: str, name: str) -> TableBatch:
+def load_xlsx(path: Path, source: str, name: str, *, partial: bool = False) -> TableBatch:
     """Read the first sheet of an ``.xlsx`` workbook."""
     # Reading the bytes ourselves gives the same "not found" / "cannot read"
     # messages as the other formats and leaves no file handle open.
     data = read_bytes(path, source)
-    return rows_to_batch(_xlsx_rows(data, source), source, name)
+    return rows_to_batch(_xlsx_rows(data, source), source, name, partial=partial)
 
 
 def _xlsx_rows(data: bytes, source: str) -> list[Row]:
@@ -119,8 +135,14 @@ def _not_xlsx(source: str, exc: Exception) -> SpecError:
     return file_error(source, f"is not a readable .xlsx workbook ({detail})")
 
 
-def rows_to_batch(rows: Iterable[Row], source: str, name: str) -> TableBatch:
-    """Turn numbered rows (header first) into a batch; SpecError lists every problem."""
+def rows_to_batch(
+    rows: Iterable[Row], source: str, name: str, *, partial: bool = False
+) -> TableBatch:
+    """Turn numbered rows (header first) into a batch; SpecError lists every problem.
+
+    With ``partial=True`` the problems travel in the spec (see
+    :func:`pixelkiln.specs.parse_batch`) unless the table cannot be read as tasks at all.
+    """
     filled = [(number, cells) for number, cells in rows if not _is_blank_row(cells)]
     if not filled:
         raise file_error(source, "the table is empty; row 1 must name the columns (prompt, ...)")
@@ -129,15 +151,17 @@ def rows_to_batch(rows: Iterable[Row], source: str, name: str) -> TableBatch:
     if not body:
         raise file_error(source, "the table has a header but no task rows")
     problems = [*header.problems, *_values_without_header(body, header, source)]
+    if "prompt" not in header.columns.values():
+        partial = False  # no row can be a task: its other checks would only repeat that
     tasks: list[TaskSpec] = []
     for number, cells in body:
         task, row_problems = _row_to_task(number, cells, header, source)
         problems.extend(row_problems)
-        if task is not None:
-            tasks.append(task)
-    if problems:
-        raise SpecError(_capped(problems, source))
-    return TableBatch(_batch(name, tasks, source), tuple(number for number, _ in body))
+        tasks.append(task)
+    if problems and not partial:
+        raise SpecError(capped(problems, source))
+    spec = _batch(name, tasks, source, problems)
+    return TableBatch(spec.with_problems(problems), tuple(number for number, _ in body))
 
 
 @dataclass(frozen=True)
@@ -160,6 +184,8 @@ class _Header:
                 continue
             named.add(index)
             column = _column_name(str(heading))
+            if column in RESULT_COLUMNS:
+                continue
             if column not in COLUMN_NAMES:
                 text = str(heading)
                 problems.append(Problem(source, where, text, _unknown_column(text)))
@@ -217,7 +243,8 @@ def _column_letter(index: int) -> str:
 
 def _row_to_task(
     number: int, cells: Sequence[Any], header: _Header, source: str
-) -> tuple[TaskSpec | None, list[Problem]]:
+) -> tuple[TaskSpec, list[Problem]]:
+    """The row's task (its invalid values left out) and the row's problems."""
     where = f"row {number}"
     values = _row_values(cells, header)
     problems: list[Problem] = []
@@ -225,11 +252,10 @@ def _row_to_task(
         # Tables have no defaults, so a blank prompt can never be filled in later.
         problems.append(Problem(source, where, "prompt", "is required"))
     try:
-        task = TaskSpec.model_validate(values)
+        return TaskSpec.model_validate(values), problems
     except ValidationError as exc:
         problems.extend(problems_from_validation(exc, source, lambda loc: (where, _field(loc))))
-        return None, problems
-    return (None if problems else task), problems
+        return salvage(TaskSpec, values), problems
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -276,18 +302,12 @@ def _is_blank_row(cells: Sequence[Any]) -> bool:
     return all(_cell_value(cell) is None for cell in cells)
 
 
-def _capped(problems: list[Problem], source: str) -> list[Problem]:
-    if len(problems) <= MAX_PROBLEMS:
-        return problems
-    more = len(problems) - MAX_PROBLEMS
-    return [*problems[:MAX_PROBLEMS], Problem(source, "", "", f"... and {more} more problems")]
-
-
-def _batch(name: str, tasks: list[TaskSpec], source: str) -> BatchSpec:
+def _batch(name: str, tasks: list[TaskSpec], source: str, problems: list[Problem]) -> BatchSpec:
     try:
         return BatchSpec(name=name, tasks=tasks)
     except ValidationError as exc:  # a name too long, more rows than a batch may hold
-        raise SpecError(problems_from_validation(exc, source, _locate_in_batch)) from exc
+        found = problems_from_validation(exc, source, _locate_in_batch)
+        raise SpecError(capped([*problems, *found], source)) from exc
 
 
 def _locate_in_batch(loc: tuple[Any, ...]) -> tuple[str, str]:

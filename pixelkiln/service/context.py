@@ -19,7 +19,7 @@ from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import Connection
 
-from pixelkiln.backends.base import Backend, accepts_user_keys
+from pixelkiln.backends.base import Backend, BackendInfo, accepts_user_keys
 from pixelkiln.config import Settings
 from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.users import User
@@ -85,7 +85,7 @@ class BackendCatalog:
     user_keys: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, backends: Mapping[str, Backend]) -> BackendCatalog:
+    def of(cls, backends: Mapping[str, Backend | BackendInfo]) -> BackendCatalog:
         return cls(
             tuple(backends), frozenset(n for n, b in backends.items() if accepts_user_keys(b))
         )

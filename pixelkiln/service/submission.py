@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,7 +29,6 @@ from pixelkiln.exceptions import (
     InvalidStateError,
     NotFoundError,
     Problem,
-    SpecError,
 )
 from pixelkiln.models import parse_id
 from pixelkiln.service.context import Caller, ServiceContext
@@ -66,32 +65,7 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def check_inputs_are_uploads(spec: BatchSpec, source: str = "") -> None:
-    """Refuse server file paths as input images: a remote caller may only use its uploads."""
-    problems = []
-    entries = [("defaults", spec.defaults)] + [
-        (f"task {i + 1}", t) for i, t in enumerate(spec.tasks)
-    ]
-    for where, params in entries:
-        refs = [("init_image", params.init_image)] + [
-            ("reference_images", r) for r in params.reference_images or []
-        ]
-        for name, ref in refs:
-            if ref and not ref.startswith("asset:"):
-                problems.append(
-                    Problem(
-                        source,
-                        where,
-                        name,
-                        f"'{ref}' is not an uploaded image; upload it with "
-                        "POST /api/v1/assets and use the 'asset:<id>' it returns",
-                    )
-                )
-    if problems:
-        raise SpecError(problems)
-
-
-def check_user_limits(spec: BatchSpec, max_attempts: int, source: str = "") -> None:
+def limit_problems(spec: BatchSpec, max_attempts: int, source: str = "") -> list[Problem]:
     """A user may lower their batch's priority, not raise it over others'; nor buy extra tries.
 
     Extra attempts would spend the system's provider key on retries charged once.
@@ -105,8 +79,7 @@ def check_user_limits(spec: BatchSpec, max_attempts: int, source: str = "") -> N
         problems.append(
             Problem(source, "", "max_attempts", f"at most {max_attempts} attempts per task")
         )
-    if problems:
-        raise SpecError(problems)
+    return problems
 
 
 def _owner(caller: Caller, sub: Submission) -> int | None:
@@ -120,7 +93,8 @@ def _owner(caller: Caller, sub: Submission) -> int | None:
 async def submit(ctx: ServiceContext, caller: Caller, sub: Submission) -> Submitted:
     """Store (and charge for) a batch, then wake the schedulers.
 
-    SpecError lists every problem of the input; InsufficientCreditsError when the
+    SpecError lists every problem of the input at once (the spec's own, see
+    ``parse_batch(partial=True)``, and every later check); InsufficientCreditsError when the
     owner cannot pay (nothing stored); IdempotencyKeyReusedError when the key
     came before with another request.
     """
@@ -132,10 +106,9 @@ async def submit(ctx: ServiceContext, caller: Caller, sub: Submission) -> Submit
         if found is not None:
             return Submitted(_replayed(found, sub.fingerprint), False)
     owner_id = _owner(caller, sub)
-    if not sub.server_paths:
-        check_inputs_are_uploads(sub.spec, sub.source_name)
-    if not caller.is_admin:
-        check_user_limits(sub.spec, ctx.settings.scheduler.max_attempts, sub.source_name)
+    if not caller.is_admin:  # reported with every other problem of the input, by prepare_batch
+        problems = limit_problems(sub.spec, ctx.settings.scheduler.max_attempts, sub.source_name)
+        sub = replace(sub, spec=sub.spec.with_problems(problems))
     new = await ctx.run(_prepare, ctx, caller, sub, owner_id)
     pricing = await pricing_for(ctx, owner_id)
     costs = [pricing.task_cost(t.backend, t.n) for t in new.tasks]
@@ -181,6 +154,7 @@ def _prepare(
         owner_id=owner_id,
         # uploads are for remote callers: local batch files name files on this machine
         resolve_asset=None if sub.server_paths else resolve_asset,
+        uploads_only=not sub.server_paths,  # paths refused unread: this machine's files
     )
 
 

@@ -332,13 +332,35 @@ class BackendPublic(_Public):
 # -- admin and system -------------------------------------------------------------------------
 
 
+class BackendConcurrency(_Public):
+    """How many tasks one backend may run at once, and why not more."""
+
+    name: str
+    per_url: int  #: requests in flight per server now (an admin's value, else configured)
+    configured: int  #: ``concurrency`` in kiln.toml
+    overridden: bool  #: an admin set ``per_url`` at run time
+    servers: int  #: servers (URLs) of the backend
+    servers_up: int | None  #: servers taking work now (None: no scheduler runs here)
+    cap: int  #: per_url × servers
+    effective: int  #: tasks that may run on it now: min(global, per_url × servers up)
+    limited_by: str  #: global, backend or servers_down
+    running: int  #: tasks generating on it now
+
+
 class ConcurrencyPublic(_Public):
-    concurrency: int
-    max: int
+    concurrency: int  #: the global limit: tasks running at once over every backend
+    max: int  #: the highest global limit an admin may set
+    #: the most tasks that can run at once now: min(global, sum of the backends' effective)
+    effective: int | None = None
+    backends: list[BackendConcurrency] = Field(default_factory=list)
 
 
 class ConcurrencyUpdate(_Input):
     concurrency: int = Field(ge=1)
+
+
+class BackendConcurrencyUpdate(_Input):
+    concurrency: int = Field(ge=1, le=256, description="Requests in flight per server (URL).")
 
 
 class DayCount(_Public):
@@ -363,6 +385,18 @@ class StatsPublic(_Public):
     active_batches: int
 
 
+class SchedulerHealth(_Public):
+    """The scheduler of this process (see ``/healthz``)."""
+
+    state: str  #: starting, running, retrying (its steps fail and are retried) or stopped
+    stalled_seconds: float  #: how long it has made no progress
+    last_error: str  #: the newest failure of one of its steps
+    failing: list[str]  #: the parts whose steps fail now
+    restarts: int  #: times it was started again after stopping by accident
+    work_waiting: bool  #: tasks wait to run (checked only when it looks stalled)
+
+
 class Health(_Public):
-    status: str
+    status: str  #: ok, or unhealthy (HTTP 503) when the scheduler cannot go on
     version: str
+    scheduler: SchedulerHealth | None = None  #: None when no scheduler runs in this process

@@ -241,6 +241,7 @@ def test_retry_report_and_export(tmp_path: Path) -> None:
         "pending": 0,
         "running": 0,
         "images": 1,
+        "fell_back": 0,
     }
     assert report["failures"][0]["key"] == "b"
     again = kiln(tmp_path, "retry", "1", "--quiet")

@@ -75,7 +75,8 @@ def test_every_endpoint_answers_through_a_real_server(tmp_path: Path) -> None:
     root = kiln(tmp_path, "users", "add", "root", "--admin").stdout.strip()
     alice = kiln(tmp_path, "users", "add", "alice", "--credits", "100").stdout.strip()
     with serving(tmp_path) as url:
-        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+        health = httpx.get(f"{url}/healthz").json()
+        assert health["status"] == "ok" and health["scheduler"]["state"] in ("starting", "running")
         admin, user = Recorder(url, root), Recorder(url, alice)
         try:
             user.reached.add(("get", "/healthz"))
@@ -222,5 +223,12 @@ def _admin(admin: Recorder) -> None:
     assert admin.call("GET", "/api/v1/admin/concurrency", 200).json()
     admin.call("PUT", "/api/v1/admin/concurrency", 200, json={"concurrency": 3})
     assert admin.call("GET", "/api/v1/admin/concurrency", 200).json()["concurrency"] == 3
+    slow = {"name": "slow"}
+    path = "/api/v1/admin/concurrency/backends/{name}"
+    raised = admin.call("PUT", path, 200, ids=slow, json={"concurrency": 2}).json()
+    view = {b["name"]: b for b in raised["backends"]}["slow"]
+    assert (view["per_url"], view["effective"], view["limited_by"]) == (2, 2, "backend")
+    reset = admin.call("DELETE", path, 200, ids=slow).json()
+    assert {b["name"]: b for b in reset["backends"]}["slow"]["per_url"] == 1
     assert admin.call("GET", "/api/v1/admin/batches", 200).json()["total"] >= 4
     assert "queue_depth" in admin.call("GET", "/api/v1/admin/stats", 200).json()

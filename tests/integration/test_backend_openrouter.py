@@ -16,7 +16,7 @@ from PIL import Image
 from pixelkiln.backends.base import BackendDeps
 from pixelkiln.backends.openrouter import OpenRouterBackend, aspect_ratio, create, image_config
 from pixelkiln.backends.placeholder import draw
-from pixelkiln.exceptions import RejectedInputError, ServerError
+from pixelkiln.exceptions import QuotaExhaustedError, RejectedInputError, ServerError
 from pixelkiln.testing import FakeOpenRouter, generation_request, settings_for, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -105,7 +105,7 @@ async def test_out_of_credits(http: httpx.AsyncClient) -> None:
     with FakeOpenRouter(credits=1, image_scale=0.05) as fake:
         backend = make(fake, http)
         assert len(await backend.generate(generation_request())) == 1
-        with pytest.raises(RejectedInputError, match="out of credits") as info:
+        with pytest.raises(QuotaExhaustedError, match="out of credits") as info:
             await backend.generate(generation_request())
     assert not info.value.retryable
 

@@ -180,12 +180,11 @@ class FlakyServers:
 async def test_tasks_wait_for_a_down_backend_without_spending_attempts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pixelkiln.engine import scheduler as scheduler_module
+    from pixelkiln.engine import outcomes
 
-    monkeypatch.setattr(scheduler_module, "DOWN_WAIT", 0.05)
+    monkeypatch.setattr(outcomes, "DOWN_WAIT", 0.05)
     settings = make_settings(tmp_path, scheduler={"max_attempts": 1})
-    async with Kiln(settings) as kiln:
-        kiln.backends = {"placeholder": FlakyServers(down_for=6)}  # type: ignore[dict-item]
+    async with Kiln(settings, backends={"placeholder": FlakyServers(down_for=6)}) as kiln:
         batch_id = await kiln.submit(_spec(2))
         await kiln.run_until_done([batch_id])
         batch = kiln.db.read(get_batch, batch_id)

@@ -464,6 +464,40 @@ def test_relative_path_gives_absolute_base_dir(
     assert task.init_image == str((tmp_path / "in.png").resolve())
 
 
+def test_a_partial_table_reports_values_and_files_by_spreadsheet_row(tmp_path: Path) -> None:
+    text = "prompt,n,init_image\n\na,0,\nb,1,gone.png\nc,2,\n"
+    batch = load_batch_file(write(tmp_path, "rows.csv", text), partial=True)
+    assert [(p.where, p.field) for p in batch.spec.problems] == [("row 3", "n")]
+    with pytest.raises(SpecError) as exc:
+        batch.resolve(default_backend="placeholder")
+    assert located(exc) == [("row 3", "n"), ("row 4", "init_image")]
+    assert {p.source for p in exc.value.problems} == {str(tmp_path / "rows.csv")}
+
+
+def test_a_partial_xlsx_names_rows_and_its_file_as_asked(tmp_path: Path) -> None:
+    rows = [["prompt", "colour", "init_image"], ["a", "red", "gone.png"], [None, None, None]]
+    path = write_xlsx(tmp_path, [*rows, ["b", "blue", None]])
+    batch = load_batch_file(path, partial=True, source="upload.xlsx")
+    with pytest.raises(SpecError) as exc:
+        batch.resolve(default_backend="placeholder")
+    assert located(exc) == [("row 1", "colour"), ("row 2", "init_image")]
+    assert {p.source for p in exc.value.problems} == {"upload.xlsx"}
+
+
+def test_a_table_without_a_prompt_column_stops_at_the_header(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as exc:
+        load_batch_file(write(tmp_path, "b.csv", "n,init_image\n1,gone.png\n"), partial=True)
+    assert located(exc) == [("row 1", "prompt")]
+
+
+def test_a_partial_structured_file_names_tasks(tmp_path: Path) -> None:
+    text = "tasks:\n  - {prompt: a, n: 0}\n  - {prompt: b, init_image: gone.png}\n"
+    batch = load_batch_file(write(tmp_path, "b.yaml", text), partial=True)
+    with pytest.raises(SpecError) as exc:
+        batch.resolve(default_backend="placeholder")
+    assert located(exc) == [("task 1", "n"), ("task 2", "init_image")]
+
+
 # --- shipped samples and examples --------------------------------------------------------
 
 

@@ -78,6 +78,47 @@ def _sections() -> dict[str, type[BaseModel]]:
     return sections
 
 
+def test_relative_storage_paths_are_the_config_files_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "etc" / "kiln"
+    folder.mkdir(parents=True)
+    (folder / "kiln.toml").write_text(
+        '[storage]\ndata_dir = "data"\ndatabase_url = "sqlite:///db/kiln.db?timeout=5"\n'
+    )
+    monkeypatch.chdir("/")  # as cron runs it
+    settings = load_settings(folder / "kiln.toml")
+    assert settings.storage.data_dir == folder / "data"
+    assert settings.storage.resolved_database_url() == f"sqlite:///{folder}/db/kiln.db?timeout=5"
+    monkeypatch.chdir(tmp_path)  # the file named relative to where the command runs
+    assert load_settings(Path("etc/kiln/kiln.toml")).storage.data_dir == folder / "data"
+
+
+def test_absolute_and_server_storage_paths_are_kept(tmp_path: Path) -> None:
+    config = tmp_path / "kiln.toml"
+    config.write_text(
+        '[storage]\ndata_dir = "/srv/kiln"\ndatabase_url = "postgresql+psycopg://db/kiln"\n'
+    )
+    storage = load_settings(config).storage
+    assert (storage.data_dir, storage.database_url) == (
+        Path("/srv/kiln"),
+        "postgresql+psycopg://db/kiln",
+    )
+    config.write_text('[storage]\ndatabase_url = "sqlite:////var/kiln.db"\n')
+    assert load_settings(config).storage.database_url == "sqlite:////var/kiln.db"
+
+
+def test_without_a_file_or_from_the_environment_paths_are_the_current_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(None).storage.data_dir == Path("kiln-data")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "kiln.toml").write_text('[storage]\ndata_dir = "data"\n')
+    monkeypatch.setenv("KILN_STORAGE__DATA_DIR", "from-env")
+    assert load_settings(tmp_path / "conf" / "kiln.toml").storage.data_dir == Path("from-env")
+
+
 def test_every_setting_has_a_default_or_is_required_and_has_help() -> None:
     for section, model in _sections().items():
         for key, field in model.model_fields.items():
@@ -91,3 +132,31 @@ def test_every_setting_is_documented() -> None:
         assert match, f"docs/configuration.md has no section {section}"
         for key in model.model_fields:
             assert f"| `{key}` |" in match.group(1), f"{section} {key} is not documented"
+
+
+def _backends(**fallbacks: list[str]) -> list[dict[str, object]]:
+    return [{"name": n, "type": "placeholder", "fallback": f} for n, f in fallbacks.items()]
+
+
+def test_fallback_chains_follow_each_backend_in_order() -> None:
+    settings = load_settings(None, backends=_backends(a=["b", "c"], b=["d"], c=[], d=[]))
+    assert settings.fallback_chain("a") == ["b", "d", "c"]
+    assert settings.fallback_chain("b") == ["d"]
+    assert settings.fallback_chain("c") == []
+    assert (settings.scheduler.down_timeout, settings.scheduler.stall_seconds) == (600.0, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("fallbacks", "message"),
+    [
+        ({"a": ["x"]}, "backend 'a': fallback names unknown backend(s) x; configured: a"),
+        ({"a": ["a"]}, "fallback chains must not loop: a → a"),
+        ({"a": ["b"], "b": ["c"], "c": ["b"]}, "fallback chains must not loop: b → c → b"),
+    ],
+)
+def test_a_fallback_must_name_a_backend_and_never_loop(
+    fallbacks: dict[str, list[str]], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, backends=_backends(**fallbacks))
+    assert f"backends: {message}" in str(caught.value)

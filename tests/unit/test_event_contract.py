@@ -17,7 +17,13 @@ API_DOCS = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 #: every argument a builder takes, filled: what each builder writes with everything given
 FULL: dict[EventType, dict[str, Any]] = {
     EventType.BATCH_UPDATE: {"status": BatchStatus.QUEUED, "name": "n", "total": 3, "retried": 1},
-    EventType.INFO: {"message": "back", "backend": "sd"},
+    EventType.INFO: {
+        "message": "moved",
+        "backend": "sd",
+        "task_id": 310,
+        "item_key": "k",
+        "fallback_from": "a1111",
+    },
     EventType.PROGRESS: {"current": 1, "total": 2, "message": "m", "item_key": "k"},
     EventType.IMAGE_GENERATED: {
         "item_key": "k",

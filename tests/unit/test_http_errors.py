@@ -20,11 +20,13 @@ from pixelkiln.backends.http import (
     raise_for_status,
     redact_url,
 )
-from pixelkiln.backends.pool import PoolPolicy, RateLimiter, scrub
+from pixelkiln.backends.policy import PoolPolicy, RateLimiter
+from pixelkiln.backends.pooled import scrub
 from pixelkiln.exceptions import (
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigError,
+    QuotaExhaustedError,
     RateLimitedError,
     RejectedInputError,
     ServerError,
@@ -39,7 +41,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
     [
         (400, RejectedInputError, False),
         (401, RejectedInputError, False),
-        (402, RejectedInputError, False),
+        (402, QuotaExhaustedError, False),
         (403, RejectedInputError, False),
         (404, RejectedInputError, False),
         (422, RejectedInputError, False),
@@ -65,6 +67,36 @@ def test_raise_for_status_carries_retry_after_and_message() -> None:
     with pytest.raises(RateLimitedError, match="slow down") as info:
         raise_for_status(response, server=SERVER)
     assert info.value.retry_after == 7.0
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (429, {"message": "You exceeded your current quota", "type": "insufficient_quota"}),
+        (429, {"message": "quota", "code": "insufficient_quota", "type": "requests"}),
+        (
+            400,
+            {
+                "message": "Billing hard limit has been reached",
+                "code": "billing_hard_limit_reached",
+            },
+        ),
+        (402, {"message": "Insufficient credits", "code": 402}),
+    ],
+)
+def test_an_account_out_of_money_is_quota_exhausted_not_rate_limited(
+    status: int, error: dict[str, object]
+) -> None:
+    response = httpx.Response(status, json={"error": error})
+    with pytest.raises(QuotaExhaustedError, match="quota or credits exhausted") as info:
+        raise_for_status(response, server=SERVER)
+    assert not info.value.retryable and str(error["message"]) in str(info.value)
+
+
+def test_an_ordinary_429_stays_a_rate_limit() -> None:
+    response = httpx.Response(429, json={"error": {"message": "slow", "type": "requests"}})
+    with pytest.raises(RateLimitedError):
+        raise_for_status(response, server=SERVER)
 
 
 def test_raise_for_status_passes_success() -> None:

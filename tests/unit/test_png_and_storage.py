@@ -58,11 +58,26 @@ def test_jpeg_is_converted_and_garbage_is_a_server_error() -> None:
         ("..", "task"),
         ("", "task"),
         ("ok-name.v2", "ok-name.v2"),
-        ("日本", "task"),
+        ("场景1", "场景1"),  # letters of every script are kept
+        ("场景 1/第二幕", "场景_1_第二幕"),
+        ("cafe\u0301 crème", "café_crème"),  # composed (NFC), as every OS shows it
+        ("a\\b\x00c\x1fd\u202ee", "a_b_c_d_e"),  # separators, NUL, controls, bidi
+        ("a..b", "a.b"),
+        (".hidden", "hidden"),
+        ("表情😀", "表情"),
+        ("nul.png", "nul_.png"),  # Windows device names
+        ("COM1", "COM1_"),
+        ("。、", "task"),
     ],
 )
 def test_names_are_sanitised(text: str, expected: str) -> None:
     assert safe_name(text, "task") == expected
+
+
+def test_names_are_capped_in_bytes_never_inside_a_character() -> None:
+    name = safe_name("场" * 100, limit=80)
+    assert name == "场" * 26 and len(name.encode()) == 78
+    assert safe_name("x" * 100, limit=80) == "x" * 80
 
 
 def test_paths_cannot_leave_the_data_folder(tmp_path: Path) -> None:

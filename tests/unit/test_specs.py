@@ -10,7 +10,14 @@ import pytest
 
 from pixelkiln import params
 from pixelkiln.exceptions import Problem, SpecError
-from pixelkiln.specs import parse_batch, resolve_tasks
+from pixelkiln.problems import MAX_PROBLEMS
+from pixelkiln.specs import (
+    BATCH_KEYS,
+    PARAM_NAMES,
+    check_tasks,
+    parse_batch,
+    resolve_tasks,
+)
 
 
 def batch(*tasks: dict[str, Any], **defaults: Any) -> dict[str, Any]:
@@ -184,3 +191,144 @@ def test_a_batch_needs_tasks() -> None:
 def test_a_batch_must_be_a_mapping() -> None:
     with pytest.raises(SpecError, match="mapping"):
         parse_batch([{"prompt": "a"}], source="b.json")
+
+
+def test_a_backend_chain_names_the_first_and_keeps_the_rest_in_params() -> None:
+    spec = parse_batch(
+        batch(
+            {"prompt": "a"},
+            {"prompt": "b", "backend": "c"},
+            {"prompt": "c", "backend": "a, c"},  # a spreadsheet cell
+            backend=["a", "b"],
+        )
+    )
+    first, second, third = resolve_tasks(spec, default_backend="a", known_backends="abc")
+    assert (first.backend, first.params_json()["backends"]) == ("a", ["a", "b"])
+    assert (second.backend, "backends" in second.params_json()) == ("c", False)
+    assert (third.backend, third.backends) == ("a", ("a", "c"))
+
+
+def test_a_backend_chain_is_checked_whole() -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_batch(batch({"prompt": "a", "backend": ["a", "a"]}, {"prompt": "b", "backend": []}))
+    assert [p.message for p in caught.value.problems] == [
+        "a backend chain names each backend once",
+        "a backend chain names 1 to 10 backends",
+    ]
+    spec = parse_batch(batch({"prompt": "a", "backend": ["a", "nope"]}))
+    with pytest.raises(SpecError, match="unknown backend 'nope'"):
+        resolve_tasks(spec, default_backend="a", known_backends=["a"])
+
+
+# --- bad input reported whole -------------------------------------------------------------
+
+
+def test_a_wrong_top_level_key_lists_the_top_level_keys() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_batch({"name": "x", "taks": [{"prompt": "a"}], "tasks": [{"prompt": "a"}]})
+    [problem] = exc.value.problems
+    assert (problem.where, problem.field) == ("", "taks")
+    assert problem.message.endswith("known keys are: " + ", ".join(BATCH_KEYS))
+    assert "negative_prompt" not in problem.message
+
+
+def test_a_wrong_key_in_defaults_lists_parameters_but_not_key() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_batch(batch({"prompt": "a"}, steep=3))
+    message = exc.value.problems[0].message
+    assert message.endswith("known keys are: " + ", ".join(PARAM_NAMES))
+
+
+def test_a_task_that_is_not_a_mapping_says_what_it_is() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_batch({"name": "x", "tasks": ["a red fox"]})
+    [problem] = exc.value.problems
+    assert problem.where == "task 1"
+    assert problem.message == "must be a mapping of keys to values, not the str 'a red fox'"
+
+
+def test_schema_problems_carry_the_path_of_the_value() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_batch(batch({"prompt": "a", "n": 0}, seed=-5))
+    assert sorted(p.path or "" for p in exc.value.problems) == ["defaults.seed", "tasks[0].n"]
+
+
+def test_a_partial_parse_keeps_every_task_and_only_the_valid_values() -> None:
+    data = batch({"prompt": "a", "n": 0, "steps": 20}, "not a task", {"prompt": "c"}, seed=-5)
+    spec = parse_batch(data, source="b.yaml", partial=True)
+    assert [(p.where, p.field) for p in spec.problems] == [
+        ("defaults", "seed"),
+        ("task 1", "n"),
+        ("task 2", ""),
+    ]
+    assert len(spec.tasks) == 3 and spec.name == "test"
+    assert (spec.tasks[0].n, spec.tasks[0].steps, spec.defaults.seed) == (None, 20, None)
+
+
+def test_a_valid_partial_parse_has_no_problems() -> None:
+    assert parse_batch(batch({"prompt": "a"}), partial=True).problems == ()
+
+
+def test_schema_value_and_file_problems_come_in_one_error(tmp_path: Path) -> None:
+    data = batch(
+        {"prompt": "a", "n": 0},
+        {"prompt": "b", "aspect_ratio": "5:7"},
+        {"prompt": "c", "init_image": "missing.png", "backend": "gpu"},
+        {"key": "no prompt"},
+    )
+    spec = parse_batch(data, source="b.yaml", partial=True)
+    with pytest.raises(SpecError) as exc:
+        resolve_tasks(
+            spec, default_backend="sd", known_backends=["sd"], base_dir=tmp_path, source="b.yaml"
+        )
+    assert problems(exc) == [
+        ("task 1", "n"),
+        ("task 2", "aspect_ratio"),
+        ("task 3", "init_image"),
+        ("task 3", "backend"),
+        ("task 4", "prompt"),
+    ]
+    assert {p.source for p in exc.value.problems} == {"b.yaml"}
+
+
+def test_a_value_left_out_by_the_schema_is_not_reported_twice() -> None:
+    # the bad prompt is left out of the salvaged task; "prompt is required" would repeat it
+    spec = parse_batch(batch({"prompt": "x" * 20_001}, "not a task"), partial=True)
+    with pytest.raises(SpecError) as exc:
+        resolve_tasks(spec, default_backend="p")
+    assert problems(exc) == [("task 1", "prompt"), ("task 2", "")]
+
+
+def test_an_input_image_in_defaults_is_reported_once_in_defaults(tmp_path: Path) -> None:
+    spec = parse_batch(batch({"prompt": "a"}, {"prompt": "b"}, init_image="gone.png"))
+    with pytest.raises(SpecError) as exc:
+        resolve_tasks(spec, default_backend="p", base_dir=tmp_path)
+    assert problems(exc) == [("defaults", "init_image")]
+
+
+def test_every_missing_reference_image_is_named(tmp_path: Path) -> None:
+    spec = parse_batch(batch({"prompt": "a", "reference_images": ["one.png", "two.png"]}))
+    with pytest.raises(SpecError) as exc:
+        resolve_tasks(spec, default_backend="p", base_dir=tmp_path)
+    assert [p.message for p in exc.value.problems] == [
+        "file not found: one.png",
+        "file not found: two.png",
+    ]
+
+
+def test_only_uploads_refuses_paths_without_looking_at_files(tmp_path: Path) -> None:
+    (tmp_path / "there.png").write_bytes(b"png")
+    data = batch({"prompt": "a", "init_image": "there.png"}, {"prompt": "b", "seed": -9})
+    spec = parse_batch(data, partial=True)
+    tasks, found = check_tasks(spec, default_backend="p", base_dir=tmp_path, uploads_only=True)
+    assert [(p.where, p.field) for p in found] == [("task 2", "seed"), ("task 1", "init_image")]
+    assert "is not an uploaded image" in found[1].message
+    assert tasks[0].init_image is None
+
+
+def test_many_problems_are_capped() -> None:
+    data = batch(*[{"prompt": "a", "n": 0} for _ in range(MAX_PROBLEMS + 5)])
+    with pytest.raises(SpecError) as exc:
+        parse_batch(data, source="b.json")
+    assert len(exc.value.problems) == MAX_PROBLEMS + 1
+    assert exc.value.problems[-1].message == "... and 5 more problems"

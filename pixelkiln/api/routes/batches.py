@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation, ValidationError
 
 from pixelkiln import service
 from pixelkiln.api.deps import (
@@ -85,7 +85,7 @@ async def _created(
 
 @router.post("", status_code=201, responses=ERRORS, summary="Create a batch from a spec")
 async def create_batch(
-    spec: BatchSpec,
+    body: Annotated[BatchSpec, SkipValidation],  # documented as a BatchSpec, checked below
     ctx: CtxDep,
     caller: CallerDep,
     response: Response,
@@ -96,7 +96,9 @@ async def create_batch(
     """Queue a batch (``{"name", "defaults", "tasks": [...]}``); 402 when credits do not cover it.
 
     Input images must be uploads (``asset:<id>`` from ``POST /api/v1/assets``).
+    Every problem (values, uploads, backends) is answered at once in one 422.
     """
+    spec = parse_batch(body, partial=True)
     sub = Submission(
         spec,
         idempotency_key=idempotency_key,

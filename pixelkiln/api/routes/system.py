@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
 from pixelkiln import __version__
@@ -10,17 +10,47 @@ from pixelkiln.api import metrics
 from pixelkiln.api.deps import AdminDep, CallerDep, CtxDep
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.backends.base import accepts_user_keys
+from pixelkiln.db.batches import unfinished_batch_ids
 from pixelkiln.service import pricing_for
-from pixelkiln.wire.schemas import BackendPublic, Health
+from pixelkiln.wire.schemas import BackendPublic, Health, SchedulerHealth
 
 health = APIRouter(tags=["system"])
 protected = APIRouter(tags=["system"])
 
 
-@health.get("/healthz", summary="Liveness: the process answers and its database opens")
-async def healthz(ctx: CtxDep) -> Health:
+@health.get(
+    "/healthz",
+    summary="Liveness: the process answers, its database opens, its scheduler goes on",
+    responses={503: {"model": Health, "description": "The scheduler cannot go on"}},
+)
+async def healthz(ctx: CtxDep, response: Response) -> Health:
+    """503 when this process's scheduler has stopped, or has made no progress for
+    ``[scheduler] stall_seconds`` (its steps keep failing: disk full, database gone)
+    while work waits; ``scheduler`` says which, and why."""
     await ctx.read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
-    return Health(status="ok", version=__version__)
+    if ctx.runner is None:
+        return Health(status="ok", version=__version__)
+    report = ctx.runner.health()
+    waiting = False
+    if report.state == "stopped" or report.stalled(ctx.settings.scheduler.stall_seconds):
+        waiting = bool(await ctx.read(unfinished_batch_ids))  # only then: a cheap check anyway
+    unhealthy = report.state == "stopped" or (
+        waiting and report.stalled(ctx.settings.scheduler.stall_seconds)
+    )
+    if unhealthy:
+        response.status_code = 503
+    return Health(
+        status="unhealthy" if unhealthy else "ok",
+        version=__version__,
+        scheduler=SchedulerHealth(
+            state=report.state,
+            stalled_seconds=report.stalled_seconds,
+            last_error=report.last_error,
+            failing=list(report.failing),
+            restarts=report.restarts,
+            work_waiting=waiting,
+        ),
+    )
 
 
 @protected.get(

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 import pytest
 from apikit import Api, spec
 
-from pixelkiln.db.settings_store import CONCURRENCY, get_setting
+from pixelkiln.db.settings_store import (
+    CONCURRENCY,
+    backend_concurrency_key,
+    get_setting,
+    set_setting,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -54,12 +60,12 @@ async def test_concurrency_changes_at_run_time_and_survives_a_restart(
     async with make_api() as api:
         assert api.ctx.runner is not None
         now = (await api.client.get("/api/v1/admin/concurrency")).json()
-        assert now == {"concurrency": api.settings.scheduler.concurrency, "max": 10}
+        assert (now["concurrency"], now["max"]) == (api.settings.scheduler.concurrency, 10)
         for wrong in (0, 11, "three"):
             r = await api.client.put("/api/v1/admin/concurrency", json={"concurrency": wrong})
             assert r.status_code == 422, wrong
         r = await api.client.put("/api/v1/admin/concurrency", json={"concurrency": 7})
-        assert r.json() == {"concurrency": 7, "max": 10}
+        assert (r.json()["concurrency"], r.json()["max"]) == (7, 10)
         assert api.ctx.runner.concurrency == 7
         status = await api.ctx.runner.status()
         assert status is not None and status.concurrency == 7
@@ -69,6 +75,72 @@ async def test_concurrency_changes_at_run_time_and_survives_a_restart(
     async with make_api() as again:
         assert again.ctx.runner is not None and again.ctx.runner.concurrency == 7
         assert (await again.client.get("/api/v1/admin/concurrency")).json()["concurrency"] == 7
+
+
+async def _backends(api: Api) -> dict[str, dict[str, object]]:
+    body = (await api.client.get("/api/v1/admin/concurrency")).json()
+    return {b["name"]: b for b in body["backends"]}
+
+
+async def test_a_backends_concurrency_is_what_runs_and_what_an_admin_sees(
+    make_api: Callable[..., AbstractAsyncContextManager[Api]],
+) -> None:
+    async with make_api() as api:
+        assert api.ctx.runner is not None
+        slow = (await _backends(api))["slow"]
+        assert slow == {
+            "name": "slow",
+            "per_url": 2,
+            "configured": 2,
+            "overridden": False,
+            "servers": 1,
+            "servers_up": None,  # a placeholder has no pool to tell
+            "cap": 2,
+            "effective": 2,
+            "limited_by": "backend",
+            "running": 0,
+        }
+        for wrong in (0, 257):
+            r = await api.client.put(
+                "/api/v1/admin/concurrency/backends/slow", json={"concurrency": wrong}
+            )
+            assert r.status_code == 422, wrong
+        missing = await api.client.put(
+            "/api/v1/admin/concurrency/backends/nope", json={"concurrency": 2}
+        )
+        assert missing.status_code == 404 and "configured: placeholder, slow" in missing.text
+        r = await api.client.put("/api/v1/admin/concurrency/backends/slow", json={"concurrency": 3})
+        view = {b["name"]: b for b in r.json()["backends"]}["slow"]
+        assert (view["per_url"], view["overridden"], view["effective"]) == (3, True, 3)
+        assert await api.ctx.read(get_setting, backend_concurrency_key("slow")) == 3
+
+        created = await api.client.post("/api/v1/batches", json=spec(*"abcdef", backend="slow"))
+        most = 0
+        while not (await api.client.get(f"/api/v1/batches/{created.json()['id']}")).json()[
+            "finished"
+        ]:
+            status = await api.ctx.runner.status()
+            assert status is not None
+            most = max(most, status.generating["slow"])
+            await asyncio.sleep(0.02)
+        assert most == 3  # not 2 (configured), not 4 (global): what the admin set
+
+        await api.client.put("/api/v1/admin/concurrency", json={"concurrency": 2})
+        view = (await _backends(api))["slow"]
+        assert (view["effective"], view["limited_by"]) == (2, "global")
+        reset = await api.client.delete("/api/v1/admin/concurrency/backends/slow")
+        view = {b["name"]: b for b in reset.json()["backends"]}["slow"]
+        assert (view["per_url"], view["overridden"]) == (2, False)
+
+        # `kiln concurrency` writes the database; the running scheduler follows it
+        await api.ctx.write(set_setting, backend_concurrency_key("slow"), 5)
+        for _ in range(500):
+            if (await _backends(api))["slow"]["per_url"] == 5:
+                break
+            await asyncio.sleep(0.02)
+        assert (await _backends(api))["slow"]["per_url"] == 5
+    async with make_api() as again:
+        assert (await _backends(again))["slow"]["per_url"] == 5  # survives a restart
 
 
 async def test_stats_and_metrics_describe_the_work(held_api: Api) -> None:
@@ -116,8 +188,14 @@ async def test_backends_health_and_openapi(api: Api) -> None:
         ("slow", "placeholder", 0),
     ]
     assert "api_key" not in str(backends)
+    # the API knows its backends from the settings; only the scheduler thread builds them
+    assert api.ctx.kiln._engine is None and api.ctx.runner is not None
+    status = await api.ctx.runner.status()
+    assert status is not None and sorted(status.backends) == ["placeholder", "slow"]
     health = (await api.client.get("/healthz")).json()
     assert health["status"] == "ok" and health["version"]
+    assert health["scheduler"]["state"] in ("starting", "running")
+    assert health["scheduler"]["failing"] == [] and health["scheduler"]["restarts"] == 0
     assert (await api.client.get("/docs")).status_code == 200
     paths = (await api.client.get("/openapi.json")).json()["paths"]
     for path in (
@@ -129,6 +207,7 @@ async def test_backends_health_and_openapi(api: Api) -> None:
         "/api/v1/images",
         "/api/v1/presets",
         "/api/v1/admin/concurrency",
+        "/api/v1/admin/concurrency/backends/{name}",
         "/api/v1/me/credits",
         "/healthz",
         "/metrics",

@@ -1,0 +1,139 @@
+"""The scheduler's committer: outcomes written in groups, files first, and never given up lightly.
+
+Whatever finished while the last group was written forms the next group: its
+image files are written in one thread hop, then its rows (task states, image
+rows, events, fallback moves) commit in one transaction, so a row never
+lacks its file. A write that fails (disk full, database gone) is backed off
+and tried again while the scheduler keeps the tasks' leases, so nothing is
+lost or done twice; only at shutdown does a failing group give up (the
+leases lapse and the tasks are recovered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+from pixelkiln.backends.base import Backend
+from pixelkiln.db.database import Database, Tx
+from pixelkiln.db.leases import ClaimedTask
+from pixelkiln.db.routing import move_tasks
+from pixelkiln.db.tasks import TaskFailure, TaskResult, record_outcomes
+from pixelkiln.engine.outcomes import Generated, Job, Moved, Outcome
+from pixelkiln.engine.supervisor import Supervision
+from pixelkiln.engine.task_io import store_images
+from pixelkiln.storage import Storage
+
+log = logging.getLogger("pixelkiln.engine")
+
+#: storage errors that are the machine's, not the task's: the group is written again later
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class Recorder:
+    """Records outcomes put to it until :meth:`close`; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        storage: Storage,
+        backends: Mapping[str, Backend],
+        owner: str,
+        supervision: Supervision,
+        failure_for: Callable[[Job, Exception], TaskFailure | Moved],
+        recorded: Callable[[list[Outcome]], None],
+        pause: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self.db = db
+        self.storage = storage
+        self.backends = backends  #: the records say what each backend took
+        self.owner = owner
+        self.supervision = supervision
+        self.stopping = False  #: at shutdown a failing group is dropped, not retried
+        self._failure_for = failure_for
+        self._recorded = recorded
+        self._pause = pause
+        self._queue: asyncio.Queue[Outcome | None] = asyncio.Queue()
+
+    def put(self, outcome: Outcome) -> None:
+        self._queue.put_nowait(outcome)
+
+    def close(self) -> None:
+        """Record what is queued, then end :meth:`run`."""
+        self._queue.put_nowait(None)
+
+    async def run(self) -> None:
+        """Record outcomes in groups: whatever finished while the last group was written."""
+        while True:
+            first = await self._queue.get()
+            outcomes = [first] if first is not None else []
+            while not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is None:
+                    first = None
+                else:
+                    outcomes.append(more)
+            if outcomes:
+                await self._record(outcomes)
+            if first is None:
+                return
+
+    async def _record(self, outcomes: list[Outcome]) -> None:
+        generated = [o for o in outcomes if isinstance(o, Generated)]
+        moved = [o for o in outcomes if isinstance(o, Moved)]
+        failures = [o for o in outcomes if isinstance(o, TaskFailure)]
+        failures += [m.failure for m in moved]
+        moves = [(m.task, m.target, m.why) for m in moved]
+        while True:
+            try:
+                results: list[TaskResult] = []
+                more: list[TaskFailure] = []
+                if generated:
+                    results, more = await asyncio.to_thread(self._store_all, generated)
+                await self.db.awrite(self._write, results, failures + more, moves)
+            except Exception as exc:
+                if self.stopping:
+                    log.exception("could not record %d task outcome(s)", len(outcomes))
+                    break
+                await self._pause(self.supervision.failed("recording", exc))
+                continue
+            self.supervision.ok("recording")
+            break
+        self._recorded(outcomes)
+
+    def _write(
+        self,
+        tx: Tx,
+        results: list[TaskResult],
+        failures: list[TaskFailure],
+        moves: list[tuple[ClaimedTask, str, str]],
+    ) -> None:
+        accepted = record_outcomes(tx, self.owner, results, failures)
+        if moves:  # in the same transaction: a task is never pending on the wrong backend
+            move_tasks(tx, [m for m in moves if m[0].id in accepted])
+
+    def _store_all(self, generated: list[Generated]) -> tuple[list[TaskResult], list[TaskFailure]]:
+        """Write the image files of a group (worker thread); a task that cannot be stored fails.
+
+        A full disk is not the task's fault: it raises, and the group is written again later.
+        """
+        results: list[TaskResult] = []
+        failures: list[TaskFailure] = []
+        for g in generated:
+            if g.job.lost:
+                continue  # taken away meanwhile: its files are someone else's to write
+            try:
+                backend = self.backends.get(g.task.backend)
+                stored = store_images(self.storage, g.task, g.images, backend)
+            except Exception as exc:
+                if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+                    raise
+                outcome = self._failure_for(g.job, exc)
+                assert isinstance(outcome, TaskFailure)  # a storage error never moves a task
+                failures.append(outcome)
+            else:
+                results.append(TaskResult(g.task, stored, g.duration))
+        return results, failures
