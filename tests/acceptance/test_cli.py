@@ -48,23 +48,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def write_config(folder: Path, latency: float, concurrency: int = 4) -> None:
-    (folder / "kiln.toml").write_text(
-        f"""
-[scheduler]
-concurrency = {concurrency}
-retry_base_delay = 0.05
-poll_interval = 0.05
-
-[[backends]]
-name = "placeholder"
-type = "placeholder"
-concurrency = {concurrency}
-latency = {latency}
-"""
-    )
-
-
 def write_webui_config(folder: Path, url: str, concurrency: int) -> None:
     """A config whose one backend is a fake WebUI the test holds and releases."""
     (folder / "kiln.toml").write_text(
