@@ -55,7 +55,7 @@ def manifest(db: Database, batch_id: int) -> list[dict[str, Any]]:
             "index": info.image.index,
             "prompt": info.prompt,
             "negative_prompt": info.sent_negative_prompt,
-            "seed": info.image.seed,
+            "seed": info.image.seed_sent,
             "width": info.image.width,
             "height": info.image.height,
             "sha256": info.image.sha256,

@@ -181,6 +181,11 @@ class ImageRecord:
     #: before migration 0005 (their task's parameters stand in)
     params: dict[str, Any] | None = None
 
+    @property
+    def seed_sent(self) -> int | None:
+        """The seed, if the generator took one (OpenAI-compatible APIs take none)."""
+        return self.seed if self.params is None or "seed" in self.params else None
+
 
 @dataclass(frozen=True)
 class Event:

@@ -136,6 +136,10 @@ def render_text(report: dict[str, Any], max_failures: int = 20) -> str:
     failures = report["failures"]
     if failures:
         lines.append(f"  failures ({len(failures)}):")
+        reasons = Counter(f["error"] or "-" for f in failures)
+        if len(reasons) < len(failures):  # a night's worth of one reason reads as one line
+            for reason, count in reasons.most_common(5):
+                lines.append(f"    {count} × {reason}")
         for f in failures[:max_failures]:
             lines.append(
                 f"    #{f['position']} {f['key']}: {f['status']} after "

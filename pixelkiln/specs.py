@@ -348,7 +348,12 @@ def _resolve_one(
     backend = chain[0] if chain else chosen
     unknown = [b for b in chain or (backend,) if known is not None and b not in known]
     if unknown:
-        report("backend", f"unknown backend '{unknown[0]}'; configured: {sorted(known or ())}")
+        names = ", ".join(f"'{b}'" for b in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        report(
+            "backend",
+            f"unknown backend{plural} {names}; configured: {', '.join(sorted(known or ()))}",
+        )
     try:
         width, height = params.resolve_size(
             merged.get("aspect_ratio"),

@@ -8,7 +8,7 @@ back to the database from the last id it sent. A stream that wrote nothing
 for ``heartbeat`` seconds sends a comment line so proxies and clients keep it
 open (other users' events, filtered out, do not count as writing).
 
-Events that other processes commit (``kiln worker``, ``kiln run``, ``kiln
+Events that other processes commit (``kiln run``, ``kiln
 retry`` beside the server, an API started with ``run_scheduler=False``) never
 pass through this process's bus: streams make the bus *follow* the events
 table (one shared reader for all streams, see :mod:`pixelkiln.engine.bus`),

@@ -93,7 +93,7 @@ def _image_fields(image: ImageRecord) -> dict[str, Any]:
         "width": image.width,
         "height": image.height,
         "bytes": image.bytes,
-        "seed": image.seed,
+        "seed": image.seed_sent,
         "url": image_url(image.id),
         "thumbnail_url": thumbnail_url(image.id),
         "created_at": image.created_at,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pixelkiln import service
@@ -99,7 +100,7 @@ def status(
     for f in facts:
         table.add_row(
             str(f["id"]),
-            f["name"],
+            escape(f["name"]),  # a cell is markup; a name is the user's text
             f["status"],
             f"{f['succeeded'] + f['failed'] + f['cancelled']}/{f['total']}",
             str(f["failed"]),
@@ -137,7 +138,7 @@ def report(
     text = json.dumps(data, indent=2, ensure_ascii=False) if fmt == "json" else render_text(data)
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
-        console.print(f"Report written to {output}")
+        console.print(f"Report written to {output}", markup=False)
     else:
         print(text)
 
@@ -167,7 +168,7 @@ def export(
 
         count = with_db(settings, do_export)
     what = "task(s)" if kind in ("xlsx", "csv") else "image(s)"
-    console.print(f"Exported {count} {what} to {to}")
+    console.print(f"Exported {count} {what} to {to}", markup=False)
 
 
 def init(
@@ -180,8 +181,10 @@ def init(
     for name in ("kiln.toml", "batch.yaml"):
         target = folder / name
         if target.exists() and not force:
-            err_console.print(f"[yellow]{target} exists; left as it is (use --force to overwrite)")
+            err_console.print(
+                f"[yellow]{escape(str(target))} exists; left as it is (use --force to overwrite)"
+            )
             continue
         target.write_text((samples / name).read_text(encoding="utf-8"), encoding="utf-8")
-        console.print(f"Wrote {target}")
+        console.print(f"Wrote {target}", markup=False)
     console.print("Next: kiln run batch.yaml")

@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pixelkiln.config import Settings, load_settings
 from pixelkiln.db.batches import find_batch
@@ -41,6 +42,11 @@ T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+def print_error(message: object) -> None:
+    """``Error: <message>`` on stderr; the message is the user's text, never markup."""
+    err_console.print("[red]Error:[/]", escape(str(message)), highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def errors() -> Iterator[None]:
     """Turn our errors into a clear message and exit code: never a traceback for bad input."""
@@ -49,15 +55,15 @@ def errors() -> Iterator[None]:
     except SpecError as exc:
         err_console.print(f"[red]Invalid input ({len(exc.problems)} problem(s)):")
         for problem in exc.problems[:50]:
-            err_console.print(f"  - {problem}", markup=False, highlight=False)
+            err_console.print(f"  - {problem}", markup=False, highlight=False, soft_wrap=True)
         if len(exc.problems) > 50:
             err_console.print(f"  … and {len(exc.problems) - 50} more")
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except (ConfigError, NotFoundError, InvalidStateError) as exc:
-        err_console.print(f"[red]Error:[/] {exc}", highlight=False)
+        print_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KilnError as exc:
-        err_console.print(f"[red]Error:[/] {exc}", highlight=False)
+        print_error(exc)
         raise typer.Exit(EXIT_FAILED) from None
     except OverflowError:  # an id past 64 bits names nothing
         err_console.print("[red]Error:[/] a number is out of range", highlight=False)

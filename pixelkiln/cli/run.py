@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from pixelkiln import service
 from pixelkiln.app import Kiln
@@ -74,7 +75,8 @@ async def _run_batches(kiln: Kiln, batch_ids: list[int], quiet: bool) -> bool:
         await runner
     except SchedulerStalledError as exc:  # writes kept failing: say why, exit 1, no hang
         err_console.print(
-            f"[red]Stopped:[/] {exc}\nUnfinished tasks wait in the queue; continue with: "
+            f"[red]Stopped:[/] {escape(str(exc))}\n"
+            "Unfinished tasks wait in the queue; continue with: "
             f"kiln resume {' '.join(str(b) for b in batch_ids)}",
             highlight=False,
         )
@@ -100,20 +102,24 @@ async def _finish(
     for batch_id in batch_ids:
         data = await kiln.db.aread(build_report, batch_id)
         batch = await kiln.db.aread(db_get_batch, batch_id)
-        console.print(render_text(data), markup=False, highlight=False)
+        console.print(render_text(data), markup=False, highlight=False, soft_wrap=True)
         path = _report_path(kiln.settings, batch, report if len(batch_ids) == 1 else None)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
         except OSError as exc:  # a full disk must not end a night run in a traceback
-            err_console.print(f"[red]Could not write the report {path}:[/] {exc.strerror}")
+            err_console.print(
+                f"[red]Could not write the report {escape(str(path))}:[/]",
+                escape(str(exc.strerror)),
+            )
             code = EXIT_FAILED
         console.print(
-            f"  report    {path}\n  folder    {kiln.storage.root / 'images' / str(batch_id)}"
+            f"  report    {path}\n  folder    {kiln.storage.root / 'images' / str(batch_id)}",
+            markup=False,
         )
         if batch.status != BatchStatus.COMPLETED:
             code = EXIT_FAILED
-    console.print(f"  log       {log_path}")
+    console.print(f"  log       {log_path}", markup=False)
     if interrupted:
         ids = " ".join(str(b) for b in batch_ids)
         err_console.print(
@@ -136,7 +142,8 @@ async def _submit_and_run(
             where=loaded.where,
         )
         console.print(
-            f"Batch [bold]{batch_id}[/] '{loaded.spec.name}': {len(loaded.spec.tasks)} task(s)",
+            f"Batch [bold]{batch_id}[/] '{escape(loaded.spec.name)}': "
+            f"{len(loaded.spec.tasks)} task(s)",
             highlight=False,
         )
         interrupted = await _run_batches(kiln, [batch_id], quiet)

@@ -69,14 +69,14 @@ def serve(
             "enabled = true (and add users with `kiln users add`), or keep the default host "
             "127.0.0.1."
         )
-        err_console.print(f"[red]Refusing to listen on {host}:[/] {escape(advice)}")
+        err_console.print(f"[red]Refusing to listen on {escape(host)}:[/] {escape(advice)}")
         raise typer.Exit(2)
     with errors():
         log_path = setup_logging(settings, prefix="serve")
     app = create_app(settings)
     log.info("serving on %s:%s; data folder %s", host, port, settings.storage.data_dir)
     console.print(_banner(host, port, app.docs_url), highlight=False)
-    console.print(f"  log       {log_path}", highlight=False)
+    console.print(f"  log       {log_path}", highlight=False, markup=False)
     uvicorn.run(
         app,
         host=host,

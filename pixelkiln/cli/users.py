@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pixelkiln.cli.common import (
@@ -15,6 +16,7 @@ from pixelkiln.cli.common import (
     console,
     err_console,
     errors,
+    print_error,
     settings_from,
 )
 from pixelkiln.cli.common import with_db as _open_db
@@ -38,7 +40,7 @@ def _with_db(config: Path | None, fn: Callable[[Database], T]) -> T:
     try:
         return _open_db(settings, fn)
     except KilnError as exc:
-        err_console.print(f"[red]Error:[/] {exc}", highlight=False)
+        print_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except OverflowError:  # a user id past 64 bits names nobody
         err_console.print("[red]Error:[/] a number is out of range", highlight=False)
@@ -59,7 +61,8 @@ def users_add(
     role = "admin" if user.is_admin else "user"
     err_console.print(
         f"Added {role} '{user.name}' (id {user.id}) with {credits} credit(s). "
-        "Their token (shown once):"
+        "Their token (shown once):",
+        markup=False,
     )
     print(token)  # alone on stdout, for scripts
 
@@ -88,7 +91,7 @@ def users_revoke(
     def revoke(db: Database) -> int:
         return db.write(revoke_tokens, db.read(find_user, name).id)
 
-    console.print(f"Revoked {_with_db(config, revoke)} token(s) of '{name}'.")
+    console.print(f"Revoked {_with_db(config, revoke)} token(s) of '{name}'.", markup=False)
 
 
 @users_app.command("list")
@@ -98,7 +101,9 @@ def users_list(config: ConfigOption = None) -> None:
     table = Table("id", "name", "role", "active", "credits")
     for user, balance in rows:
         role = "admin" if user.is_admin else "user"
-        table.add_row(str(user.id), user.name, role, "yes" if user.active else "no", str(balance))
+        table.add_row(
+            str(user.id), escape(user.name), role, "yes" if user.active else "no", str(balance)
+        )
     console.print(table)
 
 
@@ -120,4 +125,4 @@ def users_grant(
         user = db.read(find_user, name)
         return db.write(grant, user.id, amount, note or "granted on the command line")
 
-    console.print(f"balance of '{name}': {_with_db(config, add)}")
+    console.print(f"balance of '{name}': {_with_db(config, add)}", markup=False)

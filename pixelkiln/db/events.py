@@ -48,8 +48,7 @@ class _Info(TypedDict):
 
 class InfoData(_Info, total=False):
     backend: str  #: the backend the message is about (for a move: the one that takes it over)
-    item_key: str  #: the task concerned, if one
-    task_id: int
+    item_key: str  #: the task concerned, if one (its id is the event's ``task_id``)
     fallback_from: str  #: a task moved to a fallback backend: the backend it left
 
 
@@ -161,13 +160,25 @@ def info(
     data: InfoData = {"message": message}
     if backend is not None:
         data["backend"] = backend
-    if task_id is not None:
-        data["task_id"] = task_id
     if item_key is not None:
         data["item_key"] = item_key
     if fallback_from is not None:
         data["fallback_from"] = fallback_from
     return (batch_id, task_id, EventType.INFO, dict(data))
+
+
+def fell_back(
+    batch_id: int, task_id: int, *, item_key: str, source: str, target: str, why: str
+) -> PendingEvent:
+    """The ``info`` event of a task moved from backend ``source`` to its fallback ``target``."""
+    return info(
+        batch_id,
+        f"backend '{source}' {why}; task moved to '{target}'",
+        backend=target,
+        task_id=task_id,
+        item_key=item_key,
+        fallback_from=source,
+    )
 
 
 def progress(

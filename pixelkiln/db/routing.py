@@ -17,7 +17,7 @@ from sqlalchemy import Connection, bindparam, false, select, update
 
 from pixelkiln.db.batches import runnable_batch_ids
 from pixelkiln.db.database import Tx
-from pixelkiln.db.events import PendingEvent, append_events, info
+from pixelkiln.db.events import PendingEvent, append_events, fell_back
 from pixelkiln.db.leases import ClaimedTask
 from pixelkiln.db.tables import events, tasks
 from pixelkiln.models import EventType, TaskStatus
@@ -37,20 +37,6 @@ _MOVE = (
 )
 
 
-def fallback_event(
-    batch_id: int, task_id: int, key: str, source: str, target: str, why: str
-) -> PendingEvent:
-    """The ``info`` event of a task moved from ``source`` to ``target``."""
-    return info(
-        batch_id,
-        f"backend '{source}' {why}; task moved to '{target}'",
-        backend=target,
-        task_id=task_id,
-        item_key=key,
-        fallback_from=source,
-    )
-
-
 def move_tasks(tx: Tx, moves: Sequence[tuple[ClaimedTask, str, str]]) -> set[int]:
     """Point pending tasks at the backend that takes them over; returns the ids moved.
 
@@ -66,7 +52,7 @@ def move_tasks(tx: Tx, moves: Sequence[tuple[ClaimedTask, str, str]]) -> set[int
         params = {"m_ids": [t.id for t in group], "m_from": source, "m_to": target}
         moved.update(tx.conn.execute(_MOVE, params).scalars())
     pending: list[PendingEvent] = [
-        fallback_event(t.batch_id, t.id, t.key, t.backend, target, why)
+        fell_back(t.batch_id, t.id, item_key=t.key, source=t.backend, target=target, why=why)
         for t, target, why in moves
         if t.id in moved
     ]
@@ -133,7 +119,10 @@ def move_waiting(
         moved += [(row, target) for row in rows]
     append_events(
         tx,
-        [fallback_event(row.batch_id, row.id, row.key, source, t, why) for row, t in moved],
+        [
+            fell_back(row.batch_id, row.id, item_key=row.key, source=source, target=t, why=why)
+            for row, t in moved
+        ],
     )
     return len(moved)
 

@@ -6,7 +6,7 @@ O(subscribers) per event, and never blocks the scheduler: a subscriber that
 falls more than ``maxsize`` events behind is marked ``lagged`` and should
 re-read from the database (SSE does, using the last id it sent).
 
-Events committed by *other* processes (``kiln worker``, ``kiln run``, a CLI
+Events committed by *other* processes (``kiln run``, a CLI
 ``kiln retry`` beside ``kiln serve``) never pass through this process's
 writer. :meth:`EventBus.follow` makes the bus find them in the database too,
 with one shared reader for all subscribers, and keeps delivery in id order:

@@ -176,6 +176,7 @@ class _Header:
     def read(cls, cells: Sequence[Any], number: int, source: str) -> _Header:
         columns: dict[int, str] = {}
         named: set[int] = set()
+        headings: list[str] = []  #: as the user wrote them, for messages
         problems: list[Problem] = []
         where = f"row {number}"
         for index, cell in enumerate(cells):
@@ -183,6 +184,7 @@ class _Header:
             if heading is None:
                 continue
             named.add(index)
+            headings.append(str(heading))
             column = _column_name(str(heading))
             if column in RESULT_COLUMNS:
                 continue
@@ -195,7 +197,7 @@ class _Header:
             else:
                 columns[index] = column
         if "prompt" not in columns.values():
-            message = f"the header has no 'prompt' column; it has: {_listing(columns.values())}"
+            message = f"the header has no 'prompt' column; its columns are: {_listing(headings)}"
             problems.append(Problem(source, where, "prompt", message))
         return cls(columns, frozenset(named), tuple(problems))
 

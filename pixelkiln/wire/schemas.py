@@ -79,7 +79,7 @@ class ImagePublic(_Public):
     width: int
     height: int
     bytes: int
-    seed: int
+    seed: int | None  #: None when the generator takes no seed (OpenAI-compatible APIs)
     url: str  #: the PNG, relative to the server's root
     thumbnail_url: str
     created_at: float
@@ -340,7 +340,7 @@ class BackendConcurrency(_Public):
     configured: int  #: ``concurrency`` in kiln.toml
     overridden: bool  #: an admin set ``per_url`` at run time
     servers: int  #: servers (URLs) of the backend
-    servers_up: int | None  #: servers taking work now (None: no scheduler runs here)
+    servers_up: int | None  #: servers not known to be down (None: no scheduler runs here)
     cap: int  #: per_url × servers
     effective: int  #: tasks that may run on it now: min(global, per_url × servers up)
     limited_by: str  #: global, backend or servers_down

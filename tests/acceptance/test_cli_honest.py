@@ -45,6 +45,24 @@ def test_the_log_shows_values_never_enum_reprs(tmp_path: Path) -> None:
         assert f"<{enum}." not in text and f"{enum}." not in text
 
 
+def test_text_that_looks_like_markup_is_printed_as_it_is(tmp_path: Path) -> None:
+    (tmp_path / "b.yaml").write_text(
+        'name: "[/x] night [red]"\ndefaults: {width: 64, height: 64}\ntasks: [{prompt: a}]\n'
+    )
+    done = kiln(tmp_path, "run", "b.yaml", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "'[/x] night [red]'" in done.stdout
+    listed = kiln(tmp_path, "status")
+    assert listed.returncode == 0 and "[/x] night [red]" in listed.stdout
+    for ref in ("[/bold]", "[red]abc"):
+        missing = kiln(tmp_path, "status", ref)
+        assert missing.returncode == 2, missing.stderr  # a clean refusal, not a traceback
+        assert f"no batch with id or name '{ref}'" in " ".join(missing.stderr.split())
+        assert "Traceback" not in missing.stderr
+    too_high = kiln(tmp_path, "concurrency", "999")
+    assert too_high.returncode == 2 and "[server] max_concurrency" in too_high.stderr
+
+
 def test_non_ascii_keys_and_prefixes_keep_their_letters(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text(
         "defaults: {width: 64, height: 64}\n"

@@ -134,7 +134,10 @@ async def test_a_task_chain_is_followed_and_tasks_without_one_fail_at_the_deadli
         await asyncio.wait_for(kiln.run_until_done([batch_id]), 60)
         tasks = {t.key: t for t in kiln.db.read(list_tasks, batch_id)}
         status = kiln.db.read(get_batch, batch_id).status
+        summary = render_text(kiln.db.read(build_report, batch_id))
     assert status == BatchStatus.PARTIAL
+    # the console summary gives the night's one reason once, with its count
+    assert "    3 × backend 'sd': every server down for 0.5 s" in summary.splitlines()
     for i in range(3):
         done, waited = tasks[f"c{i}"], tasks[f"p{i}"]
         assert (done.status, done.backend) == (TaskStatus.SUCCEEDED, "placeholder")

@@ -16,13 +16,15 @@ import typer.main
 from pixelkiln.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
-#: every page a user reads: the README, the guides, the examples and their comments
+#: every page a user reads: the README, the guides, the examples, the samples `kiln init`
+#: writes, and their comments
 PAGES = sorted(
     [
         REPO / "README.md",
         REPO / "CONTRIBUTING.md",
         *(REPO / "docs").rglob("*.md"),
         *(p for p in (REPO / "examples").rglob("*") if p.is_file()),
+        *(p for p in (REPO / "pixelkiln" / "samples").rglob("*") if p.is_file()),  # kiln init
     ]
 )
 #: "kiln run", "kiln backends check": `kiln` as a word (not pixelkiln, kiln.toml, kiln-data)

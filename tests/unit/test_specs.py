@@ -216,8 +216,11 @@ def test_a_backend_chain_is_checked_whole() -> None:
         "a backend chain names 1 to 10 backends",
     ]
     spec = parse_batch(batch({"prompt": "a", "backend": ["a", "nope"]}))
-    with pytest.raises(SpecError, match="unknown backend 'nope'"):
+    with pytest.raises(SpecError, match=r"unknown backend 'nope'; configured: a$"):
         resolve_tasks(spec, default_backend="a", known_backends=["a"])
+    spec = parse_batch(batch({"prompt": "a", "backend": ["x", "a", "y"]}))
+    with pytest.raises(SpecError, match=r"unknown backends 'x', 'y'; configured: a, b$"):
+        resolve_tasks(spec, default_backend="a", known_backends=["b", "a"])
 
 
 # --- bad input reported whole -------------------------------------------------------------

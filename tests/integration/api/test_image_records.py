@@ -89,6 +89,7 @@ async def test_an_openai_compatible_image_names_the_configured_model_and_no_igno
     assert (meta["backend"], meta["server"], meta["model"]) == ("jimeng", server, "jimeng-4.0")
     assert meta["negative_prompt"] == "" and meta["params"]["model"] == "jimeng-4.0"
     assert not {"steps", "cfg_scale", "sampler", "seed"} & set(meta["params"])
+    assert image["seed"] is None and meta["seed"] is None  # the API took no seed
     assert (meta["params"]["width"], meta["params"]["height"]) == (64, 64)  # what was asked
 
     text = await chunk(api, image)
@@ -97,6 +98,7 @@ async def test_an_openai_compatible_image_names_the_configured_model_and_no_igno
     [entry] = manifest(api.ctx.db, batch["id"])
     assert (entry["model"], entry["server"], entry["backend"]) == ("jimeng-4.0", server, "jimeng")
     assert entry["negative_prompt"] == "" and "steps" not in entry["params"]
+    assert entry["seed"] is None
     [event] = await generated_events(api, batch["id"])
     assert (event["backend"], event["server"], event["model"]) == ("jimeng", server, "jimeng-4.0")
     report = api.ctx.db.read(build_report, batch["id"])
