@@ -12,12 +12,14 @@ from apikit import Live, png_bytes, spec
 
 from pixelkiln import ApiError, AsyncClient, Client
 from pixelkiln.models import BatchStatus, EventType
+from pixelkiln.testing import wait_until
 from pixelkiln.wire.schemas import BatchDetail, EventPublic
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_async_client_covers_the_batch_lifecycle(live: Live, tmp_path: Path) -> None:
+async def test_async_client_covers_the_batch_lifecycle(held_live: Live, tmp_path: Path) -> None:
+    live = held_live  # its "slow" batch runs until cancelled
     async with AsyncClient(live.url) as kiln:
         batch = await kiln.create_batch(spec("a fox", "REJECT"), wait=True)
         assert isinstance(batch, BatchDetail) and batch.status == BatchStatus.PARTIAL
@@ -108,10 +110,11 @@ async def test_a_retried_batch_streams_past_the_done_of_its_earlier_run(live: Li
         assert (await kiln.get_batch(running.id, task_limit=0)).finished
         finished = await kiln.create_batch(spec("ok", "REJECT"), wait=True)
         await kiln.retry_batch(finished.id)
-        for _ in range(200):  # the retry runs to its end before anyone streams
-            if (await kiln.get_batch(finished.id, task_limit=0)).finished:
-                break
-            await asyncio.sleep(0.02)
+
+        async def retry_done() -> bool:
+            return (await kiln.get_batch(finished.id, task_limit=0)).finished
+
+        await wait_until(retry_done, interval=0.02)  # the retry ends before anyone streams
     kinds = [e.type for e in events]
     assert kinds.count(EventType.DONE) == 2 and kinds[-1] == EventType.DONE
     assert EventType.PROGRESS in kinds[kinds.index(EventType.DONE) :]
