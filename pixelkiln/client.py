@@ -92,24 +92,15 @@ class Client:
         self._http.close()
 
     def _run(self, call: Call[T]) -> T:
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             try:
-                response = self._http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.json,
-                    headers=call.headers,
-                    files=call.files,
-                    data=call.data,
-                )
-                break
-            except httpx.TransportError:
-                if not call.retryable or attempt == self.retries:
-                    raise
-                time.sleep(0.5 * 2**attempt)
-        raise_for(response)
-        return call.parse(response)
+                response = self._http.send(call.build(self._http))
+            except httpx.TransportError as exc:
+                time.sleep(call.backoff(exc, attempt, self.retries))
+                attempt += 1
+            else:
+                return call.read(response)
 
     def create_batch(
         self,
@@ -249,24 +240,15 @@ class AsyncClient:
         await self._http.aclose()
 
     async def _run(self, call: Call[T]) -> T:
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             try:
-                response = await self._http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.json,
-                    headers=call.headers,
-                    files=call.files,
-                    data=call.data,
-                )
-                break
-            except httpx.TransportError:
-                if not call.retryable or attempt == self.retries:
-                    raise
-                await asyncio.sleep(0.5 * 2**attempt)
-        raise_for(response)
-        return call.parse(response)
+                response = await self._http.send(call.build(self._http))
+            except httpx.TransportError as exc:
+                await asyncio.sleep(call.backoff(exc, attempt, self.retries))
+                attempt += 1
+            else:
+                return call.read(response)
 
     async def create_batch(
         self,

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from pixelkiln.config import Settings, load_settings
+from pixelkiln.db.database import Database
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "KILN_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -74,3 +75,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'kiln.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """A migrated database on :func:`database_url`, closed after the test."""
+    opened = Database.open(database_url)
+    yield opened
+    opened.close()

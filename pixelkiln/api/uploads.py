@@ -52,6 +52,19 @@ def display_name(raw: str | None, fallback: str = "upload") -> str:
     return safe_name(base, fallback)
 
 
+#: an image part in OpenAPI terms: one or more files
+IMAGE_FILES: dict[str, Any] = {"type": "array", "items": {"type": "string", "format": "binary"}}
+
+
+def form_body(required: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its multipart body itself (:func:`read_form`):
+    FastAPI sees only a ``Request`` there, so the docs would otherwise show no body.
+    """
+    schema = {"type": "object", "required": [required], "properties": properties}
+    content = {"multipart/form-data": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 async def read_form(request: Request, max_files: int) -> FormData:
     """Parse a multipart body within our limits; 422 for too many files."""
     try:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 from pixelkiln.backends.base import (
     BackendDeps,
@@ -48,11 +47,7 @@ class OpenAIBackend(PooledBackend):
     """See the module docstring."""
 
     default_url = "https://api.openai.com/v1"
-
-    @classmethod
-    def normalize_url(cls, url: str) -> str:
-        url = url.rstrip("/")
-        return url + "/v1" if urlsplit(url).path in ("", "/") else url
+    api_path = "/v1"
 
     accepts_user_keys = True  #: a user's own key goes instead of ours when given
 
@@ -81,27 +76,23 @@ class OpenAIBackend(PooledBackend):
         fields = self._fields(request, count)
         uploads = [request.init_image] if request.init_image is not None else []
         uploads += list(request.reference_images)
-        if uploads:
+        body: dict[str, Any]
+        if uploads:  # an edit is multipart: the images as files, the fields as strings
             name = "image" if len(uploads) == 1 else "image[]"
             files = [
                 (name, (f"image{i}.png", data, image_mime(data))) for i, data in enumerate(uploads)
             ]
-            response = await self.request(
-                "POST",
-                join_url(server.url, "images/edits"),
-                server=server.url,
-                headers=self.bearer(request),
-                files=files,
-                data={k: str(v) for k, v in fields.items()},
-            )
+            strings = {k: str(v) for k, v in fields.items()}
+            path, body = "images/edits", {"files": files, "data": strings}
         else:
-            response = await self.request(
-                "POST",
-                join_url(server.url, "images/generations"),
-                server=server.url,
-                headers=self.bearer(request),
-                json=fields,
-            )
+            path, body = "images/generations", {"json": fields}
+        response = await self.request(
+            "POST",
+            join_url(server.url, path),
+            server=server.url,
+            headers=self.bearer(request),
+            **body,
+        )
         data = json_object(response, server=server.url)
         return await self._images(data, request, count, first, server.url)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 from fractions import Fraction
 from typing import Any
-from urllib.parse import urlsplit
 
 from pixelkiln.backends.base import (
     BackendDeps,
@@ -54,11 +53,7 @@ class OpenRouterBackend(PooledBackend):
     """See the module docstring."""
 
     default_url = "https://openrouter.ai/api/v1"
-
-    @classmethod
-    def normalize_url(cls, url: str) -> str:
-        url = url.rstrip("/")
-        return url + "/api/v1" if urlsplit(url).path in ("", "/") else url
+    api_path = "/api/v1"
 
     accepts_user_keys = True  #: a user's own OpenRouter key goes instead of ours when given
     #: chat completions take no seed, steps, cfg, sampler or strength; the negative prompt

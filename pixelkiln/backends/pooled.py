@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -24,6 +25,8 @@ class PooledBackend:
 
     #: base URL used when the settings list none (hosted APIs)
     default_url: str | None = None
+    #: path added to a configured URL that names only a host (a hosted API's ``/v1``)
+    api_path = ""
 
     def __init__(self, settings: BackendSettings, deps: BackendDeps) -> None:
         self.settings = settings
@@ -36,8 +39,9 @@ class PooledBackend:
 
     @classmethod
     def normalize_url(cls, url: str) -> str:
-        """A configured URL as requests are built from it (overridden to add ``/v1``)."""
-        return url.rstrip("/")
+        """A configured URL as requests are built from it: ``api_path`` added to a bare host."""
+        url = url.rstrip("/")
+        return url + cls.api_path if urlsplit(url).path in ("", "/") else url
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.settings.name!r} {len(self.pool.servers)} server(s)>"

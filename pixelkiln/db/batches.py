@@ -9,9 +9,8 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, insert, or_, select
 
 from pixelkiln.db import transitions
-from pixelkiln.db.database import Tx
+from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import assets, batches, tasks
-from pixelkiln.exceptions import NotFoundError
 from pixelkiln.models import Batch, BatchCounts, BatchStatus, TaskStatus, parse_id
 from pixelkiln.specs import ResolvedTask
 
@@ -125,10 +124,7 @@ def get_batch(conn: Connection, batch_id: int, owner_id: int | None = None) -> B
     query = select(batches).where(batches.c.id == batch_id)
     if owner_id is not None:
         query = query.where(batches.c.owner_id == owner_id)
-    row = conn.execute(query).first()
-    if row is None:
-        raise NotFoundError(f"no batch {batch_id}")
-    return _batch(row)
+    return _batch(one_row(conn, query, f"no batch {batch_id}"))
 
 
 def find_batch(conn: Connection, ref: str) -> Batch:
@@ -136,12 +132,8 @@ def find_batch(conn: Connection, ref: str) -> Batch:
     number = parse_id(ref)
     if number is not None:
         return get_batch(conn, number)
-    row = conn.execute(
-        select(batches).where(batches.c.name == ref).order_by(batches.c.id.desc()).limit(1)
-    ).first()
-    if row is None:
-        raise NotFoundError(f"no batch with id or name '{ref}'")
-    return _batch(row)
+    query = select(batches).where(batches.c.name == ref).order_by(batches.c.id.desc()).limit(1)
+    return _batch(one_row(conn, query, f"no batch with id or name '{ref}'"))
 
 
 def list_batches(

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, false, func, insert, select, update
 
-from pixelkiln.db.database import Tx
+from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import credit_ledger, tasks, users
-from pixelkiln.exceptions import KilnError, NotFoundError
+from pixelkiln.exceptions import KilnError
 
 CHUNK = 500  # ids per IN (...) list: far below every database's parameter limit
 #: the most credits a balance may hold: SQL's SUM over a ledger stays far from 64-bit
@@ -77,11 +77,8 @@ def balance(conn: Connection, user_id: int) -> int:
 
 def _locked_balance(tx: Tx, user_id: int) -> int:
     """The balance, with the user's row locked until commit (PostgreSQL; SQLite is serial)."""
-    found = tx.conn.execute(
-        select(users.c.id).where(users.c.id == user_id).with_for_update()
-    ).first()
-    if found is None:
-        raise NotFoundError(f"no user {user_id}")
+    lock = select(users.c.id).where(users.c.id == user_id).with_for_update()
+    one_row(tx.conn, lock, f"no user {user_id}")
     return balance(tx.conn, user_id)
 
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event, inspect, text
 from sqlalchemy.exc import OperationalError
 
-from pixelkiln.exceptions import DatabaseError
+from pixelkiln.exceptions import DatabaseError, NotFoundError
 from pixelkiln.models import Event
 
 #: the newest migration; the schema is upgraded when the database is older
@@ -231,6 +231,14 @@ class Database:
             driver = conn.connection.driver_connection
             assert driver is not None  # an open connection
             driver.execute(pragma)
+
+
+def one_row(conn: Connection, query: Executable, missing: str) -> Row[Any]:
+    """The first row of ``query``; ``NotFoundError(missing)`` when there is none."""
+    row = conn.execute(query).first()
+    if row is None:
+        raise NotFoundError(missing)
+    return row
 
 
 def _settle(

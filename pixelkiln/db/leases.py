@@ -17,7 +17,7 @@ from pixelkiln.db import transitions
 from pixelkiln.db.batches import runnable_batch_ids
 from pixelkiln.db.database import Tx
 from pixelkiln.db.tables import tasks
-from pixelkiln.db.transition_sql import IS_RUNNING
+from pixelkiln.db.transition_sql import held
 from pixelkiln.models import ClaimedTask, TaskStatus
 
 __all__ = [
@@ -65,11 +65,7 @@ def renew_leases(tx: Tx, owner: str, task_ids: Sequence[int], until: float) -> s
 
 _RENEW = (
     update(tasks)
-    .where(
-        tasks.c.id.in_(bindparam("r_ids", expanding=True)),
-        tasks.c.lease_owner == bindparam("r_owner"),
-        IS_RUNNING,
-    )
+    .where(*held("r"))
     .values(lease_expires_at=bindparam("r_until"))
     .returning(tasks.c.id)
 )

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, delete, func, insert, select, update
 
-from pixelkiln.db.database import Tx
+from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import presets
 from pixelkiln.exceptions import NotFoundError
 
@@ -133,10 +133,7 @@ def get_preset(conn: Connection, preset_id: int, *, include_inactive: bool = Tru
     query = select(presets).where(presets.c.id == preset_id)
     if not include_inactive:
         query = query.where(presets.c.active.is_(True))
-    row = conn.execute(query).first()
-    if row is None:
-        raise NotFoundError(f"no preset {preset_id}")
-    return _preset(row)
+    return _preset(one_row(conn, query, f"no preset {preset_id}"))
 
 
 def list_presets(

@@ -15,9 +15,9 @@ from sqlalchemy import Connection, Row, delete, exists, func, insert, or_, selec
 
 from pixelkiln.db import transitions
 from pixelkiln.db.batches import UNFINISHED, _batch
-from pixelkiln.db.database import Tx
+from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import assets, batches, events, idempotency_keys, images, tasks
-from pixelkiln.exceptions import InvalidStateError, NotFoundError
+from pixelkiln.exceptions import InvalidStateError
 from pixelkiln.models import GENERATION_PARAMS, Batch, BatchStatus, ImageRecord
 
 
@@ -190,12 +190,8 @@ def count_images(conn: Connection, q: ImageQuery, *, owner_id: int | None) -> in
 
 
 def get_image(conn: Connection, image_id: int, owner_id: int | None = None) -> ImageInfo:
-    row = conn.execute(
-        _owned(_joined(*_IMAGE_COLUMNS).where(images.c.id == image_id), owner_id)
-    ).first()
-    if row is None:
-        raise NotFoundError(f"no image {image_id}")
-    return _image_info(row)
+    query = _owned(_joined(*_IMAGE_COLUMNS).where(images.c.id == image_id), owner_id)
+    return _image_info(one_row(conn, query, f"no image {image_id}"))
 
 
 def batch_images(conn: Connection, batch_id: int) -> list[ImageInfo]:
@@ -279,11 +275,8 @@ def count_active(conn: Connection, owner_id: int | None = None) -> int:
 
 def delete_batch(tx: Tx, batch_id: int, owner_id: int | None = None) -> None:
     """Forget a finished batch, its tasks, images and events (the caller removes files)."""
-    row = tx.conn.execute(
-        _owned(select(batches.c.status).where(batches.c.id == batch_id), owner_id)
-    ).first()
-    if row is None:
-        raise NotFoundError(f"no batch {batch_id}")
+    query = _owned(select(batches.c.status).where(batches.c.id == batch_id), owner_id)
+    row = one_row(tx.conn, query, f"no batch {batch_id}")
     if not BatchStatus(row.status).finished:
         raise InvalidStateError(f"batch {batch_id} is {row.status}; cancel it before deleting")
     tx.conn.execute(delete(idempotency_keys).where(idempotency_keys.c.batch_id == batch_id))
@@ -312,10 +305,7 @@ def get_asset(conn: Connection, asset_id: int, owner_id: int | None = None) -> A
     query = select(assets).where(assets.c.id == asset_id)
     if owner_id is not None:
         query = query.where(assets.c.owner_id == owner_id)
-    row = conn.execute(query).first()
-    if row is None:
-        raise NotFoundError(f"no uploaded image {asset_id}")
-    return _asset(row)
+    return _asset(one_row(conn, query, f"no uploaded image {asset_id}"))
 
 
 def _asset(row: Row[Any]) -> Asset:

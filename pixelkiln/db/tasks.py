@@ -15,10 +15,9 @@ from typing import Any
 from sqlalchemy import Connection, Row, select
 
 from pixelkiln.db import transitions
-from pixelkiln.db.database import Tx
+from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.records import image_record
 from pixelkiln.db.tables import images, tasks
-from pixelkiln.exceptions import NotFoundError
 from pixelkiln.models import ImageRecord, Task, TaskFailure, TaskResult, TaskStatus
 
 __all__ = [
@@ -77,10 +76,7 @@ def _task(row: Row[Any]) -> Task:
 
 
 def get_task(conn: Connection, task_id: int) -> Task:
-    row = conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
-    if row is None:
-        raise NotFoundError(f"no task {task_id}")
-    return _task(row)
+    return _task(one_row(conn, select(tasks).where(tasks.c.id == task_id), f"no task {task_id}"))
 
 
 def list_tasks(

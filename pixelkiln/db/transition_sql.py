@@ -23,6 +23,18 @@ PENDING, RUNNING = TaskStatus.PENDING, TaskStatus.RUNNING
 #: index through every running task (all those claimed ahead, too)
 IS_RUNNING = tasks.c.status.concat("") == RUNNING
 
+
+def held(prefix: str) -> tuple[ColumnElement[bool], ...]:
+    """The tasks ``:{prefix}_ids`` that still run under the lease of ``:{prefix}_owner``:
+    a runner moves only tasks it holds (a recovered one may be someone else's by now).
+    """
+    return (
+        tasks.c.id.in_(bindparam(f"{prefix}_ids", expanding=True)),
+        IS_RUNNING,
+        tasks.c.lease_owner == bindparam(f"{prefix}_owner"),
+    )
+
+
 # -- counters: every move adds its deltas in place, one statement per batch ---------------------
 
 #: batches.n_<key> for each delta key
@@ -128,12 +140,7 @@ CLAIM_PG = _claim_statement(skip_locked=True)
 
 START = (
     update(tasks)
-    .where(
-        tasks.c.id.in_(bindparam("s_ids", expanding=True)),
-        IS_RUNNING,
-        tasks.c.lease_owner == bindparam("s_owner"),
-        tasks.c.started_at.is_(None),
-    )
+    .where(*held("s"), tasks.c.started_at.is_(None))
     .values(attempts=tasks.c.attempts + 1, started_at=bindparam("s_now"))
     .returning(tasks.c.id)
 )
@@ -154,11 +161,7 @@ def start_sqlite(n: int) -> str:
 
 # -- outcomes -----------------------------------------------------------------------------------
 
-HELD = select(tasks.c.id).where(
-    tasks.c.id.in_(bindparam("h_ids", expanding=True)),
-    IS_RUNNING,
-    tasks.c.lease_owner == bindparam("h_owner"),
-)
+HELD = select(tasks.c.id).where(*held("h"))
 HELD_PG = HELD.with_for_update()  # no other worker's recovery may slip in before the move
 
 #: a try recorded without having been marked started still counts as one
@@ -228,11 +231,7 @@ def image_row(
 
 RELEASE = (
     update(tasks)
-    .where(
-        tasks.c.id.in_(bindparam("l_ids", expanding=True)),
-        IS_RUNNING,
-        tasks.c.lease_owner == bindparam("l_owner"),
-    )
+    .where(*held("l"))
     .values(
         status=PENDING,
         lease_owner=None,

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select,
 from sqlalchemy.exc import IntegrityError
 
 from pixelkiln.db.credits import grant
-from pixelkiln.db.database import Tx
+from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import (
     api_tokens,
     batches,
@@ -103,20 +103,14 @@ def user_for_token(conn: Connection, token: str) -> User | None:
 
 
 def get_user(conn: Connection, user_id: int) -> User:
-    row = conn.execute(select(users).where(users.c.id == user_id)).first()
-    if row is None:
-        raise NotFoundError(f"no user {user_id}")
-    return _user(row)
+    return _user(one_row(conn, select(users).where(users.c.id == user_id), f"no user {user_id}"))
 
 
 def find_user(conn: Connection, ref: str) -> User:
     """A user by name, or by id when ``ref`` is a number."""
     number = parse_id(ref)
     query = select(users).where(users.c.id == number if number is not None else users.c.name == ref)
-    row = conn.execute(query).first()
-    if row is None:
-        raise NotFoundError(f"no user '{ref}'")
-    return _user(row)
+    return _user(one_row(conn, query, f"no user '{ref}'"))
 
 
 def list_users(conn: Connection) -> list[tuple[User, int]]:

@@ -11,6 +11,13 @@ PNGs, record every request, and misbehave on demand (:class:`Faults`)::
         settings = BackendSettings(name="sd", type="sdwebui", urls=[webui.url])
         ...
         assert len(webui.received("/sdapi/v1/txt2img")) == 3
+
+To catch a generation in progress, hold it there instead of timing it::
+
+    webui.hold()
+    task = asyncio.create_task(backend.generate(request))
+    await wait_until(lambda: webui.held == 1)   # running until released
+    webui.release()
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from __future__ import annotations
 from pixelkiln.testing.comfyui import FakeComfyUI
 from pixelkiln.testing.faults import Faults, Outcome, parse_error_rates, parse_outcome
 from pixelkiln.testing.fleet import FakeFleet
-from pixelkiln.testing.helpers import generation_request, settings_for
+from pixelkiln.testing.gate import Gate
+from pixelkiln.testing.helpers import generation_request, settings_for, wait_until
 from pixelkiln.testing.openai import FakeOpenAI
 from pixelkiln.testing.openrouter import FakeOpenRouter
 from pixelkiln.testing.sdwebui import FakeSDWebUI
@@ -41,10 +49,12 @@ __all__ = [
     "FakeSDWebUI",
     "FakeServer",
     "Faults",
+    "Gate",
     "Outcome",
     "RecordedRequest",
     "generation_request",
     "parse_error_rates",
     "parse_outcome",
     "settings_for",
+    "wait_until",
 ]

@@ -10,7 +10,9 @@ the websocket messages a real one sends to the prompt's ``client_id``
 done), records history and serves the images from ``/view``. ``/queue``
 ``delete`` drops pending prompts; ``/interrupt`` stops the running one (only
 the named one when the body gives a ``prompt_id``). Every route also answers
-under ``/api``.
+under ``/api``. :meth:`FakeServer.hold` keeps a running prompt in its first
+sampler (``queue_running``), and with one worker the prompts behind it
+pending, until :meth:`FakeServer.release`.
 """
 
 from __future__ import annotations
@@ -209,11 +211,15 @@ class FakeComfyUI(FakeServer):
         outputs: dict[str, Any] = {}
         # outputs last, as ComfyUI runs a node only after what it depends on
         order = sorted(item.graph.items(), key=lambda kv: kv[1]["class_type"] in OUTPUT_NODES)
+        sampled = False
         for node_id, node in order:
             await emit("executing", {"node": node_id, "display_node": node_id})
             kind = node["class_type"]
             if kind in ("KSampler", "KSamplerAdvanced"):
-                if await self._sample(item, node_id, emit):
+                # held at the first sampler only: release(1) lets one prompt finish
+                interrupted = await self._sample(item, node_id, emit, held=not sampled)
+                sampled = True
+                if interrupted:
                     await emit(
                         "execution_interrupted",
                         {"node_id": node_id, "node_type": kind, "executed": []},
@@ -237,8 +243,10 @@ class FakeComfyUI(FakeServer):
         await emit("execution_success", {}, keep=True)
         return outputs, "success"
 
-    async def _sample(self, item: QueuedPrompt, node_id: str, emit: Any) -> bool:
+    async def _sample(self, item: QueuedPrompt, node_id: str, emit: Any, held: bool) -> bool:
         """Spend the generation time with progress messages; True when interrupted."""
+        if held and await self.gate.passage(item.interrupt):
+            return True
         steps = 3
         for step in range(1, steps + 1):
             with contextlib.suppress(TimeoutError):

@@ -9,6 +9,7 @@ run their fakes in a :class:`FakeFleet`::
         urls = fleet.urls
         fleet.down(0)                      # connections refused, in-flight ones reset
         fleet.set_faults(1, error_rates={500: 0.1})
+        fleet.hold(1)                      # generations wait until fleet.release(1)
         fleet.up(0)
         print(fleet.outcomes(1))           # {"ok": 97, "500": 11}
 
@@ -81,6 +82,19 @@ class FakeFleet:
         """Change fields of server ``index``'s :class:`Faults` while it runs."""
         self._ask("faults", index, values)
 
+    def hold(self, index: int) -> None:
+        """Hold server ``index``'s generations (see :meth:`FakeServer.hold`)."""
+        self._ask("hold", index)
+
+    def release(self, index: int, count: int | None = None) -> None:
+        """Let ``count`` of server ``index``'s generations go on; without it, stop holding."""
+        self._ask("release", index, count)
+
+    def held(self, index: int) -> int:
+        """How many of server ``index``'s generations are held now."""
+        result: int = self._ask("held", index)
+        return result
+
     def outcomes(self, index: int) -> dict[str, int]:
         """How the generation requests of server ``index`` went: outcome → count."""
         result: dict[str, int] = self._ask("outcomes", index)
@@ -138,6 +152,12 @@ def _obey(fakes: list[Any], command: str, args: list[Any]) -> Any:
     elif command == "faults":
         for name, value in args[1].items():
             setattr(fake.faults, name, value)
+    elif command == "hold":
+        fake.hold()
+    elif command == "release":
+        fake.release(args[1])
+    elif command == "held":
+        return fake.held
     elif command == "outcomes":
         return dict(Counter(r.outcome for r in fake.requests if r.path in fake.fault_paths))
     else:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
+from collections.abc import Callable
 from typing import Any
 
 from pixelkiln.backends.base import GenerationRequest
@@ -40,3 +44,30 @@ def settings_for(*fakes: FakeServer, **overrides: Any) -> BackendSettings:
     }
     values.update(overrides)
     return BackendSettings(**values)
+
+
+async def wait_until(
+    condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.01
+) -> None:
+    """Poll ``condition()`` until it is true, for state another thread or process changes.
+
+    A fake serves from its own thread, so a test waits for what it needs (a request
+    received, a generation held) instead of sleeping. The deadline is generous
+    because a loaded machine is slow; a passing test never waits for it.
+    ``condition`` may be a coroutine function (to ask an API, say)::
+
+        await wait_until(lambda: server.held == 1)
+        await wait_until(lambda: finished(client, batch_id), interval=0.05)
+
+    Raises TimeoutError after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition still false after {timeout:g} s: {condition}")
+        await asyncio.sleep(interval)

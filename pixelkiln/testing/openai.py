@@ -200,9 +200,7 @@ class FakeOpenAI(FakeServer):
     async def _answer(
         self, request: Request, p: dict[str, Any], images: list[Image.Image]
     ) -> Response:
-        import asyncio
-
-        await asyncio.sleep(self.faults.delay())
+        await self.generating()
         seed = secrets.randbelow(2**31)
         data = []
         for i in range(p["n"]):

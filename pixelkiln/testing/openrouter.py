@@ -12,7 +12,6 @@ error body with HTTP 200, as OpenRouter sends when a provider fails mid-way.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
 import time
@@ -148,7 +147,7 @@ class FakeOpenRouter(FakeServer):
             raise OpenRouterError(
                 402, "Insufficient credits. Add more using https://openrouter.ai/settings/credits"
             )
-        await asyncio.sleep(self.faults.delay())
+        await self.generating()
         images: list[dict[str, Any]] = []
         wants_image = "image" in (body.get("modalities") or [])
         if wants_image and not any(w in text for w in self.refuse_words):

@@ -8,7 +8,8 @@ image`` (500), unknown checkpoints silently ignored, HTTP Basic with
 ``--api-auth``, ``/sdapi/v1/interrupt`` ending the running generations early, and
 ``/internal/progress`` for a ``force_task_id``. Unlike one real WebUI it runs
 requests in parallel unless ``serial=True`` (so one fake can stand in for a
-fast GPU in benchmarks).
+fast GPU in benchmarks). A generation held by :meth:`FakeServer.hold` is
+active (``/internal/progress``) until released or interrupted.
 """
 
 from __future__ import annotations
@@ -173,11 +174,7 @@ class FakeSDWebUI(FakeServer):
     async def _run(self, task_id: str) -> bool:
         flag = self._active[task_id] = asyncio.Event()
         try:
-            async with asyncio.timeout(self.faults.delay()):
-                await flag.wait()
-            return True
-        except TimeoutError:
-            return False
+            return await self.generating(flag)
         finally:
             del self._active[task_id]
             self._done.add(task_id)

@@ -10,6 +10,10 @@ clients) talk to it over real loopback HTTP::
         server.up()                                 # back on the same port
     assert server.received("/sdapi/v1/txt2img")
 
+Tests that need a generation to be *in progress* (to cancel or interrupt it,
+or to see the next one queued) hold it there with :meth:`FakeServer.hold`
+and :meth:`FakeServer.release` rather than with a latency (see :class:`Gate`).
+
 Subclasses build the protocol's routes (:meth:`FakeServer.build_app`) and say
 how the generator words its errors (:meth:`FakeServer.error_response`). This
 class wraps them with the request recorder and the :class:`Faults` layer, which
@@ -19,6 +23,7 @@ applies to the paths in ``fault_paths`` (the generation endpoints).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import socket
@@ -36,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pixelkiln.testing.faults import Faults, Outcome
+from pixelkiln.testing.gate import Gate
 
 #: how long start() waits for the server thread to listen
 START_TIMEOUT = 10.0
@@ -86,6 +92,7 @@ class FakeServer:
         self.port = port
         self.faults = faults or Faults(latency=latency)
         self.requests: list[RecordedRequest] = []
+        self.gate = Gate()  #: holds generations for tests; see :meth:`hold`
         self.app: ASGIApp = self.build_app()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -184,6 +191,39 @@ class FakeServer:
             task.cancel()  # hung handlers included: a dead process answers nothing
         server.should_exit = True
 
+    def hold(self) -> None:
+        """Hold every generation, once started, until :meth:`release` lets it go on.
+
+        A held generation is in progress as far as a client can tell (a WebUI
+        reports it active, a ComfyUI prompt is ``queue_running``); an interrupt
+        ends it. Faulted requests are held too: their failure comes after the work.
+        """
+        self.gate.hold()
+
+    def release(self, count: int | None = None) -> None:
+        """Let ``count`` held (or next) generations go on; without it, stop holding."""
+        self.gate.release(count)
+
+    @property
+    def held(self) -> int:
+        """How many generations are held now (poll it with :func:`wait_until`)."""
+        return self.gate.held
+
+    async def generating(self, interrupted: asyncio.Event | None = None) -> bool:
+        """One generation's time: held while :meth:`hold` says so, then the latency.
+
+        Returns True when ``interrupted`` is set before the generation is over.
+        """
+        if await self.gate.passage(interrupted):
+            return True
+        if interrupted is None:
+            await asyncio.sleep(self.faults.delay())
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.faults.delay()):
+                await interrupted.wait()
+        return interrupted.is_set()
+
     def received(self, path: str, method: str | None = None) -> list[RecordedRequest]:
         """Requests received on ``path`` (optionally only with ``method``)."""
         return [
@@ -251,7 +291,7 @@ class FakeServer:
         if outcome == "hang":
             await asyncio.sleep(self.faults.hang_seconds)
             return
-        await asyncio.sleep(self.faults.delay())  # failures come after the work, as on a GPU
+        await self.generating()  # failures come after the work, as on a GPU
         if outcome == "reset":
             await _reset(send)
             return

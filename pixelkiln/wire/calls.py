@@ -89,6 +89,31 @@ class Call(Generic[T]):
         """Safe to send again after a network error: reads, and keyed creates."""
         return self.method == "GET" or "Idempotency-Key" in self.headers
 
+    def build(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        """The request, with ``http``'s base URL, headers and timeout (built anew per try)."""
+        return http.build_request(
+            self.method,
+            self.path,
+            params=self.params,
+            json=self.json,
+            headers=self.headers,
+            files=self.files,
+            data=self.data,
+        )
+
+    def backoff(self, exc: httpx.TransportError, attempt: int, retries: int) -> float:
+        """Seconds to wait before sending again after try ``attempt`` (from 0) failed with
+        ``exc``; raises ``exc`` when the call is not retryable or the ``retries`` are spent.
+        """
+        if not self.retryable or attempt >= retries:
+            raise exc
+        return 0.5 * 2.0**attempt
+
+    def read(self, response: httpx.Response) -> T:
+        """The answer parsed, or :class:`ApiError` for an error answer."""
+        raise_for(response)
+        return self.parse(response)
+
 
 def _model(cls: type[BaseModel]) -> Callable[[httpx.Response], Any]:
     return lambda r: cls.model_validate_json(r.content)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pixelkiln.testing import FakeSDWebUI
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -46,7 +48,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-def write_config(folder: Path, latency: float, concurrency: int = 4) -> None:
+def write_webui_config(folder: Path, url: str, concurrency: int) -> None:
+    """A config whose one backend is a fake WebUI the test holds and releases."""
     (folder / "kiln.toml").write_text(
         f"""
 [scheduler]
@@ -55,10 +58,10 @@ retry_base_delay = 0.05
 poll_interval = 0.05
 
 [[backends]]
-name = "placeholder"
-type = "placeholder"
+name = "webui"
+type = "sdwebui"
+urls = ["{url}"]
 concurrency = {concurrency}
-latency = {latency}
 """
     )
 
@@ -79,7 +82,7 @@ def query(folder: Path, sql: str) -> list[tuple[object, ...]]:
         return conn.execute(sql).fetchall()
 
 
-def wait_for(folder: Path, sql: str, at_least: int, timeout: float = 30) -> None:
+def wait_for(folder: Path, sql: str, at_least: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -127,16 +130,21 @@ def test_bad_input_exits_2_naming_file_row_and_field(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_killed_mid_batch_then_resumed_every_task_succeeds_exactly_once(tmp_path: Path) -> None:
-    write_config(tmp_path, latency=0.02)
-    spec = write_batch(tmp_path, tasks=300, n=2)
-    runner = start(tmp_path, "run", str(spec), "--quiet")
-    wait_for(tmp_path, "SELECT n_succeeded FROM batches WHERE id = 1", 60)
-    runner.send_signal(signal.SIGKILL)
-    runner.communicate(timeout=10)
-    before = query(tmp_path, "SELECT n_succeeded, n_running FROM batches")[0]
-    assert 60 <= before[0] < 300 and before[1] > 0  # leases left behind by the dead process
+    with FakeSDWebUI() as webui:
+        webui.hold()  # 60 tasks finish, then the next four stay running until it is killed
+        webui.release(60)
+        write_webui_config(tmp_path, webui.url, concurrency=4)
+        spec = write_batch(tmp_path, tasks=300, n=2)
+        runner = start(tmp_path, "run", str(spec), "--quiet")
+        wait_for(tmp_path, "SELECT n_succeeded FROM batches WHERE id = 1", 60)
+        wait_for(tmp_path, "SELECT n_running FROM batches WHERE id = 1", 4)
+        runner.send_signal(signal.SIGKILL)
+        runner.communicate(timeout=60)
+        before = query(tmp_path, "SELECT n_succeeded, n_running FROM batches")[0]
+        assert 60 <= before[0] < 300 and before[1] > 0  # leases left behind by the dead process
 
-    resumed = kiln(tmp_path, "resume", "--quiet")
+        webui.release()
+        resumed = kiln(tmp_path, "resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert query(tmp_path, "SELECT status, n_succeeded, n_images FROM batches") == [
         ("completed", 300, 600)
@@ -153,31 +161,40 @@ def test_killed_mid_batch_then_resumed_every_task_succeeds_exactly_once(tmp_path
 
 
 def test_ctrl_c_leaves_the_batch_resumable_and_says_how(tmp_path: Path) -> None:
-    write_config(tmp_path, latency=0.05, concurrency=2)
-    spec = write_batch(tmp_path, tasks=100)
-    runner = start(tmp_path, "run", str(spec), "--quiet")
-    wait_for(tmp_path, "SELECT n_succeeded FROM batches WHERE id = 1", 5)
-    runner.send_signal(signal.SIGINT)
-    _, stderr = runner.communicate(timeout=20)
-    assert runner.returncode == 130
-    assert "kiln resume 1" in stderr
-    assert query(tmp_path, "SELECT n_running FROM batches") == [(0,)]
-    status = json.loads(kiln(tmp_path, "status", "1", "--json").stdout)
-    assert status["status"] == "running" and status["pending"] > 0
-    resumed = kiln(tmp_path, "resume", "1", "--quiet")
+    with FakeSDWebUI() as webui:
+        webui.hold()  # five tasks finish, then two stay running until Ctrl-C
+        webui.release(5)
+        write_webui_config(tmp_path, webui.url, concurrency=2)
+        spec = write_batch(tmp_path, tasks=100)
+        runner = start(tmp_path, "run", str(spec), "--quiet")
+        wait_for(tmp_path, "SELECT n_succeeded FROM batches WHERE id = 1", 5)
+        wait_for(tmp_path, "SELECT n_running FROM batches WHERE id = 1", 2)
+        runner.send_signal(signal.SIGINT)
+        _, stderr = runner.communicate(timeout=60)
+        assert runner.returncode == 130
+        assert "kiln resume 1" in stderr
+        assert query(tmp_path, "SELECT n_running FROM batches") == [(0,)]
+        status = json.loads(kiln(tmp_path, "status", "1", "--json").stdout)
+        assert status["status"] == "running" and status["pending"] > 0
+        webui.release()
+        resumed = kiln(tmp_path, "resume", "1", "--quiet")
     assert resumed.returncode == 0
     assert query(tmp_path, "SELECT status, n_succeeded FROM batches") == [("completed", 100)]
     assert query(tmp_path, "SELECT MAX(attempts) FROM tasks") == [(1,)]
 
 
 def test_cancel_from_another_terminal_stops_a_running_batch(tmp_path: Path) -> None:
-    write_config(tmp_path, latency=0.1, concurrency=2)
-    spec = write_batch(tmp_path, tasks=200)
-    runner = start(tmp_path, "run", str(spec), "--quiet")
-    wait_for(tmp_path, "SELECT n_succeeded FROM batches WHERE id = 1", 2)
-    cancelled = kiln(tmp_path, "cancel", "big")
-    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
-    runner.communicate(timeout=20)
+    with FakeSDWebUI() as webui:
+        # two tasks finish, the rest wait: however long `kiln cancel` takes to start
+        webui.hold()
+        webui.release(2)
+        write_webui_config(tmp_path, webui.url, concurrency=2)
+        spec = write_batch(tmp_path, tasks=200)
+        runner = start(tmp_path, "run", str(spec), "--quiet")
+        wait_for(tmp_path, "SELECT n_succeeded FROM batches WHERE id = 1", 2)
+        cancelled = kiln(tmp_path, "cancel", "big")
+        assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+        runner.communicate(timeout=60)
     assert runner.returncode == 1
     status, succeeded, cancelled_n = query(
         tmp_path, "SELECT status, n_succeeded, n_cancelled FROM batches"

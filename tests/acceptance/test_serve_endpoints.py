@@ -8,6 +8,7 @@ fails when an endpoint is added without being exercised here.
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ SLOW = """
 name = "slow"
 type = "placeholder"
 concurrency = 1
-latency = 0.5
+latency = 5.0  # its batch must still run when pause, resume and cancel reach a loaded server
 
 [auth]
 enabled = true
@@ -171,6 +172,7 @@ def _control(user: Recorder, batch_id: int, task_ids: list[int]) -> None:
     task = {"task_id": task_ids[1]}
     assert user.call("GET", "/api/v1/tasks/{task_id}", 200, ids=task).json()["status"] == "failed"
     user.call("POST", "/api/v1/tasks/{task_id}/retry", 200, ids=task)
+    _until_failed_again(user, task["task_id"])  # the batch retry needs a failed task
     user.call("POST", "/api/v1/batches/{batch_id}/retry", 200, ids={"batch_id": batch_id})
     spec = {
         "name": "slow",
@@ -184,6 +186,14 @@ def _control(user: Recorder, batch_id: int, task_ids: list[int]) -> None:
     assert cancelled["status"] == "cancelled"
     user.call("DELETE", "/api/v1/batches/{batch_id}", 204, ids=slow)
     user.call("GET", "/api/v1/batches/{batch_id}", 404, ids=slow)
+
+
+def _until_failed_again(user: Recorder, task_id: int) -> None:
+    """Wait for a retried task to be rejected again: a deadline, not a timing assertion."""
+    deadline = time.monotonic() + 60
+    while user.http.get(f"/api/v1/tasks/{task_id}").json()["status"] != "failed":
+        assert time.monotonic() < deadline, f"task {task_id} was not rejected again"
+        time.sleep(0.05)
 
 
 def _presets(admin: Recorder, user: Recorder) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from pixelkiln.exceptions import (
     RejectedInputError,
     ServerError,
 )
-from pixelkiln.testing import FakeComfyUI, generation_request, settings_for
+from pixelkiln.testing import FakeComfyUI, generation_request, settings_for, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -52,12 +52,6 @@ async def backend(comfy: FakeComfyUI, http: httpx.AsyncClient) -> AsyncIterator[
     backend = create(settings_for(comfy), BackendDeps(http))
     yield backend
     await backend.aclose()
-
-
-async def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 def posted_graph(comfy: FakeComfyUI, index: int = -1) -> dict[str, Any]:
@@ -201,17 +195,16 @@ async def test_server_down(backend: ComfyUIBackend, comfy: FakeComfyUI) -> None:
 async def test_cancel_deletes_and_interrupts_the_running_prompt(
     backend: ComfyUIBackend, comfy: FakeComfyUI
 ) -> None:
-    comfy.faults.latency = 5.0
+    comfy.hold()
     task = asyncio.create_task(backend.generate(generation_request()))
-    await wait_for(lambda: comfy.received("/prompt", "POST"))
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: comfy.held == 1)  # running, and staying so until cancelled
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     prompt_id = comfy.received("/prompt", "POST")[0].json()["prompt_id"]
     assert comfy.deleted == [prompt_id]
     assert comfy.interrupts == [{"prompt_id": prompt_id}]
-    await wait_for(lambda: comfy.history)  # the fake finished it as interrupted
+    await wait_until(lambda: comfy.history)  # the fake finished it as interrupted
     assert comfy.history[prompt_id]["status"]["status_str"] == "error"
 
 
@@ -219,24 +212,28 @@ async def test_cancel_of_a_queued_prompt_only_deletes_it(
     comfy: FakeComfyUI, http: httpx.AsyncClient
 ) -> None:
     backend = create(settings_for(comfy, concurrency=2), BackendDeps(http))
-    comfy.faults.latency = 1.0  # one worker: the second prompt waits behind the first
+    comfy.hold()  # one worker: the second prompt waits behind the held first one
     first = asyncio.create_task(backend.generate(generation_request(task_id=1)))
+    await wait_until(lambda: comfy.held == 1)
     second = asyncio.create_task(backend.generate(generation_request(task_id=2, seed=9)))
-    await wait_for(lambda: len(comfy.received("/prompt", "POST")) == 2 and comfy._pending)
+    await wait_until(lambda: len(comfy.received("/prompt", "POST")) == 2 and comfy._pending)
     second.cancel()
     with pytest.raises(asyncio.CancelledError):
         await second
     assert len(comfy.deleted) == 1 and not comfy.interrupts
+    comfy.release()
     assert len(await first) == 1
     assert comfy.deleted[0] not in comfy.history
     await backend.aclose()
 
 
 async def test_timeout_cancels_on_the_server(comfy: FakeComfyUI, http: httpx.AsyncClient) -> None:
+    # long enough for the prompt to be queued and running on a loaded machine; the
+    # held prompt never finishes, so the timeout always lands while it runs
     backend = create(
-        settings_for(comfy, timeout=0.5, model="v1-5-pruned-emaonly.safetensors"), BackendDeps(http)
+        settings_for(comfy, timeout=3.0, model="v1-5-pruned-emaonly.safetensors"), BackendDeps(http)
     )
-    comfy.faults.latency = 5.0
+    comfy.hold()
     with pytest.raises(BackendTimeoutError):
         await backend.generate(generation_request())
     assert len(comfy.deleted) == 1 and len(comfy.interrupts) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +16,7 @@ from pixelkiln.backends.base import BackendDeps
 from pixelkiln.backends.openai import OpenAIBackend, create
 from pixelkiln.backends.placeholder import draw
 from pixelkiln.exceptions import BackendUnavailableError, RejectedInputError, ServerError
-from pixelkiln.testing import FakeOpenAI, generation_request, settings_for
+from pixelkiln.testing import FakeOpenAI, generation_request, settings_for, wait_until
 
 pytestmark = pytest.mark.anyio
 KEY = "sk-test-0123456789abcdef"
@@ -60,6 +61,23 @@ async def test_generations_request_and_images(fake: FakeOpenAI, http: httpx.Asyn
         "model": "gpt-image-1",
         "response_format": "b64_json",
     }
+
+
+async def test_a_held_request_answers_when_released_even_a_failure(
+    fake: FakeOpenAI, http: httpx.AsyncClient
+) -> None:
+    backend = await make(fake, http, concurrency=2)
+    fake.hold()
+    fake.faults.fail_next(500)  # a failure comes after the work, so it is held too
+    failing = asyncio.create_task(backend.generate(generation_request(task_id=1)))
+    await wait_until(lambda: fake.held == 1)
+    fine = asyncio.create_task(backend.generate(generation_request(task_id=2)))
+    await wait_until(lambda: fake.held == 2)
+    assert not failing.done() and not fine.done()
+    fake.release()
+    with pytest.raises(ServerError):
+        await failing
+    assert len(await fine) == 1
 
 
 async def test_bare_host_gets_v1_and_hosted_default(fake: FakeOpenAI) -> None:

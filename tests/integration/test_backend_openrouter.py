@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -16,7 +17,7 @@ from pixelkiln.backends.base import BackendDeps
 from pixelkiln.backends.openrouter import OpenRouterBackend, aspect_ratio, create, image_config
 from pixelkiln.backends.placeholder import draw
 from pixelkiln.exceptions import QuotaExhaustedError, RejectedInputError, ServerError
-from pixelkiln.testing import FakeOpenRouter, generation_request, settings_for
+from pixelkiln.testing import FakeOpenRouter, generation_request, settings_for, wait_until
 
 pytestmark = pytest.mark.anyio
 KEY = "sk-or-v1-abcdef0123456789"
@@ -61,6 +62,20 @@ async def test_image_request_and_answer(fake: FakeOpenRouter, http: httpx.AsyncC
     assert body["modalities"] == ["image", "text"]
     assert body["image_config"] == {"aspect_ratio": "16:9", "image_size": "1K"}
     assert body["messages"] == [{"role": "user", "content": "a red fox in the snow\n\nAvoid: text"}]
+
+
+async def test_held_request_waits_for_its_release(
+    fake: FakeOpenRouter, http: httpx.AsyncClient
+) -> None:
+    backend = make(fake, http)
+    fake.hold()
+    fake.release(1)  # let the next one through before it arrives
+    assert len(await backend.generate(generation_request())) == 1
+    held = asyncio.create_task(backend.generate(generation_request()))
+    await wait_until(lambda: fake.held == 1)
+    assert not held.done()
+    fake.release(1)
+    assert len(await held) == 1 and fake.held == 0
 
 
 async def test_init_and_reference_images_go_as_data_urls(

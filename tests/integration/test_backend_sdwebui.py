@@ -25,7 +25,13 @@ from pixelkiln.exceptions import (
     RejectedInputError,
     ServerError,
 )
-from pixelkiln.testing import FakeFleet, FakeSDWebUI, generation_request, settings_for
+from pixelkiln.testing import (
+    FakeFleet,
+    FakeSDWebUI,
+    generation_request,
+    settings_for,
+    wait_until,
+)
 from pixelkiln.testing.cli import dev_app
 
 pytestmark = pytest.mark.anyio
@@ -58,13 +64,6 @@ async def backend(webui: FakeSDWebUI, http: httpx.AsyncClient) -> AsyncIterator[
 
 def settings_for_urls(urls: list[str]) -> BackendSettings:
     return BackendSettings(name="sd", type="sdwebui", urls=urls, timeout=10)
-
-
-async def wait_for(condition: object, timeout: float = 5.0) -> None:
-    """Poll ``condition()`` until true (the fake runs in another thread)."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
 
 
 async def test_txt2img_maps_parameters_and_reads_seeds(
@@ -210,13 +209,28 @@ async def test_single_server_down_means_wait(backend: SDWebUIBackend, webui: Fak
 async def test_fewer_images_than_asked_is_a_server_error(
     backend: SDWebUIBackend, webui: FakeSDWebUI, http: httpx.AsyncClient
 ) -> None:
-    webui.faults.latency = 2.0
+    webui.hold()
     task = asyncio.create_task(backend.generate(generation_request(n=2)))
-    await wait_for(lambda: webui.received("/sdapi/v1/txt2img"))
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: webui.held == 1)  # generating, until interrupted
     await http.post(f"{webui.url}/sdapi/v1/interrupt")  # someone else stops the WebUI
     with pytest.raises(ServerError, match="0 of 2"):
         await task
+
+
+async def test_held_generations_go_on_one_release_at_a_time(
+    webui: FakeSDWebUI, http: httpx.AsyncClient
+) -> None:
+    backend = create(settings_for(webui, concurrency=3), BackendDeps(http))
+    webui.hold()
+    tasks = [asyncio.create_task(backend.generate(generation_request(task_id=i))) for i in range(3)]
+    await wait_until(lambda: webui.held == 3)
+    webui.release(1)
+    await wait_until(lambda: any(t.done() for t in tasks))
+    assert webui.held == 2 and sum(t.done() for t in tasks) == 1
+    webui.release()  # stop holding: the rest finish, and later ones are not held
+    assert [len(images) for images in await asyncio.gather(*tasks)] == [1, 1, 1]
+    assert len(await backend.generate(generation_request())) == 1
+    await backend.aclose()
 
 
 @pytest.mark.parametrize("concurrency", [1, 2])
@@ -224,10 +238,9 @@ async def test_cancel_interrupts_our_generation(
     webui: FakeSDWebUI, http: httpx.AsyncClient, concurrency: int
 ) -> None:
     backend = create(settings_for(webui, concurrency=concurrency), BackendDeps(http))
-    webui.faults.latency = 5.0
+    webui.hold()
     task = asyncio.create_task(backend.generate(generation_request()))
-    await wait_for(lambda: webui.received("/sdapi/v1/txt2img"))
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: webui.held == 1)  # active on the WebUI, until interrupted
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -245,6 +258,11 @@ async def test_fake_fleet_serves_from_a_child_process(http: httpx.AsyncClient) -
     with FakeFleet([("sdwebui", {"latency": 0.01, "grid": True})]) as fleet:
         backend = create(settings_for_urls(fleet.urls), BackendDeps(http))
         assert len(await backend.generate(generation_request(n=2))) == 2
+        fleet.hold(0)
+        held = asyncio.create_task(backend.generate(generation_request()))
+        await wait_until(lambda: fleet.held(0) == 1)
+        fleet.release(0)
+        assert len(await held) == 1
         fleet.down(0)
         with pytest.raises(NoServerAvailableError):
             await backend.generate(generation_request())
@@ -255,7 +273,7 @@ async def test_fake_fleet_serves_from_a_child_process(http: httpx.AsyncClient) -
         with pytest.raises(ServerError):
             await backend.generate(generation_request())
         await backend.aclose()
-        assert fleet.outcomes(0) == {"ok": 1, "500": 1}
+        assert fleet.outcomes(0) == {"ok": 2, "500": 1}
 
 
 def test_fake_backend_command_serves_until_the_duration() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -45,13 +44,6 @@ from pixelkiln.exceptions import InvalidStateError
 from pixelkiln.models import BatchStatus, EventType, TaskStatus
 from pixelkiln.specs import parse_batch, resolve_tasks
 from pixelkiln.storage import StoredImage
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    opened = Database.open(database_url)
-    yield opened
-    opened.close()
 
 
 def _batch(

@@ -20,6 +20,7 @@ from pixelkiln.db.tasks import list_images, list_tasks
 from pixelkiln.exceptions import NoServerAvailableError, SpecError
 from pixelkiln.models import BatchStatus, EventType, TaskStatus
 from pixelkiln.specs import parse_batch
+from pixelkiln.testing import FakeSDWebUI, wait_until
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.anyio
@@ -107,15 +108,19 @@ async def test_an_error_that_cannot_succeed_fails_at_once(tmp_path: Path) -> Non
 
 
 async def test_cancel_stops_pending_and_running_tasks(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, backends=_placeholder(latency=0.2, concurrency=2))
-    async with Kiln(settings) as kiln:
-        batch_id = await kiln.submit(_spec(30))
-        runner = asyncio.create_task(kiln.run_until_done([batch_id]))
-        while kiln.db.read(get_batch, batch_id).counts.succeeded < 2:
-            await asyncio.sleep(0.02)
-        await kiln.cancel(batch_id)
-        await asyncio.wait_for(runner, 10)
-        batch = kiln.db.read(get_batch, batch_id)
+    with FakeSDWebUI() as webui:
+        webui.hold()  # generations run until released: nothing ends while the test looks
+        webui.release(2)
+        generator = {"name": "webui", "type": "sdwebui", "urls": [webui.url], "concurrency": 2}
+        settings = make_settings(tmp_path, backends=[generator])
+        async with Kiln(settings) as kiln:
+            batch_id = await kiln.submit(_spec(30))
+            runner = asyncio.create_task(kiln.run_until_done([batch_id]))
+            await wait_until(lambda: kiln.db.read(get_batch, batch_id).counts.succeeded == 2)
+            await wait_until(lambda: webui.held == 2)  # two more running
+            await kiln.cancel(batch_id)
+            await asyncio.wait_for(runner, 30)
+            batch = kiln.db.read(get_batch, batch_id)
     assert batch.status == BatchStatus.CANCELLED
     assert batch.counts.cancelled >= 20
     assert batch.counts.pending == batch.counts.running == 0

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, delete, func, insert, select, text, update
@@ -29,13 +27,6 @@ from pixelkiln.db.tasks import TaskResult, complete_tasks, list_images, list_tas
 from pixelkiln.db.users import create_user
 from pixelkiln.specs import parse_batch, resolve_tasks
 from pixelkiln.storage import StoredImage
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    opened = Database.open(database_url)
-    yield opened
-    opened.close()
 
 
 def _run_batch(db: Database, n: int) -> int:

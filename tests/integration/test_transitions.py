@@ -8,7 +8,6 @@ must carry exactly the fields its builder documents.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import get_type_hints
 
 import pytest
@@ -50,13 +49,6 @@ from pixelkiln.storage import StoredImage
 
 COST = 2  # credits per task
 DEAD = "host-that-died:1:x"
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    opened = Database.open(database_url)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -9,11 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import Connection
 
-from pixelkiln.api.deps import AdminDep, ApiContext, CtxDep, PageDep, page_fields
+from pixelkiln.api.deps import AdminDep, ApiContext, CtxDep, PageDep
 from pixelkiln.api.errors import ApiError
-from pixelkiln.api.routes.batches import ERRORS, StatusFilter
-from pixelkiln.api.views import batch_public
-from pixelkiln.db.records import count_active, search_batches
+from pixelkiln.api.routes.batches import ERRORS, StatusFilter, search_page
+from pixelkiln.db.records import count_active
 from pixelkiln.db.settings_store import (
     CONCURRENCY,
     backend_concurrency_key,
@@ -139,17 +138,7 @@ async def all_batches(
     q: Annotated[str | None, Query(max_length=200)] = None,
     owner_id: Annotated[Id | None, Query(description="Only this user's.")] = None,
 ) -> Page[BatchPublic]:
-    batches, total = await ctx.read(
-        search_batches,
-        owner_id=owner_id,
-        statuses=status,
-        text=q,
-        limit=page.limit,
-        offset=page.offset,
-    )
-    return Page[BatchPublic].model_construct(
-        items=[batch_public(b) for b in batches], **page_fields(page, len(batches), total)
-    )
+    return await search_page(ctx, page, owner_id, status, q)
 
 
 def _stats(conn: Connection, since: float) -> StatsPublic:

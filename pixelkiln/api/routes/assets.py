@@ -8,29 +8,14 @@ from fastapi.responses import FileResponse
 from pixelkiln.api.deps import CallerDep, CtxDep, IdPath
 from pixelkiln.api.media import StoredFile
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.uploads import files_of, read_form, store_images
+from pixelkiln.api.uploads import IMAGE_FILES, files_of, form_body, read_form, store_images
 from pixelkiln.api.views import asset_public
 from pixelkiln.db.records import get_asset
 from pixelkiln.wire.schemas import AssetPublic
 
 router = APIRouter(prefix="/assets", tags=["assets"])
 
-_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                }
-            }
-        },
-    }
-}
+_BODY = form_body("files", {"files": IMAGE_FILES})
 
 
 @router.post(

@@ -15,11 +15,20 @@ from pixelkiln.api.deps import (
     CtxDep,
     IdPath,
     PageDep,
+    Pagination,
     page_fields,
 )
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.media import zip_stream
-from pixelkiln.api.uploads import files_of, load_table, read_form, saved_table, store_images
+from pixelkiln.api.uploads import (
+    IMAGE_FILES,
+    files_of,
+    form_body,
+    load_table,
+    read_form,
+    saved_table,
+    store_images,
+)
 from pixelkiln.api.views import batch_detail, batch_public
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.presets import get_preset
@@ -128,23 +137,9 @@ class UploadFields(BaseModel):
     seed: int | None = None
 
 
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        **UploadFields.model_json_schema()["properties"],
-                    },
-                }
-            }
-        },
-    }
-}
+_UPLOAD_BODY = form_body(
+    "files", {"files": IMAGE_FILES, **UploadFields.model_json_schema()["properties"]}
+)
 
 
 @router.post(
@@ -228,23 +223,9 @@ async def _upload_spec(ctx: ApiContext, fields: UploadFields, asset_ids: list[in
     status_code=201,
     responses=ERRORS | {415: {"model": ErrorBody}},
     summary="Create a batch from an uploaded batch file (XLSX, CSV, JSON, YAML, TOML)",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {
-                            "file": {"type": "string", "format": "binary"},
-                            "name": {"type": "string"},
-                        },
-                    }
-                }
-            },
-        }
-    },
+    openapi_extra=form_body(
+        "file", {"file": {"type": "string", "format": "binary"}, "name": {"type": "string"}}
+    ),
 )
 async def create_from_file(
     request: Request,
@@ -305,9 +286,20 @@ async def list_batches(
     status: StatusFilter = None,
     q: Annotated[str | None, Query(max_length=200, description="Part of name or prompt.")] = None,
 ) -> Page[BatchPublic]:
+    return await search_page(ctx, page, caller.mine, status, q)
+
+
+async def search_page(
+    ctx: ApiContext,
+    page: Pagination,
+    owner_id: int | None,
+    status: list[BatchStatus] | None,
+    q: str | None,
+) -> Page[BatchPublic]:
+    """A page of the batches that match (one owner's, or with ``None`` everyone's)."""
     batches, total = await ctx.read(
         search_batches,
-        owner_id=caller.mine,
+        owner_id=owner_id,
         statuses=status,
         text=q,
         limit=page.limit,

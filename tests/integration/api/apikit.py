@@ -53,6 +53,21 @@ def api_settings(data_dir: Path, **overrides: Any) -> Settings:
     return load_settings(None, **sections)
 
 
+def held_slow_backends(url: str) -> list[dict[str, Any]]:
+    """The same backends, with "slow" on a fake WebUI that a test holds (see FakeServer.hold).
+
+    For tests that look at a batch while it runs: a latency ends on its own, and on a
+    loaded machine it may end before the test looks.
+    """
+    quick = {
+        "name": "placeholder",
+        "type": "placeholder",
+        "concurrency": 4,
+        "options": {"reject_if_prompt_contains": "REJECT"},
+    }
+    return [quick, {"name": "slow", "type": "sdwebui", "urls": [url], "concurrency": 2}]
+
+
 def spec(*prompts: str, name: str = "test", **defaults: Any) -> dict[str, Any]:
     """A batch spec of small images, one task per prompt."""
     return {

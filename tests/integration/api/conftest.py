@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apikit import Api, Live, api_settings, running_api, serving
+from apikit import Api, Live, api_settings, held_slow_backends, running_api, serving
+
+from pixelkiln.testing import FakeSDWebUI
 
 
 @pytest.fixture
@@ -49,3 +51,23 @@ async def auth_api(tmp_path: Path) -> AsyncIterator[Api]:
 async def live(tmp_path: Path) -> AsyncIterator[Live]:
     async with serving(api_settings(tmp_path / "data")) as running:
         yield running
+
+
+@pytest.fixture
+async def held_api(tmp_path: Path) -> AsyncIterator[Api]:
+    """Like ``api``, but the "slow" backend is a held fake WebUI: its tasks run until the end."""
+    with FakeSDWebUI() as webui:
+        webui.hold()
+        settings = api_settings(tmp_path / "data", backends=held_slow_backends(webui.url))
+        async with running_api(settings) as running:
+            yield running
+
+
+@pytest.fixture
+async def held_live(tmp_path: Path) -> AsyncIterator[Live]:
+    """Like ``live``, with the "slow" backend a held fake WebUI (see ``held_api``)."""
+    with FakeSDWebUI() as webui:
+        webui.hold()
+        settings = api_settings(tmp_path / "data", backends=held_slow_backends(webui.url))
+        async with serving(settings) as running:
+            yield running

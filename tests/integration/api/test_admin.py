@@ -143,7 +143,8 @@ async def test_a_backends_concurrency_is_what_runs_and_what_an_admin_sees(
         assert (await _backends(again))["slow"]["per_url"] == 5  # survives a restart
 
 
-async def test_stats_and_metrics_describe_the_work(api: Api) -> None:
+async def test_stats_and_metrics_describe_the_work(held_api: Api) -> None:
+    api = held_api  # its "waiting" batch runs for as long as the test looks
     await api.client.post("/api/v1/batches?wait=true", json=spec("a", "b", "REJECT"))
     await api.client.post("/api/v1/batches", json=spec("waiting", backend="slow"))
     stats = (await api.client.get("/api/v1/admin/stats?days=3")).json()

@@ -75,7 +75,8 @@ async def test_list_filters_by_status_and_searches_name_and_prompt(api: Api) -> 
     assert (await api.client.get("/api/v1/batches?status=running")).json()["total"] == 0
 
 
-async def test_cancel_pause_resume_and_the_active_count(api: Api) -> None:
+async def test_cancel_pause_resume_and_the_active_count(held_api: Api) -> None:
+    api = held_api  # its "slow" tasks run until cancelled
     body = spec(*[f"slow {i}" for i in range(8)], backend="slow")
     batch_id = (await api.client.post("/api/v1/batches", json=body)).json()["id"]
     assert (await api.client.get("/api/v1/batches/active")).json() == {"active": 1}
@@ -108,7 +109,8 @@ async def test_retry_every_failed_task_or_one(api: Api) -> None:
     assert final["counts"]["failed"] == 2  # the placeholder rejects them every time
 
 
-async def test_delete_refuses_a_running_batch_then_removes_rows_and_files(api: Api) -> None:
+async def test_delete_refuses_a_running_batch_then_removes_rows_and_files(held_api: Api) -> None:
+    api = held_api  # its "slow" batch runs for as long as the test looks
     slow = (await api.client.post("/api/v1/batches", json=spec("s", backend="slow"))).json()
     busy = await api.client.delete(f"/api/v1/batches/{slow['id']}")
     assert busy.status_code == 409 and "cancel" in busy.json()["error"]["message"]

@@ -12,12 +12,14 @@ from apikit import Live, png_bytes, spec
 
 from pixelkiln import ApiError, AsyncClient, Client
 from pixelkiln.models import BatchStatus, EventType
+from pixelkiln.testing import wait_until
 from pixelkiln.wire.schemas import BatchDetail, EventPublic
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_async_client_covers_the_batch_lifecycle(live: Live, tmp_path: Path) -> None:
+async def test_async_client_covers_the_batch_lifecycle(held_live: Live, tmp_path: Path) -> None:
+    live = held_live  # its "slow" batch runs until cancelled
     async with AsyncClient(live.url) as kiln:
         batch = await kiln.create_batch(spec("a fox", "REJECT"), wait=True)
         assert isinstance(batch, BatchDetail) and batch.status == BatchStatus.PARTIAL
@@ -108,10 +110,11 @@ async def test_a_retried_batch_streams_past_the_done_of_its_earlier_run(live: Li
         assert (await kiln.get_batch(running.id, task_limit=0)).finished
         finished = await kiln.create_batch(spec("ok", "REJECT"), wait=True)
         await kiln.retry_batch(finished.id)
-        for _ in range(200):  # the retry runs to its end before anyone streams
-            if (await kiln.get_batch(finished.id, task_limit=0)).finished:
-                break
-            await asyncio.sleep(0.02)
+
+        async def retry_done() -> bool:
+            return (await kiln.get_batch(finished.id, task_limit=0)).finished
+
+        await wait_until(retry_done, interval=0.02)  # the retry ends before anyone streams
     kinds = [e.type for e in events]
     assert kinds.count(EventType.DONE) == 2 and kinds[-1] == EventType.DONE
     assert EventType.PROGRESS in kinds[kinds.index(EventType.DONE) :]
@@ -163,6 +166,27 @@ async def test_download_sends_the_token_only_to_the_clients_own_server(live: Liv
         batch = await same.create_batch(spec("a fox"), wait=True)
         url = batch.tasks[0].images[0].url
         assert await same.download(f"{live.url}{url}") == await same.download(url)
+
+
+async def test_both_clients_resend_after_a_network_error_only_what_is_safe() -> None:
+    sent: list[str] = []
+
+    def every_other_fails(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        if len(sent) % 2:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, json={"active": 3})
+
+    transport = httpx.MockTransport(every_other_fails)
+    with Client("http://kiln.test", retries=1, transport=transport) as kiln:
+        assert kiln.active_batches() == 3  # a GET: sent again
+        with pytest.raises(httpx.ConnectError):
+            kiln.cancel_batch(1)  # a POST without an idempotency key: never twice
+    async with AsyncClient("http://kiln.test", retries=0, transport=_async(every_other_fails)) as a:
+        assert await a.active_batches() == 3
+        with pytest.raises(httpx.ConnectError):
+            await a.active_batches()  # no retries left
+    assert sent == ["GET", "GET", "POST", "GET", "GET"]
 
 
 def _async(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.AsyncBaseTransport:

@@ -20,6 +20,7 @@ from test_events import sse_events
 from pixelkiln.app import Kiln
 from pixelkiln.engine.bus import EventBus
 from pixelkiln.models import Event, EventType
+from pixelkiln.testing import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -85,10 +86,7 @@ async def test_events_from_here_and_elsewhere_interleave_in_id_order(
         for batch_id in [run["id"], *queued]:
             items = (await http.get(f"/api/v1/batches/{batch_id}/log")).json()["items"]
             log.extend(e["id"] for e in items)
-        for _ in range(100):
-            if len(events) >= len(log):
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: len(events) >= len(log), interval=0.05)
         reader.cancel()
     assert [e["id"] for e in events] == sorted(log)
     assert {e["event"] for e in events} >= {"progress", "image_generated", "done"}
