@@ -360,19 +360,20 @@ def _retry_later(tx: Tx, failures: Sequence[TaskFailure], counts: _Counts) -> No
     """running → pending until ``retry_at``; a wait for a down backend gives its attempt back."""
     if not failures:
         return
-    rows = [
-        {
-            "t_id": f.task.id,
-            "t_at": f.retry_at,
-            "t_error": f.error,
-            "t_duration": f.duration,
-            "t_give_back": 0 if f.spend_attempt else 1,
-            "t_now": tx.now,
-        }
-        for f in failures
-    ]
+    rows = [{**_failure_row(tx, f), "t_at": f.retry_at} for f in failures]
     tx.conn.execute(sql.RETRY_LATER, rows)
     counts.moved((f.task.batch_id for f in failures), RUNNING, PENDING)
+
+
+def _failure_row(tx: Tx, f: TaskFailure) -> dict[str, Any]:
+    """A failed try's parameters; a try that only found its backend down gives its attempt back."""
+    return {
+        "t_id": f.task.id,
+        "t_error": f.error,
+        "t_duration": f.duration,
+        "t_give_back": 0 if f.spend_attempt else 1,
+        "t_now": tx.now,
+    }
 
 
 def _retry_warning(tx: Tx, f: TaskFailure) -> ev.PendingEvent:
@@ -397,17 +398,7 @@ def _fail(tx: Tx, failures: Sequence[TaskFailure], counts: _Counts) -> None:
     """running → failed for good, refunded."""
     if not failures:
         return
-    rows = [
-        {
-            "t_id": f.task.id,
-            "t_error": f.error,
-            "t_duration": f.duration,
-            "t_give_back": 0 if f.spend_attempt else 1,
-            "t_now": tx.now,
-        }
-        for f in failures
-    ]
-    tx.conn.execute(sql.FAIL, rows)
+    tx.conn.execute(sql.FAIL, [_failure_row(tx, f) for f in failures])
     _refund(tx, [f.task.id for f in failures])
     counts.moved((f.task.batch_id for f in failures), RUNNING, FAILED)
 
