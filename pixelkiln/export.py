@@ -47,23 +47,31 @@ def manifest(db: Database, batch_id: int) -> list[dict[str, Any]]:
     ``negative_prompt`` and ``params`` are as sent (what the backend ignores is left out),
     ``width``/``height`` as returned, ``model`` the one used, ``server`` without credentials.
     """
+    return [entry for entry, _ in _manifest_files(db, batch_id)]
+
+
+def _manifest_files(db: Database, batch_id: int) -> list[tuple[dict[str, Any], str]]:
+    """Each image's manifest entry with its stored path (relative to the data folder)."""
     return [
-        {
-            "file": Path(info.image.path).name,
-            "key": info.key,
-            "position": info.position,
-            "index": info.image.index,
-            "prompt": info.prompt,
-            "negative_prompt": info.sent_negative_prompt,
-            "seed": info.image.seed_sent,
-            "width": info.image.width,
-            "height": info.image.height,
-            "sha256": info.image.sha256,
-            "backend": info.image.backend,
-            "server": info.image.server,
-            "model": info.image.model,
-            "params": info.sent_params,
-        }
+        (
+            {
+                "file": Path(info.image.path).name,
+                "key": info.key,
+                "position": info.position,
+                "index": info.image.index,
+                "prompt": info.prompt,
+                "negative_prompt": info.sent_negative_prompt,
+                "seed": info.image.seed_sent,
+                "width": info.image.width,
+                "height": info.image.height,
+                "sha256": info.image.sha256,
+                "backend": info.image.backend,
+                "server": info.image.server,
+                "model": info.image.model,
+                "params": info.sent_params,
+            },
+            info.image.path,
+        )
         for info in db.read(batch_images, batch_id)
     ]
 
@@ -90,22 +98,18 @@ def export_batch(db: Database, data_dir: Path, batch_id: int, target: Path) -> i
     if kind in ("xlsx", "csv"):
         return export_table(db, data_dir, batch_id, target)
     storage = Storage(data_dir)
-    entries = manifest(db, batch_id)
-    by_name = {
-        Path(i.path).name: i.path
-        for imgs in db.read(images_by_task, batch_id).values()
-        for i in imgs
-    }
+    files = _manifest_files(db, batch_id)
+    entries = [entry for entry, _ in files]
     if kind == "zip":
         target.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
-            for entry in entries:  # PNGs are compressed already
-                archive.write(storage.absolute(by_name[entry["file"]]), entry["file"])
+            for entry, path in files:  # PNGs are compressed already
+                archive.write(storage.absolute(path), entry["file"])
             archive.writestr("manifest.json", json.dumps(entries, indent=2, ensure_ascii=False))
         return len(entries)
     target.mkdir(parents=True, exist_ok=True)
-    for entry in entries:
-        shutil.copyfile(storage.absolute(by_name[entry["file"]]), target / entry["file"])
+    for entry, path in files:
+        shutil.copyfile(storage.absolute(path), target / entry["file"])
     (target / "manifest.json").write_text(
         json.dumps(entries, indent=2, ensure_ascii=False), encoding="utf-8"
     )

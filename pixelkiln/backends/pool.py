@@ -207,7 +207,7 @@ class ServerPool:
 
     def describe(self) -> str:
         """One line for status displays: how many servers are up and why the others are not."""
-        up = sum(s.up for s in self.servers)
+        up = self.servers_up()
         down = [f"{s.url} ({s.last_error or s.state})" for s in self.servers if not s.up]
         text = f"backend '{self.name}': {up}/{len(self.servers)} servers up"
         return f"{text}; down: {', '.join(down)}" if down else text

@@ -43,9 +43,16 @@ def concurrency(
     """Show or change the concurrency: the global limit, or a backend's per server."""
     with errors():
         settings = settings_from(config)
-        if value is not None or reset:
-            with_db(settings, lambda db: _change(db, settings, backend, value, reset))
-        with_db(settings, lambda db: _show(db, settings))
+        with_db(settings, lambda db: _change_and_show(db, settings, backend, value, reset))
+
+
+def _change_and_show(
+    db: Database, settings: Settings, backend: str | None, value: int | None, reset: bool
+) -> None:
+    """One database opening for both (opening migrates and starts the writer)."""
+    if value is not None or reset:
+        _change(db, settings, backend, value, reset)
+    _show(db, settings)
 
 
 def _change(

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pixelkiln import service
+from pixelkiln.app import Kiln
 from pixelkiln.cli.common import (
     BatchArg,
     ConfigOption,
@@ -25,7 +25,7 @@ from pixelkiln.cli.common import (
     with_db,
 )
 from pixelkiln.config import Settings
-from pixelkiln.db.batches import list_batches
+from pixelkiln.db.batches import find_batch, list_batches
 from pixelkiln.db.database import Database
 from pixelkiln.exceptions import ConfigError
 from pixelkiln.export import export_batch, export_kind
@@ -37,17 +37,16 @@ def cancel(batch: BatchArg, config: ConfigOption = None) -> None:
     """Cancel a batch: pending tasks at once, running ones at their runner's next check."""
     with errors():
         settings = settings_from(config)
-        done = with_db(settings, lambda db: _cancel(settings, db, batch))
+        done = asyncio.run(_cancel(settings, batch))
         console.print(
             f"Batch {done.id} cancelled: {done.counts.succeeded} succeeded, "
             f"{done.counts.cancelled} cancelled, {done.counts.failed} failed."
         )
 
 
-def _cancel(settings: Settings, db: Database, ref: str) -> Batch:
-    # the database alone: building the backends (and their HTTP client) is not needed here
-    ctx = service.ServiceContext.without_backends(settings, db)
-    return asyncio.run(service.cancel(ctx, service.LOCAL, resolve(db, ref).id))
+async def _cancel(settings: Settings, ref: str) -> Batch:
+    async with Kiln(settings, engine=False) as kiln:  # no backend (nor HTTP client) is built
+        return await kiln.cancel((await kiln.db.aread(find_batch, ref)).id)
 
 
 # -- looking ----------------------------------------------------------------------------------

@@ -240,7 +240,7 @@ def retry(
 
 
 async def _requeue(settings: Settings, ref: str, cancelled: bool) -> tuple[int, int]:
-    async with Kiln(settings) as kiln:  # the backends tell which take users' own keys
+    async with Kiln(settings, engine=False) as kiln:  # pricing needs no backend built
         found = await kiln.db.aread(find_batch, ref)
         try:
             count = await service.retry(

@@ -35,16 +35,13 @@ users_app = typer.Typer(
 
 def _with_db(config: Path | None, fn: Callable[[Database], T]) -> T:
     """Every refusal here is the caller's input (no such user, a balance limit): exit 2."""
-    with errors():
+    with errors():  # a bad config, or a user id past 64 bits (OverflowError): exit 2
         settings = settings_from(config)
-    try:
-        return _open_db(settings, fn)
-    except KilnError as exc:
-        print_error(exc)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    except OverflowError:  # a user id past 64 bits names nobody
-        err_console.print("[red]Error:[/] a number is out of range", highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        try:
+            return _open_db(settings, fn)
+        except KilnError as exc:
+            print_error(exc)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 @users_app.command("add")

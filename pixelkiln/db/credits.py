@@ -137,7 +137,7 @@ def set_task_costs(tx: Tx, batch_id: int, costs: Sequence[int]) -> None:
     for cost, positions in by_cost.items():
         if cost == common:
             continue
-        for chunk in _chunks(positions):
+        for chunk in chunks(positions):
             tx.conn.execute(
                 update(tasks)
                 .where(tasks.c.batch_id == batch_id, tasks.c.position.in_(chunk))
@@ -151,7 +151,7 @@ def set_costs(tx: Tx, costs: Mapping[int, int]) -> None:
     for task_id, cost in costs.items():
         by_cost[cost].append(task_id)
     for cost, ids in by_cost.items():
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             tx.conn.execute(update(tasks).where(tasks.c.id.in_(chunk)).values(cost=cost))
 
 
@@ -167,7 +167,7 @@ def set_own_key(
     if task_ids is None:
         tx.conn.execute(marking)
         return
-    for chunk in _chunks(task_ids):
+    for chunk in chunks(task_ids):
         tx.conn.execute(marking.where(tasks.c.id.in_(chunk)))
 
 
@@ -185,6 +185,7 @@ def ledger(
     return [LedgerEntry(r.id, r.delta, r.reason, r.batch_id, r.note, r.created_at) for r in rows]
 
 
-def _chunks(items: Sequence[int]) -> Iterable[list[int]]:
+def chunks(items: Sequence[int]) -> Iterable[list[int]]:
+    """``items`` in lists of at most CHUNK, one ``IN (...)`` each."""
     for start in range(0, len(items), CHUNK):
         yield list(items[start : start + CHUNK])

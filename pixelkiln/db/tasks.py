@@ -84,13 +84,16 @@ def list_tasks(
     batch_id: int,
     *,
     statuses: Iterable[TaskStatus] | None = None,
+    task_ids: Iterable[int] | None = None,
     limit: int | None = None,
     offset: int = 0,
 ) -> list[Task]:
-    """Tasks of a batch in position order."""
+    """Tasks of a batch in position order (only ``task_ids`` of them, when given)."""
     query = select(tasks).where(tasks.c.batch_id == batch_id).order_by(tasks.c.position)
     if statuses is not None:
         query = query.where(tasks.c.status.in_([str(s) for s in statuses]))
+    if task_ids is not None:
+        query = query.where(tasks.c.id.in_(list(task_ids)))
     if limit is not None:
         query = query.limit(limit).offset(offset)
     return [_task(row) for row in conn.execute(query)]

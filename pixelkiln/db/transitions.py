@@ -36,7 +36,7 @@ from sqlalchemy import ColumnElement, Row
 
 from pixelkiln.db import events as ev
 from pixelkiln.db import transition_sql as sql
-from pixelkiln.db.credits import record_entry
+from pixelkiln.db.credits import chunks, record_entry
 from pixelkiln.db.database import Tx
 from pixelkiln.db.tables import tasks
 from pixelkiln.exceptions import InvalidStateError
@@ -44,7 +44,6 @@ from pixelkiln.models import Batch, BatchStatus, ClaimedTask, TaskFailure, TaskR
 
 PENDING, RUNNING = TaskStatus.PENDING, TaskStatus.RUNNING
 SUCCEEDED, FAILED, CANCELLED = TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED
-CHUNK = 500  # ids per IN (...) list: far below every database's parameter limit
 LAST_ATTEMPT = "the runner stopped during the last attempt (lease expired)"
 PUT_BACK = "the runner stopped (lease expired); task put back in the queue"
 
@@ -304,7 +303,7 @@ def record_outcomes(
         events.append(progress.event(t.batch_id, t.id, t.key, f"failed: {f.error}"))
     ev.append_events(tx, events)
     _finish_done(tx, after.values())
-    return {t.id for t in _tasks(done) + _tasks(later) + _tasks(final)}
+    return held  # every outcome of a task still held was recorded
 
 
 def _tasks(outcomes: Sequence[TaskResult] | Sequence[TaskFailure]) -> list[ClaimedTask]:
@@ -460,10 +459,7 @@ def _put_back_warning(row: Row[Any]) -> ev.PendingEvent:
 
 def _refund(tx: Tx, task_ids: Sequence[int]) -> int:
     """Pay back what the given tasks cost their batch's owner, once; returns credits refunded."""
-    refunded = 0
-    for first in range(0, len(task_ids), CHUNK):
-        refunded += _refund_where(tx, tasks.c.id.in_(task_ids[first : first + CHUNK]))
-    return refunded
+    return sum(_refund_where(tx, tasks.c.id.in_(chunk)) for chunk in chunks(task_ids))
 
 
 def _refund_where(tx: Tx, condition: ColumnElement[bool]) -> int:

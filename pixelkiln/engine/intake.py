@@ -108,7 +108,7 @@ class _Inputs:
             entry["init_image"] = self.ingest(task.init_image, index, "init_image")
         if task.reference_images:
             entry["reference_images"] = [
-                self.ingest(p, index, "reference_images") for p in task.reference_images if p
+                self.ingest(p, index, "reference_images") for p in task.reference_images
             ]
         return entry
 

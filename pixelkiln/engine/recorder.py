@@ -87,12 +87,17 @@ class Recorder:
         failures = [o for o in outcomes if isinstance(o, TaskFailure)]
         failures += [m.failure for m in moved]
         moves = [(m.task, m.target, m.why) for m in moved]
+        stored: tuple[list[TaskResult], list[TaskFailure]] | None = None
         while True:
             try:
-                results: list[TaskResult] = []
-                more: list[TaskFailure] = []
-                if generated:
-                    results, more = await asyncio.to_thread(self._store_all, generated)
+                # the files once: a retried write (the database was full) does not rewrite them
+                if stored is None:
+                    stored = (
+                        await asyncio.to_thread(self._store_all, generated)
+                        if generated
+                        else ([], [])
+                    )
+                results, more = stored
                 await self.db.awrite(self._write, results, failures + more, moves)
             except Exception as exc:
                 if self.stopping:

@@ -24,7 +24,6 @@ from pixelkiln.config import Settings
 from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.users import User
 from pixelkiln.engine.bus import EventBus
-from pixelkiln.exceptions import ConfigError
 from pixelkiln.keybox import KeyBox
 from pixelkiln.storage import Storage
 
@@ -104,27 +103,6 @@ class ServiceContext:
     schedulers: Schedulers  #: the schedulers of this process, woken after a change
     #: threads for reads and file work; None: the event loop's default executor
     executor: Executor | None = None
-
-    @classmethod
-    def without_backends(cls, settings: Settings, db: Database) -> ServiceContext:
-        """A context for changing batches that exist (cancel, pause, resume, delete) from a
-        process that runs no scheduler and builds no backend (``kiln cancel``): it knows no
-        backend, so it cannot price, submit or retry.
-        """
-        return cls(
-            settings,
-            db,
-            Storage(settings.storage.data_dir),
-            BackendCatalog(),
-            KeyBox(settings),
-            EventBus(),
-            Schedulers(),
-        )
-
-    def require_backends(self) -> None:
-        """ConfigError for a context made :meth:`without_backends`: a programming error."""
-        if not self.backends.names:
-            raise ConfigError("this service context knows no backend: it cannot price a batch")
 
     async def read(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs

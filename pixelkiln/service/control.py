@@ -59,10 +59,7 @@ def _retry_charged(
     """Put tasks back in the queue and charge for them again, in one transaction."""
     batch = get_batch(tx.conn, batch_id, scope)
     states = [TaskStatus.FAILED] + ([TaskStatus.CANCELLED] if include_cancelled else [])
-    retried = list_tasks(tx.conn, batch_id, statuses=states)
-    if task_ids is not None:
-        wanted = set(task_ids)
-        retried = [t for t in retried if t.id in wanted]
+    retried = list_tasks(tx.conn, batch_id, statuses=states, task_ids=task_ids)
     count = retry_batch(
         tx, batch_id, include_cancelled=include_cancelled, task_ids=task_ids, owner_id=scope
     )

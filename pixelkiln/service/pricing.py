@@ -57,7 +57,6 @@ def load_pricing(
 
 async def pricing_for(ctx: ServiceContext, user_id: int | None) -> Pricing:
     """What images cost ``user_id`` in this installation."""
-    ctx.require_backends()
     if user_id is None:  # the local installation pays nothing: no query
         return Pricing()
     return await ctx.read(load_pricing, ctx.settings, ctx.backends, user_id)

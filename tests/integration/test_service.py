@@ -16,7 +16,6 @@ from pixelkiln.db.credits import InsufficientCreditsError, balance
 from pixelkiln.db.tasks import list_tasks
 from pixelkiln.db.users import User, add_user
 from pixelkiln.exceptions import (
-    ConfigError,
     IdempotencyKeyReusedError,
     InvalidStateError,
     NotFoundError,
@@ -264,11 +263,3 @@ async def test_delete_removes_rows_and_files_and_refuses_what_is_unfinished(kiln
         await service.batch_page(ctx, alice, done.batch_id)
     page = await service.batch_page(ctx, alice, waiting.batch_id)
     assert [t.prompt for t in page.tasks] == ["c"] and page.task_total == 1
-
-
-async def test_a_context_without_backends_cancels_but_cannot_price(kiln: Kiln) -> None:
-    made = await service.submit(kiln.service, LOCAL, Submission(_spec("a", backend="slow")))
-    bare = ServiceContext.without_backends(kiln.settings, kiln.db)
-    assert (await service.cancel(bare, LOCAL, made.batch_id)).status == BatchStatus.CANCELLED
-    with pytest.raises(ConfigError, match="knows no backend"):
-        await service.submit(bare, LOCAL, Submission(_spec("a")))

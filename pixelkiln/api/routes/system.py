@@ -31,12 +31,11 @@ async def healthz(ctx: CtxDep, response: Response) -> Health:
     if ctx.runner is None:
         return Health(status="ok", version=__version__)
     report = ctx.runner.health()
-    waiting = False
-    if report.state == "stopped" or report.stalled(ctx.settings.scheduler.stall_seconds):
-        waiting = bool(await ctx.read(unfinished_batch_ids))  # only then: a cheap check anyway
-    unhealthy = report.state == "stopped" or (
-        waiting and report.stalled(ctx.settings.scheduler.stall_seconds)
-    )
+    stopped = report.state == "stopped"
+    stalled = report.stalled(ctx.settings.scheduler.stall_seconds)
+    # the query only when it could matter (a cheap one anyway)
+    waiting = bool(await ctx.read(unfinished_batch_ids)) if stopped or stalled else False
+    unhealthy = stopped or (waiting and stalled)  # stuck only while work waits
     if unhealthy:
         response.status_code = 503
     return Health(
