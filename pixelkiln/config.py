@@ -295,7 +295,7 @@ class Settings(BaseSettings):
 
         def visit(current: str) -> None:
             for nxt in by_name[current].fallback if current in by_name else ():
-                if nxt != name and nxt not in chain:
+                if nxt not in chain:  # validation refused loops: ``name`` never comes back
                     chain.append(nxt)
                     visit(nxt)
 

@@ -231,17 +231,19 @@ def parse_batch(data: Any, source: str = "", *, partial: bool = False) -> BatchS
 def _salvage(data: dict[Any, Any], exc: ValidationError) -> BatchSpec:
     """The valid part of ``data``: every task kept (so that positions hold), bad values left out."""
     bad_top = {e["loc"][0] for e in exc.errors() if e["loc"]}
-    top = {k: v for k, v in data.items() if k in ("name", "priority", "max_attempts")}
-    top = {k: v for k, v in top.items() if k not in bad_top}
-    tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []
-    try:
-        base = BatchSpec.model_validate({"name": "unnamed", **top, "tasks": [{}]})
-    except ValidationError:  # cannot happen: every invalid value was left out
-        base = BatchSpec(name="unnamed", tasks=[TaskSpec()])
+    top = {
+        k: v
+        for k, v in data.items()
+        if k in ("name", "priority", "max_attempts") and k not in bad_top
+    }
+    raw_tasks = data.get("tasks")
+    tasks = raw_tasks if isinstance(raw_tasks, list) else []
+    # every invalid top-level value was left out, so this validates
+    base = BatchSpec.model_validate({"name": "unnamed", **top, "tasks": [{}]})
     return base.model_copy(
         update={
             "defaults": salvage(Params, data.get("defaults")),
-            "tasks": [salvage(TaskSpec, task) for task in tasks or []],
+            "tasks": [salvage(TaskSpec, task) for task in tasks],
         }
     )
 

@@ -441,3 +441,9 @@ class ServerPool:
 def _preference(server: Server) -> tuple[float, float]:
     """Fastest first (unknown speed counts as fastest, so new servers get tried), then emptiest."""
     return (server.latency or 0.0, server.in_flight / server.limit)
+
+
+def pool_of(backend: object) -> ServerPool | None:
+    """The server pool a backend runs on (``backend.pool``), or None (placeholder, diffusers)."""
+    pool = getattr(backend, "pool", None)
+    return pool if isinstance(pool, ServerPool) else None

@@ -10,7 +10,7 @@ that actually ran it. Each move is also an ``info`` event carrying
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, false, select, update
@@ -35,6 +35,13 @@ _MOVE = (
     .values(backend=bindparam("m_to"))
     .returning(tasks.c.id)
 )
+
+
+def next_in_chain(chain: Sequence[str], current: str, usable: Callable[[str], bool]) -> str | None:
+    """The first backend after ``current`` in ``chain`` (from its start when ``current`` is
+    not in it) that is ``usable``; never ``current`` itself."""
+    rest = chain[chain.index(current) + 1 :] if current in chain else chain
+    return next((b for b in rest if b != current and usable(b)), None)
 
 
 def move_tasks(tx: Tx, moves: Sequence[tuple[ClaimedTask, str, str]]) -> set[int]:
@@ -109,8 +116,7 @@ def move_waiting(
     targets: dict[str, list[Any]] = defaultdict(list)
     for row in own:
         chain = [str(b) for b in row.params.get("backends") or ()]
-        rest = chain[chain.index(source) + 1 :] if source in chain else chain
-        target = next((b for b in rest if b in up and b != source), None)
+        target = next_in_chain(chain, source, up.__contains__)
         if target is not None:
             targets[target].append(row)
     for target, rows in targets.items():

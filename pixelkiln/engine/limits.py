@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from pixelkiln.backends.base import Backend
-from pixelkiln.backends.pool import ServerPool
+from pixelkiln.backends.pool import pool_of
 from pixelkiln.config import BackendSettings
 
 #: why a backend runs no more than it does (see BackendLimit.effective)
@@ -52,8 +52,8 @@ class BackendLimit:
 
 def servers_of(settings: BackendSettings, backend: Backend | None = None) -> int:
     """How many servers a backend spreads its slots over."""
-    pool = getattr(backend, "pool", None)
-    if isinstance(pool, ServerPool):
+    pool = pool_of(backend)
+    if pool is not None:
         return len(pool.servers)
     return max(1, len(settings.urls))
 
@@ -93,8 +93,8 @@ class Limits:
         if value != limit.per_url:
             self._limits[name] = replace(limit, per_url=value)
             self.slots[name] = self._limits[name].slots
-            pool = getattr(self._backends[name], "pool", None)
-            if isinstance(pool, ServerPool):
+            pool = pool_of(self._backends[name])
+            if pool is not None:
                 pool.set_concurrency(value)
         return True
 
@@ -108,7 +108,7 @@ class Limits:
         """Every backend's limit with its servers up and tasks running now."""
         out = {}
         for name, limit in self._limits.items():
-            pool = getattr(self._backends[name], "pool", None)
-            up = pool.servers_up() if isinstance(pool, ServerPool) else None
+            pool = pool_of(self._backends[name])
+            up = pool.servers_up() if pool is not None else None
             out[name] = replace(limit, servers_up=up, running=running.get(name, 0))
         return out

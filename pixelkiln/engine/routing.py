@@ -30,11 +30,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from pixelkiln.backends.base import Backend
-from pixelkiln.backends.pool import ServerPool
+from pixelkiln.backends.pool import ServerPool, pool_of
 from pixelkiln.db import events
 from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.leases import ClaimedTask
-from pixelkiln.db.routing import move_waiting
+from pixelkiln.db.routing import move_waiting, next_in_chain
 from pixelkiln.exceptions import BackendError, NoServerAvailableError, QuotaExhaustedError
 
 log = logging.getLogger("pixelkiln.engine")
@@ -77,8 +77,7 @@ class Routes:
     # -- state ----------------------------------------------------------------------------------
 
     def pool(self, name: str) -> ServerPool | None:
-        pool = getattr(self.backends.get(name), "pool", None)
-        return pool if isinstance(pool, ServerPool) else None
+        return pool_of(self.backends.get(name))
 
     def is_up(self, name: str, now: float) -> bool:
         """Whether ``name`` may take work now, as far as we know."""
@@ -168,11 +167,8 @@ class Routes:
         if task.own_key:
             return None
         own = task.params.get("backends")
-        if isinstance(own, list) and own:
-            rest = own[own.index(task.backend) + 1 :] if task.backend in own else own
-        else:
-            rest = self.chains.get(task.backend, [])
-        return next((b for b in rest if b != task.backend and self.is_up(b, now)), None)
+        chain = own if isinstance(own, list) and own else self.chains.get(task.backend, [])
+        return next_in_chain(chain, task.backend, lambda b: self.is_up(b, now))
 
     def verdict(self, task: ClaimedTask, exc: BaseException, now: float) -> Verdict:
         """Move, fail or wait: what becomes of ``task``, whose backend raised ``exc``."""
