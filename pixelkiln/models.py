@@ -90,6 +90,10 @@ class Batch:
     finished_at: float | None
     scheduled_at: float | None
     defaults: dict[str, Any] = field(default_factory=dict)
+    max_workers: int | None = None  #: at most this many of its tasks generate at once
+    delay: float | None = None  #: seconds between starting two of its tasks
+    webhook: str | None = None  #: URL POSTed the batch summary when it ends
+    extra: dict[str, Any] = field(default_factory=dict)  #: what a face keeps (compat APIs)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,8 @@ class Task:
     started_at: float | None  #: when the current (or last) try started generating
     finished_at: float | None
     duration: float | None  #: seconds the successful (or last) try took
+    item: dict[str, Any] | None = None  #: the item it was made from (storyboard item, slide)
+    run: int = 0  #: times it was regenerated; its images of earlier runs are history
 
 
 #: request parameters a generator may take or ignore (``GenerationRequest`` field names);

@@ -43,6 +43,29 @@ _P = TypeVar("_P", bound="Params")
 
 #: most backends one task's chain may name
 MAX_CHAIN = 10
+#: most tasks of one batch that may generate at once (``max_workers``)
+MAX_WORKERS = 10
+#: longest ``delay`` between two task starts of a batch, in seconds
+MAX_DELAY = 3600.0
+
+
+def check_webhook_url(value: str) -> str:
+    """An absolute http(s) URL with a host, as given; ValueError otherwise.
+
+    >>> check_webhook_url("ftp://x")
+    Traceback (most recent call last):
+    ValueError: a webhook is an http:// or https:// URL
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("a webhook is an http:// or https:// URL")
+    return value
 
 
 class Params(BaseModel):
@@ -117,6 +140,17 @@ class BatchSpec(BaseModel):
     tasks: list[TaskSpec] = Field(min_length=1, max_length=1_000_000)
     priority: int = Field(0, ge=-100, le=100)  #: higher runs first
     max_attempts: int | None = Field(None, ge=1, le=100)  #: overrides [scheduler] max_attempts
+    #: at most this many of the batch's tasks generate at once (on top of the global and
+    #: backend limits)
+    max_workers: int | None = Field(None, ge=1, le=MAX_WORKERS)
+    delay: float | None = Field(None, ge=0, le=MAX_DELAY)  #: seconds between two task starts
+    #: http(s) URL POSTed the batch summary when the batch ends (see docs/webhooks.md)
+    webhook: str | None = Field(None, max_length=2000)
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return check_webhook_url(value) if value else None
 
     # Problems of the input this spec was salvaged from (``parse_batch(partial=True)``):
     # kept with the spec so that the checks that need files, the database or the
@@ -170,6 +204,8 @@ class ResolvedTask:
     #: ``fallback`` chain. Stored as ``params["backends"]``; ``tasks.backend`` is the one
     #: running it now (see engine.routing)
     backends: tuple[str, ...] = ()
+    #: the item this task was made from (``items`` + ``template``), stored as ``tasks.item``
+    item: dict[str, Any] | None = None
 
     def params_json(self) -> dict[str, Any]:
         """The parameters stored in ``tasks.params`` (prompt and inputs live in own columns)."""
@@ -234,7 +270,8 @@ def _salvage(data: dict[Any, Any], exc: ValidationError) -> BatchSpec:
     top = {
         k: v
         for k, v in data.items()
-        if k in ("name", "priority", "max_attempts") and k not in bad_top
+        if k in ("name", "priority", "max_attempts", "max_workers", "delay", "webhook")
+        and k not in bad_top
     }
     raw_tasks = data.get("tasks")
     tasks = raw_tasks if isinstance(raw_tasks, list) else []

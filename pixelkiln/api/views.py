@@ -77,6 +77,9 @@ def batch_fields(batch: Batch, now: float | None = None) -> dict[str, Any]:
         "started_at": batch.started_at,
         "finished_at": batch.finished_at,
         "scheduled_at": batch.scheduled_at,
+        "max_workers": batch.max_workers,
+        "delay": batch.delay,
+        "webhook": batch.webhook,
     }
 
 
@@ -121,6 +124,8 @@ def task_public(task: Task, images: list[ImageRecord]) -> TaskPublic:
         started_at=task.started_at,
         finished_at=task.finished_at,
         duration=task.duration,
+        item=task.item,
+        run=task.run,
         images=[image_public(i) for i in images],
     )
 

@@ -34,6 +34,10 @@ class NewBatch:
     defaults: dict[str, Any] = field(default_factory=dict)
     owner_id: int | None = None
     scheduled_at: float | None = None
+    max_workers: int | None = None  #: at most this many of its tasks generate at once
+    delay: float | None = None  #: seconds between starting two of its tasks
+    webhook: str | None = None  #: URL POSTed the summary when the batch ends
+    extra: dict[str, Any] | None = None  #: what a face keeps about the batch
 
 
 def create_batch(tx: Tx, new: NewBatch) -> int:
@@ -52,6 +56,10 @@ def create_batch(tx: Tx, new: NewBatch) -> int:
             "n_pending": len(new.tasks),
             "scheduled_at": new.scheduled_at,
             "created_at": tx.now,
+            "max_workers": new.max_workers,
+            "delay": new.delay,
+            "webhook": new.webhook,
+            "extra": new.extra,
         },
     ).scalar_one()
     inputs = list(new.inputs) or [{} for _ in new.tasks]
@@ -66,6 +74,7 @@ def create_batch(tx: Tx, new: NewBatch) -> int:
             "negative_prompt": t.negative_prompt,
             "params": t.params_json(),
             "inputs": i,
+            "item": t.item,
             "max_attempts": new.max_attempts,
             "created_at": tx.now,
             "next_attempt_at": 0.0,
@@ -116,6 +125,10 @@ def _batch(row: Row[Any]) -> Batch:
         finished_at=row.finished_at,
         scheduled_at=row.scheduled_at,
         defaults=dict(row.defaults),
+        max_workers=row.max_workers,
+        delay=row.delay,
+        webhook=row.webhook,
+        extra=dict(row.extra or {}),
     )
 
 

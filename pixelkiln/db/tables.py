@@ -61,6 +61,15 @@ batches = Table(
     Column("created_at", Float, nullable=False),
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
+    # per-batch limits and hand-offs (migration 0006): at most ``max_workers`` of its tasks
+    # generate at once; ``delay`` seconds between starting two of them (``last_start_at``
+    # is when the latest one started); ``webhook`` is POSTed the summary when it ends;
+    # ``extra`` is what a face keeps about the batch (a compat API's request fields)
+    Column("max_workers", Integer, nullable=True),
+    Column("delay", Float, nullable=True),
+    Column("last_start_at", Float, nullable=True),
+    Column("webhook", String(2000), nullable=True),
+    Column("extra", JSON, nullable=True),
     Index(None, "status", "priority"),
     sqlite_autoincrement=True,  # see NEVER_REUSED
 )
@@ -91,6 +100,11 @@ tasks = Table(
     Column("cost", Integer, nullable=False, server_default="0"),
     # priced 0 because its owner's own provider key goes with the request
     Column("own_key", Boolean, nullable=False, server_default=false()),
+    # migration 0006: the item the task was made from (a storyboard item, a slide, a
+    # spreadsheet row's cells; NULL for a plain task), and how many times it was
+    # regenerated (its images of earlier runs are kept as history, ``images.run``)
+    Column("item", JSON, nullable=True),
+    Column("run", Integer, nullable=False, server_default="0"),
     UniqueConstraint("batch_id", "position"),
     # claim: pending tasks of one batch in position order
     Index(None, "batch_id", "status", "position"),
@@ -121,7 +135,11 @@ images = Table(
     Column("server", String(500), nullable=False, server_default=""),
     Column("model", String(200), nullable=False, server_default=""),
     Column("params", JSON, nullable=True),
-    UniqueConstraint("task_id", "index"),
+    # migration 0006: the task's run that made it (0 = first; each regenerate adds 1), and
+    # whether a newer run replaced it (kept as history, hidden from records by default)
+    Column("run", Integer, nullable=False, server_default="0"),
+    Column("superseded", Boolean, nullable=False, server_default=false()),
+    UniqueConstraint("task_id", "run", "index"),
     Index(None, "batch_id"),
     sqlite_autoincrement=True,
 )
@@ -138,6 +156,7 @@ assets = Table(
     Column("height", Integer, nullable=False),
     Column("bytes", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("name", String(255), nullable=True),  #: the uploaded file's own name (0006)
     Index(None, "sha256"),
     sqlite_autoincrement=True,
 )
@@ -167,6 +186,8 @@ users = Table(
     Column("is_admin", Boolean, nullable=False),
     Column("active", Boolean, nullable=False),
     Column("created_at", Float, nullable=False),
+    # the secret their webhooks are signed with (HMAC-SHA256), made on first use (0006)
+    Column("webhook_secret", String(200), nullable=True),
     sqlite_autoincrement=True,
 )
 
@@ -244,4 +265,26 @@ idempotency_keys = Table(
     Column("created_at", Float, nullable=False),
     Index(None, "batch_id"),
     Index(None, "created_at"),  # expiry
+)
+
+# -- webhooks (migration 0006) -----------------------------------------------------------------
+
+# one row per batch end that a webhook is owed: a batch that ends, is retried and ends
+# again owes two; ``event_id`` is the ``done`` event of that end (unique: never owed twice)
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
+    Column("event_id", Integer, nullable=False, unique=True),
+    Column("url", String(2000), nullable=False),
+    Column("status", String(16), nullable=False),  #: pending, delivered, failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Float, nullable=False, server_default="0"),
+    Column("response_code", Integer, nullable=True),  #: the receiver's last HTTP status
+    Column("last_error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("delivered_at", Float, nullable=True),
+    Index(None, "batch_id"),
+    Index(None, "status", "next_attempt_at"),
 )

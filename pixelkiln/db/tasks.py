@@ -72,6 +72,8 @@ def _task(row: Row[Any]) -> Task:
         started_at=row.started_at,
         finished_at=row.finished_at,
         duration=row.duration,
+        item=row.item,
+        run=row.run,
     )
 
 

@@ -72,6 +72,9 @@ def prepare_batch(
         defaults=spec.defaults.model_dump(exclude_none=True),
         owner_id=owner_id,
         scheduled_at=scheduled_at,
+        max_workers=spec.max_workers,
+        delay=spec.delay,
+        webhook=spec.webhook,
     )
 
 

@@ -105,6 +105,8 @@ class TaskPublic(_Public):
     started_at: float | None
     finished_at: float | None
     duration: float | None  #: generation seconds of the successful (or last) try
+    item: dict[str, Any] | None = None  #: the item the task was made from (``items``)
+    run: int = 0  #: times regenerated; ``images`` are the newest run's
     images: list[ImagePublic] = Field(default_factory=list)
 
 
@@ -123,6 +125,9 @@ class BatchPublic(_Public):
     started_at: float | None
     finished_at: float | None
     scheduled_at: float | None
+    max_workers: int | None = None  #: at most this many of its tasks generate at once
+    delay: float | None = None  #: seconds between starting two of its tasks
+    webhook: str | None = None  #: URL POSTed the summary when it ends
 
 
 class BatchDetail(BatchPublic):
