@@ -237,6 +237,29 @@ class ServerSettings(BaseModel):
     )
 
 
+class CompatSettings(BaseModel):
+    """``[compat]``: other tools' request shapes served at their own paths (off by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slides: bool = Field(
+        False,
+        description="Serve the slide-deck image API at /api/slide/batch/* (see docs/compat.md).",
+    )
+    img2img_service: bool = Field(
+        False,
+        description="Serve the batch img2img service's API at /api/batch/* and /api/admin/* "
+        "(see docs/compat.md).",
+    )
+    slide_template: str = Field(
+        "{style_prompt}. {title}: {visual_desc}",
+        min_length=1,
+        max_length=2000,
+        description="How a slide's prompt is composed: fields of the slide (id, page_num, "
+        "type, title, content_text, visual_desc) and style_prompt.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable. Build it with :func:`load_settings`."""
 
@@ -249,6 +272,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     credits: CreditsSettings = Field(default_factory=CreditsSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    compat: CompatSettings = Field(default_factory=CompatSettings)
 
     @classmethod
     def settings_customise_sources(
