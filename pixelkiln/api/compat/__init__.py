@@ -24,4 +24,8 @@ def compat_routers(compat: CompatSettings) -> list[APIRouter]:
         from pixelkiln.api.compat import img2img, img2img_admin
 
         routers += [img2img.router, img2img_admin.router]
+    if compat.slides:
+        from pixelkiln.api.compat import slides
+
+        routers.append(slides.router)
     return routers
