@@ -75,6 +75,20 @@ def unique_stem(stem: str, taken: set[str]) -> str:
     return unique_name(f"{stem}.png", taken).removesuffix(".png")
 
 
+def with_image_suffix(name: str, mime: str) -> str:
+    """``name``, with its type's extension added when it has no image extension
+    (``scan`` holding a PNG → ``scan.png``), so that it reads as what it is."""
+    if _split(name)[1].lower() in IMAGE_SUFFIXES:
+        return name
+    suffix = _MIME_SUFFIXES.get(mime, "")
+    return _fitted(name, suffix) if suffix else name
+
+
+_MIME_SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif"} | {
+    "image/webp": ".webp"
+}
+
+
 def image_stem(key: str) -> str | None:
     """The stem of a key that is an image's file name (``photo_00.png`` → ``photo_00``).
 

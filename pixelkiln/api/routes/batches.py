@@ -36,7 +36,7 @@ from pixelkiln.db.presets import get_preset
 from pixelkiln.db.records import count_active, search_batches
 from pixelkiln.db.tasks import list_images
 from pixelkiln.models import BatchStatus, TaskStatus
-from pixelkiln.naming import unique_name
+from pixelkiln.naming import unique_name, with_image_suffix
 from pixelkiln.service import Caller, Submission, TaskPage
 from pixelkiln.specs import BatchSpec, Params, parse_batch, problems_from_validation
 from pixelkiln.wire.schemas import (
@@ -223,11 +223,15 @@ async def _upload_spec(ctx: ApiContext, fields: UploadFields, files: list[Upload
         "name": fields.name,
         "defaults": {**preset_params, **overrides, "prompt": prompt, "negative_prompt": negative},
         "tasks": [
-            {"init_image": f"asset:{u.asset.id}", "key": unique_name(u.filename, taken)}
+            {"init_image": f"asset:{u.asset.id}", "key": unique_name(_named(u), taken)}
             for u in files
         ],
     }
     return parse_batch(data, "upload")
+
+
+def _named(upload: Uploaded) -> str:
+    return with_image_suffix(upload.filename, upload.asset.mime)
 
 
 @router.post(
