@@ -17,8 +17,10 @@ import threading
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import Annotated
 
 import anyio
+from fastapi import Depends, Query
 from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 from starlette.types import Receive, Scope, Send
@@ -33,6 +35,17 @@ THUMB_SIZES = (128, 256, 512)
 THUMB_TYPE = "image/webp"
 READ_CHUNK = 256 * 1024
 
+
+def _thumb_size(
+    size: Annotated[int, Query(description=f"Longest side: one of {THUMB_SIZES}.")] = 256,
+) -> int:
+    if size not in THUMB_SIZES:
+        raise ApiError(422, "invalid_request", f"size must be one of {THUMB_SIZES}", field="size")
+    return size
+
+
+#: a thumbnail route's ``size`` query parameter, checked
+ThumbSize = Annotated[int, Depends(_thumb_size)]
 
 FILE_MISSING = "file_missing"
 _GONE = "the file is no longer on the server (deleted meanwhile?)"

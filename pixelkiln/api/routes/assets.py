@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
 from pixelkiln.api.deps import CallerDep, CtxDep, IdPath, PageDep, page_fields
-from pixelkiln.api.errors import ApiError
-from pixelkiln.api.media import THUMB_SIZES, THUMB_TYPE, StoredFile, asset_thumbnail_path
+from pixelkiln.api.media import THUMB_TYPE, StoredFile, ThumbSize, asset_thumbnail_path
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.uploads import IMAGE_FILES, files_of, form_body, read_form, store_images
 from pixelkiln.api.views import asset_public
@@ -63,13 +60,8 @@ async def file(asset_id: IdPath, ctx: CtxDep, caller: CallerDep) -> FileResponse
     summary="A WebP thumbnail of an uploaded image, made on first request and cached",
 )
 async def thumbnail(
-    asset_id: IdPath,
-    ctx: CtxDep,
-    caller: CallerDep,
-    size: Annotated[int, Query(description=f"Longest side: one of {THUMB_SIZES}.")] = 256,
+    asset_id: IdPath, ctx: CtxDep, caller: CallerDep, size: ThumbSize
 ) -> FileResponse:
-    if size not in THUMB_SIZES:
-        raise ApiError(422, "invalid_request", f"size must be one of {THUMB_SIZES}", field="size")
     asset = await ctx.read(get_asset, asset_id, caller.scope)
     path = await ctx.run(asset_thumbnail_path, ctx.storage, asset, size)
     return StoredFile(path, media_type=THUMB_TYPE, headers={"Cache-Control": "max-age=86400"})
