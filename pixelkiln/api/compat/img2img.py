@@ -88,7 +88,7 @@ async def create(request: Request, ctx: CtxDep, caller: CallerDep) -> dict[str, 
         spec,
         source="api",
         fingerprint=service.fingerprint(
-            "img2img", fields.model_dump(), [u.asset.sha256 for u in uploads]
+            "img2img", fields.model_dump(), [(u.asset.sha256, u.filename) for u in uploads]
         ),
     )
     batch_id, _ = await service.submit(ctx.service, caller, sub)
@@ -102,7 +102,7 @@ def _invalid(field: str, message: str) -> ApiError:
 
 
 async def _spec(ctx: ApiContext, fields: CreateFields, uploads: list[Uploaded]) -> BatchSpec:
-    """The /api/v1 upload batch (preset rules included), each task keyed by its file's name.
+    """The /api/v1 upload batch: presets, task keys (the files' names) and output shapes alike.
 
     ``model`` names a configured backend, or else the model to ask the default one for.
     """
@@ -116,27 +116,7 @@ async def _spec(ctx: ApiContext, fields: CreateFields, uploads: list[Uploaded]) 
             **{k: v for k, v in choice.items() if v},
         }
     )
-    spec = await _upload_spec(ctx, upload, [u.asset.id for u in uploads])
-    keys = _unique_names([u.filename for u in uploads])
-    tasks = [t.model_copy(update={"key": k}) for t, k in zip(spec.tasks, keys, strict=True)]
-    return spec.model_copy(update={"tasks": tasks})
-
-
-def _unique_names(names: list[str]) -> list[str]:
-    """``a.png, a.png`` → ``a.png, a (2).png``: task keys name one file each."""
-    seen: set[str] = set()
-    out = []
-    for name in names:
-        stem, dot, ext = name.rpartition(".")
-        if not dot:
-            stem, ext = name, ""
-        candidate, n = name, 1
-        while candidate in seen:
-            n += 1
-            candidate = f"{stem} ({n}){dot}{ext}"
-        seen.add(candidate)
-        out.append(candidate)
-    return out
+    return await _upload_spec(ctx, upload, uploads)
 
 
 async def _used_user_key(ctx: ApiContext, caller: Caller, batch_id: int) -> bool:

@@ -90,7 +90,7 @@ async def test_reads_of_what_is_not_there_or_not_yours(compat_api: Api) -> None:
     _refused(await alice.post("/api/batch/task/123456/retry"), 404)
     _refused(await alice.post("/api/admin/config/concurrency", json={"concurrency": 3}), 403)
     body = await compat_api.wait_finished(queue_id, alice)
-    assert [t["key"] for t in body["tasks"]] == ["cat.png", "cat (2).png"]
+    assert [t["key"] for t in body["tasks"]] == ["cat.png", "cat-2.png"]
     _refused(await alice.post(f"/api/batch/queue/{queue_id}/cancel"), 409)
 
 

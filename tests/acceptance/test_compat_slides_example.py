@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_compat_img2img import until
+from test_compat_img2img_session import until
 from test_serve import kiln, serving
 
 from pixelkiln.testing import FakeSDWebUI
