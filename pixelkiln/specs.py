@@ -194,7 +194,7 @@ class BatchSpec(BaseModel):
     def problems(self) -> tuple[Problem, ...]:
         """What was wrong with the input (empty for a valid spec); such a spec never runs.
 
-        >>> parse_batch({"name": "b", "tasks": [{"prompt": "a", "n": 0}]}, partial=True).problems[0].where
+        >>> parse_batch({"name": "b", "tasks": [{"n": 0}]}, partial=True).problems[0].where
         'task 1'
         """
         return self._problems
@@ -425,15 +425,21 @@ def check_tasks(
     resolved: list[ResolvedTask] = []
     found: list[Problem] = []
 
-    def reporter(place: str) -> Callable[[str, str], None]:
-        return lambda field, message: found.append(Problem(source, place, field, message))
+    def reporter(place: str, unsaid: str = "") -> Callable[[str, str], None]:
+        def report(field: str, message: str) -> None:
+            if field != unsaid:
+                found.append(Problem(source, place, field, message))
 
+        return report
+
+    # with a template that is not valid no item has a prompt: the template's problem says why
+    bad_template = any(p.field == "template" and not p.where for p in spec.problems)
     images = _InputPaths(base_dir, uploads_only)
     shared = images.of(spec.defaults, reporter("defaults"))
     defaults = spec.defaults.model_dump(exclude_none=True)
     for i, task in enumerate(spec.tasks):
         merged = {**defaults, **task.model_dump(exclude_none=True)}
-        report = reporter(name_of(i))
+        report = reporter(name_of(i), "prompt" if bad_template and task.item is not None else "")
         inputs = {**shared, **images.of(task, report)}
         resolved.append(_resolve_one(i, merged, default_backend, known, rng, report, inputs))
     return resolved, list(merge_problems(spec.problems, found))
