@@ -346,6 +346,9 @@ def _salvage(data: dict[Any, Any], exc: ValidationError) -> BatchSpec:
         update={
             "defaults": salvage(Params, data.get("defaults")),
             "vars": data.get("vars") if "vars" not in bad_top else None,
+            # a template that is not text still means the items' prompts come from it: ""
+            # makes none, and says nothing more (see check_tasks)
+            "template": "" if "template" in bad_top else base.template,
             # the items as given: expand_items reports (and leaves out) those not mappings
             "items": items,
             "tasks": [salvage(TaskSpec, task) for task in tasks],

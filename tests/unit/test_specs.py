@@ -474,3 +474,10 @@ def test_task_places_name_tasks_and_items() -> None:
 
 def test_the_top_level_keys_name_items_template_and_vars() -> None:
     assert {"items", "template", "vars"} <= set(BATCH_KEYS)
+
+
+def test_a_template_that_is_not_text_is_one_problem_too() -> None:
+    spec = parse_batch(storyboard({"id": "a"}, {"id": "b"}, template=["x"]), partial=True)
+    with pytest.raises(SpecError) as exc:
+        resolve_tasks(spec, default_backend="placeholder")
+    assert problems(exc) == [("", "template")]
