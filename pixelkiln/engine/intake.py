@@ -89,6 +89,8 @@ def prepare_batch(
         max_workers=spec.max_workers,
         delay=spec.delay,
         webhook=spec.webhook,
+        # how the items' prompts were made, for whoever reads the batch later
+        extra={k: v for k, v in (("template", spec.template), ("vars", spec.vars)) if v},
     )
 
 
