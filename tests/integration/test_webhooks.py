@@ -19,7 +19,7 @@ from pixelkiln.config import Settings
 from pixelkiln.db.database import Database
 from pixelkiln.db.users import add_user
 from pixelkiln.db.webhooks import DeliveryStatus, list_deliveries, stored_secret
-from pixelkiln.engine.webhooks import Deliverer, forbidden_address
+from pixelkiln.engine.webhooks import Deliverer, WebhookRefusedError, forbidden_address
 from pixelkiln.service import LOCAL
 from pixelkiln.specs import parse_batch
 from pixelkiln.testing import FakeWebhookReceiver, wait_until
@@ -253,3 +253,28 @@ async def test_with_auth_on_private_addresses_are_refused_unless_allowed(
 )
 def test_which_addresses_are_private(address: str, forbidden: bool) -> None:
     assert forbidden_address(address) is forbidden
+
+
+async def test_a_checked_request_goes_to_the_checked_address_with_its_own_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With private addresses refused, the name is resolved once, every address checked,
+    and the request sent to that address (Host and TLS name kept): no second lookup."""
+    answers = {"hooks.example.com": ["93.184.216.34"], "mixed.example.com": ["8.8.8.8", "10.0.0.1"]}
+
+    async def fake_resolve(host: str, port: int) -> list[str]:
+        return answers[host]
+
+    monkeypatch.setattr("pixelkiln.engine.webhooks.resolve", fake_resolve)
+    settings = _settings(tmp_path, f"sqlite:///{tmp_path / 'kiln.db'}", allow_private=False)
+    deliverer = Deliverer(Database.open(settings.storage.resolved_database_url()), settings)
+    try:
+        request = await deliverer._request("https://hooks.example.com:8443/in", b"{}", {})
+        assert (request.url.host, request.url.port) == ("93.184.216.34", 8443)
+        assert request.headers["host"] == "hooks.example.com:8443"
+        assert request.extensions["sni_hostname"] == "hooks.example.com"
+        with pytest.raises(WebhookRefusedError, match=r"10\.0\.0\.1"):
+            await deliverer._request("http://mixed.example.com/in", b"{}", {})
+    finally:
+        await deliverer.aclose()
+        deliverer.db.close()
