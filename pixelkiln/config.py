@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pixelkiln.exceptions import ConfigError
+from pixelkiln.prompts import parse_template
 
 DEFAULT_CONFIG_FILE = Path("kiln.toml")
 
@@ -291,6 +292,13 @@ class CompatSettings(BaseModel):
         description="How a slide's prompt is composed: fields of the slide (id, page_num, "
         "type, title, content_text, visual_desc) and style_prompt.",
     )
+
+    @field_validator("slide_template")
+    @classmethod
+    def _valid_template(cls, value: str) -> str:
+        # refused at start, not in every slide request: the template is the installation's
+        parse_template(value)  # TemplateError (a ValueError) says what is wrong, and where
+        return value
 
 
 class Settings(BaseSettings):

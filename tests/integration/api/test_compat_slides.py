@@ -10,6 +10,8 @@ import httpx
 import pytest
 from apikit import Api, api_settings, running_api
 
+from pixelkiln.exceptions import ConfigError
+
 pytestmark = pytest.mark.anyio
 
 
@@ -106,3 +108,8 @@ async def test_another_users_batch_is_not_found(slides_api: Api) -> None:
     status = await alice.post("/api/slide/batch/status", json={"batch_id": made["batch_id"]})
     assert status.json()["progress"] == 1.0
     _detail(await bob.post("/api/slide/batch/status", json={"batch_id": made["batch_id"]}), 404)
+
+
+async def test_a_slide_template_that_is_not_valid_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"compat.slide_template: '\{title!r\}' at character 1"):
+        api_settings(tmp_path / "data", compat={"slides": True, "slide_template": "{title!r}"})
