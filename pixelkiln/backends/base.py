@@ -30,7 +30,7 @@ import httpx
 
 from pixelkiln.config import BackendSettings
 from pixelkiln.models import GENERATION_PARAMS
-from pixelkiln.params import RESOLUTIONS
+from pixelkiln.params import RESOLUTIONS, nearest_ratio
 
 
 @dataclass(frozen=True)
@@ -64,16 +64,10 @@ class GenerationRequest:
         ratio and resolution asked); this gives those back for every size of
         that table, and the closest for a size given in pixels.
         """
-        shape = self.width / self.height
-        ratio = min(ratios, key=lambda r: abs(math.log(shape / _ratio_value(r))))
+        ratio = nearest_ratio(self.width, self.height, ratios)
         megapixels = self.width * self.height / (1024 * 1024)
         resolution = min(RESOLUTIONS, key=lambda r: abs(math.log(megapixels / RESOLUTIONS[r] ** 2)))
         return ratio, resolution
-
-
-def _ratio_value(ratio: str) -> float:
-    across, _, down = ratio.partition(":")
-    return int(across) / int(down)
 
 
 @dataclass(frozen=True)
