@@ -308,6 +308,17 @@ def get_asset(conn: Connection, asset_id: int, owner_id: int | None = None) -> A
     return _asset(one_row(conn, query, f"no uploaded image {asset_id}"))
 
 
+def asset_ids_at(conn: Connection, paths: Iterable[str], owner_id: int | None) -> dict[str, int]:
+    """The owner's uploads stored at these paths (path → asset id), for ``asset:ID`` cells."""
+    owner = assets.c.owner_id.is_(None) if owner_id is None else assets.c.owner_id == owner_id
+    wanted, found = list(paths), dict[str, int]()
+    for start in range(0, len(wanted), 500):  # bound the statement's parameters
+        chunk = wanted[start : start + 500]
+        query = select(assets.c.path, func.min(assets.c.id)).where(assets.c.path.in_(chunk), owner)
+        found.update(conn.execute(query.group_by(assets.c.path)).tuples())
+    return found
+
+
 def _asset(row: Row[Any]) -> Asset:
     return Asset(
         row.id,

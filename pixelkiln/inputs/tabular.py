@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from pixelkiln.exceptions import Problem, SpecError
 from pixelkiln.inputs._files import file_error, read_bytes, read_text
 from pixelkiln.inputs.headers import COLUMN_NAMES, RESULT_COLUMNS, column_name
-from pixelkiln.inputs.pictures import PlacedPictures, Placement, column_letter
+from pixelkiln.inputs.pictures import PICTURE_COLUMNS, PlacedPictures, Placement, column_letter
 from pixelkiln.inputs.xlsx import Row, UnsavedFormula, dispimg, read_sheet
 from pixelkiln.problems import MAX_PROBLEMS, capped, problems_from_validation
 from pixelkiln.specs import BatchSpec, TaskSpec, salvage
@@ -287,6 +287,8 @@ def _row_values(
     problems: list[Problem] = []
     for index, column in header.columns.items():
         value = _cell_value(cells[index]) if index < len(cells) else None
+        if column in PICTURE_COLUMNS and dispimg(value):
+            continue  # a WPS picture the file lacks: the pictures' check reports it
         if isinstance(value, UnsavedFormula):
             message = f"column {column_letter(index)} " + _UNSAVED.format(**vars(value))
             problems.append(Problem(source, where, column, message))
@@ -297,8 +299,7 @@ def _row_values(
 
 def _convert(column: str, value: Any) -> Any:
     if column == "reference_images":
-        parts = (part.strip() for part in _LIST_SEPARATOR.split(_as_text(value)))
-        return [part for part in parts if part and not dispimg(part)]  # a missing WPS picture
+        return [part.strip() for part in _LIST_SEPARATOR.split(_as_text(value)) if part.strip()]
     if column == "aspect_ratio":
         return _ratio(value)
     if column in TEXT_COLUMNS:

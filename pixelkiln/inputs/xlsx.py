@@ -9,8 +9,8 @@ rather than lost:
 - A picture placed on a cell (Excel's "Insert picture" over cells; openpyxl
   anchors) is returned with the cell it sits on, as is a WPS "embed in cell"
   picture (``=DISPIMG("ID_…",1)`` with its bytes in ``xl/cellimages.xml``).
-- Drawings are parsed only when the file has some: loading a workbook in full
-  (not read-only) costs far more than reading its values.
+- Drawings are read from the package's parts (workbook → first sheet →
+  drawing → media), and only when the file has some.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ _NS = {
     "a": "http://schemas.openxmlformats.org/drawingml/2006/main",
     "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships",
     "rel": "http://schemas.openxmlformats.org/package/2006/relationships",
+    "main": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
 }
 
 
@@ -78,7 +79,7 @@ def read_sheet(data: bytes) -> Sheet:
         pictures: list[Picture] = []
         loose: list[int] = []
         if any(name.startswith("xl/drawings/") for name in names):
-            pictures, loose = _anchored(openpyxl.load_workbook(io.BytesIO(data), data_only=True))
+            pictures, loose = _anchored(archive)
         if "xl/cellimages.xml" in names:
             pictures += _wps_cell_pictures(archive, rows)
         return Sheet(rows, pictures, loose)
@@ -133,19 +134,70 @@ def _mark_unsaved(rows: list[Row], workbook: Any) -> list[Row]:
         workbook.close()
 
 
-def _anchored(workbook: Any) -> tuple[list[Picture], list[int]]:
-    """Pictures on the first sheet's cells (top-left corner), and those on none."""
-    try:
-        pictures, loose = [], []
-        for image in getattr(_first(workbook), "_images", []):
-            start = getattr(image.anchor, "_from", None)
-            if start is None:  # an absolute anchor: placed by position, on no cell
-                loose.append(0)
-                continue
-            pictures.append(Picture(start.row + 1, start.col, image._data()))
-        return pictures, loose
-    finally:
-        workbook.close()
+def _anchored(archive: zipfile.ZipFile) -> tuple[list[Picture], list[int]]:
+    """Pictures on the first sheet's cells (top-left corner), and those on none.
+
+    Read from the package itself rather than through openpyxl, which drops a
+    picture it cannot open with a mere warning: here a damaged or linked picture
+    comes back with no bytes, to be refused with its row.
+    """
+    sheet = _first_sheet_part(archive)
+    drawings = [
+        target
+        for rel_id, target in _relationships(archive, sheet).items()
+        if rel_id in _drawing_ids(archive, sheet)
+    ]
+    pictures: list[Picture] = []
+    loose: list[int] = []
+    for drawing in drawings:
+        media = _relationships(archive, drawing)
+        for anchor in ElementTree.fromstring(archive.read(drawing)):
+            start = anchor.find("xdr:from", _NS)
+            for pic in anchor.iter(f"{{{_NS['xdr']}}}pic"):
+                if start is None:  # an absolute anchor: placed by position, on no cell
+                    loose.append(0)
+                    continue
+                row, column = (int(start.findtext(f"xdr:{k}", "0", _NS)) for k in ("row", "col"))
+                pictures.append(Picture(row + 1, column, _blip(archive, pic, media)))
+    return pictures, loose
+
+
+def _first_sheet_part(archive: zipfile.ZipFile) -> str:
+    workbook = ElementTree.fromstring(archive.read("xl/workbook.xml"))
+    first = workbook.find("main:sheets/main:sheet", _NS)
+    if first is None:
+        raise ValueError("the workbook has no worksheet")
+    return _relationships(archive, "xl/workbook.xml")[first.get(f"{{{_NS['r']}}}id", "")]
+
+
+def _drawing_ids(archive: zipfile.ZipFile, sheet: str) -> set[str]:
+    root = ElementTree.fromstring(archive.read(sheet))
+    return {d.get(f"{{{_NS['r']}}}id", "") for d in root.iter(f"{{{_NS['main']}}}drawing")}
+
+
+def _blip(archive: zipfile.ZipFile, pic: ElementTree.Element, media: dict[str, str]) -> bytes:
+    """The picture's bytes; b"" when it links to a file outside the workbook or is missing."""
+    blip = pic.find("xdr:blipFill/a:blip", _NS)
+    target = media.get(blip.get(f"{{{_NS['r']}}}embed", "") if blip is not None else "")
+    if target is None or target not in archive.namelist():
+        return b""
+    return archive.read(target)
+
+
+def _relationships(archive: zipfile.ZipFile, part: str) -> dict[str, str]:
+    """A package part's relationships: id → the target part's name in the archive."""
+    folder, name = posixpath.split(part)
+    rels = posixpath.join(folder, "_rels", f"{name}.rels")
+    if rels not in archive.namelist():
+        return {}
+    found = {}
+    for rel in ElementTree.fromstring(archive.read(rels)).iter(f"{{{_NS['rel']}}}Relationship"):
+        target = rel.get("Target", "")
+        if rel.get("TargetMode") == "External" or not target:
+            continue
+        path = target[1:] if target.startswith("/") else posixpath.join(folder, target)
+        found[rel.get("Id", "")] = posixpath.normpath(path)
+    return found
 
 
 def _wps_cell_pictures(archive: zipfile.ZipFile, rows: list[Row]) -> list[Picture]:
@@ -154,7 +206,7 @@ def _wps_cell_pictures(archive: zipfile.ZipFile, rows: list[Row]) -> list[Pictur
     found = []
     for number, cells in rows:
         for index, value in enumerate(cells):
-            match = _DISPIMG.search(value) if isinstance(value, str) else None
+            match = _DISPIMG.search(_text(value))
             if match and match.group(1) in by_id:
                 found.append(Picture(number, index, by_id[match.group(1)]))
     return found
@@ -162,28 +214,24 @@ def _wps_cell_pictures(archive: zipfile.ZipFile, rows: list[Row]) -> list[Pictur
 
 def _wps_images(archive: zipfile.ZipFile) -> dict[str, bytes]:
     """Picture id → bytes, from ``xl/cellimages.xml`` and its relationships."""
-    rels_name = "xl/_rels/cellimages.xml.rels"
-    if rels_name not in archive.namelist():
-        return {}
-    relationships = ElementTree.fromstring(archive.read(rels_name))
-    targets = {
-        rel.get("Id"): rel.get("Target", "")
-        for rel in relationships.iter(f"{{{_NS['rel']}}}Relationship")
-    }
+    part = "xl/cellimages.xml"
+    media = _relationships(archive, part)
     images = {}
-    cell_images = ElementTree.fromstring(archive.read("xl/cellimages.xml"))
-    for pic in cell_images.iter(f"{{{_NS['xdr']}}}pic"):
+    for pic in ElementTree.fromstring(archive.read(part)).iter(f"{{{_NS['xdr']}}}pic"):
         props = pic.find("xdr:nvPicPr/xdr:cNvPr", _NS)
-        blip = pic.find("xdr:blipFill/a:blip", _NS)
-        if props is None or blip is None:
-            continue
-        target = targets.get(blip.get(f"{{{_NS['r']}}}embed"))
-        if target:  # relative to xl/, where cellimages.xml is, or absolute in the package
-            path = target[1:] if target.startswith("/") else posixpath.join("xl", target)
-            images[props.get("name", "")] = archive.read(posixpath.normpath(path))
+        if props is not None:
+            images[props.get("name", "")] = _blip(archive, pic, media)
     return images
 
 
 def dispimg(value: Any) -> bool:
     """Whether a cell value is a WPS picture formula (its picture read or not)."""
-    return isinstance(value, str) and _DISPIMG.search(value) is not None
+    return _DISPIMG.search(_text(value)) is not None
+
+
+def _text(value: Any) -> str:
+    """A cell's text for a DISPIMG look: WPS saves the formula's text as its value,
+    other writers save no value at all."""
+    if isinstance(value, UnsavedFormula):
+        return value.formula
+    return value if isinstance(value, str) else ""

@@ -28,6 +28,7 @@ from pixelkiln.api.uploads import (
     read_form,
     saved_table,
     store_images,
+    store_pictures,
 )
 from pixelkiln.api.views import batch_detail, batch_public
 from pixelkiln.db.batches import get_batch
@@ -258,6 +259,7 @@ async def create_from_file(
             loaded = await ctx.run(
                 load_table, path, name if isinstance(name, str) and name else None
             )
+            loaded = await store_pictures(ctx, caller, loaded)  # while their files exist
     finally:
         await form.close()
     sub = Submission(
