@@ -47,9 +47,13 @@ def workbook_bytes(
 
 
 def write_workbook(
-    path: Path, rows: list[list[Any]], pictures: dict[str, bytes] | None = None
+    path: Path,
+    rows: list[list[Any]],
+    pictures: dict[str, bytes] | None = None,
+    *,
+    formulas: bool = True,
 ) -> Path:
-    path.write_bytes(workbook_bytes(rows, pictures))
+    path.write_bytes(workbook_bytes(rows, pictures, formulas=formulas))
     return path
 
 
