@@ -315,7 +315,9 @@ def asset_ids_at(conn: Connection, paths: Iterable[str], owner_id: int | None) -
     for start in range(0, len(wanted), 500):  # bound the statement's parameters
         chunk = wanted[start : start + 500]
         query = select(assets.c.path, func.min(assets.c.id)).where(assets.c.path.in_(chunk), owner)
-        found.update(conn.execute(query.group_by(assets.c.path)).tuples())
+        found.update(
+            (path, asset_id) for path, asset_id in conn.execute(query.group_by(assets.c.path))
+        )
     return found
 
 
