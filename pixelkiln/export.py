@@ -25,6 +25,7 @@ from pixelkiln.db.records import batch_images
 from pixelkiln.db.tasks import images_by_task, list_tasks
 from pixelkiln.inputs.headers import RESULT_COLUMNS, Headers
 from pixelkiln.models import ImageRecord, Task
+from pixelkiln.naming import unique_name
 from pixelkiln.params import ASPECT_RATIOS, RESOLUTIONS
 from pixelkiln.storage import Storage
 from pixelkiln.workbooks import csv_bytes, xlsx_bytes
@@ -62,11 +63,16 @@ def manifest(db: Database, batch_id: int) -> list[dict[str, Any]]:
 
 
 def _manifest_files(db: Database, batch_id: int) -> list[tuple[dict[str, Any], str]]:
-    """Each image's manifest entry with its stored path (relative to the data folder)."""
+    """Each image's manifest entry with its stored path (relative to the data folder).
+
+    ``file`` is the stored file's name (``photo_00_0.png`` for an upload batch), unique in
+    the export whatever the case (a folder on Windows or macOS would merge two otherwise).
+    """
+    taken: set[str] = set()
     return [
         (
             {
-                "file": Path(info.image.path).name,
+                "file": unique_name(Path(info.image.path).name, taken),
                 "key": info.key,
                 "position": info.position,
                 "index": info.image.index,
@@ -172,7 +178,8 @@ def table_of(
     tasks = list_tasks(conn, batch_id)
     stored = {p for t in tasks for p in [t.inputs.get("init_image"), *_references(t)] if p}
     inputs = links.inputs(conn, sorted(stored))
-    rows = [_task_row(task, images.get(task.id, []), links, inputs) for task in tasks]
+    taken: set[str] = set()  # image files named as a folder or ZIP export names them
+    rows = [_task_row(task, images.get(task.id, []), links, inputs, taken) for task in tasks]
     return TABLE_COLUMNS, rows
 
 
@@ -181,7 +188,11 @@ def _references(task: Task) -> list[str]:
 
 
 def _task_row(
-    task: Task, images: list[ImageRecord], links: TableLinks, inputs: dict[str, str]
+    task: Task,
+    images: list[ImageRecord],
+    links: TableLinks,
+    inputs: dict[str, str],
+    taken: set[str],
 ) -> list[Any]:
     params = task.params
     width, height = params.get("width"), params.get("height")
@@ -202,7 +213,7 @@ def _task_row(
         "reference_images": "\n".join(inputs.get(p, "") for p in _references(task)),
         "status": str(task.status),
         "error": task.last_error or "",
-        "images": "\n".join(Path(i.path).name for i in images),
+        "images": "\n".join(unique_name(Path(i.path).name, taken) for i in images),
         "links": "\n".join(links.image(i) for i in images),
         "final_prompt": task.prompt,
     }

@@ -133,9 +133,14 @@ class Storage:
         self._prefix = self._root + os.sep
         self._made: set[str] = set()  # folders known to exist
 
-    def image_path(self, batch_id: int, stem: str, position: int, index: int) -> str:
-        """Relative path of image ``index`` of the task at ``position`` in a batch."""
-        return f"images/{batch_id}/{safe_name(stem, 'task')}_{position:04d}_{index}.png"
+    def image_path(self, batch_id: int, stem: str, position: int | None, index: int) -> str:
+        """Relative path of image ``index`` of the task at ``position`` in a batch.
+
+        ``position`` None: the stem alone is unique in its batch (a task named after its
+        upload, see ``engine.intake.name_outputs``), so the name is ``<stem>_<index>.png``.
+        """
+        place = "" if position is None else f"_{position:04d}"
+        return f"images/{batch_id}/{safe_name(stem, 'task')}{place}_{index}.png"
 
     def absolute(self, relative: str) -> Path:
         """The file for a stored relative path; refuses anything that leaves the root."""
