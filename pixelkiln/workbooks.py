@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pixelkiln.inputs.headers import Headers, heading
+from pixelkiln.inputs.pictures import column_letter
 from pixelkiln.inputs.tabular import FORMULA_STARTS
 
 #: how wide (in characters) a column is shown; others get the default
@@ -84,7 +85,7 @@ def xlsx_bytes(
     for index, column in enumerate(columns):
         width = WIDTHS.get(column)
         if width:
-            sheet.column_dimensions[_letter(index)].width = width
+            sheet.column_dimensions[column_letter(index)].width = width
     bold = Font(bold=True)
     titles = []
     for column in columns:
@@ -106,12 +107,6 @@ def _cell(sheet: Any, make: Any, value: Any) -> Any:
         if value[:1] in FORMULA_STARTS:
             cell.quotePrefix = True  # and stays text when the user edits the cell
     return cell
-
-
-def _letter(index: int) -> str:
-    from openpyxl.utils import get_column_letter
-
-    return str(get_column_letter(index + 1))
 
 
 def csv_bytes(
@@ -153,7 +148,7 @@ def template_bytes(headers: Headers = "en") -> bytes:
         example = sheet.cell(2, index, TEMPLATE_EXAMPLE[column])
         if column != "n":
             example.number_format = _TEXT_FORMAT
-        letter = _letter(index - 1)
+        letter = column_letter(index - 1)
         sheet.column_dimensions[letter].width = WIDTHS.get(column, 14)
         if column != "n":  # rows the user adds keep typed text as text
             sheet.column_dimensions[letter].number_format = _TEXT_FORMAT
