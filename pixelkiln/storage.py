@@ -3,7 +3,7 @@
 Every path under the data folder is built here from ids and *sanitised*
 names; no user string reaches the filesystem as given. Files are written to a
 temporary name and renamed, so a crash never leaves half an image, and names
-are deterministic (batch, task position, image index), so re-running a task
+are deterministic (batch, task position, run, image index), so re-running a task
 overwrites its files instead of duplicating them.
 """
 
@@ -133,9 +133,14 @@ class Storage:
         self._prefix = self._root + os.sep
         self._made: set[str] = set()  # folders known to exist
 
-    def image_path(self, batch_id: int, stem: str, position: int, index: int) -> str:
-        """Relative path of image ``index`` of the task at ``position`` in a batch."""
-        return f"images/{batch_id}/{safe_name(stem, 'task')}_{position:04d}_{index}.png"
+    def image_path(self, batch_id: int, stem: str, position: int, index: int, run: int = 0) -> str:
+        """Relative path of image ``index`` of the task at ``position`` in a batch.
+
+        A regenerated task's later runs add ``_r<run>`` (``..._0003_r1_0.png``), so they
+        never overwrite the files of its earlier runs, kept as history.
+        """
+        again = f"_r{run}" if run else ""
+        return f"images/{batch_id}/{safe_name(stem, 'task')}_{position:04d}{again}_{index}.png"
 
     def absolute(self, relative: str) -> Path:
         """The file for a stored relative path; refuses anything that leaves the root."""
@@ -174,6 +179,13 @@ class Storage:
 
     def delete(self, relative: str) -> None:
         self.absolute(relative).unlink(missing_ok=True)
+
+    def delete_image(self, relative: str, batch_id: int, image_id: int) -> None:
+        """Delete an image file and its cached thumbnails (``thumbs/<batch>/<id>_<size>.webp``,
+        made by the API) once its row is gone."""
+        self.delete(relative)
+        for thumb in self.absolute(f"thumbs/{batch_id}").glob(f"{image_id}_*.webp"):
+            thumb.unlink(missing_ok=True)
 
     def _write_atomic(self, target: str, data: bytes) -> None:
         folder, name = os.path.split(target)

@@ -67,7 +67,7 @@ def store_images(
     model = task.params.get("model") or (backend.settings.model if backend is not None else "")
     stored = []
     for index, image in enumerate(images):
-        relative = storage.image_path(task.batch_id, stem, task.position, index)
+        relative = storage.image_path(task.batch_id, stem, task.position, index, task.run)
         data = to_png(image.data)
         sent = sent_params(task, image.seed, honours)
         server, used = redact_url(image.server), image.model or model
