@@ -21,6 +21,7 @@ from pixelkiln.db.records import batch_images
 from pixelkiln.db.tasks import images_by_task, list_tasks
 from pixelkiln.inputs.tabular import FORMULA_STARTS, RESULT_COLUMNS
 from pixelkiln.models import Task
+from pixelkiln.naming import unique_name
 from pixelkiln.storage import Storage
 
 #: what export_batch writes, by the target's suffix
@@ -51,11 +52,16 @@ def manifest(db: Database, batch_id: int) -> list[dict[str, Any]]:
 
 
 def _manifest_files(db: Database, batch_id: int) -> list[tuple[dict[str, Any], str]]:
-    """Each image's manifest entry with its stored path (relative to the data folder)."""
+    """Each image's manifest entry with its stored path (relative to the data folder).
+
+    ``file`` is the stored file's name (``photo_00_0.png`` for an upload batch), unique in
+    the export whatever the case (a folder on Windows or macOS would merge two otherwise).
+    """
+    taken: set[str] = set()
     return [
         (
             {
-                "file": Path(info.image.path).name,
+                "file": unique_name(Path(info.image.path).name, taken),
                 "key": info.key,
                 "position": info.position,
                 "index": info.image.index,

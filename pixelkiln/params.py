@@ -19,13 +19,24 @@ other follows from the exact aspect ratio (1:1 when none), rounded to a
 multiple of 8: 16:9 at width 512 gives 512×288.
 With neither and no resolution, the size is 1024×1024 scaled to the ratio (1k).
 
+An img2img task that gives no size and no ratio keeps its input's shape
+(:func:`size_like`): the supported ratio nearest to the input's, at the task's
+resolution. A 1600×900 photo comes back 1344×768 at ``1k``. The table's sizes,
+not the input's exact ratio scaled to a pixel budget: every backend takes them
+(Gemini-class models and OpenRouter know only these ratios, and WebUI-style
+backends take any multiple of 8), so a batch asks every backend the same.
+
 >>> resolve_size("16:9", "2K", None, None)
 (2688, 1536)
 >>> resolve_size("3:2", None, 768, None)
 (768, 512)
+>>> size_like(1600, 900, "1k")
+(1344, 768)
 """
 
 from __future__ import annotations
+
+import math
 
 ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "1:1": (1024, 1024),
@@ -99,3 +110,24 @@ def resolve_size(
         return _round_side(height * ratio_w / ratio_h), check_side(height)
     scale = RESOLUTIONS[normalize_resolution(resolution)] if resolution else 1
     return base_w * scale, base_h * scale
+
+
+def nearest_ratio(width: int, height: int) -> str:
+    """The supported aspect ratio closest to ``width``:``height`` (ties: the first listed).
+
+    Closeness is the distance of the logarithms, so 2:1 is as far from 1:1 as 1:2 is.
+    """
+    wanted = math.log(width / height)
+
+    def distance(ratio: str) -> float:
+        w, h = (int(part) for part in ratio.split(":"))
+        return abs(math.log(w / h) - wanted)
+
+    return min(ASPECT_RATIOS, key=distance)
+
+
+def size_like(width: int, height: int, resolution: str | None) -> tuple[int, int]:
+    """The size an output of an input ``width`` × ``height`` gets when no size was asked:
+    the nearest supported ratio at ``resolution`` (1k when None).
+    """
+    return resolve_size(nearest_ratio(width, height), resolution, None, None)

@@ -206,6 +206,9 @@ class ResolvedTask:
     backends: tuple[str, ...] = ()
     #: the item this task was made from (``items`` + ``template``), stored as ``tasks.item``
     item: dict[str, Any] | None = None
+    #: no width, height or aspect ratio was given: the resolution ("1k" when none) at which
+    #: an init image's shape picks the size (``engine.intake``); None: the size is decided
+    open_size: str | None = None
 
     def params_json(self) -> dict[str, Any]:
         """The parameters stored in ``tasks.params`` (prompt and inputs live in own columns)."""
@@ -425,7 +428,14 @@ def _resolve_one(
         init_image=inputs.get("init_image"),
         reference_images=inputs.get("reference_images", ()),
         backends=chain,
+        open_size=_open_size(merged),
     )
+
+
+def _open_size(merged: dict[str, Any]) -> str | None:
+    if any(merged.get(name) is not None for name in ("aspect_ratio", "width", "height")):
+        return None
+    return str(merged.get("resolution") or "1k")
 
 
 @dataclass(frozen=True)

@@ -133,14 +133,20 @@ class Storage:
         self._prefix = self._root + os.sep
         self._made: set[str] = set()  # folders known to exist
 
-    def image_path(self, batch_id: int, stem: str, position: int, index: int, run: int = 0) -> str:
+    def image_path(
+        self, batch_id: int, stem: str, position: int | None, index: int, run: int = 0
+    ) -> str:
         """Relative path of image ``index`` of the task at ``position`` in a batch.
 
-        A regenerated task's later runs add ``_r<run>`` (``..._0003_r1_0.png``), so they
-        never overwrite the files of its earlier runs, kept as history.
+        ``position`` None: the stem alone is unique in its batch (a task named after its
+        upload, see ``engine.intake.name_outputs``), so the name is ``<stem>_<index>.png``.
+        A regenerated task's later runs end in ``_r<run>`` (``s2_0002_0_r1.png``,
+        ``photo_00_0_r1.png``): never a first run's name (those end in a digit), so they
+        never overwrite any file, and its earlier runs' files are kept as history.
         """
+        place = "" if position is None else f"_{position:04d}"
         again = f"_r{run}" if run else ""
-        return f"images/{batch_id}/{safe_name(stem, 'task')}_{position:04d}{again}_{index}.png"
+        return f"images/{batch_id}/{safe_name(stem, 'task')}{place}_{index}{again}.png"
 
     def absolute(self, relative: str) -> Path:
         """The file for a stored relative path; refuses anything that leaves the root."""

@@ -1,10 +1,11 @@
 """Image files for the API: cached thumbnails and ZIP archives streamed as they are written.
 
 A thumbnail is made with Pillow on its first request and kept under
-``<data_dir>/thumbs/<batch>/<image>_<size>.webp``; later requests are a file
-read. A ZIP is written into a sink that hands its bytes to the response as
-each file goes in (PNG is already compressed, so entries are stored), so a
-batch of any size costs one read buffer of memory, not the archive.
+``<data_dir>/thumbs/<batch>/<image>_<size>.webp`` (an upload's under
+``thumbs/assets/<asset>_<size>.webp``); later requests are a file read. A ZIP
+is written into a sink that hands its bytes to the response as each file goes
+in (PNG is already compressed, so entries are stored), so a batch of any size
+costs one read buffer of memory, not the archive.
 """
 
 from __future__ import annotations
@@ -16,20 +17,35 @@ import threading
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import Annotated
 
 import anyio
+from fastapi import Depends, Query
 from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 from starlette.types import Receive, Scope, Send
 
 from pixelkiln.api.errors import ApiError, error_response
+from pixelkiln.db.records import Asset
 from pixelkiln.models import ImageRecord
+from pixelkiln.naming import unique_name
 from pixelkiln.storage import Storage
 
 THUMB_SIZES = (128, 256, 512)
 THUMB_TYPE = "image/webp"
 READ_CHUNK = 256 * 1024
 
+
+def _thumb_size(
+    size: Annotated[int, Query(description=f"Longest side: one of {THUMB_SIZES}.")] = 256,
+) -> int:
+    if size not in THUMB_SIZES:
+        raise ApiError(422, "invalid_request", f"size must be one of {THUMB_SIZES}", field="size")
+    return size
+
+
+#: a thumbnail route's ``size`` query parameter, checked
+ThumbSize = Annotated[int, Depends(_thumb_size)]
 
 FILE_MISSING = "file_missing"
 _GONE = "the file is no longer on the server (deleted meanwhile?)"
@@ -63,13 +79,24 @@ class StoredFile(FileResponse):
 def thumbnail_path(storage: Storage, image: ImageRecord, size: int) -> Path:
     """The cached thumbnail of an image, made now if missing (blocking: call in a thread)."""
     target = storage.absolute(f"thumbs/{image.batch_id}/{image.id}_{size}.webp")
+    return _thumbnail(storage.absolute(image.path), target, size)
+
+
+def asset_thumbnail_path(storage: Storage, asset: Asset, size: int) -> Path:
+    """The cached thumbnail of an uploaded image (blocking: call in a thread)."""
+    target = storage.absolute(f"thumbs/assets/{asset.id}_{size}.webp")
+    return _thumbnail(storage.absolute(asset.path), target, size)
+
+
+def _thumbnail(original: Path, target: Path, size: int) -> Path:
     if target.exists():
         return target
     try:
-        source = Image.open(storage.absolute(image.path))
+        source = Image.open(original)
     except FileNotFoundError as exc:
         raise ApiError(404, FILE_MISSING, _GONE) from exc
     with source:
+        source.seek(0)  # an animated GIF or WebP: its first frame
         source.thumbnail((size, size))
         picture = source.convert("RGBA" if "A" in source.getbands() else "RGB")
     out = io.BytesIO()
@@ -107,7 +134,11 @@ class _Sink(io.RawIOBase):
 
 
 def zip_stream(storage: Storage, images: Iterable[ImageRecord]) -> Iterator[bytes]:
-    """The bytes of a ZIP of ``images``, produced while it is written (blocking iterator)."""
+    """The bytes of a ZIP of ``images``, produced while it is written (blocking iterator).
+
+    Entries are named as the files are (``photo_00_0.png`` for an upload batch); a name met
+    twice (any case) gets ``-2`` before its extension, so no entry hides another.
+    """
     sink = _Sink()
     names: set[str] = set()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
@@ -115,7 +146,7 @@ def zip_stream(storage: Storage, images: Iterable[ImageRecord]) -> Iterator[byte
             path = storage.absolute(image.path)
             if not path.is_file():
                 continue  # deleted meanwhile: the archive has the rest
-            name = _unique(PurePosixPath(image.path).name, names)
+            name = unique_name(PurePosixPath(image.path).name, names)
             with archive.open(name, "w", force_zip64=image.bytes >= 2**31) as entry:
                 with path.open("rb") as source:
                     while block := source.read(READ_CHUNK):
@@ -123,13 +154,3 @@ def zip_stream(storage: Storage, images: Iterable[ImageRecord]) -> Iterator[byte
                         yield sink.take()
             yield sink.take()
     yield sink.take()
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    stem, dot, ext = name.rpartition(".")
-    candidate, n = name, 1
-    while candidate in taken:
-        n += 1
-        candidate = f"{stem}-{n}{dot}{ext}" if dot else f"{name}-{n}"
-    taken.add(candidate)
-    return candidate

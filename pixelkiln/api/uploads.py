@@ -2,7 +2,8 @@
 
 Nothing from an upload reaches the filesystem by its name: images are stored
 by content hash (:meth:`Storage.write_asset`), a table goes to a temporary
-file. The name a client sent is kept only as sanitised text for display.
+file. The name a client sent is kept as sanitised text (:func:`pixelkiln.naming.file_name`):
+shown, stored as the asset's name, and made the key of an upload batch's task.
 Files are read one at a time, so 50 × 10 MB never sits in memory at once: every
 file is checked first, and only when all pass are they read again from their
 spool and stored, so a refused upload leaves no file behind.
@@ -29,8 +30,9 @@ from pixelkiln.db.database import Tx
 from pixelkiln.db.records import Asset, record_asset
 from pixelkiln.engine.intake import asset_record
 from pixelkiln.inputs import LoadedBatch, load_batch_file
+from pixelkiln.naming import file_name
 from pixelkiln.service import Caller
-from pixelkiln.storage import InputImage, read_input_image, safe_name
+from pixelkiln.storage import InputImage, read_input_image
 
 TABLE_TYPES = (".csv", ".xlsx", ".json", ".yaml", ".yml", ".toml")
 #: an XLSX is a ZIP: refuse one that inflates past this (a "zip bomb" aimed at openpyxl)
@@ -48,8 +50,7 @@ class Uploaded:
 
 def display_name(raw: str | None, fallback: str = "upload") -> str:
     """``../../etc/passwd.png`` → ``passwd.png``: the last path part, reduced to safe text."""
-    base = PurePosixPath((raw or "").replace("\\", "/")).name
-    return safe_name(base, fallback)
+    return file_name(raw, fallback)
 
 
 #: an image part in OpenAPI terms: one or more files
@@ -138,10 +139,10 @@ async def store_images(
         )
     # only now, every file good, does anything reach the disk: a refused upload leaves nothing
     records = []
-    for upload, image, _ in checked:
+    for upload, image, name in checked:
         await upload.seek(0)
         data = await upload.read(limits.max_upload_bytes + 1)
-        records.append(await ctx.run(_store, ctx, replace(image, data=data)))
+        records.append(await ctx.run(_store, ctx, replace(image, data=data), name))
     assets = await ctx.write(_record_all, caller.user_id, records)
     return [Uploaded(a, name) for a, (_, _, name) in zip(assets, checked, strict=True)]
 
@@ -162,11 +163,11 @@ def _check(ctx: ApiContext, data: bytes) -> InputImage:
     )
 
 
-def _store(ctx: ApiContext, image: InputImage) -> dict[str, Any]:
+def _store(ctx: ApiContext, image: InputImage, name: str) -> dict[str, Any]:
     """The checked file by content hash (a thread); the bytes must be those checked."""
     if hashlib.sha256(image.data).hexdigest() != image.sha256:
         raise ApiError(400, "bad_request", "an uploaded file changed while it was read")
-    return asset_record(image, ctx.storage.write_asset(image))
+    return asset_record(image, ctx.storage.write_asset(image), name)
 
 
 def _record_all(tx: Tx, owner_id: int | None, records: list[dict[str, Any]]) -> list[Asset]:

@@ -165,17 +165,22 @@ def image_detail(info: ImageInfo) -> ImageDetail:
     )
 
 
-def asset_public(asset: Asset, filename: str) -> AssetPublic:
+def asset_public(asset: Asset, filename: str | None = None) -> AssetPublic:
+    """An asset as uploaded now under ``filename``, or (None) as listed: by its own name."""
+    name = asset.name or filename or f"asset-{asset.id}"
     return AssetPublic.model_construct(
         id=asset.id,
         ref=f"asset:{asset.id}",
-        filename=filename,
+        filename=filename or name,
+        name=name,
         mime=asset.mime,
         width=asset.width,
         height=asset.height,
         bytes=asset.bytes,
         sha256=asset.sha256,
         url=f"{API}/assets/{asset.id}/file",
+        thumbnail_url=f"{API}/assets/{asset.id}/thumbnail",
+        created_at=asset.created_at,
     )
 
 

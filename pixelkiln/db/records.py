@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, exists, func, insert, or_, select
+from sqlalchemy import Connection, Row, delete, exists, func, insert, or_, select, update
 
 from pixelkiln.db import transitions
 from pixelkiln.db.batches import UNFINISHED, _batch
@@ -81,6 +81,7 @@ class Asset:
     height: int
     bytes: int
     created_at: float
+    name: str | None = None  #: the file's own name, made safe (None: stored before 0006)
 
 
 def _owned(query: Any, owner_id: int | None) -> Any:
@@ -308,7 +309,22 @@ def record_asset(tx: Tx, owner_id: int | None, record: dict[str, Any]) -> Asset:
             {**record, "owner_id": owner_id, "created_at": tx.now},
         ).scalar_one()
         return get_asset(tx.conn, asset_id)
+    if row.name is None and record.get("name"):  # the first name it came with is kept
+        tx.conn.execute(update(assets).where(assets.c.id == row.id).values(name=record["name"]))
+        return get_asset(tx.conn, row.id)
     return _asset(row)
+
+
+def list_assets(
+    conn: Connection, owner_id: int | None, *, limit: int = 50, offset: int = 0
+) -> tuple[list[Asset], int]:
+    """Uploads, newest first (one owner's, or with ``None`` everyone's); and how many."""
+    mine = select(assets)
+    if owner_id is not None:
+        mine = mine.where(assets.c.owner_id == owner_id)
+    page = mine.order_by(assets.c.id.desc()).limit(limit).offset(offset)
+    total = select(func.count()).select_from(mine.subquery())
+    return [_asset(row) for row in conn.execute(page)], int(conn.execute(total).scalar_one())
 
 
 def get_asset(conn: Connection, asset_id: int, owner_id: int | None = None) -> Asset:
@@ -329,6 +345,7 @@ def _asset(row: Row[Any]) -> Asset:
         row.height,
         row.bytes,
         row.created_at,
+        row.name,
     )
 
 

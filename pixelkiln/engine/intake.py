@@ -4,6 +4,11 @@ Input images named by path are read once, checked by content (type, size,
 pixel count), and copied into the data folder by hash, so a batch never
 depends on files that may move before it runs.
 
+An img2img task that asks for no size and no ratio keeps its input's shape
+(:func:`pixelkiln.params.size_like`), and a batch whose every task is an input
+image keyed by its file name (an upload batch) names its outputs after those
+names (:func:`name_outputs`).
+
 Bad input is reported whole: the spec's own problems (a salvaged spec, see
 ``parse_batch(partial=True)``), every task's values and every input image are
 all checked, and one SpecError lists what is wrong, wherever it was found.
@@ -12,11 +17,16 @@ all checked, and one SpecError lists what is wrong, wherever it was found.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from pixelkiln import params
 from pixelkiln.db.batches import NewBatch
 from pixelkiln.exceptions import NotFoundError, Problem, SpecError
+from pixelkiln.naming import file_name, image_stem, unique_stem
 from pixelkiln.problems import capped, merge_problems
 from pixelkiln.specs import BatchSpec, ResolvedTask, check_tasks
 from pixelkiln.storage import InputImage, Storage, read_input_image
@@ -61,6 +71,8 @@ def prepare_batch(
     problems = list(merge_problems(problems, reader.problems))
     if problems:
         raise SpecError(capped(problems, source_name))
+    tasks = [reader.shaped(task) for task in tasks]
+    name_outputs(tasks, inputs)
     return NewBatch(
         name=spec.name,
         source=source,
@@ -103,6 +115,7 @@ class _Inputs:
         self.assets: dict[str, dict[str, Any]] = {}  # sha256 → record
         self.problems: list[Problem] = []
         self.failed: set[str] = set()  # reported once, not for every task that names it
+        self.shapes: dict[str, tuple[int, int]] = {}  # original → width, height
 
     def of_task(self, index: int, task: ResolvedTask) -> dict[str, Any]:
         """The task's {"init_image": path, "reference_images": [paths]}."""
@@ -141,17 +154,60 @@ class _Inputs:
 
     def _read(self, original: str) -> str:
         image = read_input_image(Path(original).read_bytes())
+        self.shapes[original] = image.width, image.height
         if not self.store:
             return ""
         path = self.storage.write_asset(image)
-        self.assets.setdefault(image.sha256, asset_record(image, path))
+        name = file_name(Path(original).name, "image")
+        self.assets.setdefault(image.sha256, asset_record(image, path, name))
         return path
 
+    def shaped(self, task: ResolvedTask) -> ResolvedTask:
+        """``task`` sized like its init image when it asked for no size (see params)."""
+        shape = self._shape(task.init_image) if task.open_size and task.init_image else None
+        if shape is None:
+            return task
+        width, height = params.size_like(*shape, task.open_size)
+        return replace(task, width=width, height=height)
 
-def asset_record(image: InputImage, path: str) -> dict[str, Any]:
-    """The ``assets`` row of a stored input image (CLI inputs and API uploads alike)."""
+    def _shape(self, original: str) -> tuple[int, int] | None:
+        """An ingested image's width and height; an upload's read from its file's header.
+
+        None when the upload's file cannot be read now: the task keeps its size (the run
+        reports the missing file).
+        """
+        if original not in self.shapes:
+            try:
+                with Image.open(self.storage.absolute(self.stored[original])) as image:
+                    self.shapes[original] = image.size
+            except (OSError, ValueError):
+                return None
+        return self.shapes[original]
+
+
+def name_outputs(tasks: Sequence[ResolvedTask], inputs: Sequence[dict[str, Any]]) -> None:
+    """Name each task's images after its key, as ``inputs[i]["name"]`` (the file stem).
+
+    Only when every task has an init image, no ``filename_prefix``, and a key that is an
+    image's file name (``photo_00.png``: an upload batch, see ``POST /batches/upload``):
+    its images are then ``photo_00_0.png`` … instead of ``<key>_<position>_<index>.png``.
+    The stems are made unique in the batch (any case), so two tasks never share a file;
+    a batch that mixes kinds keeps positions everywhere, for the same reason.
+    """
+    stems = [image_stem(t.key) if t.init_image and not t.filename_prefix else None for t in tasks]
+    if not stems or None in stems:
+        return
+    taken: set[str] = set()
+    for stem, entry in zip(stems, inputs, strict=True):
+        entry["name"] = unique_stem(stem or "", taken)
+
+
+def asset_record(image: InputImage, path: str, name: str | None = None) -> dict[str, Any]:
+    """The ``assets`` row of a stored input image (CLI inputs and API uploads alike);
+    ``name`` is the file's own name, made safe (:func:`pixelkiln.naming.file_name`)."""
     return {
         "path": path,
+        "name": name,
         "sha256": image.sha256,
         "mime": image.mime,
         "width": image.width,

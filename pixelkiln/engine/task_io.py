@@ -62,12 +62,14 @@ def store_images(
     or the backend's configured one when the generator does not say), the size of the
     image it returned, its server.
     """
-    stem = task.params.get("filename_prefix") or task.key
+    named = task.inputs.get("name")  # unique in the batch: no position needed
+    stem = named or task.params.get("filename_prefix") or task.key
+    position = None if named else task.position
     honours = honoured_params(backend)
     model = task.params.get("model") or (backend.settings.model if backend is not None else "")
     stored = []
     for index, image in enumerate(images):
-        relative = storage.image_path(task.batch_id, stem, task.position, index, task.run)
+        relative = storage.image_path(task.batch_id, stem, position, index, task.run)
         data = to_png(image.data)
         sent = sent_params(task, image.seed, honours)
         server, used = redact_url(image.server), image.model or model

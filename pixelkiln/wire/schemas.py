@@ -218,15 +218,21 @@ class EditRequest(_Input):
 
 
 class AssetPublic(_Public):
+    """An uploaded image. The same bytes uploaded again are the same asset: ``name`` stays
+    the first name they came with, ``filename`` is the one of this upload."""
+
     id: int
     ref: str  #: use as init_image / reference_images in a batch: "asset:<id>"
     filename: str  #: the uploaded name, sanitised (never used as a path)
+    name: str  #: the name stored with the asset (its first upload's, sanitised)
     mime: str
     width: int
     height: int
     bytes: int
     sha256: str
     url: str
+    thumbnail_url: str  #: a WebP thumbnail (``?size=128|256|512``)
+    created_at: float
 
 
 # -- events -----------------------------------------------------------------------------------

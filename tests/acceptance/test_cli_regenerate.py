@@ -50,8 +50,8 @@ def test_regenerate_a_failed_and_a_succeeded_shot_keeps_the_old_file(tmp_path: P
     assert "partial" in again.stdout
     assert {p.name for p in images.glob("s[23]_*.png")} == {
         "s2_0002_0.png",  # the old image, kept as history
-        "s2_0002_r1_0.png",
-        "s3_0003_r1_0.png",
+        "s2_0002_0_r1.png",
+        "s3_0003_0_r1.png",
     }
     rows = query(tmp_path, "SELECT run, superseded FROM images ORDER BY task_id, run")
     assert sorted(rows).count((0, 1)) == 1 and len(rows) == 6
@@ -59,7 +59,7 @@ def test_regenerate_a_failed_and_a_succeeded_shot_keeps_the_old_file(tmp_path: P
 
     replaced = kiln(tmp_path, "regenerate", "story", "--tasks", "1", "--replace", "--quiet")
     assert replaced.returncode == 1, replaced.stderr
-    assert not (images / "s1_0001_0.png").exists() and (images / "s1_0001_r1_0.png").exists()
+    assert not (images / "s1_0001_0.png").exists() and (images / "s1_0001_0_r1.png").exists()
     assert query(tmp_path, "SELECT n_images FROM batches") == [(5,)]
 
 

@@ -130,7 +130,7 @@ async def test_regenerating_a_failed_and_a_succeeded_task_keeps_the_old_image_as
         current = await kiln.db.aread(images_by_task, batch_id)
         new_s2, new_s3 = current[tasks["s2"].id], current[tasks["s3"].id]
         assert [(i.run, i.superseded) for i in new_s2 + new_s3] == [(1, False), (1, False)]
-        assert new_s2[0].path.endswith("_0002_r1_0.png") and new_s2[0].id != old[0].id
+        assert new_s2[0].path.endswith("_0002_0_r1.png") and new_s2[0].id != old[0].id
         assert old[0].path.endswith("_0002_0.png")
 
         everything = await kiln.db.aread(images_by_task, batch_id, True)

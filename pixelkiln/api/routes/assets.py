@@ -1,17 +1,17 @@
-"""``/api/v1/assets``: upload input images (init / reference) and fetch them back."""
+"""``/api/v1/assets``: upload input images (init / reference), list them, fetch them back."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
-from pixelkiln.api.deps import CallerDep, CtxDep, IdPath
-from pixelkiln.api.media import StoredFile
+from pixelkiln.api.deps import CallerDep, CtxDep, IdPath, PageDep, page_fields
+from pixelkiln.api.media import THUMB_TYPE, StoredFile, ThumbSize, asset_thumbnail_path
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.uploads import IMAGE_FILES, files_of, form_body, read_form, store_images
 from pixelkiln.api.views import asset_public
-from pixelkiln.db.records import get_asset
-from pixelkiln.wire.schemas import AssetPublic
+from pixelkiln.db.records import get_asset, list_assets
+from pixelkiln.wire.schemas import AssetPublic, Page
 
 router = APIRouter(prefix="/assets", tags=["assets"])
 
@@ -31,9 +31,37 @@ async def upload(request: Request, ctx: CtxDep, caller: CallerDep) -> list[Asset
     return [asset_public(u.asset, u.filename) for u in uploads]
 
 
+@router.get("", responses=ERRORS, summary="List my uploaded images")
+async def list_uploads(ctx: CtxDep, caller: CallerDep, page: PageDep) -> Page[AssetPublic]:
+    """Newest first, each with its name, size, file and thumbnail URLs (an admin: their own)."""
+    found, total = await ctx.read(list_assets, caller.mine, limit=page.limit, offset=page.offset)
+    return Page[AssetPublic].model_construct(
+        items=[asset_public(a) for a in found], **page_fields(page, len(found), total)
+    )
+
+
+@router.get("/{asset_id}", responses=ERRORS, summary="One uploaded image's record")
+async def one(asset_id: IdPath, ctx: CtxDep, caller: CallerDep) -> AssetPublic:
+    return asset_public(await ctx.read(get_asset, asset_id, caller.scope))
+
+
 @router.get(
     "/{asset_id}/file", responses=ERRORS, response_class=FileResponse, summary="An uploaded image"
 )
 async def file(asset_id: IdPath, ctx: CtxDep, caller: CallerDep) -> FileResponse:
     asset = await ctx.read(get_asset, asset_id, caller.scope)
     return StoredFile(ctx.storage.absolute(asset.path), media_type=asset.mime)
+
+
+@router.get(
+    "/{asset_id}/thumbnail",
+    responses=ERRORS,
+    response_class=FileResponse,
+    summary="A WebP thumbnail of an uploaded image, made on first request and cached",
+)
+async def thumbnail(
+    asset_id: IdPath, ctx: CtxDep, caller: CallerDep, size: ThumbSize
+) -> FileResponse:
+    asset = await ctx.read(get_asset, asset_id, caller.scope)
+    path = await ctx.run(asset_thumbnail_path, ctx.storage, asset, size)
+    return StoredFile(path, media_type=THUMB_TYPE, headers={"Cache-Control": "max-age=86400"})

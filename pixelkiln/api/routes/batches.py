@@ -22,6 +22,7 @@ from pixelkiln.api.errors import ApiError
 from pixelkiln.api.media import zip_stream
 from pixelkiln.api.uploads import (
     IMAGE_FILES,
+    Uploaded,
     files_of,
     form_body,
     load_table,
@@ -35,6 +36,7 @@ from pixelkiln.db.presets import get_preset
 from pixelkiln.db.records import count_active, search_batches
 from pixelkiln.db.tasks import list_images
 from pixelkiln.models import BatchStatus, TaskStatus
+from pixelkiln.naming import unique_name, with_image_suffix
 from pixelkiln.service import Caller, Submission, TaskPage
 from pixelkiln.specs import BatchSpec, Params, parse_batch, problems_from_validation
 from pixelkiln.wire.schemas import (
@@ -171,13 +173,13 @@ async def create_from_uploads(
         raise _form_error(exc) from exc
     finally:
         await form.close()
-    spec = await _upload_spec(ctx, fields, [u.asset.id for u in uploads])
+    spec = await _upload_spec(ctx, fields, uploads)
     sub = Submission(
         spec,
         source="api",
         idempotency_key=idempotency_key,
         fingerprint=service.fingerprint(
-            "upload", fields.model_dump(), [u.asset.sha256 for u in uploads]
+            "upload", fields.model_dump(), [(u.asset.sha256, u.filename) for u in uploads]
         ),
     )
     return await _created(ctx, caller, sub, response, wait, timeout)
@@ -195,8 +197,14 @@ def _form_error(exc: ValidationError) -> ApiError:
     )
 
 
-async def _upload_spec(ctx: ApiContext, fields: UploadFields, asset_ids: list[int]) -> BatchSpec:
-    """One task per uploaded image; a preset gives the prompt's frame and default parameters."""
+async def _upload_spec(ctx: ApiContext, fields: UploadFields, files: list[Uploaded]) -> BatchSpec:
+    """One task per uploaded image; a preset gives the prompt's frame and default parameters.
+
+    A task's key is its file's name (``photo_00.png``; a second ``photo_00.png`` is
+    ``photo_00-2.png``), and its images are named after it (``photo_00_0.png``, see
+    ``engine.intake.name_outputs``). Without a size or ratio, each output keeps its
+    input's shape (``params.size_like``).
+    """
     prompt, negative, preset_params = fields.prompt, fields.negative_prompt, {}
     if fields.preset_id is not None:
         preset = await ctx.read(get_preset, fields.preset_id, include_inactive=False)
@@ -212,12 +220,20 @@ async def _upload_spec(ctx: ApiContext, fields: UploadFields, asset_ids: list[in
     overrides = fields.model_dump(
         exclude_none=True, exclude={"name", "prompt", "preset_id", "negative_prompt"}
     )
+    taken: set[str] = set()
     data = {
         "name": fields.name,
         "defaults": {**preset_params, **overrides, "prompt": prompt, "negative_prompt": negative},
-        "tasks": [{"init_image": f"asset:{i}", "key": str(i)} for i in asset_ids],
+        "tasks": [
+            {"init_image": f"asset:{u.asset.id}", "key": unique_name(_named(u), taken)}
+            for u in files
+        ],
     }
     return parse_batch(data, "upload")
+
+
+def _named(upload: Uploaded) -> str:
+    return with_image_suffix(upload.filename, upload.asset.mime)
 
 
 @router.post(

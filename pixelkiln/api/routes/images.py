@@ -13,9 +13,9 @@ from pixelkiln import service
 from pixelkiln.api.deps import CallerDep, CtxDep, IdPath, PageDep, Pagination, page_fields
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.media import (
-    THUMB_SIZES,
     THUMB_TYPE,
     StoredFile,
+    ThumbSize,
     remove_image_files,
     thumbnail_path,
 )
@@ -116,13 +116,8 @@ async def file(image_id: IdPath, ctx: CtxDep, caller: CallerDep) -> FileResponse
     summary="A WebP thumbnail, made on first request and cached",
 )
 async def thumbnail(
-    image_id: IdPath,
-    ctx: CtxDep,
-    caller: CallerDep,
-    size: Annotated[int, Query(description=f"Longest side: one of {THUMB_SIZES}.")] = 256,
+    image_id: IdPath, ctx: CtxDep, caller: CallerDep, size: ThumbSize
 ) -> FileResponse:
-    if size not in THUMB_SIZES:
-        raise ApiError(422, "invalid_request", f"size must be one of {THUMB_SIZES}", field="size")
     info = await ctx.read(get_image, image_id, caller.scope)
     path = await ctx.run(thumbnail_path, ctx.storage, info.image, size)
     return StoredFile(path, media_type=THUMB_TYPE, headers={"Cache-Control": "max-age=86400"})

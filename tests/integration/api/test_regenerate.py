@@ -81,7 +81,7 @@ async def test_regenerate_over_the_api_keeps_history_and_charges_like_a_retry(
 
         archive = await user.get(f"/api/v1/batches/{made['id']}/images.zip")
         names = zipfile.ZipFile(io.BytesIO(archive.content)).namelist()
-        assert len(names) == 5 and any("_r1_0" in n for n in names)
+        assert len(names) == 5 and any("_0_r1.png" in n for n in names)
 
 
 async def test_regenerate_errors_are_clear(tmp_path: Path) -> None:
