@@ -51,6 +51,7 @@ from pixelkiln.wire.schemas import (
     RegenerateResult,
     RetryResult,
     TaskPublic,
+    WebhookDeliveryPublic,
 )
 
 __all__ = ["ApiError", "AsyncClient", "Client", "EventPublic"]
@@ -191,6 +192,14 @@ class Client:
 
     def credits(self) -> CreditsPublic:
         return self._run(Calls.credits())
+
+    def webhooks(self, batch_id: int) -> list[WebhookDeliveryPublic]:
+        """The batch's webhook deliveries (one per time it ended), oldest first."""
+        return self._run(Calls.webhooks(batch_id))
+
+    def webhook_secret(self, *, rotate: bool = False) -> str:
+        """The secret your webhooks are signed with; ``rotate`` makes a new one."""
+        return self._run(Calls.webhook_secret(rotate)).secret
 
     def stream(
         self,
@@ -345,6 +354,14 @@ class AsyncClient:
 
     async def credits(self) -> CreditsPublic:
         return await self._run(Calls.credits())
+
+    async def webhooks(self, batch_id: int) -> list[WebhookDeliveryPublic]:
+        """See :meth:`Client.webhooks`."""
+        return await self._run(Calls.webhooks(batch_id))
+
+    async def webhook_secret(self, *, rotate: bool = False) -> str:
+        """See :meth:`Client.webhook_secret`."""
+        return (await self._run(Calls.webhook_secret(rotate))).secret
 
     async def stream(
         self,

@@ -242,6 +242,39 @@ class ServerSettings(BaseModel):
     )
 
 
+class WebhooksSettings(BaseModel):
+    """``[webhooks]``: POSTing a batch's summary to its ``webhook`` URL when it ends."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(
+        8, ge=1, le=100, description="Tries per delivery before it is marked failed."
+    )
+    timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds one try may take; also how long `kiln run` goes on delivering "
+        "after its batches end (the rest waits for the next process).",
+    )
+    backoff: float = Field(
+        10.0, ge=0, description="Seconds before the second try; doubles after each failed try."
+    )
+    backoff_max: float = Field(3600.0, ge=0, description="Longest wait between two tries.")
+    poll_interval: float = Field(
+        1.0, gt=0, description="Seconds between looks for batch ends that are owed a delivery."
+    )
+    allow_private: bool | None = Field(
+        None,
+        description="Whether webhooks may reach private, loopback and link-local addresses; "
+        "unset = allowed only while [auth] is off (a loopback-only server).",
+    )
+    public_url: str = Field(
+        "",
+        description="Base URL of the API as receivers reach it (`https://kiln.example.com`), "
+        "for the links in a payload; empty = links are paths.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable. Build it with :func:`load_settings`."""
 
@@ -254,6 +287,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     credits: CreditsSettings = Field(default_factory=CreditsSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,7 +1,10 @@
 """What users submit: batch specs, per-task overrides, and their validation.
 
 A batch spec is ``{"name", "defaults": {...params}, "tasks": [{...params, "key"}]}``;
-each task's parameters override the defaults. :func:`parse_batch` turns raw
+each task's parameters override the defaults. Beside (or instead of) ``tasks`` it
+may hold ``items``, any JSON objects with an ``id``, whose prompts a ``template``
+makes from their fields and the batch's ``vars`` (see :mod:`pixelkiln.prompts`):
+:func:`parse_batch` turns each into a task after the batch's own. :func:`parse_batch` turns raw
 data into a :class:`BatchSpec`, reporting *every* problem with where it is;
 :func:`resolve_tasks` merges defaults into each task and fixes every value
 (size, seed) so the database holds exactly what will run.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +30,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -47,6 +52,17 @@ MAX_CHAIN = 10
 MAX_WORKERS = 10
 #: longest ``delay`` between two task starts of a batch, in seconds
 MAX_DELAY = 3600.0
+#: most tasks (and items) one batch may hold
+MAX_TASKS = 1_000_000
+
+
+def item_place(key: str | None, index: int) -> str:
+    """Where item ``index`` (0-based) is, for messages: by its id, or by position without one.
+
+    >>> item_place("slide-3", 2), item_place(None, 2)
+    ("item 'slide-3'", 'item 3')
+    """
+    return f"item '{key}'" if key else f"item {index + 1}"
 
 
 def check_webhook_url(value: str) -> str:
@@ -128,6 +144,8 @@ class TaskSpec(Params):
     """One task: parameters that override the batch defaults, plus a key."""
 
     key: str | None = Field(None, max_length=200)  #: caller's id (row, scene, slide...)
+    #: the item this task was made from (``items``): kept with the task, ``tasks.item``
+    item: dict[str, Any] | None = None
 
 
 class BatchSpec(BaseModel):
@@ -137,7 +155,14 @@ class BatchSpec(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     defaults: Params = Field(default_factory=Params)
-    tasks: list[TaskSpec] = Field(min_length=1, max_length=1_000_000)
+    #: makes each item's prompt from its fields, ``vars`` and ``defaults``: "{style}. {title}"
+    template: str | None = Field(None, max_length=20_000)
+    #: fields every item's template may use (an item's own fields win)
+    vars: dict[str, Any] | None = None
+    #: JSON objects with an ``id`` (the task key); :func:`parse_batch` makes each a task,
+    #: after ``tasks``, and leaves this None
+    items: list[dict[str, Any]] | None = Field(None, max_length=MAX_TASKS)
+    tasks: list[TaskSpec] = Field(default_factory=list, max_length=MAX_TASKS, validate_default=True)
     priority: int = Field(0, ge=-100, le=100)  #: higher runs first
     max_attempts: int | None = Field(None, ge=1, le=100)  #: overrides [scheduler] max_attempts
     #: at most this many of the batch's tasks generate at once (on top of the global and
@@ -146,6 +171,14 @@ class BatchSpec(BaseModel):
     delay: float | None = Field(None, ge=0, le=MAX_DELAY)  #: seconds between two task starts
     #: http(s) URL POSTed the batch summary when the batch ends (see docs/webhooks.md)
     webhook: str | None = Field(None, max_length=2000)
+
+    @field_validator("tasks")
+    @classmethod
+    def _some_tasks(cls, value: list[TaskSpec], info: ValidationInfo) -> list[TaskSpec]:
+        # "items" is validated before "tasks": absent from info.data when it was not valid
+        if not value and "items" in info.data and not info.data["items"]:
+            raise ValueError("a batch needs at least one task, in 'tasks' or 'items'")
+        return value
 
     @field_validator("webhook")
     @classmethod
@@ -161,7 +194,7 @@ class BatchSpec(BaseModel):
     def problems(self) -> tuple[Problem, ...]:
         """What was wrong with the input (empty for a valid spec); such a spec never runs.
 
-        >>> parse_batch({"tasks": [{"prompt": "a", "n": 0}]}, partial=True).problems[0].where
+        >>> parse_batch({"name": "b", "tasks": [{"n": 0}]}, partial=True).problems[0].where
         'task 1'
         """
         return self._problems
@@ -175,7 +208,7 @@ class BatchSpec(BaseModel):
 
 #: top-level keys of a batch spec
 BATCH_KEYS = tuple(BatchSpec.model_fields)
-#: keys a task may carry: every parameter plus its key
+#: keys a task may carry: every parameter plus its key (and ``item``, set from ``items``)
 TASK_KEYS = (*PARAM_NAMES, "key")
 
 
@@ -230,6 +263,8 @@ class ResolvedTask:
 def _locate_in_batch(loc: tuple[Any, ...]) -> tuple[str, str]:
     if loc and loc[0] == "tasks" and len(loc) >= 2 and isinstance(loc[1], int):
         return f"task {loc[1] + 1}", ".".join(str(p) for p in loc[2:])
+    if loc and loc[0] == "items" and len(loc) >= 2 and isinstance(loc[1], int):
+        return item_place(None, loc[1]), ".".join(str(p) for p in loc[2:])
     if loc and loc[0] == "defaults":
         return "defaults", ".".join(str(p) for p in loc[1:])
     return "", ".".join(str(p) for p in loc)
@@ -237,6 +272,8 @@ def _locate_in_batch(loc: tuple[Any, ...]) -> tuple[str, str]:
 
 def _known_in_batch(loc: tuple[Any, ...]) -> Sequence[str]:
     """The keys valid where ``loc`` points: a task's, the defaults', or the top level's."""
+    if loc and loc[0] in ("items", "vars"):  # any keys
+        return ()
     if len(loc) == 3 and loc[0] == "tasks":
         return TASK_KEYS
     if len(loc) == 2 and loc[0] == "defaults":
@@ -257,32 +294,66 @@ def parse_batch(data: Any, source: str = "", *, partial: bool = False) -> BatchS
         message = "a batch must be a mapping with 'tasks'"
         raise SpecError([Problem(source, "", "", message, path="")])
     try:
-        return BatchSpec.model_validate(data)
+        spec = BatchSpec.model_validate(data)
     except ValidationError as exc:
         problems = problems_from_validation(
             exc, source, _locate_in_batch, known=_known_in_batch, path_of=json_path
         )
-        if not partial:
-            raise SpecError(capped(problems, source)) from exc
-        return _salvage(data, exc).with_problems(problems)
+        spec = _salvage(data, exc).with_problems(problems)
+    spec = expand_items(spec, source)
+    if spec.problems and not partial:
+        raise SpecError(capped(spec.problems, source))
+    return spec
+
+
+def expand_items(spec: BatchSpec, source: str = "") -> BatchSpec:
+    """``spec`` with each of its ``items`` made a task (after its own), and their problems.
+
+    :func:`parse_batch` does this; a spec without items comes back as it is.
+    """
+    if spec.items is None:
+        return spec
+    # prompts makes tasks of this module's models: imported here, where it is first needed
+    from pixelkiln import prompts
+
+    taken = [task.key or str(i + 1) for i, task in enumerate(spec.tasks)]
+    made, problems = prompts.expand_items(
+        spec.items,
+        spec.template,
+        spec.vars,
+        spec.defaults.model_dump(exclude_none=True),
+        source,
+        taken=taken,
+    )
+    expanded = spec.model_copy(update={"tasks": [*spec.tasks, *made], "items": None})
+    return expanded.with_problems(problems)
 
 
 def _salvage(data: dict[Any, Any], exc: ValidationError) -> BatchSpec:
-    """The valid part of ``data``: every task kept (so that positions hold), bad values left out."""
+    """The valid part of ``data``: every task and item kept (so that positions hold), bad values
+    left out."""
     bad_top = {e["loc"][0] for e in exc.errors() if e["loc"]}
     top = {
         k: v
         for k, v in data.items()
-        if k in ("name", "priority", "max_attempts", "max_workers", "delay", "webhook")
+        if k in ("name", "priority", "max_attempts", "max_workers", "delay", "webhook", "template")
         and k not in bad_top
     }
     raw_tasks = data.get("tasks")
     tasks = raw_tasks if isinstance(raw_tasks, list) else []
+    raw_items = data.get("items")
+    items = raw_items if isinstance(raw_items, list) and len(raw_items) <= MAX_TASKS else None
     # every invalid top-level value was left out, so this validates
     base = BatchSpec.model_validate({"name": "unnamed", **top, "tasks": [{}]})
     return base.model_copy(
         update={
             "defaults": salvage(Params, data.get("defaults")),
+            "vars": data.get("vars") if "vars" not in bad_top else None,
+            # a template that is not text still means the items' prompts come from it: ""
+            # makes none, and says nothing more (see check_tasks)
+            "template": "" if "template" in bad_top else base.template,
+            # the items as given: expand_items reports (and leaves out) those not mappings
+            "items": items,
             "tasks": [salvage(TaskSpec, task) for task in tasks],
         }
     )
@@ -353,21 +424,28 @@ def check_tasks(
     task). With ``uploads_only`` (the API) an input image must be an uploaded
     ``asset:ID``: a path is refused without looking at this machine's files.
     """
+    spec = expand_items(spec, source)
     rng = rng or random.Random()
     known = set(known_backends) if known_backends is not None else None
-    name_of = where or (lambda i: f"task {i + 1}")
+    name_of = where or TaskPlaces.of(spec)
     resolved: list[ResolvedTask] = []
     found: list[Problem] = []
 
-    def reporter(place: str) -> Callable[[str, str], None]:
-        return lambda field, message: found.append(Problem(source, place, field, message))
+    def reporter(place: str, unsaid: str = "") -> Callable[[str, str], None]:
+        def report(field: str, message: str) -> None:
+            if field != unsaid:
+                found.append(Problem(source, place, field, message))
 
+        return report
+
+    # with a template that is not valid no item has a prompt: the template's problem says why
+    bad_template = any(p.field == "template" and not p.where for p in spec.problems)
     images = _InputPaths(base_dir, uploads_only)
     shared = images.of(spec.defaults, reporter("defaults"))
     defaults = spec.defaults.model_dump(exclude_none=True)
     for i, task in enumerate(spec.tasks):
         merged = {**defaults, **task.model_dump(exclude_none=True)}
-        report = reporter(name_of(i))
+        report = reporter(name_of(i), "prompt" if bad_template and task.item is not None else "")
         inputs = {**shared, **images.of(task, report)}
         resolved.append(_resolve_one(i, merged, default_backend, known, rng, report, inputs))
     return resolved, list(merge_problems(spec.problems, found))
@@ -429,6 +507,7 @@ def _resolve_one(
         reference_images=inputs.get("reference_images", ()),
         backends=chain,
         open_size=_open_size(merged),
+        item=merged.get("item"),
     )
 
 
@@ -436,6 +515,32 @@ def _open_size(merged: dict[str, Any]) -> str | None:
     if any(merged.get(name) is not None for name in ("aspect_ratio", "width", "height")):
         return None
     return str(merged.get("resolution") or "1k")
+
+
+@dataclass(frozen=True)
+class TaskPlaces:
+    """Names task i of a spec in messages: "task 3", or "item 'slide-3'" for one made from an item.
+
+    >>> TaskPlaces.of(parse_batch({"name": "b", "items": [{"id": "a", "prompt": "x"}]}))(0)
+    "item 'a'"
+    """
+
+    tasks: Sequence[TaskSpec] = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, spec: BatchSpec) -> TaskPlaces:
+        """The names of ``spec``'s tasks (its items already made tasks)."""
+        return cls(tuple(spec.tasks))
+
+    @cached_property
+    def _first_item(self) -> int:
+        return next((i for i, t in enumerate(self.tasks) if t.item is not None), 0)
+
+    def __call__(self, index: int) -> str:
+        task = self.tasks[index]
+        if task.item is None:
+            return f"task {index + 1}"
+        return item_place(task.key, index - self._first_item)
 
 
 @dataclass(frozen=True)

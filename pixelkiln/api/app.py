@@ -23,6 +23,7 @@ from pixelkiln.api.deps import ApiContext, get_caller
 from pixelkiln.api.errors import BodyLimit, install_error_handlers
 from pixelkiln.api.routes import admin, assets, batches, events, images, presets, system, tasks
 from pixelkiln.api.routes import users as users_routes
+from pixelkiln.api.routes import webhooks as webhooks_routes
 from pixelkiln.api.runner import SchedulerThread
 from pixelkiln.api.sse import FrameCache
 from pixelkiln.app import Kiln
@@ -83,6 +84,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
         users_routes.me,
         users_routes.admin,
         admin.router,
+        webhooks_routes.router,
     ):
         app.include_router(router, prefix="/api/v1", dependencies=secured)
     return app

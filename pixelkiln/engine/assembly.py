@@ -28,6 +28,7 @@ from pixelkiln.config import Settings
 from pixelkiln.db.database import Database
 from pixelkiln.engine.credentials import UserKeys
 from pixelkiln.engine.scheduler import Scheduler
+from pixelkiln.engine.webhooks import Deliverer
 from pixelkiln.keybox import KeyBox
 from pixelkiln.storage import Storage
 
@@ -59,6 +60,8 @@ class Engine:
                 self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=MAX_CONNECTIONS))
             backends = build_backends(settings.effective_backends(), BackendDeps(http=self.http))
         self.backends = dict(backends)
+        #: POSTs batch ends to their webhooks beside every scheduler built here
+        self.deliverer = Deliverer(db, settings)
 
     def scheduler(
         self,
@@ -87,6 +90,7 @@ class Engine:
             chains={name: self.settings.fallback_chain(name) for name in self.backends},
             stop_when_stalled=stop_when_stalled,
             follow_settings=follow_settings,
+            companions=(self.deliverer,),
         )
         if concurrency is not None:
             scheduler.set_concurrency(concurrency)
@@ -95,9 +99,10 @@ class Engine:
         return scheduler
 
     async def aclose(self) -> None:
-        """Stop the backends' probes and close the HTTP client this engine opened."""
+        """Stop the backends' probes and close the HTTP clients this engine opened."""
         for backend in self.backends.values():
             await backend.aclose()
+        await self.deliverer.aclose()
         if self._own_http and self.http is not None:
             await self.http.aclose()
         self.http = None

@@ -28,7 +28,7 @@ from pixelkiln.db.batches import NewBatch
 from pixelkiln.exceptions import NotFoundError, Problem, SpecError
 from pixelkiln.naming import file_name, image_stem, unique_stem
 from pixelkiln.problems import capped, merge_problems
-from pixelkiln.specs import BatchSpec, ResolvedTask, check_tasks
+from pixelkiln.specs import BatchSpec, ResolvedTask, TaskPlaces, check_tasks, expand_items
 from pixelkiln.storage import InputImage, Storage, read_input_image
 
 
@@ -56,6 +56,8 @@ def prepare_batch(
     ``uploads_only`` (an API caller) input images must be such references: paths
     are refused without a look at the files they name.
     """
+    spec = expand_items(spec, source_name)  # a spec made without parse_batch may hold items
+    where = where or TaskPlaces.of(spec)
     tasks, problems = check_tasks(
         spec,
         default_backend=default_backend,
@@ -87,6 +89,8 @@ def prepare_batch(
         max_workers=spec.max_workers,
         delay=spec.delay,
         webhook=spec.webhook,
+        # how the items' prompts were made, for whoever reads the batch later
+        extra={k: v for k, v in (("template", spec.template), ("vars", spec.vars)) if v},
     )
 
 

@@ -50,7 +50,7 @@ from pixelkiln.engine.owners import dead_local_owners, new_owner_id
 from pixelkiln.engine.recorder import Recorder
 from pixelkiln.engine.routing import Routes
 from pixelkiln.engine.starts import StartMarks
-from pixelkiln.engine.supervisor import HealthReport, Supervision
+from pixelkiln.engine.supervisor import Companion, HealthReport, Supervision
 from pixelkiln.engine.task_io import build_request
 from pixelkiln.exceptions import BackendTimeoutError, ServerError
 from pixelkiln.storage import Storage
@@ -96,6 +96,7 @@ class Scheduler:
         owner: str | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        companions: Sequence[Companion] = (),
     ) -> None:
         self.db = db
         self.storage = storage
@@ -141,6 +142,8 @@ class Scheduler:
         self._next_recovery = 0.0
         self._next_settings = 0.0
         self._backend_order = list(self.backends)
+        #: parts run beside the scheduler, kept alive like its helpers (webhook deliveries)
+        self._companions = tuple(companions)
 
     # -- control ------------------------------------------------------------------------------
 
@@ -254,8 +257,10 @@ class Scheduler:
         return False
 
     def _keep_helpers(self, helpers: dict[str, asyncio.Task[None]]) -> None:
-        """Start the committer and the lease keeper, and again should one have died."""
-        for name, make in (("commit", self._recorder.run), ("leases", self._lease_loop)):
+        """Start the committer, the lease keeper and the companions, and again should one
+        have died."""
+        own = (("commit", self._recorder.run), ("leases", self._lease_loop))
+        for name, make in (*own, *((c.name, c.run) for c in self._companions)):
             task = helpers.get(name)
             if task is not None and task.done():
                 failure = None if task.cancelled() else task.exception()
@@ -490,3 +495,14 @@ class Scheduler:
                     "could not give back %d task(s); their leases will lapse", len(give_back)
                 )
         self._jobs.clear()
+        await self._finish_companions(helpers)
+
+    async def _finish_companions(self, helpers: dict[str, asyncio.Task[None]]) -> None:
+        """Once the last outcomes are committed and the tasks given back (a batch's end is
+        in the database): each companion's last, bounded work, then it is stopped."""
+        for companion in self._companions:
+            running = helpers.get(companion.name)
+            await companion.finish()
+            if running is not None:
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)

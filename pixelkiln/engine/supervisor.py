@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from pixelkiln.exceptions import SchedulerStalledError
 
@@ -47,6 +48,20 @@ class HealthReport:
 
     def stalled(self, bound: float) -> bool:
         return self.state != "stopped" and self.stalled_seconds >= bound
+
+
+class Companion(Protocol):
+    """A long-running part that runs beside a scheduler (the webhook deliverer): started
+    with the scheduler's own helpers, started again should it die, and given a last,
+    bounded chance to :meth:`finish` its work when the scheduler stops."""
+
+    name: str
+
+    async def run(self) -> None:
+        """Work until cancelled."""
+
+    async def finish(self) -> None:
+        """Last work before the scheduler stops; must end on its own, promptly."""
 
 
 class Supervision:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pixelkiln.inputs import structured, tabular
 from pixelkiln.inputs._files import file_error
-from pixelkiln.specs import BatchSpec, ResolvedTask, resolve_tasks
+from pixelkiln.specs import BatchSpec, ResolvedTask, TaskPlaces, resolve_tasks
 
 __all__ = ["SUPPORTED_EXTENSIONS", "LoadedBatch", "load_batch_file"]
 
@@ -34,7 +34,7 @@ class LoadedBatch:
     spec: BatchSpec  #: the batch as the file describes it
     source: str  #: the file name as the user gave it, for messages
     base_dir: Path  #: the file's folder: relative image paths resolve against it
-    where: Callable[[int], str]  #: names task i (0-based): "task 3", "row 4"
+    where: Callable[[int], str]  #: names task i (0-based): "task 3", "item 'a'", "row 4"
 
     def resolve(
         self,
@@ -57,14 +57,6 @@ class LoadedBatch:
             rng=rng,
             where=self.where,
         )
-
-
-@dataclass(frozen=True)
-class _TaskNumbers:
-    """Names tasks of a structured file: index 2 → "task 3"."""
-
-    def __call__(self, index: int) -> str:
-        return f"task {index + 1}"
 
 
 @dataclass(frozen=True)
@@ -99,7 +91,7 @@ def load_batch_file(
     base_dir = path.absolute().parent
     if suffix in structured.EXTENSIONS:
         spec = structured.load_structured(path, source, default_name, partial=partial)
-        return LoadedBatch(spec, source, base_dir, _TaskNumbers())
+        return LoadedBatch(spec, source, base_dir, TaskPlaces.of(spec))
     if suffix in (".csv", ".xlsx"):
         load = tabular.load_csv if suffix == ".csv" else tabular.load_xlsx
         table = load(path, source, default_name, partial=partial)

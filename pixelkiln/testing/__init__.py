@@ -31,6 +31,7 @@ from pixelkiln.testing.openai import FakeOpenAI
 from pixelkiln.testing.openrouter import FakeOpenRouter
 from pixelkiln.testing.sdwebui import FakeSDWebUI
 from pixelkiln.testing.server import FakeServer, RecordedRequest
+from pixelkiln.testing.webhook import FakeWebhookReceiver
 
 #: kind name → fake server class (the names backends use as ``type``)
 FAKES: dict[str, type[FakeServer]] = {
@@ -48,6 +49,7 @@ __all__ = [
     "FakeOpenRouter",
     "FakeSDWebUI",
     "FakeServer",
+    "FakeWebhookReceiver",
     "Faults",
     "Gate",
     "Outcome",

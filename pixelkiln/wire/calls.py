@@ -30,6 +30,8 @@ from pixelkiln.wire.schemas import (
     RegenerateResult,
     RetryResult,
     TaskPublic,
+    WebhookDeliveryPublic,
+    WebhookSecretPublic,
 )
 
 T = TypeVar("T")
@@ -250,6 +252,17 @@ class Calls:
     @staticmethod
     def credits() -> Call[CreditsPublic]:
         return Call("GET", "/api/v1/me/credits", _model(CreditsPublic))
+
+    @staticmethod
+    def webhooks(batch_id: int) -> Call[list[WebhookDeliveryPublic]]:
+        path = f"/api/v1/batches/{batch_id}/webhooks"
+        return Call("GET", path, _adapter(list[WebhookDeliveryPublic]))
+
+    @staticmethod
+    def webhook_secret(rotate: bool) -> Call[WebhookSecretPublic]:
+        if rotate:
+            return Call("POST", "/api/v1/me/webhook-secret/rotate", _model(WebhookSecretPublic))
+        return Call("GET", "/api/v1/me/webhook-secret", _model(WebhookSecretPublic))
 
 
 _PORTS = {"http": 80, "https": 443}

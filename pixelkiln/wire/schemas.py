@@ -436,3 +436,73 @@ class Health(_Public):
     status: str  #: ok, or unhealthy (HTTP 503) when the scheduler cannot go on
     version: str
     scheduler: SchedulerHealth | None = None  #: None when no scheduler runs in this process
+
+
+# -- webhooks ---------------------------------------------------------------------------------
+
+
+class WebhookDeliveryPublic(_Public):
+    """One batch end's delivery to the batch's webhook (``GET /batches/{id}/webhooks``)."""
+
+    id: int
+    batch_id: int
+    event_id: int  #: the ``done`` event of the batch end it reports
+    url: str
+    status: str  #: pending (waiting for a try), delivered, failed (given up)
+    attempts: int  #: tries started so far
+    next_attempt_at: float | None = None  #: when the next try may start (pending only)
+    response_code: int | None = None  #: the receiver's last HTTP status
+    last_error: str | None = None  #: why the last try failed
+    created_at: float
+    delivered_at: float | None = None
+
+
+class WebhookSecretPublic(_Public):
+    """The secret your webhooks are signed with (HMAC-SHA256; see docs/webhooks.md)."""
+
+    secret: str
+    signature_header: str = "X-Pixelkiln-Signature"
+    timestamp_header: str = "X-Pixelkiln-Timestamp"
+
+
+class WebhookSummary(_Public):
+    """The ``done`` event's summary of the batch end a delivery reports."""
+
+    status: BatchStatus  #: completed, partial, failed or cancelled
+    total: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    images: int
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class WebhookBatch(_Public):
+    id: int
+    name: str
+    status: BatchStatus  #: the status this end left the batch in
+    counts: CountsPublic
+
+
+class WebhookLinks(_Public):
+    """Where to read more (absolute with ``[webhooks] public_url``, else paths)."""
+
+    batch: str
+    events: str
+    images_zip: str
+    webhooks: str
+
+
+class WebhookPayload(_Public):
+    """The JSON body POSTed to a batch's webhook when the batch ends.
+
+    >>> payload = WebhookPayload.model_validate_json(request_body)   # doctest: +SKIP
+    """
+
+    type: str = "batch.finished"
+    delivery_id: int  #: the same on every try of this delivery: deduplicate on it
+    event_id: int  #: the batch's ``done`` event (a batch that ends again sends a new one)
+    batch: WebhookBatch
+    summary: WebhookSummary
+    links: WebhookLinks

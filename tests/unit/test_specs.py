@@ -14,6 +14,8 @@ from pixelkiln.problems import MAX_PROBLEMS
 from pixelkiln.specs import (
     BATCH_KEYS,
     PARAM_NAMES,
+    BatchSpec,
+    TaskPlaces,
     check_tasks,
     parse_batch,
     resolve_tasks,
@@ -335,3 +337,147 @@ def test_many_problems_are_capped() -> None:
         parse_batch(data, source="b.json")
     assert len(exc.value.problems) == MAX_PROBLEMS + 1
     assert exc.value.problems[-1].message == "... and 5 more problems"
+
+
+# --- items and templates ------------------------------------------------------------------
+
+
+def storyboard(*items: dict[str, Any], **top: Any) -> dict[str, Any]:
+    return {
+        "name": "story",
+        "template": "{style}. {title}: {visual_desc}",
+        "vars": {"style": "ink wash"},
+        "items": list(items),
+        **top,
+    }
+
+
+def test_items_become_tasks_after_the_batch_own() -> None:
+    spec = parse_batch(
+        storyboard(
+            {"id": "s1", "title": "Dawn", "visual_desc": "a harbour", "n": 2},
+            {"id": 2, "title": "Noon", "visual_desc": "gulls", "style": "oil"},
+            tasks=[{"prompt": "a cover", "key": "cover"}],
+            defaults={"aspect_ratio": "16:9"},
+        )
+    )
+    assert spec.items is None  # made tasks
+    cover, first, second = resolve_tasks(spec, default_backend="placeholder")
+    assert [t.key for t in (cover, first, second)] == ["cover", "s1", "2"]
+    assert [t.position for t in (cover, first, second)] == [1, 2, 3]
+    assert (first.prompt, first.n, first.width) == ("ink wash. Dawn: a harbour", 2, 1344)
+    assert second.prompt == "oil. Noon: gulls"
+    assert cover.item is None
+    assert first.item == {"id": "s1", "title": "Dawn", "visual_desc": "a harbour", "n": 2}
+
+
+def test_a_parsed_spec_sent_on_parses_to_the_same_tasks() -> None:
+    """What the Python client sends: the spec's JSON, items already made tasks."""
+    spec = parse_batch(storyboard({"id": "a", "title": "t", "visual_desc": "v", "seed": 3}))
+    again = parse_batch(spec.model_dump(mode="json", exclude_none=True))
+    assert again.tasks == spec.tasks and again.template == spec.template
+
+
+def test_an_item_id_is_a_key_unique_across_tasks_and_items() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_batch(
+            {
+                "name": "x",
+                "tasks": [{"prompt": "a"}, {"prompt": "b", "key": "b"}],
+                "items": [{"id": 1, "prompt": "c"}, {"id": "b", "prompt": "d"}],
+            }
+        )
+    assert problems(exc) == [("item 1", "id"), ("item 2", "id")]
+
+
+def test_item_problems_are_reported_with_the_batch_own() -> None:
+    data = storyboard(
+        {"id": "slide-3", "title": "t"},
+        {"id": "s4", "title": "t", "visual_desc": "v", "colour": "red", "seed": "x"},
+        tasks=[{"prompt": "a", "n": 0}],
+        priority=1000,
+    )
+    with pytest.raises(SpecError) as exc:
+        parse_batch(data, source="story.yaml")
+    assert problems(exc) == [
+        ("task 1", "n"),
+        ("", "priority"),
+        ("item 'slide-3'", "prompt"),
+        ("item 's4'", "seed"),
+    ]
+    assert str(exc.value.problems[2]) == (
+        "story.yaml, item 'slide-3', field 'prompt': template field 'visual_desc' is missing"
+    )
+
+
+def test_a_partial_spec_with_items_reports_later_problems_by_item() -> None:
+    spec = parse_batch(
+        storyboard(
+            {"id": "a", "title": "t"},
+            {"id": "b", "title": "t", "visual_desc": "v", "backend": "nope"},
+            {"title": "no id", "visual_desc": "v", "aspect_ratio": "5:7"},
+        ),
+        partial=True,
+    )
+    with pytest.raises(SpecError) as exc:
+        resolve_tasks(spec, default_backend="sd", known_backends=["sd"])
+    assert problems(exc) == [
+        ("item 'a'", "prompt"),
+        ("item 3", "id"),
+        ("item 3", "aspect_ratio"),
+        ("item 'b'", "backend"),
+    ]
+
+
+def test_items_that_are_not_a_list_of_objects_are_located() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_batch({"name": "x", "items": "slides"})
+    assert problems(exc) == [("", "items")]
+    with pytest.raises(SpecError) as exc:
+        parse_batch({"name": "x", "items": [{"id": "a", "prompt": "p"}, ["b"]]})
+    assert problems(exc) == [("item 2", "")]
+    assert exc.value.problems[0].path == "items[1]"
+
+
+def test_a_batch_needs_tasks_or_items() -> None:
+    for data in ({"name": "x"}, {"name": "x", "items": []}, {"name": "x", "tasks": []}):
+        with pytest.raises(SpecError, match="'tasks' or 'items'") as exc:
+            parse_batch(data)
+        assert problems(exc) == [("", "tasks")]
+    assert len(parse_batch({"name": "x", "items": [{"id": 1, "prompt": "p"}]}).tasks) == 1
+
+
+def test_a_template_that_is_not_valid_is_one_problem_of_the_batch() -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_batch(storyboard({"id": "a"}, {"id": "b"}, template="{title!r}"))
+    assert problems(exc) == [("", "template")]
+    assert exc.value.problems[0].path == "template"
+
+
+def test_a_spec_built_without_parse_batch_has_its_items_made_tasks_when_checked() -> None:
+    spec = BatchSpec.model_validate(storyboard({"id": "a", "title": "t", "visual_desc": "v"}))
+    [task] = resolve_tasks(spec, default_backend="placeholder")
+    assert (task.key, task.prompt) == ("a", "ink wash. t: v")
+    broken = BatchSpec.model_validate(storyboard({"id": "a", "title": "t"}))
+    with pytest.raises(SpecError) as exc:
+        resolve_tasks(broken, default_backend="placeholder")
+    assert problems(exc) == [("item 'a'", "prompt")]
+
+
+def test_task_places_name_tasks_and_items() -> None:
+    spec = parse_batch(
+        storyboard({"id": "a", "title": "t", "visual_desc": "v"}, tasks=[{"prompt": "p"}])
+    )
+    where = TaskPlaces.of(spec)
+    assert (where(0), where(1)) == ("task 1", "item 'a'")
+
+
+def test_the_top_level_keys_name_items_template_and_vars() -> None:
+    assert {"items", "template", "vars"} <= set(BATCH_KEYS)
+
+
+def test_a_template_that_is_not_text_is_one_problem_too() -> None:
+    spec = parse_batch(storyboard({"id": "a"}, {"id": "b"}, template=["x"]), partial=True)
+    with pytest.raises(SpecError) as exc:
+        resolve_tasks(spec, default_backend="placeholder")
+    assert problems(exc) == [("", "template")]
