@@ -37,6 +37,7 @@ backends take any multiple of 8), so a batch asks every backend the same.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "1:1": (1024, 1024),
@@ -112,8 +113,9 @@ def resolve_size(
     return base_w * scale, base_h * scale
 
 
-def nearest_ratio(width: int, height: int) -> str:
-    """The supported aspect ratio closest to ``width``:``height`` (ties: the first listed).
+def nearest_ratio(width: int, height: int, ratios: Iterable[str] = ASPECT_RATIOS) -> str:
+    """The aspect ratio of ``ratios`` (the supported ones) closest to ``width``:``height``
+    (ties: the first listed).
 
     Closeness is the distance of the logarithms, so 2:1 is as far from 1:1 as 1:2 is.
     """
@@ -123,7 +125,7 @@ def nearest_ratio(width: int, height: int) -> str:
         w, h = (int(part) for part in ratio.split(":"))
         return abs(math.log(w / h) - wanted)
 
-    return min(ASPECT_RATIOS, key=distance)
+    return min(ratios, key=distance)
 
 
 def size_like(width: int, height: int, resolution: str | None) -> tuple[int, int]:

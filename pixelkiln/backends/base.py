@@ -21,7 +21,8 @@ A third-party backend is a factory registered under the entry-point group
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +30,7 @@ import httpx
 
 from pixelkiln.config import BackendSettings
 from pixelkiln.models import GENERATION_PARAMS
+from pixelkiln.params import RESOLUTIONS, nearest_ratio
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,19 @@ class GenerationRequest:
     #: the task owner's own provider key, sent instead of the configured one
     #: (only to backends with ``accepts_user_keys = True``); never in repr or logs
     api_key: str | None = field(default=None, repr=False)
+
+    def ratio_and_resolution(self, ratios: Iterable[str]) -> tuple[str, str]:
+        """The size as the nearest of ``ratios`` (``"16:9"``) and resolution (``"2k"``).
+
+        For generators sized by ratio and resolution rather than pixels. A task
+        keeps only its width and height (params.resolve_size made them from the
+        ratio and resolution asked); this gives those back for every size of
+        that table, and the closest for a size given in pixels.
+        """
+        ratio = nearest_ratio(self.width, self.height, ratios)
+        megapixels = self.width * self.height / (1024 * 1024)
+        resolution = min(RESOLUTIONS, key=lambda r: abs(math.log(megapixels / RESOLUTIONS[r] ** 2)))
+        return ratio, resolution
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,15 @@ models and servers that refuse it). ``url`` answers are fetched.
 ``Authorization: Bearer``. The Images API has no seed and no negative prompt:
 ``options.negative_prompt = "append"`` adds it to the prompt as "Avoid: ...";
 the recorded seed is the task's, for reference only.
+
+Jimeng-style proxies (jimeng-api and its forks) size images by an aspect ratio
+and a resolution instead: ``options.size_fields = "ratio"`` sends ``ratio``
+(``"16:9"``) and ``resolution`` (``"1k"``, ``"2k"``, ``"4k"``) for the task's
+size and no ``size`` (which jimeng-api refuses); ``"both"`` sends all three.
+Such a proxy reports a failure with HTTP 200 and ``{"code", "message"}`` (no
+``data``): its message is the error; a request it refuses (``不支持…``, invalid
+parameters, content filtered) is not retried, and code -2009 (out of points)
+is an exhausted quota.
 """
 
 from __future__ import annotations
@@ -38,9 +47,25 @@ from pixelkiln.backends.http import (
 from pixelkiln.backends.pool import Server
 from pixelkiln.backends.pooled import PooledBackend
 from pixelkiln.config import BackendSettings
-from pixelkiln.exceptions import RejectedInputError, ServerError
+from pixelkiln.exceptions import (
+    BackendError,
+    ConfigError,
+    QuotaExhaustedError,
+    RejectedInputError,
+    ServerError,
+)
 
 logger = logging.getLogger(__name__)
+
+#: how a request gives the image size (``options.size_fields``)
+SIZE_FIELDS = ("size", "ratio", "both")
+#: the ratios jimeng-style proxies take (jimeng-api's RESOLUTION_OPTIONS); a task's
+#: size goes as the nearest of them
+PROXY_RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9")
+#: jimeng-api's codes for a request it will refuse again (parameters invalid, content
+#: filtered), and for an account out of points
+_REFUSED_CODES = frozenset({-2000, -2006})
+_NO_POINTS = -2009
 
 
 class OpenAIBackend(PooledBackend):
@@ -60,6 +85,12 @@ class OpenAIBackend(PooledBackend):
         self._max_n = max(1, int(settings.options.get("max_n", 10)))
         if settings.options.get("negative_prompt") == "append":
             self.honours = frozenset({"negative_prompt"})
+        self._size_fields = str(settings.options.get("size_fields", "size"))
+        if self._size_fields not in SIZE_FIELDS:
+            raise ConfigError(
+                f"backend '{settings.name}': options.size_fields must be one of "
+                f"{', '.join(SIZE_FIELDS)} (got {self._size_fields!r})"
+            )
 
     async def generate(self, request: GenerationRequest) -> list[GeneratedImage]:
         images: list[GeneratedImage] = []
@@ -101,11 +132,11 @@ class OpenAIBackend(PooledBackend):
         prompt = request.prompt
         if request.negative_prompt and options.get("negative_prompt") == "append":
             prompt = f"{prompt}\n\nAvoid: {request.negative_prompt}"
-        fields: dict[str, Any] = {
-            "prompt": prompt,
-            "n": count,
-            "size": str(options.get("size") or f"{request.width}x{request.height}"),
-        }
+        fields: dict[str, Any] = {"prompt": prompt, "n": count}
+        if self._size_fields != "ratio":
+            fields["size"] = str(options.get("size") or f"{request.width}x{request.height}")
+        if self._size_fields != "size":
+            fields["ratio"], fields["resolution"] = request.ratio_and_resolution(PROXY_RATIOS)
         model = request.model or self.settings.model
         if model:
             fields["model"] = model
@@ -126,6 +157,8 @@ class OpenAIBackend(PooledBackend):
         server: str,
     ) -> list[GeneratedImage]:
         items = data.get("data")
+        if not isinstance(items, list) and _refusal(data):
+            raise _refused(data, server)
         if not isinstance(items, list) or not items:
             raise ServerError(f"{server}: answer has no images in 'data'", server=server)
         if len(items) != count:
@@ -182,6 +215,21 @@ class OpenAIBackend(PooledBackend):
             if isinstance(items, list)
             else []
         )
+
+
+def _refusal(data: dict[str, Any]) -> bool:
+    """A jimeng-style failure envelope: HTTP 200 with a non-zero ``code`` and no images."""
+    code = data.get("code")
+    return isinstance(code, int) and code != 0 and isinstance(data.get("message"), str)
+
+
+def _refused(data: dict[str, Any], server: str) -> BackendError:
+    message = f"{server}: {data['message']} (code {data['code']})"
+    if data["code"] == _NO_POINTS:
+        return QuotaExhaustedError(message, server=server)
+    if data["code"] in _REFUSED_CODES or str(data["message"]).startswith("不支持"):
+        return RejectedInputError(message, server=server)  # the same request fails again
+    return ServerError(message, server=server)
 
 
 def create(settings: BackendSettings, deps: BackendDeps) -> OpenAIBackend:

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Row, bindparam, insert, or_, select
 
 from pixelkiln.db import transitions
 from pixelkiln.db.database import Tx, one_row
+from pixelkiln.db.pacing import LIMIT_COLUMNS, BatchLimits
 from pixelkiln.db.tables import assets, batches, tasks
 from pixelkiln.models import Batch, BatchCounts, BatchStatus, TaskStatus, parse_id
 from pixelkiln.specs import ResolvedTask
@@ -170,8 +171,9 @@ def list_batches(
 
 
 def _runnable_statement(filtered: bool) -> Any:
+    """Batches with tasks to start, by priority then age, with their own limits (db.pacing)."""
     query = (
-        select(batches.c.id)
+        select(*LIMIT_COLUMNS)
         .where(
             batches.c.status.in_([str(s) for s in ACTIVE]),
             batches.c.n_pending > 0,
@@ -188,13 +190,22 @@ _RUNNABLE = _runnable_statement(filtered=False)
 _RUNNABLE_ONLY = _runnable_statement(filtered=True)
 
 
+def runnable_batches(
+    conn: Connection, now: float, only: Iterable[int] | None = None
+) -> list[BatchLimits]:
+    """Batches with tasks to start, by priority then age, whatever their own limits say."""
+    if only is None:
+        rows = conn.execute(_RUNNABLE, {"r_now": now})
+    else:
+        rows = conn.execute(_RUNNABLE_ONLY, {"r_now": now, "r_only": list(only)})
+    return [BatchLimits(*row) for row in rows]
+
+
 def runnable_batch_ids(
     conn: Connection, now: float, only: Iterable[int] | None = None
 ) -> list[int]:
-    """Batches that may start tasks now, by priority then age."""
-    if only is None:
-        return list(conn.execute(_RUNNABLE, {"r_now": now}).scalars())
-    return list(conn.execute(_RUNNABLE_ONLY, {"r_now": now, "r_only": list(only)}).scalars())
+    """Batches that may start tasks now (their own limits too), by priority then age."""
+    return [b.id for b in runnable_batches(conn, now, only) if b.allowance(now) != 0]
 
 
 def unfinished_batch_ids(conn: Connection, statuses: Iterable[BatchStatus] = ACTIVE) -> list[int]:

@@ -9,26 +9,72 @@ themselves (rows, counters, refunds, events) are in :mod:`.transitions`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, select, update
 
 from pixelkiln.db import transitions
-from pixelkiln.db.batches import runnable_batch_ids
+from pixelkiln.db.batches import runnable_batches
 from pixelkiln.db.database import Tx
+from pixelkiln.db.pacing import wake_at
 from pixelkiln.db.tables import tasks
 from pixelkiln.db.transition_sql import held
 from pixelkiln.models import ClaimedTask, TaskStatus
 
 __all__ = [
+    "Claim",
     "ClaimedTask",
+    "Outlook",
+    "claim",
     "claim_tasks",
+    "outlook",
     "recover_leases",
     "release_tasks",
     "renew_leases",
     "running_lease_owners",
     "start_tasks",
 ]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a scheduler's claim took, and when to look again for paced batches."""
+
+    tasks: list[ClaimedTask]
+    #: ids of claimed tasks whose batch has a ``delay``: they were claimed into a free
+    #: slot and must start at once, before any task claimed ahead
+    paced: frozenset[int] = frozenset()
+    #: when a batch waiting out its ``delay`` may start its next task (None: none waits)
+    wake_at: float | None = None
+
+
+def claim(
+    tx: Tx,
+    owner: str,
+    wants: dict[str, int],
+    lease_seconds: float,
+    only_batches: Iterable[int] | None = None,
+    free: Mapping[str, int] | None = None,
+) -> Claim:
+    """Claim up to ``wants[backend]`` pending tasks per backend, by priority then age.
+
+    Batches' own limits (``max_workers``, ``delay``; db.pacing) hold; ``free``
+    says how many slots per backend are free now (tasks of a batch with a delay
+    are claimed only into one). No attempt is spent until :func:`start_tasks`;
+    see ``transitions.claim``.
+    """
+    found = runnable_batches(tx.conn, tx.now, only_batches)
+    open_batches = [b for b in found if b.allowance(tx.now) != 0]
+    open_ids = [b.id for b in open_batches]
+    limits = {b.id: b for b in open_batches if b.limited}
+    claimed = transitions.claim(tx, owner, wants, lease_seconds, open_ids, limits, free)
+    started = {t.batch_id for t in claimed if t.batch_id in limits and limits[t.batch_id].paced}
+    return Claim(
+        claimed,
+        frozenset(t.id for t in claimed if t.batch_id in started),
+        wake_at(found, tx.now, started),
+    )
 
 
 def claim_tasks(
@@ -38,12 +84,22 @@ def claim_tasks(
     lease_seconds: float,
     only_batches: Iterable[int] | None = None,
 ) -> list[ClaimedTask]:
-    """Claim up to ``wants[backend]`` pending tasks per backend, by priority then age.
+    """:func:`claim`'s tasks, for a runner whose every wanted slot is free."""
+    return claim(tx, owner, wants, lease_seconds, only_batches).tasks
 
-    No attempt is spent until :func:`start_tasks`; see ``transitions.claim``.
-    """
-    batch_ids = runnable_batch_ids(tx.conn, tx.now, only_batches)
-    return transitions.claim(tx, owner, wants, lease_seconds, batch_ids)
+
+@dataclass(frozen=True)
+class Outlook:
+    """A read-only look before claiming (no write lock taken)."""
+
+    runnable: bool  #: a claim now would find a batch that may start tasks
+    wake_at: float | None  #: as in Claim
+
+
+def outlook(conn: Connection, now: float, only_batches: Iterable[int] | None = None) -> Outlook:
+    """Would a claim find work now, and when may a batch waiting out its delay go on?"""
+    found = runnable_batches(conn, now, only_batches)
+    return Outlook(any(b.allowance(now) != 0 for b in found), wake_at(found, now, ()))
 
 
 def start_tasks(tx: Tx, owner: str, task_ids: Sequence[int]) -> set[int]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, case, delete, func, insert, select, update
 
+from pixelkiln.db.pacing import LIMIT_COLUMNS
 from pixelkiln.db.tables import batches, images, tasks
 from pixelkiln.models import BatchStatus, ClaimedTask, TaskStatus
 from pixelkiln.storage import StoredImage
@@ -147,6 +148,21 @@ def _claim_statement(skip_locked: bool) -> Any:
 
 CLAIM = _claim_statement(skip_locked=False)
 CLAIM_PG = _claim_statement(skip_locked=True)
+
+#: batches with limits of their own, read again under a row lock (PostgreSQL): two
+#: runners claiming at once then count each other's claims (see db.pacing)
+BATCH_LIMITS_PG = (
+    select(*LIMIT_COLUMNS)
+    .where(batches.c.id.in_(bindparam("l_ids", expanding=True)))
+    .order_by(batches.c.id)
+    .with_for_update()
+)
+#: a task of each batch with a ``delay`` was claimed to start now
+PACED_START = (
+    update(batches)
+    .where(batches.c.id.in_(bindparam("p_ids", expanding=True)))
+    .values(last_start_at=bindparam("p_now"))
+)
 
 START = (
     update(tasks)

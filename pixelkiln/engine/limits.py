@@ -22,6 +22,8 @@ from pixelkiln.config import BackendSettings
 
 #: why a backend runs no more than it does (see BackendLimit.effective)
 GLOBAL, BACKEND, SERVERS_DOWN = "global", "backend", "servers_down"
+#: seconds added to a paced batch's wait, so that the claim at the end finds it due
+TIMER_SLACK = 0.002
 
 
 @dataclass(frozen=True)
@@ -112,3 +114,16 @@ class Limits:
             up = pool.servers_up() if pool is not None else None
             out[name] = replace(limit, servers_up=up, running=running.get(name, 0))
         return out
+
+
+def idle_timeout(poll_interval: float, wake_at: float | None, now: float) -> float:
+    """How long an idle scheduler waits: until the next poll, or a paced batch is due.
+
+    A batch with a ``delay`` (db.pacing) may start its next task at ``wake_at``;
+    nothing else would wake the scheduler then. A ``wake_at`` already past is
+    stale (its batch is due, and waits for a slot whose freeing wakes the
+    scheduler anyway): waiting for it again would spin.
+    """
+    if wake_at is None or wake_at <= now:
+        return poll_interval
+    return min(poll_interval, wake_at - now + TIMER_SLACK)

@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 
 from pixelkiln.backends.base import Backend, GeneratedImage
 from pixelkiln.config import SchedulerSettings
-from pixelkiln.db.batches import runnable_batch_ids, unfinished_batch_ids
+from pixelkiln.db.batches import unfinished_batch_ids
 from pixelkiln.db.database import Database
 from pixelkiln.db.leases import (
+    Claim,
     ClaimedTask,
-    claim_tasks,
+    claim,
+    outlook,
     recover_leases,
     release_tasks,
     renew_leases,
@@ -44,7 +46,7 @@ from pixelkiln.db.leases import (
 from pixelkiln.db.settings_store import stored_concurrency
 from pixelkiln.db.tasks import TaskFailure
 from pixelkiln.engine.credentials import UserKeys
-from pixelkiln.engine.limits import BackendLimit, Limits
+from pixelkiln.engine.limits import BackendLimit, Limits, idle_timeout
 from pixelkiln.engine.outcomes import Generated, Job, Moved, Outcome, judge
 from pixelkiln.engine.owners import dead_local_owners, new_owner_id
 from pixelkiln.engine.recorder import Recorder
@@ -125,6 +127,8 @@ class Scheduler:
             name: collections.deque() for name in self.backends
         }
         self._nothing_runnable = False
+        #: when a batch waiting out its ``delay`` may start its next task (db.pacing)
+        self._wake_at: float | None = None
         self._mean_duration: dict[str, float] = {}  # moving average of generation time
         self._recorder = Recorder(
             db=db,
@@ -278,11 +282,17 @@ class Scheduler:
             await asyncio.wait_for(self._stop_event.wait(), seconds)
 
     async def _idle(self) -> None:
+        """Wait for a wake-up, the next poll, or a paced batch's next start, what comes first."""
+        timeout = idle_timeout(self.settings.poll_interval, self._wake_at, self._clock())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _free(self) -> int:
         return self.limits.overall - sum(self._generating.values())
+
+    def _free_on(self, backend: str) -> int:
+        """Tasks that could start on ``backend`` now, within its slots and the global cap."""
+        return max(0, min(self._slots[backend] - self._generating[backend], self._free()))
 
     def _capacity(self, backend: str) -> int:
         return max(1, min(self._slots[backend], self.limits.overall))
@@ -312,7 +322,7 @@ class Scheduler:
                 continue  # its tasks would only come back: they wait in the queue
             target = self._ready_target(name)
             ready = len(self._ready[name])
-            free_slots = max(0, min(self._slots[name] - self._generating[name], self._free()))
+            free_slots = self._free_on(name)
             if ready > target // 2 and ready >= free_slots:
                 continue
             want = free_slots + target - ready
@@ -353,17 +363,24 @@ class Scheduler:
             return started > 0
         if self._nothing_runnable and not await self._anything_runnable():
             return started > 0
-        claimed = await self.db.awrite(
-            claim_tasks, self.owner, wants, self.settings.lease_seconds, self.only_batches
+        free = {name: self._free_on(name) for name in wants}
+        got: Claim = await self.db.awrite(
+            claim, self.owner, wants, self.settings.lease_seconds, self.only_batches, free
         )
-        self._nothing_runnable = not claimed
-        for task in claimed:
-            self._ready[task.backend].append(task)
-        return self._start_ready() + started > 0 or bool(claimed)
+        self._wake_at = got.wake_at
+        self._nothing_runnable = not got.tasks
+        for task in got.tasks:
+            if task.id in got.paced:  # claimed into a free slot: starts now, ahead of the rest
+                self._ready[task.backend].appendleft(task)
+            else:
+                self._ready[task.backend].append(task)
+        return self._start_ready() + started > 0 or bool(got.tasks)
 
     async def _anything_runnable(self) -> bool:
         """A read-only look before taking the write lock again after an empty claim."""
-        return bool(await self.db.aread(runnable_batch_ids, self._clock(), self.only_batches))
+        look = await self.db.aread(outlook, self._clock(), self.only_batches)
+        self._wake_at = look.wake_at
+        return look.runnable
 
     async def _scope_finished(self) -> bool:
         """True when none of our batches can still make progress here."""

@@ -7,6 +7,15 @@ served from ``/files/...``), and ``reject_response_format=True`` to behave like
 GPT image models, which refuse that parameter. ``blocked_words`` make a prompt
 fail moderation (400 ``moderation_blocked``). Edits take ``image`` or repeated
 ``image[]`` parts.
+
+``flavour="jimeng"`` answers ``/v1/images/generations`` as jimeng-api (a
+jimeng-style proxy) does: the size comes from ``ratio`` (default ``1:1``) and
+``resolution`` (default ``2k``) and the image has the shape of its table
+(``JIMENG_SIZES``); ``size``, ``width`` or ``height`` are refused, as are a
+ratio or resolution it does not know; ``n`` is ignored (``jimeng_images``
+images per request, 4 like the real service); ``response_format`` defaults to
+``url``. Failures come as jimeng-api sends them: HTTP 200 with ``{"code",
+"message", "data": null}``.
 """
 
 from __future__ import annotations
@@ -31,6 +40,43 @@ from pixelkiln.testing.server import FakeServer, bearer_accepted, read_form
 
 _SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 
+#: jimeng-api's sizes per resolution and ratio (its RESOLUTION_OPTIONS; the image
+#: returned has the ratio's orientation, landscape for 4:3 at 1k too)
+JIMENG_SIZES: dict[str, dict[str, tuple[int, int]]] = {
+    "1k": {
+        "1:1": (1024, 1024),
+        "4:3": (1024, 768),
+        "3:4": (768, 1024),
+        "16:9": (1024, 576),
+        "9:16": (576, 1024),
+        "3:2": (1024, 682),
+        "2:3": (682, 1024),
+        "21:9": (1195, 512),
+    },
+    "2k": {
+        "1:1": (2048, 2048),
+        "4:3": (2304, 1728),
+        "3:4": (1728, 2304),
+        "16:9": (2560, 1440),
+        "9:16": (1440, 2560),
+        "3:2": (2496, 1664),
+        "2:3": (1664, 2496),
+        "21:9": (3024, 1296),
+    },
+    "4k": {
+        "1:1": (4096, 4096),
+        "4:3": (4608, 3456),
+        "3:4": (3456, 4608),
+        "16:9": (5120, 2880),
+        "9:16": (2880, 5120),
+        "3:2": (4992, 3328),
+        "2:3": (3328, 4992),
+        "21:9": (6048, 2592),
+    },
+}
+#: jimeng-api's failure codes: its generic error, and parameters that fail validation
+JIMENG_ERROR, JIMENG_INVALID = -1000, -2000
+
 
 class OpenAIError(Exception):
     """Raised by handlers; answered with OpenAI's error body."""
@@ -53,6 +99,14 @@ class OpenAIError(Exception):
         )
 
 
+class JimengFailure(Exception):
+    """Raised by the jimeng flavour; answered as jimeng-api does (HTTP 200, a code)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 class FakeOpenAI(FakeServer):
     """See the module docstring."""
 
@@ -67,6 +121,8 @@ class FakeOpenAI(FakeServer):
         sizes: tuple[str, ...] | None = None,
         reject_response_format: bool = False,
         blocked_words: tuple[str, ...] = (),
+        flavour: str = "openai",
+        jimeng_images: int = 4,
         **kwargs: Any,
     ) -> None:
         #: keys accepted as ``Authorization: Bearer`` (None: any request is let in)
@@ -75,6 +131,8 @@ class FakeOpenAI(FakeServer):
         self.sizes = sizes
         self.reject_response_format = reject_response_format
         self.blocked_words = blocked_words
+        self.flavour = flavour  #: "openai", or "jimeng" (see the module docstring)
+        self.jimeng_images = jimeng_images
         self.hosted: dict[str, bytes] = {}  # /files/<name> → bytes
         super().__init__(**kwargs)
 
@@ -104,7 +162,14 @@ class FakeOpenAI(FakeServer):
             body = await request.json()
         except ValueError:
             raise OpenAIError(400, "We could not parse the JSON body of your request.") from None
-        params = self._params(body if isinstance(body, dict) else {})
+        body = body if isinstance(body, dict) else {}
+        if self.flavour == "jimeng":
+            try:
+                params = self._jimeng_params(body)
+            except JimengFailure as exc:
+                return JSONResponse({"code": exc.code, "message": exc.message, "data": None})
+        else:
+            params = self._params(body)
         return await self._answer(request, params, [])
 
     async def _edits(self, request: Request) -> Response:
@@ -179,6 +244,37 @@ class FakeOpenAI(FakeServer):
             "model": model,
             "n": n,
             "format": fmt or "b64_json",
+            "width": width,
+            "height": height,
+        }
+
+    def _jimeng_params(self, body: dict[str, Any]) -> dict[str, Any]:
+        refused = [name for name in ("size", "width", "height") if name in body]
+        if refused:
+            use = "请使用 ratio 和 resolution 参数控制图像尺寸。"
+            raise JimengFailure(JIMENG_ERROR, f"不支持的参数: {', '.join(refused)}。{use}")
+        if not isinstance(body.get("prompt"), str):
+            raise JimengFailure(JIMENG_INVALID, "Params body.prompt invalid")
+        for name in ("ratio", "resolution", "model", "response_format"):
+            if body.get(name) is not None and not isinstance(body[name], str):
+                raise JimengFailure(JIMENG_INVALID, f"Params body.{name} invalid")
+        resolution, ratio = body.get("resolution", "2k"), body.get("ratio", "1:1")
+        sizes = JIMENG_SIZES.get(resolution)
+        if sizes is None:
+            known = ", ".join(JIMENG_SIZES)
+            raise JimengFailure(
+                JIMENG_ERROR, f'不支持的分辨率 "{resolution}"。支持的分辨率: {known}'
+            )
+        if ratio not in sizes:
+            known = ", ".join(sizes)
+            where = f'在 "{resolution}" 分辨率下\uff0c'  # a full-width comma, as jimeng-api writes
+            raise JimengFailure(JIMENG_ERROR, f'{where}不支持的比例 "{ratio}"。支持的比例: {known}')
+        width, height = sizes[ratio]
+        return {
+            "prompt": body["prompt"],
+            "model": body.get("model") or self.models[0],
+            "n": self.jimeng_images,
+            "format": body.get("response_format") or "url",
             "width": width,
             "height": height,
         }

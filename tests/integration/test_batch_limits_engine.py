@@ -1,0 +1,128 @@
+"""Per-batch limits through the scheduler, against a fake WebUI that logs what runs at once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from pixelkiln.app import Kiln
+from pixelkiln.db.batches import get_batch
+from pixelkiln.models import BatchStatus
+from pixelkiln.specs import parse_batch
+from pixelkiln.testing import FakeSDWebUI
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.anyio
+
+TXT2IMG = "/sdapi/v1/txt2img"
+
+
+class CountingWebUI(FakeSDWebUI):
+    """The fake WebUI, logging the requests in flight: per batch (the prompt's first
+    word) and in all ("all").
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.in_flight: Counter[str] = Counter()
+        self.moments: list[Counter[str]] = []  #: what was in flight as each request arrived
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != TXT2IMG:
+            await super().__call__(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        label = json.loads(body)["prompt"].split()[0]
+        self.in_flight.update((label, "all"))
+        self.moments.append(Counter(self.in_flight))
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            await super().__call__(scope, replay, send)
+        finally:
+            self.in_flight[label] -= 1
+            self.in_flight["all"] -= 1
+
+    def peak(self, label: str) -> int:
+        return max(moment[label] for moment in self.moments)
+
+    def starts(self, label: str) -> list[float]:
+        """When each generation request of a batch arrived (monotonic seconds)."""
+        return [r.at for r in self.received(TXT2IMG) if r.json()["prompt"].startswith(label)]
+
+
+def _spec(label: str, count: int, **top: Any) -> Any:
+    return parse_batch(
+        {
+            "name": label,
+            "defaults": {"width": 64, "height": 64},
+            "tasks": [{"prompt": f"{label} {i}"} for i in range(count)],
+            **top,
+        }
+    )
+
+
+def _settings(tmp_path: Path, url: str, database_url: str, **scheduler: Any) -> Any:
+    webui = {"name": "webui", "type": "sdwebui", "urls": [url], "concurrency": 8}
+    return make_settings(
+        tmp_path,
+        backends=[webui],
+        storage={"database_url": database_url},
+        scheduler={"concurrency": 8, **scheduler},
+    )
+
+
+async def test_max_workers_caps_a_batch_while_another_runs_in_parallel(
+    tmp_path: Path, database_url: str
+) -> None:
+    with CountingWebUI(latency=0.05) as webui:
+        async with Kiln(_settings(tmp_path, webui.url, database_url)) as kiln:
+            capped = await kiln.submit(_spec("capped", 15, max_workers=3))
+            free = await kiln.submit(_spec("free", 15))
+            await asyncio.wait_for(kiln.run_until_done([capped, free]), 60)
+            done = [kiln.db.read(get_batch, b) for b in (capped, free)]
+    assert [b.status for b in done] == [BatchStatus.COMPLETED] * 2
+    assert done[0].max_workers == 3
+    assert webui.peak("capped") == 3  # reached, never passed
+    assert webui.peak("free") > 3  # the other batch took the rest of the slots
+    assert webui.peak("all") <= 8
+    assert any(m["capped"] == 3 and m["free"] >= 3 for m in webui.moments)  # side by side
+
+
+async def test_delay_spaces_a_batch_s_starts_and_the_scheduler_wakes_for_them(
+    tmp_path: Path, database_url: str
+) -> None:
+    delay, tolerance = 0.4, 0.15
+    # a poll interval far beyond the test's timeout: only the delay's own timer wakes it
+    with CountingWebUI(latency=0.0) as webui:
+        settings = _settings(tmp_path, webui.url, database_url, poll_interval=300.0)
+        async with Kiln(settings) as kiln:
+            paced = await kiln.submit(_spec("paced", 4, delay=delay))
+            other = await kiln.submit(_spec("other", 6))
+            await asyncio.wait_for(kiln.run_until_done([paced, other]), 30)
+            batch = kiln.db.read(get_batch, paced)
+    assert batch.status == BatchStatus.COMPLETED and batch.delay == delay
+    starts = webui.starts("paced")
+    assert len(starts) == 4
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(gap >= delay - tolerance for gap in gaps), gaps
+    assert len(webui.starts("other")) == 6  # not held back by the paced batch
