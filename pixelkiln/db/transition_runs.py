@@ -1,5 +1,5 @@
 """The part of :mod:`.transitions` that keeps a regenerated task's runs apart, and the notes
-the transitions keep on a batch (``batches.extra``).
+the refund policy a batch keeps (``batches.refund_failed``).
 
 A regenerate moves a task to its next run (``tasks.run`` + 1); the images of its
 earlier runs stay current until the new run succeeds. Then they become history
@@ -12,20 +12,15 @@ calls this module, inside its moves.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, select, update
 
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
 from pixelkiln.db.tables import batches, tasks
 from pixelkiln.models import ClaimedTask
-
-#: ``batches.extra`` keys the transitions keep: the tasks whose next run deletes the images
-#: of their earlier runs (a regenerate with ``replace``), and the refund policy the batch
-#: was last charged under (``[credits] refund_failed``; absent: refunded)
-REPLACING, REFUND_FAILED = "_replacing", "_refund_failed"
 
 
 class DroppedImage(NamedTuple):
@@ -36,20 +31,9 @@ class DroppedImage(NamedTuple):
     path: str
 
 
-def extras(tx: Tx, batch_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-    """Each batch's ``extra``, by id."""
-    query = select(batches.c.id, batches.c.extra).where(batches.c.id.in_(set(batch_ids)))
-    return {row.id: dict(row.extra or {}) for row in tx.conn.execute(query)}
-
-
-def replacing_after(
-    extra: dict[str, Any], task_ids: Sequence[int], replace: bool
-) -> dict[str, Any]:
-    """``extra`` once ``task_ids`` were regenerated: marked to replace their history, or not."""
-    marked = set(extra.get(REPLACING, [])) - set(task_ids)
-    if replace:
-        marked |= set(task_ids)
-    return {**extra, REPLACING: sorted(marked)}
+def mark_replacing(tx: Tx, task_ids: Sequence[int], replace: bool) -> None:
+    """Whether the next successful run of ``task_ids`` deletes their earlier runs' images."""
+    tx.conn.execute(update(tasks).where(tasks.c.id.in_(task_ids)).values(replace_runs=replace))
 
 
 def supersede(tx: Tx, rerun: Sequence[ClaimedTask], dropped: list[DroppedImage]) -> Counter[int]:
@@ -58,8 +42,9 @@ def supersede(tx: Tx, rerun: Sequence[ClaimedTask], dropped: list[DroppedImage])
     gone: Counter[int] = Counter()
     if not rerun:
         return gone
-    notes = extras(tx, (t.batch_id for t in rerun))
-    doomed = sorted(t.id for t in rerun if t.id in notes[t.batch_id].get(REPLACING, ()))
+    ids = [t.id for t in rerun]
+    marked = select(tasks.c.id).where(tasks.c.id.in_(ids), tasks.c.replace_runs.is_(True))
+    doomed = sorted(tx.conn.execute(marked).scalars())
     kept = [t.id for t in rerun if t.id not in doomed]
     if kept:
         gone.update(tx.conn.execute(sql.SUPERSEDE_IMAGES, {"h_ids": kept}).scalars())
@@ -68,23 +53,21 @@ def supersede(tx: Tx, rerun: Sequence[ClaimedTask], dropped: list[DroppedImage])
     for row in tx.conn.execute(sql.DELETE_EARLIER, {"h_ids": doomed}):
         dropped.append(DroppedImage(row.id, row.batch_id, row.path))
         gone[row.batch_id] += 0 if row.superseded else 1
-    for batch_id, extra in notes.items():  # replaced once: a later regenerate says again
-        marked = extra.get(REPLACING, [])
-        if any(i in doomed for i in marked):
-            left = [i for i in marked if i not in doomed]
-            tx.conn.execute(sql.set_batch(batch_id, extra={**extra, REPLACING: left}))
+    mark_replacing(tx, doomed, False)  # replaced once: a later regenerate says again
     return gone
 
 
 def charged_under(tx: Tx, batch_id: int, refund_failed: bool) -> None:
     """Note the refund policy a batch was (last) charged under."""
-    extra = extras(tx, [batch_id])[batch_id]
-    if extra.get(REFUND_FAILED, True) != refund_failed:
-        tx.conn.execute(sql.set_batch(batch_id, extra={**extra, REFUND_FAILED: refund_failed}))
+    tx.conn.execute(
+        update(batches).where(batches.c.id == batch_id).values(refund_failed=refund_failed)
+    )
 
 
 def keeping_failed(tx: Tx, condition: ColumnElement[bool]) -> list[int]:
     """Batches of the charged tasks matching ``condition`` that keep a failed task's charge."""
     charged = select(tasks.c.batch_id).where(sql.owed(condition))
-    query = select(batches.c.id, batches.c.extra).where(batches.c.id.in_(charged))
-    return [r.id for r in tx.conn.execute(query) if (r.extra or {}).get(REFUND_FAILED) is False]
+    query = select(batches.c.id).where(
+        batches.c.id.in_(charged), batches.c.refund_failed.is_(False)
+    )
+    return list(tx.conn.execute(query).scalars())

@@ -209,8 +209,8 @@ def regenerate(tx: Tx, batch: Batch, task_ids: Sequence[int], *, replace: bool =
         _refuse_busy(tx, batch.id, only, regenerated)
     counts.apply(tx)
     status = BatchStatus.QUEUED if batch.status.finished else batch.status
-    extra = runs.replacing_after(batch.extra, only, replace)
-    tx.conn.execute(sql.set_batch(batch.id, status=status, finished_at=None, extra=extra))
+    runs.mark_replacing(tx, only, replace)
+    tx.conn.execute(sql.set_batch(batch.id, status=status, finished_at=None))
     ev.append_events(tx, [ev.batch_update(batch.id, status, retried=regenerated)])
     return regenerated
 
