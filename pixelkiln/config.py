@@ -194,6 +194,11 @@ class CreditsSettings(BaseModel):
     backends: dict[str, int] = Field(
         default_factory=dict, description="Per-backend price per image, overriding per_image."
     )
+    refund_failed: bool = Field(
+        True,
+        description="Refund a task that fails for good; false keeps its charge "
+        "(cancelled tasks are refunded either way). A batch keeps the policy it was charged under.",
+    )
 
     def price(self, backend: str) -> int:
         """Credits one image on ``backend`` costs (on the system's key)."""

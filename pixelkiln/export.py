@@ -2,40 +2,51 @@
 
 The target's suffix says which (:func:`export_kind`): ``.zip`` a ZIP file,
 ``.xlsx`` / ``.csv`` one row per task with the columns ``kiln run`` reads from a
-spreadsheet (so the table runs again as it is) plus the task's status, error and
-image files; no suffix (or an existing folder) a folder. Anything else is refused
+spreadsheet (so the table runs again as it is; headings in English or Chinese)
+plus the task's status, error, image files and links, and its final prompt; no
+suffix (or an existing folder) a folder. Anything else is refused
 rather than made into a folder named like a file.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from sqlalchemy import Connection
 
 from pixelkiln.db.database import Database
 from pixelkiln.db.records import batch_images
 from pixelkiln.db.tasks import images_by_task, list_tasks
-from pixelkiln.inputs.tabular import FORMULA_STARTS, RESULT_COLUMNS
-from pixelkiln.models import Task
+from pixelkiln.inputs.headers import RESULT_COLUMNS, Headers
+from pixelkiln.models import ImageRecord, Task
 from pixelkiln.naming import unique_name
+from pixelkiln.params import ASPECT_RATIOS, RESOLUTIONS
 from pixelkiln.storage import Storage
+from pixelkiln.workbooks import csv_bytes, xlsx_bytes
 
 #: what export_batch writes, by the target's suffix
 ExportKind = Literal["folder", "zip", "xlsx", "csv"]
 _KINDS: dict[str, ExportKind] = {".zip": "zip", ".xlsx": "xlsx", ".csv": "csv"}
-#: the task parameters a table carries, as stored in ``tasks.params``
-PARAM_COLUMNS = "model width height steps cfg_scale sampler seed n denoise filename_prefix".split()
+#: the task parameters a table carries as stored in ``tasks.params`` (the size apart)
+PARAM_COLUMNS = "model steps cfg_scale sampler seed n denoise filename_prefix".split()
 #: the table's columns: those ``kiln run`` reads (their names), then the results it passes over
 TABLE_COLUMNS = (
     "key",
     "prompt",
     "negative_prompt",
     "backend",
-    *PARAM_COLUMNS,
+    "model",
+    "aspect_ratio",
+    "resolution",
+    "width",
+    "height",
+    *PARAM_COLUMNS[1:],
     "init_image",
     "reference_images",
     *RESULT_COLUMNS,
@@ -94,7 +105,9 @@ def export_kind(target: Path) -> ExportKind:
     )
 
 
-def export_batch(db: Database, data_dir: Path, batch_id: int, target: Path) -> int:
+def export_batch(
+    db: Database, data_dir: Path, batch_id: int, target: Path, *, headers: Headers = "en"
+) -> int:
     """Write the batch to ``target`` (see :func:`export_kind`); the images (or rows) written.
 
     >>> export_batch(db, Path("kiln-data"), 1, Path("out.xlsx"))    # doctest: +SKIP
@@ -102,7 +115,7 @@ def export_batch(db: Database, data_dir: Path, batch_id: int, target: Path) -> i
     """
     kind = export_kind(target)
     if kind in ("xlsx", "csv"):
-        return export_table(db, data_dir, batch_id, target)
+        return export_table(db, data_dir, batch_id, target, headers=headers)
     storage = Storage(data_dir)
     files = _manifest_files(db, batch_id)
     entries = [entry for entry, _ in files]
@@ -125,80 +138,103 @@ def export_batch(db: Database, data_dir: Path, batch_id: int, target: Path) -> i
 # -- tables -----------------------------------------------------------------------------------
 
 
-def export_table(db: Database, data_dir: Path, batch_id: int, target: Path) -> int:
+@dataclass(frozen=True)
+class TableLinks:
+    """How a table names a batch's files: its images' links and its input images.
+
+    From the command line both are paths on this machine (the table runs again with
+    ``kiln run``); the API gives image URLs and the caller's ``asset:ID`` uploads.
+    """
+
+    image: Callable[[ImageRecord], str]  #: an image's link
+    #: the cell text of each stored input path (a read: the API looks up its uploads)
+    inputs: Callable[[Connection, list[str]], dict[str, str]]
+
+
+def local_links(storage: Storage) -> TableLinks:
+    """Links and inputs as absolute paths under the data folder."""
+    return TableLinks(
+        image=lambda image: str(storage.absolute(image.path)),
+        inputs=lambda _, paths: {path: str(storage.absolute(path)) for path in paths},
+    )
+
+
+def export_table(
+    db: Database, data_dir: Path, batch_id: int, target: Path, *, headers: Headers = "en"
+) -> int:
     """One row per task in ``target`` (.xlsx or .csv, by its suffix); the rows written."""
-    rows = table_rows(db, Storage(data_dir), batch_id)
+    columns, rows = db.read(table_of, batch_id, local_links(Storage(data_dir)))
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.suffix.lower() == ".csv":
-        _write_csv(target, rows)
-    else:
-        _write_xlsx(target, rows)
+    write = csv_bytes if target.suffix.lower() == ".csv" else xlsx_bytes
+    target.write_bytes(write(columns, rows, headers))
     return len(rows)
 
 
-def table_rows(db: Database, storage: Storage, batch_id: int) -> list[list[Any]]:
-    """The tasks as rows under TABLE_COLUMNS; files (inputs, images) as absolute paths."""
-    images = db.read(images_by_task, batch_id)
-    rows = []
-    for task in db.read(list_tasks, batch_id):
-        files = [str(storage.absolute(i.path)) for i in images.get(task.id, [])]
-        rows.append(_task_row(task, storage, files))
-    return rows
+def table_of(
+    conn: Connection, batch_id: int, links: TableLinks
+) -> tuple[tuple[str, ...], list[list[Any]]]:
+    """The batch's columns and one row per task: what ran, then how it went (a read)."""
+    images = images_by_task(conn, batch_id)
+    tasks = list_tasks(conn, batch_id)
+    stored = {p for t in tasks for p in [t.inputs.get("init_image"), *_references(t)] if p}
+    inputs = links.inputs(conn, sorted(stored))
+    taken: set[str] = set()  # image files named as a folder or ZIP export names them
+    rows = [_task_row(task, images.get(task.id, []), links, inputs, taken) for task in tasks]
+    return TABLE_COLUMNS, rows
 
 
-def _task_row(task: Task, storage: Storage, images: list[str]) -> list[Any]:
-    params, inputs = task.params, task.inputs
+def _references(task: Task) -> list[str]:
+    return list(task.inputs.get("reference_images") or [])
 
-    def stored(path: str) -> str:
-        return str(storage.absolute(path)) if path else ""
 
+def _task_row(
+    task: Task,
+    images: list[ImageRecord],
+    links: TableLinks,
+    inputs: dict[str, str],
+    taken: set[str],
+) -> list[Any]:
+    params = task.params
+    width, height = params.get("width"), params.get("height")
+    ratio, resolution = _named_size(params)
+    if ratio:  # the ratio and resolution the user typed give back this very size
+        width = height = None
     values: dict[str, Any] = {
         "key": task.key,
         "prompt": task.prompt,
         "negative_prompt": task.negative_prompt,
-        "backend": task.backend,
+        "backend": _backend_cell(task),
         **{name: params.get(name) for name in PARAM_COLUMNS},
-        "init_image": stored(inputs.get("init_image") or ""),
-        "reference_images": "\n".join(stored(p) for p in inputs.get("reference_images", [])),
+        "aspect_ratio": ratio,
+        "resolution": resolution,
+        "width": width,
+        "height": height,
+        "init_image": inputs.get(task.inputs.get("init_image") or ""),
+        "reference_images": "\n".join(inputs.get(p, "") for p in _references(task)),
         "status": str(task.status),
         "error": task.last_error or "",
-        "images": "\n".join(images),
+        "images": "\n".join(unique_name(Path(i.path).name, taken) for i in images),
+        "links": "\n".join(links.image(i) for i in images),
+        "final_prompt": task.prompt,
     }
     return [_blank(values[name]) for name in TABLE_COLUMNS]
 
 
+def _backend_cell(task: Task) -> str:
+    """The task's own chain as typed ("a, b"), else the backend it ran on."""
+    chain = task.params.get("backends") or []
+    return ", ".join(chain) if chain else task.backend
+
+
+def _named_size(params: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The ratio and resolution (as people write them: "16:9", "2K") that give this size."""
+    width, height = params.get("width"), params.get("height")
+    for ratio, (base_w, base_h) in ASPECT_RATIOS.items():
+        for resolution, scale in RESOLUTIONS.items():
+            if (base_w * scale, base_h * scale) == (width, height):
+                return ratio, resolution.upper()
+    return None, None
+
+
 def _blank(value: Any) -> Any:
     return None if value == "" else value
-
-
-def _write_xlsx(target: Path, rows: list[list[Any]]) -> None:
-    import openpyxl  # imported here: it costs a quarter second at start-up
-    from openpyxl.cell import WriteOnlyCell
-
-    workbook = openpyxl.Workbook(write_only=True)
-    sheet = workbook.create_sheet("tasks")
-    sheet.append(list(TABLE_COLUMNS))
-    for row in rows:
-        cells = []
-        for value in row:
-            cell = WriteOnlyCell(sheet, value=value)
-            if isinstance(value, str):
-                cell.data_type = "s"  # text as it is: "=..." never becomes a formula
-            cells.append(cell)
-        sheet.append(cells)
-    workbook.save(target)
-
-
-def _write_csv(target: Path, rows: list[list[Any]]) -> None:
-    # utf-8-sig: Excel reads the file as UTF-8 only with the byte-order mark
-    with target.open("w", encoding="utf-8-sig", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(TABLE_COLUMNS)
-        writer.writerows([[_csv_text(value) for value in row] for row in rows])
-
-
-def _csv_text(value: Any) -> Any:
-    """A value a spreadsheet would run as a formula gets a leading ``'`` (read back without)."""
-    if isinstance(value, str) and value[:1] in FORMULA_STARTS:
-        return "'" + value
-    return "" if value is None else value

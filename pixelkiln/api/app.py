@@ -22,7 +22,17 @@ from pixelkiln import __version__
 from pixelkiln.api.compat import compat_routers
 from pixelkiln.api.deps import ApiContext, get_caller
 from pixelkiln.api.errors import BodyLimit, install_error_handlers
-from pixelkiln.api.routes import admin, assets, batches, events, images, presets, system, tasks
+from pixelkiln.api.routes import (
+    admin,
+    assets,
+    batches,
+    events,
+    exports,
+    images,
+    presets,
+    system,
+    tasks,
+)
 from pixelkiln.api.routes import users as users_routes
 from pixelkiln.api.routes import webhooks as webhooks_routes
 from pixelkiln.api.runner import SchedulerThread
@@ -77,6 +87,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
         app.include_router(_schema_route(app), dependencies=secured)
     for router in (
         batches.router,
+        exports.router,
         tasks.router,
         images.router,
         assets.router,

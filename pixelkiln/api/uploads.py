@@ -29,9 +29,11 @@ from pixelkiln.api.errors import ApiError
 from pixelkiln.db.database import Tx
 from pixelkiln.db.records import Asset, record_asset
 from pixelkiln.engine.intake import asset_record
+from pixelkiln.exceptions import Problem
 from pixelkiln.inputs import LoadedBatch, load_batch_file
 from pixelkiln.naming import file_name
 from pixelkiln.service import Caller
+from pixelkiln.specs import TaskSpec
 from pixelkiln.storage import InputImage, read_input_image
 
 TABLE_TYPES = (".csv", ".xlsx", ".json", ".yaml", ".yml", ".toml")
@@ -212,6 +214,62 @@ def _check_inflated_size(path: Path) -> None:
 def load_table(path: Path, name: str | None) -> LoadedBatch:
     """Read the batch file (thread); SpecError names each problem's row and column.
 
-    Messages name the file as uploaded, not the temporary copy.
+    Messages name the file as uploaded, not the temporary copy. Pictures in its
+    cells are written beside it, in the upload's private folder, until
+    :func:`store_pictures` makes them the caller's uploads.
     """
-    return load_batch_file(path, name=name, partial=True, source=path.name)
+    return load_batch_file(
+        path, name=name, partial=True, source=path.name, pictures_dir=lambda: path.parent
+    )
+
+
+async def store_pictures(ctx: ApiContext, caller: Caller, loaded: LoadedBatch) -> LoadedBatch:
+    """The table's cell pictures stored as the caller's uploads, named ``asset:ID`` in the rows.
+
+    An API caller's inputs must be uploads, so a picture becomes one exactly as an
+    uploaded file would (checked against the server's upload limits); one that
+    fails those is reported with the others in the batch's problems.
+    """
+    if not loaded.pictures:
+        return loaded
+    refs: dict[str, str | None] = {}  # a picture's path → its reference; None: refused
+    problems: list[Problem] = []
+    records = []
+    for path in loaded.pictures:
+        try:
+            image = await ctx.run(_check, ctx, Path(path).read_bytes())
+        except ValueError as exc:
+            where, field = _first_use(loaded, path)
+            problems.append(
+                Problem(loaded.source, where, field, f"the picture in this cell: {exc}")
+            )
+            refs[path] = None
+            continue
+        name = file_name(f"{Path(loaded.source).stem}-{Path(path).name}")  # 模板-row2-….png
+        records.append((path, await ctx.run(_store, ctx, image, name)))
+    assets = await ctx.write(_record_all, caller.user_id, [record for _, record in records])
+    refs |= {path: f"asset:{asset.id}" for (path, _), asset in zip(records, assets, strict=True)}
+    spec = loaded.spec.with_problems(problems)
+    tasks = [_with_refs(task, refs) for task in spec.tasks]
+    return replace(loaded, spec=spec.model_copy(update={"tasks": tasks}), pictures=())
+
+
+def _first_use(loaded: LoadedBatch, path: str) -> tuple[str, str]:
+    """Where a picture is used: its row and column (every picture has its own row)."""
+    for i, task in enumerate(loaded.spec.tasks):
+        if task.init_image == path:
+            return loaded.where(i), "init_image"
+        if path in (task.reference_images or []):
+            return loaded.where(i), "reference_images"
+    return "", ""
+
+
+def _with_refs(task: TaskSpec, refs: dict[str, str | None]) -> TaskSpec:
+    """The task with each picture's path replaced by its upload (a refused one left out)."""
+    update: dict[str, Any] = {}
+    if task.init_image in refs:
+        update["init_image"] = refs[task.init_image]
+    if task.reference_images and any(p in refs for p in task.reference_images):
+        kept = [refs.get(p, p) for p in task.reference_images]
+        update["reference_images"] = [ref for ref in kept if ref]
+    return task.model_copy(update=update) if update else task

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -29,8 +30,17 @@ from pixelkiln.db.batches import find_batch, list_batches
 from pixelkiln.db.database import Database
 from pixelkiln.exceptions import ConfigError
 from pixelkiln.export import export_batch, export_kind
+from pixelkiln.inputs.headers import Headers, check_headers
 from pixelkiln.models import Batch
 from pixelkiln.reports import build_report, eta_seconds, render_text
+from pixelkiln.workbooks import template_bytes
+
+HeadersOption = Annotated[
+    str,
+    typer.Option(
+        "--headers", help="Spreadsheet headings: en (parameter names) or zh (提示词, 图片比例...)."
+    ),
+]
 
 
 def cancel(batch: BatchArg, config: ConfigOption = None) -> None:
@@ -152,6 +162,7 @@ def export(
             "or a .xlsx / .csv table (one row per task; kiln run reads it back).",
         ),
     ],
+    headers: HeadersOption = "en",
     config: ConfigOption = None,
 ) -> None:
     """Copy a batch's images and a manifest.json out, or write it as a spreadsheet."""
@@ -159,31 +170,50 @@ def export(
         kind = export_kind(to)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--to") from None
+    language = _headers(headers)
     with errors():
         settings = settings_from(config)
 
         def do_export(db: Database) -> int:
-            return export_batch(db, settings.storage.data_dir, resolve(db, batch).id, to)
+            found = resolve(db, batch).id
+            return export_batch(db, settings.storage.data_dir, found, to, headers=language)
 
         count = with_db(settings, do_export)
     what = "task(s)" if kind in ("xlsx", "csv") else "image(s)"
     console.print(f"Exported {count} {what} to {to}", markup=False)
 
 
+def _headers(value: str) -> Headers:
+    try:
+        return check_headers(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--headers") from None
+
+
 def init(
     folder: Annotated[Path, typer.Argument(help="Where to write the files.")] = Path("."),
     force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+    xlsx: Annotated[
+        bool, typer.Option("--xlsx", help="Also write batch.xlsx, a spreadsheet template.")
+    ] = False,
+    headers: HeadersOption = "en",
 ) -> None:
-    """Write a commented sample kiln.toml and batch.yaml to start from."""
+    """Write a commented sample kiln.toml and batch.yaml (and batch.xlsx) to start from."""
+    language = _headers(headers)
     samples = resources.files("pixelkiln") / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("kiln.toml", "batch.yaml"):
+    files: dict[str, Callable[[], bytes]] = {
+        name: (samples / name).read_bytes for name in ("kiln.toml", "batch.yaml")
+    }
+    if xlsx:
+        files["batch.xlsx"] = lambda: template_bytes(language)
+    for name, content in files.items():
         target = folder / name
         if target.exists() and not force:
             err_console.print(
                 f"[yellow]{escape(str(target))} exists; left as it is (use --force to overwrite)"
             )
             continue
-        target.write_text((samples / name).read_text(encoding="utf-8"), encoding="utf-8")
+        target.write_bytes(content())
         console.print(f"Wrote {target}", markup=False)
-    console.print("Next: kiln run batch.yaml")
+    console.print("Next: kiln run batch.yaml" + (" (or kiln run batch.xlsx)" if xlsx else ""))

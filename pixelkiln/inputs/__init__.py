@@ -35,6 +35,8 @@ class LoadedBatch:
     source: str  #: the file name as the user gave it, for messages
     base_dir: Path  #: the file's folder: relative image paths resolve against it
     where: Callable[[int], str]  #: names task i (0-based): "task 3", "item 'a'", "row 4"
+    #: files written for the pictures in a spreadsheet's cells, named in the tasks' inputs
+    pictures: tuple[str, ...] = ()
 
     def resolve(
         self,
@@ -70,7 +72,12 @@ class _RowNumbers:
 
 
 def load_batch_file(
-    path: Path, *, name: str | None = None, partial: bool = False, source: str | None = None
+    path: Path,
+    *,
+    name: str | None = None,
+    partial: bool = False,
+    source: str | None = None,
+    pictures_dir: Callable[[], Path] | None = None,
 ) -> LoadedBatch:
     """Read and validate a batch file; the extension says which format it is.
 
@@ -81,6 +88,8 @@ def load_batch_file(
     (:attr:`~pixelkiln.specs.BatchSpec.problems`), so that :meth:`LoadedBatch.resolve`
     or ``Kiln.submit`` report them together with missing input files and the like.
     ``source`` names the file in messages (default: the path as given).
+    Pictures in an XLSX's cells are written to ``pictures_dir()`` (default: a private
+    folder removed when the process ends) and listed in :attr:`LoadedBatch.pictures`.
 
     >>> load_batch_file(Path("shots.csv")).where(0)                 # doctest: +SKIP
     'row 2'
@@ -93,9 +102,14 @@ def load_batch_file(
         spec = structured.load_structured(path, source, default_name, partial=partial)
         return LoadedBatch(spec, source, base_dir, TaskPlaces.of(spec))
     if suffix in (".csv", ".xlsx"):
-        load = tabular.load_csv if suffix == ".csv" else tabular.load_xlsx
-        table = load(path, source, default_name, partial=partial)
-        return LoadedBatch(table.spec, source, base_dir, _RowNumbers(table.rows))
+        if suffix == ".csv":
+            table = tabular.load_csv(path, source, default_name, partial=partial)
+        else:
+            table = tabular.load_xlsx(
+                path, source, default_name, partial=partial, pictures_dir=pictures_dir
+            )
+        where = _RowNumbers(table.rows)
+        return LoadedBatch(table.spec, source, base_dir, where, table.pictures)
     raise file_error(
         source,
         f"unsupported file type '{suffix or '(none)'}'; "

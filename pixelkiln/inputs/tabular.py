@@ -4,17 +4,19 @@ Every row is validated as a :class:`~pixelkiln.specs.TaskSpec` and every
 problem found, in every row, is reported at once ("row 17, field 'n'"), so a
 user fixes a spreadsheet in one pass rather than one error per run. Row
 numbers are the spreadsheet's own (header = row 1), blank rows included.
-A table written by ``kiln export --to FILE.xlsx|FILE.csv`` reads back as it is:
-its result columns (status, error, images) are passed over.
+Headings may be English parameter names or the Chinese words batch tools use
+(:mod:`pixelkiln.inputs.headers`); values as people type them (``16\uff1a9``, ``2K``,
+a ratio Excel turned into a time of day). A table written by ``kiln export --to
+FILE.xlsx|FILE.csv`` reads back as it is: its result columns are passed over.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import re
-import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -23,13 +25,12 @@ from pydantic import ValidationError
 
 from pixelkiln.exceptions import Problem, SpecError
 from pixelkiln.inputs._files import file_error, read_bytes, read_text
+from pixelkiln.inputs.headers import COLUMN_NAMES, RESULT_COLUMNS, column_name
+from pixelkiln.inputs.pictures import PICTURE_COLUMNS, PlacedPictures, Placement, column_letter
+from pixelkiln.inputs.xlsx import Row, UnsavedFormula, dispimg, read_sheet
 from pixelkiln.problems import MAX_PROBLEMS, capped, problems_from_validation
-from pixelkiln.specs import TASK_KEYS, BatchSpec, TaskSpec, salvage
+from pixelkiln.specs import BatchSpec, TaskSpec, salvage
 
-#: columns a table may have: every parameter plus the task key
-COLUMN_NAMES = TASK_KEYS
-#: columns an export adds (``kiln export --to FILE.xlsx``): read over, so the table runs again
-RESULT_COLUMNS = ("status", "error", "images")
 #: a CSV cell starting with one of these is a formula to a spreadsheet, so an export writes
 #: it behind a ``'``, which reading takes off again
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -49,9 +50,11 @@ TEXT_COLUMNS = frozenset(
 )
 _DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
 _LIST_SEPARATOR = re.compile(r"[;\r\n]+")
-
-#: one spreadsheet row: its 1-based number and its cell values
-Row = tuple[int, Sequence[Any]]
+FULLWIDTH_COLON = "\uff1a"  #: what a Chinese input method types for ":" (16\uff1a9)
+_UNSAVED = (
+    "holds a formula with no saved value ({formula}); type the text, "
+    "or open and save the file in Excel first"
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class TableBatch:
 
     spec: BatchSpec
     rows: tuple[int, ...] = field(repr=False)  #: rows[i] is the row task i came from
+    #: files written for the pictures in the table's cells, named in the tasks' inputs
+    pictures: tuple[str, ...] = ()
 
 
 def load_csv(path: Path, source: str, name: str, *, partial: bool = False) -> TableBatch:
@@ -91,43 +96,31 @@ def _sniff_delimiter(text: str) -> str:
     return best if counts[best] else ","
 
 
-def load_xlsx(path: Path, source: str, name: str, *, partial: bool = False) -> TableBatch:
-    """Read the first sheet of an ``.xlsx`` workbook."""
+def load_xlsx(
+    path: Path,
+    source: str,
+    name: str,
+    *,
+    partial: bool = False,
+    pictures_dir: Callable[[], Path] | None = None,
+) -> TableBatch:
+    """Read the first sheet of an ``.xlsx`` workbook, with the pictures on its cells.
+
+    A picture in a ``reference_images`` or ``init_image`` cell is written to
+    ``pictures_dir()`` (asked for only when there is one) and used as that row's
+    input by its path; see :mod:`pixelkiln.inputs.pictures`.
+    """
     # Reading the bytes ourselves gives the same "not found" / "cannot read"
     # messages as the other formats and leaves no file handle open.
     data = read_bytes(path, source)
-    return rows_to_batch(_xlsx_rows(data, source), source, name, partial=partial)
-
-
-def _xlsx_rows(data: bytes, source: str) -> list[Row]:
-    # openpyxl warns about workbook features it drops on reading (data validation
-    # extensions, default styles); none of them matter for cell values.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"openpyxl(\.|$)")
-        try:
-            import openpyxl  # imported here: it costs a quarter second at start-up
-
-            workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-        except Exception as exc:
-            # A damaged workbook surfaces as any of BadZipFile, KeyError, XML
-            # ParseError, ValueError...: all mean "not a readable .xlsx".
-            raise _not_xlsx(source, exc) from exc
-        try:
-            return _first_sheet_rows(workbook)
-        except Exception as exc:  # read-only mode parses lazily, so damage shows up here too
-            raise _not_xlsx(source, exc) from exc
-        finally:
-            workbook.close()
-
-
-def _first_sheet_rows(workbook: Any) -> list[Row]:
-    if not workbook.worksheets:
-        raise ValueError("the workbook has no worksheet")
-    sheet = workbook.worksheets[0]
-    # Some writers store a wrong used range; without this read-only mode trusts it
-    # and silently drops rows past it.
-    sheet.reset_dimensions()
-    return list(enumerate(sheet.iter_rows(values_only=True), start=1))
+    try:
+        sheet = read_sheet(data)
+    except Exception as exc:
+        # A damaged workbook surfaces as any of BadZipFile, KeyError, XML
+        # ParseError, ValueError...: all mean "not a readable .xlsx".
+        raise _not_xlsx(source, exc) from exc
+    placed = PlacedPictures(sheet, source, pictures_dir)
+    return rows_to_batch(placed.rows, source, name, partial=partial, pictures=placed)
 
 
 def _not_xlsx(source: str, exc: Exception) -> SpecError:
@@ -136,7 +129,12 @@ def _not_xlsx(source: str, exc: Exception) -> SpecError:
 
 
 def rows_to_batch(
-    rows: Iterable[Row], source: str, name: str, *, partial: bool = False
+    rows: Iterable[Row],
+    source: str,
+    name: str,
+    *,
+    partial: bool = False,
+    pictures: PlacedPictures | None = None,
 ) -> TableBatch:
     """Turn numbered rows (header first) into a batch; SpecError lists every problem.
 
@@ -150,18 +148,23 @@ def rows_to_batch(
     header = _Header.read(header_cells, header_number, source)
     if not body:
         raise file_error(source, "the table has a header but no task rows")
+    placement = Placement()
+    if pictures is not None:
+        placement = pictures.place(header.columns, header.headings, {n for n, _ in body})
     problems = [*header.problems, *_values_without_header(body, header, source)]
+    problems.extend(placement.problems)
     if "prompt" not in header.columns.values():
         partial = False  # no row can be a task: its other checks would only repeat that
     tasks: list[TaskSpec] = []
     for number, cells in body:
-        task, row_problems = _row_to_task(number, cells, header, source)
+        task, row_problems = _row_to_task(number, cells, header, source, placement)
         problems.extend(row_problems)
         tasks.append(task)
     if problems and not partial:
         raise SpecError(capped(problems, source))
     spec = _batch(name, tasks, source, problems)
-    return TableBatch(spec.with_problems(problems), tuple(number for number, _ in body))
+    numbers = tuple(number for number, _ in body)
+    return TableBatch(spec.with_problems(problems), numbers, tuple(placement.paths))
 
 
 @dataclass(frozen=True)
@@ -171,25 +174,27 @@ class _Header:
     columns: dict[int, str]  #: 0-based column index → parameter name, known names only
     named: frozenset[int]  #: indexes of every column with a heading, known or not
     problems: tuple[Problem, ...]
+    headings: dict[int, str] = field(default_factory=dict)  #: as written, for messages
 
     @classmethod
     def read(cls, cells: Sequence[Any], number: int, source: str) -> _Header:
         columns: dict[int, str] = {}
-        named: set[int] = set()
-        headings: list[str] = []  #: as the user wrote them, for messages
+        headings: dict[int, str] = {}
         problems: list[Problem] = []
         where = f"row {number}"
         for index, cell in enumerate(cells):
             heading = _cell_value(cell)
             if heading is None:
                 continue
-            named.add(index)
-            headings.append(str(heading))
-            column = _column_name(str(heading))
+            if isinstance(heading, UnsavedFormula):
+                message = f"column {column_letter(index)} " + _UNSAVED.format(**vars(heading))
+                problems.append(Problem(source, where, "", message))
+                continue
+            text = headings[index] = _as_text(heading)
+            column = column_name(text)
             if column in RESULT_COLUMNS:
                 continue
             if column not in COLUMN_NAMES:
-                text = str(heading)
                 problems.append(Problem(source, where, text, _unknown_column(text)))
             elif column in columns.values():
                 message = f"column '{column}' appears twice; keep one"
@@ -197,18 +202,18 @@ class _Header:
             else:
                 columns[index] = column
         if "prompt" not in columns.values():
-            message = f"the header has no 'prompt' column; its columns are: {_listing(headings)}"
+            listing = _listing(headings.values())
+            message = f"the header has no 'prompt' column; its columns are: {listing}"
             problems.append(Problem(source, where, "prompt", message))
-        return cls(columns, frozenset(named), tuple(problems))
-
-
-def _column_name(heading: str) -> str:
-    """``" Negative Prompt "`` → ``"negative_prompt"``: headings people type still match."""
-    return re.sub(r"[\s\-]+", "_", heading.strip().lower())
+        return cls(columns, frozenset(headings), tuple(problems), headings)
 
 
 def _unknown_column(column: str) -> str:
-    return f"unknown column '{column}'; known columns are: {', '.join(COLUMN_NAMES)}"
+    return (
+        f"unknown column '{column}'; known columns are: {', '.join(COLUMN_NAMES)} "
+        f"(or their Chinese headings, e.g. 提示词, 负面提示词, 图片比例, 分辨率, 参考示例图, "
+        f"生成数量, 文件名)"
+    )
 
 
 def _listing(names: Iterable[str]) -> str:
@@ -225,7 +230,7 @@ def _values_without_header(body: list[Row], header: _Header, source: str) -> lis
     problems = []
     for index, numbers in sorted(rows_by_column.items()):
         message = (
-            f"column {_column_letter(index)} has values but no heading in the header row "
+            f"column {column_letter(index)} has values but no heading in the header row "
             f"({len(numbers)} row(s), first row {numbers[0]}); a value containing the "
             f"separator must be quoted"
         )
@@ -233,24 +238,15 @@ def _values_without_header(body: list[Row], header: _Header, source: str) -> lis
     return problems
 
 
-def _column_letter(index: int) -> str:
-    """0 → "A", 26 → "AA", as a spreadsheet labels its columns."""
-    letters = ""
-    index += 1
-    while index:
-        index, remainder = divmod(index - 1, 26)
-        letters = chr(ord("A") + remainder) + letters
-    return letters
-
-
 def _row_to_task(
-    number: int, cells: Sequence[Any], header: _Header, source: str
+    number: int, cells: Sequence[Any], header: _Header, source: str, placement: Placement
 ) -> tuple[TaskSpec, list[Problem]]:
     """The row's task (its invalid values left out) and the row's problems."""
     where = f"row {number}"
-    values = _row_values(cells, header)
-    problems: list[Problem] = []
-    if "prompt" in header.columns.values() and "prompt" not in values:
+    values, problems = _row_values(cells, header, where, source)
+    problems.extend(_add_pictures(values, placement.refs.get(number, {}), where, source))
+    reported = {p.field for p in problems}  # an unsaved formula is not a blank
+    if "prompt" in header.columns.values() and "prompt" not in {*values, *reported}:
         # Tables have no defaults, so a blank prompt can never be filled in later.
         problems.append(Problem(source, where, "prompt", "is required"))
     try:
@@ -260,30 +256,65 @@ def _row_to_task(
         return salvage(TaskSpec, values), problems
 
 
+def _add_pictures(
+    values: dict[str, Any], refs: Mapping[str, list[str]], where: str, source: str
+) -> list[Problem]:
+    """The row's pictures joined to its typed inputs: references added, one init image."""
+    if "reference_images" in refs:
+        values["reference_images"] = values.get("reference_images", []) + refs["reference_images"]
+    typed = [values["init_image"]] if "init_image" in values else []
+    init = typed + refs.get("init_image", [])
+    if len(init) > 1:
+        message = "holds more than one image (a path or picture each); a task has one init image"
+        return [Problem(source, where, "init_image", message)]
+    if init:
+        values["init_image"] = init[0]
+    return []
+
+
 def _field(loc: tuple[Any, ...]) -> str:
     # ("reference_images", 2) names the column, not the list item
     return str(loc[0]) if loc else ""
 
 
-def _row_values(cells: Sequence[Any], header: _Header) -> dict[str, Any]:
-    """The row's non-blank cells by parameter name, converted to what TaskSpec expects."""
+def _row_values(
+    cells: Sequence[Any], header: _Header, where: str, source: str
+) -> tuple[dict[str, Any], list[Problem]]:
+    """The row's non-blank cells by parameter name, converted to what TaskSpec expects;
+    and a problem for each cell that is a formula with no saved value.
+    """
     values: dict[str, Any] = {}
+    problems: list[Problem] = []
     for index, column in header.columns.items():
         value = _cell_value(cells[index]) if index < len(cells) else None
-        if value is not None:
+        if column in PICTURE_COLUMNS and dispimg(value):
+            continue  # a WPS picture the file lacks: the pictures' check reports it
+        if isinstance(value, UnsavedFormula):
+            message = f"column {column_letter(index)} " + _UNSAVED.format(**vars(value))
+            problems.append(Problem(source, where, column, message))
+        elif value is not None:
             values[column] = _convert(column, value)
-    return values
+    return values, problems
 
 
 def _convert(column: str, value: Any) -> Any:
     if column == "reference_images":
         return [part.strip() for part in _LIST_SEPARATOR.split(_as_text(value)) if part.strip()]
+    if column == "aspect_ratio":
+        return _ratio(value)
     if column in TEXT_COLUMNS:
         return _as_text(value)
     if isinstance(value, str) and _DECIMAL_COMMA.match(value):
         # A ';'-separated CSV from a European Excel writes 7.5 as "7,5".
         return value.replace(",", ".")
     return value
+
+
+def _ratio(value: Any) -> str:
+    """A ratio as typed: with a Chinese keyboard's colon, or as a time Excel made of it."""
+    if isinstance(value, datetime.time | datetime.datetime) and not value.second:
+        return f"{value.hour}:{value.minute}"  # Excel reads "16:9" typed in a cell as 16:09
+    return _as_text(value).replace(FULLWIDTH_COLON, ":")
 
 
 def _as_text(value: Any) -> str:

@@ -42,8 +42,9 @@ def test_a_wrong_top_level_key_lists_the_top_level_keys(tmp_path: Path) -> None:
     done = kiln(tmp_path, "run", "b.json")
     assert done.returncode == 2
     err = " ".join(done.stderr.split())
-    assert "field 'task': unknown key 'task'; known keys are: name, defaults, tasks" in err
-    assert "field 'tasks': is required" in err
+    assert "field 'task': unknown key 'task'; known keys are: name, defaults, " in err
+    assert "items, tasks" in err
+    assert "field 'tasks': a batch needs at least one task, in 'tasks' or 'items'" in err
     assert "negative_prompt" not in err
 
 

@@ -45,11 +45,14 @@ def test_export_to_xlsx_writes_a_workbook_that_runs_again(finished: Path) -> Non
     assert (row["key"], row["prompt"], row["negative_prompt"]) == ("a", "=1+1 a fox", "-blurry")
     assert sheet.cell(2, 2).data_type == "s"  # text, not a formula
     assert (row["width"], row["seed"], row["n"], row["status"]) == (64, 7, 2, "succeeded")
-    images = row["images"].split("\n")
-    assert len(images) == 2 and all(Path(p).is_file() for p in images)
+    assert row["aspect_ratio"] is None  # 64×64 is no named size: width and height stand
+    links = row["links"].split("\n")
+    assert len(links) == 2 and all(Path(p).is_file() for p in links)
+    assert row["images"].split("\n") == [Path(p).name for p in links]
+    assert row["final_prompt"] == "=1+1 a fox"
     failed = dict(zip(header, second, strict=True))
     assert failed["status"] == "failed" and "placeholder rejects" in failed["error"]
-    assert failed["images"] is None
+    assert failed["images"] is None and failed["links"] is None
 
     again = kiln(finished, "run", "out.xlsx", "--quiet")
     assert again.returncode == 1  # the same two tasks: one succeeds, one is rejected again

@@ -1,0 +1,237 @@
+"""Reading an ``.xlsx`` workbook's first sheet: cell values, unsaved formulas, pictures.
+
+Three things a spreadsheet holds beyond plain values, each handled on purpose
+rather than lost:
+
+- A formula cell's value is the one Excel saved with the file. A workbook made by
+  a program (not saved by Excel) has none: such a cell is marked
+  :class:`UnsavedFormula`, so it is reported as a formula, never as a blank.
+- A picture placed on a cell (Excel's "Insert picture" over cells; openpyxl
+  anchors) is returned with the cell it sits on, as is a WPS "embed in cell"
+  picture (``=DISPIMG("ID_…",1)`` with its bytes in ``xl/cellimages.xml``).
+- Drawings are read from the package's parts (workbook → first sheet →
+  drawing → media), and only when the file has some.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import re
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from xml.etree import ElementTree
+
+#: one spreadsheet row: its 1-based number and its cell values
+Row = tuple[int, Sequence[Any]]
+_FORMULA_TAG = re.compile(rb"<(?:\w+:)?f[ >/]")
+_DISPIMG = re.compile(r'DISPIMG\(\s*"([^"]+)"', re.IGNORECASE)
+_NS = {
+    "xdr": "http://schemas.openxmlformats.org/drawingml/2006/spreadsheetDrawing",
+    "a": "http://schemas.openxmlformats.org/drawingml/2006/main",
+    "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships",
+    "rel": "http://schemas.openxmlformats.org/package/2006/relationships",
+    "main": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
+}
+
+
+@dataclass(frozen=True)
+class UnsavedFormula:
+    """A formula cell whose file holds no saved value (made by a program, never opened)."""
+
+    formula: str  #: as written in the cell, "=A2&B2"
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A picture placed on (or embedded in) a cell of the first sheet."""
+
+    row: int  #: 1-based, as the spreadsheet numbers rows
+    column: int  #: 0-based column index
+    data: bytes  #: the file's bytes, as stored in the workbook
+
+
+@dataclass(frozen=True)
+class Sheet:
+    """The first worksheet: its rows and the pictures on its cells."""
+
+    rows: list[Row]
+    pictures: list[Picture]
+    #: pictures placed on no cell at all (an absolute anchor): their 1-based top row or 0
+    loose: list[int]
+
+
+def read_sheet(data: bytes) -> Sheet:
+    """The first sheet of the workbook in ``data``; any exception means "not an .xlsx"."""
+    with _quiet():
+        import openpyxl  # imported here: it costs a quarter second at start-up
+
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = set(archive.namelist())
+        rows = _values(openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True))
+        if _has_formulas(archive, names):
+            formulas = openpyxl.load_workbook(io.BytesIO(data), read_only=True)
+            rows = _mark_unsaved(rows, formulas)
+        pictures: list[Picture] = []
+        loose: list[int] = []
+        if any(name.startswith("xl/drawings/") for name in names):
+            pictures, loose = _anchored(archive)
+        if "xl/cellimages.xml" in names:
+            pictures += _wps_cell_pictures(archive, rows)
+        return Sheet(rows, pictures, loose)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # openpyxl warns about workbook features it drops on reading (data validation
+    # extensions, default styles); none of them matter for cell values.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"openpyxl(\.|$)")
+        yield
+
+
+def _values(workbook: Any) -> list[Row]:
+    try:
+        sheet = _first(workbook)
+        # Some writers store a wrong used range; without this read-only mode trusts it
+        # and silently drops rows past it.
+        sheet.reset_dimensions()
+        return [(n, list(cells)) for n, cells in enumerate(sheet.iter_rows(values_only=True), 1)]
+    finally:
+        workbook.close()
+
+
+def _first(workbook: Any) -> Any:
+    if not workbook.worksheets:
+        raise ValueError("the workbook has no worksheet")
+    return workbook.worksheets[0]
+
+
+def _has_formulas(archive: zipfile.ZipFile, names: set[str]) -> bool:
+    """Whether any sheet holds a formula: only then is the second pass worth its time."""
+    sheets = (n for n in names if n.startswith("xl/worksheets/") and n.endswith(".xml"))
+    return any(_FORMULA_TAG.search(archive.read(name)) for name in sheets)
+
+
+def _mark_unsaved(rows: list[Row], workbook: Any) -> list[Row]:
+    """Rows where each formula cell without a saved value holds an UnsavedFormula."""
+    try:
+        sheet = _first(workbook)
+        sheet.reset_dimensions()
+        marked: list[Row] = []
+        for (number, values), cells in zip(rows, sheet.iter_rows(), strict=False):
+            row = list(values)
+            for index, cell in enumerate(cells):
+                if index < len(row) and row[index] is None and cell.data_type == "f":
+                    row[index] = UnsavedFormula(str(cell.value))
+            marked.append((number, row))
+        return marked + rows[len(marked) :]
+    finally:
+        workbook.close()
+
+
+def _anchored(archive: zipfile.ZipFile) -> tuple[list[Picture], list[int]]:
+    """Pictures on the first sheet's cells (top-left corner), and those on none.
+
+    Read from the package itself rather than through openpyxl, which drops a
+    picture it cannot open with a mere warning: here a damaged or linked picture
+    comes back with no bytes, to be refused with its row.
+    """
+    sheet = _first_sheet_part(archive)
+    drawings = [
+        target
+        for rel_id, target in _relationships(archive, sheet).items()
+        if rel_id in _drawing_ids(archive, sheet)
+    ]
+    pictures: list[Picture] = []
+    loose: list[int] = []
+    for drawing in drawings:
+        media = _relationships(archive, drawing)
+        for anchor in ElementTree.fromstring(archive.read(drawing)):
+            start = anchor.find("xdr:from", _NS)
+            for pic in anchor.iter(f"{{{_NS['xdr']}}}pic"):
+                if start is None:  # an absolute anchor: placed by position, on no cell
+                    loose.append(0)
+                    continue
+                row, column = (int(start.findtext(f"xdr:{k}", "0", _NS)) for k in ("row", "col"))
+                pictures.append(Picture(row + 1, column, _blip(archive, pic, media)))
+    return pictures, loose
+
+
+def _first_sheet_part(archive: zipfile.ZipFile) -> str:
+    workbook = ElementTree.fromstring(archive.read("xl/workbook.xml"))
+    first = workbook.find("main:sheets/main:sheet", _NS)
+    if first is None:
+        raise ValueError("the workbook has no worksheet")
+    return _relationships(archive, "xl/workbook.xml")[first.get(f"{{{_NS['r']}}}id", "")]
+
+
+def _drawing_ids(archive: zipfile.ZipFile, sheet: str) -> set[str]:
+    root = ElementTree.fromstring(archive.read(sheet))
+    return {d.get(f"{{{_NS['r']}}}id", "") for d in root.iter(f"{{{_NS['main']}}}drawing")}
+
+
+def _blip(archive: zipfile.ZipFile, pic: ElementTree.Element, media: dict[str, str]) -> bytes:
+    """The picture's bytes; b"" when it links to a file outside the workbook or is missing."""
+    blip = pic.find("xdr:blipFill/a:blip", _NS)
+    target = media.get(blip.get(f"{{{_NS['r']}}}embed", "") if blip is not None else "")
+    if target is None or target not in archive.namelist():
+        return b""
+    return archive.read(target)
+
+
+def _relationships(archive: zipfile.ZipFile, part: str) -> dict[str, str]:
+    """A package part's relationships: id → the target part's name in the archive."""
+    folder, name = posixpath.split(part)
+    rels = posixpath.join(folder, "_rels", f"{name}.rels")
+    if rels not in archive.namelist():
+        return {}
+    found = {}
+    for rel in ElementTree.fromstring(archive.read(rels)).iter(f"{{{_NS['rel']}}}Relationship"):
+        target = rel.get("Target", "")
+        if rel.get("TargetMode") == "External" or not target:
+            continue
+        path = target[1:] if target.startswith("/") else posixpath.join(folder, target)
+        found[rel.get("Id", "")] = posixpath.normpath(path)
+    return found
+
+
+def _wps_cell_pictures(archive: zipfile.ZipFile, rows: list[Row]) -> list[Picture]:
+    """WPS "embed in cell" pictures: a ``DISPIMG("ID")`` cell and ``xl/cellimages.xml``."""
+    by_id = _wps_images(archive)
+    found = []
+    for number, cells in rows:
+        for index, value in enumerate(cells):
+            match = _DISPIMG.search(_text(value))
+            if match and match.group(1) in by_id:
+                found.append(Picture(number, index, by_id[match.group(1)]))
+    return found
+
+
+def _wps_images(archive: zipfile.ZipFile) -> dict[str, bytes]:
+    """Picture id → bytes, from ``xl/cellimages.xml`` and its relationships."""
+    part = "xl/cellimages.xml"
+    media = _relationships(archive, part)
+    images = {}
+    for pic in ElementTree.fromstring(archive.read(part)).iter(f"{{{_NS['xdr']}}}pic"):
+        props = pic.find("xdr:nvPicPr/xdr:cNvPr", _NS)
+        if props is not None:
+            images[props.get("name", "")] = _blip(archive, pic, media)
+    return images
+
+
+def dispimg(value: Any) -> bool:
+    """Whether a cell value is a WPS picture formula (its picture read or not)."""
+    return _DISPIMG.search(_text(value)) is not None
+
+
+def _text(value: Any) -> str:
+    """A cell's text for a DISPIMG look: WPS saves the formula's text as its value,
+    other writers save no value at all."""
+    if isinstance(value, UnsavedFormula):
+        return value.formula
+    return value if isinstance(value, str) else ""
