@@ -3,7 +3,8 @@
 A whole session in the service's own shapes (docs/compat.md): a user creates a
 batch of 12 uploads, polls the queue, retries the task that failed, cancels
 another batch and lists presets; an admin sets the concurrency to 5 and reads it
-back, adds and deletes a preset and reads the stats. `kiln serve` runs as a
+back, adds and deletes a preset and reads the stats; credits follow the
+service's policy (`refund_failed = false`). `kiln serve` runs as a
 subprocess; the generator is a fake WebUI on loopback.
 """
 
@@ -40,6 +41,7 @@ enabled = true
 [credits]
 enabled = true
 per_image = 1
+refund_failed = false      # the service's policy: failures stay charged, cancels are refunded
 
 [compat]
 img2img_service = true
@@ -122,6 +124,8 @@ def test_a_whole_session_of_the_img2img_front_end(
         assert anonymous.json()["success"] is False
         # an ordinary batch: /api/v1 sees it under the same id
         assert alice.get(f"/api/v1/batches/{queue_id}").json()["counts"]["succeeded"] == 12
+        # 100 - 12 (create; the failure kept its charge) - 1 (retry) - 3 + 3 (cancel refunded)
+        assert alice.get("/api/v1/me").json()["balance"] == 87
 
 
 def _create_twelve_with_one_failing(alice: httpx.Client, webui: FakeSDWebUI) -> int:
