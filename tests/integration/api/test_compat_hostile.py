@@ -29,9 +29,12 @@ ODD_IDS = ["0", "-3", str(BIG), "abc", "1.5", "%F0%9F%90%88"]
 
 
 @pytest.fixture
-async def both_api(tmp_path: Path) -> AsyncIterator[Api]:
+async def both_api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
+    """Both compat APIs on, with auth and credits, on SQLite and on PostgreSQL."""
+    data = tmp_path / "data"
     settings = api_settings(
-        tmp_path / "data",
+        data,
+        storage={"data_dir": str(data), "database_url": database_url},
         auth={"enabled": True},
         credits={"enabled": True, "per_image": 1},
         compat={"slides": True, "img2img_service": True},
