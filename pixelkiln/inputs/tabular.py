@@ -34,7 +34,7 @@ from pixelkiln.inputs.headers import COLUMN_NAMES, RESULT_COLUMNS, column_name
 from pixelkiln.inputs.pictures import PICTURE_COLUMNS, PlacedPictures, Placement, column_letter
 from pixelkiln.inputs.xlsx import Row, UnsavedFormula, dispimg, read_sheet
 from pixelkiln.problems import MAX_PROBLEMS, capped, problems_from_validation
-from pixelkiln.prompts import expand_items
+from pixelkiln.prompts import TemplateError, expand_items, parse_template
 from pixelkiln.specs import BatchSpec, TaskSpec, salvage
 
 #: a CSV cell starting with one of these is a formula to a spreadsheet, so an export writes
@@ -335,9 +335,11 @@ def _rows_to_items(
     if header.id_column is not None:
         columns[header.id_column] = "id"
     columns = dict(sorted(columns.items()))  # the item's fields in the table's order
+    aliases = _aliases(columns, header.headings, template.text)
     items: list[dict[str, Any]] = []
     for position, (number, cells) in enumerate(body, start=1):
         values, found = _row_values(cells, columns, f"row {number}", source)
+        values |= {alias: values[name] for name, alias in aliases if name in values}
         # without an id column a row's id is its task's position, as a table task's key is
         items.append(values if header.id_column is not None else {"id": str(position), **values})
         problems.extend(found)
@@ -359,6 +361,24 @@ def _rows_to_items(
         problems.extend(found)
         made.append(task)
     return made
+
+
+def _aliases(
+    columns: Mapping[int, str], headings: Mapping[int, str], template: str
+) -> list[tuple[str, str]]:
+    """(column, heading) for each column the template names by its heading, not its name.
+
+    A parameter's value is the item's under the parameter's name (``prompt``), which
+    is how it sets the task's; a template written against the sheet says ``{提示词}``.
+    """
+    try:
+        named = {field.split(".")[0] for field in parse_template(template).fields}
+    except TemplateError:
+        return []  # expand_items reports it
+    pairs = ((column, headings[index].strip()) for index, column in columns.items())
+    return [
+        (column, heading) for column, heading in pairs if heading != column and heading in named
+    ]
 
 
 def _with_pictures(
