@@ -17,10 +17,10 @@ from apikit import Api, api_settings, running_api
 pytestmark = pytest.mark.anyio
 TEMPLATE = "{style}. Slide {page_num}, {title}: {visual_desc}"
 SLIDES = (
-    "id,page_num,title,visual_desc,n\n"
-    "cover,1,Q3 review,a rising line,2\n"
-    "growth,2,Growth,a young tree,1\n"
-).encode()
+    b"id,page_num,title,visual_desc,n\n"
+    b"cover,1,Q3 review,a rising line,2\n"
+    b"growth,2,Growth,a young tree,1\n"
+)
 
 
 @pytest.fixture
