@@ -48,6 +48,7 @@ from pixelkiln.wire.schemas import (
     EventPublic,
     ImageDetail,
     Page,
+    RegenerateResult,
     RetryResult,
     TaskPublic,
     WebhookDeliveryPublic,
@@ -153,8 +154,27 @@ class Client:
     def retry_task(self, task_id: int) -> RetryResult:
         return self._run(Calls.retry_task(task_id))
 
-    def get_task(self, task_id: int) -> TaskPublic:
-        return self._run(Calls.get_task(task_id))
+    def regenerate(
+        self,
+        batch_id: int,
+        *,
+        keys: list[str] | None = None,
+        task_ids: list[int] | None = None,
+        replace: bool = False,
+    ) -> RegenerateResult:
+        """Run chosen finished tasks again, succeeded ones too (by ``keys`` or ``task_ids``).
+
+        Their earlier images stay as history (``get_task(id, history=True)``), or are
+        deleted once the new ones are recorded with ``replace``. Charged like a retry.
+
+        >>> client.regenerate(batch_id, keys=["s2", "s5"]).regenerated   # doctest: +SKIP
+        2
+        """
+        return self._run(Calls.regenerate(batch_id, keys, task_ids, replace))
+
+    def get_task(self, task_id: int, *, history: bool = False) -> TaskPublic:
+        """A task with its images; with ``history``, every run's (regenerated tasks)."""
+        return self._run(Calls.get_task(task_id, history))
 
     def get_image(self, image_id: int) -> ImageDetail:
         return self._run(Calls.get_image(image_id))
@@ -307,8 +327,20 @@ class AsyncClient:
     async def retry_task(self, task_id: int) -> RetryResult:
         return await self._run(Calls.retry_task(task_id))
 
-    async def get_task(self, task_id: int) -> TaskPublic:
-        return await self._run(Calls.get_task(task_id))
+    async def regenerate(
+        self,
+        batch_id: int,
+        *,
+        keys: list[str] | None = None,
+        task_ids: list[int] | None = None,
+        replace: bool = False,
+    ) -> RegenerateResult:
+        """See :meth:`Client.regenerate`."""
+        return await self._run(Calls.regenerate(batch_id, keys, task_ids, replace))
+
+    async def get_task(self, task_id: int, *, history: bool = False) -> TaskPublic:
+        """See :meth:`Client.get_task`."""
+        return await self._run(Calls.get_task(task_id, history))
 
     async def get_image(self, image_id: int) -> ImageDetail:
         return await self._run(Calls.get_image(image_id))

@@ -142,6 +142,7 @@ class ClaimedTask:
     attempts: int  #: the number of this try (counted once it starts)
     max_attempts: int
     own_key: bool = False  #: runs on its owner's own provider key (see engine.credentials)
+    run: int = 0  #: the task's run (0 = first; each regenerate adds 1): its images' ``run``
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,8 @@ class ImageRecord:
     #: the GENERATION_PARAMS the generator took, as sent; None for images recorded
     #: before migration 0005 (their task's parameters stand in)
     params: dict[str, Any] | None = None
+    run: int = 0  #: the task's run that made it (0 = first; each regenerate adds 1)
+    superseded: bool = False  #: a newer run of its task replaced it: kept as history
 
     @property
     def seed_sent(self) -> int | None:

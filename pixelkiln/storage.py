@@ -3,7 +3,7 @@
 Every path under the data folder is built here from ids and *sanitised*
 names; no user string reaches the filesystem as given. Files are written to a
 temporary name and renamed, so a crash never leaves half an image, and names
-are deterministic (batch, task position, image index), so re-running a task
+are deterministic (batch, task position, run, image index), so re-running a task
 overwrites its files instead of duplicating them.
 """
 
@@ -133,14 +133,20 @@ class Storage:
         self._prefix = self._root + os.sep
         self._made: set[str] = set()  # folders known to exist
 
-    def image_path(self, batch_id: int, stem: str, position: int | None, index: int) -> str:
+    def image_path(
+        self, batch_id: int, stem: str, position: int | None, index: int, run: int = 0
+    ) -> str:
         """Relative path of image ``index`` of the task at ``position`` in a batch.
 
         ``position`` None: the stem alone is unique in its batch (a task named after its
         upload, see ``engine.intake.name_outputs``), so the name is ``<stem>_<index>.png``.
+        A regenerated task's later runs end in ``_r<run>`` (``s2_0002_0_r1.png``,
+        ``photo_00_0_r1.png``): never a first run's name (those end in a digit), so they
+        never overwrite any file, and its earlier runs' files are kept as history.
         """
         place = "" if position is None else f"_{position:04d}"
-        return f"images/{batch_id}/{safe_name(stem, 'task')}{place}_{index}.png"
+        again = f"_r{run}" if run else ""
+        return f"images/{batch_id}/{safe_name(stem, 'task')}{place}_{index}{again}.png"
 
     def absolute(self, relative: str) -> Path:
         """The file for a stored relative path; refuses anything that leaves the root."""
@@ -179,6 +185,13 @@ class Storage:
 
     def delete(self, relative: str) -> None:
         self.absolute(relative).unlink(missing_ok=True)
+
+    def delete_image(self, relative: str, batch_id: int, image_id: int) -> None:
+        """Delete an image file and its cached thumbnails (``thumbs/<batch>/<id>_<size>.webp``,
+        made by the API) once its row is gone."""
+        self.delete(relative)
+        for thumb in self.absolute(f"thumbs/{batch_id}").glob(f"{image_id}_*.webp"):
+            thumb.unlink(missing_ok=True)
 
     def _write_atomic(self, target: str, data: bytes) -> None:
         folder, name = os.path.split(target)

@@ -103,6 +103,8 @@ def _image_fields(image: ImageRecord) -> dict[str, Any]:
         "backend": image.backend,
         "server": image.server,
         "model": image.model,
+        "run": image.run,
+        "superseded": image.superseded,
     }
 
 

@@ -27,6 +27,7 @@ app = typer.Typer(
 app.command()(run.run)
 app.command()(run.resume)
 app.command()(run.retry)
+app.command()(run.regenerate)
 app.command()(batches.cancel)
 app.command()(batches.status)
 app.command()(batches.report)

@@ -1,4 +1,4 @@
-"""``kiln run``, ``kiln resume``, ``kiln retry``: run batches to the end with a progress bar.
+"""``kiln run``, ``resume``, ``retry``, ``regenerate``: run batches to the end with a progress bar.
 
 Exit codes: 0 every task succeeded (or nothing to do), 1 some task failed or
 was cancelled, 2 bad input (spec, config, unknown batch), 130 interrupted.
@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -40,11 +41,21 @@ from pixelkiln.db.batches import find_batch, unfinished_batch_ids
 from pixelkiln.db.batches import get_batch as db_get_batch
 from pixelkiln.db.credits import InsufficientCreditsError
 from pixelkiln.db.database import Database
-from pixelkiln.exceptions import InvalidStateError, KilnError, SchedulerStalledError
+from pixelkiln.exceptions import (
+    InvalidStateError,
+    KilnError,
+    Problem,
+    SchedulerStalledError,
+    SpecError,
+)
 from pixelkiln.inputs import LoadedBatch, TableTemplate, load_batch_file
 from pixelkiln.models import Batch, BatchStatus
 from pixelkiln.progress import BatchProgress
 from pixelkiln.reports import build_report, render_text
+
+RunNowOption = Annotated[
+    bool, typer.Option("--run/--no-run", help="Run them now (else a server or `kiln resume` does).")
+]
 
 
 async def _run_batches(kiln: Kiln, batch_ids: list[int], quiet: bool) -> bool:
@@ -245,7 +256,7 @@ def _resumable(db: Database, ref: str | None) -> list[int]:
 def retry(
     batch: BatchArg,
     cancelled: Annotated[bool, typer.Option(help="Also retry cancelled tasks.")] = False,
-    run_now: Annotated[bool, typer.Option("--run/--no-run", help="Run them now.")] = True,
+    run_now: RunNowOption = True,
     config: ConfigOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -254,9 +265,75 @@ def retry(
     With credits on, a user's batch is charged for the retried tasks, as a retry
     through the API is (they were refunded when they failed or were cancelled).
     """
+
+    def again(kiln: Kiln, batch_id: int) -> Awaitable[int]:
+        return service.retry(kiln.service, service.LOCAL, batch_id, include_cancelled=cancelled)
+
+    _requeue_and_run(config, batch, again, run_now, quiet)
+
+
+def regenerate(
+    batch: BatchArg,
+    keys: Annotated[
+        str | None, typer.Option("--keys", help="Keys of the tasks, comma-separated.")
+    ] = None,
+    tasks: Annotated[
+        str | None, typer.Option("--tasks", help="Ids of the tasks, comma-separated.")
+    ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(help="Delete their earlier images once the new ones are in (default: keep)."),
+    ] = False,
+    run_now: RunNowOption = True,
+    config: ConfigOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Run chosen tasks of a batch again, succeeded ones too (--keys s1,s2 or --tasks 7,9).
+
+    Their earlier images are kept as history (newest shown by default) unless
+    --replace. With credits on, the batch's owner is charged as for a retry.
+    """
+    with errors():
+        chosen_keys, chosen_ids = _chosen(keys, tasks)
+
+    def again(kiln: Kiln, batch_id: int) -> Awaitable[int]:
+        return service.regenerate(
+            kiln.service,
+            service.LOCAL,
+            batch_id,
+            keys=chosen_keys,
+            task_ids=chosen_ids,
+            replace=replace,
+        )
+
+    _requeue_and_run(config, batch, again, run_now, quiet)
+
+
+def _chosen(keys: str | None, tasks: str | None) -> tuple[list[str] | None, list[int] | None]:
+    """``--keys`` or ``--tasks`` as lists; SpecError unless exactly one names something."""
+    if (keys is None) == (tasks is None):
+        raise SpecError([Problem("", "", "--keys", "give either --keys or --tasks")])
+    if keys is not None:
+        return [k.strip() for k in keys.split(",") if k.strip()] or None, None
+    words = [t.strip() for t in (tasks or "").split(",") if t.strip()]
+    bad = [w for w in words if not w.isdecimal()]
+    if bad or not words:
+        why = f"task ids are numbers, got {', '.join(repr(b) for b in bad) or 'none'}"
+        raise SpecError([Problem("", "", "--tasks", why)])
+    return None, [int(w) for w in words]
+
+
+def _requeue_and_run(
+    config: Path | None,
+    ref: str,
+    again: Callable[[Kiln, int], Awaitable[int]],
+    run_now: bool,
+    quiet: bool,
+) -> None:
+    """Put tasks back (``again``), then run the batch to the end unless ``--no-run``."""
     with errors():
         settings = settings_from(config)
-        batch_id, count = asyncio.run(_requeue(settings, batch, cancelled))
+        batch_id, count = asyncio.run(_requeue(settings, ref, again))
         console.print(f"Batch {batch_id}: {count} task(s) back in the queue.")
         if not run_now:
             raise typer.Exit(EXIT_OK)
@@ -265,13 +342,13 @@ def retry(
     raise typer.Exit(code)
 
 
-async def _requeue(settings: Settings, ref: str, cancelled: bool) -> tuple[int, int]:
+async def _requeue(
+    settings: Settings, ref: str, again: Callable[[Kiln, int], Awaitable[int]]
+) -> tuple[int, int]:
     async with Kiln(settings, engine=False) as kiln:  # pricing needs no backend built
         found = await kiln.db.aread(find_batch, ref)
         try:
-            count = await service.retry(
-                kiln.service, service.LOCAL, found.id, include_cancelled=cancelled
-            )
+            count = await again(kiln, found.id)
         except InsufficientCreditsError as exc:
             raise KilnError(f"{exc}; add credits with 'kiln users grant USER AMOUNT'") from None
         return found.id, count

@@ -65,6 +65,7 @@ class ImageQuery:
     since: float | None = None  #: created at or after (epoch seconds)
     until: float | None = None  #: created before
     before_id: int | None = None  #: cursor: images with a smaller id (newest first)
+    history: bool = False  #: also the superseded images of regenerated tasks' earlier runs
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,11 @@ class Asset:
 
 def _owned(query: Any, owner_id: int | None) -> Any:
     return query if owner_id is None else query.where(batches.c.owner_id == owner_id)
+
+
+def current(query: Any, history: bool = False) -> Any:
+    """``query`` over images, less the history of regenerated tasks unless ``history``."""
+    return query if history else query.where(images.c.superseded.is_(False))
 
 
 # -- images -----------------------------------------------------------------------------------
@@ -132,6 +138,8 @@ def image_record(row: Row[Any]) -> ImageRecord:
         m["server"],
         m["model"],
         None if m["params"] is None else dict(m["params"]),
+        m["run"],
+        bool(m["superseded"]),
     )
 
 
@@ -153,7 +161,7 @@ def _image_info(row: Row[Any]) -> ImageInfo:
 
 
 def _filtered(query: Any, q: ImageQuery, owner_id: int | None) -> Any:
-    query = _owned(query, owner_id)
+    query = current(_owned(query, owner_id), q.history)
     if q.text:
         query = query.where(tasks.c.prompt.contains(q.text, autoescape=True))
     if q.batch_id is not None:
@@ -180,7 +188,8 @@ def search_images(
 
 def count_images(conn: Connection, q: ImageQuery, *, owner_id: int | None) -> int:
     """How many images match; from the batches' image counters when no filter needs a scan."""
-    if q.text is None and q.since is None and q.until is None and q.before_id is None:
+    unfiltered = q.text is None and q.since is None and q.until is None and q.before_id is None
+    if unfiltered and not q.history:  # n_images counts the current images
         query = _owned(select(func.coalesce(func.sum(batches.c.n_images), 0)), owner_id)
         if q.batch_id is not None:
             query = query.where(batches.c.id == q.batch_id)
@@ -195,32 +204,33 @@ def get_image(conn: Connection, image_id: int, owner_id: int | None = None) -> I
     return _image_info(one_row(conn, query, f"no image {image_id}"))
 
 
-def batch_images(conn: Connection, batch_id: int) -> list[ImageInfo]:
-    """Every image of a batch with what made it, by task position then index."""
-    query = _joined(*_IMAGE_COLUMNS).where(images.c.batch_id == batch_id)
-    query = query.order_by(tasks.c.position, images.c.index)
+def batch_images(conn: Connection, batch_id: int, history: bool = False) -> list[ImageInfo]:
+    """A batch's current images (with ``history``, every run's) with what made them, by task
+    position, run, then index."""
+    query = current(_joined(*_IMAGE_COLUMNS).where(images.c.batch_id == batch_id), history)
+    query = query.order_by(tasks.c.position, images.c.run, images.c.index)
     return [_image_info(row) for row in conn.execute(query)]
 
 
 def image_sources(conn: Connection, batch_id: int) -> dict[tuple[str, str], int]:
-    """How many images of a batch each (backend, server) made."""
-    query = (
-        select(images.c.backend, images.c.server, func.count())
-        .where(images.c.batch_id == batch_id)
-        .group_by(images.c.backend, images.c.server)
-    )
+    """How many current images of a batch each (backend, server) made."""
+    query = current(
+        select(images.c.backend, images.c.server, func.count()).where(images.c.batch_id == batch_id)
+    ).group_by(images.c.backend, images.c.server)
     return {(row[0], row[1]): int(row[2]) for row in conn.execute(query)}
 
 
-def images_of_tasks(conn: Connection, task_ids: Iterable[int]) -> dict[int, list[ImageRecord]]:
-    """Images of the given tasks, grouped by task, in index order."""
+def images_of_tasks(
+    conn: Connection, task_ids: Iterable[int], history: bool = False
+) -> dict[int, list[ImageRecord]]:
+    """Current images of the given tasks (with ``history``, every run's), grouped by task,
+    in run then index order."""
     ids = list(task_ids)
     grouped: dict[int, list[ImageRecord]] = {i: [] for i in ids}
     if not ids:
         return grouped
-    rows = conn.execute(
-        select(images).where(images.c.task_id.in_(ids)).order_by(images.c.task_id, images.c.index)
-    )
+    query = current(select(images).where(images.c.task_id.in_(ids)), history)
+    rows = conn.execute(query.order_by(images.c.task_id, images.c.run, images.c.index))
     for r in rows:
         grouped[r.task_id].append(image_record(r))
     return grouped
@@ -230,7 +240,7 @@ def delete_image(tx: Tx, image_id: int, owner_id: int | None = None) -> ImageInf
     """Forget one image (the caller removes its file); the batch's image count follows."""
     info = get_image(tx.conn, image_id, owner_id)
     tx.conn.execute(delete(images).where(images.c.id == image_id))
-    transitions.image_deleted(tx, info.image.batch_id)
+    transitions.image_deleted(tx, info.image.batch_id, info.image.superseded)
     return info
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 
 #: tables whose ids are handles (URLs, a client's saved id, a folder name): never reused.
@@ -70,6 +71,9 @@ batches = Table(
     Column("last_start_at", Float, nullable=True),
     Column("webhook", String(2000), nullable=True),
     Column("extra", JSON, nullable=True),
+    # the refund policy the batch was last charged under ([credits] refund_failed): false
+    # keeps the charge of a task that fails for good (cancellations are always refunded)
+    Column("refund_failed", Boolean, nullable=False, server_default=true()),
     Index(None, "status", "priority"),
     sqlite_autoincrement=True,  # see NEVER_REUSED
 )
@@ -105,6 +109,9 @@ tasks = Table(
     # regenerated (its images of earlier runs are kept as history, ``images.run``)
     Column("item", JSON, nullable=True),
     Column("run", Integer, nullable=False, server_default="0"),
+    # the next run that succeeds deletes the earlier runs' images (a regenerate with
+    # ``replace``) instead of keeping them as history
+    Column("replace_runs", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("batch_id", "position"),
     # claim: pending tasks of one batch in position order
     Index(None, "batch_id", "status", "position"),

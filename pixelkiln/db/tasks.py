@@ -16,8 +16,9 @@ from sqlalchemy import Connection, Row, select
 
 from pixelkiln.db import transitions
 from pixelkiln.db.database import Tx, one_row
-from pixelkiln.db.records import image_record
+from pixelkiln.db.records import current, image_record
 from pixelkiln.db.tables import images, tasks
+from pixelkiln.db.transition_runs import DroppedImage
 from pixelkiln.models import ImageRecord, Task, TaskFailure, TaskResult, TaskStatus
 
 __all__ = [
@@ -34,10 +35,18 @@ __all__ = [
 
 
 def record_outcomes(
-    tx: Tx, owner: str, results: Sequence[TaskResult], failures: Sequence[TaskFailure]
+    tx: Tx,
+    owner: str,
+    results: Sequence[TaskResult],
+    failures: Sequence[TaskFailure],
+    dropped: list[DroppedImage] | None = None,
 ) -> set[int]:
-    """Record a group of finished tries in one transaction; returns the ids accepted."""
-    return transitions.record_outcomes(tx, owner, results, failures)
+    """Record a group of finished tries in one transaction; returns the ids accepted.
+
+    ``dropped`` collects images of earlier runs deleted by a regenerate with ``replace``:
+    their files are the caller's to remove after commit.
+    """
+    return transitions.record_outcomes(tx, owner, results, failures, dropped)
 
 
 def complete_tasks(tx: Tx, owner: str, results: Sequence[TaskResult]) -> set[int]:
@@ -87,33 +96,39 @@ def list_tasks(
     *,
     statuses: Iterable[TaskStatus] | None = None,
     task_ids: Iterable[int] | None = None,
+    keys: Iterable[str] | None = None,
     limit: int | None = None,
     offset: int = 0,
 ) -> list[Task]:
-    """Tasks of a batch in position order (only ``task_ids`` of them, when given)."""
+    """Tasks of a batch in position order (only ``task_ids`` or ``keys`` of them, when given)."""
     query = select(tasks).where(tasks.c.batch_id == batch_id).order_by(tasks.c.position)
     if statuses is not None:
         query = query.where(tasks.c.status.in_([str(s) for s in statuses]))
     if task_ids is not None:
         query = query.where(tasks.c.id.in_(list(task_ids)))
+    if keys is not None:
+        query = query.where(tasks.c.key.in_(list(keys)))
     if limit is not None:
         query = query.limit(limit).offset(offset)
     return [_task(row) for row in conn.execute(query)]
 
 
-def list_images(conn: Connection, batch_id: int) -> list[ImageRecord]:
-    """Images of a batch, by task position then index."""
+def list_images(conn: Connection, batch_id: int, history: bool = False) -> list[ImageRecord]:
+    """Images of a batch, by task position, run, then index; earlier runs' only with
+    ``history`` (a regenerated task's superseded images)."""
     query = (
         select(images)
         .join(tasks, tasks.c.id == images.c.task_id)
         .where(images.c.batch_id == batch_id)
-        .order_by(tasks.c.position, images.c.index)
+        .order_by(tasks.c.position, images.c.run, images.c.index)
     )
-    return [image_record(row) for row in conn.execute(query)]
+    return [image_record(row) for row in conn.execute(current(query, history))]
 
 
-def images_by_task(conn: Connection, batch_id: int) -> dict[int, list[ImageRecord]]:
+def images_by_task(
+    conn: Connection, batch_id: int, history: bool = False
+) -> dict[int, list[ImageRecord]]:
     grouped: dict[int, list[ImageRecord]] = defaultdict(list)
-    for image in list_images(conn, batch_id):
+    for image in list_images(conn, batch_id, history):
         grouped[image.task_id].append(image)
     return grouped

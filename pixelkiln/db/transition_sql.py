@@ -85,15 +85,24 @@ def retry_tasks(batch_id: int, source: TaskStatus, only: list[int] | None) -> An
     query = _batch_tasks(batch_id, source)
     if only is not None:
         query = query.where(tasks.c.id.in_(only))
-    return query.values(
-        status=PENDING,
-        attempts=0,
-        next_attempt_at=0.0,
-        lease_owner=None,
-        lease_expires_at=None,
-        started_at=None,
-        finished_at=None,
-    )
+    return query.values(**_REQUEUED)
+
+
+_REQUEUED: dict[str, Any] = {
+    "status": PENDING,
+    "attempts": 0,
+    "next_attempt_at": 0.0,
+    "lease_owner": None,
+    "lease_expires_at": None,
+    "started_at": None,
+    "finished_at": None,
+}
+
+
+def regenerate_tasks(batch_id: int, source: TaskStatus, only: list[int]) -> Any:
+    """The tasks ``only`` of a batch in ``source`` → pending as their next run, attempts anew."""
+    query = _batch_tasks(batch_id, source).where(tasks.c.id.in_(only))
+    return query.values(**_REQUEUED, run=tasks.c.run + 1)
 
 
 # -- claim and start ----------------------------------------------------------------------------
@@ -132,6 +141,7 @@ def _claim_statement(skip_locked: bool) -> Any:
             (tasks.c.attempts + 1).label("attempts"),  # the try this claim is for
             tasks.c.max_attempts,
             tasks.c.own_key,
+            tasks.c.run,
         )
     )
 
@@ -213,10 +223,30 @@ FAIL = _outcome(
     # a try that only found its backend down (the down_timeout deadline) is no attempt
     attempts=tasks.c.attempts + _UNMARKED - bindparam("t_give_back"),
 )
+#: the run of an image's task now
+_TASK_RUN = select(tasks.c.run).where(tasks.c.id == images.c.task_id).scalar_subquery()
+#: images of the tasks ``:d_ids`` made by an earlier try of their current run
 DROP_IMAGES = (
     delete(images)
-    .where(images.c.task_id.in_(bindparam("d_ids", expanding=True)))
+    .where(images.c.task_id.in_(bindparam("d_ids", expanding=True)), images.c.run == _TASK_RUN)
     .returning(images.c.batch_id)
+)
+#: images of earlier runs of the tasks ``:h_ids``, still shown: now history
+SUPERSEDE_IMAGES = (
+    update(images)
+    .where(
+        images.c.task_id.in_(bindparam("h_ids", expanding=True)),
+        images.c.run < _TASK_RUN,
+        images.c.superseded.is_(False),
+    )
+    .values(superseded=True)
+    .returning(images.c.batch_id)
+)
+#: every image of earlier runs of the tasks ``:h_ids`` (a regenerate with ``replace``)
+DELETE_EARLIER = (
+    delete(images)
+    .where(images.c.task_id.in_(bindparam("h_ids", expanding=True)), images.c.run < _TASK_RUN)
+    .returning(images.c.id, images.c.batch_id, images.c.path, images.c.superseded)
 )
 INSERT_IMAGES = insert(images).returning(images.c.id, sort_by_parameter_order=True)
 
@@ -240,6 +270,7 @@ def image_row(
         "server": image.server,
         "model": image.model,
         "params": image.params,
+        "run": task.run,
     }
 
 

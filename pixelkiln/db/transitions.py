@@ -15,10 +15,16 @@ Tasks (``models.TaskStatus``)::
     running ──fail · recover after the last attempt──▶ failed            (refund)
     pending, running ──cancel──▶ cancelled                               (refund)
     failed, cancelled ──retry──▶ pending
+    succeeded, failed, cancelled ──regenerate (run + 1)──▶ pending
 
 Batches (``models.BatchStatus``): created queued; queued ──first claim──▶
 running; queued, running ⇄ paused; nothing left open ──▶ completed, partial or
-failed; cancel ──▶ cancelled; retry ──▶ queued (or paused).
+failed; cancel ──▶ cancelled; retry ──▶ queued (or paused); regenerate ──▶ queued
+when it had ended (else as it was).
+
+A regenerated task's images of earlier runs stay current until its new run
+succeeds; then they become history (``images.superseded``), or are deleted with
+``replace``. ``batches.n_images`` counts the current (not superseded) images.
 
 An attempt is spent when its generation starts (:func:`start`, just before the
 request goes out), not when the task is claimed: tasks claimed ahead and lost
@@ -33,14 +39,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row
+from sqlalchemy import ColumnElement, Row, select
 
 from pixelkiln.db import events as ev
+from pixelkiln.db import transition_runs as runs
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.credits import chunks, record_entry
 from pixelkiln.db.database import Tx
 from pixelkiln.db.pacing import BatchLimits
 from pixelkiln.db.tables import tasks
+from pixelkiln.db.transition_runs import DroppedImage
 from pixelkiln.exceptions import InvalidStateError
 from pixelkiln.models import Batch, BatchStatus, ClaimedTask, TaskFailure, TaskResult, TaskStatus
 
@@ -182,6 +190,44 @@ def retry(
     return retried
 
 
+def regenerate(tx: Tx, batch: Batch, task_ids: Sequence[int], *, replace: bool = False) -> int:
+    """Finished tasks (succeeded, failed, cancelled) → pending as their next run; how many.
+
+    Each task's ``run`` goes up by one, so its next images are kept apart from the
+    earlier ones (see :mod:`.transition_runs`). InvalidStateError naming the tasks still
+    pending or running. A batch that had ended is queued again and ends again.
+    Charging is the caller's part of the same transaction, as for a retry.
+    """
+    only = sorted(set(task_ids))
+    _refuse_busy(tx, batch.id, only)
+    counts = _Counts()
+    for source in (SUCCEEDED, FAILED, CANCELLED):
+        moved = tx.conn.execute(sql.regenerate_tasks(batch.id, source, only)).rowcount
+        counts.shift(batch.id, source, PENDING, moved)
+    regenerated = counts.deltas[batch.id][PENDING]
+    if regenerated != len(only):  # one was claimed meanwhile: the whole move rolls back
+        _refuse_busy(tx, batch.id, only, regenerated)
+    counts.apply(tx)
+    status = BatchStatus.QUEUED if batch.status.finished else batch.status
+    runs.mark_replacing(tx, only, replace)
+    tx.conn.execute(sql.set_batch(batch.id, status=status, finished_at=None))
+    ev.append_events(tx, [ev.batch_update(batch.id, status, retried=regenerated)])
+    return regenerated
+
+
+def _refuse_busy(tx: Tx, batch_id: int, only: list[int], moved: int | None = None) -> None:
+    """InvalidStateError naming the tasks of ``only`` that are pending or running."""
+    busy = select(tasks.c.key).where(
+        tasks.c.batch_id == batch_id, tasks.c.id.in_(only), tasks.c.status.in_([PENDING, RUNNING])
+    )
+    keys = list(tx.conn.execute(busy.order_by(tasks.c.position)).scalars())
+    if keys or moved is not None:
+        raise InvalidStateError(
+            f"batch {batch_id}: task(s) {', '.join(keys) or '?'} are still pending or running; "
+            "only finished tasks can be regenerated (cancel the batch first)"
+        )
+
+
 def pause(tx: Tx, batch: Batch, paused: bool) -> bool:
     """Pause (no new task starts) or resume a batch; False when it already was so."""
     if batch.status.finished:
@@ -197,11 +243,19 @@ def pause(tx: Tx, batch: Batch, paused: bool) -> bool:
     return True
 
 
-def image_deleted(tx: Tx, batch_id: int) -> None:
-    """One image of the batch was deleted (its task stays succeeded)."""
+def image_deleted(tx: Tx, batch_id: int, superseded: bool = False) -> None:
+    """One image of the batch was deleted (its task stays succeeded); history is not counted."""
+    if superseded:
+        return
     counts = _Counts()
     counts.deltas[batch_id]["images"] -= 1
     counts.apply(tx)
+
+
+def charged_under(tx: Tx, batch_id: int, refund_failed: bool) -> None:
+    """Remember the refund policy a batch was (last) charged under: with ``refund_failed``
+    False, its tasks that fail for good keep their charge (cancelled ones are refunded)."""
+    runs.charged_under(tx, batch_id, refund_failed)
 
 
 # -- tasks: claim and start -------------------------------------------------------------------
@@ -335,12 +389,18 @@ def start(tx: Tx, owner: str, task_ids: Sequence[int]) -> set[int]:
 
 
 def record_outcomes(
-    tx: Tx, owner: str, results: Sequence[TaskResult], failures: Sequence[TaskFailure]
+    tx: Tx,
+    owner: str,
+    results: Sequence[TaskResult],
+    failures: Sequence[TaskFailure],
+    dropped: list[DroppedImage] | None = None,
 ) -> set[int]:
     """Record a group of finished tries (succeed, retry later, fail); returns the ids accepted.
 
     A try whose lease ``owner`` lost (presumed dead, or the batch was
-    cancelled) changes nothing.
+    cancelled) changes nothing. Images of earlier runs that a regenerated task's
+    success deleted (``replace``) are added to ``dropped``: remove their files
+    once this transaction has committed.
     """
     ids = [r.task.id for r in results] + [f.task.id for f in failures]
     if not ids:
@@ -351,7 +411,7 @@ def record_outcomes(
     later = [f for f in failures if f.task.id in held and f.retry_at is not None]
     final = [f for f in failures if f.task.id in held and f.retry_at is None]
     counts = _Counts()
-    image_ids = iter(_succeed(tx, done, counts))
+    image_ids = iter(_succeed(tx, done, counts, dropped if dropped is not None else []))
     _retry_later(tx, later, counts)
     _fail(tx, final, counts)
     after = counts.apply(tx)
@@ -380,7 +440,9 @@ def _tasks(outcomes: Sequence[TaskResult] | Sequence[TaskFailure]) -> list[Claim
     return [o.task for o in outcomes]
 
 
-def _succeed(tx: Tx, done: Sequence[TaskResult], counts: _Counts) -> list[int]:
+def _succeed(
+    tx: Tx, done: Sequence[TaskResult], counts: _Counts, dropped: list[DroppedImage]
+) -> list[int]:
     """running → succeeded with the image rows; returns the new image ids in order."""
     if not done:
         return []
@@ -392,6 +454,8 @@ def _succeed(tx: Tx, done: Sequence[TaskResult], counts: _Counts) -> list[int]:
         sql.DROP_IMAGES, {"d_ids": [r.task.id for r in done]}
     ).scalars():
         counts.deltas[batch_id]["images"] -= 1
+    for batch_id, k in runs.supersede(tx, [r.task for r in done if r.task.run], dropped).items():
+        counts.deltas[batch_id]["images"] -= k
     counts.moved((r.task.batch_id for r in done), RUNNING, SUCCEEDED)
     for r in done:
         counts.deltas[r.task.batch_id]["images"] += len(r.images)
@@ -528,8 +592,15 @@ def _put_back_warning(row: Row[Any]) -> ev.PendingEvent:
 
 
 def _refund(tx: Tx, task_ids: Sequence[int]) -> int:
-    """Pay back what the given tasks cost their batch's owner, once; returns credits refunded."""
-    return sum(_refund_where(tx, tasks.c.id.in_(chunk)) for chunk in chunks(task_ids))
+    """Pay back what tasks that failed for good cost their batch's owner, once; returns credits
+    refunded. A batch charged under ``[credits] refund_failed = false`` keeps the charge."""
+    total = 0
+    for chunk in chunks(task_ids):
+        condition = tasks.c.id.in_(chunk)
+        keep = runs.keeping_failed(tx, condition)
+        kept = condition & tasks.c.batch_id.not_in(keep) if keep else condition
+        total += _refund_where(tx, kept)
+    return total
 
 
 def _refund_where(tx: Tx, condition: ColumnElement[bool]) -> int:

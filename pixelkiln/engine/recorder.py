@@ -21,6 +21,7 @@ from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.leases import ClaimedTask
 from pixelkiln.db.routing import move_tasks
 from pixelkiln.db.tasks import TaskFailure, TaskResult, record_outcomes
+from pixelkiln.db.transition_runs import DroppedImage
 from pixelkiln.engine.outcomes import Generated, Job, Moved, Outcome
 from pixelkiln.engine.supervisor import Supervision
 from pixelkiln.engine.task_io import store_images
@@ -98,7 +99,7 @@ class Recorder:
                         else ([], [])
                     )
                 results, more = stored
-                await self.db.awrite(self._write, results, failures + more, moves)
+                dropped = await self.db.awrite(self._write, results, failures + more, moves)
             except Exception as exc:
                 if self.stopping:
                     log.exception("could not record %d task outcome(s)", len(outcomes))
@@ -106,6 +107,8 @@ class Recorder:
                 await self._pause(self.supervision.failed("recording", exc))
                 continue
             self.supervision.ok("recording")
+            if dropped:  # after the commit: a row never lacks its file
+                await asyncio.to_thread(self._remove_files, dropped)
             break
         self._recorded(outcomes)
 
@@ -115,10 +118,22 @@ class Recorder:
         results: list[TaskResult],
         failures: list[TaskFailure],
         moves: list[tuple[ClaimedTask, str, str]],
-    ) -> None:
-        accepted = record_outcomes(tx, self.owner, results, failures)
+    ) -> list[DroppedImage]:
+        """Record the group; returns the images of earlier runs a regenerate replaced."""
+        dropped: list[DroppedImage] = []
+        accepted = record_outcomes(tx, self.owner, results, failures, dropped)
         if moves:  # in the same transaction: a task is never pending on the wrong backend
             move_tasks(tx, [m for m in moves if m[0].id in accepted])
+        return dropped
+
+    def _remove_files(self, dropped: list[DroppedImage]) -> None:
+        """Delete the files of replaced images (worker thread); one that cannot be is logged:
+        its row is gone already, so it is only disk space."""
+        for image in dropped:
+            try:
+                self.storage.delete_image(image.path, image.batch_id, image.id)
+            except OSError as exc:
+                log.warning("could not delete the replaced image %s: %s", image.path, exc)
 
     def _store_all(self, generated: list[Generated]) -> tuple[list[TaskResult], list[TaskFailure]]:
         """Write the image files of a group (worker thread); a task that cannot be stored fails.

@@ -69,7 +69,7 @@ def store_images(
     model = task.params.get("model") or (backend.settings.model if backend is not None else "")
     stored = []
     for index, image in enumerate(images):
-        relative = storage.image_path(task.batch_id, stem, position, index)
+        relative = storage.image_path(task.batch_id, stem, position, index, task.run)
         data = to_png(image.data)
         sent = sent_params(task, image.seed, honours)
         server, used = redact_url(image.server), image.model or model

@@ -7,7 +7,8 @@ A face parses its user's shape, calls one function here with a
 :mod:`pixelkiln.exceptions`, which each face translates once.
 
 - :mod:`~pixelkiln.service.submission`: validate, prepare, price, charge, idempotency, store, wake
-- :mod:`~pixelkiln.service.control`: retry (charged again), cancel, pause, resume, delete
+- :mod:`~pixelkiln.service.control`: retry and regenerate (charged again), cancel, pause,
+  resume, delete
 - :mod:`~pixelkiln.service.pricing`: what images cost a user; the one module that charges
 - :mod:`~pixelkiln.service.reading`: a batch with a page of its tasks; waiting for its end
 - :mod:`~pixelkiln.service.context`: the context, the caller, the schedulers to wake
@@ -28,7 +29,7 @@ from pixelkiln.service.context import (
     Schedulers,
     ServiceContext,
 )
-from pixelkiln.service.control import cancel, delete, pause, resume, retry
+from pixelkiln.service.control import cancel, delete, pause, regenerate, resume, retry
 from pixelkiln.service.pricing import Pricing, pricing_for
 from pixelkiln.service.reading import (
     ALL_TASKS,
@@ -58,6 +59,7 @@ __all__ = [
     "fingerprint",
     "pause",
     "pricing_for",
+    "regenerate",
     "resume",
     "retry",
     "submit",

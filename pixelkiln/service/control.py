@@ -1,4 +1,5 @@
-"""What happens to a batch after it was submitted: retry, cancel, pause, resume, delete.
+"""What happens to a batch after it was submitted: retry, regenerate, cancel, pause, resume,
+delete.
 
 Each is one write through the database's transitions, then a word to the
 schedulers of this process (woken for new work; told to stop a cancelled
@@ -13,11 +14,13 @@ import shutil
 import uuid
 from collections.abc import Sequence
 
+from pixelkiln.db import transitions
 from pixelkiln.db.batches import cancel_batch, get_batch, retry_batch, set_paused
 from pixelkiln.db.database import Tx
 from pixelkiln.db.records import delete_batch
 from pixelkiln.db.tasks import list_tasks
-from pixelkiln.models import Batch, TaskStatus
+from pixelkiln.exceptions import NotFoundError, Problem, SpecError
+from pixelkiln.models import Batch, Task, TaskStatus
 from pixelkiln.service.context import Caller, ServiceContext
 from pixelkiln.service.pricing import Pricing, charge_retry, pricing_for
 from pixelkiln.storage import Storage
@@ -65,6 +68,66 @@ def _retry_charged(
     )
     charge_retry(tx, batch_id, batch.owner_id, retried, pricing)
     return count
+
+
+async def regenerate(
+    ctx: ServiceContext,
+    caller: Caller,
+    batch_id: int,
+    *,
+    keys: Sequence[str] | None = None,
+    task_ids: Sequence[int] | None = None,
+    replace: bool = False,
+) -> int:
+    """Run chosen finished tasks again (succeeded ones too), by ``keys`` or ``task_ids``.
+
+    Each goes to its next run; its earlier images are kept as history once the
+    new run succeeds, or deleted then with ``replace``. Charged like a retry.
+    NotFoundError naming keys or ids the batch lacks; InvalidStateError naming
+    tasks still pending or running. Returns how many tasks went back.
+    """
+    if (keys is None) == (task_ids is None) or not (keys or task_ids):
+        why = "name the tasks to regenerate: keys or task ids (one of them, not empty)"
+        raise SpecError([Problem("", "", "keys", why)])
+    batch = await ctx.read(get_batch, batch_id, caller.scope)
+    pricing = await pricing_for(ctx, batch.owner_id)
+    count = await ctx.write(
+        _regenerate_charged, batch_id, caller.scope, keys, task_ids, replace, pricing
+    )
+    ctx.schedulers.wake()
+    return count
+
+
+def _regenerate_charged(
+    tx: Tx,
+    batch_id: int,
+    scope: int | None,
+    keys: Sequence[str] | None,
+    task_ids: Sequence[int] | None,
+    replace: bool,
+    pricing: Pricing,
+) -> int:
+    """Move the named tasks to their next run and charge for it, in one transaction."""
+    batch = get_batch(tx.conn, batch_id, scope)
+    chosen = list_tasks(tx.conn, batch_id, keys=keys, task_ids=task_ids)
+    _require_all(batch_id, chosen, keys, task_ids)
+    count = transitions.regenerate(tx, batch, [t.id for t in chosen], replace=replace)
+    charge_retry(tx, batch_id, batch.owner_id, chosen, pricing, "regenerate")
+    return count
+
+
+def _require_all(
+    batch_id: int, found: list[Task], keys: Sequence[str] | None, ids: Sequence[int] | None
+) -> None:
+    """NotFoundError naming what was asked for and is not a task of the batch."""
+    if keys is not None:
+        missing = [repr(k) for k in dict.fromkeys(keys) if k not in {t.key for t in found}]
+        what = "key"
+    else:
+        missing = [str(i) for i in dict.fromkeys(ids or ()) if i not in {t.id for t in found}]
+        what = "id"
+    if missing:
+        raise NotFoundError(f"batch {batch_id} has no task with {what} {', '.join(missing)}")
 
 
 async def cancel(ctx: ServiceContext, caller: Caller, batch_id: int) -> Batch:

@@ -4,7 +4,8 @@ Credits per image per backend come from ``[credits]``; a backend the user
 stored their own key for costs them nothing, and their tasks on it are marked
 ``own_key`` so that key goes with the request. A create and a retry are
 charged here, inside the transaction that stores them; refunds (a task that
-failed or was cancelled) happen where the task moves, in the database layer.
+failed or was cancelled) happen where the task moves, in the database layer,
+under the ``refund_failed`` policy noted on the batch with each charge.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from pixelkiln.config import CreditsSettings, Settings
+from pixelkiln.db import transitions
 from pixelkiln.db.credits import charge, set_costs, set_own_key, set_task_costs
 from pixelkiln.db.database import Tx
 from pixelkiln.db.users import provider_key_backends
@@ -81,18 +83,32 @@ def charge_new_batch(
     if total and user_id is not None:
         charge(tx, user_id, total, batch_id, note=f"batch '{name}': {len(costs)} task(s)")
         set_task_costs(tx, batch_id, costs)
+        _note_policy(tx, batch_id, pricing)
     if pricing.own_keys & set(backends):
         set_own_key(tx, batch_id, pricing.own_keys)
 
 
 def charge_retry(
-    tx: Tx, batch_id: int, owner_id: int | None, retried: Sequence[Task], pricing: Pricing
+    tx: Tx,
+    batch_id: int,
+    owner_id: int | None,
+    retried: Sequence[Task],
+    pricing: Pricing,
+    what: str = "retry",
 ) -> None:
-    """Charge the owner again for tasks put back in the queue (they were refunded)."""
+    """Charge the owner again for tasks put back in the queue: a retry (they were refunded)
+    or a regenerate (their next run costs what a new one does)."""
     costs = {t.id: pricing.task_cost(t.backend, int(t.params.get("n", 1))) for t in retried}
     total = sum(costs.values())
     if total and owner_id is not None:
-        charge(tx, owner_id, total, batch_id, note=f"retry of {len(retried)} task(s)")
+        charge(tx, owner_id, total, batch_id, note=f"{what} of {len(retried)} task(s)")
         set_costs(tx, costs)
+        _note_policy(tx, batch_id, pricing)
     # a retry runs on the key the owner has now: their own (free) or the system's (charged)
     set_own_key(tx, batch_id, pricing.own_keys, [t.id for t in retried])
+
+
+def _note_policy(tx: Tx, batch_id: int, pricing: Pricing) -> None:
+    """The batch keeps the refund policy of its latest charge (see ``[credits] refund_failed``)."""
+    if pricing.credits is not None:
+        transitions.charged_under(tx, batch_id, pricing.credits.refund_failed)

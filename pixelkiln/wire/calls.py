@@ -27,6 +27,7 @@ from pixelkiln.wire.schemas import (
     EventPublic,
     ImageDetail,
     Page,
+    RegenerateResult,
     RetryResult,
     TaskPublic,
     WebhookDeliveryPublic,
@@ -219,8 +220,18 @@ class Calls:
         return Call("POST", f"/api/v1/tasks/{task_id}/retry", _model(RetryResult))
 
     @staticmethod
-    def get_task(task_id: int) -> Call[TaskPublic]:
-        return Call("GET", f"/api/v1/tasks/{task_id}", _model(TaskPublic))
+    def regenerate(
+        batch_id: int, keys: list[str] | None, task_ids: list[int] | None, replace: bool
+    ) -> Call[RegenerateResult]:
+        body: dict[str, Any] = {"replace": replace}
+        body.update({"keys": keys} if keys is not None else {"task_ids": task_ids})
+        path = f"/api/v1/batches/{batch_id}/regenerate"
+        return Call("POST", path, _model(RegenerateResult), json=body)
+
+    @staticmethod
+    def get_task(task_id: int, history: bool = False) -> Call[TaskPublic]:
+        params = {"history": "true"} if history else {}
+        return Call("GET", f"/api/v1/tasks/{task_id}", _model(TaskPublic), params)
 
     @staticmethod
     def get_image(image_id: int) -> Call[ImageDetail]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from pixelkiln.models import MAX_ID, BatchStatus, EventType, TaskStatus
 
@@ -86,6 +86,8 @@ class ImagePublic(_Public):
     backend: str = ""  #: the backend that made it
     server: str = ""  #: its server's URL, without credentials; "" for a local generator
     model: str = ""  #: the model used (the backend's configured one when the task named none)
+    run: int = 0  #: its task's run that made it (0 = first; each regenerate adds 1)
+    superseded: bool = False  #: a newer run of its task replaced it (shown with ``history``)
 
 
 class TaskPublic(_Public):
@@ -159,6 +161,29 @@ class RetryRequest(_Input):
 
 class RetryResult(_Public):
     retried: int
+    batch: BatchPublic
+
+
+TaskKey = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class RegenerateRequest(_Input):
+    """Finished tasks to run again, succeeded ones included: by ``keys`` or by ``task_ids``."""
+
+    keys: list[TaskKey] | None = Field(None, min_length=1, max_length=10_000)
+    task_ids: list[Id] | None = Field(None, min_length=1, max_length=10_000)
+    #: delete the earlier images once the new ones are recorded (default: keep them as history)
+    replace: bool = False
+
+    @model_validator(mode="after")
+    def _one_way(self) -> RegenerateRequest:
+        if (self.keys is None) == (self.task_ids is None):
+            raise ValueError("give either keys or task_ids")
+        return self
+
+
+class RegenerateResult(_Public):
+    regenerated: int  #: tasks put back in the queue as their next run
     batch: BatchPublic
 
 

@@ -49,6 +49,8 @@ from pixelkiln.wire.schemas import (
     Id,
     Offset,
     Page,
+    RegenerateRequest,
+    RegenerateResult,
     RetryRequest,
     RetryResult,
 )
@@ -378,6 +380,30 @@ async def retry(
     )
     batch = await ctx.read(get_batch, batch_id)
     return RetryResult(retried=count, batch=batch_public(batch))
+
+
+@router.post(
+    "/{batch_id}/regenerate", responses=ERRORS, summary="Run chosen tasks again, succeeded too"
+)
+async def regenerate(
+    batch_id: IdPath, body: RegenerateRequest, ctx: CtxDep, caller: CallerDep
+) -> RegenerateResult:
+    """The tasks named by ``keys`` or ``task_ids`` run again; charged like a retry.
+
+    Their earlier images stay as history (``?history=true``) once the new ones are
+    recorded, or are deleted then with ``replace``. 404 names unknown keys or ids,
+    409 tasks still pending or running.
+    """
+    count = await service.regenerate(
+        ctx.service,
+        caller,
+        batch_id,
+        keys=body.keys,
+        task_ids=body.task_ids,
+        replace=body.replace,
+    )
+    batch = await ctx.read(get_batch, batch_id)
+    return RegenerateResult(regenerated=count, batch=batch_public(batch))
 
 
 @router.post("/{batch_id}/pause", responses=ERRORS, summary="Pause a batch")

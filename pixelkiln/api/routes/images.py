@@ -70,9 +70,13 @@ async def search(
     until: Annotated[datetime | None, Query(description=f"Created before ({_WHEN}).")] = None,
     before: Annotated[Id | None, Query(description="Cursor: ids below this.")] = None,
     count: Annotated[bool, Query(description="Also count every match (slower).")] = True,
+    history: Annotated[
+        bool, Query(description="Also regenerated tasks' earlier images (superseded).")
+    ] = False,
 ) -> Page[ImageDetail]:
     """Newest first; page with ``limit``/``offset``, or with the cursor ``before``."""
     query = ImageQuery(
+        history=history,
         text=q,
         batch_id=batch_id,
         status=status,

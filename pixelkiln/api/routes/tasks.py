@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from sqlalchemy import Connection
 
 from pixelkiln import service
@@ -19,17 +21,24 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 
 def _owned_task(
-    conn: Connection, task_id: int, scope: int | None
+    conn: Connection, task_id: int, scope: int | None, history: bool = False
 ) -> tuple[Task, list[ImageRecord]]:
     """The task, when its batch is the caller's (else NotFoundError, like a missing one)."""
     task = get_task(conn, task_id)
     get_batch(conn, task.batch_id, scope)
-    return task, images_of_tasks(conn, [task.id])[task.id]
+    return task, images_of_tasks(conn, [task.id], history)[task.id]
 
 
 @router.get("/{task_id}", responses=ERRORS, summary="One task with its images")
-async def get_one(task_id: IdPath, ctx: CtxDep, caller: CallerDep) -> TaskPublic:
-    task, images = await ctx.read(_owned_task, task_id, caller.scope)
+async def get_one(
+    task_id: IdPath,
+    ctx: CtxDep,
+    caller: CallerDep,
+    history: Annotated[
+        bool, Query(description="Every run's images (regenerated), each with its run.")
+    ] = False,
+) -> TaskPublic:
+    task, images = await ctx.read(_owned_task, task_id, caller.scope, history)
     return task_public(task, images)
 
 

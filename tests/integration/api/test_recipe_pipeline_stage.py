@@ -30,6 +30,7 @@ from pixelkiln.testing import wait_until
 django = pytest.importorskip("django")
 from django.conf import settings as django_settings  # noqa: E402
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
+from django.urls import clear_url_caches  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -74,6 +75,7 @@ class _Quiet(WSGIRequestHandler):
 def stage(live: Live) -> Iterator[tuple[str, types.ModuleType]]:
     """The stage app on a loopback port, pointed at the live pixelkiln server."""
     package = _load_recipe()
+    clear_url_caches()  # Django keeps the resolver of the first test's ``stage.urls``
     server = make_server("127.0.0.1", 0, WSGIHandler(), _Threaded, _Quiet)
     url = f"http://127.0.0.1:{server.server_port}"
     django_settings.PIXELKILN_URL = live.url

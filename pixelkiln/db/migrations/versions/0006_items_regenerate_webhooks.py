@@ -2,7 +2,9 @@
 
 - batches: ``max_workers``, ``delay``, ``last_start_at`` (per-batch limits), ``webhook``
   (POSTed when the batch ends), ``extra`` (what a face keeps about a batch);
-- tasks: ``item`` (the object the task was made from), ``run`` (regenerations so far);
+- batches: ``refund_failed``, the refund policy it was last charged under;
+- tasks: ``item`` (the object the task was made from), ``run`` (regenerations so far),
+  ``replace_runs`` (its next successful run deletes the earlier runs' images);
 - images: ``run`` and ``superseded`` (a regenerated task keeps its earlier images as
   history); unique per (task, run, index) instead of (task, index);
 - assets: ``name``, the uploaded file's own name;
@@ -24,23 +26,40 @@ branch_labels = None
 depends_on = None
 
 
+#: tables whose ids are handles (see ``tables.NEVER_REUSED``) that this revision may rebuild
+KEEP_IDS = ("batches", "tasks", "images")
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("batches", schema=None) as batch_op:
+    # A change SQLite cannot ALTER (a NOT NULL column with a default, a new unique
+    # constraint) rebuilds the table: keep AUTOINCREMENT and each counter past every id it
+    # ever gave (0005), or a deleted newest row's id would come back.
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    seqs = {table: _sqlite_seq(table) for table in KEEP_IDS} if sqlite else {}
+    _alter()
+    for table, seq in seqs.items():
+        _start_after(table, seq)
+    _webhook_deliveries()
+
+
+def _alter() -> None:
+    keep = {"sqlite_autoincrement": True}
+    with op.batch_alter_table("batches", schema=None, table_kwargs=keep) as batch_op:
         batch_op.add_column(sa.Column("max_workers", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("delay", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("last_start_at", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("webhook", sa.String(2000), nullable=True))
         batch_op.add_column(sa.Column("extra", sa.JSON(), nullable=True))
-    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("refund_failed", sa.Boolean(), nullable=False, server_default=sa.true())
+        )
+    with op.batch_alter_table("tasks", schema=None, table_kwargs=keep) as batch_op:
         batch_op.add_column(sa.Column("item", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("run", sa.Integer(), nullable=False, server_default="0"))
-    # Changing the unique constraint rebuilds the table on SQLite: keep AUTOINCREMENT and the
-    # counter past every id it ever gave (0005), or a deleted newest image's id comes back.
-    sqlite = op.get_bind().dialect.name == "sqlite"
-    seq = _sqlite_seq("images") if sqlite else 0
-    with op.batch_alter_table(
-        "images", schema=None, table_kwargs={"sqlite_autoincrement": True}
-    ) as batch_op:
+        batch_op.add_column(
+            sa.Column("replace_runs", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+    with op.batch_alter_table("images", schema=None, table_kwargs=keep) as batch_op:
         batch_op.add_column(sa.Column("run", sa.Integer(), nullable=False, server_default="0"))
         batch_op.add_column(
             sa.Column("superseded", sa.Boolean(), nullable=False, server_default=sa.false())
@@ -49,12 +68,13 @@ def upgrade() -> None:
         batch_op.create_unique_constraint(
             "uq_images_task_id_run_index", ["task_id", "run", "index"]
         )
-    if sqlite:
-        _start_after("images", seq)
     with op.batch_alter_table("assets", schema=None) as batch_op:
         batch_op.add_column(sa.Column("name", sa.String(255), nullable=True))
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.add_column(sa.Column("webhook_secret", sa.String(200), nullable=True))
+
+
+def _webhook_deliveries() -> None:
     op.create_table(
         "webhook_deliveries",
         sa.Column("id", sa.Integer(), nullable=False),

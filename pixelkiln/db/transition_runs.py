@@ -1,0 +1,73 @@
+"""The part of :mod:`.transitions` that keeps a regenerated task's runs apart, and the notes
+the refund policy a batch keeps (``batches.refund_failed``).
+
+A regenerate moves a task to its next run (``tasks.run`` + 1); the images of its
+earlier runs stay current until the new run succeeds. Then they become history
+(``images.superseded``: hidden from records, files kept), or, when the
+regenerate asked to ``replace`` them, their rows are deleted here and their
+files by the caller once the transaction commits. Only :mod:`.transitions`
+calls this module, inside its moves.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from sqlalchemy import ColumnElement, select, update
+
+from pixelkiln.db import transition_sql as sql
+from pixelkiln.db.database import Tx
+from pixelkiln.db.tables import batches, tasks
+from pixelkiln.models import ClaimedTask
+
+
+class DroppedImage(NamedTuple):
+    """An image row a move deleted; its files are the caller's to remove after commit."""
+
+    id: int
+    batch_id: int
+    path: str
+
+
+def mark_replacing(tx: Tx, task_ids: Sequence[int], replace: bool) -> None:
+    """Whether the next successful run of ``task_ids`` deletes their earlier runs' images."""
+    tx.conn.execute(update(tasks).where(tasks.c.id.in_(task_ids)).values(replace_runs=replace))
+
+
+def supersede(tx: Tx, rerun: Sequence[ClaimedTask], dropped: list[DroppedImage]) -> Counter[int]:
+    """Regenerated tasks succeeded: their earlier runs' images become history, or are deleted
+    (``replace``). Returns, per batch, how many images stopped being current."""
+    gone: Counter[int] = Counter()
+    if not rerun:
+        return gone
+    ids = [t.id for t in rerun]
+    marked = select(tasks.c.id).where(tasks.c.id.in_(ids), tasks.c.replace_runs.is_(True))
+    doomed = sorted(tx.conn.execute(marked).scalars())
+    kept = [t.id for t in rerun if t.id not in doomed]
+    if kept:
+        gone.update(tx.conn.execute(sql.SUPERSEDE_IMAGES, {"h_ids": kept}).scalars())
+    if not doomed:
+        return gone
+    for row in tx.conn.execute(sql.DELETE_EARLIER, {"h_ids": doomed}):
+        dropped.append(DroppedImage(row.id, row.batch_id, row.path))
+        gone[row.batch_id] += 0 if row.superseded else 1
+    mark_replacing(tx, doomed, False)  # replaced once: a later regenerate says again
+    return gone
+
+
+def charged_under(tx: Tx, batch_id: int, refund_failed: bool) -> None:
+    """Note the refund policy a batch was (last) charged under."""
+    tx.conn.execute(
+        update(batches).where(batches.c.id == batch_id).values(refund_failed=refund_failed)
+    )
+
+
+def keeping_failed(tx: Tx, condition: ColumnElement[bool]) -> list[int]:
+    """Batches of the charged tasks matching ``condition`` that keep a failed task's charge."""
+    charged = select(tasks.c.batch_id).where(sql.owed(condition))
+    query = select(batches.c.id).where(
+        batches.c.id.in_(charged), batches.c.refund_failed.is_(False)
+    )
+    return list(tx.conn.execute(query).scalars())
