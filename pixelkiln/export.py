@@ -3,8 +3,9 @@
 The target's suffix says which (:func:`export_kind`): ``.zip`` a ZIP file,
 ``.xlsx`` / ``.csv`` one row per task with the columns ``kiln run`` reads from a
 spreadsheet (so the table runs again as it is; headings in English or Chinese)
-plus the task's status, error, image files and links, and its final prompt; no
-suffix (or an existing folder) a folder. Anything else is refused
+plus the task's status, error, image files and links, and its final prompt (a batch
+made from items also has its items' fields, so that the table runs again with the
+same template); no suffix (or an existing folder) a folder. Anything else is refused
 rather than made into a folder named like a file.
 """
 
@@ -20,13 +21,15 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection
 
+from pixelkiln.db.batches import get_batch
 from pixelkiln.db.database import Database
 from pixelkiln.db.records import batch_images
 from pixelkiln.db.tasks import images_by_task, list_tasks
-from pixelkiln.inputs.headers import RESULT_COLUMNS, Headers
+from pixelkiln.inputs.headers import COLUMN_NAMES, RESULT_COLUMNS, Headers, column_name
 from pixelkiln.models import ImageRecord, Task
 from pixelkiln.naming import unique_name
 from pixelkiln.params import ASPECT_RATIOS, RESOLUTIONS
+from pixelkiln.prompts import render
 from pixelkiln.storage import Storage
 from pixelkiln.workbooks import csv_bytes, xlsx_bytes
 
@@ -173,14 +176,48 @@ def export_table(
 def table_of(
     conn: Connection, batch_id: int, links: TableLinks
 ) -> tuple[tuple[str, ...], list[list[Any]]]:
-    """The batch's columns and one row per task: what ran, then how it went (a read)."""
+    """The batch's columns and one row per task: what ran, then how it went (a read).
+
+    The fields of the items a batch was made from come between the two, and with a
+    template the ``prompt`` column holds the item's own (``final_prompt`` the one made).
+    """
     images = images_by_task(conn, batch_id)
     tasks = list_tasks(conn, batch_id)
     stored = {p for t in tasks for p in [t.inputs.get("init_image"), *_references(t)] if p}
     inputs = links.inputs(conn, sorted(stored))
+    fields = _item_fields(tasks)
+    templated = "template" in get_batch(conn, batch_id).extra
     taken: set[str] = set()  # image files named as a folder or ZIP export names them
-    rows = [_task_row(task, images.get(task.id, []), links, inputs, taken) for task in tasks]
-    return TABLE_COLUMNS, rows
+    rows = []
+    for task in tasks:
+        row = _task_row(task, images.get(task.id, []), links, inputs, taken)
+        item = task.item or {}
+        if templated and task.item is not None:
+            row["prompt"] = _field_cell(item.get("prompt"))
+        rows.append(row | {name: _field_cell(item.get(name)) for name in fields})
+    split = len(TABLE_COLUMNS) - len(RESULT_COLUMNS)
+    columns = (*TABLE_COLUMNS[:split], *fields, *TABLE_COLUMNS[split:])
+    return columns, [[_blank(row.get(name)) for name in columns] for row in rows]
+
+
+def _item_fields(tasks: list[Task]) -> tuple[str, ...]:
+    """The items' fields a table holds as columns of their own, in the order first met.
+
+    Not the id (the ``key`` column), nor a parameter (its column holds the value used), nor a
+    name a table reads as another column (a result's, ``比例``): those would not come back.
+    """
+    names = dict.fromkeys(name for task in tasks for name in task.item or {})
+    kept = (name for name in names if name != "id" and column_name(name) == name)
+    return tuple(name for name in kept if name not in (*COLUMN_NAMES, *RESULT_COLUMNS))
+
+
+def _field_cell(value: Any) -> Any:
+    """An item's value as a cell: numbers and texts as they are; anything else as the text
+    a template writes for it, so that the table read again makes the same prompt.
+    """
+    if value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool)):
+        return value
+    return render("{value}", {"value": value})
 
 
 def _references(task: Task) -> list[str]:
@@ -193,7 +230,8 @@ def _task_row(
     links: TableLinks,
     inputs: dict[str, str],
     taken: set[str],
-) -> list[Any]:
+) -> dict[str, Any]:
+    """The task's cells by column name."""
     params = task.params
     width, height = params.get("width"), params.get("height")
     ratio, resolution = _named_size(params)
@@ -217,7 +255,7 @@ def _task_row(
         "links": "\n".join(links.image(i) for i in images),
         "final_prompt": task.prompt,
     }
-    return [_blank(values[name]) for name in TABLE_COLUMNS]
+    return values
 
 
 def _backend_cell(task: Task) -> str:

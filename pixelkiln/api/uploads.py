@@ -30,7 +30,7 @@ from pixelkiln.db.database import Tx
 from pixelkiln.db.records import Asset, record_asset
 from pixelkiln.engine.intake import asset_record
 from pixelkiln.exceptions import Problem
-from pixelkiln.inputs import LoadedBatch, load_batch_file
+from pixelkiln.inputs import LoadedBatch, TableTemplate, load_batch_file
 from pixelkiln.naming import file_name
 from pixelkiln.service import Caller
 from pixelkiln.specs import TaskSpec
@@ -211,15 +211,21 @@ def _check_inflated_size(path: Path) -> None:
         raise ApiError(413, "too_large", "the XLSX file inflates too much", field="file")
 
 
-def load_table(path: Path, name: str | None) -> LoadedBatch:
+def load_table(path: Path, name: str | None, template: TableTemplate | None = None) -> LoadedBatch:
     """Read the batch file (thread); SpecError names each problem's row and column.
 
     Messages name the file as uploaded, not the temporary copy. Pictures in its
     cells are written beside it, in the upload's private folder, until
-    :func:`store_pictures` makes them the caller's uploads.
+    :func:`store_pictures` makes them the caller's uploads. A ``template`` makes a
+    table's rows items.
     """
     return load_batch_file(
-        path, name=name, partial=True, source=path.name, pictures_dir=lambda: path.parent
+        path,
+        name=name,
+        partial=True,
+        source=path.name,
+        pictures_dir=lambda: path.parent,
+        template=template,
     )
 
 

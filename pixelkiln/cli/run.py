@@ -48,7 +48,7 @@ from pixelkiln.exceptions import (
     SchedulerStalledError,
     SpecError,
 )
-from pixelkiln.inputs import LoadedBatch, load_batch_file
+from pixelkiln.inputs import LoadedBatch, TableTemplate, load_batch_file
 from pixelkiln.models import Batch, BatchStatus
 from pixelkiln.progress import BatchProgress
 from pixelkiln.reports import build_report, render_text
@@ -184,14 +184,40 @@ def run(
     log_level: LogLevelOption = None,
     name: Annotated[str | None, typer.Option(help="Batch name (default: from the file).")] = None,
     quiet: QuietOption = False,
+    template: Annotated[
+        str | None,
+        typer.Option(help='A table\'s rows are items; their prompt: "{style}. {title}".'),
+    ] = None,
+    var: Annotated[
+        list[str] | None,
+        typer.Option(help="A field every row may use, NAME=VALUE (repeatable; --template)."),
+    ] = None,
 ) -> None:
     """Run a batch file to the end, with a progress bar and a summary."""
     with errors():
         settings = settings_from(config, log_level)
-        loaded = load_batch_file(spec, name=name, partial=True)
+        items = _table_template(template, var or [])
+        loaded = load_batch_file(spec, name=name, partial=True, template=items)
         log_path = setup_logging(settings)
         code = asyncio.run(_submit_and_run(settings, loaded, report, quiet, log_path))
     raise typer.Exit(code)
+
+
+def _table_template(text: str | None, pairs: list[str]) -> TableTemplate | None:
+    """``--template`` and its ``--var NAME=VALUE`` fields; BadParameter for a malformed one."""
+    fields: dict[str, str] = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or not field.strip():
+            raise typer.BadParameter(f"'{pair}' is not NAME=VALUE", param_hint="--var")
+        fields[field.strip()] = value
+    if text is None:
+        if fields:
+            raise typer.BadParameter(
+                "a --var is a field of --template: give one", param_hint="--var"
+            )
+        return None
+    return TableTemplate(text, fields or None)
 
 
 def resume(

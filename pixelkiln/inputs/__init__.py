@@ -19,9 +19,10 @@ from pathlib import Path
 
 from pixelkiln.inputs import structured, tabular
 from pixelkiln.inputs._files import file_error
+from pixelkiln.inputs.tabular import TableTemplate
 from pixelkiln.specs import BatchSpec, ResolvedTask, TaskPlaces, resolve_tasks
 
-__all__ = ["SUPPORTED_EXTENSIONS", "LoadedBatch", "load_batch_file"]
+__all__ = ["SUPPORTED_EXTENSIONS", "LoadedBatch", "TableTemplate", "load_batch_file"]
 
 #: file extensions :func:`load_batch_file` reads
 SUPPORTED_EXTENSIONS = (*structured.EXTENSIONS, ".csv", ".xlsx")
@@ -78,6 +79,7 @@ def load_batch_file(
     partial: bool = False,
     source: str | None = None,
     pictures_dir: Callable[[], Path] | None = None,
+    template: TableTemplate | None = None,
 ) -> LoadedBatch:
     """Read and validate a batch file; the extension says which format it is.
 
@@ -90,6 +92,8 @@ def load_batch_file(
     ``source`` names the file in messages (default: the path as given).
     Pictures in an XLSX's cells are written to ``pictures_dir()`` (default: a private
     folder removed when the process ends) and listed in :attr:`LoadedBatch.pictures`.
+    A ``template`` makes a table's rows items (:class:`TableTemplate`); a JSON, YAML or
+    TOML file, which can hold its own, is refused one.
 
     >>> load_batch_file(Path("shots.csv")).where(0)                 # doctest: +SKIP
     'row 2'
@@ -99,14 +103,25 @@ def load_batch_file(
     default_name = name or path.stem
     base_dir = path.absolute().parent
     if suffix in structured.EXTENSIONS:
+        if template is not None:
+            raise file_error(
+                source,
+                "a template given with the file is for CSV and XLSX tables; "
+                "a JSON, YAML or TOML file holds its own 'template' and 'vars'",
+            )
         spec = structured.load_structured(path, source, default_name, partial=partial)
         return LoadedBatch(spec, source, base_dir, TaskPlaces.of(spec))
     if suffix in (".csv", ".xlsx"):
         if suffix == ".csv":
-            table = tabular.load_csv(path, source, default_name, partial=partial)
+            table = tabular.load_csv(path, source, default_name, partial=partial, template=template)
         else:
             table = tabular.load_xlsx(
-                path, source, default_name, partial=partial, pictures_dir=pictures_dir
+                path,
+                source,
+                default_name,
+                partial=partial,
+                pictures_dir=pictures_dir,
+                template=template,
             )
         where = _RowNumbers(table.rows)
         return LoadedBatch(table.spec, source, base_dir, where, table.pictures)

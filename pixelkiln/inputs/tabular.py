@@ -8,6 +8,11 @@ Headings may be English parameter names or the Chinese words batch tools use
 (:mod:`pixelkiln.inputs.headers`); values as people type them (``16\uff1a9``, ``2K``,
 a ratio Excel turned into a time of day). A table written by ``kiln export --to
 FILE.xlsx|FILE.csv`` reads back as it is: its result columns are passed over.
+
+With a :class:`TableTemplate` (``kiln run --template``, the API import's ``template``
+field) each row is an item (:func:`pixelkiln.prompts.expand_items`): every column
+that is no parameter is a field of it, an ``id`` (or ``key``, 编号) column its id, and
+the template makes its prompt; problems still name the row.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pixelkiln.inputs.headers import COLUMN_NAMES, RESULT_COLUMNS, column_name
 from pixelkiln.inputs.pictures import PICTURE_COLUMNS, PlacedPictures, Placement, column_letter
 from pixelkiln.inputs.xlsx import Row, UnsavedFormula, dispimg, read_sheet
 from pixelkiln.problems import MAX_PROBLEMS, capped, problems_from_validation
+from pixelkiln.prompts import TemplateError, expand_items, parse_template
 from pixelkiln.specs import BatchSpec, TaskSpec, salvage
 
 #: a CSV cell starting with one of these is a formula to a spreadsheet, so an export writes
@@ -40,6 +46,7 @@ __all__ = [
     "MAX_PROBLEMS",
     "RESULT_COLUMNS",
     "TableBatch",
+    "TableTemplate",
     "load_csv",
     "load_xlsx",
     "rows_to_batch",
@@ -58,6 +65,18 @@ _UNSAVED = (
 
 
 @dataclass(frozen=True)
+class TableTemplate:
+    """Makes each row of a table an item: the template and the fields every row may use.
+
+    Tables have no top-level keys, so the template comes with the file rather than in
+    it: ``kiln run FILE --template "..." --var style=ink``, or the API import's form.
+    """
+
+    text: str  #: "{style}. {title}: {visual_desc}"
+    vars: Mapping[str, Any] | None = None  #: the batch's ``vars``
+
+
+@dataclass(frozen=True)
 class TableBatch:
     """A batch read from a table, with the spreadsheet row number of each task."""
 
@@ -67,7 +86,14 @@ class TableBatch:
     pictures: tuple[str, ...] = ()
 
 
-def load_csv(path: Path, source: str, name: str, *, partial: bool = False) -> TableBatch:
+def load_csv(
+    path: Path,
+    source: str,
+    name: str,
+    *,
+    partial: bool = False,
+    template: TableTemplate | None = None,
+) -> TableBatch:
     """Read a CSV file (UTF-8, with or without BOM; ``,`` ``;`` or tab separated)."""
     text = read_text(path, source, hint="in Excel, save as 'CSV UTF-8'")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_sniff_delimiter(text))
@@ -75,7 +101,7 @@ def load_csv(path: Path, source: str, name: str, *, partial: bool = False) -> Ta
         rows = [(number, _unescaped(cells)) for number, cells in enumerate(reader, start=1)]
     except csv.Error as exc:
         raise file_error(source, f"is not valid CSV (line {reader.line_num}): {exc}") from exc
-    return rows_to_batch(rows, source, name, partial=partial)
+    return rows_to_batch(rows, source, name, partial=partial, template=template)
 
 
 def _unescaped(cells: list[str]) -> list[str]:
@@ -103,6 +129,7 @@ def load_xlsx(
     *,
     partial: bool = False,
     pictures_dir: Callable[[], Path] | None = None,
+    template: TableTemplate | None = None,
 ) -> TableBatch:
     """Read the first sheet of an ``.xlsx`` workbook, with the pictures on its cells.
 
@@ -120,7 +147,9 @@ def load_xlsx(
         # ParseError, ValueError...: all mean "not a readable .xlsx".
         raise _not_xlsx(source, exc) from exc
     placed = PlacedPictures(sheet, source, pictures_dir)
-    return rows_to_batch(placed.rows, source, name, partial=partial, pictures=placed)
+    return rows_to_batch(
+        placed.rows, source, name, partial=partial, pictures=placed, template=template
+    )
 
 
 def _not_xlsx(source: str, exc: Exception) -> SpecError:
@@ -135,17 +164,19 @@ def rows_to_batch(
     *,
     partial: bool = False,
     pictures: PlacedPictures | None = None,
+    template: TableTemplate | None = None,
 ) -> TableBatch:
     """Turn numbered rows (header first) into a batch; SpecError lists every problem.
 
     With ``partial=True`` the problems travel in the spec (see
     :func:`pixelkiln.specs.parse_batch`) unless the table cannot be read as tasks at all.
+    With a ``template`` the rows are items (see :class:`TableTemplate`).
     """
     filled = [(number, cells) for number, cells in rows if not _is_blank_row(cells)]
     if not filled:
         raise file_error(source, "the table is empty; row 1 must name the columns (prompt, ...)")
     (header_number, header_cells), body = filled[0], filled[1:]
-    header = _Header.read(header_cells, header_number, source)
+    header = _Header.read(header_cells, header_number, source, items=template is not None)
     if not body:
         raise file_error(source, "the table has a header but no task rows")
     placement = Placement()
@@ -153,33 +184,38 @@ def rows_to_batch(
         placement = pictures.place(header.columns, header.headings, {n for n, _ in body})
     problems = [*header.problems, *_values_without_header(body, header, source)]
     problems.extend(placement.problems)
-    if "prompt" not in header.columns.values():
-        partial = False  # no row can be a task: its other checks would only repeat that
     tasks: list[TaskSpec] = []
-    for number, cells in body:
-        task, row_problems = _row_to_task(number, cells, header, source, placement)
-        problems.extend(row_problems)
-        tasks.append(task)
+    if template is not None:
+        tasks = _rows_to_items(body, header, source, placement, template, problems)
+    else:
+        if "prompt" not in header.columns.values():
+            partial = False  # no row can be a task: its other checks would only repeat that
+        for number, cells in body:
+            task, row_problems = _row_to_task(number, cells, header, source, placement)
+            problems.extend(row_problems)
+            tasks.append(task)
     if problems and not partial:
         raise SpecError(capped(problems, source))
-    spec = _batch(name, tasks, source, problems)
+    spec = _batch(name, tasks, source, problems, template)
     numbers = tuple(number for number, _ in body)
     return TableBatch(spec.with_problems(problems), numbers, tuple(placement.paths))
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Header:
-    """What the header row says: which column holds which parameter."""
+    """What the header row says: which column holds which parameter (or item field)."""
 
-    columns: dict[int, str]  #: 0-based column index → parameter name, known names only
-    named: frozenset[int]  #: indexes of every column with a heading, known or not
-    problems: tuple[Problem, ...]
+    columns: dict[int, str] = field(default_factory=dict)  #: column index → parameter name
+    named: frozenset[int] = frozenset()  #: indexes of every column with a heading
+    problems: tuple[Problem, ...] = ()
     headings: dict[int, str] = field(default_factory=dict)  #: as written, for messages
+    #: rows as items: column index → field name, for every column that is no parameter
+    fields: dict[int, str] = field(default_factory=dict)
+    id_column: int | None = None  #: rows as items: the column of their ids (id, key, 编号)
 
     @classmethod
-    def read(cls, cells: Sequence[Any], number: int, source: str) -> _Header:
-        columns: dict[int, str] = {}
-        headings: dict[int, str] = {}
+    def read(cls, cells: Sequence[Any], number: int, source: str, *, items: bool) -> _Header:
+        header = cls()
         problems: list[Problem] = []
         where = f"row {number}"
         for index, cell in enumerate(cells):
@@ -190,29 +226,43 @@ class _Header:
                 message = f"column {column_letter(index)} " + _UNSAVED.format(**vars(heading))
                 problems.append(Problem(source, where, "", message))
                 continue
-            text = headings[index] = _as_text(heading)
-            column = column_name(text)
-            if column in RESULT_COLUMNS:
-                continue
-            if column not in COLUMN_NAMES:
-                problems.append(Problem(source, where, text, _unknown_column(text)))
-            elif column in columns.values():
-                message = f"column '{column}' appears twice; keep one"
-                problems.append(Problem(source, where, column, message))
-            else:
-                columns[index] = column
-        if "prompt" not in columns.values():
-            listing = _listing(headings.values())
+            text = header.headings[index] = _as_text(heading)
+            problem = header.place(index, text, items)
+            if problem:
+                problems.append(Problem(source, where, *problem))
+        if not items and "prompt" not in header.columns.values():
+            listing = _listing(header.headings.values())
             message = f"the header has no 'prompt' column; its columns are: {listing}"
             problems.append(Problem(source, where, "prompt", message))
-        return cls(columns, frozenset(headings), tuple(problems), headings)
+        header.named, header.problems = frozenset(header.headings), tuple(problems)
+        return header
+
+    def place(self, index: int, text: str, items: bool) -> tuple[str, str] | None:
+        """Give column ``index`` (headed ``text``) its role; (field, message) if it has none."""
+        column = column_name(text)
+        if column in RESULT_COLUMNS:
+            return None
+        if items and column in ("id", "key"):
+            if self.id_column is not None:
+                first = self.headings[self.id_column]
+                return column, f"columns '{first}' and '{text}' both hold the items' ids; keep one"
+            self.id_column = index
+            return None
+        taken = self.columns if column in COLUMN_NAMES else self.fields
+        if column not in COLUMN_NAMES and not items:
+            return text, _unknown_column(text)
+        if column in taken.values():
+            return column, f"column '{column}' appears twice; keep one"
+        taken[index] = column
+        return None
 
 
 def _unknown_column(column: str) -> str:
     return (
         f"unknown column '{column}'; known columns are: {', '.join(COLUMN_NAMES)} "
         f"(or their Chinese headings, e.g. 提示词, 负面提示词, 图片比例, 分辨率, 参考示例图, "
-        f"生成数量, 文件名)"
+        f"生成数量, 文件名); with a template, the other columns are the fields of the "
+        f"rows' items"
     )
 
 
@@ -243,7 +293,7 @@ def _row_to_task(
 ) -> tuple[TaskSpec, list[Problem]]:
     """The row's task (its invalid values left out) and the row's problems."""
     where = f"row {number}"
-    values, problems = _row_values(cells, header, where, source)
+    values, problems = _row_values(cells, header.columns, where, source)
     problems.extend(_add_pictures(values, placement.refs.get(number, {}), where, source))
     reported = {p.field for p in problems}  # an unsaved formula is not a blank
     if "prompt" in header.columns.values() and "prompt" not in {*values, *reported}:
@@ -272,20 +322,90 @@ def _add_pictures(
     return []
 
 
+def _rows_to_items(
+    body: list[Row],
+    header: _Header,
+    source: str,
+    placement: Placement,
+    template: TableTemplate,
+    problems: list[Problem],
+) -> list[TaskSpec]:
+    """Each row an item made a task by the template; every row's problems into ``problems``."""
+    columns = {**header.columns, **header.fields}
+    if header.id_column is not None:
+        columns[header.id_column] = "id"
+    columns = dict(sorted(columns.items()))  # the item's fields in the table's order
+    aliases = _aliases(columns, header.headings, template.text)
+    items: list[dict[str, Any]] = []
+    for position, (number, cells) in enumerate(body, start=1):
+        values, found = _row_values(cells, columns, f"row {number}", source)
+        values |= {alias: values[name] for name, alias in aliases if name in values}
+        # without an id column a row's id is its task's position, as a table task's key is
+        items.append(values if header.id_column is not None else {"id": str(position), **values})
+        problems.extend(found)
+    numbers = [number for number, _ in body]
+    tasks, found = expand_items(
+        items,
+        template.text,
+        template.vars,
+        {},
+        source,
+        where=lambda j: f"row {numbers[j]}",
+        json_paths=False,
+    )
+    problems.extend(found)
+    made = []
+    for number, task in zip(numbers, tasks, strict=True):
+        refs = placement.refs.get(number, {})
+        task, found = _with_pictures(task, refs, f"row {number}", source)
+        problems.extend(found)
+        made.append(task)
+    return made
+
+
+def _aliases(
+    columns: Mapping[int, str], headings: Mapping[int, str], template: str
+) -> list[tuple[str, str]]:
+    """(column, heading) for each column the template names by its heading, not its name.
+
+    A parameter's value is the item's under the parameter's name (``prompt``), which
+    is how it sets the task's; a template written against the sheet says ``{提示词}``.
+    """
+    try:
+        named = {field.split(".")[0] for field in parse_template(template).fields}
+    except TemplateError:
+        return []  # expand_items reports it
+    pairs = ((column, headings[index].strip()) for index, column in columns.items())
+    return [
+        (column, heading) for column, heading in pairs if heading != column and heading in named
+    ]
+
+
+def _with_pictures(
+    task: TaskSpec, refs: Mapping[str, list[str]], where: str, source: str
+) -> tuple[TaskSpec, list[Problem]]:
+    """The task with its row's pictures, which its item (what the row says) leaves out."""
+    if not refs:
+        return task, []
+    values = task.model_dump(include={"init_image", "reference_images"}, exclude_none=True)
+    problems = _add_pictures(values, refs, where, source)
+    return task.model_copy(update=values), problems
+
+
 def _field(loc: tuple[Any, ...]) -> str:
     # ("reference_images", 2) names the column, not the list item
     return str(loc[0]) if loc else ""
 
 
 def _row_values(
-    cells: Sequence[Any], header: _Header, where: str, source: str
+    cells: Sequence[Any], columns: Mapping[int, str], where: str, source: str
 ) -> tuple[dict[str, Any], list[Problem]]:
-    """The row's non-blank cells by parameter name, converted to what TaskSpec expects;
-    and a problem for each cell that is a formula with no saved value.
+    """The row's non-blank cells by column name, parameters converted to what TaskSpec
+    expects; and a problem for each cell that is a formula with no saved value.
     """
     values: dict[str, Any] = {}
     problems: list[Problem] = []
-    for index, column in header.columns.items():
+    for index, column in columns.items():
         value = _cell_value(cells[index]) if index < len(cells) else None
         if column in PICTURE_COLUMNS and dispimg(value):
             continue  # a WPS picture the file lacks: the pictures' check reports it
@@ -298,6 +418,8 @@ def _row_values(
 
 
 def _convert(column: str, value: Any) -> Any:
+    if column not in COLUMN_NAMES:  # an item's field (or its id): as typed, 3.0 as 3
+        return int(value) if isinstance(value, float) and value.is_integer() else value
     if column == "reference_images":
         return [part.strip() for part in _LIST_SEPARATOR.split(_as_text(value)) if part.strip()]
     if column == "aspect_ratio":
@@ -335,9 +457,16 @@ def _is_blank_row(cells: Sequence[Any]) -> bool:
     return all(_cell_value(cell) is None for cell in cells)
 
 
-def _batch(name: str, tasks: list[TaskSpec], source: str, problems: list[Problem]) -> BatchSpec:
+def _batch(
+    name: str,
+    tasks: list[TaskSpec],
+    source: str,
+    problems: list[Problem],
+    template: TableTemplate | None,
+) -> BatchSpec:
+    made = {"template": template.text, "vars": template.vars or None} if template else {}
     try:
-        return BatchSpec(name=name, tasks=tasks)
+        return BatchSpec(name=name, tasks=tasks, **made)
     except ValidationError as exc:  # a name too long, more rows than a batch may hold
         found = problems_from_validation(exc, source, _locate_in_batch)
         raise SpecError(capped([*problems, *found], source)) from exc

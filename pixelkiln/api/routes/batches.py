@@ -20,6 +20,7 @@ from pixelkiln.api.deps import (
 )
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.media import zip_stream
+from pixelkiln.api.table_template import TEMPLATE_FIELDS, template_of
 from pixelkiln.api.uploads import (
     IMAGE_FILES,
     Uploaded,
@@ -243,7 +244,12 @@ def _named(upload: Uploaded) -> str:
     responses=ERRORS | {415: {"model": ErrorBody}},
     summary="Create a batch from an uploaded batch file (XLSX, CSV, JSON, YAML, TOML)",
     openapi_extra=form_body(
-        "file", {"file": {"type": "string", "format": "binary"}, "name": {"type": "string"}}
+        "file",
+        {
+            "file": {"type": "string", "format": "binary"},
+            "name": {"type": "string"},
+            **TEMPLATE_FIELDS,
+        },
     ),
 )
 async def create_from_file(
@@ -255,7 +261,10 @@ async def create_from_file(
     wait: Wait = False,
     timeout: WaitTimeout = None,
 ) -> BatchDetail:
-    """Rows carry the batch spec's parameter names as columns; errors name row and column."""
+    """Rows carry the batch spec's parameter names as columns; errors name row and column.
+
+    With a ``template`` field each row is an item, its other columns the item's fields.
+    """
     try:
         form = await read_form(request, 1)
     except ApiError as exc:
@@ -267,6 +276,7 @@ async def create_from_file(
         if len(files) != 1:
             raise _one_file()
         name = form.get("name")
+        template = template_of(form)
         limit = ctx.settings.server.max_spec_bytes
         data = await files[0].read(limit + 1)  # a table is parsed in memory: bounded
         if len(data) > limit:
@@ -275,7 +285,7 @@ async def create_from_file(
             )
         with saved_table(files[0], data) as path:
             loaded = await ctx.run(
-                load_table, path, name if isinstance(name, str) and name else None
+                load_table, path, name if isinstance(name, str) and name else None, template
             )
             loaded = await store_pictures(ctx, caller, loaded)  # while their files exist
     finally:
