@@ -26,7 +26,8 @@ from pixelkiln.config import BackendSettings, Settings, load_settings
 from pixelkiln.db.batches import NewBatch, create_batch, get_batch
 from pixelkiln.db.database import Database
 from pixelkiln.db.leases import claim_tasks
-from pixelkiln.specs import BatchSpec, parse_batch, resolve_tasks
+from pixelkiln.resolve import resolve_tasks
+from pixelkiln.specs import BatchSpec, parse_batch
 
 SIZE = 64
 

@@ -13,7 +13,7 @@ from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.pacing import LIMIT_COLUMNS, BatchLimits
 from pixelkiln.db.tables import assets, batches, tasks
 from pixelkiln.models import Batch, BatchCounts, BatchStatus, TaskStatus, parse_id
-from pixelkiln.specs import ResolvedTask
+from pixelkiln.resolve import ResolvedTask
 
 ACTIVE = (BatchStatus.QUEUED, BatchStatus.RUNNING)
 UNFINISHED = (BatchStatus.QUEUED, BatchStatus.RUNNING, BatchStatus.PAUSED)

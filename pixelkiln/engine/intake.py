@@ -28,7 +28,8 @@ from pixelkiln.db.batches import NewBatch
 from pixelkiln.exceptions import NotFoundError, Problem, SpecError
 from pixelkiln.naming import file_name, image_stem, unique_stem
 from pixelkiln.problems import capped, merge_problems
-from pixelkiln.specs import BatchSpec, ResolvedTask, TaskPlaces, check_tasks, expand_items
+from pixelkiln.resolve import ResolvedTask, check_tasks
+from pixelkiln.specs import BatchSpec, TaskPlaces, expand_items
 from pixelkiln.storage import InputImage, Storage, read_input_image
 
 

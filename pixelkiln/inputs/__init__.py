@@ -20,7 +20,8 @@ from pathlib import Path
 from pixelkiln.inputs import structured, tabular
 from pixelkiln.inputs._files import file_error
 from pixelkiln.inputs.tabular import TableTemplate
-from pixelkiln.specs import BatchSpec, ResolvedTask, TaskPlaces, resolve_tasks
+from pixelkiln.resolve import ResolvedTask, resolve_tasks
+from pixelkiln.specs import BatchSpec, TaskPlaces
 
 __all__ = ["SUPPORTED_EXTENSIONS", "LoadedBatch", "TableTemplate", "load_batch_file"]
 

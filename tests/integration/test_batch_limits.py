@@ -10,7 +10,8 @@ from pixelkiln.db.batches import NewBatch, create_batch, get_batch, runnable_bat
 from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.leases import Claim, claim, claim_tasks, outlook, release_tasks
 from pixelkiln.db.tables import batches
-from pixelkiln.specs import parse_batch, resolve_tasks
+from pixelkiln.resolve import resolve_tasks
+from pixelkiln.specs import parse_batch
 
 
 def _batch(

@@ -42,7 +42,8 @@ from pixelkiln.db.tasks import (
 )
 from pixelkiln.exceptions import InvalidStateError
 from pixelkiln.models import BatchStatus, EventType, TaskStatus
-from pixelkiln.specs import parse_batch, resolve_tasks
+from pixelkiln.resolve import resolve_tasks
+from pixelkiln.specs import parse_batch
 from pixelkiln.storage import StoredImage
 
 

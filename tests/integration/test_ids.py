@@ -25,7 +25,8 @@ from pixelkiln.db.tables import (
 )
 from pixelkiln.db.tasks import TaskResult, complete_tasks, list_images, list_tasks
 from pixelkiln.db.users import create_user
-from pixelkiln.specs import parse_batch, resolve_tasks
+from pixelkiln.resolve import resolve_tasks
+from pixelkiln.specs import parse_batch
 from pixelkiln.storage import StoredImage
 
 

@@ -17,7 +17,8 @@ from pixelkiln.db.database import Database
 from pixelkiln.db.leases import claim_tasks
 from pixelkiln.db.tasks import get_task, list_tasks
 from pixelkiln.engine.starts import StartMarks, TakenAwayError
-from pixelkiln.specs import parse_batch, resolve_tasks
+from pixelkiln.resolve import resolve_tasks
+from pixelkiln.specs import parse_batch
 from pixelkiln.testing import FakeSDWebUI
 from tests.conftest import make_settings
 

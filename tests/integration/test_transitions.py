@@ -44,7 +44,8 @@ from pixelkiln.models import (
     TaskResult,
     TaskStatus,
 )
-from pixelkiln.specs import parse_batch, resolve_tasks
+from pixelkiln.resolve import resolve_tasks
+from pixelkiln.specs import parse_batch
 from pixelkiln.storage import StoredImage
 
 COST = 2  # credits per task

@@ -11,15 +11,8 @@ import pytest
 from pixelkiln import params
 from pixelkiln.exceptions import Problem, SpecError
 from pixelkiln.problems import MAX_PROBLEMS
-from pixelkiln.specs import (
-    BATCH_KEYS,
-    PARAM_NAMES,
-    BatchSpec,
-    TaskPlaces,
-    check_tasks,
-    parse_batch,
-    resolve_tasks,
-)
+from pixelkiln.resolve import check_tasks, resolve_tasks
+from pixelkiln.specs import BATCH_KEYS, PARAM_NAMES, BatchSpec, TaskPlaces, parse_batch
 
 
 def batch(*tasks: dict[str, Any], **defaults: Any) -> dict[str, Any]:
