@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pixelkiln.exceptions import ConfigError
+from pixelkiln.prompts import parse_template
 
 DEFAULT_CONFIG_FILE = Path("kiln.toml")
 
@@ -275,6 +276,36 @@ class WebhooksSettings(BaseModel):
     )
 
 
+class CompatSettings(BaseModel):
+    """``[compat]``: other tools' request shapes served at their own paths (off by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slides: bool = Field(
+        False,
+        description="Serve the slide-deck image API at /api/slide/batch/* (see docs/compat.md).",
+    )
+    img2img_service: bool = Field(
+        False,
+        description="Serve the batch img2img service's API at /api/batch/* and /api/admin/* "
+        "(see docs/compat.md).",
+    )
+    slide_template: str = Field(
+        "{style_prompt}. {title}: {visual_desc}",
+        min_length=1,
+        max_length=2000,
+        description="How a slide's prompt is composed: fields of the slide (id, page_num, "
+        "type, title, content_text, visual_desc) and style_prompt.",
+    )
+
+    @field_validator("slide_template")
+    @classmethod
+    def _valid_template(cls, value: str) -> str:
+        # refused at start, not in every slide request: the template is the installation's
+        parse_template(value)  # TemplateError (a ValueError) says what is wrong, and where
+        return value
+
+
 class Settings(BaseSettings):
     """Everything configurable. Build it with :func:`load_settings`."""
 
@@ -288,6 +319,7 @@ class Settings(BaseSettings):
     credits: CreditsSettings = Field(default_factory=CreditsSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
+    compat: CompatSettings = Field(default_factory=CompatSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from pixelkiln import __version__
+from pixelkiln.api.compat import compat_routers
 from pixelkiln.api.deps import ApiContext, get_caller
 from pixelkiln.api.errors import BodyLimit, install_error_handlers
 from pixelkiln.api.routes import (
@@ -98,6 +99,8 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
         webhooks_routes.router,
     ):
         app.include_router(router, prefix="/api/v1", dependencies=secured)
+    for router in compat_routers(settings.compat):  # other tools' shapes, where switched on
+        app.include_router(router, dependencies=secured)
     return app
 
 

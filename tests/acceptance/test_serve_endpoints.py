@@ -105,12 +105,23 @@ def _account(admin: Recorder, user: Recorder) -> None:
     ids = {"backend": "placeholder"}
     user.call("PUT", key, 422, ids=ids, json={"api_key": "sk-0123456789"})  # local generator
     user.call("DELETE", key, 404, ids=ids)
+    secret = user.call("GET", "/api/v1/me/webhook-secret", 200).json()
+    rotated = user.call("POST", "/api/v1/me/webhook-secret/rotate", 200).json()
+    assert rotated != secret
 
 
 def _batches(user: Recorder) -> tuple[int, list[int], int]:
     asset = user.call("POST", "/api/v1/assets", 201, files={"files": ("in.png", png())}).json()[0]
     ids = {"asset_id": asset["id"]}
     assert user.call("GET", "/api/v1/assets/{asset_id}/file", 200, ids=ids).content == png()
+    assert user.call("GET", "/api/v1/assets/{asset_id}", 200, ids=ids).json()["name"] == "in.png"
+    assert [a["id"] for a in user.call("GET", "/api/v1/assets", 200).json()["items"]] == [
+        asset["id"]
+    ]
+    thumb = user.call("GET", "/api/v1/assets/{asset_id}/thumbnail", 200, ids=ids)
+    assert thumb.headers["content-type"] == "image/webp"
+    template = user.call("GET", "/api/v1/templates/batch.xlsx", 200)
+    assert template.content[:2] == b"PK"
     spec = {
         "name": "night",
         "defaults": SMALL,
@@ -143,6 +154,10 @@ def _batches(user: Recorder) -> tuple[int, list[int], int]:
     assert user.call("GET", "/api/v1/batches/{batch_id}/log", 200, ids=one).json()
     archive = user.call("GET", "/api/v1/batches/{batch_id}/images.zip", 200, ids=one)
     assert len(zipfile.ZipFile(io.BytesIO(archive.content)).namelist()) == 1
+    table_ids = {**one, "kind": "csv"}
+    exported = user.call("GET", "/api/v1/batches/{batch_id}/export.{kind}", 200, ids=table_ids)
+    assert "a moth" in exported.text
+    assert user.call("GET", "/api/v1/batches/{batch_id}/webhooks", 200, ids=one).json() == []
     lines = user.stream_until("/api/v1/batches/{batch_id}/events", "done", **one)
     assert "event: image_generated" in lines
     user.stream_until("/api/v1/events", "")
@@ -174,6 +189,15 @@ def _control(user: Recorder, batch_id: int, task_ids: list[int]) -> None:
     user.call("POST", "/api/v1/tasks/{task_id}/retry", 200, ids=task)
     _until_failed_again(user, task["task_id"])  # the batch retry needs a failed task
     user.call("POST", "/api/v1/batches/{batch_id}/retry", 200, ids={"batch_id": batch_id})
+    _until_failed_again(user, task["task_id"])  # a regenerate needs finished tasks
+    again = user.call(
+        "POST",
+        "/api/v1/batches/{batch_id}/regenerate",
+        200,
+        ids={"batch_id": batch_id},
+        json={"keys": ["a"]},
+    )
+    assert again.json()["regenerated"] == 1
     spec = {
         "name": "slow",
         "defaults": {**SMALL, "backend": "slow"},

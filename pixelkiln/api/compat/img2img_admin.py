@@ -1,0 +1,152 @@
+"""The batch img2img service's admin API, ``/api/admin/*``, over pixelkiln's own admin.
+
+- ``GET|POST /api/admin/config/concurrency``: the global concurrency (1–10 by
+  default: ``[server] max_concurrency``), the one ``/api/v1/admin/concurrency`` sets
+- ``GET|POST /api/admin/presets``, ``PUT|DELETE /api/admin/presets/{id}``: presets
+- ``GET /api/admin/batch/queues``: every user's batches; ``GET /api/admin/batch/stats``
+
+Each calls the ``/api/v1`` route that does the same, so a rule (what concurrency
+may be, what a preset must hold) stays in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import Connection
+
+from pixelkiln.api.compat.envelope import envelope_router
+from pixelkiln.api.compat.img2img import concurrency_now
+from pixelkiln.api.compat.img2img_shapes import ok, preset_row, queue_row, render_error
+from pixelkiln.api.deps import AdminDep, CtxDep, IdPath
+from pixelkiln.api.routes import admin, presets
+from pixelkiln.db.presets import get_preset, list_presets
+from pixelkiln.db.records import search_batches
+from pixelkiln.db.stats import task_counts
+from pixelkiln.db.users import get_user
+from pixelkiln.models import BatchStatus
+from pixelkiln.wire.schemas import ConcurrencyUpdate, PresetCreate, PresetUpdate
+
+router = envelope_router(render_error, prefix="/api/admin", tags=["compat: img2img service"])
+
+M = TypeVar("M", bound=BaseModel)
+
+ADMIN_QUEUES = 50  #: the service's admin page lists the newest 50
+
+
+class ConcurrencyBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    concurrency: int = Field(ge=1)
+
+
+@router.get("/config/concurrency", summary="The global concurrency (img2img service)")
+async def get_concurrency(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
+    return ok({"concurrency": await concurrency_now(ctx)})
+
+
+@router.post("/config/concurrency", summary="Change the global concurrency (img2img service)")
+async def set_concurrency(body: ConcurrencyBody, ctx: CtxDep, caller: AdminDep) -> dict[str, Any]:
+    """At once, and kept over a restart (as ``PUT /api/v1/admin/concurrency``)."""
+    now = await admin.put_concurrency(ConcurrencyUpdate(concurrency=body.concurrency), ctx, caller)
+    return ok({"concurrency": now.concurrency}, message="concurrency updated")
+
+
+class PresetBody(BaseModel):
+    """A preset as the service's admin page sends it (camelCase sortOrder, isActive)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    title: str | None = None
+    content: str | None = None
+    category: str | None = None
+    negative_prompt: str | None = None
+    sort_order: int | None = Field(None, alias="sortOrder")
+    is_active: bool | None = Field(None, alias="isActive")
+
+    def ours(self) -> dict[str, Any]:
+        values = {
+            "title": self.title,
+            "content": self.content,
+            "category": self.category,
+            "negative_prompt": self.negative_prompt,
+            "position": self.sort_order,
+            "active": self.is_active,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+
+def _checked(model: type[M], values: dict[str, Any]) -> M:
+    """``values`` as ``/api/v1/presets`` takes them: a bad one is a 422 naming the field."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from exc
+
+
+@router.get("/presets", summary="Every preset (img2img service)")
+async def all_presets(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
+    found = await ctx.read(list_presets, include_inactive=True)
+    return ok([preset_row(p) for p in found])
+
+
+@router.post("/presets", summary="Add a preset (img2img service)")
+async def add_preset(body: PresetBody, ctx: CtxDep, caller: AdminDep) -> dict[str, Any]:
+    values = {"category": "general", **body.ours()}
+    made = await presets.create(_checked(PresetCreate, values), ctx, caller)
+    return ok(preset_row(await ctx.read(get_preset, made.id)), message="preset added")
+
+
+@router.put("/presets/{preset_id}", summary="Change a preset (img2img service)")
+async def change_preset(
+    preset_id: IdPath, body: PresetBody, ctx: CtxDep, caller: AdminDep
+) -> dict[str, Any]:
+    await presets.change(preset_id, _checked(PresetUpdate, body.ours()), ctx, caller)
+    return ok(preset_row(await ctx.read(get_preset, preset_id)), message="preset updated")
+
+
+@router.delete("/presets/{preset_id}", summary="Delete a preset (img2img service)")
+async def delete_preset(preset_id: IdPath, ctx: CtxDep, caller: AdminDep) -> dict[str, Any]:
+    await presets.remove(preset_id, ctx, caller)
+    return ok(message="preset deleted")
+
+
+def _all_queues(conn: Connection, limit: int) -> list[dict[str, Any]]:
+    """The newest batches of every user, with the owner's name."""
+    found, _ = search_batches(conn, owner_id=None, limit=limit)
+    owners = {b.owner_id for b in found if b.owner_id is not None}
+    names = {i: get_user(conn, i).name for i in owners}
+    return [queue_row(b, names.get(b.owner_id) if b.owner_id else None) for b in found]
+
+
+@router.get("/batch/queues", summary="Every user's queues (img2img service)")
+async def all_queues(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
+    return ok(await ctx.read(_all_queues, ADMIN_QUEUES))
+
+
+#: the service's queue counters → our batch statuses they count
+_QUEUE_COUNTS = {
+    "pending_queues": (BatchStatus.QUEUED, BatchStatus.PAUSED),
+    "processing_queues": (BatchStatus.RUNNING,),
+    "completed_queues": (BatchStatus.COMPLETED, BatchStatus.PARTIAL),
+    "failed_queues": (BatchStatus.FAILED,),
+    "cancelled_queues": (BatchStatus.CANCELLED,),
+}
+
+
+def _stats(conn: Connection) -> dict[str, Any]:
+    figures: dict[str, Any] = {"total_queues": search_batches(conn, owner_id=None, limit=1)[1]}
+    for name, statuses in _QUEUE_COUNTS.items():
+        figures[name] = search_batches(conn, owner_id=None, statuses=statuses, limit=1)[1]
+    tasks = task_counts(conn)
+    figures["total_images"] = sum(tasks.values())
+    figures["completed_images"] = tasks.get("succeeded", 0)
+    figures["failed_images"] = tasks.get("failed", 0) + tasks.get("cancelled", 0)
+    return figures
+
+
+@router.get("/batch/stats", summary="Queue and image counts (img2img service)")
+async def stats(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
+    return ok(await ctx.read(_stats))
