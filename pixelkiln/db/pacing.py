@@ -6,7 +6,7 @@ runner sharing it. ``max_workers`` caps the batch's running tasks: its
 generate at once, wherever they run. ``delay`` spaces its starts: a task of the
 batch is claimed only ``delay`` seconds after ``last_start_at`` (the claim of
 the one before), one per claim, and only by a runner with a slot free for it
-now, which starts it at once (see ``transitions.claim`` and the scheduler).
+now, which starts it at once (see ``transition_claim`` and the scheduler).
 
 >>> BatchLimits(1, max_workers=3, n_running=2, delay=None, last_start_at=None).allowance(0.0)
 1

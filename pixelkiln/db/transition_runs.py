@@ -1,12 +1,11 @@
-"""The part of :mod:`.transitions` that keeps a regenerated task's runs apart, and the notes
-the refund policy a batch keeps (``batches.refund_failed``).
+"""The part of :mod:`.transitions` that keeps a regenerated task's runs apart.
 
 A regenerate moves a task to its next run (``tasks.run`` + 1); the images of its
 earlier runs stay current until the new run succeeds. Then they become history
 (``images.superseded``: hidden from records, files kept), or, when the
 regenerate asked to ``replace`` them, their rows are deleted here and their
-files by the caller once the transaction commits. Only :mod:`.transitions`
-calls this module, inside its moves.
+files by the caller once the transaction commits. Only the ``transition*``
+modules call this one, inside their moves (a regenerate; a success recorded).
 """
 
 from __future__ import annotations
@@ -15,11 +14,11 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import select, update
 
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
-from pixelkiln.db.tables import batches, tasks
+from pixelkiln.db.tables import tasks
 from pixelkiln.models import ClaimedTask
 
 
@@ -55,19 +54,3 @@ def supersede(tx: Tx, rerun: Sequence[ClaimedTask], dropped: list[DroppedImage])
         gone[row.batch_id] += 0 if row.superseded else 1
     mark_replacing(tx, doomed, False)  # replaced once: a later regenerate says again
     return gone
-
-
-def charged_under(tx: Tx, batch_id: int, refund_failed: bool) -> None:
-    """Note the refund policy a batch was (last) charged under."""
-    tx.conn.execute(
-        update(batches).where(batches.c.id == batch_id).values(refund_failed=refund_failed)
-    )
-
-
-def keeping_failed(tx: Tx, condition: ColumnElement[bool]) -> list[int]:
-    """Batches of the charged tasks matching ``condition`` that keep a failed task's charge."""
-    charged = select(tasks.c.batch_id).where(sql.owed(condition))
-    query = select(batches.c.id).where(
-        batches.c.id.in_(charged), batches.c.refund_failed.is_(False)
-    )
-    return list(tx.conn.execute(query).scalars())

@@ -2,8 +2,9 @@
 
 One scheduler per process, built by :mod:`pixelkiln.engine.assembly`. Its
 loop claims as many tasks as there are free generator slots (globally and per
-backend, see engine.limits), runs each as an asyncio job, and hands outcomes
-to a committer that records them in groups (engine.recorder). A lease keeper
+backend, see engine.limits), and some ahead, into ready queues
+(engine.dispatch), runs each as an asyncio job, and hands outcomes to a
+committer that records them in groups (engine.recorder). A lease keeper
 renews the leases of held tasks every few seconds; a task missing from the
 renewal was cancelled or taken away, and its job is cancelled. Recovery of
 expired leases (a runner that died), moves of waiting tasks to a fallback
@@ -21,7 +22,6 @@ again, and a helper that dies is started again (engine.supervisor).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import random
@@ -46,6 +46,7 @@ from pixelkiln.db.leases import (
 from pixelkiln.db.settings_store import stored_concurrency
 from pixelkiln.db.tasks import TaskFailure
 from pixelkiln.engine.credentials import UserKeys
+from pixelkiln.engine.dispatch import Dispatch
 from pixelkiln.engine.limits import BackendLimit, Limits, idle_timeout
 from pixelkiln.engine.outcomes import Generated, Job, Moved, Outcome, judge
 from pixelkiln.engine.owners import dead_local_owners, new_owner_id
@@ -61,9 +62,6 @@ log = logging.getLogger("pixelkiln.engine")
 
 #: tasks finished generating but not yet recorded, at most, before claiming pauses
 MAX_BACKLOG = 256
-#: work claimed ahead per backend, in seconds of generation (see _ready_target)
-PREFETCH_SECONDS = 0.25
-MAX_PREFETCH = 64
 #: seconds between looks at the concurrency an admin stored (``follow_settings``)
 SETTINGS_INTERVAL = 2.0
 
@@ -118,18 +116,11 @@ class Scheduler:
         self.supervision = Supervision(settings.stall_seconds)
         self._rng = rng or random.Random()
         self._clock = clock
-        self._slots = self.limits.slots  # the same dict: admins' changes show at once
-        self._generating = dict.fromkeys(self.backends, 0)
+        self._dispatch = Dispatch(self.limits, self.backends)  # slots and ready queues
         self._jobs: dict[int, Job] = {}
-        #: claimed ahead, waiting for a slot; claiming in chunks keeps the writer's
-        #: per-task cost low. Their leases are renewed like those of running tasks.
-        self._ready: dict[str, collections.deque[ClaimedTask]] = {
-            name: collections.deque() for name in self.backends
-        }
         self._nothing_runnable = False
         #: when a batch waiting out its ``delay`` may start its next task (db.pacing)
         self._wake_at: float | None = None
-        self._mean_duration: dict[str, float] = {}  # moving average of generation time
         self._recorder = Recorder(
             db=db,
             storage=storage,
@@ -145,7 +136,6 @@ class Scheduler:
         self._stopping = False
         self._next_recovery = 0.0
         self._next_settings = 0.0
-        self._backend_order = list(self.backends)
         #: parts run beside the scheduler, kept alive like its helpers (webhook deliveries)
         self._companions = tuple(companions)
 
@@ -180,7 +170,7 @@ class Scheduler:
 
     def cancel_batch(self, batch_id: int) -> int:
         """Stop this process's running tasks of a batch now (after the DB cancel)."""
-        stopped = self._drop_ready(lambda t: t.batch_id == batch_id)
+        stopped = self._dispatch.drop(lambda t: t.batch_id == batch_id)
         for job in list(self._jobs.values()):
             if job.task.batch_id == batch_id and job.generating and job.job is not None:
                 job.lost = True
@@ -188,30 +178,20 @@ class Scheduler:
                 stopped += 1
         return stopped
 
-    def _drop_ready(self, condition: Callable[[ClaimedTask], bool]) -> int:
-        dropped = 0
-        for name, ready in self._ready.items():
-            keep = [t for t in ready if not condition(t)]
-            dropped += len(ready) - len(keep)
-            self._ready[name] = collections.deque(keep)
-        return dropped
-
     def _drop_lost(self, lost: set[int]) -> None:
         """Forget ready tasks whose lease was taken away (cancelled, or recovered)."""
         if lost:
-            self._drop_ready(lambda t: t.id in lost)
-
-    def _ready_ids(self) -> list[int]:
-        return [t.id for ready in self._ready.values() for t in ready]
+            self._dispatch.drop(lambda t: t.id in lost)
 
     def status(self) -> SchedulerStatus:
-        held = len(self._jobs) + len(self._ready_ids())
+        held = len(self._jobs) + len(self._dispatch.ready_ids())
+        generating = self._dispatch.generating
         return SchedulerStatus(
             self.limits.overall,
-            dict(self._generating),
+            dict(generating),
             held,
             dict(self.routes.down),
-            self.limits.snapshot(self._generating),
+            self.limits.snapshot(generating),
             self.supervision.report(),
         )
 
@@ -254,7 +234,7 @@ class Scheduler:
         await self._housekeeping()
         if await self._claim_and_start():
             return False
-        idle = not self._jobs and not any(self._ready.values())
+        idle = not self._jobs and not self._dispatch.has_ready()
         if until_done and idle and await self._scope_finished():
             return True
         await self._idle()
@@ -287,72 +267,23 @@ class Scheduler:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    def _free(self) -> int:
-        return self.limits.overall - sum(self._generating.values())
-
-    def _free_on(self, backend: str) -> int:
-        """Tasks that could start on ``backend`` now, within its slots and the global cap."""
-        return max(0, min(self._slots[backend] - self._generating[backend], self._free()))
-
-    def _capacity(self, backend: str) -> int:
-        return max(1, min(self._slots[backend], self.limits.overall))
-
-    def _ready_target(self, backend: str) -> int:
-        """Tasks to keep claimed ahead: about PREFETCH_SECONDS of work, within bounds.
-
-        Fast tasks are claimed in large chunks (one write per many tasks); slow
-        ones one slot's worth at a time, so no runner hoards work that another
-        could start sooner.
-        """
-        capacity = self._capacity(backend)
-        mean = self._mean_duration.get(backend)
-        if mean is None:
-            return capacity
-        per_slot = PREFETCH_SECONDS / max(mean, 1e-4)
-        return int(min(MAX_PREFETCH, max(1, capacity * per_slot)))
-
     def _wants(self) -> dict[str, int]:
-        """How many tasks to claim per backend: refill the ready queue once it runs low."""
-        if len(self._jobs) - sum(self._generating.values()) > MAX_BACKLOG:
+        """How many tasks to claim per backend; none while too many wait to be recorded."""
+        if len(self._jobs) - self._dispatch.running() > MAX_BACKLOG:
             return {}
         troubled, now = self.routes.troubled, self._clock()
-        wants: dict[str, int] = {}
-        for name in self._backend_order:
-            if troubled and self.routes.holds_back(name, now):
-                continue  # its tasks would only come back: they wait in the queue
-            target = self._ready_target(name)
-            ready = len(self._ready[name])
-            free_slots = self._free_on(name)
-            if ready > target // 2 and ready >= free_slots:
-                continue
-            want = free_slots + target - ready
-            if want > 0:
-                wants[name] = want
-        return wants
-
-    def _observe(self, backend: str, seconds: float) -> None:
-        mean = self._mean_duration.get(backend)
-        self._mean_duration[backend] = seconds if mean is None else 0.8 * mean + 0.2 * seconds
+        return self._dispatch.wants(lambda name: troubled and self.routes.holds_back(name, now))
 
     def _start_ready(self) -> int:
-        """Start ready tasks while there are free slots, rotating between backends."""
-        started = 0
-        progress = True
-        while progress and self._free() > 0:
-            progress = False
-            self._backend_order.append(self._backend_order.pop(0))
-            for name in self._backend_order:
-                ready = self._ready[name]
-                if ready and self._generating[name] < self._slots[name] and self._free() > 0:
-                    self._start(ready.popleft())
-                    started += 1
-                    progress = True
-        return started
+        """Start ready tasks while there are free slots, turning between backends."""
+        taken = self._dispatch.take()
+        for task in taken:
+            self._start(task)
+        return len(taken)
 
     def _start(self, task: ClaimedTask) -> None:
         job = Job(task, self._clock())
         self._jobs[task.id] = job
-        self._generating[task.backend] += 1
         job.job = asyncio.create_task(self._execute(job), name=f"kiln-task-{task.id}")
 
     async def _claim_and_start(self) -> bool:
@@ -363,17 +294,13 @@ class Scheduler:
             return started > 0
         if self._nothing_runnable and not await self._anything_runnable():
             return started > 0
-        free = {name: self._free_on(name) for name in wants}
+        free = {name: self._dispatch.free_on(name) for name in wants}
         got: Claim = await self.db.awrite(
             claim, self.owner, wants, self.settings.lease_seconds, self.only_batches, free
         )
         self._wake_at = got.wake_at
         self._nothing_runnable = not got.tasks
-        for task in got.tasks:
-            if task.id in got.paced:  # claimed into a free slot: starts now, ahead of the rest
-                self._ready[task.backend].appendleft(task)
-            else:
-                self._ready[task.backend].append(task)
+        self._dispatch.add(got.tasks, first=got.paced)  # paced: into a slot free now
         return self._start_ready() + started > 0 or bool(got.tasks)
 
     async def _anything_runnable(self) -> bool:
@@ -402,7 +329,7 @@ class Scheduler:
         except Exception as exc:
             self._recorder.put(self._failure(job, exc))
         else:
-            self._observe(task.backend, self._clock() - job.started)
+            self._dispatch.observe(task.backend, self._clock() - job.started)
             self.routes.back_up(task.backend)
             self._recorder.put(Generated(job, images, self._clock() - job.started))
         finally:
@@ -428,7 +355,7 @@ class Scheduler:
     def _generation_over(self, job: Job) -> None:
         if job.generating:
             job.generating = False
-            self._generating[job.task.backend] -= 1
+            self._dispatch.finished(job.task.backend)
             self._wake.set()
 
     def _failure(self, job: Job, exc: BaseException) -> TaskFailure | Moved:
@@ -454,7 +381,7 @@ class Scheduler:
 
     async def _renew(self) -> None:
         """Extend the leases of everything held; stop work on what was taken away."""
-        ids = list(self._jobs) + self._ready_ids()
+        ids = list(self._jobs) + self._dispatch.ready_ids()
         until = self._clock() + self.settings.lease_seconds
         held = await self.db.awrite(renew_leases, self.owner, ids, until) if ids else set()
         self.supervision.ok("lease renewal")
@@ -502,8 +429,9 @@ class Scheduler:
         )
         self._recorder.close()  # the committer records what was produced, then ends
         await asyncio.gather(committer, return_exceptions=True)
-        give_back = [tid for tid, j in self._jobs.items() if not j.lost] + self._ready_ids()
-        self._drop_ready(lambda t: True)
+        give_back = [tid for tid, j in self._jobs.items() if not j.lost]
+        give_back += self._dispatch.ready_ids()
+        self._dispatch.drop(lambda t: True)
         if give_back:
             try:
                 await self.db.awrite(release_tasks, self.owner, give_back)

@@ -1,0 +1,127 @@
+"""The claim of :mod:`.transitions` (pending → running under a lease), and the batches' own
+limits it keeps (:mod:`.pacing`: ``max_workers``, ``delay``).
+
+A claim walks the backends a runner wants work for, and for each the batches in
+order; a batch with limits of its own gets no more than its :class:`_Room`
+allows, and what it cannot take goes to the batches after it. The counters
+and the batches' first start are the shared bookkeeping of every move
+(:mod:`.transition_counts`). Only :mod:`.transitions` calls this module; callers
+use ``transitions.claim``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pixelkiln.db import transition_sql as sql
+from pixelkiln.db.database import Tx
+from pixelkiln.db.pacing import BatchLimits
+from pixelkiln.db.transition_counts import Counts, start_batches
+from pixelkiln.models import ClaimedTask, TaskStatus
+
+
+def claim(
+    tx: Tx,
+    owner: str,
+    wants: dict[str, int],
+    lease_seconds: float,
+    batch_ids: Sequence[int],
+    limits: Mapping[int, BatchLimits] | None = None,
+    free: Mapping[str, int] | None = None,
+) -> list[ClaimedTask]:
+    """pending → running under ``owner``'s lease, spending no attempt yet.
+
+    Up to ``wants[backend]`` tasks per backend from ``batch_ids``, in that order
+    (priority, then age), each batch's in position order. One UPDATE … RETURNING
+    per (backend, batch); on PostgreSQL the inner select is ``FOR UPDATE SKIP
+    LOCKED``, so workers on several machines never claim the same task.
+
+    A batch in ``limits`` gets no more than its own limits allow (db.pacing);
+    one with a ``delay`` only from a backend with a slot ``free`` now (default:
+    its want), and its ``last_start_at`` becomes now. Its share left over goes
+    to the batches after it, so a capped batch never holds the others back.
+    """
+    room = _Room(_allowances(tx, limits or {}), {b.id for b in (limits or {}).values() if b.paced})
+    lease = {"c_owner": owner, "c_now": tx.now, "c_expires": tx.now + lease_seconds}
+    claimed: list[ClaimedTask] = []
+    for backend, want in wants.items():
+        spare = want if free is None else free.get(backend, 0)
+        claimed += _claim_backend(tx, lease, backend, want, spare, batch_ids, room)
+    if not claimed:
+        return []
+    return _claimed(tx, claimed, batch_ids, room.paced)
+
+
+@dataclass
+class _Room:
+    """What batches with limits of their own may still claim, spent as a claim goes."""
+
+    allow: dict[int, int]  #: batch id → tasks it may still claim (limited batches only)
+    paced: set[int]  #: batches with a delay: claimed only into a slot free now
+
+    def limit(self, batch_id: int, want: int, spare: int) -> int:
+        own = self.allow.get(batch_id)  # None: no limit of its own
+        if own is None:
+            return want
+        return min(want, own, spare) if batch_id in self.paced else min(want, own)
+
+    def spend(self, batch_id: int, n: int) -> int:
+        """Count ``n`` claimed tasks of the batch; returns the free slots they took."""
+        if batch_id in self.allow:
+            self.allow[batch_id] -= n
+        return n if batch_id in self.paced else 0
+
+
+def _claim_backend(
+    tx: Tx,
+    lease: dict[str, Any],
+    backend: str,
+    want: int,
+    spare: int,
+    batch_ids: Sequence[int],
+    room: _Room,
+) -> list[ClaimedTask]:
+    """One backend's share of a claim, batch after batch."""
+    statement = sql.CLAIM_PG if tx.dialect == "postgresql" else sql.CLAIM
+    claimed: list[ClaimedTask] = []
+    for batch_id in batch_ids:
+        if want <= 0:
+            break
+        limit = room.limit(batch_id, want, spare)
+        if limit <= 0:
+            continue
+        params = {"c_batch": batch_id, "c_backend": backend, "c_limit": limit, **lease}
+        rows = tx.conn.execute(statement, params).all()
+        want -= len(rows)
+        spare -= room.spend(batch_id, len(rows))
+        claimed.extend(ClaimedTask(*row) for row in rows)
+    return claimed
+
+
+def _allowances(tx: Tx, limits: Mapping[int, BatchLimits]) -> dict[int, int]:
+    """What each limited batch may still claim; read again under a lock on PostgreSQL."""
+    if not limits:
+        return {}
+    current: Iterable[BatchLimits] = limits.values()
+    if tx.dialect == "postgresql":
+        rows = tx.conn.execute(sql.BATCH_LIMITS_PG, {"l_ids": list(limits)})
+        current = [BatchLimits(*row) for row in rows]
+    allow = {b.id: b.allowance(tx.now) for b in current}
+    return {batch_id: n for batch_id, n in allow.items() if n is not None}
+
+
+def _claimed(
+    tx: Tx, claimed: list[ClaimedTask], batch_ids: Sequence[int], paced: set[int]
+) -> list[ClaimedTask]:
+    """Counters, batches' first start and paced starts of a claim; the tasks in order."""
+    counts = Counts()
+    counts.moved((t.batch_id for t in claimed), TaskStatus.PENDING, TaskStatus.RUNNING)
+    start_batches(tx, counts.apply(tx))
+    started = paced.intersection(t.batch_id for t in claimed)
+    if started:
+        tx.conn.execute(sql.PACED_START, {"p_ids": sorted(started), "p_now": tx.now})
+    order = {batch_id: i for i, batch_id in enumerate(batch_ids)}
+    claimed.sort(key=lambda t: (order[t.batch_id], t.position))
+    return claimed

@@ -1,0 +1,141 @@
+"""Which claimed tasks start now, and how many more to claim: a scheduler's slots and its
+ready queues, in memory.
+
+A scheduler claims tasks ahead (one write per many tasks keeps the writer's
+per-task cost low) into a ready queue per backend, and starts them as slots
+free up: within the global cap and each backend's slots (engine.limits),
+turning between backends so that none starves the others. How far ahead it
+claims follows each backend's speed: about :data:`PREFETCH_SECONDS` of work,
+so fast tasks come in large chunks and slow ones a slot's worth at a time, and
+no runner hoards work that another could start sooner. Nothing here waits or
+writes; :class:`~pixelkiln.engine.scheduler.Scheduler` does, around it.
+
+>>> dispatch = Dispatch(limits, backends)
+>>> dispatch.add(claimed_tasks, first=())
+>>> for task in dispatch.take():   # counted as generating until dispatch.finished(...)
+...     start(task)                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Collection, Iterable
+
+from pixelkiln.db.leases import ClaimedTask
+from pixelkiln.engine.limits import Limits
+
+#: work claimed ahead per backend, in seconds of generation (see Dispatch.ready_target)
+PREFETCH_SECONDS = 0.25
+MAX_PREFETCH = 64
+
+
+class Dispatch:
+    """The ready queues and running counts of one scheduler's backends; see the module."""
+
+    def __init__(self, limits: Limits, backends: Iterable[str]) -> None:
+        self.limits = limits
+        self._slots = limits.slots  # the same dict: admins' changes show at once
+        names = list(backends)
+        #: tasks generating now, per backend
+        self.generating = dict.fromkeys(names, 0)
+        #: claimed ahead, waiting for a slot; their leases are renewed like running tasks'
+        self.ready: dict[str, collections.deque[ClaimedTask]] = {
+            name: collections.deque() for name in names
+        }
+        self._order = names  # turned on every start, so no backend always goes first
+        self._mean_duration: dict[str, float] = {}  # moving average of generation time
+
+    # -- slots --------------------------------------------------------------------------------
+
+    def running(self) -> int:
+        """Tasks generating now, on every backend."""
+        return sum(self.generating.values())
+
+    def free(self) -> int:
+        """Tasks that could start now within the global cap."""
+        return self.limits.overall - self.running()
+
+    def free_on(self, backend: str) -> int:
+        """Tasks that could start on ``backend`` now, within its slots and the global cap."""
+        return max(0, min(self._slots[backend] - self.generating[backend], self.free()))
+
+    def finished(self, backend: str) -> None:
+        """A task of ``backend`` stopped generating: its slot is free again."""
+        self.generating[backend] -= 1
+
+    # -- claiming ahead -----------------------------------------------------------------------
+
+    def observe(self, backend: str, seconds: float) -> None:
+        """A task of ``backend`` generated in ``seconds``: the claim-ahead target follows."""
+        mean = self._mean_duration.get(backend)
+        self._mean_duration[backend] = seconds if mean is None else 0.8 * mean + 0.2 * seconds
+
+    def ready_target(self, backend: str) -> int:
+        """Tasks to keep claimed ahead: about PREFETCH_SECONDS of work, within bounds."""
+        capacity = max(1, min(self._slots[backend], self.limits.overall))
+        mean = self._mean_duration.get(backend)
+        if mean is None:
+            return capacity
+        per_slot = PREFETCH_SECONDS / max(mean, 1e-4)
+        return int(min(MAX_PREFETCH, max(1, capacity * per_slot)))
+
+    def wants(self, holds_back: Callable[[str], bool]) -> dict[str, int]:
+        """How many tasks to claim per backend: refill a ready queue once it runs low.
+
+        ``holds_back``: backends whose tasks would only come back now (engine.routing);
+        their tasks wait in the database instead.
+        """
+        wants: dict[str, int] = {}
+        for name in self._order:
+            if holds_back(name):
+                continue
+            target = self.ready_target(name)
+            ready = len(self.ready[name])
+            free_slots = self.free_on(name)
+            if ready > target // 2 and ready >= free_slots:
+                continue
+            want = free_slots + target - ready
+            if want > 0:
+                wants[name] = want
+        return wants
+
+    # -- the ready queues ---------------------------------------------------------------------
+
+    def add(self, tasks: Iterable[ClaimedTask], first: Collection[int]) -> None:
+        """Claimed tasks join their backend's queue; those in ``first`` (claimed into a
+        slot free now: a batch's paced start) go ahead of the rest."""
+        for task in tasks:
+            if task.id in first:
+                self.ready[task.backend].appendleft(task)
+            else:
+                self.ready[task.backend].append(task)
+
+    def take(self) -> list[ClaimedTask]:
+        """Ready tasks to start now, turning between backends; each counts as generating."""
+        taken: list[ClaimedTask] = []
+        progress = True
+        while progress and self.free() > 0:
+            progress = False
+            self._order.append(self._order.pop(0))
+            for name in self._order:
+                ready = self.ready[name]
+                if ready and self.generating[name] < self._slots[name] and self.free() > 0:
+                    taken.append(ready.popleft())
+                    self.generating[name] += 1
+                    progress = True
+        return taken
+
+    def has_ready(self) -> bool:
+        return any(self.ready.values())
+
+    def ready_ids(self) -> list[int]:
+        return [t.id for ready in self.ready.values() for t in ready]
+
+    def drop(self, condition: Callable[[ClaimedTask], bool]) -> int:
+        """Forget the ready tasks matching ``condition``; returns how many."""
+        dropped = 0
+        for name, ready in self.ready.items():
+            keep = [t for t in ready if not condition(t)]
+            dropped += len(ready) - len(keep)
+            self.ready[name] = collections.deque(keep)
+        return dropped
