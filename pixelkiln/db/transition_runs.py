@@ -1,6 +1,7 @@
 """The part of :mod:`.transitions` that keeps a regenerated task's runs apart.
 
-A regenerate moves a task to its next run (``tasks.run`` + 1); the images of its
+A regenerate moves a task to its next run (``tasks.run`` + 1), with a new seed when
+its seed was drawn at random (an asked-for seed is kept); the images of its
 earlier runs stay current until the new run succeeds. Then they become history
 (``images.superseded``: hidden from records, files kept), or, when the
 regenerate asked to ``replace`` them, their rows are deleted here and their
@@ -10,12 +11,14 @@ modules call this one, inside their moves (a regenerate; a success recorded).
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
+from pixelkiln import params
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
 from pixelkiln.db.tables import tasks
@@ -28,6 +31,25 @@ class DroppedImage(NamedTuple):
     id: int
     batch_id: int
     path: str
+
+
+_SET_PARAMS = (
+    update(tasks).where(tasks.c.id == bindparam("r_id")).values(params=bindparam("r_params"))
+)
+
+
+def reseed(tx: Tx, task_ids: Sequence[int], rng: random.Random | None = None) -> None:
+    """Draw a new seed for those of ``task_ids`` whose seed was drawn (``seed_drawn``):
+    the same seed would make the same picture again on most generators."""
+    rng = rng or random.Random()
+    query = select(tasks.c.id, tasks.c.params).where(tasks.c.id.in_(task_ids))
+    rows = [
+        {"r_id": row.id, "r_params": {**row.params, "seed": rng.randrange(0, params.MAX_SEED)}}
+        for row in tx.conn.execute(query)
+        if row.params.get("seed_drawn")
+    ]
+    if rows:
+        tx.conn.execute(_SET_PARAMS, rows)
 
 
 def mark_replacing(tx: Tx, task_ids: Sequence[int], replace: bool) -> None:

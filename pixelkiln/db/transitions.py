@@ -133,7 +133,8 @@ def regenerate(tx: Tx, batch: Batch, task_ids: Sequence[int], *, replace: bool =
     """Finished tasks (succeeded, failed, cancelled) → pending as their next run; how many.
 
     Each task's ``run`` goes up by one, so its next images are kept apart from the
-    earlier ones (see :mod:`.transition_runs`). InvalidStateError naming the tasks still
+    earlier ones, and a seed that was drawn at random is drawn again (see
+    :mod:`.transition_runs`). InvalidStateError naming the tasks still
     pending or running. A batch that had ended is queued again and ends again.
     Charging is the caller's part of the same transaction, as for a retry.
     """
@@ -149,6 +150,7 @@ def regenerate(tx: Tx, batch: Batch, task_ids: Sequence[int], *, replace: bool =
     counts.apply(tx)
     status = BatchStatus.QUEUED if batch.status.finished else batch.status
     runs.mark_replacing(tx, only, replace)
+    runs.reseed(tx, only)
     tx.conn.execute(sql.set_batch(batch.id, status=status, finished_at=None))
     ev.append_events(tx, [ev.batch_update(batch.id, status, retried=regenerated)])
     return regenerated

@@ -140,6 +140,11 @@ async def test_regenerating_a_failed_and_a_succeeded_task_keeps_the_old_image_as
             (new_s2[0].id, 1, False),
         ]
         assert kiln.storage.absolute(old[0].path).read_bytes()  # the old file is kept
+        # the seeds were drawn at random: the new run draws again (the same seed would
+        # make the same picture); tasks not regenerated keep theirs
+        assert tasks["s2"].params["seed"] != before["s2"].params["seed"]
+        assert new_s2[0].sha256 != old[0].sha256
+        assert tasks["s1"].params["seed"] == before["s1"].params["seed"]
         assert len(await kiln.db.aread(list_images, batch_id)) == 5
         assert len(await kiln.db.aread(list_images, batch_id, True)) == 6
         assert await kiln.db.aread(count_images, ImageQuery(batch_id=batch_id), owner_id=None) == 5
@@ -262,3 +267,15 @@ async def test_refund_failed_false_keeps_a_failed_task_s_charge_and_refunds_canc
         assert await _balance(kiln, ann) == 100 - 16  # cancelled: refunded in full
         reasons = [r for _, r, _ in await kiln.db.aread(_charges, ann.user_id)]
         assert reasons == ["grant", "charge", "charge", "charge", "refund"]
+
+
+async def test_an_asked_for_seed_is_kept_by_a_regenerate(tmp_path: Path, database_url: str) -> None:
+    spec = parse_batch({"name": "fixed", "tasks": [{"key": "k", "prompt": "a fox", "seed": 7}]})
+    async with _kiln(tmp_path, database_url) as kiln:
+        made = await service.submit(kiln.service, LOCAL, Submission(spec))
+        await kiln.run_until_done([made.batch_id])
+        await service.regenerate(kiln.service, LOCAL, made.batch_id, keys=["k"])
+        await kiln.run_until_done([made.batch_id])
+        [task] = (await _tasks(kiln, made.batch_id)).values()
+        assert (task.run, task.params["seed"]) == (1, 7)
+        assert "seed_drawn" not in task.params
