@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from pixelkiln.db.settings_store import (
     stored_concurrency,
 )
 from pixelkiln.db.users import add_user
+from pixelkiln.engine.scheduler import SchedulerStatus
 from pixelkiln.exceptions import InvalidStateError, InvalidValueError, NotFoundError
 from pixelkiln.service import LOCAL, Caller
 from tests.conftest import make_settings
@@ -115,22 +116,34 @@ async def test_only_admins_change_the_concurrency(kiln: Kiln) -> None:
     assert (await service.set_concurrency(kiln.service, root, 2)).concurrency == 2
 
 
-async def test_a_scheduler_running_here_applies_a_change_at_once_and_is_what_the_view_shows(
+async def _until_status(live: SchedulerThread, probe: Callable[[SchedulerStatus], bool]) -> None:
+    """Wait until the scheduler's own status passes ``probe``: a deadline, not a timing test.
+
+    A change is applied at once, but the scheduler also re-reads the stored values
+    every few seconds: a read taken just before the write may land just after it,
+    and for one interval show the older value.
+    """
+    async with asyncio.timeout(20):
+        while (status := await live.status()) is None or not probe(status):
+            await asyncio.sleep(0.02)
+
+
+async def test_a_scheduler_running_here_applies_a_change_and_is_what_the_view_shows(
     kiln: Kiln,
 ) -> None:
     live = SchedulerThread(kiln)
     await asyncio.to_thread(live.start)
     try:
         view = await service.set_concurrency(kiln.service, LOCAL, 3, live)
-        status = await live.status()
-        assert status is not None and status.concurrency == 3 == view.concurrency
+        assert view.concurrency == 3 and live.concurrency == 3
+        await _until_status(live, lambda s: s.concurrency == 3)
         view = await service.set_backend_concurrency(kiln.service, LOCAL, "slow", 7, live)
-        status = await live.status()
-        assert status is not None and status.backends["slow"].per_url == 7
-        assert _backend(view, "slow").per_url == 7
+        assert _backend(view, "slow").overridden
+        await _until_status(live, lambda s: s.backends["slow"].per_url == 7)
         await service.reset_backend_concurrency(kiln.service, LOCAL, "slow", live)
-        status = await live.status()
-        assert status is not None and status.backends["slow"].per_url == 2
+        await _until_status(live, lambda s: s.backends["slow"].per_url == 2)
+        view = await service.concurrency_view(kiln.service, live)
+        assert view.concurrency == 3 and not _backend(view, "slow").overridden
     finally:
         await asyncio.to_thread(live.stop)
 
