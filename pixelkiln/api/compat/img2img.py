@@ -28,15 +28,12 @@ from pixelkiln.api.compat.envelope import envelope_router
 from pixelkiln.api.compat.img2img_shapes import ok, preset_row, queue_row, render_error, task_row
 from pixelkiln.api.deps import ApiContext, CallerDep, CtxDep, IdPath
 from pixelkiln.api.errors import ApiError
-from pixelkiln.api.routes import admin
-from pixelkiln.api.routes.batches import UploadFields, _form_error, _upload_spec
-from pixelkiln.api.uploads import Uploaded, files_of, form_body, read_form, store_images
+from pixelkiln.api.uploads import files_of, form_body, form_error, read_form, store_images
 from pixelkiln.db.batches import get_batch
-from pixelkiln.db.presets import list_presets
 from pixelkiln.db.records import images_of_tasks, search_batches
 from pixelkiln.db.tasks import get_task, list_tasks
 from pixelkiln.models import Batch, ImageRecord, Task
-from pixelkiln.service import Caller, Submission
+from pixelkiln.service import Caller, Submission, Uploaded, UploadFields
 from pixelkiln.specs import BatchSpec
 from pixelkiln.wire.schemas import Id
 
@@ -81,7 +78,7 @@ async def create(request: Request, ctx: CtxDep, caller: CallerDep) -> dict[str, 
         uploads = await store_images(ctx, caller, files_of(form, "images"), field="images")
         spec = await _spec(ctx, fields, uploads)
     except ValidationError as exc:
-        raise _form_error(exc) from exc
+        raise form_error(exc) from exc
     finally:
         await form.close()
     sub = Submission(
@@ -102,7 +99,8 @@ def _invalid(field: str, message: str) -> ApiError:
 
 
 async def _spec(ctx: ApiContext, fields: CreateFields, uploads: list[Uploaded]) -> BatchSpec:
-    """The /api/v1 upload batch: presets, task keys (the files' names) and output shapes alike.
+    """The /api/v1 upload batch (:func:`pixelkiln.service.upload_spec`): presets, task keys
+    (the files' names) and output shapes alike.
 
     ``model`` names a configured backend, or else the model to ask the default one for.
     """
@@ -116,7 +114,7 @@ async def _spec(ctx: ApiContext, fields: CreateFields, uploads: list[Uploaded]) 
             **{k: v for k, v in choice.items() if v},
         }
     )
-    return await _upload_spec(ctx, upload, uploads)
+    return await service.upload_spec(ctx.service, upload, uploads)
 
 
 async def _used_user_key(ctx: ApiContext, caller: Caller, batch_id: int) -> bool:
@@ -173,8 +171,8 @@ async def retry(task_id: IdPath, ctx: CtxDep, caller: CallerDep) -> dict[str, An
 
 
 @router.get("/presets", summary="Active presets (img2img service)")
-async def presets(ctx: CtxDep, _: CallerDep) -> dict[str, Any]:
-    return ok([preset_row(p) for p in await ctx.read(list_presets)])
+async def presets(ctx: CtxDep, caller: CallerDep) -> dict[str, Any]:
+    return ok([preset_row(p) for p in await service.list_presets(ctx.service, caller)])
 
 
 @router.get("/config", summary="The global concurrency (img2img service)")
@@ -184,4 +182,4 @@ async def config(ctx: CtxDep, _: CallerDep) -> dict[str, Any]:
 
 async def concurrency_now(ctx: ApiContext) -> int:
     """Tasks that may run at once over all backends: what an admin set, else configured."""
-    return (await admin.get_concurrency(ctx, service.LOCAL)).concurrency
+    return (await service.concurrency_view(ctx.service, ctx.runner)).concurrency
