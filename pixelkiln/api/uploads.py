@@ -63,8 +63,8 @@ def form_body(required: str, properties: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
-async def read_form(request: Request, max_files: int) -> FormData:
-    """Parse a multipart body within our limits; 422 for too many files."""
+async def read_form(request: Request, max_files: int, field: str = "files") -> FormData:
+    """Parse a multipart body within our limits; 422 for too many files (named ``field``)."""
     try:
         return await request.form(max_files=max_files, max_fields=MAX_FIELDS)
     except HTTPException as exc:
@@ -73,7 +73,7 @@ async def read_form(request: Request, max_files: int) -> FormData:
         detail = str(exc.detail)
         if "files" in detail.lower():
             raise ApiError(
-                422, "too_many_files", f"at most {max_files} files per request", field="files"
+                422, "too_many_files", f"at most {max_files} files per request", field=field
             ) from exc
         raise ApiError(400, "bad_request", f"unreadable form data: {detail}") from exc
 

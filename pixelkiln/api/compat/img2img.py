@@ -29,6 +29,7 @@ from pixelkiln.api.compat.img2img_shapes import ok, preset_row, queue_row, rende
 from pixelkiln.api.deps import ApiContext, CallerDep, CtxDep, IdPath
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.uploads import files_of, form_body, form_error, read_form, store_images
+from pixelkiln.api.views import ImageLinks
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.records import images_of_tasks, search_batches
 from pixelkiln.db.tasks import get_task, list_tasks
@@ -68,7 +69,7 @@ _CREATE_BODY = form_body(
 @router.post("/create", openapi_extra=_CREATE_BODY, summary="Create a batch (img2img service)")
 async def create(request: Request, ctx: CtxDep, caller: CallerDep) -> dict[str, Any]:
     """One task per uploaded image, one prompt (or preset) for all; charged as /api/v1 is."""
-    form = await read_form(request, ctx.settings.server.max_upload_files)
+    form = await read_form(request, ctx.settings.server.max_upload_files, "images")
     try:
         fields = CreateFields.model_validate(
             {k: v for k, v in form.multi_items() if isinstance(v, str) and v != ""}
@@ -135,7 +136,9 @@ def _queue(
 @router.get("/queue/{queue_id}", summary="A queue and its tasks (img2img service)")
 async def queue(queue_id: IdPath, ctx: CtxDep, caller: CallerDep) -> dict[str, Any]:
     batch, tasks, images = await ctx.read(_queue, queue_id, caller.scope)
-    rows = [task_row(t, batch.owner_id, images.get(t.id, [])) for t in tasks]
+    # the uploaded image is served through the image made from it (none before that)
+    links = ImageLinks.of(ctx.settings, ctx.keys, "")
+    rows = [task_row(t, batch.owner_id, images.get(t.id, []), links) for t in tasks]
     return ok({"success": True, "queue": queue_row(batch), "tasks": rows})
 
 
