@@ -199,3 +199,26 @@ async def test_users_see_active_presets_and_only_admins_manage_them(kiln: Kiln) 
     await service.delete_preset(kiln.service, LOCAL, hidden.id)
     with pytest.raises(NotFoundError):
         await service.delete_preset(kiln.service, LOCAL, hidden.id)
+
+
+async def test_a_stored_limits_read_that_crossed_a_live_change_does_not_undo_it(
+    kiln: Kiln, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler re-reads the stored limits now and then (``follow_settings``). An
+    admin's change applied live while such a read is out must win over what it read."""
+    scheduler = kiln.engine().scheduler(follow_settings=True)
+    read = scheduler.db.aread
+
+    async def read_crossing_a_change(fn: Callable[..., object], *args: object) -> object:
+        found = await read(fn, *args)  # type: ignore[arg-type]
+        if fn is stored_concurrency:  # the admin's change lands while the read is out
+            scheduler.set_concurrency(7)
+        return found
+
+    monkeypatch.setattr(scheduler.db, "aread", read_crossing_a_change)
+    await scheduler._housekeeping()
+    assert scheduler.limits.overall == 7
+    monkeypatch.setattr(scheduler.db, "aread", read)
+    scheduler._next_settings = 0.0
+    await scheduler._housekeeping()  # a later read sees what is stored: nothing was
+    assert scheduler.limits.overall == 4
