@@ -121,7 +121,12 @@ def retry(
         counts.shift(batch.id, source, PENDING, moved)
     retried = counts.deltas[batch.id][PENDING]
     if not retried:
-        raise InvalidStateError(f"batch {batch.id} has no {' or '.join(sources)} task to retry")
+        what = " or ".join(sources)
+        if only is not None and len(only) <= 20:  # name what was asked for (a retry of one)
+            keys = select(tasks.c.key).where(tasks.c.batch_id == batch.id, tasks.c.id.in_(only))
+            named = ", ".join(tx.conn.execute(keys.order_by(tasks.c.position)).scalars())
+            raise InvalidStateError(f"batch {batch.id}: task {named or '?'} is not {what}")
+        raise InvalidStateError(f"batch {batch.id} has no {what} task to retry")
     counts.apply(tx)
     status = BatchStatus.PAUSED if batch.status == BatchStatus.PAUSED else BatchStatus.QUEUED
     tx.conn.execute(sql.set_batch(batch.id, status=status, finished_at=None))

@@ -100,6 +100,8 @@ async def test_retry_every_failed_task_or_one(api: Api) -> None:
         f"/api/v1/batches/{batch['id']}/retry", json={"task_ids": [batch["tasks"][0]["id"]]}
     )
     assert nothing.status_code == 409  # a succeeded task is not retried
+    key = batch["tasks"][0]["key"]
+    assert f"task {key} is not failed" in nothing.json()["error"]["message"]  # named
     one = await api.client.post(f"/api/v1/tasks/{batch['tasks'][1]['id']}/retry")
     assert one.status_code == 200 and one.json()["retried"] == 1
     await api.wait_finished(batch["id"])
