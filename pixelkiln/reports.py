@@ -17,7 +17,12 @@ from pixelkiln.db.batches import get_batch
 from pixelkiln.db.records import image_sources
 from pixelkiln.db.routing import tasks_fallen_back
 from pixelkiln.db.tasks import list_tasks
-from pixelkiln.models import Batch, Task, TaskStatus
+from pixelkiln.db.webhooks import list_deliveries
+from pixelkiln.models import Batch, BatchStatus, Task, TaskStatus
+from pixelkiln.service.webhooks import delivery_public
+
+#: who sends a delivery still pending when this process is gone
+RETRIED_BY = "retried by the next `kiln serve`/`kiln run`/`kiln webhooks deliver`"
 
 
 def _iso(ts: float | None) -> str | None:
@@ -82,7 +87,39 @@ def build_report(conn: Connection, batch_id: int) -> dict[str, Any]:
             for t in tasks
             if t.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
         ],
+        "webhook": webhook_facts(conn, batch),
     }
+
+
+def webhook_facts(conn: Connection, batch: Batch) -> dict[str, Any] | None:
+    """The batch's webhook and its deliveries (oldest first, as the API lists them); None
+    without a webhook."""
+    if batch.webhook is None:
+        return None
+    rows = list_deliveries(conn, batch.id)
+    return {
+        "url": batch.webhook,
+        "deliveries": [delivery_public(d).model_dump(mode="json") for d in rows],
+    }
+
+
+def webhook_line(batch_id: int, status: str, webhook: dict[str, Any] | None) -> str | None:
+    """What came of the webhook of the batch's latest end, in words (None: no webhook, or
+    the batch has not ended)."""
+    if webhook is None or not BatchStatus(status).finished:
+        return None
+    if not webhook["deliveries"]:
+        return f"webhook not delivered yet: not tried; {RETRIED_BY}"
+    last = webhook["deliveries"][-1]
+    error = last["last_error"] or "-"
+    if last["status"] == "delivered":
+        return f"webhook delivered ({last['response_code']})"
+    if last["status"] == "pending":
+        return f"webhook not delivered yet: {error}; {RETRIED_BY}"
+    return (
+        f"webhook not delivered: {error}; gave up after {_tries(last['attempts'])} "
+        f"(see `kiln webhooks list {batch_id}`)"
+    )
 
 
 def _backends(tasks: list[Task], sources: dict[tuple[str, str], int]) -> dict[str, Any]:
@@ -101,6 +138,10 @@ def _backends(tasks: list[Task], sources: dict[tuple[str, str], int]) -> dict[st
             "servers": servers,  # "" = a local generator
         }
     return out
+
+
+def _tries(count: int) -> str:
+    return f"{count} try" if count == 1 else f"{count} tries"
 
 
 def render_text(report: dict[str, Any], max_failures: int = 20) -> str:
@@ -133,6 +174,9 @@ def render_text(report: dict[str, Any], max_failures: int = 20) -> str:
         lines.append(
             f"  backend   {name}: {figures['images']} image(s)" + (f" ({made})" if made else "")
         )
+    hook = webhook_line(b["id"], b["status"], report.get("webhook"))
+    if hook is not None:
+        lines.append(f"  {hook}")
     failures = report["failures"]
     if failures:
         lines.append(f"  failures ({len(failures)}):")

@@ -14,6 +14,7 @@ import typer
 from pixelkiln.cli import admin, batches, run, serve
 from pixelkiln.cli.backends import backends_app
 from pixelkiln.cli.users import users_app
+from pixelkiln.cli.webhooks import webhooks_app
 from pixelkiln.testing.cli import dev_app
 
 log = logging.getLogger("pixelkiln.cli")
@@ -37,6 +38,7 @@ app.add_typer(backends_app, name="backends")
 app.command()(serve.serve)
 app.command()(admin.concurrency)
 app.add_typer(users_app, name="users", help="API users, their tokens and credits.")
+app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(dev_app, name="dev")
 
 

@@ -32,7 +32,7 @@ from pixelkiln.exceptions import ConfigError
 from pixelkiln.export import export_batch, export_kind
 from pixelkiln.inputs.headers import Headers, check_headers
 from pixelkiln.models import Batch
-from pixelkiln.reports import build_report, eta_seconds, render_text
+from pixelkiln.reports import build_report, eta_seconds, render_text, webhook_facts, webhook_line
 from pixelkiln.workbooks import template_bytes
 
 HeadersOption = Annotated[
@@ -94,11 +94,12 @@ def status(
     """Show one batch (counts, progress, ETA) or the most recent batches."""
     with errors():
         settings = settings_from(config)
-        if batch is None:
-            found = with_db(settings, lambda db: db.read(list_batches, limit=limit))
-        else:
-            found = [with_db(settings, lambda db: resolve(db, batch))]
-    facts = [_batch_facts(b) for b in found]
+
+        def look(db: Database) -> list[dict[str, Any]]:
+            found = db.read(list_batches, limit=limit) if batch is None else [resolve(db, batch)]
+            return [_batch_facts(b) | {"webhook": db.read(webhook_facts, b)} for b in found]
+
+        facts = with_db(settings, look)
     if as_json:
         print(json.dumps(facts[0] if batch is not None else facts, indent=2))
         return
@@ -130,6 +131,9 @@ def _print_one(f: dict[str, Any]) -> None:
         highlight=False,
         markup=False,
     )
+    hook = webhook_line(f["id"], f["status"], f["webhook"])
+    if hook is not None:
+        console.print(f"  {hook}", highlight=False, markup=False, soft_wrap=True)
 
 
 def report(

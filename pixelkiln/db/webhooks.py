@@ -226,6 +226,16 @@ def list_deliveries(conn: Connection, batch_id: int) -> list[WebhookDelivery]:
     return [_delivery(row) for row in rows]
 
 
+def pending_deliveries(conn: Connection) -> tuple[int, float | None]:
+    """How many deliveries of every batch wait for a try, and when the earliest is due."""
+    row = conn.execute(
+        select(func.count(), func.min(D.c.next_attempt_at)).where(
+            D.c.status == DeliveryStatus.PENDING
+        )
+    ).one()
+    return int(row[0]), None if row[1] is None else float(row[1])
+
+
 def get_delivery(conn: Connection, delivery_id: int) -> WebhookDelivery:
     row = conn.execute(select(D).where(D.c.id == delivery_id)).first()
     if row is None:
@@ -290,6 +300,7 @@ __all__ = [
     "ensure_secret",
     "list_deliveries",
     "owed_count",
+    "pending_deliveries",
     "record_attempt",
     "rotate_secret",
     "stored_secret",

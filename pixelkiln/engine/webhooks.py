@@ -33,6 +33,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -75,6 +76,8 @@ LEASE_MARGIN = 30.0
 #: out still has its outcome written (else its row waits out the lease)
 FINISH_MARGIN = 2.0
 EVENT = "batch.finished"
+#: how an admin lets webhooks reach private addresses (said with every refusal)
+ALLOW_HINT = "an admin may allow it with [webhooks] allow_private = true"
 
 
 class WebhookRefusedError(Exception):
@@ -89,6 +92,19 @@ class TryOutcome:
     code: int | None = None  #: the receiver's HTTP status, when it answered
     error: str | None = None
     final: bool = False  #: trying again cannot help (the URL is refused)
+
+
+@dataclass
+class Round:
+    """What one round of deliveries came to."""
+
+    delivered: int = 0  #: tries the receiver acknowledged
+    failed: int = 0  #: tries that failed (due again later, or given up)
+
+    def count(self, outcome: TryOutcome | None) -> None:
+        if outcome is not None:
+            self.delivered += outcome.delivered
+            self.failed += not outcome.delivered
 
 
 @dataclass
@@ -127,6 +143,31 @@ def build_payload(claimed: Claimed, end: BatchEnd, public_url: str) -> WebhookPa
     )
 
 
+def address_kind(address: str) -> str | None:
+    """What makes ``address`` one a user's webhook must not reach without the admin's leave
+    ("loopback", "link-local", "private"...), or None for a public unicast address. IPv4
+    inside IPv6 is judged as IPv4. The one rule: the submit check of a literal address
+    (:func:`literal_refusal`) and the send-time check of every resolved one both ask here.
+
+    >>> address_kind("169.254.169.254"), address_kind("::ffff:127.0.0.1"), address_kind("8.8.8.8")
+    ('link-local', 'loopback', None)
+    """
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_global and not ip.is_multicast:
+        return None
+    kinds = (
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_loopback, "loopback"),
+        (ip.is_link_local, "link-local"),
+        (ip.is_multicast, "multicast"),
+        (ip.is_private, "private"),
+        (ip.is_reserved, "reserved"),
+    )
+    return next((kind for hit, kind in kinds if hit), "non-public")
+
+
 def forbidden_address(address: str) -> bool:
     """Whether ``address`` is one a user's webhook must not reach without the admin's leave:
     anything but a public unicast address (loopback, private, link-local, shared, reserved,
@@ -135,10 +176,37 @@ def forbidden_address(address: str) -> bool:
     >>> forbidden_address("10.1.2.3"), forbidden_address("::ffff:127.0.0.1")
     (True, True)
     """
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not ip.is_global or ip.is_multicast
+    return address_kind(address) is not None
+
+
+def private_allowed(settings: Settings) -> bool:
+    """Whether webhooks may reach private addresses: ``[webhooks] allow_private``, and
+    when unset, only while auth is off (a loopback-only server used by its own operator)."""
+    allow = settings.webhooks.allow_private
+    return (not settings.auth.enabled) if allow is None else allow
+
+
+def literal_refusal(url: str) -> str | None:
+    """Why ``url`` may not be sent to when its host is a literal address that is not
+    public (None for a public address or a host name: names are checked when sent, as
+    what they resolve to may change). For the submit check, where private addresses are
+    not allowed.
+
+    >>> literal_refusal("http://[::1]:8080/in")
+    '::1 is a loopback address; an admin may allow it with [webhooks] allow_private = true'
+    """
+    host = urlsplit(url).hostname or ""
+    try:
+        kind = address_kind(host)
+    except ValueError:
+        return None  # a name, not an address
+    if kind is None:
+        return None
+    return f"{host} is {_a(kind)} address; {ALLOW_HINT}"
+
+
+def _a(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 async def resolve(host: str, port: int) -> list[str]:
@@ -163,9 +231,7 @@ class Deliverer:
     ) -> None:
         self.db = db
         self.settings = settings.webhooks
-        allow = self.settings.allow_private
-        #: auth off = a loopback-only server used by its own operator: private is fine
-        self.allow_private = (not settings.auth.enabled) if allow is None else allow
+        self.allow_private = private_allowed(settings)
         self._http = http
         self._own_http = http is None
         self._clock = clock
@@ -209,12 +275,23 @@ class Deliverer:
 
     # -- one pass -------------------------------------------------------------------------------
 
-    async def deliver_pending(self) -> int:
+    async def deliver_pending(self, deadline: float | None = None) -> int:
         """Make the owed rows, then send every due delivery; how many were delivered."""
+        return (await self.deliver_round(deadline)).delivered
+
+    async def deliver_round(self, deadline: float | None = None) -> Round:
+        """Make the owed rows, then send every due delivery: what came of the tries.
+
+        With ``deadline`` (a :func:`time.monotonic` time) no try starts after it;
+        tries under way finish (each within ``[webhooks] timeout``) and are written
+        down, so a bounded run never leaves a row waiting out its lease.
+        """
+        done = Round()
         async with self._lock:
             await self._enqueue()
-            delivered = 0
             while await self.db.aread(due_count, self._clock()):
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
                 claimed = await self.db.awrite(claim_due, PARALLEL, lease=self._lease())
                 if not claimed:
                     break  # another process took them
@@ -224,8 +301,8 @@ class Deliverer:
                 for outcome in outcomes:
                     if isinstance(outcome, BaseException):
                         raise outcome  # the row's lease lapses; it is tried again later
-                    delivered += outcome
-            return delivered
+                    done.count(outcome)
+            return done
 
     async def _enqueue(self) -> None:
         cursor, now = self._cursor, time.monotonic()
@@ -241,11 +318,11 @@ class Deliverer:
     def _lease(self) -> float:
         return self.settings.timeout + LEASE_MARGIN
 
-    async def _deliver(self, claimed: Claimed) -> bool:
-        """One try of ``claimed``; its outcome written. True when delivered."""
+    async def _deliver(self, claimed: Claimed) -> TryOutcome | None:
+        """One try of ``claimed``; its outcome written (None: the batch is gone)."""
         end = await self.db.aread(batch_end, claimed)
         if end is None:
-            return False  # the batch was deleted meanwhile (its rows with it)
+            return None  # the batch was deleted meanwhile (its rows with it)
         secret = await self._secret(end.owner_id)
         body = build_payload(claimed, end, self.settings.public_url).model_dump_json().encode()
         outcome = await self._send(claimed, body, secret)
@@ -260,7 +337,7 @@ class Deliverer:
             retry_in=retry_in,
         )
         self._log(claimed, outcome, retry_in)
-        return outcome.delivered
+        return outcome
 
     def _backoff(self, attempt: int) -> float:
         return float(min(self.settings.backoff_max, self.settings.backoff * 2 ** (attempt - 1)))
@@ -336,8 +413,7 @@ class Deliverer:
         if refused or not addresses:
             raise WebhookRefusedError(
                 f"refused: {url.host} resolves to a private or local address "
-                f"({', '.join(refused) or 'none'}); an admin may allow it with "
-                "[webhooks] allow_private = true"
+                f"({', '.join(refused) or 'none'}); {ALLOW_HINT}"
             )
         return addresses[0]
 

@@ -33,6 +33,7 @@ from pixelkiln.exceptions import (
 from pixelkiln.models import parse_id
 from pixelkiln.service.context import Caller, ServiceContext
 from pixelkiln.service.pricing import Pricing, charge_new_batch, pricing_for
+from pixelkiln.service.webhooks import webhook_problems
 from pixelkiln.specs import BatchSpec
 
 
@@ -108,6 +109,9 @@ async def submit(ctx: ServiceContext, caller: Caller, sub: Submission) -> Submit
     if not caller.is_admin:  # reported with every other problem of the input, by prepare_batch
         problems = limit_problems(sub.spec, ctx.settings.scheduler.max_attempts, sub.source_name)
         sub = replace(sub, spec=sub.spec.with_problems(problems))
+    # a webhook to a literal private address could never be delivered: said now, to everyone
+    hook_problems = webhook_problems(sub.spec, ctx.settings, sub.source_name)
+    sub = replace(sub, spec=sub.spec.with_problems(hook_problems)) if hook_problems else sub
     new = await ctx.run(_prepare, ctx, caller, sub, owner_id)
     pricing = await pricing_for(ctx, owner_id)
     costs = [pricing.task_cost(t.backend, t.n) for t in new.tasks]

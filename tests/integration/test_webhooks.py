@@ -16,11 +16,20 @@ import pytest
 from pixelkiln import service
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
+from pixelkiln.db.batches import list_batches
 from pixelkiln.db.database import Database
 from pixelkiln.db.users import add_user
 from pixelkiln.db.webhooks import DeliveryStatus, list_deliveries, stored_secret
-from pixelkiln.engine.webhooks import Deliverer, WebhookRefusedError, forbidden_address
+from pixelkiln.engine.webhooks import (
+    Deliverer,
+    WebhookRefusedError,
+    address_kind,
+    forbidden_address,
+    literal_refusal,
+)
+from pixelkiln.exceptions import SpecError
 from pixelkiln.service import LOCAL
+from pixelkiln.service.webhooks import deliver_due
 from pixelkiln.specs import parse_batch
 from pixelkiln.testing import FakeWebhookReceiver, wait_until
 from pixelkiln.wire.schemas import WebhookPayload
@@ -214,9 +223,11 @@ async def test_with_auth_on_private_addresses_are_refused_unless_allowed(
 ) -> None:
     settings = _settings(tmp_path, database_url, max_attempts=5)
     settings.auth.enabled = True
+    # a name passes the submit check (a literal 127.0.0.1 would not): checked when sent
+    by_name = receiver.hook_url.replace("127.0.0.1", "localhost")
     async with Kiln(settings) as kiln:
         user, _ = await kiln.db.awrite(add_user, "ana")
-        batch_id = await _run(kiln, receiver.hook_url, "a fox", owner_id=user.id)
+        batch_id = await _run(kiln, by_name, "a fox", owner_id=user.id)
         [row] = await kiln.db.aread(list_deliveries, batch_id)
         secret = await kiln.db.aread(stored_secret, user.id)
     assert receiver.received("/hook") == []
@@ -226,7 +237,7 @@ async def test_with_auth_on_private_addresses_are_refused_unless_allowed(
     assert secret is not None  # the user's own, made on first use
     settings.webhooks.allow_private = True
     async with Kiln(settings) as kiln:
-        batch_id = await _run(kiln, receiver.hook_url, "a fox", owner_id=user.id)
+        batch_id = await _run(kiln, by_name, "a fox", owner_id=user.id)
         [row] = await kiln.db.aread(list_deliveries, batch_id)
     assert row.status == DeliveryStatus.DELIVERED
     request = receiver.received("/hook")[0]
@@ -278,3 +289,74 @@ async def test_a_checked_request_goes_to_the_checked_address_with_its_own_name(
     finally:
         await deliverer.aclose()
         deliverer.db.close()
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1%eth0", "link-local"),
+        ("10.0.0.1", "private"),
+        ("::ffff:10.0.0.1", "private"),
+        ("0.0.0.0", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("100.64.0.1", "non-public"),
+        ("8.8.8.8", None),
+    ],
+)
+def test_what_makes_an_address_private_is_named(address: str, kind: str | None) -> None:
+    assert address_kind(address) == kind
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://169.254.169.254/latest", "169.254.169.254 is a link-local address"),
+        ("http://127.0.0.1:9/x", "127.0.0.1 is a loopback address"),
+        ("http://[::1]/", "::1 is a loopback address"),
+        ("http://10.0.0.1/", "10.0.0.1 is a private address"),
+        ("http://localhost/", None),  # a name: checked when sent (what it resolves to changes)
+        ("https://hooks.example.com/in", None),
+        ("http://8.8.8.8/", None),
+    ],
+)
+def test_a_literal_address_is_judged_by_the_same_rule(url: str, why: str | None) -> None:
+    found = literal_refusal(url)
+    assert found == why if why is None else found is not None and found.startswith(why)
+
+
+async def test_kiln_run_with_auth_on_refuses_a_literal_private_webhook_before_storing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The local installation too: with auth on its deliverer would refuse the address,
+    so the batch is refused at once rather than run to an undeliverable end."""
+    settings = _settings(tmp_path, database_url)
+    settings.auth.enabled = True
+    spec = parse_batch({"name": "x", "webhook": "http://10.0.0.1/in", "tasks": [{"prompt": "a"}]})
+    async with Kiln(settings, engine=False) as kiln:
+        with pytest.raises(SpecError) as caught:
+            await kiln.submit(spec)
+        assert await kiln.db.aread(list_batches) == []
+    [problem] = caught.value.problems
+    assert problem.field == "webhook" and "10.0.0.1 is a private address" in problem.message
+
+
+async def test_a_bounded_round_starts_no_try_after_its_deadline(
+    tmp_path: Path, database_url: str, receiver: FakeWebhookReceiver
+) -> None:
+    """``kiln webhooks deliver --within 0`` leaves what is due for later, untried; with
+    time, it delivers batch ends no process delivered (the outbox)."""
+    settings = _settings(tmp_path, database_url)
+    async with Kiln(settings, engine=False) as kiln:
+        spec = parse_batch({"name": "x", "webhook": receiver.hook_url, "tasks": [{"prompt": "a"}]})
+        batch_id = await kiln.submit(spec)
+        await service.cancel(kiln.service, LOCAL, batch_id)
+        none = await deliver_due(kiln.service, within=0)
+        [untried] = await kiln.db.aread(list_deliveries, batch_id)
+        done = await deliver_due(kiln.service, within=30)
+    assert (none.delivered, none.failed, none.pending) == (0, 0, 1)
+    assert (untried.status, untried.attempts) == (DeliveryStatus.PENDING, 0)
+    assert (done.delivered, done.failed, done.pending, done.next_due_at) == (1, 0, 0, None)
+    assert len(receiver.deliveries()) == 1

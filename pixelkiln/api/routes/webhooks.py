@@ -6,28 +6,10 @@ from fastapi import APIRouter
 
 from pixelkiln.api.deps import CallerDep, CtxDep, IdPath
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.db.webhooks import DeliveryStatus, WebhookDelivery
 from pixelkiln.service import webhooks as service
 from pixelkiln.wire.schemas import WebhookDeliveryPublic, WebhookSecretPublic
 
 router = APIRouter(tags=["webhooks"])
-
-
-def delivery_public(delivery: WebhookDelivery) -> WebhookDeliveryPublic:
-    pending = delivery.status == DeliveryStatus.PENDING
-    return WebhookDeliveryPublic(
-        id=delivery.id,
-        batch_id=delivery.batch_id,
-        event_id=delivery.event_id,
-        url=delivery.url,
-        status=str(delivery.status),
-        attempts=delivery.attempts,
-        next_attempt_at=delivery.next_attempt_at if pending else None,
-        response_code=delivery.response_code,
-        last_error=delivery.last_error,
-        created_at=delivery.created_at,
-        delivered_at=delivery.delivered_at,
-    )
 
 
 @router.get(
@@ -40,7 +22,7 @@ async def batch_webhooks(
 ) -> list[WebhookDeliveryPublic]:
     """Oldest first: tries, status, the receiver's last answer or error, times."""
     found = await service.deliveries(ctx.service, caller, batch_id)
-    return [delivery_public(d) for d in found]
+    return [service.delivery_public(d) for d in found]
 
 
 @router.get(

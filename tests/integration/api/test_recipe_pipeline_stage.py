@@ -225,3 +225,30 @@ async def test_a_storyboard_starts_with_the_projects_backend_and_regenerates_an_
 
         await wait_until(ended_twice)
     assert package.kiln.FINISHED[batch_id]["succeeded"] == 3
+
+
+async def test_pixelkiln_refusals_reach_the_page_as_json_with_their_status(
+    live: Live, stage: tuple[str, types.ModuleType]
+) -> None:
+    """Every view that calls pixelkiln answers its refusal with pixelkiln's status and
+    error, not a 500: an unknown key to regenerate, an unknown batch's events, a bad spec."""
+    url, _ = stage
+    async with AsyncClient(live.url) as kiln:
+        batch = await kiln.create_batch(
+            {"name": "b", "defaults": SMALL, "tasks": [{"key": "s1", "prompt": "a fox"}]},
+            wait=True,
+        )
+    board = {"id": 1, "items": [{"id": "s1", "title": "t", "visual_desc": "d"}]}
+    async with httpx.AsyncClient(timeout=60) as http:
+        unknown_key = await http.post(f"{url}/stage/{batch.id}/regenerate", json={"keys": ["s9"]})
+        unknown_batch = await http.get(f"{url}/stage/999999/events")
+        bad_backend = await http.post(
+            f"{url}/stage/start", json={"board": board, "project": {"image_backend": "nope"}}
+        )
+    assert unknown_key.status_code == 404
+    assert unknown_key.json()["error"]["code"] == "not_found"
+    assert "s9" in unknown_key.json()["error"]["message"]
+    assert unknown_batch.status_code == 404
+    assert unknown_batch.headers["content-type"] == "application/json"
+    assert bad_backend.status_code == 422
+    assert "nope" in bad_backend.json()["error"]["message"]
