@@ -180,6 +180,14 @@ class AuthSettings(BaseModel):
         description="Fernet key that encrypts users' provider keys; empty = one generated "
         "into <data_dir>/secret.key on first use.",
     )
+    link_ttl: float = Field(
+        86400.0,
+        gt=0,
+        le=366 * 86400,
+        description="Seconds a signed image link works: the image URLs pixelkiln hands to "
+        "readers that cannot send a token (the drop-in APIs' image URLs, exported tables' "
+        "links) carry an expiry and a signature when auth is on.",
+    )
 
 
 class CreditsSettings(BaseModel):

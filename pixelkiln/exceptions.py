@@ -5,6 +5,7 @@ boundary where they enter our code, into one of these, with ``raise ... from``::
 
     KilnError
     ├── ConfigError              kiln.toml / KILN_* values that cannot work
+    │   └── InvalidValueError    a value an admin sets at run time is out of range (a limit, params)
     ├── SpecError                bad batch input; carries every Problem found
     ├── NotFoundError            a batch, task or image that does not exist (for this user)
     ├── InvalidStateError        an action that the object's state forbids (retry a running batch)
@@ -34,6 +35,21 @@ class KilnError(Exception):
 
 class ConfigError(KilnError):
     """The configuration cannot work (unknown backend type, bad value)."""
+
+
+class InvalidValueError(ConfigError):
+    """A value given to change the installation at run time cannot be used.
+
+    A concurrency out of its range, a preset's unknown parameters. ``field``
+    names the value at fault, ``problems`` each one when there are several; the
+    API answers 422 with them, the CLI an error line (exit 2), as for a bad
+    kiln.toml value.
+    """
+
+    def __init__(self, message: str, *, field: str, problems: list[Problem] | None = None) -> None:
+        self.field = field
+        self.problems = problems or []
+        super().__init__(message)
 
 
 @dataclass(frozen=True)

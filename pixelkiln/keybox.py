@@ -8,6 +8,8 @@ someone else: users then store their keys again.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import threading
 from pathlib import Path
@@ -38,6 +40,13 @@ class KeyBox:
             raise ConfigError(
                 "a stored provider key cannot be decrypted with this secret key"
             ) from exc
+
+    def derive(self, purpose: bytes) -> bytes:
+        """A key for ``purpose`` (signing links, say) derived from the installation's
+        secret: the secret itself never signs anything, and each purpose gets its own."""
+        with self._lock:
+            secret = self._configured or _load_or_create(self._file)
+        return hmac.new(secret.encode(), purpose, hashlib.sha256).digest()
 
     def _get(self) -> Fernet:
         with self._lock:

@@ -139,10 +139,13 @@ def render(template: str | Template, fields: Mapping[str, Any], where: str = "")
 
     Texts and numbers are written as they are, true/false in lower case, objects
     and lists as JSON. A field missing (or null) raises TemplateError naming
-    every such field and ``where`` it was looked for ("item 'slide-3'").
+    every such field and ``where`` it was looked for ("item 'slide-3'"). A field
+    that is empty text leaves no stray separators behind (see :func:`tidy`).
 
     >>> render("{scene.prompt}, {{x}}", {"scene": {"prompt": "a fox"}})
     'a fox, {x}'
+    >>> render("{style}. {title}: {visual_desc}", {"style": "", "title": "Q3", "visual_desc": ""})
+    'Q3'
     >>> render("{a} {b}", {}, "item 'x'")
     Traceback (most recent call last):
     pixelkiln.prompts.TemplateError: item 'x': template fields 'a', 'b' are missing
@@ -150,6 +153,7 @@ def render(template: str | Template, fields: Mapping[str, Any], where: str = "")
     parsed = template if isinstance(template, Template) else parse_template(template)
     out: list[str] = []
     missing: list[str] = []
+    empty = False
     for part in parsed.parts:
         if isinstance(part, str):
             out.append(part)
@@ -158,13 +162,42 @@ def render(template: str | Template, fields: Mapping[str, Any], where: str = "")
         if value is None:
             missing.append(part.text)
         else:
-            out.append(_text(value))
+            text = _text(value)
+            empty = empty or not text.strip()
+            out.append(text)
     if missing:
         names = ", ".join(f"'{m}'" for m in dict.fromkeys(missing))
         plural = "s" if len(set(missing)) > 1 else ""
         verb = "are" if plural else "is"
         raise TemplateError(f"template field{plural} {names} {verb} missing", where)
-    return "".join(out)
+    return tidy("".join(out)) if empty else "".join(out)
+
+
+#: what separates the parts of a prompt (ASCII and full-width)
+_SEPARATORS = ",.;:|\uff0c\u3002\uff1b\uff1a\u3001"
+_SEP = f"[{re.escape(_SEPARATORS)}]"
+_RUNS = re.compile(rf"({_SEP})(?:\s*{_SEP})+")
+_LEADING = re.compile(rf"^(?:{_SEP}|\s)+")
+_TRAILING = re.compile(
+    rf"(?:[{re.escape(_SEPARATORS.replace('.', '').replace(chr(0x3002), ''))}]|\s)+$"
+)
+
+
+def tidy(text: str) -> str:
+    """``text`` without what empty fields left: runs of separators become the first
+    (``"a, , b"`` → ``"a, b"``), none lead, none but a full stop trail, spaces collapse.
+
+    Only a render in which some field was empty is tidied, so a template whose
+    fields all have values gives exactly its text.
+
+    >>> tidy(". Q3 results:  ")
+    'Q3 results'
+    >>> tidy("ink, , a fox,, at dusk.")
+    'ink, a fox, at dusk.'
+    """
+    text = " ".join(text.split())
+    text = _RUNS.sub(r"\1", text)
+    return _TRAILING.sub("", _LEADING.sub("", text))
 
 
 def _lookup(fields: Mapping[str, Any], path: Sequence[str]) -> Any:

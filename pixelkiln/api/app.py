@@ -6,7 +6,8 @@
 Every route lives under ``/api/v1`` (OpenAPI at ``/docs``) except ``/healthz``
 and ``/metrics``. With ``[auth] enabled`` every route but ``/healthz`` needs a
 bearer token; the dependency is attached to the routers here, once, so a new
-route cannot forget it.
+route cannot forget it. The one exception is ``images.files`` (an image's file,
+thumbnail and inputs), whose routes each take a token *or* a signed link.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
         webhooks_routes.router,
     ):
         app.include_router(router, prefix="/api/v1", dependencies=secured)
+    # its routes take a token or a signed link (ImageScopeDep): never without one of them
+    app.include_router(images.files, prefix="/api/v1")
     for router in compat_routers(settings.compat):  # other tools' shapes, where switched on
         app.include_router(router, dependencies=secured)
     return app

@@ -22,6 +22,7 @@ from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.users import user_for_token
 from pixelkiln.keybox import KeyBox
 from pixelkiln.service.context import LOCAL, Caller
+from pixelkiln.service.links import link_is_valid
 from pixelkiln.storage import Storage
 from pixelkiln.wire.schemas import Id, Offset
 
@@ -129,6 +130,31 @@ async def get_caller(request: Request, ctx: CtxDep) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+async def get_image_scope(
+    request: Request,
+    ctx: CtxDep,
+    image_id: IdPath,
+    exp: Annotated[
+        int | None, Query(ge=0, le=2**40, description="A signed link's expiry (epoch seconds).")
+    ] = None,
+    sig: Annotated[
+        str | None, Query(max_length=128, description="A signed link's signature.")
+    ] = None,
+) -> int | None:
+    """Owner filter for reading one image: a valid signed link (``exp`` + ``sig``, see
+    :mod:`pixelkiln.service.links`) reads that image whoever asks; else the caller's scope."""
+    if exp is not None and sig is not None:
+        if link_is_valid(ctx.keys, image_id, exp, sig):
+            return None
+        if not request.headers.get("authorization"):
+            raise ApiError(401, "unauthorized", "this image link has expired or is not valid")
+    return (await get_caller(request, ctx)).scope
+
+
+#: who may read an image: its owner (or an admin), or anyone with a signed link to it
+ImageScopeDep = Annotated[int | None, Depends(get_image_scope)]
 
 
 async def get_admin(caller: CallerDep) -> Caller:

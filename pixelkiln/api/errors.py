@@ -25,6 +25,7 @@ from pixelkiln.exceptions import (
     DatabaseError,
     IdempotencyKeyReusedError,
     InvalidStateError,
+    InvalidValueError,
     KilnError,
     NotFoundError,
     SpecError,
@@ -169,6 +170,11 @@ async def _kiln(_: Request, exc: Exception) -> JSONResponse:
         return error_response(404, "not_found", str(exc))
     if isinstance(exc, InvalidStateError):
         return error_response(409, "invalid_state", str(exc))
+    if isinstance(exc, InvalidValueError):
+        problems = [
+            {"where": p.where, "field": p.field, "message": p.message} for p in exc.problems
+        ]
+        return error_response(422, "invalid_request", str(exc), exc.field, problems)
     if isinstance(exc, IdempotencyKeyReusedError):
         return error_response(422, "idempotency_key_reused", str(exc), "Idempotency-Key")
     if isinstance(exc, InsufficientCreditsError):

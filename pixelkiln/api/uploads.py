@@ -16,11 +16,12 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fastapi import Request
+from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
@@ -32,7 +33,9 @@ from pixelkiln.engine.intake import asset_record
 from pixelkiln.exceptions import Problem
 from pixelkiln.inputs import LoadedBatch, TableTemplate, load_batch_file
 from pixelkiln.naming import file_name
+from pixelkiln.problems import problems_from_validation
 from pixelkiln.service import Caller
+from pixelkiln.service.uploads import Uploaded
 from pixelkiln.specs import TaskSpec
 from pixelkiln.storage import InputImage, read_input_image
 
@@ -40,14 +43,6 @@ TABLE_TYPES = (".csv", ".xlsx", ".json", ".yaml", ".yml", ".toml")
 #: an XLSX is a ZIP: refuse one that inflates past this (a "zip bomb" aimed at openpyxl)
 MAX_TABLE_INFLATED = 256 * 1024 * 1024
 MAX_FIELDS = 100
-
-
-@dataclass(frozen=True)
-class Uploaded:
-    """One stored upload: its row and the name the client gave it (sanitised)."""
-
-    asset: Asset
-    filename: str
 
 
 def display_name(raw: str | None, fallback: str = "upload") -> str:
@@ -68,8 +63,8 @@ def form_body(required: str, properties: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
-async def read_form(request: Request, max_files: int) -> FormData:
-    """Parse a multipart body within our limits; 422 for too many files."""
+async def read_form(request: Request, max_files: int, field: str = "files") -> FormData:
+    """Parse a multipart body within our limits; 422 for too many files (named ``field``)."""
     try:
         return await request.form(max_files=max_files, max_fields=MAX_FIELDS)
     except HTTPException as exc:
@@ -78,9 +73,22 @@ async def read_form(request: Request, max_files: int) -> FormData:
         detail = str(exc.detail)
         if "files" in detail.lower():
             raise ApiError(
-                422, "too_many_files", f"at most {max_files} files per request", field="files"
+                422, "too_many_files", f"at most {max_files} files per request", field=field
             ) from exc
         raise ApiError(400, "bad_request", f"unreadable form data: {detail}") from exc
+
+
+def form_error(exc: ValidationError) -> ApiError:
+    """A form's text fields that fail their model: 422 naming the first, listing each."""
+    problems = problems_from_validation(exc, "", lambda loc: ("", ".".join(map(str, loc))))
+    first = problems[0]
+    return ApiError(
+        422,
+        "invalid_request",
+        f"{first.field}: {first.message}",
+        field=first.field,
+        problems=[{"where": p.where, "field": p.field, "message": p.message} for p in problems],
+    )
 
 
 def files_of(form: FormData, name: str) -> list[UploadFile]:

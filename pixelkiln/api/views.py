@@ -8,14 +8,18 @@ the records search) validating what we just read cost more than the query.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from pixelkiln.config import Settings
 from pixelkiln.db.credits import LedgerEntry
 from pixelkiln.db.presets import Preset
 from pixelkiln.db.records import Asset, ImageInfo
 from pixelkiln.db.users import User
+from pixelkiln.keybox import KeyBox
 from pixelkiln.models import Batch, Event, EventType, ImageRecord, Task
 from pixelkiln.reports import eta_seconds
+from pixelkiln.service.links import link_query
 from pixelkiln.service.reading import BatchPage
 from pixelkiln.wire.schemas import (
     AssetPublic,
@@ -41,6 +45,41 @@ def image_url(image_id: int) -> str:
 
 def thumbnail_url(image_id: int) -> str:
     return f"{API}/images/{image_id}/thumbnail"
+
+
+@dataclass(frozen=True)
+class ImageLinks:
+    """Absolute image URLs for readers that cannot send a token (``<img src>``, a
+    spreadsheet's link, another tool's front end): with auth on each carries a signed
+    ``exp`` and ``sig`` (see :mod:`pixelkiln.service.links`); with auth off it is plain.
+
+    >>> ImageLinks(base="http://127.0.0.1:8000").file(7)
+    'http://127.0.0.1:8000/api/v1/images/7/file'
+    """
+
+    base: str = ""  #: scheme and host the reader reaches this server by; "" = paths
+    keys: KeyBox | None = None  #: signs the links; None = plain links (auth off)
+    ttl: float = 86400.0  #: seconds a signed link works (``[auth] link_ttl``)
+
+    @classmethod
+    def of(cls, settings: Settings, keys: KeyBox, base: str) -> ImageLinks:
+        signer = keys if settings.auth.enabled else None
+        return cls(base.rstrip("/"), signer, settings.auth.link_ttl)
+
+    def file(self, image_id: int) -> str:
+        return self._link(image_url(image_id), image_id)
+
+    def thumbnail(self, image_id: int) -> str:
+        return self._link(thumbnail_url(image_id), image_id)
+
+    def input(self, image_id: int, n: int = 0) -> str:
+        """Input ``n`` (0 = the init image) of the task that made image ``image_id``."""
+        return self._link(f"{API}/images/{image_id}/inputs/{n}", image_id)
+
+    def _link(self, path: str, image_id: int) -> str:
+        if self.keys is None:
+            return self.base + path
+        return f"{self.base}{path}?{link_query(self.keys, image_id, ttl=self.ttl)}"
 
 
 def batch_public(batch: Batch, now: float | None = None) -> BatchPublic:

@@ -7,26 +7,17 @@ within a few seconds, and the next one starts with them.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from pixelkiln.cli.common import ConfigOption, console, errors, settings_from, with_db
+from pixelkiln import service
+from pixelkiln.app import Kiln
+from pixelkiln.cli.common import ConfigOption, console, errors, settings_from
 from pixelkiln.config import Settings
-from pixelkiln.db.database import Database
-from pixelkiln.db.settings_store import (
-    CONCURRENCY,
-    backend_concurrency_key,
-    delete_setting,
-    set_setting,
-    stored_concurrency,
-)
-from pixelkiln.engine.limits import configured_limits
-from pixelkiln.exceptions import ConfigError, NotFoundError
-
-#: the highest per-URL concurrency (as in ``[[backends]] concurrency``)
-MAX_PER_URL = 256
+from pixelkiln.exceptions import ConfigError
 
 
 def concurrency(
@@ -43,57 +34,41 @@ def concurrency(
     """Show or change the concurrency: the global limit, or a backend's per server."""
     with errors():
         settings = settings_from(config)
-        with_db(settings, lambda db: _change_and_show(db, settings, backend, value, reset))
+        if reset and value is not None:
+            raise ConfigError("give a value or --reset, not both")
+        _show(asyncio.run(_change(settings, backend, value, reset)))
 
 
-def _change_and_show(
-    db: Database, settings: Settings, backend: str | None, value: int | None, reset: bool
-) -> None:
-    """One database opening for both (opening migrates and starts the writer)."""
-    if value is not None or reset:
-        _change(db, settings, backend, value, reset)
-    _show(db, settings)
+async def _change(
+    settings: Settings, backend: str | None, value: int | None, reset: bool
+) -> service.ConcurrencyView:
+    """The change asked for (the service checks it), then the limits now."""
+    async with Kiln(settings, engine=False) as kiln:  # no backend (nor HTTP client) is built
+        ctx, me = kiln.service, service.LOCAL
+        if backend is not None and reset:
+            return await service.reset_backend_concurrency(ctx, me, backend)
+        if backend is not None and value is not None:
+            return await service.set_backend_concurrency(ctx, me, backend, value)
+        if backend is None and reset:
+            return await service.reset_concurrency(ctx, me)
+        if backend is None and value is not None:
+            return await service.set_concurrency(ctx, me, value)
+        return await service.concurrency_view(ctx)  # nothing to change: only shown
 
 
-def _change(
-    db: Database, settings: Settings, backend: str | None, value: int | None, reset: bool
-) -> None:
-    if reset and value is not None:
-        raise ConfigError("give a value or --reset, not both")
-    if backend is None:
-        top = settings.server.max_concurrency
-        if value is not None and not 1 <= value <= top:
-            raise ConfigError(f"concurrency must be between 1 and {top} ([server] max_concurrency)")
-        key = CONCURRENCY
-    else:
-        names = [b.name for b in settings.effective_backends()]
-        if backend not in names:
-            raise NotFoundError(f"no backend '{backend}'; configured: {', '.join(names)}")
-        if value is not None and not 1 <= value <= MAX_PER_URL:
-            raise ConfigError(f"a backend's concurrency must be between 1 and {MAX_PER_URL}")
-        key = backend_concurrency_key(backend)
-    if reset:
-        db.write(delete_setting, key)
-    else:
-        db.write(set_setting, key, value)
-
-
-def _show(db: Database, settings: Settings) -> None:
-    stored_overall, stored = db.read(stored_concurrency)
-    overall = stored_overall or settings.scheduler.concurrency
-    where = "set at run time" if stored_overall else "kiln.toml"
-    console.print(f"Global concurrency: [bold]{overall}[/] ({where})", highlight=False)
+def _show(view: service.ConcurrencyView) -> None:
+    where = "set at run time" if view.set_at_run_time else "kiln.toml"
+    console.print(f"Global concurrency: [bold]{view.concurrency}[/] ({where})", highlight=False)
     table = Table("backend", "per server", "kiln.toml", "servers", "cap", "at most", "bound by")
-    for name, limit in configured_limits(settings.effective_backends(), stored).items():
-        effective, why = limit.effective(overall)
+    for b in view.backends:
         table.add_row(
-            name,
-            f"{limit.per_url}{' *' if name in stored else ''}",
-            str(limit.configured),
-            str(limit.servers),
-            str(limit.slots),
-            str(effective),
-            why,
+            b.name,
+            f"{b.per_url}{' *' if b.overridden else ''}",
+            str(b.configured),
+            str(b.servers),
+            str(b.cap),
+            str(b.effective),
+            b.limited_by,
         )
     console.print(table)
     console.print(

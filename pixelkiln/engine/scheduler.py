@@ -111,6 +111,9 @@ class Scheduler:
         self.stop_when_stalled = stop_when_stalled
         #: apply the concurrency an admin stores in the database while running (kiln serve)
         self.follow_settings = follow_settings
+        #: live limit changes so far: a stored-settings read that started before one of
+        #: them is stale and must not put the old limits back
+        self._live_changes = 0
         self.limits = Limits(settings.concurrency, self.backends)
         self.routes = Routes(self.backends, chains or {}, settings.down_timeout, db)
         self.supervision = Supervision(settings.stall_seconds)
@@ -160,11 +163,13 @@ class Scheduler:
     def set_concurrency(self, value: int) -> None:
         """Change the global limit at run time; takes effect at the next claim."""
         self.limits.overall = max(1, value)
+        self._live_changes += 1
         self._wake.set()
 
     def set_backend_concurrency(self, backend: str, per_url: int | None) -> bool:
         """Change a backend's per-URL limit at run time (None: back to the configured one)."""
         known = self.limits.set_backend(backend, per_url)
+        self._live_changes += 1
         self._wake.set()
         return known
 
@@ -408,7 +413,10 @@ class Scheduler:
             if recovered:
                 log.info("put back %d task(s) whose runner stopped", recovered)
         if self.follow_settings and now >= self._next_settings:
-            self.limits.apply(*await self.db.aread(stored_concurrency))
+            changes = self._live_changes
+            stored = await self.db.aread(stored_concurrency)
+            if changes == self._live_changes:  # else read before a live change: stale
+                self.limits.apply(*stored)
             self._next_settings = now + SETTINGS_INTERVAL
 
     async def _shutdown(self, helpers: dict[str, asyncio.Task[None]]) -> None:

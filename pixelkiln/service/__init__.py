@@ -11,6 +11,9 @@ A face parses its user's shape, calls one function here with a
   resume, delete
 - :mod:`~pixelkiln.service.pricing`: what images cost a user; the one module that charges
 - :mod:`~pixelkiln.service.reading`: a batch with a page of its tasks; waiting for its end
+- :mod:`~pixelkiln.service.admin`: runtime concurrency, global and per backend (read, set, reset)
+- :mod:`~pixelkiln.service.presets`: presets (admins manage them, users list the active ones)
+- :mod:`~pixelkiln.service.uploads`: an img2img batch from uploaded images and one prompt
 - :mod:`~pixelkiln.service.context`: the context, the caller, the schedulers to wake
 
 >>> from pixelkiln import service
@@ -21,6 +24,16 @@ A face parses its user's shape, calls one function here with a
 
 from __future__ import annotations
 
+from pixelkiln.service.admin import (
+    BackendView,
+    ConcurrencyView,
+    LiveLimits,
+    concurrency_view,
+    reset_backend_concurrency,
+    reset_concurrency,
+    set_backend_concurrency,
+    set_concurrency,
+)
 from pixelkiln.service.context import (
     LOCAL,
     BackendCatalog,
@@ -30,6 +43,14 @@ from pixelkiln.service.context import (
     ServiceContext,
 )
 from pixelkiln.service.control import cancel, delete, pause, regenerate, resume, retry
+from pixelkiln.service.presets import (
+    change_preset,
+    create_preset,
+    delete_preset,
+    get_preset,
+    list_presets,
+    reorder_presets,
+)
 from pixelkiln.service.pricing import Pricing, pricing_for
 from pixelkiln.service.reading import (
     ALL_TASKS,
@@ -39,13 +60,17 @@ from pixelkiln.service.reading import (
     wait_until_finished,
 )
 from pixelkiln.service.submission import Submission, Submitted, fingerprint, submit
+from pixelkiln.service.uploads import Uploaded, UploadFields, upload_spec
 
 __all__ = [
     "ALL_TASKS",
     "LOCAL",
     "BackendCatalog",
+    "BackendView",
     "BatchPage",
     "Caller",
+    "ConcurrencyView",
+    "LiveLimits",
     "Pricing",
     "SchedulerLink",
     "Schedulers",
@@ -53,15 +78,29 @@ __all__ = [
     "Submission",
     "Submitted",
     "TaskPage",
+    "UploadFields",
+    "Uploaded",
     "batch_page",
     "cancel",
+    "change_preset",
+    "concurrency_view",
+    "create_preset",
     "delete",
+    "delete_preset",
     "fingerprint",
+    "get_preset",
+    "list_presets",
     "pause",
     "pricing_for",
     "regenerate",
+    "reorder_presets",
+    "reset_backend_concurrency",
+    "reset_concurrency",
     "resume",
     "retry",
+    "set_backend_concurrency",
+    "set_concurrency",
     "submit",
+    "upload_spec",
     "wait_until_finished",
 ]

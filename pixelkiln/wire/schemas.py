@@ -170,6 +170,9 @@ TaskKey = Annotated[str, Field(min_length=1, max_length=200)]
 class RegenerateRequest(_Input):
     """Finished tasks to run again, succeeded ones included: by ``keys`` or by ``task_ids``."""
 
+    # an item's id may be a number (``{"id": 3}``): its key is the text "3"
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
+
     keys: list[TaskKey] | None = Field(None, min_length=1, max_length=10_000)
     task_ids: list[Id] | None = Field(None, min_length=1, max_length=10_000)
     #: delete the earlier images once the new ones are recorded (default: keep them as history)

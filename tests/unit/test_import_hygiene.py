@@ -72,6 +72,15 @@ def test_no_module_outside_api_imports_the_api() -> None:
     assert {name: found for name, found in offenders.items() if found} == {}
 
 
+def test_compat_apis_call_the_service_not_another_router() -> None:
+    """A drop-in API reuses a rule through service/, never by calling /api/v1's route functions."""
+    found = {
+        name: sorted(_reaches(imports, "pixelkiln.api.routes"))
+        for name, imports in _modules("api/compat")
+    }
+    assert {name: names for name, names in found.items() if names} == {}
+
+
 @pytest.mark.parametrize("folder", ["service", "wire"])
 def test_the_core_and_the_wire_types_know_nothing_of_http(folder: str) -> None:
     banned = ("fastapi", "starlette", "pixelkiln.api", "pixelkiln.cli")

@@ -176,3 +176,17 @@ def test_a_caller_names_items_its_own_way() -> None:
         [{"id": "a", "n": 0, "prompt": "p"}], where=lambda j: "row 9", json_paths=False
     )
     assert [(p.where, p.path) for p in problems] == [("row 9", None)]
+
+
+def test_empty_fields_leave_no_stray_separators() -> None:
+    template = "{style}. {title}: {visual_desc}"
+    fields = {"style": "ink", "title": "Q3", "visual_desc": "a chart"}
+    assert render(template, fields) == "ink. Q3: a chart"
+    assert render(template, fields | {"style": ""}) == "Q3: a chart"
+    assert render(template, fields | {"visual_desc": " "}) == "ink. Q3"
+    assert render(template, fields | {"title": ""}) == "ink. a chart"
+    comma = "\uff0c"  # the full-width comma of Chinese text
+    joined = comma.join(["{a}", "{b}", "{c}"])
+    assert render(joined, {"a": "水墨", "b": "", "c": "山"}) == f"水墨{comma}山"
+    # every field given: the text as written, odd spacing and all
+    assert render("{a} ,  {b}", {"a": "x", "b": "y"}) == "x ,  y"

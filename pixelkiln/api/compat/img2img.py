@@ -28,15 +28,13 @@ from pixelkiln.api.compat.envelope import envelope_router
 from pixelkiln.api.compat.img2img_shapes import ok, preset_row, queue_row, render_error, task_row
 from pixelkiln.api.deps import ApiContext, CallerDep, CtxDep, IdPath
 from pixelkiln.api.errors import ApiError
-from pixelkiln.api.routes import admin
-from pixelkiln.api.routes.batches import UploadFields, _form_error, _upload_spec
-from pixelkiln.api.uploads import Uploaded, files_of, form_body, read_form, store_images
+from pixelkiln.api.uploads import files_of, form_body, form_error, read_form, store_images
+from pixelkiln.api.views import ImageLinks
 from pixelkiln.db.batches import get_batch
-from pixelkiln.db.presets import list_presets
 from pixelkiln.db.records import images_of_tasks, search_batches
 from pixelkiln.db.tasks import get_task, list_tasks
 from pixelkiln.models import Batch, ImageRecord, Task
-from pixelkiln.service import Caller, Submission
+from pixelkiln.service import Caller, Submission, Uploaded, UploadFields
 from pixelkiln.specs import BatchSpec
 from pixelkiln.wire.schemas import Id
 
@@ -71,7 +69,7 @@ _CREATE_BODY = form_body(
 @router.post("/create", openapi_extra=_CREATE_BODY, summary="Create a batch (img2img service)")
 async def create(request: Request, ctx: CtxDep, caller: CallerDep) -> dict[str, Any]:
     """One task per uploaded image, one prompt (or preset) for all; charged as /api/v1 is."""
-    form = await read_form(request, ctx.settings.server.max_upload_files)
+    form = await read_form(request, ctx.settings.server.max_upload_files, "images")
     try:
         fields = CreateFields.model_validate(
             {k: v for k, v in form.multi_items() if isinstance(v, str) and v != ""}
@@ -81,7 +79,7 @@ async def create(request: Request, ctx: CtxDep, caller: CallerDep) -> dict[str, 
         uploads = await store_images(ctx, caller, files_of(form, "images"), field="images")
         spec = await _spec(ctx, fields, uploads)
     except ValidationError as exc:
-        raise _form_error(exc) from exc
+        raise form_error(exc) from exc
     finally:
         await form.close()
     sub = Submission(
@@ -102,7 +100,8 @@ def _invalid(field: str, message: str) -> ApiError:
 
 
 async def _spec(ctx: ApiContext, fields: CreateFields, uploads: list[Uploaded]) -> BatchSpec:
-    """The /api/v1 upload batch: presets, task keys (the files' names) and output shapes alike.
+    """The /api/v1 upload batch (:func:`pixelkiln.service.upload_spec`): presets, task keys
+    (the files' names) and output shapes alike.
 
     ``model`` names a configured backend, or else the model to ask the default one for.
     """
@@ -116,7 +115,7 @@ async def _spec(ctx: ApiContext, fields: CreateFields, uploads: list[Uploaded]) 
             **{k: v for k, v in choice.items() if v},
         }
     )
-    return await _upload_spec(ctx, upload, uploads)
+    return await service.upload_spec(ctx.service, upload, uploads)
 
 
 async def _used_user_key(ctx: ApiContext, caller: Caller, batch_id: int) -> bool:
@@ -137,7 +136,9 @@ def _queue(
 @router.get("/queue/{queue_id}", summary="A queue and its tasks (img2img service)")
 async def queue(queue_id: IdPath, ctx: CtxDep, caller: CallerDep) -> dict[str, Any]:
     batch, tasks, images = await ctx.read(_queue, queue_id, caller.scope)
-    rows = [task_row(t, batch.owner_id, images.get(t.id, [])) for t in tasks]
+    # the uploaded image is served through the image made from it (none before that)
+    links = ImageLinks.of(ctx.settings, ctx.keys, "")
+    rows = [task_row(t, batch.owner_id, images.get(t.id, []), links) for t in tasks]
     return ok({"success": True, "queue": queue_row(batch), "tasks": rows})
 
 
@@ -173,8 +174,8 @@ async def retry(task_id: IdPath, ctx: CtxDep, caller: CallerDep) -> dict[str, An
 
 
 @router.get("/presets", summary="Active presets (img2img service)")
-async def presets(ctx: CtxDep, _: CallerDep) -> dict[str, Any]:
-    return ok([preset_row(p) for p in await ctx.read(list_presets)])
+async def presets(ctx: CtxDep, caller: CallerDep) -> dict[str, Any]:
+    return ok([preset_row(p) for p in await service.list_presets(ctx.service, caller)])
 
 
 @router.get("/config", summary="The global concurrency (img2img service)")
@@ -184,4 +185,4 @@ async def config(ctx: CtxDep, _: CallerDep) -> dict[str, Any]:
 
 async def concurrency_now(ctx: ApiContext) -> int:
     """Tasks that may run at once over all backends: what an admin set, else configured."""
-    return (await admin.get_concurrency(ctx, service.LOCAL)).concurrency
+    return (await service.concurrency_view(ctx.service, ctx.runner)).concurrency

@@ -5,33 +5,32 @@
 - ``GET|POST /api/admin/presets``, ``PUT|DELETE /api/admin/presets/{id}``: presets
 - ``GET /api/admin/batch/queues``: every user's batches; ``GET /api/admin/batch/stats``
 
-Each calls the ``/api/v1`` route that does the same, so a rule (what concurrency
-may be, what a preset must hold) stays in one place.
+Each calls the service function that the ``/api/v1`` route calls
+(:mod:`pixelkiln.service.admin`, :mod:`pixelkiln.service.presets`), so a rule
+(what concurrency may be, what a preset must hold) stays in one place.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection
 
+from pixelkiln import service
 from pixelkiln.api.compat.envelope import envelope_router
 from pixelkiln.api.compat.img2img import concurrency_now
 from pixelkiln.api.compat.img2img_shapes import ok, preset_row, queue_row, render_error
 from pixelkiln.api.deps import AdminDep, CtxDep, IdPath
-from pixelkiln.api.routes import admin, presets
-from pixelkiln.db.presets import get_preset, list_presets
+from pixelkiln.db.presets import PresetFields
 from pixelkiln.db.records import search_batches
 from pixelkiln.db.stats import task_counts
 from pixelkiln.db.users import get_user
 from pixelkiln.models import BatchStatus
-from pixelkiln.wire.schemas import ConcurrencyUpdate, PresetCreate, PresetUpdate
+from pixelkiln.wire.schemas import PresetCreate, PresetUpdate
 
 router = envelope_router(render_error, prefix="/api/admin", tags=["compat: img2img service"])
-
-M = TypeVar("M", bound=BaseModel)
 
 ADMIN_QUEUES = 50  #: the service's admin page lists the newest 50
 
@@ -50,7 +49,7 @@ async def get_concurrency(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
 @router.post("/config/concurrency", summary="Change the global concurrency (img2img service)")
 async def set_concurrency(body: ConcurrencyBody, ctx: CtxDep, caller: AdminDep) -> dict[str, Any]:
     """At once, and kept over a restart (as ``PUT /api/v1/admin/concurrency``)."""
-    now = await admin.put_concurrency(ConcurrencyUpdate(concurrency=body.concurrency), ctx, caller)
+    now = await service.set_concurrency(ctx.service, caller, body.concurrency, ctx.runner)
     return ok({"concurrency": now.concurrency}, message="concurrency updated")
 
 
@@ -78,38 +77,40 @@ class PresetBody(BaseModel):
         return {k: v for k, v in values.items() if v is not None}
 
 
-def _checked(model: type[M], values: dict[str, Any]) -> M:
-    """``values`` as ``/api/v1/presets`` takes them: a bad one is a 422 naming the field."""
+def _fields(model: type[PresetCreate | PresetUpdate], values: dict[str, Any]) -> PresetFields:
+    """``values`` checked as ``/api/v1/presets`` checks them: a bad one is a 422 naming it."""
     try:
-        return model.model_validate(values)
+        body = model.model_validate(values)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from exc
+    return PresetFields(**body.model_dump(exclude_unset=True))
 
 
 @router.get("/presets", summary="Every preset (img2img service)")
-async def all_presets(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
-    found = await ctx.read(list_presets, include_inactive=True)
+async def all_presets(ctx: CtxDep, caller: AdminDep) -> dict[str, Any]:
+    found = await service.list_presets(ctx.service, caller, include_inactive=True)
     return ok([preset_row(p) for p in found])
 
 
 @router.post("/presets", summary="Add a preset (img2img service)")
 async def add_preset(body: PresetBody, ctx: CtxDep, caller: AdminDep) -> dict[str, Any]:
     values = {"category": "general", **body.ours()}
-    made = await presets.create(_checked(PresetCreate, values), ctx, caller)
-    return ok(preset_row(await ctx.read(get_preset, made.id)), message="preset added")
+    made = await service.create_preset(ctx.service, caller, _fields(PresetCreate, values))
+    return ok(preset_row(made), message="preset added")
 
 
 @router.put("/presets/{preset_id}", summary="Change a preset (img2img service)")
 async def change_preset(
     preset_id: IdPath, body: PresetBody, ctx: CtxDep, caller: AdminDep
 ) -> dict[str, Any]:
-    await presets.change(preset_id, _checked(PresetUpdate, body.ours()), ctx, caller)
-    return ok(preset_row(await ctx.read(get_preset, preset_id)), message="preset updated")
+    fields = _fields(PresetUpdate, body.ours())
+    changed = await service.change_preset(ctx.service, caller, preset_id, fields)
+    return ok(preset_row(changed), message="preset updated")
 
 
 @router.delete("/presets/{preset_id}", summary="Delete a preset (img2img service)")
 async def delete_preset(preset_id: IdPath, ctx: CtxDep, caller: AdminDep) -> dict[str, Any]:
-    await presets.remove(preset_id, ctx, caller)
+    await service.delete_preset(ctx.service, caller, preset_id)
     return ok(message="preset deleted")
 
 

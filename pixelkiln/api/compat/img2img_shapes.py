@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from pixelkiln.api.views import image_url
+from pixelkiln.api.views import ImageLinks
 from pixelkiln.db.presets import Preset
 from pixelkiln.models import Batch, BatchStatus, ImageRecord, Task, TaskStatus
 
@@ -94,8 +94,11 @@ def queue_row(batch: Batch, username: str | None = None) -> dict[str, Any]:
     return row
 
 
-def task_row(task: Task, user_id: int | None, images: list[ImageRecord]) -> dict[str, Any]:
-    """A ``batch_tasks`` row: the newest image is ``generated_image_url``."""
+def task_row(
+    task: Task, user_id: int | None, images: list[ImageRecord], links: ImageLinks
+) -> dict[str, Any]:
+    """A ``batch_tasks`` row: the newest image is ``generated_image_url``. The URLs are
+    signed when auth is on, so the service's front end shows them in ``<img src>``."""
     first = images[0] if images else None
     error = task.last_error if task.status != TaskStatus.SUCCEEDED else None
     if task.status == TaskStatus.CANCELLED:
@@ -105,11 +108,11 @@ def task_row(task: Task, user_id: int | None, images: list[ImageRecord]) -> dict
         "queue_id": task.batch_id,
         "user_id": user_id,
         "original_filename": task.key,
-        "original_image_url": _input_url(first),
+        "original_image_url": links.input(first.id) if first else None,
         "prompt": task.prompt,
         "model": task.params.get("model") or task.backend,
-        "generated_image_url": image_url(first.id) if first else None,
-        "generated_images": [image_url(i.id) for i in images],
+        "generated_image_url": links.file(first.id) if first else None,
+        "generated_images": [links.file(i.id) for i in images],
         "status": TASK_STATUS[task.status],
         "error_message": error,
         "retry_count": max(0, task.attempts - 1),
@@ -117,11 +120,6 @@ def task_row(task: Task, user_id: int | None, images: list[ImageRecord]) -> dict
         "started_at": timestamp(task.started_at),
         "completed_at": timestamp(task.finished_at),
     }
-
-
-def _input_url(image: ImageRecord | None) -> str | None:
-    """The uploaded image, served through the image made from it (none before that)."""
-    return f"{image_url(image.id).removesuffix('/file')}/inputs/0" if image else None
 
 
 def preset_row(preset: Preset) -> dict[str, Any]:

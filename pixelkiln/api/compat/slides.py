@@ -19,7 +19,7 @@ Errors are FastAPI's ``{"detail": "…"}``, as the tool documents them.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pixelkiln import service
 from pixelkiln.api.compat.envelope import envelope_router
 from pixelkiln.api.deps import ApiContext, CallerDep, CtxDep
-from pixelkiln.api.views import image_url
+from pixelkiln.api.views import ImageLinks
 from pixelkiln.db.records import count_active
 from pixelkiln.models import Batch, BatchStatus, ImageRecord, Task, TaskStatus
 from pixelkiln.reports import eta_seconds
@@ -55,17 +55,23 @@ class Slide(BaseModel):
 
     model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
 
-    id: str = Field(min_length=1, max_length=200)
+    #: text or a whole number, kept as given (the task key is its text); answered as given
+    id: (
+        Annotated[str, Field(min_length=1, max_length=200)]
+        | Annotated[int, Field(ge=-(2**53), le=2**53)]
+    )
     page_num: int | None = Field(None, ge=0, le=100_000)
     type: str = Field("", max_length=100)
     title: str = Field("", max_length=2000)
     content_text: str = Field("", max_length=20_000)
     visual_desc: str = Field("", max_length=20_000)
 
-    @field_validator("id", mode="before")
+    @field_validator("id")
     @classmethod
-    def _id_as_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    def _id(cls, value: str | int) -> str | int:
+        if isinstance(value, bool) or not str(value).strip():
+            raise ValueError("a slide id is text or a whole number")
+        return value
 
 
 class SlideBatch(BaseModel):
@@ -177,27 +183,29 @@ SLIDE_STATUS = {
 
 
 def _summary(page: BatchPage, request: Request) -> dict[str, Any]:
-    batch, base = page.batch, str(request.base_url).rstrip("/")
+    batch = page.batch
+    ctx: ApiContext = request.app.state.ctx
+    links = ImageLinks.of(ctx.settings, ctx.keys, str(request.base_url))
     return {
         "batch_id": str(batch.id),
         "status": BATCH_STATUS[batch.status],
         "total_slides": batch.counts.total,
         "successful": batch.counts.succeeded,
         "failed": batch.counts.failed + batch.counts.cancelled,
-        "results": [_result(t, page.images.get(t.id, []), base) for t in page.tasks],
+        "results": [_result(t, page.images.get(t.id, []), links) for t in page.tasks],
     }
 
 
-def _result(task: Task, images: list[ImageRecord], base: str) -> dict[str, Any]:
+def _result(task: Task, images: list[ImageRecord], links: ImageLinks) -> dict[str, Any]:
     item = task.item or {}
     error = task.last_error if task.status != TaskStatus.SUCCEEDED else None
     if task.status == TaskStatus.CANCELLED:
         error = error or "cancelled"
     return {
-        "slide_id": task.key,
+        "slide_id": item.get("id", task.key),  # as the caller gave it: text or a number
         "page_num": item.get("page_num", task.position),
         "title": item.get("title", ""),
-        "image_url": f"{base}{image_url(images[0].id)}" if images else None,
+        "image_url": links.file(images[0].id) if images else None,
         "final_prompt": task.prompt,
         "status": SLIDE_STATUS[task.status],
         "error_message": error,

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy import Connection
 
-from pixelkiln.api.deps import AdminDep, ApiContext, CtxDep, PageDep
-from pixelkiln.api.errors import ApiError
+from pixelkiln import service
+from pixelkiln.api.deps import AdminDep, CtxDep, PageDep
 from pixelkiln.api.routes.batches import ERRORS, StatusFilter, search_page
 from pixelkiln.db.records import count_active
-from pixelkiln.db.settings_store import (
-    CONCURRENCY,
-    backend_concurrency_key,
-    delete_setting,
-    set_setting,
-    stored_concurrency,
-)
 from pixelkiln.db.stats import DAY, backend_figures, images_per_day, queue_depth, task_counts
-from pixelkiln.engine.limits import configured_limits
 from pixelkiln.wire.schemas import (
     BackendConcurrency,
     BackendConcurrencyUpdate,
@@ -38,37 +31,12 @@ from pixelkiln.wire.schemas import (
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-async def _concurrency(ctx: ApiContext) -> ConcurrencyPublic:
-    """The limits now, per backend with what binds (live when the scheduler runs here)."""
-    overall, stored = await ctx.read(stored_concurrency)
-    status = await ctx.runner.status() if ctx.runner else None
-    if status is not None:
-        overall, limits = status.concurrency, status.backends
-    else:
-        limits = configured_limits(ctx.settings.effective_backends(), stored)
-    overall = overall or ctx.settings.scheduler.concurrency
-    backends = []
-    for name, limit in limits.items():
-        effective, why = limit.effective(overall)
-        backends.append(
-            BackendConcurrency(
-                name=name,
-                per_url=limit.per_url,
-                configured=limit.configured,
-                overridden=name in stored,
-                servers=limit.servers,
-                servers_up=limit.servers_up,
-                cap=limit.slots,
-                effective=effective,
-                limited_by=why,
-                running=limit.running,
-            )
-        )
+def _public(view: service.ConcurrencyView) -> ConcurrencyPublic:
     return ConcurrencyPublic(
-        concurrency=overall,
-        max=ctx.settings.server.max_concurrency,
-        effective=min(overall, sum(b.effective for b in backends)),
-        backends=backends,
+        concurrency=view.concurrency,
+        max=view.max,
+        effective=view.effective,
+        backends=[BackendConcurrency(**asdict(b)) for b in view.backends],
     )
 
 
@@ -76,27 +44,16 @@ async def _concurrency(ctx: ApiContext) -> ConcurrencyPublic:
 async def get_concurrency(ctx: CtxDep, _: AdminDep) -> ConcurrencyPublic:
     """The global limit, and for each backend what may run on it and what binds it:
     the global limit, its own (per-URL concurrency × servers) or servers that are down."""
-    return await _concurrency(ctx)
+    return _public(await service.concurrency_view(ctx.service, ctx.runner))
 
 
 @router.put("/concurrency", responses=ERRORS, summary="Change the global concurrency now")
-async def put_concurrency(body: ConcurrencyUpdate, ctx: CtxDep, _: AdminDep) -> ConcurrencyPublic:
+async def put_concurrency(
+    body: ConcurrencyUpdate, ctx: CtxDep, caller: AdminDep
+) -> ConcurrencyPublic:
     """Takes effect at the scheduler's next claim and survives a restart."""
-    top = ctx.settings.server.max_concurrency
-    if body.concurrency > top:
-        raise ApiError(
-            422, "invalid_request", f"concurrency must be between 1 and {top}", field="concurrency"
-        )
-    await ctx.write(set_setting, CONCURRENCY, body.concurrency)
-    if ctx.runner is not None:
-        ctx.runner.set_concurrency(body.concurrency)
-    return await _concurrency(ctx)
-
-
-def _known_backend(ctx: ApiContext, name: str) -> None:
-    if name not in ctx.kiln.backends:
-        known = ", ".join(sorted(ctx.kiln.backends))
-        raise ApiError(404, "not_found", f"no backend '{name}'; configured: {known}")
+    view = await service.set_concurrency(ctx.service, caller, body.concurrency, ctx.runner)
+    return _public(view)
 
 
 @router.put(
@@ -105,14 +62,13 @@ def _known_backend(ctx: ApiContext, name: str) -> None:
     summary="Change a backend's concurrency (per server) now",
 )
 async def put_backend_concurrency(
-    name: str, body: BackendConcurrencyUpdate, ctx: CtxDep, _: AdminDep
+    name: str, body: BackendConcurrencyUpdate, ctx: CtxDep, caller: AdminDep
 ) -> ConcurrencyPublic:
     """Requests in flight per server of ``name``; takes effect at once and survives a restart."""
-    _known_backend(ctx, name)
-    await ctx.write(set_setting, backend_concurrency_key(name), body.concurrency)
-    if ctx.runner is not None:
-        ctx.runner.set_backend_concurrency(name, body.concurrency)
-    return await _concurrency(ctx)
+    view = await service.set_backend_concurrency(
+        ctx.service, caller, name, body.concurrency, ctx.runner
+    )
+    return _public(view)
 
 
 @router.delete(
@@ -120,13 +76,10 @@ async def put_backend_concurrency(
     responses=ERRORS,
     summary="Back to the backend's configured concurrency",
 )
-async def reset_backend_concurrency(name: str, ctx: CtxDep, _: AdminDep) -> ConcurrencyPublic:
+async def reset_backend_concurrency(name: str, ctx: CtxDep, caller: AdminDep) -> ConcurrencyPublic:
     """Forget the value an admin set: ``concurrency`` from kiln.toml applies again."""
-    _known_backend(ctx, name)
-    await ctx.write(delete_setting, backend_concurrency_key(name))
-    if ctx.runner is not None:
-        ctx.runner.set_backend_concurrency(name, None)
-    return await _concurrency(ctx)
+    view = await service.reset_backend_concurrency(ctx.service, caller, name, ctx.runner)
+    return _public(view)
 
 
 @router.get("/batches", responses=ERRORS, summary="Every user's batches")

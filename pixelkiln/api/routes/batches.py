@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation, ValidationError
+from pydantic import SkipValidation, ValidationError
 
 from pixelkiln import service
 from pixelkiln.api.deps import (
@@ -23,9 +23,9 @@ from pixelkiln.api.media import zip_stream
 from pixelkiln.api.table_template import TEMPLATE_FIELDS, template_of
 from pixelkiln.api.uploads import (
     IMAGE_FILES,
-    Uploaded,
     files_of,
     form_body,
+    form_error,
     load_table,
     read_form,
     saved_table,
@@ -34,19 +34,16 @@ from pixelkiln.api.uploads import (
 )
 from pixelkiln.api.views import batch_detail, batch_public
 from pixelkiln.db.batches import get_batch
-from pixelkiln.db.presets import get_preset
 from pixelkiln.db.records import count_active, search_batches
 from pixelkiln.db.tasks import list_images
 from pixelkiln.models import BatchStatus, TaskStatus
-from pixelkiln.naming import unique_name, with_image_suffix
-from pixelkiln.service import Caller, Submission, TaskPage
-from pixelkiln.specs import BatchSpec, Params, parse_batch, problems_from_validation
+from pixelkiln.service import Caller, Submission, TaskPage, UploadFields
+from pixelkiln.specs import BatchSpec, parse_batch
 from pixelkiln.wire.schemas import (
     ActiveCount,
     BatchDetail,
     BatchPublic,
     ErrorBody,
-    Id,
     Offset,
     Page,
     RegenerateRequest,
@@ -122,27 +119,6 @@ async def create_batch(
     return await _created(ctx, caller, sub, response, wait, timeout)
 
 
-class UploadFields(BaseModel):
-    """The text fields of an image upload batch (img2img: one task per image)."""
-
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
-
-    name: str = Field("uploads", min_length=1, max_length=200)
-    prompt: str = Field("", max_length=20_000)
-    preset_id: Id | None = None
-    negative_prompt: str | None = Field(None, max_length=20_000)
-    backend: str | None = None
-    model: str | None = None
-    denoise: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=10)
-    aspect_ratio: str | None = None
-    resolution: str | None = None
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    seed: int | None = None
-
-
 _UPLOAD_BODY = form_body(
     "files", {"files": IMAGE_FILES, **UploadFields.model_json_schema()["properties"]}
 )
@@ -172,10 +148,10 @@ async def create_from_uploads(
         )
         uploads = await store_images(ctx, caller, files_of(form, "files"))
     except ValidationError as exc:
-        raise _form_error(exc) from exc
+        raise form_error(exc) from exc
     finally:
         await form.close()
-    spec = await _upload_spec(ctx, fields, uploads)
+    spec = await service.upload_spec(ctx.service, fields, uploads)
     sub = Submission(
         spec,
         source="api",
@@ -185,57 +161,6 @@ async def create_from_uploads(
         ),
     )
     return await _created(ctx, caller, sub, response, wait, timeout)
-
-
-def _form_error(exc: ValidationError) -> ApiError:
-    problems = problems_from_validation(exc, "", lambda loc: ("", ".".join(map(str, loc))))
-    first = problems[0]
-    return ApiError(
-        422,
-        "invalid_request",
-        f"{first.field}: {first.message}",
-        field=first.field,
-        problems=[{"where": p.where, "field": p.field, "message": p.message} for p in problems],
-    )
-
-
-async def _upload_spec(ctx: ApiContext, fields: UploadFields, files: list[Uploaded]) -> BatchSpec:
-    """One task per uploaded image; a preset gives the prompt's frame and default parameters.
-
-    A task's key is its file's name (``photo_00.png``; a second ``photo_00.png`` is
-    ``photo_00-2.png``), and its images are named after it (``photo_00_0.png``, see
-    ``engine.intake.name_outputs``). Without a size or ratio, each output keeps its
-    input's shape (``params.size_like``).
-    """
-    prompt, negative, preset_params = fields.prompt, fields.negative_prompt, {}
-    if fields.preset_id is not None:
-        preset = await ctx.read(get_preset, fields.preset_id, include_inactive=False)
-        template = preset.content
-        if "{prompt}" in template:
-            prompt = template.replace("{prompt}", prompt)
-        else:
-            prompt = f"{template}, {prompt}" if prompt else template
-        negative = negative if negative is not None else (preset.negative_prompt or None)
-        preset_params = {k: v for k, v in preset.params.items() if k in Params.model_fields}
-    if not prompt:
-        raise ApiError(422, "invalid_request", "a prompt (or a preset) is required", field="prompt")
-    overrides = fields.model_dump(
-        exclude_none=True, exclude={"name", "prompt", "preset_id", "negative_prompt"}
-    )
-    taken: set[str] = set()
-    data = {
-        "name": fields.name,
-        "defaults": {**preset_params, **overrides, "prompt": prompt, "negative_prompt": negative},
-        "tasks": [
-            {"init_image": f"asset:{u.asset.id}", "key": unique_name(_named(u), taken)}
-            for u in files
-        ],
-    }
-    return parse_batch(data, "upload")
-
-
-def _named(upload: Uploaded) -> str:
-    return with_image_suffix(upload.filename, upload.asset.mime)
 
 
 @router.post(

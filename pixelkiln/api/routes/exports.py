@@ -17,12 +17,11 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import Connection
 
 from pixelkiln.api.deps import CallerDep, CtxDep, IdPath
-from pixelkiln.api.views import image_url
+from pixelkiln.api.views import ImageLinks
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.records import asset_ids_at
 from pixelkiln.export import TableLinks, table_of
 from pixelkiln.inputs.headers import Headers
-from pixelkiln.models import ImageRecord
 from pixelkiln.wire.schemas import ErrorBody
 from pixelkiln.workbooks import csv_bytes, template_bytes, xlsx_bytes
 
@@ -60,16 +59,13 @@ async def export_batch_table(
 ) -> Response:
     """Input columns, then status, error, image files, their links, and the final prompt."""
     batch = await ctx.read(get_batch, batch_id, caller.scope)
-    base = str(request.base_url).rstrip("/")
-    links = TableLinks(image=lambda image: _absolute(base, image), inputs=_uploads(batch.owner_id))
+    # absolute, and signed when auth is on: a spreadsheet's link cannot send a token
+    images = ImageLinks.of(ctx.settings, ctx.keys, str(request.base_url))
+    links = TableLinks(image=lambda image: images.file(image.id), inputs=_uploads(batch.owner_id))
     columns, rows = await ctx.read(table_of, batch_id, links)
     write, media_type = (xlsx_bytes, XLSX) if kind == "xlsx" else (csv_bytes, CSV)
     data = await ctx.run(write, columns, rows, headers)
     return _download(data, media_type, f"batch-{batch.id}.{kind}")
-
-
-def _absolute(base: str, image: ImageRecord) -> str:
-    return base + image_url(image.id)
 
 
 def _uploads(owner_id: int | None) -> Callable[[Connection, list[str]], dict[str, str]]:

@@ -10,7 +10,15 @@ from fastapi.responses import FileResponse
 from sqlalchemy import Connection
 
 from pixelkiln import service
-from pixelkiln.api.deps import CallerDep, CtxDep, IdPath, PageDep, Pagination, page_fields
+from pixelkiln.api.deps import (
+    CallerDep,
+    CtxDep,
+    IdPath,
+    ImageScopeDep,
+    PageDep,
+    Pagination,
+    page_fields,
+)
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.media import (
     THUMB_TYPE,
@@ -35,6 +43,10 @@ from pixelkiln.specs import parse_batch
 from pixelkiln.wire.schemas import BatchDetail, EditRequest, Id, ImageDetail, Page
 
 router = APIRouter(prefix="/images", tags=["images"])
+#: an image's file, thumbnail and inputs: readable with a signed link (``exp`` + ``sig``)
+#: as well as a token, so this router is mounted without the token dependency and each of
+#: its routes asks for :data:`~pixelkiln.api.deps.ImageScopeDep`, which falls back to it
+files = APIRouter(prefix="/images", tags=["images"])
 
 PNG = "image/png"
 
@@ -95,11 +107,12 @@ async def metadata(image_id: IdPath, ctx: CtxDep, caller: CallerDep) -> ImageDet
     return image_detail(await ctx.read(get_image, image_id, caller.scope))
 
 
-@router.get(
+@files.get(
     "/{image_id}/file", responses=ERRORS, response_class=FileResponse, summary="The PNG file"
 )
-async def file(image_id: IdPath, ctx: CtxDep, caller: CallerDep) -> FileResponse:
-    info = await ctx.read(get_image, image_id, caller.scope)
+async def file(image_id: IdPath, ctx: CtxDep, scope: ImageScopeDep) -> FileResponse:
+    """With auth on: a bearer token, or a signed link's ``exp`` and ``sig``."""
+    info = await ctx.read(get_image, image_id, scope)
     name = info.image.path.rsplit("/", 1)[-1]
     return StoredFile(
         ctx.storage.absolute(info.image.path),
@@ -109,29 +122,29 @@ async def file(image_id: IdPath, ctx: CtxDep, caller: CallerDep) -> FileResponse
     )
 
 
-@router.get(
+@files.get(
     "/{image_id}/thumbnail",
     responses=ERRORS,
     response_class=FileResponse,
     summary="A WebP thumbnail, made on first request and cached",
 )
 async def thumbnail(
-    image_id: IdPath, ctx: CtxDep, caller: CallerDep, size: ThumbSize
+    image_id: IdPath, ctx: CtxDep, scope: ImageScopeDep, size: ThumbSize
 ) -> FileResponse:
-    info = await ctx.read(get_image, image_id, caller.scope)
+    info = await ctx.read(get_image, image_id, scope)
     path = await ctx.run(thumbnail_path, ctx.storage, info.image, size)
     return StoredFile(path, media_type=THUMB_TYPE, headers={"Cache-Control": "max-age=86400"})
 
 
-@router.get(
+@files.get(
     "/{image_id}/inputs/{n}",
     responses=ERRORS,
     response_class=FileResponse,
     summary="An input image of the task that made this image",
 )
-async def task_input(image_id: IdPath, n: int, ctx: CtxDep, caller: CallerDep) -> FileResponse:
+async def task_input(image_id: IdPath, n: int, ctx: CtxDep, scope: ImageScopeDep) -> FileResponse:
     """``n`` = 0: the init image; 1…4: the reference images."""
-    info = await ctx.read(get_image, image_id, caller.scope)
+    info = await ctx.read(get_image, image_id, scope)
     paths = [info.inputs.get("init_image") or "", *(info.inputs.get("reference_images") or [])]
     if not 0 <= n < len(paths) or not paths[n]:
         raise ApiError(404, "not_found", f"image {image_id} has no input {n}")

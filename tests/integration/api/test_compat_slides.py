@@ -59,15 +59,38 @@ async def test_slides_become_items_of_one_batch(slides_api: Api) -> None:
     done = answer.json()
     results = done["results"]
     assert [(r["slide_id"], r["page_num"], r["title"]) for r in results] == [
-        ("7", 1, "Cover"),
+        (7, 1, "Cover"),  # the caller's id as given: a number stays a number
         ("b", 9, "Body"),
     ]
-    assert [r["final_prompt"] for r in results] == ["ink |  | Cover", "ink | content | Body"]
+    assert [r["final_prompt"] for r in results] == ["ink | Cover", "ink | content | Body"]
     assert all(r["image_url"].startswith("http://kiln/api/v1/images/") for r in results)
     batch = (await user.get(f"/api/v1/batches/{done['batch_id']}")).json()
     assert batch["max_workers"] == 10  # 20 is taken as the most a batch may have
     assert batch["tasks"][1]["item"]["mood"] == "calm"  # extra fields kept with the task
     assert (await user.get("/api/slide/batch/active-count")).json() == {"active_batches": 0}
+
+
+async def test_image_urls_open_without_a_token_and_only_their_own_image(slides_api: Api) -> None:
+    """A deck tool shows ``image_url`` in ``<img src>``, which cannot send a bearer token:
+    with auth on the URL is signed for that one image, for ``[auth] link_ttl`` seconds."""
+    _, user = await slides_api.add_user("deck")
+    done = (await user.post("/api/slide/batch/generate", json=deck())).json()
+    first, second = (httpx.URL(r["image_url"]) for r in done["results"])
+    anonymous = slides_api.client  # no Authorization header
+    opened = await anonymous.get(first.path, params=first.params)
+    assert opened.status_code == 200 and opened.content[:4] == b"\x89PNG"
+    thumb_path = first.path.replace("/file", "/thumbnail")
+    assert (await anonymous.get(thumb_path, params=first.params)).status_code == 200
+    # the signature is for its own image only, and only as it was given
+    assert (await anonymous.get(second.path, params=first.params)).status_code == 401
+    tampered = dict(first.params) | {"sig": "0" * 64}
+    refused = await anonymous.get(first.path, params=tampered)
+    assert refused.status_code == 401 and "expired or is not valid" in refused.text
+    later = dict(first.params) | {"exp": str(int(first.params["exp"]) + 1)}
+    assert (await anonymous.get(first.path, params=later)).status_code == 401
+    assert (await anonymous.get(first.path)).status_code == 401  # no link, no token
+    expired = dict(first.params) | {"exp": "1"}
+    assert (await anonymous.get(first.path, params=expired)).status_code == 401
 
 
 async def test_bad_bodies_answer_detail(slides_api: Api) -> None:

@@ -151,3 +151,17 @@ async def _wait_client(kiln: AsyncClient, batch_id: int) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"batch {batch_id} did not finish")
+
+
+async def test_an_item_with_a_numeric_id_is_regenerated_by_that_number(tmp_path: Path) -> None:
+    async with running_api(api_settings(tmp_path / "data"), run_scheduler=False) as api:
+        spec = {
+            "name": "deck",
+            "items": [{"id": 3, "prompt": "a slide"}, {"id": "b", "prompt": "x"}],
+        }
+        batch = (await api.client.post("/api/v1/batches", json=spec)).json()
+        await api.client.post(f"/api/v1/batches/{batch['id']}/cancel")
+        url = f"/api/v1/batches/{batch['id']}/regenerate"
+        again = await api.client.post(url, json={"keys": [3]})
+        assert again.status_code == 200, again.text
+        assert again.json()["regenerated"] == 1

@@ -1,0 +1,89 @@
+"""An img2img batch from uploaded images: one task per image, one prompt (or preset) for all.
+
+The images are already stored as the caller's uploads (the API checks and
+stores a multipart body's files: ``pixelkiln.api.uploads``); this builds the
+batch spec they make, the same for ``POST /api/v1/batches/upload`` and the
+img2img compat ``POST /api/batch/create``, which submit it as any batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pixelkiln.db.presets import get_preset
+from pixelkiln.db.records import Asset
+from pixelkiln.exceptions import InvalidValueError
+from pixelkiln.naming import unique_name, with_image_suffix
+from pixelkiln.service.context import ServiceContext
+from pixelkiln.service.presets import framed
+from pixelkiln.specs import BatchSpec, parse_batch
+from pixelkiln.wire.schemas import Id
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """One stored upload: its row and the name the client gave it (sanitised)."""
+
+    asset: Asset
+    filename: str
+
+
+class UploadFields(BaseModel):
+    """The options of an upload batch (the text fields of its form)."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    name: str = Field("uploads", min_length=1, max_length=200)
+    prompt: str = Field("", max_length=20_000)
+    preset_id: Id | None = None
+    negative_prompt: str | None = Field(None, max_length=20_000)
+    backend: str | None = None
+    model: str | None = None
+    denoise: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=10)
+    aspect_ratio: str | None = None
+    resolution: str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    seed: int | None = None
+
+
+async def upload_spec(
+    ctx: ServiceContext, fields: UploadFields, files: Sequence[Uploaded]
+) -> BatchSpec:
+    """One task per uploaded image; a preset gives the prompt's frame and default parameters.
+
+    A task's key is its file's name (``photo_00.png``; a second ``photo_00.png`` is
+    ``photo_00-2.png``), and its images are named after it (``photo_00_0.png``, see
+    ``engine.intake.name_outputs``). Without a size or ratio, each output keeps its
+    input's shape (``params.size_like``). SpecError names every bad value;
+    InvalidValueError when there is neither a prompt nor a preset.
+    """
+    prompt, negative, preset_params = fields.prompt, fields.negative_prompt, {}
+    if fields.preset_id is not None:
+        preset = await ctx.read(get_preset, fields.preset_id, include_inactive=False)
+        frame = framed(preset, prompt, negative)
+        prompt, negative, preset_params = frame.prompt, frame.negative_prompt, frame.params
+    if not prompt:
+        raise InvalidValueError("a prompt (or a preset) is required", field="prompt")
+    overrides = fields.model_dump(
+        exclude_none=True, exclude={"name", "prompt", "preset_id", "negative_prompt"}
+    )
+    taken: set[str] = set()
+    data = {
+        "name": fields.name,
+        "defaults": {**preset_params, **overrides, "prompt": prompt, "negative_prompt": negative},
+        "tasks": [
+            {"init_image": f"asset:{u.asset.id}", "key": unique_name(_named(u), taken)}
+            for u in files
+        ],
+    }
+    return parse_batch(data, "upload")
+
+
+def _named(upload: Uploaded) -> str:
+    return with_image_suffix(upload.filename, upload.asset.mime)
