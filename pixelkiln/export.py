@@ -25,6 +25,7 @@ from pixelkiln.db.batches import get_batch
 from pixelkiln.db.database import Database
 from pixelkiln.db.records import batch_images
 from pixelkiln.db.tasks import images_by_task, list_tasks
+from pixelkiln.inputs.dotted import clashes, flat_fields, path_of
 from pixelkiln.inputs.headers import COLUMN_NAMES, RESULT_COLUMNS, Headers, column_name
 from pixelkiln.models import ImageRecord, Task
 from pixelkiln.naming import unique_name
@@ -185,13 +186,13 @@ def table_of(
     tasks = list_tasks(conn, batch_id)
     stored = {p for t in tasks for p in [t.inputs.get("init_image"), *_references(t)] if p}
     inputs = links.inputs(conn, sorted(stored))
-    fields = _item_fields(tasks)
+    items = _flat_items(tasks)
+    fields = _item_fields(items)
     templated = "template" in get_batch(conn, batch_id).extra
     taken: set[str] = set()  # image files named as a folder or ZIP export names them
     rows = []
-    for task in tasks:
+    for task, item in zip(tasks, items, strict=True):
         row = _task_row(task, images.get(task.id, []), links, inputs, taken)
-        item = task.item or {}
         if templated and task.item is not None:
             row["prompt"] = _field_cell(item.get("prompt"))
         rows.append(row | {name: _field_cell(item.get(name)) for name in fields})
@@ -200,14 +201,42 @@ def table_of(
     return columns, [[_blank(row.get(name)) for name in columns] for row in rows]
 
 
-def _item_fields(tasks: list[Task]) -> tuple[str, ...]:
+def _flat_items(tasks: list[Task]) -> list[dict[str, Any]]:
+    """Each task's item with its objects and lists spread into dotted columns
+    (``setting.place``, ``shots.0``), which a table of items reads back as they were.
+
+    A field stays whole (JSON text, as a template writes it) when a column it would make
+    reads back as another name, when it is an object in one item and a plain value in
+    another (``setting`` and ``setting.place`` cannot both be columns), or when it is named
+    like one of the table's own columns.
+    """
+    whole = {"id", *TABLE_COLUMNS}  # a parameter's column holds the value used, not the item's
+    items = _spread(tasks, whole)
+    names = {name for item in items for name in item}
+    clashing = {path_of(name)[0] for pair in clashes(names) for name in pair}
+    return _spread(tasks, whole | clashing) if clashing else items
+
+
+def _spread(tasks: list[Task], whole: set[str]) -> list[dict[str, Any]]:
+    """The tasks' items flattened, the fields named in ``whole`` kept whole."""
+    return [
+        flat_fields(task.item or {}, lambda n: _reads_back(n) and path_of(n)[0] not in whole)
+        for task in tasks
+    ]
+
+
+def _reads_back(name: str) -> bool:
+    return column_name(name) == name
+
+
+def _item_fields(items: list[dict[str, Any]]) -> tuple[str, ...]:
     """The items' fields a table holds as columns of their own, in the order first met.
 
     Not the id (the ``key`` column), nor a parameter (its column holds the value used), nor a
     name a table reads as another column (a result's, ``比例``): those would not come back.
     """
-    names = dict.fromkeys(name for task in tasks for name in task.item or {})
-    kept = (name for name in names if name != "id" and column_name(name) == name)
+    names = dict.fromkeys(name for item in items for name in item)
+    kept = (name for name in names if name != "id" and _reads_back(name))
     return tuple(name for name in kept if name not in (*COLUMN_NAMES, *RESULT_COLUMNS))
 
 

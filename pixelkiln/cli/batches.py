@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 from collections.abc import Callable
 from datetime import datetime
 from importlib import resources
@@ -220,4 +221,13 @@ def init(
             continue
         target.write_bytes(content())
         console.print(f"Wrote {target}", markup=False)
-    console.print("Next: kiln run batch.yaml" + (" (or kiln run batch.xlsx)" if xlsx else ""))
+    console.print(_next_step(folder, xlsx), markup=False)
+
+
+def _next_step(folder: Path, xlsx: bool) -> str:
+    """What to type next, from where the user is: the files are in ``folder``, and its
+    kiln.toml is read only from there ("cd sub && kiln run batch.yaml")."""
+    run = "kiln run batch.yaml" + (" (or kiln run batch.xlsx)" if xlsx else "")
+    if folder.absolute() == Path.cwd():
+        return f"Next: {run}"
+    return f"Next: cd {shlex.quote(str(folder))} && {run}"

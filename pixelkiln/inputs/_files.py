@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pixelkiln.exceptions import Problem, SpecError
@@ -24,15 +25,35 @@ def read_bytes(path: Path, source: str) -> bytes:
         raise file_error(source, f"cannot read the file: {exc.strerror or exc}") from exc
 
 
-def read_text(path: Path, source: str, *, hint: str = "") -> str:
-    """The file as text: UTF-8, with or without a byte-order mark, and not blank."""
+def read_text(
+    path: Path, source: str, *, hint: str = "", chinese: Callable[[str], bool] | None = None
+) -> str:
+    """The file as text: UTF-8, with or without a byte-order mark, and not blank.
+
+    With ``chinese``, a file that is not UTF-8 is read as GB18030 (what Chinese Excel
+    and WPS save a CSV in: GBK is part of it) when ``chinese`` says that reading is
+    right, e.g. its header holds Chinese headings; bytes in another code page (cp1252)
+    would decode as nonsense Chinese, so the check keeps such a file refused.
+    """
     data = read_bytes(path, source)
     try:
         # utf-8-sig drops the BOM that Excel and Notepad put in front of UTF-8 files.
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        message = f"is not UTF-8 text (undecodable byte at offset {exc.start})"
-        raise file_error(source, f"{message}; {hint}" if hint else message) from exc
+        legacy = _gb18030(data, chinese) if chinese else None
+        if legacy is None:
+            message = f"is not UTF-8 text (undecodable byte at offset {exc.start})"
+            raise file_error(source, f"{message}; {hint}" if hint else message) from exc
+        text = legacy
     if not text.strip():
         raise file_error(source, "the file is empty")
     return text
+
+
+def _gb18030(data: bytes, accept: Callable[[str], bool]) -> str | None:
+    """The bytes read as GB18030 if they are such text and ``accept`` agrees; else None."""
+    try:
+        text = data.decode("gb18030")
+    except UnicodeDecodeError:
+        return None
+    return text if accept(text) else None

@@ -38,10 +38,16 @@ ZH_HEADINGS: dict[str, str] = {
     "n": "生成数量",
     "filename_prefix": "文件名",
     "init_image": "原图",
+    "backend": "后端",
     "model": "模型",
     "width": "宽度",
     "height": "高度",
     "seed": "种子",
+    # as Stable Diffusion WebUI's Chinese localisation names them
+    "steps": "迭代步数",
+    "cfg_scale": "提示词引导系数",
+    "sampler": "采样方法",
+    "denoise": "重绘幅度",
     "status": "状态",
     "error": "错误信息",
     "images": "图片文件",
@@ -56,8 +62,22 @@ ZH_SYNONYMS: dict[str, str] = {
     "参考图": "reference_images",
     "数量": "n",
     "文件名前缀": "filename_prefix",
+    "后端服务": "backend",
+    "步数": "steps",
+    "采样步数": "steps",
+    "采样迭代步数": "steps",
+    "cfg": "cfg_scale",
+    "引导系数": "cfg_scale",
+    "提示词相关性": "cfg_scale",
+    "采样器": "sampler",
+    "采样算法": "sampler",
+    "重绘强度": "denoise",
+    "去噪强度": "denoise",
+    "随机种子": "seed",
 }
 _BY_HEADING = {zh: column for column, zh in ZH_HEADINGS.items()} | ZH_SYNONYMS
+#: an English gloss after a heading, as WebUI writes them: 提示词引导系数 (CFG Scale)
+_GLOSS = re.compile(r"\s*[(\uff08][^()\uff08\uff09]*[)\uff09]\s*$")
 
 
 def column_name(heading: str) -> str:
@@ -67,9 +87,17 @@ def column_name(heading: str) -> str:
     that is no known word comes back normalised the same way (an item field).
     """
     text = heading.strip()
-    if text in _BY_HEADING:
-        return _BY_HEADING[text]
+    for word in (text, _GLOSS.sub("", text)):
+        if word in _BY_HEADING or word.lower() in _BY_HEADING:
+            return _BY_HEADING.get(word) or _BY_HEADING[word.lower()]
     return re.sub(r"[\s\-]+", "_", text.lower())
+
+
+def is_chinese_heading(heading: str) -> bool:
+    """Whether a heading is one of the Chinese words for a column (not an English name):
+    what tells a table saved in a Chinese code page from one misread as such."""
+    text = heading.strip()
+    return any(word in _BY_HEADING and not word.isascii() for word in (text, _GLOSS.sub("", text)))
 
 
 def heading(column: str, headers: Headers) -> str:

@@ -30,9 +30,15 @@ from pydantic import ValidationError
 
 from pixelkiln.exceptions import Problem, SpecError
 from pixelkiln.inputs._files import file_error, read_bytes, read_text
-from pixelkiln.inputs.headers import COLUMN_NAMES, RESULT_COLUMNS, column_name
+from pixelkiln.inputs.dotted import clashes, nested_fields
+from pixelkiln.inputs.headers import (
+    COLUMN_NAMES,
+    RESULT_COLUMNS,
+    column_name,
+    is_chinese_heading,
+)
 from pixelkiln.inputs.pictures import PICTURE_COLUMNS, PlacedPictures, Placement, column_letter
-from pixelkiln.inputs.xlsx import Row, UnsavedFormula, dispimg, read_sheet
+from pixelkiln.inputs.xlsx import Row, Sheet, UnsavedFormula, dispimg, read_sheet
 from pixelkiln.problems import MAX_PROBLEMS, capped, problems_from_validation
 from pixelkiln.prompts import TemplateError, expand_items, parse_template
 from pixelkiln.specs import BatchSpec, TaskSpec, salvage
@@ -94,14 +100,26 @@ def load_csv(
     partial: bool = False,
     template: TableTemplate | None = None,
 ) -> TableBatch:
-    """Read a CSV file (UTF-8, with or without BOM; ``,`` ``;`` or tab separated)."""
-    text = read_text(path, source, hint="in Excel, save as 'CSV UTF-8'")
+    """Read a CSV file (UTF-8, with or without BOM; ``,`` ``;`` or tab separated).
+
+    A CSV saved by Chinese Excel or WPS is GBK (GB18030): read as such when its header
+    row holds a Chinese heading (提示词, ...), the sign that it is that and not mojibake.
+    """
+    hint = "in Excel, save as 'CSV UTF-8'"
+    text = read_text(path, source, hint=hint, chinese=_has_chinese_heading)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_sniff_delimiter(text))
     try:
         rows = [(number, _unescaped(cells)) for number, cells in enumerate(reader, start=1)]
     except csv.Error as exc:
         raise file_error(source, f"is not valid CSV (line {reader.line_num}): {exc}") from exc
     return rows_to_batch(rows, source, name, partial=partial, template=template)
+
+
+def _has_chinese_heading(text: str) -> bool:
+    """Whether the first non-blank line, read as a CSV header, has a Chinese heading."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    cells = next(csv.reader([header], delimiter=_sniff_delimiter(header)), [])
+    return any(is_chinese_heading(cell) for cell in cells)
 
 
 def _unescaped(cells: list[str]) -> list[str]:
@@ -131,8 +149,11 @@ def load_xlsx(
     pictures_dir: Callable[[], Path] | None = None,
     template: TableTemplate | None = None,
 ) -> TableBatch:
-    """Read the first sheet of an ``.xlsx`` workbook, with the pictures on its cells.
+    """Read the table sheet of an ``.xlsx`` workbook, with the pictures on its cells.
 
+    The sheet read is the one the workbook opens on when its header row has a known
+    column (a parameter's heading, English or Chinese, or ``id``), else the first sheet
+    whose header row has one, else the one it opens on; :mod:`pixelkiln.inputs.xlsx`.
     A picture in a ``reference_images`` or ``init_image`` cell is written to
     ``pictures_dir()`` (asked for only when there is one) and used as that row's
     input by its path; see :mod:`pixelkiln.inputs.pictures`.
@@ -141,15 +162,37 @@ def load_xlsx(
     # messages as the other formats and leaves no file handle open.
     data = read_bytes(path, source)
     try:
-        sheet = read_sheet(data)
+        sheet = read_sheet(data, _has_known_column)
     except Exception as exc:
         # A damaged workbook surfaces as any of BadZipFile, KeyError, XML
         # ParseError, ValueError...: all mean "not a readable .xlsx".
         raise _not_xlsx(source, exc) from exc
     placed = PlacedPictures(sheet, source, pictures_dir)
-    return rows_to_batch(
-        placed.rows, source, name, partial=partial, pictures=placed, template=template
+    try:
+        return rows_to_batch(
+            placed.rows, source, name, partial=partial, pictures=placed, template=template
+        )
+    except SpecError as exc:
+        if sheet.table or not sheet.others:
+            raise
+        raise SpecError([*exc.problems, _sheet_read(sheet, source)]) from exc
+
+
+def _has_known_column(cells: Sequence[Any]) -> bool:
+    """Whether a header row names a parameter (in English or Chinese) or items' ids."""
+    names = (column_name(_as_text(c)) for c in cells if _cell_value(c) is not None)
+    return any(name in COLUMN_NAMES or name == "id" for name in names)
+
+
+def _sheet_read(sheet: Sheet, source: str) -> Problem:
+    """Which sheet of a workbook was read when none looked like a table: the way out."""
+    others = ", ".join(f"'{name}'" for name in sheet.others)
+    message = (
+        f"read the sheet '{sheet.name}' (the one the workbook opens on), since no sheet's "
+        f"first row names a known column (prompt, 提示词, id, ...); its other sheets: "
+        f"{others}. Put the table on a sheet of its own, headings in its first row"
     )
+    return Problem(source, "", "", message)
 
 
 def _not_xlsx(source: str, exc: Exception) -> SpecError:
@@ -234,8 +277,26 @@ class _Header:
             listing = _listing(header.headings.values())
             message = f"the header has no 'prompt' column; its columns are: {listing}"
             problems.append(Problem(source, where, "prompt", message))
+        if items:
+            problems.extend(Problem(source, where, *found) for found in header.clashes())
         header.named, header.problems = frozenset(header.headings), tuple(problems)
         return header
+
+    def clashes(self) -> list[tuple[str, str]]:
+        """(field, message) for each dotted column that would make an object of another's
+        field: ``setting.place`` beside ``setting``."""
+        names = {**self.columns, **self.fields}
+        if self.id_column is not None:
+            names[self.id_column] = "id"
+        heading = {name: self.headings[index] for index, name in names.items()}
+        return [
+            (
+                longer,
+                f"columns '{heading[name]}' and '{heading[longer]}' clash: '{heading[longer]}' "
+                f"is a field inside '{name}', which another column holds whole; keep one",
+            )
+            for name, longer in clashes(names.values())
+        ]
 
     def place(self, index: int, text: str, items: bool) -> tuple[str, str] | None:
         """Give column ``index`` (headed ``text``) its role; (field, message) if it has none."""
@@ -340,6 +401,7 @@ def _rows_to_items(
     for position, (number, cells) in enumerate(body, start=1):
         values, found = _row_values(cells, columns, f"row {number}", source)
         values |= {alias: values[name] for name, alias in aliases if name in values}
+        values = nested_fields(values)  # setting.place → {"setting": {"place": ...}}
         # without an id column a row's id is its task's position, as a table task's key is
         items.append(values if header.id_column is not None else {"id": str(position), **values})
         problems.extend(found)

@@ -1,4 +1,8 @@
-"""Reading an ``.xlsx`` workbook's first sheet: cell values, unsaved formulas, pictures.
+"""Reading an ``.xlsx`` workbook's table sheet: cell values, unsaved formulas, pictures.
+
+Which sheet is the table: the one the workbook opens on (the active sheet) when its
+header row looks like a table, else the first sheet whose header row does, else the
+active one. A workbook may well start with a sheet of instructions (说明).
 
 Three things a spreadsheet holds beyond plain values, each handled on purpose
 rather than lost:
@@ -9,7 +13,7 @@ rather than lost:
 - A picture placed on a cell (Excel's "Insert picture" over cells; openpyxl
   anchors) is returned with the cell it sits on, as is a WPS "embed in cell"
   picture (``=DISPIMG("ID_…",1)`` with its bytes in ``xl/cellimages.xml``).
-- Drawings are read from the package's parts (workbook → first sheet →
+- Drawings are read from the package's parts (workbook → the sheet read →
   drawing → media), and only when the file has some.
 """
 
@@ -20,7 +24,7 @@ import posixpath
 import re
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +52,7 @@ class UnsavedFormula:
 
 @dataclass(frozen=True)
 class Picture:
-    """A picture placed on (or embedded in) a cell of the first sheet."""
+    """A picture placed on (or embedded in) a cell of the sheet read."""
 
     row: int  #: 1-based, as the spreadsheet numbers rows
     column: int  #: 0-based column index
@@ -57,32 +61,68 @@ class Picture:
 
 @dataclass(frozen=True)
 class Sheet:
-    """The first worksheet: its rows and the pictures on its cells."""
+    """The worksheet read: its rows and the pictures on its cells."""
 
     rows: list[Row]
     pictures: list[Picture]
     #: pictures placed on no cell at all (an absolute anchor): their 1-based top row or 0
     loose: list[int]
+    name: str = "Sheet1"  #: the sheet's name, as its tab shows it
+    others: tuple[str, ...] = ()  #: the workbook's other worksheets, in order
+    #: whether its header row looked like a table (else it is the active sheet by default)
+    table: bool = True
 
 
-def read_sheet(data: bytes) -> Sheet:
-    """The first sheet of the workbook in ``data``; any exception means "not an .xlsx"."""
+#: says whether a header row (the first non-blank one) is a table's
+HeaderCheck = Callable[[Sequence[Any]], bool]
+
+
+def read_sheet(data: bytes, looks_like_table: HeaderCheck = lambda _: True) -> Sheet:
+    """The table sheet of the workbook in ``data`` (see above, ``looks_like_table``
+    judging header rows); any exception means "not an .xlsx"."""
     with _quiet():
         import openpyxl  # imported here: it costs a quarter second at start-up
 
         archive = zipfile.ZipFile(io.BytesIO(data))
         names = set(archive.namelist())
-        rows = _values(openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True))
+        workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+        try:
+            title, table = _choose(workbook, looks_like_table)
+            others = tuple(s.title for s in workbook.worksheets if s.title != title)
+            rows = _values(workbook[title])
+        finally:
+            workbook.close()
         if _has_formulas(archive, names):
             formulas = openpyxl.load_workbook(io.BytesIO(data), read_only=True)
-            rows = _mark_unsaved(rows, formulas)
+            rows = _mark_unsaved(rows, formulas, title)
         pictures: list[Picture] = []
         loose: list[int] = []
         if any(name.startswith("xl/drawings/") for name in names):
-            pictures, loose = _anchored(archive)
+            pictures, loose = _anchored(archive, title)
         if "xl/cellimages.xml" in names:
             pictures += _wps_cell_pictures(archive, rows)
-        return Sheet(rows, pictures, loose)
+        return Sheet(rows, pictures, loose, title, others, table)
+
+
+def _choose(workbook: Any, looks_like_table: HeaderCheck) -> tuple[str, bool]:
+    """The name of the sheet to read, and whether its header row looked like a table."""
+    sheets = list(workbook.worksheets)
+    if not sheets:
+        raise ValueError("the workbook has no worksheet")
+    active = workbook.active if workbook.active in sheets else sheets[0]
+    for sheet in [active, *(s for s in sheets if s is not active)]:
+        if looks_like_table(_header_row(sheet)):
+            return sheet.title, True
+    return active.title, False
+
+
+def _header_row(sheet: Any) -> Sequence[Any]:
+    """The sheet's first row with a value in it (its header, if it is a table)."""
+    sheet.reset_dimensions()
+    for cells in sheet.iter_rows(values_only=True):
+        if any(c is not None and str(c).strip() for c in cells):
+            return list(cells)
+    return []
 
 
 @contextmanager
@@ -94,21 +134,11 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _values(workbook: Any) -> list[Row]:
-    try:
-        sheet = _first(workbook)
-        # Some writers store a wrong used range; without this read-only mode trusts it
-        # and silently drops rows past it.
-        sheet.reset_dimensions()
-        return [(n, list(cells)) for n, cells in enumerate(sheet.iter_rows(values_only=True), 1)]
-    finally:
-        workbook.close()
-
-
-def _first(workbook: Any) -> Any:
-    if not workbook.worksheets:
-        raise ValueError("the workbook has no worksheet")
-    return workbook.worksheets[0]
+def _values(sheet: Any) -> list[Row]:
+    # Some writers store a wrong used range; without this read-only mode trusts it
+    # and silently drops rows past it.
+    sheet.reset_dimensions()
+    return [(n, list(cells)) for n, cells in enumerate(sheet.iter_rows(values_only=True), 1)]
 
 
 def _has_formulas(archive: zipfile.ZipFile, names: set[str]) -> bool:
@@ -117,10 +147,10 @@ def _has_formulas(archive: zipfile.ZipFile, names: set[str]) -> bool:
     return any(_FORMULA_TAG.search(archive.read(name)) for name in sheets)
 
 
-def _mark_unsaved(rows: list[Row], workbook: Any) -> list[Row]:
+def _mark_unsaved(rows: list[Row], workbook: Any, name: str) -> list[Row]:
     """Rows where each formula cell without a saved value holds an UnsavedFormula."""
     try:
-        sheet = _first(workbook)
+        sheet = workbook[name]
         sheet.reset_dimensions()
         marked: list[Row] = []
         for (number, values), cells in zip(rows, sheet.iter_rows(), strict=False):
@@ -134,14 +164,14 @@ def _mark_unsaved(rows: list[Row], workbook: Any) -> list[Row]:
         workbook.close()
 
 
-def _anchored(archive: zipfile.ZipFile) -> tuple[list[Picture], list[int]]:
-    """Pictures on the first sheet's cells (top-left corner), and those on none.
+def _anchored(archive: zipfile.ZipFile, name: str) -> tuple[list[Picture], list[int]]:
+    """Pictures on the named sheet's cells (top-left corner), and those on none.
 
     Read from the package itself rather than through openpyxl, which drops a
     picture it cannot open with a mere warning: here a damaged or linked picture
     comes back with no bytes, to be refused with its row.
     """
-    sheet = _first_sheet_part(archive)
+    sheet = _sheet_part(archive, name)
     drawings = [
         target
         for rel_id, target in _relationships(archive, sheet).items()
@@ -162,12 +192,13 @@ def _anchored(archive: zipfile.ZipFile) -> tuple[list[Picture], list[int]]:
     return pictures, loose
 
 
-def _first_sheet_part(archive: zipfile.ZipFile) -> str:
-    workbook = ElementTree.fromstring(archive.read("xl/workbook.xml"))
-    first = workbook.find("main:sheets/main:sheet", _NS)
-    if first is None:
-        raise ValueError("the workbook has no worksheet")
-    return _relationships(archive, "xl/workbook.xml")[first.get(f"{{{_NS['r']}}}id", "")]
+def _sheet_part(archive: zipfile.ZipFile, name: str) -> str:
+    """The package part of the sheet named ``name`` (``xl/worksheets/sheet2.xml``)."""
+    part = "xl/workbook.xml"
+    for sheet in ElementTree.fromstring(archive.read(part)).iterfind("main:sheets/main:sheet", _NS):
+        if sheet.get("name") == name:
+            return _relationships(archive, part)[sheet.get(f"{{{_NS['r']}}}id", "")]
+    raise ValueError(f"the workbook has no worksheet '{name}'")
 
 
 def _drawing_ids(archive: zipfile.ZipFile, sheet: str) -> set[str]:
