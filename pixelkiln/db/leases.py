@@ -102,9 +102,11 @@ def outlook(conn: Connection, now: float, only_batches: Iterable[int] | None = N
     return Outlook(any(b.allowance(now) != 0 for b in found), wake_at(found, now, ()))
 
 
-def start_tasks(tx: Tx, owner: str, task_ids: Sequence[int]) -> set[int]:
-    """Spend an attempt of each task about to be sent; returns those still held."""
-    return transitions.start(tx, owner, task_ids)
+def start_tasks(tx: Tx, owner: str, task_ids: Sequence[int], paced: bool = False) -> set[int]:
+    """Spend an attempt of each task about to be sent; returns those still held.
+
+    ``paced``: some belong to batches with a ``delay``, which then counts from now."""
+    return transitions.start(tx, owner, task_ids, paced=paced)
 
 
 def renew_leases(tx: Tx, owner: str, task_ids: Sequence[int], until: float) -> set[int]:

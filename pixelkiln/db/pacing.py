@@ -5,8 +5,9 @@ runner sharing it. ``max_workers`` caps the batch's running tasks: its
 ``n_running`` counter counts those claimed ahead too, so at most that many can
 generate at once, wherever they run. ``delay`` spaces its starts: a task of the
 batch is claimed only ``delay`` seconds after ``last_start_at`` (the claim of
-the one before), one per claim, and only by a runner with a slot free for it
-now, which starts it at once (see ``transition_claim`` and the scheduler).
+the one before, moved on to its real start when its request goes out:
+``transitions.start``), one per claim, and only by a runner with a slot free for
+it now, which starts it at once (see ``transition_claim`` and the scheduler).
 
 >>> BatchLimits(1, max_workers=3, n_running=2, delay=None, last_start_at=None).allowance(0.0)
 1

@@ -163,6 +163,18 @@ PACED_START = (
     .where(batches.c.id.in_(bindparam("p_ids", expanding=True)))
     .values(last_start_at=bindparam("p_now"))
 )
+#: tasks ``:m_ids`` were just marked started: a paced batch's wait runs from that moment
+#: (a claim that waited for its request to go out would otherwise shorten the next gap)
+PACED_MARKED = (
+    update(batches)
+    .where(
+        batches.c.delay > 0,
+        batches.c.id.in_(
+            select(tasks.c.batch_id).where(tasks.c.id.in_(bindparam("m_ids", expanding=True)))
+        ),
+    )
+    .values(last_start_at=bindparam("m_now"))
+)
 
 START = (
     update(tasks)

@@ -201,12 +201,13 @@ def image_deleted(tx: Tx, batch_id: int, superseded: bool = False) -> None:
 # -- tasks: start -----------------------------------------------------------------------------
 
 
-def start(tx: Tx, owner: str, task_ids: Sequence[int]) -> set[int]:
+def start(tx: Tx, owner: str, task_ids: Sequence[int], *, paced: bool = False) -> set[int]:
     """Spend an attempt of each task about to be sent to its generator.
 
     Commit it before the request goes out: a task that kills its runner then
     still runs out of attempts. Returns the ids marked; one missing was taken
-    away (cancelled, or recovered) and must not be sent.
+    away (cancelled, or recovered) and must not be sent. ``paced``: some of them
+    belong to batches with a ``delay``, whose wait then runs from now.
     """
     if not task_ids:
         return set()
@@ -215,9 +216,12 @@ def start(tx: Tx, owner: str, task_ids: Sequence[int]) -> set[int]:
         cursor.execute(sql.start_sqlite(len(task_ids)), [tx.now, *task_ids, owner])
         marked = {row[0] for row in cursor.fetchall()}
         cursor.close()
-        return marked
-    params = {"s_ids": list(task_ids), "s_owner": owner, "s_now": tx.now}
-    return set(tx.conn.execute(sql.START, params).scalars())
+    else:
+        params = {"s_ids": list(task_ids), "s_owner": owner, "s_now": tx.now}
+        marked = set(tx.conn.execute(sql.START, params).scalars())
+    if marked and paced:  # a batch's ``delay`` counts from its task's real start
+        tx.conn.execute(sql.PACED_MARKED, {"m_ids": sorted(marked), "m_now": tx.now})
+    return marked
 
 
 # -- tasks: giving back -----------------------------------------------------------------------

@@ -35,22 +35,27 @@ class StartMarks:
         self._db = db
         self._owner = owner
         self._waiting: dict[int, asyncio.Future[bool]] = {}
+        self._paced = False  #: a task of the waiting group belongs to a batch with a delay
 
-    async def mark(self, task_id: int) -> None:
-        """Record that ``task_id`` starts generating now; raise TakenAwayError if not held."""
+    async def mark(self, task_id: int, *, paced: bool = False) -> None:
+        """Record that ``task_id`` starts generating now; raise TakenAwayError if not held.
+
+        ``paced``: its batch has a ``delay``, which then runs from this start."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if not self._waiting:
             loop.call_soon(self._flush, loop)
         self._waiting[task_id] = future
+        self._paced = self._paced or paced
         if not await future:
             raise TakenAwayError(f"task {task_id} was taken away before it started")
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Send the marks waiting now as one write; never raises."""
         group, self._waiting = self._waiting, {}
+        paced, self._paced = self._paced, False
         try:
-            written = self._db.submit(start_tasks, self._owner, list(group))
+            written = self._db.submit(start_tasks, self._owner, list(group), paced)
         except Exception as exc:  # each task then fails its try with the reason
             _settle(group, set(), exc)
             return

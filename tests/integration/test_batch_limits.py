@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 
 from pixelkiln.db.batches import NewBatch, create_batch, get_batch, runnable_batch_ids
 from pixelkiln.db.database import Database, Tx
-from pixelkiln.db.leases import Claim, claim, claim_tasks, outlook, release_tasks
+from pixelkiln.db.leases import Claim, claim, claim_tasks, outlook, release_tasks, start_tasks
 from pixelkiln.db.tables import batches
 from pixelkiln.resolve import resolve_tasks
 from pixelkiln.specs import parse_batch
@@ -96,3 +96,20 @@ def test_a_paced_batch_within_its_cap_and_an_open_batch_share_a_claim(db: Databa
     assert got.paced == {t.id for t in got.tasks if t.batch_id == paced}
     _started_ago(db, paced, 31.0)
     assert _by_batch(_claim(db, 4, free=4)) == {other: 2}  # due, but its one worker is busy
+
+
+def test_a_paced_batch_s_wait_runs_from_its_task_s_real_start(db: Database) -> None:
+    """A claimed task may wait before its request goes out; the delay counts from then."""
+    paced, open_batch = _batch(db, 3, delay=60.0), _batch(db, 2)
+    got = _claim(db, 2, free=2)
+    [paced_task] = [t for t in got.tasks if t.batch_id == paced]
+    [open_task] = [t for t in got.tasks if t.batch_id == open_batch]
+    _started_ago(db, paced, 50.0)  # claimed 50 s ago; its request goes out only now
+    before = _last_start(db, paced)
+    assert db.write(start_tasks, "me", [open_task.id], False) == {open_task.id}
+    assert _last_start(db, paced) == before  # an unpaced start moves nothing
+    assert db.write(start_tasks, "me", [paced_task.id], True) == {paced_task.id}
+    after = _last_start(db, paced)
+    assert after is not None and before is not None and after > before + 40
+    assert _by_batch(_claim(db, 2, free=2)).get(paced) is None  # 60 s from the start
+    assert _last_start(db, open_batch) is None  # a batch without a delay is never touched
