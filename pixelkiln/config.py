@@ -205,7 +205,8 @@ class CreditsSettings(BaseModel):
     refund_failed: bool = Field(
         True,
         description="Refund a task that fails for good; false keeps its charge "
-        "(cancelled tasks are refunded either way). A batch keeps the policy it was charged under.",
+        "(cancelled tasks are refunded either way). A batch follows the policy of its latest "
+        "charge (its creation, or a later retry or regenerate).",
     )
 
     def price(self, backend: str) -> int:

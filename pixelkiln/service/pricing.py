@@ -102,8 +102,10 @@ def charge_retry(
     total = sum(costs.values())
     if total and owner_id is not None:
         charge(tx, owner_id, total, batch_id, note=f"{what} of {len(retried)} task(s)")
-        set_costs(tx, costs)
         _note_policy(tx, batch_id, pricing)
+    # a task holds what its current run was charged, 0 when it is free: a refund never
+    # pays back an earlier run's charge (the images it made, or a charge a policy kept)
+    set_costs(tx, costs if owner_id is not None else dict.fromkeys(costs, 0))
     # a retry runs on the key the owner has now: their own (free) or the system's (charged)
     set_own_key(tx, batch_id, pricing.own_keys, [t.id for t in retried])
 

@@ -22,7 +22,7 @@ from pixelkiln.db.batches import get_batch
 from pixelkiln.db.credits import balance
 from pixelkiln.db.events import events_after
 from pixelkiln.db.records import ImageQuery, count_images, delete_image, search_images
-from pixelkiln.db.tables import credit_ledger
+from pixelkiln.db.tables import credit_ledger, tasks
 from pixelkiln.db.tasks import images_by_task, list_images, list_tasks
 from pixelkiln.db.users import add_user
 from pixelkiln.exceptions import InvalidStateError, NotFoundError, SpecError
@@ -279,3 +279,20 @@ async def test_an_asked_for_seed_is_kept_by_a_regenerate(tmp_path: Path, databas
         [task] = (await _tasks(kiln, made.batch_id)).values()
         assert (task.run, task.params["seed"]) == (1, 7)
         assert "seed_drawn" not in task.params
+
+
+async def test_a_free_regenerate_then_cancel_refunds_nothing_of_the_earlier_run(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A task holds what its current run was charged: a regenerate that costs nothing
+    (credits since switched off, or the owner's own key) leaves nothing to refund, and
+    the images of the earlier run are not paid back."""
+    batch_id, ann = await _run_storyboard(tmp_path, database_url)
+    async with _kiln(tmp_path, database_url, enabled=False) as kiln:
+        assert await _balance(kiln, ann) == 92
+        await service.regenerate(kiln.service, ann, batch_id, keys=["s1", "s3"])
+        await service.cancel(kiln.service, ann, batch_id)
+        assert await _balance(kiln, ann) == 92
+        keys = ("s1", "s3")
+        costs = select(tasks.c.cost).where(tasks.c.batch_id == batch_id, tasks.c.key.in_(keys))
+        assert set(await kiln.db.aread(lambda conn: conn.execute(costs).scalars().all())) == {0}
