@@ -11,6 +11,7 @@ boundary where they enter our code, into one of these, with ``raise ... from``::
     ├── InvalidStateError        an action that the object's state forbids (retry a running batch)
     ├── IdempotencyKeyReusedError  an idempotency key sent again with a different request
     ├── DatabaseError            the database is unreachable or stayed locked
+    ├── UnstorableValueError     a value the database refuses to store (a NUL in text)
     ├── SchedulerStalledError    the scheduler could not go on (its writes kept failing)
     └── BackendError             a generator failed one request
         ├── RejectedInputError   the generator refused the request; retrying cannot help
@@ -147,6 +148,12 @@ class IdempotencyKeyReusedError(KilnError):
 
 class DatabaseError(KilnError):
     """The database could not be reached or stayed locked past the busy timeout."""
+
+
+class UnstorableValueError(KilnError):
+    """A value the database refuses to store or compare: text with a NUL character on
+    PostgreSQL, say. Bad input, reported as such (the checks at the edges name where it
+    is; this is what is left when one did not)."""
 
 
 class SchedulerStalledError(KilnError):

@@ -85,3 +85,33 @@ def capped(problems: Sequence[Problem], source: str) -> list[Problem]:
         return list(problems)
     more = len(problems) - MAX_PROBLEMS
     return [*problems[:MAX_PROBLEMS], Problem(source, "", "", f"... and {more} more problems")]
+
+
+#: why text with a NUL character is refused wherever it is given
+NUL_MESSAGE = "contains a NUL character (\\0), which cannot be stored; remove it"
+
+
+def nul_paths(data: Any, limit: int = MAX_PROBLEMS) -> list[tuple[Any, ...]]:
+    """Where in ``data`` (JSON-like: dicts, lists, text) a text or a key holds a NUL.
+
+    PostgreSQL refuses such text, so input is checked for it at the edge, where the
+    value can still be named (``tasks[2].prompt``), rather than failing on the write.
+
+    >>> nul_paths({"tasks": [{"prompt": "ok"}, {"prompt": "a\\x00b"}]})
+    [('tasks', 1, 'prompt')]
+    """
+    found: list[tuple[Any, ...]] = []
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack and len(found) < limit:
+        loc, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                found.append(loc)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and "\x00" in key:
+                    found.append((*loc, key))
+                stack.append(((*loc, key), item))
+        elif isinstance(value, list):
+            stack.extend(((*loc, i), item) for i, item in enumerate(value))
+    return sorted(found, key=lambda loc: [str(p).zfill(12) for p in loc])

@@ -33,7 +33,7 @@ from pydantic import (
 
 from pixelkiln import params
 from pixelkiln.exceptions import Problem, SpecError
-from pixelkiln.problems import capped, json_path, merge_problems
+from pixelkiln.problems import NUL_MESSAGE, capped, json_path, merge_problems, nul_paths
 from pixelkiln.problems import problems_from_validation as problems_from_validation  # re-export
 
 #: names of every parameter a task or the defaults may carry
@@ -242,6 +242,12 @@ def parse_batch(data: Any, source: str = "", *, partial: bool = False) -> BatchS
     if not isinstance(data, dict):
         message = "a batch must be a mapping with 'tasks'"
         raise SpecError([Problem(source, "", "", message, path="")])
+    nul = [
+        Problem(source, *_locate_in_batch(loc), NUL_MESSAGE, path=json_path(loc))
+        for loc in nul_paths(data)
+    ]
+    if nul:  # such text reaches no database: nothing else about the batch matters yet
+        raise SpecError(capped(nul, source))
     try:
         spec = BatchSpec.model_validate(data)
     except ValidationError as exc:

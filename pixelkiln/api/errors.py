@@ -29,6 +29,7 @@ from pixelkiln.exceptions import (
     KilnError,
     NotFoundError,
     SpecError,
+    UnstorableValueError,
 )
 from pixelkiln.models import parse_id
 from pixelkiln.problems import json_path
@@ -181,6 +182,8 @@ async def _kiln(_: Request, exc: Exception) -> JSONResponse:
         return error_response(402, "insufficient_credits", str(exc))
     if isinstance(exc, BalanceLimitError):
         return error_response(422, "balance_limit", str(exc), "amount")
+    if isinstance(exc, UnstorableValueError):
+        return error_response(422, "invalid_request", str(exc))
     if isinstance(exc, DatabaseError):
         log.error("database unavailable: %s", exc)
         return error_response(503, "unavailable", "the database is busy or unreachable; retry")

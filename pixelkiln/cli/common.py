@@ -22,6 +22,7 @@ from pixelkiln.exceptions import (
     KilnError,
     NotFoundError,
     SpecError,
+    UnstorableValueError,
 )
 from pixelkiln.models import Batch
 
@@ -59,7 +60,7 @@ def errors() -> Iterator[None]:
         if len(exc.problems) > 50:
             err_console.print(f"  … and {len(exc.problems) - 50} more")
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    except (ConfigError, NotFoundError, InvalidStateError) as exc:
+    except (ConfigError, NotFoundError, InvalidStateError, UnstorableValueError) as exc:
         print_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KilnError as exc:

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event, inspect, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 
-from pixelkiln.exceptions import DatabaseError, NotFoundError
+from pixelkiln.exceptions import DatabaseError, NotFoundError, UnstorableValueError
 from pixelkiln.models import Event
 
 #: the newest migration; the schema is upgraded when the database is older
@@ -158,6 +158,9 @@ class Database:
         except OperationalError as exc:
             _settle(item.future, error=DatabaseError(f"database error: {exc.orig}"))
             return
+        except DataError as exc:
+            _settle(item.future, error=_unstorable(exc))
+            return
         except BaseException as exc:
             _settle(item.future, error=exc)
             return
@@ -179,6 +182,8 @@ class Database:
                 return fn(conn, *args, **kwargs)
         except OperationalError as exc:
             raise DatabaseError(f"database error: {exc.orig}") from exc
+        except DataError as exc:
+            raise _unstorable(exc) from exc
 
     async def aread(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -231,6 +236,12 @@ class Database:
             driver = conn.connection.driver_connection
             assert driver is not None  # an open connection
             driver.execute(pragma)
+
+
+def _unstorable(exc: DataError) -> UnstorableValueError:
+    """A value the database refused (PostgreSQL: text with NUL, a number out of range)."""
+    why = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "refused"
+    return UnstorableValueError(f"a value cannot be stored: {why}")
 
 
 def one_row(conn: Connection, query: Executable, missing: str) -> Row[Any]:

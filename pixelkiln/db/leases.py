@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, select
 
 from pixelkiln.db import transitions
 from pixelkiln.db.batches import runnable_batches
 from pixelkiln.db.database import Tx
 from pixelkiln.db.pacing import wake_at
 from pixelkiln.db.tables import tasks
-from pixelkiln.db.transition_sql import held
 from pixelkiln.models import ClaimedTask, TaskStatus
 
 __all__ = [
@@ -115,18 +114,7 @@ def renew_leases(tx: Tx, owner: str, task_ids: Sequence[int], until: float) -> s
     A task missing from the answer was taken away (its batch cancelled, or the
     lease presumed dead and recovered): its runner must stop working on it.
     """
-    if not task_ids:
-        return set()
-    params = {"r_ids": list(task_ids), "r_owner": owner, "r_until": until}
-    return set(tx.conn.execute(_RENEW, params).scalars())
-
-
-_RENEW = (
-    update(tasks)
-    .where(*held("r"))
-    .values(lease_expires_at=bindparam("r_until"))
-    .returning(tasks.c.id)
-)
+    return transitions.renew(tx, owner, task_ids, until)
 
 
 def release_tasks(tx: Tx, owner: str, task_ids: Iterable[int]) -> int:

@@ -18,7 +18,7 @@ from pixelkiln.db import transitions
 from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.records import current, image_record
 from pixelkiln.db.tables import images, tasks
-from pixelkiln.db.transition_runs import DroppedImage
+from pixelkiln.db.transitions import DroppedImage
 from pixelkiln.models import ImageRecord, Task, TaskFailure, TaskResult, TaskStatus
 
 __all__ = [

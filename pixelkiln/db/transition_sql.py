@@ -176,6 +176,14 @@ PACED_MARKED = (
     .values(last_start_at=bindparam("m_now"))
 )
 
+#: extend ``:r_owner``'s leases on ``:r_ids`` until ``:r_until``
+RENEW = (
+    update(tasks)
+    .where(*held("r"))
+    .values(lease_expires_at=bindparam("r_until"))
+    .returning(tasks.c.id)
+)
+
 START = (
     update(tasks)
     .where(*held("s"), tasks.c.started_at.is_(None))

@@ -72,6 +72,7 @@ __all__ = [
     "recover",
     "regenerate",
     "release",
+    "renew",
     "retry",
     "start",
 ]
@@ -222,6 +223,14 @@ def start(tx: Tx, owner: str, task_ids: Sequence[int], *, paced: bool = False) -
     if marked and paced:  # a batch's ``delay`` counts from its task's real start
         tx.conn.execute(sql.PACED_MARKED, {"m_ids": sorted(marked), "m_now": tx.now})
     return marked
+
+
+def renew(tx: Tx, owner: str, task_ids: Sequence[int], until: float) -> set[int]:
+    """Extend ``owner``'s leases on ``task_ids`` (no status moves); the ids it still holds."""
+    if not task_ids:
+        return set()
+    params = {"r_ids": list(task_ids), "r_owner": owner, "r_until": until}
+    return set(tx.conn.execute(sql.RENEW, params).scalars())
 
 
 # -- tasks: giving back -----------------------------------------------------------------------

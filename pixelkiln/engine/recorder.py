@@ -21,7 +21,7 @@ from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.leases import ClaimedTask
 from pixelkiln.db.routing import move_tasks
 from pixelkiln.db.tasks import TaskFailure, TaskResult, record_outcomes
-from pixelkiln.db.transition_runs import DroppedImage
+from pixelkiln.db.transitions import DroppedImage
 from pixelkiln.engine.outcomes import Generated, Job, Moved, Outcome
 from pixelkiln.engine.supervisor import Supervision
 from pixelkiln.engine.task_io import store_images

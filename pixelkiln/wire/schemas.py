@@ -13,6 +13,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from pixelkiln.models import MAX_ID, BatchStatus, EventType, TaskStatus
+from pixelkiln.problems import NUL_MESSAGE, json_path, nul_paths
 
 T = TypeVar("T")
 
@@ -34,6 +35,15 @@ class _Public(BaseModel):
 
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        """Text with a NUL reaches no database (PostgreSQL refuses it): name where it is."""
+        found = nul_paths(data, limit=1)
+        if found:
+            raise ValueError(f"{json_path(found[0]) or 'the body'} {NUL_MESSAGE}")
+        return data
 
 
 # -- errors -----------------------------------------------------------------------------------

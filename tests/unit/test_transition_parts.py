@@ -20,6 +20,8 @@ PARTS = {
     "pixelkiln.db.transition_counts",
     "pixelkiln.db.transition_outcomes",
     "pixelkiln.db.transition_refunds",
+    "pixelkiln.db.transition_runs",
+    "pixelkiln.db.transition_sql",
 }
 
 

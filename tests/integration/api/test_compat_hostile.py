@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from apikit import Api, api_settings, running_api
+from apikit import Api, api_settings, png_bytes, running_api
 
 pytestmark = pytest.mark.anyio
 
@@ -24,6 +24,21 @@ ODD_BODIES: list[dict[str, Any]] = [
     {"json": {"batch_id": -1, "concurrency": "5", "isActive": "maybe", "sortOrder": BIG}},
     {"data": {"prompt": "x" * 30_000, "presetId": str(BIG), "batchName": "n" * 300}},
     {"files": [("images", ("x.png", b"\x89PNG\r\n\x1a\n broken", "image/png"))]},
+    # NUL characters: PostgreSQL stores no text holding one
+    {
+        "json": {
+            "slides": [{"id": "s\x00", "title": "t\x00"}],
+            "style_prompt": "ink\x00",
+            "batch_id": "1\x00",
+            "title": "a\x00",
+            "content": "b\x00",
+        }
+    },
+    {"json": {"slides": [{"id": 1, "visual_desc": "\x00"}]}},
+    {
+        "data": {"prompt": "a\x00", "batchName": "b\x00", "model": "m\x00"},
+        "files": [("images", ("p\x00.png", png_bytes(), "image/png"))],
+    },
 ]
 ODD_IDS = ["0", "-3", str(BIG), "abc", "1.5", "%F0%9F%90%88"]
 
