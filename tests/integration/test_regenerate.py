@@ -44,7 +44,9 @@ def _storyboard(**top: Any) -> Submission:
         {
             "name": "storyboard",
             "defaults": {"width": 64, "height": 64},
-            "tasks": [{"key": k, "prompt": p} for k, p in STORY.items()],
+            # storyboard items: each id is its task's key, the template makes the prompt
+            "template": "{shot}",
+            "items": [{"id": k, "shot": p} for k, p in STORY.items()],
             **top,
         }
     )
