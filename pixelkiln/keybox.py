@@ -45,7 +45,9 @@ class KeyBox:
         """A key for ``purpose`` (signing links, say) derived from the installation's
         secret: the secret itself never signs anything, and each purpose gets its own."""
         with self._lock:
-            secret = self._configured or _load_or_create(self._file)
+            if self._configured is None:  # read (or made) once, as for the Fernet key
+                self._configured = _load_or_create(self._file)
+            secret = self._configured
         return hmac.new(secret.encode(), purpose, hashlib.sha256).digest()
 
     def _get(self) -> Fernet:

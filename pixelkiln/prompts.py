@@ -140,7 +140,7 @@ def render(template: str | Template, fields: Mapping[str, Any], where: str = "")
     Texts and numbers are written as they are, true/false in lower case, objects
     and lists as JSON. A field missing (or null) raises TemplateError naming
     every such field and ``where`` it was looked for ("item 'slide-3'"). A field
-    that is empty text leaves no stray separators behind (see :func:`tidy`).
+    that is empty text leaves no stray separators in the template's text around it.
 
     >>> render("{scene.prompt}, {{x}}", {"scene": {"prompt": "a fox"}})
     'a fox, {x}'
@@ -153,7 +153,7 @@ def render(template: str | Template, fields: Mapping[str, Any], where: str = "")
     parsed = template if isinstance(template, Template) else parse_template(template)
     out: list[str] = []
     missing: list[str] = []
-    empty = False
+    empty: list[int] = []  # positions in ``out`` of fields that rendered as empty text
     for part in parsed.parts:
         if isinstance(part, str):
             out.append(part)
@@ -161,43 +161,51 @@ def render(template: str | Template, fields: Mapping[str, Any], where: str = "")
         value = _lookup(fields, part.path)
         if value is None:
             missing.append(part.text)
-        else:
-            text = _text(value)
-            empty = empty or not text.strip()
-            out.append(text)
+            continue
+        text = _text(value)
+        if not text.strip():
+            empty.append(len(out))
+        out.append(text)
     if missing:
         names = ", ".join(f"'{m}'" for m in dict.fromkeys(missing))
         plural = "s" if len(set(missing)) > 1 else ""
         verb = "are" if plural else "is"
         raise TemplateError(f"template field{plural} {names} {verb} missing", where)
-    return tidy("".join(out)) if empty else "".join(out)
+    return "".join(_without_gaps(out, set(empty)))
 
 
 #: what separates the parts of a prompt (ASCII and full-width)
 _SEPARATORS = ",.;:|\uff0c\u3002\uff1b\uff1a\u3001"
 _SEP = f"[{re.escape(_SEPARATORS)}]"
-_RUNS = re.compile(rf"({_SEP})(?:\s*{_SEP})+")
 _LEADING = re.compile(rf"^(?:{_SEP}|\s)+")
+#: trailing separators an empty last field leaves, a full stop excepted
 _TRAILING = re.compile(
     rf"(?:[{re.escape(_SEPARATORS.replace('.', '').replace(chr(0x3002), ''))}]|\s)+$"
 )
+_CONTENT = re.compile(rf"[^\s{re.escape(_SEPARATORS)}]")
 
 
-def tidy(text: str) -> str:
-    """``text`` without what empty fields left: runs of separators become the first
-    (``"a, , b"`` → ``"a, b"``), none lead, none but a full stop trail, spaces collapse.
+def _without_gaps(parts: list[str], empty: set[int]) -> list[str]:
+    """``parts`` (literal text and field values, in order) with the separators an empty
+    field would leave dangling taken out of the literal text beside it: the text after
+    it loses its leading separators, or, when nothing follows, the text before it its
+    trailing ones. Field values are never changed, so a template whose fields all have
+    values gives exactly its text.
 
-    Only a render in which some field was empty is tidied, so a template whose
-    fields all have values gives exactly its text.
-
-    >>> tidy(". Q3 results:  ")
-    'Q3 results'
-    >>> tidy("ink, , a fox,, at dusk.")
-    'ink, a fox, at dusk.'
+    >>> "".join(_without_gaps(["", ". ", "Q3", ": ", ""], {0, 4}))
+    'Q3'
+    >>> "".join(_without_gaps(["ink", ", ", "", ", ", "a fox"], {2}))
+    'ink, a fox'
     """
-    text = " ".join(text.split())
-    text = _RUNS.sub(r"\1", text)
-    return _TRAILING.sub("", _LEADING.sub("", text))
+    parts = list(parts)
+    for i in sorted(empty):
+        parts[i] = ""
+        if any(_CONTENT.search(later) for later in parts[i + 1 :]):
+            if i + 1 < len(parts) and i + 1 not in empty:
+                parts[i + 1] = _LEADING.sub("", parts[i + 1])
+        elif i > 0 and i - 1 not in empty:
+            parts[i - 1] = _TRAILING.sub("", parts[i - 1])
+    return parts
 
 
 def _lookup(fields: Mapping[str, Any], path: Sequence[str]) -> Any:

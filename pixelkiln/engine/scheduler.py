@@ -310,7 +310,7 @@ class Scheduler:
         self._dispatch.add(got.tasks, first=got.paced)  # paced: into a slot free now
         if self._paced:  # forget those given back or cancelled before they started
             self._paced &= set(self._jobs).union(self._dispatch.ready_ids())
-        self._paced.update(t.id for t in got.tasks if t.batch_id in got.paced)
+        self._paced.update(got.paced)  # task ids
         return self._start_ready() + started > 0 or bool(got.tasks)
 
     async def _anything_runnable(self) -> bool:

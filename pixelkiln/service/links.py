@@ -6,8 +6,9 @@ bearer header, so where pixelkiln hands out an image URL for such a reader (the
 drop-in APIs' ``image_url``, exports, webhook payloads) it adds ``exp`` (epoch
 seconds) and ``sig``, an HMAC-SHA256 of the image id and the expiry under a key
 derived from the installation's secret (``[auth] secret_key``, or the generated
-``secret.key``). A signature grants reading that one image and nothing else;
-rotating the secret revokes every link. With auth off links are plain: nothing
+``secret.key``). A signature grants reading that one image — its file, its
+thumbnail and the inputs of the task that made it — and nothing else; changing
+the secret revokes every link. With auth off links are plain: nothing
 needs a token.
 
 >>> from pixelkiln.config import Settings
@@ -46,4 +47,5 @@ def link_is_valid(
     """Whether ``sig`` signs image ``image_id`` until ``exp``, and ``exp`` has not passed."""
     if exp < (now if now is not None else time.time()):
         return False
-    return hmac.compare_digest(_signature(keys, image_id, exp), sig)
+    # bytes: compare_digest refuses text that is not ASCII (a 500 for a hostile ``sig``)
+    return hmac.compare_digest(_signature(keys, image_id, exp).encode(), sig.encode())

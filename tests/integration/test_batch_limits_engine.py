@@ -15,6 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 from pixelkiln.app import Kiln
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.tasks import list_tasks
+from pixelkiln.engine.starts import StartMarks
 from pixelkiln.models import BatchStatus
 from pixelkiln.specs import parse_batch
 from pixelkiln.testing import FakeSDWebUI
@@ -137,3 +138,27 @@ async def test_delay_spaces_a_batch_s_starts_and_the_scheduler_wakes_for_them(
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(gap >= delay - tolerance for gap in gaps), gaps
     assert len(webui.starts("other")) == 6  # not held back by the paced batch
+
+
+async def test_each_start_of_a_paced_batch_moves_its_wait(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every task of a batch with a ``delay`` is marked paced when it starts (so its wait
+    runs from that start), whatever its id; tasks of other batches are not."""
+    seen: dict[int, bool] = {}
+    mark = StartMarks.mark
+
+    async def spied(self: StartMarks, task_id: int, *, paced: bool = False) -> None:
+        seen[task_id] = paced
+        await mark(self, task_id, paced=paced)
+
+    monkeypatch.setattr(StartMarks, "mark", spied)
+    with CountingWebUI(latency=0.0) as webui:
+        settings = _settings(tmp_path, webui.url, database_url)
+        async with Kiln(settings) as kiln:
+            warm = await kiln.submit(_spec("warm", 3))  # task ids no longer match batch ids
+            paced = await kiln.submit(_spec("paced", 3, delay=0.05))
+            await asyncio.wait_for(kiln.run_until_done([warm, paced]), 30)
+            owner = {t.id: b for b in (warm, paced) for t in kiln.db.read(list_tasks, b)}
+    assert sorted(seen) == sorted(owner)
+    assert all(seen[task_id] == (batch == paced) for task_id, batch in owner.items()), seen

@@ -190,3 +190,8 @@ def test_empty_fields_leave_no_stray_separators() -> None:
     assert render(joined, {"a": "水墨", "b": "", "c": "山"}) == f"水墨{comma}山"
     # every field given: the text as written, odd spacing and all
     assert render("{a} ,  {b}", {"a": "x", "b": "y"}) == "x ,  y"
+    # values are never rewritten, only the template's own text around an empty field
+    odd = {"style": "", "title": "Wait... what?", "visual_desc": "line one\nline two"}
+    assert render(template, odd) == "Wait... what?: line one\nline two"
+    assert render("{a}, {b}, {c}", {"a": "", "b": "", "c": "C"}) == "C"
+    assert render("{a}, {b}, {c}", {"a": "A", "b": "", "c": ""}) == "A"

@@ -91,6 +91,18 @@ async def test_image_urls_open_without_a_token_and_only_their_own_image(slides_a
     assert (await anonymous.get(first.path)).status_code == 401  # no link, no token
     expired = dict(first.params) | {"exp": "1"}
     assert (await anonymous.get(first.path, params=expired)).status_code == 401
+    odd = await anonymous.get(first.path, params=dict(first.params) | {"sig": "é"})
+    assert odd.status_code == 422  # not hex: refused before any comparison
+
+
+async def test_with_auth_off_an_image_opens_whatever_link_it_carries(api: Api) -> None:
+    made = await api.client.post(
+        "/api/v1/batches?wait=true", json={"name": "b", "tasks": [{"prompt": "a fox"}]}
+    )
+    image_id = made.json()["tasks"][0]["images"][0]["id"]
+    stale = {"exp": "1", "sig": "0" * 64}  # a link signed by an installation with auth on
+    opened = await api.client.get(f"/api/v1/images/{image_id}/file", params=stale)
+    assert opened.status_code == 200
 
 
 async def test_bad_bodies_answer_detail(slides_api: Api) -> None:
