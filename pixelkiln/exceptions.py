@@ -9,6 +9,7 @@ boundary where they enter our code, into one of these, with ``raise ... from``::
     ├── SpecError                bad batch input; carries every Problem found
     ├── NotFoundError            a batch, task or image that does not exist (for this user)
     ├── InvalidStateError        an action that the object's state forbids (retry a running batch)
+    ├── PermissionDeniedError    an action only an admin may take
     ├── IdempotencyKeyReusedError  an idempotency key sent again with a different request
     ├── DatabaseError            the database is unreachable or stayed locked
     ├── UnstorableValueError     a value the database refuses to store (a NUL in text)
@@ -91,6 +92,10 @@ class NotFoundError(KilnError):
 
 class InvalidStateError(KilnError):
     """The action is not allowed in the object's current state."""
+
+
+class PermissionDeniedError(KilnError):
+    """An action only an admin may take (the API answers 403)."""
 
 
 class BackendError(KilnError):

@@ -28,6 +28,7 @@ from pixelkiln.exceptions import (
     InvalidValueError,
     KilnError,
     NotFoundError,
+    PermissionDeniedError,
     SpecError,
     UnstorableValueError,
 )
@@ -171,6 +172,8 @@ async def _kiln(_: Request, exc: Exception) -> JSONResponse:
         return error_response(404, "not_found", str(exc))
     if isinstance(exc, InvalidStateError):
         return error_response(409, "invalid_state", str(exc))
+    if isinstance(exc, PermissionDeniedError):
+        return error_response(403, "forbidden", str(exc))
     if isinstance(exc, InvalidValueError):
         problems = [
             {"where": p.where, "field": p.field, "message": p.message} for p in exc.problems

@@ -98,7 +98,10 @@ def status(
 
         def look(db: Database) -> list[dict[str, Any]]:
             found = db.read(list_batches, limit=limit) if batch is None else [resolve(db, batch)]
-            return [_batch_facts(b) | {"webhook": db.read(webhook_facts, b)} for b in found]
+            if batch is None and not as_json:  # the table shows no webhooks: read none
+                return [_batch_facts(b) for b in found]
+            hooks = db.read(lambda conn: [webhook_facts(conn, b) for b in found])
+            return [_batch_facts(b) | {"webhook": h} for b, h in zip(found, hooks, strict=True)]
 
         facts = with_db(settings, look)
     if as_json:

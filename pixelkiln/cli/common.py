@@ -21,6 +21,7 @@ from pixelkiln.exceptions import (
     InvalidStateError,
     KilnError,
     NotFoundError,
+    PermissionDeniedError,
     SpecError,
     UnstorableValueError,
 )
@@ -60,7 +61,13 @@ def errors() -> Iterator[None]:
         if len(exc.problems) > 50:
             err_console.print(f"  … and {len(exc.problems) - 50} more")
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    except (ConfigError, NotFoundError, InvalidStateError, UnstorableValueError) as exc:
+    except (
+        ConfigError,
+        NotFoundError,
+        InvalidStateError,
+        PermissionDeniedError,
+        UnstorableValueError,
+    ) as exc:
         print_error(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KilnError as exc:

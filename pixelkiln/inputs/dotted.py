@@ -70,12 +70,12 @@ def clashes(names: Iterable[str]) -> list[tuple[str, str]]:
     [('setting', 'setting.place')]
     """
     paths = {name: path_of(name) for name in names}
-    found = []
-    for name, path in paths.items():
-        for other, longer in paths.items():
-            if len(longer) > len(path) and longer[: len(path)] == path:
-                found.append((name, other))
-    return found
+    # each path's proper prefixes, once: linear in the names, not quadratic
+    longer_than: dict[tuple[str, ...], list[str]] = {}
+    for other, path in paths.items():
+        for cut in range(1, len(path)):
+            longer_than.setdefault(path[:cut], []).append(other)
+    return [(name, other) for name, path in paths.items() for other in longer_than.get(path, [])]
 
 
 def nested_fields(values: Mapping[str, Any]) -> dict[str, Any]:

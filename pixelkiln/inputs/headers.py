@@ -87,17 +87,25 @@ def column_name(heading: str) -> str:
     that is no known word comes back normalised the same way (an item field).
     """
     text = heading.strip()
+    known = _known_word(text)
+    return _BY_HEADING[known] if known else re.sub(r"[\s\-]+", "_", text.lower())
+
+
+def _known_word(text: str) -> str | None:
+    """The word of ``text`` (as typed, or without its bracketed gloss; any case) that
+    names a column, as ``_BY_HEADING`` holds it; None when it names none."""
     for word in (text, _GLOSS.sub("", text)):
-        if word in _BY_HEADING or word.lower() in _BY_HEADING:
-            return _BY_HEADING.get(word) or _BY_HEADING[word.lower()]
-    return re.sub(r"[\s\-]+", "_", text.lower())
+        for form in (word, word.lower()):
+            if form in _BY_HEADING:
+                return form
+    return None
 
 
 def is_chinese_heading(heading: str) -> bool:
     """Whether a heading is one of the Chinese words for a column (not an English name):
     what tells a table saved in a Chinese code page from one misread as such."""
-    text = heading.strip()
-    return any(word in _BY_HEADING and not word.isascii() for word in (text, _GLOSS.sub("", text)))
+    known = _known_word(heading.strip())
+    return known is not None and not known.isascii()
 
 
 def heading(column: str, headers: Headers) -> str:

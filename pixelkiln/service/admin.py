@@ -24,8 +24,8 @@ from pixelkiln.db.settings_store import (
     stored_concurrency,
 )
 from pixelkiln.engine.limits import BackendLimit, configured_limits
-from pixelkiln.exceptions import InvalidStateError, InvalidValueError, NotFoundError
-from pixelkiln.service.context import Caller, ServiceContext
+from pixelkiln.exceptions import InvalidValueError, NotFoundError
+from pixelkiln.service.context import Caller, ServiceContext, require_admin
 
 if TYPE_CHECKING:
     from pixelkiln.engine.scheduler import SchedulerStatus
@@ -113,7 +113,7 @@ async def set_concurrency(
     ctx: ServiceContext, caller: Caller, value: int, live: LiveLimits | None = None
 ) -> ConcurrencyView:
     """The global limit, 1–``[server] max_concurrency``: stored, and applied by ``live``."""
-    _admin_only(caller)
+    require_admin(caller, "change the concurrency")
     top = ctx.settings.server.max_concurrency
     if not 1 <= value <= top:
         raise InvalidValueError(
@@ -130,7 +130,7 @@ async def reset_concurrency(
     ctx: ServiceContext, caller: Caller, live: LiveLimits | None = None
 ) -> ConcurrencyView:
     """Forget the global limit an admin set: kiln.toml's applies again."""
-    _admin_only(caller)
+    require_admin(caller, "change the concurrency")
     await ctx.write(delete_setting, CONCURRENCY)
     if live is not None:
         live.set_concurrency(ctx.settings.scheduler.concurrency)
@@ -141,7 +141,7 @@ async def set_backend_concurrency(
     ctx: ServiceContext, caller: Caller, name: str, value: int, live: LiveLimits | None = None
 ) -> ConcurrencyView:
     """Requests in flight per server of backend ``name``, 1–:data:`MAX_PER_URL`."""
-    _admin_only(caller)
+    require_admin(caller, "change the concurrency")
     _known_backend(ctx, name)
     if not 1 <= value <= MAX_PER_URL:
         raise InvalidValueError(
@@ -157,17 +157,12 @@ async def reset_backend_concurrency(
     ctx: ServiceContext, caller: Caller, name: str, live: LiveLimits | None = None
 ) -> ConcurrencyView:
     """Forget backend ``name``'s value an admin set: its ``concurrency`` in kiln.toml applies."""
-    _admin_only(caller)
+    require_admin(caller, "change the concurrency")
     _known_backend(ctx, name)
     await ctx.write(delete_setting, backend_concurrency_key(name))
     if live is not None:
         live.set_backend_concurrency(name, None)
     return await concurrency_view(ctx, live)
-
-
-def _admin_only(caller: Caller) -> None:
-    if not caller.is_admin:
-        raise InvalidStateError("only admins may change the concurrency")
 
 
 def _known_backend(ctx: ServiceContext, name: str) -> None:

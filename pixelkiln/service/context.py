@@ -24,6 +24,7 @@ from pixelkiln.config import Settings
 from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.users import User
 from pixelkiln.engine.bus import EventBus
+from pixelkiln.exceptions import PermissionDeniedError
 from pixelkiln.keybox import KeyBox
 from pixelkiln.storage import Storage
 
@@ -151,6 +152,15 @@ class Caller:
     def owner_key(self) -> int:
         """Idempotency keys are per user; 0 stands for "no auth"."""
         return self.user_id or 0
+
+
+def require_admin(caller: Caller, what: str) -> None:
+    """PermissionDeniedError unless ``caller`` is an admin (the local installation is one).
+
+    >>> require_admin(LOCAL, "manage presets")
+    """
+    if not caller.is_admin:
+        raise PermissionDeniedError(f"only admins may {what}")
 
 
 LOCAL = Caller(None)

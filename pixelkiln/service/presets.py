@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from pixelkiln.db import presets as store
 from pixelkiln.db.presets import Preset, PresetFields
-from pixelkiln.exceptions import InvalidStateError, InvalidValueError, Problem
-from pixelkiln.service.context import Caller, ServiceContext
+from pixelkiln.exceptions import InvalidValueError, Problem
+from pixelkiln.service.context import Caller, ServiceContext, require_admin
 from pixelkiln.specs import Params, problems_from_validation
 
 #: what a preset's ``content`` holds to place the user's prompt (else it goes before it)
@@ -44,7 +44,7 @@ async def get_preset(ctx: ServiceContext, caller: Caller, preset_id: int) -> Pre
 
 async def create_preset(ctx: ServiceContext, caller: Caller, fields: PresetFields) -> Preset:
     """A new preset, last in its category unless ``fields.position`` says where."""
-    _admin_only(caller)
+    require_admin(caller, "manage presets")
     return await ctx.write(store.create_preset, _with_checked_params(fields))
 
 
@@ -52,13 +52,13 @@ async def change_preset(
     ctx: ServiceContext, caller: Caller, preset_id: int, fields: PresetFields
 ) -> Preset:
     """The fields given (not None) replaced; NotFoundError when there is no such preset."""
-    _admin_only(caller)
+    require_admin(caller, "manage presets")
     return await ctx.write(store.update_preset, preset_id, _with_checked_params(fields))
 
 
 async def delete_preset(ctx: ServiceContext, caller: Caller, preset_id: int) -> None:
     """Gone for good (batches made with it keep their prompts); NotFoundError if absent."""
-    _admin_only(caller)
+    require_admin(caller, "manage presets")
     await ctx.write(store.delete_preset, preset_id)
 
 
@@ -66,7 +66,7 @@ async def reorder_presets(
     ctx: ServiceContext, caller: Caller, preset_ids: Sequence[int]
 ) -> list[Preset]:
     """The listed presets first, in that order; every preset (inactive too) after."""
-    _admin_only(caller)
+    require_admin(caller, "manage presets")
     return await ctx.write(store.reorder_presets, preset_ids)
 
 
@@ -92,11 +92,6 @@ def framed(preset: Preset, prompt: str, negative_prompt: str | None) -> Framed:
     negative = negative_prompt if negative_prompt is not None else (preset.negative_prompt or None)
     params = {k: v for k, v in preset.params.items() if k in Params.model_fields}
     return Framed(prompt, negative, params)
-
-
-def _admin_only(caller: Caller) -> None:
-    if not caller.is_admin:
-        raise InvalidStateError("only admins may manage presets")
 
 
 def _with_checked_params(fields: PresetFields) -> PresetFields:

@@ -20,7 +20,11 @@ from pixelkiln.db.settings_store import (
 )
 from pixelkiln.db.users import add_user
 from pixelkiln.engine.scheduler import SchedulerStatus
-from pixelkiln.exceptions import InvalidStateError, InvalidValueError, NotFoundError
+from pixelkiln.exceptions import (
+    InvalidValueError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from pixelkiln.service import LOCAL, Caller
 from tests.conftest import make_settings
 
@@ -110,7 +114,7 @@ async def test_only_admins_change_the_concurrency(kiln: Kiln) -> None:
         service.set_backend_concurrency(kiln.service, ivy, "slow", 2),
         service.reset_backend_concurrency(kiln.service, ivy, "slow"),
     ):
-        with pytest.raises(InvalidStateError, match="only admins"):
+        with pytest.raises(PermissionDeniedError, match="only admins"):
             await change
     assert await kiln.service.read(stored_concurrency) == (None, {})
     assert (await service.set_concurrency(kiln.service, root, 2)).concurrency == 2
@@ -187,7 +191,7 @@ async def test_users_see_active_presets_and_only_admins_manage_them(kiln: Kiln) 
         service.delete_preset(kiln.service, ivy, shown.id),
         service.reorder_presets(kiln.service, ivy, [hidden.id]),
     ):
-        with pytest.raises(InvalidStateError, match="only admins"):
+        with pytest.raises(PermissionDeniedError, match="only admins"):
             await change
     mine = await service.list_presets(kiln.service, ivy, include_inactive=True)
     assert [p.title for p in mine] == ["A"]
