@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pixelkiln.exceptions import Problem
+from pixelkiln.exceptions import InvalidValueError, Problem
 
 #: most problems one SpecError lists; past this a last Problem says how many more
 MAX_PROBLEMS = 200
@@ -115,3 +115,16 @@ def nul_paths(data: Any, limit: int = MAX_PROBLEMS) -> list[tuple[Any, ...]]:
         elif isinstance(value, list):
             stack.extend(((*loc, i), item) for i, item in enumerate(value))
     return sorted(found, key=lambda loc: [str(p).zfill(12) for p in loc])
+
+
+def invalid_value(exc: ValidationError, prefix: str = "") -> InvalidValueError:
+    """A model's validation error as our InvalidValueError: the first bad value named
+    (``prefix`` + its path, e.g. ``params.steps``), every one listed. The API answers it
+    422 with the same body wherever it is raised (a form's fields, a preset's params).
+    """
+    found = problems_from_validation(exc, "", lambda loc: ("", ".".join(map(str, loc))))
+    problems = [Problem("", "", f"{prefix}{p.field}", p.message) for p in found]
+    first = problems[0]
+    return InvalidValueError(
+        f"{first.field}: {first.message}", field=first.field, problems=problems
+    )

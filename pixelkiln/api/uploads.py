@@ -21,7 +21,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fastapi import Request
-from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
@@ -33,7 +32,6 @@ from pixelkiln.engine.intake import asset_record
 from pixelkiln.exceptions import Problem
 from pixelkiln.inputs import LoadedBatch, TableTemplate, load_batch_file
 from pixelkiln.naming import file_name
-from pixelkiln.problems import problems_from_validation
 from pixelkiln.service import Caller
 from pixelkiln.service.uploads import Uploaded
 from pixelkiln.specs import TaskSpec
@@ -76,19 +74,6 @@ async def read_form(request: Request, max_files: int, field: str = "files") -> F
                 422, "too_many_files", f"at most {max_files} files per request", field=field
             ) from exc
         raise ApiError(400, "bad_request", f"unreadable form data: {detail}") from exc
-
-
-def form_error(exc: ValidationError) -> ApiError:
-    """A form's text fields that fail their model: 422 naming the first, listing each."""
-    problems = problems_from_validation(exc, "", lambda loc: ("", ".".join(map(str, loc))))
-    first = problems[0]
-    return ApiError(
-        422,
-        "invalid_request",
-        f"{first.field}: {first.message}",
-        field=first.field,
-        problems=[{"where": p.where, "field": p.field, "message": p.message} for p in problems],
-    )
 
 
 def files_of(form: FormData, name: str) -> list[UploadFile]:

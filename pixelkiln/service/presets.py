@@ -17,9 +17,10 @@ from pydantic import ValidationError
 
 from pixelkiln.db import presets as store
 from pixelkiln.db.presets import Preset, PresetFields
-from pixelkiln.exceptions import InvalidValueError, Problem
+from pixelkiln.exceptions import InvalidValueError
+from pixelkiln.problems import invalid_value
 from pixelkiln.service.context import Caller, ServiceContext, require_admin
-from pixelkiln.specs import Params, problems_from_validation
+from pixelkiln.specs import Params
 
 #: what a preset's ``content`` holds to place the user's prompt (else it goes before it)
 PROMPT_SLOT = "{prompt}"
@@ -111,10 +112,5 @@ def checked_params(raw: dict[str, Any]) -> dict[str, Any]:
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
-        found = problems_from_validation(exc, "", lambda loc: ("", ".".join(map(str, loc))))
-        problems = [Problem("", "", f"params.{p.field}", p.message) for p in found]
-        first = problems[0]
-        raise InvalidValueError(
-            f"{first.field}: {first.message}", field=first.field, problems=problems
-        ) from exc
+        raise invalid_value(exc, "params.") from exc
     return params.model_dump(mode="json", exclude_unset=True)

@@ -28,12 +28,13 @@ from pixelkiln.api.compat.envelope import envelope_router
 from pixelkiln.api.compat.img2img_shapes import ok, preset_row, queue_row, render_error, task_row
 from pixelkiln.api.deps import ApiContext, CallerDep, CtxDep, IdPath
 from pixelkiln.api.errors import ApiError
-from pixelkiln.api.uploads import files_of, form_body, form_error, read_form, store_images
+from pixelkiln.api.uploads import files_of, form_body, read_form, store_images
 from pixelkiln.api.views import ImageLinks
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.records import images_of_tasks, search_batches
 from pixelkiln.db.tasks import get_task, list_tasks
 from pixelkiln.models import Batch, ImageRecord, Task
+from pixelkiln.problems import invalid_value
 from pixelkiln.service import Caller, Submission, Uploaded, UploadFields
 from pixelkiln.specs import BatchSpec
 from pixelkiln.wire.schemas import Id
@@ -79,7 +80,7 @@ async def create(request: Request, ctx: CtxDep, caller: CallerDep) -> dict[str, 
         uploads = await store_images(ctx, caller, files_of(form, "images"), field="images")
         spec = await _spec(ctx, fields, uploads)
     except ValidationError as exc:
-        raise form_error(exc) from exc
+        raise invalid_value(exc) from exc
     finally:
         await form.close()
     sub = Submission(

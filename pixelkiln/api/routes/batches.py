@@ -25,7 +25,6 @@ from pixelkiln.api.uploads import (
     IMAGE_FILES,
     files_of,
     form_body,
-    form_error,
     load_table,
     read_form,
     saved_table,
@@ -37,6 +36,7 @@ from pixelkiln.db.batches import get_batch
 from pixelkiln.db.records import count_active, search_batches
 from pixelkiln.db.tasks import list_images
 from pixelkiln.models import BatchStatus, TaskStatus
+from pixelkiln.problems import invalid_value
 from pixelkiln.service import Caller, Submission, TaskPage, UploadFields
 from pixelkiln.specs import BatchSpec, parse_batch
 from pixelkiln.wire.schemas import (
@@ -148,7 +148,7 @@ async def create_from_uploads(
         )
         uploads = await store_images(ctx, caller, files_of(form, "files"))
     except ValidationError as exc:
-        raise form_error(exc) from exc
+        raise invalid_value(exc) from exc
     finally:
         await form.close()
     spec = await service.upload_spec(ctx.service, fields, uploads)
