@@ -81,7 +81,7 @@ class Batch:
     name: str
     status: BatchStatus
     priority: int
-    source: str  #: cli, api, web, project, schedule
+    source: str  #: cli, api, web, project, schedule; img2img, slides (drop-in APIs)
     owner_id: int | None
     max_attempts: int
     counts: BatchCounts

@@ -248,9 +248,15 @@ def delete_image(tx: Tx, image_id: int, owner_id: int | None = None) -> ImageInf
 
 
 def _batch_filter(
-    query: Any, owner_id: int | None, statuses: Iterable[BatchStatus] | None, text: str | None
+    query: Any,
+    owner_id: int | None,
+    statuses: Iterable[BatchStatus] | None,
+    text: str | None,
+    source: str | None = None,
 ) -> Any:
     query = _owned(query, owner_id)
+    if source is not None:
+        query = query.where(batches.c.source == source)
     if statuses is not None:
         query = query.where(batches.c.status.in_([str(s) for s in statuses]))
     if text:
@@ -269,18 +275,26 @@ def search_batches(
     text: str | None = None,
     limit: int = 50,
     offset: int = 0,
+    source: str | None = None,
 ) -> tuple[list[Batch], int]:
-    """Batches whose name or any prompt contains ``text``, newest first; and how many match."""
-    page = _batch_filter(select(batches), owner_id, statuses, text)
+    """Batches whose name or any prompt contains ``text``, newest first; and how many match.
+
+    ``source``: only batches that came that way (``img2img``: through that drop-in API).
+    """
+    page = _batch_filter(select(batches), owner_id, statuses, text, source)
     page = page.order_by(batches.c.id.desc()).limit(limit).offset(offset)
-    total = _batch_filter(select(func.count()).select_from(batches), owner_id, statuses, text)
+    counted = select(func.count()).select_from(batches)
+    total = _batch_filter(counted, owner_id, statuses, text, source)
     return [_batch(row) for row in conn.execute(page)], int(conn.execute(total).scalar_one())
 
 
-def count_active(conn: Connection, owner_id: int | None = None) -> int:
-    """Batches not finished yet (queued, running or paused)."""
+def count_active(conn: Connection, owner_id: int | None = None, source: str | None = None) -> int:
+    """Batches not finished yet (queued, running or paused); ``source``: only those that
+    came that way."""
     query = select(func.count()).select_from(batches)
     query = query.where(batches.c.status.in_([str(s) for s in UNFINISHED]))
+    if source is not None:
+        query = query.where(batches.c.source == source)
     return int(conn.execute(_owned(query, owner_id)).scalar_one())
 
 

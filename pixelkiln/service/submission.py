@@ -42,7 +42,7 @@ class Submission:
     """A batch a caller asks for, and how it came."""
 
     spec: BatchSpec
-    source: str = "api"  #: cli, api, web, project, schedule
+    source: str = "api"  #: cli, api, web, project, schedule; img2img, slides (drop-in APIs)
     source_name: str = ""  #: the file it came from, for messages
     where: Callable[[int], str] | None = None  #: names task i in messages ("row 4")
     idempotency_key: str | None = None

@@ -85,7 +85,7 @@ async def create(request: Request, ctx: CtxDep, caller: CallerDep) -> dict[str, 
         await form.close()
     sub = Submission(
         spec,
-        source="api",
+        source=SOURCE,
         fingerprint=service.fingerprint(
             "img2img", fields.model_dump(), [(u.asset.sha256, u.filename) for u in uploads]
         ),
@@ -144,11 +144,13 @@ async def queue(queue_id: IdPath, ctx: CtxDep, caller: CallerDep) -> dict[str, A
 
 
 Limit = Annotated[int, Query(ge=1, le=500, description="Newest first.")]
+#: ``batches.source`` of the queues made here: the service's lists show only those
+SOURCE = "img2img"
 
 
 @router.get("/queues", summary="My queues (img2img service)")
 async def queues(ctx: CtxDep, caller: CallerDep, limit: Limit = 20) -> dict[str, Any]:
-    found, _ = await ctx.read(search_batches, owner_id=caller.mine, limit=limit)
+    found, _ = await ctx.read(search_batches, owner_id=caller.mine, limit=limit, source=SOURCE)
     return ok([queue_row(b) for b in found])
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 
 from pixelkiln import service
 from pixelkiln.api.compat.envelope import envelope_router
-from pixelkiln.api.compat.img2img import concurrency_now
+from pixelkiln.api.compat.img2img import SOURCE, concurrency_now
 from pixelkiln.api.compat.img2img_shapes import ok, preset_row, queue_row, render_error
 from pixelkiln.api.deps import AdminDep, CtxDep, IdPath
 from pixelkiln.db.presets import PresetFields
@@ -116,7 +116,7 @@ async def delete_preset(preset_id: IdPath, ctx: CtxDep, caller: AdminDep) -> dic
 
 def _all_queues(conn: Connection, limit: int) -> list[dict[str, Any]]:
     """The newest batches of every user, with the owner's name."""
-    found, _ = search_batches(conn, owner_id=None, limit=limit)
+    found, _ = search_batches(conn, owner_id=None, limit=limit, source=SOURCE)
     owners = {b.owner_id for b in found if b.owner_id is not None}
     names = {i: get_user(conn, i).name for i in owners}
     return [queue_row(b, names.get(b.owner_id) if b.owner_id else None) for b in found]
@@ -138,9 +138,12 @@ _QUEUE_COUNTS = {
 
 
 def _stats(conn: Connection) -> dict[str, Any]:
-    figures: dict[str, Any] = {"total_queues": search_batches(conn, owner_id=None, limit=1)[1]}
+    def queues(statuses: tuple[BatchStatus, ...] | None = None) -> int:
+        return search_batches(conn, owner_id=None, statuses=statuses, limit=1, source=SOURCE)[1]
+
+    figures: dict[str, Any] = {"total_queues": queues()}
     for name, statuses in _QUEUE_COUNTS.items():
-        figures[name] = search_batches(conn, owner_id=None, statuses=statuses, limit=1)[1]
+        figures[name] = queues(statuses)
     tasks = task_counts(conn)
     figures["total_images"] = sum(tasks.values())
     figures["completed_images"] = tasks.get("succeeded", 0)

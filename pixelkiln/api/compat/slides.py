@@ -127,7 +127,7 @@ async def generate(
     """One batch; answers when it has ended (or after ``[server] max_wait_seconds``)."""
     spec = parse_batch(batch_spec(body, ctx.settings.compat.slide_template), partial=True)
     sub = Submission(
-        spec, source="api", fingerprint=service.fingerprint("slides", spec.model_dump(mode="json"))
+        spec, source=SOURCE, fingerprint=service.fingerprint("slides", spec.model_dump(mode="json"))
     )
     batch_id, _ = await service.submit(ctx.service, caller, sub)
     await service.wait_until_finished(ctx.service, batch_id, ctx.settings.server.max_wait_seconds)
@@ -153,8 +153,8 @@ async def status(
 
 @router.get("/active-count", summary="Batches not finished yet (slide API)")
 async def active_count(ctx: CtxDep, caller: CallerDep) -> dict[str, int]:
-    """The caller's unfinished batches (every batch without auth)."""
-    return {"active_batches": await ctx.read(count_active, caller.mine)}
+    """The caller's unfinished slide batches (everyone's without auth)."""
+    return {"active_batches": await ctx.read(count_active, caller.mine, SOURCE)}
 
 
 async def _page(ctx: ApiContext, caller: service.Caller, batch_id: int) -> BatchPage:
@@ -173,6 +173,9 @@ BATCH_STATUS = {
     BatchStatus.CANCELLED: "failed",
 }
 #: our task status → a slide's (pending generating done error)
+#: ``batches.source`` of the batches made here: ``active-count`` counts only those
+SOURCE = "slides"
+
 SLIDE_STATUS = {
     TaskStatus.PENDING: "pending",
     TaskStatus.RUNNING: "generating",

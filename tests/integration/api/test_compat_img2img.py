@@ -129,3 +129,21 @@ async def test_a_preset_frames_the_prompt_and_usedUserKey_is_false_on_the_system
     queue = (await alice.get(f"/api/batch/queue/{body['queueId']}")).json()["data"]
     assert queue["tasks"][0]["prompt"] == "ink drawing of a fox"
     assert queue["queue"]["batch_name"] == "foxes"
+
+
+async def test_the_service_s_lists_show_only_its_own_queues(compat_api: Api) -> None:
+    """A user's other batches (made through /api/v1, a slide deck…) are not the service's
+    queues: its front end lists, and its admin counts, only what it made."""
+    _, alice = await compat_api.add_user("alice", credits=10)
+    _, root = await compat_api.add_user("root", admin=True)
+    made = await alice.post("/api/batch/create", data={"prompt": "a fox"}, files=_images("a.png"))
+    queue_id = made.json()["queueId"]
+    other = await alice.post("/api/v1/batches", json={"name": "v1", "tasks": [{"prompt": "x"}]})
+    assert other.status_code == 201
+    mine = (await alice.get("/api/batch/queues")).json()["data"]
+    assert [q["id"] for q in mine] == [queue_id]
+    everyone = (await root.get("/api/admin/batch/queues")).json()["data"]
+    assert [q["id"] for q in everyone] == [queue_id]
+    assert (await root.get("/api/admin/batch/stats")).json()["data"]["total_queues"] == 1
+    listed = (await alice.get("/api/v1/batches")).json()["items"]
+    assert {b["source"] for b in listed} == {"img2img", "api"}  # ordinary batches all the same

@@ -148,3 +148,16 @@ async def test_another_users_batch_is_not_found(slides_api: Api) -> None:
 async def test_a_slide_template_that_is_not_valid_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"compat.slide_template: '\{title!r\}' at character 1"):
         api_settings(tmp_path / "data", compat={"slides": True, "slide_template": "{title!r}"})
+
+
+async def test_active_count_counts_only_slide_batches(slides_api: Api) -> None:
+    _, user = await slides_api.add_user("deck")
+    # unfinished for an hour (its second task waits out the delay), and not a deck
+    slow = {"name": "v1", "delay": 3600, "tasks": [{"prompt": "x"}, {"prompt": "y"}]}
+    other = (await user.post("/api/v1/batches", json=slow)).json()
+    assert (await user.get("/api/v1/batches/active")).json() == {"active": 1}
+    assert (await user.get("/api/slide/batch/active-count")).json() == {"active_batches": 0}
+    await user.post(f"/api/v1/batches/{other['id']}/cancel")
+    done = (await user.post("/api/slide/batch/generate", json=deck())).json()
+    batch = (await user.get(f"/api/v1/batches/{done['batch_id']}")).json()
+    assert batch["source"] == "slides"
