@@ -143,6 +143,9 @@ class ClaimedTask:
     max_attempts: int
     own_key: bool = False  #: runs on its owner's own provider key (see engine.credentials)
     run: int = 0  #: the task's run (0 = first; each regenerate adds 1): its images' ``run``
+    #: its batch has a ``delay``: claimed into a slot free now, it starts at once, and its
+    #: start (not its claim) is when the batch's wait for its next start begins
+    paced: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ themselves (rows, counters, refunds, events) are in :mod:`.transitions`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, select
 
@@ -40,12 +40,15 @@ __all__ = [
 class Claim:
     """What a scheduler's claim took, and when to look again for paced batches."""
 
-    tasks: list[ClaimedTask]
-    #: ids of claimed tasks whose batch has a ``delay``: they were claimed into a free
-    #: slot and must start at once, before any task claimed ahead
-    paced: frozenset[int] = frozenset()
+    tasks: list[ClaimedTask]  #: ``paced`` set on those of batches with a ``delay``
     #: when a batch waiting out its ``delay`` may start its next task (None: none waits)
     wake_at: float | None = None
+
+    @property
+    def paced(self) -> frozenset[int]:
+        """Ids of the claimed tasks whose batch has a ``delay``: claimed into a free slot,
+        they start at once, before any task claimed ahead."""
+        return frozenset(t.id for t in self.tasks if t.paced)
 
 
 def claim(
@@ -69,11 +72,9 @@ def claim(
     limits = {b.id: b for b in open_batches if b.limited}
     claimed = transitions.claim(tx, owner, wants, lease_seconds, open_ids, limits, free)
     started = {t.batch_id for t in claimed if t.batch_id in limits and limits[t.batch_id].paced}
-    return Claim(
-        claimed,
-        frozenset(t.id for t in claimed if t.batch_id in started),
-        wake_at(found, tx.now, started),
-    )
+    if started:
+        claimed = [replace(t, paced=True) if t.batch_id in started else t for t in claimed]
+    return Claim(claimed, wake_at(found, tx.now, started))
 
 
 def claim_tasks(

@@ -114,8 +114,6 @@ class Scheduler:
         #: live limit changes so far: a stored-settings read that started before one of
         #: them is stale and must not put the old limits back
         self._live_changes = 0
-        #: claimed tasks of batches with a ``delay``, until they start
-        self._paced: set[int] = set()
         self.limits = Limits(settings.concurrency, self.backends)
         self.routes = Routes(self.backends, chains or {}, settings.down_timeout, db)
         self.supervision = Supervision(settings.stall_seconds)
@@ -308,9 +306,6 @@ class Scheduler:
         self._wake_at = got.wake_at
         self._nothing_runnable = not got.tasks
         self._dispatch.add(got.tasks, first=got.paced)  # paced: into a slot free now
-        if self._paced:  # forget those given back or cancelled before they started
-            self._paced &= set(self._jobs).union(self._dispatch.ready_ids())
-        self._paced.update(got.paced)  # task ids
         return self._start_ready() + started > 0 or bool(got.tasks)
 
     async def _anything_runnable(self) -> bool:
@@ -354,8 +349,7 @@ class Scheduler:
         api_key = await self.user_keys.key_for(task, backend)  # None: the backend's own key
         request = await build_request(self.storage, task, api_key)
         # committed before the request goes out; a paced batch's delay runs from here
-        await self._starts.mark(task.id, paced=task.id in self._paced)
-        self._paced.discard(task.id)
+        await self._starts.mark(task.id, paced=task.paced)
         try:
             images = await asyncio.wait_for(backend.generate(request), self.settings.task_timeout)
         except TimeoutError as exc:
