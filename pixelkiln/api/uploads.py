@@ -43,11 +43,6 @@ MAX_TABLE_INFLATED = 256 * 1024 * 1024
 MAX_FIELDS = 100
 
 
-def display_name(raw: str | None, fallback: str = "upload") -> str:
-    """``../../etc/passwd.png`` → ``passwd.png``: the last path part, reduced to safe text."""
-    return file_name(raw, fallback)
-
-
 #: an image part in OpenAPI terms: one or more files
 IMAGE_FILES: dict[str, Any] = {"type": "array", "items": {"type": "string", "format": "binary"}}
 
@@ -102,7 +97,7 @@ async def store_images(
     too_large: list[dict[str, str]] = []
     invalid: list[dict[str, str]] = []
     for i, upload in enumerate(files):
-        where, name = f"{field}[{i}]", display_name(upload.filename)
+        where, name = f"{field}[{i}]", file_name(upload.filename)
         if upload.size is not None and upload.size > limits.max_upload_bytes:
             too_large.append(
                 _problem(where, name, _too_large(upload.size, limits.max_upload_bytes))
@@ -175,7 +170,7 @@ def _record_all(tx: Tx, owner_id: int | None, records: list[dict[str, Any]]) -> 
 @contextmanager
 def saved_table(upload: UploadFile, data: bytes) -> Iterator[Path]:
     """The uploaded batch file in a private temporary folder, under a safe name."""
-    name = display_name(upload.filename, "batch")
+    name = file_name(upload.filename, "batch")
     suffix = PurePosixPath(name).suffix.lower()
     if suffix not in TABLE_TYPES:
         raise ApiError(
