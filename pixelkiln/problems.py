@@ -100,6 +100,8 @@ def nul_paths(data: Any, limit: int = MAX_PROBLEMS) -> list[tuple[Any, ...]]:
     >>> nul_paths({"tasks": [{"prompt": "ok"}, {"prompt": "a\\x00b"}]})
     [('tasks', 1, 'prompt')]
     """
+    if not _has_nul(data):  # the common case, found without building a path per value
+        return []
     found: list[tuple[Any, ...]] = []
     stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
     while stack and len(found) < limit:
@@ -128,3 +130,20 @@ def invalid_value(exc: ValidationError, prefix: str = "") -> InvalidValueError:
     return InvalidValueError(
         f"{first.field}: {first.message}", field=first.field, problems=problems
     )
+
+
+def _has_nul(data: Any) -> bool:
+    """Whether any text or key in ``data`` holds a NUL (:func:`nul_paths` says where)."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return True
+        elif isinstance(value, dict):
+            if any(isinstance(key, str) and "\x00" in key for key in value):
+                return True
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
