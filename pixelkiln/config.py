@@ -188,6 +188,19 @@ class AuthSettings(BaseModel):
         "readers that cannot send a token (the drop-in APIs' image URLs, exported tables' "
         "links) carry an expiry and a signature when auth is on.",
     )
+    session_ttl: float = Field(
+        30 * 86400.0,
+        gt=0,
+        le=366 * 86400,
+        description="Seconds a browser session lasts after signing in with a token on "
+        "/login (an HttpOnly, SameSite=Strict cookie); revoking the token ends it sooner.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Other origins (scheme://host:port) whose pages may send writes to "
+        "the API with the session cookie, e.g. a proxy's public address; the server's "
+        "own host is always allowed.",
+    )
 
 
 class CreditsSettings(BaseModel):

@@ -31,6 +31,7 @@ from pixelkiln.api.routes import (
     exports,
     images,
     presets,
+    session,
     system,
     tasks,
 )
@@ -41,6 +42,7 @@ from pixelkiln.api.sse import FrameCache
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
 from pixelkiln.db.settings_store import stored_concurrency
+from pixelkiln.web import SecurityHeaders, mount_web
 
 
 def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
@@ -82,6 +84,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
         BodyLimit, max_bytes=limits.max_request_bytes, max_other=limits.max_spec_bytes
     )
     app.include_router(system.health)
+    app.include_router(session.router, prefix="/api/v1")  # signing in needs no token yet
     secured = [Depends(get_caller)]
     app.include_router(system.protected, dependencies=secured)
     if not open_docs:
@@ -104,6 +107,8 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(images.files, prefix="/api/v1")
     for router in compat_routers(settings.compat):  # other tools' shapes, where switched on
         app.include_router(router, dependencies=secured)
+    mount_web(app)  # the browser UI: pages over the routes above, and their static files
+    app.add_middleware(SecurityHeaders)
     return app
 
 

@@ -19,10 +19,11 @@ from pixelkiln.api.runner import SchedulerThread
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
 from pixelkiln.db.database import Database, Tx
-from pixelkiln.db.users import user_for_token
+from pixelkiln.db.users import User, user_for_token, user_for_token_hash
 from pixelkiln.keybox import KeyBox
 from pixelkiln.service.context import LOCAL, Caller
 from pixelkiln.service.links import link_is_valid
+from pixelkiln.service.sessions import COOKIE, session_token_hash
 from pixelkiln.storage import Storage
 from pixelkiln.wire.schemas import Id, Offset
 
@@ -114,8 +115,63 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
+#: methods that change something: a cookie alone never authorises them cross-site
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def same_origin(request: Request, allowed: list[str]) -> bool:
+    """Whether the page that sent ``request`` is ours: its ``Origin`` names this server's
+    own host (or one of ``[auth] allowed_origins``). A browser sends ``Origin`` with every
+    write, same-site or not; scripts send none, and a missing one is not ours."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    if origin in allowed:
+        return True
+    _, sep, netloc = origin.partition("://")
+    return bool(sep) and netloc == request.headers.get("host")
+
+
+def check_origin(request: Request, ctx: ApiContext, by_cookie: bool) -> None:
+    """CSRF: a write from another site's page is refused. With a cookie the page must
+    prove it is ours (Origin); without one, a foreign Origin is refused too (a form posted
+    from a web page to a loopback server with auth off)."""
+    if request.method not in WRITES:
+        return
+    if by_cookie or request.headers.get("origin") is not None:
+        if not same_origin(request, ctx.settings.auth.allowed_origins):
+            raise ApiError(
+                403,
+                "cross_site",
+                "a write with the session cookie must come from this server's own pages "
+                "(the Origin header did not match); scripts send a bearer token instead",
+            )
+
+
+async def session_user(request: Request, ctx: ApiContext) -> User | None:
+    """The user of the request's session cookie (see :mod:`pixelkiln.service.sessions`)."""
+    value = request.cookies.get(COOKIE)
+    token_hash = session_token_hash(ctx.keys, value) if value else None
+    if token_hash is None:
+        return None
+    return await ctx.read(user_for_token_hash, token_hash)
+
+
 async def get_caller(request: Request, ctx: CtxDep) -> Caller:
-    """The caller, from the bearer token; 401 when auth is on and the token is bad."""
+    """The caller, from the bearer token or else the session cookie; 401 when auth is on
+    and neither is good. Cookie-authenticated writes must come from our own pages."""
+    by_cookie = ctx.settings.auth.enabled and not request.headers.get("authorization")
+    if by_cookie and COOKIE in request.cookies:
+        check_origin(request, ctx, by_cookie=True)
+        user = await session_user(request, ctx)
+        if user is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the session has ended (signed out, expired or its token revoked): sign in again",
+            )
+        return Caller(user)
+    check_origin(request, ctx, by_cookie=False)
     if not ctx.settings.auth.enabled:
         return LOCAL
     user = await ctx.read(user_for_token, _bearer(request))
@@ -151,7 +207,7 @@ async def get_image_scope(
     if exp is not None and sig is not None:
         if link_is_valid(ctx.keys, image_id, exp, sig):
             return None
-        if not request.headers.get("authorization"):
+        if not request.headers.get("authorization") and COOKIE not in request.cookies:
             raise ApiError(401, "unauthorized", "this image link has expired or is not valid")
     return (await get_caller(request, ctx)).scope
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, insert, or_, select
+from sqlalchemy import Connection, Row, bindparam, func, insert, or_, select
 
 from pixelkiln.db import transitions
 from pixelkiln.db.database import Tx, one_row
@@ -170,6 +170,15 @@ def list_batches(
     return [_batch(row) for row in conn.execute(query)]
 
 
+#: the order batches are claimed in: priority, then the place a user gave them in the
+#: queue (``queue_rank``, migration 0007), then age; the Queue page lists them so
+CLAIM_ORDER = (
+    batches.c.priority.desc(),
+    func.coalesce(batches.c.queue_rank, batches.c.id),
+    batches.c.id,
+)
+
+
 def _runnable_statement(filtered: bool) -> Any:
     """Batches with tasks to start, by priority then age, with their own limits (db.pacing)."""
     query = (
@@ -179,7 +188,7 @@ def _runnable_statement(filtered: bool) -> Any:
             batches.c.n_pending > 0,
             or_(batches.c.scheduled_at.is_(None), batches.c.scheduled_at <= bindparam("r_now")),
         )
-        .order_by(batches.c.priority.desc(), batches.c.id)
+        .order_by(*CLAIM_ORDER)
     )
     if filtered:
         query = query.where(batches.c.id.in_(bindparam("r_only", expanding=True)))

@@ -29,6 +29,10 @@ from sqlalchemy import (
 #: PostgreSQL's sequences never hand an id out twice; SQLite without AUTOINCREMENT gives
 #: max(id) + 1, so deleting the newest batch handed its id (and its image folder) to the
 #: next one. Each of these tables says ``sqlite_autoincrement=True`` (migrations 0004, 0005).
+#: what migration 0007 made for searching prompts that ``metadata`` does not describe:
+#: SQLite's FTS5 table ``tasks_search`` (and the tables FTS5 keeps for it) and its
+#: triggers; PostgreSQL's GIN trigram index. Schema comparisons leave them out.
+SEARCH_OBJECTS = ("tasks_search", "ix_tasks_prompt_trgm")
 NEVER_REUSED = ("batches", "tasks", "images", "assets", "events", "users", "presets")
 
 metadata = MetaData(
@@ -74,6 +78,9 @@ batches = Table(
     # the refund policy the batch was last charged under ([credits] refund_failed): false
     # keeps the charge of a task that fails for good (cancellations are always refunded)
     Column("refund_failed", Boolean, nullable=False, server_default=true()),
+    # the place its owner gave it in the queue (migration 0007): claims go by priority,
+    # then coalesce(queue_rank, id), then id; None ranks by its id, i.e. by age
+    Column("queue_rank", Float, nullable=True),
     Index(None, "status", "priority"),
     sqlite_autoincrement=True,  # see NEVER_REUSED
 )

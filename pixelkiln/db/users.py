@@ -98,7 +98,12 @@ _BY_TOKEN = (  # built once: it runs on every authenticated request
 
 def user_for_token(conn: Connection, token: str) -> User | None:
     """The active user a token belongs to, or None."""
-    row = conn.execute(_BY_TOKEN, {"t_hash": hash_token(token)}).first()
+    return user_for_token_hash(conn, hash_token(token))
+
+
+def user_for_token_hash(conn: Connection, token_hash: str) -> User | None:
+    """The active user whose token has this hash (a browser session names it), or None."""
+    row = conn.execute(_BY_TOKEN, {"t_hash": token_hash}).first()
     return _user(row) if row is not None else None
 
 

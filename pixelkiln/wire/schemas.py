@@ -519,3 +519,9 @@ class WebhookPayload(_Public):
     batch: WebhookBatch
     summary: WebhookSummary
     links: WebhookLinks
+
+
+class SessionCreate(_Input):
+    """Sign in: a token, pasted once; the answer sets the session cookie."""
+
+    token: str = Field(min_length=1, max_length=200)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,8 +14,7 @@ import pytest
 
 from pixelkiln import ApiError, Client
 from pixelkiln.models import BatchStatus
-
-KILN = [sys.executable, "-m", "pixelkiln.cli"]  # the `kiln` command
+from tests.processes import KILN, env, free_port
 
 CONFIG = """
 [[backends]]
@@ -39,17 +35,6 @@ enabled = true
 enabled = true
 per_image = 1
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
 
 
 def kiln(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

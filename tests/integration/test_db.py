@@ -31,7 +31,7 @@ from pixelkiln.db.leases import (
     start_tasks,
 )
 from pixelkiln.db.records import delete_batch
-from pixelkiln.db.tables import batches, metadata
+from pixelkiln.db.tables import SEARCH_OBJECTS, batches, metadata
 from pixelkiln.db.tasks import (
     TaskFailure,
     TaskResult,
@@ -92,8 +92,22 @@ def test_schema_of_migrations_matches_the_tables(db: Database) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION
     with db.read_engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        context = MigrationContext.configure(
+            conn, opts={"include_name": _described, "include_object": _described_object}
+        )
+        diff = compare_metadata(context, metadata)
     assert diff == []
+
+
+def _described(name: str | None, type_: str, parent_names: object) -> bool:
+    """Not the search index's objects (migration 0007), which metadata leaves out."""
+    return not (name or "").startswith(SEARCH_OBJECTS)
+
+
+def _described_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    return _described(name, type_, None)
 
 
 def test_reopening_keeps_data_and_does_not_migrate_again(database_url: str) -> None:

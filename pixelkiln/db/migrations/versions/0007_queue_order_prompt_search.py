@@ -1,0 +1,85 @@
+"""A queue order users set, and an index for searching prompts.
+
+- batches: ``queue_rank``, the place a user gave the batch in the queue (web UI's Queue
+  page, ``PUT /api/v1/queue``); claims go by priority, then ``coalesce(queue_rank, id)``,
+  then id; a batch nobody moved ranks by its id (age), as before;
+- prompt search (records, batch search) by an index instead of a scan:
+  SQLite: ``tasks_search``, an FTS5 table with the trigram tokenizer over
+  ``tasks.prompt`` (external content, kept by triggers), which answers substring
+  ``LIKE`` / ``MATCH`` of three or more characters; PostgreSQL: the ``pg_trgm``
+  extension and a GIN trigram index on ``tasks.prompt``, which answers ``ILIKE``.
+  Neither is in ``tables.metadata`` (``tables.SEARCH_OBJECTS`` names them).
+
+A later revision that rebuilds ``tasks`` on SQLite (``batch_alter_table``) drops the
+triggers with the old table: it must call :func:`sqlite_search` again.
+
+Revision ID: 0007
+Revises: 0006
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("batches", sa.Column("queue_rank", sa.Float(), nullable=True))
+    dialect = op.get_bind().dialect.name
+    if dialect == "sqlite":
+        sqlite_search()
+    elif dialect == "postgresql":
+        _postgres_search()
+
+
+SQLITE_SEARCH = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS tasks_search USING fts5("
+    "prompt, content='tasks', content_rowid='id', tokenize='trigram')",
+    "CREATE TRIGGER IF NOT EXISTS tasks_search_insert AFTER INSERT ON tasks BEGIN "
+    "INSERT INTO tasks_search(rowid, prompt) VALUES (new.id, new.prompt); END",
+    "CREATE TRIGGER IF NOT EXISTS tasks_search_delete AFTER DELETE ON tasks BEGIN "
+    "INSERT INTO tasks_search(tasks_search, rowid, prompt) VALUES ('delete', old.id, old.prompt); "
+    "END",
+    "CREATE TRIGGER IF NOT EXISTS tasks_search_update AFTER UPDATE OF prompt ON tasks BEGIN "
+    "INSERT INTO tasks_search(tasks_search, rowid, prompt) VALUES ('delete', old.id, old.prompt); "
+    "INSERT INTO tasks_search(rowid, prompt) VALUES (new.id, new.prompt); END",
+    "INSERT INTO tasks_search(tasks_search) VALUES ('rebuild')",
+)
+
+
+def sqlite_search() -> None:
+    """The FTS5 trigram index of prompts and its triggers, filled from ``tasks``."""
+    conn = op.get_bind()
+    for statement in SQLITE_SEARCH:
+        conn.exec_driver_sql(statement)
+
+
+def _postgres_search() -> None:
+    """pg_trgm and a GIN index; without the right to create the extension (a managed
+    database that did not allow it), searching scans as before instead of failing."""
+    conn = op.get_bind()
+    with conn.begin_nested():
+        try:
+            conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        except sa.exc.DBAPIError:
+            return
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_tasks_prompt_trgm ON tasks USING gin (prompt gin_trgm_ops)"
+    )
+
+
+def downgrade() -> None:
+    dialect = op.get_bind().dialect.name
+    if dialect == "sqlite":
+        for name in ("insert", "delete", "update"):
+            op.execute(f"DROP TRIGGER IF EXISTS tasks_search_{name}")
+        op.execute("DROP TABLE IF EXISTS tasks_search")
+    elif dialect == "postgresql":
+        op.execute("DROP INDEX IF EXISTS ix_tasks_prompt_trgm")
+    with op.batch_alter_table("batches") as batch_op:
+        batch_op.drop_column("queue_rank")

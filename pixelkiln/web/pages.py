@@ -1,0 +1,170 @@
+"""The web UI's pages: one server-rendered shell per plain path, its data fetched by
+the page's script from the public ``/api/v1`` (so a script can do all a page does).
+
+===================  ==============  ==========================================
+path                 template        what it is
+===================  ==============  ==========================================
+``/``                generate        one request, the result inline
+``/batch``           batch           the batch table (rows, references, Excel)
+``/img2img``         img2img         drop files or folders, one prompt for all
+``/batches/{id}``    batch_detail    progress, tasks, retry/cancel/pause, ZIP
+``/queue``           queue           my pending and running batches, in order
+``/records``         records         search, filters, thumbnails, lightbox
+``/admin``           admin           concurrency, presets, users, stats, health
+``/login``           login           paste a token once (when auth is on)
+===================  ==============  ==========================================
+
+With ``[auth] enabled`` a page without a valid session cookie redirects to
+``/login?next=…``; with auth off (loopback only) nobody signs in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from pixelkiln import __version__
+from pixelkiln.api.deps import ApiContext, session_user
+from pixelkiln.db.users import User
+from pixelkiln.web.i18n import LANG_COOKIE, catalog, pick_language
+
+_WEB = resources.files("pixelkiln.web")
+
+
+@dataclass(frozen=True)
+class Page:
+    name: str  #: template, script and messages file share it
+    path: str  #: where a person types it
+    nav: bool = True  #: shown in the navigation
+    admin: bool = False  #: admins only
+
+
+PAGES = (
+    Page("generate", "/"),
+    Page("batch", "/batch"),
+    Page("img2img", "/img2img"),
+    Page("queue", "/queue"),
+    Page("records", "/records"),
+    Page("admin", "/admin", admin=True),
+    Page("batch_detail", "/batches/{batch_id}", nav=False),
+    Page("login", "/login", nav=False),
+)
+_BY_NAME = {p.name: p for p in PAGES}
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(_WEB / "templates")),
+        autoescape=select_autoescape(("html",), default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "sort_keys": True}
+    return env
+
+
+_ENV = _environment()
+
+
+def _messages_json(messages: dict[str, str]) -> str:
+    """The page's messages for its script, safe inside ``<script type=application/json>``:
+    ``<``, ``>`` and ``&`` escaped so no text can close the element."""
+    text = json.dumps(messages, ensure_ascii=False, sort_keys=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render(
+    request: Request, page: Page, user: User | None, status: int = 200, **extra: Any
+) -> HTMLResponse:
+    """A page in the request's language."""
+    lang = pick_language(request.headers.get("accept-language"), request.cookies.get(LANG_COOKIE))
+    messages = catalog(lang, "common", page.name)
+    ctx: ApiContext = request.app.state.ctx
+    context = {
+        "page": page,
+        "pages": [p for p in PAGES if p.nav and (not p.admin or user is None or user.is_admin)],
+        "lang": lang,
+        "t": lambda key: messages.get(key, key),
+        "messages_json": _messages_json(messages),
+        "user": user,
+        "auth": ctx.settings.auth.enabled,
+        "version": __version__,
+        "path": request.url.path,
+        **extra,
+    }
+    html = _ENV.get_template(f"{page.name}.html").render(context)
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def local_path(target: str | None) -> str:
+    """Where to go after signing in: a path on this server, never another site
+    (``//evil.example`` and ``https://…`` become ``/``)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _sign_in_first(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+
+
+async def _show(request: Request, name: str, **extra: Any) -> Response:
+    """The page, after the sign-in and admin checks."""
+    page = _BY_NAME[name]
+    ctx: ApiContext = request.app.state.ctx
+    user: User | None = None
+    if ctx.settings.auth.enabled:
+        user = await session_user(request, ctx)
+        if user is None:
+            return _sign_in_first(request)
+        if page.admin and not user.is_admin:
+            return render(request, page, user, status=403, forbidden=True)
+    return render(request, page, user, **extra)
+
+
+def web_router() -> APIRouter:
+    """The pages; excluded from the OpenAPI schema (they are not the API)."""
+    router = APIRouter(include_in_schema=False)
+
+    def add(page: Page) -> None:
+        async def show(request: Request) -> Response:
+            return await _show(request, page.name)
+
+        router.add_api_route(page.path, show, methods=["GET"], name=f"page_{page.name}")
+
+    for page in PAGES:
+        if page.name not in ("login", "batch_detail"):
+            add(page)
+
+    @router.get("/batches/{batch_id}", name="page_batch_detail")
+    async def batch_detail(request: Request, batch_id: str) -> Response:
+        if not batch_id.isdigit() or not 0 < int(batch_id) < 2**63:
+            return await _show(request, "batch_detail", batch_id=None, not_found=True)
+        return await _show(request, "batch_detail", batch_id=int(batch_id))
+
+    @router.get("/login", name="page_login")
+    async def login(request: Request) -> Response:
+        ctx: ApiContext = request.app.state.ctx
+        if not ctx.settings.auth.enabled:  # nobody signs in on a loopback install
+            return RedirectResponse("/", status_code=303)
+        user = await session_user(request, ctx)
+        return render(
+            request, _BY_NAME["login"], user, next=local_path(request.query_params.get("next"))
+        )
+
+    return router
+
+
+def mount_web(app: FastAPI) -> None:
+    """The pages and their static files (``/static``)."""
+    app.include_router(web_router())
+    app.mount("/static", StaticFiles(directory=str(_WEB / "static")), name="static")

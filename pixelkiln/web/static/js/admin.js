@@ -1,0 +1,1 @@
+// /admin: built next (this issue).

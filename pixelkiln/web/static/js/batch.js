@@ -1,0 +1,1 @@
+// /batch: built next (this issue).

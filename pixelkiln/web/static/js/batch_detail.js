@@ -1,0 +1,1 @@
+// /batch_detail: built next (this issue).

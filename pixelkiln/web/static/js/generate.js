@@ -1,0 +1,1 @@
+// /generate: built next (this issue).

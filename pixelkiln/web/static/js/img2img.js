@@ -1,0 +1,1 @@
+// /img2img: built next (this issue).

@@ -1,0 +1,1 @@
+// /queue: built next (this issue).

@@ -1,0 +1,1 @@
+// /records: built next (this issue).
