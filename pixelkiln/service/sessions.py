@@ -71,3 +71,13 @@ async def sign_in(ctx: ServiceContext, token: str) -> tuple[User, str] | None:
     if user is None:
         return None
     return user, session_value(ctx.keys, token_hash, ttl=ctx.settings.auth.session_ttl)
+
+
+async def session_user(ctx: ServiceContext, value: str | None) -> User | None:
+    """The active user of a session cookie's ``value``; None when there is no cookie,
+    or it is forged, expired, signed under another secret, or its token revoked (or its
+    user disabled). The API's and the pages' one check."""
+    token_hash = session_token_hash(ctx.keys, value) if value else None
+    if token_hash is None:
+        return None
+    return await ctx.read(user_for_token_hash, token_hash)
