@@ -36,6 +36,7 @@ from pixelkiln import __version__
 from pixelkiln.db.users import User
 from pixelkiln.service.context import ServiceContext
 from pixelkiln.service.sessions import COOKIE, session_user
+from pixelkiln.web.headers import PAGE_HEADERS
 from pixelkiln.web.i18n import LANG_COOKIE, catalog, pick_language
 
 _WEB = resources.files("pixelkiln.web")
@@ -109,7 +110,8 @@ def render(
         **extra,
     }
     html = _ENV.get_template(f"{page.name}.html").render(context)
-    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+    headers = {"Cache-Control": "no-store", **PAGE_HEADERS}
+    return HTMLResponse(html, status_code=status, headers=headers)
 
 
 def local_path(target: str | None) -> str:
