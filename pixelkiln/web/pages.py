@@ -40,6 +40,8 @@ from pixelkiln.web.headers import PAGE_HEADERS
 from pixelkiln.web.i18n import LANG_COOKIE, catalog, pick_language
 
 _WEB = resources.files("pixelkiln.web")
+#: the theme switch's cookie: set before the first paint, so a page never flashes the other
+THEME_COOKIE, THEMES = "kiln_theme", ("light", "dark")
 
 
 @dataclass(frozen=True)
@@ -97,10 +99,12 @@ def render(
     """A page in the request's language."""
     lang = pick_language(request.headers.get("accept-language"), request.cookies.get(LANG_COOKIE))
     messages = catalog(lang, "common", page.name)
+    theme = request.cookies.get(THEME_COOKIE)
     context = {
         "page": page,
         "pages": [p for p in PAGES if p.nav and (not p.admin or user is None or user.is_admin)],
         "lang": lang,
+        "theme": theme if theme in THEMES else None,
         "t": lambda key: messages.get(key, key),
         "messages_json": _messages_json(messages),
         "user": user,

@@ -267,6 +267,20 @@ async def test_the_language_comes_from_the_cookie_else_the_browser(open_site: Si
         assert found and json.loads(found.group(1))["nav.records"] == nav
 
 
+async def test_the_theme_cookie_is_there_before_the_first_paint(open_site: Site) -> None:
+    for cookie, theme in (
+        ("kiln_theme=dark", "dark"),
+        ("kiln_theme=light", "light"),
+        ('kiln_theme="dark onload=x"', None),
+        ("", None),
+    ):
+        r = await open_site.client(Cookie=cookie).get("/queue")
+        found = re.search(r"<html [^>]*>", r.text)
+        assert found is not None
+        shown = re.search(r'data-theme="(\w+)"', found.group(0))
+        assert (shown.group(1) if shown else None) == theme, cookie
+
+
 # --- nosniff beyond pages ---------------------------------------------------------------
 
 
