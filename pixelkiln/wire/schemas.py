@@ -525,3 +525,12 @@ class SessionCreate(_Input):
     """Sign in: a token, pasted once; the answer sets the session cookie."""
 
     token: str = Field(min_length=1, max_length=200)
+
+
+# -- the web UI's batch table and reference library (issue #10) -------------------------------
+
+
+class AssetFromImage(_Input):
+    """Make one of my generated images an upload, to use as a reference (``asset:<id>``)."""
+
+    image_id: Id
