@@ -125,7 +125,9 @@ def test_pause_resume_cancel_and_retry_a_running_batch(
     expect(page.locator('dd[data-count="succeeded"]')).to_have_text("30")
 
 
-def test_retry_failed_tasks(browse: Browse, server: Server) -> None:
+def test_retry_failed_tasks_on_a_phone_in_dark(
+    browse: Browse, server: Server, shot: Callable[[Page, str], Path]
+) -> None:
     batch_id = create(
         server,
         "alice",
@@ -134,12 +136,15 @@ def test_retry_failed_tasks(browse: Browse, server: Server) -> None:
     server.wait_batch("alice", batch_id)
     with server.api("alice") as api:
         before = api.get(f"/batches/{batch_id}").json()["tasks"][1]
-    page, _ = browse("alice")
+    page, _ = browse("alice", color_scheme="dark", viewport={"width": 360, "height": 780})
     page.goto(f"/batches/{batch_id}")
     expect(page.locator("#bd-status .badge")).to_have_text("partial")
     bad = row(page, "bad")
     expect(bad.locator(".badge")).to_have_text("failed")
     expect(bad.locator("td.error")).to_contain_text("rejects prompts containing")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 360  # table scrolls
+    axe(page)
+    shot(page, "batch-phone-dark")
     page.get_by_label("Show tasks").select_option("failed")
     expect(page.locator("#bd-rows tr")).to_have_count(1)
     page.get_by_role("button", name="Retry failed").click()

@@ -13,6 +13,8 @@ from typing import Any
 from PIL import Image
 from playwright.sync_api import Page, expect
 
+import pixelkiln.api  # noqa: F401 -- first: pixelkiln.web is imported through the app
+from pixelkiln.web.pages import PAGES
 from tests.browser.conftest import Browse, Server, axe
 
 WEB = Path(__file__).resolve().parents[2] / "pixelkiln" / "web"
@@ -48,6 +50,7 @@ def make_batch(server: Server, user: str, task: dict[str, Any], name: str = "b")
 def test_generate_with_two_uploaded_references_shows_the_images_inline(
     browse: Browse, server: Server, shot: Callable[[Page, str], Path], tmp_path: Path
 ) -> None:
+    earlier = make_batch(server, "alice", {"prompt": "a stone bridge", "width": 64, "height": 64})
     page, _ = browse("alice")
     page.goto("/")
     expect(page.get_by_label("Backend")).to_contain_text("slowpoke")  # backends loaded
@@ -59,15 +62,23 @@ def test_generate_with_two_uploaded_references_shows_the_images_inline(
     page.get_by_label("Aspect ratio").select_option("16:9")
     page.get_by_label("Images (1–10)").fill("2")
     page.get_by_label("Backend").select_option("placeholder")
-    for colour in ("teal", "orange"):
-        (tmp_path / f"{colour}.png").write_bytes(png(colour))
-    page.locator("#gen-upload").set_input_files([tmp_path / "teal.png", tmp_path / "orange.png"])
+    (tmp_path / "teal.png").write_bytes(png("teal"))
+    page.locator("#gen-upload").set_input_files(tmp_path / "teal.png")  # one uploaded here
     chosen = page.get_by_role("list", name="Chosen reference images").get_by_role("listitem")
+    expect(chosen).to_have_count(1)
+    page.get_by_role("button", name="Choose from library").click()  # one past result
+    library = page.get_by_role("dialog", name="Reference library")
+    library.get_by_role("tab", name="Past results").click()
+    library.get_by_role("checkbox", name="a stone bridge").check()
+    library.get_by_role("button", name="Use selected").click()
+    expect(library).to_be_hidden()
     expect(chosen).to_have_count(2)
+    expect(chosen.first).to_contain_text("teal.png")
     expect(page.get_by_text("2 of 4 chosen")).to_be_visible()
+    expect(page.get_by_role("button", name="Choose from library")).to_be_focused()
     page.get_by_text("Advanced: seed, steps, CFG").click()
     page.get_by_label("Seed").fill("42")
-    expect(page.get_by_text("Costs 2 credits")).to_be_visible()
+    expect(page.get_by_text("Cost: 2 credit(s)")).to_be_visible()
 
     page.get_by_label("Prompt", exact=True).press("Control+Enter")  # the keyboard submits
     result = page.locator("section.result").first
@@ -81,6 +92,9 @@ def test_generate_with_two_uploaded_references_shows_the_images_inline(
         images = api.get("/images", params={"batch_id": batch_id}).json()["items"]
     assert len(images) == 2
     assert [i["role"] for i in images[0]["inputs"]] == ["reference_image", "reference_image"]
+    with server.api("alice") as api:  # the past result went in as it was
+        earlier_png = api.get(f"/images/{earlier['tasks'][0]['images'][0]['id']}/file").content
+        assert api.get(images[0]["inputs"][1]["url"].removeprefix("/api/v1")).content == earlier_png
     assert (images[0]["width"], images[0]["height"]) == (1344, 768)
     assert sorted(i["seed"] for i in images) == [42, 43]
 
@@ -142,10 +156,14 @@ def test_send_to_generate_fills_the_form_from_a_task(
     expect(result.locator("figure img")).to_have_count(1)
 
 
-def test_the_form_says_what_is_wrong_before_and_after_sending(browse: Browse) -> None:
-    page, watch = browse("alice")
+def test_the_form_says_what_is_wrong_before_and_after_sending(
+    browse: Browse, shot: Callable[[Page, str], Path]
+) -> None:
+    page, watch = browse("alice", color_scheme="dark", viewport={"width": 360, "height": 780})
     page.goto("/")
     expect(page.get_by_label("Backend")).to_contain_text("slowpoke")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 360  # a phone
+    axe(page)  # dark colours too
     page.get_by_label("Images (1–10)").fill("11")
     page.get_by_role("button", name="Generate", exact=True).click()
     prompt = page.get_by_label("Prompt", exact=True)
@@ -161,6 +179,7 @@ def test_the_form_says_what_is_wrong_before_and_after_sending(browse: Browse) ->
     page.get_by_role("button", name="Generate", exact=True).click()
     expect(page.locator("#gen-prompt-error")).to_contain_text("20000")
     expect(page.locator("#gen-count-error")).to_be_hidden()
+    shot(page, "generate-phone-dark")
 
 
 def test_edit_an_image_from_the_result_and_another_users_task_is_not_found(
@@ -201,6 +220,15 @@ _TEMPLATE_KEY = re.compile(r"""\bt\(\s*'([\w.]+)'\s*\)""")
 _IMPORT = re.compile(r"""from\s+["']\./([\w.-]+\.js)["']""")
 
 
+def _messages_of_page(name: str) -> dict[str, dict[str, str]]:
+    """What the page gets: common's, its shared modules' (``uses``), its own."""
+    page = next(p for p in PAGES if p.name == name)
+    out: dict[str, dict[str, str]] = {}
+    for source in ("common", *page.uses, name):
+        out.update(json.loads((WEB / "messages" / f"{source}.json").read_text()))
+    return out
+
+
 def _keys_of_page(name: str) -> set[str]:
     keys = set(_TEMPLATE_KEY.findall((WEB / "templates" / f"{name}.html").read_text()))
     scripts, seen = [f"{name}.js"], set()
@@ -216,10 +244,9 @@ def _keys_of_page(name: str) -> set[str]:
 
 
 def test_every_message_of_generate_and_batch_pages_is_in_both_languages() -> None:
-    common = json.loads((WEB / "messages" / "common.json").read_text())
     for name in ("generate", "batch_detail"):
         own = json.loads((WEB / "messages" / f"{name}.json").read_text())
-        messages = {**common, **own}
+        messages = _messages_of_page(name)
         missing = sorted(k for k in _keys_of_page(name) if k not in messages)
         assert not missing, f"{name}: no message for {missing}"
         half = sorted(k for k, v in own.items() if not (v.get("en") and v.get("zh")))

@@ -1,5 +1,5 @@
-// / (Generate): one request — prompt, ratio, resolution, count, 0–4 references,
-// backend/model, advanced — submitted as a one-task batch (POST /batches); its
+// / (Generate): one request — prompt, ratio, resolution, count, 0–4 references (from
+// the reference library, library.js, or uploaded here), backend/model, advanced — submitted as a one-task batch (POST /batches); its
 // progress and images shown inline (results.js).
 //
 // "Send to Generate" from other pages opens `/?from_task=ID`: the form is filled
@@ -8,6 +8,7 @@
 import {
   api, assetThumbUrl, el, errorText, t, toast, ASPECT_RATIOS, RESOLUTIONS,
 } from "./kiln.js";
+import { openLibrary } from "./library.js";
 import { resultView } from "./results.js";
 
 const MAX_REFS = 4;
@@ -121,7 +122,19 @@ async function upload(files) {
   }
 }
 
+/** The reference library (my uploads and past results): its choice replaces ours. */
+async function pickFromLibrary() {
+  clearError("reference_images");
+  const picked = await openLibrary({ max: MAX_REFS, selected: refs });
+  if (picked) {
+    refs = [];
+    addRefs(picked);
+  }
+  $("gen-library").focus();
+}
+
 function wireReferences() {
+  $("gen-library").addEventListener("click", pickFromLibrary);
   $("gen-upload-button").addEventListener("click", () => $("gen-upload").click());
   $("gen-upload").addEventListener("change", async (event) => {
     await upload(event.target.files);
