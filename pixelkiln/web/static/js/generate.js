@@ -294,7 +294,8 @@ async function fillFromTask(taskId) {
       api(`/tasks/${taskId}`), api(`/tasks/${taskId}/references`),
     ]);
   } catch (failure) {
-    formError.textContent = failure.status === 404 ? t("gen.from_task_missing", { id: taskId }) : errorText(failure);
+    const gone = failure.status === 404 || failure.status === 422;  // 422: no id at all
+    formError.textContent = gone ? t("gen.from_task_missing", { id: taskId }) : errorText(failure);
     formError.hidden = false;
     return;
   }
@@ -334,7 +335,7 @@ fields.backend.addEventListener("change", describeBackend);
 fields.n.addEventListener("input", describeBackend);
 const fromTask = new URLSearchParams(location.search).get("from_task");
 loadBackends().then(() => {
-  if (fromTask && /^\d{1,18}$/.test(fromTask)) return fillFromTask(fromTask);
+  if (fromTask && /^\d{1,19}$/.test(fromTask)) return fillFromTask(fromTask);
   if (fromTask) {
     formError.textContent = t("gen.from_task_missing", { id: fromTask });
     formError.hidden = false;
