@@ -13,6 +13,7 @@ there, with the values it takes, or the test says which file builds it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from functools import cache
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pixelkiln.models import BatchStatus, TaskStatus
+from pixelkiln.models import BatchCounts, BatchStatus, TaskStatus
 from pixelkiln.web.pages import PAGES
 
 WEB = Path(__file__).resolve().parents[2] / "pixelkiln" / "web"
@@ -38,6 +39,10 @@ DYNAMIC: dict[str, set[str]] = {
     # base.html builds nav.<name> for the pages in the navigation, title.<name> for all
     "nav.": {p.name for p in PAGES if p.nav},
     "title.": set(PAGE_NAMES),
+    # batch_detail.js: one line per count the API gives (BatchCounts' fields)
+    "bd.count_": {f.name for f in dataclasses.fields(BatchCounts)},
+    # library.js: the picker's two tabs
+    "library.empty_": {"uploads", "results"},
 }
 
 #: t("…"), t('…'), t(`…`) in a script, not obj.t(…) nor alert(…)
@@ -228,11 +233,11 @@ def test_every_key_a_script_asks_for_exists() -> None:
 
 def test_built_keys_cover_every_status_and_page() -> None:
     """The lists DYNAMIC checks against are the real ones: every status a badge shows
-    and every page's title."""
+    (kiln.js) and every page's title and navigation link (base.html), all in common."""
     assert {"queued", "running", "paused", "partial", "pending", "succeeded"} <= DYNAMIC["status."]
     assert DYNAMIC["title."] >= {"generate", "batch_detail", "login"}
-    missing = [f"common.json: {prefix}{v}" for prefix, values in DYNAMIC.items() for v in values]
-    assert [m for m in missing if m.split(": ")[1] not in keys_of(None)] == []
+    shared = [p + v for p in ("status.", "nav.", "title.") for v in sorted(DYNAMIC[p])]
+    assert [key for key in shared if key not in keys_of(None)] == []
 
 
 # --- the checker itself ---------------------------------------------------------------------
