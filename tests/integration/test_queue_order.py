@@ -7,13 +7,16 @@ already hold (``pixelkiln.service.queue``): other users' batches keep theirs.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from pixelkiln.app import Kiln
+from pixelkiln.cli import app
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.leases import claim_tasks
 from pixelkiln.db.queue import lock_queue
@@ -205,3 +208,32 @@ async def test_concurrent_reorders_leave_every_place_held_once(
         after = await _places(one)
         assert sorted(place for _, place in after) == before
         assert sorted(batch_id for batch_id, _ in after) == sorted(ids)
+
+
+def test_kiln_queue_list_and_move(tmp_path: Path) -> None:
+    """The CLI is the installation: it lists and moves every user's batches."""
+    config = tmp_path / "kiln.toml"
+    config.write_text(f'[storage]\ndata_dir = "{(tmp_path / "data").as_posix()}"\n')
+
+    async def three() -> list[int]:
+        async with Kiln(make_settings(tmp_path / "data"), engine=False) as kiln:
+            alice = await _user(kiln, "alice")
+            return [await _batch(kiln, alice, name, tasks=1) for name in ("one", "two", "three")]
+
+    one, _, three_ = asyncio.run(three())
+    cli = CliRunner()
+    moved = cli.invoke(app, ["queue", "move", "three", "--top", "--config", str(config)])
+    assert moved.exit_code == 0, moved.output
+    assert f"Batch {three_} is now number 1" in moved.output
+    moved = cli.invoke(app, ["queue", "move", str(one), "--bottom", "--config", str(config)])
+    assert f"Batch {one} is now number 3" in moved.output
+    listed = cli.invoke(app, ["queue", "list", "--json", "--config", str(config)])
+    assert [(r["position"], r["name"]) for r in json.loads(listed.output)] == [
+        (1, "three"),
+        (2, "two"),
+        (3, "one"),
+    ]
+    nowhere = cli.invoke(app, ["queue", "move", "two", "--config", str(config)])
+    assert nowhere.exit_code == 2 and "--top or --bottom" in nowhere.output
+    unknown = cli.invoke(app, ["queue", "move", "404", "--top", "--config", str(config)])
+    assert unknown.exit_code == 2 and "no batch 404" in unknown.output
