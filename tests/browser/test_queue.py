@@ -73,8 +73,8 @@ def test_reorder_by_button_drag_and_keyboard_is_saved(
     # drag "second" above "third"
     _saved(
         page,
-        lambda: items.nth(2).locator(".handle").drag_to(
-            items.nth(0), target_position={"x": 40, "y": 4}
+        lambda: (
+            items.nth(2).locator(".handle").drag_to(items.nth(0), target_position={"x": 40, "y": 4})
         ),
     )
     expect(live).to_have_text("“second” is now number 1 of 3.")
