@@ -86,6 +86,9 @@ async def test_refusals_name_the_batches_and_change_nothing(queue_api: Api) -> N
     r = await alice.put("/api/v1/queue", json={"batch_ids": [a1], "all_users": True})
     assert r.status_code == 403
     assert (await alice.get("/api/v1/queue?all_users=true")).status_code == 403
+    assert (await queue_api.client.get("/api/v1/queue")).status_code == 401  # no token
+    stray = await queue_api.client.put("/api/v1/queue", json={"batch_ids": [a1]})
+    assert stray.status_code == 401
     assert _order((await alice.get("/api/v1/queue")).json()) == before
 
 

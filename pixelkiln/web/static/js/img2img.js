@@ -340,6 +340,7 @@ form.addEventListener("submit", async (event) => {
     promptError(t("i2i.need_prompt"));
     return;
   }
+  for (const entry of picked) entry.problem = null; // the server says again what is wrong
   const body = new FormData();
   for (const entry of picked) body.append("files", entry.file, entry.file.name);
   for (const [key, value] of Object.entries(fields())) if (value !== "") body.append(key, value);
