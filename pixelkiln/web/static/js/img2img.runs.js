@@ -96,16 +96,17 @@ function showTask(run, task) {
     run.cells.set(task.id, cell);
     run.grid.append(cell.node);
   }
-  cell.node.className = `result st-${task.status}`;
+  cell.node.className = `result task-${task.status}`; // not st-*: that styles a badge's text
   cell.badge.replaceChildren(badge(task.status));
   cell.error.textContent = task.status === "failed" ? task.error || "" : "";
   cell.error.hidden = !cell.error.textContent;
   const image = (task.images || [])[0];
-  const shown = image ? image.id : null;
-  if (cell.imageId === shown) return;
-  cell.imageId = shown;
+  const shown = image ? image.id : task.status; // what the frame holds: a result, or a mark
+  if (cell.shown === shown) return;
+  cell.shown = shown;
   if (!image) {
-    cell.frame.replaceChildren(el("span", { class: "waiting", "aria-hidden": "true" }, "…"));
+    const mark = { failed: "!", cancelled: "–" }[task.status] || "…";
+    cell.frame.replaceChildren(el("span", { class: "waiting", "aria-hidden": "true" }, mark));
     cell.download.hidden = true;
     return;
   }
@@ -120,7 +121,7 @@ function showTask(run, task) {
 }
 
 function taskCell(task) {
-  const cell = { imageId: undefined };
+  const cell = { shown: undefined };
   cell.frame = el("div", { class: "frame" });
   cell.badge = el("span", {});
   cell.error = el("p", { class: "error", hidden: true });
