@@ -18,18 +18,11 @@ from playwright.sync_api import Page, expect
 from tests.browser.conftest import CONFIG, USERS, Browse, Server, _kiln, _wait_healthy, axe
 from tests.processes import KILN, env, free_port
 
-#: the shared setup, and two more backends: "picky" fails (for good) any prompt with
-#: FAIL in it; "glacier" takes a minute an image, so its batches wait to be cancelled
+#: the shared setup (where "placeholder" fails any prompt with [fail] in it, for good), and
+#: "glacier", which takes a minute an image: its batches wait to be cancelled
 IMG2IMG_CONFIG = (
     CONFIG
     + """
-[[backends]]
-name = "picky"
-type = "placeholder"
-concurrency = 4
-latency = 0.1
-options = { reject_if_prompt_contains = "FAIL" }
-
 [[backends]]
 name = "glacier"
 type = "placeholder"
@@ -169,7 +162,7 @@ def test_a_folder_with_a_preset_gives_results_named_after_the_uploads(
 
     page.get_by_label("Preset").select_option(label="Watercolour")
     expect(page.locator("#preset-text")).to_contain_text("a watercolour of {prompt}")
-    page.get_by_label("Model").select_option("picky")
+    page.get_by_label("Model").select_option("placeholder")
     page.get_by_label("Prompt (for every image)").fill("a sleepy pet")
     expect(page.locator("#cost")).to_have_text("This batch costs 2 credit(s).")
     shot(page, "img2img-ready")
@@ -209,13 +202,13 @@ def test_failed_uploads_are_retried_and_a_batch_is_cancelled(
 ) -> None:
     page, watch = browse("alice")
     page.goto("/img2img")
-    expect(page.get_by_label("Model")).to_contain_text("picky")
+    expect(page.get_by_label("Model")).to_contain_text("glacier")
 
     # a file that only looks like a picture passes the page's checks, not the server's
     watch.allow(r"status of 422")
     (pets / "broken.png").write_bytes(b"not a picture at all")
     page.locator("#pick-files").set_input_files([pets / "cat.png", pets / "broken.png"])
-    page.get_by_label("Prompt (for every image)").fill("FAIL on purpose")
+    page.get_by_label("Prompt (for every image)").fill("[fail] on purpose")
     page.get_by_role("button", name="Start").click()
     expect(page.locator("#form-error")).to_contain_text("files[1] (broken.png)")
     expect(page.locator("#picked li.bad")).to_have_count(1)
@@ -223,12 +216,12 @@ def test_failed_uploads_are_retried_and_a_batch_is_cancelled(
     page.get_by_role("button", name="Remove broken.png").click()
 
     page.locator("#pick-files").set_input_files([pets / "dog.jpg"])
-    page.get_by_label("Model").select_option("picky")
+    page.get_by_label("Model").select_option("placeholder")
     failing = _start(page)
     card = _card(page, failing)
     expect(card.locator(".run-head .badge")).to_have_text("failed")
     expect(card.locator("li.result .error")).to_have_text(
-        ["placeholder rejects prompts containing 'FAIL'"] * 2
+        ["placeholder rejects prompts containing '[fail]'"] * 2
     )
     expect(card.locator(".run-progress")).to_contain_text("2 failed")
 
@@ -266,7 +259,7 @@ def test_results_on_a_phone_in_chinese(
         made = api.post(
             "/batches/upload",
             files={"files": ("猫.png", cat, "image/png")},
-            data={"prompt": "一只猫", "backend": "picky"},
+            data={"prompt": "一只猫"},
         )
     assert made.status_code == 201, made.text
     batch_id = made.json()["id"]
