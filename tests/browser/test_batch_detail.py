@@ -7,33 +7,17 @@ from __future__ import annotations
 import io
 import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import conftest
 from tests.browser.conftest import Browse, Server, axe
 
-#: prompts with this in them fail on the placeholder backend (a non-retryable rejection)
+#: prompts with this in them fail on the placeholder backend (conftest CONFIG)
 FAIL = "[fail]"
 SMALL = {"width": 256, "height": 256}  # quick to draw and to thumbnail
-
-
-@pytest.fixture(scope="module")
-def _failing_prompts() -> Iterator[None]:
-    """This module's server also rejects prompts containing FAIL (a failed task to retry)."""
-    rejecting = f'latency = 0.15\noptions = {{ reject_if_prompt_contains = "{FAIL}" }}\n'
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(conftest, "CONFIG", conftest.CONFIG.replace("latency = 0.15\n", rejecting, 1))
-        yield
-
-
-@pytest.fixture(scope="module")
-def server(_failing_prompts: None, server: Server) -> Server:
-    return server
 
 
 def create(server: Server, user: str, tasks: list[dict[str, Any]], name: str = "b") -> int:
