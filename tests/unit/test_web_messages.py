@@ -43,6 +43,9 @@ DYNAMIC: dict[str, set[str]] = {
     "bd.count_": {f.name for f in dataclasses.fields(BatchCounts)},
     # library.js: the picker's two tabs
     "library.empty_": {"uploads", "results"},
+    # queue.js: a batch's four moves (MOVES)
+    "queue.move_": {"top", "up", "down", "bottom"},
+    "queue.short_": {"top", "up", "down", "bottom"},
 }
 
 #: t("…"), t('…'), t(`…`) in a script, not obj.t(…) nor alert(…)
@@ -118,7 +121,10 @@ def wanted_keys(fixed: str, built: bool) -> list[str] | str:
     if not built:
         return [fixed]
     if fixed not in DYNAMIC:
-        return f"builds a key from {fixed!r}: add that start and its values to DYNAMIC"
+        return (
+            f"builds a key from {fixed!r}: add that start and every value it takes to "
+            "DYNAMIC in tests/unit/test_web_messages.py"
+        )
     return [fixed + value for value in sorted(DYNAMIC[fixed])]
 
 
