@@ -21,8 +21,9 @@ import httpx
 import pytest
 from apikit import Live, api_settings, png_bytes, serving, spec
 from cryptography.fernet import Fernet
+from starlette.requests import Request
 
-from pixelkiln.api.deps import ApiContext
+from pixelkiln.api.deps import ApiContext, same_origin
 from pixelkiln.config import Settings
 from pixelkiln.db.users import add_user, hash_token
 from pixelkiln.keybox import KeyBox
@@ -479,3 +480,38 @@ def test_a_value_holds_only_under_its_own_secret() -> None:
 def test_a_changed_value_carries_nothing(change: Any) -> None:
     value = session_value(keybox(), HASH, ttl=60, now=1000.0)
     assert session_token_hash(keybox(), change(value), now=1000.0) is None
+
+
+# --- api/deps.py: whose page an Origin names ---------------------------------------------
+
+
+def request_from(origin: str | None, host: str) -> Request:
+    headers = [(b"host", host.encode())]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": headers})
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "ours", "ours_with_auth_off"),
+    [
+        ("http://127.0.0.1:8000", "127.0.0.1:8000", True, True),
+        ("http://127.9.9.9:8000", "127.9.9.9:8000", True, True),
+        ("http://[::1]:8000", "[::1]:8000", True, True),
+        ("http://LOCALHOST:8000", "localhost:8000", True, True),
+        ("http://localhost", "localhost", True, True),
+        ("https://kiln.example.com", "kiln.example.com", True, False),  # rebinding, auth off
+        ("http://127.0.0.1:8001", "127.0.0.1:8000", False, False),
+        ("http://evil.example", "127.0.0.1:8000", False, False),
+        ("null", "127.0.0.1:8000", False, False),
+        (None, "127.0.0.1:8000", False, False),
+        ("https://proxy.example", "10.0.0.5:8000", True, True),  # listed in allowed
+        ("https://PROXY.example/", "10.0.0.5:8000", True, True),
+    ],
+)
+def test_same_origin(origin: str | None, host: str, ours: bool, ours_with_auth_off: bool) -> None:
+    allowed = ["https://proxy.example/"]
+    assert same_origin(request_from(origin, host), allowed) is ours
+    assert same_origin(request_from(origin, host), allowed, loopback_only=True) is (
+        ours_with_auth_off
+    )
