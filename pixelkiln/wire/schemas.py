@@ -543,3 +543,26 @@ class BatchPlan(_Public):
     tasks: int
     images: int  #: images asked for, all tasks together
     credits: int  #: what the batch would cost its owner now (0 with credits off)
+
+
+class ParsedTable(_Public):
+    """A batch table read by ``POST /api/v1/tables/parse``: rows to edit, no batch made."""
+
+    name: str  #: the file's name, without its extension
+    defaults: dict[str, Any]  #: a spec file's defaults (a table has none)
+    #: one per task, the fields it sets (the spec's names); pictures as ``asset:<id>``
+    rows: list[dict[str, Any]]
+
+
+_CellText = Annotated[str, Field(max_length=20_000)]
+#: a table cell: text, a number, a list (reference images, a backend chain), or empty
+TableCell = _CellText | int | float | Annotated[list[_CellText], Field(max_length=100)] | None
+
+
+class TableExport(_Input):
+    """The rows of a batch table as the browser holds them, to write as an XLSX."""
+
+    name: str = Field("batch", max_length=200)  #: names the file
+    #: the headings' language: ``en`` parameter names, ``zh`` Chinese (提示词, 图片比例…)
+    headers: str = Field("en", pattern="^(en|zh)$")
+    rows: list[dict[str, TableCell]] = Field(max_length=100_000)
