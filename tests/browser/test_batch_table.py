@@ -121,6 +121,17 @@ def test_import_edit_check_export_start_and_watch_the_rows(
     expect(dialog).to_have_count(0)
     expect(page.get_by_role("button", name="Choose references, row 2 (2 of 4)")).to_be_visible()
 
+    # add a row (the focus goes to it), duplicate it, delete both again
+    page.get_by_role("button", name="Add row").click()
+    expect(page.get_by_label("Prompt, row 3", exact=True)).to_be_focused()
+    page.keyboard.type("a third row")
+    page.get_by_role("button", name="Duplicate row 3").click()
+    expect(page.get_by_label("Prompt, row 4", exact=True)).to_have_value("a third row")
+    expect(page.get_by_label("Prompt, row 4", exact=True)).to_be_focused()
+    page.get_by_role("button", name="Delete row 4").click()
+    page.get_by_role("button", name="Delete row 3").click()
+    expect(page.locator("#rows tr")).to_have_count(2)
+
     # a reload keeps the table (localStorage)
     page.reload()
     settled(page)
