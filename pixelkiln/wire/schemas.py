@@ -566,3 +566,25 @@ class TableExport(_Input):
     #: the headings' language: ``en`` parameter names, ``zh`` Chinese (提示词, 图片比例…)
     headers: str = Field("en", pattern="^(en|zh)$")
     rows: list[dict[str, TableCell]] = Field(max_length=100_000)
+
+
+# -- the queue --------------------------------------------------------------------------------
+
+
+class QueuedBatch(BatchPublic):
+    """An unfinished batch and its place in the queue."""
+
+    position: int  #: 1-based, in the order the scheduler claims (across pages)
+
+
+class QueueOrder(_Input):
+    """A new order for some or all of my unfinished batches (``PUT /api/v1/queue``).
+
+    The listed batches take the places they already hold, in the order listed: nobody
+    else's batch moves, and nobody's is passed.
+    """
+
+    #: my queued, running or paused batches, first-to-claim first; each once
+    batch_ids: list[Id] = Field(min_length=1, max_length=10_000)
+    #: admins only: the ids may be any user's (their places are permuted the same way)
+    all_users: bool = False
