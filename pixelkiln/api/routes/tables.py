@@ -9,16 +9,22 @@ Starting the table is an ordinary ``POST /api/v1/batches``.
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
+from starlette.datastructures import UploadFile
 
 from pixelkiln.api.deps import ApiContext, CallerDep, CtxDep
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.uploads import files_of, form_body, load_table, read_form, saved_table
-from pixelkiln.api.uploads import store_pictures as store_cell_pictures
+from pixelkiln.api.uploads import (
+    files_of,
+    form_body,
+    load_table,
+    read_form,
+    saved_table,
+    store_pictures,
+)
 from pixelkiln.inputs.headers import Headers
 from pixelkiln.naming import file_name
 from pixelkiln.service.tables import check_problems, table_cells, table_rows
@@ -54,7 +60,7 @@ async def parse(request: Request, ctx: CtxDep, caller: CallerDep) -> ParsedTable
         with saved_table(files[0], data) as path:
             loaded = await ctx.run(load_table, path, None)
             check_problems(loaded)  # before any picture is stored
-            loaded = await store_cell_pictures(ctx, caller, loaded)  # while their files exist
+            loaded = await store_pictures(ctx, caller, loaded)  # while their files exist
     finally:
         await form.close()
     check_problems(loaded)  # a picture that is no image
@@ -62,10 +68,10 @@ async def parse(request: Request, ctx: CtxDep, caller: CallerDep) -> ParsedTable
     return ParsedTable(name=loaded.spec.name, defaults=defaults, rows=rows)
 
 
-async def _bounded(ctx: ApiContext, upload: Any) -> bytes:
+async def _bounded(ctx: ApiContext, upload: UploadFile) -> bytes:
     """The file's bytes, within the server's batch-file limit (a table is parsed in memory)."""
     limit = ctx.settings.server.max_spec_bytes
-    data: bytes = await upload.read(limit + 1)
+    data = await upload.read(limit + 1)
     if len(data) > limit:
         raise ApiError(
             413, "too_large", f"batch files are limited to {limit:,} bytes", field="file"

@@ -288,6 +288,7 @@ async function importFile(file) {
   try {
     const parsed = await api("/tables/parse", { method: "POST", body });
     const { backend, model, ...defaults } = parsed.defaults;
+    if (backend !== undefined && typeof backend !== "string") defaults.backend = backend;  // a chain rides along
     state = { ...fresh(), name: parsed.name, backend: typeof backend === "string" ? backend : "", model: model || "", defaults, rows: parsed.rows.map(rowOf) };
     if (!state.rows.length) state.rows.push(blankRow());
     problems.clear();
