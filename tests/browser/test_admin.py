@@ -82,7 +82,8 @@ def test_an_admin_manages_presets_and_alice_sees_them(
     with server.api("root") as api:
         for title in ("Noir", "Sepia"):
             made = api.post(
-                "/presets", json={"title": title, "content": f"{{prompt}}, {title}", "category": "film"}
+                "/presets",
+                json={"title": title, "content": f"{{prompt}}, {title}", "category": "film"},
             )
             assert made.status_code == 201, made.text
     page, watch = browse("root")
@@ -299,13 +300,29 @@ def test_every_batch_stats_and_health_in_bookmarkable_sections(
     shot(page, "health")
 
 
+SECTIONS = ["concurrency", "presets", "users", "batches", "stats", "health"]
+
+
+def test_every_section_fits_a_phone_in_the_dark(browse: Browse, shot: Shot) -> None:
+    page, _ = browse(
+        "root", viewport={"width": 360, "height": 740}, color_scheme="dark", is_mobile=True
+    )
+    for section in SECTIONS:
+        _open(page, section)
+        expect(page.locator(f'.admin-section[data-section="{section}"]')).to_be_visible()
+        wide = page.evaluate("() => document.scrollingElement.scrollWidth - window.innerWidth")
+        assert wide <= 1, f"#{section} is {wide}px wider than a phone"
+        shot(page, f"phone-dark-{section}")
+    axe(page)  # the dark palette's contrast, on the section with the most colours
+
+
 def test_the_admin_page_in_chinese_and_forbidden_to_others(
     browse: Browse, server: Server, shot: Shot
 ) -> None:
     page, _ = browse("root", locale="zh-CN")
     _open(page, "health")
     expect(page.get_by_role("heading", name="后端状态", level=2)).to_be_visible()
-    expect(page.locator("#health-scheduler")).to_have_text("调度器：运行中。")
+    expect(page.locator("#health-scheduler")).to_have_text("调度器：运行中。")  # noqa: RUF001
     page.get_by_role("link", name="用户与积分").click()
     settled(page)
     expect(page.get_by_role("button", name="添加用户")).to_be_visible()

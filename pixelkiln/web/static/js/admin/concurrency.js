@@ -38,14 +38,15 @@ function row(b) {
       save();
     }
   });
-  const up = b.servers_up === null ? t("conc.unknown") : count(b.servers_up);
+  // a backend without a server pool (placeholder, local) does not count servers up
+  const up = b.servers_up === null ? "—" : t("conc.up_of", { up: count(b.servers_up), n: count(b.servers) });
   return el(
     "tr",
     { dataset: { backend: b.name } },
     el("th", { scope: "row" }, b.name),
     el("td", {}, field, b.overridden ? el("span", { class: "tag" }, t("conc.overridden")) : null),
     el("td", { class: "num" }, count(b.configured)),
-    el("td", { class: "num" }, t("conc.up_of", { up, n: count(b.servers) })),
+    el("td", { class: "num" }, up),
     el("td", { class: "num" }, count(b.effective)),
     el("td", {}, t(`conc.by.${b.limited_by}`)),
     el("td", { class: "num" }, count(b.running)),

@@ -6,10 +6,12 @@ import { api, el, showError, t, when } from "../kiln.js";
 import { count, figures } from "./ui.js";
 
 const REFRESH_MS = 10_000;
+const PROBE_KEPT_MS = 60_000; // a probe's answer stays on screen this long before a refresh
 const list = document.getElementById("health-list");
 const scheduler = document.getElementById("health-scheduler");
 const probeButton = document.getElementById("health-probe");
 let timer = null;
+let probedAt = 0;
 
 const state = (s) => el("span", { class: `badge hs-${s}` }, t(`health.state.${s}`));
 
@@ -42,7 +44,7 @@ function card(b) {
   const id = `health-${b.name}`;
   const numbers = el("dl", { class: "figures" });
   figures(numbers, [
-    [t("health.servers_up"), t("conc.up_of", { up: b.servers_up === null ? t("conc.unknown") : count(b.servers_up), n: count(b.servers.length) })],
+    [t("health.servers_up"), b.servers_up === null ? "—" : t("conc.up_of", { up: count(b.servers_up), n: count(b.servers.length) })],
     [t("health.per_server"), t("health.per_server_value", { now: count(b.per_url), configured: count(b.configured) })],
     [t("conc.effective"), count(b.effective)],
     [t("conc.running"), count(b.running)],
@@ -90,9 +92,9 @@ async function load(probe = false) {
   try {
     const health = await api("/admin/backends/health", { query: { probe: probe ? "true" : null } });
     const known = health.scheduler === "unknown";
-    scheduler.textContent = known
-      ? t("health.no_scheduler")
-      : t("health.scheduler", { state: t(`health.scheduler_state.${health.scheduler}`) });
+    const key = `health.scheduler_state.${health.scheduler}`;
+    const named = t(key) === key ? health.scheduler : t(key); // a state this page does not know
+    scheduler.textContent = known ? t("health.no_scheduler") : t("health.scheduler", { state: named });
     if (health.probed_at) scheduler.textContent += ` ${t("health.probed_at", { at: when(health.probed_at) })}`;
     list.replaceChildren(...health.backends.map(card));
   } catch (failure) {
@@ -105,6 +107,7 @@ probeButton.addEventListener("click", async () => {
   probeButton.setAttribute("aria-busy", "true");
   try {
     await load(true);
+    probedAt = Date.now();
   } finally {
     probeButton.disabled = false;
     probeButton.removeAttribute("aria-busy");
@@ -117,7 +120,7 @@ function show() {
   load();
   clearInterval(timer);
   timer = setInterval(() => {
-    if (!document.hidden) load();
+    if (!document.hidden && Date.now() - probedAt > PROBE_KEPT_MS) load();
   }, REFRESH_MS);
 }
 
