@@ -116,6 +116,7 @@ def test_an_admin_manages_presets_and_alice_sees_them(
     dialog.get_by_label("Title").fill("Noir classic")
     dialog.get_by_label("Title").press("Enter")
     expect(page.get_by_text("Saved Noir classic.")).to_be_visible()
+    _order(page, "Noir classic", "Sepia", "Watercolour")
 
     # by keyboard: Watercolour up one place; the focus stays on its button
     page.get_by_role("button", name="Move up: Watercolour").focus()

@@ -52,13 +52,17 @@ async function ownerChoices() {
   return new Map(users.map((u) => [u.id, u.name]));
 }
 
+let asked = 0; // the newest request: an older answer arriving later is dropped
+
 async function load() {
+  const mine = ++asked;
   try {
     const names = await ownerChoices();
     owner.value = shown.owner;
     const found = await api("/admin/batches", {
       query: { status: shown.status, owner_id: shown.owner, q: shown.q, limit: PAGE, offset: shown.offset },
     });
+    if (mine !== asked) return;
     rows.replaceChildren(...found.items.map((b) => row(b, names)));
     summary.textContent = found.items.length
       ? t("batches.showing", {

@@ -88,9 +88,13 @@ function card(b) {
   );
 }
 
+let asked = 0; // the newest request: an older answer arriving later is dropped
+
 async function load(probe = false) {
+  const mine = ++asked;
   try {
     const health = await api("/admin/backends/health", { query: { probe: probe ? "true" : null } });
+    if (mine !== asked) return;
     const known = health.scheduler === "unknown";
     const key = `health.scheduler_state.${health.scheduler}`;
     const named = t(key) === key ? health.scheduler : t(key); // a state this page does not know

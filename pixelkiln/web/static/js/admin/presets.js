@@ -155,9 +155,9 @@ async function remove(p) {
   if (!(await confirmDialog(t("preset.confirm_delete", { title: p.title }), t("action.delete")))) return;
   try {
     await api(`/presets/${p.id}`, { method: "DELETE" });
-    toast(t("preset.deleted", { title: p.title }), "ok");
     await load();
     document.getElementById("preset-new").focus();
+    toast(t("preset.deleted", { title: p.title }), "ok");
   } catch (failure) {
     showError(failure);
   }
@@ -223,9 +223,9 @@ form.addEventListener("submit", async (event) => {
       ? await api(`/presets/${editing.id}`, { method: "PATCH", json })
       : await api("/presets", { method: "POST", json });
     dialog.close();
-    toast(t(editing ? "preset.saved" : "preset.created", { title: saved.title }), "ok");
-    await load();
+    await load(); // the list first, then the word that it is done
     rows.querySelector(`tr[data-id="${saved.id}"] td:last-child button`)?.focus();
+    toast(t(editing ? "preset.saved" : "preset.created", { title: saved.title }), "ok");
   } catch (failure) {
     const where = failure.field ? failure.field.split(".")[0] : null;
     formError(error, failure, where && field(where) instanceof HTMLElement ? field(where) : null);

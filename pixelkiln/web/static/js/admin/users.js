@@ -65,8 +65,8 @@ async function reloadKeeping(name, label) {
 async function setActive(u, active) {
   try {
     await api(`/admin/users/${u.id}`, { method: "PATCH", json: { active } });
-    toast(t(active ? "user.enabled_toast" : "user.disabled_toast", { name: u.name }), "ok");
     await reloadKeeping(u.name, t(active ? "user.disable" : "user.enable"));
+    toast(t(active ? "user.enabled_toast" : "user.disabled_toast", { name: u.name }), "ok");
   } catch (failure) {
     showError(failure);
   }
@@ -142,8 +142,9 @@ creditsForm.addEventListener("submit", async (event) => {
   try {
     const answer = await api(`/admin/users/${crediting.id}/credits`, { method: "POST", json: { amount, note } });
     creditsDialog.close();
-    toast(t("credits.done", { name: crediting.name, balance: count(answer.balance) }), "ok");
-    await reloadKeeping(crediting.name, t("user.credits_button"));
+    const name = crediting.name;
+    await reloadKeeping(name, t("user.credits_button"));
+    toast(t("credits.done", { name, balance: count(answer.balance) }), "ok");
   } catch (failure) {
     formError(creditsError, failure, amountField);
   }
