@@ -527,6 +527,46 @@ class SessionCreate(_Input):
     token: str = Field(min_length=1, max_length=200)
 
 
+# -- the web UI's batch table and reference library (issue #10) -------------------------------
+
+
+class AssetFromImage(_Input):
+    """Make one of my generated images an upload, to use as a reference (``asset:<id>``)."""
+
+    image_id: Id
+
+
+class BatchPlan(_Public):
+    """What ``POST /api/v1/batches?dry_run=true`` answers: the batch as it would be queued,
+    after every check of a real create; nothing stored, nothing charged."""
+
+    tasks: int
+    images: int  #: images asked for, all tasks together
+    credits: int  #: what the batch would cost its owner now (0 with credits off)
+
+
+# -- the queue --------------------------------------------------------------------------------
+
+
+class QueuedBatch(BatchPublic):
+    """An unfinished batch and its place in the queue."""
+
+    position: int  #: 1-based, in the order the scheduler claims (across pages)
+
+
+class QueueOrder(_Input):
+    """A new order for some or all of my unfinished batches (``PUT /api/v1/queue``).
+
+    The listed batches take the places they already hold, in the order listed: nobody
+    else's batch moves, and nobody's is passed.
+    """
+
+    #: my queued, running or paused batches, first-to-claim first; each once
+    batch_ids: list[Id] = Field(min_length=1, max_length=10_000)
+    #: admins only: the ids may be any user's (their places are permuted the same way)
+    all_users: bool = False
+
+
 # -- admin: backend health (the web UI's Admin page) ------------------------------------------
 
 

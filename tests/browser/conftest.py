@@ -44,6 +44,7 @@ name = "placeholder"
 type = "placeholder"
 concurrency = 4
 latency = 0.15
+options = { reject_if_prompt_contains = "[fail]" }  # a prompt with [fail] fails for good
 
 [[backends]]
 name = "slowpoke"
