@@ -252,6 +252,7 @@ def test_every_batch_stats_and_health_in_bookmarkable_sections(
 ) -> None:
     mine = _batch(server, "alice", "alice's lanterns")
     theirs = _batch(server, "bob", "bob's kites")
+    failed = _batch(server, "bob", "a [fail] kite")  # fails for good: a recent error
     with server.api("root") as api:
         alice_id = next(u["id"] for u in api.get("/admin/users").json() if u["name"] == "alice")
     page, _ = browse("root")
@@ -296,6 +297,9 @@ def test_every_batch_stats_and_health_in_bookmarkable_sections(
     card = page.get_by_role("article", name=re.compile("^slowpoke"))
     expect(card.locator(".badge").first).to_have_text("up")
     expect(card).to_contain_text("(local, no servers)")
+    errors = page.get_by_role("article", name=re.compile("^placeholder")).locator("ul.errors li")
+    expect(errors.first).to_contain_text("[fail]")
+    expect(errors.first.get_by_role("link", name=f"batch {failed}")).to_be_visible()
     page.get_by_role("button", name="Check every server now").click()
     expect(page.locator("#health-scheduler")).to_contain_text("Servers checked at")
     axe(page)
