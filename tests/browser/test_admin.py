@@ -238,12 +238,12 @@ def test_an_admin_adds_a_user_grants_credits_and_revokes_tokens(
 
 
 def _batch(server: Server, user: str, name: str) -> int:
+    """A one-image batch of ``user``'s, submitted (not waited for)."""
     spec = {"name": name, "defaults": {"width": 64, "height": 64}, "tasks": [{"prompt": name}]}
     with server.api(user) as api:
         made = api.post("/batches", json=spec)
         assert made.status_code == 201, made.text
     batch_id: int = made.json()["id"]
-    server.wait_batch(user, batch_id)
     return batch_id
 
 
@@ -253,6 +253,8 @@ def test_every_batch_stats_and_health_in_bookmarkable_sections(
     mine = _batch(server, "alice", "alice's lanterns")
     theirs = _batch(server, "bob", "bob's kites")
     failed = _batch(server, "bob", "a [fail] kite")  # fails for good: a recent error
+    for user, batch_id in (("alice", mine), ("bob", theirs), ("bob", failed)):
+        server.wait_batch(user, batch_id)
     with server.api("root") as api:
         alice_id = next(u["id"] for u in api.get("/admin/users").json() if u["name"] == "alice")
     page, _ = browse("root")
