@@ -46,6 +46,18 @@ DYNAMIC: dict[str, set[str]] = {
     # queue.js: a batch's four moves (MOVES)
     "queue.move_": {"top", "up", "down", "bottom"},
     "queue.short_": {"top", "up", "down", "bottom"},
+    # batch.js: a cell's column name (CELLS)
+    "batch.col.": {
+        "prompt",
+        "negative_prompt",
+        "aspect_ratio",
+        "resolution",
+        "reference_images",
+        "n",
+        "filename_prefix",
+    },
+    # admin.js: the sections' names (SECTIONS)
+    "admin.": {"concurrency", "presets", "users", "batches", "stats", "health"},
 }
 
 #: t("…"), t('…'), t(`…`) in a script, not obj.t(…) nor alert(…)
