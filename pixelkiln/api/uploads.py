@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -167,8 +167,46 @@ def _record_all(tx: Tx, owner_id: int | None, records: list[dict[str, Any]]) -> 
 # -- batch files ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class OneFile:
+    """The one file of a form, read whole, and the form's other fields."""
+
+    filename: str | None  #: as the client sent it (unsafe: see :func:`saved_table`)
+    data: bytes
+    form: FormData  #: its text fields (the files in it are closed)
+
+
+async def read_one_file(request: Request, ctx: ApiContext, field: str = "file") -> OneFile:
+    """A form of exactly one file part named ``field``, its bytes within the server's
+    batch-file limit (a table is parsed in memory): 422 for no file or more, 413 for a
+    larger one. The form's spooled files are closed before this returns."""
+    try:
+        form = await read_form(request, 1, field)
+    except ApiError as exc:
+        if exc.code != "too_many_files":
+            raise
+        raise _one_file(field) from exc
+    try:
+        files = files_of(form, field)
+        if len(files) != 1:
+            raise _one_file(field)
+        limit = ctx.settings.server.max_spec_bytes
+        data = await files[0].read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(
+                413, "too_large", f"batch files are limited to {limit:,} bytes", field=field
+            )
+    finally:
+        await form.close()
+    return OneFile(files[0].filename, data, form)
+
+
+def _one_file(field: str) -> ApiError:
+    return ApiError(422, "invalid_request", f"send exactly one '{field}'", field=field)
+
+
 @contextmanager
-def saved_table(upload: UploadFile, data: bytes) -> Iterator[Path]:
+def saved_table(upload: OneFile) -> Iterator[Path]:
     """The uploaded batch file in a private temporary folder, under a safe name."""
     name = file_name(upload.filename, "batch")
     suffix = PurePosixPath(name).suffix.lower()
@@ -181,7 +219,7 @@ def saved_table(upload: UploadFile, data: bytes) -> Iterator[Path]:
         )
     with tempfile.TemporaryDirectory(prefix="kiln-upload-") as folder:
         path = Path(folder) / name
-        path.write_bytes(data)
+        path.write_bytes(upload.data)
         if suffix == ".xlsx":
             _check_inflated_size(path)
         yield path

@@ -18,7 +18,6 @@ from pixelkiln.api.deps import (
     Pagination,
     page_fields,
 )
-from pixelkiln.api.errors import ApiError
 from pixelkiln.api.media import zip_stream
 from pixelkiln.api.table_template import TEMPLATE_FIELDS, template_of
 from pixelkiln.api.uploads import (
@@ -27,6 +26,7 @@ from pixelkiln.api.uploads import (
     form_body,
     load_table,
     read_form,
+    read_one_file,
     saved_table,
     store_images,
     store_pictures,
@@ -205,31 +205,14 @@ async def create_from_file(
 
     With a ``template`` field each row is an item, its other columns the item's fields.
     """
-    try:
-        form = await read_form(request, 1)
-    except ApiError as exc:
-        if exc.code != "too_many_files":
-            raise
-        raise _one_file() from exc
-    try:
-        files = files_of(form, "file")
-        if len(files) != 1:
-            raise _one_file()
-        name = form.get("name")
-        template = template_of(form)
-        limit = ctx.settings.server.max_spec_bytes
-        data = await files[0].read(limit + 1)  # a table is parsed in memory: bounded
-        if len(data) > limit:
-            raise ApiError(
-                413, "too_large", f"batch files are limited to {limit:,} bytes", field="file"
-            )
-        with saved_table(files[0], data) as path:
-            loaded = await ctx.run(
-                load_table, path, name if isinstance(name, str) and name else None, template
-            )
-            loaded = await store_pictures(ctx, caller, loaded)  # while their files exist
-    finally:
-        await form.close()
+    upload = await read_one_file(request, ctx)
+    name = upload.form.get("name")
+    template = template_of(upload.form)
+    with saved_table(upload) as path:
+        loaded = await ctx.run(
+            load_table, path, name if isinstance(name, str) and name else None, template
+        )
+        loaded = await store_pictures(ctx, caller, loaded)  # while their files exist
     sub = Submission(
         loaded.spec,
         source="api",
@@ -239,10 +222,6 @@ async def create_from_file(
         fingerprint=service.fingerprint("file", loaded.spec.model_dump(mode="json")),
     )
     return await _created(ctx, caller, sub, response, wait, timeout)
-
-
-def _one_file() -> ApiError:
-    return ApiError(422, "invalid_request", "send exactly one 'file'", field="file")
 
 
 StatusFilter = Annotated[list[BatchStatus] | None, Query(alias="status")]

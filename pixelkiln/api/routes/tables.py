@@ -12,16 +12,13 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
-from starlette.datastructures import UploadFile
 
-from pixelkiln.api.deps import ApiContext, CallerDep, CtxDep
-from pixelkiln.api.errors import ApiError
+from pixelkiln.api.deps import CallerDep, CtxDep
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.uploads import (
-    files_of,
     form_body,
     load_table,
-    read_form,
+    read_one_file,
     saved_table,
     store_pictures,
 )
@@ -46,41 +43,14 @@ _FILE = {"file": {"type": "string", "format": "binary"}}
 async def parse(request: Request, ctx: CtxDep, caller: CallerDep) -> ParsedTable:
     """Headings in English or Chinese; pictures in cells become my uploads (``asset:<id>``
     in ``reference_images``). Every problem in one 422 naming row and column."""
-    try:
-        form = await read_form(request, 1, "file")
-    except ApiError as exc:
-        if exc.code != "too_many_files":
-            raise
-        raise _one_file() from exc
-    try:
-        files = files_of(form, "file")
-        if len(files) != 1:
-            raise _one_file()
-        data = await _bounded(ctx, files[0])
-        with saved_table(files[0], data) as path:
-            loaded = await ctx.run(load_table, path, None)
-            check_problems(loaded)  # before any picture is stored
-            loaded = await store_pictures(ctx, caller, loaded)  # while their files exist
-    finally:
-        await form.close()
+    upload = await read_one_file(request, ctx)
+    with saved_table(upload) as path:
+        loaded = await ctx.run(load_table, path, None)
+        check_problems(loaded)  # before any picture is stored
+        loaded = await store_pictures(ctx, caller, loaded)  # while their files exist
     check_problems(loaded)  # a picture that is no image
     defaults, rows = table_rows(loaded)
     return ParsedTable(name=loaded.spec.name, defaults=defaults, rows=rows)
-
-
-async def _bounded(ctx: ApiContext, upload: UploadFile) -> bytes:
-    """The file's bytes, within the server's batch-file limit (a table is parsed in memory)."""
-    limit = ctx.settings.server.max_spec_bytes
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(
-            413, "too_large", f"batch files are limited to {limit:,} bytes", field="file"
-        )
-    return data
-
-
-def _one_file() -> ApiError:
-    return ApiError(422, "invalid_request", "send exactly one 'file'", field="file")
 
 
 @router.post(
