@@ -113,11 +113,17 @@ def grant(tx: Tx, user_id: int, amount: int, note: str = "") -> int:
     return current + amount
 
 
+def ensure_covered(needed: int, balance: int) -> None:
+    """InsufficientCreditsError unless ``balance`` pays for ``needed``: the one rule that a
+    charge applies and a dry run (:func:`pixelkiln.service.submission.plan`) foretells."""
+    if needed > balance:
+        raise InsufficientCreditsError(needed, balance)
+
+
 def charge(tx: Tx, user_id: int, amount: int, batch_id: int, note: str = "") -> int:
     """Take ``amount`` for a batch or refuse with InsufficientCreditsError. New balance."""
     current = _locked_balance(tx, user_id)
-    if amount > current:
-        raise InsufficientCreditsError(amount, current)
+    ensure_covered(amount, current)
     if amount:
         record_entry(tx, user_id, -amount, "charge", batch_id, note)
     return current - amount

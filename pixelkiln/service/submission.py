@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pixelkiln.db.batches import NewBatch, create_batch
-from pixelkiln.db.credits import InsufficientCreditsError, balance
 from pixelkiln.db.database import Tx
 from pixelkiln.db.records import find_idempotent, get_asset, remember_idempotent
 from pixelkiln.engine.intake import prepare_batch
@@ -37,7 +36,7 @@ from pixelkiln.exceptions import (
 )
 from pixelkiln.models import parse_id
 from pixelkiln.service.context import Caller, ServiceContext
-from pixelkiln.service.pricing import Pricing, charge_new_batch, pricing_for
+from pixelkiln.service.pricing import Pricing, charge_new_batch, check_balance, pricing_for
 from pixelkiln.service.webhooks import webhook_problems
 from pixelkiln.specs import BatchSpec
 
@@ -150,11 +149,8 @@ async def plan(ctx: ServiceContext, caller: Caller, sub: Submission) -> Plan:
     batch); nothing is stored or charged, and the idempotency key is not looked at.
     """
     checked = await _check(ctx, caller, sub)
-    total, owner_id = sum(checked.costs), checked.new.owner_id
-    if total and owner_id is not None:
-        have = await ctx.read(balance, owner_id)
-        if total > have:
-            raise InsufficientCreditsError(total, have)
+    total = sum(checked.costs)
+    await check_balance(ctx, checked.new.owner_id, total)
     images = sum(task.n for task in checked.new.tasks)
     return Plan(len(checked.new.tasks), images, total)
 
