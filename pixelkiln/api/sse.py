@@ -8,6 +8,12 @@ back to the database from the last id it sent. A stream that wrote nothing
 for ``heartbeat`` seconds sends a comment line so proxies and clients keep it
 open (other users' events, filtered out, do not count as writing).
 
+The caller is checked again every ``heartbeat`` seconds (``StillAllowed``: one indexed
+read of the token or the session's token): a stream whose token was revoked, whose user
+was disabled or lost admin rights, or whose session cookie expired ends then, as the
+next request of that session would be refused (an ``EventSource`` reconnects, gets 401
+and stops).
+
 Events that other processes commit (``kiln run``, ``kiln
 retry`` beside the server, an API started with ``run_scheduler=False``) never
 pass through this process's bus: streams make the bus *follow* the events
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from pixelkiln.api.deps import ApiContext
@@ -41,6 +47,9 @@ HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 FOLLOW_INTERVAL = 0.5
 #: PostgreSQL: how long a hole in the event ids may be an open transaction (SQLite has none)
 GAP_GRACE = 2.0
+
+#: asked every heartbeat: may the caller who opened the stream still read it?
+StillAllowed = Callable[[], Awaitable[bool]]
 
 
 class FrameCache:
@@ -90,13 +99,22 @@ class StreamScope:
 
 
 class _Stream:
-    def __init__(self, ctx: ApiContext, frames: FrameCache, scope: StreamScope, last: int):
+    def __init__(
+        self,
+        ctx: ApiContext,
+        frames: FrameCache,
+        scope: StreamScope,
+        last: int,
+        still_allowed: StillAllowed | None = None,
+    ):
         self.ctx = ctx
         self.frames = frames
         self.scope = scope
         self.last = last
+        self.still_allowed = still_allowed  #: None: nobody to check (auth off)
         self.done = False
         self.wrote_at = time.monotonic()  #: when this stream last sent anything
+        self.checked_at = time.monotonic()  #: when the caller was last found allowed
         self._owned: dict[int, bool] = {}
         # subscribed before the replay reads the database: nothing can fall in between
         self.subscription: Subscription = ctx.kiln.bus.subscribe(scope.batch_id)
@@ -104,8 +122,12 @@ class _Stream:
 
     async def live(self, heartbeat: float) -> AsyncIterator[bytes]:
         """Events from the bus as they commit; a keep-alive comment when this stream
-        sent nothing for ``heartbeat`` seconds, however busy the bus is with others' events."""
+        sent nothing for ``heartbeat`` seconds, however busy the bus is with others' events.
+        Ends when the caller, checked every ``heartbeat`` seconds, may no longer read it."""
         while True:
+            if await self._caller_gone(heartbeat):
+                yield b": the session has ended\n\n"
+                return
             if self.subscription.lagged:  # fell behind the bus: the database has everything
                 lagged = self.subscription  # closed after: the bus keeps following meanwhile
                 self.subscription = self.ctx.kiln.bus.subscribe(self.scope.batch_id)
@@ -117,7 +139,7 @@ class _Stream:
                 self.wrote_at = time.monotonic()
                 yield b": keep-alive\n\n"
                 continue
-            event = await self.subscription.get(timeout=quiet_left)
+            event = await self.subscription.get(timeout=self._wait(heartbeat))
             if event is None:
                 continue
             # what queued up meanwhile goes out in the same write: with many subscribers
@@ -128,6 +150,23 @@ class _Stream:
                     chunk.append(self._send(each))
             if chunk:
                 yield b"".join(chunk)
+
+    async def _caller_gone(self, heartbeat: float) -> bool:
+        """Whether the caller, due for its check (every ``heartbeat`` seconds), may no
+        longer read this stream."""
+        if self.still_allowed is None or time.monotonic() < self.checked_at + heartbeat:
+            return False
+        if not await self.still_allowed():
+            return True
+        self.checked_at = time.monotonic()
+        return False
+
+    def _wait(self, heartbeat: float) -> float:
+        """Seconds until the next keep-alive or the caller's next check is due."""
+        due = self.wrote_at + heartbeat
+        if self.still_allowed is not None:
+            due = min(due, self.checked_at + heartbeat)
+        return due - time.monotonic()
 
     async def replay(self, *, settled: bool = True) -> AsyncIterator[bytes]:
         """Stored events after ``last``, page by page. ``settled``: only up to the bus's
@@ -177,10 +216,15 @@ class _Stream:
 
 
 async def event_stream(
-    ctx: ApiContext, frames: FrameCache, scope: StreamScope, last_id: int, heartbeat: float
+    ctx: ApiContext,
+    frames: FrameCache,
+    scope: StreamScope,
+    last_id: int,
+    heartbeat: float,
+    still_allowed: StillAllowed | None = None,
 ) -> AsyncIterator[bytes]:
     """The bytes of an SSE response; see the module docstring."""
-    stream = _Stream(ctx, frames, scope, last_id)
+    stream = _Stream(ctx, frames, scope, last_id, still_allowed)
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
         await ctx.kiln.bus.synced()  # what other processes store from here on reaches the bus

@@ -1,4 +1,8 @@
-"""Events as Server-Sent Events (``Last-Event-ID`` resumes) and as a JSON log."""
+"""Events as Server-Sent Events (``Last-Event-ID`` resumes) and as a JSON log.
+
+A stream checks its caller again every heartbeat (:func:`_still_allowed`), so revoking a
+token, disabling a user or a session cookie's expiry ends the streams it opened too.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from pixelkiln.api.deps import CallerDep, CtxDep, IdPath
+from pixelkiln.api.deps import ApiContext, CallerDep, CtxDep, IdPath, get_caller
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.sse import HEADERS, StreamScope, event_stream
+from pixelkiln.api.sse import HEADERS, StillAllowed, StreamScope, event_stream
 from pixelkiln.api.views import event_public
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.events import events_after
 from pixelkiln.db.records import latest_event_id
 from pixelkiln.models import parse_id
+from pixelkiln.service import Caller
 from pixelkiln.wire.schemas import EventPublic, Offset, Page
 
 router = APIRouter(tags=["events"])
@@ -63,7 +68,7 @@ async def batch_events(
     await ctx.read(get_batch, batch_id, caller.scope)
     scope = StreamScope(batch_id, None, end_when_done=True)
     start = _after(last_event_id, after) or 0
-    return _response(request, scope, start)
+    return _response(request, caller, scope, start)
 
 
 @router.get(
@@ -83,15 +88,41 @@ async def my_events(
     start = _after(last_event_id, after)
     if start is None:
         start = await ctx.read(latest_event_id)
-    return _response(request, StreamScope(None, caller.mine, end_when_done=False), start)
+    scope = StreamScope(None, caller.mine, end_when_done=False)
+    return _response(request, caller, scope, start)
 
 
-def _response(request: Request, scope: StreamScope, start: int) -> StreamingResponse:
-    ctx = request.app.state.ctx
+def _response(
+    request: Request, caller: Caller, scope: StreamScope, start: int
+) -> StreamingResponse:
+    ctx: ApiContext = request.app.state.ctx
     stream = event_stream(
-        ctx, request.app.state.frames, scope, start, ctx.settings.server.heartbeat_seconds
+        ctx,
+        request.app.state.frames,
+        scope,
+        start,
+        ctx.settings.server.heartbeat_seconds,
+        _still_allowed(request, ctx, caller),
     )
     return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
+
+
+def _still_allowed(request: Request, ctx: ApiContext, caller: Caller) -> StillAllowed | None:
+    """The stream's check of its caller: the request's bearer token or session cookie
+    authenticated again, exactly as a new request would be (one indexed read of the token),
+    and still with the reach it opened the stream with (a stream an admin opened ends when
+    they are an admin no more). None with auth off: there is nobody to check."""
+    if not ctx.settings.auth.enabled:
+        return None
+
+    async def check() -> bool:
+        try:
+            again = await get_caller(request, ctx)
+        except ApiError:
+            return False
+        return again.user_id == caller.user_id and again.scope == caller.scope
+
+    return check
 
 
 @router.get("/batches/{batch_id}/log", responses=ERRORS, summary="A batch's events as JSON")
