@@ -8,12 +8,26 @@ the very models the server validated them against.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from pixelkiln.models import MAX_ID, BatchStatus, EventType, TaskStatus
 from pixelkiln.problems import NUL_MESSAGE, json_path, nul_paths
+
+if TYPE_CHECKING:  # named here too; loaded on first use (see __getattr__ at the end)
+    from pixelkiln.wire.web import AssetFromImage as AssetFromImage
+    from pixelkiln.wire.web import BackendHealthPublic as BackendHealthPublic
+    from pixelkiln.wire.web import BackendsHealthPublic as BackendsHealthPublic
+    from pixelkiln.wire.web import BatchPlan as BatchPlan
+    from pixelkiln.wire.web import ParsedTable as ParsedTable
+    from pixelkiln.wire.web import QueuedBatch as QueuedBatch
+    from pixelkiln.wire.web import QueueOrder as QueueOrder
+    from pixelkiln.wire.web import RecentErrorPublic as RecentErrorPublic
+    from pixelkiln.wire.web import ServerHealthPublic as ServerHealthPublic
+    from pixelkiln.wire.web import SessionCreate as SessionCreate
+    from pixelkiln.wire.web import TableCell as TableCell
+    from pixelkiln.wire.web import TableExport as TableExport
 
 T = TypeVar("T")
 
@@ -521,110 +535,12 @@ class WebhookPayload(_Public):
     links: WebhookLinks
 
 
-class SessionCreate(_Input):
-    """Sign in: a token, pasted once; the answer sets the session cookie."""
+def __getattr__(name: str) -> Any:
+    """The web UI's models (:mod:`pixelkiln.wire.web`) by their old address, imported on
+    first use: that module builds on this one, so importing it here at load time would
+    be circular whichever of the two is imported first."""
+    from pixelkiln.wire import web
 
-    token: str = Field(min_length=1, max_length=200)
-
-
-# -- the web UI's batch table and reference library (issue #10) -------------------------------
-
-
-class AssetFromImage(_Input):
-    """Make one of my generated images an upload, to use as a reference (``asset:<id>``)."""
-
-    image_id: Id
-
-
-class BatchPlan(_Public):
-    """What ``POST /api/v1/batches?dry_run=true`` answers: the batch as it would be queued,
-    after every check of a real create; nothing stored, nothing charged."""
-
-    tasks: int
-    images: int  #: images asked for, all tasks together
-    credits: int  #: what the batch would cost its owner now (0 with credits off)
-
-
-class ParsedTable(_Public):
-    """A batch table read by ``POST /api/v1/tables/parse``: rows to edit, no batch made."""
-
-    name: str  #: the file's name, without its extension
-    defaults: dict[str, Any]  #: a spec file's defaults (a table has none)
-    #: one per task, the fields it sets (the spec's names); pictures as ``asset:<id>``
-    rows: list[dict[str, Any]]
-
-
-_CellText = Annotated[str, Field(max_length=20_000)]
-#: a table cell: text, a number, a list (reference images, a backend chain), or empty
-TableCell = _CellText | int | float | Annotated[list[_CellText], Field(max_length=100)] | None
-
-
-class TableExport(_Input):
-    """The rows of a batch table as the browser holds them, to write as an XLSX."""
-
-    name: str = Field("batch", max_length=200)  #: names the file
-    #: the headings' language: ``en`` parameter names, ``zh`` Chinese (提示词, 图片比例…)
-    headers: str = Field("en", pattern="^(en|zh)$")
-    rows: list[dict[str, TableCell]] = Field(max_length=100_000)
-
-
-# -- the queue --------------------------------------------------------------------------------
-
-
-class QueuedBatch(BatchPublic):
-    """An unfinished batch and its place in the queue."""
-
-    position: int  #: 1-based, in the order the scheduler claims (across pages)
-
-
-class QueueOrder(_Input):
-    """A new order for some or all of my unfinished batches (``PUT /api/v1/queue``).
-
-    The listed batches take the places they already hold, in the order listed: nobody
-    else's batch moves, and nobody's is passed.
-    """
-
-    #: my queued, running or paused batches, first-to-claim first; each once
-    batch_ids: list[Id] = Field(min_length=1, max_length=10_000)
-    #: admins only: the ids may be any user's (their places are permuted the same way)
-    all_users: bool = False
-
-
-# -- admin: backend health (the web UI's Admin page) ------------------------------------------
-
-
-class ServerHealthPublic(_Public):
-    url: str  #: without credentials; "" for a backend without servers (placeholder, local)
-    state: str  #: up, down, or unknown (nothing here tells: no scheduler runs here, no probe)
-    latency_ms: float | None = None  #: the probe's round trip (``probe=true`` only)
-    error: str = ""  #: why it is down, or what it answered (``probe=true`` only)
-
-
-class RecentErrorPublic(_Public):
-    at: float
-    kind: str  #: warning (a failed try, retried) or error (the task failed for good)
-    batch_id: int
-    task_id: int | None
-    message: str
-
-
-class BackendHealthPublic(_Public):
-    name: str
-    type: str
-    model: str
-    state: str  #: up, degraded (some servers down), down, or unknown
-    servers: list[ServerHealthPublic]
-    servers_up: int | None  #: None: not known here (no scheduler, or no pool to tell)
-    down_since: float | None  #: every server down since then
-    per_url: int  #: requests in flight per server now
-    configured: int  #: ``concurrency`` in kiln.toml
-    effective: int  #: tasks that may run on it now
-    running: int  #: tasks generating on it now
-    rpm: int | None  #: requests per minute allowed; None: no cap
-    recent_errors: list[RecentErrorPublic]  #: newest first
-
-
-class BackendsHealthPublic(_Public):
-    scheduler: str  #: starting, running, retrying, stopped; unknown when none runs here
-    probed_at: float | None  #: when the servers were asked (``probe=true``), else None
-    backends: list[BackendHealthPublic]
+    if name in getattr(web, "__all__", ()):
+        return getattr(web, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,8 @@ from pixelkiln.api.uploads import (
 from pixelkiln.inputs.headers import Headers
 from pixelkiln.naming import file_name
 from pixelkiln.service.tables import check_problems, table_cells, table_rows
-from pixelkiln.wire.schemas import ErrorBody, ParsedTable, TableExport
+from pixelkiln.wire.schemas import ErrorBody
+from pixelkiln.wire.web import ParsedTable, TableExport
 from pixelkiln.workbooks import xlsx_bytes
 
 router = APIRouter(prefix="/tables", tags=["spreadsheets"])
