@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -186,3 +187,90 @@ def test_import_edit_check_export_start_and_watch_the_rows(
     shot(page, "finished")
     page.get_by_role("button", name="Edit the table again").click()
     expect(page.get_by_label("Prompt, row 1", exact=True)).to_be_enabled()
+
+
+def _cells(page: Page, n: int) -> dict[str, str]:
+    """What row ``n`` of the table shows: negative prompt, ratio, resolution, count."""
+    return {
+        field: page.get_by_label(f"{label}, row {n}", exact=True).input_value()
+        for field, label in (
+            ("negative_prompt", "Negative prompt"),
+            ("aspect_ratio", "Aspect ratio"),
+            ("resolution", "Resolution"),
+            ("n", "Count"),
+        )
+    }
+
+
+def test_a_files_defaults_are_shown_sent_and_exported_on_every_row(
+    browse: Browse, server: Server, shot: Callable[[Page, str], Path], tmp_path: Path
+) -> None:
+    spec = {
+        "name": "shots",
+        "defaults": {
+            "aspect_ratio": "16:9",
+            "resolution": "2K",
+            "n": 3,
+            "negative_prompt": "blurry",
+            "backend": "slowpoke",
+            "model": "sketch-2",
+        },
+        "tasks": [
+            {"prompt": "a fox in snow"},
+            {"prompt": "an owl", "aspect_ratio": "9:16", "n": 1, "seed": 7},
+        ],
+    }
+    source = tmp_path / "shots.json"
+    source.write_text(json.dumps(spec))
+    fox = {"negative_prompt": "blurry", "aspect_ratio": "16:9", "resolution": "2K", "n": "3"}
+    owl = {**fox, "aspect_ratio": "9:16", "n": "1"}
+
+    page, _ = browse("bob")
+    page.goto("/batch")
+    settled(page)
+    page.locator("#import-file").set_input_files(source)
+    expect(page.get_by_label("Prompt, row 2", exact=True)).to_have_value("an owl")
+    assert (_cells(page, 1), _cells(page, 2)) == (fox, owl)
+    expect(page.get_by_label("Backend", exact=True)).to_have_value("slowpoke")
+    expect(page.get_by_label("Model", exact=True)).to_have_value("sketch-2")
+    page.get_by_role("button", name="Check").click()
+    expect(page.locator("#plan")).to_have_text("Ready: 2 task(s), 4 image(s), 4 credit(s).")
+    shot(page, "defaults")
+
+    # the export has every row as it is shown, and the batch-wide backend and model
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export Excel").click()
+    exported = tmp_path / "shots.xlsx"
+    download.value.save_as(exported)
+    header, *rows = sheet_rows(exported)
+    first, second = (dict(zip(header, row, strict=True)) for row in rows)
+    for row, n, ratio in ((first, 3, "16:9"), (second, 1, "9:16")):
+        assert (row["negative_prompt"], row["aspect_ratio"], row["resolution"]) == (
+            "blurry",
+            ratio,
+            "2K",
+        )
+        assert (row["n"], row["backend"], row["model"]) == (n, "slowpoke", "sketch-2")
+    assert (first["seed"], second["seed"]) == (None, 7)
+
+    # and it reads back into the same table
+    page.locator("#import-file").set_input_files(exported)
+    page.get_by_role("dialog").get_by_role("button", name="Replace").click()
+    expect(page.get_by_label("Batch name")).to_have_value("shots")
+    expect(page.get_by_text("2 row(s) imported from shots.xlsx.")).to_be_visible()
+    assert (_cells(page, 1), _cells(page, 2)) == (fox, owl)
+    expect(page.get_by_label("Backend", exact=True)).to_have_value("slowpoke")
+    expect(page.get_by_label("Model", exact=True)).to_have_value("sketch-2")
+
+    # what is sent is what was shown
+    page.get_by_role("button", name="Start").click()
+    link = page.get_by_role("link", name="Open batch #")
+    batch = server.wait_batch("bob", int((link.get_attribute("href") or "").rsplit("/", 1)[-1]))
+    assert batch["status"] == "completed", batch
+    with server.api("bob") as api:
+        tasks = api.get(f"/batches/{batch['id']}").json()["tasks"]
+    assert [(t["backend"], t["negative_prompt"], len(t["images"])) for t in tasks] == [
+        ("slowpoke", "blurry", 3),
+        ("slowpoke", "blurry", 1),
+    ]
+    assert tasks[1]["params"]["seed"] == 7

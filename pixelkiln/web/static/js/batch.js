@@ -33,7 +33,7 @@ function blankRow(from = {}) {
 }
 
 function fresh() {
-  return { name: "", backend: "", model: "", defaults: {}, rows: [blankRow()], batchId: null };
+  return { name: "", backend: "", model: "", rows: [blankRow()], batchId: null };
 }
 
 function load() {
@@ -62,7 +62,7 @@ function saveNow() {
 }
 addEventListener("pagehide", saveNow);
 
-/** A parsed sheet's task fields as a row; fields the table has no column for ride along. */
+/** A task's fields as a row; fields the table has no column for ride along (sent, exported). */
 function rowOf(fields) {
   const { key, prompt, negative_prompt, aspect_ratio, resolution, reference_images, n, filename_prefix, ...extra } = fields;
   return blankRow({
@@ -91,11 +91,16 @@ function taskOf(row) {
   return task;
 }
 
+/** The batch-wide backend and model, as chosen above the table (empty: the server's). */
+function batchWide() {
+  const wide = {};
+  if (state.backend) wide.backend = state.backend;
+  if (state.model.trim()) wide.model = state.model.trim();
+  return wide;
+}
+
 function spec() {
-  const defaults = { ...state.defaults };
-  if (state.backend) defaults.backend = state.backend;
-  if (state.model.trim()) defaults.model = state.model.trim();
-  return { name: state.name.trim() || t("batch.default_name"), defaults, tasks: state.rows.map(taskOf) };
+  return { name: state.name.trim() || t("batch.default_name"), defaults: batchWide(), tasks: state.rows.map(taskOf) };
 }
 
 // -- rendering -------------------------------------------------------------------------------
@@ -287,10 +292,7 @@ async function importFile(file) {
   body.append("file", file, file.name);
   try {
     const parsed = await api("/tables/parse", { method: "POST", body });
-    const { backend, model, ...defaults } = parsed.defaults;
-    if (backend !== undefined && typeof backend !== "string") defaults.backend = backend;  // a chain rides along
-    state = { ...fresh(), name: parsed.name, backend: typeof backend === "string" ? backend : "", model: model || "", defaults, rows: parsed.rows.map(rowOf) };
-    if (!state.rows.length) state.rows.push(blankRow());
+    state = { ...fresh(), name: parsed.name, ...imported(parsed) };
     problems.clear();
     showProblems([]);
     save();
@@ -301,8 +303,28 @@ async function importFile(file) {
   }
 }
 
+/**
+ * A parsed file's rows with its defaults folded into each (a row's own value wins): what a
+ * row shows is what its task gets, is sent and is exported. Only a backend or a model that
+ * every row shares goes up to the batch-wide choices, where the table shows it.
+ */
+function imported(parsed) {
+  const rows = (parsed.rows.length ? parsed.rows : [{}]).map((row) => ({ ...parsed.defaults, ...row }));
+  const wide = { backend: "", model: "" };
+  for (const field of Object.keys(wide)) {
+    const values = new Set(rows.map((row) => row[field]));
+    const [only] = values;
+    if (values.size === 1 && typeof only === "string") {
+      wide[field] = only;
+      for (const row of rows) delete row[field];
+    }
+  }
+  return { ...wide, rows: rows.map(rowOf) };
+}
+
+/** The row as the sheet gets it: its task, with the batch-wide backend and model it runs on. */
 function exportRow(row) {
-  const out = { ...row.extra, ...taskOf(row), n: row.n === "" ? null : row.n };
+  const out = { ...batchWide(), ...taskOf(row), n: row.n === "" ? null : row.n };
   for (const field of CELLS) if (!(field in out)) out[field] = null;
   return out;
 }
