@@ -21,6 +21,7 @@ from pixelkiln.api.deps import (
 )
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.media import (
+    PRIVATE_CACHE,
     THUMB_TYPE,
     StoredFile,
     ThumbSize,
@@ -133,7 +134,7 @@ async def thumbnail(
 ) -> FileResponse:
     info = await ctx.read(get_image, image_id, scope)
     path = await ctx.run(thumbnail_path, ctx.storage, info.image, size)
-    return StoredFile(path, media_type=THUMB_TYPE, headers={"Cache-Control": "max-age=86400"})
+    return StoredFile(path, media_type=THUMB_TYPE, headers={"Cache-Control": PRIVATE_CACHE})
 
 
 @files.get(
