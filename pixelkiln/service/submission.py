@@ -8,6 +8,10 @@ backend the user has their own key for), then one write that checks the
 idempotency key, stores the batch, charges the ledger and records the key.
 If the balance does not cover it, that write raises and nothing is stored.
 Then the schedulers of this process are woken.
+
+A dry run (:func:`plan`) makes every check of a submit, the same code path up to
+the write, and answers what the batch would be and cost: nothing stored, nothing
+charged.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pixelkiln.db.batches import NewBatch, create_batch
+from pixelkiln.db.credits import InsufficientCreditsError, balance
 from pixelkiln.db.database import Tx
 from pixelkiln.db.records import find_idempotent, get_asset, remember_idempotent
 from pixelkiln.engine.intake import prepare_batch
@@ -91,6 +96,23 @@ def _owner(caller: Caller, sub: Submission) -> int | None:
     return sub.owner_id
 
 
+class Plan(NamedTuple):
+    """What a submit would store and charge (a dry run's answer)."""
+
+    tasks: int
+    images: int
+    credits: int  #: what the owner would be charged
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A submission that passed every check, resolved and priced: ready to store."""
+
+    new: NewBatch
+    costs: list[int]  #: per task, in position order
+    pricing: Pricing
+
+
 async def submit(ctx: ServiceContext, caller: Caller, sub: Submission) -> Submitted:
     """Store (and charge for) a batch, then wake the schedulers.
 
@@ -105,6 +127,41 @@ async def submit(ctx: ServiceContext, caller: Caller, sub: Submission) -> Submit
         found = await ctx.read(find_idempotent, caller.owner_key, key, since)
         if found is not None:
             return Submitted(_replayed(found, sub.fingerprint), False)
+    checked = await _check(ctx, caller, sub)
+    batch_id, created, stored_hash = await ctx.write(
+        _store,
+        checked.new,
+        checked.costs,
+        checked.pricing,
+        caller.owner_key,
+        (key, sub.fingerprint, since),
+    )
+    if not created:
+        return Submitted(_replayed((batch_id, stored_hash), sub.fingerprint), False)
+    ctx.schedulers.wake()
+    return Submitted(batch_id, True)
+
+
+async def plan(ctx: ServiceContext, caller: Caller, sub: Submission) -> Plan:
+    """A dry run of :func:`submit`: its every check, then what it would store and charge.
+
+    The same SpecError a submit raises, and InsufficientCreditsError when the owner's
+    balance does not cover the batch now (a submit could still race a grant or another
+    batch); nothing is stored or charged, and the idempotency key is not looked at.
+    """
+    checked = await _check(ctx, caller, sub)
+    total, owner_id = sum(checked.costs), checked.new.owner_id
+    if total and owner_id is not None:
+        have = await ctx.read(balance, owner_id)
+        if total > have:
+            raise InsufficientCreditsError(total, have)
+    images = sum(task.n for task in checked.new.tasks)
+    return Plan(len(checked.new.tasks), images, total)
+
+
+async def _check(ctx: ServiceContext, caller: Caller, sub: Submission) -> _Checked:
+    """Every check of a submit, up to its write: who owns it, what the caller may ask,
+    the spec resolved against uploads and backends (one SpecError for all), its price."""
     owner_id = _owner(caller, sub)
     if not caller.is_admin:  # reported with every other problem of the input, by prepare_batch
         problems = limit_problems(sub.spec, ctx.settings.scheduler.max_attempts, sub.source_name)
@@ -114,14 +171,7 @@ async def submit(ctx: ServiceContext, caller: Caller, sub: Submission) -> Submit
     sub = replace(sub, spec=sub.spec.with_problems(hook_problems)) if hook_problems else sub
     new = await ctx.run(_prepare, ctx, caller, sub, owner_id)
     pricing = await pricing_for(ctx, owner_id)
-    costs = [pricing.task_cost(t.backend, t.n) for t in new.tasks]
-    batch_id, created, stored_hash = await ctx.write(
-        _store, new, costs, pricing, caller.owner_key, (key, sub.fingerprint, since)
-    )
-    if not created:
-        return Submitted(_replayed((batch_id, stored_hash), sub.fingerprint), False)
-    ctx.schedulers.wake()
-    return Submitted(batch_id, True)
+    return _Checked(new, [pricing.task_cost(t.backend, t.n) for t in new.tasks], pricing)
 
 
 def _replayed(found: tuple[int, str], wanted: str) -> int:

@@ -1,25 +1,32 @@
-"""An img2img batch from uploaded images: one task per image, one prompt (or preset) for all.
+"""Uploads as batch inputs: an img2img batch from uploaded images (one task per image,
+one prompt or preset for all), and a generated image made an upload.
 
 The images are already stored as the caller's uploads (the API checks and
-stores a multipart body's files: ``pixelkiln.api.uploads``); this builds the
-batch spec they make, the same for ``POST /api/v1/batches/upload`` and the
-img2img compat ``POST /api/batch/create``, which submit it as any batch.
+stores a multipart body's files: ``pixelkiln.api.uploads``); :func:`upload_spec`
+builds the batch spec they make, the same for ``POST /api/v1/batches/upload`` and
+the img2img compat ``POST /api/batch/create``, which submit it as any batch.
+
+A batch spec from a remote caller names inputs only as ``asset:<id>`` (never a
+server path), so a past result becomes a reference by :func:`asset_from_image`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixelkiln.db.presets import get_preset
-from pixelkiln.db.records import Asset
-from pixelkiln.exceptions import InvalidValueError
-from pixelkiln.naming import unique_name, with_image_suffix
-from pixelkiln.service.context import ServiceContext
+from pixelkiln.db.records import Asset, get_image, record_asset
+from pixelkiln.engine.intake import asset_record
+from pixelkiln.exceptions import InvalidValueError, NotFoundError
+from pixelkiln.naming import file_name, unique_name, with_image_suffix
+from pixelkiln.service.context import Caller, ServiceContext
 from pixelkiln.service.presets import framed
 from pixelkiln.specs import BatchSpec, parse_batch
+from pixelkiln.storage import InputImage, read_input_image
 from pixelkiln.wire.schemas import Id
 
 
@@ -87,3 +94,36 @@ async def upload_spec(
 
 def _named(upload: Uploaded) -> str:
     return with_image_suffix(upload.filename, upload.asset.mime)
+
+
+async def asset_from_image(ctx: ServiceContext, caller: Caller, image_id: int) -> Asset:
+    """One of the caller's generated images as one of their uploads (``asset:<id>``).
+
+    Only the caller's own images (an admin's too: a reference is for one's own batch,
+    and someone else's picture is not theirs to reuse); another's is NotFoundError,
+    like a missing one. The file is checked like an upload (the server's upload
+    limits: a reference is sent on to a generator) and stored by content, so asking
+    twice, or for an image already uploaded, answers the asset the caller has.
+    """
+    info = await ctx.read(get_image, image_id, caller.mine)
+    image = await ctx.run(_as_input, ctx, info.image.path, image_id)
+    path = await ctx.run(ctx.storage.write_asset, image)
+    name = file_name(PurePosixPath(info.image.path).name, f"image-{image_id}")
+    return await ctx.write(record_asset, caller.user_id, asset_record(image, path, name))
+
+
+def _as_input(ctx: ServiceContext, path: str, image_id: int) -> InputImage:
+    """The stored image's file read and checked as an input image (a thread)."""
+    limits = ctx.settings.server
+    try:
+        data = ctx.storage.read(path)
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"image {image_id}'s file is gone") from exc
+    try:
+        return read_input_image(
+            data, max_bytes=limits.max_upload_bytes, max_pixels=limits.max_upload_pixels
+        )
+    except ValueError as exc:
+        raise InvalidValueError(
+            f"image {image_id} cannot be a reference: {exc}", field="image_id"
+        ) from exc

@@ -45,11 +45,13 @@ class Page:
     path: str  #: where a person types it
     nav: bool = True  #: shown in the navigation
     admin: bool = False  #: admins only
+    #: shared modules whose messages the page also gets (``messages/<name>.json``)
+    uses: tuple[str, ...] = ()
 
 
 PAGES = (
-    Page("generate", "/"),
-    Page("batch", "/batch"),
+    Page("generate", "/", uses=("library",)),
+    Page("batch", "/batch", uses=("library",)),
     Page("img2img", "/img2img"),
     Page("queue", "/queue"),
     Page("records", "/records"),
@@ -86,7 +88,7 @@ def render(
 ) -> HTMLResponse:
     """A page in the request's language."""
     lang = pick_language(request.headers.get("accept-language"), request.cookies.get(LANG_COOKIE))
-    messages = catalog(lang, "common", page.name)
+    messages = catalog(lang, "common", *page.uses, page.name)
     ctx: ApiContext = request.app.state.ctx
     context = {
         "page": page,

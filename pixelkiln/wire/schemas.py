@@ -525,3 +525,21 @@ class SessionCreate(_Input):
     """Sign in: a token, pasted once; the answer sets the session cookie."""
 
     token: str = Field(min_length=1, max_length=200)
+
+
+# -- the web UI's batch table and reference library (issue #10) -------------------------------
+
+
+class AssetFromImage(_Input):
+    """Make one of my generated images an upload, to use as a reference (``asset:<id>``)."""
+
+    image_id: Id
+
+
+class BatchPlan(_Public):
+    """What ``POST /api/v1/batches?dry_run=true`` answers: the batch as it would be queued,
+    after every check of a real create; nothing stored, nothing charged."""
+
+    tasks: int
+    images: int  #: images asked for, all tasks together
+    credits: int  #: what the batch would cost its owner now (0 with credits off)

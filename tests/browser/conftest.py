@@ -44,6 +44,7 @@ name = "placeholder"
 type = "placeholder"
 concurrency = 4
 latency = 0.15
+options = { reject_if_prompt_contains = "[fail]" }  # a prompt with [fail] fails for good
 
 [[backends]]
 name = "slowpoke"
@@ -263,6 +264,14 @@ def shot(request: pytest.FixtureRequest) -> Callable[[Page, str], Path]:
         return path
 
     return take
+
+
+def settled(page: Page) -> None:
+    """Wait until the page has loaded and its API calls are answered (``kiln.js`` keeps
+    the count on ``<html data-busy>``; a live EventSource is not a call, so this works
+    where Playwright's "networkidle" would wait for ever)."""
+    page.wait_for_load_state("load")
+    page.wait_for_function("() => document.documentElement.dataset.busy === '0'")
 
 
 SERIOUS = ("serious", "critical")

@@ -1,4 +1,5 @@
-"""``/api/v1/assets``: upload input images (init / reference), list them, fetch them back."""
+"""``/api/v1/assets``: upload input images (init / reference), list them, fetch them back;
+make one of my generated images an upload (``from-image``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.uploads import IMAGE_FILES, files_of, form_body, read_form, store_images
 from pixelkiln.api.views import asset_public
 from pixelkiln.db.records import get_asset, list_assets
-from pixelkiln.wire.schemas import AssetPublic, Page
+from pixelkiln.service.uploads import asset_from_image
+from pixelkiln.wire.schemas import AssetFromImage, AssetPublic, Page
 
 router = APIRouter(prefix="/assets", tags=["assets"])
 
@@ -29,6 +31,14 @@ async def upload(request: Request, ctx: CtxDep, caller: CallerDep) -> list[Asset
     finally:
         await form.close()
     return [asset_public(u.asset, u.filename) for u in uploads]
+
+
+@router.post("/from-image", responses=ERRORS, summary="Make one of my generated images an upload")
+async def from_image(body: AssetFromImage, ctx: CtxDep, caller: CallerDep) -> AssetPublic:
+    """A past result as a reference for a new batch: batch specs name inputs only as
+    ``asset:<id>``. Asking again (or for bytes already uploaded) answers the same asset;
+    another user's image is 404."""
+    return asset_public(await asset_from_image(ctx.service, caller, body.image_id))
 
 
 @router.get("", responses=ERRORS, summary="List my uploaded images")

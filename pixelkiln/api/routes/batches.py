@@ -38,10 +38,12 @@ from pixelkiln.db.tasks import list_images
 from pixelkiln.models import BatchStatus, TaskStatus
 from pixelkiln.problems import invalid_value
 from pixelkiln.service import Caller, Submission, TaskPage, UploadFields
+from pixelkiln.service.submission import plan
 from pixelkiln.specs import BatchSpec, parse_batch
 from pixelkiln.wire.schemas import (
     ActiveCount,
     BatchDetail,
+    BatchPlan,
     BatchPublic,
     ErrorBody,
     Offset,
@@ -68,6 +70,13 @@ IdempotencyKey = Annotated[
 Wait = Annotated[bool, Query(description="Answer when the batch has ended, with every task.")]
 WaitTimeout = Annotated[
     float | None, Query(gt=0, description="Longest wait in seconds (default: the server's).")
+]
+DryRun = Annotated[
+    bool,
+    Query(
+        description="Check the batch exactly as a create would (same 422 and 402), then "
+        "answer 200 with what it would be (BatchPlan): nothing stored, nothing charged."
+    ),
 ]
 
 
@@ -104,13 +113,19 @@ async def create_batch(
     idempotency_key: IdempotencyKey = None,
     wait: Wait = False,
     timeout: WaitTimeout = None,
-) -> BatchDetail:
+    dry_run: DryRun = False,
+) -> BatchDetail | BatchPlan:
     """Queue a batch (``{"name", "defaults", "tasks": [...]}``); 402 when credits do not cover it.
 
     Input images must be uploads (``asset:<id>`` from ``POST /api/v1/assets``).
     Every problem (values, uploads, backends) is answered at once in one 422.
+    With ``dry_run=true`` nothing is queued: 200 and a BatchPlan (tasks, images, credits).
     """
     spec = parse_batch(body, partial=True)
+    if dry_run:
+        response.status_code = 200
+        found = await plan(ctx.service, caller, Submission(spec))
+        return BatchPlan(tasks=found.tasks, images=found.images, credits=found.credits)
     sub = Submission(
         spec,
         idempotency_key=idempotency_key,

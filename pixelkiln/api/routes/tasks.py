@@ -1,4 +1,4 @@
-"""``/api/v1/tasks``: one task with its images; retry one task."""
+"""``/api/v1/tasks``: one task with its images, its reference images; retry one task."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from sqlalchemy import Connection
 from pixelkiln import service
 from pixelkiln.api.deps import CallerDep, CtxDep, IdPath
 from pixelkiln.api.routes.batches import ERRORS
-from pixelkiln.api.views import batch_public, task_public
+from pixelkiln.api.views import asset_public, batch_public, task_public
 from pixelkiln.db.batches import get_batch
-from pixelkiln.db.records import images_of_tasks
+from pixelkiln.db.records import Asset, asset_ids_at, get_asset, images_of_tasks
 from pixelkiln.db.tasks import get_task
 from pixelkiln.models import ImageRecord, Task
-from pixelkiln.wire.schemas import RetryResult, TaskPublic
+from pixelkiln.wire.schemas import AssetPublic, RetryResult, TaskPublic
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -40,6 +40,25 @@ async def get_one(
 ) -> TaskPublic:
     task, images = await ctx.read(_owned_task, task_id, caller.scope, history)
     return task_public(task, images)
+
+
+def _references(conn: Connection, task_id: int, scope: int | None) -> list[Asset]:
+    """The task's reference images that are its batch owner's uploads, in the task's order."""
+    task = get_task(conn, task_id)
+    owner_id = get_batch(conn, task.batch_id, scope).owner_id
+    paths = [str(p) for p in task.inputs.get("reference_images") or []]
+    ids = asset_ids_at(conn, paths, owner_id)
+    return [get_asset(conn, ids[p]) for p in paths if p in ids]
+
+
+@router.get(
+    "/{task_id}/references", responses=ERRORS, summary="A task's reference images, as uploads"
+)
+async def references(task_id: IdPath, ctx: CtxDep, caller: CallerDep) -> list[AssetPublic]:
+    """Each as ``asset:<id>`` to use again (the web UI's "send to Generate" fills its form
+    from :func:`get_one` and these); a reference that is no upload of the owner is left out."""
+    found = await ctx.read(_references, task_id, caller.scope)
+    return [asset_public(a) for a in found]
 
 
 @router.post("/{task_id}/retry", responses=ERRORS, summary="Retry one failed or cancelled task")

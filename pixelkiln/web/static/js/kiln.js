@@ -41,7 +41,25 @@ function signInAgain() {
  * query (object → ?a=1&b=2; null/undefined/"" left out), raw (return the Response).
  * Throws ApiFailure for 4xx/5xx; a 401 on a page with auth on goes to /login.
  */
-export async function api(path, { method = "GET", json, body, query, raw = false, signal } = {}) {
+export async function api(path, options = {}) {
+  busy(+1);
+  try {
+    return await call(path, options);
+  } finally {
+    busy(-1);
+  }
+}
+
+// How many API calls are under way, on <html data-busy>: tests (and anyone curious) can
+// wait for a page to settle without guessing; a live EventSource does not count.
+let inFlight = 0;
+function busy(step) {
+  inFlight += step;
+  document.documentElement.dataset.busy = String(inFlight);
+}
+busy(0);
+
+async function call(path, { method = "GET", json, body, query, raw = false, signal } = {}) {
   const url = new URL(`/api/v1${path}`, location.origin);
   for (const [key, value] of Object.entries(query || {})) {
     if (value === null || value === undefined || value === "") continue;
