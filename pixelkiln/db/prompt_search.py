@@ -4,10 +4,11 @@ A search is a substring of the prompt, case-insensitive, with ``%`` and ``_`` ta
 literally: SQLite's ``LIKE`` (ASCII letters fold), PostgreSQL's ``ILIKE`` (the letters
 its locale knows fold). Migration 0007 made an index for it:
 
-- SQLite: ``tasks_search``, FTS5 with the trigram tokenizer over ``tasks.prompt``. A
-  phrase of the text's trigrams finds a superset of the LIKE matches (FTS5 folds case
-  for every letter, LIKE only for ASCII ones), so ``LIKE`` is still checked on them:
-  the results are the same as a scan's.
+- SQLite: ``tasks_search``, FTS5 with the trigram tokenizer, the prompts of the tasks
+  that have had an image (rowid = task id; an image search needs no others). A phrase
+  of the text's trigrams finds a superset of the LIKE matches (FTS5 folds case for
+  every letter, LIKE only for ASCII ones), so ``LIKE`` is still checked on them: the
+  results are the same as a scan's.
 - PostgreSQL: ``pg_trgm``'s GIN index, which answers ``ILIKE`` itself. Without the
   extension (a managed database that refused it), ``ILIKE`` scans: slower, same rows.
 

@@ -19,7 +19,7 @@ from pixelkiln.db.batches import UNFINISHED, _batch
 from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import assets, batches, events, idempotency_keys, images, tasks
 from pixelkiln.exceptions import InvalidStateError
-from pixelkiln.models import GENERATION_PARAMS, Batch, BatchStatus, ImageRecord
+from pixelkiln.models import GENERATION_PARAMS, Batch, BatchStatus, ImageRecord, TaskStatus
 
 
 @dataclass(frozen=True)
@@ -290,25 +290,29 @@ def _batch_filter(
     indexed: bool = False,
 ) -> Any:
     """``indexed``: the prompt index finds the batches' tasks (else each batch's prompts
-    are scanned). A name matches as a prompt does."""
+    are scanned; on SQLite, the prompts of tasks that never made an image still are: the
+    index holds a prompt from its task's first image on). A name matches as a prompt does."""
     query = _owned(query, owner_id)
     if source is not None:
         query = query.where(batches.c.source == source)
     if statuses is not None:
         query = query.where(batches.c.status.in_([str(s) for s in statuses]))
     if text:
-        in_prompt: Any
+        held = prompt.matches(tasks.c.prompt, text, dialect, indexable=False)
+        scanned = [tasks.c.batch_id == batches.c.id, held]
+        in_prompt: list[Any] = []
         if indexed:
             found = select(tasks.c.batch_id).where(
                 tasks.c.id.in_(prompt.indexed_tasks(text, dialect))
             )
             if dialect == "sqlite":  # its index finds a superset
                 found = found.where(prompt.matches(tasks.c.prompt, text, dialect))
-            in_prompt = batches.c.id.in_(found)
-        else:
-            held = prompt.matches(tasks.c.prompt, text, dialect, indexable=False)
-            in_prompt = exists().where(tasks.c.batch_id == batches.c.id, held)
-        query = query.where(or_(prompt.matches(batches.c.name, text, dialect), in_prompt))
+            in_prompt.append(batches.c.id.in_(found))
+            if dialect == "sqlite":  # it holds the prompts of tasks that have had an image
+                scanned.append(tasks.c.status != str(TaskStatus.SUCCEEDED))
+        if not indexed or dialect == "sqlite":
+            in_prompt.append(exists().where(*scanned))
+        query = query.where(or_(prompt.matches(batches.c.name, text, dialect), *in_prompt))
     return query
 
 
