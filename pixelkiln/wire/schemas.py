@@ -543,3 +543,25 @@ class BatchPlan(_Public):
     tasks: int
     images: int  #: images asked for, all tasks together
     credits: int  #: what the batch would cost its owner now (0 with credits off)
+
+
+# -- the queue --------------------------------------------------------------------------------
+
+
+class QueuedBatch(BatchPublic):
+    """An unfinished batch and its place in the queue."""
+
+    position: int  #: 1-based, in the order the scheduler claims (across pages)
+
+
+class QueueOrder(_Input):
+    """A new order for some or all of my unfinished batches (``PUT /api/v1/queue``).
+
+    The listed batches take the places they already hold, in the order listed: nobody
+    else's batch moves, and nobody's is passed.
+    """
+
+    #: my queued, running or paused batches, first-to-claim first; each once
+    batch_ids: list[Id] = Field(min_length=1, max_length=10_000)
+    #: admins only: the ids may be any user's (their places are permuted the same way)
+    all_users: bool = False

@@ -70,15 +70,32 @@ def sqlite_search() -> None:
 
 def _postgres_search() -> None:
     """pg_trgm and a GIN index; without the right to create the extension (a managed
-    database that did not allow it), searching scans as before instead of failing."""
+    database that did not allow it), searching scans as before instead of failing.
+
+    The extension goes into ``public`` where there is one, and the operator class is
+    named with the schema it is in: an installation whose ``search_path`` is its own
+    schema (several on one database, or each test) sees an extension another made.
+    """
     conn = op.get_bind()
-    with conn.begin_nested():
+    for statement in (
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public",
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+    ):
         try:
-            conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+            with conn.begin_nested():
+                conn.exec_driver_sql(statement)
+            break
         except sa.exc.DBAPIError:
-            return
+            continue
+    schema = conn.exec_driver_sql(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE e.extname = 'pg_trgm'"
+    ).scalar()
+    if schema is None:
+        return
+    opclass = conn.dialect.identifier_preparer.quote(schema) + ".gin_trgm_ops"
     conn.exec_driver_sql(
-        "CREATE INDEX IF NOT EXISTS ix_tasks_prompt_trgm ON tasks USING gin (prompt gin_trgm_ops)"
+        f"CREATE INDEX IF NOT EXISTS ix_tasks_prompt_trgm ON tasks USING gin (prompt {opclass})"
     )
 
 
