@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -77,6 +78,7 @@ async def search(
     ctx: CtxDep,
     caller: CallerDep,
     page: PageDep,
+    response: Response,
     q: Annotated[str | None, Query(max_length=200, description=_Q)] = None,
     batch_id: Annotated[Id | None, Query()] = None,
     status: Annotated[BatchStatus | None, Query(description="The batch's status.")] = None,
@@ -91,7 +93,11 @@ async def search(
         bool, Query(description="Also regenerated tasks' earlier images (superseded).")
     ] = False,
 ) -> Page[ImageDetail]:
-    """Newest first; page with ``limit``/``offset``, or with the cursor ``before``."""
+    """Newest first; page with ``limit``/``offset``, or with the cursor ``before``.
+
+    ``Server-Timing: search;dur=…`` says how long the server took to find the page (the
+    browser's developer tools show it; ``bench/ui.py`` reads it under load)."""
+    started = time.perf_counter()
     query = ImageQuery(
         history=history,
         text=q or None,
@@ -105,7 +111,9 @@ async def search(
     found, total = await ctx.read(_page, query, caller.mine, page, count)
     fields = page_fields(page, len(found), total)
     cursor = found[-1].image.id if len(found) == page.limit else None
-    return Page[ImageDetail](items=[image_detail(i) for i in found], next_cursor=cursor, **fields)
+    items = [image_detail(i) for i in found]
+    response.headers["Server-Timing"] = f"search;dur={1000 * (time.perf_counter() - started):.1f}"
+    return Page[ImageDetail](items=items, next_cursor=cursor, **fields)
 
 
 @router.get("/{image_id}", responses=ERRORS, summary="An image's metadata")

@@ -364,5 +364,4 @@ async function choices() {
 }
 
 if (!trail() && !fromUrl().before) history.replaceState({ trail: [] }, "", location.href);
-choices();
-load();
+load().then(choices); // the thumbnails first: the choices' requests would queue before them
