@@ -1,7 +1,7 @@
 """Records at scale: the page in a browser, its API under load, the prompt search at a million.
 
     python -m bench.ui [--quick] [--records 10000] [--search 1000000] [--repeat 5]
-                       [--postgres URL | --no-postgres] [--no-browser]
+                       [--postgres URL | --no-postgres] [--no-browser] [--part page|search]
 
 Every database is filled by bulk inserts (image records of finished batches, 100 tasks
 a batch, one image a task), never by running the engine; everything runs on 127.0.0.1
@@ -415,12 +415,16 @@ def main() -> None:
     parser.add_argument("--postgres", default=POSTGRES, help="a PostgreSQL server (127.0.0.1)")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--part", choices=("all", "page", "search"), default="all")
     args = parser.parse_args()
     records = args.records or (2_000 if args.quick else 10_000)
     searched = args.search or (100_000 if args.quick else 1_000_000)
     if urlsplit(args.postgres.replace("+psycopg", "")).hostname not in LOOPBACK:
         raise SystemExit("--postgres: this benchmark runs against 127.0.0.1 only")
-    page_figures(records, args.repeat, 300 if args.quick else 2000, not args.no_browser)
+    if args.part in ("all", "page"):
+        page_figures(records, args.repeat, 300 if args.quick else 2000, not args.no_browser)
+    if args.part == "page":
+        return
     with tempfile.TemporaryDirectory(prefix="kiln-bench-ui-") as folder:
         search_figures("SQLite", f"sqlite:///{Path(folder) / 'search.db'}", searched, args.repeat)
     if not args.no_postgres:

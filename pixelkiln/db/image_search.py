@@ -100,37 +100,52 @@ def find_images(
     count: bool = False,
 ) -> tuple[list[ImageInfo], int | None]:
     """A page of images matching ``q``, newest first; with ``count``, how many match in
-    all when that is cheap to know, else None."""
-    scope, need = scope_of(conn, q, owner_id), offset + limit
+    all when that is cheap to know, else None. The ways find ids; the page's images are
+    read whole once, at the end."""
+    scope, need, dialect = scope_of(conn, q, owner_id), offset + limit, conn.dialect.name
     total: int | None
-    if scope.rows <= SMALL_SCOPE or q.batch_id is not None:
-        rows, total = _every(conn, q, owner_id, SCOPE, need)
-    elif any(f is not None for f in (q.text, q.since, q.until, q.backend)):
-        rows, total = _walk(conn, q, owner_id, need, scope)  # how many match: unknown
-    else:  # walk the newest when the scope's images are dense enough among all
-        how = NEWEST if need / scope.density < scope.rows else SCOPE
-        rows = list(conn.execute(_select(q, owner_id, conn.dialect.name, how).limit(need)))
-        total = scope.rows if counters_know(q) else None
-    return [_image_info(r) for r in rows[offset:need]], total if count else None
+    if counters_know(q):  # the count is known: find the page the cheaper way
+        walk = q.batch_id is None and need / scope.density < scope.rows
+        ids = _ids(conn, _select(q, owner_id, dialect, NEWEST if walk else SCOPE).limit(need))
+        total = scope.rows
+    elif scope.rows <= SMALL_SCOPE or q.batch_id is not None:
+        ids, total = _every(conn, q, owner_id, SCOPE, need)
+    else:  # a text, dates or backend: how many match, only a walk tells
+        ids, total = _walk(conn, q, owner_id, need, scope)
+    return _images(conn, ids[offset:need]), total if count else None
 
 
 def _select(
     q: ImageQuery, owner_id: int | None, dialect: str, how: str, counted: bool = False
 ) -> Any:
-    """The search led ``how``, newest first. ``counted``: each row says how many match,
-    and the order is ``id + 0``, which no index gives: every match is looked at anyway,
-    so neither planner may walk the images by id instead of being led ``how``."""
+    """The ids the search led ``how`` finds, newest first. ``counted``: each row says
+    how many match, and the order is ``id + 0``, which no index gives: every match is
+    looked at anyway, so neither planner may walk the images by id instead."""
     if not counted:
-        query = filtered(_joined(*_IMAGE_COLUMNS), q, owner_id, dialect, how)
+        query = filtered(_joined(images.c.id), q, owner_id, dialect, how)
         return query.order_by(images.c.id.desc())
-    columns = (*_IMAGE_COLUMNS, func.count().over().label("matches"))
-    query = filtered(_joined(*columns), q, owner_id, dialect, how)
+    query = filtered(
+        _joined(images.c.id, func.count().over().label("matches")), q, owner_id, dialect, how
+    )
     return query.order_by((images.c.id + 0).desc())
+
+
+def _ids(conn: Connection, query: Any) -> list[int]:
+    return [int(row.id) for row in conn.execute(query)]
+
+
+def _images(conn: Connection, ids: list[int]) -> list[ImageInfo]:
+    """The images of ``ids`` with what made them, in the order of ``ids``."""
+    if not ids:
+        return []
+    rows = conn.execute(_joined(*_IMAGE_COLUMNS).where(images.c.id.in_(ids)))
+    found = {row.id: _image_info(row) for row in rows}
+    return [found[i] for i in ids if i in found]
 
 
 def _every(
     conn: Connection, q: ImageQuery, owner_id: int | None, how: str, n: int, below: int = 0
-) -> tuple[list[Any], int]:
+) -> tuple[list[int], int]:
     """The first ``n`` matches (with ``below``: of the ids up to it), every match looked
     at: how many there are comes with them."""
     query = _select(q, owner_id, conn.dialect.name, how, counted=True)
@@ -138,23 +153,23 @@ def _every(
         top = images.c.id + 0 if conn.dialect.name == "sqlite" else images.c.id
         query = query.where(top <= below)
     rows = list(conn.execute(query.limit(n)))
-    return rows, int(rows[0].matches) if rows else 0
+    return [int(r.id) for r in rows], int(rows[0].matches) if rows else 0
 
 
 def _walk(
     conn: Connection, q: ImageQuery, owner_id: int | None, need: int, scope: Scope
-) -> tuple[list[Any], int | None]:
+) -> tuple[list[int], int | None]:
     """Slices of the newest images while the matches met so far say the rest of the
     page is nearer than the other ways cost; then the cheapest other way, for the ids
     below the slices. A slice's LIMIT stops it at the page's end: a slice too wide costs
     nothing."""
     query = _select(q, owner_id, conn.dialect.name, NEWEST)
-    found: list[Any] = []
+    found: list[int] = []
     high, walked, step = scope.high, 0, FIRST_SLICE
     while True:
         low = high - step
         window = query.where(images.c.id > low, images.c.id <= high)
-        found += conn.execute(window.limit(need - len(found)))
+        found += _ids(conn, window.limit(need - len(found)))
         walked += step
         if len(found) >= need:
             return found, None
@@ -162,20 +177,23 @@ def _walk(
             return found, len(found)  # every image walked: every match is here
         high, left = low, need - len(found)
         rate = max(len(found), 0.5) / walked  # matches per id; none yet: half a guess
-        how, cost = _other_way(conn, q, scope, rate)
+        how, cost = _other_way(conn, q, scope, rate, left / rate)
         if left / rate > cost:
             rest, matches = _every(conn, q, owner_id, how, left, below=high)
             return found + rest, len(found) + matches
         step = max(FIRST_SLICE, int(2 * left / rate))
 
 
-def _other_way(conn: Connection, q: ImageQuery, scope: Scope, rate: float) -> tuple[str, float]:
-    """The cheaper of the scope and the prompt index, and its cost in ids walked."""
+def _other_way(
+    conn: Connection, q: ImageQuery, scope: Scope, rate: float, walk: float
+) -> tuple[str, float]:
+    """The cheaper of the scope and the prompt index, and its cost in ids walked; ``walk``:
+    the ids the walk still expects to need (beyond it, neither is worth knowing)."""
     dialect = conn.dialect.name
     best: tuple[str, float] = (SCOPE, scope.rows * SCOPE_COST)
     if prompt.indexable(q.text, conn):  # the prompt index: how many tasks it would give
-        most = int(best[1] / INDEX_COST[dialect]) + 1
-        if dialect == "sqlite":
+        if dialect == "sqlite":  # counted up to what would make it dearer than the rest
+            most = int(min(walk, best[1]) / INDEX_COST[dialect]) + 1
             tasks = float(prompt.count_indexed(conn, q.text or "", most))
         else:  # PostgreSQL's index needs the table to count: a guess from the walk
             tasks = rate / scope.density * scope.span
