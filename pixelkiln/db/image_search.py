@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from pixelkiln.db import prompt_search as prompt
 from pixelkiln.db.records import (
@@ -77,17 +77,19 @@ class Scope:
 
 
 def scope_of(conn: Connection, q: ImageQuery, owner_id: int | None) -> Scope:
+    """One statement: the counters' sum, the lowest and the highest id (each its own
+    subquery: SQLite reads min() or max() off the index, both at once by a scan)."""
     counted = _owned(select(func.coalesce(func.sum(batches.c.n_images), 0)), owner_id)
     if q.batch_id is not None:
         counted = counted.where(batches.c.id == q.batch_id)
     if q.status is not None:
         counted = counted.where(batches.c.status == str(q.status))
-    # apart: SQLite reads min() or max() off the index, both at once by a scan
-    low = conn.execute(select(func.min(images.c.id))).scalar_one()
-    high = conn.execute(select(func.max(images.c.id))).scalar_one()
-    if q.before_id is not None and high is not None:
-        high = min(high, q.before_id - 1)
-    return Scope(int(conn.execute(counted).scalar_one()), low or 0, high or 0)
+    low = select(func.min(images.c.id)).scalar_subquery()
+    high = select(func.max(images.c.id)).scalar_subquery()
+    rows, first, last = conn.execute(select(counted.scalar_subquery(), low, high)).one()
+    if q.before_id is not None and last is not None:
+        last = min(last, q.before_id - 1)
+    return Scope(int(rows), first or 0, last or 0)
 
 
 def find_images(
@@ -134,11 +136,15 @@ def _ids(conn: Connection, query: Any) -> list[int]:
     return [int(row.id) for row in conn.execute(query)]
 
 
+#: built once: an ``in_()`` of the values themselves is rebuilt (and re-keyed) every page
+_BY_IDS = _joined(*_IMAGE_COLUMNS).where(images.c.id.in_(bindparam("ids", expanding=True)))
+
+
 def _images(conn: Connection, ids: list[int]) -> list[ImageInfo]:
     """The images of ``ids`` with what made them, in the order of ``ids``."""
     if not ids:
         return []
-    rows = conn.execute(_joined(*_IMAGE_COLUMNS).where(images.c.id.in_(ids)))
+    rows = conn.execute(_BY_IDS, {"ids": ids})
     found = {row.id: _image_info(row) for row in rows}
     return [found[i] for i in ids if i in found]
 
