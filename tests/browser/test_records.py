@@ -41,7 +41,7 @@ def batch(server: Server, user: str, tasks: list[dict[str, Any]], **fields: Any)
 @pytest.fixture(scope="module")
 def alice(server: Server) -> Iterator[dict[str, Any]]:
     """Alice's images: fillers (oldest), moths, a slow snail, a lighthouse with two
-    references (newest)."""
+    references, an edit of it (newest)."""
     fillers = [{"prompt": f"filler picture {i}"} for i in range(FILLERS)]
     made = {"fillers": batch(server, "alice", fillers, name="fillers")}
     moths = [{"prompt": "a glowing moth"}, {"prompt": "a MOTH at dawn"}, {"prompt": "a lake"}]
@@ -52,6 +52,12 @@ def alice(server: Server) -> Iterator[dict[str, Any]]:
         refs = api.post("/assets", files=files).json()
     task = {"prompt": "a lighthouse 灯塔", "reference_images": [r["ref"] for r in refs]}
     made["lighthouse"] = batch(server, "alice", [task], name="refs")
+    with server.api("alice") as api:  # img2img from that image: its init image
+        edit = {"prompt": "an edited picture"}
+        edited = api.post(f"/images/{image_id(made, 'lighthouse')}/edit", json=edit)
+        assert edited.status_code == 201, edited.text
+    made["edited"] = {"id": edited.json()["id"]}
+    server.wait_batch("alice", made["edited"]["id"])
     yield made
 
 
@@ -69,7 +75,7 @@ def test_search_filters_in_the_url_and_back_works(
     page, _ = browse("alice")
     page.goto("/records")
     expect(tiles(page)).to_have_count(48)
-    expect(page.get_by_role("status").first).to_contain_text(f"{FILLERS + 5} images")
+    expect(page.get_by_role("status").first).to_contain_text(f"{FILLERS + 6} images")
     expect(page.get_by_role("button", name="Older")).to_be_visible()
     thumbs = page.locator("#rec-grid img")
     assert thumbs.first.get_attribute("loading") == "lazy"
@@ -156,7 +162,7 @@ def test_the_lightbox_by_keyboard_across_pages(
     expect(tiles(page).nth(47)).to_be_focused()
     page.get_by_role("button", name="Older").click()
     expect(page.get_by_text("Page 2")).to_be_visible()
-    expect(tiles(page)).to_have_count(FILLERS + 5 - 48)
+    expect(tiles(page)).to_have_count(FILLERS + 6 - 48)
     page.get_by_role("button", name="Newer").click()
     expect(tiles(page)).to_have_count(48)
 
@@ -176,6 +182,17 @@ def test_references_download_and_delete(
         assert img.evaluate("i => i.naturalWidth") == 80
     shot(page, "lightbox")
     axe(page)
+
+    page.keyboard.press("Escape")
+    page.get_by_label("Prompt contains").fill("edited")
+    expect(page.locator(".rec-caption")).to_have_text(["an edited picture"])
+    tiles(page).first.click()
+    expect(inputs.get_by_role("link")).to_have_count(1)
+    expect(inputs.get_by_role("link", name="Init image")).to_be_visible()
+    page.keyboard.press("Escape")
+    page.go_back()  # to 灯塔
+    expect(page.locator(".rec-caption")).to_have_text(["a lighthouse 灯塔"])
+    tiles(page).first.click()
 
     with page.expect_download() as download:
         dialog.get_by_role("link", name="Download").click()
