@@ -198,8 +198,9 @@ class AuthSettings(BaseModel):
     allowed_origins: list[str] = Field(
         default_factory=list,
         description="Other origins (scheme://host:port) whose pages may send writes to "
-        "the API with the session cookie, e.g. a proxy's public address; the server's "
-        "own host is always allowed.",
+        "the API (with the session cookie, or with auth off), e.g. a proxy's public "
+        "address; the server's own host is always allowed (with auth off: when it is "
+        "this machine).",
     )
 
 

@@ -34,6 +34,7 @@ from pixelkiln.api.routes import (
     queue,
     session,
     system,
+    tables,
     tasks,
 )
 from pixelkiln.api.routes import users as users_routes
@@ -103,6 +104,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
         users_routes.admin,
         admin.router,
         webhooks_routes.router,
+        tables.router,
     ):
         app.include_router(router, prefix="/api/v1", dependencies=secured)
     # its routes take a token or a signed link (ImageScopeDep): never without one of them

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -19,11 +20,12 @@ from pixelkiln.api.runner import SchedulerThread
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
 from pixelkiln.db.database import Database, Tx
-from pixelkiln.db.users import User, user_for_token, user_for_token_hash
+from pixelkiln.db.users import User, user_for_token
 from pixelkiln.keybox import KeyBox
+from pixelkiln.service import sessions
 from pixelkiln.service.context import LOCAL, Caller
 from pixelkiln.service.links import link_is_valid
-from pixelkiln.service.sessions import COOKIE, session_token_hash
+from pixelkiln.service.sessions import COOKIE
 from pixelkiln.storage import Storage
 from pixelkiln.wire.schemas import Id, Offset
 
@@ -119,17 +121,42 @@ def _bearer(request: Request) -> str:
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def same_origin(request: Request, allowed: list[str]) -> bool:
+def _origin_key(origin: str) -> str:
+    """An origin as compared: lower case, no trailing slash (``allowed_origins`` entries
+    are written by people, ``Origin`` headers by browsers)."""
+    return origin.strip().rstrip("/").lower()
+
+
+def _loopback(netloc: str) -> bool:
+    """Whether ``host[:port]`` names this machine: 127.0.0.0/8, ``[::1]`` or localhost."""
+    host = netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def same_origin(request: Request, allowed: list[str], *, loopback_only: bool = False) -> bool:
     """Whether the page that sent ``request`` is ours: its ``Origin`` names this server's
     own host (or one of ``[auth] allowed_origins``). A browser sends ``Origin`` with every
-    write, same-site or not; scripts send none, and a missing one is not ours."""
+    write, same-site or not; scripts send none, and a missing one is not ours.
+
+    ``loopback_only`` (auth off): the host must also be this machine's. A site whose
+    name an attacker re-points at 127.0.0.1 (DNS rebinding) sends matching ``Origin``
+    and ``Host`` headers, both naming the attacker's host; a loopback server never has
+    a public name of its own."""
     origin = request.headers.get("origin")
     if origin is None:
         return False
-    if origin in allowed:
+    if _origin_key(origin) in {_origin_key(a) for a in allowed}:
         return True
     _, sep, netloc = origin.partition("://")
-    return bool(sep) and netloc == request.headers.get("host")
+    host = request.headers.get("host", "")
+    if not sep or netloc.lower() != host.lower():
+        return False
+    return _loopback(netloc) or not loopback_only
 
 
 def check_origin(request: Request, ctx: ApiContext, by_cookie: bool) -> None:
@@ -139,7 +166,8 @@ def check_origin(request: Request, ctx: ApiContext, by_cookie: bool) -> None:
     if request.method not in WRITES:
         return
     if by_cookie or request.headers.get("origin") is not None:
-        if not same_origin(request, ctx.settings.auth.allowed_origins):
+        auth = ctx.settings.auth
+        if not same_origin(request, auth.allowed_origins, loopback_only=not auth.enabled):
             raise ApiError(
                 403,
                 "cross_site",
@@ -150,11 +178,7 @@ def check_origin(request: Request, ctx: ApiContext, by_cookie: bool) -> None:
 
 async def session_user(request: Request, ctx: ApiContext) -> User | None:
     """The user of the request's session cookie (see :mod:`pixelkiln.service.sessions`)."""
-    value = request.cookies.get(COOKIE)
-    token_hash = session_token_hash(ctx.keys, value) if value else None
-    if token_hash is None:
-        return None
-    return await ctx.read(user_for_token_hash, token_hash)
+    return await sessions.session_user(ctx.service, request.cookies.get(COOKIE))
 
 
 async def get_caller(request: Request, ctx: CtxDep) -> Caller:

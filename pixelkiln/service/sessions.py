@@ -35,7 +35,8 @@ COOKIE = "kiln_session"
 #: what the derived key is for: never the same key as image links
 PURPOSE = b"pixelkiln browser sessions v1"
 
-_VALUE = re.compile(r"^([0-9a-f]{64})\.([0-9]{1,12})\.([0-9a-f]{64})$")
+#: hash.expiry.signature; matched whole (``$`` alone would let a trailing newline by)
+_VALUE = re.compile(r"([0-9a-f]{64})\.([0-9]{1,12})\.([0-9a-f]{64})")
 
 
 def _signature(keys: KeyBox, token_hash: str, exp: int) -> str:
@@ -52,7 +53,7 @@ def session_value(keys: KeyBox, token_hash: str, *, ttl: float, now: float | Non
 def session_token_hash(keys: KeyBox, value: str, now: float | None = None) -> str | None:
     """The token hash a cookie value carries, when its signature holds and it has not
     expired; else None (the caller then answers 401, as for a bad token)."""
-    found = _VALUE.match(value)
+    found = _VALUE.fullmatch(value)
     if found is None:
         return None
     token_hash, exp, sig = found.group(1), int(found.group(2)), found.group(3)
@@ -71,3 +72,13 @@ async def sign_in(ctx: ServiceContext, token: str) -> tuple[User, str] | None:
     if user is None:
         return None
     return user, session_value(ctx.keys, token_hash, ttl=ctx.settings.auth.session_ttl)
+
+
+async def session_user(ctx: ServiceContext, value: str | None) -> User | None:
+    """The active user of a session cookie's ``value``; None when there is no cookie,
+    or it is forged, expired, signed under another secret, or its token revoked (or its
+    user disabled). The API's and the pages' one check."""
+    token_hash = session_token_hash(ctx.keys, value) if value else None
+    if token_hash is None:
+        return None
+    return await ctx.read(user_for_token_hash, token_hash)

@@ -1,10 +1,12 @@
-"""Security headers on every answer: ``nosniff`` everywhere, and a strict Content
-Security Policy, no framing and no referrer leaks on the web UI's pages.
+"""Security headers: ``nosniff`` on every answer, and on the web UI's pages a strict
+Content Security Policy, no framing and no referrer leaks.
 
 The pages load nothing from elsewhere and run no inline script (data for a page's
 script is embedded as ``<script type="application/json">``, which is never run), so
 the policy allows ``'self'`` only; images may also be ``blob:`` (previews of files
-about to be uploaded) and ``data:``.
+about to be uploaded) and ``data:``. :func:`pixelkiln.web.pages.render` sends
+:data:`PAGE_HEADERS` with each page; other HTML (FastAPI's ``/docs``, whose Swagger UI
+comes from a CDN with an inline script, when auth is off) keeps working without them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
-_PAGE = {
+#: what every page of the web UI is sent with
+PAGE_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
@@ -25,7 +28,9 @@ _PAGE = {
 
 
 class SecurityHeaders:
-    """Pure ASGI middleware (streams pass through untouched, SSE included)."""
+    """``X-Content-Type-Options: nosniff`` on every answer (JSON, files, images, pages):
+    no browser runs an answer as a type it was not sent as. Pure ASGI middleware, so
+    streams pass through untouched, SSE included."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -37,11 +42,7 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers.setdefault("X-Content-Type-Options", "nosniff")
-                if headers.get("content-type", "").startswith("text/html"):
-                    for name, value in _PAGE.items():
-                        headers.setdefault(name, value)
+                MutableHeaders(scope=message).setdefault("X-Content-Type-Options", "nosniff")
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

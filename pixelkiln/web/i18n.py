@@ -11,6 +11,8 @@ switch in the header sets it), else the browser's ``Accept-Language``.
 'zh'
 >>> pick_language("en-GB,en;q=0.9", None), pick_language("en", "zh")
 ('en', 'zh')
+>>> pick_language("zh;q=0, fr", None)  # q=0: anything but Chinese
+'en'
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def pick_language(accept: str | None, cookie: str | None) -> str:
                 q = float(params.strip()[2:])
             except ValueError:
                 q = 0.0
+        if not q > 0:  # q=0 is "not this one" (and NaN is no weight at all)
+            continue
         ranked.append((-q, i, tag.strip().lower().split("-")[0]))
     for _, _, primary in sorted(ranked):
         if primary in LANGUAGES:

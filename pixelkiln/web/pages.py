@@ -21,6 +21,7 @@ With ``[auth] enabled`` a page without a valid session cookie redirects to
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -32,11 +33,15 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from pixelkiln import __version__
-from pixelkiln.api.deps import ApiContext, session_user
 from pixelkiln.db.users import User
+from pixelkiln.service.context import ServiceContext
+from pixelkiln.service.sessions import COOKIE, session_user
+from pixelkiln.web.headers import PAGE_HEADERS
 from pixelkiln.web.i18n import LANG_COOKIE, catalog, pick_language
 
 _WEB = resources.files("pixelkiln.web")
+#: the theme switch's cookie: set before the first paint, so a page never flashes the other
+THEME_COOKIE, THEMES = "kiln_theme", ("light", "dark")
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,13 @@ def _environment() -> Environment:
 _ENV = _environment()
 
 
+def _service(request: Request) -> ServiceContext:
+    """The installation the app serves. Pages reach it through the service, never
+    through ``pixelkiln.api`` (which mounts them: importing it here would be a cycle)."""
+    service: ServiceContext = request.app.state.ctx.service
+    return service
+
+
 def _messages_json(messages: dict[str, str]) -> str:
     """The page's messages for its script, safe inside ``<script type=application/json>``:
     ``<``, ``>`` and ``&`` escaped so no text can close the element."""
@@ -89,29 +101,45 @@ def render(
     """A page in the request's language."""
     lang = pick_language(request.headers.get("accept-language"), request.cookies.get(LANG_COOKIE))
     messages = catalog(lang, "common", *page.uses, page.name)
-    ctx: ApiContext = request.app.state.ctx
+    theme = request.cookies.get(THEME_COOKIE)
     context = {
         "page": page,
         "pages": [p for p in PAGES if p.nav and (not p.admin or user is None or user.is_admin)],
         "lang": lang,
+        "theme": theme if theme in THEMES else None,
         "t": lambda key: messages.get(key, key),
         "messages_json": _messages_json(messages),
         "user": user,
-        "auth": ctx.settings.auth.enabled,
+        "auth": _service(request).settings.auth.enabled,
         "version": __version__,
         "path": request.url.path,
         **extra,
     }
     html = _ENV.get_template(f"{page.name}.html").render(context)
-    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+    headers = {"Cache-Control": "no-store", **PAGE_HEADERS}
+    return HTMLResponse(html, status_code=status, headers=headers)
 
 
 def local_path(target: str | None) -> str:
     """Where to go after signing in: a path on this server, never another site
-    (``//evil.example`` and ``https://…`` become ``/``)."""
+    (``//evil.example`` and ``https://…`` become ``/``). Control characters are refused
+    too: a browser drops a tab or newline from a URL, so ``next=/%09/evil.example``
+    (a tab) would become ``//evil.example`` in ``location.assign``."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        return "/"
     return target
+
+
+def _batch_number(text: str) -> int | None:
+    """A batch id typed in a path, or None. ASCII digits only: ``str.isdigit`` also
+    accepts "²" and fullwidth digits, and ``int()`` refuses a 5,000-digit string;
+    neither may answer 500."""
+    if not re.fullmatch(r"[0-9]{1,19}", text):
+        return None
+    number = int(text)
+    return number if 0 < number < 2**63 else None
 
 
 def _sign_in_first(request: Request) -> RedirectResponse:
@@ -122,10 +150,10 @@ def _sign_in_first(request: Request) -> RedirectResponse:
 async def _show(request: Request, name: str, **extra: Any) -> Response:
     """The page, after the sign-in and admin checks."""
     page = _BY_NAME[name]
-    ctx: ApiContext = request.app.state.ctx
+    ctx = _service(request)
     user: User | None = None
     if ctx.settings.auth.enabled:
-        user = await session_user(request, ctx)
+        user = await session_user(ctx, request.cookies.get(COOKIE))
         if user is None:
             return _sign_in_first(request)
         if page.admin and not user.is_admin:
@@ -149,16 +177,17 @@ def web_router() -> APIRouter:
 
     @router.get("/batches/{batch_id}", name="page_batch_detail")
     async def batch_detail(request: Request, batch_id: str) -> Response:
-        if not batch_id.isdigit() or not 0 < int(batch_id) < 2**63:
+        number = _batch_number(batch_id)
+        if number is None:
             return await _show(request, "batch_detail", batch_id=None, not_found=True)
-        return await _show(request, "batch_detail", batch_id=int(batch_id))
+        return await _show(request, "batch_detail", batch_id=number)
 
     @router.get("/login", name="page_login")
     async def login(request: Request) -> Response:
-        ctx: ApiContext = request.app.state.ctx
+        ctx = _service(request)
         if not ctx.settings.auth.enabled:  # nobody signs in on a loopback install
             return RedirectResponse("/", status_code=303)
-        user = await session_user(request, ctx)
+        user = await session_user(ctx, request.cookies.get(COOKIE))
         return render(
             request, _BY_NAME["login"], user, next=local_path(request.query_params.get("next"))
         )

@@ -545,6 +545,29 @@ class BatchPlan(_Public):
     credits: int  #: what the batch would cost its owner now (0 with credits off)
 
 
+class ParsedTable(_Public):
+    """A batch table read by ``POST /api/v1/tables/parse``: rows to edit, no batch made."""
+
+    name: str  #: the file's name, without its extension
+    defaults: dict[str, Any]  #: a spec file's defaults (a table has none)
+    #: one per task, the fields it sets (the spec's names); pictures as ``asset:<id>``
+    rows: list[dict[str, Any]]
+
+
+_CellText = Annotated[str, Field(max_length=20_000)]
+#: a table cell: text, a number, a list (reference images, a backend chain), or empty
+TableCell = _CellText | int | float | Annotated[list[_CellText], Field(max_length=100)] | None
+
+
+class TableExport(_Input):
+    """The rows of a batch table as the browser holds them, to write as an XLSX."""
+
+    name: str = Field("batch", max_length=200)  #: names the file
+    #: the headings' language: ``en`` parameter names, ``zh`` Chinese (提示词, 图片比例…)
+    headers: str = Field("en", pattern="^(en|zh)$")
+    rows: list[dict[str, TableCell]] = Field(max_length=100_000)
+
+
 # -- the queue --------------------------------------------------------------------------------
 
 
@@ -565,3 +588,43 @@ class QueueOrder(_Input):
     batch_ids: list[Id] = Field(min_length=1, max_length=10_000)
     #: admins only: the ids may be any user's (their places are permuted the same way)
     all_users: bool = False
+
+
+# -- admin: backend health (the web UI's Admin page) ------------------------------------------
+
+
+class ServerHealthPublic(_Public):
+    url: str  #: without credentials; "" for a backend without servers (placeholder, local)
+    state: str  #: up, down, or unknown (nothing here tells: no scheduler runs here, no probe)
+    latency_ms: float | None = None  #: the probe's round trip (``probe=true`` only)
+    error: str = ""  #: why it is down, or what it answered (``probe=true`` only)
+
+
+class RecentErrorPublic(_Public):
+    at: float
+    kind: str  #: warning (a failed try, retried) or error (the task failed for good)
+    batch_id: int
+    task_id: int | None
+    message: str
+
+
+class BackendHealthPublic(_Public):
+    name: str
+    type: str
+    model: str
+    state: str  #: up, degraded (some servers down), down, or unknown
+    servers: list[ServerHealthPublic]
+    servers_up: int | None  #: None: not known here (no scheduler, or no pool to tell)
+    down_since: float | None  #: every server down since then
+    per_url: int  #: requests in flight per server now
+    configured: int  #: ``concurrency`` in kiln.toml
+    effective: int  #: tasks that may run on it now
+    running: int  #: tasks generating on it now
+    rpm: int | None  #: requests per minute allowed; None: no cap
+    recent_errors: list[RecentErrorPublic]  #: newest first
+
+
+class BackendsHealthPublic(_Public):
+    scheduler: str  #: starting, running, retrying, stopped; unknown when none runs here
+    probed_at: float | None  #: when the servers were asked (``probe=true``), else None
+    backends: list[BackendHealthPublic]

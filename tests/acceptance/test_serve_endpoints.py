@@ -81,6 +81,7 @@ def test_every_endpoint_answers_through_a_real_server(tmp_path: Path) -> None:
         try:
             user.reached.add(("get", "/healthz"))
             _account(admin, user)
+            _session(user, alice)
             batch_id, task_ids, image_id = _batches(user)
             _images(user, image_id)
             _control(user, batch_id, task_ids)
@@ -92,6 +93,15 @@ def test_every_endpoint_answers_through_a_real_server(tmp_path: Path) -> None:
             user.http.close()
     expected = {(m, p) for p, ops in schema["paths"].items() for m in ops}
     assert expected - (admin.reached | user.reached) == set()
+
+
+def _session(user: Recorder, token: str) -> None:
+    """A browser's sign-in: the cookie it sets opens the API without the header."""
+    signed = user.call("POST", "/api/v1/session", 200, json={"token": token})
+    cookie = signed.cookies["kiln_session"]
+    me = httpx.get(f"{user.http.base_url}/api/v1/me", cookies={"kiln_session": cookie})
+    assert me.json()["name"] == "alice"
+    user.call("DELETE", "/api/v1/session", 204)
 
 
 def _account(admin: Recorder, user: Recorder) -> None:
@@ -176,6 +186,12 @@ def _images(user: Recorder, image_id: int) -> None:
     thumb = user.call("GET", "/api/v1/images/{image_id}/thumbnail", 200, ids=ids)
     assert thumb.headers["content-type"] == "image/webp"
     assert user.call("GET", "/api/v1/images/{image_id}/inputs/{n}", 200, ids={**ids, "n": 0})
+    made = user.call("POST", "/api/v1/assets/from-image", 200, json={"image_id": image_id})
+    assert made.json()["ref"].startswith("asset:")
+    rows = [{"prompt": "a moth", "reference_images": [made.json()["ref"]], "n": 2}]
+    sheet = user.call("POST", "/api/v1/tables/export", 200, json={"rows": rows}).content
+    parsed = user.call("POST", "/api/v1/tables/parse", 200, files={"file": ("t.xlsx", sheet)})
+    assert parsed.json()["rows"] == rows
     edit = user.call(
         "POST", "/api/v1/images/{image_id}/edit", 201, ids=ids, json={"prompt": "at night"}
     )
@@ -186,6 +202,7 @@ def _images(user: Recorder, image_id: int) -> None:
 def _control(user: Recorder, batch_id: int, task_ids: list[int]) -> None:
     task = {"task_id": task_ids[1]}
     assert user.call("GET", "/api/v1/tasks/{task_id}", 200, ids=task).json()["status"] == "failed"
+    assert user.call("GET", "/api/v1/tasks/{task_id}/references", 200, ids=task).json() == []
     user.call("POST", "/api/v1/tasks/{task_id}/retry", 200, ids=task)
     _until_failed_again(user, task["task_id"])  # the batch retry needs a failed task
     user.call("POST", "/api/v1/batches/{batch_id}/retry", 200, ids={"batch_id": batch_id})
@@ -205,6 +222,9 @@ def _control(user: Recorder, batch_id: int, task_ids: list[int]) -> None:
     }
     slow = {"batch_id": user.call("POST", "/api/v1/batches", 201, json=spec).json()["id"]}
     user.call("POST", "/api/v1/batches/{batch_id}/pause", 200, ids=slow)
+    queued = [b["id"] for b in user.call("GET", "/api/v1/queue", 200).json()["items"]]
+    assert slow["batch_id"] in queued
+    user.call("PUT", "/api/v1/queue", 200, json={"batch_ids": [slow["batch_id"]]})
     user.call("POST", "/api/v1/batches/{batch_id}/resume", 200, ids=slow)
     cancelled = user.call("POST", "/api/v1/batches/{batch_id}/cancel", 200, ids=slow).json()
     assert cancelled["status"] == "cancelled"
@@ -247,6 +267,9 @@ def _admin(admin: Recorder) -> None:
     assert admin.call("GET", "/api/v1/admin/concurrency", 200).json()
     admin.call("PUT", "/api/v1/admin/concurrency", 200, json={"concurrency": 3})
     assert admin.call("GET", "/api/v1/admin/concurrency", 200).json()["concurrency"] == 3
+    admin.call("DELETE", "/api/v1/admin/concurrency", 200)
+    health = admin.call("GET", "/api/v1/admin/backends/health", 200).json()
+    assert {"placeholder", "slow"} <= {b["name"] for b in health["backends"]}
     slow = {"name": "slow"}
     path = "/api/v1/admin/concurrency/backends/{name}"
     raised = admin.call("PUT", path, 200, ids=slow, json={"concurrency": 2}).json()

@@ -8,8 +8,18 @@ from typing import Any
 
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import Browse, Server, axe
-from tests.sheets import png
+from tests.browser.conftest import Browse, Server, axe, settled
+from tests.sheets import ZH_HEADER, png, sheet_rows, workbook_bytes
+
+EN_COLUMNS = [
+    "prompt",
+    "negative_prompt",
+    "aspect_ratio",
+    "resolution",
+    "reference_images",
+    "n",
+    "filename_prefix",
+]
 
 OPEN_LIBRARY = """(max) => { window.picked = import('/static/js/library.js')
   .then((m) => m.openLibrary({ max })); }"""
@@ -67,3 +77,112 @@ def test_the_library_picks_uploads_and_past_results_by_keyboard(
         made = api.get(f"/assets/{picked[1]['assetId']}").json()
         file = api.get(f"/images/{image['id']}/file").content
         assert api.get(made["url"].removeprefix("/api/v1")).content == file
+
+
+def test_import_edit_check_export_start_and_watch_the_rows(
+    browse: Browse, server: Server, shot: Callable[[Page, str], Path], tmp_path: Path
+) -> None:
+    _a_result(server, "alice", "a harbour in fog")
+    with server.api("alice") as api:
+        api.post("/assets", files=[("files", ("mood.png", png(color=(10, 120, 200)), "image/png"))])
+    rows = [
+        ZH_HEADER,
+        ["a paper crane on a desk", "blurry", "3:4", "1K", None, 2, "crane"],
+        ["a teapot", None, "1:1", "2K", None, 1, None],
+    ]
+    sheet = tmp_path / "镜头.xlsx"
+    sheet.write_bytes(workbook_bytes(rows, {"E2": png(24, 24)}, formulas=False))
+
+    page, watch = browse("alice")
+    page.goto("/batch")
+    settled(page)
+    page.locator("#import-file").set_input_files(sheet)
+    expect(page.get_by_label("Prompt, row 1", exact=True)).to_have_value("a paper crane on a desk")
+    expect(page.get_by_label("Resolution, row 2", exact=True)).to_have_value("2K")
+    expect(page.get_by_label("Batch name")).to_have_value("镜头")
+    expect(page.get_by_role("img", name="Reference 1: asset:", exact=False)).to_have_count(1)
+
+    # edit row 2 by keyboard: prompt, then Tab on to the ratio and the count
+    page.get_by_label("Prompt, row 2", exact=True).fill("a teapot, steam rising")
+    page.keyboard.press("Tab")  # negative prompt
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Aspect ratio, row 2", exact=True)).to_be_focused()
+    page.get_by_label("Aspect ratio, row 2", exact=True).select_option("16:9")
+    page.get_by_label("Count, row 2", exact=True).fill("3")
+    page.get_by_label("File-name prefix, row 2", exact=True).fill("teapot")
+
+    # two references from the library: an upload and a past result
+    page.get_by_role("button", name="Choose references, row 2").click()
+    dialog = page.get_by_role("dialog", name="Reference library")
+    dialog.get_by_role("checkbox", name="mood.png").check()
+    dialog.get_by_role("tab", name="Past results").click()
+    dialog.get_by_role("checkbox", name="a harbour in fog").check()
+    dialog.get_by_role("button", name="Use selected").click()
+    expect(dialog).to_have_count(0)
+    expect(page.get_by_role("button", name="Choose references, row 2 (2 of 4)")).to_be_visible()
+
+    # add a row (the focus goes to it), duplicate it, delete both again
+    page.get_by_role("button", name="Add row").click()
+    expect(page.get_by_label("Prompt, row 3", exact=True)).to_be_focused()
+    page.keyboard.type("a third row")
+    page.get_by_role("button", name="Duplicate row 3").click()
+    expect(page.get_by_label("Prompt, row 4", exact=True)).to_have_value("a third row")
+    expect(page.get_by_label("Prompt, row 4", exact=True)).to_be_focused()
+    page.get_by_role("button", name="Delete row 4").click()
+    page.get_by_role("button", name="Delete row 3").click()
+    expect(page.locator("#rows tr")).to_have_count(2)
+
+    # a reload keeps the table (localStorage)
+    page.reload()
+    settled(page)
+    expect(page.get_by_label("Prompt, row 2", exact=True)).to_have_value("a teapot, steam rising")
+    expect(page.get_by_label("Aspect ratio, row 2", exact=True)).to_have_value("16:9")
+
+    # a problem is shown on its row, and the check passes once it is fixed
+    watch.allow(r"status of 422")
+    page.get_by_label("Count, row 1", exact=True).fill("11")
+    page.get_by_role("button", name="Check").click()
+    count = page.get_by_label("Count, row 1", exact=True)
+    expect(count).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#r1-n-error")).to_contain_text("10")
+    expect(count).to_be_focused()
+    expect(page.get_by_role("alert").filter(has_text="problem")).to_contain_text("Row 1, Count")
+    axe(page)
+    shot(page, "problem")
+    count.fill("2")
+    expect(count).not_to_have_attribute("aria-invalid", "true")
+    page.get_by_role("button", name="Check").click()
+    expect(page.locator("#plan")).to_have_text("Ready: 2 task(s), 5 image(s), 5 credit(s).")
+
+    # export the table as it is and read it back
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export Excel").click()
+    exported = tmp_path / "out.xlsx"
+    download.value.save_as(exported)
+    assert download.value.suggested_filename == "镜头.xlsx"
+    header, first, second = sheet_rows(exported)
+    assert header[:8] == ["key", *EN_COLUMNS]
+    cells = dict(zip(header, second, strict=True))
+    assert cells["prompt"] == "a teapot, steam rising"
+    assert (cells["aspect_ratio"], cells["resolution"], cells["n"]) == ("16:9", "2K", 3)
+    assert cells["filename_prefix"] == "teapot"
+    assert len(cells["reference_images"].split("\n")) == 2
+    assert dict(zip(header, first, strict=True))["n"] == 2
+
+    # start; every row's badge ends succeeded, the log shows the events
+    page.get_by_role("button", name="Start").click()
+    statuses = page.locator("#rows .col-status .badge")
+    expect(statuses).to_have_count(2)
+    expect(statuses.filter(has_text="succeeded")).to_have_count(2, timeout=30_000)
+    expect(page.locator("#rows .col-status img")).to_have_count(5)
+    expect(page.get_by_role("log")).to_contain_text("done: completed")
+    expect(page.get_by_label("Prompt, row 1", exact=True)).to_be_disabled()
+    link = page.get_by_role("link", name="Open batch #")
+    batch_id = int((link.get_attribute("href") or "").rsplit("/", 1)[-1])
+    batch = server.wait_batch("alice", batch_id)
+    assert batch["status"] == "completed" and batch["name"] == "镜头"
+    settled(page)
+    axe(page)
+    shot(page, "finished")
+    page.get_by_role("button", name="Edit the table again").click()
+    expect(page.get_by_label("Prompt, row 1", exact=True)).to_be_enabled()

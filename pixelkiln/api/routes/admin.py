@@ -15,9 +15,11 @@ from pixelkiln.api.deps import AdminDep, CtxDep, PageDep
 from pixelkiln.api.routes.batches import ERRORS, StatusFilter, search_page
 from pixelkiln.db.records import count_active
 from pixelkiln.db.stats import DAY, backend_figures, images_per_day, queue_depth, task_counts
+from pixelkiln.service import admin as admin_service
 from pixelkiln.wire.schemas import (
     BackendConcurrency,
     BackendConcurrencyUpdate,
+    BackendsHealthPublic,
     BackendStats,
     BatchPublic,
     ConcurrencyPublic,
@@ -126,3 +128,29 @@ async def stats(
 ) -> StatsPublic:
     since = (int(time.time() // DAY) - days + 1) * DAY
     return await ctx.read(_stats, since)
+
+
+@router.delete(
+    "/concurrency", responses=ERRORS, summary="Back to the global concurrency of kiln.toml"
+)
+async def reset_concurrency(ctx: CtxDep, caller: AdminDep) -> ConcurrencyPublic:
+    """Forget the global limit an admin set; takes effect at once."""
+    view = await service.reset_concurrency(ctx.service, caller, ctx.runner)
+    return _public(view)
+
+
+@router.get(
+    "/backends/health",
+    responses=ERRORS,
+    summary="Each backend's servers up or down, limits and recent errors",
+)
+async def backends_health(
+    ctx: CtxDep,
+    caller: AdminDep,
+    probe: Annotated[bool, Query(description="Ask every server now (a few seconds).")] = False,
+) -> BackendsHealthPublic:
+    """What this process's scheduler knows, without a request to any server; ``probe``
+    asks each server too (as ``kiln backends check``). With no scheduler in this process
+    and no probe, states are ``unknown``."""
+    view = await admin_service.backends_health(ctx.service, caller, ctx.runner, probe=probe)
+    return BackendsHealthPublic.model_validate(asdict(view))

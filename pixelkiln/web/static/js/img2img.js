@@ -1,7 +1,7 @@
 // /img2img: drop up to 50 images or whole folders, one prompt (or a preset) and a model
 // for all; Start = POST /api/v1/batches/upload. Each batch started gets a results card
 // (img2img.runs.js): its uploads by name, live, retry failed, cancel, ZIP.
-import { ApiFailure, api, el, errorText, page, showError, t } from "./kiln.js";
+import { ApiFailure, api, el, errorText, showError, t, upload } from "./kiln.js";
 import { addRun, reopen } from "./img2img.runs.js";
 
 const MAX_FILES = 50; // the server's defaults ([server] max_upload_files, max_upload_bytes);
@@ -290,25 +290,13 @@ function fields() {
   };
 }
 
-/** POST the form with upload progress (fetch has none); an ApiFailure for 4xx/5xx. */
-function upload(body) {
-  return new Promise((resolve, reject) => {
-    const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/api/v1/batches/upload");
-    xhr.responseType = "json";
-    xhr.setRequestHeader("Accept", "application/json");
-    xhr.upload.addEventListener("progress", (event) => {
-      if (!event.lengthComputable) return;
+/** POST the form, the bar showing the bytes sent. */
+function send(body) {
+  return upload("/batches/upload", body, {
+    onProgress: (share) => {
       uploadBar.hidden = false;
-      uploadBar.value = Math.round((100 * event.loaded) / event.total);
-    });
-    xhr.addEventListener("load", () => {
-      if (xhr.status >= 200 && xhr.status < 300) resolve(xhr.response);
-      else if (xhr.status === 401 && page.auth) location.assign(`/login?next=${encodeURIComponent(location.pathname)}`);
-      else reject(new ApiFailure(xhr.status, xhr.response));
-    });
-    xhr.addEventListener("error", () => reject(new Error(t("i2i.network"))));
-    xhr.send(body);
+      uploadBar.value = Math.round(100 * share);
+    },
   });
 }
 
@@ -347,7 +335,7 @@ form.addEventListener("submit", async (event) => {
   startButton.disabled = true;
   $("upload-status").textContent = t("i2i.uploading", { n: picked.length });
   try {
-    const batch = await upload(body);
+    const batch = await send(body);
     clearPicked();
     $("refused").hidden = true;
     addRun(batch);

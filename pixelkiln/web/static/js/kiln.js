@@ -38,7 +38,8 @@ function signInAgain() {
 
 /**
  * Call /api/v1`path`. Options: method, json (a body sent as JSON), body (FormData…),
- * query (object → ?a=1&b=2; null/undefined/"" left out), raw (return the Response).
+ * query (object → ?a=1&b=2; null/undefined/"" left out), headers (e.g. Idempotency-Key),
+ * raw (return the Response).
  * Throws ApiFailure for 4xx/5xx; a 401 on a page with auth on goes to /login.
  */
 export async function api(path, options = {}) {
@@ -59,13 +60,23 @@ function busy(step) {
 }
 busy(0);
 
-async function call(path, { method = "GET", json, body, query, raw = false, signal } = {}) {
+function apiUrl(path, query) {
   const url = new URL(`/api/v1${path}`, location.origin);
   for (const [key, value] of Object.entries(query || {})) {
     if (value === null || value === undefined || value === "") continue;
     for (const v of Array.isArray(value) ? value : [value]) url.searchParams.append(key, v);
   }
-  const init = { method, credentials: "same-origin", headers: { Accept: "application/json" }, signal };
+  return url;
+}
+
+async function call(path, { method = "GET", json, body, query, headers, raw = false, signal } = {}) {
+  const url = apiUrl(path, query);
+  const init = {
+    method,
+    credentials: "same-origin",
+    headers: { Accept: "application/json", ...(headers || {}) },
+    signal,
+  };
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);
@@ -82,6 +93,30 @@ async function call(path, { method = "GET", json, body, query, raw = false, sign
     throw new ApiFailure(response.status, data);
   }
   return data;
+}
+
+/**
+ * POST a FormData to /api/v1`path` with upload progress (fetch reports none):
+ * onProgress(0..1) as bytes go out; resolves to the JSON answer, throws ApiFailure as api().
+ */
+export function upload(path, body, { onProgress, query } = {}) {
+  busy(+1);
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", apiUrl(path, query));
+    xhr.responseType = "json";
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable && onProgress) onProgress(event.loaded / event.total);
+    });
+    xhr.addEventListener("load", () => {
+      if (xhr.status >= 200 && xhr.status < 300) return resolve(xhr.response);
+      if (xhr.status === 401 && context.auth) signInAgain();
+      reject(new ApiFailure(xhr.status, xhr.response));
+    });
+    xhr.addEventListener("error", () => reject(new Error(t("error.network"))));
+    xhr.send(body);
+  }).finally(() => busy(-1));
 }
 
 /** URLs of an image's file, thumbnail (size 256 or 512) and n-th input. */

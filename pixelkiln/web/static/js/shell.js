@@ -2,21 +2,21 @@
 import { api, showError } from "./kiln.js";
 
 const root = document.documentElement;
-const THEME = "kiln-theme";
-const saved = localStorage.getItem(THEME);
-if (saved === "light" || saved === "dark") root.dataset.theme = saved;
+const YEAR = 31536000;
 
+// The server renders data-theme from this cookie (pages.py), so the chosen theme is
+// there before the first paint; a script setting it after load would flash the other.
 document.getElementById("theme-switch")?.addEventListener("click", () => {
   const dark = root.dataset.theme
     ? root.dataset.theme === "dark"
     : matchMedia("(prefers-color-scheme: dark)").matches;
   root.dataset.theme = dark ? "light" : "dark";
-  localStorage.setItem(THEME, root.dataset.theme);
+  document.cookie = `kiln_theme=${root.dataset.theme}; path=/; max-age=${YEAR}; samesite=strict`;
 });
 
 document.getElementById("lang-switch")?.addEventListener("click", (event) => {
   const lang = event.currentTarget.dataset.lang;
-  document.cookie = `kiln_lang=${lang}; path=/; max-age=31536000; samesite=strict`;
+  document.cookie = `kiln_lang=${lang}; path=/; max-age=${YEAR}; samesite=strict`;
   location.reload();
 });
 
