@@ -38,6 +38,12 @@ IdPath = Annotated[Id, Path()]
 OffsetQuery = Annotated[Offset, Query(description="Items to skip.")]
 
 
+def search_text(description: str) -> Any:
+    """A search's ``q``: up to 200 characters, no NUL (no database can match one, and
+    SQLite's index would read it as the end of the text)."""
+    return Query(max_length=200, pattern=r"^[^\x00]*$", description=description)
+
+
 READ_THREADS = 4  #: threads for the API's reads and file work
 
 

@@ -19,6 +19,7 @@ from pixelkiln.api.deps import (
     PageDep,
     Pagination,
     page_fields,
+    search_text,
 )
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.media import (
@@ -80,7 +81,7 @@ async def search(
     caller: CallerDep,
     page: PageDep,
     response: Response,
-    q: Annotated[str | None, Query(max_length=200, description=_Q)] = None,
+    q: Annotated[str | None, search_text(_Q)] = None,
     batch_id: Annotated[Id | None, Query()] = None,
     status: Annotated[BatchStatus | None, Query(description="The batch's status.")] = None,
     backend: Annotated[
