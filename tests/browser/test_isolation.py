@@ -17,11 +17,11 @@ ALICE = "alice-secret-heron"
 BOB = "bob-own-lantern"
 
 
-def _batch(server: Server, user: str, prompt: str, **defaults: Any) -> dict[str, Any]:
+def _batch(server: Server, user: str, prompt: str, n: int = 1, **defaults: Any) -> dict[str, Any]:
     spec = {
         "name": f"{prompt} batch",
         "defaults": {"width": 64, "height": 64, **defaults},
-        "tasks": [{"prompt": prompt, "key": "one"}],
+        "tasks": [{"prompt": prompt, "key": f"k{i}"} for i in range(n)],
     }
     with server.api(user) as api:
         made = api.post("/batches", json=spec)
@@ -36,7 +36,8 @@ def work(server: Server) -> dict[str, Any]:
     done = {name: server.wait_batch(name, b["id"]) for name, b in (("alice", alice), ("bob", bob))}
     waiting = {}
     for name, prompt in (("alice", ALICE), ("bob", BOB)):
-        queued = _batch(server, name, f"{prompt} later", backend="slowpoke")
+        # many tasks: the few already running when it pauses end, the rest wait
+        queued = _batch(server, name, f"{prompt} later", n=20, backend="slowpoke")
         with server.api(name) as api:
             assert api.post(f"/batches/{queued['id']}/pause").status_code == 200
         waiting[name] = queued
