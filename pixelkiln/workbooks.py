@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,7 +101,15 @@ def xlsx_bytes(
     return out.getvalue()
 
 
+#: what XML 1.0 cannot hold (openpyxl's ILLEGAL_CHARACTERS_RE, without importing openpyxl)
+ILLEGAL_CHARACTERS_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
 def _cell(sheet: Any, make: Any, value: Any) -> Any:
+    if isinstance(value, str):
+        # XML 1.0 cannot hold most control characters (a vertical tab pasted from Word,
+        # say): openpyxl refuses them, so each becomes U+FFFD instead of failing the file
+        value = ILLEGAL_CHARACTERS_RE.sub("\ufffd", value)
     cell = make(sheet, value=value)
     if isinstance(value, str):
         cell.data_type = "s"  # text as it is: "=..." never becomes a formula

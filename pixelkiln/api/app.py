@@ -23,6 +23,7 @@ from pixelkiln import __version__
 from pixelkiln.api.compat import compat_routers
 from pixelkiln.api.deps import ApiContext, get_caller
 from pixelkiln.api.errors import BodyLimit, install_error_handlers
+from pixelkiln.api.hosts import LocalHostsOnly
 from pixelkiln.api.routes import (
     admin,
     assets,
@@ -113,6 +114,8 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
         app.include_router(router, dependencies=secured)
     mount_web(app)  # the browser UI: pages over the routes above, and their static files
     app.add_middleware(SecurityHeaders)
+    if not settings.auth.enabled:  # nobody signs in: only this machine may ask (DNS rebinding)
+        app.add_middleware(LocalHostsOnly, allowed=settings.auth.allowed_origins)
     return app
 
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -16,6 +15,7 @@ from fastapi import Depends, Path, Query, Request
 from sqlalchemy import Connection
 
 from pixelkiln.api.errors import ApiError
+from pixelkiln.api.hosts import is_loopback
 from pixelkiln.api.runner import SchedulerThread
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
@@ -36,6 +36,12 @@ T = TypeVar("T")
 #: and body fields the same way: nothing past 64 bits reaches the database
 IdPath = Annotated[Id, Path()]
 OffsetQuery = Annotated[Offset, Query(description="Items to skip.")]
+
+
+def search_text(description: str) -> Any:
+    """A search's ``q``: up to 200 characters, no NUL (no database can match one, and
+    SQLite's index would read it as the end of the text)."""
+    return Query(max_length=200, pattern=r"^[^\x00]*$", description=description)
 
 
 READ_THREADS = 4  #: threads for the API's reads and file work
@@ -127,17 +133,6 @@ def _origin_key(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
 
-def _loopback(netloc: str) -> bool:
-    """Whether ``host[:port]`` names this machine: 127.0.0.0/8, ``[::1]`` or localhost."""
-    host = netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def same_origin(request: Request, allowed: list[str], *, loopback_only: bool = False) -> bool:
     """Whether the page that sent ``request`` is ours: its ``Origin`` names this server's
     own host (or one of ``[auth] allowed_origins``). A browser sends ``Origin`` with every
@@ -156,7 +151,7 @@ def same_origin(request: Request, allowed: list[str], *, loopback_only: bool = F
     host = request.headers.get("host", "")
     if not sep or netloc.lower() != host.lower():
         return False
-    return _loopback(netloc) or not loopback_only
+    return is_loopback(netloc) or not loopback_only
 
 
 def check_origin(request: Request, ctx: ApiContext, by_cookie: bool) -> None:
@@ -171,8 +166,9 @@ def check_origin(request: Request, ctx: ApiContext, by_cookie: bool) -> None:
             raise ApiError(
                 403,
                 "cross_site",
-                "a write with the session cookie must come from this server's own pages "
-                "(the Origin header did not match); scripts send a bearer token instead",
+                "a write from a web page must come from this server's own pages (the "
+                "Origin header did not match); scripts send no Origin"
+                + (", and a bearer token" if auth.enabled else ""),
             )
 
 

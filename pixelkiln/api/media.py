@@ -33,6 +33,9 @@ from pixelkiln.storage import Storage
 
 THUMB_SIZES = (128, 256, 512)
 THUMB_TYPE = "image/webp"
+#: thumbnails are kept a day by the browser that asked, never by a shared cache: they are
+#: answered to a cookie or a token, and a proxy must not hand one user's to another
+PRIVATE_CACHE = "private, max-age=86400"
 READ_CHUNK = 256 * 1024
 
 

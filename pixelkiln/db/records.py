@@ -13,12 +13,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, delete, exists, func, insert, or_, select, update
 
+from pixelkiln.db import prompt_search as prompt
 from pixelkiln.db import transitions
 from pixelkiln.db.batches import UNFINISHED, _batch
 from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import assets, batches, events, idempotency_keys, images, tasks
 from pixelkiln.exceptions import InvalidStateError
-from pixelkiln.models import GENERATION_PARAMS, Batch, BatchStatus, ImageRecord
+from pixelkiln.models import GENERATION_PARAMS, Batch, BatchStatus, ImageRecord, TaskStatus
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class ImageQuery:
     until: float | None = None  #: created before
     before_id: int | None = None  #: cursor: images with a smaller id (newest first)
     history: bool = False  #: also the superseded images of regenerated tasks' earlier runs
+    backend: str | None = None  #: the backend that made the image
 
 
 @dataclass(frozen=True)
@@ -160,12 +162,29 @@ def _image_info(row: Row[Any]) -> ImageInfo:
     )
 
 
-def _filtered(query: Any, q: ImageQuery, owner_id: int | None) -> Any:
-    query = current(_owned(query, owner_id), q.history)
-    if q.text:
-        query = query.where(tasks.c.prompt.contains(q.text, autoescape=True))
-    if q.batch_id is not None:
-        query = query.where(images.c.batch_id == q.batch_id)
+#: how a search is led (see :mod:`pixelkiln.db.image_search`)
+SCOPE, NEWEST, INDEX = "scope", "newest", "index"
+
+
+def filtered(
+    query: Any, q: ImageQuery, owner_id: int | None, dialect: str, how: str = SCOPE
+) -> Any:
+    """``query`` with every filter of ``q``. ``how`` says what leads the search (SQLite,
+    without table statistics, is told; see :mod:`~pixelkiln.db.image_search`): the prompt
+    index only when it is :data:`INDEX`."""
+    hinted = dialect == "sqlite" and how in (NEWEST, INDEX)
+    owner: Any = batches.c.owner_id
+    batch: Any = images.c.batch_id
+    if hinted:  # ``x + 0`` cannot use x's index: the images' own order drives instead
+        owner, batch = owner + 0, batch + 0
+    query = current(query if owner_id is None else query.where(owner == owner_id), q.history)
+    if q.text and how == INDEX:
+        query = query.where(images.c.task_id.in_(prompt.indexed_tasks(q.text, dialect)))
+    if q.text and (how != INDEX or dialect == "sqlite"):  # SQLite's index: a superset
+        query = query.where(prompt.matches(tasks.c.prompt, q.text, dialect, indexable=False))
+    for column, value in ((batch, q.batch_id), (images.c.backend, q.backend)):
+        if value is not None:
+            query = query.where(column == value)
     if q.status is not None:
         query = query.where(batches.c.status == str(q.status))
     if q.since is not None:
@@ -180,23 +199,31 @@ def _filtered(query: Any, q: ImageQuery, owner_id: int | None) -> Any:
 def search_images(
     conn: Connection, q: ImageQuery, *, owner_id: int | None, limit: int, offset: int = 0
 ) -> list[ImageInfo]:
-    """Images matching ``q``, newest first."""
-    query = _filtered(_joined(*_IMAGE_COLUMNS), q, owner_id)
-    query = query.order_by(images.c.id.desc()).limit(limit).offset(offset)
-    return [_image_info(row) for row in conn.execute(query)]
+    """Images matching ``q``, newest first (:func:`~pixelkiln.db.image_search.find_images`)."""
+    from pixelkiln.db.image_search import find_images  # it builds on this module
+
+    return find_images(conn, q, owner_id=owner_id, limit=limit, offset=offset)[0]
 
 
 def count_images(conn: Connection, q: ImageQuery, *, owner_id: int | None) -> int:
-    """How many images match; from the batches' image counters when no filter needs a scan."""
-    unfiltered = q.text is None and q.since is None and q.until is None and q.before_id is None
-    if unfiltered and not q.history:  # n_images counts the current images
-        query = _owned(select(func.coalesce(func.sum(batches.c.n_images), 0)), owner_id)
+    """How many images match, exactly, however long that takes (``find_images`` counts
+    only when it is cheap); from the batches' image counters when they know."""
+    if counters_know(q):
+        counted = _owned(select(func.coalesce(func.sum(batches.c.n_images), 0)), owner_id)
         if q.batch_id is not None:
-            query = query.where(batches.c.id == q.batch_id)
+            counted = counted.where(batches.c.id == q.batch_id)
         if q.status is not None:
-            query = query.where(batches.c.status == str(q.status))
-        return int(conn.execute(query).scalar_one())
-    return int(conn.execute(_filtered(_joined(func.count()), q, owner_id)).scalar_one())
+            counted = counted.where(batches.c.status == str(q.status))
+        return int(conn.execute(counted).scalar_one())
+    how = INDEX if prompt.indexable(q.text, conn) else SCOPE
+    query = filtered(_joined(func.count()), q, owner_id, conn.dialect.name, how)
+    return int(conn.execute(query).scalar_one())
+
+
+def counters_know(q: ImageQuery) -> bool:
+    """The batches' image counters (current images) answer a count with these filters."""
+    scanned = (q.text, q.since, q.until, q.before_id, q.backend)
+    return all(f is None for f in scanned) and not q.history
 
 
 def get_image(conn: Connection, image_id: int, owner_id: int | None = None) -> ImageInfo:
@@ -247,23 +274,45 @@ def delete_image(tx: Tx, image_id: int, owner_id: int | None = None) -> ImageInf
 # -- batches ----------------------------------------------------------------------------------
 
 
+#: SQLite: a batch search by prompt asks the index when it gives at most this many tasks;
+#: for more, asking each batch whether one of its prompts holds the text (it stops at
+#: the first that does) is quicker
+BATCH_INDEX_MOST = 20_000
+
+
 def _batch_filter(
     query: Any,
     owner_id: int | None,
     statuses: Iterable[BatchStatus] | None,
     text: str | None,
     source: str | None = None,
+    dialect: str = "sqlite",
+    indexed: bool = False,
 ) -> Any:
+    """``indexed``: the prompt index finds the batches' tasks (else each batch's prompts
+    are scanned; on SQLite, the prompts of tasks that never made an image still are: the
+    index holds a prompt from its task's first image on). A name matches as a prompt does."""
     query = _owned(query, owner_id)
     if source is not None:
         query = query.where(batches.c.source == source)
     if statuses is not None:
         query = query.where(batches.c.status.in_([str(s) for s in statuses]))
     if text:
-        in_prompt = exists().where(
-            tasks.c.batch_id == batches.c.id, tasks.c.prompt.contains(text, autoescape=True)
-        )
-        query = query.where(or_(batches.c.name.contains(text, autoescape=True), in_prompt))
+        held = prompt.matches(tasks.c.prompt, text, dialect, indexable=False)
+        scanned = [tasks.c.batch_id == batches.c.id, held]
+        in_prompt: list[Any] = []
+        if indexed:
+            found = select(tasks.c.batch_id).where(
+                tasks.c.id.in_(prompt.indexed_tasks(text, dialect))
+            )
+            if dialect == "sqlite":  # its index finds a superset
+                found = found.where(prompt.matches(tasks.c.prompt, text, dialect))
+            in_prompt.append(batches.c.id.in_(found))
+            if dialect == "sqlite":  # it holds the prompts of tasks that have had an image
+                scanned.append(tasks.c.status != str(TaskStatus.SUCCEEDED))
+        if not indexed or dialect == "sqlite":
+            in_prompt.append(exists().where(*scanned))
+        query = query.where(or_(prompt.matches(batches.c.name, text, dialect), *in_prompt))
     return query
 
 
@@ -281,10 +330,13 @@ def search_batches(
 
     ``source``: only batches that came that way (``img2img``: through that drop-in API).
     """
-    page = _batch_filter(select(batches), owner_id, statuses, text, source)
+    dialect, indexed = conn.dialect.name, prompt.indexable(text, conn)
+    if indexed and dialect == "sqlite":
+        indexed = prompt.count_indexed(conn, text or "", BATCH_INDEX_MOST + 1) <= BATCH_INDEX_MOST
+    how = (source, dialect, indexed)
+    page = _batch_filter(select(batches), owner_id, statuses, text, *how)
     page = page.order_by(batches.c.id.desc()).limit(limit).offset(offset)
-    counted = select(func.count()).select_from(batches)
-    total = _batch_filter(counted, owner_id, statuses, text, source)
+    total = _batch_filter(select(func.count()).select_from(batches), owner_id, statuses, text, *how)
     return [_batch(row) for row in conn.execute(page)], int(conn.execute(total).scalar_one())
 
 

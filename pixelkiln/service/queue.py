@@ -80,8 +80,9 @@ async def reorder(
     """Give the listed batches the places they hold, in the order listed; one transaction.
 
     NotFoundError names ids that are no batch of the caller's (or no batch at all);
-    InvalidStateError names finished batches; InvalidValueError a batch listed twice or
-    too long a list. Nothing moves unless all can. Returns how many batches moved.
+    InvalidValueError a batch listed twice or too long a list; nothing moves then. A
+    listed batch that has finished meanwhile is left out (the others still move).
+    Returns how many batches moved.
     """
     _check_listed(batch_ids)
     owner = owner_filter(caller, all_users)
@@ -123,27 +124,33 @@ def _check_listed(batch_ids: Sequence[int]) -> None:
         )
 
 
-def _queued(tx: Tx, batch_ids: list[int], owner: int | None) -> dict[int, Placed]:
-    """The listed batches, locked; NotFoundError or InvalidStateError naming those that
-    are nobody's (or not the owner's) or have finished."""
+def _queued(
+    tx: Tx, batch_ids: list[int], owner: int | None, *, skip_finished: bool = False
+) -> dict[int, Placed]:
+    """The listed batches, locked; NotFoundError naming those that are nobody's (or not
+    the owner's). A finished one has no place any more: left out with ``skip_finished``
+    (a page's order was read a moment ago, and running batches end all the time), else
+    InvalidStateError naming it."""
     found = {p.id: p for p in lock_places(tx, batch_ids) if owner is None or p.owner_id == owner}
     missing = [str(i) for i in batch_ids if i not in found]
     if missing:
         whose = "" if owner is None else " of yours"
         raise NotFoundError(f"no batch{whose} with id {', '.join(missing)}")
-    ended = [f"{i} ({found[i].status})" for i in batch_ids if found[i].status.finished]
-    if ended:
+    ended = [i for i in batch_ids if found[i].status.finished]
+    if ended and not skip_finished:
+        named = ", ".join(f"{i} ({found[i].status})" for i in ended)
         raise InvalidStateError(
-            f"batch {', '.join(ended)} has finished: only queued, running or paused "
+            f"batch {named} has finished: only queued, running or paused "
             "batches have a place in the queue"
         )
-    return found
+    return {i: p for i, p in found.items() if i not in ended}
 
 
 def _reorder(tx: Tx, batch_ids: list[int], owner: int | None) -> int:
-    """Lock the listed batches, check them, and move them among their places."""
-    found = _queued(tx, batch_ids, owner)
-    moves = permuted([found[i] for i in batch_ids])
+    """Lock the listed batches, check them, and move the unfinished ones among their
+    places (one that has just finished is left out, not refused)."""
+    found = _queued(tx, batch_ids, owner, skip_finished=True)
+    moves = permuted([found[i] for i in batch_ids if i in found])
     move_batches(tx, moves)
     return len(moves)
 

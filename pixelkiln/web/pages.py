@@ -111,6 +111,7 @@ def render(
         "messages_json": _messages_json(messages),
         "user": user,
         "auth": _service(request).settings.auth.enabled,
+        "credits": _service(request).settings.credits.enabled,
         "version": __version__,
         "path": request.url.path,
         **extra,
@@ -169,20 +170,25 @@ def web_router() -> APIRouter:
         async def show(request: Request) -> Response:
             return await _show(request, page.name)
 
-        router.add_api_route(page.path, show, methods=["GET"], name=f"page_{page.name}")
+        router.add_api_route(page.path, show, methods=["GET", "HEAD"], name=f"page_{page.name}")
 
     for page in PAGES:
         if page.name not in ("login", "batch_detail"):
             add(page)
 
-    @router.get("/batches/{batch_id}", name="page_batch_detail")
+    @router.api_route("/batches/{batch_id}", methods=["GET", "HEAD"], name="page_batch_detail")
     async def batch_detail(request: Request, batch_id: str) -> Response:
         number = _batch_number(batch_id)
         if number is None:
             return await _show(request, "batch_detail", batch_id=None, not_found=True)
         return await _show(request, "batch_detail", batch_id=number)
 
-    @router.get("/login", name="page_login")
+    @router.get("/favicon.ico", name="favicon")
+    async def favicon() -> Response:
+        """Browsers ask for it whatever the page's <link rel=icon> says."""
+        return RedirectResponse("/static/favicon.svg", status_code=301)
+
+    @router.api_route("/login", methods=["GET", "HEAD"], name="page_login")
     async def login(request: Request) -> Response:
         ctx = _service(request)
         if not ctx.settings.auth.enabled:  # nobody signs in on a loopback install

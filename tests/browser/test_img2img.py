@@ -210,7 +210,7 @@ def test_failed_uploads_are_retried_and_a_batch_is_cancelled(
     page.locator("#pick-files").set_input_files([pets / "cat.png", pets / "broken.png"])
     page.get_by_label("Prompt (for every image)").fill("[fail] on purpose")
     page.get_by_role("button", name="Start").click()
-    expect(page.locator("#form-error")).to_contain_text("files[1] (broken.png)")
+    expect(page.locator("#form-error")).to_contain_text("files[0] (broken.png)")  # sorted by name
     expect(page.locator("#picked li.bad")).to_have_count(1)
     expect(page.locator("#picked li.bad figcaption")).to_have_text("broken.png")
     page.get_by_role("button", name="Remove broken.png").click()

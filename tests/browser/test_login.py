@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def test_signing_in_with_a_token_sets_an_httponly_strict_cookie(
     page.keyboard.press("Enter")
     expect(page).to_have_url(f"{server.url}/records?q=moth")  # back where they were going
     expect(page.locator(".who")).to_have_text("alice")
+    expect(page.locator("#balance")).to_have_text(re.compile(r"^[\d,]+ credits$"))
     cookie = next(c for c in page.context.cookies() if c["name"] == "kiln_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert server.tokens["alice"] not in cookie["value"]  # the token itself is not kept

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import Connection
 
 from pixelkiln import service
-from pixelkiln.api.deps import AdminDep, CtxDep, PageDep
+from pixelkiln.api.deps import AdminDep, CtxDep, PageDep, search_text
 from pixelkiln.api.routes.batches import ERRORS, StatusFilter, search_page
 from pixelkiln.db.records import count_active
 from pixelkiln.db.stats import DAY, backend_figures, images_per_day, queue_depth, task_counts
@@ -90,7 +90,7 @@ async def all_batches(
     _: AdminDep,
     page: PageDep,
     status: StatusFilter = None,
-    q: Annotated[str | None, Query(max_length=200)] = None,
+    q: Annotated[str | None, search_text("Part of a batch's name or prompt.")] = None,
     owner_id: Annotated[Id | None, Query(description="Only this user's.")] = None,
 ) -> Page[BatchPublic]:
     return await search_page(ctx, page, owner_id, status, q)

@@ -7,7 +7,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
 from pixelkiln.api.deps import CallerDep, CtxDep, IdPath, PageDep, page_fields
-from pixelkiln.api.media import THUMB_TYPE, StoredFile, ThumbSize, asset_thumbnail_path
+from pixelkiln.api.media import (
+    PRIVATE_CACHE,
+    THUMB_TYPE,
+    StoredFile,
+    ThumbSize,
+    asset_thumbnail_path,
+)
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.uploads import IMAGE_FILES, files_of, form_body, read_form, store_images
 from pixelkiln.api.views import asset_public
@@ -74,4 +80,4 @@ async def thumbnail(
 ) -> FileResponse:
     asset = await ctx.read(get_asset, asset_id, caller.scope)
     path = await ctx.run(asset_thumbnail_path, ctx.storage, asset, size)
-    return StoredFile(path, media_type=THUMB_TYPE, headers={"Cache-Control": "max-age=86400"})
+    return StoredFile(path, media_type=THUMB_TYPE, headers={"Cache-Control": PRIVATE_CACHE})

@@ -17,6 +17,7 @@ from pixelkiln.api.deps import (
     PageDep,
     Pagination,
     page_fields,
+    search_text,
 )
 from pixelkiln.api.media import zip_stream
 from pixelkiln.api.table_template import TEMPLATE_FIELDS, template_of
@@ -233,7 +234,7 @@ async def list_batches(
     caller: CallerDep,
     page: PageDep,
     status: StatusFilter = None,
-    q: Annotated[str | None, Query(max_length=200, description="Part of name or prompt.")] = None,
+    q: Annotated[str | None, search_text("Part of name or prompt.")] = None,
 ) -> Page[BatchPublic]:
     return await search_page(ctx, page, caller.mine, status, q)
 

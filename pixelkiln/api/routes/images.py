@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -18,9 +19,11 @@ from pixelkiln.api.deps import (
     PageDep,
     Pagination,
     page_fields,
+    search_text,
 )
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.media import (
+    PRIVATE_CACHE,
     THUMB_TYPE,
     StoredFile,
     ThumbSize,
@@ -29,14 +32,8 @@ from pixelkiln.api.media import (
 )
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.views import batch_detail, image_detail
-from pixelkiln.db.records import (
-    ImageInfo,
-    ImageQuery,
-    count_images,
-    delete_image,
-    get_image,
-    search_images,
-)
+from pixelkiln.db.image_search import find_images
+from pixelkiln.db.records import ImageInfo, ImageQuery, delete_image, get_image
 from pixelkiln.models import BatchStatus
 from pixelkiln.params import check_side
 from pixelkiln.specs import parse_batch
@@ -54,12 +51,20 @@ PNG = "image/png"
 def _page(
     conn: Connection, query: ImageQuery, owner_id: int | None, page: Pagination, count: bool
 ) -> tuple[list[ImageInfo], int | None]:
-    """One page and (maybe) the number of matches, in one read."""
-    found = search_images(conn, query, owner_id=owner_id, limit=page.limit, offset=page.offset)
-    return found, count_images(conn, query, owner_id=owner_id) if count else None
+    """One page and (when cheap) the number of matches, in one read."""
+    limit, offset = page.limit, page.offset
+    return find_images(conn, query, owner_id=owner_id, limit=limit, offset=offset, count=count)
 
 
 _WHEN = "ISO 8601; UTC when it names no time zone"
+_Q = (
+    "Part of the prompt: case-insensitive, `%` and `_` literal. Three characters or more "
+    "are found by the prompt index; shorter ones by a scan."
+)
+_COUNT = (
+    "Also say how many match (`total`) when that is cheap: the counters know it, or the "
+    "search looked at every match anyway; else `total` is null (page with the cursor)."
+)
 
 
 def _epoch(when: datetime | None) -> float | None:
@@ -75,21 +80,30 @@ async def search(
     ctx: CtxDep,
     caller: CallerDep,
     page: PageDep,
-    q: Annotated[str | None, Query(max_length=200, description="Part of the prompt.")] = None,
+    response: Response,
+    q: Annotated[str | None, search_text(_Q)] = None,
     batch_id: Annotated[Id | None, Query()] = None,
     status: Annotated[BatchStatus | None, Query(description="The batch's status.")] = None,
+    backend: Annotated[
+        str | None, Query(max_length=100, description="The backend that made the image.")
+    ] = None,
     since: Annotated[datetime | None, Query(description=f"Created at or after ({_WHEN}).")] = None,
     until: Annotated[datetime | None, Query(description=f"Created before ({_WHEN}).")] = None,
     before: Annotated[Id | None, Query(description="Cursor: ids below this.")] = None,
-    count: Annotated[bool, Query(description="Also count every match (slower).")] = True,
+    count: Annotated[bool, Query(description=_COUNT)] = True,
     history: Annotated[
         bool, Query(description="Also regenerated tasks' earlier images (superseded).")
     ] = False,
 ) -> Page[ImageDetail]:
-    """Newest first; page with ``limit``/``offset``, or with the cursor ``before``."""
+    """Newest first; page with ``limit``/``offset``, or with the cursor ``before``.
+
+    ``Server-Timing: search;dur=…`` says how long the server took to find the page (the
+    browser's developer tools show it; ``bench/ui.py`` reads it under load)."""
+    started = time.perf_counter()
     query = ImageQuery(
         history=history,
-        text=q,
+        text=q or None,
+        backend=backend or None,
         batch_id=batch_id,
         status=status,
         before_id=before,
@@ -99,7 +113,9 @@ async def search(
     found, total = await ctx.read(_page, query, caller.mine, page, count)
     fields = page_fields(page, len(found), total)
     cursor = found[-1].image.id if len(found) == page.limit else None
-    return Page[ImageDetail](items=[image_detail(i) for i in found], next_cursor=cursor, **fields)
+    items = [image_detail(i) for i in found]
+    response.headers["Server-Timing"] = f"search;dur={1000 * (time.perf_counter() - started):.1f}"
+    return Page[ImageDetail](items=items, next_cursor=cursor, **fields)
 
 
 @router.get("/{image_id}", responses=ERRORS, summary="An image's metadata")
@@ -133,7 +149,7 @@ async def thumbnail(
 ) -> FileResponse:
     info = await ctx.read(get_image, image_id, scope)
     path = await ctx.run(thumbnail_path, ctx.storage, info.image, size)
-    return StoredFile(path, media_type=THUMB_TYPE, headers={"Cache-Control": "max-age=86400"})
+    return StoredFile(path, media_type=THUMB_TYPE, headers={"Cache-Control": PRIVATE_CACHE})
 
 
 @files.get(

@@ -100,7 +100,9 @@ class Api:
     def with_token(self, token: str | None) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app), base_url="http://kiln", headers=headers
+            transport=httpx.ASGITransport(app=self.app),
+            base_url="http://localhost",
+            headers=headers,
         )
         self.clients.append(client)
         return client

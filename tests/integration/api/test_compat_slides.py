@@ -63,7 +63,7 @@ async def test_slides_become_items_of_one_batch(slides_api: Api) -> None:
         ("b", 9, "Body"),
     ]
     assert [r["final_prompt"] for r in results] == ["ink | Cover", "ink | content | Body"]
-    assert all(r["image_url"].startswith("http://kiln/api/v1/images/") for r in results)
+    assert all(r["image_url"].startswith("http://localhost/api/v1/images/") for r in results)
     batch = (await user.get(f"/api/v1/batches/{done['batch_id']}")).json()
     assert batch["max_workers"] == 10  # 20 is taken as the most a batch may have
     assert batch["tasks"][1]["item"]["mood"] == "calm"  # extra fields kept with the task

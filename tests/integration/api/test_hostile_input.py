@@ -90,7 +90,7 @@ async def test_an_overflow_that_slips_through_is_404_in_the_path_else_422() -> N
         raise OverflowError("Python int too large to convert to SQLite INTEGER")
 
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://kiln") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         in_path = await client.get(f"/things/{BIG}")
         elsewhere = await client.get("/things/7")
     assert assert_4xx(in_path, 404)["code"] == "not_found"

@@ -430,11 +430,24 @@ async def test_with_auth_off_no_sign_in_and_only_foreign_origins_are_refused(
         for headers in (
             {"Origin": EVIL},  # a form on another site posted to this loopback server
             {"Origin": "null"},
-            # DNS rebinding: evil.example re-pointed at 127.0.0.1; Origin and Host agree
-            {"Origin": f"http://evil.example:{port}", "Host": f"evil.example:{port}"},
         ):
             r = await http.post("/api/v1/batches", json=body, headers=headers)
             assert r.status_code == 403 and r.json()["error"]["code"] == "cross_site", headers
+        # DNS rebinding: evil.example re-pointed at 127.0.0.1. Origin and Host agree, and
+        # a read would be answered to the attacker's page: any request naming another
+        # host is refused before it reaches a route (api/hosts.py)
+        rebound = {"Origin": f"http://evil.example:{port}", "Host": f"evil.example:{port}"}
+        for method, path in (
+            ("POST", "/api/v1/batches"),
+            ("GET", "/api/v1/batches"),
+            ("GET", "/api/v1/events"),
+            ("GET", "/records"),
+        ):
+            r = await http.request(
+                method, path, json=body if method == "POST" else None, headers=rebound
+            )
+            assert r.status_code == 421, (method, path)
+            assert r.json()["error"]["code"] == "host_not_allowed"
         junk = site.client({"Cookie": f"{COOKIE}=junk"})  # a stale cookie means nothing
         assert (await junk.get("/api/v1/batches")).status_code == 200
 

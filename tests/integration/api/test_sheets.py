@@ -62,8 +62,10 @@ async def test_import_run_and_export_back(users_api: Api) -> None:
     r = await alice.get(f"/api/v1/assets/{reference.removeprefix('asset:')}/file")
     assert r.status_code == 200 and r.content == picture
     links = fox_row["图片链接"].split("\n")
-    assert len(links) == 2 and all(link.startswith("http://kiln/api/v1/images/") for link in links)
-    image = await alice.get(links[0].removeprefix("http://kiln"))
+    assert len(links) == 2 and all(
+        link.startswith("http://localhost/api/v1/images/") for link in links
+    )
+    image = await alice.get(links[0].removeprefix("http://localhost"))
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert fox_row["最终提示词"] == "=a fox in snow"
 

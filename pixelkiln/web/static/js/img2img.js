@@ -94,9 +94,16 @@ function refusal(entry) {
 /** Add what was chosen or dropped: [{file, path}]; each refused file is named with why. */
 function addFiles(entries) {
   const refused = [];
-  for (const entry of entries) {
-    if (entry.file.name.startsWith(".")) continue; // .DS_Store and the like, from folders
-    const why = refusal(entry);
+  // by name, as a file manager lists them (not the order a folder happens to hand them
+  // out): the results come back in this order, and the 50 kept are the first 50 by name
+  const byName = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
+  const sorted = [...entries].sort((a, b) => byName.compare(a.path, b.path));
+  for (const entry of sorted) {
+    // a hidden file inside a dropped folder (.DS_Store, ._photo.jpg) is the system's, not
+    // the user's: skipped quietly; one the user picked by name is refused with its reason
+    const hidden = entry.file.name.startsWith(".");
+    if (hidden && entry.path.includes("/")) continue;
+    const why = hidden ? t("i2i.refused_hidden") : refusal(entry);
     if (why) refused.push([entry.path, why]);
     else picked.push({ ...entry, url: URL.createObjectURL(entry.file), problem: null });
   }

@@ -45,10 +45,17 @@ function signInAgain() {
 export async function api(path, options = {}) {
   busy(+1);
   try {
-    return await call(path, options);
+    const answer = await call(path, options);
+    if ((options.method || "GET") !== "GET" && !path.startsWith("/session")) changed();
+    return answer;
   } finally {
     busy(-1);
   }
+}
+
+// A write may have spent or refunded credits: the frame shows the balance again.
+function changed() {
+  document.dispatchEvent(new Event("kiln:balance"));
 }
 
 // How many API calls are under way, on <html data-busy>: tests (and anyone curious) can
@@ -110,7 +117,10 @@ export function upload(path, body, { onProgress, query } = {}) {
       if (event.lengthComputable && onProgress) onProgress(event.loaded / event.total);
     });
     xhr.addEventListener("load", () => {
-      if (xhr.status >= 200 && xhr.status < 300) return resolve(xhr.response);
+      if (xhr.status >= 200 && xhr.status < 300) {
+        changed();
+        return resolve(xhr.response);
+      }
       if (xhr.status === 401 && context.auth) signInAgain();
       reject(new ApiFailure(xhr.status, xhr.response));
     });
@@ -158,11 +168,15 @@ export function toast(message, kind = "info", ms = 5000) {
   setTimeout(() => box.remove(), ms);
 }
 
+const DETAILED = new Set(["insufficient_credits"]);
+
 /** An error's text for a person: the page's own words for a known code, else the API's. */
 export function errorText(error) {
   if (error instanceof ApiFailure) {
     const key = `error.${error.code}`;
-    return key in messages ? t(key) : error.message;
+    if (!(key in messages)) return error.message;
+    // the server's words carry the figures (what it costs, what is left): keep them
+    return DETAILED.has(error.code) ? `${t(key)} (${error.message})` : t(key);
   }
   return String((error && error.message) || error);
 }
@@ -173,7 +187,10 @@ export function showError(error) {
   return error;
 }
 
-/** Ask "are you sure" in the page's <dialog>; resolves true for OK. */
+/**
+ * Ask "are you sure" in the page's <dialog>; resolves true for OK. The way back is labelled
+ * "Go back", never "Cancel" (beside "Cancel batch" that would invite the wrong click).
+ */
 export function confirmDialog(text, okLabel) {
   const dialog = document.getElementById("confirm-dialog");
   document.getElementById("confirm-text").textContent = text;
@@ -216,10 +233,14 @@ export function duration(seconds) {
   return t("time.s", { s: r });
 }
 
-/** Epoch seconds as a local date and time. */
+/** The page's language as a locale for dates and numbers (not the browser's: an English
+ * page shows English dates on a Chinese browser). */
+export const locale = context.lang === "zh" ? "zh-CN" : "en-GB";
+
+/** Epoch seconds as a local date and time, in the page's language. */
 export function when(epoch) {
   if (!epoch) return "—";
-  return new Date(epoch * 1000).toLocaleString(context.lang === "zh" ? "zh-CN" : undefined);
+  return new Date(epoch * 1000).toLocaleString(locale);
 }
 
 /** Debounce: run fn once, `ms` after the last call. */

@@ -1,5 +1,5 @@
 // Every page's frame: the language switch, light/dark, sign-out.
-import { api, showError } from "./kiln.js";
+import { api, showError, t } from "./kiln.js";
 
 const root = document.documentElement;
 const YEAR = 31536000;
@@ -28,3 +28,20 @@ document.getElementById("sign-out")?.addEventListener("click", async () => {
     showError(error);
   }
 });
+
+// The balance beside the name (credits on): read once per page, and again when a page
+// says it changed (a batch started, an image edited) with a "kiln:balance" event.
+const balance = document.getElementById("balance");
+async function showBalance() {
+  try {
+    const me = await api("/me");
+    balance.textContent = t("user.balance", { n: me.balance.toLocaleString() });
+    balance.hidden = false;
+  } catch {
+    balance.hidden = true; // the page itself says what went wrong with the session
+  }
+}
+if (balance) {
+  showBalance();
+  document.addEventListener("kiln:balance", showBalance);
+}

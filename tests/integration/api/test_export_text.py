@@ -1,0 +1,50 @@
+"""Text that XML cannot hold (a vertical tab pasted from Word) still exports to XLSX,
+and thumbnails are never kept by a shared cache."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import openpyxl
+import pytest
+from apikit import Api, api_settings, running_api
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
+    data = tmp_path / "data"
+    settings = api_settings(
+        data, storage={"data_dir": str(data), "database_url": database_url}, auth={"enabled": True}
+    )
+    async with running_api(settings) as running:
+        yield running
+
+
+def _cells(data: bytes) -> list[str]:
+    sheet = openpyxl.load_workbook(io.BytesIO(data)).worksheets[0]
+    return [str(c.value) for row in sheet.iter_rows(min_row=2) for c in row if c.value]
+
+
+async def test_control_characters_export_as_replacement_marks(api: Api) -> None:
+    _, alice = await api.add_user("alice", credits=100)
+    rows = [{"prompt": "a\x01b", "negative_prompt": "c\x0bd"}]
+    table = await alice.post("/api/v1/tables/export", json={"rows": rows})
+    assert table.status_code == 200, table.text
+    assert {"a\ufffdb", "c\ufffdd"} <= set(_cells(table.content))
+
+    spec = {"name": "pasted", "defaults": {"width": 64, "height": 64}}
+    spec["tasks"] = [{"prompt": "a\x0bb fox", "key": "k"}]
+    made = await alice.post("/api/v1/batches", params={"wait": "true"}, json=spec)
+    assert made.status_code == 201, made.text
+    batch = made.json()
+    exported = await alice.get(f"/api/v1/batches/{batch['id']}/export.xlsx")
+    assert exported.status_code == 200, exported.text
+    assert "a\ufffdb fox" in _cells(exported.content)
+
+    image = batch["tasks"][0]["images"][0]["id"]
+    thumb = await alice.get(f"/api/v1/images/{image}/thumbnail", params={"size": 128})
+    assert thumb.headers["cache-control"].startswith("private")
