@@ -93,10 +93,8 @@ function taskOf(row) {
 
 /** The batch-wide backend and model, as chosen above the table (empty: the server's). */
 function batchWide() {
-  const wide = {};
-  if (state.backend) wide.backend = state.backend;
-  if (state.model.trim()) wide.model = state.model.trim();
-  return wide;
+  const model = state.model.trim();
+  return { ...(state.backend && { backend: state.backend }), ...(model && { model }) };
 }
 
 function spec() {
@@ -303,18 +301,14 @@ async function importFile(file) {
   }
 }
 
-/**
- * A parsed file's rows with its defaults folded into each (a row's own value wins): what a
- * row shows is what its task gets, is sent and is exported. Only a backend or a model that
- * every row shares goes up to the batch-wide choices, where the table shows it.
- */
+/** A parsed file's rows, its defaults folded into each (a row's own value wins): a row shows
+ * what its task gets, is sent and is exported. A backend or model all rows share goes up. */
 function imported(parsed) {
   const rows = (parsed.rows.length ? parsed.rows : [{}]).map((row) => ({ ...parsed.defaults, ...row }));
   const wide = { backend: "", model: "" };
   for (const field of Object.keys(wide)) {
-    const values = new Set(rows.map((row) => row[field]));
-    const [only] = values;
-    if (values.size === 1 && typeof only === "string") {
+    const [only, ...others] = new Set(rows.map((row) => row[field]));
+    if (!others.length && typeof only === "string") {
       wide[field] = only;
       for (const row of rows) delete row[field];
     }
