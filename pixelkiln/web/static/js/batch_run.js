@@ -75,10 +75,11 @@ function logLine(type, data, at) {
   const texts = {
     batch_update: () => t("batch.log.status", { status: t(`status.${data.status}`) }),
     info: () => [key, data.message].filter(Boolean).join(": "),
-    progress: () => t("batch.log.progress", { current: data.current, total: data.total, key: data.item_key, message: data.message }),
+    progress: () => t("batch.log.progress", { current: data.current, total: data.total, key: data.item_key ?? "—", message: data.message }),
     image_generated: () => t("batch.log.image", { key: data.item_key, k: (data.image?.index ?? 0) + 1 }),
     warning: () => [key, data.message, data.error].filter(Boolean).join(": "),
-    error: () => t("batch.log.failed", { key: data.item_key, error: data.error }),
+    // a batch-level error (no task at fault) names no task: "task undefined failed" never
+    error: () => (data.item_key ? t("batch.log.failed", { key: data.item_key, error: data.error }) : data.error),
     done: () => t("batch.log.done", { ...data.summary, status: t(`status.${data.summary?.status}`) }),
   };
   const time = new Date((at || Date.now() / 1000) * 1000).toLocaleTimeString(page.lang === "zh" ? "zh-CN" : undefined);
