@@ -22,6 +22,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,11 @@ def _kiln(cwd: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    cwd = tmp_path_factory.mktemp("serve")
-    (cwd / "kiln.toml").write_text(CONFIG)
+@contextmanager
+def serving(cwd: Path, config: str) -> Iterator[Server]:
+    """`kiln serve` in ``cwd`` with ``config`` (auth and credits on, for its users), root
+    (admin) and the USERS with their tokens; stopped at the end, with no traceback logged."""
+    (cwd / "kiln.toml").write_text(config)
     root_token = _kiln(cwd, "users", "add", "root", "--admin", "--credits", "5000")
     port = free_port()
     log = cwd / "serve.log"
@@ -137,8 +139,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             finally:
                 if process.poll() is None:
                     process.kill()
-        text = log.read_text()
-        assert "Traceback" not in text, text
+    text = log.read_text()
+    assert "Traceback" not in text, text
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serving(tmp_path_factory.mktemp("serve"), CONFIG) as running:
+        yield running
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:

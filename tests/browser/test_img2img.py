@@ -4,8 +4,6 @@ preset, live results named after the uploads, retry of failed ones, cancel, the 
 from __future__ import annotations
 
 import io
-import signal
-import subprocess
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,8 +13,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import CONFIG, USERS, Browse, Server, _kiln, _wait_healthy, axe
-from tests.processes import KILN, env, free_port
+from tests.browser.conftest import CONFIG, Browse, Server, axe, serving
 
 #: the shared setup (where "placeholder" fails any prompt with [fail] in it, for good), and
 #: "glacier", which takes a minute an image: its batches wait to be cancelled
@@ -35,38 +32,8 @@ latency = 60
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The conftest's server (its users, auth and credits), with the backends above."""
-    cwd = tmp_path_factory.mktemp("serve-img2img")
-    (cwd / "kiln.toml").write_text(IMG2IMG_CONFIG)
-    root_token = _kiln(cwd, "users", "add", "root", "--admin", "--credits", "5000")
-    port = free_port()
-    log = cwd / "serve.log"
-    with (
-        log.open("w") as out,
-        subprocess.Popen(
-            [*KILN, "serve", "--port", str(port), "--log-level", "warning"],
-            cwd=cwd,
-            env=env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        ) as process,
-    ):
-        running = Server(f"http://127.0.0.1:{port}", cwd, {"root": root_token})
-        try:
-            _wait_healthy(running.url, process, log)
-            with running.api("root") as api:
-                for name, credits in USERS.items():
-                    made = api.post("/admin/users", json={"name": name, "credits": credits})
-                    assert made.status_code == 201, made.text
-                    running.tokens[name] = made.json()["token"]
-            yield running
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            finally:
-                if process.poll() is None:
-                    process.kill()
-    assert "Traceback" not in log.read_text()
+    with serving(tmp_path_factory.mktemp("serve-img2img"), IMG2IMG_CONFIG) as running:
+        yield running
 
 
 def _picture(path: Path, colour: tuple[int, int, int], fmt: str = "PNG") -> Path:
