@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
+import time
+from pathlib import Path
+
+import httpx
 
 KILN = [sys.executable, "-m", "pixelkiln.cli"]  # the `kiln` command
 
@@ -19,3 +24,15 @@ def free_port() -> int:
 def env() -> dict[str, str]:
     """This environment without KILN_* variables (a test's config file decides)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until `kiln serve` at ``url`` answers /healthz (30 s at most; its log if not)."""
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError(f"kiln serve did not come up:\n{log.read_text()}")

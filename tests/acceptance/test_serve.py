@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from pixelkiln import ApiError, Client
 from pixelkiln.models import BatchStatus
-from tests.processes import KILN, env, free_port
+from tests.processes import KILN, env, free_port, wait_healthy
 
 CONFIG = """
 [[backends]]
@@ -60,7 +59,7 @@ def serving(cwd: Path, *args: str) -> Iterator[str]:
     ):
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_healthy(url, process, log)
+            wait_healthy(url, process, log)
             yield url
         finally:
             process.send_signal(signal.SIGINT)
@@ -69,17 +68,6 @@ def serving(cwd: Path, *args: str) -> Iterator[str]:
             finally:
                 if process.poll() is None:
                     process.kill()
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError(f"kiln serve did not come up:\n{log.read_text()}")
 
 
 def test_serve_runs_batches_for_the_python_client(tmp_path: Path) -> None:

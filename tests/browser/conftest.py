@@ -32,7 +32,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
-from tests.processes import KILN, env, free_port
+from tests.processes import KILN, env, free_port, wait_healthy
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +125,7 @@ def serving(cwd: Path, config: str) -> Iterator[Server]:
     ):
         running = Server(f"http://127.0.0.1:{port}", cwd, {"root": root_token})
         try:
-            _wait_healthy(running.url, process, log)
+            wait_healthy(running.url, process, log)
             with running.api("root") as api:
                 for name, credits in USERS.items():
                     made = api.post("/admin/users", json={"name": name, "credits": credits})
@@ -147,17 +147,6 @@ def serving(cwd: Path, config: str) -> Iterator[Server]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with serving(tmp_path_factory.mktemp("serve"), CONFIG) as running:
         yield running
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError(f"kiln serve did not come up:\n{log.read_text()}")
 
 
 # module scope, not session: Playwright's sync API keeps an asyncio loop running in this
