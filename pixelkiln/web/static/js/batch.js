@@ -359,7 +359,13 @@ function listed(failure) {
 function placeProblems(failure) {
   problems.clear();
   const items = [];
-  for (const problem of listed(failure)) {
+  // in table order (row, then column), whatever order the server found them in
+  const order = (problem) => {
+    const place = placeOf(problem);
+    const column = place ? CELLS.indexOf(place.field) : -1;
+    return place ? place.index * (CELLS.length + 1) + (column < 0 ? CELLS.length : column) : -1;
+  };
+  for (const problem of [...listed(failure)].sort((a, b) => order(a) - order(b))) {
     const place = placeOf(problem);
     const row = place && state.rows[place.index];
     if (!row) {
