@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from apikit import Api, Live, api_settings, held_slow_backends, running_api, serving
 
+from pixelkiln.config import Settings
 from pixelkiln.testing import FakeSDWebUI
 
 
@@ -40,6 +41,34 @@ async def auth_api(tmp_path: Path) -> AsyncIterator[Api]:
     """Auth and credits on (1 credit per image, 3 on the slow backend)."""
     settings = api_settings(
         tmp_path / "data",
+        auth={"enabled": True},
+        credits={"enabled": True, "per_image": 1, "backends": {"slow": 3}},
+    )
+    async with running_api(settings) as running:
+        yield running
+
+
+def _on(database_url: str, tmp_path: Path, **sections: Any) -> Settings:
+    """api_settings with the database of ``database_url`` (SQLite or PostgreSQL)."""
+    data = tmp_path / "data"
+    return api_settings(
+        data, storage={"data_dir": str(data), "database_url": database_url}, **sections
+    )
+
+
+@pytest.fixture
+async def auth_db_api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
+    """Auth on, on SQLite and on PostgreSQL."""
+    async with running_api(_on(database_url, tmp_path, auth={"enabled": True})) as running:
+        yield running
+
+
+@pytest.fixture
+async def credits_db_api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
+    """Auth and credits on (1 credit per image, 3 on "slow"), on SQLite and PostgreSQL."""
+    settings = _on(
+        database_url,
+        tmp_path,
         auth={"enabled": True},
         credits={"enabled": True, "per_image": 1, "backends": {"slow": 3}},
     )

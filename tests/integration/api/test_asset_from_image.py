@@ -3,26 +3,18 @@ as a reference (``asset:<id>``); only one's own images, never a copy twice."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from apikit import Api, api_settings, running_api, spec
+from apikit import Api, spec
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
-    """Auth on, on SQLite and on PostgreSQL."""
-    data = tmp_path / "data"
-    settings = api_settings(
-        data, storage={"data_dir": str(data), "database_url": database_url}, auth={"enabled": True}
-    )
-    async with running_api(settings) as running:
-        yield running
+def api(auth_db_api: Api) -> Api:
+    return auth_db_api
 
 
 async def an_image(client: httpx.AsyncClient) -> dict[str, Any]:

@@ -5,11 +5,8 @@ of the balance too, with the same 402; and a retry's charge follows the same rul
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
-from apikit import SMALL, Api, api_settings, running_api
+from apikit import SMALL, Api
 
 from pixelkiln.db.credits import InsufficientCreditsError, ensure_covered
 
@@ -26,17 +23,8 @@ def test_a_balance_covers_what_it_equals_and_not_one_more() -> None:
 
 
 @pytest.fixture
-async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
-    """Auth and credits on (1 credit per image, 3 on "slow"); SQLite and PostgreSQL."""
-    data = tmp_path / "data"
-    settings = api_settings(
-        data,
-        storage={"data_dir": str(data), "database_url": database_url},
-        auth={"enabled": True},
-        credits={"enabled": True, "per_image": 1, "backends": {"slow": 3}},
-    )
-    async with running_api(settings) as running:
-        yield running
+def api(credits_db_api: Api) -> Api:
+    return credits_db_api
 
 
 @pytest.mark.parametrize("credits", [5, 6, 7])

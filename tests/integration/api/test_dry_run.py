@@ -7,29 +7,18 @@ a good batch answers what it would be: tasks, images and credits.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from apikit import SMALL, Api, api_settings, png_bytes, running_api
+from apikit import SMALL, Api, png_bytes
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
-    """Auth and credits on (1 credit per image, 3 on "slow"), on SQLite and PostgreSQL."""
-    data = tmp_path / "data"
-    settings = api_settings(
-        data,
-        storage={"data_dir": str(data), "database_url": database_url},
-        auth={"enabled": True},
-        credits={"enabled": True, "per_image": 1, "backends": {"slow": 3}},
-    )
-    async with running_api(settings) as running:
-        yield running
+def api(credits_db_api: Api) -> Api:
+    return credits_db_api
 
 
 def batch(*tasks: dict[str, Any], **top: Any) -> dict[str, Any]:

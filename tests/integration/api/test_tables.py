@@ -6,13 +6,11 @@ exports what it holds; the two meet again: an exported table parses to the same 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from apikit import Api, api_settings, running_api
+from apikit import Api
 
 from tests.sheets import ZH_HEADER, png, sheet_rows, workbook_bytes
 
@@ -25,14 +23,8 @@ ROWS = [
 
 
 @pytest.fixture
-async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
-    """Auth on, on SQLite and on PostgreSQL."""
-    data = tmp_path / "data"
-    settings = api_settings(
-        data, storage={"data_dir": str(data), "database_url": database_url}, auth={"enabled": True}
-    )
-    async with running_api(settings) as running:
-        yield running
+def api(auth_db_api: Api) -> Api:
+    return auth_db_api
 
 
 async def parse(client: httpx.AsyncClient, data: bytes, name: str = "镜头.xlsx") -> httpx.Response:

@@ -4,23 +4,15 @@ hold it); another user's task answers exactly as a missing one (no batch named).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
-from apikit import Api, api_settings, running_api
+from apikit import Api
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
-    data = tmp_path / "data"
-    settings = api_settings(
-        data, storage={"data_dir": str(data), "database_url": database_url}, auth={"enabled": True}
-    )
-    async with running_api(settings) as running:
-        yield running
+def api(auth_db_api: Api) -> Api:
+    return auth_db_api
 
 
 @pytest.mark.parametrize("q", ["abc\x00", "\x00abc", "a\x00"])
