@@ -86,9 +86,15 @@ class ConcurrencyView:
 
 async def concurrency_view(ctx: ServiceContext, live: LiveLimits | None = None) -> ConcurrencyView:
     """The limits now; with ``live``, its servers up and tasks running too."""
+    status = await live.status() if live is not None else None
+    return await _concurrency_of(ctx, status)
+
+
+async def _concurrency_of(ctx: ServiceContext, status: SchedulerStatus | None) -> ConcurrencyView:
+    """The limits as the scheduler's ``status`` (one snapshot) or, without one, the stored
+    and configured values say."""
     stored_overall, stored = await ctx.read(stored_concurrency)
     overall = stored_overall
-    status = await live.status() if live is not None else None
     if status is not None:
         overall, limits = status.concurrency, status.backends
     else:
@@ -259,7 +265,7 @@ async def backends_health(
     """
     require_admin(caller, "see the backends' health")
     status = await live.status() if live is not None else None
-    limits = await concurrency_view(ctx, live)
+    limits = await _concurrency_of(ctx, status)  # the same snapshot, not a second one
     errors = await ctx.read(recent_errors, ctx.backends.names)
     reports = await _probe(ctx) if probe else None
     views = {b.name: b for b in limits.backends}
