@@ -19,15 +19,20 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
-def is_loopback(netloc: str) -> bool:
-    """Whether ``host[:port]`` names this machine: 127.0.0.0/8, ``[::1]`` or localhost."""
-    host = netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 and "localhost"; anything else is reachable from elsewhere (a host
+    name may resolve to anything). `kiln serve` binds only such a host with auth off."""
     if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback(netloc: str) -> bool:
+    """Whether ``host[:port]`` (a ``Host`` header, an origin's) names this machine."""
+    return is_loopback_host(netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc)
 
 
 def _netloc(origin: str) -> str:

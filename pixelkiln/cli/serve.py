@@ -6,7 +6,6 @@ port may do anything, so ``serve`` refuses to bind anything but loopback.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import Annotated
 
@@ -23,16 +22,6 @@ from pixelkiln.cli.common import (
 )
 
 log = logging.getLogger("pixelkiln.serve")
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and "localhost"; anything else is reachable from elsewhere."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
 
 
 def _banner(host: str, port: int, docs_url: str | None) -> str:
@@ -58,12 +47,13 @@ def serve(
     import uvicorn
 
     from pixelkiln.api.app import create_app
+    from pixelkiln.api.hosts import is_loopback_host
 
     with errors():
         settings = settings_from(config)
     host = host or settings.server.host
     port = settings.server.port if port is None else port
-    if not is_loopback(host) and not settings.auth.enabled:
+    if not is_loopback_host(host) and not settings.auth.enabled:
         advice = (
             "without authentication anyone who can reach it could use it. Set [auth] "
             "enabled = true (and add users with `kiln users add`), or keep the default host "

@@ -25,6 +25,9 @@ SERVES_THE_API = {
         "pixelkiln.api.app",
         "pixelkiln.api.create_app",
         "pixelkiln.api.app.create_app",
+        # where it may listen: the same loopback rule as the API's own host check
+        "pixelkiln.api.hosts",
+        "pixelkiln.api.hosts.is_loopback_host",
     }
 }
 
