@@ -24,11 +24,13 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pixelkiln.exceptions import ConfigError
 from pixelkiln.prompts import parse_template
+from pixelkiln.specs import PARAM_NAMES
 
 DEFAULT_CONFIG_FILE = Path("kiln.toml")
 
@@ -89,6 +91,25 @@ class BackendSettings(BaseModel):
         default_factory=list,
         description="Backends that take this one's tasks, in order, while every server of it "
         "is down or its account is out of quota.",
+    )
+    active_hours: str = Field(
+        "",
+        description="A daily window `HH:MM-HH:MM` (local time; may cross midnight, e.g. "
+        "`22:00-07:00`) outside which this backend takes no new tasks; empty = always.",
+    )
+    quiet_hours: str = Field(
+        "",
+        description="A daily window `HH:MM-HH:MM` (local time) inside which this backend "
+        "takes no new tasks (running ones finish); empty = none.",
+    )
+    price_per_image: float | None = Field(
+        None, ge=0, description="Money one image costs on this backend, for plans' estimates."
+    )
+    price_per_megapixel: float | None = Field(
+        None,
+        ge=0,
+        description="Money one megapixel costs on this backend, for plans' estimates "
+        "(added to price_per_image when both are set).",
     )
 
     @field_validator("name")
@@ -329,6 +350,136 @@ class CompatSettings(BaseModel):
         return value
 
 
+class LimitsSettings(BaseModel):
+    """``[limits]``: the largest batch and image anyone may ask for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tasks_per_batch: int = Field(
+        100_000, ge=1, description="Most tasks one batch may hold (a plan over it says so)."
+    )
+    max_pixels: int = Field(
+        4096 * 4096, ge=64 * 64, description="Largest image asked for, in pixels (4K's largest)."
+    )
+
+
+class RetentionSettings(BaseModel):
+    """``[retention]``: what `kiln serve` (every hour) and `kiln gc` delete, and when."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events_days: float = Field(
+        30.0,
+        ge=0,
+        description="Delete a finished batch's events this many days after it "
+        "ended (its images and tasks stay); 0 = keep for ever.",
+    )
+    images_days: float = Field(
+        0.0,
+        ge=0,
+        description="Delete a finished batch (its rows and image files) this many "
+        "days after it ended; 0 = keep for ever (the default).",
+    )
+    uploads_days: float = Field(
+        30.0,
+        ge=0,
+        description="Delete an uploaded image that no batch uses this many days "
+        "after it was uploaded; 0 = keep for ever.",
+    )
+    interval_hours: float = Field(
+        1.0, gt=0, description="Hours between two passes of `kiln serve` over the rules above."
+    )
+
+
+class SchedulesSettings(BaseModel):
+    """``[schedules]``: cron schedules run by `kiln serve` (and `kiln worker`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Whether this process runs schedules that are due.")
+    timezone: str = Field(
+        "",
+        description="IANA time zone of cron expressions (`Asia/Shanghai`); empty = this "
+        "machine's local time.",
+    )
+    poll_interval: float = Field(
+        20.0, gt=0, description="Seconds between looks for schedules that are due."
+    )
+
+
+class ProjectsSettings(BaseModel):
+    """``[projects]``: defaults for `kiln projects` (a project config may override each)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    projects_dir: Path = Field(
+        Path("projects"),
+        description="Folder holding one folder per project id (relative: to the project "
+        "config's folder).",
+    )
+    required_files: list[str] = Field(
+        default_factory=lambda: [
+            "{pid}_scenes.json",
+            "{pid}_paragraphs.json",
+            "{pid}.aac",
+            "{pid}_{language}.srt",
+        ],
+        description="Files a project folder must hold (`{pid}`, `{language}` filled in); a "
+        "project missing any fails alone.",
+    )
+    scenes_file: str = Field(
+        "{pid}_scenes.json", description="The file whose scenes become the project's tasks."
+    )
+    prompt_field: str = Field(
+        "prompt", description="The scene's field holding its prompt (`image_prompt`, ...)."
+    )
+    prompt_template: str = Field(
+        "{prompt}, {style}",
+        description="How a scene's final prompt is composed: `{prompt}` (the scene's "
+        "prompt_field), `{style}` (the channel's), `{scene.FIELD}`, and the project's "
+        "settings (`{description}`, `{language}`, `{pid}`...); see docs/projects.md.",
+    )
+    output: str = Field(
+        "",
+        description='"project" also copies each image into the project folder; empty = '
+        "only the data folder.",
+    )
+    images_dir: str = Field(
+        "{pid}/images", description='Where `output = "project"` copies images, in projects_dir.'
+    )
+    logs_dir: Path = Field(
+        Path("logs"),
+        description="Folder of each run's log and JSON report (relative: to the "
+        "project config's folder).",
+    )
+
+
+class ChannelSettings(BaseModel):
+    """One ``[channels.NAME]`` entry: a named style preset applied under project overrides."""
+
+    model_config = ConfigDict(extra="allow")
+
+    style: str = Field("", description="Style text the prompt template places (`{channel.style}`).")
+    negative_prompt: str = Field("", description="Negative prompt of the channel's tasks.")
+
+    @model_validator(mode="after")
+    def _extras_are_parameters(self) -> ChannelSettings:
+        unknown = sorted(set(self.model_extra or {}) - set(PARAM_NAMES))
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) {', '.join(unknown)}; a channel holds style, "
+                "negative_prompt and generation parameters"
+            )
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The generation parameters it sets (everything but ``style``)."""
+        found = dict(self.model_extra or {})
+        if self.negative_prompt:
+            found["negative_prompt"] = self.negative_prompt
+        return found
+
+
 class Settings(BaseSettings):
     """Everything configurable. Build it with :func:`load_settings`."""
 
@@ -343,6 +494,15 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     compat: CompatSettings = Field(default_factory=CompatSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    schedules: SchedulesSettings = Field(default_factory=SchedulesSettings)
+    projects: ProjectsSettings = Field(default_factory=ProjectsSettings)
+    channels: dict[str, ChannelSettings] = Field(
+        default_factory=dict,
+        description="Named style presets (`[channels.world_zh]`): style, negative_prompt and "
+        "any generation parameter.",
+    )
 
     @classmethod
     def settings_customise_sources(

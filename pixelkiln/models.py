@@ -94,6 +94,7 @@ class Batch:
     delay: float | None = None  #: seconds between starting two of its tasks
     webhook: str | None = None  #: URL POSTed the batch summary when it ends
     extra: dict[str, Any] = field(default_factory=dict)  #: what a face keeps (compat APIs)
+    run_id: int | None = None  #: the run it belongs to (a project run's batch)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class Task:
     duration: float | None  #: seconds the successful (or last) try took
     item: dict[str, Any] | None = None  #: the item it was made from (storyboard item, slide)
     run: int = 0  #: times it was regenerated; its images of earlier runs are history
+    axes: dict[str, Any] | None = None  #: a sweep task's value per axis {"x": {"cfg_scale": 7}}
 
 
 #: request parameters a generator may take or ignore (``GenerationRequest`` field names);

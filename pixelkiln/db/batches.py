@@ -39,6 +39,7 @@ class NewBatch:
     delay: float | None = None  #: seconds between starting two of its tasks
     webhook: str | None = None  #: URL POSTed the summary when the batch ends
     extra: dict[str, Any] | None = None  #: what a face keeps about the batch
+    run_id: int | None = None  #: the run it belongs to (a project run's batch)
 
 
 def create_batch(tx: Tx, new: NewBatch) -> int:
@@ -61,6 +62,7 @@ def create_batch(tx: Tx, new: NewBatch) -> int:
             "delay": new.delay,
             "webhook": new.webhook,
             "extra": new.extra,
+            "run_id": new.run_id,
         },
     ).scalar_one()
     inputs = list(new.inputs) or [{} for _ in new.tasks]
@@ -130,6 +132,7 @@ def _batch(row: Row[Any]) -> Batch:
         delay=row.delay,
         webhook=row.webhook,
         extra=dict(row.extra or {}),
+        run_id=row.run_id,
     )
 
 

@@ -33,7 +33,17 @@ from sqlalchemy import (
 #: SQLite's FTS5 table ``tasks_search`` (and the tables FTS5 keeps for it) and its
 #: triggers; PostgreSQL's GIN trigram index. Schema comparisons leave them out.
 SEARCH_OBJECTS = ("tasks_search", "ix_tasks_prompt_trgm")
-NEVER_REUSED = ("batches", "tasks", "images", "assets", "events", "users", "presets")
+NEVER_REUSED = (
+    "batches",
+    "tasks",
+    "images",
+    "assets",
+    "events",
+    "users",
+    "presets",
+    "runs",
+    "schedules",
+)
 
 metadata = MetaData(
     naming_convention={
@@ -81,6 +91,9 @@ batches = Table(
     # the place its owner gave it in the queue (migration 0007): claims go by priority,
     # then coalesce(queue_rank, id), then id; None ranks by its id, i.e. by age
     Column("queue_rank", Float, nullable=True),
+    # the run it belongs to (migration 0008): a nightly project run holds one batch per
+    # project; NULL for a batch on its own
+    Column("run_id", Integer, nullable=True, index=True),
     Index(None, "status", "priority"),
     sqlite_autoincrement=True,  # see NEVER_REUSED
 )
@@ -119,6 +132,9 @@ tasks = Table(
     # the next run that succeeds deletes the earlier runs' images (a regenerate with
     # ``replace``) instead of keeping them as history
     Column("replace_runs", Boolean, nullable=False, server_default=false()),
+    # migration 0008: a sweep task's value on each axis, {"x": {"cfg_scale": 7}, ...};
+    # NULL for a task of no sweep
+    Column("axes", JSON, nullable=True),
     UniqueConstraint("batch_id", "position"),
     # claim: pending tasks of one batch in position order
     Index(None, "batch_id", "status", "position"),
@@ -301,4 +317,66 @@ webhook_deliveries = Table(
     Column("delivered_at", Float, nullable=True),
     Index(None, "batch_id"),
     Index(None, "status", "next_attempt_at"),
+)
+
+# -- runs, schedules, speeds (migration 0008) --------------------------------------------------
+
+# several batches started together and reported as one (a nightly project run); the process
+# that drives it (starts the next project's batch, writes the report) holds a lease on it
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("owner_id", Integer, nullable=True, index=True),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),  #: projects
+    Column("source", String(16), nullable=False),  #: cli, schedule, api
+    Column("status", String(16), nullable=False),  #: running completed partial failed cancelled
+    Column("config", JSON, nullable=False),  #: what it runs, resolved (paths absolute)
+    Column("report", JSON, nullable=True),  #: the run report, once it ended
+    Column("schedule_id", Integer, nullable=True),  #: the schedule that started it
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Index(None, "status", "lease_expires_at"),
+    sqlite_autoincrement=True,  # see NEVER_REUSED
+)
+
+# a cron expression and what it starts; a process runs a due slot by moving ``next_run_at``
+# from the value it read to the next slot after now (compare-and-set): one winner per slot,
+# and slots missed while no process ran collapse into one run
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("owner_id", Integer, nullable=True),
+    Column("cron", String(100), nullable=False),
+    Column("kind", String(16), nullable=False),  #: projects, batch
+    Column("target", String(1000), nullable=False),  #: the config or batch file, absolute
+    Column("options", JSON, nullable=False),  #: overrides given when it was added
+    Column("timezone", String(64), nullable=False, server_default=""),  #: "" = local time
+    Column("enabled", Boolean, nullable=False, server_default=true()),
+    Column("next_run_at", Float, nullable=True),
+    Column("last_run_at", Float, nullable=True),
+    Column("last_run_id", Integer, nullable=True),  #: the run (or batch) it last started
+    Column("last_error", Text, nullable=True),  #: why its last start failed, if it did
+    Column("created_at", Float, nullable=False),
+    Index(None, "enabled", "next_run_at"),
+    sqlite_autoincrement=True,  # see NEVER_REUSED
+)
+
+# measured seconds per image of a backend at a size and step count (a running mean over
+# finished tasks): what a plan estimates a batch's time from
+speeds = Table(
+    "speeds",
+    metadata,
+    Column("backend", String(100), primary_key=True),
+    Column("width", Integer, primary_key=True),
+    Column("height", Integer, primary_key=True),
+    Column("steps", Integer, primary_key=True),
+    Column("samples", Integer, nullable=False),
+    Column("seconds_per_image", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )

@@ -83,6 +83,7 @@ def _task(row: Row[Any]) -> Task:
         duration=row.duration,
         item=row.item,
         run=row.run,
+        axes=row.axes,
     )
 
 

@@ -57,6 +57,7 @@ class Submission:
     base_dir: Path | None = None  #: relative input paths are relative to this folder
     #: who owns (and pays for) the batch when an admin queues it for someone; default: the caller
     owner_id: int | None = None
+    run_id: int | None = None  #: the run it belongs to (a project run: one per project)
 
 
 class Submitted(NamedTuple):
@@ -166,6 +167,8 @@ async def _check(ctx: ServiceContext, caller: Caller, sub: Submission) -> _Check
     hook_problems = webhook_problems(sub.spec, ctx.settings, sub.source_name)
     sub = replace(sub, spec=sub.spec.with_problems(hook_problems)) if hook_problems else sub
     new = await ctx.run(_prepare, ctx, caller, sub, owner_id)
+    if sub.run_id is not None:
+        new = replace(new, run_id=sub.run_id)
     pricing = await pricing_for(ctx, owner_id)
     return _Checked(new, [pricing.task_cost(t.backend, t.n) for t in new.tasks], pricing)
 

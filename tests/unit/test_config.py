@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from pixelkiln.config import BackendSettings, Settings, load_settings
+from pixelkiln.config import BackendSettings, ChannelSettings, Settings, load_settings
 from pixelkiln.exceptions import ConfigError
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -72,9 +72,12 @@ def test_secret_comes_from_the_named_variable(monkeypatch: pytest.MonkeyPatch) -
 def _sections() -> dict[str, type[BaseModel]]:
     sections: dict[str, type[BaseModel]] = {}
     for name, field in Settings.model_fields.items():
-        model = BackendSettings if name == "backends" else field.annotation
+        model = {"backends": BackendSettings, "channels": ChannelSettings}.get(
+            name, field.annotation
+        )
         assert isinstance(model, type) and issubclass(model, BaseModel)
-        sections["[[backends]]" if name == "backends" else f"[{name}]"] = model
+        title = {"backends": "[[backends]]", "channels": "[channels.NAME]"}.get(name, f"[{name}]")
+        sections[title] = model
     return sections
 
 
