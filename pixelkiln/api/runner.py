@@ -29,6 +29,7 @@ from typing import Any
 
 from pixelkiln.app import Kiln
 from pixelkiln.engine.assembly import Engine
+from pixelkiln.engine.housekeeping import server_companions
 from pixelkiln.engine.scheduler import Scheduler, SchedulerStatus
 from pixelkiln.engine.supervisor import BACKOFF_MAX, HealthReport
 
@@ -145,6 +146,7 @@ class SchedulerThread:
                     concurrency=self._concurrency,
                     backend_limits=self._backend_limits,
                     follow_settings=True,
+                    companions=server_companions(self.kiln.service),
                 )
                 if self._stopping:  # stop() came while this one was being built
                     self._scheduler.stop()

@@ -19,7 +19,7 @@ one: what it knows of backends comes from
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import httpx
 
@@ -28,6 +28,7 @@ from pixelkiln.config import Settings
 from pixelkiln.db.database import Database
 from pixelkiln.engine.credentials import UserKeys
 from pixelkiln.engine.scheduler import Scheduler
+from pixelkiln.engine.supervisor import Companion
 from pixelkiln.engine.webhooks import Deliverer
 from pixelkiln.keybox import KeyBox
 from pixelkiln.storage import Storage
@@ -71,6 +72,7 @@ class Engine:
         backend_limits: Mapping[str, int] | None = None,
         stop_when_stalled: bool = False,
         follow_settings: bool = False,
+        companions: Sequence[Companion] = (),
     ) -> Scheduler:
         """A scheduler over these backends.
 
@@ -78,7 +80,8 @@ class Engine:
         limits (what an admin stored); ``stop_when_stalled`` ends a run that can
         make no progress (``kiln run``) instead of retrying for ever (``kiln
         serve``, which also sets ``follow_settings`` to apply limits an admin
-        changes while it runs).
+        changes while it runs). ``companions`` run beside it, after the webhook
+        deliverer (a server's: :func:`pixelkiln.engine.housekeeping.server_companions`).
         """
         scheduler = Scheduler(
             db=self.db,
@@ -90,7 +93,7 @@ class Engine:
             chains={name: self.settings.fallback_chain(name) for name in self.backends},
             stop_when_stalled=stop_when_stalled,
             follow_settings=follow_settings,
-            companions=(self.deliverer,),
+            companions=(self.deliverer, *companions),
         )
         if concurrency is not None:
             scheduler.set_concurrency(concurrency)
