@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from pixelkiln.engine.hours import optional_window
 from pixelkiln.exceptions import ConfigError
 from pixelkiln.prompts import parse_template
 from pixelkiln.specs import PARAM_NAMES
@@ -118,6 +119,12 @@ class BackendSettings(BaseModel):
         if not value or not all(c.isalnum() or c in "-_." for c in value):
             raise ValueError("use letters, digits, '-', '_' or '.'")
         return value
+
+    @field_validator("active_hours", "quiet_hours")
+    @classmethod
+    def _hours_are_a_window(cls, value: str) -> str:
+        optional_window(value)  # ValueError names the value and the expected shape
+        return value.strip()
 
     def secret(self) -> str:
         """The API key (or ``user:password``): from ``api_key_env`` if set, else ``api_key``."""
@@ -403,8 +410,34 @@ class SchedulesSettings(BaseModel):
         "machine's local time.",
     )
     poll_interval: float = Field(
-        20.0, gt=0, description="Seconds between looks for schedules that are due."
+        20.0,
+        gt=0,
+        description="Seconds between looks for schedules that are due (a schedule's own due "
+        "time wakes the runner too).",
     )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        check_timezone(value)
+        return value
+
+
+def check_timezone(name: str) -> None:
+    """ValueError unless ``name`` is "" (local time) or an IANA time zone.
+
+    >>> check_timezone("Asia/Shanghai")
+    """
+    if not name:
+        return
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(
+            f"unknown time zone '{name}'; use an IANA name such as Asia/Shanghai or UTC"
+        ) from exc
 
 
 class ProjectsSettings(BaseModel):

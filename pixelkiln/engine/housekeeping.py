@@ -15,6 +15,7 @@ again should it die, given a bounded last chance to finish when the scheduler st
 
 from __future__ import annotations
 
+from pixelkiln.engine.schedules import ScheduleRunner
 from pixelkiln.engine.supervisor import Companion
 from pixelkiln.service.context import ServiceContext
 
@@ -22,4 +23,6 @@ from pixelkiln.service.context import ServiceContext
 def server_companions(ctx: ServiceContext) -> list[Companion]:
     """The companions of a server's scheduler over ``ctx`` (its installation)."""
     found: list[Companion] = []
+    if ctx.settings.schedules.enabled:
+        found.append(ScheduleRunner(ctx))
     return found
