@@ -28,7 +28,7 @@ import logging
 import time
 import tomllib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,7 @@ class Fired:
     kind: ScheduleKind
     run_id: int | None  #: the run (projects) or batch (batch) it started
     error: str | None = None  #: why it started nothing
+    slot: float | None = None  #: the slot it ran for (None: run now, outside the slots)
 
 
 # -- cron maths -----------------------------------------------------------------------------------
@@ -211,7 +212,9 @@ async def run_due(ctx: ServiceContext, now: float | None = None) -> list[Fired]:
             following = None
         seen = schedule.next_run_at
         if await ctx.write(store.claim_slot, schedule.id, seen=seen, following=following):
-            fired.append(await fire(ctx, schedule))
+            # the slot in the log: across processes sharing the database, each appears once
+            log.info("schedule %d: slot %d claimed", schedule.id, seen)
+            fired.append(replace(await fire(ctx, schedule), slot=seen))
     return fired
 
 
