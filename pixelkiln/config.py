@@ -96,12 +96,14 @@ class BackendSettings(BaseModel):
     active_hours: str = Field(
         "",
         description="A daily window `HH:MM-HH:MM` (local time; may cross midnight, e.g. "
-        "`22:00-07:00`) outside which this backend takes no new tasks; empty = always.",
+        "`22:00-07:00`) outside which this backend takes no new tasks: they wait, spending "
+        "no attempt; empty = always.",
     )
     quiet_hours: str = Field(
         "",
         description="A daily window `HH:MM-HH:MM` (local time) inside which this backend "
-        "takes no new tasks (running ones finish); empty = none.",
+        "takes no new tasks (running ones finish; the others wait, and it is no fallback "
+        "target); empty = none.",
     )
     price_per_image: float | None = Field(
         None, ge=0, description="Money one image costs on this backend, for plans' estimates."

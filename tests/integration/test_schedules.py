@@ -141,6 +141,7 @@ async def test_a_due_slot_starts_the_batch_file_once(kiln: Kiln, batch_file: Pat
     fired = await service.run_due(ctx, slot + 1)
     assert [(f.schedule_id, f.slot, f.error) for f in fired] == [(schedule_id, slot, None)]
     assert await service.run_due(ctx, slot + 1) == []  # the slot is taken
+    assert fired[0].run_id is not None
     batch = await kiln.db.aread(get_batch, fired[0].run_id)
     assert (batch.name, batch.source, batch.counts.total) == ("nightly", "schedule", 1)
     stored = await kiln.db.aread(get_schedule, schedule_id)

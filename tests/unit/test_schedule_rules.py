@@ -12,8 +12,8 @@ from pixelkiln.exceptions import ConfigError, SpecError
 from pixelkiln.service.schedules import check_project_config, cron_problem, next_slot
 
 
-def utc(*parts: int) -> float:
-    return datetime(*parts, tzinfo=UTC).timestamp()  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int, minute: int, second: int) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
 @pytest.mark.parametrize("cron", ["0 0 * * *", "*/5 9-17 * * 1-5", "* * * * * */3", "0 0 1 1 *"])
