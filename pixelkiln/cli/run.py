@@ -54,6 +54,7 @@ from pixelkiln.models import Batch, BatchStatus
 from pixelkiln.progress import BatchProgress
 from pixelkiln.reports import build_report, render_text
 from pixelkiln.service.plans import Plan
+from pixelkiln.sweeps import count_tasks
 
 RunNowOption = Annotated[
     bool, typer.Option("--run/--no-run", help="Run them now (else a server or `kiln resume` does).")
@@ -160,7 +161,7 @@ async def _submit_and_run(
         batch_id = (await service.submit(kiln.service, service.LOCAL, sub, confirm)).batch_id
         console.print(
             f"Batch [bold]{batch_id}[/] '{escape(loaded.spec.name)}': "
-            f"{len(loaded.spec.tasks)} task(s)",
+            f"{count_tasks(loaded.spec, loaded.base_dir):,} task(s)",
             highlight=False,
         )
         interrupted = await _run_batches(kiln, [batch_id], quiet)

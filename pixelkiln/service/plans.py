@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 from pixelkiln.config import LimitsSettings
@@ -39,6 +40,7 @@ from pixelkiln.resolve import ResolvedTask
 from pixelkiln.service.admin import concurrency_view
 from pixelkiln.service.context import ServiceContext
 from pixelkiln.specs import BatchSpec
+from pixelkiln.sweeps import count_tasks
 
 
 class WorkKey(NamedTuple):
@@ -240,9 +242,12 @@ def total_money(plans: Sequence[BackendPlan]) -> float | None:
 # -- limits -----------------------------------------------------------------------------------
 
 
-def task_limit_problem(spec: BatchSpec, limits: LimitsSettings, source: str) -> Problem | None:
-    """The batch holds more tasks than ``[limits] max_tasks_per_batch`` allows."""
-    count = len(spec.tasks)
+def task_limit_problem(
+    spec: BatchSpec, limits: LimitsSettings, source: str, base_dir: Path | None = None
+) -> Problem | None:
+    """The batch makes more tasks than ``[limits] max_tasks_per_batch`` allows (counted
+    after wildcards, random draws and sweep axes, without making them)."""
+    count = count_tasks(spec, base_dir)
     if count <= limits.max_tasks_per_batch:
         return None
     return Problem(

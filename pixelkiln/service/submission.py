@@ -157,7 +157,7 @@ async def plan(ctx: ServiceContext, caller: Caller, sub: Submission) -> Plan:
     :meth:`Plan.refuse` raises what the submit would. Nothing is stored or charged, and
     the idempotency key is not looked at.
     """
-    over = plans.task_limit_problem(sub.spec, ctx.settings.limits, sub.source_name)
+    over = plans.task_limit_problem(sub.spec, ctx.settings.limits, sub.source_name, sub.base_dir)
     if over is not None:  # not resolved: the limit is there so that none has to be
         return plans.over_limit(sub.spec, over)
     checked = await _check(ctx, caller, sub)
@@ -175,7 +175,7 @@ async def _check(ctx: ServiceContext, caller: Caller, sub: Submission) -> _Check
     hook_problems = webhook_problems(sub.spec, ctx.settings, sub.source_name)
     sub = replace(sub, spec=sub.spec.with_problems(hook_problems)) if hook_problems else sub
     limits = ctx.settings.limits
-    over = plans.task_limit_problem(sub.spec, limits, sub.source_name)
+    over = plans.task_limit_problem(sub.spec, limits, sub.source_name, sub.base_dir)
     if over is not None:  # said before 100,000s of tasks are resolved for nothing
         raise SpecError([over])
     new = await ctx.run(_prepare, ctx, caller, sub, owner_id)
@@ -222,6 +222,7 @@ def _prepare(
         # uploads are for remote callers: local batch files name files on this machine
         resolve_asset=None if sub.server_paths else resolve_asset,
         uploads_only=not sub.server_paths,  # paths refused unread: this machine's files
+        max_tasks=settings.limits.max_tasks_per_batch,
     )
 
 

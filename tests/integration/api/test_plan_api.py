@@ -81,3 +81,17 @@ async def test_over_the_task_limit_the_dry_run_and_the_create_answer_the_same_42
     assert problem["field"] == "tasks"
     assert "6 tasks; at most 5 in one batch" in problem["message"]
     assert (await api.client.get("/api/v1/batches")).json()["total"] == 0
+
+
+async def test_a_sweep_is_counted_after_expansion_against_the_task_limit(api: Api) -> None:
+    """Two tasks × a 3-value axis make 6 tasks, over the limit of 5: refused, nothing made."""
+    spec = batch({"prompt": "a"}, {"prompt": "b"})
+    spec["sweep"] = {"x": {"cfg_scale": [5, 7, 9]}}
+    real = await api.client.post("/api/v1/batches", json=spec)
+    assert real.status_code == 422, real.text
+    [problem] = real.json()["error"]["problems"]
+    assert "6 tasks" in problem["message"] and "max_tasks_per_batch" in problem["message"]
+    assert (await api.client.get("/api/v1/batches")).json()["items"] == []
+    spec["sweep"] = {"x": {"cfg_scale": [5, 7]}}  # 4 tasks: within the limit
+    ok = await api.client.post("/api/v1/batches?dry_run=true", json=spec)
+    assert ok.status_code == 200 and ok.json()["tasks"] == 4, ok.text
