@@ -194,7 +194,7 @@ def load_projects_config(
     """
     source = str(path) if source is None else source
     data = _read(path, source)
-    folder = path.absolute().parent
+    folder = path.resolve().parent
     problems: list[Problem] = []
     top = {k: v for k, v in data.items() if k in LAYOUT_FIELDS}
     base = defaults.model_dump(include=set(LAYOUT_FIELDS)) | _layer(top, source, "", problems)
@@ -219,7 +219,7 @@ def load_projects_config(
     fields = {k: v for k, v in data.items() if k not in TOP_FIELDS and k not in LAYOUT_FIELDS}
     return ProjectsConfig(
         source,
-        path.absolute(),
+        path.resolve(),
         "" if description is None else str(description),
         projects_dir,
         logs_dir,
