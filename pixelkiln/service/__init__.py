@@ -16,6 +16,8 @@ A face parses its user's shape, calls one function here with a
 - :mod:`~pixelkiln.service.uploads`: an img2img batch from uploaded images and one prompt
 - :mod:`~pixelkiln.service.runs`: project runs: planned, stored, driven one project after
   another (a lease, taken over when its driver dies), reported
+- :mod:`~pixelkiln.service.runs`: project runs, planned, stored, driven one project after
+  another and reported (imported from there: it needs the reports, which need this package)
 - :mod:`~pixelkiln.service.context`: the context, the caller, the schedulers to wake
 
 >>> from pixelkiln import service
