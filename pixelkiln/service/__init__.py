@@ -14,8 +14,6 @@ A face parses its user's shape, calls one function here with a
 - :mod:`~pixelkiln.service.admin`: runtime concurrency, global and per backend (read, set, reset)
 - :mod:`~pixelkiln.service.presets`: presets (admins manage them, users list the active ones)
 - :mod:`~pixelkiln.service.uploads`: an img2img batch from uploaded images and one prompt
-- :mod:`~pixelkiln.service.runs`: project runs: planned, stored, driven one project after
-  another (a lease, taken over when its driver dies), reported
 - :mod:`~pixelkiln.service.runs`: project runs, planned, stored, driven one project after
   another and reported (imported from there: it needs the reports, which need this package)
 - :mod:`~pixelkiln.service.context`: the context, the caller, the schedulers to wake
@@ -63,7 +61,6 @@ from pixelkiln.service.reading import (
     batch_page,
     wait_until_finished,
 )
-from pixelkiln.service.runs import RunDriver, RunKeeper, create_projects_run, plan_projects_run
 from pixelkiln.service.submission import Submission, Submitted, fingerprint, submit
 from pixelkiln.service.uploads import Uploaded, UploadFields, upload_spec
 
@@ -77,8 +74,6 @@ __all__ = [
     "ConcurrencyView",
     "LiveLimits",
     "Pricing",
-    "RunDriver",
-    "RunKeeper",
     "SchedulerLink",
     "Schedulers",
     "ServiceContext",
@@ -92,14 +87,12 @@ __all__ = [
     "change_preset",
     "concurrency_view",
     "create_preset",
-    "create_projects_run",
     "delete",
     "delete_preset",
     "fingerprint",
     "get_preset",
     "list_presets",
     "pause",
-    "plan_projects_run",
     "pricing_for",
     "regenerate",
     "reorder_presets",
