@@ -165,14 +165,18 @@ def _free(now: float) -> Any:
     return or_(runs.c.lease_owner.is_(None), runs.c.lease_expires_at < now)
 
 
-def claim_run(tx: Tx, run_id: int, owner: str, lease_seconds: float) -> bool:
-    """Take the run's lease if it is unfinished and free, lapsed or already ``owner``'s."""
+def claim_run(
+    tx: Tx, run_id: int, owner: str, lease_seconds: float, dead: str | None = None
+) -> bool:
+    """Take the run's lease if it is unfinished and free, lapsed or already ``owner``'s
+    (or held by ``dead``, a process known to be gone)."""
+    holders = [owner] if dead is None else [owner, dead]
     claimed = tx.conn.execute(
         update(runs)
         .where(
             runs.c.id == run_id,
             runs.c.status == str(RunStatus.RUNNING),
-            or_(_free(tx.now), runs.c.lease_owner == owner),
+            or_(_free(tx.now), runs.c.lease_owner.in_(holders)),
         )
         .values(lease_owner=owner, lease_expires_at=tx.now + lease_seconds)
     )

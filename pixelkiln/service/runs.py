@@ -38,7 +38,7 @@ from pixelkiln.db.batches import get_batch
 from pixelkiln.db.presets import list_presets
 from pixelkiln.db.runs import NewRun, Run, RunStatus
 from pixelkiln.db.tasks import list_images, list_tasks
-from pixelkiln.engine.owners import new_owner_id
+from pixelkiln.engine.owners import dead_local_owners, new_owner_id
 from pixelkiln.exceptions import KilnError, Problem, SpecError
 from pixelkiln.inputs.projects import (
     Channel,
@@ -249,8 +249,15 @@ class RunDriver:
         self._log: Path | None = None
 
     async def claim(self) -> bool:
-        """Take the run's lease (free, lapsed, or already this driver's)."""
-        return await self.ctx.write(store.claim_run, self.run_id, self.owner, self.lease)
+        """Take the run's lease: free, lapsed, already this driver's, or held by a process
+        of this host that is gone (a killed `kiln projects run`: no wait for its lease)."""
+        if await self.ctx.write(store.claim_run, self.run_id, self.owner, self.lease):
+            return True
+        holder = (await self.ctx.read(store.get_run, self.run_id)).lease_owner
+        dead = dead_local_owners([holder], self.owner) if holder else []
+        if not dead:
+            return False
+        return await self.ctx.write(store.claim_run, self.run_id, self.owner, self.lease, dead[0])
 
     async def drive(self) -> dict[str, Any] | None:
         """Drive the run to its end; its report, or None when stopped first (or held by
