@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pixelkiln.config import ProjectsSettings
+from pixelkiln.config import ProjectsSettings, load_settings
 from pixelkiln.exceptions import SpecError
 from pixelkiln.inputs.projects import (
     Channel,
@@ -220,3 +220,18 @@ def test_output_project_puts_images_under_the_project(tmp_path: Path) -> None:
     make_project(tmp_path / "data", "project001", scenes(1))
     first = plan(config, pids=["project001"]).projects[0]
     assert first.images_dir == tmp_path / "data" / "project001" / "images"
+
+
+def test_the_example_plans_as_its_readme_says() -> None:
+    root = Path(__file__).resolve().parents[2] / "examples" / "projects"
+    settings = load_settings(root / "kiln.toml")
+    channels = {
+        n: Channel(n, c.style, c.params(), "kiln.toml") for n, c in settings.channels.items()
+    }
+    loaded = load_projects_config(root / "nightly.json", {}, settings.projects)
+    demo001, demo002 = plan_projects(loaded, channels).projects
+    assert (demo001.images, demo001.missing, demo002.missing) == (3, (), ("demo002_en.srt",))
+    assert demo001.spec is not None and demo001.spec.tasks[0].prompt == (
+        "a lighthouse keeper's day. a lighthouse on a cliff at dawn, "
+        "watercolour storybook illustration, soft light"
+    )
