@@ -11,7 +11,7 @@ import time
 
 import typer
 
-from pixelkiln.cli import admin, batches, run, serve
+from pixelkiln.cli import admin, batches, plan, run, serve
 from pixelkiln.cli.backends import backends_app
 from pixelkiln.cli.projects import projects_app
 from pixelkiln.cli.queue import queue_app
@@ -28,6 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command()(run.run)
+app.command()(plan.plan)
 app.command()(run.resume)
 app.command()(run.retry)
 app.command()(run.regenerate)
