@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from pixelkiln.engine.supervisor import Companion
 from pixelkiln.service.context import ServiceContext
+from pixelkiln.service.runs import RunKeeper
 
 
 def server_companions(ctx: ServiceContext) -> list[Companion]:
     """The companions of a server's scheduler over ``ctx`` (its installation)."""
-    found: list[Companion] = []
+    found: list[Companion] = [RunKeeper(ctx)]
     return found
