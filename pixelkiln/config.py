@@ -517,11 +517,12 @@ class ProjectsSettings(BaseModel):
 
 
 class ChannelSettings(BaseModel):
-    """One ``[channels.NAME]`` entry: a named style preset applied under project overrides."""
+    """One ``[channels.NAME]`` entry: a named style preset. Its parameters win over a project
+    config's ``default_settings``; a project's own settings and the command line win over it."""
 
     model_config = ConfigDict(extra="allow")
 
-    style: str = Field("", description="Style text the prompt template places (`{channel.style}`).")
+    style: str = Field("", description="Style text the prompt template places (`{style}`).")
     negative_prompt: str = Field("", description="Negative prompt of the channel's tasks.")
 
     @model_validator(mode="after")

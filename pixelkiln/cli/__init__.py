@@ -13,6 +13,7 @@ import typer
 
 from pixelkiln.cli import admin, batches, plan, run, serve
 from pixelkiln.cli.backends import backends_app
+from pixelkiln.cli.projects import projects_app
 from pixelkiln.cli.queue import queue_app
 from pixelkiln.cli.schedule import schedule_app
 from pixelkiln.cli.users import users_app
@@ -43,6 +44,7 @@ app.command()(admin.concurrency)
 app.add_typer(users_app, name="users", help="API users, their tokens and credits.")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(queue_app, name="queue")
+app.add_typer(projects_app, name="projects")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(dev_app, name="dev")
 

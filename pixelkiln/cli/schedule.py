@@ -1,9 +1,9 @@
 """``kiln schedule``: cron schedules of project runs and batch files, run by ``kiln serve``.
 
 Thin over :mod:`pixelkiln.service.schedules`. Schedules added here are the
-installation's (no owner). ``run-now`` starts a schedule's target at once; for a
-batch file it then follows the batch to the end in the foreground, as ``kiln
-run`` does (``--no-wait`` leaves it to a running ``kiln serve``).
+installation's (no owner). ``run-now`` starts a schedule's target at once and
+follows it to the end in the foreground, as ``kiln run`` (a batch file) or ``kiln
+projects run`` (a project config) do; ``--no-wait`` leaves it to ``kiln serve``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pixelkiln.cli.common import (
     settings_from,
     setup_logging,
 )
+from pixelkiln.cli.projects import _run as drive_projects
 from pixelkiln.cli.run import _continue
 from pixelkiln.config import Settings
 from pixelkiln.service import LOCAL
@@ -179,7 +180,7 @@ def run_now_(
         bool,
         typer.Option(
             "--wait/--no-wait",
-            help="Follow a batch to its end here (default), or leave it to `kiln serve`.",
+            help="Follow it to its end here (default), or leave it to `kiln serve`.",
         ),
     ] = True,
     config: ConfigOption = None,
@@ -187,8 +188,9 @@ def run_now_(
 ) -> None:
     """Start a schedule's target now (its next slot stays as it is).
 
-    A batch file's batch then runs here to the end with a progress bar and a
-    summary (exit codes as `kiln run`); a project run is driven by `kiln serve`.
+    It then runs here to the end with a progress bar and a summary: a batch file's
+    batch as `kiln run` runs one, a project run as `kiln projects run` (exit codes
+    as theirs). With --no-wait a running `kiln serve` carries it instead.
     """
     with errors():
         settings = settings_from(config)
@@ -203,16 +205,13 @@ def _after_start(settings: Settings, fired: Fired, wait: bool, quiet: bool) -> i
     if fired.run_id is None:  # recorded, not raised: cannot happen with run_now, but be plain
         print_error(fired.error or "the schedule started nothing")
         return EXIT_BAD_INPUT
-    if fired.kind is ScheduleKind.PROJECTS:
-        console.print(
-            f"Schedule {fired.schedule_id}: project run {fired.run_id} started; a running "
-            "`kiln serve` drives it to the end.",
-            highlight=False,
-        )
-        return EXIT_OK
-    console.print(f"Schedule {fired.schedule_id}: batch {fired.run_id} queued.", highlight=False)
+    what = "project run" if fired.kind is ScheduleKind.PROJECTS else "batch"
+    console.print(f"Schedule {fired.schedule_id}: {what} {fired.run_id} started.", highlight=False)
     if not wait:
         return EXIT_OK
+    if fired.kind is ScheduleKind.PROJECTS:  # driven here, as `kiln projects run --resume`
+        setup_logging(settings, prefix="projects")
+        return asyncio.run(drive_projects(settings, None, {}, fired.run_id, True, quiet))
     log_path = setup_logging(settings)
     return asyncio.run(_continue(settings, [fired.run_id], None, quiet, log_path))
 

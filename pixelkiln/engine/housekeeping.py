@@ -18,11 +18,12 @@ from __future__ import annotations
 from pixelkiln.engine.schedules import ScheduleRunner
 from pixelkiln.engine.supervisor import Companion
 from pixelkiln.service.context import ServiceContext
+from pixelkiln.service.runs import RunKeeper
 
 
 def server_companions(ctx: ServiceContext) -> list[Companion]:
     """The companions of a server's scheduler over ``ctx`` (its installation)."""
-    found: list[Companion] = []
+    found: list[Companion] = [RunKeeper(ctx)]
     if ctx.settings.schedules.enabled:
         found.append(ScheduleRunner(ctx))
     return found

@@ -22,37 +22,30 @@ one run. A start that fails is recorded in ``last_error``; nothing raises out.
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import time
-import tomllib
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import yaml
 from croniter import croniter
 
 from pixelkiln.config import Settings, check_timezone
 from pixelkiln.db import schedules as store
 from pixelkiln.db.schedules import NewSchedule, Schedule, ScheduleKind
 from pixelkiln.db.users import get_user
-from pixelkiln.exceptions import InvalidStateError, KilnError, Problem, SpecError
+from pixelkiln.exceptions import KilnError, Problem, SpecError
 from pixelkiln.inputs import load_batch_file
-from pixelkiln.inputs._files import file_error, read_text
 from pixelkiln.service.context import LOCAL, Caller, ServiceContext, require_admin
+from pixelkiln.service.runs import create_projects_run, plan_projects_run
 from pixelkiln.service.submission import Submission, plan, submit
 
 log = logging.getLogger("pixelkiln.schedules")
 
 #: fields a cron expression may have: 5, or 6 with seconds last
 CRON_FIELDS = (5, 6)
-#: what a project config is read as, by its extension
-PROJECT_CONFIGS = (".json", ".yaml", ".yml", ".toml")
 
 
 @dataclass(frozen=True)
@@ -148,7 +141,8 @@ async def add_schedule(
     """Check and store a schedule; its view with the first slot.
 
     The cron expression, the time zone and the target are checked now: the target must
-    exist and be a valid project config or batch file (SpecError lists every problem).
+    exist and be a valid batch file (every check of a submit) or project config (every
+    check of a project run's plan); SpecError lists every problem.
     Targets are files on this machine, so only admins (the CLI is one) add schedules.
     """
     require_admin(caller, "schedule files of this machine")
@@ -157,7 +151,8 @@ async def add_schedule(
     if problems:
         raise SpecError(problems)
     path = target.absolute()
-    await _check_target(ctx, caller, kind, path)
+    options = dict(options or {})
+    await _check_target(ctx, caller, kind, path, options)
     zone = timezone or ctx.settings.schedules.timezone
     new = NewSchedule(
         owner_id=caller.user_id,
@@ -165,7 +160,7 @@ async def add_schedule(
         kind=kind,
         target=str(path),
         next_run_at=next_slot(cron, zone, time.time()),
-        options=dict(options or {}),
+        options=options,
         timezone=timezone,
     )
     schedule_id = await ctx.write(store.add_schedule, new)
@@ -273,9 +268,7 @@ async def _batch_submission(ctx: ServiceContext, caller: Caller, path: Path) -> 
 
 
 async def _start_projects(ctx: ServiceContext, caller: Caller, schedule: Schedule) -> int:
-    # the project runs' service, looked up when used (it may be absent: an InvalidStateError)
-    create: Callable[..., Awaitable[int]] = _runs_module().create_projects_run
-    return await create(
+    return await create_projects_run(
         ctx,
         caller,
         Path(schedule.target),
@@ -285,56 +278,18 @@ async def _start_projects(ctx: ServiceContext, caller: Caller, schedule: Schedul
     )
 
 
-def _runs_module() -> Any:
-    try:
-        return importlib.import_module("pixelkiln.service.runs")
-    except ModuleNotFoundError as exc:
-        raise InvalidStateError("project runs are not available in this installation") from exc
-
-
 # -- checking targets -----------------------------------------------------------------------------
 
 
 async def _check_target(
-    ctx: ServiceContext, caller: Caller, kind: ScheduleKind, path: Path
+    ctx: ServiceContext, caller: Caller, kind: ScheduleKind, path: Path, options: dict[str, Any]
 ) -> None:
-    """SpecError unless ``path`` is a valid batch file or project config now."""
+    """SpecError unless ``path`` is a valid batch file or project config now (a project
+    that cannot run, missing files say, is not an error: it fails alone at each run)."""
     if kind is ScheduleKind.BATCH:
         await plan(ctx, caller, await _batch_submission(ctx, caller, path))
     else:
-        await ctx.run(check_project_config, path)
-
-
-def check_project_config(path: Path) -> None:
-    """SpecError unless ``path`` reads as a project config: a mapping whose ``projects``
-    is a list of objects, each with a ``pid``. (The project runs' own checks, of each
-    project's folder and files, run when it is started: a project missing files fails
-    alone then, the others run.)"""
-    source = str(path)
-    if path.suffix.lower() not in PROJECT_CONFIGS:
-        raise file_error(source, f"a project config ends in {', '.join(PROJECT_CONFIGS)}")
-    data = _parse_config(read_text(path, source), path.suffix.lower(), source)
-    projects = data.get("projects") if isinstance(data, dict) else None
-    if not isinstance(projects, list) or not projects:
-        raise file_error(source, "a project config holds a non-empty list 'projects'")
-    problems = [
-        Problem(source, f"projects[{i}]", "pid", "each project needs a 'pid'")
-        for i, project in enumerate(projects)
-        if not isinstance(project, dict) or not str(project.get("pid") or "").strip()
-    ]
-    if problems:
-        raise SpecError(problems)
-
-
-def _parse_config(text: str, suffix: str, source: str) -> Any:
-    try:
-        if suffix == ".json":
-            return json.loads(text)
-        if suffix == ".toml":
-            return tomllib.loads(text)
-        return yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError and TOMLDecodeError too
-        raise file_error(source, f"cannot be read: {exc}") from exc
+        await plan_projects_run(ctx, caller, path, options)
 
 
 __all__ = [
@@ -343,7 +298,6 @@ __all__ = [
     "ScheduleKind",
     "ScheduleView",
     "add_schedule",
-    "check_project_config",
     "cron_problem",
     "fire",
     "list_schedules",
