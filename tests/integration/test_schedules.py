@@ -4,7 +4,6 @@ missed slots, firing a batch file, failures recorded, the server's runner."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from pixelkiln.app import Kiln
 from pixelkiln.db.batches import get_batch, list_batches
+from pixelkiln.db.runs import get_run
 from pixelkiln.db.schedules import (
     NewSchedule,
     ScheduleKind,
@@ -185,7 +185,7 @@ async def test_the_servers_runner_fires_due_slots_and_survives_failures(
     kiln: Kiln, batch_file: Path
 ) -> None:
     ctx = kiln.service
-    assert [c.name for c in server_companions(ctx)] == ["schedules"]
+    assert "schedules" in [c.name for c in server_companions(ctx)]
     schedule_id, slot = await _due_every_ten_seconds(ctx, batch_file)
     now = [slot - 1.0]
     runner = ScheduleRunner(ctx, clock=lambda: now[0])
@@ -207,22 +207,32 @@ async def test_the_servers_runner_fires_due_slots_and_survives_failures(
 async def test_schedules_can_be_turned_off_for_a_process(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data", schedules={"enabled": False})
     async with Kiln(settings, engine=False) as kiln:
-        assert [c.name for c in server_companions(kiln.service)] == []
+        assert "schedules" not in [c.name for c in server_companions(kiln.service)]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("pixelkiln.service.runs") is None,
-    reason="project runs (pixelkiln.service.runs) are not merged yet",
-)
-async def test_a_projects_schedule_starts_a_run_of_the_config(kiln: Kiln, tmp_path: Path) -> None:
-    from pixelkiln.db.tables import runs
-
+def studio(tmp_path: Path, config: str) -> Path:
+    """A project config and one complete project folder, p1."""
     folder = tmp_path / "projects" / "p1"
     folder.mkdir(parents=True)
     for name in ("p1_scenes.json", "p1_paragraphs.json", "p1.aac", "p1_zh.srt"):
         (folder / name).write_text('[{"prompt": "a fox"}]' if "scenes" in name else "x")
-    config = tmp_path / "studio.json"
-    config.write_text('{"default_settings": {"language": "zh"}, "projects": [{"pid": "p1"}]}')
+    path = tmp_path / "studio.json"
+    path.write_text(config)
+    return path
+
+
+async def test_a_project_config_is_checked_when_added(kiln: Kiln, tmp_path: Path) -> None:
+    bad = studio(tmp_path, '{"default_settings": {"language": "zh", "cfg_scale": "high"}}')
+    with pytest.raises(SpecError) as caught:
+        await service.add_schedule(kiln.service, LOCAL, "0 0 * * *", ScheduleKind.PROJECTS, bad)
+    assert "studio.json" in str(caught.value) and "projects" in str(caught.value)
+    assert await service.list_schedules(kiln.service, LOCAL) == []
+
+
+async def test_a_projects_schedule_starts_a_run_of_the_config(kiln: Kiln, tmp_path: Path) -> None:
+    config = studio(
+        tmp_path, '{"default_settings": {"language": "zh"}, "projects": [{"pid": "p1"}]}'
+    )
     ctx = kiln.service
     view = await service.add_schedule(
         ctx, LOCAL, EVERY_TEN_SECONDS, ScheduleKind.PROJECTS, config, options={"pid": ["p1"]}
@@ -231,13 +241,7 @@ async def test_a_projects_schedule_starts_a_run_of_the_config(kiln: Kiln, tmp_pa
     assert slot is not None
     fired = await service.run_due(ctx, slot + 1)
     assert fired[0].error is None and fired[0].run_id is not None
-
-    def run_row() -> tuple[str, int | None]:
-        from sqlalchemy import select
-
-        row = kiln.db.read(
-            lambda c: c.execute(select(runs).where(runs.c.id == fired[0].run_id)).one()
-        )
-        return row.source, row.schedule_id
-
-    assert run_row() == ("schedule", view.schedule.id)
+    run = await kiln.db.aread(get_run, fired[0].run_id)
+    assert (run.source, run.schedule_id, run.name) == ("schedule", view.schedule.id, "studio")
+    stored = await kiln.db.aread(get_schedule, view.schedule.id)
+    assert (stored.last_run_id, stored.last_error) == (run.id, None)
