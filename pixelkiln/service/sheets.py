@@ -59,14 +59,12 @@ class _Swept:
         return max([g + 1 for zz, g in self.cells if zz == z], default=1)
 
 
-def _read_swept(conn: Connection, batch_id: int, scope: int | None) -> _Swept:
+def _read_swept(conn: Connection, batch_id: int, scope: int | None) -> _Swept | None:
+    """The batch's tasks placed in cells; None when the batch is not a sweep."""
     batch = get_batch(conn, batch_id, scope)
     sweep = Sweep.of(batch.extra)
     if sweep is None:
-        raise InvalidStateError(
-            f"batch {batch_id} is not a sweep: contact sheets are drawn for batches with a "
-            "'sweep' (x, y and z axes)"
-        )
+        return None
     try:
         sweep.check()
     except SweepShapeError as exc:
@@ -84,9 +82,13 @@ def _read_swept(conn: Connection, batch_id: int, scope: int | None) -> _Swept:
 
 
 async def list_sheets(ctx: ServiceContext, caller: Caller, batch_id: int) -> list[SheetRef]:
-    """The sheets of a sweep batch, z value by z value (NotFoundError when the caller may
-    not see it; InvalidStateError when it is not a sweep)."""
+    """The sheets of a batch, z value by z value; none when it is not a sweep.
+
+    NotFoundError when the caller may not see it; InvalidStateError for a sweep too large
+    to draw."""
     swept = await ctx.read(_read_swept, batch_id, caller.scope)
+    if swept is None:
+        return []
     z = swept.sweep.z
     refs: list[SheetRef] = []
     for i, value in enumerate(z.values):
@@ -111,6 +113,11 @@ async def sheet_png(
     or ``group`` that is not one of them.
     """
     swept = await ctx.read(_read_swept, batch_id, caller.scope)
+    if swept is None:
+        raise InvalidStateError(
+            f"batch {batch_id} is not a sweep: contact sheets are drawn for batches with a "
+            "'sweep' (x, y and z axes)"
+        )
     z_index = _z_index(swept.sweep, z)
     groups = swept.groups(z_index)
     if not 1 <= group <= groups:
