@@ -92,7 +92,7 @@ def test_headers_over_each_column_labels_left_of_each_row_and_nothing_elsewhere(
 
 
 def test_each_header_names_its_own_column() -> None:
-    """The text over column 0 is "cfg_scale=5": drawn alone, it inks the same pixels."""
+    """Swapping two headers moves their pixels with them: each column shows its own label."""
     plan = grid_plan()
     box = layout(plan)
     sheet = decode(render_sheet(plan, opener))
