@@ -3,7 +3,8 @@
 A plain batch, one task per cell with the cell's parameters, a distinct prompt and an
 explicit seed (so every cell's image differs, and two runs draw the same ones); then
 :func:`mark_sweep` records what a sweep expansion records: ``batches.extra["sweep"]``
-and each task's ``axes``. Once specs take ``sweep:`` the acceptance test uses that.
+and each task's ``axes``: the sheets' side of the contract, apart from the expansion
+(tests/acceptance/test_sheet_resume.py also runs a spec's own ``sweep:``).
 """
 
 from __future__ import annotations
@@ -18,18 +19,12 @@ from sqlalchemy import update
 
 from pixelkiln.db.database import Tx
 from pixelkiln.db.tables import batches, tasks
-from pixelkiln.specs import BatchSpec
 
 SWEEP: dict[str, dict[str, list[Any]]] = {
     "x": {"cfg_scale": [5, 7, 9]},
     "y": {"sampler": ["Euler", "DDIM", "DPM++ 2M"]},
     "z": {"model": ["m1", "m2"]},
 }
-
-
-def sweep_supported() -> bool:
-    """Whether batch specs take ``sweep:`` (the wildcards and sweeps work has landed)."""
-    return "sweep" in BatchSpec.model_fields
 
 
 def cells(sweep: dict[str, dict[str, list[Any]]] = SWEEP) -> list[dict[str, dict[str, Any]]]:

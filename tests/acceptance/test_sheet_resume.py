@@ -11,15 +11,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import pytest
 from PIL import Image
 from test_cli import kiln, start, wait_for
 
 from pixelkiln.sheets import PLACEHOLDER, Cell, Layout, SheetPlan, layout
 from pixelkiln.testing import FakeSDWebUI
-from tests.sheet_sweeps import SWEEP, mark_sweep_file, plain_spec, sweep_supported
+from tests.sheet_sweeps import SWEEP, mark_sweep_file, plain_spec
 
-#: the spec's own sweep (once specs take ``sweep:``): seeds across, so every cell differs
+#: the spec's own sweep: seeds across, so every cell differs
 REAL_SWEEP = {
     "x": {"seed": [11, 12, 13]},
     "y": {"sampler": ["Euler", "DDIM", "DPM++ 2M"]},
@@ -153,9 +152,6 @@ def test_a_sweep_killed_half_way_and_resumed_draws_the_uninterrupted_sheets(
         _resume_and_compare(straight, halted, webui, SWEEP)
 
 
-@pytest.mark.skipif(
-    not sweep_supported(), reason="batch specs do not take 'sweep:' yet (wildcards work)"
-)
 def test_a_sweep_spec_killed_half_way_and_resumed_draws_the_uninterrupted_sheets(
     tmp_path: Path,
 ) -> None:

@@ -190,3 +190,34 @@ async def test_errors_name_what_is_wrong(kiln: Kiln) -> None:
     )
     statuses = {t.status for t in await kiln.db.aread(list_tasks, swept)}
     assert statuses == {TaskStatus.PENDING}
+
+
+async def test_a_spec_sweep_over_two_prompts_gives_two_sets_per_z_value(kiln: Kiln) -> None:
+    spec = {
+        "name": "two",
+        "defaults": {"width": 64, "height": 64},
+        "tasks": [{"prompt": "a fox", "key": "fox"}, {"prompt": "an owl", "key": "owl"}],
+        "sweep": {"x": {"seed": [1, 2]}, "z": {"steps": [10, 20]}},
+    }
+    batch_id = await kiln.submit(parse_batch(spec))
+    await kiln.run_until_done([batch_id])
+    refs = await service.list_sheets(kiln.service, LOCAL, batch_id)
+    assert [(r.z, r.label, r.group, r.groups) for r in refs] == [
+        ("10", "steps=10", 1, 2),
+        ("10", "steps=10", 2, 2),
+        ("20", "steps=20", 1, 2),
+        ("20", "steps=20", 2, 2),
+    ]
+    fox = await service.sheet_png(kiln.service, LOCAL, batch_id, z="20", group=1)
+    owl = await service.sheet_png(kiln.service, LOCAL, batch_id, z="20", group=2)
+    assert fox != owl
+    box = layout(
+        SheetPlan(
+            "two · steps=20 · set 1 of 2",
+            ("seed=1", "seed=2"),
+            ("",),
+            ((Cell(), Cell()),),
+            (64, 64),
+        )
+    )
+    assert _png(fox).size == (box.width, box.height)
