@@ -31,7 +31,7 @@ from pixelkiln.models import FINISHED_BATCH
 #: events deleted by one step at most
 EVENT_CHUNK = 5_000
 #: tasks (each with its images) deleted by one step at most
-TASK_CHUNK = 1_000
+TASK_CHUNK = 500
 #: uploads deleted by one step at most (and how many values one ``IN (…)`` binds)
 UPLOAD_CHUNK = 500
 #: a plan read the tasks up to some id; a step checks again the tasks after that id less
@@ -230,7 +230,7 @@ def delete_batch_step(
     n_events = _delete_events(tx, batch_id, EVENT_CHUNK)
     if n_events == EVENT_CHUNK:
         return Step(events=n_events)
-    some = select(tasks.c.id).where(tasks.c.batch_id == batch_id).order_by(tasks.c.id).limit(chunk)
+    some = select(tasks.c.id).where(tasks.c.batch_id == batch_id).limit(chunk)
     ids = list(tx.conn.execute(some).scalars())
     n_images = 0
     if ids:

@@ -14,6 +14,8 @@ A face parses its user's shape, calls one function here with a
 - :mod:`~pixelkiln.service.admin`: runtime concurrency, global and per backend (read, set, reset)
 - :mod:`~pixelkiln.service.presets`: presets (admins manage them, users list the active ones)
 - :mod:`~pixelkiln.service.uploads`: an img2img batch from uploaded images and one prompt
+- :mod:`~pixelkiln.service.retention`: what ``[retention]`` deletes, planned then applied
+  (``kiln gc``, the server's sweeper)
 - :mod:`~pixelkiln.service.context`: the context, the caller, the schedulers to wake
 
 >>> from pixelkiln import service

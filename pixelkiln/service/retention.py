@@ -130,7 +130,7 @@ async def plan(ctx: ServiceContext, caller: Caller, now: float | None = None) ->
 
 
 def _plan(ctx: ServiceContext, found: Plan) -> Plan:
-    """The plan's reads (one snapshot) and its look at the files (a worker thread)."""
+    """The plan's reads and its look at the files (in a worker thread)."""
     rules, now, read = found.rules, found.now, ctx.db.read
     found = replace(found, task_floor=max(0, read(db.last_task_id) - db.RECHECK_TASKS))
     if rules.images_days:
