@@ -103,7 +103,10 @@ class BackendSettings(BaseModel):
         "takes no new tasks (running ones finish); empty = none.",
     )
     price_per_image: float | None = Field(
-        None, ge=0, description="Money one image costs on this backend, for plans' estimates."
+        None,
+        ge=0,
+        description="Money one image costs on this backend (any currency), for plans' "
+        "estimates; unset = not priced.",
     )
     price_per_megapixel: float | None = Field(
         None,
@@ -351,15 +354,39 @@ class CompatSettings(BaseModel):
 
 
 class LimitsSettings(BaseModel):
-    """``[limits]``: the largest batch and image anyone may ask for."""
+    """``[limits]``: the largest batch and image anyone may ask for; when `kiln run` asks first."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_tasks_per_batch: int = Field(
-        100_000, ge=1, description="Most tasks one batch may hold (a plan over it says so)."
+        100_000,
+        ge=1,
+        description="Most tasks one batch may hold: a larger one is refused (422, exit 2) "
+        "before any is resolved, and its plan says so.",
     )
     max_pixels: int = Field(
-        4096 * 4096, ge=64 * 64, description="Largest image asked for, in pixels (4K's largest)."
+        4096 * 4096,
+        ge=64 * 64,
+        description="Largest image a task may ask for, in pixels (4K's largest); a larger "
+        "one is refused with the batch, naming the task.",
+    )
+    confirm_images: int = Field(
+        1000,
+        ge=0,
+        description="`kiln run` shows the plan and asks before queuing a batch of more "
+        "images than this (`--yes` skips; without a terminal it refuses); 0 = never asks.",
+    )
+    confirm_hours: float = Field(
+        1.0,
+        ge=0,
+        description="`kiln run` also asks when the plan's estimated time is longer than "
+        "this many hours; 0 = never asks for time.",
+    )
+    confirm_money: float = Field(
+        0.0,
+        ge=0,
+        description="`kiln run` also asks when the plan's money (backends with a "
+        "price_per_image or price_per_megapixel) is above this.",
     )
 
 

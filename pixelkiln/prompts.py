@@ -3,6 +3,9 @@
 A template is text with named fields: ``"{style}. {title}: {visual_desc}"``.
 A field is a name, or a dotted path into nested objects and lists
 (``{scene.prompt}``, ``{shots.0}``); ``{{`` and ``}}`` are literal braces.
+A ``{...}`` that holds a ``|`` (or another group) is a wildcard group
+(``{red|blue}``, see :mod:`pixelkiln.wildcards`), kept as it is for the prompt's
+wildcards to expand; fields are not looked for inside it.
 Nothing else is allowed: no positional fields (``{0}``), conversions
 (``{x!r}``) or format specs (``{x:>10}``), so a template never reaches into
 Python objects the way ``str.format`` would. Problems are located: a template
@@ -13,7 +16,9 @@ the item that lacks it.
 'ink. Dawn'
 
 :func:`expand_items` turns a batch's ``items`` into tasks (one per item, keyed
-by its ``id``); later issues add presets, wildcards and sweep axes here.
+by its ``id``). The prompts it makes are wildcard text: literal braces stay
+doubled and field values are escaped, so that only the template's own groups
+and ``__lists__`` expand (:mod:`pixelkiln.sweeps` expands them).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pydantic import ValidationError
 from pixelkiln.exceptions import Problem
 from pixelkiln.problems import json_path, problems_from_validation
 from pixelkiln.specs import PARAM_NAMES, TaskSpec, item_place, salvage
+from pixelkiln.wildcards import escape
 
 __all__ = ["Template", "TemplateError", "expand_items", "parse_template", "render"]
 
@@ -56,11 +62,16 @@ class _Field:
 
 
 @dataclass(frozen=True)
+class _Group:
+    text: str  #: a wildcard group as written, braces included: ``{red|blue}``
+
+
+@dataclass(frozen=True)
 class Template:
-    """A parsed template: literal text and fields, in order."""
+    """A parsed template: literal text, fields and wildcard groups, in order."""
 
     text: str
-    parts: tuple[str | _Field, ...]
+    parts: tuple[str | _Field | _Group, ...]
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -81,7 +92,7 @@ def parse_template(text: str) -> Template:
     Traceback (most recent call last):
     pixelkiln.prompts.TemplateError: '{title!r}' at character 1: ...
     """
-    parts: list[str | _Field] = []
+    parts: list[str | _Field | _Group] = []
     literal: list[str] = []
     i = 0
     while i < len(text):
@@ -94,8 +105,10 @@ def parse_template(text: str) -> Template:
                 f"'}}' at character {i + 1} closes no field (write '}}}}' for '}}')"
             )
         elif char == "{":
-            end = _field_end(text, i)
-            parts += ["".join(literal), _parse_field(text[i + 1 : end], i)]
+            end, group = _brace_end(text, i)
+            body = text[i + 1 : end]
+            parts.append("".join(literal))
+            parts.append(_Group(text[i : end + 1]) if group else _parse_field(body, i))
             literal = []
             i = end + 1
         else:
@@ -105,13 +118,27 @@ def parse_template(text: str) -> Template:
     return Template(text, tuple(p for p in parts if p))
 
 
-def _field_end(text: str, start: int) -> int:
-    """Index of the ``}`` closing the field opened at ``start``."""
+def _brace_end(text: str, start: int) -> tuple[int, bool]:
+    """Index of the ``}`` closing the ``{`` at ``start``, and whether it is a wildcard group
+    (it holds a ``|`` outside the groups inside it) rather than a field."""
+    depth = 0
+    group = False
+    inner = -1  # where the first "{" inside it is
     for j in range(start + 1, len(text)):
-        if text[j] == "}":
-            return j
-        if text[j] == "{":
-            raise TemplateError(f"'{{' at character {j + 1} is inside the field opened before it")
+        char = text[j]
+        if char == "}" and depth == 0:
+            if inner >= 0 and not group:
+                raise TemplateError(
+                    f"'{{' at character {inner + 1} is inside the field opened before it"
+                )
+            return j, group
+        if char == "{":
+            depth += 1
+            inner = j if inner < 0 else inner
+        elif char == "}":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            group = True
     raise TemplateError(f"'{{' at character {start + 1} is not closed (write '{{{{' for '{{')")
 
 
@@ -134,8 +161,14 @@ def _parse_field(body: str, start: int) -> _Field:
     return _Field(path, body)
 
 
-def render(template: str | Template, fields: Mapping[str, Any], where: str = "") -> str:
+def render(
+    template: str | Template, fields: Mapping[str, Any], where: str = "", *, wildcards: bool = False
+) -> str:
     """``template`` with each field replaced by its value in ``fields``.
+
+    With ``wildcards`` the text is a prompt for :mod:`pixelkiln.wildcards`: the
+    template's literal braces stay doubled, its groups stay as written, and field
+    values are escaped (their braces and ``__`` are text, never wildcards).
 
     Texts and numbers are written as they are, true/false in lower case, objects
     and lists as JSON. A field missing (or null) raises TemplateError naming
@@ -155,8 +188,11 @@ def render(template: str | Template, fields: Mapping[str, Any], where: str = "")
     missing: list[str] = []
     empty: list[int] = []  # positions in ``out`` of fields that rendered as empty text
     for part in parsed.parts:
+        if isinstance(part, _Group):
+            out.append(part.text)
+            continue
         if isinstance(part, str):
-            out.append(part)
+            out.append(part.replace("{", "{{").replace("}", "}}") if wildcards else part)
             continue
         value = _lookup(fields, part.path)
         if value is None:
@@ -165,7 +201,7 @@ def render(template: str | Template, fields: Mapping[str, Any], where: str = "")
         text = _text(value)
         if not text.strip():
             empty.append(len(out))
-        out.append(text)
+        out.append(escape(text) if wildcards else text)
     if missing:
         names = ", ".join(f"'{m}'" for m in dict.fromkeys(missing))
         plural = "s" if len(set(missing)) > 1 else ""
@@ -371,7 +407,7 @@ class _ItemTask:
 
     def prompt(self, template: Template, fields: Mapping[str, Any]) -> str | None:
         try:
-            return render(template, fields)
+            return render(template, fields, wildcards=True)
         except TemplateError as exc:
             self.report("prompt", exc.detail)
             return None

@@ -23,10 +23,11 @@ from typing import Any
 from pixelkiln import params
 from pixelkiln.exceptions import Problem, SpecError
 from pixelkiln.problems import capped, merge_problems
-from pixelkiln.specs import BatchSpec, Params, TaskPlaces, expand_items
+from pixelkiln.specs import MAX_TASKS, BatchSpec, Params, TaskPlaces, expand_items
+from pixelkiln.sweeps import Expansion
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a sweep holds 100,000 of them
 class ResolvedTask:
     """A task with every parameter decided: what is stored and what runs."""
 
@@ -58,6 +59,11 @@ class ResolvedTask:
     open_size: str | None = None
     #: the seed was drawn here (asked -1 or none): a regenerate draws a new one
     seed_drawn: bool = False
+    #: a sweep task's value per axis, ``{"x": {"cfg_scale": 7}}`` (``tasks.axes``)
+    axes: dict[str, Any] | None = None
+    #: the index (0-based) of the spec's task it was made from (wildcards and sweeps make
+    #: several of one), for naming it in messages
+    origin: int = 0
 
     def params_json(self) -> dict[str, Any]:
         """The parameters stored in ``tasks.params`` (prompt and inputs live in own columns)."""
@@ -86,6 +92,7 @@ def resolve_tasks(
     source: str = "",
     rng: random.Random | None = None,
     where: Callable[[int], str] | None = None,
+    max_tasks: int = MAX_TASKS,
 ) -> list[ResolvedTask]:
     """Merge defaults into every task and decide every value; SpecError lists all problems.
 
@@ -100,6 +107,7 @@ def resolve_tasks(
         source=source,
         rng=rng,
         where=where,
+        max_tasks=max_tasks,
     )
     if problems:
         raise SpecError(capped(problems, source))
@@ -116,6 +124,7 @@ def check_tasks(
     rng: random.Random | None = None,
     where: Callable[[int], str] | None = None,
     uploads_only: bool = False,
+    max_tasks: int = MAX_TASKS,
 ) -> tuple[list[ResolvedTask], list[Problem]]:
     """:func:`resolve_tasks` without raising: every task, and every problem of every task.
 
@@ -124,6 +133,10 @@ def check_tasks(
     input image is checked where it is written (in "defaults" once, not in each
     task). With ``uploads_only`` (the API) an input image must be an uploaded
     ``asset:ID``: a path is refused without looking at this machine's files.
+
+    Each task becomes one per text of its prompts' wildcards and per combination of the
+    sweep's axes (:mod:`pixelkiln.sweeps`; lists read from ``base_dir/wildcards``); past
+    ``max_tasks`` tasks none is made and a problem says so.
     """
     spec = expand_items(spec, source)
     rng = rng or random.Random()
@@ -131,10 +144,20 @@ def check_tasks(
     name_of = where or TaskPlaces.of(spec)
     resolved: list[ResolvedTask] = []
     found: list[Problem] = []
+    said: set[tuple[str, str, str]] = set()  # the tasks made of one task: each problem once
+    expansion = Expansion(
+        spec,
+        base_dir=None if uploads_only else base_dir,
+        source=source,
+        where=name_of,
+        known_backends=known,
+        max_tasks=max_tasks,
+    )
 
     def reporter(place: str, unsaid: str = "") -> Callable[[str, str], None]:
         def report(field: str, message: str) -> None:
-            if field != unsaid:
+            if field != unsaid and (place, field, message) not in said:
+                said.add((place, field, message))
                 found.append(Problem(source, place, field, message))
 
         return report
@@ -148,8 +171,13 @@ def check_tasks(
         merged = {**defaults, **task.model_dump(exclude_none=True)}
         report = reporter(name_of(i), "prompt" if bad_template and task.item is not None else "")
         inputs = {**shared, **images.of(task, report)}
-        resolved.append(_resolve_one(i, merged, default_backend, known, rng, report, inputs))
-    return resolved, list(merge_problems(spec.problems, found))
+        for values in expansion.variants(i, merged):
+            values["origin"] = i
+            resolved.append(
+                _resolve_one(len(resolved), values, default_backend, known, rng, report, inputs)
+            )
+    problems = merge_problems(spec.problems, [*expansion.problems, *found])
+    return resolved, list(problems)
 
 
 def _resolve_one(
@@ -211,6 +239,8 @@ def _resolve_one(
         backends=chain,
         open_size=_open_size(merged),
         item=merged.get("item"),
+        axes=merged.get("axes"),
+        origin=merged.get("origin", index),
     )
 
 

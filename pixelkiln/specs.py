@@ -145,6 +145,19 @@ class TaskSpec(Params):
     item: dict[str, Any] | None = None
 
 
+class Expand(BaseModel):
+    """How a batch's wildcards become tasks: every combination, or ``random`` draws."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: draw this many prompts for each task (by the groups' weights) instead of making
+    #: every combination
+    random: int | None = Field(None, ge=1, le=MAX_TASKS)
+    #: the draws' seed: the same spec and seed make the same tasks (drawn and recorded
+    #: when not given)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+
 class BatchSpec(BaseModel):
     """A whole batch as submitted."""
 
@@ -168,6 +181,11 @@ class BatchSpec(BaseModel):
     delay: float | None = Field(None, ge=0, le=MAX_DELAY)  #: seconds between two task starts
     #: http(s) URL POSTed the batch summary when the batch ends (see docs/webhooks.md)
     webhook: str | None = Field(None, max_length=2000)
+    #: axes x, y, z, each one parameter (or prompt fragment ``$name``) and its values:
+    #: every task is made once per combination (see :mod:`pixelkiln.sweeps`)
+    sweep: dict[str, dict[str, list[Any]]] | None = None
+    #: how the prompts' wildcards become tasks (default: every combination)
+    expand: Expand | None = None
 
     @field_validator("tasks")
     @classmethod
@@ -284,16 +302,15 @@ def expand_items(spec: BatchSpec, source: str = "") -> BatchSpec:
     return expanded.with_problems(problems)
 
 
+#: top-level keys a salvaged spec keeps when their value is valid
+_SALVAGED = "name priority max_attempts max_workers delay webhook template sweep expand".split()
+
+
 def _salvage(data: dict[Any, Any], exc: ValidationError) -> BatchSpec:
     """The valid part of ``data``: every task and item kept (so that positions hold), bad values
     left out."""
     bad_top = {e["loc"][0] for e in exc.errors() if e["loc"]}
-    top = {
-        k: v
-        for k, v in data.items()
-        if k in ("name", "priority", "max_attempts", "max_workers", "delay", "webhook", "template")
-        and k not in bad_top
-    }
+    top = {k: v for k, v in data.items() if k in _SALVAGED and k not in bad_top}
     raw_tasks = data.get("tasks")
     tasks = raw_tasks if isinstance(raw_tasks, list) else []
     raw_items = data.get("items")

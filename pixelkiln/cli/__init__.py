@@ -11,7 +11,7 @@ import time
 
 import typer
 
-from pixelkiln.cli import admin, batches, gc, run, serve
+from pixelkiln.cli import admin, batches, gc, plan, run, serve
 from pixelkiln.cli.backends import backends_app
 from pixelkiln.cli.queue import queue_app
 from pixelkiln.cli.users import users_app
@@ -27,6 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command()(run.run)
+app.command()(plan.plan)
 app.command()(run.resume)
 app.command()(run.retry)
 app.command()(run.regenerate)

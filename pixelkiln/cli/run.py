@@ -36,6 +36,7 @@ from pixelkiln.cli.common import (
     setup_logging,
     with_db,
 )
+from pixelkiln.cli.plan import YesOption, confirm_run, submission_of
 from pixelkiln.config import Settings
 from pixelkiln.db.batches import find_batch, unfinished_batch_ids
 from pixelkiln.db.batches import get_batch as db_get_batch
@@ -52,6 +53,8 @@ from pixelkiln.inputs import LoadedBatch, TableTemplate, load_batch_file
 from pixelkiln.models import Batch, BatchStatus
 from pixelkiln.progress import BatchProgress
 from pixelkiln.reports import build_report, render_text
+from pixelkiln.service.plans import Plan
+from pixelkiln.sweeps import count_tasks
 
 RunNowOption = Annotated[
     bool, typer.Option("--run/--no-run", help="Run them now (else a server or `kiln resume` does).")
@@ -142,19 +145,23 @@ async def _finish(
 
 
 async def _submit_and_run(
-    settings: Settings, loaded: LoadedBatch, report: Path | None, quiet: bool, log_path: Path
+    settings: Settings,
+    loaded: LoadedBatch,
+    report: Path | None,
+    quiet: bool,
+    log_path: Path,
+    yes: bool = False,
 ) -> int:
     async with Kiln(settings) as kiln:
-        batch_id = await kiln.submit(
-            loaded.spec,
-            source="cli",
-            source_name=loaded.source,
-            base_dir=loaded.base_dir,
-            where=loaded.where,
-        )
+
+        async def confirm(found: Plan) -> None:  # a large plan is shown and asked first
+            await confirm_run(found, settings, yes)
+
+        sub = submission_of(loaded)
+        batch_id = (await service.submit(kiln.service, service.LOCAL, sub, confirm)).batch_id
         console.print(
             f"Batch [bold]{batch_id}[/] '{escape(loaded.spec.name)}': "
-            f"{len(loaded.spec.tasks)} task(s)",
+            f"{count_tasks(loaded.spec, loaded.base_dir):,} task(s)",
             highlight=False,
         )
         interrupted = await _run_batches(kiln, [batch_id], quiet)
@@ -192,14 +199,18 @@ def run(
         list[str] | None,
         typer.Option(help="A field every row may use, NAME=VALUE (repeatable; --template)."),
     ] = None,
+    yes: YesOption = False,
 ) -> None:
-    """Run a batch file to the end, with a progress bar and a summary."""
+    """Run a batch file to the end, with a progress bar and a summary.
+
+    A large batch (see `kiln plan`) is shown and asked about first; --yes skips that.
+    """
     with errors():
         settings = settings_from(config, log_level)
         items = _table_template(template, var or [])
         loaded = load_batch_file(spec, name=name, partial=True, template=items)
         log_path = setup_logging(settings)
-        code = asyncio.run(_submit_and_run(settings, loaded, report, quiet, log_path))
+        code = asyncio.run(_submit_and_run(settings, loaded, report, quiet, log_path, yes))
     raise typer.Exit(code)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,8 @@ def create_batch(tx: Tx, new: NewBatch) -> int:
         },
     ).scalar_one()
     inputs = list(new.inputs) or [{} for _ in new.tasks]
-    rows = [
+    # rows made a chunk at a time: a sweep's 100,000 rows never sit in memory together
+    rows = (
         {
             "batch_id": batch_id,
             "position": t.position,
@@ -78,14 +80,15 @@ def create_batch(tx: Tx, new: NewBatch) -> int:
             "params": t.params_json(),
             "inputs": i,
             "item": t.item,
+            "axes": t.axes,
             "max_attempts": new.max_attempts,
             "created_at": tx.now,
             "next_attempt_at": 0.0,
         }
         for t, i in zip(new.tasks, inputs, strict=True)
-    ]
-    for start in range(0, len(rows), 5000):
-        tx.conn.execute(insert(tasks), rows[start : start + 5000])
+    )
+    while chunk := list(itertools.islice(rows, 5000)):
+        tx.conn.execute(insert(tasks), chunk)
     _record_assets(tx, new.owner_id, new.assets)
     transitions.created(tx, batch_id, new.name, len(new.tasks))
     return batch_id

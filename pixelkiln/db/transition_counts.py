@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from pixelkiln.db import events as ev
+from pixelkiln.db import speeds
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
 from pixelkiln.models import BatchStatus
@@ -89,8 +90,11 @@ def finish_done(tx: Tx, after: Iterable[Row[Any]]) -> None:
 
 
 def set_final(tx: Tx, row: Row[Any], status: BatchStatus) -> None:
-    """The batch ends ``status``: its row, and the ``batch_update`` and ``done`` events."""
+    """The batch ends ``status``: its row, the ``batch_update`` and ``done`` events, and its
+    succeeded tasks' speeds folded into the measured ones (what plans estimate from)."""
     tx.conn.execute(sql.set_batch(row.id, status=status, finished_at=tx.now))
+    if row.n_succeeded:
+        speeds.record_batch(tx, row.id)
     summary: ev.Summary = {
         "status": str(status),
         "total": row.n_tasks,

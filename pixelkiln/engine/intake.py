@@ -29,8 +29,9 @@ from pixelkiln.exceptions import NotFoundError, Problem, SpecError
 from pixelkiln.naming import file_name, image_stem, unique_stem
 from pixelkiln.problems import capped, merge_problems
 from pixelkiln.resolve import ResolvedTask, check_tasks
-from pixelkiln.specs import BatchSpec, TaskPlaces, expand_items
+from pixelkiln.specs import MAX_TASKS, BatchSpec, TaskPlaces, expand_items
 from pixelkiln.storage import InputImage, Storage, read_input_image
+from pixelkiln.sweeps import recorded, seeded
 
 
 def prepare_batch(
@@ -48,6 +49,7 @@ def prepare_batch(
     scheduled_at: float | None = None,
     resolve_asset: Callable[[str], str] | None = None,
     uploads_only: bool = False,
+    max_tasks: int = MAX_TASKS,
 ) -> NewBatch:
     """Resolve every task and store its input images; SpecError lists every problem.
 
@@ -55,21 +57,28 @@ def prepare_batch(
     earlier (the API passes one that only finds the caller's own uploads) or
     raises NotFoundError; without it, asset references are refused. With
     ``uploads_only`` (an API caller) input images must be such references: paths
-    are refused without a look at the files they name.
+    are refused without a look at the files they name. A spec whose wildcards and sweep
+    make more than ``max_tasks`` tasks is refused before they are made.
     """
     spec = expand_items(spec, source_name)  # a spec made without parse_batch may hold items
-    where = where or TaskPlaces.of(spec)
+    spec = seeded(spec)  # random draws without a seed: one drawn now, and recorded
+    name_of = where or TaskPlaces.of(spec)
     tasks, problems = check_tasks(
         spec,
         default_backend=default_backend,
         known_backends=known_backends,
         base_dir=base_dir,
         source=source_name,
-        where=where,
+        where=name_of,
         uploads_only=uploads_only,
+        max_tasks=max_tasks,
     )
+
+    def origin(index: int) -> str:  # names a made task by the spec's task it was made from
+        return name_of(tasks[index].origin)
+
     # With problems already found the batch is refused, so its images are only checked.
-    reader = _Inputs(storage, source_name, where, resolve_asset, store=not problems)
+    reader = _Inputs(storage, source_name, origin, resolve_asset, store=not problems)
     inputs = [reader.of_task(i, task) for i, task in enumerate(tasks)]
     problems = list(merge_problems(problems, reader.problems))
     if problems:
@@ -91,7 +100,8 @@ def prepare_batch(
         delay=spec.delay,
         webhook=spec.webhook,
         # how the items' prompts were made, for whoever reads the batch later
-        extra={k: v for k, v in (("template", spec.template), ("vars", spec.vars)) if v},
+        extra={k: v for k, v in (("template", spec.template), ("vars", spec.vars)) if v}
+        | recorded(spec),
     )
 
 

@@ -10,8 +10,8 @@ If the balance does not cover it, that write raises and nothing is stored.
 Then the schedulers of this process are woken.
 
 A dry run (:func:`plan`) makes every check of a submit, the same code path up to
-the write, and answers what the batch would be and cost: nothing stored, nothing
-charged.
+the write, and answers what the batch would be, cost and take
+(:mod:`pixelkiln.service.plans`): nothing stored, nothing charged.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,10 +33,14 @@ from pixelkiln.exceptions import (
     InvalidStateError,
     NotFoundError,
     Problem,
+    SpecError,
 )
 from pixelkiln.models import parse_id
+from pixelkiln.problems import capped
+from pixelkiln.service import plans
 from pixelkiln.service.context import Caller, ServiceContext
-from pixelkiln.service.pricing import Pricing, charge_new_batch, check_balance, pricing_for
+from pixelkiln.service.plans import Plan
+from pixelkiln.service.pricing import Pricing, charge_new_batch, pricing_for
 from pixelkiln.service.webhooks import webhook_problems
 from pixelkiln.specs import BatchSpec
 
@@ -96,14 +100,6 @@ def _owner(caller: Caller, sub: Submission) -> int | None:
     return sub.owner_id
 
 
-class Plan(NamedTuple):
-    """What a submit would store and charge (a dry run's answer)."""
-
-    tasks: int
-    images: int
-    credits: int  #: what the owner would be charged
-
-
 @dataclass(frozen=True)
 class _Checked:
     """A submission that passed every check, resolved and priced: ready to store."""
@@ -113,13 +109,20 @@ class _Checked:
     pricing: Pricing
 
 
-async def submit(ctx: ServiceContext, caller: Caller, sub: Submission) -> Submitted:
+async def submit(
+    ctx: ServiceContext,
+    caller: Caller,
+    sub: Submission,
+    confirm: Callable[[Plan], Awaitable[None]] | None = None,
+) -> Submitted:
     """Store (and charge for) a batch, then wake the schedulers.
 
     SpecError lists every problem of the input at once (the spec's own, see
-    ``parse_batch(partial=True)``, and every later check); InsufficientCreditsError when the
-    owner cannot pay (nothing stored); IdempotencyKeyReusedError when the key
-    came before with another request.
+    ``parse_batch(partial=True)``, and every later check; over ``[limits]``);
+    InsufficientCreditsError when the owner cannot pay (nothing stored);
+    IdempotencyKeyReusedError when the key came before with another request.
+    ``confirm`` is awaited with the batch's plan between the checks and the write (the
+    batch resolved once for both): whatever it raises stores nothing.
     """
     key = sub.idempotency_key
     since = time.time() - ctx.settings.server.idempotency_hours * 3600  # older keys expired
@@ -128,6 +131,8 @@ async def submit(ctx: ServiceContext, caller: Caller, sub: Submission) -> Submit
         if found is not None:
             return Submitted(_replayed(found, sub.fingerprint), False)
     checked = await _check(ctx, caller, sub)
+    if confirm is not None:
+        await confirm(await plans.plan_batch(ctx, checked.new, checked.costs))
     batch_id, created, stored_hash = await ctx.write(
         _store,
         checked.new,
@@ -143,17 +148,20 @@ async def submit(ctx: ServiceContext, caller: Caller, sub: Submission) -> Submit
 
 
 async def plan(ctx: ServiceContext, caller: Caller, sub: Submission) -> Plan:
-    """A dry run of :func:`submit`: its every check, then what it would store and charge.
+    """A dry run of :func:`submit`: its every check, then what it would store, charge and
+    take (see :mod:`pixelkiln.service.plans`).
 
-    The same SpecError a submit raises, and InsufficientCreditsError when the owner's
-    balance does not cover the batch now (a submit could still race a grant or another
-    batch); nothing is stored or charged, and the idempotency key is not looked at.
+    The same SpecError a submit raises for bad input. What only limits refuse — more
+    tasks than ``[limits] max_tasks_per_batch``, more credits than the owner's balance
+    now (a submit could still race a grant) — is in :attr:`Plan.problems`, and
+    :meth:`Plan.refuse` raises what the submit would. Nothing is stored or charged, and
+    the idempotency key is not looked at.
     """
+    over = plans.task_limit_problem(sub.spec, ctx.settings.limits, sub.source_name, sub.base_dir)
+    if over is not None:  # not resolved: the limit is there so that none has to be
+        return plans.over_limit(sub.spec, over)
     checked = await _check(ctx, caller, sub)
-    total = sum(checked.costs)
-    await check_balance(ctx, checked.new.owner_id, total)
-    images = sum(task.n for task in checked.new.tasks)
-    return Plan(len(checked.new.tasks), images, total)
+    return await plans.plan_batch(ctx, checked.new, checked.costs)
 
 
 async def _check(ctx: ServiceContext, caller: Caller, sub: Submission) -> _Checked:
@@ -166,7 +174,14 @@ async def _check(ctx: ServiceContext, caller: Caller, sub: Submission) -> _Check
     # a webhook to a literal private address could never be delivered: said now, to everyone
     hook_problems = webhook_problems(sub.spec, ctx.settings, sub.source_name)
     sub = replace(sub, spec=sub.spec.with_problems(hook_problems)) if hook_problems else sub
+    limits = ctx.settings.limits
+    over = plans.task_limit_problem(sub.spec, limits, sub.source_name, sub.base_dir)
+    if over is not None:  # said before 100,000s of tasks are resolved for nothing
+        raise SpecError([over])
     new = await ctx.run(_prepare, ctx, caller, sub, owner_id)
+    too_large = plans.pixel_problems(new.tasks, limits, sub.source_name)
+    if too_large:
+        raise SpecError(capped(too_large, sub.source_name))
     if sub.run_id is not None:
         new = replace(new, run_id=sub.run_id)
     pricing = await pricing_for(ctx, owner_id)
@@ -207,6 +222,7 @@ def _prepare(
         # uploads are for remote callers: local batch files name files on this machine
         resolve_asset=None if sub.server_paths else resolve_asset,
         uploads_only=not sub.server_paths,  # paths refused unread: this machine's files
+        max_tasks=settings.limits.max_tasks_per_batch,
     )
 
 

@@ -16,6 +16,7 @@ from pixelkiln.wire.schemas import BatchPublic, Id, _Input, _Public
 __all__ = [
     "AssetFromImage",
     "BackendHealthPublic",
+    "BackendPlanPublic",
     "BackendsHealthPublic",
     "BatchPlan",
     "ParsedTable",
@@ -47,6 +48,22 @@ class AssetFromImage(_Input):
     image_id: Id
 
 
+class BackendPlanPublic(_Public):
+    """One backend's share of a plan (see docs/plans.md)."""
+
+    name: str
+    tasks: int
+    images: int
+    megapixels: float  #: images × their pixels, in millions
+    #: mean seconds per image the estimate uses; null: never measured on this backend
+    seconds_per_image: float | None
+    #: measured (at these sizes and steps), scaled (from another size or steps), unknown
+    basis: str
+    slots: int  #: tasks it runs at once for this batch
+    seconds: float | None  #: its estimated time; null: unknown
+    money: float | None  #: price_per_image × images + price_per_megapixel × megapixels
+
+
 class BatchPlan(_Public):
     """What ``POST /api/v1/batches?dry_run=true`` answers: the batch as it would be queued,
     after every check of a real create; nothing stored, nothing charged."""
@@ -54,6 +71,12 @@ class BatchPlan(_Public):
     tasks: int
     images: int  #: images asked for, all tasks together
     credits: int  #: what the batch would cost its owner now (0 with credits off)
+    #: estimated seconds from start to end; null when a backend it uses has no history
+    seconds: float | None = None
+    #: the backends with no measured speed (why ``seconds`` is null)
+    unknown: list[str] = Field(default_factory=list)
+    money: float | None = None  #: the priced backends' money; null: no backend has a price
+    backends: list[BackendPlanPublic] = Field(default_factory=list)
 
 
 class ParsedTable(_Public):

@@ -120,13 +120,15 @@ async def create_batch(
 
     Input images must be uploads (``asset:<id>`` from ``POST /api/v1/assets``).
     Every problem (values, uploads, backends) is answered at once in one 422.
-    With ``dry_run=true`` nothing is queued: 200 and a BatchPlan (tasks, images, credits).
+    With ``dry_run=true`` nothing is queued: 200 and a BatchPlan (tasks, images, credits,
+    estimated seconds and money, per backend; see docs/plans.md).
     """
     spec = parse_batch(body, partial=True)
     if dry_run:
         response.status_code = 200
         found = await plan(ctx.service, caller, Submission(spec))
-        return BatchPlan(tasks=found.tasks, images=found.images, credits=found.credits)
+        found.refuse()  # over a limit or the balance: the very 422 or 402 of a create
+        return BatchPlan.model_validate(found, from_attributes=True)
     sub = Submission(
         spec,
         idempotency_key=idempotency_key,

@@ -1,0 +1,121 @@
+"""`kiln plan` and `kiln run`'s question, as a user runs them; and the issue's proof: after
+one warm-up batch, the plan of an 18-task sweep (3 × 3 × 2) against two fake WebUI
+servers says 18 tasks and a time within 20% of the measured run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pixelkiln.testing import FakeSDWebUI
+from tests.processes import KILN, env
+
+LATENCY = 0.6  #: seconds each fake generation takes: the run's time is mostly these
+
+
+def kiln(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`kiln` with no terminal on stdin, as cron runs it."""
+    environ = env() | {"COLUMNS": "200"}
+    return subprocess.run(
+        [*KILN, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _write(folder: Path, name: str, tasks: list[dict[str, Any]]) -> str:
+    spec = {"name": name, "defaults": {"width": 64, "height": 64}, "tasks": tasks}
+    (folder / f"{name}.json").write_text(json.dumps(spec))
+    return f"{name}.json"
+
+
+def _config(folder: Path, urls: list[str], limits: str = "") -> None:
+    (folder / "kiln.toml").write_text(
+        f"""
+[scheduler]
+concurrency = 4
+poll_interval = 0.05
+{limits}
+[[backends]]
+name = "webui"
+type = "sdwebui"
+urls = {json.dumps(urls)}
+concurrency = 1
+"""
+    )
+
+
+def _sweep() -> list[dict[str, Any]]:
+    """What `sweep: {x: {cfg_scale: [5, 7, 9]}, y: {sampler: [...]}, z: {steps: [10, 20]}}`
+    expands to, written out task by task."""
+    axes = itertools.product([5, 7, 9], ["Euler a", "Euler", "DDIM"], [10, 20])
+    return [
+        {"prompt": "a lighthouse", "cfg_scale": cfg, "sampler": sampler, "steps": steps}
+        for cfg, sampler, steps in axes
+    ]
+
+
+def test_after_a_warm_up_the_plan_of_a_sweep_is_within_20_percent(tmp_path: Path) -> None:
+    with FakeSDWebUI(latency=LATENCY) as one, FakeSDWebUI(latency=LATENCY) as two:
+        _config(tmp_path, [one.url, two.url])
+        cold = kiln(tmp_path, "plan", _write(tmp_path, "sweep", _sweep()), "--json")
+        assert cold.returncode == 0, cold.stderr
+        assert json.loads(cold.stdout)["seconds"] is None  # no history yet: unknown
+
+        # the warm-up measures both step counts; its first round pays the process's cold
+        # start (connections, first encodes), which four rounds spread out
+        warm = _write(tmp_path, "warm", [{"prompt": "w", "steps": s} for s in (10, 20) * 4])
+        assert kiln(tmp_path, "run", warm, "--quiet").returncode == 0
+
+        planned = kiln(tmp_path, "plan", "sweep.json", "--json")
+        assert planned.returncode == 0, planned.stderr
+        found = json.loads(planned.stdout)
+        assert (found["tasks"], found["images"], found["unknown"]) == (18, 18, [])
+        assert found["backends"][0]["slots"] == 2
+        ran = kiln(tmp_path, "run", "sweep.json", "--quiet")
+        assert ran.returncode == 0, ran.stderr
+    with sqlite3.connect(tmp_path / "kiln-data" / "kiln.db") as db:
+        started, finished = db.execute(
+            "SELECT started_at, finished_at FROM batches WHERE name = 'sweep'"
+        ).fetchone()
+    measured = finished - started
+    assert abs(found["seconds"] - measured) <= 0.2 * measured, (found["seconds"], measured)
+
+
+def test_kiln_plan_prints_a_table_and_exits_2_over_the_limit(tmp_path: Path) -> None:
+    _config(tmp_path, ["http://127.0.0.1:9"], limits="[limits]\nmax_tasks_per_batch = 3\n")
+    small = kiln(tmp_path, "plan", _write(tmp_path, "small", [{"prompt": "a", "n": 2}]))
+    assert small.returncode == 0, small.stderr
+    assert "Plan: 1 task(s), 2 image(s)" in small.stdout
+    assert "no measured speed yet for webui" in small.stdout
+    big = kiln(tmp_path, "plan", _write(tmp_path, "big", [{"prompt": "a"}] * 4))
+    assert big.returncode == 2
+    assert "4 tasks; at most 3 in one batch" in " ".join(big.stderr.split())
+    ran = kiln(tmp_path, "run", "big.json", "--quiet")
+    assert ran.returncode == 2 and "at most 3 in one batch" in " ".join(ran.stderr.split())
+    bad = kiln(tmp_path, "plan", _write(tmp_path, "bad", [{"prompt": "a", "steps": -1}]))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert not (tmp_path / "kiln-data" / "images").exists()  # nothing was ever queued
+
+
+def test_kiln_run_asks_above_the_threshold_and_never_waits_without_a_terminal(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "kiln.toml").write_text("[limits]\nconfirm_images = 2\n")
+    spec = _write(tmp_path, "three", [{"prompt": "a"}, {"prompt": "b", "n": 2}])
+    refused = kiln(tmp_path, "run", spec, "--quiet")
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr and "3 images (over 2)" in " ".join(refused.stderr.split())
+    assert "Plan: 2 task(s), 3 image(s)" in refused.stdout
+    with sqlite3.connect(tmp_path / "kiln-data" / "kiln.db") as db:
+        assert db.execute("SELECT count(*) FROM batches").fetchone() == (0,)
+    ran = kiln(tmp_path, "run", spec, "--quiet", "--yes")
+    assert ran.returncode == 0, ran.stderr
