@@ -17,6 +17,8 @@ A face parses its user's shape, calls one function here with a
 - :mod:`~pixelkiln.service.uploads`: an img2img batch from uploaded images and one prompt
 - :mod:`~pixelkiln.service.runs`: project runs, planned, stored, driven one project after
   another and reported (imported from there: it needs the reports, which need this package)
+- :mod:`~pixelkiln.service.retention`: what ``[retention]`` deletes, planned then applied
+  (``kiln gc``, the server's sweeper)
 - :mod:`~pixelkiln.service.context`: the context, the caller, the schedulers to wake
 
 >>> from pixelkiln import service
