@@ -107,9 +107,17 @@ def _old_batch(row: Row[Any]) -> OldBatch:
     )
 
 
+def _in_running_run() -> Any:
+    """The batch belongs to a project run still going: deleting it would make the run
+    start that project again (its batches are how a run knows what it has done)."""
+    return exists().where(runs.c.id == batches.c.run_id, runs.c.status == "running")
+
+
 def ended_before(conn: Connection, cutoff: float) -> list[OldBatch]:
-    """Finished batches that ended before ``cutoff`` (their whole selves go)."""
-    return [_old_batch(r) for r in conn.execute(_counted(batches.c.finished_at < cutoff))]
+    """Finished batches that ended before ``cutoff`` (their whole selves go), except those
+    of a run still going."""
+    query = _counted(batches.c.finished_at < cutoff, ~_in_running_run())
+    return [_old_batch(r) for r in conn.execute(query)]
 
 
 def _webhook_pending(batch: Any) -> Any:
@@ -195,7 +203,9 @@ def runs_left_empty(conn: Connection, cutoff: float, leaving: Collection[int]) -
 def _changed(conn: Connection, batch_id: int, finished_at: float) -> str:
     """Why the batch is no longer the one the plan saw ("" when it still is)."""
     row = conn.execute(
-        select(batches.c.status, batches.c.finished_at).where(batches.c.id == batch_id)
+        select(
+            batches.c.status, batches.c.finished_at, _in_running_run().label("in_run")
+        ).where(batches.c.id == batch_id)
     ).first()
     if row is None:
         return "gone"
@@ -203,6 +213,8 @@ def _changed(conn: Connection, batch_id: int, finished_at: float) -> str:
         return f"{row.status} now"
     if row.finished_at != finished_at:
         return "ended again since"
+    if row.in_run:
+        return "its run is going on"
     return ""
 
 

@@ -242,6 +242,30 @@ async def test_a_run_goes_once_its_batches_are_gone(kiln: Kiln) -> None:
     assert _count(kiln, runs) == 1 and _count(kiln, runs, runs.c.id == holding) == 1
 
 
+async def test_a_batch_of_a_run_still_going_stays(kiln: Kiln) -> None:
+    """A project run knows what it has done by its batches: deleting a finished project's
+    batch while the run goes on would run that project again."""
+    old = await _run(kiln, "project001", "a")
+    await _age(kiln, old, 10)
+
+    def make_run(tx: Tx) -> int:
+        row = {"name": "nightly", "kind": "projects", "source": "cli", "status": "running"}
+        row |= {"config": {}, "created_at": time.time()}
+        run_id: int = tx.conn.execute(insert(runs).returning(runs.c.id), row).scalar_one()
+        tx.conn.execute(update(batches).where(batches.c.id == old).values(run_id=run_id))
+        return run_id
+
+    run_id = await kiln.db.awrite(make_run)
+    assert (await plan(kiln.service, LOCAL)).batches == ()
+    await kiln.db.awrite(
+        lambda tx: tx.conn.execute(
+            update(runs).where(runs.c.id == run_id).values(status="completed")
+        )
+    )
+    found = await plan(kiln.service, LOCAL)
+    assert [b.id for b in found.batches] == [old]
+
+
 # -- events only ------------------------------------------------------------------------------
 
 
