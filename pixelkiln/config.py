@@ -413,17 +413,20 @@ class RetentionSettings(BaseModel):
     images_days: float = Field(
         0.0,
         ge=0,
-        description="Delete a finished batch (its rows and image files) this many "
-        "days after it ended; 0 = keep for ever (the default).",
+        description="Delete a finished batch whole (its tasks, images, events, image "
+        "files and thumbnails) this many days after it ended; 0 = keep for ever (the default).",
     )
     uploads_days: float = Field(
         30.0,
         ge=0,
-        description="Delete an uploaded image that no batch uses this many days "
-        "after it was uploaded; 0 = keep for ever.",
+        description="Delete an uploaded image that no task of any batch uses this many "
+        "days after it was last uploaded; 0 = keep for ever.",
     )
     interval_hours: float = Field(
-        1.0, gt=0, description="Hours between two passes of `kiln serve` over the rules above."
+        1.0,
+        gt=0,
+        description="Hours between two passes of `kiln serve` over the rules above "
+        "(the first at start-up).",
     )
 
 

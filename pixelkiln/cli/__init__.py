@@ -11,7 +11,7 @@ import time
 
 import typer
 
-from pixelkiln.cli import admin, batches, plan, run, serve
+from pixelkiln.cli import admin, batches, gc, plan, run, serve, sheet
 from pixelkiln.cli.backends import backends_app
 from pixelkiln.cli.projects import projects_app
 from pixelkiln.cli.queue import queue_app
@@ -37,10 +37,12 @@ app.command()(batches.cancel)
 app.command()(batches.status)
 app.command()(batches.report)
 app.command()(batches.export)
+app.command()(sheet.sheet)
 app.command()(batches.init)
 app.add_typer(backends_app, name="backends")
 app.command()(serve.serve)
 app.command()(admin.concurrency)
+app.command()(gc.gc)
 app.add_typer(users_app, name="users", help="API users, their tokens and credits.")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(queue_app, name="queue")

@@ -22,8 +22,10 @@ from tests.unit.test_projects_config import make_project, scenes, write_config
 SIZES = {"project001": 3, "project002": 3, "project003": 30, "project004": 3, "project005": 3}
 
 
-def studio(root: Path, ports: list[int]) -> Path:
-    """The studio's folder: kiln.toml beside the config, projects under a relative data_dir."""
+def studio(root: Path, ports: list[int], lease_seconds: float = 30.0) -> Path:
+    """The studio's folder: kiln.toml beside the config, projects under a relative data_dir.
+
+    ``lease_seconds``: how soon a killed process's tasks (and run) come back."""
     folder = root / "studio"
     urls = ", ".join(f'"http://127.0.0.1:{p}"' for p in ports)
     folder.mkdir(parents=True)
@@ -37,6 +39,7 @@ concurrency = 4
 retry_base_delay = 0.05
 poll_interval = 0.05
 max_attempts = 5
+lease_seconds = {lease_seconds}
 
 [[backends]]
 name = "a1111"
@@ -154,7 +157,7 @@ def test_five_projects_one_missing_its_srt_one_server_killed_mid_run(tmp_path: P
 
 def test_a_killed_run_is_resumed_without_redoing_finished_projects(tmp_path: Path) -> None:
     ports = [free_port(), free_port()]
-    config = studio(tmp_path, ports)
+    config = studio(tmp_path, ports, lease_seconds=3.0)  # the killed run's leases lapse soon
     folder = config.parent
     with webuis(ports):
         runner = start(folder, "projects", "run", "nightly.json", "--quiet")
