@@ -8,7 +8,8 @@ committer that records them in groups (engine.recorder). A lease keeper
 renews the leases of held tasks every few seconds; a task missing from the
 renewal was cancelled or taken away, and its job is cancelled. Recovery of
 expired leases (a runner that died), moves of waiting tasks to a fallback
-backend (engine.routing) and an admin's new limits run inside the loop.
+backend (engine.routing) and an admin's new limits run inside the loop; a
+backend outside its active hours (engine.hours) gets no new task meanwhile.
 
 Nothing stops it quietly: a step that fails is logged, backed off and tried
 again, and a helper that dies is started again (engine.supervisor).
@@ -415,7 +416,8 @@ class Scheduler:
                 job.job.cancel()
 
     async def _housekeeping(self) -> None:
-        """Recovery of dead runners' tasks, fallback moves and admins' limits, when due."""
+        """Backends' hours, recovery of dead runners' tasks, fallback moves and admins'
+        limits, when due."""
         now = self._clock()
         if self.hours:
             await self._close_hours(now)
