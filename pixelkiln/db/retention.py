@@ -203,9 +203,9 @@ def runs_left_empty(conn: Connection, cutoff: float, leaving: Collection[int]) -
 def _changed(conn: Connection, batch_id: int, finished_at: float) -> str:
     """Why the batch is no longer the one the plan saw ("" when it still is)."""
     row = conn.execute(
-        select(
-            batches.c.status, batches.c.finished_at, _in_running_run().label("in_run")
-        ).where(batches.c.id == batch_id)
+        select(batches.c.status, batches.c.finished_at, _in_running_run().label("in_run")).where(
+            batches.c.id == batch_id
+        )
     ).first()
     if row is None:
         return "gone"
