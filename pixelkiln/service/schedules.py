@@ -25,10 +25,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
@@ -37,6 +36,7 @@ from pixelkiln.db import schedules as store
 from pixelkiln.db.schedules import NewSchedule, Schedule, ScheduleKind
 from pixelkiln.db.users import get_user
 from pixelkiln.exceptions import KilnError, Problem, SpecError
+from pixelkiln.hours import zone_named
 from pixelkiln.inputs import load_batch_file
 from pixelkiln.service.context import LOCAL, Caller, ServiceContext, require_admin
 from pixelkiln.service.runs import create_projects_run, plan_projects_run
@@ -82,14 +82,45 @@ def zone_of(schedule: Schedule, settings: Settings) -> str:
 
 
 def next_slot(cron: str, zone: str, after: float) -> float:
-    """The first slot of ``cron`` after the time ``after``, read in ``zone`` ("" = local).
+    """The first slot of ``cron`` after the time ``after``, read in ``zone`` ("" = this
+    machine's zone, :func:`pixelkiln.hours.local_zone`). Always later than ``after``.
+
+    Cron names wall-clock times; where the clocks change, each such time runs once
+    (docs/schedules.md#when-clocks-change): in the hour that happens twice (autumn) at
+    its first occurrence only; in the hour that is skipped (spring) at the instant the
+    clocks jump (02:30 runs at 03:00), once however many slots the hour held.
 
     >>> next_slot("0 0 * * *", "UTC", 0.5)
     86400.0
     """
-    start = datetime.fromtimestamp(after, ZoneInfo(zone)) if zone else datetime.fromtimestamp(after)
-    found: datetime = croniter(cron, start, second_at_beginning=False).get_next(datetime)
-    return found.timestamp()  # a naive (local) time is read as local time here too
+    tz = zone_named(zone)
+    # croniter steps through naive wall-clock times (plain calendar arithmetic); each is
+    # then placed in the zone here, where the rules above are applied
+    wall = datetime.fromtimestamp(after, tz).replace(tzinfo=None)
+    slots = croniter(cron, wall, second_at_beginning=False)
+    while True:
+        found = _instant(slots.get_next(datetime), tz)
+        if found > after:  # an earlier one: the repeated hour's second pass, already run
+            return found
+
+
+def _instant(wall: datetime, tz: tzinfo) -> float:
+    """The instant the clocks of ``tz`` first show ``wall``, or, for a time they skip,
+    the instant they jump over it."""
+    first = wall.replace(tzinfo=tz, fold=0)  # fold 0: the first of a repeated time
+    if datetime.fromtimestamp(first.timestamp(), tz).replace(tzinfo=None) == wall:
+        return first.timestamp()
+    # skipped: fold 1 reads it with the offset before the jump, fold 0 with the one after;
+    # the jump lies between (transitions fall on whole seconds)
+    before, after = int(wall.replace(tzinfo=tz, fold=1).timestamp()), int(first.timestamp())
+    offset = datetime.fromtimestamp(after, tz).utcoffset()  # the one after the jump
+    while after - before > 1:
+        middle = (before + after) // 2
+        if datetime.fromtimestamp(middle, tz).utcoffset() == offset:
+            after = middle
+        else:
+            before = middle
+    return float(after)
 
 
 def cron_problem(cron: str) -> Problem | None:
@@ -117,11 +148,7 @@ def _zone_problem(zone: str) -> Problem | None:
 def _view(schedule: Schedule, settings: Settings) -> ScheduleView:
     zone = zone_of(schedule, settings)
     when = schedule.next_run_at
-    shown = None
-    if when is not None:
-        shown = (
-            datetime.fromtimestamp(when, ZoneInfo(zone)) if zone else datetime.fromtimestamp(when)
-        )
+    shown = None if when is None else datetime.fromtimestamp(when, zone_named(zone))
     return ScheduleView(schedule, zone, shown)
 
 
