@@ -224,14 +224,24 @@ def mark_started(tx: Tx, run_id: int) -> None:
     )
 
 
-def set_run_config(tx: Tx, run_id: int, owner: str, config: dict[str, Any]) -> None:
-    """Store what the run learnt while running (a project refused at its start), as
-    its lease holder; NotFoundError when the lease is not ``owner``'s."""
-    changed = tx.conn.execute(
-        update(runs).where(runs.c.id == run_id, runs.c.lease_owner == owner).values(config=config)
-    )
-    if not changed.rowcount:
+def set_project_problem(tx: Tx, run_id: int, owner: str, index: int, why: str) -> None:
+    """Record why project ``index`` of the run cannot run (refused at its start), as the
+    run's lease holder; NotFoundError when the lease is not ``owner``'s.
+
+    The config is read and written back in this one transaction, so what another
+    project learnt before is kept (never a copy read earlier written over it).
+    """
+    found = tx.conn.execute(
+        select(runs.c.config).where(runs.c.id == run_id, runs.c.lease_owner == owner)
+    ).first()
+    if found is None:
         raise NotFoundError(f"run {run_id} is not held by {owner}")
+    config = dict(found.config)
+    projects = list(config["projects"])
+    projects[index] = {**projects[index], "problem": why}
+    tx.conn.execute(
+        update(runs).where(runs.c.id == run_id).values(config={**config, "projects": projects})
+    )
 
 
 def finish_run(

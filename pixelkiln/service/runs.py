@@ -351,11 +351,7 @@ class RunDriver:
             submitted = await submit(self.ctx, caller, sub)
         except KilnError as exc:  # refused at its start (credits spent since, a file gone)
             why = str(exc) or type(exc).__name__
-            projects = list(run.config["projects"])
-            projects[index] = {**project, "problem": why}
-            await self.ctx.write(
-                store.set_run_config, self.run_id, self.owner, {**run.config, "projects": projects}
-            )
+            await self.ctx.write(store.set_project_problem, self.run_id, self.owner, index, why)
             self.note(f"project {pid} failed: {why}")
             return None
         self.note(f"project {pid} started: batch {submitted.batch_id}, {len(spec.tasks)} task(s)")
