@@ -35,6 +35,7 @@ from typing import Any
 
 from pixelkiln.db import runs as store
 from pixelkiln.db.batches import get_batch
+from pixelkiln.db.database import Tx
 from pixelkiln.db.presets import list_presets
 from pixelkiln.db.runs import NewRun, Run, RunStatus
 from pixelkiln.db.tasks import list_images, list_tasks
@@ -148,13 +149,20 @@ async def create_projects_run(
     source: str = "cli",
     schedule_id: int | None = None,
     lease_owner: str | None = None,
+    planned: ProjectsPlan | None = None,
+    also: Callable[[Tx, int], None] | None = None,
 ) -> int:
     """Plan ``config`` (see :func:`plan_projects_run`) and store it as a run; its id.
 
     Nothing runs yet: a server's :class:`RunKeeper` drives a run no process holds, or
     the caller drives it itself, holding it from the start with ``lease_owner``.
+    ``planned``: the plan the caller just made of the same ``config`` and ``overrides``
+    (shown to a person first), not made again. ``also(tx, run_id)`` runs in the
+    transaction that stores the run (a schedule records its start): what it raises
+    stores nothing.
     """
-    planned = await plan_projects_run(ctx, caller, config, overrides)
+    if planned is None:
+        planned = await plan_projects_run(ctx, caller, config, overrides)
     stored = _stored_config(planned, overrides)
     new = NewRun(
         name=planned.config.path.stem,
@@ -166,8 +174,15 @@ async def create_projects_run(
         lease_owner=lease_owner,
         lease_seconds=ctx.settings.scheduler.lease_seconds,
     )
-    run_id = await ctx.write(store.create_run, new)
+    run_id = await ctx.write(_store_run, new, also)
     log.info("run %s created from %s: %d project(s)", run_id, config, len(planned.projects))
+    return run_id
+
+
+def _store_run(tx: Tx, new: NewRun, also: Callable[[Tx, int], None] | None) -> int:
+    run_id = store.create_run(tx, new)
+    if also is not None:
+        also(tx, run_id)
     return run_id
 
 
