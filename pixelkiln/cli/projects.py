@@ -139,27 +139,43 @@ def run(
             raise InvalidStateError("give a project config, or --resume RUN_ID (not both)")
         settings = project_settings(config, project_config, log_level)
         setup_logging(settings, prefix="projects")
-        code = asyncio.run(_run(settings, project_config, overrides.values(), resume, yes, quiet))
+        code = asyncio.run(
+            run_projects(settings, project_config, overrides.values(), resume, yes, quiet)
+        )
     raise typer.Exit(code)
 
 
-async def _run(
+async def run_projects(
     settings: Settings,
     project_config: Path | None,
     overrides: dict[str, Any],
     resume: int | None,
     yes: bool,
     quiet: bool,
+    owner: str | None = None,
 ) -> int:
+    """Plan, store and drive a project run here to its end (or ``resume`` a stored one),
+    printing each project and the report; the exit code (see the module docstring).
+
+    ``kiln projects run`` and ``kiln schedule run-now`` use it. ``owner``: the lease
+    holder id the run was created with (run-now creates it held, so that no server
+    takes it before this process does); by default a new one.
+    """
     async with Kiln(settings) as kiln:
-        owner = new_owner_id()
+        owner = owner or new_owner_id()
         if project_config is not None:
             planned = await plan_projects_run(kiln.service, LOCAL, project_config, overrides)
             _print_plan(planned)
             if not yes and sys.stdin.isatty() and not typer.confirm("Generate them now?", True):
                 return EXIT_OK
             run_id = await create_projects_run(
-                kiln.service, LOCAL, project_config, overrides, source="cli", lease_owner=owner
+                kiln.service,
+                LOCAL,
+                project_config,
+                overrides,
+                source="cli",
+                lease_owner=owner,
+                planned=planned,
             )
         else:
             run_id = resume or 0

@@ -18,7 +18,6 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -249,10 +248,12 @@ def finish_run(
     run_id: int,
     owner: str,
     status: RunStatus,
-    report_of: Callable[[Connection], dict[str, Any]],
-) -> dict[str, Any] | None:
-    """End the run, as its lease holder, with the report ``report_of`` makes in the same
-    transaction (so it shows the run ended); None when the lease was lost."""
+    report: dict[str, Any],
+    finished_at: float,
+) -> bool:
+    """End the run, as its lease holder, with its ``report`` (made beforehand, in a read,
+    as of ``finished_at``: the writer is not held while it is built); False when the
+    lease was lost (nothing written)."""
     ended = tx.conn.execute(
         update(runs)
         .where(
@@ -260,10 +261,12 @@ def finish_run(
             runs.c.lease_owner == owner,
             runs.c.status == str(RunStatus.RUNNING),
         )
-        .values(status=str(status), finished_at=tx.now, lease_owner=None, lease_expires_at=None)
+        .values(
+            status=str(status),
+            finished_at=finished_at,
+            report=report,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
     )
-    if not ended.rowcount:
-        return None
-    report = report_of(tx.conn)
-    tx.conn.execute(update(runs).where(runs.c.id == run_id).values(report=report))
-    return report
+    return bool(ended.rowcount)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -417,14 +416,12 @@ class RunDriver:
             status = RunStatus.COMPLETED
         elif ok == 0:
             status = RunStatus.FAILED
-        report = await self.ctx.write(
-            store.finish_run,
-            self.run_id,
-            self.owner,
-            status,
-            functools.partial(build_run_report, run_id=self.run_id, files=files),
+        ending = (status, time.time())
+        report = await self.ctx.read(build_run_report, self.run_id, files, ending)
+        ended = await self.ctx.write(
+            store.finish_run, self.run_id, self.owner, status, report, ending[1]
         )
-        if report is None:
+        if not ended:
             self.lost = True
             raise RunStopped(f"run {self.run_id} was taken over before it ended")
         for line in render_run_text(report).splitlines():

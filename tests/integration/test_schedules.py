@@ -267,9 +267,7 @@ async def test_a_claim_left_unstarted_is_started_once_by_a_later_pass(
     assert stored.last_run_id == fired[0].run_id and stored.next_run_at == later
 
 
-async def test_a_start_whose_claim_was_taken_over_makes_nothing(
-    kiln: Kiln, tmp_path: Path
-) -> None:
+async def test_a_start_whose_claim_was_taken_over_makes_nothing(kiln: Kiln, tmp_path: Path) -> None:
     """A slow start lost its claim to another process: the run it was storing is rolled
     back (the other one starts the slot), and it records nothing."""
     from pixelkiln.db.runs import list_runs
@@ -288,3 +286,19 @@ async def test_a_start_whose_claim_was_taken_over_makes_nothing(
     assert await kiln.db.aread(list_runs) == []
     stored = await kiln.db.aread(get_schedule, view.schedule.id)
     assert (stored.claimed_by, stored.last_error) == ("other", None)
+
+
+async def test_run_now_creates_the_project_run_held_by_the_one_who_follows_it(
+    kiln: Kiln, tmp_path: Path
+) -> None:
+    """`kiln schedule run-now --wait` drives the run itself: no server may take it first."""
+    from pixelkiln.db.runs import orphan_runs
+
+    config = studio(tmp_path, '{"projects": [{"pid": "p1"}]}')
+    ctx = kiln.service
+    view = await service.add_schedule(ctx, LOCAL, "0 0 * * *", ScheduleKind.PROJECTS, config)
+    fired = await service.run_now(ctx, LOCAL, view.schedule.id, lease_owner="cli:1:x")
+    assert fired.run_id is not None
+    run = await kiln.db.aread(get_run, fired.run_id)
+    assert run.lease_owner == "cli:1:x"
+    assert await kiln.db.aread(orphan_runs, time.time()) == []
