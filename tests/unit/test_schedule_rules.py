@@ -123,3 +123,14 @@ def test_local_time_is_the_machines_zone_and_its_repeated_hour_runs_once(tmp_pat
     assert done.returncode == 0, done.stderr
     # the slot of 01:05 EST (due since the first 01:05) runs once; then none until 02:00 EST
     assert done.stdout.split() == ["[1,", "0,", "0,", "0,", "0,", "1]", "2"]
+
+
+def test_the_machines_zone_is_read_with_its_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoneinfo import ZoneInfo
+
+    from pixelkiln.hours import local_zone
+
+    monkeypatch.setenv("TZ", NEW_YORK)
+    assert local_zone() == ZoneInfo(NEW_YORK)
+    monkeypatch.setenv("TZ", ":Asia/Shanghai")
+    assert local_zone() == ZoneInfo("Asia/Shanghai")
