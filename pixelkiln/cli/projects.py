@@ -339,12 +339,21 @@ def runs_table(db: Database, limit: int = 5) -> Table | None:
         table.add_row(
             str(run.id),
             escape(run.name),
-            str(run.status),
+            _shown_status(run),
             f"{ok}/{failed} of {len(run.config.get('projects', []))}",
             str(images),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started_at or run.created_at)),
         )
     return table
+
+
+def _shown_status(run: Run) -> str:
+    """A run no live process drives says so: it goes on under `kiln serve`, or with
+    `kiln projects run --resume ID`."""
+    idle = run.lease_expires_at is None or run.lease_expires_at < time.time()
+    if run.status == "running" and idle:
+        return "waiting (no process drives it: kiln serve or --resume)"
+    return str(run.status)
 
 
 def _run_counts(db: Database, run: Run) -> tuple[int, int, int]:
@@ -353,9 +362,12 @@ def _run_counts(db: Database, run: Run) -> tuple[int, int, int]:
 
 
 def print_run(db: Database, run_id: int) -> None:
-    """One run's report so far (``kiln status --run ID``)."""
+    """One run's report (``kiln status --run ID``): as stored when it ended (its batches may
+    since have gone by the retention rules), else as it stands so far."""
+    run = db.read(get_run, run_id)
+    report = run.report or db.read(build_run_report, run_id)
     console.print(
-        render_run_text(db.read(build_run_report, run_id)),
+        render_run_text(report),
         markup=False,
         highlight=False,
         soft_wrap=True,
