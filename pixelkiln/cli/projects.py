@@ -279,6 +279,9 @@ def check(
                 str(r["images"]),
                 escape(r["problem"]),
             )
+        console.print(
+            f"Projects folder: {escape(str(planned.config.projects_dir))}", highlight=False
+        )
         console.print(table)
     raise typer.Exit(EXIT_OK if all(r["ready"] for r in rows) else EXIT_FAILED)
 

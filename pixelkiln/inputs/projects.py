@@ -370,6 +370,9 @@ def _plan(
         images_dir = _images_dir(config, entry, fields)
     except ValueError as exc:
         return ProjectPlan(entry.pid, folder, None, problem=str(exc), delay=delay)
+    if not folder.is_dir():  # one reason, not every required file named missing
+        why = f"folder {folder} not found"
+        return ProjectPlan(entry.pid, folder, None, problem=why, delay=delay)
     try:
         missing = tuple(_missing(folder, settings.get("required_files") or [], fields))
     except ValueError as exc:
