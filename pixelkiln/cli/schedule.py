@@ -150,6 +150,7 @@ def list_(config: ConfigOption = None) -> None:
         console.print('No schedules. Add one with: kiln schedule add "0 0 * * *" batch FILE')
         return
     table = Table("id", "cron", "what", "next run", "last run", "last result")
+    table.columns[2].overflow = "fold"  # the whole path and overrides, never cut short
     for view in views:
         s = view.schedule
         table.add_row(
@@ -229,7 +230,10 @@ def _when(view: ScheduleView) -> str:
 
 
 def _stamp(stamp: float | None) -> str:
-    return "-" if stamp is None else datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+    """This machine's local time, with its zone's name (a schedule's zone may differ)."""
+    if stamp is None:
+        return "-"
+    return datetime.fromtimestamp(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _result(view: ScheduleView) -> str:

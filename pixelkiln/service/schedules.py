@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -62,8 +63,14 @@ class ScheduleView:
 
     @property
     def what(self) -> str:
-        """``projects /srv/studio/config.json``."""
-        return f"{self.schedule.kind.value} {self.schedule.target}"
+        """``projects /srv/studio/config.json --pid p1 --language zh``: the target and the
+        overrides it was added with, as they would be typed."""
+        given = [f"{self.schedule.kind.value} {self.schedule.target}"]
+        for key, value in sorted(self.schedule.options.items()):
+            flag = "--" + key.replace("_", "-")
+            for one in value if isinstance(value, list) else [value]:
+                given.append(f"{flag} {shlex.quote(str(one))}")
+        return " ".join(given)
 
 
 @dataclass(frozen=True)

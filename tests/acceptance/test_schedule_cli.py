@@ -66,3 +66,28 @@ def test_run_now_drives_a_project_run_to_its_report(tmp_path: Path) -> None:
     assert "project run 1 started" in text
     assert "1 succeeded, 1 failed of 2" in text and "missing demo002_en.srt" in text
     assert list((folder / "kiln-data" / "runs").glob("run-1-*.json"))
+
+
+def test_list_shows_a_schedules_overrides_and_whole_target(tmp_path: Path) -> None:
+    folder = tmp_path / "a-rather-long-studio-folder-name" / "nightly-projects"
+    shutil.copytree(EXAMPLE, folder)
+    added = kiln(
+        folder,
+        "schedule",
+        "add",
+        "0 0 * * *",
+        "projects",
+        "nightly.json",
+        "--pid",
+        "demo001",
+        "--description",
+        "two words",
+    )
+    assert added.returncode == 0, added.stdout + added.stderr
+    wide = env() | {"COLUMNS": "400"}  # one line per schedule
+    listed = subprocess.run(
+        [*KILN, "schedule", "list"], cwd=folder, env=wide, capture_output=True, text=True
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert str(folder / "nightly.json") in listed.stdout
+    assert "--pid demo001" in listed.stdout and "--description 'two words'" in listed.stdout
