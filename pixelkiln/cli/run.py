@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +43,8 @@ from pixelkiln.db.batches import find_batch, unfinished_batch_ids
 from pixelkiln.db.batches import get_batch as db_get_batch
 from pixelkiln.db.credits import InsufficientCreditsError
 from pixelkiln.db.database import Database
+from pixelkiln.db.tasks import unfinished_backends
+from pixelkiln.engine.hours import waiting_notes
 from pixelkiln.exceptions import (
     InvalidStateError,
     KilnError,
@@ -66,6 +69,10 @@ async def _run_batches(kiln: Kiln, batch_ids: list[int], quiet: bool) -> bool:
     batches = [await kiln.db.aread(db_get_batch, b) for b in batch_ids]
     subscription = kiln.bus.subscribe()
     scheduler = kiln.new_scheduler(batch_ids)
+    if scheduler.hours:  # a backend outside its hours: say so, not a silent spinner
+        waiting_on = await kiln.db.aread(unfinished_backends, batch_ids)
+        for note in waiting_notes(scheduler.hours, waiting_on, time.time()):
+            err_console.print(f"[yellow]{escape(note)}", highlight=False)
     interrupted = False
     loop = asyncio.get_running_loop()
 

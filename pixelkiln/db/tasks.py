@@ -133,3 +133,16 @@ def images_by_task(
     for image in list_images(conn, batch_id, history):
         grouped[image.task_id].append(image)
     return grouped
+
+
+def unfinished_backends(conn: Connection, batch_ids: Sequence[int]) -> set[str]:
+    """The backends that the pending and running tasks of these batches wait on."""
+    query = (
+        select(tasks.c.backend)
+        .where(
+            tasks.c.batch_id.in_(list(batch_ids)),
+            tasks.c.status.in_([TaskStatus.PENDING, TaskStatus.RUNNING]),
+        )
+        .distinct()
+    )
+    return set(conn.execute(query).scalars())

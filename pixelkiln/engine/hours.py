@@ -105,6 +105,23 @@ class Hours:
         )
 
 
+def waiting_notes(hours: Hours, names: Iterable[str], now: float) -> list[str]:
+    """A line for each of ``names`` closed at ``now``: why its tasks wait, and until when
+    (what a face prints so that a run that waits is not a silent spinner)."""
+    closed = hours.closed(now)
+    local = hours._local(now)
+    notes = []
+    for name in sorted(set(names) & closed):
+        window = hours.windows[name]
+        opening = min(
+            (_seconds_until(local, e) for e in window.edges() if window.open_at(e)),
+            default=None,
+        )
+        until = "" if opening is None else f" until {local + timedelta(seconds=opening):%H:%M}"
+        notes.append(f"backend '{name}' is outside its hours: its tasks wait{until}")
+    return notes
+
+
 def _minute_of(moment: datetime) -> int:
     return moment.hour * 60 + moment.minute
 

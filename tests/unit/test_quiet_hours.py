@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 
 from pixelkiln.config import load_settings
-from pixelkiln.engine.hours import BackendHours, Hours, parse_window
+from pixelkiln.engine.hours import BackendHours, Hours, parse_window, waiting_notes
 from pixelkiln.exceptions import ConfigError
 
 DAY = datetime(2026, 3, 10)
@@ -102,3 +102,13 @@ def test_the_next_opening_is_the_nearest_edge_of_a_closed_backend() -> None:
     # closed at 23:30: it opens at 07:00 the next day, 7.5 hours later
     assert hours.next_opening(at("23:30")) == at("23:30") + 7.5 * 3600
     assert hours.next_opening(at("06:59")) == at("06:59") + 60
+
+
+def test_a_run_waiting_on_a_closed_backend_is_told_until_when() -> None:
+    hours = hours_of(sd=("", "22:00-07:00"), api=("09:00-17:00", ""), other=("", "01:00-02:00"))
+    notes = waiting_notes(hours, {"sd", "api", "unused"}, at("23:30"))
+    assert notes == [
+        "backend 'api' is outside its hours: its tasks wait until 09:00",
+        "backend 'sd' is outside its hours: its tasks wait until 07:00",
+    ]
+    assert waiting_notes(hours, {"sd", "api"}, at("12:00")) == []  # both open at noon
