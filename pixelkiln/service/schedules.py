@@ -137,15 +137,37 @@ def _instant(wall: datetime, tz: tzinfo) -> float:
 def cron_problem(cron: str) -> Problem | None:
     """What is wrong with a cron expression, or None."""
     fields = cron.split()
-    if len(fields) not in CRON_FIELDS or not croniter.is_valid(cron, second_at_beginning=False):
-        return Problem(
-            "",
-            "",
-            "cron",
-            f"'{cron}' is not a cron expression: give 5 fields (minute hour day month "
-            "weekday, e.g. '0 0 * * *') or 6 with seconds last (e.g. '* * * * * */10')",
+    if len(fields) not in CRON_FIELDS:
+        why = (
+            f"it has {len(fields)} field(s); give 5 (minute hour day month weekday, e.g. "
+            "'0 0 * * *') or 6 with seconds last (e.g. '* * * * * */10')"
         )
-    return None
+    elif not croniter.is_valid(cron, second_at_beginning=False):
+        why = _field_problem(fields)
+    else:
+        return None
+    return Problem("", "", "cron", f"'{cron}' is not a cron expression: {why}")
+
+
+#: each field's name and range, for saying which one is wrong
+_FIELDS = (
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day", "1-31"),
+    ("month", "1-12"),
+    ("weekday", "0-6"),
+    ("second", "0-59"),
+)
+
+
+def _field_problem(fields: list[str]) -> str:
+    """Which field of a well-sized expression croniter refuses (each tried alone)."""
+    for i, (name, span) in enumerate(_FIELDS[: len(fields)]):
+        probe = ["*"] * len(fields)
+        probe[i] = fields[i]
+        if not croniter.is_valid(" ".join(probe), second_at_beginning=False):
+            return f"its {name} field '{fields[i]}' is not valid ({span}, *, lists, ranges, /steps)"
+    return "its fields do not fit together"
 
 
 def _zone_problem(zone: str) -> Problem | None:
