@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -117,15 +117,28 @@ async def plan_projects_run(
                 sub = _submission(project.spec, project.pid, project.folder, loaded.source)
                 await plan(ctx, caller, sub)
             except SpecError as exc:
-                problems += [_in_project(p, project.pid) for p in exc.problems]
+                problems += _in_project(exc.problems, project.pid, len(project.spec.tasks))
     if problems:
         raise SpecError(problems)
     return planned
 
 
-def _in_project(problem: Problem, pid: str) -> Problem:
-    where = f"project '{pid}'" + (f", {problem.where}" if problem.where else "")
-    return Problem(problem.source, where, problem.field, problem.message)
+def _in_project(found: Sequence[Problem], pid: str, scenes: int) -> list[Problem]:
+    """The problems of a project's batch, located in the project; one that every scene
+    has (a shared setting: an unknown backend in ``default_settings``) is said once."""
+    by_kind: dict[tuple[str, str], list[Problem]] = {}
+    for problem in found:
+        by_kind.setdefault((problem.field, problem.message), []).append(problem)
+    said = []
+    for (field, message), same in by_kind.items():
+        first = same[0]
+        if len(same) == 1:
+            where = f"project '{pid}'" + (f", {first.where}" if first.where else "")
+        else:
+            every = "every scene" if len(same) >= scenes else f"{len(same)} scenes"
+            where = f"project '{pid}' ({every})"
+        said.append(Problem(first.source, where, field, message))
+    return said
 
 
 def _submission(spec: BatchSpec, pid: str, folder: Path, source: str, **extra: Any) -> Submission:

@@ -191,12 +191,14 @@ async def test_a_config_that_cannot_run_stores_nothing(tmp_path: Path, database_
         with pytest.raises(PermissionDeniedError):
             await create_projects_run(kiln.service, Caller(user), config, {})
         assert kiln.db.read(list_runs) == []
-    assert {p.where.split(",")[0] for p in caught.value.problems} == {
+    # the shared setting's problem, once per project (not once per scene)
+    wheres = [p.where for p in caught.value.problems]
+    assert len(wheres) == 2 and {w.split(" (")[0] for w in wheres} == {
         "project 'p1'",
         "project 'p3'",
     }
-    assert any("nope" in p.message for p in caught.value.problems)
-    assert caught.value.problems[0].field == "backend"
+    assert all("nope" in p.message for p in caught.value.problems)
+    assert {p.field for p in caught.value.problems} == {"backend"}
 
 
 async def test_a_run_without_a_driver_waits_for_one_and_a_drivers_batch_ends_it(
