@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -89,8 +90,13 @@ def setup_logging(settings: Settings, prefix: str = "kiln") -> Path:
     folder = settings.storage.data_dir / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{prefix}_{datetime.now():%Y%m%d_%H%M%S}.log"
+    if path.exists():  # another process started in the same second: a file of its own
+        path = path.with_name(f"{path.stem}_{os.getpid()}.log")
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    # the process id: several servers on one database each say which claimed what
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s")
+    )
     root = logging.getLogger("pixelkiln")
     root.handlers = [handler]
     root.setLevel(settings.log.level)
