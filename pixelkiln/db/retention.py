@@ -29,8 +29,8 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Row, Text, cast, delete, exists, func, select, update
 
-from pixelkiln.db.database import Tx
 from pixelkiln.db.batches import LIVE
+from pixelkiln.db.database import Tx
 from pixelkiln.db.records import forget_batch
 from pixelkiln.db.tables import assets, batches, events, images, runs, tasks, webhook_deliveries
 from pixelkiln.models import FINISHED_BATCH

@@ -94,9 +94,7 @@ def test_weights_bias_draws_not_combinations() -> None:
         ("__/abs__", "'__/abs__' at column 1: a list's name is"),
     ],
 )
-def test_bad_syntax_is_located_by_line_and_column(
-    text: str, message: str, tmp_path: Path
-) -> None:
+def test_bad_syntax_is_located_by_line_and_column(text: str, message: str, tmp_path: Path) -> None:
     assert error(text, lists(tmp_path, some="x")).startswith(message)
 
 
