@@ -3,7 +3,7 @@
 A template is text with named fields: ``"{style}. {title}: {visual_desc}"``.
 A field is a name, or a dotted path into nested objects and lists
 (``{scene.prompt}``, ``{shots.0}``); ``{{`` and ``}}`` are literal braces.
-A ``{...}`` that holds a ``|`` (or another group) is a wildcard group
+A ``{...}`` that holds a ``|`` outside the groups inside it is a wildcard group
 (``{red|blue}``, see :mod:`pixelkiln.wildcards`), kept as it is for the prompt's
 wildcards to expand; fields are not looked for inside it.
 Nothing else is allowed: no positional fields (``{0}``), conversions
@@ -16,9 +16,10 @@ the item that lacks it.
 'ink. Dawn'
 
 :func:`expand_items` turns a batch's ``items`` into tasks (one per item, keyed
-by its ``id``). The prompts it makes are wildcard text: literal braces stay
-doubled and field values are escaped, so that only the template's own groups
-and ``__lists__`` expand (:mod:`pixelkiln.sweeps` expands them).
+by its ``id``). The prompts it makes are wildcard text: the fields' values are
+escaped (:func:`pixelkiln.wildcards.escape`), and so are the bars of the template's
+literal text, so that only the template's own groups and ``__lists__`` expand
+(:mod:`pixelkiln.sweeps` expands them).
 """
 
 from __future__ import annotations
@@ -167,8 +168,8 @@ def render(
     """``template`` with each field replaced by its value in ``fields``.
 
     With ``wildcards`` the text is a prompt for :mod:`pixelkiln.wildcards`: the
-    template's literal braces stay doubled, its groups stay as written, and field
-    values are escaped (their braces and ``__`` are text, never wildcards).
+    template's groups and lists stay as written, a ``|`` in its literal text is escaped,
+    and so are the field values (a ``|`` or ``__`` in them is text, never a wildcard).
 
     Texts and numbers are written as they are, true/false in lower case, objects
     and lists as JSON. A field missing (or null) raises TemplateError naming
@@ -185,14 +186,17 @@ def render(
     """
     parsed = template if isinstance(template, Template) else parse_template(template)
     out: list[str] = []
+    written: list[Callable[[str], str]] = []  # how each part is written for wildcards
     missing: list[str] = []
     empty: list[int] = []  # positions in ``out`` of fields that rendered as empty text
     for part in parsed.parts:
         if isinstance(part, _Group):
             out.append(part.text)
+            written.append(_as_written)
             continue
         if isinstance(part, str):
-            out.append(part.replace("{", "{{").replace("}", "}}") if wildcards else part)
+            out.append(part)  # its bars are text (``{{a|b}}``), its ``__lists__`` its own
+            written.append(_bars_escaped)
             continue
         value = _lookup(fields, part.path)
         if value is None:
@@ -201,13 +205,25 @@ def render(
         text = _text(value)
         if not text.strip():
             empty.append(len(out))
-        out.append(escape(text) if wildcards else text)
+        out.append(text)
+        written.append(escape)
     if missing:
         names = ", ".join(f"'{m}'" for m in dict.fromkeys(missing))
         plural = "s" if len(set(missing)) > 1 else ""
         verb = "are" if plural else "is"
         raise TemplateError(f"template field{plural} {names} {verb} missing", where)
-    return "".join(_without_gaps(out, set(empty)))
+    out = _without_gaps(out, set(empty))  # on the text as the template's reader sees it
+    if wildcards:
+        out = [write(text) for write, text in zip(written, out, strict=True)]
+    return "".join(out)
+
+
+def _as_written(text: str) -> str:
+    return text
+
+
+def _bars_escaped(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 #: what separates the parts of a prompt (ASCII and full-width)

@@ -1,32 +1,39 @@
 """Wildcards in prompts: ``{a|b|c}`` alternatives and ``__name__`` lists read from files.
 
-The grammar of a prompt (and a negative prompt), once a template has made it:
+The grammar of a prompt (and a negative prompt), once a template has made it. Only
+what is plainly meant as a wildcard is one; every other character is text, so a
+prompt written for a generator (NovelAI's ``{{emphasis}}``, a stray ``}``, a
+Python-ish ``__init__``) reaches it as it was written:
 
-- ``{a|b|c}``: one of the alternatives. Groups nest (``{a|{b|c}}``: three
-  prompts); an alternative may carry a weight for random draws (``{3::a|b}``:
-  ``a`` three times as likely as ``b``); every combination lists each alternative
-  once, whatever its weight. ``{x}`` is a group of one: ``x``.
+- ``{a|b|c}``: one of the alternatives. A pair of braces is a group only when a
+  ``|`` stands inside it outside the pairs within it; ``{x}``, ``{{word}}`` and a
+  brace that pairs with none are text. Groups nest (``{a|{b|c}}``: three prompts);
+  an alternative may carry a weight for random draws (``{3::a|b}``: ``a`` three
+  times as likely as ``b``); every combination lists each alternative once,
+  whatever its weight.
 - ``__name__``: one entry of the file ``wildcards/name.txt`` beside the batch
-  file (``__people/names__`` is ``wildcards/people/names.txt``): one entry per
-  line, blank lines and lines starting with ``#`` left out; an entry may itself
-  hold groups and other ``__lists__``.
-- ``{{`` and ``}}`` outside a group are literal braces; ``|`` outside a group is
-  literal text. Inside a group braces always open and close groups.
+  file (``__people/names__`` is ``wildcards/people/names.txt``), only for a batch
+  file with a ``wildcards`` folder beside it; anywhere else it is text. One entry
+  per line, blank lines and lines starting with ``#`` left out; an entry may
+  itself hold groups and other ``__lists__``.
+- ``\\|`` is a ``|`` that separates nothing and ``\\__`` two underscores that
+  name no list (:func:`escape` writes any text so); any other backslash is text.
 
 >>> library = Library(None)
 >>> list(combinations(parse("a {red|{green|blue}} fox", library)))
 ['a red fox', 'a green fox', 'a blue fox']
+>>> list(combinations(parse("{{best quality}}, {x}, __init__ }", library)))
+['{{best quality}}, {x}, __init__ }']
 >>> parse("{3::a|b}", library).count
 2
->>> parse("a {b|c", library)
-Traceback (most recent call last):
-pixelkiln.wildcards.WildcardError: '{' at column 3 is not closed
+>>> parse("{a|{b|c}}", library).count
+3
 
 Problems raise :class:`WildcardError` saying what and where (line and column
 in the text, and the file and line for an entry of a list). Names are checked
 before any file is opened (``__../../etc/passwd__`` is refused): only ``.txt``
 files inside the ``wildcards`` folder are ever read, and only when a batch file
-gave that folder (an API submission has none).
+has that folder (an API submission has none).
 """
 
 from __future__ import annotations
@@ -58,11 +65,19 @@ MAX_FILE_BYTES = 1_000_000
 #: the folder beside a batch file that ``__name__`` lists are read from
 FOLDER = "wildcards"
 
-_SPECIAL = re.compile(r"[{}|]|__")
+#: what the parser looks at: the two escapes, braces, bars and "__"
+_SPECIAL = re.compile(r"\\\||\\__|[{}|]|__")
+#: what decides which braces pair into groups: an escaped bar, braces, bars
+_PAIRING = re.compile(r"\\\||[{}|]")
+#: characters a list file may not hold: control characters but tab (a NUL cannot even
+#: be stored in PostgreSQL text)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _WEIGHT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*::")
 #: a list's name: words of letters, digits, "_" and "-", in folders joined by "/"
 _LIST_NAME = re.compile(r"[^\W_][\w-]*(?:/[^\W_][\w-]*)*")
-_NOT_A_NAME = re.compile(r"[\s{}|]")
+_NOT_A_NAME = re.compile(r"[\s{}|\\]")
+#: a list file's line breaks (only these: a control character inside a line is refused)
+_LINES = re.compile(r"\r\n|\r|\n")
 
 
 class WildcardError(ValueError):
@@ -95,22 +110,21 @@ class Seq:
 
 
 def has_wildcards(text: str) -> bool:
-    """Whether ``text`` holds anything but literal text (braces, or ``__``)."""
-    return "{" in text or "}" in text or "__" in text
+    """Whether ``text`` may hold anything but literal text: a group needs a ``|``, a list
+    or an escape a ``__`` or a ``|``."""
+    return "|" in text or "__" in text
 
 
 def escape(text: str) -> str:
-    """``text`` written so that :func:`parse` gives it back as it is.
+    """``text`` written so that :func:`parse` gives it back as it is: each ``|`` and each
+    ``__`` escaped with a backslash (braces need nothing: without a ``|`` they are text).
 
-    >>> escape("{x} __init__")
-    '{{x}} {_}{_}init{_}{_}'
-    >>> list(combinations(parse(escape("{x} __init__"), Library(None))))
-    ['{x} __init__']
+    >>> escape("{a|b} __init__")
+    '{a\\\\|b} \\\\__init\\\\__'
+    >>> list(combinations(parse(escape("{a|b} __init__"), Library(None))))
+    ['{a|b} __init__']
     """
-    text = text.replace("{", "{{").replace("}", "}}")
-    if "__" in text:
-        text = text.replace("{{", "\0").replace("_", "{_}").replace("\0", "{{")
-    return text
+    return text.replace("|", "\\|").replace("__", "\\__")
 
 
 def parse(text: str, library: Library) -> Seq:
@@ -161,7 +175,7 @@ class Library:
     in many tasks is parsed once.
     """
 
-    folder: Path | None  #: None: lists cannot be used (an API submission)
+    folder: Path | None  #: None: ``__name__`` is text (an API submission, no folder)
     lists: dict[str, Choice] = field(default_factory=dict)
     texts: dict[str, Seq] = field(default_factory=dict)
     #: the lists being read, outermost first
@@ -169,8 +183,10 @@ class Library:
 
     @classmethod
     def beside(cls, base_dir: Path | None) -> Library:
-        """The lists of the batch file in ``base_dir`` (its ``wildcards`` folder)."""
-        return cls(base_dir / FOLDER if base_dir is not None else None)
+        """The lists of the batch file in ``base_dir``: its ``wildcards`` folder, when it
+        has one (without, ``__name__`` in its prompts is text)."""
+        folder = base_dir / FOLDER if base_dir is not None else None
+        return cls(folder if folder is not None and folder.is_dir() else None)
 
     def parsed(self, text: str) -> Seq:
         """``text`` parsed (once: kept for the next task that has it)."""
@@ -196,11 +212,8 @@ class Library:
 
     def _read(self, name: str, depth: int) -> Choice:
         shown = f"{FOLDER}/{name}.txt"
-        if self.folder is None:
-            raise WildcardError(
-                "wildcard files are for batch files: a list needs a 'wildcards' folder beside "
-                "the file; write the alternatives in the prompt instead, e.g. '{red|green}'"
-            )
+        if self.folder is None:  # the parser asks only when there is a folder
+            raise WildcardError(f"no {FOLDER} folder to read {shown} from")
         root = self.folder.resolve()
         path = (self.folder / f"{name}.txt").resolve()
         if not path.is_relative_to(root):  # a link that leads out of the folder
@@ -211,7 +224,7 @@ class Library:
         if len(data) > MAX_FILE_BYTES:
             raise WildcardError(f"{shown} is larger than {MAX_FILE_BYTES:,} bytes")
         try:
-            lines = data.decode("utf-8-sig").splitlines()
+            lines = _LINES.split(data.decode("utf-8-sig"))
         except UnicodeDecodeError as exc:
             raise WildcardError(f"{shown} is not UTF-8 text: {exc.reason}") from exc
         options: list[Seq] = []
@@ -219,6 +232,12 @@ class Library:
             entry = line.strip()
             if not entry or entry.startswith("#"):
                 continue
+            bad = _CONTROL.search(line)
+            if bad is not None:
+                raise WildcardError(
+                    f"{shown} line {number}: a control character (U+{ord(bad.group()):04X}) at "
+                    f"column {bad.start() + 1}; a list holds text (tabs allowed)"
+                )
             try:
                 options.append(_Parser(entry, self, depth).seq(in_group=False))
             except WildcardError as exc:
@@ -236,6 +255,26 @@ def _place(text: str, index: int) -> str:
     return f"line {line}, column {index - text.rfind(chr(10), 0, index)}"
 
 
+def _pairing(text: str) -> frozenset[int]:
+    """Where the ``{``, ``|`` and ``}`` of ``text``'s groups are: a ``{`` pairs with the
+    first ``}`` after it that no ``{`` between them pairs with, and a pair is a group when
+    a ``|`` (not ``\\|``) stands inside it outside the pairs within it. Every other brace
+    and bar is text. One pass, whatever the text (a hostile one of 100,000 ``{``)."""
+    syntax: set[int] = set()
+    unpaired: list[tuple[int, list[int]]] = []  # each "{" still open, with its own bars
+    for found in _PAIRING.finditer(text):
+        token, at = found.group(), found.start()
+        if token == "{":
+            unpaired.append((at, []))
+        elif token == "|" and unpaired:
+            unpaired[-1][1].append(at)
+        elif token == "}" and unpaired:
+            opened, bars = unpaired.pop()
+            if bars:
+                syntax.update((opened, at, *bars))
+    return frozenset(syntax)
+
+
 class _Parser:
     """Parses one text; ``depth`` is how deep in groups and lists the text itself sits."""
 
@@ -244,13 +283,16 @@ class _Parser:
         self.library = library
         self.depth = depth
         self.i = 0
+        self.syntax = _pairing(text)
 
     def error(self, index: int, head: str, tail: str = "") -> WildcardError:
         """``head`` at the line and column of ``index``, then ``tail``."""
         return WildcardError(f"{head} at {_place(self.text, index)}{tail}")
 
     def seq(self, *, in_group: bool) -> Seq:
-        text = self.text
+        """Text and choices up to the end, or (``in_group``) to its group's next ``|`` or
+        its ``}`` (the cursor left on it)."""
+        text, syntax = self.text, self.syntax
         parts: list[str | Choice] = []
         literal: list[str] = []
         while True:
@@ -261,27 +303,19 @@ class _Parser:
             if found is None:
                 break
             token = found.group()
-            if in_group and token in "|}":
+            if token in "|}" and end in syntax:  # only a group's own: inner ones are parsed
                 break
-            if token == "|":
-                literal.append("|")
-                self.i += 1
-            elif not in_group and text.startswith(token * 2, end):  # "{{" or "}}"
-                literal.append(token)
-                self.i += 2
-            elif token == "}":
-                raise self.error(end, "'}'", " closes no group (write '}}' for a literal '}')")
-            elif token == "{":
+            if token == "{" and end in syntax:
                 parts += ["".join(literal), self.group()]
                 literal = []
+                continue
+            choice = self.listed() if token == "__" else None
+            if choice is None:  # text: an escape gives what it escapes
+                literal.append(token.removeprefix("\\"))
+                self.i += len(token)
             else:
-                choice = self.listed()
-                if choice is None:
-                    literal.append("__")
-                    self.i += 2
-                else:
-                    parts += ["".join(literal), choice]
-                    literal = []
+                parts += ["".join(literal), choice]
+                literal = []
         parts.append("".join(literal))
         return Seq.of([p for p in parts if p != ""])
 
@@ -301,9 +335,7 @@ class _Parser:
             while True:
                 weights.append(self.weight())
                 options.append(self.seq(in_group=True))
-                if self.i >= len(self.text):
-                    raise self.error(start, "'{'", " is not closed")
-                self.i += 1
+                self.i += 1  # past its "|" or "}": the group is closed (see _pairing)
                 if self.text[self.i - 1] == "}":
                     break
         finally:
@@ -321,7 +353,10 @@ class _Parser:
         return value
 
     def listed(self) -> Choice | None:
-        """The list named by ``__name__`` at the cursor, or None when ``__`` starts none."""
+        """The list named by ``__name__`` at the cursor, or None when ``__`` starts none
+        (without a wildcards folder, it never does)."""
+        if self.library.folder is None:
+            return None
         start = self.i
         end = self.text.find("__", start + 2)
         name = self.text[start + 2 : end]

@@ -45,7 +45,7 @@ async def _gc(settings: Settings, *, dry_run: bool, quiet: bool) -> None:
     async with Kiln(settings, engine=False) as kiln:  # no backend (nor HTTP client) is built
         found = await plan(kiln.service, LOCAL)
         console.print(_rules(found.rules), highlight=False)
-        if found.off:
+        if found.off and found.empty:  # with every rule off, a half-deleted batch still goes
             console.print(
                 "Retention is off: events_days, images_days and uploads_days are all 0 "
                 "in [retention]. Nothing is removed.",

@@ -107,6 +107,10 @@ def _record_assets(tx: Tx, owner_id: int | None, records: Sequence[dict[str, Any
             tx.conn.execute(insert(assets).values(owner_id=owner_id, created_at=tx.now, **record))
 
 
+#: not being deleted: a batch retention began deleting is gone to every reader and claim
+LIVE = batches.c.deleting_at.is_(None)
+
+
 def _batch(row: Row[Any]) -> Batch:
     counts = BatchCounts(
         row.n_tasks,
@@ -140,8 +144,9 @@ def _batch(row: Row[Any]) -> Batch:
 
 
 def get_batch(conn: Connection, batch_id: int, owner_id: int | None = None) -> Batch:
-    """One batch; NotFoundError when missing or (with ``owner_id``) someone else's."""
-    query = select(batches).where(batches.c.id == batch_id)
+    """One batch; NotFoundError when missing, being deleted (retention) or (with
+    ``owner_id``) someone else's."""
+    query = select(batches).where(batches.c.id == batch_id, LIVE)
     if owner_id is not None:
         query = query.where(batches.c.owner_id == owner_id)
     return _batch(one_row(conn, query, f"no batch {batch_id}"))
@@ -152,7 +157,8 @@ def find_batch(conn: Connection, ref: str) -> Batch:
     number = parse_id(ref)
     if number is not None:
         return get_batch(conn, number)
-    query = select(batches).where(batches.c.name == ref).order_by(batches.c.id.desc()).limit(1)
+    query = select(batches).where(batches.c.name == ref, LIVE)
+    query = query.order_by(batches.c.id.desc()).limit(1)
     return _batch(one_row(conn, query, f"no batch with id or name '{ref}'"))
 
 
@@ -166,7 +172,7 @@ def list_batches(
     offset: int = 0,
 ) -> list[Batch]:
     """Newest first."""
-    query = select(batches).order_by(batches.c.id.desc()).limit(limit).offset(offset)
+    query = select(batches).where(LIVE).order_by(batches.c.id.desc()).limit(limit).offset(offset)
     if statuses is not None:
         query = query.where(batches.c.status.in_([str(s) for s in statuses]))
     if owner_id is not None:
@@ -192,6 +198,7 @@ def _runnable_statement(filtered: bool) -> Any:
         .where(
             batches.c.status.in_([str(s) for s in ACTIVE]),
             batches.c.n_pending > 0,
+            LIVE,
             or_(batches.c.scheduled_at.is_(None), batches.c.scheduled_at <= bindparam("r_now")),
         )
         .order_by(*CLAIM_ORDER)

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Row, delete, exists, func, insert, or_, selec
 
 from pixelkiln.db import prompt_search as prompt
 from pixelkiln.db import transitions
-from pixelkiln.db.batches import UNFINISHED, _batch
+from pixelkiln.db.batches import LIVE, UNFINISHED, _batch
 from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import assets, batches, events, idempotency_keys, images, tasks
 from pixelkiln.exceptions import InvalidStateError
@@ -87,6 +87,8 @@ class Asset:
 
 
 def _owned(query: Any, owner_id: int | None) -> Any:
+    """``query`` over batches less those being deleted, and others' with ``owner_id``."""
+    query = query.where(LIVE)
     return query if owner_id is None else query.where(batches.c.owner_id == owner_id)
 
 
@@ -118,6 +120,7 @@ def _joined(*columns: Any) -> Any:
         .select_from(images)
         .join(tasks, tasks.c.id == images.c.task_id)
         .join(batches, batches.c.id == images.c.batch_id)
+        .where(LIVE)  # a batch being deleted (retention) is gone, its images with it
     )
 
 
@@ -356,6 +359,12 @@ def delete_batch(tx: Tx, batch_id: int, owner_id: int | None = None) -> None:
     row = one_row(tx.conn, query, f"no batch {batch_id}")
     if not BatchStatus(row.status).finished:
         raise InvalidStateError(f"batch {batch_id} is {row.status}; cancel it before deleting")
+    forget_batch(tx, batch_id)
+
+
+def forget_batch(tx: Tx, batch_id: int) -> None:
+    """Delete the batch row and what hangs on it, whatever its status (the checks are the
+    caller's: :func:`delete_batch`, or retention's last step of a batch it marked)."""
     tx.conn.execute(delete(idempotency_keys).where(idempotency_keys.c.batch_id == batch_id))
     tx.conn.execute(delete(batches).where(batches.c.id == batch_id))  # cascades
 

@@ -3,16 +3,22 @@ others, the uploads no task uses, the runs left without batches; and deleting th
 
 A step is one short transaction: at most :data:`EVENT_CHUNK` events, or
 :data:`TASK_CHUNK` tasks with their images, so a batch of 100,000 tasks never holds
-SQLite's one writer for long (each step lets the writes waiting behind it in). Each
-step first checks again, inside its transaction, that its batch is still the
-finished batch the plan saw: gone (another process deleted it), unfinished (retried
-or regenerated since) or ended again since (a later end starts its time again) and
-the step does nothing and says why. Deleting is idempotent: two passes racing over
-the same rows delete each row once between them.
+SQLite's one writer for long (each step lets the writes waiting behind it in). The
+first step of a batch checks again, inside its transaction, that its batch is still
+the finished batch the plan saw: gone (another process deleted it), unfinished
+(retried or regenerated since) or ended again since (a later end starts its time
+again) and the step does nothing and says why. Otherwise it marks the batch
+(``batches.deleting_at``) in the transaction that deletes its first rows: from then
+on the batch is gone to every reader (``db.batches.LIVE``), no move re-queues it
+(retry, regenerate, pause, resume and cancel refuse it: ``transitions``), no claim
+takes its tasks, and the later steps go on whatever they find. A pass stopped (or
+failed) half way leaves the mark: the next pass finishes such a batch first
+(:func:`half_deleted`), whatever its rules say. Deleting is idempotent: two passes
+racing over the same rows delete each row once between them.
 
-The batch row itself goes last, through :func:`pixelkiln.db.records.delete_batch`
-(the same delete as ``DELETE /api/v1/batches/{id}``), once what is left under it is
-smaller than a step.
+The batch row itself goes last, through :func:`pixelkiln.db.records.forget_batch`
+(as ``DELETE /api/v1/batches/{id}`` does), once what is left under it is smaller
+than a step.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Row, Text, cast, delete, exists, func, select
+from sqlalchemy import Connection, Row, Text, cast, delete, exists, func, select, update
 
+from pixelkiln.db.batches import LIVE
 from pixelkiln.db.database import Tx
-from pixelkiln.db.records import delete_batch
+from pixelkiln.db.records import forget_batch
 from pixelkiln.db.tables import assets, batches, events, images, runs, tasks, webhook_deliveries
 from pixelkiln.models import FINISHED_BATCH
 
@@ -80,18 +87,18 @@ class Step(NamedTuple):
 # -- reading what the rules name -------------------------------------------------------------
 
 
-def _counted(*where: Any) -> Any:
-    """Finished batches matching ``where``, with their rows counted, oldest end first."""
+def _counted(*where: Any, finished: bool = True) -> Any:
+    """Batches matching ``where`` (finished ones unless told), with their rows counted,
+    oldest end first."""
     n_images = select(func.count()).where(images.c.batch_id == batches.c.id).scalar_subquery()
     n_events = select(func.count()).where(events.c.batch_id == batches.c.id).scalar_subquery()
     n_tasks = select(func.count()).where(tasks.c.batch_id == batches.c.id).scalar_subquery()
     counts = (n_tasks.label("tasks"), n_images.label("images"), n_events.label("events"))
     columns = (batches.c.id, batches.c.name, batches.c.owner_id, batches.c.status)
-    return (
-        select(*columns, batches.c.finished_at, *counts)
-        .where(batches.c.status.in_(_FINISHED), batches.c.finished_at.is_not(None), *where)
-        .order_by(batches.c.finished_at, batches.c.id)
-    )
+    if finished:
+        where = (batches.c.status.in_(_FINISHED), batches.c.finished_at.is_not(None), *where)
+    ended = func.coalesce(batches.c.finished_at, 0.0).label("finished_at")
+    return select(*columns, ended, *counts).where(*where).order_by(ended, batches.c.id)
 
 
 def _old_batch(row: Row[Any]) -> OldBatch:
@@ -116,7 +123,14 @@ def _in_running_run() -> Any:
 def ended_before(conn: Connection, cutoff: float) -> list[OldBatch]:
     """Finished batches that ended before ``cutoff`` (their whole selves go), except those
     of a run still going."""
-    query = _counted(batches.c.finished_at < cutoff, ~_in_running_run())
+    query = _counted(batches.c.finished_at < cutoff, ~_in_running_run(), LIVE)
+    return [_old_batch(r) for r in conn.execute(query)]
+
+
+def half_deleted(conn: Connection) -> list[OldBatch]:
+    """Batches a pass began deleting and did not finish (stopped, failed): the next pass
+    finishes them first, whatever its rules and their status."""
+    query = _counted(batches.c.deleting_at.is_not(None), finished=False)
     return [_old_batch(r) for r in conn.execute(query)]
 
 
@@ -131,7 +145,8 @@ def with_old_events(conn: Connection, cutoff: float, leaving: Collection[int]) -
     """Finished batches that ended before ``cutoff`` and still have events, except the
     ones in ``leaving`` (deleted whole) and those whose webhook is still being delivered."""
     has_events = exists().where(events.c.batch_id == batches.c.id)
-    query = _counted(batches.c.finished_at < cutoff, has_events, ~_webhook_pending(batches.c.id))
+    pending = _webhook_pending(batches.c.id)
+    query = _counted(batches.c.finished_at < cutoff, has_events, ~pending, LIVE)
     return [b for b in map(_old_batch, conn.execute(query)) if b.id not in leaving]
 
 
@@ -202,13 +217,14 @@ def runs_left_empty(conn: Connection, cutoff: float, leaving: Collection[int]) -
 
 def _changed(conn: Connection, batch_id: int, finished_at: float) -> str:
     """Why the batch is no longer the one the plan saw ("" when it still is)."""
+    columns = (batches.c.status, batches.c.finished_at, batches.c.deleting_at)
     row = conn.execute(
-        select(batches.c.status, batches.c.finished_at, _in_running_run().label("in_run")).where(
-            batches.c.id == batch_id
-        )
+        select(*columns, _in_running_run().label("in_run")).where(batches.c.id == batch_id)
     ).first()
     if row is None:
         return "gone"
+    if row.deleting_at is not None:
+        return "being deleted"
     if row.status not in _FINISHED:
         return f"{row.status} now"
     if row.finished_at != finished_at:
@@ -216,6 +232,38 @@ def _changed(conn: Connection, batch_id: int, finished_at: float) -> str:
     if row.in_run:
         return "its run is going on"
     return ""
+
+
+def _mark(tx: Tx, batch_id: int, finished_at: float) -> str:
+    """Mark the batch as being deleted, unless a step already did; why the batch is left
+    alone ("" when the step goes on).
+
+    The mark checks the status again in its own UPDATE: on PostgreSQL a move of the
+    batch committing meanwhile (a retry) holds the row, and the UPDATE then sees it.
+    """
+    marked = select(batches.c.deleting_at).where(batches.c.id == batch_id)
+    row = tx.conn.execute(marked).first()
+    if row is None:
+        return "gone"
+    if row.deleting_at is not None:  # a later step, or a pass stopped half way: go on
+        return ""
+    kept = _changed(tx.conn, batch_id, finished_at)
+    if kept:
+        return kept
+    mark = (
+        update(batches)
+        .where(
+            batches.c.id == batch_id,
+            LIVE,
+            batches.c.status.in_(_FINISHED),
+            batches.c.finished_at == finished_at,
+            ~_in_running_run(),
+        )
+        .values(deleting_at=tx.now)
+    )
+    if tx.conn.execute(mark).rowcount == 1:
+        return ""
+    return _changed(tx.conn, batch_id, finished_at) or "changed meanwhile"
 
 
 def _delete_events(tx: Tx, batch_id: int, chunk: int) -> int:
@@ -234,9 +282,10 @@ def delete_batch_step(
     """Delete a step of a finished batch: its events first, then its tasks with their
     images; once less than a step is left, the rest and the batch row (done).
 
-    The caller removes the batch's files once the last step committed.
+    The first step marks the batch as being deleted (:func:`_mark`); the later ones go on
+    whatever its status. The caller removes the batch's files once the last step committed.
     """
-    kept = _changed(tx.conn, batch_id, finished_at)
+    kept = _mark(tx, batch_id, finished_at)
     if kept:
         return Step(done=True, kept=kept)
     n_events = _delete_events(tx, batch_id, EVENT_CHUNK)
@@ -251,7 +300,7 @@ def delete_batch_step(
         tx.conn.execute(delete(tasks).where(tasks.c.id.in_(ids)))  # images cascade
     if len(ids) == chunk:
         return Step(n_events, len(ids), n_images)
-    delete_batch(tx, batch_id)  # nothing under it is left but rows no step counts
+    forget_batch(tx, batch_id)  # nothing under it is left but rows no step counts
     return Step(n_events, len(ids), n_images, done=True)
 
 

@@ -71,12 +71,19 @@ def record_batch(tx: Tx, batch_id: int) -> int:
     """Fold a just-ended batch's measured speeds into ``speeds``; how many rows it touched.
 
     One upsert per group (``INSERT … ON CONFLICT DO UPDATE`` on SQLite and PostgreSQL), so
-    two processes ending batches at once never collide on the primary key.
+    two processes ending batches at once never collide on the primary key; in key order
+    (backend, width, height, steps), so two such transactions take the rows' locks in one
+    order and never deadlock on PostgreSQL (a grouped read comes back in any order).
     """
-    found = batch_speeds(tx.conn, batch_id)
+    found = sorted(batch_speeds(tx.conn, batch_id), key=_key)
     for speed in found:
         tx.conn.execute(_upsert(tx.dialect, speed, tx.now))
     return len(found)
+
+
+def _key(speed: Speed) -> tuple[str, int, int, int]:
+    """A speeds row's primary key: the order its upserts take their locks in."""
+    return speed.backend, speed.width, speed.height, speed.steps
 
 
 def _upsert(dialect: str, speed: Speed, now: float) -> Insert:

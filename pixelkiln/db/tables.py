@@ -94,6 +94,10 @@ batches = Table(
     # the run it belongs to (migration 0008): a nightly project run holds one batch per
     # project; NULL for a batch on its own
     Column("run_id", Integer, nullable=True, index=True),
+    # when retention began deleting it (migration 0008): a batch too big for one step is
+    # deleted over several transactions; once marked, it is gone to every reader, no move
+    # re-queues it, and the next pass finishes it (db.retention)
+    Column("deleting_at", Float, nullable=True),
     Index(None, "status", "priority"),
     sqlite_autoincrement=True,  # see NEVER_REUSED
 )

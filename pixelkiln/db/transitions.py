@@ -50,13 +50,13 @@ from pixelkiln.db import events as ev
 from pixelkiln.db import transition_runs as runs
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
-from pixelkiln.db.tables import tasks
+from pixelkiln.db.tables import batches, tasks
 from pixelkiln.db.transition_claim import claim
 from pixelkiln.db.transition_counts import Counts, Progress, finish_done, set_final
 from pixelkiln.db.transition_outcomes import record_outcomes
 from pixelkiln.db.transition_refunds import charged_under, refund_failed, refund_where
 from pixelkiln.db.transition_runs import DroppedImage
-from pixelkiln.exceptions import InvalidStateError
+from pixelkiln.exceptions import InvalidStateError, NotFoundError
 from pixelkiln.models import Batch, BatchStatus, TaskStatus
 
 #: moves written in the parts named above, called here like every other move
@@ -96,6 +96,7 @@ def cancel(tx: Tx, batch: Batch) -> None:
 
     A runner working on one of them learns it at its next lease renewal.
     """
+    _not_deleting(tx, batch.id)
     if batch.status.finished:
         raise InvalidStateError(f"batch {batch.id} already finished ({batch.status})")
     counts = Counts()
@@ -114,6 +115,7 @@ def retry(
     The batch is queued again (paused stays paused). Charging for the retry is
     the caller's (the service layer's) part of the same transaction.
     """
+    _not_deleting(tx, batch.id)
     sources = [FAILED] + ([CANCELLED] if include_cancelled else [])
     only = None if task_ids is None else list(task_ids)
     counts = Counts()
@@ -144,6 +146,7 @@ def regenerate(tx: Tx, batch: Batch, task_ids: Sequence[int], *, replace: bool =
     pending or running. A batch that had ended is queued again and ends again.
     Charging is the caller's part of the same transaction, as for a retry.
     """
+    _not_deleting(tx, batch.id)
     only = sorted(set(task_ids))
     _refuse_busy(tx, batch.id, only)
     counts = Counts()
@@ -162,6 +165,19 @@ def regenerate(tx: Tx, batch: Batch, task_ids: Sequence[int], *, replace: bool =
     return regenerated
 
 
+def _not_deleting(tx: Tx, batch_id: int) -> None:
+    """NotFoundError when retention began deleting the batch (``batches.deleting_at``): it is
+    gone, and no move may re-queue what is half deleted.
+
+    The row is read under a row lock (PostgreSQL; SQLite has one writer): a retention step
+    marking the batch meanwhile waits for this move to commit, or this move for that step,
+    then sees its mark; the step checks the status in the same UPDATE that marks.
+    """
+    query = select(batches.c.deleting_at).where(batches.c.id == batch_id).with_for_update()
+    if tx.conn.execute(query).scalar() is not None:
+        raise NotFoundError(f"no batch {batch_id} (it is being deleted)")
+
+
 def _refuse_busy(tx: Tx, batch_id: int, only: list[int], moved: int | None = None) -> None:
     """InvalidStateError naming the tasks of ``only`` that are pending or running."""
     busy = select(tasks.c.key).where(
@@ -177,6 +193,7 @@ def _refuse_busy(tx: Tx, batch_id: int, only: list[int], moved: int | None = Non
 
 def pause(tx: Tx, batch: Batch, paused: bool) -> bool:
     """Pause (no new task starts) or resume a batch; False when it already was so."""
+    _not_deleting(tx, batch.id)
     if batch.status.finished:
         raise InvalidStateError(f"batch {batch.id} already finished ({batch.status})")
     if paused == (batch.status == BatchStatus.PAUSED):

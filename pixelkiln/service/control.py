@@ -160,6 +160,15 @@ async def delete(ctx: ServiceContext, caller: Caller, batch_id: int) -> None:
     await ctx.run(remove_batch_files, ctx.storage, batch_id)
 
 
+def batch_folders(batch_id: int) -> tuple[str, str]:
+    """A batch's folders in the data folder, relative: its images and their thumbnails.
+
+    Only its own files are there (an image made an upload is copied); what deletes or
+    measures a batch's files asks here.
+    """
+    return f"images/{batch_id}", f"thumbs/{batch_id}"
+
+
 def remove_batch_files(storage: Storage, batch_id: int) -> None:
     """Delete a batch's images and thumbnails (after its rows are gone).
 
@@ -170,7 +179,7 @@ def remove_batch_files(storage: Storage, batch_id: int) -> None:
     that must not turn a delete whose rows are gone into an error, so what
     cannot be removed is logged. ``rmtree`` does not follow symlinks.
     """
-    for folder in (f"images/{batch_id}", f"thumbs/{batch_id}"):
+    for folder in batch_folders(batch_id):
         path = storage.absolute(folder)
         doomed = path.with_name(f".deleted-{batch_id}-{uuid.uuid4().hex}")
         try:

@@ -13,12 +13,13 @@ The rules, each off at 0 days:
   same picture uploaded again: see ``Storage.write_asset``).
 
 A batch that is queued, running or paused is never touched: the plan lists finished
-batches only, and each deleting step checks again, in its own transaction, that its
-batch is the finished batch the plan saw (see :mod:`pixelkiln.db.retention`). A batch's
-image files live under its own folders (``images/<id>``, ``thumbs/<id>``): no other batch
-uses them (an image made an upload is copied, ``asset_from_image``). Files are removed
-after the transaction that deleted their rows commits: a file without a row is harmless,
-a row without its file is not.
+batches only, and the first deleting step checks again, in its own transaction, that its
+batch is the finished batch the plan saw, and marks it as being deleted; from then on it
+is gone to every face and no retry re-queues it, and a pass stopped half way is finished
+by the next one (see :mod:`pixelkiln.db.retention`). A batch's image files live under its
+own folders (``service.control.batch_folders``): no other batch uses them (an image made
+an upload is copied, ``asset_from_image``). Files are removed after the transaction that
+deleted their rows commits: a file without a row is harmless, a row without its file is not.
 
 ``kiln gc`` and the server's sweeper (:mod:`pixelkiln.engine.retention`) call these.
 
@@ -41,7 +42,7 @@ from pixelkiln.config import RetentionSettings
 from pixelkiln.db import retention as db
 from pixelkiln.db.retention import OldBatch, OldUpload, Step
 from pixelkiln.service.context import Caller, ServiceContext, require_admin
-from pixelkiln.service.control import remove_batch_files
+from pixelkiln.service.control import batch_folders, remove_batch_files
 from pixelkiln.storage import Storage
 
 log = logging.getLogger("pixelkiln.retention")
@@ -123,26 +124,29 @@ async def plan(ctx: ServiceContext, caller: Caller, now: float | None = None) ->
     require_admin(caller, "apply retention")
     rules = ctx.settings.retention
     now = time.time() if now is None else now
-    found = Plan(now, rules)
-    if found.off:
-        return found
-    return await ctx.run(_plan, ctx, found)
+    return await ctx.run(_plan, ctx, Plan(now, rules))
 
 
 def _plan(ctx: ServiceContext, found: Plan) -> Plan:
-    """The plan's reads and its look at the files (in a worker thread)."""
+    """The plan's reads and its look at the files (in a worker thread).
+
+    Batches a pass began deleting and left half way come first, even with every rule off:
+    they are gone to every reader already, and their rows and files wait for this.
+    """
     rules, now, read = found.rules, found.now, ctx.db.read
-    found = replace(found, task_floor=max(0, read(db.last_task_id) - db.RECHECK_TASKS))
+    going = read(db.half_deleted)
     if rules.images_days:
         cutoff = now - rules.images_days * DAY
-        going = read(db.ended_before, cutoff)
-        leaving = {b.id for b in going}
-        found = replace(
-            found,
-            batches=tuple(going),
-            batch_files=tuple(_batch_folders_size(ctx.storage, b.id) for b in going),
-            runs=tuple(read(db.runs_left_empty, cutoff, leaving)),
-        )
+        going += read(db.ended_before, cutoff)
+        found = replace(found, runs=tuple(read(db.runs_left_empty, cutoff, {b.id for b in going})))
+    found = replace(
+        found,
+        batches=tuple(going),
+        batch_files=tuple(_batch_folders_size(ctx.storage, b.id) for b in going),
+    )
+    if found.off:
+        return found
+    found = replace(found, task_floor=max(0, read(db.last_task_id) - db.RECHECK_TASKS))
     if rules.events_days:
         leaving = {b.id for b in found.batches}
         events = read(db.with_old_events, now - rules.events_days * DAY, leaving)
@@ -195,7 +199,7 @@ def _walk(folder: str) -> Iterator[os.DirEntry[str]]:
 def _batch_folders_size(storage: Storage, batch_id: int) -> tuple[int, int]:
     """(files, bytes) under a batch's image and thumbnail folders."""
     files = size = 0
-    for folder in (f"images/{batch_id}", f"thumbs/{batch_id}"):
+    for folder in batch_folders(batch_id):
         for entry in _walk(str(storage.absolute(folder))):
             files += 1
             try:

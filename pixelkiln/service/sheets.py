@@ -6,11 +6,17 @@ cell, in position order, goes on the k-th sheet of that z value: its ``group``. 
 shows its task's newest (not superseded) first image, or a placeholder saying why there
 is none: pending, running, failed, cancelled, missing. See docs/sheets.md.
 
+A sheet is drawn anew each time it is asked for (the batch page asks as results arrive),
+so it decodes as little as it can: only the images of its own cells, and of an image
+larger than a cell the smallest cached thumbnail (the API's, made as pages show the
+images) at least as large as a cell, when there is one.
+
 >>> png = await sheet_png(ctx, LOCAL, batch_id, z="m1")                    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -127,7 +133,8 @@ async def sheet_png(
     placed = swept.cells.get((z_index, group - 1), {})
     images = await ctx.read(images_of_tasks, [t.id for t in placed.values()])
     plan = _plan(swept, z_index, group, groups, placed, images)
-    return await ctx.run(render_sheet, plan, _opener(ctx.storage), cell)
+    smaller = _thumbnails(images.values(), cell)
+    return await ctx.run(render_sheet, plan, _opener(ctx.storage, smaller), cell)
 
 
 def _z_index(sweep: Sweep, z: str | None) -> int:
@@ -199,9 +206,31 @@ def _shape(tasks: Iterable[Task]) -> tuple[int, int]:
     return (width, height) if width and height else (1, 1)
 
 
-def _opener(storage: Storage) -> Callable[[str], Image.Image]:
+#: the sizes the API caches thumbnails at (``api.media.THUMB_SIZES``), longest side
+THUMB_SIZES = (128, 256, 512)
+
+
+def _thumbnails(found: Iterable[list[ImageRecord]], cell: int) -> dict[str, tuple[str, ...]]:
+    """For each image larger than a cell, the cached thumbnails that would fill one
+    (``thumbs/<batch>/<image>_<size>.webp``, as ``api.media.thumbnail_path`` names them),
+    smallest first; a smaller image is drawn from its own file."""
+    sizes = [size for size in THUMB_SIZES if size >= cell]
+    return {
+        image.path: tuple(f"thumbs/{image.batch_id}/{image.id}_{size}.webp" for size in sizes)
+        for records in found
+        for image in records
+        if sizes and max(image.width, image.height) > cell
+    }
+
+
+def _opener(
+    storage: Storage, thumbnails: dict[str, tuple[str, ...]]
+) -> Callable[[str], Image.Image]:
     def open_image(path: str) -> Image.Image:
         try:
+            for thumbnail in thumbnails.get(path, ()):
+                with contextlib.suppress(FileNotFoundError):
+                    return Image.open(storage.absolute(thumbnail))
             return Image.open(storage.absolute(path))
         except ValueError as exc:  # a path outside the data folder: never opened
             raise OSError(str(exc)) from exc

@@ -43,9 +43,9 @@ def test_the_sweep_example_runs_and_records_its_axes(tmp_path: Path) -> None:
 
 def test_a_bad_sweep_exits_2_naming_the_value(tmp_path: Path) -> None:
     (tmp_path / "grid.yaml").write_text(
-        "name: g\ntasks: [{prompt: 'a {fox|owl'}]\nsweep: {x: {cfg_scale: [5, 500]}}\n"
+        "name: g\ntasks: [{prompt: 'a {0::fox|owl}'}]\nsweep: {x: {cfg_scale: [5, 500]}}\n"
     )
     ran = kiln(tmp_path, "run", "grid.yaml")
     assert ran.returncode == 2
     assert "sweep.x.cfg_scale[1]" in ran.stderr
-    assert "'{' at column 3 is not closed" in ran.stderr
+    assert "the weight at column 4 must be more than 0" in ran.stderr

@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from pixelkiln.app import Kiln
+from pixelkiln.db import speeds as speeds_module
 from pixelkiln.db.batches import list_batches
+from pixelkiln.db.database import Database
 from pixelkiln.db.speeds import MEMORY, Speed, measured
 from pixelkiln.exceptions import SpecError
 from pixelkiln.service import LOCAL, Submission, submit
@@ -133,3 +136,31 @@ async def test_the_mean_weighs_its_history_at_most_memory_samples(
         [row] = (await kiln.service.read(measured, ["p"]))["p"]
         assert row.samples == 1000 + MEMORY
         assert row.seconds_per_image == pytest.approx(2.0)  # history weighed as MEMORY
+
+
+def test_a_batch_upserts_its_groups_in_key_order(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two batches ending at once on PostgreSQL lock the rows they upsert: in one order for
+    every transaction, or they can deadlock. A grouped read comes back in any order."""
+    groups = [
+        Speed("q", 64, 64, 10, 1, 1.0),
+        Speed("p", 128, 64, 10, 1, 1.0),
+        Speed("p", 64, 64, 20, 1, 1.0),
+        Speed("p", 64, 64, 10, 1, 1.0),
+        Speed("p", 64, 32, 30, 1, 1.0),
+    ]
+    monkeypatch.setattr(speeds_module, "batch_speeds", lambda conn, batch_id: groups)
+    upserted: list[tuple[Any, ...]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO SPEEDS"):
+            values = params if isinstance(params, dict) else dict(enumerate(params))
+            upserted.append(tuple(values.values())[:4])
+
+    event.listen(db.write_engine, "before_cursor_execute", seen)
+    try:
+        assert db.write(speeds_module.record_batch, 1) == 5
+    finally:
+        event.remove(db.write_engine, "before_cursor_execute", seen)
+    assert upserted == sorted((g.backend, g.width, g.height, g.steps) for g in groups)

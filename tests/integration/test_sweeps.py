@@ -106,7 +106,7 @@ def test_random_draws_are_recorded_and_reproducible(tmp_path: Path) -> None:
 def test_a_spec_that_expands_nothing_is_made_as_before(tmp_path: Path) -> None:
     new = prepare(batch([{"prompt": "a {{literal}} fox", "key": "k"}, {"prompt": "b"}]), tmp_path)
     assert [(t.key, t.prompt, t.axes) for t in new.tasks] == [
-        ("k", "a {literal} fox", None),
+        ("k", "a {{literal}} fox", None),  # braces without "|" are text, as written
         ("2", "b", None),
     ]
 
@@ -156,9 +156,10 @@ def test_bad_axes_say_what_an_axis_is(tmp_path: Path) -> None:
 
 
 def test_wildcard_problems_name_the_task_and_field(tmp_path: Path) -> None:
-    data = batch([{"prompt": "fine"}, {"prompt": "a {b|c", "negative_prompt": "__nope__"}])
+    (tmp_path / "wildcards").mkdir()
+    data = batch([{"prompt": "fine"}, {"prompt": "a {0::b|c}", "negative_prompt": "__nope__"}])
     assert problems(data, tmp_path) == [
-        ("task 2", "prompt", "'{' at column 3 is not closed"),
+        ("task 2", "prompt", "the weight at column 4 must be more than 0"),
         ("task 2", "negative_prompt", "'__nope__' at column 1: no file wildcards/nope.txt"),
     ]
 
@@ -174,8 +175,8 @@ def test_over_the_cap_nothing_is_made(tmp_path: Path) -> None:
 def test_api_submissions_have_no_lists(tmp_path: Path) -> None:
     (tmp_path / "wildcards").mkdir()
     (tmp_path / "wildcards" / "x.txt").write_text("a\n")
-    found = problems(batch([{"prompt": "__x__"}]), tmp_path, uploads_only=True)
-    assert "wildcard files are for batch files" in found[0][2]
+    new = prepare(batch([{"prompt": "__x__"}]), tmp_path, uploads_only=True)
+    assert [t.prompt for t in new.tasks] == ["__x__"]  # no folder: text
 
 
 def test_stored_tasks_keep_their_axes_and_the_batch_its_sweep(db: Database, tmp_path: Path) -> None:

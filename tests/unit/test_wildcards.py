@@ -48,14 +48,32 @@ def test_groups_nest_and_every_combination_is_made_once() -> None:
     assert texts("a {red|{green|blue}} fox") == ["a red fox", "a green fox", "a blue fox"]
     assert texts("{a|b}{1|2}") == ["a1", "a2", "b1", "b2"]
     assert parse("{a|{b|{c|d}}} {x|y|z}", NOWHERE).count == 12
-    assert texts("{x}") == ["x"]  # a group of one
     assert texts("{a|}b") == ["ab", "b"]  # an empty alternative
+    assert texts("{a|{x}}") == ["a", "{x}"]  # inside a group, a pair without "|" is text
 
 
-def test_plain_text_braces_and_bars_outside_groups() -> None:
-    assert texts("no wildcards here") == ["no wildcards here"]
-    assert texts("{{literal}} and }} | bar") == ["{literal} and } | bar"]
-    assert texts("") == [""]
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no wildcards here",
+        "{x}",  # no "|": text, not a group of one
+        "{{best quality}}, {{{masterpiece}}}",  # NovelAI emphasis
+        "a } b",
+        "a { b",
+        "a {b|c",  # a "{" that pairs with no "}" is text, and so is its "|"
+        "}{a|b",
+        "x | y, [cat|dog]",  # bars outside braces (the WebUI's own alternation)
+        "__init__ and __main__.py",  # no wildcards folder: no list
+        "",
+    ],
+)
+def test_prompts_that_are_not_wildcards_stay_as_written(text: str) -> None:
+    assert texts(text) == [text]
+
+
+def test_a_pair_holding_a_group_is_text_around_it() -> None:
+    assert texts("{{a|b}}") == ["{a}", "{b}"]
+    assert texts("{c|{a|b}") == ["{c|a", "{c|b"]  # the first "{" pairs with nothing
 
 
 def test_weights_bias_draws_not_combinations() -> None:
@@ -70,16 +88,14 @@ def test_weights_bias_draws_not_combinations() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("a {b|c", "'{' at column 3 is not closed"),
-        ("a } b", "'}' at column 3 closes no group (write '}}' for a literal '}')"),
-        ("first line\nsecond {x|y", "'{' at line 2, column 8 is not closed"),
         ("{0::a|b}", "the weight at column 2 must be more than 0"),
+        ("first line\nsecond {x|0::y}", "the weight at line 2, column 11 must be more than 0"),
         ("x __../../etc/passwd__", "'__../../etc/passwd__' at column 3: a list's name is"),
         ("__/abs__", "'__/abs__' at column 1: a list's name is"),
     ],
 )
-def test_bad_syntax_is_located_by_line_and_column(text: str, message: str) -> None:
-    assert error(text).startswith(message)
+def test_bad_syntax_is_located_by_line_and_column(text: str, message: str, tmp_path: Path) -> None:
+    assert error(text, lists(tmp_path, some="x")).startswith(message)
 
 
 def test_nesting_deeper_than_the_limit_is_refused() -> None:
@@ -116,9 +132,10 @@ def test_lists_nested_past_the_limit_are_refused(tmp_path: Path) -> None:
 
 
 def test_list_problems_name_the_file_and_line(tmp_path: Path) -> None:
-    library = lists(tmp_path, bad="fine\n{open", empty="# nothing\n\n")
+    library = lists(tmp_path, bad="fine\n{0::a|b}", empty="# nothing\n\n")
     assert error("__bad__", library) == (
-        "'__bad__' at column 1: wildcards/bad.txt line 2: '{' at column 1 is not closed"
+        "'__bad__' at column 1: wildcards/bad.txt line 2: "
+        "the weight at column 2 must be more than 0"
     )
     assert error("x __empty__", library).endswith("wildcards/empty.txt has no entries")
     assert error("__missing__", library).endswith("no file wildcards/missing.txt")
@@ -133,23 +150,45 @@ def test_no_path_leaves_the_wildcards_folder(tmp_path: Path) -> None:
     assert "a list's name is" in error("__..__secret__", library)
 
 
-def test_without_a_folder_lists_are_for_batch_files() -> None:
-    assert "wildcard files are for batch files" in error("a __styles__ b")
-    assert texts("a __ b and x__y") == ["a __ b and x__y"]  # "__" that names no list is text
+def test_without_a_wildcards_folder_a_list_is_text(tmp_path: Path) -> None:
+    assert texts("a __styles__ b") == ["a __styles__ b"]  # an API prompt: no folder
+    beside = Library.beside(tmp_path)  # a batch file with no wildcards folder beside it
+    assert beside.folder is None and texts("__init__", beside) == ["__init__"]
+    library = lists(tmp_path, styles="ink")
+    assert texts("a __ b and x__y", library) == ["a __ b and x__y"]  # "__" naming no list
 
 
-def test_escape_makes_any_text_literal() -> None:
-    for text in ("{x} __init__ |", "___a__b__", "}}{{", "plain"):
+def test_control_characters_in_a_list_file_are_refused_by_file_and_line(tmp_path: Path) -> None:
+    library = lists(tmp_path, nul="fine\r\nalso fine\tand a tab\nbro\x00ken", bell="\x07")
+    assert error("__nul__", library).endswith(
+        "wildcards/nul.txt line 3: a control character (U+0000) at column 4; "
+        "a list holds text (tabs allowed)"
+    )
+    assert "wildcards/bell.txt line 1: a control character (U+0007)" in error("__bell__", library)
+    tabbed = lists(tmp_path / "t", tabs="a\tb\r\nc\rd")
+    assert texts("__tabs__", tabbed) == ["a\tb", "c", "d"]
+
+
+def test_escape_makes_any_text_literal(tmp_path: Path) -> None:
+    library = lists(tmp_path, x="never read")
+    for text in ("{a|b} __x__ |", "___a__b__", "}}{{", "plain", "a\\", "\\|\\__", "{|}"):
+        assert texts(escape(text), library) == [text]
         assert texts(escape(text)) == [text]
+    assert texts("{a\\|b} \\__x__", library) == ["{a|b} __x__"]  # escapes by hand
 
 
-def test_templates_keep_groups_and_escape_field_values() -> None:
-    template = "{style}, a {red|{green|blue}} {{fox}}"
+def test_templates_keep_groups_and_escape_field_values(tmp_path: Path) -> None:
+    library = lists(tmp_path, x="listed")
+    template = "{style}, a {red|{green|blue}} {{fox}} {{a|b}} __x__"
     assert parse_template(template).fields == ("style",)
-    made = render(template, {"style": "{ink} __x__"}, wildcards=True)
-    assert texts(made) == [f"{{ink}} __x__, a {c} {{fox}}" for c in ("red", "green", "blue")]
+    made = render(template, {"style": "{ink|oil} __x__"}, wildcards=True)
+    assert texts(made, library) == [
+        f"{{ink|oil}} __x__, a {c} {{fox}} {{a|b}} listed" for c in ("red", "green", "blue")
+    ]
     # without wildcards a template renders as before: literal braces, groups as written
     assert render("{a} {{b}} {c|d}", {"a": 1}) == "1 {b} {c|d}"
+    # a separator an empty field would leave is dropped before the bars are escaped
+    assert texts(render("{a} | {b}", {"a": "", "b": "x"}, wildcards=True)) == ["x"]
 
 
 ALTERNATIVES = st.lists(
@@ -177,3 +216,27 @@ def test_random_draws_are_reproducible_from_their_seed(groups: list[list[str]], 
     first = [draw(seq, random.Random(seed)) for _ in range(5)]
     assert first == [draw(seq, random.Random(seed)) for _ in range(5)]
     assert set(first) <= set(combinations(seq))
+
+
+TEXT = st.text(st.sampled_from("{}|_\\ab:3"), max_size=24)
+
+
+@settings(max_examples=150, deadline=None)
+@given(TEXT)
+def test_escaped_text_is_always_itself(text: str) -> None:
+    library = Library(Path("/nonexistent-wildcards"))  # lists allowed; none may be read
+    assert texts(escape(text), library) == [text]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(st.sampled_from("{}_ ab"), max_size=24))
+def test_text_without_bars_is_never_a_wildcard(text: str) -> None:
+    assert texts(text) == [text]  # whatever its braces (and "__" without a folder)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(st.sampled_from("{}| ab"), max_size=24))
+def test_any_braces_and_bars_parse_and_count_their_texts(text: str) -> None:
+    seq = parse(text, NOWHERE)
+    made = list(combinations(seq))
+    assert seq.count == len(made) >= 1

@@ -41,11 +41,11 @@ async def test_a_sweep_is_queued_with_its_axes(api: Api) -> None:
 async def test_sweep_and_wildcard_problems_are_one_422(api: Api) -> None:
     body = {
         "name": "grid",
-        "tasks": [{"prompt": "a __styles__ fox"}],
+        "tasks": [{"prompt": "a {0::fox|owl}, __styles__"}],  # no folder: "__styles__" is text
         "sweep": {"x": {"cfg_scale": [5, 500]}},
     }
     r = await api.client.post("/api/v1/batches", json=body)
     assert r.status_code == 422, r.text
     text = r.text
     assert "sweep.x.cfg_scale[1]" in text
-    assert "wildcard files are for batch files" in text
+    assert "the weight at column 4 must be more than 0" in text and "__styles__" not in text

@@ -2,7 +2,8 @@
 
 - ``runs``: several batches started together and reported as one (a nightly project run:
   one batch per project), with a lease so that one process drives it at a time;
-- batches: ``run_id``, the run a batch belongs to (NULL for a batch on its own);
+- batches: ``run_id``, the run a batch belongs to (NULL for a batch on its own), and
+  ``deleting_at``, when retention began deleting it (a batch deleted over several steps);
 - ``schedules``: cron schedules of project runs and batch files, claimed through the
   database (``next_run_at`` compare-and-set) so several processes run each slot once,
   the claimed slot kept (``claimed_*``) until it has started, for another to take over;
@@ -86,6 +87,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("backend", "width", "height", "steps", name=op.f("pk_speeds")),
     )
     op.add_column("batches", sa.Column("run_id", sa.Integer(), nullable=True))
+    op.add_column("batches", sa.Column("deleting_at", sa.Float(), nullable=True))
     op.create_index(op.f("ix_batches_run_id"), "batches", ["run_id"])
     op.add_column("tasks", sa.Column("axes", sa.JSON(), nullable=True))
 
@@ -94,6 +96,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_batches_run_id"), table_name="batches")
     with op.batch_alter_table("batches", table_kwargs={"sqlite_autoincrement": True}) as b:
         b.drop_column("run_id")
+        b.drop_column("deleting_at")
     with op.batch_alter_table("tasks", table_kwargs={"sqlite_autoincrement": True}) as b:
         b.drop_column("axes")
     if op.get_bind().dialect.name == "sqlite":  # the tasks rebuild dropped 0007's triggers

@@ -25,7 +25,14 @@ const state = {
   rows: new Map(), // task id → {sig, tr}
   sheets: null, // a sweep's contact sheets (GET /batches/{id}/sheets), once read
   sheetVersion: "",
+  sheetAt: 0, // when the sheets were last asked for (Date.now())
+  sheetTimer: null, // the refresh waiting out SHEET_EVERY
 };
+
+/** Milliseconds between two refreshes of the sheets while the batch runs: each sheet is
+ * drawn anew from up to 2,500 images, so results arriving many a second redraw it at this
+ * pace, and once more when the batch ends. */
+const SHEET_EVERY = 8000;
 
 // -- not found ----------------------------------------------------------------------------
 
@@ -140,7 +147,8 @@ function renderPager(batch) {
 // -- contact sheets (a sweep batch) -----------------------------------------------------
 
 /** A sweep batch's sheets (GET /batches/{id}/sheets: none for other batches), each an <img>
- * whose URL changes when results arrive, so the browser fetches it again (never cached). */
+ * whose URL changes when results arrive, so the browser fetches it again (never cached):
+ * at once the first time and when the batch ends, else at most every SHEET_EVERY. */
 async function renderSheets(batch) {
   if (state.sheets === null) {
     try {
@@ -157,7 +165,18 @@ async function renderSheets(batch) {
   const c = batch.counts;
   const version = [c.succeeded, c.failed, c.cancelled, c.running, c.images, batch.status].join(".");
   if (version === state.sheetVersion) return;
+  const wait = state.sheetAt + SHEET_EVERY - Date.now();
+  if (state.sheetVersion && wait > 0 && !FINAL.has(batch.status)) {
+    state.sheetTimer ??= setTimeout(() => {
+      state.sheetTimer = null;
+      renderSheets(state.batch);
+    }, wait);
+    return;
+  }
+  clearTimeout(state.sheetTimer);
+  state.sheetTimer = null;
   state.sheetVersion = version;
+  state.sheetAt = Date.now();
   const box = $("bd-sheets");
   if (!box.children.length) box.replaceChildren(...state.sheets.map(sheetFigure));
   state.sheets.forEach((sheet, i) => {
