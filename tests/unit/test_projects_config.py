@@ -123,7 +123,6 @@ def test_a_project_missing_a_file_fails_alone_naming_it(tmp_path: Path) -> None:
     assert second.spec is not None
 
 
-
 def test_a_project_without_a_folder_says_so_once(tmp_path: Path) -> None:
     config = write_config(tmp_path / "nightly.json", STUDIO)
     make_project(tmp_path / "data", "project002", scenes(1), language="en")
@@ -131,6 +130,7 @@ def test_a_project_without_a_folder_says_so_once(tmp_path: Path) -> None:
     assert first.spec is None and first.missing == ()
     assert first.problem == f"folder {tmp_path / 'data' / 'project001'} not found"
     assert second.spec is not None
+
 
 def test_template_fields_come_from_the_scene_and_the_project(tmp_path: Path) -> None:
     data = {
