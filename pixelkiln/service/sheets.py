@@ -50,6 +50,7 @@ class SheetRef:
     label: str  #: "model=m1"; "" without a z axis
     group: int  #: 1-based: the k-th task of each cell (several tasks per cell)
     groups: int  #: how many groups this z value has
+    task: str = ""  #: with several groups, which task this one is: its key before the axes
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,13 @@ class _Swept:
 
     def groups(self, z: int) -> int:
         return max([g + 1 for zz, g in self.cells if zz == z], default=1)
+
+    def base_key(self, z: int, group: int) -> str:
+        """The key its tasks share before the axes' part (``fox#2`` of ``fox#2|cfg=7``):
+        which prompt a group of a sweep of several tasks is; 0-based ``group``."""
+        placed = self.cells.get((z, group), {})
+        first = min(placed.values(), key=lambda task: task.position, default=None)
+        return "" if first is None else first.key.split("|", 1)[0]
 
 
 def _read_swept(conn: Connection, batch_id: int, scope: int | None) -> _Swept | None:
@@ -100,7 +108,12 @@ async def list_sheets(ctx: ServiceContext, caller: Caller, batch_id: int) -> lis
     for i, value in enumerate(z.values):
         groups = swept.groups(i)
         text = value_text(value) if z.name else None
-        refs.extend(SheetRef(text, z.label(value), g, groups) for g in range(1, groups + 1))
+        refs.extend(
+            SheetRef(
+                text, z.label(value), g, groups, swept.base_key(i, g - 1) if groups > 1 else ""
+            )
+            for g in range(1, groups + 1)
+        )
     return refs
 
 
@@ -164,7 +177,8 @@ def _plan(
     sweep = swept.sweep
     title = [swept.batch.name, sweep.z.label(sweep.z.values[z])]
     if groups > 1:
-        title.append(f"set {group} of {groups}")
+        base = swept.base_key(z, group - 1)
+        title.append(f"set {group} of {groups}" + (f": {base}" if base else ""))
     cells = tuple(
         tuple(_cell(placed.get((r, c)), images) for c in range(len(sweep.x.values)))
         for r in range(len(sweep.y.values))

@@ -202,18 +202,18 @@ async def test_a_spec_sweep_over_two_prompts_gives_two_sets_per_z_value(kiln: Ki
     batch_id = await kiln.submit(parse_batch(spec))
     await kiln.run_until_done([batch_id])
     refs = await service.list_sheets(kiln.service, LOCAL, batch_id)
-    assert [(r.z, r.label, r.group, r.groups) for r in refs] == [
-        ("10", "steps=10", 1, 2),
-        ("10", "steps=10", 2, 2),
-        ("20", "steps=20", 1, 2),
-        ("20", "steps=20", 2, 2),
+    assert [(r.z, r.label, r.group, r.groups, r.task) for r in refs] == [
+        ("10", "steps=10", 1, 2, "fox"),  # a set says which task it is
+        ("10", "steps=10", 2, 2, "owl"),
+        ("20", "steps=20", 1, 2, "fox"),
+        ("20", "steps=20", 2, 2, "owl"),
     ]
     fox = await service.sheet_png(kiln.service, LOCAL, batch_id, z="20", group=1)
     owl = await service.sheet_png(kiln.service, LOCAL, batch_id, z="20", group=2)
     assert fox != owl
     box = layout(
         SheetPlan(
-            "two · steps=20 · set 1 of 2",
+            "two · steps=20 · set 1 of 2: fox",
             ("seed=1", "seed=2"),
             ("",),
             ((Cell(), Cell()),),

@@ -36,6 +36,7 @@ class SheetPublic(BaseModel):
     label: str  #: "model=m1"; "" without a z axis
     group: int  #: 1-based; more than one when several tasks share each cell
     groups: int  #: the groups of this z value
+    task: str = ""  #: with several groups: the key its tasks share before the axes (``fox#2``)
     url: str  #: the sheet's PNG, relative to this server
 
 
@@ -62,7 +63,14 @@ async def sheets(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> SheetList:
     refs = await service.list_sheets(ctx.service, caller, batch_id)
     return SheetList(
         sheets=[
-            SheetPublic(z=r.z, label=r.label, group=r.group, groups=r.groups, url=_url(batch_id, r))
+            SheetPublic(
+                z=r.z,
+                label=r.label,
+                group=r.group,
+                groups=r.groups,
+                task=r.task,
+                url=_url(batch_id, r),
+            )
             for r in refs
         ]
     )

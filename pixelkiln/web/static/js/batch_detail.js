@@ -189,7 +189,7 @@ async function renderSheets(batch) {
 
 function sheetFigure(sheet) {
   const set = sheet.groups > 1 ? t("bd.sheet_set", { group: sheet.group, groups: sheet.groups }) : "";
-  const caption = [sheet.label, set].filter(Boolean).join(" · ");
+  const caption = [sheet.label, set, sheet.task].filter(Boolean).join(" · ");
   return el("figure", { dataset: { z: sheet.z ?? "" } },
     el("a", { href: sheet.url, target: "_blank", rel: "noopener" },
       el("img", { alt: t("bd.sheet_alt", { label: caption }).trim(), decoding: "async" })),
