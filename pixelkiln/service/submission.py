@@ -42,7 +42,8 @@ from pixelkiln.service.context import Caller, ServiceContext
 from pixelkiln.service.plans import Plan
 from pixelkiln.service.pricing import Pricing, charge_new_batch, pricing_for
 from pixelkiln.service.webhooks import webhook_problems
-from pixelkiln.specs import BatchSpec
+from pixelkiln.specs import BatchSpec, expand_items
+from pixelkiln.sweeps import Expansion, may_expand
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,35 @@ async def plan(ctx: ServiceContext, caller: Caller, sub: Submission) -> Plan:
     over = plans.task_limit_problem(sub.spec, ctx.settings.limits, sub.source_name, sub.base_dir)
     if over is not None:  # not resolved: the limit is there so that none has to be
         return plans.over_limit(sub.spec, over)
+    sampled = await _sampled_plan(ctx, caller, sub)
+    if sampled is not None:
+        return sampled
     checked = await _check(ctx, caller, sub)
     return await plans.plan_batch(ctx, checked.new, checked.costs)
+
+
+async def _sampled_plan(ctx: ServiceContext, caller: Caller, sub: Submission) -> Plan | None:
+    """The plan of a sweep from its :class:`~pixelkiln.sweeps.Sample` (its tasks over the
+    axes that change a plan, weighted), without making its 100,000 tasks; None when it has
+    no sample, or when the sample does not pass every check: then the whole batch is
+    checked, which says exactly what is wrong and where."""
+    spec = expand_items(sub.spec, sub.source_name)
+    if not may_expand(spec):  # a plain list: every task is planned
+        return None
+    expansion = Expansion(
+        spec,
+        base_dir=sub.base_dir if sub.server_paths else None,  # as check_tasks reads lists
+        known_backends=ctx.backends.names,
+    )
+    sample = expansion.sample()
+    if sample is None:
+        return None
+    try:
+        checked = await _check(ctx, caller, replace(sub, spec=sample.spec))
+    except SpecError:
+        return None
+    weights = [sample.weights[task.origin] for task in checked.new.tasks]
+    return await plans.plan_batch(ctx, checked.new, checked.costs, weights)
 
 
 async def _check(ctx: ServiceContext, caller: Caller, sub: Submission) -> _Checked:
