@@ -25,6 +25,7 @@ combination), hashed past 200 characters.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import random
@@ -191,11 +192,14 @@ class Expansion:
             combos *= len(axis.values)
         self.total = sum(base.count for base in self.bases) * combos
         self._check_fragments(source)
-        self.steps: list[_Step] = []
         if self.total > max_tasks:
             self.problems.append(Problem(source, "", "", _too_many(self.total, max_tasks)))
-        elif not self.problems:
-            self.steps = _steps(self.axes)
+
+    @functools.cached_property
+    def steps(self) -> list[_Step]:
+        """Every combination of the axes' values, made when tasks are (a count needs none);
+        none past ``max_tasks`` or with problems."""
+        return [] if self.problems else _steps(self.axes)
 
     @property
     def expands(self) -> bool:

@@ -13,10 +13,10 @@ import typer
 
 from pixelkiln.cli import admin, batches, plan, run, serve
 from pixelkiln.cli.backends import backends_app
+from pixelkiln.cli.dev import dev_app
 from pixelkiln.cli.queue import queue_app
 from pixelkiln.cli.users import users_app
 from pixelkiln.cli.webhooks import webhooks_app
-from pixelkiln.testing.cli import dev_app
 
 log = logging.getLogger("pixelkiln.cli")
 

@@ -164,7 +164,7 @@ async def plan(ctx: ServiceContext, caller: Caller, sub: Submission) -> Plan:
     sampled = await _sampled_plan(ctx, caller, sub)
     if sampled is not None:
         return sampled
-    checked = await _check(ctx, caller, sub)
+    checked = await _check(ctx, caller, sub, counted=True)
     return await plans.plan_batch(ctx, checked.new, checked.costs)
 
 
@@ -185,16 +185,21 @@ async def _sampled_plan(ctx: ServiceContext, caller: Caller, sub: Submission) ->
     if sample is None:
         return None
     try:
-        checked = await _check(ctx, caller, replace(sub, spec=sample.spec))
+        checked = await _check(ctx, caller, replace(sub, spec=sample.spec), counted=True)
     except SpecError:
         return None
     weights = [sample.weights[task.origin] for task in checked.new.tasks]
     return await plans.plan_batch(ctx, checked.new, checked.costs, weights)
 
 
-async def _check(ctx: ServiceContext, caller: Caller, sub: Submission) -> _Checked:
+async def _check(
+    ctx: ServiceContext, caller: Caller, sub: Submission, *, counted: bool = False
+) -> _Checked:
     """Every check of a submit, up to its write: who owns it, what the caller may ask,
-    the spec resolved against uploads and backends (one SpecError for all), its price."""
+    the spec resolved against uploads and backends (one SpecError for all), its price.
+
+    ``counted``: the batch's tasks were counted against ``[limits]`` already (a plan).
+    """
     owner_id = _owner(caller, sub)
     if not caller.is_admin:  # reported with every other problem of the input, by prepare_batch
         problems = limit_problems(sub.spec, ctx.settings.scheduler.max_attempts, sub.source_name)
@@ -203,9 +208,10 @@ async def _check(ctx: ServiceContext, caller: Caller, sub: Submission) -> _Check
     hook_problems = webhook_problems(sub.spec, ctx.settings, sub.source_name)
     sub = replace(sub, spec=sub.spec.with_problems(hook_problems)) if hook_problems else sub
     limits = ctx.settings.limits
-    over = plans.task_limit_problem(sub.spec, limits, sub.source_name, sub.base_dir)
-    if over is not None:  # said before 100,000s of tasks are resolved for nothing
-        raise SpecError([over])
+    if not counted:  # said before 100,000s of tasks are resolved for nothing
+        over = plans.task_limit_problem(sub.spec, limits, sub.source_name, sub.base_dir)
+        if over is not None:
+            raise SpecError([over])
     new = await ctx.run(_prepare, ctx, caller, sub, owner_id)
     too_large = plans.pixel_problems(new.tasks, limits, sub.source_name)
     if too_large:
