@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from pixelkiln.engine.hours import optional_window
 from pixelkiln.exceptions import ConfigError
 from pixelkiln.prompts import parse_template
 from pixelkiln.specs import PARAM_NAMES
@@ -95,12 +96,14 @@ class BackendSettings(BaseModel):
     active_hours: str = Field(
         "",
         description="A daily window `HH:MM-HH:MM` (local time; may cross midnight, e.g. "
-        "`22:00-07:00`) outside which this backend takes no new tasks; empty = always.",
+        "`22:00-07:00`) outside which this backend takes no new tasks: they wait, spending "
+        "no attempt; empty = always.",
     )
     quiet_hours: str = Field(
         "",
         description="A daily window `HH:MM-HH:MM` (local time) inside which this backend "
-        "takes no new tasks (running ones finish); empty = none.",
+        "takes no new tasks (running ones finish; the others wait, and it is no fallback "
+        "target); empty = none.",
     )
     price_per_image: float | None = Field(
         None,
@@ -121,6 +124,12 @@ class BackendSettings(BaseModel):
         if not value or not all(c.isalnum() or c in "-_." for c in value):
             raise ValueError("use letters, digits, '-', '_' or '.'")
         return value
+
+    @field_validator("active_hours", "quiet_hours")
+    @classmethod
+    def _hours_are_a_window(cls, value: str) -> str:
+        optional_window(value)  # ValueError names the value and the expected shape
+        return value.strip()
 
     def secret(self) -> str:
         """The API key (or ``user:password``): from ``api_key_env`` if set, else ``api_key``."""
@@ -404,17 +413,20 @@ class RetentionSettings(BaseModel):
     images_days: float = Field(
         0.0,
         ge=0,
-        description="Delete a finished batch (its rows and image files) this many "
-        "days after it ended; 0 = keep for ever (the default).",
+        description="Delete a finished batch whole (its tasks, images, events, image "
+        "files and thumbnails) this many days after it ended; 0 = keep for ever (the default).",
     )
     uploads_days: float = Field(
         30.0,
         ge=0,
-        description="Delete an uploaded image that no batch uses this many days "
-        "after it was uploaded; 0 = keep for ever.",
+        description="Delete an uploaded image that no task of any batch uses this many "
+        "days after it was last uploaded; 0 = keep for ever.",
     )
     interval_hours: float = Field(
-        1.0, gt=0, description="Hours between two passes of `kiln serve` over the rules above."
+        1.0,
+        gt=0,
+        description="Hours between two passes of `kiln serve` over the rules above "
+        "(the first at start-up).",
     )
 
 
@@ -430,8 +442,34 @@ class SchedulesSettings(BaseModel):
         "machine's local time.",
     )
     poll_interval: float = Field(
-        20.0, gt=0, description="Seconds between looks for schedules that are due."
+        20.0,
+        gt=0,
+        description="Seconds between looks for schedules that are due (a schedule's own due "
+        "time wakes the runner too).",
     )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        check_timezone(value)
+        return value
+
+
+def check_timezone(name: str) -> None:
+    """ValueError unless ``name`` is "" (local time) or an IANA time zone.
+
+    >>> check_timezone("Asia/Shanghai")
+    """
+    if not name:
+        return
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(
+            f"unknown time zone '{name}'; use an IANA name such as Asia/Shanghai or UTC"
+        ) from exc
 
 
 class ProjectsSettings(BaseModel):
@@ -482,11 +520,12 @@ class ProjectsSettings(BaseModel):
 
 
 class ChannelSettings(BaseModel):
-    """One ``[channels.NAME]`` entry: a named style preset applied under project overrides."""
+    """One ``[channels.NAME]`` entry: a named style preset. Its parameters win over a project
+    config's ``default_settings``; a project's own settings and the command line win over it."""
 
     model_config = ConfigDict(extra="allow")
 
-    style: str = Field("", description="Style text the prompt template places (`{channel.style}`).")
+    style: str = Field("", description="Style text the prompt template places (`{style}`).")
     negative_prompt: str = Field("", description="Negative prompt of the channel's tasks.")
 
     @model_validator(mode="after")

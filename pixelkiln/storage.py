@@ -172,12 +172,19 @@ class Storage:
         return StoredImage(relative, width, height, len(encoded), digest)
 
     def write_asset(self, image: InputImage) -> str:
-        """Store an input image by content hash (so re-uploads share a file); relative path."""
+        """Store an input image by content hash (so re-uploads share a file); relative path.
+
+        Storing bytes that are already there touches the file: its modification time is
+        when they were last stored, which ``service.retention`` reads as the upload's age.
+        """
         ext = {"JPEG": "jpg"}.get(image.format, image.format.lower())
         relative = f"assets/{image.sha256[:2]}/{image.sha256}.{ext}"
         target = self._checked(relative)
         if not os.path.exists(target):
             self._write_atomic(target, image.data)
+        else:  # stored again: retention counts an upload's age from its file's last store
+            with contextlib.suppress(OSError):
+                os.utime(target)
         return relative
 
     def read(self, relative: str) -> bytes:

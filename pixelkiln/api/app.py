@@ -34,6 +34,7 @@ from pixelkiln.api.routes import (
     presets,
     queue,
     session,
+    sheets,
     system,
     tables,
     tasks,
@@ -106,6 +107,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
         admin.router,
         webhooks_routes.router,
         tables.router,
+        sheets.router,
     ):
         app.include_router(router, prefix="/api/v1", dependencies=secured)
     # its routes take a token or a signed link (ImageScopeDep): never without one of them

@@ -11,10 +11,12 @@ import time
 
 import typer
 
-from pixelkiln.cli import admin, batches, plan, run, serve
+from pixelkiln.cli import admin, batches, gc, plan, run, serve, sheet
 from pixelkiln.cli.backends import backends_app
 from pixelkiln.cli.dev import dev_app
+from pixelkiln.cli.projects import projects_app
 from pixelkiln.cli.queue import queue_app
+from pixelkiln.cli.schedule import schedule_app
 from pixelkiln.cli.users import users_app
 from pixelkiln.cli.webhooks import webhooks_app
 
@@ -35,13 +37,17 @@ app.command()(batches.cancel)
 app.command()(batches.status)
 app.command()(batches.report)
 app.command()(batches.export)
+app.command()(sheet.sheet)
 app.command()(batches.init)
 app.add_typer(backends_app, name="backends")
 app.command()(serve.serve)
 app.command()(admin.concurrency)
+app.command()(gc.gc)
 app.add_typer(users_app, name="users", help="API users, their tokens and credits.")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(queue_app, name="queue")
+app.add_typer(projects_app, name="projects")
+app.add_typer(schedule_app, name="schedule")
 app.add_typer(dev_app, name="dev")
 
 

@@ -26,6 +26,7 @@ from pixelkiln.cli.common import (
     settings_from,
     with_db,
 )
+from pixelkiln.cli.projects import print_run, runs_table
 from pixelkiln.config import Settings
 from pixelkiln.db.batches import find_batch, list_batches
 from pixelkiln.db.database import Database
@@ -90,11 +91,17 @@ def status(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     limit: Annotated[int, typer.Option(help="How many recent batches to list.")] = 20,
+    run: Annotated[
+        int | None, typer.Option("--run", help="Show this project run (its id) instead.")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Show one batch (counts, progress, ETA) or the most recent batches."""
+    """Show one batch (counts, progress, ETA), or the recent project runs and batches."""
     with errors():
         settings = settings_from(config)
+        if run is not None:
+            with_db(settings, lambda db: print_run(db, run))
+            return
 
         def look(db: Database) -> list[dict[str, Any]]:
             found = db.read(list_batches, limit=limit) if batch is None else [resolve(db, batch)]
@@ -110,6 +117,9 @@ def status(
     if batch is not None:
         _print_one(facts[0])
         return
+    runs = with_db(settings, runs_table)
+    if runs is not None:
+        console.print(runs)
     table = Table("id", "name", "status", "done", "failed", "images", "created")
     for f in facts:
         table.add_row(

@@ -43,6 +43,8 @@ class Dispatch:
             name: collections.deque() for name in names
         }
         self._order = names  # turned on every start, so no backend always goes first
+        #: backends outside their active hours (engine.hours): none of their tasks start
+        self.closed: frozenset[str] = frozenset()
         self._mean_duration: dict[str, float] = {}  # moving average of generation time
 
     # -- slots --------------------------------------------------------------------------------
@@ -119,7 +121,12 @@ class Dispatch:
             self._order.append(self._order.pop(0))
             for name in self._order:
                 ready = self.ready[name]
-                if ready and self.generating[name] < self._slots[name] and self.free() > 0:
+                if (
+                    ready
+                    and name not in self.closed
+                    and self.generating[name] < self._slots[name]
+                    and self.free() > 0
+                ):
                     taken.append(ready.popleft())
                     self.generating[name] += 1
                     progress = True

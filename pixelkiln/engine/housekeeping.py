@@ -9,17 +9,23 @@ again should it die, given a bounded last chance to finish when the scheduler st
   says, once per slot across every process on the database;
 - the run driver (:mod:`pixelkiln.service.runs`): drives runs (a nightly project run)
   that no live process holds;
-- the retention sweeper (:mod:`pixelkiln.service.retention`): deletes what ``[retention]``
-  says is old, every ``interval_hours``.
+- the retention sweeper (:mod:`pixelkiln.engine.retention`, rules in
+  :mod:`pixelkiln.service.retention`): deletes what ``[retention]`` says is old, at
+  start-up and every ``interval_hours``.
 """
 
 from __future__ import annotations
 
+from pixelkiln.engine.retention import Sweeper
+from pixelkiln.engine.schedules import ScheduleRunner
 from pixelkiln.engine.supervisor import Companion
 from pixelkiln.service.context import ServiceContext
+from pixelkiln.service.runs import RunKeeper
 
 
 def server_companions(ctx: ServiceContext) -> list[Companion]:
     """The companions of a server's scheduler over ``ctx`` (its installation)."""
-    found: list[Companion] = []
+    found: list[Companion] = [RunKeeper(ctx), Sweeper(ctx)]
+    if ctx.settings.schedules.enabled:
+        found.append(ScheduleRunner(ctx))
     return found

@@ -35,6 +35,7 @@ from pixelkiln.db import events
 from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.leases import ClaimedTask
 from pixelkiln.db.routing import move_waiting, next_in_chain
+from pixelkiln.engine.hours import Hours
 from pixelkiln.exceptions import BackendError, NoServerAvailableError, QuotaExhaustedError
 
 log = logging.getLogger("pixelkiln.engine")
@@ -64,9 +65,11 @@ class Routes:
         chains: Mapping[str, Sequence[str]],
         down_timeout: float,
         db: Database,
+        hours: Hours | None = None,
     ) -> None:
         self.backends = backends
         self.db = db
+        self.hours = hours  #: a backend outside its hours is no fallback target
         self.chains = {name: list(chains.get(name, ())) for name in backends}
         self.down_timeout = down_timeout
         self.down: dict[str, float] = {}  #: backend → since when every server is down
@@ -82,6 +85,8 @@ class Routes:
     def is_up(self, name: str, now: float) -> bool:
         """Whether ``name`` may take work now, as far as we know."""
         if name not in self.backends or self._quota.get(name, (0.0, ""))[0] > now:
+            return False
+        if self.hours and name in self.hours.closed(now):
             return False
         pool = self.pool(name)
         if pool is not None:

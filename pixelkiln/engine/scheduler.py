@@ -8,7 +8,8 @@ committer that records them in groups (engine.recorder). A lease keeper
 renews the leases of held tasks every few seconds; a task missing from the
 renewal was cancelled or taken away, and its job is cancelled. Recovery of
 expired leases (a runner that died), moves of waiting tasks to a fallback
-backend (engine.routing) and an admin's new limits run inside the loop.
+backend (engine.routing) and an admin's new limits run inside the loop; a
+backend outside its active hours (engine.hours) gets no new task meanwhile.
 
 Nothing stops it quietly: a step that fails is logged, backed off and tried
 again, and a helper that dies is started again (engine.supervisor).
@@ -47,6 +48,7 @@ from pixelkiln.db.settings_store import stored_concurrency
 from pixelkiln.db.tasks import TaskFailure
 from pixelkiln.engine.credentials import UserKeys
 from pixelkiln.engine.dispatch import Dispatch
+from pixelkiln.engine.hours import Hours
 from pixelkiln.engine.limits import BackendLimit, Limits, idle_timeout
 from pixelkiln.engine.outcomes import Generated, Job, Moved, Outcome, judge
 from pixelkiln.engine.owners import dead_local_owners, new_owner_id
@@ -115,7 +117,11 @@ class Scheduler:
         #: them is stale and must not put the old limits back
         self._live_changes = 0
         self.limits = Limits(settings.concurrency, self.backends)
-        self.routes = Routes(self.backends, chains or {}, settings.down_timeout, db)
+        #: backends' active/quiet hours: a closed backend's tasks wait (engine.hours)
+        self.hours = Hours.of(
+            (n, b.settings.active_hours, b.settings.quiet_hours) for n, b in self.backends.items()
+        )
+        self.routes = Routes(self.backends, chains or {}, settings.down_timeout, db, self.hours)
         self.supervision = Supervision(settings.stall_seconds)
         self._rng = rng or random.Random()
         self._clock = clock
@@ -267,8 +273,15 @@ class Scheduler:
             await asyncio.wait_for(self._stop_event.wait(), seconds)
 
     async def _idle(self) -> None:
-        """Wait for a wake-up, the next poll, or a paced batch's next start, what comes first."""
-        timeout = idle_timeout(self.settings.poll_interval, self._wake_at, self._clock())
+        """Wait for a wake-up, the next poll, a paced batch's next start or a backend's window
+        opening, what comes first."""
+        now = self._clock()
+        wake_at = self._wake_at
+        # a backend whose window opens may have tasks to start then
+        opening = self.hours.next_opening(now) if self.hours else None
+        if opening is not None and (wake_at is None or wake_at <= now or opening < wake_at):
+            wake_at = opening
+        timeout = idle_timeout(self.settings.poll_interval, wake_at, now)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
@@ -277,7 +290,10 @@ class Scheduler:
         if len(self._jobs) - self._dispatch.running() > MAX_BACKLOG:
             return {}
         troubled, now = self.routes.troubled, self._clock()
-        return self._dispatch.wants(lambda name: troubled and self.routes.holds_back(name, now))
+        closed = self._dispatch.closed  # outside its hours: its tasks wait in the queue
+        return self._dispatch.wants(
+            lambda name: name in closed or (troubled and self.routes.holds_back(name, now))
+        )
 
     def _start_ready(self) -> int:
         """Start ready tasks while there are free slots, turning between backends."""
@@ -400,8 +416,11 @@ class Scheduler:
                 job.job.cancel()
 
     async def _housekeeping(self) -> None:
-        """Recovery of dead runners' tasks, fallback moves and admins' limits, when due."""
+        """Backends' hours, recovery of dead runners' tasks, fallback moves and admins'
+        limits, when due."""
         now = self._clock()
+        if self.hours:
+            await self._close_hours(now)
         if self.routes.troubled and await self.routes.sweep(now, self.only_batches):
             self.wake()  # waiting tasks moved to a fallback that is up
         if now >= self._next_recovery:
@@ -419,6 +438,17 @@ class Scheduler:
             if changes == self._live_changes:  # else read before a live change: stale
                 self.limits.apply(*stored)
             self._next_settings = now + SETTINGS_INTERVAL
+
+    async def _close_hours(self, now: float) -> None:
+        """Backends outside their hours start nothing; tasks claimed ahead for one that just
+        closed go back to the queue (another process, or a fallback, may take them)."""
+        closed = self.hours.closed(now)
+        newly = closed - self._dispatch.closed
+        self._dispatch.closed = closed
+        ids = [t.id for name in newly for t in self._dispatch.ready.get(name, ())]
+        if ids:
+            self._dispatch.drop(lambda t: t.backend in newly)
+            await self.db.awrite(release_tasks, self.owner, ids)
 
     async def _shutdown(self, helpers: dict[str, asyncio.Task[None]]) -> None:
         self._stopping = self._recorder.stopping = True

@@ -11,9 +11,14 @@ A face parses its user's shape, calls one function here with a
   resume, delete
 - :mod:`~pixelkiln.service.pricing`: what images cost a user; the one module that charges
 - :mod:`~pixelkiln.service.reading`: a batch with a page of its tasks; waiting for its end
+- :mod:`~pixelkiln.service.sheets`: a sweep batch's contact sheets (which there are; one as PNG)
 - :mod:`~pixelkiln.service.admin`: runtime concurrency, global and per backend (read, set, reset)
 - :mod:`~pixelkiln.service.presets`: presets (admins manage them, users list the active ones)
 - :mod:`~pixelkiln.service.uploads`: an img2img batch from uploaded images and one prompt
+- :mod:`~pixelkiln.service.runs`: project runs, planned, stored, driven one project after
+  another and reported (imported from there: it needs the reports, which need this package)
+- :mod:`~pixelkiln.service.retention`: what ``[retention]`` deletes, planned then applied
+  (``kiln gc``, the server's sweeper)
 - :mod:`~pixelkiln.service.context`: the context, the caller, the schedulers to wake
 
 >>> from pixelkiln import service
@@ -59,6 +64,7 @@ from pixelkiln.service.reading import (
     batch_page,
     wait_until_finished,
 )
+from pixelkiln.service.sheets import SheetRef, list_sheets, sheet_png
 from pixelkiln.service.submission import Submission, Submitted, fingerprint, submit
 from pixelkiln.service.uploads import Uploaded, UploadFields, upload_spec
 
@@ -75,6 +81,7 @@ __all__ = [
     "SchedulerLink",
     "Schedulers",
     "ServiceContext",
+    "SheetRef",
     "Submission",
     "Submitted",
     "TaskPage",
@@ -90,6 +97,7 @@ __all__ = [
     "fingerprint",
     "get_preset",
     "list_presets",
+    "list_sheets",
     "pause",
     "pricing_for",
     "regenerate",
@@ -100,6 +108,7 @@ __all__ = [
     "retry",
     "set_backend_concurrency",
     "set_concurrency",
+    "sheet_png",
     "submit",
     "upload_spec",
     "wait_until_finished",

@@ -142,6 +142,11 @@ def _batches(user: Recorder) -> tuple[int, list[int], int]:
     }
     made = user.call("POST", "/api/v1/batches", 201, params={"wait": "true"}, json=spec).json()
     assert made["status"] == "partial"
+    ids = {"batch_id": made["id"]}  # not a sweep: no contact sheets (docs/sheets.md)
+    assert user.call("GET", "/api/v1/batches/{batch_id}/sheets", 200, ids=ids).json() == {
+        "sheets": []
+    }
+    user.call("GET", "/api/v1/batches/{batch_id}/sheet.png", 409, ids=ids)
     uploaded = user.call(
         "POST",
         "/api/v1/batches/upload",

@@ -23,6 +23,8 @@ const state = {
   following: false,
   stop: () => {},
   rows: new Map(), // task id → {sig, tr}
+  sheets: null, // a sweep's contact sheets (GET /batches/{id}/sheets), once read
+  sheetVersion: "",
 };
 
 // -- not found ----------------------------------------------------------------------------
@@ -135,6 +137,46 @@ function renderPager(batch) {
   $("bd-pager").hidden = state.offset === 0 && total <= PAGE_SIZE;
 }
 
+// -- contact sheets (a sweep batch) -----------------------------------------------------
+
+/** A sweep batch's sheets (GET /batches/{id}/sheets: none for other batches), each an <img>
+ * whose URL changes when results arrive, so the browser fetches it again (never cached). */
+async function renderSheets(batch) {
+  if (state.sheets === null) {
+    try {
+      state.sheets = (await api(`/batches/${state.id}/sheets`)).sheets;
+    } catch (failure) { // a sweep too large to draw: say so where the sheets would be
+      state.sheets = [];
+      $("bd-sheets-error").textContent = failure.message;
+      $("bd-sheets-error").hidden = false;
+      $("bd-sheets-box").hidden = false;
+      return;
+    }
+  }
+  if (!state.sheets.length) return;
+  const c = batch.counts;
+  const version = [c.succeeded, c.failed, c.cancelled, c.running, c.images, batch.status].join(".");
+  if (version === state.sheetVersion) return;
+  state.sheetVersion = version;
+  const box = $("bd-sheets");
+  if (!box.children.length) box.replaceChildren(...state.sheets.map(sheetFigure));
+  state.sheets.forEach((sheet, i) => {
+    const src = `${sheet.url}${sheet.url.includes("?") ? "&" : "?"}v=${version}`;
+    box.children[i].querySelector("img").src = src;
+    box.children[i].querySelector("a").href = src;
+  });
+  $("bd-sheets-box").hidden = false;
+}
+
+function sheetFigure(sheet) {
+  const set = sheet.groups > 1 ? t("bd.sheet_set", { group: sheet.group, groups: sheet.groups }) : "";
+  const caption = [sheet.label, set].filter(Boolean).join(" · ");
+  return el("figure", { dataset: { z: sheet.z ?? "" } },
+    el("a", { href: sheet.url, target: "_blank", rel: "noopener" },
+      el("img", { alt: t("bd.sheet_alt", { label: caption }).trim(), decoding: "async" })),
+    caption ? el("figcaption", {}, caption) : null);
+}
+
 // -- reading and following --------------------------------------------------------------
 
 async function load() {
@@ -150,6 +192,7 @@ async function load() {
   state.batch = batch;
   renderSummary(batch);
   renderTasks(batch);
+  renderSheets(batch);
   $("bd-loading").hidden = true;
   $("bd-body").hidden = false;
   $("bd").removeAttribute("aria-busy");

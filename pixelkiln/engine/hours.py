@@ -1,0 +1,163 @@
+"""Backends' daily hours: ``active_hours`` and ``quiet_hours`` windows, in local time.
+
+A window is ``HH:MM-HH:MM``: from the first minute (included) to the second
+(excluded); a window whose end comes before its start crosses midnight
+(``22:00-07:00`` holds 23:30 and 06:59, not 07:00). A backend is *closed*
+outside its ``active_hours`` and inside its ``quiet_hours``: the scheduler
+claims and starts none of its tasks then (tasks already generating finish).
+Its tasks wait in the queue, spending no attempt, and it is no fallback target
+while closed; the scheduler wakes itself when a window opens.
+
+The maths takes the time as a value (an injected clock), so tests need not wait.
+
+>>> window = parse_window("22:00-07:00")
+>>> window.holds(23 * 60 + 30), window.holds(7 * 60)
+(True, False)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+log = logging.getLogger("pixelkiln.engine")
+
+MINUTES_PER_DAY = 24 * 60
+_WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A daily window, in minutes since local midnight; ``end < start`` crosses midnight."""
+
+    start: int  #: first minute inside
+    end: int  #: first minute outside
+
+    def holds(self, minute: int) -> bool:
+        """Whether the minute of the day ``minute`` (0-1439) lies inside."""
+        if self.start < self.end:
+            return self.start <= minute < self.end
+        return minute >= self.start or minute < self.end
+
+    @property
+    def edges(self) -> tuple[int, int]:
+        return self.start, self.end
+
+
+def parse_window(text: str) -> Window:
+    """``"HH:MM-HH:MM"`` as a :class:`Window`; ValueError saying what is wrong.
+
+    >>> parse_window("9:00-18:30")
+    Window(start=540, end=1110)
+    """
+    match = _WINDOW.match(text)
+    if match is None:
+        raise ValueError(f"'{text}' is not a window HH:MM-HH:MM (e.g. 22:00-07:00)")
+    hours_a, minutes_a, hours_b, minutes_b = (int(g) for g in match.groups())
+    for hours, minutes in ((hours_a, minutes_a), (hours_b, minutes_b)):
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"'{text}': {hours:02d}:{minutes:02d} is not a time of day")
+    start, end = hours_a * 60 + minutes_a, hours_b * 60 + minutes_b
+    if start == end:
+        raise ValueError(f"'{text}' starts and ends at the same minute: an empty window")
+    return Window(start, end)
+
+
+def optional_window(text: str) -> Window | None:
+    """:func:`parse_window`, with "" meaning no window."""
+    return parse_window(text) if text.strip() else None
+
+
+@dataclass(frozen=True)
+class BackendHours:
+    """One backend's windows; None where it has none."""
+
+    active: Window | None = None  #: outside it the backend takes no new task
+    quiet: Window | None = None  #: inside it the backend takes no new task
+
+    def open_at(self, minute: int) -> bool:
+        if self.active is not None and not self.active.holds(minute):
+            return False
+        return self.quiet is None or not self.quiet.holds(minute)
+
+    def edges(self) -> list[int]:
+        return [e for w in (self.active, self.quiet) if w is not None for e in w.edges]
+
+
+def local_time(timestamp: float) -> datetime:
+    """This machine's local wall-clock time at ``timestamp`` (naive)."""
+    return datetime.fromtimestamp(timestamp)
+
+
+class Hours:
+    """Which backends are closed now, and when the next one opens; see the module.
+
+    ``local`` turns a timestamp into local wall-clock time (injected by tests).
+    """
+
+    def __init__(
+        self,
+        windows: dict[str, BackendHours],
+        local: Callable[[float], datetime] = local_time,
+    ) -> None:
+        self.windows = {name: w for name, w in windows.items() if w.edges()}
+        self._local = local
+        self._closed: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, settings: Iterable[tuple[str, str, str]]) -> Hours:
+        """From (name, active_hours, quiet_hours) of each backend (validated by the config)."""
+        return cls(
+            {
+                name: BackendHours(optional_window(active), optional_window(quiet))
+                for name, active, quiet in settings
+            }
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.windows)
+
+    def closed(self, now: float) -> frozenset[str]:
+        """The backends that take no new task at ``now``."""
+        if not self.windows:
+            return frozenset()
+        minute = _minute_of(self._local(now))
+        found = frozenset(n for n, w in self.windows.items() if not w.open_at(minute))
+        if found != self._closed:
+            self._say(found)
+        return found
+
+    def _say(self, found: frozenset[str]) -> None:
+        for name in sorted(found - self._closed):
+            log.info("backend '%s' is outside its hours: its tasks wait", name)
+        for name in sorted(self._closed - found):
+            log.info("backend '%s' is inside its hours again", name)
+        self._closed = found
+
+    def next_opening(self, now: float) -> float | None:
+        """When a backend closed at ``now`` may open (the next edge of its windows), or None."""
+        closed = self.closed(now)
+        if not closed:
+            return None
+        local = self._local(now)
+        return min(
+            now + _seconds_until(local, edge)
+            for name in closed
+            for edge in self.windows[name].edges()
+        )
+
+
+def _minute_of(moment: datetime) -> int:
+    return moment.hour * 60 + moment.minute
+
+
+def _seconds_until(moment: datetime, edge: int) -> float:
+    """Seconds from ``moment`` to the next time the clock shows minute ``edge`` (0 < s ≤ 1 day)."""
+    midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    target = midnight + timedelta(minutes=edge)
+    if target <= moment:
+        target += timedelta(days=1)
+    return (target - moment).total_seconds()
