@@ -107,6 +107,9 @@ _ROW = (
 )
 #: the JSON columns among them, bound as text encoded here (see :func:`_tasks_insert`)
 _JSON_COLUMNS = frozenset(("params", "inputs", "item", "axes"))
+#: ``json.dumps`` as the JSON type calls it (the same text), without its check for cycles
+#: (a task's values are made of plain values, never of themselves)
+_to_json = json.JSONEncoder(check_circular=False).encode
 #: rows per ``executemany``: a chunk of a sweep's rows is made, sent and dropped
 CHUNK = 5000
 
@@ -128,7 +131,7 @@ def _insert_tasks(tx: Tx, batch_id: int, new: NewBatch) -> None:
                 t.backend,
                 t.prompt,
                 t.negative_prompt,
-                json.dumps(t.params_json()),
+                _to_json(t.params_json()),
                 encode(i),
                 encode(t.item),
                 encode(t.axes),
@@ -143,6 +146,7 @@ def _insert_tasks(tx: Tx, batch_id: int, new: NewBatch) -> None:
         tx.conn.exec_driver_sql(sql, chunk)
 
 
+#: per dialect and driver: the compiled INSERT and what shapes a row for it
 _INSERTS: dict[str, tuple[str, Callable[[tuple[Any, ...]], Any]]] = {}
 
 
@@ -158,7 +162,8 @@ def _tasks_insert(dialect: Dialect) -> tuple[str, Callable[[tuple[Any, ...]], An
     PostgreSQL takes it with a cast to ``json`` (a text parameter is not assigned to a json
     column implicitly). The other columns need no conversion on either database.
     """
-    found = _INSERTS.get(dialect.name)
+    known = f"{dialect.name}+{dialect.driver}"
+    found = _INSERTS.get(known)
     if found is not None:
         return found
 
@@ -174,7 +179,7 @@ def _tasks_insert(dialect: Dialect) -> tuple[str, Callable[[tuple[Any, ...]], An
         shape = operator.itemgetter(*(_ROW.index(name) for name in compiled.positiontup or ()))
     else:  # psycopg: "%(name)s"
         shape = functools.partial(_named, _ROW)
-    found = _INSERTS[dialect.name] = (str(compiled), shape)
+    found = _INSERTS[known] = (str(compiled), shape)
     return found
 
 
@@ -197,7 +202,7 @@ class _Encoder:
         if found is None:
             if len(self.known) > 10_000:  # values that are not shared: stop remembering
                 self.known.clear()
-            found = self.known[id(value)] = (value, json.dumps(value))
+            found = self.known[id(value)] = (value, _to_json(value))
         return found[1]
 
 
