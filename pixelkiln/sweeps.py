@@ -211,11 +211,12 @@ class Expansion:
         would not make fewer tasks, or when only the whole expansion can say what is wrong
         and where (a problem; a prompt that may come out empty).
 
-        Its tasks keep every parameter but their prompts (the same text, whose wildcards
-        and fragments no longer matter) and the axes over other parameters (cfg, seed,
-        sampler, model, denoise, fragments), which change no count, size, step or backend.
+        Its tasks keep every parameter but their prompts (a placeholder: what a prompt
+        says changes no plan, and whether one can be empty is checked here) and the axes
+        over other parameters (cfg, seed, sampler, model, denoise, fragments), which
+        change no task's backend, size, steps or images.
         """
-        if self.problems or not self.expands:
+        if self.problems or self.spec.problems or not self.expands:
             return None
         fragments = any(axis.name.startswith("$") for axis in self.axes)
         if any(_least(b.prompt, fragments) == 0 for b in self.bases if b.prompt is not None):

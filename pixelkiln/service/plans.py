@@ -3,7 +3,10 @@ and what stops it, said before anything is stored.
 
 The estimate works on groups, never task by task: the batch's tasks are counted once
 into (backend, width, height, steps) groups, and every figure after that is per group,
-so a plan of 100,000 tasks costs one pass over them and one read of ``speeds``.
+so a plan of 100,000 tasks costs one pass over them and one read of ``speeds``. A sweep
+is not even made: its :meth:`~pixelkiln.sweeps.Expansion.sample` (each base task once
+per value of the axes over backend, size, steps or n) is resolved and checked, and each
+sampled task counts for the tasks it stands for (its prompts × the other axes' values).
 
 Time, per backend: each group's seconds per image comes from ``speeds`` (measured when
 batches end, see :mod:`pixelkiln.db.speeds`): the exact (width, height, steps) when

@@ -43,16 +43,12 @@ Id = Annotated[int, Field(ge=1, le=MAX_ID)]  #: a row id
 Offset = Annotated[int, Field(ge=0, le=MAX_ID)]  #: items to skip, or an id to resume after
 
 
-# defer_build: a model's validator is built when it is first used, not when this module is
-# imported: the CLI and the engine import it for a few models of its dozens
-
-
 class _Public(BaseModel):
-    model_config = ConfigDict(extra="ignore", defer_build=True)  # a newer server may send more
+    model_config = ConfigDict(extra="ignore")  # a newer server may send more fields
 
 
 class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     @model_validator(mode="before")
     @classmethod

@@ -161,6 +161,7 @@ async def test_a_sweeps_credits_are_what_its_submit_charges(
         ({"prompt": "{|a}{|b}"}, {"x": {"cfg_scale": [5, 7]}}, "prompt"),  # one text is ""
         ({"prompt": "$thing"}, {"x": {"$thing": ["", "fox"]}}, "prompt"),  # a fragment empties it
         ({"prompt": "a", "backend": "nope"}, {"x": {"seed": [1, 2]}}, "backend"),
+        ({"prompt": "a", "steps": -1}, {"x": {"seed": [1, 2]}}, "steps"),  # left out of the spec
         ({"prompt": "a", "width": 8192, "height": 4096}, {"x": {"seed": [1, 2]}}, "width"),
     ],
 )
