@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
@@ -33,16 +33,11 @@ from pixelkiln.cli.common import (
 from pixelkiln.cli.projects import _run as drive_projects
 from pixelkiln.cli.run import _continue
 from pixelkiln.config import Settings
+from pixelkiln.db.schedules import ScheduleKind
 from pixelkiln.service import LOCAL
-from pixelkiln.service.schedules import (
-    Fired,
-    ScheduleKind,
-    ScheduleView,
-    add_schedule,
-    list_schedules,
-    remove_schedule,
-    run_now,
-)
+
+if TYPE_CHECKING:  # the commands import it: croniter and the rest load for `kiln schedule` only
+    from pixelkiln.service.schedules import Fired, ScheduleView
 
 T = TypeVar("T")
 
@@ -122,6 +117,8 @@ def add(
         "projects_dir": str(projects_dir.absolute()) if projects_dir else None,
     }
     options = _overrides(kind, given)
+    from pixelkiln.service.schedules import add_schedule
+
     with errors():
         settings = settings_from(config)
         view = asyncio.run(
@@ -142,6 +139,8 @@ def add(
 @schedule_app.command("list")
 def list_(config: ConfigOption = None) -> None:
     """The schedules: what each starts, its next run (its time zone) and its last result."""
+    from pixelkiln.service.schedules import list_schedules
+
     with errors():
         settings = settings_from(config)
         views = asyncio.run(_with_service(settings, lambda k: list_schedules(k.service, LOCAL)))
@@ -165,6 +164,8 @@ def list_(config: ConfigOption = None) -> None:
 @schedule_app.command()
 def remove(schedule_id: IdArg, config: ConfigOption = None) -> None:
     """Remove a schedule (what it already started goes on)."""
+    from pixelkiln.service.schedules import remove_schedule
+
     with errors():
         settings = settings_from(config)
         asyncio.run(
@@ -192,6 +193,8 @@ def run_now_(
     batch as `kiln run` runs one, a project run as `kiln projects run` (exit codes
     as theirs). With --no-wait a running `kiln serve` carries it instead.
     """
+    from pixelkiln.service.schedules import run_now
+
     with errors():
         settings = settings_from(config)
         fired = asyncio.run(

@@ -1,6 +1,6 @@
 """What every ``kiln`` command pays at start: ``import pixelkiln.cli`` leaves out what no
-command but one needs (the HTTP client, the fake generators and their web stack), and
-the commands that need them still find them."""
+command but one needs (the HTTP client, the fake generators and their web stack, cron
+parsing, the retention rules), and the commands that need them still find them."""
 
 from __future__ import annotations
 
@@ -12,8 +12,17 @@ from typer.testing import CliRunner
 
 from pixelkiln.cli import app
 
-#: imported by ``kiln dev`` (pixelkiln.testing) or by client code, never by other commands
-NOT_AT_START = ("pixelkiln.client", "pixelkiln.testing", "starlette", "uvicorn", "fastapi")
+#: imported by ``kiln dev`` (pixelkiln.testing), ``kiln schedule`` (croniter), ``kiln gc`` or
+#: client code, when they run: never by the other commands
+NOT_AT_START = (
+    "pixelkiln.client",
+    "pixelkiln.testing",
+    "starlette",
+    "uvicorn",
+    "fastapi",
+    "croniter",
+    "pixelkiln.service.retention",
+)
 
 
 def _loaded_after(statement: str) -> list[str]:
