@@ -28,8 +28,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from pixelkiln.engine.hours import optional_window
 from pixelkiln.exceptions import ConfigError
+from pixelkiln.hours import optional_window
 from pixelkiln.prompts import parse_template
 from pixelkiln.specs import PARAM_NAMES
 

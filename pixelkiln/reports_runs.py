@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
-from pixelkiln.db.runs import get_run, run_batches
+from pixelkiln.db.runs import RunStatus, get_run, run_batches
 from pixelkiln.models import BatchStatus
 from pixelkiln.reports import build_report
 
@@ -31,10 +32,19 @@ def local_iso(ts: float | None) -> str | None:
 
 
 def build_run_report(
-    conn: Connection, run_id: int, files: dict[str, str] | None = None
+    conn: Connection,
+    run_id: int,
+    files: dict[str, str] | None = None,
+    ending: tuple[RunStatus, float] | None = None,
 ) -> dict[str, Any]:
-    """Everything the run report shows; see docs/projects.md#the-run-report."""
+    """Everything the run report shows; see docs/projects.md#the-run-report.
+
+    ``ending`` (status, finished at): the report of the run as it is about to end
+    with that status at that time (its driver writes it with the end).
+    """
     run = get_run(conn, run_id)
+    if ending is not None:
+        run = replace(run, status=ending[0], finished_at=ending[1])
     batches = {b.name: b for b in run_batches(conn, run_id)}
     projects = [_project(conn, p, batches.get(p["pid"])) for p in run.config.get("projects", [])]
     ended = [p for p in projects if p["status"] in ("succeeded", "failed")]

@@ -23,6 +23,7 @@ from pixelkiln.cli.webhooks import webhooks_app
 log = logging.getLogger("pixelkiln.cli")
 
 app = typer.Typer(
+    rich_markup_mode=None,  # help texts name [sections] of kiln.toml: not Rich markup
     help="pixelkiln: batch image generation. Queue thousands of prompts, come back to images.",
     no_args_is_help=True,
     add_completion=False,

@@ -139,27 +139,43 @@ def run(
             raise InvalidStateError("give a project config, or --resume RUN_ID (not both)")
         settings = project_settings(config, project_config, log_level)
         setup_logging(settings, prefix="projects")
-        code = asyncio.run(_run(settings, project_config, overrides.values(), resume, yes, quiet))
+        code = asyncio.run(
+            run_projects(settings, project_config, overrides.values(), resume, yes, quiet)
+        )
     raise typer.Exit(code)
 
 
-async def _run(
+async def run_projects(
     settings: Settings,
     project_config: Path | None,
     overrides: dict[str, Any],
     resume: int | None,
     yes: bool,
     quiet: bool,
+    owner: str | None = None,
 ) -> int:
+    """Plan, store and drive a project run here to its end (or ``resume`` a stored one),
+    printing each project and the report; the exit code (see the module docstring).
+
+    ``kiln projects run`` and ``kiln schedule run-now`` use it. ``owner``: the lease
+    holder id the run was created with (run-now creates it held, so that no server
+    takes it before this process does); by default a new one.
+    """
     async with Kiln(settings) as kiln:
-        owner = new_owner_id()
+        owner = owner or new_owner_id()
         if project_config is not None:
             planned = await plan_projects_run(kiln.service, LOCAL, project_config, overrides)
             _print_plan(planned)
             if not yes and sys.stdin.isatty() and not typer.confirm("Generate them now?", True):
                 return EXIT_OK
             run_id = await create_projects_run(
-                kiln.service, LOCAL, project_config, overrides, source="cli", lease_owner=owner
+                kiln.service,
+                LOCAL,
+                project_config,
+                overrides,
+                source="cli",
+                lease_owner=owner,
+                planned=planned,
             )
         else:
             run_id = resume or 0
@@ -263,6 +279,9 @@ def check(
                 str(r["images"]),
                 escape(r["problem"]),
             )
+        console.print(
+            f"Projects folder: {escape(str(planned.config.projects_dir))}", highlight=False
+        )
         console.print(table)
     raise typer.Exit(EXIT_OK if all(r["ready"] for r in rows) else EXIT_FAILED)
 
@@ -323,12 +342,21 @@ def runs_table(db: Database, limit: int = 5) -> Table | None:
         table.add_row(
             str(run.id),
             escape(run.name),
-            str(run.status),
+            _shown_status(run),
             f"{ok}/{failed} of {len(run.config.get('projects', []))}",
             str(images),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started_at or run.created_at)),
         )
     return table
+
+
+def _shown_status(run: Run) -> str:
+    """A run no live process drives says so: it goes on under `kiln serve`, or with
+    `kiln projects run --resume ID`."""
+    idle = run.lease_expires_at is None or run.lease_expires_at < time.time()
+    if run.status == "running" and idle:
+        return "waiting (no process drives it: kiln serve or --resume)"
+    return str(run.status)
 
 
 def _run_counts(db: Database, run: Run) -> tuple[int, int, int]:
@@ -337,9 +365,12 @@ def _run_counts(db: Database, run: Run) -> tuple[int, int, int]:
 
 
 def print_run(db: Database, run_id: int) -> None:
-    """One run's report so far (``kiln status --run ID``)."""
+    """One run's report (``kiln status --run ID``): as stored when it ended (its batches may
+    since have gone by the retention rules), else as it stands so far."""
+    run = db.read(get_run, run_id)
+    report = run.report or db.read(build_run_report, run_id)
     console.print(
-        render_run_text(db.read(build_run_report, run_id)),
+        render_run_text(report),
         markup=False,
         highlight=False,
         soft_wrap=True,

@@ -168,7 +168,7 @@ async def _submit_and_run(
         return await _finish(kiln, [batch_id], interrupted, report, log_path)
 
 
-async def _continue(
+async def continue_batches(
     settings: Settings,
     batch_ids: list[int],
     report: Path | None,
@@ -176,6 +176,11 @@ async def _continue(
     log_path: Path,
     unpause: bool = False,
 ) -> int:
+    """Run stored batches to their end in this process, with progress and the summary
+    (``kiln resume``, ``kiln schedule run-now``); the exit code, as ``kiln run``'s.
+
+    ``report``: where to write the JSON report; ``unpause``: paused batches run too.
+    """
     async with Kiln(settings) as kiln:
         if unpause:  # a batch named to `kiln resume` runs even when it was paused
             for batch_id in batch_ids:
@@ -248,7 +253,9 @@ def resume(
             console.print("Nothing to resume: no unfinished batch.")
             raise typer.Exit(EXIT_OK)
         log_path = setup_logging(settings)
-        code = asyncio.run(_continue(settings, ids, report, quiet, log_path, batch is not None))
+        code = asyncio.run(
+            continue_batches(settings, ids, report, quiet, log_path, batch is not None)
+        )
     raise typer.Exit(code)
 
 
@@ -349,7 +356,7 @@ def _requeue_and_run(
         if not run_now:
             raise typer.Exit(EXIT_OK)
         log_path = setup_logging(settings)
-        code = asyncio.run(_continue(settings, [batch_id], None, quiet, log_path))
+        code = asyncio.run(continue_batches(settings, [batch_id], None, quiet, log_path))
     raise typer.Exit(code)
 
 

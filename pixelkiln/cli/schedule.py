@@ -30,10 +30,11 @@ from pixelkiln.cli.common import (
     settings_from,
     setup_logging,
 )
-from pixelkiln.cli.projects import _run as drive_projects
-from pixelkiln.cli.run import _continue
+from pixelkiln.cli.projects import run_projects
+from pixelkiln.cli.run import continue_batches
 from pixelkiln.config import Settings
 from pixelkiln.db.schedules import ScheduleKind
+from pixelkiln.engine.owners import new_owner_id
 from pixelkiln.service import LOCAL
 
 if TYPE_CHECKING:  # the commands import it: croniter and the rest load for `kiln schedule` only
@@ -195,28 +196,32 @@ def run_now_(
     """
     from pixelkiln.service.schedules import run_now
 
+    owner = new_owner_id() if wait else None  # a project run is held here from the start
     with errors():
         settings = settings_from(config)
         fired = asyncio.run(
-            _with_service(settings, lambda k: run_now(k.service, LOCAL, schedule_id))
+            _with_service(
+                settings, lambda k: run_now(k.service, LOCAL, schedule_id, lease_owner=owner)
+            )
         )
-        code = _after_start(settings, fired, wait, quiet)
+        code = _after_start(settings, fired, owner, quiet)
     raise typer.Exit(code)
 
 
-def _after_start(settings: Settings, fired: Fired, wait: bool, quiet: bool) -> int:
+def _after_start(settings: Settings, fired: Fired, owner: str | None, quiet: bool) -> int:
+    """Follow what was started here (``owner``: its driver), or leave it (None)."""
     if fired.run_id is None:  # recorded, not raised: cannot happen with run_now, but be plain
         print_error(fired.error or "the schedule started nothing")
         return EXIT_BAD_INPUT
     what = "project run" if fired.kind is ScheduleKind.PROJECTS else "batch"
     console.print(f"Schedule {fired.schedule_id}: {what} {fired.run_id} started.", highlight=False)
-    if not wait:
+    if owner is None:
         return EXIT_OK
     if fired.kind is ScheduleKind.PROJECTS:  # driven here, as `kiln projects run --resume`
         setup_logging(settings, prefix="projects")
-        return asyncio.run(drive_projects(settings, None, {}, fired.run_id, True, quiet))
+        return asyncio.run(run_projects(settings, None, {}, fired.run_id, True, quiet, owner))
     log_path = setup_logging(settings)
-    return asyncio.run(_continue(settings, [fired.run_id], None, quiet, log_path))
+    return asyncio.run(continue_batches(settings, [fired.run_id], None, quiet, log_path))
 
 
 def _when(view: ScheduleView) -> str:

@@ -18,7 +18,6 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -224,14 +223,24 @@ def mark_started(tx: Tx, run_id: int) -> None:
     )
 
 
-def set_run_config(tx: Tx, run_id: int, owner: str, config: dict[str, Any]) -> None:
-    """Store what the run learnt while running (a project refused at its start), as
-    its lease holder; NotFoundError when the lease is not ``owner``'s."""
-    changed = tx.conn.execute(
-        update(runs).where(runs.c.id == run_id, runs.c.lease_owner == owner).values(config=config)
-    )
-    if not changed.rowcount:
+def set_project_problem(tx: Tx, run_id: int, owner: str, index: int, why: str) -> None:
+    """Record why project ``index`` of the run cannot run (refused at its start), as the
+    run's lease holder; NotFoundError when the lease is not ``owner``'s.
+
+    The config is read and written back in this one transaction, so what another
+    project learnt before is kept (never a copy read earlier written over it).
+    """
+    found = tx.conn.execute(
+        select(runs.c.config).where(runs.c.id == run_id, runs.c.lease_owner == owner)
+    ).first()
+    if found is None:
         raise NotFoundError(f"run {run_id} is not held by {owner}")
+    config = dict(found.config)
+    projects = list(config["projects"])
+    projects[index] = {**projects[index], "problem": why}
+    tx.conn.execute(
+        update(runs).where(runs.c.id == run_id).values(config={**config, "projects": projects})
+    )
 
 
 def finish_run(
@@ -239,10 +248,12 @@ def finish_run(
     run_id: int,
     owner: str,
     status: RunStatus,
-    report_of: Callable[[Connection], dict[str, Any]],
-) -> dict[str, Any] | None:
-    """End the run, as its lease holder, with the report ``report_of`` makes in the same
-    transaction (so it shows the run ended); None when the lease was lost."""
+    report: dict[str, Any],
+    finished_at: float,
+) -> bool:
+    """End the run, as its lease holder, with its ``report`` (made beforehand, in a read,
+    as of ``finished_at``: the writer is not held while it is built); False when the
+    lease was lost (nothing written)."""
     ended = tx.conn.execute(
         update(runs)
         .where(
@@ -250,10 +261,12 @@ def finish_run(
             runs.c.lease_owner == owner,
             runs.c.status == str(RunStatus.RUNNING),
         )
-        .values(status=str(status), finished_at=tx.now, lease_owner=None, lease_expires_at=None)
+        .values(
+            status=str(status),
+            finished_at=finished_at,
+            report=report,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
     )
-    if not ended.rowcount:
-        return None
-    report = report_of(tx.conn)
-    tx.conn.execute(update(runs).where(runs.c.id == run_id).values(report=report))
-    return report
+    return bool(ended.rowcount)

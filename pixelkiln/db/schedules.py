@@ -8,6 +8,14 @@ slots missed while no process ran collapse into one run (the next slot is
 counted from now, not from the missed one). Cron maths is the service's
 (:mod:`pixelkiln.service.schedules`); here are only rows.
 
+The claim also records the slot and its claimant (``claimed_*``) until the start
+is recorded (:func:`record_result`, in the transaction that creates the run, or
+right after the batch's): a process that dies in between leaves the claim, and
+once it is older than a lease any process takes it over (:func:`stale_claims`,
+:func:`take_over`, a compare-and-set too) and starts the slot, so no slot is lost
+silently. A start is recorded only by the claim's holder (a process that lost it
+records nothing, and a run it was creating is rolled back: :class:`ClaimLost`).
+
 >>> schedule_id = db.write(add_schedule, NewSchedule(None, "0 0 * * *", ...))  # doctest: +SKIP
 >>> db.write(claim_slot, schedule_id, seen=1767225600.0, following=1767312000.0)  # doctest: +SKIP
 True
@@ -23,7 +31,7 @@ from sqlalchemy import Connection, Integer, Row, delete, func, insert, literal, 
 
 from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import schedules
-from pixelkiln.exceptions import NotFoundError
+from pixelkiln.exceptions import KilnError, NotFoundError
 
 S = schedules
 
@@ -63,6 +71,9 @@ class Schedule:
     last_run_id: int | None  #: the run (projects) or batch it last started
     last_error: str | None  #: why its last start failed; None when it worked
     created_at: float
+    claimed_slot: float | None = None  #: a slot claimed, not yet started
+    claimed_by: str | None = None  #: the process that claimed it
+    claimed_at: float | None = None  #: when it was claimed (or taken over)
 
 
 def _schedule(row: Row[Any]) -> Schedule:
@@ -80,6 +91,9 @@ def _schedule(row: Row[Any]) -> Schedule:
         last_run_id=row.last_run_id,
         last_error=row.last_error,
         created_at=row.created_at,
+        claimed_slot=row.claimed_slot,
+        claimed_by=row.claimed_by,
+        claimed_at=row.claimed_at,
     )
 
 
@@ -143,34 +157,89 @@ def next_due_at(conn: Connection) -> float | None:
     return None if value is None else float(value)
 
 
-def claim_slot(tx: Tx, schedule_id: int, *, seen: float, following: float | None) -> bool:
+class ClaimLost(KilnError):
+    """Another process took this slot's claim over: what this one started is undone."""
+
+
+def claim_slot(
+    tx: Tx, schedule_id: int, *, seen: float, following: float | None, owner: str = ""
+) -> bool:
     """Take the slot ``seen`` of a schedule by moving its ``next_run_at`` to ``following``.
 
-    True for the one caller that moved it; False when another process did first (the
-    row no longer holds ``seen``), or the schedule was removed or disabled meanwhile.
+    True for the one caller that moved it, whose claim (``owner``) is kept until its
+    start is recorded; False when another process did first (the row no longer holds
+    ``seen``), or the schedule was removed or disabled meanwhile.
     """
     query = (
         update(S)
         .where(S.c.id == schedule_id, S.c.next_run_at == seen, S.c.enabled.is_(True))
-        .values(next_run_at=following, last_run_at=tx.now)
+        .values(
+            next_run_at=following,
+            last_run_at=tx.now,
+            claimed_slot=seen,
+            claimed_by=owner,
+            claimed_at=tx.now,
+        )
     )
     return bool(tx.conn.execute(query).rowcount == 1)
 
 
-def record_result(tx: Tx, schedule_id: int, *, run_id: int | None, error: str | None) -> None:
-    """What a start came to: the run or batch it made, or why it made none."""
+def stale_claims(conn: Connection, before: float) -> list[Schedule]:
+    """Enabled schedules holding a claim made before ``before`` that never started."""
+    query = (
+        select(S)
+        .where(S.c.enabled.is_(True), S.c.claimed_slot.is_not(None), S.c.claimed_at < before)
+        .order_by(S.c.claimed_at, S.c.id)
+    )
+    return [_schedule(r) for r in conn.execute(query)]
+
+
+def take_over(tx: Tx, stale: Schedule, owner: str) -> bool:
+    """Take a stale claim over as ``owner``: True for the one process whose compare-and-set
+    (the claim as ``stale`` read it) moved it."""
+    query = (
+        update(S)
+        .where(
+            S.c.id == stale.id,
+            S.c.claimed_slot == stale.claimed_slot,
+            S.c.claimed_by == stale.claimed_by,
+            S.c.claimed_at == stale.claimed_at,
+        )
+        .values(claimed_by=owner, claimed_at=tx.now)
+    )
+    return bool(tx.conn.execute(query).rowcount == 1)
+
+
+def record_result(
+    tx: Tx,
+    schedule_id: int,
+    *,
+    run_id: int | None,
+    error: str | None,
+    claimant: str | None = None,
+) -> None:
+    """What a start came to: the run or batch it made, or why it made none.
+
+    With ``claimant`` (a slot's start) the claim is settled too, and only by its holder:
+    ClaimLost when another process took it over (so a run made in this transaction is
+    rolled back). Without (run now) the claim, if any, is left alone.
+    """
     started = literal(run_id, Integer)  # a failed start keeps the last run it did make
     query = update(S).where(S.c.id == schedule_id)
-    tx.conn.execute(
-        query.values(
-            last_error=error,
-            last_run_at=tx.now,
-            last_run_id=func.coalesce(started, S.c.last_run_id),
-        )
-    )
+    values: dict[str, Any] = {
+        "last_error": error,
+        "last_run_at": tx.now,
+        "last_run_id": func.coalesce(started, S.c.last_run_id),
+    }
+    if claimant is not None:
+        query = query.where(S.c.claimed_by == claimant)
+        values |= {"claimed_slot": None, "claimed_by": None, "claimed_at": None}
+    if tx.conn.execute(query.values(**values)).rowcount != 1 and claimant is not None:
+        raise ClaimLost(f"schedule {schedule_id}: its slot was taken over by another process")
 
 
 __all__ = [
+    "ClaimLost",
     "NewSchedule",
     "Schedule",
     "ScheduleKind",
@@ -182,4 +251,6 @@ __all__ = [
     "next_due_at",
     "record_result",
     "remove_schedule",
+    "stale_claims",
+    "take_over",
 ]

@@ -363,6 +363,11 @@ schedules = Table(
     Column("last_run_id", Integer, nullable=True),  #: the run (or batch) it last started
     Column("last_error", Text, nullable=True),  #: why its last start failed, if it did
     Column("created_at", Float, nullable=False),
+    # a slot claimed and not yet started: cleared with the start (or its failure) recorded;
+    # one left longer than a lease (its process died) is taken over and started once
+    Column("claimed_slot", Float, nullable=True),
+    Column("claimed_by", String(200), nullable=True),  #: the process that claimed it
+    Column("claimed_at", Float, nullable=True),
     Index(None, "enabled", "next_run_at"),
     sqlite_autoincrement=True,  # see NEVER_REUSED
 )

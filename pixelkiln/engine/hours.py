@@ -1,12 +1,11 @@
 """Backends' daily hours: ``active_hours`` and ``quiet_hours`` windows, in local time.
 
-A window is ``HH:MM-HH:MM``: from the first minute (included) to the second
-(excluded); a window whose end comes before its start crosses midnight
-(``22:00-07:00`` holds 23:30 and 06:59, not 07:00). A backend is *closed*
-outside its ``active_hours`` and inside its ``quiet_hours``: the scheduler
-claims and starts none of its tasks then (tasks already generating finish).
-Its tasks wait in the queue, spending no attempt, and it is no fallback target
-while closed; the scheduler wakes itself when a window opens.
+Windows are parsed by :mod:`pixelkiln.hours` (re-exported here): ``HH:MM-HH:MM``,
+the first minute included, the second excluded; ``22:00-07:00`` crosses midnight.
+A backend is *closed* outside its ``active_hours`` and inside its ``quiet_hours``:
+the scheduler claims and starts none of its tasks then (tasks already generating
+finish). Its tasks wait in the queue, spending no attempt, and it is no fallback
+target while closed; the scheduler wakes itself when a window opens.
 
 The maths takes the time as a value (an injected clock), so tests need not wait.
 
@@ -18,57 +17,13 @@ The maths takes the time as a value (an injected clock), so tests need not wait.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from pixelkiln.hours import MINUTES_PER_DAY, Window, optional_window, parse_window
+
 log = logging.getLogger("pixelkiln.engine")
-
-MINUTES_PER_DAY = 24 * 60
-_WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
-
-
-@dataclass(frozen=True)
-class Window:
-    """A daily window, in minutes since local midnight; ``end < start`` crosses midnight."""
-
-    start: int  #: first minute inside
-    end: int  #: first minute outside
-
-    def holds(self, minute: int) -> bool:
-        """Whether the minute of the day ``minute`` (0-1439) lies inside."""
-        if self.start < self.end:
-            return self.start <= minute < self.end
-        return minute >= self.start or minute < self.end
-
-    @property
-    def edges(self) -> tuple[int, int]:
-        return self.start, self.end
-
-
-def parse_window(text: str) -> Window:
-    """``"HH:MM-HH:MM"`` as a :class:`Window`; ValueError saying what is wrong.
-
-    >>> parse_window("9:00-18:30")
-    Window(start=540, end=1110)
-    """
-    match = _WINDOW.match(text)
-    if match is None:
-        raise ValueError(f"'{text}' is not a window HH:MM-HH:MM (e.g. 22:00-07:00)")
-    hours_a, minutes_a, hours_b, minutes_b = (int(g) for g in match.groups())
-    for hours, minutes in ((hours_a, minutes_a), (hours_b, minutes_b)):
-        if hours > 23 or minutes > 59:
-            raise ValueError(f"'{text}': {hours:02d}:{minutes:02d} is not a time of day")
-    start, end = hours_a * 60 + minutes_a, hours_b * 60 + minutes_b
-    if start == end:
-        raise ValueError(f"'{text}' starts and ends at the same minute: an empty window")
-    return Window(start, end)
-
-
-def optional_window(text: str) -> Window | None:
-    """:func:`parse_window`, with "" meaning no window."""
-    return parse_window(text) if text.strip() else None
 
 
 @dataclass(frozen=True)
@@ -161,3 +116,14 @@ def _seconds_until(moment: datetime, edge: int) -> float:
     if target <= moment:
         target += timedelta(days=1)
     return (target - moment).total_seconds()
+
+
+__all__ = [
+    "MINUTES_PER_DAY",
+    "BackendHours",
+    "Hours",
+    "Window",
+    "local_time",
+    "optional_window",
+    "parse_window",
+]

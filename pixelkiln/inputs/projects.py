@@ -36,10 +36,12 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator
 from pixelkiln.config import ProjectsSettings
 from pixelkiln.exceptions import Problem, SpecError
 from pixelkiln.inputs._files import file_error, read_text
+from pixelkiln.inputs.scenes import read_scenes, scene_tasks
 from pixelkiln.inputs.structured import _PARSERS
 from pixelkiln.problems import capped, problems_from_validation
 from pixelkiln.prompts import TemplateError, json_safe, parse_template, render
 from pixelkiln.specs import PARAM_NAMES, BatchSpec, Params, parse_batch
+from pixelkiln.sweeps import count_tasks
 
 #: settings of one project that are not generation parameters (nor file layout)
 PROJECT_FIELDS = ("language", "channel", "description", "delay_between_projects")
@@ -56,8 +58,6 @@ LAYOUT_FIELDS = (
 TOP_FIELDS = ("description", "default_settings", "projects", "projects_dir", "data_dir", "logs_dir")
 #: longest pause between two projects, in seconds
 MAX_DELAY = 86_400.0
-#: the fields a scene's key is read from, in order; else its 1-based position
-SCENE_IDS = ("id", "scene_id")
 
 
 class ProjectSettings(Params):
@@ -156,11 +156,11 @@ class ProjectPlan:
 
     @property
     def images(self) -> int:
-        """Images it would make."""
+        """Images it would make: its tasks after the template's and style's wildcards
+        expand (a project's tasks all take ``n`` from its settings)."""
         if self.spec is None:
             return 0
-        default_n = self.spec.defaults.n or 1
-        return sum(t.n or default_n for t in self.spec.tasks)
+        return count_tasks(self.spec, self.folder) * (self.spec.defaults.n or 1)
 
 
 @dataclass(frozen=True)
@@ -287,16 +287,16 @@ def _entries(
         entries[pid] = ProjectEntry(pid, where, shared, own)
     if not pids:
         return list(entries.values())
-    chosen = []
+    chosen: dict[str, ProjectEntry] = {}  # a pid given twice runs once, where first given
     for pid in pids:
         checked, why = checked_pid(pid)
         if why:
             found.append(Problem(source, "command line", "--pid", why))
-        else:
-            chosen.append(
-                entries.get(checked) or ProjectEntry(checked, "command line", shared, cli)
+        elif checked not in chosen:
+            chosen[checked] = entries.get(checked) or ProjectEntry(
+                checked, "command line", shared, cli
             )
-    return chosen
+    return list(chosen.values())
 
 
 def checked_pid(value: Any) -> tuple[str, str]:
@@ -370,6 +370,9 @@ def _plan(
         images_dir = _images_dir(config, entry, fields)
     except ValueError as exc:
         return ProjectPlan(entry.pid, folder, None, problem=str(exc), delay=delay)
+    if not folder.is_dir():  # one reason, not every required file named missing
+        why = f"folder {folder} not found"
+        return ProjectPlan(entry.pid, folder, None, problem=why, delay=delay)
     try:
         missing = tuple(_missing(folder, settings.get("required_files") or [], fields))
     except ValueError as exc:
@@ -403,11 +406,12 @@ def _project_fields(config: ProjectsConfig, entry: ProjectEntry) -> dict[str, An
     return {**config.fields, **known, **entry.settings, "pid": entry.pid}
 
 
-def _inside(folder: Path, name: str, what: str) -> Path:
-    """``folder / name``, refused (ValueError) when ``name`` would leave ``folder``."""
+def _inside(folder: Path, name: str, what: str, named: str = "the project folder") -> Path:
+    """``folder / name``, refused (ValueError) when ``name`` would leave ``folder``
+    (``named`` in the message)."""
     path = Path(name)
     if path.is_absolute() or ".." in path.parts or not name.strip():
-        raise ValueError(f"{what} '{name}' would leave the project folder")
+        raise ValueError(f"{what} '{name}' would leave {named}")
     return folder / path
 
 
@@ -430,7 +434,11 @@ def _images_dir(
     if entry.settings.get("output") != "project":
         return None
     pattern = entry.settings.get("images_dir") or "{pid}/images"
-    return _path_value(render(pattern, fields, "images_dir"), config.projects_dir)
+    try:
+        name = render(pattern, fields, "images_dir")
+    except TemplateError as exc:
+        raise ValueError(str(exc)) from None
+    return _inside(config.projects_dir, name, "images_dir", "the projects folder")
 
 
 def _spec(
@@ -443,59 +451,18 @@ def _spec(
     settings = entry.settings
     scenes_name = render(settings.get("scenes_file") or "{pid}_scenes.json", fields, "scenes_file")
     scenes_path = _inside(folder, scenes_name, "scenes file")
-    scenes = read_scenes(scenes_path, f"{entry.pid}/{scenes_name}")
-    template = parse_template(settings.get("prompt_template") or "{prompt}, {style}")
-    prompt_field = settings.get("prompt_field") or "prompt"
-    fields = {**fields, "style": channel.style}
-    tasks: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    for i, scene in enumerate(scenes):
-        key = _scene_key(scene, i)
-        place = f"{entry.pid}/{scenes_name}, scene {i + 1}"
-        if key in seen:
-            raise ValueError(f"{place}: id '{key}' is also scene {seen[key]}'s")
-        seen[key] = i + 1
-        if scene.get(prompt_field) in (None, ""):
-            raise ValueError(f"{place}: has no '{prompt_field}' (the prompt_field)")
-        scene_fields = {**fields, "prompt": scene[prompt_field], "scene": scene}
-        scene_fields |= {"key": key, "index": i + 1}
-        try:
-            prompt = render(template, scene_fields, place)
-        except TemplateError as exc:
-            raise ValueError(str(exc)) from None
-        tasks.append({"key": key, "prompt": prompt, "item": scene})
+    place = f"{entry.pid}/{scenes_name}"
+    tasks = scene_tasks(
+        read_scenes(scenes_path, place),
+        parse_template(settings.get("prompt_template") or "{prompt}, {style}"),
+        settings.get("prompt_field") or "prompt",
+        fields,
+        channel.style,
+        place,
+    )
     defaults = _params(entry.shared) | channel.params | _params(entry.own)
     return parse_batch({"name": entry.pid, "defaults": defaults, "tasks": tasks}, config.source)
 
 
 def _params(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k in PARAM_NAMES}
-
-
-def _scene_key(scene: Mapping[str, Any], index: int) -> str:
-    for name in SCENE_IDS:
-        value = scene.get(name)
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
-            return str(value).strip()[:200]
-    return str(index + 1)
-
-
-def read_scenes(path: Path, source: str) -> list[dict[str, Any]]:
-    """A scenes file's scenes: a JSON (YAML, TOML) list of objects, or ``{"scenes": [...]}``.
-
-    ValueError (SpecError) says what is wrong, naming the file.
-    """
-    parse = _PARSERS.get(path.suffix.lower(), _PARSERS[".json"])
-    data = parse(read_text(path, source), source)
-    if isinstance(data, dict) and isinstance(data.get("scenes"), list):
-        data = data["scenes"]
-    if not isinstance(data, list) or not data:
-        raise file_error(source, 'must hold a list of scenes (or {"scenes": [...]}), not empty')
-    bad = [i + 1 for i, scene in enumerate(data) if not isinstance(scene, dict)]
-    if bad:
-        raise file_error(source, f"scene {bad[0]} is not an object of fields")
-    try:
-        scenes: list[dict[str, Any]] = json_safe(data)
-    except ValueError as exc:
-        raise file_error(source, f"holds a value JSON cannot: {exc}") from exc
-    return scenes

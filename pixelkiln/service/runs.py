@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from typing import Any
 
 from pixelkiln.db import runs as store
 from pixelkiln.db.batches import get_batch
+from pixelkiln.db.database import Tx
 from pixelkiln.db.presets import list_presets
 from pixelkiln.db.runs import NewRun, Run, RunStatus
 from pixelkiln.db.tasks import list_images, list_tasks
@@ -148,13 +148,20 @@ async def create_projects_run(
     source: str = "cli",
     schedule_id: int | None = None,
     lease_owner: str | None = None,
+    planned: ProjectsPlan | None = None,
+    also: Callable[[Tx, int], None] | None = None,
 ) -> int:
     """Plan ``config`` (see :func:`plan_projects_run`) and store it as a run; its id.
 
     Nothing runs yet: a server's :class:`RunKeeper` drives a run no process holds, or
     the caller drives it itself, holding it from the start with ``lease_owner``.
+    ``planned``: the plan the caller just made of the same ``config`` and ``overrides``
+    (shown to a person first), not made again. ``also(tx, run_id)`` runs in the
+    transaction that stores the run (a schedule records its start): what it raises
+    stores nothing.
     """
-    planned = await plan_projects_run(ctx, caller, config, overrides)
+    if planned is None:
+        planned = await plan_projects_run(ctx, caller, config, overrides)
     stored = _stored_config(planned, overrides)
     new = NewRun(
         name=planned.config.path.stem,
@@ -166,8 +173,15 @@ async def create_projects_run(
         lease_owner=lease_owner,
         lease_seconds=ctx.settings.scheduler.lease_seconds,
     )
-    run_id = await ctx.write(store.create_run, new)
+    run_id = await ctx.write(_store_run, new, also)
     log.info("run %s created from %s: %d project(s)", run_id, config, len(planned.projects))
+    return run_id
+
+
+def _store_run(tx: Tx, new: NewRun, also: Callable[[Tx, int], None] | None) -> int:
+    run_id = store.create_run(tx, new)
+    if also is not None:
+        also(tx, run_id)
     return run_id
 
 
@@ -351,11 +365,7 @@ class RunDriver:
             submitted = await submit(self.ctx, caller, sub)
         except KilnError as exc:  # refused at its start (credits spent since, a file gone)
             why = str(exc) or type(exc).__name__
-            projects = list(run.config["projects"])
-            projects[index] = {**project, "problem": why}
-            await self.ctx.write(
-                store.set_run_config, self.run_id, self.owner, {**run.config, "projects": projects}
-            )
+            await self.ctx.write(store.set_project_problem, self.run_id, self.owner, index, why)
             self.note(f"project {pid} failed: {why}")
             return None
         self.note(f"project {pid} started: batch {submitted.batch_id}, {len(spec.tasks)} task(s)")
@@ -406,14 +416,12 @@ class RunDriver:
             status = RunStatus.COMPLETED
         elif ok == 0:
             status = RunStatus.FAILED
-        report = await self.ctx.write(
-            store.finish_run,
-            self.run_id,
-            self.owner,
-            status,
-            functools.partial(build_run_report, run_id=self.run_id, files=files),
+        ending = (status, time.time())
+        report = await self.ctx.read(build_run_report, self.run_id, files, ending)
+        ended = await self.ctx.write(
+            store.finish_run, self.run_id, self.owner, status, report, ending[1]
         )
-        if report is None:
+        if not ended:
             self.lost = True
             raise RunStopped(f"run {self.run_id} was taken over before it ended")
         for line in render_run_text(report).splitlines():

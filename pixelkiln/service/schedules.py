@@ -22,21 +22,25 @@ one run. A start that fails is recorded in ``last_error``; nothing raises out.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
 from pixelkiln.config import Settings, check_timezone
 from pixelkiln.db import schedules as store
-from pixelkiln.db.schedules import NewSchedule, Schedule, ScheduleKind
+from pixelkiln.db.schedules import ClaimLost, NewSchedule, Schedule, ScheduleKind
 from pixelkiln.db.users import get_user
+from pixelkiln.engine.owners import new_owner_id
 from pixelkiln.exceptions import KilnError, Problem, SpecError
+from pixelkiln.hours import zone_named
 from pixelkiln.inputs import load_batch_file
 from pixelkiln.service.context import LOCAL, Caller, ServiceContext, require_admin
 from pixelkiln.service.runs import create_projects_run, plan_projects_run
@@ -82,14 +86,45 @@ def zone_of(schedule: Schedule, settings: Settings) -> str:
 
 
 def next_slot(cron: str, zone: str, after: float) -> float:
-    """The first slot of ``cron`` after the time ``after``, read in ``zone`` ("" = local).
+    """The first slot of ``cron`` after the time ``after``, read in ``zone`` ("" = this
+    machine's zone, :func:`pixelkiln.hours.local_zone`). Always later than ``after``.
+
+    Cron names wall-clock times; where the clocks change, each such time runs once
+    (docs/schedules.md#when-clocks-change): in the hour that happens twice (autumn) at
+    its first occurrence only; in the hour that is skipped (spring) at the instant the
+    clocks jump (02:30 runs at 03:00), once however many slots the hour held.
 
     >>> next_slot("0 0 * * *", "UTC", 0.5)
     86400.0
     """
-    start = datetime.fromtimestamp(after, ZoneInfo(zone)) if zone else datetime.fromtimestamp(after)
-    found: datetime = croniter(cron, start, second_at_beginning=False).get_next(datetime)
-    return found.timestamp()  # a naive (local) time is read as local time here too
+    tz = zone_named(zone)
+    # croniter steps through naive wall-clock times (plain calendar arithmetic); each is
+    # then placed in the zone here, where the rules above are applied
+    wall = datetime.fromtimestamp(after, tz).replace(tzinfo=None)
+    slots = croniter(cron, wall, second_at_beginning=False)
+    while True:
+        found = _instant(slots.get_next(datetime), tz)
+        if found > after:  # an earlier one: the repeated hour's second pass, already run
+            return found
+
+
+def _instant(wall: datetime, tz: tzinfo) -> float:
+    """The instant the clocks of ``tz`` first show ``wall``, or, for a time they skip,
+    the instant they jump over it."""
+    first = wall.replace(tzinfo=tz, fold=0)  # fold 0: the first of a repeated time
+    if datetime.fromtimestamp(first.timestamp(), tz).replace(tzinfo=None) == wall:
+        return first.timestamp()
+    # skipped: fold 1 reads it with the offset before the jump, fold 0 with the one after;
+    # the jump lies between (transitions fall on whole seconds)
+    before, after = int(wall.replace(tzinfo=tz, fold=1).timestamp()), int(first.timestamp())
+    offset = datetime.fromtimestamp(after, tz).utcoffset()  # the one after the jump
+    while after - before > 1:
+        middle = (before + after) // 2
+        if datetime.fromtimestamp(middle, tz).utcoffset() == offset:
+            after = middle
+        else:
+            before = middle
+    return float(after)
 
 
 def cron_problem(cron: str) -> Problem | None:
@@ -117,11 +152,7 @@ def _zone_problem(zone: str) -> Problem | None:
 def _view(schedule: Schedule, settings: Settings) -> ScheduleView:
     zone = zone_of(schedule, settings)
     when = schedule.next_run_at
-    shown = None
-    if when is not None:
-        shown = (
-            datetime.fromtimestamp(when, ZoneInfo(zone)) if zone else datetime.fromtimestamp(when)
-        )
+    shown = None if when is None else datetime.fromtimestamp(when, zone_named(zone))
     return ScheduleView(schedule, zone, shown)
 
 
@@ -178,13 +209,17 @@ async def remove_schedule(ctx: ServiceContext, caller: Caller, schedule_id: int)
     await ctx.write(store.remove_schedule, schedule_id, caller.scope)
 
 
-async def run_now(ctx: ServiceContext, caller: Caller, schedule_id: int) -> Fired:
+async def run_now(
+    ctx: ServiceContext, caller: Caller, schedule_id: int, *, lease_owner: str | None = None
+) -> Fired:
     """Start what a schedule starts, now, outside its slots (its next slot stays).
 
-    Raises what the start raised (a target gone bad: SpecError), after recording it.
+    ``lease_owner``: a project run is created held by that driver (the CLI that follows
+    it), so that no server takes it meanwhile. Raises what the start raised (a target
+    gone bad: SpecError), after recording it.
     """
     schedule = await ctx.read(store.get_schedule, schedule_id, caller.scope)
-    return await fire(ctx, schedule, raise_errors=True)
+    return await fire(ctx, schedule, raise_errors=True, lease_owner=lease_owner)
 
 
 # -- firing ---------------------------------------------------------------------------------------
@@ -194,44 +229,76 @@ async def run_due(ctx: ServiceContext, now: float | None = None) -> list[Fired]:
     """Claim and fire every due schedule; what each slot this process won came to.
 
     Each claim moves the schedule's ``next_run_at`` to its first slot after ``now``:
-    one process wins each slot, and missed slots collapse into this one run.
+    one process wins each slot, and missed slots collapse into this one run. A claim
+    whose process died before starting it (older than ``[scheduler] lease_seconds``)
+    is taken over and started first, once (see :mod:`pixelkiln.db.schedules`).
     """
     now = time.time() if now is None else now
+    owner = new_owner_id()
     fired = []
+    before = now - ctx.settings.scheduler.lease_seconds
+    for stale in await ctx.read(store.stale_claims, before):
+        if await ctx.write(store.take_over, stale, owner):
+            slot = stale.claimed_slot
+            log.warning(
+                "schedule %d: slot %s left unstarted by %s", stale.id, slot, stale.claimed_by
+            )
+            fired.append(await fire(ctx, stale, claim=(owner, slot)))
     for schedule in await ctx.read(store.due_schedules, now):
-        assert schedule.next_run_at is not None  # due: it has a slot
+        seen = schedule.next_run_at
+        assert seen is not None  # due: it has a slot
         try:
             following: float | None = next_slot(schedule.cron, zone_of(schedule, ctx.settings), now)
         except Exception as exc:  # a zone or expression that no longer reads: no next slot
             log.error("schedule %d: no next slot: %s", schedule.id, exc)
             following = None
-        seen = schedule.next_run_at
-        if await ctx.write(store.claim_slot, schedule.id, seen=seen, following=following):
-            # the slot in the log: across processes sharing the database, each appears once
+        claimed = await ctx.write(
+            store.claim_slot, schedule.id, seen=seen, following=following, owner=owner
+        )
+        if claimed:  # in the log: across processes sharing the database, each appears once
             log.info("schedule %d: slot %d claimed", schedule.id, seen)
-            fired.append(replace(await fire(ctx, schedule), slot=seen))
+            fired.append(await fire(ctx, schedule, claim=(owner, seen)))
     return fired
 
 
-async def fire(ctx: ServiceContext, schedule: Schedule, *, raise_errors: bool = False) -> Fired:
+async def fire(
+    ctx: ServiceContext,
+    schedule: Schedule,
+    *,
+    raise_errors: bool = False,
+    claim: tuple[str, float | None] | None = None,
+    lease_owner: str | None = None,
+) -> Fired:
     """Start what ``schedule`` starts and record what came of it (``last_run_id`` or
-    ``last_error``). A failed start raises only with ``raise_errors``."""
+    ``last_error``). A failed start raises only with ``raise_errors``.
+
+    ``claim`` (claimant, slot): the slot this start is for; its claim is settled with
+    the record, in the transaction that creates a project run (a batch file's batch is
+    made once per slot however often the claim is taken over: its idempotency key).
+    ``lease_owner``: a project run is created held by it (see :func:`run_now`).
+    """
+    claimant, slot = claim if claim is not None else (None, None)
+    record = functools.partial(store.record_result, schedule_id=schedule.id, claimant=claimant)
     try:
         caller = await _caller_of(ctx, schedule)
         if schedule.kind is ScheduleKind.PROJECTS:
-            started = await _start_projects(ctx, caller, schedule)
+            started = await _start_projects(ctx, caller, schedule, record, lease_owner)
         else:
-            started = await _start_batch(ctx, caller, schedule)
+            started = await _start_batch(ctx, caller, schedule, slot)
+            await ctx.write(record, run_id=started, error=None)
+    except ClaimLost as exc:
+        log.warning("%s", exc)
+        return Fired(schedule.id, schedule.kind, None, str(exc), slot)
     except Exception as exc:
         why = _why(exc)
         log.error("schedule %d (%s) started nothing: %s", schedule.id, schedule.target, why)
-        await ctx.write(store.record_result, schedule.id, run_id=None, error=why)
+        with contextlib.suppress(ClaimLost):  # taken over: the new holder records its own
+            await ctx.write(record, run_id=None, error=why)
         if raise_errors:
             raise
-        return Fired(schedule.id, schedule.kind, None, why)
+        return Fired(schedule.id, schedule.kind, None, why, slot)
     log.info("schedule %d started %s %d", schedule.id, _started_what(schedule.kind), started)
-    await ctx.write(store.record_result, schedule.id, run_id=started, error=None)
-    return Fired(schedule.id, schedule.kind, started)
+    return Fired(schedule.id, schedule.kind, started, None, slot)
 
 
 def _started_what(kind: ScheduleKind) -> str:
@@ -250,8 +317,13 @@ async def _caller_of(ctx: ServiceContext, schedule: Schedule) -> Caller:
     return Caller(await ctx.read(get_user, schedule.owner_id))
 
 
-async def _start_batch(ctx: ServiceContext, caller: Caller, schedule: Schedule) -> int:
+async def _start_batch(
+    ctx: ServiceContext, caller: Caller, schedule: Schedule, slot: float | None
+) -> int:
     sub = await _batch_submission(ctx, caller, Path(schedule.target))
+    if slot is not None:  # a slot's batch is made once, however often its claim is taken over
+        sub = replace(sub, idempotency_key=f"schedule {schedule.id} slot {slot!r}")
+        sub = replace(sub, fingerprint=sub.idempotency_key or "")
     return (await submit(ctx, caller, sub)).batch_id
 
 
@@ -267,7 +339,14 @@ async def _batch_submission(ctx: ServiceContext, caller: Caller, path: Path) -> 
     )
 
 
-async def _start_projects(ctx: ServiceContext, caller: Caller, schedule: Schedule) -> int:
+async def _start_projects(
+    ctx: ServiceContext,
+    caller: Caller,
+    schedule: Schedule,
+    record: Callable[..., None],
+    lease_owner: str | None,
+) -> int:
+    """A run of the schedule's project config, recorded in the transaction that stores it."""
     return await create_projects_run(
         ctx,
         caller,
@@ -275,6 +354,8 @@ async def _start_projects(ctx: ServiceContext, caller: Caller, schedule: Schedul
         dict(schedule.options),
         source="schedule",
         schedule_id=schedule.id,
+        lease_owner=lease_owner,
+        also=lambda tx, run_id: record(tx, run_id=run_id, error=None),
     )
 
 

@@ -210,3 +210,24 @@ async def test_a_run_without_a_driver_waits_for_one_and_a_drivers_batch_ends_it(
         batch = kiln.db.read(get_batch, 1)
     assert report is not None and report["run"]["status"] == "completed"
     assert batch.name == "p3" and report["projects_total"] == 1
+
+
+async def test_every_project_refused_at_its_start_keeps_its_reason(
+    tmp_path: Path, database_url: str
+) -> None:
+    """p1 and p3 are planned, then refused when they start (the limits were lowered
+    meanwhile): each reason is kept, and the run ends failed with all three reported."""
+    settings, config = studio(tmp_path, database_url)
+    async with Kiln(settings) as kiln:
+        run_id = await create_projects_run(kiln.service, LOCAL, config, {}, source="cli")
+    lowered = settings.model_copy(
+        update={"limits": settings.limits.model_copy(update={"max_tasks_per_batch": 1})}
+    )
+    async with Kiln(lowered) as kiln:
+        report = await RunDriver(kiln.service, run_id, run_batch=one(kiln)).drive()
+        run = kiln.db.read(get_run, run_id)
+    assert report is not None and run.status == RunStatus.FAILED
+    assert (report["projects_failed"], report["projects_unfinished"]) == (3, 0)
+    reasons = {p["pid"]: p["reason"] for p in report["failed_projects"]}
+    assert "max_tasks_per_batch" in reasons["p1"] and "max_tasks_per_batch" in reasons["p3"]
+    assert [p["problem"] != "" for p in run.config["projects"]] == [True, True, True]

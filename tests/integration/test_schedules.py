@@ -4,6 +4,7 @@ missed slots, firing a batch file, failures recorded, the server's runner."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -245,3 +246,59 @@ async def test_a_projects_schedule_starts_a_run_of_the_config(kiln: Kiln, tmp_pa
     assert (run.source, run.schedule_id, run.name) == ("schedule", view.schedule.id, "studio")
     stored = await kiln.db.aread(get_schedule, view.schedule.id)
     assert (stored.last_run_id, stored.last_error) == (run.id, None)
+
+
+async def test_a_claim_left_unstarted_is_started_once_by_a_later_pass(
+    kiln: Kiln, batch_file: Path
+) -> None:
+    """A process claimed the slot and died before starting it: once the claim is older
+    than a lease, the next pass (of any process) starts the slot, once."""
+    ctx = kiln.service
+    schedule_id, slot = await _due_every_ten_seconds(ctx, batch_file)
+    later = slot + 3600.0  # the next slot: far enough not to be due in this test
+    assert await kiln.db.awrite(claim_slot, schedule_id, seen=slot, following=later)
+    assert await service.run_due(ctx, slot + 1) == []  # the claim is fresh: its holder may live
+    stale = time.time() + ctx.settings.scheduler.lease_seconds + 1
+    fired = await service.run_due(ctx, stale)
+    assert [(f.schedule_id, f.slot, f.error) for f in fired] == [(schedule_id, slot, None)]
+    assert await service.run_due(ctx, stale) == []
+    assert len(await kiln.db.aread(list_batches)) == 1
+    stored = await kiln.db.aread(get_schedule, schedule_id)
+    assert stored.last_run_id == fired[0].run_id and stored.next_run_at == later
+
+
+async def test_a_start_whose_claim_was_taken_over_makes_nothing(kiln: Kiln, tmp_path: Path) -> None:
+    """A slow start lost its claim to another process: the run it was storing is rolled
+    back (the other one starts the slot), and it records nothing."""
+    from pixelkiln.db.runs import list_runs
+    from pixelkiln.db.schedules import take_over
+
+    config = studio(tmp_path, '{"projects": [{"pid": "p1"}]}')
+    ctx = kiln.service
+    view = await service.add_schedule(ctx, LOCAL, "0 0 * * *", ScheduleKind.PROJECTS, config)
+    slot = view.schedule.next_run_at
+    assert slot is not None
+    await kiln.db.awrite(claim_slot, view.schedule.id, seen=slot, following=None, owner="slow")
+    claimed = await kiln.db.aread(get_schedule, view.schedule.id)
+    assert await kiln.db.awrite(take_over, claimed, "other")
+    fired = await service.fire(ctx, claimed, claim=("slow", slot))
+    assert fired.run_id is None and fired.error and "taken over" in fired.error
+    assert await kiln.db.aread(list_runs) == []
+    stored = await kiln.db.aread(get_schedule, view.schedule.id)
+    assert (stored.claimed_by, stored.last_error) == ("other", None)
+
+
+async def test_run_now_creates_the_project_run_held_by_the_one_who_follows_it(
+    kiln: Kiln, tmp_path: Path
+) -> None:
+    """`kiln schedule run-now --wait` drives the run itself: no server may take it first."""
+    from pixelkiln.db.runs import orphan_runs
+
+    config = studio(tmp_path, '{"projects": [{"pid": "p1"}]}')
+    ctx = kiln.service
+    view = await service.add_schedule(ctx, LOCAL, "0 0 * * *", ScheduleKind.PROJECTS, config)
+    fired = await service.run_now(ctx, LOCAL, view.schedule.id, lease_owner="cli:1:x")
+    assert fired.run_id is not None
+    run = await kiln.db.aread(get_run, fired.run_id)
+    assert run.lease_owner == "cli:1:x"
+    assert await kiln.db.aread(orphan_runs, time.time()) == []

@@ -123,6 +123,15 @@ def test_a_project_missing_a_file_fails_alone_naming_it(tmp_path: Path) -> None:
     assert second.spec is not None
 
 
+
+def test_a_project_without_a_folder_says_so_once(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "nightly.json", STUDIO)
+    make_project(tmp_path / "data", "project002", scenes(1), language="en")
+    first, second = plan(config).projects
+    assert first.spec is None and first.missing == ()
+    assert first.problem == f"folder {tmp_path / 'data' / 'project001'} not found"
+    assert second.spec is not None
+
 def test_template_fields_come_from_the_scene_and_the_project(tmp_path: Path) -> None:
     data = {
         **STUDIO,
@@ -235,3 +244,52 @@ def test_the_example_plans_as_its_readme_says() -> None:
         "a lighthouse keeper's day. a lighthouse on a cliff at dawn, "
         "watercolour storybook illustration, soft light"
     )
+
+
+def _texts(prompt: str) -> list[str]:
+    from pixelkiln.wildcards import Library, combinations, parse
+
+    return list(combinations(parse(prompt, Library(None))))
+
+
+def test_scene_text_is_text_and_only_the_template_and_style_hold_wildcards(
+    tmp_path: Path,
+) -> None:
+    data = {**STUDIO, "prompt_template": "{prompt}, {{lit}} {a|b}, {style}"}
+    config = write_config(tmp_path / "nightly.json", data)
+    found = [
+        {"id": "code", "image_prompt": "python code with __init__ method"},
+        {"id": "door", "image_prompt": "a {OPEN|CLOSED} door"},
+    ]
+    make_project(tmp_path / "data", "project001", found)
+    styled = Channel("world_zh", "{ink|oil}", {}, "kiln.toml")
+    loaded = load_projects_config(config, {}, ProjectsSettings(), pids=["project001"])
+    [first] = plan_projects(loaded, {"world_zh": styled}).projects
+    assert first.spec is not None, first.problem
+    code, door = (_texts(t.prompt or "") for t in first.spec.tasks)
+    assert code[:2] == [
+        "python code with __init__ method, {lit} a, ink",
+        "python code with __init__ method, {lit} a, oil",
+    ]
+    assert len(code) == 4 and door[0] == "a {OPEN|CLOSED} door, {lit} a, ink"
+    assert first.images == 8 and loaded.projects[0].pid == "project001"  # 2 scenes x 2 x 2
+
+
+def test_a_pid_given_twice_runs_once_in_the_order_given(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "nightly.json", STUDIO)
+    loaded = load_projects_config(
+        config, {}, ProjectsSettings(), pids=["project002", "project001", "project002"]
+    )
+    assert [p.pid for p in loaded.projects] == ["project002", "project001"]
+
+
+@pytest.mark.parametrize("images_dir", ["/tmp/elsewhere", "../outside", "{pid}/../../x"])
+def test_an_images_dir_that_would_leave_the_projects_folder_fails_its_project(
+    tmp_path: Path, images_dir: str
+) -> None:
+    data = {**STUDIO, "output": "project", "images_dir": images_dir}
+    config = write_config(tmp_path / "nightly.json", data)
+    make_project(tmp_path / "data", "project001", scenes(1))
+    [first] = plan(config, pids=["project001"]).projects
+    assert first.spec is None and "images_dir" in first.problem
+    assert "would leave the projects folder" in first.problem

@@ -4,7 +4,8 @@
   one batch per project), with a lease so that one process drives it at a time;
 - batches: ``run_id``, the run a batch belongs to (NULL for a batch on its own);
 - ``schedules``: cron schedules of project runs and batch files, claimed through the
-  database (``next_run_at`` compare-and-set) so several processes run each slot once;
+  database (``next_run_at`` compare-and-set) so several processes run each slot once,
+  the claimed slot kept (``claimed_*``) until it has started, for another to take over;
 - tasks: ``axes``, a sweep task's values on each axis (``{"x": {"cfg_scale": 7}, ...}``);
 - ``speeds``: measured seconds per image of each backend at a size and step count,
   which plans estimate a batch's time from.
@@ -64,6 +65,9 @@ def upgrade() -> None:
         sa.Column("last_run_id", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("created_at", sa.Float(), nullable=False),
+        sa.Column("claimed_slot", sa.Float(), nullable=True),
+        sa.Column("claimed_by", sa.String(200), nullable=True),
+        sa.Column("claimed_at", sa.Float(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_schedules")),
         sqlite_autoincrement=True,
     )
