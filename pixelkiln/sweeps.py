@@ -25,6 +25,7 @@ combination), hashed past 200 characters.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import random
@@ -40,9 +41,28 @@ from pydantic import ValidationError
 from pixelkiln import params
 from pixelkiln.exceptions import Problem
 from pixelkiln.specs import MAX_TASKS, BatchSpec, Expand, Params
-from pixelkiln.wildcards import Library, Seq, WildcardError, combinations, draw, parse
+from pixelkiln.wildcards import (
+    Library,
+    Seq,
+    WildcardError,
+    combinations,
+    draw,
+    has_wildcards,
+    parse,
+)
 
-__all__ = ["AXES", "SWEEP_PARAMS", "Axis", "Expansion", "count_tasks", "recorded", "seeded"]
+__all__ = [
+    "AXES",
+    "PLAN_PARAMS",
+    "SWEEP_PARAMS",
+    "Axis",
+    "Expansion",
+    "Sample",
+    "count_tasks",
+    "may_expand",
+    "recorded",
+    "seeded",
+]
 
 #: the axes of a sweep, in the order their values join a task's key
 AXES = ("x", "y", "z")
@@ -50,12 +70,17 @@ AXES = ("x", "y", "z")
 SWEEP_PARAMS = (
     "backend model aspect_ratio resolution width height size steps cfg_scale sampler seed n denoise"
 ).split()
+#: the parameters that change what a plan counts of a task (where it runs, its size, its
+#: steps, its images): only axes over these make a plan's :class:`Sample` larger
+PLAN_PARAMS = frozenset("backend aspect_ratio resolution width height size steps n".split())
 #: most values one axis may hold
 MAX_AXIS_VALUES = 1000
 #: longest task key; a longer one keeps its start and a hash of the whole
 MAX_KEY = 200
 
 _FRAGMENT = re.compile(r"\$[^\W\d][\w-]*")
+#: characters a fragment's value may replace (part of a "$name"); any other stays in a prompt
+_REPLACEABLE = re.compile(r"[\w$-]")
 _SIZE = re.compile(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*")
 
 
@@ -98,12 +123,36 @@ def recorded(spec: BatchSpec) -> dict[str, Any]:
     return found
 
 
+def may_expand(spec: BatchSpec) -> bool:
+    """Whether a task of ``spec`` may make more than one: a sweep, random draws, or
+    wildcards in a prompt. Cheaper than an :class:`Expansion` of a long plain list."""
+    if spec.sweep or spec.expand is not None:
+        return True
+    given = [spec.defaults, *spec.tasks]
+    return any(
+        has_wildcards(text)
+        for params in given
+        for text in (params.prompt, params.negative_prompt)
+        if text
+    )
+
+
 def count_tasks(spec: BatchSpec, base_dir: Path | None = None) -> int:
     """How many tasks ``spec`` makes, without making them (bad prompts count once).
 
     ``base_dir`` is the batch file's folder, for its ``wildcards/`` lists.
     """
     return Expansion(spec, base_dir=base_dir).total
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A spec standing for a larger one in a plan: it makes one task per task of the spec
+    and combination of the axes over :data:`PLAN_PARAMS`, and each of its tasks stands for
+    ``weights[origin]`` tasks of the spec (``origin``: the spec's task it was made from)."""
+
+    spec: BatchSpec
+    weights: tuple[int, ...]  #: per task of the spec: the tasks each sample task stands for
 
 
 @dataclass
@@ -143,16 +192,56 @@ class Expansion:
             combos *= len(axis.values)
         self.total = sum(base.count for base in self.bases) * combos
         self._check_fragments(source)
-        self.steps: list[_Step] = []
         if self.total > max_tasks:
             self.problems.append(Problem(source, "", "", _too_many(self.total, max_tasks)))
-        elif not self.problems:
-            self.steps = _steps(self.axes)
+
+    @functools.cached_property
+    def steps(self) -> list[_Step]:
+        """Every combination of the axes' values, made when tasks are (a count needs none);
+        none past ``max_tasks`` or with problems."""
+        return [] if self.problems else _steps(self.axes)
 
     @property
     def expands(self) -> bool:
         """Whether any task becomes more than one (else tasks are made as they are)."""
         return self.total != len(self.bases) or bool(self.axes)
+
+    def sample(self) -> Sample | None:
+        """A smaller spec that plans the same as this one (see :class:`Sample`); None when it
+        would not make fewer tasks, or when only the whole expansion can say what is wrong
+        and where (a problem; a prompt that may come out empty).
+
+        Its tasks keep every parameter but their prompts (a placeholder: what a prompt
+        says changes no plan, and whether one can be empty is checked here) and the axes
+        over other parameters (cfg, seed, sampler, model, denoise, fragments), which
+        change no task's backend, size, steps or images.
+        """
+        if self.problems or self.spec.problems or not self.expands:
+            return None
+        fragments = any(axis.name.startswith("$") for axis in self.axes)
+        if any(_least(b.prompt, fragments) == 0 for b in self.bases if b.prompt is not None):
+            return None  # "prompt is required" is said of the tasks made, by the whole check
+        kept = [axis for axis in self.axes if axis.name in PLAN_PARAMS]
+        if len(kept) == len(self.axes) and all(base.count == 1 for base in self.bases):
+            return None  # every axis matters: the sample would be the batch
+        folded = 1
+        for axis in self.axes:
+            folded *= 1 if axis in kept else len(axis.values)
+        sweep = self.spec.sweep or {}
+        tasks = [
+            t.model_copy(update={"prompt": "sample", "negative_prompt": None})
+            for t in self.spec.tasks
+        ]
+        defaults = self.spec.defaults.model_copy(update={"prompt": None, "negative_prompt": None})
+        spec = self.spec.model_copy(
+            update={
+                "tasks": tasks,
+                "defaults": defaults,
+                "sweep": {a.axis: sweep[a.axis] for a in kept} or None,
+                "expand": None,
+            }
+        )
+        return Sample(spec, tuple(base.count * folded for base in self.bases))
 
     def _base(self, index: int, where: Callable[[int], str], source: str) -> _Base:
         task, defaults = self.spec.tasks[index], self.spec.defaults
@@ -212,6 +301,18 @@ class Expansion:
         rng = random.Random(f"{self.expand.seed}:{index}")
         for _ in range(self.expand.random):
             yield draw(base.prompt, rng), draw(base.negative, rng)
+
+
+def _least(seq: Seq, fragments: bool) -> int:
+    """The fewest characters every text of ``seq`` holds (with ``fragments``, of those no
+    fragment's value can replace): more than 0, and no text of it is empty."""
+    least = 0
+    for part in seq.parts:
+        if isinstance(part, str):
+            least += len(_REPLACEABLE.sub("", part)) if fragments else len(part)
+        else:
+            least += min(_least(option, fragments) for option in part.options)
+    return least
 
 
 def _too_many(total: int, cap: int) -> str:

@@ -13,12 +13,12 @@ import typer
 
 from pixelkiln.cli import admin, batches, gc, plan, run, serve, sheet
 from pixelkiln.cli.backends import backends_app
+from pixelkiln.cli.dev import dev_app
 from pixelkiln.cli.projects import projects_app
 from pixelkiln.cli.queue import queue_app
 from pixelkiln.cli.schedule import schedule_app
 from pixelkiln.cli.users import users_app
 from pixelkiln.cli.webhooks import webhooks_app
-from pixelkiln.testing.cli import dev_app
 
 log = logging.getLogger("pixelkiln.cli")
 

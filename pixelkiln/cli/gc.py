@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.filesize import decimal
@@ -22,7 +22,9 @@ from pixelkiln.app import Kiln
 from pixelkiln.cli.common import ConfigOption, QuietOption, console, errors, settings_from
 from pixelkiln.config import RetentionSettings, Settings
 from pixelkiln.service import LOCAL
-from pixelkiln.service.retention import Outcome, Plan, apply, plan
+
+if TYPE_CHECKING:
+    from pixelkiln.service.retention import Outcome, Plan
 
 #: batches listed by name at most (the counts above cover them all)
 LISTED = 50
@@ -42,8 +44,10 @@ def gc(
 
 
 async def _gc(settings: Settings, *, dry_run: bool, quiet: bool) -> None:
+    from pixelkiln.service import retention  # here: every other command starts without it
+
     async with Kiln(settings, engine=False) as kiln:  # no backend (nor HTTP client) is built
-        found = await plan(kiln.service, LOCAL)
+        found = await retention.plan(kiln.service, LOCAL)
         console.print(_rules(found.rules), highlight=False)
         if found.off and found.empty:  # with every rule off, a half-deleted batch still goes
             console.print(
@@ -126,11 +130,15 @@ def _show_batches(found: Plan) -> None:
 
 
 async def _apply(kiln: Kiln, found: Plan, *, quiet: bool) -> Outcome:
+    from pixelkiln.service import retention
+
     steps = len(found.batches) + len(found.events) + len(found.uploads)
     columns = (TextColumn("removing"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=console, disable=quiet, transient=True) as bar:
         job = bar.add_task("removing", total=steps)
-        return await apply(kiln.service, LOCAL, found, advance=lambda n: bar.advance(job, n))
+        return await retention.apply(
+            kiln.service, LOCAL, found, advance=lambda n: bar.advance(job, n)
+        )
 
 
 def _show_done(done: Outcome) -> None:

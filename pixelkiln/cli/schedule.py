@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
@@ -33,17 +33,12 @@ from pixelkiln.cli.common import (
 from pixelkiln.cli.projects import run_projects
 from pixelkiln.cli.run import continue_batches
 from pixelkiln.config import Settings
+from pixelkiln.db.schedules import ScheduleKind
 from pixelkiln.engine.owners import new_owner_id
 from pixelkiln.service import LOCAL
-from pixelkiln.service.schedules import (
-    Fired,
-    ScheduleKind,
-    ScheduleView,
-    add_schedule,
-    list_schedules,
-    remove_schedule,
-    run_now,
-)
+
+if TYPE_CHECKING:  # the commands import it: croniter and the rest load for `kiln schedule` only
+    from pixelkiln.service.schedules import Fired, ScheduleView
 
 T = TypeVar("T")
 
@@ -123,6 +118,8 @@ def add(
         "projects_dir": str(projects_dir.absolute()) if projects_dir else None,
     }
     options = _overrides(kind, given)
+    from pixelkiln.service.schedules import add_schedule
+
     with errors():
         settings = settings_from(config)
         view = asyncio.run(
@@ -143,6 +140,8 @@ def add(
 @schedule_app.command("list")
 def list_(config: ConfigOption = None) -> None:
     """The schedules: what each starts, its next run (its time zone) and its last result."""
+    from pixelkiln.service.schedules import list_schedules
+
     with errors():
         settings = settings_from(config)
         views = asyncio.run(_with_service(settings, lambda k: list_schedules(k.service, LOCAL)))
@@ -167,6 +166,8 @@ def list_(config: ConfigOption = None) -> None:
 @schedule_app.command()
 def remove(schedule_id: IdArg, config: ConfigOption = None) -> None:
     """Remove a schedule (what it already started goes on)."""
+    from pixelkiln.service.schedules import remove_schedule
+
     with errors():
         settings = settings_from(config)
         asyncio.run(
@@ -194,6 +195,8 @@ def run_now_(
     batch as `kiln run` runs one, a project run as `kiln projects run` (exit codes
     as theirs). With --no-wait a running `kiln serve` carries it instead.
     """
+    from pixelkiln.service.schedules import run_now
+
     owner = new_owner_id() if wait else None  # a project run is held here from the start
     with errors():
         settings = settings_from(config)

@@ -3,7 +3,10 @@ and what stops it, said before anything is stored.
 
 The estimate works on groups, never task by task: the batch's tasks are counted once
 into (backend, width, height, steps) groups, and every figure after that is per group,
-so a plan of 100,000 tasks costs one pass over them and one read of ``speeds``.
+so a plan of 100,000 tasks costs one pass over them and one read of ``speeds``. A sweep
+is not even made: its :meth:`~pixelkiln.sweeps.Expansion.sample` (each base task once
+per value of the axes over backend, size, steps or n) is resolved and checked, and each
+sampled task counts for the tasks it stands for (its prompts × the other axes' values).
 
 Time, per backend: each group's seconds per image comes from ``speeds`` (measured when
 batches end, see :mod:`pixelkiln.db.speeds`): the exact (width, height, steps) when
@@ -26,7 +29,7 @@ none is priced).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -139,16 +142,23 @@ class Plan:
 # -- the maths --------------------------------------------------------------------------------
 
 
-def group_tasks(tasks: Iterable[ResolvedTask]) -> dict[WorkKey, Load]:
-    """The batch's tasks counted into (backend, width, height, steps) groups: one pass."""
+def group_tasks(
+    tasks: Sequence[ResolvedTask], weights: Sequence[int] | None = None
+) -> dict[WorkKey, Load]:
+    """The batch's tasks counted into (backend, width, height, steps) groups: one pass.
+
+    ``weights``, one per task, are how many tasks each stands for (a sweep's
+    :class:`~pixelkiln.sweeps.Sample`); without them each is one.
+    """
     groups: dict[WorkKey, Load] = {}
-    for task in tasks:
+    counts = [1] * len(tasks) if weights is None else weights
+    for task, weight in zip(tasks, counts, strict=True):
         key = WorkKey(task.backend, task.width, task.height, task.steps)
         load = groups.get(key)
         if load is None:
             load = groups[key] = Load()
-        load.tasks += 1
-        load.images += task.n
+        load.tasks += weight
+        load.images += task.n * weight
     return groups
 
 
@@ -287,9 +297,19 @@ def over_limit(spec: BatchSpec, problem: Problem) -> Plan:
 # -- the service call -------------------------------------------------------------------------
 
 
-async def plan_batch(ctx: ServiceContext, new: NewBatch, costs: Sequence[int]) -> Plan:
-    """The plan of a checked batch: counts, credits, time and money per backend, problems."""
-    groups = group_tasks(new.tasks)
+async def plan_batch(
+    ctx: ServiceContext,
+    new: NewBatch,
+    costs: Sequence[int],
+    weights: Sequence[int] | None = None,
+) -> Plan:
+    """The plan of a checked batch: counts, credits, time and money per backend, problems.
+
+    ``weights`` (per task of ``new``) are how many tasks each stands for, when ``new`` is
+    a sweep's sample (:meth:`pixelkiln.sweeps.Expansion.sample`); ``costs`` are per task.
+    """
+    weights = weights or [1] * len(new.tasks)
+    groups = group_tasks(new.tasks, weights)
     known = await ctx.read(measured, {key.backend for key in groups})
     view = await concurrency_view(ctx)
     capacity = Capacity(
@@ -303,10 +323,10 @@ async def plan_batch(ctx: ServiceContext, new: NewBatch, costs: Sequence[int]) -
         for b in ctx.settings.effective_backends()
     }
     backends, seconds = estimate(groups, known, capacity, prices)
-    credits = sum(costs)
+    credits = sum(cost * weight for cost, weight in zip(costs, weights, strict=True))
     owner_balance, problems = await _credit_check(ctx, new.owner_id, credits)
     return Plan(
-        tasks=len(new.tasks),
+        tasks=sum(weights),
         images=sum(load.images for load in groups.values()),
         credits=credits,
         seconds=seconds,

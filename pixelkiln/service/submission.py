@@ -42,7 +42,8 @@ from pixelkiln.service.context import Caller, ServiceContext
 from pixelkiln.service.plans import Plan
 from pixelkiln.service.pricing import Pricing, charge_new_batch, pricing_for
 from pixelkiln.service.webhooks import webhook_problems
-from pixelkiln.specs import BatchSpec
+from pixelkiln.specs import BatchSpec, expand_items
+from pixelkiln.sweeps import Expansion, may_expand
 
 
 @dataclass(frozen=True)
@@ -160,13 +161,45 @@ async def plan(ctx: ServiceContext, caller: Caller, sub: Submission) -> Plan:
     over = plans.task_limit_problem(sub.spec, ctx.settings.limits, sub.source_name, sub.base_dir)
     if over is not None:  # not resolved: the limit is there so that none has to be
         return plans.over_limit(sub.spec, over)
-    checked = await _check(ctx, caller, sub)
+    sampled = await _sampled_plan(ctx, caller, sub)
+    if sampled is not None:
+        return sampled
+    checked = await _check(ctx, caller, sub, counted=True)
     return await plans.plan_batch(ctx, checked.new, checked.costs)
 
 
-async def _check(ctx: ServiceContext, caller: Caller, sub: Submission) -> _Checked:
+async def _sampled_plan(ctx: ServiceContext, caller: Caller, sub: Submission) -> Plan | None:
+    """The plan of a sweep from its :class:`~pixelkiln.sweeps.Sample` (its tasks over the
+    axes that change a plan, weighted), without making its 100,000 tasks; None when it has
+    no sample, or when the sample does not pass every check: then the whole batch is
+    checked, which says exactly what is wrong and where."""
+    spec = expand_items(sub.spec, sub.source_name)
+    if not may_expand(spec):  # a plain list: every task is planned
+        return None
+    expansion = Expansion(
+        spec,
+        base_dir=sub.base_dir if sub.server_paths else None,  # as check_tasks reads lists
+        known_backends=ctx.backends.names,
+    )
+    sample = expansion.sample()
+    if sample is None:
+        return None
+    try:
+        checked = await _check(ctx, caller, replace(sub, spec=sample.spec), counted=True)
+    except SpecError:
+        return None
+    weights = [sample.weights[task.origin] for task in checked.new.tasks]
+    return await plans.plan_batch(ctx, checked.new, checked.costs, weights)
+
+
+async def _check(
+    ctx: ServiceContext, caller: Caller, sub: Submission, *, counted: bool = False
+) -> _Checked:
     """Every check of a submit, up to its write: who owns it, what the caller may ask,
-    the spec resolved against uploads and backends (one SpecError for all), its price."""
+    the spec resolved against uploads and backends (one SpecError for all), its price.
+
+    ``counted``: the batch's tasks were counted against ``[limits]`` already (a plan).
+    """
     owner_id = _owner(caller, sub)
     if not caller.is_admin:  # reported with every other problem of the input, by prepare_batch
         problems = limit_problems(sub.spec, ctx.settings.scheduler.max_attempts, sub.source_name)
@@ -175,9 +208,10 @@ async def _check(ctx: ServiceContext, caller: Caller, sub: Submission) -> _Check
     hook_problems = webhook_problems(sub.spec, ctx.settings, sub.source_name)
     sub = replace(sub, spec=sub.spec.with_problems(hook_problems)) if hook_problems else sub
     limits = ctx.settings.limits
-    over = plans.task_limit_problem(sub.spec, limits, sub.source_name, sub.base_dir)
-    if over is not None:  # said before 100,000s of tasks are resolved for nothing
-        raise SpecError([over])
+    if not counted:  # said before 100,000s of tasks are resolved for nothing
+        over = plans.task_limit_problem(sub.spec, limits, sub.source_name, sub.base_dir)
+        if over is not None:
+            raise SpecError([over])
     new = await ctx.run(_prepare, ctx, caller, sub, owner_id)
     too_large = plans.pixel_problems(new.tasks, limits, sub.source_name)
     if too_large:

@@ -1,15 +1,17 @@
 """`kiln plan` and `kiln run`'s question, as a user runs them; and the issue's proof: after
 one warm-up batch, the plan of an 18-task sweep (3 × 3 × 2) against two fake WebUI
-servers says 18 tasks and a time within 20% of the measured run."""
+servers says 18 tasks and a time within 20% of the measured run; and `kiln plan` of a
+100,000-task sweep counts every task, image and price (from the sweep's sample)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from pixelkiln.testing import FakeSDWebUI
 from tests.processes import KILN, env
@@ -31,8 +33,8 @@ def kiln(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _write(folder: Path, name: str, tasks: list[dict[str, Any]]) -> str:
-    spec = {"name": name, "defaults": {"width": 64, "height": 64}, "tasks": tasks}
+def _write(folder: Path, name: str, tasks: list[dict[str, Any]], **top: Any) -> str:
+    spec = {"name": name, "defaults": {"width": 64, "height": 64}, "tasks": tasks, **top}
     (folder / f"{name}.json").write_text(json.dumps(spec))
     return f"{name}.json"
 
@@ -53,20 +55,19 @@ concurrency = 1
     )
 
 
-def _sweep() -> list[dict[str, Any]]:
-    """What `sweep: {x: {cfg_scale: [5, 7, 9]}, y: {sampler: [...]}, z: {steps: [10, 20]}}`
-    expands to, written out task by task."""
-    axes = itertools.product([5, 7, 9], ["Euler a", "Euler", "DDIM"], [10, 20])
-    return [
-        {"prompt": "a lighthouse", "cfg_scale": cfg, "sampler": sampler, "steps": steps}
-        for cfg, sampler, steps in axes
-    ]
+#: the issue's 3 × 3 × 2 sweep
+SWEEP = {
+    "x": {"cfg_scale": [5, 7, 9]},
+    "y": {"sampler": ["Euler a", "Euler", "DDIM"]},
+    "z": {"steps": [10, 20]},
+}
 
 
 def test_after_a_warm_up_the_plan_of_a_sweep_is_within_20_percent(tmp_path: Path) -> None:
     with FakeSDWebUI(latency=LATENCY) as one, FakeSDWebUI(latency=LATENCY) as two:
         _config(tmp_path, [one.url, two.url])
-        cold = kiln(tmp_path, "plan", _write(tmp_path, "sweep", _sweep()), "--json")
+        sweep = _write(tmp_path, "sweep", [{"prompt": "a lighthouse"}], sweep=SWEEP)
+        cold = kiln(tmp_path, "plan", sweep, "--json")
         assert cold.returncode == 0, cold.stderr
         assert json.loads(cold.stdout)["seconds"] is None  # no history yet: unknown
 
@@ -119,3 +120,27 @@ def test_kiln_run_asks_above_the_threshold_and_never_waits_without_a_terminal(
         assert db.execute("SELECT count(*) FROM batches").fetchone() == (0,)
     ran = kiln(tmp_path, "run", spec, "--quiet", "--yes")
     assert ran.returncode == 0, ran.stderr
+
+
+def test_kiln_plan_of_a_100000_task_sweep_counts_every_task_and_its_money(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "kiln.toml").write_text(
+        '[[backends]]\nname = "paid"\ntype = "placeholder"\nprice_per_image = 0.01\n'
+        '[[backends]]\nname = "free"\ntype = "placeholder"\n'
+    )
+    colours = "|".join(f"colour{i}" for i in range(10))
+    sweep = {
+        "x": {"cfg_scale": [4 + i / 4 for i in range(25)]},
+        "y": {"seed": list(range(1, 201))},
+        "z": {"backend": ["paid", "free"]},
+    }
+    spec = _write(tmp_path, "huge", [{"prompt": f"a {{{colours}}} fox", "n": 2}], sweep=sweep)
+    planned = kiln(tmp_path, "plan", spec, "--json")
+    assert planned.returncode == 0, planned.stderr
+    found = json.loads(planned.stdout)
+    assert (found["tasks"], found["images"], found["problems"]) == (100_000, 200_000, [])
+    per_backend = {b["name"]: (b["tasks"], b["images"]) for b in found["backends"]}
+    assert per_backend == {"free": (50_000, 100_000), "paid": (50_000, 100_000)}
+    assert [b["money"] for b in found["backends"]] == [None, pytest.approx(1_000.0)]
+    assert found["money"] == pytest.approx(1_000.0)

@@ -112,7 +112,11 @@ def test_credits_are_charged_from_one_module() -> None:
 
 @pytest.mark.parametrize(
     "statement",
-    ["import pixelkiln.client", "import pixelkiln", "from pixelkiln import AsyncClient, Client"],
+    [
+        "import pixelkiln.client",
+        "import pixelkiln; pixelkiln.Client",  # imported when first named (PEP 562)
+        "from pixelkiln import AsyncClient, Client",
+    ],
 )
 def test_the_client_pulls_in_neither_fastapi_nor_sqlalchemy(statement: str) -> None:
     loaded = _loaded_after(statement)
