@@ -383,7 +383,7 @@ class LimitsSettings(BaseModel):
         1000,
         ge=0,
         description="`kiln run` shows the plan and asks before queuing a batch of more "
-        "images than this (`--yes` skips; without a terminal it refuses); 0 = never asks.",
+        "images than this (`--yes` skips; without a terminal it does not ask); 0 = never.",
     )
     confirm_hours: float = Field(
         1.0,
@@ -395,7 +395,8 @@ class LimitsSettings(BaseModel):
         0.0,
         ge=0,
         description="`kiln run` also asks when the plan's money (backends with a "
-        "price_per_image or price_per_megapixel) is above this.",
+        "price_per_image or price_per_megapixel) is above this, and without a terminal "
+        "refuses (exit 2) unless `--yes`; 0 = never.",
     )
 
 

@@ -139,15 +139,16 @@ def show_problems(found: Plan) -> None:
 async def confirm_run(found: Plan, settings: Settings, yes: bool) -> None:
     """``kiln run``'s question before it queues a batch above ``[limits] confirm_*``.
 
-    Asked only on a terminal: without one (cron) it refuses with exit 2 and says
-    ``--yes``, rather than wait for an answer that never comes.
+    Asked only on a terminal. Without one (cron) nobody can answer: only money above
+    ``confirm_money`` stops the run (exit 2, saying ``--yes``); the rest goes on.
     """
-    reasons = confirm_reasons(found, settings.limits)
+    unattended = not sys.stdin.isatty()
+    reasons = confirm_reasons(found, settings.limits, unattended=unattended)
     if yes or not reasons:
         return
     show_plan(found, console)
     why = "; ".join(reasons)
-    if not sys.stdin.isatty():
+    if unattended:
         err_console.print(
             f"[red]Not queued:[/] the plan is large ({escape(why)}); "
             "run again with --yes to queue it without asking.",

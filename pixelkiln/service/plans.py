@@ -286,12 +286,15 @@ def pixel_problems(
     ]
 
 
-def over_limit(spec: BatchSpec, problem: Problem) -> Plan:
-    """The plan of a batch over the task limit: its counts and why, nothing estimated
-    (its tasks are not resolved: the limit is there so that none has to be)."""
+def over_limit(spec: BatchSpec, problem: Problem, base_dir: Path | None = None) -> Plan:
+    """The plan of a batch over the task limit: its counts (after wildcards and sweep
+    axes) and why, nothing estimated (its tasks are not resolved: the limit is there so
+    that none has to be). Images: the tasks times their listed tasks' mean ``n``."""
     default_n = spec.defaults.n or 1
-    images = sum(task.n or default_n for task in spec.tasks)
-    return Plan(len(spec.tasks), images, 0, problems=(problem,))
+    listed = sum(task.n or default_n for task in spec.tasks)
+    tasks = count_tasks(spec, base_dir)
+    images = round(tasks * listed / len(spec.tasks)) if spec.tasks else tasks * default_n
+    return Plan(tasks, images, 0, problems=(problem,))
 
 
 # -- the service call -------------------------------------------------------------------------
@@ -351,20 +354,25 @@ async def _credit_check(
     return found, [Problem("", "", "credits", str(InsufficientCreditsError(credits, found)))]
 
 
-def confirm_reasons(plan: Plan, limits: LimitsSettings) -> list[str]:
+def confirm_reasons(plan: Plan, limits: LimitsSettings, *, unattended: bool = False) -> list[str]:
     """Why ``kiln run`` asks before queuing this batch (empty: it does not ask).
 
     Above ``[limits] confirm_images`` images, an estimate above ``confirm_hours``, or
-    money above ``confirm_money``; an unknown estimate does not ask (a first run has none).
+    money above ``confirm_money`` (0: never); an unknown estimate does not ask (a first
+    run has none). ``unattended`` (no terminal: cron, a pipe): only money stops a run, so
+    that a nightly job of 2,000 images goes on as before while an unwatched spend above
+    the threshold someone set does not.
     """
     reasons = []
+    if limits.confirm_money and plan.money is not None and plan.money > limits.confirm_money:
+        reasons.append(f"money {plan.money:,.2f} (over {limits.confirm_money:,.2f})")
+    if unattended:
+        return reasons
     if limits.confirm_images and plan.images > limits.confirm_images:
         reasons.append(f"{plan.images:,} images (over {limits.confirm_images:,})")
     hours = limits.confirm_hours
     if hours and plan.seconds is not None and plan.seconds > hours * 3600:
         reasons.append(f"about {duration_text(plan.seconds)} (over {hours:g} h)")
-    if plan.money is not None and plan.money > limits.confirm_money:
-        reasons.append(f"money {plan.money:,.2f} (over {limits.confirm_money:,.2f})")
     return reasons
 
 

@@ -160,7 +160,7 @@ async def plan(ctx: ServiceContext, caller: Caller, sub: Submission) -> Plan:
     """
     over = plans.task_limit_problem(sub.spec, ctx.settings.limits, sub.source_name, sub.base_dir)
     if over is not None:  # not resolved: the limit is there so that none has to be
-        return plans.over_limit(sub.spec, over)
+        return plans.over_limit(sub.spec, over, sub.base_dir)
     sampled = await _sampled_plan(ctx, caller, sub)
     if sampled is not None:
         return sampled

@@ -110,11 +110,18 @@ def test_kiln_plan_prints_a_table_and_exits_2_over_the_limit(tmp_path: Path) -> 
 def test_kiln_run_asks_above_the_threshold_and_never_waits_without_a_terminal(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "kiln.toml").write_text("[limits]\nconfirm_images = 2\n")
+    """Without a terminal, a large batch goes on (a nightly job); money above the set
+    threshold is refused with exit 2 (nobody can be asked), and --yes queues it."""
+    (tmp_path / "kiln.toml").write_text(
+        "[limits]\nconfirm_images = 2\nconfirm_money = 0.05\n\n"
+        '[[backends]]\nname = "paid"\ntype = "placeholder"\nprice_per_image = 0.04\n'
+    )
     spec = _write(tmp_path, "three", [{"prompt": "a"}, {"prompt": "b", "n": 2}])
     refused = kiln(tmp_path, "run", spec, "--quiet")
     assert refused.returncode == 2
-    assert "--yes" in refused.stderr and "3 images (over 2)" in " ".join(refused.stderr.split())
+    said = " ".join(refused.stderr.split())
+    assert "--yes" in said and "money 0.12 (over 0.05)" in said
+    assert "3 images" not in said  # size alone stops no unattended run
     assert "Plan: 2 task(s), 3 image(s)" in refused.stdout
     with sqlite3.connect(tmp_path / "kiln-data" / "kiln.db") as db:
         assert db.execute("SELECT count(*) FROM batches").fetchone() == (0,)

@@ -6,7 +6,7 @@ import pytest
 
 from pixelkiln.config import LimitsSettings
 from pixelkiln.db.speeds import Speed
-from pixelkiln.exceptions import SpecError
+from pixelkiln.exceptions import Problem, SpecError
 from pixelkiln.resolve import ResolvedTask
 from pixelkiln.service.plans import (
     Capacity,
@@ -168,9 +168,20 @@ def test_kiln_run_asks_above_its_thresholds_only() -> None:
         "11 images (over 10)"
     ]
     long = Plan(tasks=1, images=1, credits=0, seconds=3601.0, money=0.5)
-    assert len(confirm_reasons(long, limits)) == 2
+    assert len(confirm_reasons(long, limits)) == 1  # confirm_money 0: money never asks
     never = LimitsSettings(confirm_images=0, confirm_hours=0, confirm_money=1.0)
     assert confirm_reasons(long, never) == []
+    paid = LimitsSettings(confirm_images=10, confirm_hours=1.0, confirm_money=0.25)
+    assert len(confirm_reasons(long, paid)) == 2
+
+
+def test_without_a_terminal_only_money_over_the_set_threshold_stops_a_run() -> None:
+    big = Plan(tasks=2000, images=2000, credits=0, seconds=7200.0, money=3.0)
+    default = LimitsSettings()
+    assert confirm_reasons(big, default, unattended=True) == []  # a nightly job goes on
+    assert len(confirm_reasons(big, default)) == 2  # on a terminal: asked (images, time)
+    careful = LimitsSettings(confirm_money=2.0)
+    assert confirm_reasons(big, careful, unattended=True) == ["money 3.00 (over 2.00)"]
 
 
 def test_durations_for_people() -> None:
@@ -178,3 +189,16 @@ def test_durations_for_people() -> None:
     assert duration_text(200.0) == "3 min 20 s"
     assert duration_text(12.4) == "12 s"
     assert duration_text(0.2) == "0.2 s"
+
+
+def test_a_plan_over_the_task_limit_counts_the_expanded_tasks() -> None:
+    spec = parse_batch(
+        {
+            "name": "s",
+            "tasks": [{"prompt": "a {red|blue} fox", "n": 2}],
+            "sweep": {"x": {"cfg_scale": [5, 7, 9]}},
+        }
+    )
+    problem = Problem("", "", "tasks", "over")
+    over = over_limit(spec, problem)
+    assert (over.tasks, over.images, over.problems) == (6, 12, (problem,))
