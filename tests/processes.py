@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -36,3 +39,31 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
         except httpx.TransportError:
             time.sleep(0.1)
     raise AssertionError(f"kiln serve did not come up:\n{log.read_text()}")
+
+
+@contextmanager
+def serving(cwd: Path, *args: str, log_level: str = "warning") -> Iterator[str]:
+    """`kiln serve` on a free port in ``cwd``; yields its URL once /healthz answers; SIGINT
+    at the end, which must exit 0 (its log, ``cwd/serve.log``, says why if not)."""
+    port, log = free_port(), cwd / "serve.log"
+    with (
+        log.open("w") as out,
+        subprocess.Popen(
+            [*KILN, "serve", "--port", str(port), "--log-level", log_level, *args],
+            cwd=cwd,
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        ) as process,
+    ):
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(url, process, log)
+            yield url
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                assert process.wait(timeout=20) == 0, log.read_text()
+            finally:
+                if process.poll() is None:
+                    process.kill()

@@ -5,17 +5,14 @@ images, and sweeps an old batch itself at start-up."""
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from tests.processes import KILN, env, free_port, wait_healthy
+from tests.processes import KILN, env, serving
 
 CONFIG = """
 [[backends]]
@@ -75,32 +72,6 @@ def image_files(cwd: Path, batch_id: int) -> list[Path]:
     return sorted(folder.glob("*.png")) if folder.exists() else []
 
 
-@contextmanager
-def serving(cwd: Path) -> Iterator[str]:
-    port, log = free_port(), cwd / "serve.log"
-    with (
-        log.open("w") as out,
-        subprocess.Popen(
-            [*KILN, "serve", "--port", str(port), "--log-level", "info"],
-            cwd=cwd,
-            env=env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        ) as process,
-    ):
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(url, process, log)
-            yield url
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                assert process.wait(timeout=20) == 0, log.read_text()
-            finally:
-                if process.poll() is None:
-                    process.kill()
-
-
 def records(url: str) -> set[int]:
     """The batch ids of every image the API's records list."""
     page = httpx.get(f"{url}/api/v1/images", params={"limit": 100}, timeout=10)
@@ -142,7 +113,7 @@ def test_gc_dry_run_lists_then_gc_removes_old_batches_and_the_api_forgets_them(
     # one more old batch: the server's own pass at start-up removes it
     later = run_batch(tmp_path, "later", "a wren")
     age(tmp_path, later, 30)
-    with serving(tmp_path) as url:
+    with serving(tmp_path, log_level="info") as url:
         deadline = time.monotonic() + 20  # a deadline for the start-up pass, not a timing claim
         while later in records(url) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -13,7 +10,7 @@ import pytest
 
 from pixelkiln import ApiError, Client
 from pixelkiln.models import BatchStatus
-from tests.processes import KILN, env, free_port, wait_healthy
+from tests.processes import KILN, env, free_port, serving
 
 CONFIG = """
 [[backends]]
@@ -40,34 +37,6 @@ def kiln(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*KILN, *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=60
     )
-
-
-@contextmanager
-def serving(cwd: Path, *args: str) -> Iterator[str]:
-    """`kiln serve` on a free port; yields its URL once /healthz answers; SIGINT at the end."""
-    port = free_port()
-    log = cwd / "serve.log"
-    with (
-        log.open("w") as out,
-        subprocess.Popen(
-            [*KILN, "serve", "--port", str(port), "--log-level", "warning", *args],
-            cwd=cwd,
-            env=env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        ) as process,
-    ):
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(url, process, log)
-            yield url
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                assert process.wait(timeout=20) == 0, log.read_text()
-            finally:
-                if process.poll() is None:
-                    process.kill()
 
 
 def test_serve_runs_batches_for_the_python_client(tmp_path: Path) -> None:
