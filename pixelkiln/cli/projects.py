@@ -36,7 +36,7 @@ from pixelkiln.cli.common import (
     settings_from,
     setup_logging,
 )
-from pixelkiln.cli.run import _run_batches
+from pixelkiln.cli.run import run_batches
 from pixelkiln.config import DEFAULT_CONFIG_FILE, Settings
 from pixelkiln.db.database import Database
 from pixelkiln.db.runs import Run, get_run, list_runs
@@ -181,7 +181,7 @@ async def run_projects(
             run_id = resume or 0
 
         async def run_batch(batch_id: int) -> None:
-            if await _run_batches(kiln, [batch_id], quiet):
+            if await run_batches(kiln, [batch_id], quiet):
                 raise RunStopped("interrupted")
 
         driver = RunDriver(kiln.service, run_id, run_batch=run_batch, owner=owner, notes=_note)

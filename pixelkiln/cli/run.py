@@ -64,7 +64,7 @@ RunNowOption = Annotated[
 ]
 
 
-async def _run_batches(kiln: Kiln, batch_ids: list[int], quiet: bool) -> bool:
+async def run_batches(kiln: Kiln, batch_ids: list[int], quiet: bool) -> bool:
     """Run batches to the end with a progress bar; True if interrupted (Ctrl-C / SIGTERM)."""
     batches = [await kiln.db.aread(db_get_batch, b) for b in batch_ids]
     subscription = kiln.bus.subscribe()
@@ -171,7 +171,7 @@ async def _submit_and_run(
             f"{count_tasks(loaded.spec, loaded.base_dir):,} task(s)",
             highlight=False,
         )
-        interrupted = await _run_batches(kiln, [batch_id], quiet)
+        interrupted = await run_batches(kiln, [batch_id], quiet)
         return await _finish(kiln, [batch_id], interrupted, report, log_path)
 
 
@@ -192,7 +192,7 @@ async def continue_batches(
         if unpause:  # a batch named to `kiln resume` runs even when it was paused
             for batch_id in batch_ids:
                 await service.resume(kiln.service, service.LOCAL, batch_id)
-        interrupted = await _run_batches(kiln, batch_ids, quiet)
+        interrupted = await run_batches(kiln, batch_ids, quiet)
         return await _finish(kiln, batch_ids, interrupted, report, log_path)
 
 

@@ -18,9 +18,7 @@ from sqlalchemy import Connection
 from pixelkiln.config import CreditsSettings, Settings
 from pixelkiln.db import transitions
 from pixelkiln.db.credits import (
-    balance,
     charge,
-    ensure_covered,
     set_costs,
     set_own_key,
     set_task_costs,
@@ -69,13 +67,6 @@ async def pricing_for(ctx: ServiceContext, user_id: int | None) -> Pricing:
     if user_id is None:  # the local installation pays nothing: no query
         return Pricing()
     return await ctx.read(load_pricing, ctx.settings, ctx.backends, user_id)
-
-
-async def check_balance(ctx: ServiceContext, user_id: int | None, total: int) -> None:
-    """What :func:`charge_new_batch` would refuse, said before anything is stored (a dry
-    run): InsufficientCreditsError when the balance does not cover ``total`` now."""
-    if total and user_id is not None:  # as charge_new_batch charges
-        ensure_covered(total, await ctx.read(balance, user_id))
 
 
 def charge_new_batch(
