@@ -44,7 +44,6 @@ from pixelkiln.db.batches import get_batch as db_get_batch
 from pixelkiln.db.credits import InsufficientCreditsError
 from pixelkiln.db.database import Database
 from pixelkiln.db.tasks import unfinished_backends
-from pixelkiln.engine.hours import waiting_notes
 from pixelkiln.exceptions import (
     InvalidStateError,
     KilnError,
@@ -71,7 +70,7 @@ async def run_batches(kiln: Kiln, batch_ids: list[int], quiet: bool) -> bool:
     scheduler = kiln.new_scheduler(batch_ids)
     if scheduler.hours:  # a backend outside its hours: say so, not a silent spinner
         waiting_on = await kiln.db.aread(unfinished_backends, batch_ids)
-        for note in waiting_notes(scheduler.hours, waiting_on, time.time()):
+        for note in scheduler.hours.waiting_notes(waiting_on, time.time()):
             err_console.print(f"[yellow]{escape(note)}", highlight=False)
     interrupted = False
     loop = asyncio.get_running_loop()

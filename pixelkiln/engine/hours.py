@@ -92,6 +92,21 @@ class Hours:
             log.info("backend '%s' is inside its hours again", name)
         self._closed = found
 
+    def waiting_notes(self, names: Iterable[str], now: float) -> list[str]:
+        """A line for each of ``names`` closed at ``now``: why its tasks wait, and until
+        when (what a face prints so that a run that waits is not a silent spinner)."""
+        local = self._local(now)
+        notes = []
+        for name in sorted(set(names) & self.closed(now)):
+            window = self.windows[name]
+            opening = min(
+                (_seconds_until(local, e) for e in window.edges() if window.open_at(e)),
+                default=None,
+            )
+            until = "" if opening is None else f" until {local + timedelta(seconds=opening):%H:%M}"
+            notes.append(f"backend '{name}' is outside its hours: its tasks wait{until}")
+        return notes
+
     def next_opening(self, now: float) -> float | None:
         """When a backend closed at ``now`` may open (the next edge of its windows), or None."""
         closed = self.closed(now)
@@ -103,23 +118,6 @@ class Hours:
             for name in closed
             for edge in self.windows[name].edges()
         )
-
-
-def waiting_notes(hours: Hours, names: Iterable[str], now: float) -> list[str]:
-    """A line for each of ``names`` closed at ``now``: why its tasks wait, and until when
-    (what a face prints so that a run that waits is not a silent spinner)."""
-    closed = hours.closed(now)
-    local = hours._local(now)
-    notes = []
-    for name in sorted(set(names) & closed):
-        window = hours.windows[name]
-        opening = min(
-            (_seconds_until(local, e) for e in window.edges() if window.open_at(e)),
-            default=None,
-        )
-        until = "" if opening is None else f" until {local + timedelta(seconds=opening):%H:%M}"
-        notes.append(f"backend '{name}' is outside its hours: its tasks wait{until}")
-    return notes
 
 
 def _minute_of(moment: datetime) -> int:

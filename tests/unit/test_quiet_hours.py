@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 
 from pixelkiln.config import load_settings
-from pixelkiln.engine.hours import BackendHours, Hours, parse_window, waiting_notes
+from pixelkiln.engine.hours import BackendHours, Hours, parse_window
 from pixelkiln.exceptions import ConfigError
 
 DAY = datetime(2026, 3, 10)
@@ -106,9 +106,9 @@ def test_the_next_opening_is_the_nearest_edge_of_a_closed_backend() -> None:
 
 def test_a_run_waiting_on_a_closed_backend_is_told_until_when() -> None:
     hours = hours_of(sd=("", "22:00-07:00"), api=("09:00-17:00", ""), other=("", "01:00-02:00"))
-    notes = waiting_notes(hours, {"sd", "api", "unused"}, at("23:30"))
+    notes = hours.waiting_notes({"sd", "api", "unused"}, at("23:30"))
     assert notes == [
         "backend 'api' is outside its hours: its tasks wait until 09:00",
         "backend 'sd' is outside its hours: its tasks wait until 07:00",
     ]
-    assert waiting_notes(hours, {"sd", "api"}, at("12:00")) == []  # both open at noon
+    assert hours.waiting_notes({"sd", "api"}, at("12:00")) == []  # both open at noon
