@@ -15,7 +15,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -47,8 +47,27 @@ class StorageSettings(BaseModel):
     )
     database_url: str = Field(
         "",
-        description="SQLAlchemy URL of the database; empty means SQLite at <data_dir>/kiln.db.",
+        description="SQLAlchemy URL of the database; empty means SQLite at <data_dir>/kiln.db. "
+        "PostgreSQL: postgresql+psycopg://…; MySQL/MariaDB: mysql+pymysql://….",
     )
+    backend: Literal["local", "s3"] = Field(
+        "local",
+        description="Where image files live: `local` (under data_dir) or `s3` (an "
+        "S3-compatible bucket every worker and the API share; credentials from the "
+        "environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).",
+    )
+    s3_endpoint: str = Field(
+        "", description="s3 only: endpoint URL (empty: AWS's own; e.g. http://minio:9000)."
+    )
+    s3_bucket: str = Field("", description="s3 only: the bucket; required with backend = s3.")
+    s3_prefix: str = Field("", description="s3 only: key prefix of every object (a folder).")
+    s3_region: str = Field("", description="s3 only: region name (empty: the client's default).")
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> StorageSettings:
+        if self.backend == "s3" and not self.s3_bucket:
+            raise ValueError("[storage] backend = 's3' needs s3_bucket (the bucket's name)")
+        return self
 
     def resolved_database_url(self) -> str:
         """The URL to connect to, with the embedded default filled in."""
@@ -179,6 +198,32 @@ class SchedulerSettings(BaseModel):
         gt=0,
         description="Seconds the scheduler's steps may keep failing (database, disk) before "
         "/healthz answers 503 and `kiln run` stops with exit 1.",
+    )
+    shared_limits: bool = Field(
+        True,
+        description="Hold servers' slots, backends' rpm and an admin's concurrency in the "
+        "database, so every process sharing it (workers on many machines) stays within "
+        "them together.",
+    )
+    shutdown_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="On SIGTERM, seconds running tasks may take to finish before they are "
+        "given back to the queue untried.",
+    )
+
+
+class WorkerSettings(BaseModel):
+    """``[worker]``: what a ``kiln worker`` process (the scheduler without the API) serves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    health_host: str = Field("127.0.0.1", description="Address of the health/metrics port.")
+    health_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of `GET /healthz` and `GET /metrics` of a worker; 0 = none.",
     )
 
 
@@ -555,6 +600,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     backends: list[BackendSettings] = Field(default_factory=list)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     credits: CreditsSettings = Field(default_factory=CreditsSettings)

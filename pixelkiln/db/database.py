@@ -33,7 +33,7 @@ from pixelkiln.exceptions import DatabaseError, NotFoundError, UnstorableValueEr
 from pixelkiln.models import Event
 
 #: the newest migration; the schema is upgraded when the database is older
-SCHEMA_REVISION = "0008"
+SCHEMA_REVISION = "0009"
 MIGRATIONS = Path(__file__).parent / "migrations"
 MAX_GROUP = 512  # writes committed together at most
 SQLITE_BUSY_MS = 30_000

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
     true,
 )
 
@@ -222,6 +223,8 @@ users = Table(
     Column("created_at", Float, nullable=False),
     # the secret their webhooks are signed with (HMAC-SHA256), made on first use (0006)
     Column("webhook_secret", String(200), nullable=True),
+    # their weight in fair share among runnable tasks of equal priority (0009)
+    Column("share", Float, nullable=False, server_default=text("1")),
     sqlite_autoincrement=True,
 )
 
@@ -388,4 +391,38 @@ speeds = Table(
     Column("samples", Integer, nullable=False),
     Column("seconds_per_image", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+# -- limits and health shared by every process on the database (migration 0009) ----------------
+
+# one row per slot of a generator server ("<backend>|<url>"); held by a process while one of
+# its requests runs there, under a lease renewed like a task's (engine.shared_limits)
+server_slots = Table(
+    "server_slots",
+    metadata,
+    Column("server", String(255), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("holder", String(200), nullable=True, index=True),
+    Column("task_id", Integer, nullable=True),
+    Column("expires_at", Float, nullable=True),
+)
+
+# a GCRA bucket per backend with an rpm: the theoretical arrival time of the next request
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("tat", Float, nullable=False),
+)
+
+# a server's circuit as one process found it, so that the others skip it too
+server_health = Table(
+    "server_health",
+    metadata,
+    Column("server", String(255), primary_key=True),
+    Column("down_since", Float, nullable=True),
+    Column("retry_at", Float, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    Column("updated_by", String(200), nullable=True),
 )
