@@ -54,6 +54,7 @@ from pixelkiln.engine.outcomes import Generated, Job, Moved, Outcome, judge
 from pixelkiln.engine.owners import dead_local_owners, new_owner_id
 from pixelkiln.engine.recorder import Recorder
 from pixelkiln.engine.routing import Routes
+from pixelkiln.engine.shared_limits import SharedLimits
 from pixelkiln.engine.starts import StartMarks
 from pixelkiln.engine.supervisor import Companion, HealthReport, Supervision
 from pixelkiln.engine.task_io import build_request
@@ -108,6 +109,9 @@ class Scheduler:
         self.user_keys = user_keys
         self.owner = owner or new_owner_id()
         self._starts = StartMarks(db, self.owner)  # attempts are spent when a request goes out
+        #: slots, rpm, the stored global cap and circuits shared with every process on the
+        #: database (None: ``shared_limits`` off, or no server pool)
+        self._shared = SharedLimits.build(db, self.owner, self.backends, settings, clock)
         #: stop with SchedulerStalledError after ``stall_seconds`` without progress (kiln run);
         #: otherwise retry for ever and let /healthz tell (kiln serve)
         self.stop_when_stalled = stop_when_stalled
@@ -217,6 +221,8 @@ class Scheduler:
         ``stall_seconds``.
         """
         helpers: dict[str, asyncio.Task[None]] = {}
+        if self._shared is not None:
+            self._shared.attach()
         try:
             while not self._stopping:
                 # cleared before looking, not after: a wake-up that arrives while we
@@ -364,6 +370,8 @@ class Scheduler:
         backend = self.backends[task.backend]
         api_key = await self.user_keys.key_for(task, backend)  # None: the backend's own key
         request = await build_request(self.storage, task, api_key)
+        if self._shared is not None:  # the global cap an admin stored, across processes
+            await self._shared.take_global(task.id)
         # committed before the request goes out; a paced batch's delay runs from here
         await self._starts.mark(task.id, paced=task.paced)
         try:
@@ -377,6 +385,8 @@ class Scheduler:
     def _generation_over(self, job: Job) -> None:
         if job.generating:
             job.generating = False
+            if self._shared is not None:
+                self._shared.task_over(job.task.id)
             self._dispatch.finished(job.task.backend)
             self._wake.set()
 
@@ -406,6 +416,8 @@ class Scheduler:
         ids = list(self._jobs) + self._dispatch.ready_ids()
         until = self._clock() + self.settings.lease_seconds
         held = await self.db.awrite(renew_leases, self.owner, ids, until) if ids else set()
+        if self._shared is not None:
+            await self._shared.renew(until)
         self.supervision.ok("lease renewal")
         # only what we asked about: tasks claimed while the renewal ran are not in `ids`
         self._drop_lost(set(ids) - held)
@@ -421,6 +433,8 @@ class Scheduler:
         now = self._clock()
         if self.hours:
             await self._close_hours(now)
+        if self._shared is not None:  # servers others found down, the stored global cap
+            await self._shared.refresh(now)
         if self.routes.troubled and await self.routes.sweep(now, self.only_batches):
             self.wake()  # waiting tasks moved to a fallback that is up
         if now >= self._next_recovery:
@@ -428,7 +442,10 @@ class Scheduler:
             # have lapsed, and recovering our own running tasks would run them twice
             await self._renew()
             owners = await self.db.aread(running_lease_owners)
-            recovered = await self.db.awrite(recover_leases, dead_local_owners(owners, self.owner))
+            dead = dead_local_owners(owners, self.owner)
+            recovered = await self.db.awrite(recover_leases, dead)
+            if self._shared is not None:
+                await self._shared.forget(dead)
             self._next_recovery = now + max(1.0, self.settings.lease_seconds / 2)
             if recovered:
                 log.info("put back %d task(s) whose runner stopped", recovered)
@@ -479,6 +496,8 @@ class Scheduler:
                     "could not give back %d task(s); their leases will lapse", len(give_back)
                 )
         self._jobs.clear()
+        if self._shared is not None:
+            await self._shared.close()
         await self._finish_companions(helpers)
 
     async def _finish_companions(self, helpers: dict[str, asyncio.Task[None]]) -> None:
