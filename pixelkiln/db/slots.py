@@ -29,7 +29,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, and_, bindparam, or_, select, update
+from sqlalchemy import Connection, Insert, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from pixelkiln.db.database import Tx
@@ -79,6 +79,44 @@ class Granted:
     delays: list[float] = field(default_factory=list)
 
 
+# The hot statements, built once: a take and a give-back run per request sent.
+_FREE = (
+    select(server_slots.c.slot)
+    .where(
+        server_slots.c.server == bindparam("f_key"),
+        server_slots.c.slot < bindparam("f_limit"),
+        or_(server_slots.c.holder.is_(None), server_slots.c.expires_at < bindparam("f_now")),
+    )
+    .order_by(server_slots.c.slot)
+    .limit(bindparam("f_count"))
+    .with_for_update(skip_locked=True)
+)
+_TAKE = (
+    update(server_slots)
+    .where(server_slots.c.server == bindparam("b_key"), server_slots.c.slot == bindparam("b_slot"))
+    .values(holder=bindparam("b_holder"), expires_at=bindparam("b_until"))
+)
+_RELEASE = (
+    update(server_slots)
+    .where(
+        server_slots.c.server == bindparam("b_key"),
+        server_slots.c.slot == bindparam("b_slot"),
+        server_slots.c.holder == bindparam("b_holder"),
+    )
+    .values(holder=None, task_id=None, expires_at=None)
+)
+_TAT = (
+    select(rate_buckets.c.tat)
+    .where(rate_buckets.c.name == bindparam("r_name"))
+    .with_for_update()  # not SKIP LOCKED: every taker must see the newest tat
+)
+_SET_TAT = (
+    update(rate_buckets)
+    .where(rate_buckets.c.name == bindparam("r_name"))
+    .values(tat=bindparam("r_tat"))
+)
+
+
 def exchange(
     tx: Tx,
     holder: str,
@@ -91,97 +129,62 @@ def exchange(
     was granted (fewer slots than wanted, or none, when the others hold them).
 
     ``until``: the lease of the slots taken. ``ensure``: keys whose rows ``0 … n-1``
-    may be missing (first use of a server, or more slots than before); rpm buckets of
-    ``wants`` are added the same way when missing."""
+    may be missing (first use of a server, or more slots than before); the rpm buckets
+    of ``wants`` are added the same way then. Keys are visited in order, so two
+    processes lock rows in one order and never deadlock."""
     if releases:
-        _release(tx, holder, releases)
-    if ensure:
-        insert_missing(
-            tx,
-            server_slots,
-            [{"server": k, "slot": s} for k, n in sorted(ensure.items()) for s in range(n)],
-        )
-    if not wants:
-        return {}
-    buckets = sorted({w.bucket.name for w in wants if w.bucket is not None})
-    if ensure and buckets:
-        insert_missing(tx, rate_buckets, [{"name": name, "tat": 0.0} for name in buckets])
-    free = _free_slots(tx, wants)
-    granted: dict[str, Granted] = {}
-    taken: list[dict[str, Any]] = []
-    for want in wants:
-        slots = free.get(want.key, [])[: want.count]
-        del free.get(want.key, [])[: want.count]
-        granted[want.key] = Granted(slots, [0.0] * len(slots))
-        taken += [{"b_key": want.key, "b_slot": s} for s in slots]
-    if taken:
         tx.conn.execute(
-            update(server_slots)
-            .where(
-                server_slots.c.server == bindparam("b_key"),
-                server_slots.c.slot == bindparam("b_slot"),
-            )
-            .values(holder=holder, expires_at=until),
-            taken,
+            _RELEASE,
+            [{"b_key": k, "b_slot": n, "b_holder": holder} for k, n in sorted(releases)],
         )
-    for want in wants:
-        if want.bucket is not None and granted[want.key].slots:
-            granted[want.key] = _reserve(tx, want.bucket, granted[want.key].slots)
+    if ensure:
+        _ensure(tx, ensure, wants)
+    granted: dict[str, Granted] = {}
+    for want in sorted(wants, key=lambda w: w.key):
+        params = {"f_key": want.key, "f_limit": want.limit, "f_now": tx.now, "f_count": want.count}
+        slots = list(tx.conn.execute(_FREE, params).scalars())
+        if slots:
+            tx.conn.execute(
+                _TAKE,
+                [
+                    {"b_key": want.key, "b_slot": n, "b_holder": holder, "b_until": until}
+                    for n in slots
+                ],
+            )
+        granted[want.key] = (
+            _reserve(tx, want.bucket, slots)
+            if want.bucket and slots
+            else Granted(slots, [0.0] * len(slots))
+        )
     return granted
 
 
-def _free_slots(tx: Tx, wants: Sequence[SlotWant]) -> dict[str, list[int]]:
-    """Free (or lapsed) slots of the wanted servers, locked for this transaction, by key."""
-    wanted = or_(
-        *(and_(server_slots.c.server == w.key, server_slots.c.slot < w.limit) for w in wants)
+def _ensure(tx: Tx, ensure: Mapping[str, int], wants: Sequence[SlotWant]) -> None:
+    """Add the missing slot rows of ``ensure`` and the missing rpm buckets of ``wants``."""
+    insert_missing(
+        tx,
+        server_slots,
+        [{"server": k, "slot": n} for k, count in sorted(ensure.items()) for n in range(count)],
     )
-    query = (
-        select(server_slots.c.server, server_slots.c.slot)
-        .where(
-            wanted,
-            or_(server_slots.c.holder.is_(None), server_slots.c.expires_at < tx.now),
-        )
-        .order_by(server_slots.c.server, server_slots.c.slot)
-        .with_for_update(skip_locked=True)
-    )
-    free: dict[str, list[int]] = {}
-    for row in tx.conn.execute(query):
-        free.setdefault(row.server, []).append(row.slot)
-    return free
+    buckets = sorted({w.bucket.name for w in wants if w.bucket is not None})
+    insert_missing(tx, rate_buckets, [{"name": name, "tat": 0.0} for name in buckets])
 
 
 def _reserve(tx: Tx, bucket: Bucket, slots: list[int]) -> Granted:
     """An rpm start per slot: each pushes the bucket's ``tat`` on by its interval (GCRA).
 
-    The row is locked (plain ``FOR UPDATE``: every taker must see the newest ``tat``), read,
-    and written once for all the slots of this exchange."""
-    row = tx.conn.execute(
-        select(rate_buckets.c.tat).where(rate_buckets.c.name == bucket.name).with_for_update()
-    ).first()
-    tat = float(row.tat) if row is not None else 0.0
+    The row is locked, read, and written once for all the slots of this exchange."""
+    tat = tx.conn.execute(_TAT, {"r_name": bucket.name}).scalar()
+    if tat is None:  # its row is added with the server's first slots; here all the same
+        insert_missing(tx, rate_buckets, [{"name": bucket.name, "tat": 0.0}])
+        tat = 0.0
     delays = []
     for _ in slots:
         start = max(tx.now, tat - (bucket.burst - 1) * bucket.interval)
         tat = max(tat, start) + bucket.interval
         delays.append(start - tx.now)
-    if row is None:
-        insert_missing(tx, rate_buckets, [{"name": bucket.name, "tat": tat}])
-    tx.conn.execute(update(rate_buckets).where(rate_buckets.c.name == bucket.name).values(tat=tat))
+    tx.conn.execute(_SET_TAT, {"r_name": bucket.name, "r_tat": tat})
     return Granted(slots, delays)
-
-
-def _release(tx: Tx, holder: str, releases: Sequence[tuple[str, int]]) -> None:
-    """Free slots ``holder`` holds (one it no longer holds, lapsed and taken, is left alone)."""
-    tx.conn.execute(
-        update(server_slots)
-        .where(
-            server_slots.c.server == bindparam("b_key"),
-            server_slots.c.slot == bindparam("b_slot"),
-            server_slots.c.holder == holder,
-        )
-        .values(holder=None, task_id=None, expires_at=None),
-        [{"b_key": key, "b_slot": slot} for key, slot in sorted(releases)],
-    )
 
 
 def renew_slots(tx: Tx, holder: str, until: float) -> int:

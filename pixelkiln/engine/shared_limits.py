@@ -65,6 +65,9 @@ log = logging.getLogger("pixelkiln.engine")
 RECHECK = 0.1
 #: seconds between reads of the servers found down and the stored global concurrency
 REFRESH = 1.5
+#: seconds a slot given back may wait for the next take's write (one write per request
+#: under load instead of two); the others look again every RECHECK seconds anyway
+RELEASE_DELAY = 0.02
 #: longest key of a server_slots / server_health row
 MAX_KEY = 255
 
@@ -89,9 +92,11 @@ class _Take:
 class SlotExchange:
     """Takes and gives back slots in the database, every change of one turn in one write.
 
-    The first take or give-back of a turn schedules a flush for the end of the turn (the
-    others of that turn join it); the writer's answer settles the waiting takes from one
-    callback. A take whose caller gave up meanwhile has its slot given back at once.
+    The first take of a turn schedules a flush for the end of the turn (the others of that
+    turn join it); the writer's answer settles the waiting takes from one callback. A slot
+    given back waits up to :data:`RELEASE_DELAY` for the next take's write (releases go
+    first in it, so this process never waits for itself). A take whose caller gave up
+    meanwhile has its slot given back.
     """
 
     def __init__(
@@ -110,7 +115,8 @@ class SlotExchange:
         self._held: dict[str, list[int]] = {}  # key → slot numbers held now
         self._ensured: dict[str, int] = {}  # key → rows known to exist (0 … n-1)
         self._writes: set[Future[dict[str, Granted]]] = set()
-        self._scheduled = False
+        self._soon = False  # a flush is scheduled for the end of this turn
+        self._later: asyncio.TimerHandle | None = None  # a flush of releases is scheduled
         self.used = False  #: any slot was ever taken: there may be rows to give back
 
     async def take(self, key: str, limit: int, bucket: Bucket | None = None) -> float | None:
@@ -119,7 +125,9 @@ class SlotExchange:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float | None] = loop.create_future()
         self._takes.append(_Take(key, max(1, limit), bucket, future))
-        self._schedule(loop)
+        if not self._soon:
+            self._soon = True
+            loop.call_soon(self._flush, loop)
         return await future
 
     def give_back(self, key: str) -> None:
@@ -128,7 +136,9 @@ class SlotExchange:
         if not held:
             return
         self._releases.append((key, held.pop()))
-        self._schedule(asyncio.get_running_loop())
+        if self._later is None:
+            loop = asyncio.get_running_loop()
+            self._later = loop.call_later(RELEASE_DELAY, self._flush_later, loop)
 
     def holding(self) -> bool:
         """Whether this process may hold slots now (held, or given back but not yet written)."""
@@ -139,21 +149,23 @@ class SlotExchange:
         return len(self._held.get(key, ()))
 
     async def settled(self) -> None:
-        """Until every write sent so far has been answered."""
+        """Send the slots given back now, and wait until every write has been answered."""
+        if self._later is not None:
+            self._later.cancel()
+            self._flush_later(asyncio.get_running_loop())
         while self._writes:
             await asyncio.gather(
                 *(asyncio.wrap_future(w) for w in list(self._writes)), return_exceptions=True
             )
             await asyncio.sleep(0)  # their answers are settled in a callback
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush, loop)
+    def _flush_later(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._later = None
+        self._flush(loop)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Send the changes waiting now as one write; never raises."""
-        self._scheduled = False
+        self._soon = False
         takes, self._takes = [t for t in self._takes if not t.future.done()], []
         releases, self._releases = self._releases, []
         if not takes and not releases:
