@@ -15,11 +15,13 @@ Every change goes through :func:`exchange`, one write that first gives back slot
 then takes the wanted ones and reserves their rpm starts, so a scheduler sends every
 take and release of one event-loop turn together (engine.shared_limits).
 
-Database variants: free slots are read ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and
+Database variants: free slots are picked ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and
 MySQL/MariaDB (a row another process is taking or giving back is skipped: it is busy
 now, and the next look finds it); SQLite ignores the clause, and its writer's
-``BEGIN IMMEDIATE`` serialises the read and the update instead. Missing rows are
-added with an insert that ignores existing ones (``ON CONFLICT DO NOTHING``,
+``BEGIN IMMEDIATE`` serialises the pick and the update instead. SQLite and PostgreSQL
+pick and take in one ``UPDATE … WHERE slot IN (SELECT …) RETURNING`` (one round trip
+per server); MySQL, without ``UPDATE … RETURNING``, reads the slots, then updates them.
+Missing rows are added with an insert that ignores existing ones (``ON CONFLICT DO NOTHING``,
 ``INSERT IGNORE``), so two processes adding a server's rows at once never collide.
 """
 
@@ -91,6 +93,19 @@ _FREE = (
     .limit(bindparam("f_count"))
     .with_for_update(skip_locked=True)
 )
+#: the pick, evaluated once: as a plain ``IN (subquery)`` PostgreSQL may run a ``LIMIT … SKIP
+#: LOCKED`` subquery again per row it updates, and take more slots than asked for
+_PICKED = _FREE.cte("picked").prefix_with("MATERIALIZED")
+#: SQLite and PostgreSQL: pick and take in one statement (MySQL has no UPDATE … RETURNING)
+_TAKE_RETURNING = (
+    update(server_slots)
+    .where(
+        server_slots.c.server == bindparam("f_key"),
+        server_slots.c.slot.in_(select(_PICKED.c.slot)),
+    )
+    .values(holder=bindparam("b_holder"), expires_at=bindparam("b_until"))
+    .returning(server_slots.c.slot)
+)
 _TAKE = (
     update(server_slots)
     .where(server_slots.c.server == bindparam("b_key"), server_slots.c.slot == bindparam("b_slot"))
@@ -141,22 +156,32 @@ def exchange(
         _ensure(tx, ensure, wants)
     granted: dict[str, Granted] = {}
     for want in sorted(wants, key=lambda w: w.key):
-        params = {"f_key": want.key, "f_limit": want.limit, "f_now": tx.now, "f_count": want.count}
-        slots = list(tx.conn.execute(_FREE, params).scalars())
-        if slots:
-            tx.conn.execute(
-                _TAKE,
-                [
-                    {"b_key": want.key, "b_slot": n, "b_holder": holder, "b_until": until}
-                    for n in slots
-                ],
-            )
+        slots = _take(tx, holder, want, until)
         granted[want.key] = (
             _reserve(tx, want.bucket, slots)
             if want.bucket and slots
             else Granted(slots, [0.0] * len(slots))
         )
     return granted
+
+
+def _take(tx: Tx, holder: str, want: SlotWant, until: float) -> list[int]:
+    """Take up to ``want.count`` free (or lapsed) slots of ``want.key``; their numbers."""
+    params = {"f_key": want.key, "f_limit": want.limit, "f_now": tx.now, "f_count": want.count}
+    if tx.dialect not in ("mysql", "mariadb"):
+        taken = tx.conn.execute(_TAKE_RETURNING, {**params, "b_holder": holder, "b_until": until})
+        slots = sorted(taken.scalars())
+        extra = [{"b_key": want.key, "b_slot": n, "b_holder": holder} for n in slots[want.count :]]
+        if extra:  # not expected (see _PICKED), but a slot nobody knows of would never free
+            tx.conn.execute(_RELEASE, extra)
+        return slots[: want.count]
+    slots = list(tx.conn.execute(_FREE, params).scalars())
+    if slots:
+        tx.conn.execute(
+            _TAKE,
+            [{"b_key": want.key, "b_slot": n, "b_holder": holder, "b_until": until} for n in slots],
+        )
+    return slots
 
 
 def _ensure(tx: Tx, ensure: Mapping[str, int], wants: Sequence[SlotWant]) -> None:

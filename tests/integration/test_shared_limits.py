@@ -18,15 +18,16 @@ import pytest
 from sqlalchemy import insert, select
 
 from pixelkiln.app import Kiln
-from pixelkiln.backends.pool import pool_of
+from pixelkiln.backends.pool import ServerPool, pool_of
 from pixelkiln.config import Settings
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.database import Database, Tx
+from pixelkiln.db.server_health import servers_down
 from pixelkiln.db.settings_store import CONCURRENCY, set_setting
 from pixelkiln.db.slots import GLOBAL, slots_held
 from pixelkiln.db.tables import rate_buckets, server_health, server_slots
 from pixelkiln.db.tasks import list_images, list_tasks
-from pixelkiln.engine.shared_limits import server_key
+from pixelkiln.engine.shared_limits import REFRESH, SharedLimits, SlotExchange, server_key
 from pixelkiln.models import BatchStatus, TaskStatus
 from pixelkiln.specs import parse_batch
 from pixelkiln.testing import FakeSDWebUI, wait_until
@@ -225,3 +226,56 @@ async def test_without_shared_limits_nothing_is_written(
         _all_succeeded_once(kiln.db, batch_id, 4)
         rows = kiln.db.read(lambda c: c.execute(select(server_slots)).all())
     assert rows == []
+
+
+async def test_a_server_found_back_by_one_process_is_closed_in_the_others(
+    db: Database,
+) -> None:
+    urls = ["http://gpu1:7860", "http://gpu2:7860"]
+    a, b = (ServerPool("sd", urls, concurrency=2) for _ in range(2))
+    shared_a, shared_b = (
+        SharedLimits(db, owner, {"sd": _Backend(pool)}, lease_seconds=30.0)
+        for owner, pool in (("a:1:x", a), ("b:2:y", b))
+    )
+    shared_a.attach()
+    a._open(a.servers[0])  # a found gpu1 down (as its failures would)
+    await wait_until(lambda: db.read(servers_down, [server_key("sd", urls[0])]))
+    await shared_b.refresh(time.time())
+    assert [s.up for s in b.servers] == [False, True]
+    assert b.servers[0].reported
+    a._close(a.servers[0])  # a's probe found it back
+    await wait_until(lambda: not db.read(servers_down, [server_key("sd", urls[0])]))
+    await shared_b.refresh(time.time() + REFRESH)
+    assert [s.up for s in b.servers] == [True, True]
+    await shared_a.close()
+    await shared_b.close()
+
+
+class _Backend:
+    """Just enough of a backend for pool_of: its pool."""
+
+    def __init__(self, pool: ServerPool) -> None:
+        self.pool = pool
+
+
+async def test_a_slot_granted_to_a_take_given_up_meanwhile_is_given_back(
+    db: Database,
+) -> None:
+    slots = SlotExchange(db, "me:1:x", lease_seconds=30.0)
+    writer_busy, go_on = threading.Event(), threading.Event()
+
+    def block(tx: Tx) -> None:
+        writer_busy.set()
+        go_on.wait(30)
+
+    blocked = db.submit(block)  # the take's write waits behind this one
+    await wait_until(writer_busy.is_set)
+    take = asyncio.create_task(slots.take("srv", 2))
+    await wait_until(lambda: slots._writes)  # its write is queued
+    take.cancel()
+    go_on.set()
+    blocked.result(30)
+    await slots.settled()
+    await slots.settled()  # the give-back its grant caused
+    assert slots.held("srv") == 0
+    assert db.read(slots_held, "srv", 0.0) == {}
