@@ -24,7 +24,7 @@ from pixelkiln.db.batches import get_batch
 from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.server_health import servers_down
 from pixelkiln.db.settings_store import CONCURRENCY, set_setting
-from pixelkiln.db.slots import GLOBAL, slots_held
+from pixelkiln.db.slots import GLOBAL, SlotWant, exchange, slots_held
 from pixelkiln.db.tables import rate_buckets, server_health, server_slots
 from pixelkiln.db.tasks import list_images, list_tasks
 from pixelkiln.engine.shared_limits import REFRESH, SharedLimits, SlotExchange, server_key
@@ -279,3 +279,15 @@ async def test_a_slot_granted_to_a_take_given_up_meanwhile_is_given_back(
     await slots.settled()  # the give-back its grant caused
     assert slots.held("srv") == 0
     assert db.read(slots_held, "srv", 0.0) == {}
+
+
+def test_an_exchange_grants_no_more_than_asked_and_only_free_slots(db: Database) -> None:
+    until = time.time() + 30
+    first = db.write(exchange, "a:1:x", [], [SlotWant("srv", 3, 1)], until, {"srv": 3})
+    second = db.write(exchange, "b:2:y", [], [SlotWant("srv", 3, 5)], until)
+    third = db.write(exchange, "c:3:z", [("srv", 0)], [SlotWant("srv", 3, 2)], until)
+    back = db.write(exchange, "a:1:x", [("srv", 0)], [SlotWant("srv", 3, 2)], until)
+    assert (first["srv"].slots, second["srv"].slots) == ([0], [1, 2])
+    assert third["srv"].slots == []  # c gave back a slot it does not hold: nothing freed
+    assert back["srv"].slots == [0]  # a's own slot, given back first, taken again
+    assert db.read(slots_held, "srv", 0.0) == {0: "a:1:x", 1: "b:2:y", 2: "b:2:y"}
