@@ -256,6 +256,9 @@ class _PoolShare:
 
     def give_back(self, server: Server) -> None:
         self._slots.give_back(self.keys[id(server)])
+        # the slot just freed is one a request waiting here may take (the release goes
+        # first in its write): no need to wait out the re-check
+        server.full_until = 0.0
 
     def opened(self, server: Server, retry_in: float) -> None:
         self._limits.record_down(self.keys[id(server)], retry_in, server.last_error)
