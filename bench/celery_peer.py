@@ -48,7 +48,7 @@ app.conf.update(
     worker_hijack_root_logger=False,
     # a message unacked this long is redelivered (Redis' visibility timeout): the peer's
     # recovery after a worker dies; short, as pixelkiln's lease is
-    broker_transport_options={"visibility_timeout": 10},
+    broker_transport_options={"visibility_timeout": float(os.environ.get("PEER_VISIBILITY", "10"))},
 )
 
 _local = threading.local()
