@@ -85,6 +85,8 @@ class Worker:
         self.scheduler: Scheduler | None = None
         self.port: HealthPort | None = None
         self.stopping = 0  #: stop requests so far: 1 drains, 2 gives back at once
+        #: set once the scheduler is built, the health port listens and signals are caught
+        self.ready = asyncio.Event()
         self._say = say or (lambda _text: None)
 
     async def run(self) -> None:
@@ -114,6 +116,10 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.stop, sig.name)
+        early, self.stopping = self.stopping, 0
+        for _ in range(min(early, 2)):  # stop() called before the scheduler was built
+            self.stop()
+        self.ready.set()
         log.info(
             "worker %s: backends %s, concurrency %d, data folder %s",
             scheduler.owner,
