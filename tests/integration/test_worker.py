@@ -31,9 +31,7 @@ from tests.conftest import make_settings
 pytestmark = pytest.mark.anyio
 
 
-def _settings(
-    tmp_path: Path, database_url: str, webui: FakeSDWebUI, **scheduler: Any
-) -> Settings:
+def _settings(tmp_path: Path, database_url: str, webui: FakeSDWebUI, **scheduler: Any) -> Settings:
     return make_settings(
         tmp_path / "data",
         storage={"database_url": database_url},
