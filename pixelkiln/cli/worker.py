@@ -25,7 +25,6 @@ from pixelkiln.cli.common import (
     settings_from,
     setup_logging,
 )
-from pixelkiln.engine.worker import Worker
 from pixelkiln.exceptions import ConfigError
 
 
@@ -60,6 +59,10 @@ def worker(
     shutdown_seconds to finish, then go back to the queue untried; a second one
     gives them back at once. The log goes to <data_dir>/logs/worker_*.log.
     """
+    # here, not at the top: its companions import cron parsing and the retention rules,
+    # which no other command pays for at start
+    from pixelkiln.engine.worker import Worker
+
     with errors():
         settings = settings_from(config, log_level)
         names = _backend_names(backends)
