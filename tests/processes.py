@@ -42,16 +42,17 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def serving(cwd: Path, *args: str, log_level: str = "warning") -> Iterator[str]:
+def serving(cwd: Path, *args: str, log_level: str = "warning", drain: float = 1.0) -> Iterator[str]:
     """`kiln serve` on a free port in ``cwd``; yields its URL once /healthz answers; SIGINT
-    at the end, which must exit 0 (its log, ``cwd/serve.log``, says why if not)."""
+    at the end, which must exit 0 (its log, ``cwd/serve.log``, says why if not). Running
+    tasks get ``drain`` seconds to finish at the end (``[scheduler] shutdown_seconds``)."""
     port, log = free_port(), cwd / "serve.log"
     with (
         log.open("w") as out,
         subprocess.Popen(
             [*KILN, "serve", "--port", str(port), "--log-level", log_level, *args],
             cwd=cwd,
-            env=env(),
+            env={**env(), "KILN_SCHEDULER__SHUTDOWN_SECONDS": str(drain)},
             stdout=out,
             stderr=subprocess.STDOUT,
         ) as process,

@@ -7,7 +7,7 @@ port may do anything, so ``serve`` refuses to bind anything but loopback.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -73,7 +73,9 @@ def serve(
         raise typer.Exit(2)
     with errors():
         log_path = setup_logging(settings, prefix="serve")
-    app = create_app(settings, run_scheduler=worker)
+    app = create_app(
+        settings, run_scheduler=worker, drain_seconds=settings.scheduler.shutdown_seconds
+    )
     log.info(
         "serving on %s:%s; data folder %s; tasks run %s",
         host,
@@ -85,10 +87,32 @@ def serve(
     if not worker:
         console.print("  tasks     run by `kiln worker` processes (--no-worker)", markup=False)
     console.print(f"  log       {log_path}", highlight=False, markup=False)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        timeout_graceful_shutdown=5,  # open event streams must not hold a shutdown forever
-    )
+    _draining_server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            timeout_graceful_shutdown=5,  # open event streams must not hold a shutdown forever
+        )
+    ).run()
+
+
+def _draining_server(config: Any) -> Any:
+    """uvicorn's server (imported on use: it is slow to import), where a second Ctrl-C /
+    SIGTERM also hurries the scheduler's drain: the first lets running tasks finish within
+    ``[scheduler] shutdown_seconds`` (the app's shutdown), the second gives what still runs
+    back to the queue now."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit:
+                ctx = getattr(getattr(self.config.app, "state", None), "ctx", None)
+                runner = getattr(ctx, "runner", None)
+                if runner is not None:
+                    log.info("second stop signal: giving running tasks back now")
+                    runner.hurry()
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)

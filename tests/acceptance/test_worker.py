@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from pixelkiln.testing import FakeSDWebUI
-from tests.processes import KILN, env, running, stop
+from tests.processes import KILN, env, free_port, running, stop
 
 TXT2IMG = "/sdapi/v1/txt2img"
 #: seconds a test waits for what processes do (generous: 2 shared cores)
@@ -267,6 +267,33 @@ def test_sigterm_finishes_or_gives_back_within_the_bound(tmp_path: Path, postgre
     # the two given back were sent twice, yet each task spent one attempt in all
     spent = rows(postgres_url, "SELECT attempts FROM tasks WHERE batch_id = :b", b=batch_id)
     assert sent == 12 and {a for (a,) in spent} == {1}
+
+
+@pytest.mark.postgres
+def test_kiln_serve_drains_on_sigterm_like_a_worker(tmp_path: Path, postgres_url: str) -> None:
+    shutdown = 4.0
+    storage = local_storage(tmp_path / "kiln-data")
+    with FakeSDWebUI(latency=0.01) as webui:
+        write_config(
+            tmp_path, postgres_url, webui.url, storage=storage, per_url=3, shutdown_seconds=shutdown
+        )
+        batch_id = submit(tmp_path, write_spec(tmp_path, 6))
+        webui.hold()
+        port = free_port()
+        with running(tmp_path, "serve", "--port", str(port), log="serve.out") as process:
+            until(lambda: webui.held == 2, "two generations held ([scheduler] concurrency 2)")
+            process.send_signal(signal.SIGTERM)
+            until(lambda: "claiming nothing more" in _logs(tmp_path), "the drain")
+            webui.release(1)  # one finishes inside the window; one still runs at its end
+            assert process.wait(timeout=shutdown + 60) in (0, -signal.SIGTERM)
+        webui.release()
+    assert statuses(postgres_url, batch_id) == {"succeeded": 1, "pending": 5}
+    pending = rows(postgres_url, "SELECT attempts FROM tasks WHERE status = 'pending'")
+    assert {a for (a,) in pending} == {0}  # given back untried: no attempt spent
+
+
+def _logs(folder: Path) -> str:
+    return "".join(p.read_text() for p in (folder / "kiln-data" / "logs").glob("serve*.log"))
 
 
 # -- bad input --------------------------------------------------------------------------------
