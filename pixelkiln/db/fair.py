@@ -36,7 +36,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Float, cast, func, select
 
@@ -160,21 +160,23 @@ class Turns:
         for level in self._levels(left):
             heap = self._owner_heap(level, running, owners)
             while want > 0 and heap:
-                _, _, _, owner, queue = heapq.heappop(heap)
-                _, place, batch_id = heapq.heappop(queue)
+                _, _, _, turn = heapq.heappop(heap)
+                batch_id = turn.next()
                 if batch_id in paced:
-                    if spare <= 0:  # no free slot left for a paced batch
-                        self._requeue(heap, owner, queue, owners)
+                    if spare <= 0:  # no free slot left for a paced batch: it drops out
+                        turn.drop()
+                        self._requeue(heap, turn, owners)
                         continue
                     spare -= 1
                 planned[batch_id] = planned.get(batch_id, 0) + 1
                 running[batch_id] += 1
-                owners[owner] += 1
+                owners[turn.owner] += 1
                 want -= 1
                 left[batch_id] -= 1
-                if left[batch_id] > 0:
-                    heapq.heappush(queue, (running[batch_id], place, batch_id))
-                self._requeue(heap, owner, queue, owners)
+                if left[batch_id] <= 0:
+                    turn.drop()
+                turn.settle(running)
+                self._requeue(heap, turn, owners)
             if want <= 0:
                 break
         return planned
@@ -189,31 +191,69 @@ class Turns:
 
     def _owner_heap(
         self, level: list[Contender], running: Mapping[int, int], owners: Mapping[int | None, int]
-    ) -> list[_OwnerEntry]:
-        queues: dict[int | None, list[tuple[int, float, int]]] = defaultdict(list)
+    ) -> list[_Entry]:
+        turns: dict[int | None, _OwnerTurns] = {}
         for c in level:
-            queues[c.owner_id].append((running[c.id], c.place, c.id))
-        heap: list[_OwnerEntry] = []
-        for owner, queue in queues.items():
-            heapq.heapify(queue)
-            self._requeue(heap, owner, queue, owners)
+            turn = turns.setdefault(c.owner_id, _OwnerTurns(c.owner_id, c.share))
+            turn.queue.append((running[c.id], c.place, c.id))
+        heap: list[_Entry] = []
+        for turn in turns.values():
+            heapq.heapify(turn.queue)
+            self._requeue(heap, turn, owners)
         return heap
 
     def _requeue(
-        self,
-        heap: list[_OwnerEntry],
-        owner: int | None,
-        queue: list[tuple[int, float, int]],
-        owners: Mapping[int | None, int],
+        self, heap: list[_Entry], turn: _OwnerTurns, owners: Mapping[int | None, int]
     ) -> None:
-        """Put an owner back in turn, behind those with fewer running tasks per share."""
-        if not queue:
-            return
-        share = self._batches[queue[0][2]].share
-        tie = -1 if owner is None else owner
-        heapq.heappush(heap, (self._load(owner, share, owners), queue[0][1], tie, owner, queue))
+        """Put an owner back in line, behind those with fewer running tasks per share."""
+        place = turn.place()
+        if place is not None:
+            tie = -1 if turn.owner is None else turn.owner
+            heapq.heappush(heap, (self._load(turn.owner, turn.share, owners), place, tie, turn))
 
 
-#: (running per share, place of the owner's next batch, owner as a number, owner, its
-#: batches as a heap of (running, place, id))
-_OwnerEntry = tuple[float, float, int, int | None, list[tuple[int, float, int]]]
+#: the most tasks a batch gives in one turn of its owner's in one claim: inside a user,
+#: batches take turns of a few tasks, not of one, so that a claim of many tasks is a
+#: few statements (one per batch served) and not one for each of the user's batches
+TURN = 4
+
+
+@dataclass(eq=False)
+class _OwnerTurns:
+    """One owner's batches in a plan: the one whose turn it is, and the others in line."""
+
+    owner: int | None
+    share: float
+    #: batches waiting for a turn, as a heap of (running, place, id): fewest running first
+    queue: list[tuple[int, float, int]] = field(default_factory=list)
+    current: tuple[float, int] | None = None  #: (place, id) of the batch giving tasks now
+    turn_left: int = 0  #: what the current batch may still give in this turn
+
+    def place(self) -> float | None:
+        """The place of the batch that would give the owner's next task; None: no batch."""
+        if self.current is not None:
+            return self.current[0]
+        return self.queue[0][1] if self.queue else None
+
+    def next(self) -> int:
+        """The batch that gives the owner's next task (the next in line when a turn ends)."""
+        if self.current is None:
+            _, place, batch_id = heapq.heappop(self.queue)
+            self.current, self.turn_left = (place, batch_id), TURN
+        self.turn_left -= 1
+        return self.current[1]
+
+    def settle(self, running: Mapping[int, int]) -> None:
+        """After a task: a batch whose turn is over goes back in line by its running count."""
+        if self.current is not None and self.turn_left <= 0:
+            place, batch_id = self.current
+            heapq.heappush(self.queue, (running[batch_id], place, batch_id))
+            self.current = None
+
+    def drop(self) -> None:
+        """The current batch may give no more (its own limits, or no free slot)."""
+        self.current, self.turn_left = None, 0
+
+
+#: (running per share, place of the owner's next batch, owner as a number, the owner)
+_Entry = tuple[float, float, int, _OwnerTurns]

@@ -126,8 +126,12 @@ def test_local_batches_count_as_one_user_and_a_users_batches_take_turns(db: Data
     cli_one, cli_two = _batch(db, None, 20), _batch(db, None, 20)
     hers = _batch(db, alice, 20)
     got = Counter(t.batch_id for t in _claim(db, 8))
-    # two users (local and alice) four each; local's four split between its two batches
-    assert got == {hers: 4, cli_one: 2, cli_two: 2}
+    # two users (local and alice), four tasks each: a turn of local's first batch
+    assert got == {hers: 4, cli_one: 4}
+    # then local's other batch has the fewest running: its turn
+    assert Counter(t.batch_id for t in _claim(db, 8)) == {hers: 4, cli_two: 4}
+    # all even again: the queue order breaks the ties (local's first batch, then alice)
+    assert Counter(t.batch_id for t in _claim(db, 4)) == {cli_one: 2, hers: 2}
 
 
 def test_a_batch_with_nothing_for_the_backend_gives_its_turn_away(db: Database) -> None:
