@@ -3,10 +3,15 @@
 Every HTTP backend sends its requests through a :class:`ServerPool`. The pool
 keeps one :class:`Server` per URL and decides, per request, where it goes:
 
-* **free slots, fastest first.** A request goes to a healthy server with a free
-  slot (``concurrency`` per URL); among several, the one that has been
-  answering fastest. A slow server never holds up the others, as round robin
-  would: a slot that frees is refilled at once.
+* **the earliest finish.** A request goes to the healthy server that will finish
+  it first. While more work waits than can be counted (the database still had
+  tasks at the scheduler's last claim), that is the fastest server with a free
+  slot (``concurrency`` per URL): every slot is kept busy, and a slow server never
+  holds up the others, as round robin would. Near the end of the work (``backlog``:
+  only the scheduler's ready queue is left) it may be a busy server: a request
+  does not start on a slow server when a fast one will be free soon enough to
+  finish it, and the rest, sooner (:func:`earliest_finish`, from each server's
+  measured latency and the start times of its requests in flight).
 * **circuit breaker.** ``failure_threshold`` consecutive failures (connection
   errors, timeouts, 5xx, unreadable answers) open a server's circuit; a refused
   connection opens it at once. An open server gets no work. After
@@ -46,12 +51,15 @@ The policy numbers come from the backend's ``options``::
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import heapq
+import itertools
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
@@ -122,6 +130,8 @@ class Server:
     last_error: str = ""  #: the newest failure's message
     full_until: float = 0.0  #: other processes hold all its slots: passed over until then
     reported: bool = False  #: opened because another process found it down (report_down)
+    #: when its latest requests were sent (those still in flight are the newest ones)
+    sent: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=256))
 
     def has_slot(self) -> bool:
         return self.in_flight < self.limit
@@ -190,6 +200,11 @@ class ServerPool:
         self._closed = False
         #: slots, rpm and circuits shared with other processes; None: this process alone
         self.shared: SharedSlots | None = None
+        #: how many more requests wait to be sent behind those choosing a server now, when
+        #: that is all the work there is (the scheduler tells: engine.dispatch); None, or a
+        #: hook answering None: more than that, so every free slot is filled at once
+        self.backlog: Callable[[], int | None] | None = None
+        self._choosing = 0  # calls in _acquire now
 
     @classmethod
     def from_settings(
@@ -274,20 +289,45 @@ class ServerPool:
     # -- choosing a server ---------------------------------------------------------
 
     async def _acquire(self, tried: set[Server], last: BackendError | None) -> Server:
-        """Take a slot on the best usable server, waiting for slots and 429 cooldowns."""
-        while True:
-            now = self._clock()
-            candidates = [s for s in self.servers if s not in tried and self._usable(s, now)]
-            if not candidates:
-                raise self._nothing_left(last)
-            free = [s for s in candidates if s.has_slot() and s.resting_until() <= now]
-            if free:
-                server = min(free, key=_preference)
-                self._take(server)
-                if self.shared is None or await self._take_shared(server):
-                    return server
-                continue
-            await self._wait_change(self._cooldown_wait(candidates, now, last))
+        """Take a slot on the server that will finish first, waiting for slots, 429
+        cooldowns and (near the end of the work) a fast server about to be free."""
+        self._choosing += 1
+        try:
+            while True:
+                now = self._clock()
+                candidates = [s for s in self.servers if s not in tried and self._usable(s, now)]
+                if not candidates:
+                    raise self._nothing_left(last)
+                free = [s for s in candidates if s.has_slot() and s.resting_until() <= now]
+                if free:
+                    server, wait = self._choose(free, candidates, now)
+                    if server is not None:
+                        self._take(server)
+                        if self.shared is None or await self._take_shared(server):
+                            server.sent.append(self._clock())  # after any rpm wait
+                            return server
+                        continue
+                else:
+                    wait = self._cooldown_wait(candidates, now, last)
+                await self._wait_change(wait)
+        finally:
+            self._choosing -= 1
+
+    def _choose(
+        self, free: list[Server], candidates: list[Server], now: float
+    ) -> tuple[Server | None, float | None]:
+        """The free server to take now, or None and how long to wait for a better one.
+
+        The fastest free server, unless the work left is counted (its end is near):
+        then :func:`earliest_finish` over the calls choosing now and those queued behind
+        them may rather wait for a fast server that frees soon."""
+        fastest = min(free, key=_preference)
+        if fastest.latency is None:
+            return fastest, None  # unknown speed: tried at once, as a new server should be
+        backlog = None if self.backlog is None else self.backlog()
+        if backlog is None:
+            return fastest, None
+        return earliest_finish(candidates, self._choosing + backlog, now)
 
     def _usable(self, server: Server, now: float) -> bool:
         if server.state is CircuitState.CLOSED:
@@ -559,6 +599,75 @@ class ServerPool:
         else:
             self._close(server)
         self._notify()
+
+
+#: a request this many times its server's latency late is no longer expected to end soon:
+#: its slot is left out of the guess (the server may be stuck), so nobody waits for it
+LATE_FACTOR = 3.0
+
+
+def earliest_finish(
+    servers: Sequence[Server], requests: int, now: float
+) -> tuple[Server | None, float | None]:
+    """Where the first of ``requests`` waiting ones should start now, if anywhere.
+
+    Each slot of each server is a lane that is free now or when a request in flight
+    ends (its start plus the server's latency); ``requests`` are placed one by one on
+    the lane where each would finish first (a lane's free time plus its server's
+    latency). The first to land on a lane free now says which server to take now. If
+    none does, every one of them finishes sooner by waiting for a busy, faster server:
+    the answer is (None, seconds until the first lane they wait for frees).
+
+    A busy server of unknown latency offers no lane (when it frees cannot be guessed),
+    nor does a request long overdue; a late one is expected within a quarter of its
+    latency; a server resting (a 429's cooldown, its slots held by other processes) frees
+    when its rest ends.
+
+    >>> fast, slow = Server("f", 1, 1, latency=0.1), Server("s", 1, 1, latency=0.9)
+    >>> fast.in_flight, fast.sent = 1, collections.deque([0.0])  # ends at 0.1
+    >>> earliest_finish([fast, slow], 1, now=0.05)[1]             # wait 0.05 s for fast
+    0.05
+    >>> earliest_finish([fast, slow], 12, now=0.05)[0] is slow    # enough work for both
+    True
+    """
+    tie = itertools.count()  # lanes finishing at once go in the servers' order
+    lanes: list[tuple[float, float, int, bool, Server]] = []
+    for server in servers:
+        latency = server.latency or 0.0
+        for free_at, now_free in _lanes(server, now):
+            lanes.append((free_at + latency, free_at, next(tie), now_free, server))
+    heapq.heapify(lanes)
+    waits: list[float] = []
+    for _ in range(max(1, requests)):
+        if not lanes:
+            break
+        finish, free_at, _, now_free, server = heapq.heappop(lanes)
+        if now_free:
+            return server, None
+        waits.append(free_at)
+        latency = server.latency or 0.0
+        heapq.heappush(lanes, (finish + latency, finish, next(tie), False, server))
+    return None, (min(waits) - now if waits else None)
+
+
+def _lanes(server: Server, now: float) -> list[tuple[float, bool]]:
+    """(when a slot of ``server`` is free, whether that is now) for each slot one can tell."""
+    resting = server.resting_until()
+    cooling = resting > now
+    ready = resting if cooling else now
+    lanes = [(ready, not cooling)] * max(0, server.limit - server.in_flight)
+    latency = server.latency
+    if latency is None:
+        return lanes
+    busy = min(server.in_flight, server.limit, len(server.sent))
+    for sent in list(server.sent)[len(server.sent) - busy :]:
+        end = sent + latency
+        if end < now:  # late: soon, unless so late that the server may be stuck
+            if now - sent > LATE_FACTOR * latency:
+                continue
+            end = now + latency / 4
+        lanes.append((max(ready, end), False))
+    return lanes
 
 
 def _preference(server: Server) -> tuple[float, float]:

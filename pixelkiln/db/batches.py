@@ -303,10 +303,15 @@ CLAIM_ORDER = (
 )
 
 
-def _runnable_statement(filtered: bool) -> Any:
-    """Batches with tasks to start, by priority then age, with their own limits (db.pacing)."""
+def runnable_statement(
+    filtered: bool, columns: Sequence[Any] = LIMIT_COLUMNS, source: Any = batches
+) -> Any:
+    """Batches with tasks to start, by priority then age, with their own limits (db.pacing).
+
+    ``columns`` and ``source``: what the claim reads besides (db.fair: owner, share)."""
     query = (
-        select(*LIMIT_COLUMNS)
+        select(*columns)
+        .select_from(source)
         .where(
             batches.c.status.in_([str(s) for s in ACTIVE]),
             batches.c.n_pending > 0,
@@ -320,8 +325,8 @@ def _runnable_statement(filtered: bool) -> Any:
     return query
 
 
-_RUNNABLE = _runnable_statement(filtered=False)
-_RUNNABLE_ONLY = _runnable_statement(filtered=True)
+_RUNNABLE = runnable_statement(filtered=False)
+_RUNNABLE_ONLY = runnable_statement(filtered=True)
 
 
 def runnable_batches(
