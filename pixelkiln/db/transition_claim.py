@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pixelkiln.db import returning
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
 from pixelkiln.db.pacing import BatchLimits
@@ -36,7 +37,8 @@ def claim(
     Up to ``wants[backend]`` tasks per backend from ``batch_ids``, in that order
     (priority, then age), each batch's in position order. One UPDATE … RETURNING
     per (backend, batch); on PostgreSQL the inner select is ``FOR UPDATE SKIP
-    LOCKED``, so workers on several machines never claim the same task.
+    LOCKED``, so workers on several machines never claim the same task. MySQL picks
+    the tasks with ``SKIP LOCKED`` first, then moves them (``sql.CLAIM_PICK``).
 
     A batch in ``limits`` gets no more than its own limits allow (db.pacing);
     one with a ``delay`` only from a backend with a slot ``free`` now (default:
@@ -84,7 +86,6 @@ def _claim_backend(
     room: _Room,
 ) -> list[ClaimedTask]:
     """One backend's share of a claim, batch after batch."""
-    statement = sql.CLAIM_PG if tx.dialect == "postgresql" else sql.CLAIM
     claimed: list[ClaimedTask] = []
     for batch_id in batch_ids:
         if want <= 0:
@@ -93,19 +94,31 @@ def _claim_backend(
         if limit <= 0:
             continue
         params = {"c_batch": batch_id, "c_backend": backend, "c_limit": limit, **lease}
-        rows = tx.conn.execute(statement, params).all()
+        rows = _claim_rows(tx, params)
         want -= len(rows)
         spare -= room.spend(batch_id, len(rows))
         claimed.extend(ClaimedTask(*row) for row in rows)
     return claimed
 
 
+def _claim_rows(tx: Tx, params: dict[str, Any]) -> Sequence[Any]:
+    """One (backend, batch) claim's rows: one statement, or two on MySQL."""
+    if tx.dialect == "mysql":
+        picked = list(tx.conn.execute(sql.CLAIM_PICK, params).scalars())
+        if not picked:
+            return []
+        return returning.execute(tx.conn, sql.CLAIM_PICKED, {**params, "c_ids": picked}).all()
+    statement = sql.CLAIM_PG if tx.dialect == "postgresql" else sql.CLAIM
+    return tx.conn.execute(statement, params).all()
+
+
 def _allowances(tx: Tx, limits: Mapping[int, BatchLimits]) -> dict[int, int]:
-    """What each limited batch may still claim; read again under a lock on PostgreSQL."""
+    """What each limited batch may still claim; read again under a row lock (PostgreSQL,
+    MySQL)."""
     if not limits:
         return {}
     current: Iterable[BatchLimits] = limits.values()
-    if tx.dialect == "postgresql":
+    if tx.dialect != "sqlite":
         rows = tx.conn.execute(sql.BATCH_LIMITS_PG, {"l_ids": list(limits)})
         current = [BatchLimits(*row) for row in rows]
     allow = {b.id: b.allowance(tx.now) for b in current}
