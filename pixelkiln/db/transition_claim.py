@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pixelkiln.db import returning
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
 from pixelkiln.db.pacing import BatchLimits
@@ -42,6 +43,7 @@ def claim(
     batch's in position order, and returned in ``turns.order``. One UPDATE …
     RETURNING per (backend, batch) given any; on PostgreSQL the inner select is ``FOR
     UPDATE SKIP LOCKED``, so workers on several machines never claim the same task.
+    MySQL picks the tasks with ``SKIP LOCKED`` first, then moves them (``sql.CLAIM_PICK``).
 
     A batch in ``limits`` gets no more than its own limits allow (db.pacing);
     one with a ``delay`` only from a backend with a slot ``free`` now (default:
@@ -91,7 +93,6 @@ def _claim_backend(
     """One backend's share of a claim, in rounds: ``turns`` shares out what is wanted,
     each batch given any is asked for that many, and one that yields fewer (nothing
     more for this backend now) drops out while the shortfall is shared out again."""
-    statement = sql.CLAIM_PG if tx.dialect == "postgresql" else sql.CLAIM
     claimed: list[ClaimedTask] = []
     drained: set[int] = set()
     while want > 0:
@@ -101,7 +102,7 @@ def _claim_backend(
             break
         for batch_id, limit in plan.items():
             params = {"c_batch": batch_id, "c_backend": backend, "c_limit": limit, **lease}
-            rows = tx.conn.execute(statement, params).all()
+            rows = _claim_rows(tx, params)
             if len(rows) < limit:
                 drained.add(batch_id)
             turns.took(batch_id, len(rows))
@@ -111,12 +112,24 @@ def _claim_backend(
     return claimed
 
 
+def _claim_rows(tx: Tx, params: dict[str, Any]) -> Sequence[Any]:
+    """One (backend, batch) claim's rows: one statement, or two on MySQL."""
+    if tx.dialect == "mysql":
+        picked = list(tx.conn.execute(sql.CLAIM_PICK, params).scalars())
+        if not picked:
+            return []
+        return returning.execute(tx.conn, sql.CLAIM_PICKED, {**params, "c_ids": picked}).all()
+    statement = sql.CLAIM_PG if tx.dialect == "postgresql" else sql.CLAIM
+    return tx.conn.execute(statement, params).all()
+
+
 def _allowances(tx: Tx, limits: Mapping[int, BatchLimits]) -> dict[int, int]:
-    """What each limited batch may still claim; read again under a lock on PostgreSQL."""
+    """What each limited batch may still claim; read again under a row lock (PostgreSQL,
+    MySQL)."""
     if not limits:
         return {}
     current: Iterable[BatchLimits] = limits.values()
-    if tx.dialect == "postgresql":
+    if tx.dialect != "sqlite":
         rows = tx.conn.execute(sql.BATCH_LIMITS_PG, {"l_ids": list(limits)})
         current = [BatchLimits(*row) for row in rows]
     allow = {b.id: b.allowance(tx.now) for b in current}

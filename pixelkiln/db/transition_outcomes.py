@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pixelkiln.db import events as ev
+from pixelkiln.db import returning
 from pixelkiln.db import transition_runs as runs
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
@@ -43,7 +44,7 @@ def record_outcomes(
     ids = [r.task.id for r in results] + [f.task.id for f in failures]
     if not ids:
         return set()
-    held_query = sql.HELD_PG if tx.dialect == "postgresql" else sql.HELD
+    held_query = sql.HELD if tx.dialect == "sqlite" else sql.HELD_PG
     held = set(tx.conn.execute(held_query, {"h_ids": ids, "h_owner": owner}).scalars())
     done = [r for r in results if r.task.id in held]
     later = [f for f in failures if f.task.id in held and f.retry_at is not None]
@@ -88,8 +89,8 @@ def _succeed(
         sql.SUCCEED, [{"t_id": r.task.id, "t_duration": r.duration, "t_now": tx.now} for r in done]
     )
     # a re-run after a crash overwrote the same files; never keep two rows for them
-    for batch_id in tx.conn.execute(
-        sql.DROP_IMAGES, {"d_ids": [r.task.id for r in done]}
+    for batch_id in returning.execute(
+        tx.conn, sql.DROP_IMAGES, {"d_ids": [r.task.id for r in done]}
     ).scalars():
         counts.deltas[batch_id]["images"] -= 1
     for batch_id, k in runs.supersede(tx, [r.task for r in done if r.task.run], dropped).items():
@@ -102,7 +103,7 @@ def _succeed(
         for r in done
         for i, (img, seed) in enumerate(r.images)
     ]
-    return list(tx.conn.execute(sql.INSERT_IMAGES, rows).scalars()) if rows else []
+    return list(returning.execute(tx.conn, sql.INSERT_IMAGES, rows).scalars()) if rows else []
 
 
 def _image_events(result: TaskResult, image_ids: Iterable[int]) -> list[ev.PendingEvent]:

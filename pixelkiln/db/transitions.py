@@ -47,6 +47,7 @@ from typing import Any
 from sqlalchemy import Row, select
 
 from pixelkiln.db import events as ev
+from pixelkiln.db import returning
 from pixelkiln.db import transition_runs as runs
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
@@ -240,7 +241,7 @@ def start(tx: Tx, owner: str, task_ids: Sequence[int], *, paced: bool = False) -
         cursor.close()
     else:
         params = {"s_ids": list(task_ids), "s_owner": owner, "s_now": tx.now}
-        marked = set(tx.conn.execute(sql.START, params).scalars())
+        marked = set(returning.execute(tx.conn, sql.START, params).scalars())
     if marked and paced:  # a batch's ``delay`` counts from its task's real start
         tx.conn.execute(sql.PACED_MARKED, {"m_ids": sorted(marked), "m_now": tx.now})
     return marked
@@ -251,7 +252,7 @@ def renew(tx: Tx, owner: str, task_ids: Sequence[int], until: float) -> set[int]
     if not task_ids:
         return set()
     params = {"r_ids": list(task_ids), "r_owner": owner, "r_until": until}
-    return set(tx.conn.execute(sql.RENEW, params).scalars())
+    return set(returning.execute(tx.conn, sql.RENEW, params).scalars())
 
 
 # -- tasks: giving back -----------------------------------------------------------------------
@@ -262,7 +263,9 @@ def release(tx: Tx, owner: str, task_ids: Iterable[int]) -> int:
     ids = list(task_ids)
     if not ids:
         return 0
-    moved = tx.conn.execute(sql.RELEASE, {"l_ids": ids, "l_owner": owner}).scalars().all()
+    moved = (
+        returning.execute(tx.conn, sql.RELEASE, {"l_ids": ids, "l_owner": owner}).scalars().all()
+    )
     counts = Counts()
     counts.moved(moved, RUNNING, PENDING)
     counts.apply(tx)
@@ -277,8 +280,8 @@ def recover(tx: Tx, dead_owners: Sequence[str] = ()) -> int:
     nothing. Returns how many tasks moved.
     """
     lapsed = sql.lapsed(tx.now, list(dead_owners))
-    failed = tx.conn.execute(sql.recover_failed(lapsed, tx.now, LAST_ATTEMPT)).all()
-    back = tx.conn.execute(sql.recover_back(lapsed, tx.now, PUT_BACK)).all()
+    failed = returning.execute(tx.conn, sql.recover_failed(lapsed, tx.now, LAST_ATTEMPT)).all()
+    back = returning.execute(tx.conn, sql.recover_back(lapsed, tx.now, PUT_BACK)).all()
     if not failed and not back:
         return 0
     refund_failed(tx, [r.id for r in failed])

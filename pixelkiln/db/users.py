@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from pixelkiln.db import returning
 from pixelkiln.db.credits import grant
 from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import (
@@ -71,7 +72,8 @@ def create_user(tx: Tx, name: str, *, is_admin: bool = False, share: float = 1.0
     if tx.conn.execute(select(users.c.id).where(users.c.name == name)).first() is not None:
         raise InvalidStateError(f"a user named '{name}' already exists")
     try:
-        user_id = tx.conn.execute(
+        user_id = returning.execute(
+            tx.conn,
             insert(users).returning(users.c.id),
             {
                 "name": name,
