@@ -60,7 +60,7 @@ class LocalStorage(Storage):
         # of a task writes its files, so two writers of one name do not meet.
         target = self._checked(relative)
         folder, name = os.path.split(target)
-        self._write_atomic(target, f"{folder}/.{name}.tmp", data)
+        self._write_atomic(folder, target, f"{folder}/.{name}.tmp", data)
 
     def write(self, relative: str, data: bytes) -> None:
         target = self._checked(relative)
@@ -68,19 +68,18 @@ class LocalStorage(Storage):
         # writers of one name may meet here (two first requests of a thumbnail): each
         # has its own temp file, and each rename leaves a whole file
         tmp = f"{folder}/.{name}.{os.getpid()}-{threading.get_ident()}.tmp"
-        self._write_atomic(target, tmp, data)
+        self._write_atomic(folder, target, tmp, data)
 
     def _store_or_touch(self, relative: str, data: bytes) -> None:
         target = self._checked(relative)
         if not os.path.exists(target):
             folder, name = os.path.split(target)
-            self._write_atomic(target, f"{folder}/.{name}.tmp", data)
+            self._write_atomic(folder, target, f"{folder}/.{name}.tmp", data)
         else:  # stored again: retention counts an upload's age from its file's last store
             with contextlib.suppress(OSError):
                 os.utime(target)
 
-    def _write_atomic(self, target: str, tmp: str, data: bytes) -> None:
-        folder = os.path.dirname(target)
+    def _write_atomic(self, folder: str, target: str, tmp: str, data: bytes) -> None:
         if folder not in self._made:
             os.makedirs(folder, exist_ok=True)
             self._made.add(folder)
