@@ -22,10 +22,12 @@ import httpx
 from pixelkiln.backends import Backend, BackendInfo, describe_backends
 from pixelkiln.config import Settings
 from pixelkiln.db.database import Database
+from pixelkiln.db.notify import Listener
 from pixelkiln.db.users import get_user
 from pixelkiln.engine.assembly import Engine
 from pixelkiln.engine.bus import EventBus
 from pixelkiln.engine.scheduler import Scheduler
+from pixelkiln.engine.wakeups import Wakeups
 from pixelkiln.keybox import KeyBox
 from pixelkiln.models import Batch
 from pixelkiln.service import (
@@ -73,12 +75,20 @@ class Kiln:
         self._build_engine = engine
         self._engine: Engine | None = None
         self._db: Database | None = None
+        #: PostgreSQL: other processes' new work and events, heard as they commit
+        self.wakeups: Wakeups | None = None
+        self._listener: Listener | None = None
 
     @property
     def db(self) -> Database:
         if self._db is None:
             raise RuntimeError("Kiln is not open; use 'async with Kiln(settings)'")
         return self._db
+
+    @property
+    def listening(self) -> bool:
+        """Whether other processes' work and events are heard as they commit (PostgreSQL)."""
+        return self._listener is not None and self._listener.live
 
     @property
     def service(self) -> ServiceContext:
@@ -118,8 +128,16 @@ class Kiln:
             bus=self.bus,
             schedulers=self.schedulers,
         )
+        if self._db.dialect == "postgresql":
+            self._listen(url)
         if self._build_engine:
             self.engine()  # a backend that cannot be built fails here, before any submit
+
+    def _listen(self, url: str) -> None:
+        """Hear other processes' work and events (LISTEN/NOTIFY) instead of waiting for polls."""
+        self.wakeups = Wakeups(asyncio.get_running_loop(), self.schedulers.wake, self.bus)
+        self._listener = Listener(url, self.wakeups.heard, self.wakeups.live)
+        self._listener.start()
 
     def engine(self) -> Engine:
         """The built backends of this process, on the running loop (built on first use)."""
@@ -138,6 +156,9 @@ class Kiln:
         """Stop the scheduler if running, release backends, the HTTP client and the DB."""
         if self.scheduler is not None:
             self.scheduler.stop()
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.stop)
+            self._listener = None
         if self._engine is not None:
             await self._engine.aclose()
             self._engine = None

@@ -18,6 +18,7 @@ from typing import Any, TypedDict
 from sqlalchemy import Connection, Row, insert, select
 
 from pixelkiln.db.database import Tx
+from pixelkiln.db.notify import EVENTS, notify
 from pixelkiln.db.tables import batches, events
 from pixelkiln.models import BatchStatus, Event, EventType
 
@@ -288,6 +289,7 @@ def append_events(tx: Tx, pending: list[PendingEvent]) -> list[Event]:
         for id, (b, t, kind, data) in zip(ids, pending, strict=True)
     ]
     tx.events.extend(appended)
+    notify(tx, EVENTS)  # other processes' followers read them now (PostgreSQL)
     return appended
 
 

@@ -19,7 +19,8 @@ from pixelkiln.db import events as ev
 from pixelkiln.db import speeds
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
-from pixelkiln.models import BatchStatus
+from pixelkiln.db.notify import WORK, notify
+from pixelkiln.models import BatchStatus, TaskStatus
 
 
 class Counts:
@@ -38,8 +39,14 @@ class Counts:
             self.shift(batch_id, source, target)
 
     def apply(self, tx: Tx) -> dict[int, Row[Any]]:
-        """Adjust each batch's counters; returns its row after (status, started_at, n_*)."""
+        """Adjust each batch's counters; returns its row after (status, started_at, n_*).
+
+        Tasks that went back to pending are work for every scheduler: it is told so
+        (:mod:`.notify`) in this transaction.
+        """
         after = {}
+        if any(delta[TaskStatus.PENDING] > 0 for delta in self.deltas.values()):
+            notify(tx, WORK)
         for batch_id, delta in self.deltas.items():
             params = {f"k_{k}": delta[k] for k in sql.COUNTED}
             after[batch_id] = tx.conn.execute(

@@ -50,6 +50,7 @@ from pixelkiln.db import events as ev
 from pixelkiln.db import transition_runs as runs
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
+from pixelkiln.db.notify import WORK, notify
 from pixelkiln.db.tables import batches, tasks
 from pixelkiln.db.transition_claim import claim
 from pixelkiln.db.transition_counts import Counts, Progress, finish_done, set_final
@@ -88,6 +89,7 @@ PUT_BACK = "the runner stopped (lease expired); task put back in the queue"
 
 def created(tx: Tx, batch_id: int, name: str, total: int) -> None:
     """A new batch is queued (its rows are stored by ``batches.create_batch``)."""
+    notify(tx, WORK)
     ev.append_events(tx, [ev.batch_update(batch_id, BatchStatus.QUEUED, name=name, total=total)])
 
 
@@ -204,6 +206,8 @@ def pause(tx: Tx, batch: Batch, paused: bool) -> bool:
         status = BatchStatus.RUNNING if batch.started_at else BatchStatus.QUEUED
     tx.conn.execute(sql.set_batch(batch.id, status=status))
     ev.append_events(tx, [ev.batch_update(batch.id, status)])
+    if not paused:
+        notify(tx, WORK)  # its pending tasks may start again, in any process
     return True
 
 

@@ -17,7 +17,10 @@ with one shared reader for all subscribers, and keeps delivery in id order:
 - any other id means someone else wrote in between: the reader is woken and
   delivers everything after the watermark from the database, in order;
 - when nothing was delivered for ``interval`` seconds it looks anyway (what
-  another process committed last);
+  another process committed last); on PostgreSQL other processes' commits are
+  announced (:mod:`pixelkiln.db.notify`): :meth:`EventBus.poke` reads at once, and
+  while announcements arrive (``pushed``) the look is only a fallback, every
+  ``PUSHED_INTERVAL`` seconds;
 - on PostgreSQL an id can become visible before a lower one whose
   transaction is still open; a hole in the ids is held back for up to
   ``gap_grace`` seconds before it is taken for a rolled-back one.
@@ -46,6 +49,8 @@ RECENT_IDS = 4096
 GAP_RECHECK = 0.05
 #: events read at once by a follower
 FOLLOW_PAGE = 500
+#: seconds between a follower's looks while other processes' commits are announced to it
+PUSHED_INTERVAL = 30.0
 
 
 class EventSource(Protocol):
@@ -107,6 +112,8 @@ class EventBus:
         self._loop = loop
         self._subscriptions: set[Subscription] = set()
         self._follower: _Follower | None = None
+        #: other processes' commits are announced (LISTEN/NOTIFY): looking is only a fallback
+        self.pushed = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -137,6 +144,11 @@ class EventBus:
         after that reaches subscribers. Returns at once when not following."""
         if self._follower is not None:
             await self._follower.ready.wait()
+
+    def poke(self) -> None:
+        """Another process committed events: a follower reads them now. Call on the loop."""
+        if self._follower is not None and self._follower.running:
+            self._follower.kick()
 
     def publish(self, events: list[Event]) -> None:
         """Deliver ``events``; safe to call from any thread."""
@@ -201,6 +213,9 @@ class _Follower:
         self._recent.clear()
         self._recent_set.clear()
 
+    def kick(self) -> None:
+        self._kick.set()
+
     def in_order(self, events: list[Event]) -> list[Event]:
         """Of events committed here, those that can go out now; the reader fetches the rest."""
         if self.watermark is None:  # not synced yet: streams replay from the database anyway
@@ -228,7 +243,8 @@ class _Follower:
                 if self.watermark is None:
                     await asyncio.sleep(self.interval)
                     continue
-            due = self._active_at + (GAP_RECHECK if self._hole_since else self.interval)
+            interval = max(self.interval, PUSHED_INTERVAL) if self.bus.pushed else self.interval
+            due = self._active_at + (GAP_RECHECK if self._hole_since else interval)
             if not self._kick.is_set() and loop.time() < due:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), due - loop.time())

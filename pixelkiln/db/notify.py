@@ -1,0 +1,174 @@
+"""PostgreSQL LISTEN/NOTIFY: other processes learn of new work and new events without polling.
+
+Two kinds of news are sent, each on its own channel, in the transaction of the
+change it reports (so a listener hears of it only once it is committed, and
+never of a change that rolled back):
+
+- :data:`WORK`: tasks became claimable — a batch was created or resumed, tasks
+  went back to pending (retried, regenerated, released, recovered, a failed try
+  to retry later). Sent by :mod:`.transitions` and :mod:`.transition_counts`.
+  Schedulers of every process wake up and claim.
+- :data:`EVENTS`: events were appended (:func:`pixelkiln.db.events.append_events`).
+  The event bus of every process that follows the events table (SSE streams)
+  reads them at once instead of at its next poll.
+
+A channel is named after its kind and the database schema (``kiln_work:public``),
+so installations sharing one database in different schemas do not wake each
+other. Within one transaction a channel is notified once: PostgreSQL folds
+identical notifications of a transaction anyway, and skipping the repeats here
+saves the round trips (the writer commits many writes in one transaction).
+
+SQLite (and MySQL) send nothing: their processes poll, as every process still
+does as a fallback. :class:`Listener` is the receiving end: one connection per
+process in its own thread, reconnecting when the server goes away.
+
+>>> listener = Listener(url, on_notify=lambda kind: print(kind))   # doctest: +SKIP
+>>> listener.start()
+>>> listener.stop()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from pixelkiln.db.database import Tx
+
+log = logging.getLogger(__name__)
+
+WORK = "kiln_work"  #: tasks became claimable
+EVENTS = "kiln_events"  #: events were appended
+KINDS = (WORK, EVENTS)
+#: seconds between tries to (re)connect the listening connection, at most
+RECONNECT_MAX = 10.0
+_CONNECT_TIMEOUT = 5
+
+_NOTIFY = text("SELECT pg_notify(:kind || ':' || current_schema(), '')")
+_SENT = "kiln_notified"  # Connection.info key: (transaction, kinds sent in it)
+
+
+def notify(tx: Tx, kind: str) -> None:
+    """Tell every listening process of ``kind`` news once ``tx`` commits (PostgreSQL only)."""
+    if tx.dialect != "postgresql":
+        return
+    transaction = tx.conn.get_transaction()
+    sent: tuple[Any, set[str]] | None = tx.conn.info.get(_SENT)
+    if sent is None or sent[0] is not transaction:
+        sent = (transaction, set())
+        tx.conn.info[_SENT] = sent
+    if kind in sent[1]:
+        return
+    tx.conn.execute(_NOTIFY, {"kind": kind})
+    sent[1].add(kind)
+
+
+def channel(kind: str, schema: str) -> str:
+    """The channel name of ``kind`` news in ``schema``."""
+    return f"{kind}:{schema}"
+
+
+def libpq_url(database_url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL (``postgresql+psycopg://…``) as psycopg takes it."""
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+class Listener:
+    """LISTENs on :data:`WORK` and :data:`EVENTS` in a thread of its own.
+
+    ``on_notify(kind)`` is called in that thread for each notification, and for
+    every kind each time the connection is (re)established: news sent while no one
+    listened is not kept by the server. ``on_live(bool)`` says when listening starts
+    and stops (pollers may slow down while it is live). A lost connection is tried
+    again with a growing pause, up to :data:`RECONNECT_MAX` seconds.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        on_notify: Callable[[str], None],
+        on_live: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.conninfo = libpq_url(database_url)
+        self.on_notify = on_notify
+        self.on_live = on_live
+        self.live = False  #: connected and listening now
+        self._stopping = threading.Event()
+        # written to by stop(): ends the wait on the connection's socket at once
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._thread = threading.Thread(target=self._run, name="kiln-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening and wait for the thread (closes the connection)."""
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        if self._thread.is_alive():
+            self._thread.join()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _run(self) -> None:
+        pause = 0.1
+        while not self._stopping.is_set():
+            try:
+                self._listen()
+                pause = 0.1
+            except Exception as exc:  # psycopg errors, a socket gone: listen again later
+                self._set_live(False)
+                if self._stopping.is_set():
+                    return
+                log.warning("LISTEN connection lost (%s); polling until it is back", exc)
+            self._stopping.wait(pause)
+            pause = min(pause * 2, RECONNECT_MAX)
+
+    def _listen(self) -> None:
+        import psycopg  # the postgres extra; only a PostgreSQL installation gets here
+
+        with psycopg.connect(
+            self.conninfo, autocommit=True, connect_timeout=_CONNECT_TIMEOUT
+        ) as conn:
+            row = conn.execute("SELECT current_schema()").fetchone()
+            schema = str(row[0]) if row else "public"
+            kinds = {channel(kind, schema): kind for kind in KINDS}
+            for name in kinds:
+                conn.execute(f'LISTEN "{name}"')
+            self._set_live(True)
+            for kind in KINDS:  # what was sent while nobody listened
+                self.on_notify(kind)
+            with selectors.DefaultSelector() as selector:
+                selector.register(conn.pgconn.socket, selectors.EVENT_READ)
+                selector.register(self._wake_r, selectors.EVENT_READ)
+                while not self._stopping.is_set():
+                    selector.select()
+                    self._drain(conn, kinds)
+            self._set_live(False)
+
+    def _drain(self, conn: Any, kinds: dict[str, str]) -> None:
+        """Hand on every notification that arrived; raises when the connection broke."""
+        pgconn = conn.pgconn
+        pgconn.consume_input()  # raises psycopg.OperationalError on a lost connection
+        heard: set[str] = set()
+        while (note := pgconn.notifies()) is not None:
+            kind = kinds.get(note.relname.decode())
+            if kind is not None:
+                heard.add(kind)
+        for kind in sorted(heard):  # many at once: one call per kind is enough
+            self.on_notify(kind)
+
+    def _set_live(self, live: bool) -> None:
+        if live != self.live:
+            self.live = live
+            if self.on_live is not None:
+                self.on_live(live)

@@ -1,0 +1,77 @@
+"""Wake-ups from other processes: what a PostgreSQL LISTEN hears, handed to this process.
+
+A :class:`~pixelkiln.db.notify.Listener` hears, in its own thread, that another
+process made work claimable or appended events. :class:`Wakeups` carries that
+onto the event loop of this process's :class:`~pixelkiln.app.Kiln`: work wakes
+every scheduler of the process (``Kiln.schedulers``: the in-process one, the
+API's scheduler thread), events poke the event bus, whose follower reads them
+for SSE streams at once. A burst of notifications costs one call on the loop:
+a hop already on its way is not sent again.
+
+Without PostgreSQL (or while the listening connection is down) nothing arrives
+here and the schedulers and the bus poll, as they always do as a fallback.
+
+>>> wakeups = Wakeups(loop, kiln.schedulers.wake, kiln.bus)        # doctest: +SKIP
+>>> Listener(url, wakeups.heard, wakeups.live).start()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pixelkiln.db.notify import EVENTS, WORK
+from pixelkiln.engine.bus import EventBus
+
+
+class Wakeups:
+    """Fans LISTEN notifications out to the schedulers and the bus, on ``loop``."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None], bus: EventBus
+    ) -> None:
+        self.loop = loop
+        self.wake = wake  #: wakes every scheduler of the process (called on ``loop``)
+        self.bus = bus
+        self.heard_work = 0  #: work notifications handed on so far (tests, metrics)
+        self.heard_events = 0
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()  # kinds whose hop to the loop is on its way
+
+    def heard(self, kind: str) -> None:
+        """A notification of ``kind`` (listener thread)."""
+        if kind not in (WORK, EVENTS):
+            return
+        with self._lock:
+            if kind in self._pending:
+                return
+            self._pending.add(kind)
+        self._call(self._deliver, kind)
+
+    def live(self, live: bool) -> None:
+        """Listening started or stopped (listener thread): the bus polls less or as before."""
+        self._call(self._set_pushed, live)
+
+    def _deliver(self, kind: str) -> None:
+        with self._lock:
+            self._pending.discard(kind)
+        if kind == WORK:
+            self.heard_work += 1
+            self.wake()
+        else:
+            self.heard_events += 1
+            self.bus.poke()
+
+    def _set_pushed(self, live: bool) -> None:
+        self.bus.pushed = live
+        self.bus.poke()  # a follower waiting out the long interval looks at its pace again
+
+    def _call(self, fn: Callable[[Any], None], arg: object) -> None:
+        if self.loop.is_closed():
+            return
+        try:
+            self.loop.call_soon_threadsafe(fn, arg)
+        except RuntimeError:  # the loop closed between the check and the call
+            pass

@@ -1,0 +1,131 @@
+"""LISTEN/NOTIFY on PostgreSQL: other processes' work and events arrive without polling.
+
+Every test here sets the polls far longer than its deadline (a scheduler's
+``poll_interval``, the event bus's look at the events table), so only a
+notification can make it pass in time; none measures how fast one arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from pixelkiln.app import Kiln
+from pixelkiln.config import Settings, load_settings
+from pixelkiln.db.batches import get_batch
+from pixelkiln.db.database import Database, Tx
+from pixelkiln.db.notify import EVENTS, WORK, Listener, notify
+from pixelkiln.testing import wait_until
+from tests.processes import env
+
+pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
+
+#: longer than any deadline below: a poll cannot be what made a test pass
+LONG = 120.0
+
+#: a second process: submits a batch to the installation of the config file given, prints its id
+SUBMIT = """
+import asyncio, sys
+from pathlib import Path
+from pixelkiln.app import Kiln
+from pixelkiln.config import load_settings
+from pixelkiln.specs import parse_batch
+
+async def main() -> None:
+    async with Kiln(load_settings(Path(sys.argv[1])), engine=False) as kiln:
+        spec = {"name": "elsewhere", "defaults": {"width": 64, "height": 64},
+                "tasks": [{"prompt": "a fox"}, {"prompt": "a hare"}]}
+        print(await kiln.submit(parse_batch(spec), source="cli"))
+
+asyncio.run(main())
+"""
+
+
+def config(tmp_path: Path, database_url: str, *, latency: float = 0.0) -> Path:
+    """A kiln.toml both processes read: PostgreSQL, a placeholder backend, polls of LONG."""
+    data = tmp_path / "data"
+    path = tmp_path / "kiln.toml"
+    path.write_text(
+        f"[storage]\ndata_dir = {json.dumps(str(data))}\n"
+        f"database_url = {json.dumps(database_url)}\n"
+        f"[scheduler]\npoll_interval = {LONG}\nconcurrency = 2\n"
+        '[[backends]]\nname = "placeholder"\ntype = "placeholder"\n'
+        f"latency = {latency}\n"
+    )
+    return path
+
+
+def settings_of(path: Path) -> Settings:
+    return load_settings(path)
+
+
+async def submit_elsewhere(path: Path) -> int:
+    """A batch submitted by another process; its id."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", SUBMIT, str(path)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_committed_notification_reaches_a_listener(postgres_url: str) -> None:
+    heard: list[str] = []
+    live = threading.Event()
+    listener = Listener(postgres_url, heard.append, lambda up: live.set() if up else None)
+    db = Database.open(postgres_url)
+    listener.start()
+    try:
+        assert live.wait(10)
+        heard.clear()  # (a connect hands on every kind once: news sent while nobody listened)
+
+        def both(tx: Tx) -> None:
+            notify(tx, WORK)
+            notify(tx, WORK)  # once per transaction is enough
+            notify(tx, EVENTS)
+
+        db.write(both)
+        asyncio.run(wait_until(lambda: set(heard) == {WORK, EVENTS}, timeout=10))
+    finally:
+        listener.stop()
+        db.close()
+    assert not listener.live
+
+
+async def test_a_submit_in_another_process_wakes_an_idle_scheduler(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    path = config(tmp_path, postgres_url)
+    async with Kiln(settings_of(path)) as kiln:
+        scheduler = kiln.new_scheduler()
+        running = asyncio.create_task(scheduler.run())
+        try:
+            # listening, and the scheduler woken by the connect (its first look, finding
+            # nothing, takes far less than the second process needs to start): it waits
+            # LONG seconds now, unless told
+            wakeups = kiln.wakeups
+            assert wakeups is not None
+            await wait_until(lambda: kiln.listening and wakeups.heard_work >= 1, timeout=10)
+            heard = wakeups.heard_work
+            batch_id = await submit_elsewhere(path)
+
+            async def finished() -> bool:
+                return (await kiln.db.aread(get_batch, batch_id)).status.finished
+
+            await wait_until(finished, timeout=30)
+        finally:
+            scheduler.stop()
+            await running
+        batch = await kiln.db.aread(get_batch, batch_id)
+    assert batch.counts.succeeded == 2
+    assert wakeups.heard_work > heard  # the other process's submit was heard
