@@ -153,7 +153,8 @@ class Kiln:
         return self._engine
 
     async def aclose(self) -> None:
-        """Stop the scheduler if running, release backends, the HTTP client and the DB."""
+        """Stop the scheduler if running, release backends, the HTTP client, the DB and the
+        storage's connections."""
         if self.scheduler is not None:
             self.scheduler.stop()
         if self._listener is not None:
@@ -166,6 +167,7 @@ class Kiln:
             await asyncio.to_thread(self._db.close)
             self._db = None
             self._service = None
+        self.storage.close()  # its connections (a bucket's); it opens again on use
 
     async def submit(
         self,
