@@ -67,3 +67,27 @@ def serving(cwd: Path, *args: str, log_level: str = "warning") -> Iterator[str]:
             finally:
                 if process.poll() is None:
                     process.kill()
+
+
+@contextmanager
+def running(cwd: Path, *args: str, log: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`kiln ARGS` in ``cwd`` in the background, its output in ``cwd/LOG``; killed at the end
+    if the test left it running (a test that cares stops it with :func:`stop`)."""
+    with (
+        (cwd / log).open("w") as out,
+        subprocess.Popen(
+            [*KILN, *args], cwd=cwd, env=env(), stdout=out, stderr=subprocess.STDOUT
+        ) as process,
+    ):
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    """Send ``sig`` and wait for the exit code (``timeout`` s at most)."""
+    process.send_signal(sig)
+    return process.wait(timeout=timeout)

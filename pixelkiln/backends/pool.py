@@ -26,6 +26,12 @@ keeps one :class:`Server` per URL and decides, per request, where it goes:
 * **adaptive concurrency** (``adaptive_concurrency = true``): a 429 or timeout
   halves that server's slot limit; ``adaptive_raise_after`` successes in a row
   give one slot back, up to ``concurrency``.
+* **shared with other processes** (:attr:`ServerPool.shared`, set by
+  engine.shared_limits): a slot taken here is also taken in the database, so every
+  process on it together stays within a server's slots; a server whose slots the
+  others hold is passed over for a short while; ``rpm`` is paced there too; a circuit
+  opened here is recorded for the others, and one they found down is opened here
+  (:meth:`ServerPool.report_down`).
 
 The policy numbers come from the backend's ``options``::
 
@@ -47,7 +53,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from pixelkiln.backends.http import ServerDownError, redact_url
 from pixelkiln.backends.policy import PoolPolicy, RateLimiter
@@ -63,7 +69,15 @@ from pixelkiln.exceptions import (
     ServerError,
 )
 
-__all__ = ["CircuitState", "HealthCheck", "PoolPolicy", "RateLimiter", "Server", "ServerPool"]
+__all__ = [
+    "CircuitState",
+    "HealthCheck",
+    "PoolPolicy",
+    "RateLimiter",
+    "Server",
+    "ServerPool",
+    "SharedSlots",
+]
 
 T = TypeVar("T")
 #: raises a BackendError when the server at the URL is unhealthy
@@ -106,6 +120,8 @@ class Server:
     failed: int = 0  #: server failures, in all
     rate_limited: int = 0  #: 429 answers, in all
     last_error: str = ""  #: the newest failure's message
+    full_until: float = 0.0  #: other processes hold all its slots: passed over until then
+    reported: bool = False  #: opened because another process found it down (report_down)
 
     def has_slot(self) -> bool:
         return self.in_flight < self.limit
@@ -113,6 +129,30 @@ class Server:
     @property
     def up(self) -> bool:
         return self.state is CircuitState.CLOSED
+
+    def resting_until(self) -> float:
+        """No request before this: a 429's cooldown, or all its slots held elsewhere."""
+        return max(self.cooldown_until, self.full_until)
+
+
+class SharedSlots(Protocol):
+    """What a pool shares with the other processes on its database (engine.shared_limits)."""
+
+    #: seconds a server whose every slot is held elsewhere is passed over before a new look
+    recheck: float
+
+    async def take(self, server: Server) -> float | None:
+        """Take one of ``server``'s slots for every process; seconds to wait before the
+        request starts (rpm), or None when the others hold them all."""
+
+    def give_back(self, server: Server) -> None:
+        """A request taken with :meth:`take` ended: its slot is free again."""
+
+    def opened(self, server: Server, retry_in: float) -> None:
+        """``server``'s circuit opened here; it is probed again in ``retry_in`` seconds."""
+
+    def closed(self, server: Server) -> None:
+        """``server``'s circuit closed here (it answered)."""
 
 
 class ServerPool:
@@ -136,6 +176,7 @@ class ServerPool:
         if not urls:
             raise ConfigError(f"backend '{name}': list at least one server in `urls`")
         self.name = name
+        self.rpm = rpm  #: request starts per minute across all servers (None: no limit)
         self.policy = policy or PoolPolicy()
         self.servers = [
             Server(url=redact_url(u), capacity=concurrency, limit=concurrency) for u in urls
@@ -147,6 +188,8 @@ class ServerPool:
         self._opened = asyncio.Event()  # a circuit opened: for the prober alone
         self._prober: asyncio.Task[None] | None = None
         self._closed = False
+        #: slots, rpm and circuits shared with other processes; None: this process alone
+        self.shared: SharedSlots | None = None
 
     @classmethod
     def from_settings(
@@ -205,6 +248,13 @@ class ServerPool:
             server.limit = min(server.limit, server.capacity) if shrunk else server.capacity
         self._notify()
 
+    def look_again(self) -> None:
+        """Slots may have freed in other processes (engine.shared_limits): servers passed
+        over because the others held every slot are tried again now."""
+        for server in self.servers:
+            server.full_until = 0.0
+        self._notify()
+
     def describe(self) -> str:
         """One line for status displays: how many servers are up and why the others are not."""
         up = self.servers_up()
@@ -230,11 +280,13 @@ class ServerPool:
             candidates = [s for s in self.servers if s not in tried and self._usable(s, now)]
             if not candidates:
                 raise self._nothing_left(last)
-            free = [s for s in candidates if s.has_slot() and s.cooldown_until <= now]
+            free = [s for s in candidates if s.has_slot() and s.resting_until() <= now]
             if free:
                 server = min(free, key=_preference)
                 self._take(server)
-                return server
+                if self.shared is None or await self._take_shared(server):
+                    return server
+                continue
             await self._wait_change(self._cooldown_wait(candidates, now, last))
 
     def _usable(self, server: Server, now: float) -> bool:
@@ -250,6 +302,31 @@ class ServerPool:
     def _take(self, server: Server) -> None:
         server.in_flight += 1
         server.requests += 1
+
+    async def _take_shared(self, server: Server) -> bool:
+        """The slot taken here taken for every process too, and the rpm wait over; False
+        (the slot given back here) when the others hold every one of the server's slots."""
+        assert self.shared is not None
+        shared, delay = self.shared, None
+        try:
+            delay = await shared.take(server)
+            if delay is not None and delay > 0:
+                await asyncio.sleep(delay)
+        except BaseException:
+            if delay is not None:
+                shared.give_back(server)
+            self._untake(server)
+            raise
+        if delay is None:
+            server.full_until = self._clock() + shared.recheck
+            self._untake(server)
+            return False
+        return True
+
+    def _untake(self, server: Server) -> None:
+        server.in_flight -= 1
+        server.requests -= 1
+        self._notify()
 
     def _nothing_left(self, last: BackendError | None) -> BackendError:
         """The error for a call that has no server left to try."""
@@ -268,7 +345,7 @@ class ServerPool:
         self, candidates: list[Server], now: float, last: BackendError | None
     ) -> float | None:
         """Seconds until a cooled-down server may take work (None: wait for a free slot)."""
-        cooling = [s.cooldown_until for s in candidates if s.cooldown_until > now]
+        cooling = [s.resting_until() for s in candidates if s.resting_until() > now]
         if len(cooling) < len(candidates):
             return min(cooling) - now if cooling else None
         wait = min(cooling) - now
@@ -297,7 +374,7 @@ class ServerPool:
     async def _call(self, server: Server, call: Callable[[Server], Awaitable[T]]) -> T:
         """``call`` on ``server`` (slot already taken), recording how it went."""
         try:
-            if self._limiter is not None:
+            if self._limiter is not None and self.shared is None:  # else paced by the take
                 await self._limiter.wait()
             started = self._clock()
             result = await call(server)
@@ -315,6 +392,8 @@ class ServerPool:
             return result
         finally:
             server.in_flight -= 1
+            if self.shared is not None:
+                self.shared.give_back(server)
             self._notify()
 
     def _succeeded(self, server: Server, seconds: float | None) -> None:
@@ -376,7 +455,10 @@ class ServerPool:
         )
         server.retry_at = self._clock() + server.open_for
         server.state = CircuitState.OPEN
+        server.reported = False  # found down here: this process records and probes it
         self._opened.set()
+        if self.shared is not None:
+            self.shared.opened(server, server.open_for)
         if was_closed:
             logger.warning(
                 "backend %s: server %s marked down after %d failure(s): %s",
@@ -390,7 +472,48 @@ class ServerPool:
         server.state = CircuitState.CLOSED
         server.failures = 0
         server.open_for = 0.0
+        server.reported = False
         logger.info("backend %s: server %s is back", self.name, server.url)
+        if self.shared is not None:
+            self.shared.closed(server)
+
+    def report_down(self, server: Server, retry_in: float, error: str) -> bool:
+        """Another process found ``server`` down and probes it in ``retry_in`` seconds: open
+        its circuit here too, without a failure of ours (nothing is recorded back); this
+        process's prober (or, without health checks, a trial request) looks at it then.
+        True when this closed its circuit here."""
+        if server.state is not CircuitState.CLOSED:
+            return False
+        server.state = CircuitState.OPEN
+        server.reported = True
+        server.open_for = max(retry_in, self.policy.open_seconds)
+        server.retry_at = self._clock() + max(0.0, retry_in)
+        server.last_error = error or "found down by another process"
+        logger.warning(
+            "backend %s: server %s found down by another process: %s",
+            self.name,
+            server.url,
+            server.last_error,
+        )
+        self._ensure_prober()
+        self._opened.set()
+        self._notify()
+        return True
+
+    def report_up(self, server: Server) -> bool:
+        """The process that found ``server`` down found it back: close a circuit that
+        :meth:`report_down` opened (not one this process's own failures opened)."""
+        if not (server.reported and server.state is CircuitState.OPEN):
+            return False
+        server.state = CircuitState.CLOSED
+        server.failures = 0
+        server.open_for = 0.0
+        server.reported = False
+        logger.info(
+            "backend %s: server %s is back (found by another process)", self.name, server.url
+        )
+        self._notify()
+        return True
 
     def _ensure_prober(self) -> None:
         """Start the health probe on first use (it needs a running loop)."""

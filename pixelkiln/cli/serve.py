@@ -39,11 +39,21 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default [server] port: 8000).")] = None,
     config: ConfigOption = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Run tasks here too (default), or serve only the API and web UI while "
+            "`kiln worker` processes on the same database run them.",
+        ),
+    ] = True,
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs unless auth is on) and run the scheduler here.
 
-    pixelkiln's own log goes to a timestamped file in <data_dir>/logs, as ``kiln
-    run``'s does; uvicorn's access log stays on the console.
+    With --no-worker nothing runs here: `kiln worker` processes sharing the
+    database run the tasks (see docs/deploy.md). pixelkiln's own log goes to a
+    timestamped file in <data_dir>/logs, as ``kiln run``'s does; uvicorn's
+    access log stays on the console.
     """
     import uvicorn
 
@@ -65,9 +75,17 @@ def serve(
         raise typer.Exit(2)
     with errors():
         log_path = setup_logging(settings, prefix="serve")
-    app = create_app(settings)
-    log.info("serving on %s:%s; data folder %s", host, port, settings.storage.data_dir)
+    app = create_app(settings, run_scheduler=worker)
+    log.info(
+        "serving on %s:%s; data folder %s; tasks run %s",
+        host,
+        port,
+        settings.storage.data_dir,
+        "here" if worker else "by kiln worker processes",
+    )
     console.print(_banner(host, port, app.docs_url), highlight=False)
+    if not worker:
+        console.print("  tasks     run by `kiln worker` processes (--no-worker)", markup=False)
     console.print(f"  log       {log_path}", highlight=False, markup=False)
     uvicorn.run(
         app,
