@@ -130,12 +130,12 @@ def _kiln(
     )
 
 
-def test_kiln_run_and_serve_exit_2_naming_a_missing_bucket(
+def test_kiln_run_serve_and_worker_exit_2_naming_a_missing_bucket(
     s3_server: S3Server, tmp_path: Path
 ) -> None:
     spec = tmp_path / "batch.json"
     spec.write_text('{"name": "b", "tasks": [{"prompt": "a fox"}]}', encoding="utf-8")
-    for args in (("run", str(spec), "--quiet"), ("serve", "--port", "0")):
+    for args in (("run", str(spec), "--quiet"), ("serve", "--port", "0"), ("worker",)):
         done = _kiln(tmp_path, *args, endpoint=s3_server.endpoint, bucket="absent-bucket")
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert "bucket 'absent-bucket'" in done.stderr and "does not exist" in done.stderr
