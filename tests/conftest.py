@@ -177,3 +177,7 @@ def db(database_url: str) -> Iterator[Database]:
     opened = Database.open(database_url)
     yield opened
     opened.close()
+
+
+# -- S3-compatible storage: a moto server on loopback (tests/s3server.py) -------------------
+from tests.s3server import s3_bucket, s3_env, s3_server, strict_s3_server  # noqa: E402, F401

@@ -134,7 +134,7 @@ async def _finish(
             )
             code = EXIT_FAILED
         console.print(
-            f"  report    {path}\n  folder    {kiln.storage.root / 'images' / str(batch_id)}",
+            f"  report    {path}\n  folder    {kiln.storage.where(f'images/{batch_id}')}",
             markup=False,
         )
         if batch.status != BatchStatus.COMPLETED:

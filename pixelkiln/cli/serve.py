@@ -20,6 +20,7 @@ from pixelkiln.cli.common import (
     settings_from,
     setup_logging,
 )
+from pixelkiln.storage import check_storage
 
 log = logging.getLogger("pixelkiln.serve")
 
@@ -61,6 +62,7 @@ def serve(
 
     with errors():
         settings = settings_from(config)
+        check_storage(settings.storage)  # a bucket that cannot be used: exit 2, say why
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     if not is_loopback_host(host) and not settings.auth.enabled:
