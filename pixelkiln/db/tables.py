@@ -274,7 +274,7 @@ credit_ledger = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
-    Column("delta", Integer, nullable=False),
+    Column("delta", BigInteger, nullable=False),  # 64-bit: balances reach 10**15 (0009)
     Column("reason", String(16), nullable=False),
     Column("batch_id", Integer, nullable=True),
     Column("note", Text, nullable=False),

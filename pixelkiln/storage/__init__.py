@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pixelkiln.exceptions import StorageError
 from pixelkiln.storage.base import (
     Storage,
-    StorageError,
     StoredInfo,
     Stream,
     checked_relative,

@@ -29,7 +29,6 @@ from typing import Protocol
 from PIL import Image
 
 from pixelkiln import png
-from pixelkiln.exceptions import KilnError
 from pixelkiln.storage.images import InputImage, StoredImage, png_size, safe_name, to_png
 
 PNG_TYPE = "image/png"
@@ -41,15 +40,6 @@ CONTENT_TYPES = {
     "gif": "image/gif",
     "webp": "image/webp",
 }
-
-
-class StorageError(KilnError):
-    """The storage could not be reached or refused an operation (not a missing file).
-
-    A server-side failure: a task whose images cannot be written fails with it and is
-    retried like any unexpected error; the API answers 503. A missing file or object is
-    ``FileNotFoundError``, as from ``open()``.
-    """
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,9 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from pixelkiln.exceptions import ConfigError
+from pixelkiln.exceptions import ConfigError, StorageError
 from pixelkiln.storage.base import (
     Storage,
-    StorageError,
     StoredInfo,
     Stream,
     checked_relative,

@@ -31,16 +31,28 @@ from tests.acceptance.test_worker import (
     write_config,
 )
 from tests.processes import free_port, running, serving, stop
+from tests.s3server import S3Server, s3_storage_settings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 WORKERS = 4
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "s3"])
 def shared_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedStorage]:
     """The storage every process of the layout shares (one parameter per kind)."""
-    yield local_storage(tmp_path / "kiln-data")
+    if request.param == "local":
+        yield local_storage(tmp_path / "kiln-data")
+        return
+    server: S3Server = request.getfixturevalue("s3_server")
+    bucket: str = request.getfixturevalue("s3_bucket")  # and the credentials in the env
+    lines = "\n".join(f'{k} = "{v}"' for k, v in s3_storage_settings(server, bucket).items())
+
+    def files() -> int:
+        listed = server.client().list_objects_v2(Bucket=bucket, Prefix="kiln/images/")
+        return len(listed.get("Contents", []))
+
+    yield SharedStorage("s3", lines, files)
 
 
 def test_a_batch_posted_to_the_api_runs_on_four_workers(
