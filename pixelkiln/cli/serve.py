@@ -6,6 +6,7 @@ port may do anything, so ``serve`` refuses to bind anything but loopback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Annotated, Any
 
@@ -89,7 +90,7 @@ def serve(
     if not worker:
         console.print("  tasks     run by `kiln worker` processes (--no-worker)", markup=False)
     console.print(f"  log       {log_path}", highlight=False, markup=False)
-    _draining_server(
+    server = _draining_server(
         uvicorn.Config(
             app,
             host=host,
@@ -97,7 +98,9 @@ def serve(
             log_level=log_level,
             timeout_graceful_shutdown=5,  # open event streams must not hold a shutdown forever
         )
-    ).run()
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C re-raised once shut down: exit 0
+        server.run()
 
 
 def _draining_server(config: Any) -> Any:
