@@ -128,7 +128,15 @@ class SlotExchange:
         if not self._soon:
             self._soon = True
             loop.call_soon(self._flush, loop)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # granted in the very turn its caller was cancelled (a timeout, a cancel): the
+            # answer arrived but nobody will use or give back the slot, so give it back here
+            if future.done() and not future.cancelled() and future.exception() is None:
+                if future.result() is not None:
+                    self.give_back(key)
+            raise
 
     def give_back(self, key: str) -> None:
         """Free one slot of ``key`` this process holds (any one: they are alike)."""

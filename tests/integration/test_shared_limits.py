@@ -291,3 +291,41 @@ def test_an_exchange_grants_no_more_than_asked_and_only_free_slots(db: Database)
     assert third["srv"].slots == []  # c gave back a slot it does not hold: nothing freed
     assert back["srv"].slots == [0]  # a's own slot, given back first, taken again
     assert db.read(slots_held, "srv", 0.0) == {0: "a:1:x", 1: "b:2:y", 2: "b:2:y"}
+
+
+async def test_a_slot_granted_in_the_turn_its_take_is_cancelled_is_given_back(
+    db: Database,
+) -> None:
+    # the grant is settled, then (same turn, before the taker resumes) the taker is
+    # cancelled, as a task timeout firing then would: nobody holds the slot but the exchange
+    slots = SlotExchange(db, "me:1:x", lease_seconds=30.0)
+    loop = asyncio.get_running_loop()
+    writer_busy, go_on = threading.Event(), threading.Event()
+
+    def block(tx: Tx) -> None:
+        writer_busy.set()
+        go_on.wait(30)
+
+    blocked = db.submit(block)
+    await wait_until(writer_busy.is_set)
+    take = asyncio.create_task(slots.take("srv", 1))
+    await wait_until(lambda: slots._writes)
+    (written,) = slots._writes
+    queued = threading.Event()
+
+    def cancel_soon(_: object) -> None:  # after the exchange's own callback: same turn
+        loop.call_soon_threadsafe(take.cancel)
+        queued.set()
+
+    written.add_done_callback(cancel_soon)
+    go_on.set()
+    blocked.result(30)
+    queued.wait(30)  # the loop waits here: grant and cancel reach it in one turn
+    with pytest.raises(asyncio.CancelledError):
+        await take
+    await slots.settled()
+    assert slots.held("srv") == 0
+    assert db.read(slots_held, "srv", 0.0) == {}
+    other = SlotExchange(db, "other:2:y", lease_seconds=30.0)
+    assert await other.take("srv", 1) == 0.0  # another process gets it
+    await other.settled()
