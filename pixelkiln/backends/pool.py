@@ -292,6 +292,7 @@ class ServerPool:
         """Take a slot on the server that will finish first, waiting for slots, 429
         cooldowns and (near the end of the work) a fast server about to be free."""
         self._choosing += 1
+        waiting_since: float | None = None  # since when it waits for a busy, faster server
         try:
             while True:
                 now = self._clock()
@@ -301,6 +302,9 @@ class ServerPool:
                 free = [s for s in candidates if s.has_slot() and s.resting_until() <= now]
                 if free:
                     server, wait = self._choose(free, candidates, now)
+                    if server is None:  # bounded: never past when a free one would finish it
+                        waiting_since = now if waiting_since is None else waiting_since
+                        server, wait = _wait_at_most(free, waiting_since, now, wait)
                     if server is not None:
                         self._take(server)
                         if self.shared is None or await self._take_shared(server):
@@ -619,9 +623,9 @@ def earliest_finish(
     the answer is (None, seconds until the first lane they wait for frees).
 
     A busy server of unknown latency offers no lane (when it frees cannot be guessed),
-    nor does a request long overdue; a late one is expected within a quarter of its
-    latency; a server resting (a 429's cooldown, its slots held by other processes) frees
-    when its rest ends.
+    nor does a server whose slots other processes hold, nor a request long overdue; a late
+    one is expected within a quarter of its latency; a server cooling down after a 429
+    frees when its cooldown ends.
 
     >>> fast, slow = Server("f", 1, 1, latency=0.1), Server("s", 1, 1, latency=0.9)
     >>> fast.in_flight, fast.sent = 1, collections.deque([0.0])  # ends at 0.1
@@ -650,8 +654,25 @@ def earliest_finish(
     return None, (min(waits) - now if waits else None)
 
 
+def _wait_at_most(
+    free: list[Server], since: float, now: float, wait: float | None
+) -> tuple[Server | None, float | None]:
+    """A wait for a busy server, bounded: once the fastest free server would have finished
+    the request had it been sent there at ``since``, it goes there now."""
+    fallback = min(free, key=_preference)
+    give_up = since + (fallback.latency or 0.0)
+    if now >= give_up:
+        return fallback, None
+    return None, give_up - now if wait is None else min(wait, give_up - now)
+
+
 def _lanes(server: Server, now: float) -> list[tuple[float, bool]]:
-    """(when a slot of ``server`` is free, whether that is now) for each slot one can tell."""
+    """(when a slot of ``server`` is free, whether that is now) for each slot one can tell.
+
+    A server whose slots other processes hold (``full_until``) offers none: when they
+    give one back cannot be told."""
+    if server.full_until > now:
+        return []
     resting = server.resting_until()
     cooling = resting > now
     ready = resting if cooling else now

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from pixelkiln.app import Kiln
-from pixelkiln.backends.pool import ServerPool, pool_of
+from pixelkiln.backends.pool import Server, ServerPool, pool_of
 from pixelkiln.config import Settings
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.database import Database, Tx
@@ -329,3 +329,69 @@ async def test_a_slot_granted_in_the_turn_its_take_is_cancelled_is_given_back(
     other = SlotExchange(db, "other:2:y", lease_seconds=30.0)
     assert await other.take("srv", 1) == 0.0  # another process gets it
     await other.settled()
+
+
+class _OthersHold:
+    """Shared slots where other processes hold every slot of ``full`` and none elsewhere."""
+
+    recheck = 0.05
+
+    def __init__(self, full: Server) -> None:
+        self.full = full
+        self.refused = 0
+
+    async def take(self, server: Server) -> float | None:
+        if server is self.full:
+            self.refused += 1
+            return None
+        return 0.0
+
+    def retry_in(self, server: Server) -> float:
+        return self.recheck
+
+    def give_back(self, server: Server) -> None:
+        pass
+
+    def opened(self, server: Server, retry_in: float) -> None:
+        pass
+
+    def closed(self, server: Server) -> None:
+        pass
+
+
+async def test_the_finish_time_choice_does_not_wait_for_a_server_others_hold() -> None:
+    pool = ServerPool("sd", ["http://fast", "http://slow"], concurrency=1)
+    fast, slow = pool.servers
+    fast.latency, slow.latency = 0.1, 0.9
+    pool.shared = shared = _OthersHold(fast)
+    pool.backlog = lambda: 0  # the end of the work: the choice by finish time applies
+
+    async def call(server: Server) -> str:
+        return server.url
+
+    async with asyncio.timeout(10):  # it looped for ever asking for the fast one
+        assert await pool.run(call) == "http://slow"
+    assert shared.refused >= 1
+
+
+async def test_a_wait_for_a_faster_server_is_bounded_by_the_free_ones_finish() -> None:
+    pool = ServerPool("sd", ["http://fast", "http://slow"], concurrency=1)
+    fast, slow = pool.servers
+    fast.latency, slow.latency = 0.1, 0.9
+    pool.backlog = lambda: 0
+
+    async def keep_cooling() -> None:  # 429s keep pushing the fast server's rest ahead
+        while True:
+            fast.cooldown_until = time.monotonic() + 0.5
+            await asyncio.sleep(0.05)
+
+    async def call(server: Server) -> str:
+        return server.url
+
+    fast.cooldown_until = time.monotonic() + 0.5
+    cooling = asyncio.create_task(keep_cooling())
+    try:
+        async with asyncio.timeout(10):  # it waited as long as the fast one kept resting
+            assert await pool.run(call) == "http://slow"
+    finally:
+        cooling.cancel()
