@@ -59,6 +59,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, TypeVar
@@ -85,6 +86,7 @@ __all__ = [
     "Server",
     "ServerPool",
     "SharedSlots",
+    "about_to_send",
 ]
 
 T = TypeVar("T")
@@ -92,6 +94,13 @@ T = TypeVar("T")
 HealthCheck = Callable[[str], Awaitable[object]]
 
 logger = logging.getLogger(__name__)
+
+#: awaited just before a request goes out, once the pool holds a server slot for it (and
+#: any rpm wait is over); set per task by the scheduler (engine.sending), which spends the
+#: task's attempt and starts its timeout then, so waiting for a slot costs neither
+about_to_send: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "pixelkiln_about_to_send", default=None
+)
 
 #: failures that say something about the server, so they move the breaker and fail over
 SERVER_FAILURES = (BackendUnavailableError, BackendTimeoutError, ServerError)
@@ -420,6 +429,9 @@ class ServerPool:
         try:
             if self._limiter is not None and self.shared is None:  # else paced by the take
                 await self._limiter.wait()
+            sending = about_to_send.get()
+            if sending is not None:  # the try starts now (engine.sending)
+                await sending()
             started = self._clock()
             result = await call(server)
         except RejectedInputError:

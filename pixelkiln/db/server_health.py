@@ -28,7 +28,7 @@ __all__ = ["ServerDown", "record_down", "record_up", "servers_down"]
 class ServerDown:
     """One server some process found down."""
 
-    server: str  #: ``"<backend>|<url>"``
+    server: str  #: the server's URL (engine.shared_limits.server_key)
     down_since: float  #: when it was first found down (kept while it stays down)
     retry_at: float  #: when the process that recorded it probes it next
     last_error: str  #: the newest failure's message

@@ -1,7 +1,7 @@
 """Slots of generator servers and request-rate buckets, held in the database by every process.
 
 A server configured for ``concurrency = 2`` has two rows in ``server_slots``
-(``server`` = ``"<backend>|<url>"``, ``slot`` 0 and 1). A process *holds* a slot
+(``server`` = its URL, ``slot`` 0 and 1). A process *holds* a slot
 (``holder`` = its scheduler's owner id) while one of its requests runs there, under
 a lease (``expires_at``) that its lease keeper renews with its tasks' leases; a slot
 whose lease lapsed (the process was killed) is free to take. The pseudo server
@@ -67,7 +67,7 @@ class Bucket:
 class SlotWant:
     """Slots of one server wanted in one exchange."""
 
-    key: str  #: ``"<backend>|<url>"``, or :data:`GLOBAL`
+    key: str  #: the server's URL, or :data:`GLOBAL`
     limit: int  #: the server's slots as this process counts them (rows ``0 … limit-1``)
     count: int  #: slots wanted
     bucket: Bucket | None = None  #: reserve an rpm start in this bucket per slot granted

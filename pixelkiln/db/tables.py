@@ -422,7 +422,7 @@ speeds = Table(
 
 # -- limits and health shared by every process on the database (migration 0009) ----------------
 
-# one row per slot of a generator server ("<backend>|<url>"); held by a process while one of
+# one row per slot of a generator server (its URL); held by a process while one of
 # its requests runs there, under a lease renewed like a task's (engine.shared_limits)
 server_slots = Table(
     "server_slots",

@@ -54,11 +54,12 @@ from pixelkiln.engine.outcomes import Generated, Job, Moved, Outcome, judge
 from pixelkiln.engine.owners import dead_local_owners, new_owner_id
 from pixelkiln.engine.recorder import Recorder
 from pixelkiln.engine.routing import Routes
+from pixelkiln.engine.sending import send
 from pixelkiln.engine.shared_limits import SharedLimits
 from pixelkiln.engine.starts import StartMarks
 from pixelkiln.engine.supervisor import Companion, HealthReport, Supervision
 from pixelkiln.engine.task_io import build_request
-from pixelkiln.exceptions import BackendTimeoutError, ServerError
+from pixelkiln.exceptions import ServerError
 from pixelkiln.storage import Storage
 
 log = logging.getLogger("pixelkiln.engine")
@@ -431,12 +432,9 @@ class Scheduler:
         request = await build_request(self.storage, task, api_key)
         if self._shared is not None:  # the global cap an admin stored, across processes
             await self._shared.take_global(task.id)
-        # committed before the request goes out; a paced batch's delay runs from here
-        await self._starts.mark(task.id, paced=task.paced)
-        try:
-            images = await asyncio.wait_for(backend.generate(request), self.settings.task_timeout)
-        except TimeoutError as exc:
-            raise BackendTimeoutError(f"no result within {self.settings.task_timeout:g} s") from exc
+        # the start is marked (an attempt spent) and the timeout runs from when the request
+        # goes out, not while the pool waits for a server slot (engine.sending)
+        images = await send(self._starts, task, backend, request, self.settings.task_timeout)
         if not images:
             raise ServerError("the backend returned no images")
         return images

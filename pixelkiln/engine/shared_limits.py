@@ -72,13 +72,14 @@ RELEASE_DELAY = 0.02
 MAX_KEY = 255
 
 
-def server_key(backend: str, url: str) -> str:
-    """The row key of a server: ``"<backend>|<url>"`` (``url`` without credentials); a key
-    too long for the column ends in a digest of the URL instead."""
-    key = f"{backend}|{url}"
-    if len(key) <= MAX_KEY:
-        return key
-    return f"{backend[:150]}|sha256:{hashlib.sha256(url.encode()).hexdigest()}"
+def server_key(url: str) -> str:
+    """The row key of a server: its URL (without credentials), whichever backends send to
+    it: two backends configured on one URL share its slots and its health, since the
+    server's owner counts requests, not backends. A URL too long for the column is
+    replaced by its digest."""
+    if len(url) <= MAX_KEY:
+        return url
+    return f"sha256:{hashlib.sha256(url.encode()).hexdigest()}"
 
 
 @dataclass
@@ -254,7 +255,7 @@ class _PoolShare:
         self._limits = limits
         self._slots = limits.slots
         self.pool = pool
-        self.keys = {id(s): server_key(backend, s.url) for s in pool.servers}
+        self.keys = {id(s): server_key(s.url) for s in pool.servers}
         self._bucket = (
             Bucket(backend, 60.0 / pool.rpm, max(1, pool.policy.rpm_burst)) if pool.rpm else None
         )

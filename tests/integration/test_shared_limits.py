@@ -134,7 +134,7 @@ async def test_slots_of_a_dead_holder_come_back_once_their_lease_lapsed(
     tmp_path: Path, database_url: str, webui: CountingWebUI
 ) -> None:
     settings = _settings(tmp_path, database_url, webui.url)
-    key = server_key("webui", webui.url)
+    key = server_key(webui.url)
     async with Kiln(settings) as kiln:
         now = time.time()
         rows = [  # slot 0: a live process's; slot 1: a killed one's, its lease lapsed
@@ -185,7 +185,7 @@ async def test_a_server_one_scheduler_found_down_is_skipped_by_another(
             await a.run_until_done([first])
             _all_succeeded_once(a.db, first, 4)
             recorded = a.db.read(lambda c: c.execute(select(server_health)).all())
-        assert [r.server for r in recorded] == [server_key("webui", bad.url)]
+        assert [r.server for r in recorded] == [server_key(bad.url)]
         sent = len(bad.received(TXT2IMG))
         assert sent >= 1  # a's timeouts (one per slot at most: both may go before the first)
         async with Kiln(settings) as b:
@@ -239,12 +239,12 @@ async def test_a_server_found_back_by_one_process_is_closed_in_the_others(
     )
     shared_a.attach()
     a._open(a.servers[0])  # a found gpu1 down (as its failures would)
-    await wait_until(lambda: db.read(servers_down, [server_key("sd", urls[0])]))
+    await wait_until(lambda: db.read(servers_down, [server_key(urls[0])]))
     await shared_b.refresh(time.time())
     assert [s.up for s in b.servers] == [False, True]
     assert b.servers[0].reported
     a._close(a.servers[0])  # a's probe found it back
-    await wait_until(lambda: not db.read(servers_down, [server_key("sd", urls[0])]))
+    await wait_until(lambda: not db.read(servers_down, [server_key(urls[0])]))
     await shared_b.refresh(time.time() + REFRESH)
     assert [s.up for s in b.servers] == [True, True]
     await shared_a.close()
@@ -395,3 +395,33 @@ async def test_a_wait_for_a_faster_server_is_bounded_by_the_free_ones_finish() -
             assert await pool.run(call) == "http://slow"
     finally:
         cooling.cancel()
+
+
+async def test_waiting_for_a_slot_others_hold_costs_no_attempt_and_no_timeout(
+    tmp_path: Path, database_url: str, webui: CountingWebUI
+) -> None:
+    settings = _settings(tmp_path, database_url, webui.url, concurrency=1)
+    settings.scheduler.task_timeout = 0.5
+    key = server_key(webui.url)
+    other = {"server": key, "slot": 0, "holder": "other:1:a", "expires_at": time.time() + 3600}
+    async with Kiln(settings) as kiln:
+        kiln.db.write(lambda tx: tx.conn.execute(insert(server_slots), [other]))
+        batch_id = await kiln.submit(_spec(1))
+        run = asyncio.create_task(kiln.run_until_done([batch_id]))
+        await wait_until(lambda: kiln.scheduler is not None and _refused(kiln))
+        await asyncio.sleep(1.0)  # twice the task timeout, waiting for the slot
+        (waiting,) = kiln.db.read(list_tasks, batch_id)
+        assert (waiting.status, waiting.attempts) == (TaskStatus.RUNNING, 0)
+        kiln.db.write(lambda tx: tx.conn.execute(_free(key)))  # the other gives it back
+        await run
+        _all_succeeded_once(kiln.db, batch_id, 1)
+        (task,) = kiln.db.read(list_tasks, batch_id)
+    assert task.attempts == 1  # the one try that went out
+
+
+def _free(key: str) -> Any:
+    return (
+        server_slots.update()
+        .where(server_slots.c.server == key)
+        .values(holder=None, expires_at=None)
+    )

@@ -1,7 +1,7 @@
 """Scale-out: limits and server health shared by every process, and users' fair share.
 
 - ``server_slots``: one row per slot of a generator server (``server`` is
-  ``<backend>|<url>``); a process holds a slot (``holder``, ``expires_at``: a lease
+  the server's URL); a process holds a slot (``holder``, ``expires_at``: a lease
   renewed like a task's) while a request of its runs there, so N workers never send a
   server more requests than its ``concurrency`` (engine.shared_limits);
 - ``rate_buckets``: a GCRA bucket per backend with ``rpm`` (the theoretical arrival time

@@ -1,0 +1,74 @@
+"""One try of a task on its backend: the attempt is spent, and the task timeout starts, when
+its first request actually goes out.
+
+A backend on a server pool may wait before sending: for a server slot (its own, or, with
+shared limits, one other processes hold), for an rpm start, for a 429's cooldown. That
+wait is queueing, not trying: it costs the task no attempt and no ``task_timeout``. So the
+scheduler does not mark the start itself; it hands the pool a hook
+(:data:`~pixelkiln.backends.pool.about_to_send`, a context variable of the task's job)
+that the pool awaits once it holds a server slot and just before it calls the server.
+The hook marks the start (engine.starts, committed before the request goes out) and
+starts the timeout. A backend without a pool (placeholder, diffusers) sends at once: its
+start is marked before it is called, as a queued task's would be.
+
+A task cancelled, taken away or shut down while it waits has no start mark, so it goes
+back to the queue untried (``release_tasks`` gives back only a started try's attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pixelkiln.backends.base import Backend, GeneratedImage, GenerationRequest
+from pixelkiln.backends.pool import about_to_send, pool_of
+from pixelkiln.db.leases import ClaimedTask
+from pixelkiln.engine.starts import StartMarks
+from pixelkiln.exceptions import BackendTimeoutError
+
+__all__ = ["send"]
+
+
+class _Start:
+    """Marks ``task`` started once (later requests of the same try are no new attempt) and
+    arms the try's timeout from then."""
+
+    def __init__(
+        self, starts: StartMarks, task: ClaimedTask, timeout: float, deadline: asyncio.Timeout
+    ) -> None:
+        self._starts = starts
+        self._task = task
+        self._timeout = timeout
+        self._deadline = deadline
+        self.marked = False
+
+    async def __call__(self) -> None:
+        if self.marked:
+            return
+        self.marked = True
+        # committed before the request goes out; a paced batch's delay runs from here
+        await self._starts.mark(self._task.id, paced=self._task.paced)
+        self._deadline.reschedule(asyncio.get_running_loop().time() + self._timeout)
+
+
+async def send(
+    starts: StartMarks,
+    task: ClaimedTask,
+    backend: Backend,
+    request: GenerationRequest,
+    timeout: float,
+) -> list[GeneratedImage]:
+    """``backend.generate(request)`` for ``task``, its start marked when the request goes out
+    and ``timeout`` seconds from then (BackendTimeoutError past it)."""
+    try:
+        async with asyncio.timeout(None) as deadline:
+            start = _Start(starts, task, timeout, deadline)
+            if pool_of(backend) is None:  # nothing to wait for: it goes out now
+                await start()
+                return await backend.generate(request)
+            token = about_to_send.set(start)
+            try:
+                return await backend.generate(request)
+            finally:
+                about_to_send.reset(token)
+    except TimeoutError as exc:
+        raise BackendTimeoutError(f"no result within {timeout:g} s") from exc
