@@ -157,12 +157,13 @@ class Server:
 class SharedSlots(Protocol):
     """What a pool shares with the other processes on its database (engine.shared_limits)."""
 
-    #: seconds a server whose every slot is held elsewhere is passed over before a new look
-    recheck: float
-
     async def take(self, server: Server) -> float | None:
         """Take one of ``server``'s slots for every process; seconds to wait before the
-        request starts (rpm), or None when the others hold them all."""
+        request starts (rpm), or None when it cannot be had now (the others hold them all,
+        or want one first; rpm; the database failed)."""
+
+    def retry_in(self, server: Server) -> float:
+        """Seconds a server whose take was just refused is passed over."""
 
     def give_back(self, server: Server) -> None:
         """A request taken with :meth:`take` ended: its slot is free again."""
@@ -371,7 +372,7 @@ class ServerPool:
             self._untake(server)
             raise
         if delay is None:
-            server.full_until = self._clock() + shared.recheck
+            server.full_until = self._clock() + shared.retry_in(server)
             self._untake(server)
             return False
         return True

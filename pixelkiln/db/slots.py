@@ -15,14 +15,30 @@ Every change goes through :func:`exchange`, one write that first gives back slot
 then takes the wanted ones and reserves their rpm starts, so a scheduler sends every
 take and release of one event-loop turn together (engine.shared_limits).
 
+**Handover.** A process refused a server's slots (all held) records that it wants one:
+the server's row ``slot = -1`` (:data:`WANT`) gets ``holder`` = the waiter and
+``expires_at`` = now + :data:`WANT_SECONDS`, renewed by each refused look. While such a
+want is live, nobody else takes that server's slots: a process giving one back does not
+take it again in the same write (it would never be seen free), and the waiter gets it at
+its next look (at once on PostgreSQL: the give-back sends ``NOTIFY``, and only then), so
+slots rotate between the processes that have work. The waiter's successful take clears
+its want; a waiter that went away lets it lapse.
+
+**rpm.** A start is reserved only up to :data:`RPM_AHEAD` seconds ahead: a slot would be
+held idle while its request sleeps. Beyond that the slot is not taken, and the answer
+says how long to wait (:attr:`Granted.wait`).
+
 Database variants: free slots are picked ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and
 MySQL/MariaDB (a row another process is taking or giving back is skipped: it is busy
 now, and the next look finds it); SQLite ignores the clause, and its writer's
 ``BEGIN IMMEDIATE`` serialises the pick and the update instead. SQLite and PostgreSQL
 pick and take in one ``UPDATE … WHERE slot IN (SELECT …) RETURNING`` (one round trip
 per server); MySQL, without ``UPDATE … RETURNING``, reads the slots, then updates them.
-Missing rows are added with an insert that ignores existing ones (``ON CONFLICT DO NOTHING``,
-``INSERT IGNORE``), so two processes adding a server's rows at once never collide.
+Missing rows are added by :func:`ensure_rows`, a write of its own before a process's first
+take of a server: it reads which rows exist and inserts only the missing ones (ignoring a
+row another process inserted meanwhile: ``ON CONFLICT DO NOTHING``, ``INSERT IGNORE``), so
+the hot exchange never inserts, and an insert never locks rows a take or give-back holds
+(``INSERT IGNORE`` of existing rows did, and deadlocked on MariaDB and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -40,9 +56,13 @@ from pixelkiln.db.tables import rate_buckets, server_slots
 
 __all__ = [
     "GLOBAL",
+    "RPM_AHEAD",
+    "WANT",
+    "WANT_SECONDS",
     "Bucket",
     "Granted",
     "SlotWant",
+    "ensure_rows",
     "exchange",
     "insert_missing",
     "release_holders",
@@ -52,6 +72,12 @@ __all__ = [
 
 #: the pseudo server whose slots are the global concurrency an admin stored
 GLOBAL = "*"
+#: the slot number of a server's "wanted" marker row (see the module docstring)
+WANT = -1
+#: seconds a refused process's want stays live unless renewed by its next refused look
+WANT_SECONDS = 0.5
+#: seconds ahead an rpm start may be reserved; a later one is refused (the slot not held)
+RPM_AHEAD = 5.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +97,10 @@ class SlotWant:
     limit: int  #: the server's slots as this process counts them (rows ``0 … limit-1``)
     count: int  #: slots wanted
     bucket: Bucket | None = None  #: reserve an rpm start in this bucket per slot granted
+    #: slots of ``key`` the process holds besides (after this exchange's give-backs): only
+    #: one refused while holding none records a want, so one holding some cannot keep the
+    #: others out by wanting more
+    held: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +110,8 @@ class Granted:
     slots: list[int] = field(default_factory=list)  #: slot numbers now held
     #: per slot, seconds from the write's clock until its request may start (rpm)
     delays: list[float] = field(default_factory=list)
+    #: fewer slots than wanted because of rpm: seconds until a start may be reserved
+    wait: float = 0.0
 
 
 # The hot statements, built once: a take and a give-back run per request sent.
@@ -87,6 +119,7 @@ _FREE = (
     select(server_slots.c.slot)
     .where(
         server_slots.c.server == bindparam("f_key"),
+        server_slots.c.slot >= 0,  # not the WANT marker
         server_slots.c.slot < bindparam("f_limit"),
         or_(server_slots.c.holder.is_(None), server_slots.c.expires_at < bindparam("f_now")),
     )
@@ -121,6 +154,16 @@ _RELEASE = (
     )
     .values(holder=None, task_id=None, expires_at=None)
 )
+_WANTS = select(server_slots.c.server, server_slots.c.holder, server_slots.c.expires_at).where(
+    server_slots.c.server.in_(bindparam("w_keys", expanding=True)),
+    server_slots.c.slot == WANT,
+    server_slots.c.holder.is_not(None),
+)
+_SET_WANT = (
+    update(server_slots)
+    .where(server_slots.c.server == bindparam("w_key"), server_slots.c.slot == WANT)
+    .values(holder=bindparam("w_holder"), expires_at=bindparam("w_until"))
+)
 _TAT = (
     select(rate_buckets.c.tat)
     .where(rate_buckets.c.name == bindparam("r_name"))
@@ -139,32 +182,46 @@ def exchange(
     releases: Sequence[tuple[str, int]],
     wants: Sequence[SlotWant],
     until: float,
-    ensure: Mapping[str, int] | None = None,
-) -> dict[str, Granted]:
-    """Give back ``releases`` (key, slot), then take what ``wants`` asks for; per key, what
-    was granted (fewer slots than wanted, or none, when the others hold them).
+) -> dict[tuple[str, str | None], Granted]:
+    """Give back ``releases`` (key, slot), then take what ``wants`` asks for; per (key,
+    bucket name), what was granted (fewer slots than wanted, or none, when the others hold
+    them, or want them first: see the module docstring).
 
-    ``until``: the lease of the slots taken. ``ensure``: keys whose rows ``0 … n-1``
-    may be missing (first use of a server, or more slots than before); the rpm buckets
-    of ``wants`` are added the same way then. Keys are visited in order, so two
-    processes lock rows in one order and never deadlock."""
+    ``until``: the lease of the slots taken. Slots are picked ``SKIP LOCKED`` (no waits),
+    then rpm buckets are reserved in name order, then wants are written in key order, so
+    two processes lock rows in one order and never deadlock. Rows come from
+    :func:`ensure_rows`."""
     if releases:
         tx.conn.execute(
             _RELEASE,
             [{"b_key": k, "b_slot": n, "b_holder": holder} for k, n in sorted(releases)],
         )
-        notify(tx, SLOTS)  # waiters in other processes look again (PostgreSQL)
-    if ensure:
-        _ensure(tx, ensure, wants)
-    granted: dict[str, Granted] = {}
-    for want in sorted(wants, key=lambda w: w.key):
-        slots = _take(tx, holder, want, until)
-        granted[want.key] = (
-            _reserve(tx, want.bucket, slots)
-            if want.bucket and slots
-            else Granted(slots, [0.0] * len(slots))
-        )
+    keys = sorted({k for k, _ in releases} | {w.key for w in wants})
+    marks = _wants_of(tx, keys) if keys else {}
+    foreign = {k for k, (by, live) in marks.items() if live and by != holder}
+    if any(k in foreign for k, _ in releases):
+        notify(tx, SLOTS)  # a waiter elsewhere looks again now (PostgreSQL); else nobody needs to
+    order = sorted(wants, key=lambda w: (w.key, w.bucket.name if w.bucket else ""))
+    taken = {id(w): ([] if w.key in foreign else _take(tx, holder, w, until)) for w in order}
+    granted = _reserve_all(tx, holder, order, taken)
+    for key in sorted({w.key for w in order} - foreign):  # another's want stands as it is
+        mine = [w for w in order if w.key == key]
+        if not any(taken[id(w)] or w.held for w in mine):
+            # refused for want of a free slot, holding none: this process gets the next one
+            want = {"w_key": key, "w_holder": holder, "w_until": tx.now + WANT_SECONDS}
+            tx.conn.execute(_SET_WANT, want)
+        elif key in marks and marks[key][0] == holder:  # got what it wanted
+            tx.conn.execute(_SET_WANT, {"w_key": key, "w_holder": None, "w_until": None})
     return granted
+
+
+def _wants_of(tx: Tx, keys: list[str]) -> dict[str, tuple[str, bool]]:
+    """key → (the process that wants one of its slots, whether that want is live)."""
+    rows = tx.conn.execute(_WANTS, {"w_keys": keys})
+    return {
+        str(r.server): (str(r.holder), r.expires_at is not None and r.expires_at >= tx.now)
+        for r in rows
+    }
 
 
 def _take(tx: Tx, holder: str, want: SlotWant, until: float) -> list[int]:
@@ -186,38 +243,85 @@ def _take(tx: Tx, holder: str, want: SlotWant, until: float) -> list[int]:
     return slots
 
 
-def _ensure(tx: Tx, ensure: Mapping[str, int], wants: Sequence[SlotWant]) -> None:
-    """Add the missing slot rows of ``ensure`` and the missing rpm buckets of ``wants``."""
-    insert_missing(
-        tx,
-        server_slots,
-        [{"server": k, "slot": n} for k, count in sorted(ensure.items()) for n in range(count)],
+def _reserve_all(
+    tx: Tx, holder: str, wants: list[SlotWant], taken: dict[int, list[int]]
+) -> dict[tuple[str, str | None], Granted]:
+    """Reserve the rpm starts of the slots taken, bucket by bucket in name order; a slot
+    whose start lies beyond :data:`RPM_AHEAD` is given back."""
+    granted: dict[tuple[str, str | None], Granted] = {}
+    by_bucket = sorted(
+        (w for w in wants if w.bucket and taken[id(w)]),
+        key=lambda w: (w.bucket.name if w.bucket else "", w.key),
     )
-    buckets = sorted({w.bucket.name for w in wants if w.bucket is not None})
-    insert_missing(tx, rate_buckets, [{"name": name, "tat": 0.0} for name in buckets])
+    for want in by_bucket:
+        assert want.bucket is not None
+        got = _reserve(tx, want.bucket, taken[id(want)])
+        dropped = taken[id(want)][len(got.slots) :]
+        if dropped:
+            tx.conn.execute(
+                _RELEASE, [{"b_key": want.key, "b_slot": n, "b_holder": holder} for n in dropped]
+            )
+        granted[(want.key, want.bucket.name)] = got
+    for want in wants:
+        name = want.bucket.name if want.bucket else None
+        if (want.key, name) not in granted:
+            slots = taken[id(want)]
+            granted[(want.key, name)] = Granted(slots, [0.0] * len(slots))
+    return granted
 
 
 def _reserve(tx: Tx, bucket: Bucket, slots: list[int]) -> Granted:
-    """An rpm start per slot: each pushes the bucket's ``tat`` on by its interval (GCRA).
+    """An rpm start per slot: each pushes the bucket's ``tat`` on by its interval (GCRA);
+    slots whose start would lie more than :data:`RPM_AHEAD` s ahead are left out.
 
     The row is locked, read, and written once for all the slots of this exchange."""
     tat = tx.conn.execute(_TAT, {"r_name": bucket.name}).scalar()
     if tat is None:  # its row is added with the server's first slots; here all the same
         insert_missing(tx, rate_buckets, [{"name": bucket.name, "tat": 0.0}])
         tat = 0.0
-    delays = []
+    delays: list[float] = []
+    wait = 0.0
     for _ in slots:
         start = max(tx.now, tat - (bucket.burst - 1) * bucket.interval)
+        if start - tx.now > RPM_AHEAD:  # a slot held idle that long is taken from others
+            wait = start - tx.now - RPM_AHEAD
+            break
         tat = max(tat, start) + bucket.interval
         delays.append(start - tx.now)
-    tx.conn.execute(_SET_TAT, {"r_name": bucket.name, "r_tat": tat})
-    return Granted(slots, delays)
+    if delays:
+        tx.conn.execute(_SET_TAT, {"r_name": bucket.name, "r_tat": tat})
+    return Granted(slots[: len(delays)], delays, wait)
+
+
+def ensure_rows(tx: Tx, slots: Mapping[str, int], buckets: Collection[str] = ()) -> None:
+    """Add the rows a first take needs: per key of ``slots``, its :data:`WANT` marker and
+    slots ``0 … n-1``; a bucket row per name in ``buckets``. Reads which exist and inserts
+    only the missing ones (a write of its own, before the take: see the module docstring)."""
+    if slots:
+        query = select(server_slots.c.server, server_slots.c.slot).where(
+            server_slots.c.server.in_(sorted(slots))
+        )
+        have = {(str(k), int(n)) for k, n in tx.conn.execute(query)}
+        rows = [
+            {"server": k, "slot": n}
+            for k, count in sorted(slots.items())
+            for n in range(WANT, count)
+            if (k, n) not in have
+        ]
+        insert_missing(tx, server_slots, rows)
+    if buckets:
+        query = select(rate_buckets.c.name).where(rate_buckets.c.name.in_(sorted(buckets)))
+        names = set(tx.conn.execute(query).scalars())
+        missing = [{"name": n, "tat": 0.0} for n in sorted(buckets) if n not in names]
+        insert_missing(tx, rate_buckets, missing)
 
 
 def renew_slots(tx: Tx, holder: str, until: float) -> int:
     """Extend the lease of every slot ``holder`` holds (one statement); how many."""
     result = tx.conn.execute(
-        update(server_slots).where(server_slots.c.holder == holder).values(expires_at=until)
+        update(server_slots)
+        .where(server_slots.c.holder == holder, server_slots.c.slot >= 0)
+        .values(expires_at=until)
     )
     return int(result.rowcount)
 
@@ -239,6 +343,7 @@ def slots_held(conn: Connection, key: str, now: float) -> dict[int, str]:
     rows = conn.execute(
         select(server_slots.c.slot, server_slots.c.holder).where(
             server_slots.c.server == key,
+            server_slots.c.slot >= 0,
             server_slots.c.holder.is_not(None),
             server_slots.c.expires_at >= now,
         )

@@ -35,9 +35,10 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -52,6 +53,7 @@ from pixelkiln.db.slots import (
     Bucket,
     Granted,
     SlotWant,
+    ensure_rows,
     exchange,
     release_holders,
     renew_slots,
@@ -70,6 +72,8 @@ REFRESH = 1.5
 RELEASE_DELAY = 0.02
 #: longest key of a server_slots / server_health row
 MAX_KEY = 255
+#: the longest back-off between slot writes while they keep failing
+MAX_BACKOFF = 5.0
 
 
 def server_key(url: str) -> str:
@@ -98,6 +102,10 @@ class SlotExchange:
     given back waits up to :data:`RELEASE_DELAY` for the next take's write (releases go
     first in it, so this process never waits for itself). A take whose caller gave up
     meanwhile has its slot given back.
+
+    A write that fails (the database away, a deadlock) refuses its takes, as if the slots
+    were held (the callers look again after :meth:`retry_in`, backing off while writes keep
+    failing), and its give-backs are sent again after the same back-off.
     """
 
     def __init__(
@@ -115,14 +123,19 @@ class SlotExchange:
         self._releases: list[tuple[str, int]] = []
         self._held: dict[str, list[int]] = {}  # key → slot numbers held now
         self._ensured: dict[str, int] = {}  # key → rows known to exist (0 … n-1)
-        self._writes: set[Future[dict[str, Granted]]] = set()
+        self._buckets: set[str] = set()  # rpm bucket rows known to exist
+        self._writes: set[Future[Any]] = set()
         self._soon = False  # a flush is scheduled for the end of this turn
         self._later: asyncio.TimerHandle | None = None  # a flush of releases is scheduled
+        self._rest: dict[str, float] = {}  # key → no start may be reserved before (rpm)
+        self._failures = 0  # writes failed in a row
+        self._backoff_until = 0.0  # after failed writes: no take before this
         self.used = False  #: any slot was ever taken: there may be rows to give back
 
     async def take(self, key: str, limit: int, bucket: Bucket | None = None) -> float | None:
         """One of ``key``'s ``limit`` slots: seconds to wait before starting (rpm), or None
-        when every one is held elsewhere. Raises what the write raised."""
+        when it cannot be had now (every one held elsewhere, another process waits for one
+        first, rpm, or the write failed): look again after :meth:`retry_in`."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float | None] = loop.create_future()
         self._takes.append(_Take(key, max(1, limit), bucket, future))
@@ -139,15 +152,18 @@ class SlotExchange:
                     self.give_back(key)
             raise
 
+    def retry_in(self, key: str) -> float:
+        """Seconds before a take of ``key`` refused now is worth asking again."""
+        now = self._clock()
+        return max(RECHECK, self._rest.get(key, 0.0) - now, self._backoff_until - now)
+
     def give_back(self, key: str) -> None:
         """Free one slot of ``key`` this process holds (any one: they are alike)."""
         held = self._held.get(key)
         if not held:
             return
         self._releases.append((key, held.pop()))
-        if self._later is None:
-            loop = asyncio.get_running_loop()
-            self._later = loop.call_later(RELEASE_DELAY, self._flush_later, loop)
+        self._flush_in(RELEASE_DELAY)
 
     def holding(self) -> bool:
         """Whether this process may hold slots now (held, or given back but not yet written)."""
@@ -168,6 +184,11 @@ class SlotExchange:
             )
             await asyncio.sleep(0)  # their answers are settled in a callback
 
+    def _flush_in(self, seconds: float) -> None:
+        if self._later is None:
+            loop = asyncio.get_running_loop()
+            self._later = loop.call_later(seconds, self._flush_later, loop)
+
     def _flush_later(self, loop: asyncio.AbstractEventLoop) -> None:
         self._later = None
         self._flush(loop)
@@ -179,61 +200,83 @@ class SlotExchange:
         releases, self._releases = self._releases, []
         if not takes and not releases:
             return
-        wants: dict[str, SlotWant] = {}
+        if self._clock() < self._backoff_until:  # the database keeps failing: not yet
+            self._answered(takes, [], None, None)
+            self._releases = releases + self._releases
+            self._flush_in(self._backoff_until - self._clock())
+            return
+        wants: dict[tuple[str, str | None], SlotWant] = {}
         for t in takes:
-            old = wants.get(t.key)
+            name = t.bucket.name if t.bucket else None
+            old = wants.get((t.key, name))
             count = old.count + 1 if old else 1
             limit = max(old.limit, t.limit) if old else t.limit
-            wants[t.key] = SlotWant(t.key, limit, count, t.bucket)
-        ensure = {k: w.limit for k, w in wants.items() if w.limit > self._ensured.get(k, 0)}
+            wants[(t.key, name)] = SlotWant(t.key, limit, count, t.bucket, self.held(t.key))
+        ensure = self._ensure(wants.values())
         until = self._clock() + self._lease
+        added: Future[None] | None = None
         try:
-            written = self._db.submit(
-                exchange, self.holder, releases, list(wants.values()), until, ensure
-            )
-        except Exception as exc:  # the writer is gone: the takes fail with the reason
-            self._answered(takes, releases, ensure, None, exc)
+            if ensure is not None:  # a write of its own, before the first take (db.slots)
+                added = self._db.submit(ensure_rows, *ensure)
+                self._writes.add(added)
+            written = self._db.submit(exchange, self.holder, releases, list(wants.values()), until)
+        except Exception as exc:  # the writer is gone: refused, as by a failed write
+            self._answered(takes, releases, None, exc)
             return
         self.used = self.used or bool(takes)
         self._writes.add(written)
 
-        def answered(done: Future[dict[str, Granted]]) -> None:  # in the writer thread
+        def answered(done: Future[Any]) -> None:  # in the writer thread
             if not loop.is_closed():  # else nobody waits any more
-                loop.call_soon_threadsafe(self._settle_written, takes, releases, ensure, done)
+                ensured = None if added is None or added.exception() is not None else ensure
+                loop.call_soon_threadsafe(self._settle_written, takes, releases, ensured, done)
 
         written.add_done_callback(answered)
+
+    def _ensure(self, wants: Iterable[SlotWant]) -> tuple[dict[str, int], list[str]] | None:
+        """The rows the takes of ``wants`` may lack (first take of a server), or None."""
+        slots = {w.key: w.limit for w in wants if w.limit > self._ensured.get(w.key, 0)}
+        buckets = sorted({w.bucket.name for w in wants if w.bucket} - self._buckets)
+        return (slots, buckets) if slots or buckets else None
 
     def _settle_written(
         self,
         takes: list[_Take],
         releases: list[tuple[str, int]],
-        ensure: dict[str, int],
-        written: Future[dict[str, Granted]],
+        ensure: tuple[dict[str, int], list[str]] | None,
+        written: Future[dict[tuple[str, str | None], Granted]],
     ) -> None:
-        self._writes.discard(written)
+        self._writes = {w for w in self._writes if not w.done()}
         error = written.exception()
-        self._answered(takes, releases, ensure, None if error else written.result(), error)
+        if error is None and ensure is not None:
+            slots, buckets = ensure
+            for key, n in slots.items():
+                self._ensured[key] = max(n, self._ensured.get(key, 0))
+            self._buckets.update(buckets)
+        self._answered(takes, releases, None if error else written.result(), error)
 
     def _answered(
         self,
         takes: list[_Take],
         releases: list[tuple[str, int]],
-        ensure: dict[str, int],
-        granted: dict[str, Granted] | None,
+        granted: dict[tuple[str, str | None], Granted] | None,
         error: BaseException | None,
     ) -> None:
         if granted is None:
-            # not written: the slots given back are still held there; they go with the next
-            self._releases = releases + self._releases
-            for t in takes:
+            if error is not None:
+                self._failed(error, releases)
+            for t in takes:  # refused: they look again after retry_in
                 if not t.future.done():
-                    t.future.set_exception(error or RuntimeError("slot exchange failed"))
+                    t.future.set_result(None)
             return
-        for key, n in ensure.items():
-            self._ensured[key] = max(n, self._ensured.get(key, 0))
+        self._failures = 0
+        now = self._clock()
         grants = {k: list(zip(g.slots, g.delays, strict=True)) for k, g in granted.items()}
+        for (key, _), g in granted.items():
+            if g.wait > 0:
+                self._rest[key] = now + g.wait
         for t in takes:
-            given = grants.get(t.key)
+            given = grants.get((t.key, t.bucket.name if t.bucket else None))
             if not given:
                 if not t.future.done():
                     t.future.set_result(None)
@@ -245,11 +288,21 @@ class SlotExchange:
             else:
                 t.future.set_result(delay)
 
+    def _failed(self, error: BaseException, releases: list[tuple[str, int]]) -> None:
+        """A write failed: back off; the slots given back are still held there, so they
+        are sent again after the back-off (renewals keep them alive meanwhile)."""
+        self._failures += 1
+        backoff = min(MAX_BACKOFF, RECHECK * 2**self._failures)
+        self._backoff_until = self._clock() + backoff
+        if self._failures == 1:
+            log.warning("server slots: a write failed (%s); backing off", error)
+        self._releases = releases + self._releases
+        if self._releases:
+            self._flush_in(backoff)
+
 
 class _PoolShare:
     """One pool's side of :class:`SharedLimits` (the pool's ``shared``)."""
-
-    recheck = RECHECK
 
     def __init__(self, limits: SharedLimits, backend: str, pool: ServerPool) -> None:
         self._limits = limits
@@ -262,6 +315,9 @@ class _PoolShare:
 
     async def take(self, server: Server) -> float | None:
         return await self._slots.take(self.keys[id(server)], server.limit, self._bucket)
+
+    def retry_in(self, server: Server) -> float:
+        return self._slots.retry_in(self.keys[id(server)])
 
     def give_back(self, server: Server) -> None:
         self._slots.give_back(self.keys[id(server)])
@@ -378,7 +434,7 @@ class SharedLimits:
                 self._global_tasks.add(task_id)
                 return
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RECHECK):
+                async with asyncio.timeout(self.slots.retry_in(GLOBAL)):
                     await changed.wait()
 
     def task_over(self, task_id: int) -> None:

@@ -24,7 +24,7 @@ from pixelkiln.db.batches import get_batch
 from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.server_health import servers_down
 from pixelkiln.db.settings_store import CONCURRENCY, set_setting
-from pixelkiln.db.slots import GLOBAL, SlotWant, exchange, slots_held
+from pixelkiln.db.slots import GLOBAL, Bucket, SlotWant, ensure_rows, exchange, slots_held
 from pixelkiln.db.tables import rate_buckets, server_health, server_slots
 from pixelkiln.db.tasks import list_images, list_tasks
 from pixelkiln.engine.shared_limits import REFRESH, SharedLimits, SlotExchange, server_key
@@ -283,14 +283,47 @@ async def test_a_slot_granted_to_a_take_given_up_meanwhile_is_given_back(
 
 def test_an_exchange_grants_no_more_than_asked_and_only_free_slots(db: Database) -> None:
     until = time.time() + 30
-    first = db.write(exchange, "a:1:x", [], [SlotWant("srv", 3, 1)], until, {"srv": 3})
+    db.write(ensure_rows, {"srv": 3})
+    srv = ("srv", None)
+    first = db.write(exchange, "a:1:x", [], [SlotWant("srv", 3, 1)], until)
     second = db.write(exchange, "b:2:y", [], [SlotWant("srv", 3, 5)], until)
+    # c gave back a slot it does not hold: nothing freed (c holds none: it now wants one)
     third = db.write(exchange, "c:3:z", [("srv", 0)], [SlotWant("srv", 3, 2)], until)
     back = db.write(exchange, "a:1:x", [("srv", 0)], [SlotWant("srv", 3, 2)], until)
-    assert (first["srv"].slots, second["srv"].slots) == ([0], [1, 2])
-    assert third["srv"].slots == []  # c gave back a slot it does not hold: nothing freed
-    assert back["srv"].slots == [0]  # a's own slot, given back first, taken again
-    assert db.read(slots_held, "srv", 0.0) == {0: "a:1:x", 1: "b:2:y", 2: "b:2:y"}
+    assert (first[srv].slots, second[srv].slots, third[srv].slots) == ([0], [1, 2], [])
+    assert back[srv].slots == []  # a's slot, given back, is not taken again: c wants it
+    assert db.write(exchange, "c:3:z", [], [SlotWant("srv", 3, 1)], until)[srv].slots == [0]
+    assert db.read(slots_held, "srv", 0.0) == {0: "c:3:z", 1: "b:2:y", 2: "b:2:y"}
+
+
+def test_a_slot_given_back_goes_to_the_process_that_wants_one(db: Database) -> None:
+    until = time.time() + 30
+    db.write(ensure_rows, {"srv": 1})
+    srv = ("srv", None)
+    assert db.write(exchange, "a:1:x", [], [SlotWant("srv", 1, 1)], until)[srv].slots == [0]
+    assert db.write(exchange, "b:2:y", [], [SlotWant("srv", 1, 1)], until)[srv].slots == []
+    # a gives its slot back and asks again in the same write (its next request): the slot
+    # is free but b was refused first, so a waits (before: a took it again, for ever)
+    again = db.write(exchange, "a:1:x", [("srv", 0)], [SlotWant("srv", 1, 1)], until)
+    assert again[srv].slots == []
+    assert db.write(exchange, "c:3:z", [], [SlotWant("srv", 1, 1)], until)[srv].slots == []
+    assert db.write(exchange, "b:2:y", [], [SlotWant("srv", 1, 1)], until)[srv].slots == [0]
+    # b got it: its want is over; a, refused meanwhile, is next
+    assert db.write(exchange, "a:1:x", [], [SlotWant("srv", 1, 1)], until)[srv].slots == []
+    turn = db.write(exchange, "b:2:y", [("srv", 0)], [SlotWant("srv", 1, 1)], until)
+    assert turn[srv].slots == []
+    assert db.write(exchange, "a:1:x", [], [SlotWant("srv", 1, 1)], until)[srv].slots == [0]
+
+
+def test_an_rpm_start_too_far_ahead_is_not_granted(db: Database) -> None:
+    until = time.time() + 30
+    bucket = Bucket("slow", interval=30.0)  # rpm 2
+    db.write(ensure_rows, {"srv": 4}, ["slow"])
+    key = ("srv", "slow")
+    first = db.write(exchange, "a:1:x", [], [SlotWant("srv", 4, 3, bucket)], until)[key]
+    assert (first.slots, first.delays) == ([0], [0.0])  # the next starts are 30 s, 60 s away
+    assert 24.0 < first.wait <= 25.0  # start in 30 s, granted from RPM_AHEAD (5 s) before
+    assert db.read(slots_held, "srv", 0.0) == {0: "a:1:x"}  # no slot held idle meanwhile
 
 
 async def test_a_slot_granted_in_the_turn_its_take_is_cancelled_is_given_back(
@@ -299,6 +332,9 @@ async def test_a_slot_granted_in_the_turn_its_take_is_cancelled_is_given_back(
     # the grant is settled, then (same turn, before the taker resumes) the taker is
     # cancelled, as a task timeout firing then would: nobody holds the slot but the exchange
     slots = SlotExchange(db, "me:1:x", lease_seconds=30.0)
+    assert await slots.take("srv", 1) == 0.0  # its rows added: the next take is one write
+    slots.give_back("srv")
+    await slots.settled()
     loop = asyncio.get_running_loop()
     writer_busy, go_on = threading.Event(), threading.Event()
 
