@@ -139,6 +139,9 @@ class Server:
     last_error: str = ""  #: the newest failure's message
     full_until: float = 0.0  #: other processes hold all its slots: passed over until then
     reported: bool = False  #: opened because another process found it down (report_down)
+    #: wall-clock time of its latest success here (an answer, or a probe), to compare with
+    #: another process's word that it is down
+    ok_at: float = 0.0
     #: when its latest requests were sent (those still in flight are the newest ones)
     sent: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=256))
 
@@ -455,6 +458,7 @@ class ServerPool:
 
     def _succeeded(self, server: Server, seconds: float | None) -> None:
         server.failures = 0
+        server.ok_at = time.time()
         if server.state is not CircuitState.CLOSED:
             self._close(server)
         if seconds is not None:
@@ -526,6 +530,7 @@ class ServerPool:
             )
 
     def _close(self, server: Server) -> None:
+        server.ok_at = time.time()
         server.state = CircuitState.CLOSED
         server.failures = 0
         server.open_for = 0.0

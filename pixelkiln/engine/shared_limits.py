@@ -465,15 +465,18 @@ class SharedLimits:
         written.add_done_callback(_log_failure(key))
 
     def _apply_health(self, downs: list[ServerDown]) -> None:
+        """Another process's word that a server is down makes this one look now (a probe,
+        or one trial request), not skip it until that process's ``retry_at``: one worker
+        with a bad link must not take a healthy server away from the others. A server that
+        answered here since it was found down is not looked at again on that word."""
         found = {d.server: d for d in downs}
-        now = self._clock()
         for share in self._shares:
             for server in share.pool.servers:
                 down = found.get(share.keys[id(server)])
                 if down is None:
                     share.pool.report_up(server)
-                elif down.updated_by != self.owner and down.retry_at > now:
-                    share.pool.report_down(server, down.retry_at - now, down.last_error)
+                elif down.updated_by != self.owner and server.ok_at < down.down_since:
+                    share.pool.report_down(server, 0.0, down.last_error)
 
     def _wake_global(self) -> None:
         event, self._global_changed = self._global_changed, asyncio.Event()

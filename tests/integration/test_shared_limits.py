@@ -22,7 +22,7 @@ from pixelkiln.backends.pool import Server, ServerPool, pool_of
 from pixelkiln.config import Settings
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.database import Database, Tx
-from pixelkiln.db.server_health import servers_down
+from pixelkiln.db.server_health import record_down, servers_down
 from pixelkiln.db.settings_store import CONCURRENCY, set_setting
 from pixelkiln.db.slots import GLOBAL, Bucket, SlotWant, ensure_rows, exchange, slots_held
 from pixelkiln.db.tables import rate_buckets, server_health, server_slots
@@ -174,27 +174,24 @@ async def test_rpm_holds_across_two_schedulers(
 async def test_a_server_one_scheduler_found_down_is_skipped_by_another(
     tmp_path: Path, database_url: str, webui: CountingWebUI
 ) -> None:
-    with FakeSDWebUI() as bad:
-        bad.faults.hang_rate = 1.0  # every generation hangs: only a timeout tells
-        options = {"failure_threshold": 1, "open_seconds": 60.0, "max_open_seconds": 60.0}
-        settings = _settings(
-            tmp_path, database_url, bad.url, webui.url, timeout=0.5, options=options
-        )
-        async with Kiln(settings) as a:
-            first = await a.submit(_spec(4, "a"))
-            await a.run_until_done([first])
-            _all_succeeded_once(a.db, first, 4)
-            recorded = a.db.read(lambda c: c.execute(select(server_health)).all())
-        assert [r.server for r in recorded] == [server_key(bad.url)]
-        sent = len(bad.received(TXT2IMG))
-        assert sent >= 1  # a's timeouts (one per slot at most: both may go before the first)
-        async with Kiln(settings) as b:
-            second = await b.submit(_spec(6, "b"))
-            await b.run_until_done([second])
-            _all_succeeded_once(b.db, second, 6)
-            pool = pool_of(b.engine().backends["webui"])
-            assert pool is not None and not pool.servers[0].up
-        assert len(bad.received(TXT2IMG)) == sent  # b sent it nothing: no timeout of its own
+    with FakeSDWebUI() as gone:
+        dead = gone.url  # its port is closed from here on: connections are refused
+    options = {"failure_threshold": 1, "open_seconds": 60.0, "max_open_seconds": 60.0}
+    settings = _settings(tmp_path, database_url, dead, webui.url, options=options)
+    async with Kiln(settings) as a:
+        first = await a.submit(_spec(4, "a"))
+        await a.run_until_done([first])
+        _all_succeeded_once(a.db, first, 4)
+        recorded = a.db.read(lambda c: c.execute(select(server_health)).all())
+    assert [r.server for r in recorded] == [server_key(dead)]
+    async with Kiln(settings) as b:
+        second = await b.submit(_spec(6, "b"))
+        await b.run_until_done([second])
+        _all_succeeded_once(b.db, second, 6)
+        pool = pool_of(b.engine().backends["webui"])
+        assert pool is not None and not pool.servers[0].up
+        # b probed it on a's word (a cheap health check), and sent it no request
+        assert pool.servers[0].requests == 0
 
 
 async def test_the_global_concurrency_an_admin_stored_holds_across_schedulers(
@@ -461,3 +458,38 @@ def _free(key: str) -> Any:
         .where(server_slots.c.server == key)
         .values(holder=None, expires_at=None)
     )
+
+
+async def test_another_process_finding_a_server_down_makes_this_one_probe_it_now(
+    db: Database,
+) -> None:
+    probed: list[str] = []
+
+    async def healthy(url: str) -> None:  # this process's link to it is fine
+        probed.append(url)
+
+    urls = ["http://gpu1:7860", "http://gpu2:7860"]
+    pool = ServerPool("sd", urls, concurrency=1, health=healthy)
+    shared = SharedLimits(db, "b:2:y", {"sd": _Backend(pool)}, lease_seconds=30.0)
+    shared.attach()
+    # a worker with a bad link recorded gpu1 down, to be probed by it in an hour
+    db.write(record_down, server_key(urls[0]), time.time() + 3600, "connect timeout", "a:1:x")
+    await shared.refresh(time.time())
+    # not skipped for an hour: probed at once, found up, and the record cleared for all
+    await wait_until(lambda: probed == [urls[0]] and pool.servers[0].up)
+    await wait_until(lambda: not db.read(servers_down, [server_key(urls[0])]))
+    await pool.aclose()
+    await shared.close()
+
+
+async def test_a_server_that_answered_here_since_it_was_found_down_is_not_doubted(
+    db: Database,
+) -> None:
+    urls = ["http://gpu1:7860"]
+    pool = ServerPool("sd", urls, concurrency=1)  # no health check: a trial request decides
+    shared = SharedLimits(db, "b:2:y", {"sd": _Backend(pool)}, lease_seconds=30.0)
+    db.write(record_down, server_key(urls[0]), time.time() + 3600, "refused", "a:1:x")
+    pool._succeeded(pool.servers[0], 0.1)  # it answered here after a's discovery
+    await shared.refresh(time.time())
+    assert pool.servers[0].up
+    await shared.close()
