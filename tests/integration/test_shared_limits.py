@@ -493,3 +493,29 @@ async def test_a_server_that_answered_here_since_it_was_found_down_is_not_doubte
     await shared.refresh(time.time())
     assert pool.servers[0].up
     await shared.close()
+
+
+async def test_a_failed_slot_write_refuses_and_its_give_back_is_sent_again(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pixelkiln.engine.shared_limits as module
+
+    slots = SlotExchange(db, "me:1:x", lease_seconds=30.0)
+    assert await slots.take("srv", 1) == 0.0
+    failing = True
+
+    def flaky(tx: Tx, *args: Any) -> Any:
+        if failing:
+            raise RuntimeError("deadlock detected")  # as the database would answer
+        return exchange(tx, *args)
+
+    monkeypatch.setattr(module, "exchange", flaky)
+    slots.give_back("srv")
+    # a take while writes fail is refused (looked at again later), not an error in the task
+    assert await slots.take("other", 1) is None
+    assert slots.retry_in("other") > module.RECHECK  # backing off
+    await wait_until(lambda: slots._failures >= 1)
+    failing = False
+    # nothing else happens here (idle): the give-back is sent again by itself
+    await wait_until(lambda: db.read(slots_held, "srv", 0.0) == {})
+    await slots.settled()
