@@ -135,7 +135,12 @@ class Kiln:
 
     def _listen(self, url: str) -> None:
         """Hear other processes' work and events (LISTEN/NOTIFY) instead of waiting for polls."""
-        self.wakeups = Wakeups(asyncio.get_running_loop(), self.schedulers.wake, self.bus)
+        self.wakeups = Wakeups(
+            asyncio.get_running_loop(),
+            self.schedulers.wake,
+            self.bus,
+            slots_freed=self.schedulers.slots_freed,
+        )
         self._listener = Listener(url, self.wakeups.heard, self.wakeups.live)
         self._listener.start()
 

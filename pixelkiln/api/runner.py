@@ -102,6 +102,9 @@ class SchedulerThread:
             self._backend_limits[backend] = per_url
         self._call(lambda s: s.set_backend_concurrency(backend, per_url))
 
+    def slots_freed(self) -> None:
+        self._call(lambda s: s.slots_freed())
+
     def cancel_batch(self, batch_id: int) -> None:
         """Stop this process's running tasks of a batch the database just cancelled."""
         self._call(lambda s: s.cancel_batch(batch_id))

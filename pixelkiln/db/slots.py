@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Insert, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from pixelkiln.db.database import Tx
+from pixelkiln.db.notify import SLOTS, notify
 from pixelkiln.db.tables import rate_buckets, server_slots
 
 __all__ = [
@@ -152,6 +153,7 @@ def exchange(
             _RELEASE,
             [{"b_key": k, "b_slot": n, "b_holder": holder} for k, n in sorted(releases)],
         )
+        notify(tx, SLOTS)  # waiters in other processes look again (PostgreSQL)
     if ensure:
         _ensure(tx, ensure, wants)
     granted: dict[str, Granted] = {}

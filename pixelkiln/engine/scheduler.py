@@ -221,6 +221,11 @@ class Scheduler:
         self._wake.set()
         return known
 
+    def slots_freed(self) -> None:
+        """Another process gave back server slots (a NOTIFY): waiters look again now."""
+        if self._shared is not None:
+            self._shared.changed()
+
     def cancel_batch(self, batch_id: int) -> int:
         """Stop this process's running tasks of a batch now (after the DB cancel)."""
         stopped = self._dispatch.drop(lambda t: t.batch_id == batch_id)

@@ -43,7 +43,6 @@ from pixelkiln.db.database import Database
 from pixelkiln.engine.assembly import Engine
 from pixelkiln.engine.housekeeping import server_companions
 from pixelkiln.engine.scheduler import Scheduler, SchedulerStatus, Tally
-from pixelkiln.engine.supervisor import HealthReport
 from pixelkiln.exceptions import ConfigError
 from pixelkiln.wire.schemas import Health, SchedulerHealth
 
@@ -167,12 +166,6 @@ class Worker:
 # -- the health port --------------------------------------------------------------------------
 
 
-def unhealthy(report: HealthReport, stall_seconds: float, work_waiting: bool) -> bool:
-    """A scheduler that has stopped, or that made no progress for ``stall_seconds`` while
-    work waits, cannot go on: ``/healthz`` answers 503."""
-    return report.state == "stopped" or (work_waiting and report.stalled(stall_seconds))
-
-
 @dataclass(frozen=True)
 class Answer:
     """One HTTP answer of the health port."""
@@ -260,10 +253,10 @@ class HealthPort:
 
     async def _health(self, status: SchedulerStatus) -> Answer:
         report = status.health or self.scheduler.supervision.report()
-        stalled = report.state == "stopped" or report.stalled(self.stall_seconds)
         # the query only when it could matter, as the API's /healthz
-        waiting = bool(await self.db.aread(unfinished_batch_ids)) if stalled else False
-        bad = unhealthy(report, self.stall_seconds, waiting)
+        stuck = report.may_be_stuck(self.stall_seconds)
+        waiting = bool(await self.db.aread(unfinished_batch_ids)) if stuck else False
+        bad = report.unhealthy(self.stall_seconds, waiting)
         health = Health(
             status="unhealthy" if bad else "ok",
             version=__version__,
