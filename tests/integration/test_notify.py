@@ -21,7 +21,7 @@ from pixelkiln.config import Settings, load_settings
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.notify import EVENTS, SLOTS, WORK, Listener, notify
-from pixelkiln.db.slots import SlotWant, exchange
+from pixelkiln.db.slots import SlotWant, ensure_rows, exchange
 from pixelkiln.testing import wait_until
 from tests.processes import env
 
@@ -142,11 +142,14 @@ def test_slots_given_back_are_announced_to_other_processes(postgres_url: str) ->
     listener.start()
     try:
         assert live.wait(10)
-        key = "sd|http://gpu:7860"
-        took = db.write(exchange, "a", [], [SlotWant(key, 2, 2)], 1e12, {key: 2})
-        assert took[key].slots == [0, 1]
-        heard.clear()
+        key = "http://gpu:7860"
+        db.write(ensure_rows, {key: 2})
+        took = db.write(exchange, "a", [], [SlotWant(key, 2, 2)], 1e12)
+        assert took[(key, None)].slots == [0, 1]
+        heard.clear()  # what the listener announces on connecting
+        db.write(exchange, "a", [(key, 1)], [], 1e12)  # nobody waits: nothing announced
         db.write(exchange, "a", [], [SlotWant(key, 2, 1)], 1e12)  # taking announces nothing
+        db.write(exchange, "b", [], [SlotWant(key, 2, 1)], 1e12)  # refused: b waits
         db.write(exchange, "a", [(key, 0)], [], 1e12)
         asyncio.run(wait_until(lambda: SLOTS in heard, timeout=10))
         assert heard.count(SLOTS) == 1
