@@ -49,6 +49,12 @@ concurrency = 2
     return path
 
 
+def _running_by_owner(conn: Connection) -> Counter[str]:
+    """Tasks claimed (waiting to be sent, or sent), per process."""
+    rows = conn.execute(select(tasks.c.lease_owner).where(tasks.c.status == TaskStatus.RUNNING))
+    return Counter(str(r.lease_owner) for r in rows)
+
+
 def _generating_by_owner(conn: Connection) -> Counter[str]:
     """Tasks whose attempt started (they are in their backend's hands), per process."""
     rows = conn.execute(
@@ -91,14 +97,16 @@ async def test_four_processes_never_send_a_server_more_than_its_slots(
         ]
         db = Database.open(postgres_url)
         try:
-            # every process has started two tasks (its share of the server's 2 slots as
-            # it counts them alone): 8 requests want to go, the server runs 2
+            # every process holds tasks and wants to send two (its share of the server's 2
+            # slots as it counts them alone): 8 requests want to go, the server runs 2
             await wait_until(
-                lambda: list(db.read(_generating_by_owner).values()) == [2] * WORKERS,
+                lambda: [n >= 2 for n in db.read(_running_by_owner).values()] == [True] * WORKERS,
                 timeout=60,
             )
-            await wait_until(lambda: webui.held == 2)
+            await wait_until(lambda: webui.held == 2, timeout=60)
             assert (webui.held, webui.peak) == (2, 2)
+            # only the 2 sent have spent an attempt: the others wait for a slot untried
+            assert sum(db.read(_generating_by_owner).values()) == 2
             webui.release()
             codes = await asyncio.gather(
                 *(asyncio.to_thread(w.wait, 120) for w in workers), return_exceptions=True
