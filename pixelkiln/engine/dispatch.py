@@ -6,8 +6,9 @@ per-task cost low) into a ready queue per backend, and starts them as slots
 free up: within the global cap and each backend's slots (engine.limits),
 turning between backends so that none starves the others. How far ahead it
 claims follows each backend's speed: about :data:`PREFETCH_SECONDS` of work,
-so fast tasks come in large chunks and slow ones a slot's worth at a time, and
-no runner hoards work that another could start sooner. Nothing here waits or
+so fast tasks come in large chunks, and tasks slower than that (or of a backend
+not yet timed) none ahead at all: no runner hoards work that another could
+start sooner. Nothing here waits or
 writes; :class:`~pixelkiln.engine.scheduler.Scheduler` does, around it.
 
 >>> dispatch = Dispatch(limits, backends)
@@ -73,11 +74,23 @@ class Dispatch:
         self._mean_duration[backend] = seconds if mean is None else 0.8 * mean + 0.2 * seconds
 
     def ready_target(self, backend: str) -> int:
-        """Tasks to keep claimed ahead: about PREFETCH_SECONDS of work, within bounds."""
-        capacity = max(1, min(self._slots[backend], self.limits.overall))
+        """Tasks to keep claimed ahead (beyond the free slots): about PREFETCH_SECONDS of
+        work, within bounds; none for slow tasks or before the first one's time is known.
+
+        Claiming ahead only hides the claim's own round trip (a few milliseconds) from a
+        slot, which matters when tasks take milliseconds too. A task held ahead by one
+        runner cannot start on another runner's free slot meanwhile: with tasks of a
+        second, a batch shared by several processes would end a whole task later than
+        it could (one runner still working through what it held while the others idle).
+        So a backend whose tasks take PREFETCH_SECONDS or more gets no task ahead: each
+        freed slot is refilled by a claim the moment its task ends. Until a task of the
+        backend has finished its speed is unknown, and a slow backend must not start by
+        hoarding; a fast one pays one claim per slot for its first tasks.
+        """
         mean = self._mean_duration.get(backend)
-        if mean is None:
-            return capacity
+        if mean is None or mean >= PREFETCH_SECONDS:
+            return 0
+        capacity = max(1, min(self._slots[backend], self.limits.overall))
         per_slot = PREFETCH_SECONDS / max(mean, 1e-4)
         return int(min(MAX_PREFETCH, max(1, capacity * per_slot)))
 
