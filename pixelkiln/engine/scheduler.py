@@ -29,6 +29,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from pixelkiln.backends.base import Backend, GeneratedImage
 from pixelkiln.config import SchedulerSettings
@@ -66,6 +67,13 @@ log = logging.getLogger("pixelkiln.engine")
 MAX_BACKLOG = 256
 #: seconds between looks at the concurrency an admin stored (``follow_settings``)
 SETTINGS_INTERVAL = 2.0
+
+
+@runtime_checkable
+class Wakeable(Protocol):
+    """A companion that wants to hear when a batch ended here (the webhook deliverer)."""
+
+    def poke(self) -> None: ...
 
 
 @dataclass
@@ -139,6 +147,7 @@ class Scheduler:
             failure_for=self._failure,
             recorded=self._recorded,
             pause=self._pause,
+            batch_ended=self._batch_ended,
         )
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()  # cuts a back-off pause short
@@ -389,6 +398,12 @@ class Scheduler:
         for outcome in outcomes:
             self._jobs.pop(outcome.task.id, None)
         self._wake.set()
+
+    def _batch_ended(self) -> None:
+        """A batch ended here: companions that wait for that (webhooks) look now."""
+        for companion in self._companions:
+            if isinstance(companion, Wakeable):
+                companion.poke()
 
     def _renew_interval(self) -> float:
         return min(2.0, self.settings.lease_seconds / 3)
