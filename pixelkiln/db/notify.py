@@ -37,9 +37,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from pixelkiln.db import driver
 from pixelkiln.db.database import Tx
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ KINDS = (WORK, EVENTS)
 RECONNECT_MAX = 10.0
 _CONNECT_TIMEOUT = 5
 
-_NOTIFY = text("SELECT pg_notify(:kind || ':' || current_schema(), '')")
+# run through the driver (db.driver): a record of outcomes sends one per transaction
+_NOTIFY = "SELECT pg_notify(%s || ':' || current_schema(), '')"
 _SENT = "kiln_notified"  # Connection.info key: (transaction, kinds sent in it)
 
 
@@ -66,7 +67,7 @@ def notify(tx: Tx, kind: str) -> None:
         tx.conn.info[_SENT] = sent
     if kind in sent[1]:
         return
-    tx.conn.execute(_NOTIFY, {"kind": kind})
+    driver.rows(tx, _NOTIFY, (kind,))
     sent[1].add(kind)
 
 
