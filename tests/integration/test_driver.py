@@ -83,6 +83,7 @@ def test_outcomes_record_each_image_and_its_event_under_the_same_id(db: Database
     events = db.read(events_after, 0, batch_id=claimed[0].batch_id)
     for event in (e for e in events if e.type == EventType.IMAGE_GENERATED):
         image = event.data["image"]
+        assert event.task_id is not None
         assert rows[(event.task_id, image["index"])].id == image["id"]
 
 
