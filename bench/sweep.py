@@ -30,7 +30,7 @@ from pixelkiln.db.batches import create_batch
 from pixelkiln.db.database import Database
 from pixelkiln.engine.intake import prepare_batch
 from pixelkiln.specs import parse_batch
-from pixelkiln.storage import Storage
+from pixelkiln.storage import LocalStorage
 
 BASES = 10
 WORDS = [f"colour{i}" for i in range(10)]
@@ -75,7 +75,7 @@ def side(name: str, quick: bool) -> dict[str, float]:
             spec = parse_batch(data)
             new = prepare_batch(
                 spec,
-                storage=Storage(Path(folder) / "data"),
+                storage=LocalStorage(Path(folder) / "data"),
                 default_backend="placeholder",
                 known_backends=["placeholder"],
                 max_attempts=3,

@@ -2,12 +2,17 @@
 
     python -m bench.unequal_servers [--tasks 600] [--latencies 0.1,0.3,0.9] [--slots 2]
 
-pixelkiln (the real engine, one backend over the three URLs) fills whichever
-slot frees, so fast servers do more. The ideal throughput is Σ slots/latency
-(≈ 28.9 tasks/s). The baseline, measured in the same run on the same servers,
-is what simple batch scripts do: tasks dealt to the servers in turn (task i to
+pixelkiln (the real engine, one backend over the three URLs) sends each task to the
+server that will finish it first: whichever slot frees while work is queued, so fast
+servers do more, and near the end a fast server about to free rather than a slow one.
+The ideal throughput is Σ slots/latency (≈ 28.9 tasks/s). A fake server takes longer
+than its nominal latency (HTTP, a PNG, the client decoding it, on a shared machine), so
+the run also measures what the servers themselves sustain: each server's slots kept
+busy back to back by bare loops of the same client code, all three at once; that sum
+is the ideal this machine allows. The baseline, measured in the same run on the same
+servers, is what simple batch scripts do: tasks dealt to the servers in turn (task i to
 server i mod 3), each server working through its share with its own slots.
-Target: pixelkiln ≥ 0.90 of ideal.
+Target: pixelkiln ≥ 0.95 of ideal.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -51,7 +57,43 @@ async def round_robin(urls: list[str], tasks: int, slots: int) -> float:
     return tasks / seconds
 
 
-async def measure(tasks: int, latencies: list[float], slots: int) -> tuple[float, float, list[int]]:
+async def capacity(urls: list[str], slots: int, seconds: float) -> list[float]:
+    """Requests/s each server sustains with its ``slots`` busy back to back (same client
+    code, no pool, no engine), all servers at once for ``seconds``."""
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1000)) as http:
+        backends = [
+            create(
+                BackendSettings(name=f"cap{k}", type="sdwebui", urls=[url], concurrency=slots),
+                BackendDeps(http),
+            )
+            for k, url in enumerate(urls)
+        ]
+        done = [0] * len(urls)
+        until = time.perf_counter() + seconds
+
+        async def worker(k: int) -> None:
+            while time.perf_counter() < until:
+                request = generation_request(task_id=k, prompt=f"capacity prompt {k}")
+                await backends[k].generate(request)
+                done[k] += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(len(urls)) for _ in range(slots)))
+        elapsed = time.perf_counter() - started
+        for backend in backends:
+            await backend.aclose()
+    return [n / elapsed for n in done]
+
+
+@dataclass(frozen=True)
+class Measured:
+    kiln: float  #: tasks/s through pixelkiln
+    baseline: float  #: tasks/s dealt in turn
+    sustained: list[float]  #: requests/s each server sustains (capacity)
+    shares: list[int]  #: tasks each server did for pixelkiln
+
+
+async def measure(tasks: int, latencies: list[float], slots: int) -> Measured:
     servers = [("sdwebui", {"latency": latency}) for latency in latencies]
     with FakeFleet(servers) as fleet:
         with tempfile.TemporaryDirectory() as folder:
@@ -59,8 +101,9 @@ async def measure(tasks: int, latencies: list[float], slots: int) -> tuple[float
         if result.succeeded != tasks:
             raise SystemExit(f"pixelkiln lost work: {result}")
         shares = [sum(Counter(fleet.outcomes(k)).values()) for k in range(len(latencies))]
+        sustained = await capacity(fleet.urls, slots, max(3.0, 6 * max(latencies)))
         baseline = await round_robin(fleet.urls, tasks, slots)
-    return result.throughput, baseline, shares
+    return Measured(result.throughput, baseline, sustained, shares)
 
 
 def main() -> None:
@@ -71,20 +114,27 @@ def main() -> None:
     args = parser.parse_args()
     latencies = [float(x) for x in args.latencies.split(",")]
     quiet_logs()
-    kiln, baseline, shares = asyncio.run(measure(args.tasks, latencies, args.slots))
+    got = asyncio.run(measure(args.tasks, latencies, args.slots))
+    kiln, baseline = got.kiln, got.baseline
     ideal = sum(args.slots / latency for latency in latencies)
+    sustained = sum(got.sustained)
     print(
         f"unequal servers: {args.tasks} tasks, servers taking "
         f"{', '.join(f'{x:g}' for x in latencies)} s, {args.slots} slots each"
     )
-    print(f"ideal throughput:        {ideal:6.2f} tasks/s")
+    print(f"ideal throughput (nominal latencies):       {ideal:6.2f} tasks/s")
     print(
-        f"pixelkiln:               {kiln:6.2f} tasks/s   ratio {kiln / ideal:.3f}"
-        "   (target >= 0.90)"
+        f"ideal the servers sustain here (same run):  {sustained:6.2f} tasks/s   "
+        f"({', '.join(f'{x:.2f}' for x in got.sustained)} per server; "
+        f"{sustained / ideal:.3f} of nominal)"
+    )
+    print(
+        f"pixelkiln:               {kiln:6.2f} tasks/s   ratio {kiln / ideal:.3f} of nominal, "
+        f"{kiln / sustained:.3f} of sustained   (target >= 0.95)"
     )
     print(f"round robin (same run):  {baseline:6.2f} tasks/s   ratio {baseline / ideal:.3f}")
     print(f"pixelkiln / round robin: {kiln / baseline:6.2f}x")
-    print(f"tasks per server (pixelkiln): {shares}")
+    print(f"tasks per server (pixelkiln): {got.shares}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from pixelkiln.service import (
     submit,
 )
 from pixelkiln.specs import BatchSpec
-from pixelkiln.storage import Storage
+from pixelkiln.storage import open_storage
 
 
 class Kiln:
@@ -61,7 +61,7 @@ class Kiln:
         engine: bool = True,
     ) -> None:
         self.settings = settings
-        self.storage = Storage(settings.storage.data_dir)
+        self.storage = open_storage(settings.storage)  #: where image bytes live
         self.bus = EventBus()
         self.keys = KeyBox(settings)  #: users' own provider keys, encrypted at rest
         #: the configured backends, what each is and can do (nothing built: see ``engine``)
@@ -110,7 +110,10 @@ class Kiln:
         await self.aclose()
 
     async def open(self) -> None:
-        """Open the database (migrating it), wire the event bus, build the backends."""
+        """Check the storage, open the database (migrating it), wire the event bus, build
+        the backends. A storage that cannot be used (bucket missing, credentials refused,
+        endpoint down) is ConfigError, before anything else starts."""
+        await asyncio.to_thread(self.storage.check)
         self.backends = describe_backends(self.settings.effective_backends())
         url = self.settings.storage.resolved_database_url()
         self._db = await asyncio.to_thread(Database.open, url)
@@ -132,7 +135,12 @@ class Kiln:
 
     def _listen(self, url: str) -> None:
         """Hear other processes' work and events (LISTEN/NOTIFY) instead of waiting for polls."""
-        self.wakeups = Wakeups(asyncio.get_running_loop(), self.schedulers.wake, self.bus)
+        self.wakeups = Wakeups(
+            asyncio.get_running_loop(),
+            self.schedulers.wake,
+            self.bus,
+            slots_freed=self.schedulers.slots_freed,
+        )
         self._listener = Listener(url, self.wakeups.heard, self.wakeups.live)
         self._listener.start()
 
@@ -150,7 +158,8 @@ class Kiln:
         return self._engine
 
     async def aclose(self) -> None:
-        """Stop the scheduler if running, release backends, the HTTP client and the DB."""
+        """Stop the scheduler if running, release backends, the HTTP client, the DB and the
+        storage's connections."""
         if self.scheduler is not None:
             self.scheduler.stop()
         if self._listener is not None:
@@ -163,6 +172,7 @@ class Kiln:
             await asyncio.to_thread(self._db.close)
             self._db = None
             self._service = None
+        self.storage.close()  # its connections (a bucket's); it opens again on use
 
     async def submit(
         self,

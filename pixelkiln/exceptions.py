@@ -12,6 +12,7 @@ boundary where they enter our code, into one of these, with ``raise ... from``::
     ├── PermissionDeniedError    an action only an admin may take
     ├── IdempotencyKeyReusedError  an idempotency key sent again with a different request
     ├── DatabaseError            the database is unreachable or stayed locked
+    ├── StorageError             the image storage (folder, S3 bucket) cannot be reached
     ├── UnstorableValueError     a value the database refuses to store (a NUL in text)
     ├── SchedulerStalledError    the scheduler could not go on (its writes kept failing)
     └── BackendError             a generator failed one request
@@ -33,6 +34,15 @@ from dataclasses import dataclass
 
 class KilnError(Exception):
     """Base of every error pixelkiln raises on purpose."""
+
+
+class StorageError(KilnError):
+    """The storage could not be reached or refused an operation (not a missing file).
+
+    A server-side failure: a task whose images cannot be written fails with it and is
+    retried like any unexpected error; the API answers 503. A missing file or object is
+    ``FileNotFoundError``, as from ``open()``.
+    """
 
 
 class ConfigError(KilnError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,9 +32,10 @@ from pixelkiln.models import ImageRecord, Task
 from pixelkiln.naming import unique_name
 from pixelkiln.params import ASPECT_RATIOS, RESOLUTIONS
 from pixelkiln.prompts import render
-from pixelkiln.storage import Storage
+from pixelkiln.storage import LocalStorage, Storage
 from pixelkiln.workbooks import csv_bytes, xlsx_bytes
 
+COPY_CHUNK = 256 * 1024
 #: what export_batch writes, by the target's suffix
 ExportKind = Literal["folder", "zip", "xlsx", "csv"]
 _KINDS: dict[str, ExportKind] = {".zip": "zip", ".xlsx": "xlsx", ".csv": "csv"}
@@ -110,33 +112,47 @@ def export_kind(target: Path) -> ExportKind:
 
 
 def export_batch(
-    db: Database, data_dir: Path, batch_id: int, target: Path, *, headers: Headers = "en"
+    db: Database,
+    storage: Storage | Path,
+    batch_id: int,
+    target: Path,
+    *,
+    headers: Headers = "en",
 ) -> int:
     """Write the batch to ``target`` (see :func:`export_kind`); the images (or rows) written.
+
+    The images are read from ``storage`` (a data folder's path: its local storage) and
+    written to local files, wherever the storage is.
 
     >>> export_batch(db, Path("kiln-data"), 1, Path("out.xlsx"))    # doctest: +SKIP
     12
     """
     kind = export_kind(target)
+    store = _storage(storage)
     if kind in ("xlsx", "csv"):
-        return export_table(db, data_dir, batch_id, target, headers=headers)
-    storage = Storage(data_dir)
+        return export_table(db, store, batch_id, target, headers=headers)
     files = _manifest_files(db, batch_id)
     entries = [entry for entry, _ in files]
     if kind == "zip":
         target.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
             for entry, path in files:  # PNGs are compressed already
-                archive.write(storage.absolute(path), entry["file"])
+                member = zipfile.ZipInfo(entry["file"], time.localtime()[:6])
+                with store.open(path) as source, archive.open(member, "w") as out:
+                    shutil.copyfileobj(source, out, COPY_CHUNK)
             archive.writestr("manifest.json", json.dumps(entries, indent=2, ensure_ascii=False))
         return len(entries)
     target.mkdir(parents=True, exist_ok=True)
     for entry, path in files:
-        shutil.copyfile(storage.absolute(path), target / entry["file"])
+        store.save_to(path, target / entry["file"])
     (target / "manifest.json").write_text(
         json.dumps(entries, indent=2, ensure_ascii=False), encoding="utf-8"
     )
     return len(entries)
+
+
+def _storage(given: Storage | Path) -> Storage:
+    return LocalStorage(given) if isinstance(given, Path) else given
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -156,18 +172,24 @@ class TableLinks:
 
 
 def local_links(storage: Storage) -> TableLinks:
-    """Links and inputs as absolute paths under the data folder."""
+    """Links and inputs where the storage has them: absolute paths under the data folder
+    (or ``s3://bucket/key`` URLs of an object store)."""
     return TableLinks(
-        image=lambda image: str(storage.absolute(image.path)),
-        inputs=lambda _, paths: {path: str(storage.absolute(path)) for path in paths},
+        image=lambda image: storage.where(image.path),
+        inputs=lambda _, paths: {path: storage.where(path) for path in paths},
     )
 
 
 def export_table(
-    db: Database, data_dir: Path, batch_id: int, target: Path, *, headers: Headers = "en"
+    db: Database,
+    storage: Storage | Path,
+    batch_id: int,
+    target: Path,
+    *,
+    headers: Headers = "en",
 ) -> int:
     """One row per task in ``target`` (.xlsx or .csv, by its suffix); the rows written."""
-    columns, rows = db.read(table_of, batch_id, local_links(Storage(data_dir)))
+    columns, rows = db.read(table_of, batch_id, local_links(_storage(storage)))
     target.parent.mkdir(parents=True, exist_ok=True)
     write = csv_bytes if target.suffix.lower() == ".csv" else xlsx_bytes
     target.write_bytes(write(columns, rows, headers))

@@ -42,16 +42,17 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def serving(cwd: Path, *args: str, log_level: str = "warning") -> Iterator[str]:
+def serving(cwd: Path, *args: str, log_level: str = "warning", drain: float = 1.0) -> Iterator[str]:
     """`kiln serve` on a free port in ``cwd``; yields its URL once /healthz answers; SIGINT
-    at the end, which must exit 0 (its log, ``cwd/serve.log``, says why if not)."""
+    at the end, which must exit 0 (its log, ``cwd/serve.log``, says why if not). Running
+    tasks get ``drain`` seconds to finish at the end (``[scheduler] shutdown_seconds``)."""
     port, log = free_port(), cwd / "serve.log"
     with (
         log.open("w") as out,
         subprocess.Popen(
             [*KILN, "serve", "--port", str(port), "--log-level", log_level, *args],
             cwd=cwd,
-            env=env(),
+            env={**env(), "KILN_SCHEDULER__SHUTDOWN_SECONDS": str(drain)},
             stdout=out,
             stderr=subprocess.STDOUT,
         ) as process,
@@ -67,3 +68,27 @@ def serving(cwd: Path, *args: str, log_level: str = "warning") -> Iterator[str]:
             finally:
                 if process.poll() is None:
                     process.kill()
+
+
+@contextmanager
+def running(cwd: Path, *args: str, log: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`kiln ARGS` in ``cwd`` in the background, its output in ``cwd/LOG``; killed at the end
+    if the test left it running (a test that cares stops it with :func:`stop`)."""
+    with (
+        (cwd / log).open("w") as out,
+        subprocess.Popen(
+            [*KILN, *args], cwd=cwd, env=env(), stdout=out, stderr=subprocess.STDOUT
+        ) as process,
+    ):
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    """Send ``sig`` and wait for the exit code (``timeout`` s at most)."""
+    process.send_signal(sig)
+    return process.wait(timeout=timeout)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -48,12 +49,18 @@ from pixelkiln.config import Settings
 from pixelkiln.db.settings_store import stored_concurrency
 from pixelkiln.web import SecurityHeaders, mount_web
 
+log = logging.getLogger("pixelkiln.api")
 
-def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
+
+def create_app(
+    settings: Settings, *, run_scheduler: bool = True, drain_seconds: float = 0.0
+) -> FastAPI:
     """The API for ``settings``; the Kiln opens and the scheduler starts with the lifespan.
 
     ``run_scheduler=False`` serves the API only (another process, e.g. ``kiln
-    worker``, runs the tasks).
+    worker``, runs the tasks). ``drain_seconds``: at shutdown, how long running tasks
+    may take to finish before they are given back untried (``kiln serve`` passes
+    ``[scheduler] shutdown_seconds``; 0: given back at once).
     """
 
     @contextlib.asynccontextmanager
@@ -67,7 +74,14 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> FastAPI:
             try:
                 yield
             finally:
-                if ctx.runner is not None:
+                if ctx.runner is not None and drain_seconds > 0:
+                    log.info(
+                        "stopping: claiming nothing more; running tasks have %g s to finish, "
+                        "then they go back to the queue untried",
+                        drain_seconds,
+                    )
+                    await asyncio.to_thread(ctx.runner.drain, drain_seconds)
+                elif ctx.runner is not None:
                     await asyncio.to_thread(ctx.runner.stop)
                 ctx.pool.shutdown(wait=True)
 

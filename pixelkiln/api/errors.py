@@ -30,6 +30,7 @@ from pixelkiln.exceptions import (
     NotFoundError,
     PermissionDeniedError,
     SpecError,
+    StorageError,
     UnstorableValueError,
 )
 from pixelkiln.models import parse_id
@@ -190,6 +191,9 @@ async def _kiln(_: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, DatabaseError):
         log.error("database unavailable: %s", exc)
         return error_response(503, "unavailable", "the database is busy or unreachable; retry")
+    if isinstance(exc, StorageError):
+        log.error("storage unavailable: %s", exc)
+        return error_response(503, "unavailable", "the image storage cannot be reached; retry")
     log.error("unexpected %s: %s", type(exc).__name__, exc)
     return error_response(500, "internal", "internal error")
 

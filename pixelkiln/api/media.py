@@ -1,8 +1,11 @@
-"""Image files for the API: cached thumbnails and ZIP archives streamed as they are written.
+"""Image files for the API: stored files answered, cached thumbnails, ZIP archives
+streamed as they are written.
 
-A thumbnail is made with Pillow on its first request and kept under
-``<data_dir>/thumbs/<batch>/<image>_<size>.webp`` (an upload's under
-``thumbs/assets/<asset>_<size>.webp``); later requests are a file read. A ZIP
+A stored file is answered from its local file (``StoredFile``) or streamed from the
+object store (``StoredObject``), with the same validators and ``Range`` support.
+A thumbnail is made with Pillow on its first request and kept in the storage under
+``thumbs/<batch>/<image>_<size>.webp`` (an upload's under
+``thumbs/assets/<asset>_<size>.webp``); later requests are a read. A ZIP
 is written into a sink that hands its bytes to the response as each file goes
 in (PNG is already compressed, so entries are stored), so a batch of any size
 costs one read buffer of memory, not the archive.
@@ -11,25 +14,29 @@ costs one read buffer of memory, not the archive.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
-import threading
 import zipfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from email.utils import formatdate
+from pathlib import PurePosixPath
 from typing import Annotated
+from urllib.parse import quote
 
 import anyio
 from fastapi import Depends, Query
-from fastapi.responses import FileResponse, JSONResponse
-from PIL import Image
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import Receive, Scope, Send
 
 from pixelkiln.api.errors import ApiError, error_response
 from pixelkiln.db.records import Asset
 from pixelkiln.models import ImageRecord
 from pixelkiln.naming import unique_name
-from pixelkiln.storage import Storage
+from pixelkiln.storage import Storage, StorageError, StoredInfo, Stream, content_type
+
+log = logging.getLogger("pixelkiln.api")
 
 THUMB_SIZES = (128, 256, 512)
 THUMB_TYPE = "image/webp"
@@ -79,42 +86,244 @@ class StoredFile(FileResponse):
         await super().__call__(scope, receive, send)
 
 
-def thumbnail_path(storage: Storage, image: ImageRecord, size: int) -> Path:
-    """The cached thumbnail of an image, made now if missing (blocking: call in a thread)."""
-    target = storage.absolute(f"thumbs/{image.batch_id}/{image.id}_{size}.webp")
-    return _thumbnail(storage.absolute(image.path), target, size)
-
-
-def asset_thumbnail_path(storage: Storage, asset: Asset, size: int) -> Path:
-    """The cached thumbnail of an uploaded image (blocking: call in a thread)."""
-    target = storage.absolute(f"thumbs/assets/{asset.id}_{size}.webp")
-    return _thumbnail(storage.absolute(asset.path), target, size)
-
-
-def _thumbnail(original: Path, target: Path, size: int) -> Path:
-    if target.exists():
-        return target
+def stored_file(
+    storage: Storage,
+    relative: str,
+    *,
+    media_type: str | None = None,
+    filename: str | None = None,
+    disposition: str = "attachment",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A stored file as the response: from the local file where there is one (Starlette's
+    ``FileResponse``), else streamed from the object store. Both give ``Content-Length``,
+    ``Last-Modified``, ``ETag`` and ``Accept-Ranges`` and answer a ``Range``; a missing
+    file is 404 ``file_missing``."""
+    kind = media_type or content_type(relative)
     try:
-        source = Image.open(original)
-    except FileNotFoundError as exc:
+        path = storage.local_path(relative)
+    except ValueError as exc:  # a stored path outside the root: never served
         raise ApiError(404, FILE_MISSING, _GONE) from exc
+    if path is not None:
+        return StoredFile(
+            path,
+            media_type=kind,
+            filename=filename,
+            content_disposition_type=disposition,
+            headers=headers,
+        )
+    return StoredObject(
+        storage,
+        relative,
+        media_type=kind,
+        filename=filename,
+        disposition=disposition,
+        headers=headers,
+    )
+
+
+class StoredObject(Response):
+    """A stored object streamed in blocks (never whole in memory), with the headers and
+    ``Range`` handling of :class:`StoredFile`, plus ``If-None-Match`` → 304 (a cached
+    copy costs one HEAD to the store, not the bytes).
+
+    Only one range is served; a request for several gets the whole file (RFC 9110 lets a
+    server ignore ``Range``). The store unreachable is 503 ``unavailable``.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        relative: str,
+        *,
+        media_type: str,
+        filename: str | None = None,
+        disposition: str = "attachment",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.relative = relative
+        self.status_code = 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers(headers)
+        self.headers.setdefault("accept-ranges", "bytes")
+        if filename is not None:
+            quoted = quote(filename)
+            if quoted != filename:
+                value = f"{disposition}; filename*=utf-8''{quoted}"
+            else:
+                value = f'{disposition}; filename="{filename}"'
+            self.headers.setdefault("content-disposition", value)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            info = await anyio.to_thread.run_sync(self.storage.stat, self.relative)
+        except (FileNotFoundError, ValueError):
+            await _file_missing()(scope, receive, send)
+            return
+        except StorageError as exc:
+            log.error("image storage unavailable: %s", exc)
+            await _unavailable()(scope, receive, send)
+            return
+        self.headers["last-modified"] = formatdate(info.mtime, usegmt=True)
+        self.headers["etag"] = info.etag
+        request = Headers(scope=scope)
+        if _fresh(request, info):
+            await self._send_head(send, 304, {})
+            return
+        try:
+            span = _range(request, info)
+        except _Unsatisfiable:
+            answer = PlainTextResponse(
+                status_code=416, headers={"content-range": f"bytes */{info.size}"}
+            )
+            await answer(scope, receive, send)
+            return
+        start, length = (0, info.size) if span is None else span
+        status, extra = 200, {}
+        if span is not None:
+            status = 206
+            extra["content-range"] = f"bytes {start}-{start + length - 1}/{info.size}"
+        extra["content-length"] = str(length)
+        if scope["method"].upper() == "HEAD":
+            await self._send_head(send, status, extra)
+            return
+        try:
+            stream = await anyio.to_thread.run_sync(self.storage.open, self.relative, start, length)
+        except FileNotFoundError:  # deleted between the HEAD and the GET
+            await _file_missing()(scope, receive, send)
+            return
+        except StorageError as exc:
+            log.error("image storage unavailable: %s", exc)
+            await _unavailable()(scope, receive, send)
+            return
+        await self._send_head(send, status, extra, more=True)
+        await _stream_until_disconnect(stream, send, receive)
+
+    async def _send_head(
+        self, send: Send, status: int, extra: dict[str, str], more: bool = False
+    ) -> None:
+        headers = MutableHeaders(raw=list(self.raw_headers))
+        for name, value in extra.items():
+            headers[name] = value
+        if status == 304:
+            del headers["content-type"]
+        await send({"type": "http.response.start", "status": status, "headers": headers.raw})
+        if not more:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _stream_until_disconnect(stream: Stream, send: Send, receive: Receive) -> None:
+    """Send the stream's blocks; stop reading the store when the client goes away."""
+
+    async def pump() -> None:
+        while block := await anyio.to_thread.run_sync(stream.read, READ_CHUNK):
+            await send({"type": "http.response.body", "body": block, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        group.cancel_scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(pump)
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(stream.close)
+
+
+def _fresh(request: Headers, info: StoredInfo) -> bool:
+    """The client's copy is current (``If-None-Match`` names the ETag, or ``*``)."""
+    wanted = request.get("if-none-match")
+    if wanted is None:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in wanted.split(",")}
+    return "*" in tags or info.etag in tags
+
+
+class _Unsatisfiable(Exception):
+    """The range asked for starts past the end: 416."""
+
+
+def _range(request: Headers, info: StoredInfo) -> tuple[int, int] | None:
+    """(start, length) of the one range asked for; None: the whole file (_Unsatisfiable: 416).
+
+    ``If-Range`` that names another version (ETag or date) means the whole file; so do
+    several ranges and a header that is not ``bytes=…``.
+    """
+    asked = request.get("range")
+    if asked is None:
+        return None
+    condition = request.get("if-range")
+    if condition is not None and condition not in (info.etag, formatdate(info.mtime, usegmt=True)):
+        return None
+    unit, _, spec = asked.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first or last) or not (first + last).isdigit():
+        return None
+    size = info.size
+    if not first:  # the last N bytes
+        length = min(int(last), size)
+        if not length:
+            raise _Unsatisfiable
+        return size - length, length
+    start = int(first)
+    if start >= size:
+        raise _Unsatisfiable
+    end = min(int(last), size - 1) if last else size - 1
+    if end < start:
+        return None
+    return start, end - start + 1
+
+
+def _unavailable() -> JSONResponse:
+    return error_response(503, "unavailable", "the image storage cannot be reached; retry")
+
+
+def thumbnail(storage: Storage, image: ImageRecord, size: int) -> str:
+    """The cached thumbnail of an image (its stored path), made now if missing (blocking:
+    call in a thread). Cached in the storage itself, beside the images: one made by any
+    API process serves every other, and deleting a batch's thumbs folder removes it."""
+    target = f"thumbs/{image.batch_id}/{image.id}_{size}.webp"
+    return _thumbnail(storage, image.path, target, size)
+
+
+def asset_thumbnail(storage: Storage, asset: Asset, size: int) -> str:
+    """The cached thumbnail of an uploaded image (blocking: call in a thread)."""
+    return _thumbnail(storage, asset.path, f"thumbs/assets/{asset.id}_{size}.webp", size)
+
+
+def _thumbnail(storage: Storage, original: str, target: str, size: int) -> str:
+    try:
+        if storage.exists(target):
+            return target
+        source = storage.open_image(original)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ApiError(404, FILE_MISSING, _GONE) from exc
+    except StorageError as exc:
+        log.error("image storage unavailable: %s", exc)
+        raise ApiError(503, "unavailable", "the image storage cannot be reached; retry") from exc
     with source:
         source.seek(0)  # an animated GIF or WebP: its first frame
         source.thumbnail((size, size))
         picture = source.convert("RGBA" if "A" in source.getbands() else "RGB")
     out = io.BytesIO()
     picture.save(out, format="WEBP", quality=80)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    tmp.write_bytes(out.getvalue())
-    os.replace(tmp, target)  # concurrent first requests each write whole files
+    storage.write(target, out.getvalue())  # concurrent first requests each write whole files
     return target
 
 
 def remove_image_files(storage: Storage, image: ImageRecord) -> None:
-    storage.delete(image.path)
-    for size in THUMB_SIZES:
-        storage.delete(f"thumbs/{image.batch_id}/{image.id}_{size}.webp")
+    """An image's file and thumbnails, once its row is gone (a store that cannot be
+    reached leaves them, logged: the row is gone, so it is only space)."""
+    try:
+        storage.delete_image(image.path, image.batch_id, image.id)
+    except StorageError as exc:
+        log.warning("could not delete the files of image %d: %s", image.id, exc)
 
 
 class _Sink(io.RawIOBase):
@@ -146,14 +355,14 @@ def zip_stream(storage: Storage, images: Iterable[ImageRecord]) -> Iterator[byte
     names: set[str] = set()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
         for image in images:
-            path = storage.absolute(image.path)
-            if not path.is_file():
+            try:
+                source = storage.open(image.path)
+            except FileNotFoundError:
                 continue  # deleted meanwhile: the archive has the rest
             name = unique_name(PurePosixPath(image.path).name, names)
-            with archive.open(name, "w", force_zip64=image.bytes >= 2**31) as entry:
-                with path.open("rb") as source:
-                    while block := source.read(READ_CHUNK):
-                        entry.write(block)
-                        yield sink.take()
+            with source, archive.open(name, "w", force_zip64=image.bytes >= 2**31) as entry:
+                while block := source.read(READ_CHUNK):
+                    entry.write(block)
+                    yield sink.take()
             yield sink.take()
     yield sink.take()

@@ -74,6 +74,19 @@ class SchedulerThread:
         self._call(lambda s: s.stop())
         self._thread.join()
 
+    def drain(self, seconds: float) -> None:
+        """Stop claiming; running tasks get ``seconds`` to finish and be recorded, then what
+        still runs is given back untried; waits for the thread (blocking). SIGTERM of
+        ``kiln serve``, as of ``kiln worker`` (:meth:`Scheduler.drain`)."""
+        self._stopping = True
+        self._call(lambda s: s.drain(seconds))
+        self._thread.join()
+
+    def hurry(self) -> None:
+        """A second stop signal during :meth:`drain`: give back what still runs, now."""
+        self._stopping = True
+        self._call(lambda s: s.stop())
+
     def wake(self) -> None:
         self._call(lambda s: s.wake())
 
@@ -88,6 +101,9 @@ class SchedulerThread:
         else:
             self._backend_limits[backend] = per_url
         self._call(lambda s: s.set_backend_concurrency(backend, per_url))
+
+    def slots_freed(self) -> None:
+        self._call(lambda s: s.slots_freed())
 
     def cancel_batch(self, batch_id: int) -> None:
         """Stop this process's running tasks of a batch the database just cancelled."""

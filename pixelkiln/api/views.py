@@ -265,6 +265,7 @@ def user_public(user: User, balance: int) -> UserPublic:
         active=user.active,
         created_at=user.created_at,
         balance=balance,
+        share=user.share,
     )
 
 

@@ -3,10 +3,15 @@
 Every HTTP backend sends its requests through a :class:`ServerPool`. The pool
 keeps one :class:`Server` per URL and decides, per request, where it goes:
 
-* **free slots, fastest first.** A request goes to a healthy server with a free
-  slot (``concurrency`` per URL); among several, the one that has been
-  answering fastest. A slow server never holds up the others, as round robin
-  would: a slot that frees is refilled at once.
+* **the earliest finish.** A request goes to the healthy server that will finish
+  it first. While more work waits than can be counted (the database still had
+  tasks at the scheduler's last claim), that is the fastest server with a free
+  slot (``concurrency`` per URL): every slot is kept busy, and a slow server never
+  holds up the others, as round robin would. Near the end of the work (``backlog``:
+  only the scheduler's ready queue is left) it may be a busy server: a request
+  does not start on a slow server when a fast one will be free soon enough to
+  finish it, and the rest, sooner (:func:`earliest_finish`, from each server's
+  measured latency and the start times of its requests in flight).
 * **circuit breaker.** ``failure_threshold`` consecutive failures (connection
   errors, timeouts, 5xx, unreadable answers) open a server's circuit; a refused
   connection opens it at once. An open server gets no work. After
@@ -26,6 +31,12 @@ keeps one :class:`Server` per URL and decides, per request, where it goes:
 * **adaptive concurrency** (``adaptive_concurrency = true``): a 429 or timeout
   halves that server's slot limit; ``adaptive_raise_after`` successes in a row
   give one slot back, up to ``concurrency``.
+* **shared with other processes** (:attr:`ServerPool.shared`, set by
+  engine.shared_limits): a slot taken here is also taken in the database, so every
+  process on it together stays within a server's slots; a server whose slots the
+  others hold is passed over for a short while; ``rpm`` is paced there too; a circuit
+  opened here is recorded for the others, and one they found down is opened here
+  (:meth:`ServerPool.report_down`).
 
 The policy numbers come from the backend's ``options``::
 
@@ -40,14 +51,17 @@ The policy numbers come from the backend's ``options``::
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import heapq
+import itertools
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from pixelkiln.backends.http import ServerDownError, redact_url
 from pixelkiln.backends.policy import PoolPolicy, RateLimiter
@@ -63,7 +77,15 @@ from pixelkiln.exceptions import (
     ServerError,
 )
 
-__all__ = ["CircuitState", "HealthCheck", "PoolPolicy", "RateLimiter", "Server", "ServerPool"]
+__all__ = [
+    "CircuitState",
+    "HealthCheck",
+    "PoolPolicy",
+    "RateLimiter",
+    "Server",
+    "ServerPool",
+    "SharedSlots",
+]
 
 T = TypeVar("T")
 #: raises a BackendError when the server at the URL is unhealthy
@@ -106,6 +128,10 @@ class Server:
     failed: int = 0  #: server failures, in all
     rate_limited: int = 0  #: 429 answers, in all
     last_error: str = ""  #: the newest failure's message
+    full_until: float = 0.0  #: other processes hold all its slots: passed over until then
+    reported: bool = False  #: opened because another process found it down (report_down)
+    #: when its latest requests were sent (those still in flight are the newest ones)
+    sent: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=256))
 
     def has_slot(self) -> bool:
         return self.in_flight < self.limit
@@ -113,6 +139,30 @@ class Server:
     @property
     def up(self) -> bool:
         return self.state is CircuitState.CLOSED
+
+    def resting_until(self) -> float:
+        """No request before this: a 429's cooldown, or all its slots held elsewhere."""
+        return max(self.cooldown_until, self.full_until)
+
+
+class SharedSlots(Protocol):
+    """What a pool shares with the other processes on its database (engine.shared_limits)."""
+
+    #: seconds a server whose every slot is held elsewhere is passed over before a new look
+    recheck: float
+
+    async def take(self, server: Server) -> float | None:
+        """Take one of ``server``'s slots for every process; seconds to wait before the
+        request starts (rpm), or None when the others hold them all."""
+
+    def give_back(self, server: Server) -> None:
+        """A request taken with :meth:`take` ended: its slot is free again."""
+
+    def opened(self, server: Server, retry_in: float) -> None:
+        """``server``'s circuit opened here; it is probed again in ``retry_in`` seconds."""
+
+    def closed(self, server: Server) -> None:
+        """``server``'s circuit closed here (it answered)."""
 
 
 class ServerPool:
@@ -136,6 +186,7 @@ class ServerPool:
         if not urls:
             raise ConfigError(f"backend '{name}': list at least one server in `urls`")
         self.name = name
+        self.rpm = rpm  #: request starts per minute across all servers (None: no limit)
         self.policy = policy or PoolPolicy()
         self.servers = [
             Server(url=redact_url(u), capacity=concurrency, limit=concurrency) for u in urls
@@ -147,6 +198,13 @@ class ServerPool:
         self._opened = asyncio.Event()  # a circuit opened: for the prober alone
         self._prober: asyncio.Task[None] | None = None
         self._closed = False
+        #: slots, rpm and circuits shared with other processes; None: this process alone
+        self.shared: SharedSlots | None = None
+        #: how many more requests wait to be sent behind those choosing a server now, when
+        #: that is all the work there is (the scheduler tells: engine.dispatch); None, or a
+        #: hook answering None: more than that, so every free slot is filled at once
+        self.backlog: Callable[[], int | None] | None = None
+        self._choosing = 0  # calls in _acquire now
 
     @classmethod
     def from_settings(
@@ -205,6 +263,13 @@ class ServerPool:
             server.limit = min(server.limit, server.capacity) if shrunk else server.capacity
         self._notify()
 
+    def look_again(self) -> None:
+        """Slots may have freed in other processes (engine.shared_limits): servers passed
+        over because the others held every slot are tried again now."""
+        for server in self.servers:
+            server.full_until = 0.0
+        self._notify()
+
     def describe(self) -> str:
         """One line for status displays: how many servers are up and why the others are not."""
         up = self.servers_up()
@@ -224,18 +289,45 @@ class ServerPool:
     # -- choosing a server ---------------------------------------------------------
 
     async def _acquire(self, tried: set[Server], last: BackendError | None) -> Server:
-        """Take a slot on the best usable server, waiting for slots and 429 cooldowns."""
-        while True:
-            now = self._clock()
-            candidates = [s for s in self.servers if s not in tried and self._usable(s, now)]
-            if not candidates:
-                raise self._nothing_left(last)
-            free = [s for s in candidates if s.has_slot() and s.cooldown_until <= now]
-            if free:
-                server = min(free, key=_preference)
-                self._take(server)
-                return server
-            await self._wait_change(self._cooldown_wait(candidates, now, last))
+        """Take a slot on the server that will finish first, waiting for slots, 429
+        cooldowns and (near the end of the work) a fast server about to be free."""
+        self._choosing += 1
+        try:
+            while True:
+                now = self._clock()
+                candidates = [s for s in self.servers if s not in tried and self._usable(s, now)]
+                if not candidates:
+                    raise self._nothing_left(last)
+                free = [s for s in candidates if s.has_slot() and s.resting_until() <= now]
+                if free:
+                    server, wait = self._choose(free, candidates, now)
+                    if server is not None:
+                        self._take(server)
+                        if self.shared is None or await self._take_shared(server):
+                            server.sent.append(self._clock())  # after any rpm wait
+                            return server
+                        continue
+                else:
+                    wait = self._cooldown_wait(candidates, now, last)
+                await self._wait_change(wait)
+        finally:
+            self._choosing -= 1
+
+    def _choose(
+        self, free: list[Server], candidates: list[Server], now: float
+    ) -> tuple[Server | None, float | None]:
+        """The free server to take now, or None and how long to wait for a better one.
+
+        The fastest free server, unless the work left is counted (its end is near):
+        then :func:`earliest_finish` over the calls choosing now and those queued behind
+        them may rather wait for a fast server that frees soon."""
+        fastest = min(free, key=_preference)
+        if fastest.latency is None:
+            return fastest, None  # unknown speed: tried at once, as a new server should be
+        backlog = None if self.backlog is None else self.backlog()
+        if backlog is None:
+            return fastest, None
+        return earliest_finish(candidates, self._choosing + backlog, now)
 
     def _usable(self, server: Server, now: float) -> bool:
         if server.state is CircuitState.CLOSED:
@@ -250,6 +342,31 @@ class ServerPool:
     def _take(self, server: Server) -> None:
         server.in_flight += 1
         server.requests += 1
+
+    async def _take_shared(self, server: Server) -> bool:
+        """The slot taken here taken for every process too, and the rpm wait over; False
+        (the slot given back here) when the others hold every one of the server's slots."""
+        assert self.shared is not None
+        shared, delay = self.shared, None
+        try:
+            delay = await shared.take(server)
+            if delay is not None and delay > 0:
+                await asyncio.sleep(delay)
+        except BaseException:
+            if delay is not None:
+                shared.give_back(server)
+            self._untake(server)
+            raise
+        if delay is None:
+            server.full_until = self._clock() + shared.recheck
+            self._untake(server)
+            return False
+        return True
+
+    def _untake(self, server: Server) -> None:
+        server.in_flight -= 1
+        server.requests -= 1
+        self._notify()
 
     def _nothing_left(self, last: BackendError | None) -> BackendError:
         """The error for a call that has no server left to try."""
@@ -268,7 +385,7 @@ class ServerPool:
         self, candidates: list[Server], now: float, last: BackendError | None
     ) -> float | None:
         """Seconds until a cooled-down server may take work (None: wait for a free slot)."""
-        cooling = [s.cooldown_until for s in candidates if s.cooldown_until > now]
+        cooling = [s.resting_until() for s in candidates if s.resting_until() > now]
         if len(cooling) < len(candidates):
             return min(cooling) - now if cooling else None
         wait = min(cooling) - now
@@ -297,7 +414,7 @@ class ServerPool:
     async def _call(self, server: Server, call: Callable[[Server], Awaitable[T]]) -> T:
         """``call`` on ``server`` (slot already taken), recording how it went."""
         try:
-            if self._limiter is not None:
+            if self._limiter is not None and self.shared is None:  # else paced by the take
                 await self._limiter.wait()
             started = self._clock()
             result = await call(server)
@@ -315,6 +432,8 @@ class ServerPool:
             return result
         finally:
             server.in_flight -= 1
+            if self.shared is not None:
+                self.shared.give_back(server)
             self._notify()
 
     def _succeeded(self, server: Server, seconds: float | None) -> None:
@@ -376,7 +495,10 @@ class ServerPool:
         )
         server.retry_at = self._clock() + server.open_for
         server.state = CircuitState.OPEN
+        server.reported = False  # found down here: this process records and probes it
         self._opened.set()
+        if self.shared is not None:
+            self.shared.opened(server, server.open_for)
         if was_closed:
             logger.warning(
                 "backend %s: server %s marked down after %d failure(s): %s",
@@ -390,7 +512,48 @@ class ServerPool:
         server.state = CircuitState.CLOSED
         server.failures = 0
         server.open_for = 0.0
+        server.reported = False
         logger.info("backend %s: server %s is back", self.name, server.url)
+        if self.shared is not None:
+            self.shared.closed(server)
+
+    def report_down(self, server: Server, retry_in: float, error: str) -> bool:
+        """Another process found ``server`` down and probes it in ``retry_in`` seconds: open
+        its circuit here too, without a failure of ours (nothing is recorded back); this
+        process's prober (or, without health checks, a trial request) looks at it then.
+        True when this closed its circuit here."""
+        if server.state is not CircuitState.CLOSED:
+            return False
+        server.state = CircuitState.OPEN
+        server.reported = True
+        server.open_for = max(retry_in, self.policy.open_seconds)
+        server.retry_at = self._clock() + max(0.0, retry_in)
+        server.last_error = error or "found down by another process"
+        logger.warning(
+            "backend %s: server %s found down by another process: %s",
+            self.name,
+            server.url,
+            server.last_error,
+        )
+        self._ensure_prober()
+        self._opened.set()
+        self._notify()
+        return True
+
+    def report_up(self, server: Server) -> bool:
+        """The process that found ``server`` down found it back: close a circuit that
+        :meth:`report_down` opened (not one this process's own failures opened)."""
+        if not (server.reported and server.state is CircuitState.OPEN):
+            return False
+        server.state = CircuitState.CLOSED
+        server.failures = 0
+        server.open_for = 0.0
+        server.reported = False
+        logger.info(
+            "backend %s: server %s is back (found by another process)", self.name, server.url
+        )
+        self._notify()
+        return True
 
     def _ensure_prober(self) -> None:
         """Start the health probe on first use (it needs a running loop)."""
@@ -436,6 +599,75 @@ class ServerPool:
         else:
             self._close(server)
         self._notify()
+
+
+#: a request this many times its server's latency late is no longer expected to end soon:
+#: its slot is left out of the guess (the server may be stuck), so nobody waits for it
+LATE_FACTOR = 3.0
+
+
+def earliest_finish(
+    servers: Sequence[Server], requests: int, now: float
+) -> tuple[Server | None, float | None]:
+    """Where the first of ``requests`` waiting ones should start now, if anywhere.
+
+    Each slot of each server is a lane that is free now or when a request in flight
+    ends (its start plus the server's latency); ``requests`` are placed one by one on
+    the lane where each would finish first (a lane's free time plus its server's
+    latency). The first to land on a lane free now says which server to take now. If
+    none does, every one of them finishes sooner by waiting for a busy, faster server:
+    the answer is (None, seconds until the first lane they wait for frees).
+
+    A busy server of unknown latency offers no lane (when it frees cannot be guessed),
+    nor does a request long overdue; a late one is expected within a quarter of its
+    latency; a server resting (a 429's cooldown, its slots held by other processes) frees
+    when its rest ends.
+
+    >>> fast, slow = Server("f", 1, 1, latency=0.1), Server("s", 1, 1, latency=0.9)
+    >>> fast.in_flight, fast.sent = 1, collections.deque([0.0])  # ends at 0.1
+    >>> earliest_finish([fast, slow], 1, now=0.05)[1]             # wait 0.05 s for fast
+    0.05
+    >>> earliest_finish([fast, slow], 12, now=0.05)[0] is slow    # enough work for both
+    True
+    """
+    tie = itertools.count()  # lanes finishing at once go in the servers' order
+    lanes: list[tuple[float, float, int, bool, Server]] = []
+    for server in servers:
+        latency = server.latency or 0.0
+        for free_at, now_free in _lanes(server, now):
+            lanes.append((free_at + latency, free_at, next(tie), now_free, server))
+    heapq.heapify(lanes)
+    waits: list[float] = []
+    for _ in range(max(1, requests)):
+        if not lanes:
+            break
+        finish, free_at, _, now_free, server = heapq.heappop(lanes)
+        if now_free:
+            return server, None
+        waits.append(free_at)
+        latency = server.latency or 0.0
+        heapq.heappush(lanes, (finish + latency, finish, next(tie), False, server))
+    return None, (min(waits) - now if waits else None)
+
+
+def _lanes(server: Server, now: float) -> list[tuple[float, bool]]:
+    """(when a slot of ``server`` is free, whether that is now) for each slot one can tell."""
+    resting = server.resting_until()
+    cooling = resting > now
+    ready = resting if cooling else now
+    lanes = [(ready, not cooling)] * max(0, server.limit - server.in_flight)
+    latency = server.latency
+    if latency is None:
+        return lanes
+    busy = min(server.in_flight, server.limit, len(server.sent))
+    for sent in list(server.sent)[len(server.sent) - busy :]:
+        end = sent + latency
+        if end < now:  # late: soon, unless so late that the server may be stuck
+            if now - sent > LATE_FACTOR * latency:
+                continue
+            end = now + latency / 4
+        lanes.append((max(ready, end), False))
+    return lanes
 
 
 def _preference(server: Server) -> tuple[float, float]:

@@ -11,7 +11,7 @@ import time
 
 import typer
 
-from pixelkiln.cli import admin, batches, gc, plan, run, serve, sheet
+from pixelkiln.cli import admin, batches, gc, plan, run, serve, sheet, submit, worker
 from pixelkiln.cli.backends import backends_app
 from pixelkiln.cli.dev import dev_app
 from pixelkiln.cli.projects import projects_app
@@ -30,6 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command()(run.run)
+app.command()(submit.submit)
 app.command()(plan.plan)
 app.command()(run.resume)
 app.command()(run.retry)
@@ -42,6 +43,7 @@ app.command()(sheet.sheet)
 app.command()(batches.init)
 app.add_typer(backends_app, name="backends")
 app.command()(serve.serve)
+app.command()(worker.worker)
 app.command()(admin.concurrency)
 app.command()(gc.gc)
 app.add_typer(users_app, name="users", help="API users, their tokens and credits.")

@@ -35,6 +35,7 @@ from pixelkiln.export import export_batch, export_kind
 from pixelkiln.inputs.headers import Headers, check_headers
 from pixelkiln.models import Batch
 from pixelkiln.reports import build_report, eta_seconds, render_text, webhook_facts, webhook_line
+from pixelkiln.storage import open_storage
 from pixelkiln.workbooks import template_bytes
 
 HeadersOption = Annotated[
@@ -192,11 +193,16 @@ def export(
     with errors():
         settings = settings_from(config)
 
+        storage = open_storage(settings.storage)  # the images, wherever they are
+
         def do_export(db: Database) -> int:
             found = resolve(db, batch).id
-            return export_batch(db, settings.storage.data_dir, found, to, headers=language)
+            return export_batch(db, storage, found, to, headers=language)
 
-        count = with_db(settings, do_export)
+        try:
+            count = with_db(settings, do_export)
+        finally:
+            storage.close()
     what = "task(s)" if kind in ("xlsx", "csv") else "image(s)"
     console.print(f"Exported {count} {what} to {to}", markup=False)
 

@@ -134,7 +134,7 @@ async def _finish(
             )
             code = EXIT_FAILED
         console.print(
-            f"  report    {path}\n  folder    {kiln.storage.root / 'images' / str(batch_id)}",
+            f"  report    {path}\n  folder    {kiln.storage.where(f'images/{batch_id}')}",
             markup=False,
         )
         if batch.status != BatchStatus.COMPLETED:
@@ -150,6 +150,17 @@ async def _finish(
     return code
 
 
+async def queue_batch(kiln: Kiln, loaded: LoadedBatch, yes: bool) -> int:
+    """Store a loaded batch file as ``kiln run`` does (``kiln submit`` too): a large plan
+    is shown and asked about first (``[limits] confirm_*``; ``yes`` skips it); its id."""
+
+    async def confirm(found: Plan) -> None:
+        await confirm_run(found, kiln.settings, yes)
+
+    sub = submission_of(loaded)
+    return (await service.submit(kiln.service, service.LOCAL, sub, confirm)).batch_id
+
+
 async def _submit_and_run(
     settings: Settings,
     loaded: LoadedBatch,
@@ -159,12 +170,7 @@ async def _submit_and_run(
     yes: bool = False,
 ) -> int:
     async with Kiln(settings) as kiln:
-
-        async def confirm(found: Plan) -> None:  # a large plan is shown and asked first
-            await confirm_run(found, settings, yes)
-
-        sub = submission_of(loaded)
-        batch_id = (await service.submit(kiln.service, service.LOCAL, sub, confirm)).batch_id
+        batch_id = await queue_batch(kiln, loaded, yes)
         console.print(
             f"Batch [bold]{batch_id}[/] '{escape(loaded.spec.name)}': "
             f"{count_tasks(loaded.spec, loaded.base_dir):,} task(s)",
@@ -195,21 +201,33 @@ async def continue_batches(
         return await _finish(kiln, batch_ids, interrupted, report, log_path)
 
 
+SpecArg = Annotated[Path, typer.Argument(help="Batch file: .yaml .yml .json .toml .csv .xlsx")]
+NameOption = Annotated[str | None, typer.Option(help="Batch name (default: from the file).")]
+TemplateOption = Annotated[
+    str | None,
+    typer.Option(help='A table\'s rows are items; their prompt: "{style}. {title}".'),
+]
+VarOption = Annotated[
+    list[str] | None,
+    typer.Option(help="A field every row may use, NAME=VALUE (repeatable; --template)."),
+]
+
+
+def load_spec(spec: Path, name: str | None, template: str | None, var: list[str]) -> LoadedBatch:
+    """A batch file as ``kiln run`` and ``kiln submit`` read it (SpecError for bad input)."""
+    items = _table_template(template, var)
+    return load_batch_file(spec, name=name, partial=True, template=items)
+
+
 def run(
-    spec: Annotated[Path, typer.Argument(help="Batch file: .yaml .yml .json .toml .csv .xlsx")],
+    spec: SpecArg,
     config: ConfigOption = None,
     report: Annotated[Path | None, typer.Option(help="Where to write the JSON report.")] = None,
     log_level: LogLevelOption = None,
-    name: Annotated[str | None, typer.Option(help="Batch name (default: from the file).")] = None,
+    name: NameOption = None,
     quiet: QuietOption = False,
-    template: Annotated[
-        str | None,
-        typer.Option(help='A table\'s rows are items; their prompt: "{style}. {title}".'),
-    ] = None,
-    var: Annotated[
-        list[str] | None,
-        typer.Option(help="A field every row may use, NAME=VALUE (repeatable; --template)."),
-    ] = None,
+    template: TemplateOption = None,
+    var: VarOption = None,
     yes: YesOption = False,
 ) -> None:
     """Run a batch file to the end, with a progress bar and a summary.
@@ -218,8 +236,7 @@ def run(
     """
     with errors():
         settings = settings_from(config, log_level)
-        items = _table_template(template, var or [])
-        loaded = load_batch_file(spec, name=name, partial=True, template=items)
+        loaded = load_spec(spec, name, template, var or [])
         log_path = setup_logging(settings)
         code = asyncio.run(_submit_and_run(settings, loaded, report, quiet, log_path, yes))
     raise typer.Exit(code)

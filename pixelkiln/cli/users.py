@@ -22,14 +22,28 @@ from pixelkiln.cli.common import (
 from pixelkiln.cli.common import with_db as _open_db
 from pixelkiln.db.credits import grant
 from pixelkiln.db.database import Database
-from pixelkiln.db.users import add_user, find_user, issue_token, list_users, revoke_tokens
+from pixelkiln.db.users import (
+    User,
+    add_user,
+    find_user,
+    issue_token,
+    list_users,
+    revoke_tokens,
+    set_share,
+)
 from pixelkiln.exceptions import KilnError
-from pixelkiln.wire.schemas import MAX_GRANT
+from pixelkiln.wire.schemas import MAX_GRANT, MAX_SHARE
 
 T = TypeVar("T")
 
+SHARE_HELP = (
+    f"Weight in fair share, above 0 and at most {MAX_SHARE:g}: among tasks of equal "
+    "priority, a user with 2 runs twice as many as one with 1 (the default)."
+)
+
 users_app = typer.Typer(
-    help="API users: add them (prints a token), list them, grant credits.", no_args_is_help=True
+    help="API users: add them (prints a token), list them, grant credits, set shares.",
+    no_args_is_help=True,
 )
 
 
@@ -49,11 +63,12 @@ def users_add(
     name: Annotated[str, typer.Argument(help="Login name (letters, digits, . _ @ -).")],
     admin: Annotated[bool, typer.Option("--admin", help="May manage users and settings.")] = False,
     credits: Annotated[int, typer.Option(min=0, max=MAX_GRANT, help="Credits to start with.")] = 0,
+    share: Annotated[float, typer.Option(help=SHARE_HELP)] = 1.0,
     config: ConfigOption = None,
 ) -> None:
     """Add a user and print their API token (shown this once; only its hash is kept)."""
     user, token = _with_db(
-        config, lambda db: db.write(add_user, name, is_admin=admin, credits=credits)
+        config, lambda db: db.write(add_user, name, is_admin=admin, credits=credits, share=share)
     )
     role = "admin" if user.is_admin else "user"
     err_console.print(
@@ -95,13 +110,31 @@ def users_revoke(
 def users_list(config: ConfigOption = None) -> None:
     """Every user with role, state and credit balance."""
     rows = _with_db(config, lambda db: db.read(list_users))
-    table = Table("id", "name", "role", "active", "credits")
+    table = Table("id", "name", "role", "active", "credits", "share")
     for user, balance in rows:
         role = "admin" if user.is_admin else "user"
+        active = "yes" if user.active else "no"
         table.add_row(
-            str(user.id), escape(user.name), role, "yes" if user.active else "no", str(balance)
+            str(user.id), escape(user.name), role, active, str(balance), f"{user.share:g}"
         )
     console.print(table)
+
+
+@users_app.command("share")
+def users_share(
+    name: Annotated[str, typer.Argument(help="User name or id.")],
+    weight: Annotated[float, typer.Argument(help=SHARE_HELP)],
+    config: ConfigOption = None,
+) -> None:
+    """Set a user's weight in fair share: among tasks of equal priority, users run tasks in
+    proportion to their shares (docs/queue-policy.md). Every worker follows at its next claim.
+    """
+
+    def change(db: Database) -> User:
+        return db.write(set_share, db.read(find_user, name).id, weight)
+
+    user = _with_db(config, change)
+    console.print(f"share of '{user.name}': {user.share:g}", markup=False)
 
 
 @users_app.command("grant")

@@ -25,7 +25,7 @@ from sqlalchemy import (
     select,
 )
 
-from pixelkiln.db import transitions
+from pixelkiln.db import returning, transitions
 from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.pacing import LIMIT_COLUMNS, BatchLimits
 from pixelkiln.db.tables import assets, batches, tasks
@@ -61,7 +61,8 @@ class NewBatch:
 
 def create_batch(tx: Tx, new: NewBatch) -> int:
     """Store a batch and all its tasks; returns the batch id."""
-    batch_id: int = tx.conn.execute(
+    batch_id: int = returning.execute(
+        tx.conn,
         insert(batches).returning(batches.c.id),
         {
             "owner_id": new.owner_id,
@@ -158,7 +159,8 @@ def _tasks_insert(dialect: Dialect) -> tuple[str, Callable[[tuple[Any, ...]], An
     one by one) was two thirds of storing a 100,000-task sweep. The rows bring the text
     the JSON type would have written, ``json.dumps`` of the value (``None`` too is the
     JSON ``null``, as the type writes it), so what is stored, and read back through the
-    JSON type, is the same as before on both databases. SQLite stores the text as it is;
+    JSON type, is the same as before on every database. SQLite and MySQL store the text as
+    it is;
     PostgreSQL takes it with a cast to ``json`` (a text parameter is not assigned to a json
     column implicitly). The other columns need no conversion on either database.
     """
@@ -171,7 +173,8 @@ def _tasks_insert(dialect: Dialect) -> tuple[str, Callable[[tuple[Any, ...]], An
         if name not in _JSON_COLUMNS:
             return bindparam(name, type_=tasks.c[name].type)
         text = bindparam(name, type_=Text)
-        return text if dialect.name == "sqlite" else cast(text, JSON)
+        # SQLite and MySQL take JSON as text (MySQL checks it); PostgreSQL needs the cast
+        return cast(text, JSON) if dialect.name == "postgresql" else text
 
     compiled = insert(tasks).values({name: bound(name) for name in _ROW}).compile(dialect=dialect)
     shape: Callable[[tuple[Any, ...]], Any]
@@ -303,10 +306,15 @@ CLAIM_ORDER = (
 )
 
 
-def _runnable_statement(filtered: bool) -> Any:
-    """Batches with tasks to start, by priority then age, with their own limits (db.pacing)."""
+def runnable_statement(
+    filtered: bool, columns: Sequence[Any] = LIMIT_COLUMNS, source: Any = batches
+) -> Any:
+    """Batches with tasks to start, by priority then age, with their own limits (db.pacing).
+
+    ``columns`` and ``source``: what the claim reads besides (db.fair: owner, share)."""
     query = (
-        select(*LIMIT_COLUMNS)
+        select(*columns)
+        .select_from(source)
         .where(
             batches.c.status.in_([str(s) for s in ACTIVE]),
             batches.c.n_pending > 0,
@@ -320,8 +328,8 @@ def _runnable_statement(filtered: bool) -> Any:
     return query
 
 
-_RUNNABLE = _runnable_statement(filtered=False)
-_RUNNABLE_ONLY = _runnable_statement(filtered=True)
+_RUNNABLE = runnable_statement(filtered=False)
+_RUNNABLE_ONLY = runnable_statement(filtered=True)
 
 
 def runnable_batches(

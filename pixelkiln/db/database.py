@@ -11,6 +11,14 @@ Reads use their own pooled connections and never wait for the writer (WAL).
 Write functions take a :class:`Tx` first; events they append are handed to
 ``on_commit`` once their transaction is durable, which is how the in-process
 event bus learns of them.
+
+Three databases: SQLite (embedded), PostgreSQL and MySQL/MariaDB (scale-out).
+``Tx.dialect`` names the family (``sqlite``, ``postgresql``, ``mysql``; MariaDB is
+``mysql``); statements that differ say why where they are built. On MySQL every
+connection speaks utf8mb4 (prompts hold emoji and CJK) in READ COMMITTED: the isolation
+PostgreSQL gives by default and every move here was written against (a locking read
+sees the rows others committed; REPEATABLE READ's gap locks would make concurrent
+``SKIP LOCKED`` claims deadlock each other on the index ranges they scan).
 """
 
 from __future__ import annotations
@@ -26,7 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event, inspect, text
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    Executable,
+    Row,
+    create_engine,
+    event,
+    inspect,
+    make_url,
+    text,
+)
 from sqlalchemy.exc import DataError, OperationalError
 
 from pixelkiln.exceptions import DatabaseError, NotFoundError, UnstorableValueError
@@ -37,6 +56,16 @@ SCHEMA_REVISION = "0009"
 MIGRATIONS = Path(__file__).parent / "migrations"
 MAX_GROUP = 512  # writes committed together at most
 SQLITE_BUSY_MS = 30_000
+#: the names SQLAlchemy gives MySQL's dialects (``mysql+…://``, ``mariadb+…://``)
+MYSQL = ("mysql", "mariadb")
+#: MySQL: the named lock one migrator holds at a time (GET_LOCK), and how long another waits
+MYSQL_MIGRATION_LOCK = "pixelkiln-migrate"
+MYSQL_LOCK_WAIT_S = 600
+#: MySQL: strict (a value that does not fit is refused, not truncated), on any server default
+MYSQL_SQL_MODE = (
+    "STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
+    "NO_ENGINE_SUBSTITUTION"
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -65,8 +94,8 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.is_sqlite = url.startswith("sqlite")
-        self.dialect = "sqlite" if self.is_sqlite else "postgresql"
+        self.dialect = dialect_of(url)
+        self.is_sqlite = self.dialect == "sqlite"
         self.read_engine, self.write_engine = _engines(url)
         self.on_commit: Callable[[list[Event]], None] | None = None
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
@@ -203,6 +232,9 @@ class Database:
         self.write_engine.dispose()
 
     def _migrate(self) -> None:
+        if self.dialect == "mysql":
+            self._migrate_mysql()
+            return
         with self.write_engine.connect() as conn:
             # A migration may rebuild a table others reference (SQLite alters tables by
             # copying them); with foreign keys on, dropping the old copy would cascade-delete
@@ -214,12 +246,37 @@ class Database:
             finally:
                 self._sqlite_pragma(conn, "PRAGMA foreign_keys=ON")
 
+    def _migrate_mysql(self) -> None:
+        """One migrator at a time across processes: MySQL has no transaction-scoped
+        advisory lock, so a named session lock (GET_LOCK) is taken around the upgrade
+        and released whatever happens. MySQL commits each DDL statement on its own: a
+        migration cut short is not rolled back (the next open resumes at the revision
+        recorded)."""
+        with self.write_engine.connect() as conn:
+            name = {"name": MYSQL_MIGRATION_LOCK, "wait": MYSQL_LOCK_WAIT_S}
+            got = conn.execute(text("SELECT GET_LOCK(:name, :wait)"), name).scalar()
+            conn.commit()
+            if got != 1:
+                raise DatabaseError("another process is migrating the database; try again")
+            try:
+                with conn.begin():
+                    self._upgrade(conn)
+            finally:
+                conn.execute(text("SELECT RELEASE_LOCK(:name)"), name)
+                conn.commit()
+
     def _upgrade(self, conn: Connection) -> None:
-        if not self.is_sqlite:
+        if self.dialect == "postgresql":
             # one migrator at a time across processes
             conn.execute(text("SELECT pg_advisory_xact_lock(7477001)"))
-        if _schema_revision(conn) == SCHEMA_REVISION:
+        revision = _schema_revision(conn)
+        if revision == SCHEMA_REVISION:
             return
+        if revision is None and self.dialect == "mysql":
+            # tables take the database's defaults: every text utf8mb4 (emoji, CJK) and
+            # compared byte for byte, as on PostgreSQL and SQLite (a "_ci" collation
+            # would make "Bob" and "bob" one user, "a" and "a " one idempotency key)
+            conn.exec_driver_sql("ALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
         from alembic import command  # only when migrating: alembic is slow to import
         from alembic.config import Config
 
@@ -276,9 +333,23 @@ def _schema_revision(conn: Connection) -> str | None:
     return str(row[0]) if row else None
 
 
+def dialect_of(url: str) -> str:
+    """The database family of ``url``: ``sqlite``, ``postgresql`` or ``mysql`` (MariaDB too).
+
+    >>> dialect_of("mariadb+pymysql://kiln@db/kiln"), dialect_of("sqlite:///kiln.db")
+    ('mysql', 'sqlite')
+    """
+    name = make_url(url).get_backend_name()
+    return "mysql" if name in MYSQL else name
+
+
 def _engines(url: str) -> tuple[Engine, Engine]:
-    """(read engine, write engine); the same pooled engine on PostgreSQL."""
-    if not url.startswith("sqlite"):
+    """(read engine, write engine); the same pooled engine on PostgreSQL and MySQL."""
+    dialect = dialect_of(url)
+    if dialect == "mysql":
+        engine = _mysql_engine(make_url(url))
+        return engine, engine
+    if dialect != "sqlite":
         engine = create_engine(url, pool_pre_ping=True)
         return engine, engine
     args = {"check_same_thread": False, "timeout": SQLITE_BUSY_MS / 1000}
@@ -289,6 +360,21 @@ def _engines(url: str) -> tuple[Engine, Engine]:
         write, begin="BEGIN IMMEDIATE"
     )  # take the write lock up front: no upgrade deadlocks
     return read, write
+
+
+def _mysql_engine(url: URL) -> Engine:
+    """utf8mb4 on the wire unless the URL chose otherwise (MySQL's "utf8" holds no emoji),
+    READ COMMITTED (see the module's docstring), strict SQL mode; connections the server
+    closed while idle (``wait_timeout``) are replaced, not handed out."""
+    if "charset" not in url.query:
+        url = url.update_query_dict({"charset": "utf8mb4"})
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_recycle=3600,
+        isolation_level="READ COMMITTED",
+        connect_args={"init_command": f"SET SESSION sql_mode = '{MYSQL_SQL_MODE}'"},
+    )
 
 
 def _sqlite_setup(engine: Engine, begin: str) -> None:
@@ -307,4 +393,4 @@ def _sqlite_setup(engine: Engine, begin: str) -> None:
         conn.exec_driver_sql(begin)
 
 
-__all__ = ["SCHEMA_REVISION", "Database", "Tx"]
+__all__ = ["MYSQL", "SCHEMA_REVISION", "Database", "Tx", "dialect_of"]

@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 
 from sqlalchemy import Connection, Row, insert, select
 
+from pixelkiln.db import returning
 from pixelkiln.db.database import Tx
 from pixelkiln.db.notify import EVENTS, notify
 from pixelkiln.db.tables import batches, events
@@ -283,7 +284,7 @@ def append_events(tx: Tx, pending: list[PendingEvent]) -> list[Event]:
             {"batch_id": b, "task_id": t, "type": str(kind), "data": data, "created_at": tx.now}
             for b, t, kind, data in pending
         ]
-        ids = list(tx.conn.execute(_INSERT, rows).scalars())
+        ids = list(returning.execute(tx.conn, _INSERT, rows).scalars())
     appended = [
         Event(id, b, t, kind, data, tx.now)
         for id, (b, t, kind, data) in zip(ids, pending, strict=True)

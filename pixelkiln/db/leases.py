@@ -17,6 +17,7 @@ from sqlalchemy import Connection, select
 from pixelkiln.db import transitions
 from pixelkiln.db.batches import runnable_batches
 from pixelkiln.db.database import Tx
+from pixelkiln.db.fair import Turns, contenders
 from pixelkiln.db.pacing import wake_at
 from pixelkiln.db.tables import tasks
 from pixelkiln.models import ClaimedTask, TaskStatus
@@ -59,22 +60,23 @@ def claim(
     only_batches: Iterable[int] | None = None,
     free: Mapping[str, int] | None = None,
 ) -> Claim:
-    """Claim up to ``wants[backend]`` pending tasks per backend, by priority then age.
+    """Claim up to ``wants[backend]`` pending tasks per backend: by priority, then users
+    and their batches in turn (fair share, db.fair), then queue order.
 
     Batches' own limits (``max_workers``, ``delay``; db.pacing) hold; ``free``
     says how many slots per backend are free now (tasks of a batch with a delay
     are claimed only into one). No attempt is spent until :func:`start_tasks`;
     see ``transitions.claim``.
     """
-    found = runnable_batches(tx.conn, tx.now, only_batches)
-    open_batches = [b for b in found if b.allowance(tx.now) != 0]
-    open_ids = [b.id for b in open_batches]
-    limits = {b.id: b for b in open_batches if b.limited}
-    claimed = transitions.claim(tx, owner, wants, lease_seconds, open_ids, limits, free)
+    found = contenders(tx.conn, tx.now, only_batches)
+    open_batches = [c for c in found if c.limits.allowance(tx.now) != 0]
+    limits = {c.id: c.limits for c in open_batches if c.limits.limited}
+    turns = Turns.read(tx.conn, open_batches)
+    claimed = transitions.claim(tx, owner, wants, lease_seconds, turns, limits, free)
     started = {t.batch_id for t in claimed if t.batch_id in limits and limits[t.batch_id].paced}
     if started:
         claimed = [replace(t, paced=True) if t.batch_id in started else t for t in claimed]
-    return Claim(claimed, wake_at(found, tx.now, started))
+    return Claim(claimed, wake_at((c.limits for c in found), tx.now, started))
 
 
 def claim_tasks(

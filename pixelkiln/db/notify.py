@@ -11,6 +11,9 @@ never of a change that rolled back):
 - :data:`EVENTS`: events were appended (:func:`pixelkiln.db.events.append_events`).
   The event bus of every process that follows the events table (SSE streams)
   reads them at once instead of at its next poll.
+- :data:`SLOTS`: a process gave back slots of generator servers (:mod:`.slots`):
+  schedulers waiting for a server whose slots other processes held look again at
+  once instead of at their next re-check (engine.shared_limits).
 
 A channel is named after its kind and the database schema (``kiln_work:public``),
 so installations sharing one database in different schemas do not wake each
@@ -46,7 +49,8 @@ log = logging.getLogger(__name__)
 
 WORK = "kiln_work"  #: tasks became claimable
 EVENTS = "kiln_events"  #: events were appended
-KINDS = (WORK, EVENTS)
+SLOTS = "kiln_slots"  #: a process gave back slots of generator servers (db.slots)
+KINDS = (WORK, EVENTS, SLOTS)
 #: seconds between tries to (re)connect the listening connection, at most
 RECONNECT_MAX = 10.0
 _CONNECT_TIMEOUT = 5

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, delete, func, insert, select, update
 
+from pixelkiln.db import returning
 from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import presets
 from pixelkiln.exceptions import NotFoundError
@@ -79,7 +80,8 @@ def create_preset(tx: Tx, fields: PresetFields) -> Preset:
             select(func.max(presets.c.position)).where(presets.c.category == values["category"])
         ).scalar_one()
         values["position"] = (last or 0) + 1
-    preset_id = tx.conn.execute(
+    preset_id = returning.execute(
+        tx.conn,
         insert(presets).returning(presets.c.id),
         {**values, "created_at": tx.now, "updated_at": tx.now},
     ).scalar_one()

@@ -11,6 +11,10 @@ its locale knows fold). Migration 0007 made an index for it:
   results are the same as a scan's.
 - PostgreSQL: ``pg_trgm``'s GIN index, which answers ``ILIKE`` itself. Without the
   extension (a managed database that refused it), ``ILIKE`` scans: slower, same rows.
+- MySQL/MariaDB: no index; ``lower(prompt) LIKE lower(text)`` scans (its columns compare
+  byte for byte, ``utf8mb4_bin``; ``lower`` folds every letter, as ILIKE does). Neither
+  FULLTEXT parser finds any substring: InnoDB's default one matches whole words (CJK has
+  no spaces), MySQL's ``ngram`` only its n-grams, and MariaDB has no ``ngram``.
 
 A text shorter than three characters has no trigram: it is always found by a scan.
 """
@@ -30,6 +34,7 @@ from sqlalchemy import (
     table,
 )
 
+from pixelkiln.db.database import MYSQL
 from pixelkiln.db.tables import tasks
 
 #: trigrams: a shorter text cannot use the index
@@ -54,6 +59,9 @@ def matches(prompt: Any, text: str, dialect: str, indexable: bool = True) -> Col
     where the search walks the newest images one by one, a bitmap of every match in the
     table would cost far more than checking each image it meets."""
     pattern = like_pattern(text)
+    if dialect in MYSQL:
+        folded: ColumnElement[bool] = func.lower(prompt).like(func.lower(pattern), escape=ESCAPE)
+        return folded
     if dialect == "postgresql":
         checked = prompt if indexable else prompt.concat("")
         result: ColumnElement[bool] = checked.ilike(pattern, escape=ESCAPE)
@@ -73,14 +81,17 @@ def indexed_tasks(text: str, dialect: str) -> Select[Any]:
     if dialect == "sqlite":
         match = literal_column("tasks_search").op("MATCH")(fts_phrase(text))
         return select(_FTS.c.rowid).where(match)
+    if dialect in MYSQL:  # no index: the matching tasks, scanned
+        return select(tasks.c.id).where(matches(tasks.c.prompt, text, dialect))
     hits = select(tasks.c.id).where(matches(tasks.c.prompt, text, dialect)).cte("prompt_hits")
     return select(hits.prefix_with("MATERIALIZED").c.id)
 
 
 def indexable(text: str | None, conn: Connection) -> bool:
     """Whether the index can find ``text``: three characters or more, and (SQLite) the
-    FTS5 table exists (PostgreSQL's ILIKE works without its index, only slower)."""
-    if text is None or len(text) < INDEXED_LENGTH:
+    FTS5 table exists (PostgreSQL's ILIKE works without its index, only slower); never on
+    MySQL (it has none)."""
+    if text is None or len(text) < INDEXED_LENGTH or conn.dialect.name in MYSQL:
         return False
     if conn.dialect.name != "sqlite":
         return True

@@ -76,11 +76,11 @@ _COLUMNS = (
 
 
 def _locked(tx: Tx, query: Select[Any]) -> list[Placed]:
-    """The rows of ``query``, locked on PostgreSQL for the rest of the transaction, in
+    """The rows of ``query``, locked (PostgreSQL, MySQL) for the rest of the transaction, in
     ascending ids (two reorders that share batches lock them in the same order and cannot
     deadlock each other); SQLite's one writer already keeps other writes out."""
     query = query.order_by(batches.c.id)
-    if tx.dialect == "postgresql":
+    if tx.dialect != "sqlite":
         query = query.with_for_update()
     return [_placed(row) for row in tx.conn.execute(query)]
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, delete, exists, func, insert, or_, select, update
 
 from pixelkiln.db import prompt_search as prompt
-from pixelkiln.db import transitions
+from pixelkiln.db import returning, transitions
 from pixelkiln.db.batches import LIVE, UNFINISHED, _batch
 from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import assets, batches, events, idempotency_keys, images, tasks
@@ -379,7 +379,8 @@ def record_asset(tx: Tx, owner_id: int | None, record: dict[str, Any]) -> Asset:
         select(assets).where(assets.c.sha256 == record["sha256"], same_owner)
     ).first()
     if row is None:
-        asset_id = tx.conn.execute(
+        asset_id = returning.execute(
+            tx.conn,
             insert(assets).returning(assets.c.id),
             {**record, "owner_id": owner_id, "created_at": tx.now},
         ).scalar_one()

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, false, select, update
 
+from pixelkiln.db import returning
 from pixelkiln.db.batches import runnable_batch_ids
 from pixelkiln.db.database import Tx
 from pixelkiln.db.events import PendingEvent, append_events, fell_back
@@ -57,7 +58,7 @@ def move_tasks(tx: Tx, moves: Sequence[tuple[ClaimedTask, str, str]]) -> set[int
     moved: set[int] = set()
     for (source, target), group in groups.items():
         params = {"m_ids": [t.id for t in group], "m_from": source, "m_to": target}
-        moved.update(tx.conn.execute(_MOVE, params).scalars())
+        moved.update(returning.execute(tx.conn, _MOVE, params).scalars())
     pending: list[PendingEvent] = [
         fell_back(t.batch_id, t.id, item_key=t.key, source=t.backend, target=target, why=why)
         for t, target, why in moves
@@ -101,11 +102,12 @@ def move_waiting(
     )
     moved: list[tuple[Any, str]] = []
     if configured is not None:
-        rows = tx.conn.execute(
+        rows = returning.execute(
+            tx.conn,
             update(tasks)
             .where(*waiting, _OWN_CHAIN.is_(None))
             .values(backend=configured)
-            .returning(tasks.c.id, tasks.c.batch_id, tasks.c.key)
+            .returning(tasks.c.id, tasks.c.batch_id, tasks.c.key),
         ).all()
         moved += [(row, configured) for row in rows]
     own = tx.conn.execute(

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, insert, or_, select, update
 
+from pixelkiln.db import returning
 from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import batches, runs
 from pixelkiln.exceptions import NotFoundError
@@ -108,7 +109,8 @@ def _run(row: Row[Any]) -> Run:
 
 def create_run(tx: Tx, new: NewRun) -> int:
     leased = new.lease_owner is not None
-    run_id: int = tx.conn.execute(
+    run_id: int = returning.execute(
+        tx.conn,
         insert(runs)
         .values(
             owner_id=new.owner_id,
@@ -122,7 +124,7 @@ def create_run(tx: Tx, new: NewRun) -> int:
             lease_expires_at=tx.now + new.lease_seconds if leased else None,
             created_at=tx.now,
         )
-        .returning(runs.c.id)
+        .returning(runs.c.id),
     ).scalar_one()
     return run_id
 

@@ -17,10 +17,10 @@ backend, so the mean barely moves.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Insert, case, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from pixelkiln.db.database import Tx
 from pixelkiln.db.tables import speeds, tasks
@@ -87,29 +87,47 @@ def _key(speed: Speed) -> tuple[str, int, int, int]:
 
 
 def _upsert(dialect: str, speed: Speed, now: float) -> Insert:
+    if dialect == "mysql":
+        return _upsert_mysql(speed, now)
     dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = dialect_insert(speeds).values(
-        backend=speed.backend,
-        width=speed.width,
-        height=speed.height,
-        steps=speed.steps,
-        samples=speed.samples,
-        seconds_per_image=speed.seconds_per_image,
-        updated_at=now,
+    statement = dialect_insert(speeds).values(**_row(speed, now))
+    return statement.on_conflict_do_update(
+        index_elements=["backend", "width", "height", "steps"],
+        set_=dict(_merged(statement.excluded)),
     )
-    new = statement.excluded
+
+
+def _upsert_mysql(speed: Speed, now: float) -> Insert:
+    """MySQL's ``ON DUPLICATE KEY UPDATE`` assigns left to right, each assignment seeing
+    the ones before it: the mean is computed before ``samples`` grows."""
+    statement = mysql.insert(speeds).values(**_row(speed, now))
+    return statement.on_duplicate_key_update(_merged(statement.inserted))
+
+
+def _row(speed: Speed, now: float) -> dict[str, Any]:
+    return {
+        "backend": speed.backend,
+        "width": speed.width,
+        "height": speed.height,
+        "steps": speed.steps,
+        "samples": speed.samples,
+        "seconds_per_image": speed.seconds_per_image,
+        "updated_at": now,
+    }
+
+
+def _merged(new: Any) -> list[tuple[str, Any]]:
+    """A stored speed merged with the new measure ``new`` (the row the insert proposed),
+    the mean first: it reads the stored ``samples``."""
     kept = case((speeds.c.samples > MEMORY, MEMORY), else_=speeds.c.samples)
     mean = (speeds.c.seconds_per_image * kept + new.seconds_per_image * new.samples) / (
         kept + new.samples
     )
-    return statement.on_conflict_do_update(
-        index_elements=["backend", "width", "height", "steps"],
-        set_={
-            "samples": speeds.c.samples + new.samples,
-            "seconds_per_image": mean,
-            "updated_at": new.updated_at,
-        },
-    )
+    return [
+        ("seconds_per_image", mean),
+        ("samples", speeds.c.samples + new.samples),
+        ("updated_at", new.updated_at),
+    ]
 
 
 def measured(conn: Connection, backends: Iterable[str]) -> dict[str, list[Speed]]:

@@ -1,11 +1,14 @@
 """SQLAlchemy table definitions: the single source of truth for the schema.
 
 Times are epoch seconds (``Float``): cheap to compare in the claim query and
-identical on SQLite and PostgreSQL. Migrations in ``migrations/versions``
-must produce exactly these tables (a test compares them).
+identical on SQLite, PostgreSQL and MySQL (where a ``Float`` is a ``DOUBLE``: see
+:func:`_double_on_mysql`). Migrations in ``migrations/versions`` must produce exactly
+these tables (a test compares them).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -25,6 +28,30 @@ from sqlalchemy import (
     text,
     true,
 )
+from sqlalchemy.ext.compiler import compiles
+
+
+@compiles(Float, "mysql")
+@compiles(Float, "mariadb")
+def _double_on_mysql(type_: Float[Any], compiler: Any, **kw: Any) -> str:
+    """A ``Float`` without a precision is a ``DOUBLE`` on MySQL, whose ``FLOAT`` has 4
+    bytes (about 7 digits): an epoch time would lose its minutes. One rule for every
+    table and migration (they all say ``Float``); SQLite's and PostgreSQL's DDL is as
+    it was (their ``FLOAT`` already has 8 bytes)."""
+    if type_.precision is None:
+        return "DOUBLE"
+    return str(compiler.visit_FLOAT(type_, **kw))
+
+
+@compiles(Text, "mysql")
+@compiles(Text, "mariadb")
+def _longtext_on_mysql(type_: Text, compiler: Any, **kw: Any) -> str:
+    """A ``Text`` without a length is a ``LONGTEXT`` on MySQL, whose ``TEXT`` stops at
+    64 KiB: a long prompt or a generator's whole error page must fit, as elsewhere."""
+    if type_.length is None:
+        return "LONGTEXT"
+    return str(compiler.visit_TEXT(type_, **kw))
+
 
 #: tables whose ids are handles (URLs, a client's saved id, a folder name): never reused.
 #: PostgreSQL's sequences never hand an id out twice; SQLite without AUTOINCREMENT gives
@@ -247,7 +274,7 @@ credit_ledger = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
-    Column("delta", Integer, nullable=False),
+    Column("delta", BigInteger, nullable=False),  # 64-bit: balances reach 10**15 (0009)
     Column("reason", String(16), nullable=False),
     Column("batch_id", Integer, nullable=True),
     Column("note", Text, nullable=False),

@@ -1,9 +1,10 @@
 """The claim of :mod:`.transitions` (pending → running under a lease), and the batches' own
 limits it keeps (:mod:`.pacing`: ``max_workers``, ``delay``).
 
-A claim walks the backends a runner wants work for, and for each the batches in
-order; a batch with limits of its own gets no more than its :class:`_Room`
-allows, and what it cannot take goes to the batches after it. The counters
+A claim walks the backends a runner wants work for, and for each shares the
+tasks wanted out among the batches by fair share (:mod:`.fair`: priority, then
+users and their batches in turn); a batch with limits of its own gets no more
+than its :class:`_Room` allows, and what it cannot take goes to the others. The counters
 and the batches' first start are the shared bookkeeping of every move
 (:mod:`.transition_counts`). Only :mod:`.transitions` calls this module; callers
 use ``transitions.claim``.
@@ -13,13 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pixelkiln.db import returning
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
 from pixelkiln.db.pacing import BatchLimits
 from pixelkiln.db.transition_counts import Counts, start_batches
 from pixelkiln.models import ClaimedTask, TaskStatus
+
+if TYPE_CHECKING:  # db.fair reads db.batches, which imports this family
+    from pixelkiln.db.fair import Turns
 
 
 def claim(
@@ -27,16 +32,18 @@ def claim(
     owner: str,
     wants: dict[str, int],
     lease_seconds: float,
-    batch_ids: Sequence[int],
+    turns: Turns,
     limits: Mapping[int, BatchLimits] | None = None,
     free: Mapping[str, int] | None = None,
 ) -> list[ClaimedTask]:
     """pending → running under ``owner``'s lease, spending no attempt yet.
 
-    Up to ``wants[backend]`` tasks per backend from ``batch_ids``, in that order
-    (priority, then age), each batch's in position order. One UPDATE … RETURNING
-    per (backend, batch); on PostgreSQL the inner select is ``FOR UPDATE SKIP
-    LOCKED``, so workers on several machines never claim the same task.
+    Up to ``wants[backend]`` tasks per backend from the batches of ``turns``, shared
+    out by its rule (db.fair: priority, then users and their batches in turn), each
+    batch's in position order, and returned in ``turns.order``. One UPDATE …
+    RETURNING per (backend, batch) given any; on PostgreSQL the inner select is ``FOR
+    UPDATE SKIP LOCKED``, so workers on several machines never claim the same task.
+    MySQL picks the tasks with ``SKIP LOCKED`` first, then moves them (``sql.CLAIM_PICK``).
 
     A batch in ``limits`` gets no more than its own limits allow (db.pacing);
     one with a ``delay`` only from a backend with a slot ``free`` now (default:
@@ -48,10 +55,10 @@ def claim(
     claimed: list[ClaimedTask] = []
     for backend, want in wants.items():
         spare = want if free is None else free.get(backend, 0)
-        claimed += _claim_backend(tx, lease, backend, want, spare, batch_ids, room)
+        claimed += _claim_backend(tx, lease, backend, want, spare, turns, room)
     if not claimed:
         return []
-    return _claimed(tx, claimed, batch_ids, room.paced)
+    return _claimed(tx, claimed, turns.order, room.paced)
 
 
 @dataclass
@@ -80,32 +87,49 @@ def _claim_backend(
     backend: str,
     want: int,
     spare: int,
-    batch_ids: Sequence[int],
+    turns: Turns,
     room: _Room,
 ) -> list[ClaimedTask]:
-    """One backend's share of a claim, batch after batch."""
-    statement = sql.CLAIM_PG if tx.dialect == "postgresql" else sql.CLAIM
+    """One backend's share of a claim, in rounds: ``turns`` shares out what is wanted,
+    each batch given any is asked for that many, and one that yields fewer (nothing
+    more for this backend now) drops out while the shortfall is shared out again."""
     claimed: list[ClaimedTask] = []
-    for batch_id in batch_ids:
-        if want <= 0:
+    drained: set[int] = set()
+    while want > 0:
+        caps = {b: room.limit(b, want, spare) for b in turns.order if b not in drained}
+        plan = turns.plan(want, caps, room.paced, spare)
+        if not plan:
             break
-        limit = room.limit(batch_id, want, spare)
-        if limit <= 0:
-            continue
-        params = {"c_batch": batch_id, "c_backend": backend, "c_limit": limit, **lease}
-        rows = tx.conn.execute(statement, params).all()
-        want -= len(rows)
-        spare -= room.spend(batch_id, len(rows))
-        claimed.extend(ClaimedTask(*row) for row in rows)
+        for batch_id, limit in plan.items():
+            params = {"c_batch": batch_id, "c_backend": backend, "c_limit": limit, **lease}
+            rows = _claim_rows(tx, params)
+            if len(rows) < limit:
+                drained.add(batch_id)
+            turns.took(batch_id, len(rows))
+            want -= len(rows)
+            spare -= room.spend(batch_id, len(rows))
+            claimed.extend(ClaimedTask(*row) for row in rows)
     return claimed
 
 
+def _claim_rows(tx: Tx, params: dict[str, Any]) -> Sequence[Any]:
+    """One (backend, batch) claim's rows: one statement, or two on MySQL."""
+    if tx.dialect == "mysql":
+        picked = list(tx.conn.execute(sql.CLAIM_PICK, params).scalars())
+        if not picked:
+            return []
+        return returning.execute(tx.conn, sql.CLAIM_PICKED, {**params, "c_ids": picked}).all()
+    statement = sql.CLAIM_PG if tx.dialect == "postgresql" else sql.CLAIM
+    return tx.conn.execute(statement, params).all()
+
+
 def _allowances(tx: Tx, limits: Mapping[int, BatchLimits]) -> dict[int, int]:
-    """What each limited batch may still claim; read again under a lock on PostgreSQL."""
+    """What each limited batch may still claim; read again under a row lock (PostgreSQL,
+    MySQL)."""
     if not limits:
         return {}
     current: Iterable[BatchLimits] = limits.values()
-    if tx.dialect == "postgresql":
+    if tx.dialect != "sqlite":
         rows = tx.conn.execute(sql.BATCH_LIMITS_PG, {"l_ids": list(limits)})
         current = [BatchLimits(*row) for row in rows]
     allow = {b.id: b.allowance(tx.now) for b in current}

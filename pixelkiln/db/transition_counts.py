@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from pixelkiln.db import events as ev
-from pixelkiln.db import speeds
+from pixelkiln.db import returning, speeds
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
 from pixelkiln.db.notify import WORK, notify
@@ -49,8 +49,8 @@ class Counts:
             notify(tx, WORK)
         for batch_id, delta in self.deltas.items():
             params = {f"k_{k}": delta[k] for k in sql.COUNTED}
-            after[batch_id] = tx.conn.execute(
-                sql.ADJUST_COUNTS, {"k_batch": batch_id, **params}
+            after[batch_id] = returning.execute(
+                tx.conn, sql.ADJUST_COUNTS, {"k_batch": batch_id, **params}
             ).one()
         return after
 

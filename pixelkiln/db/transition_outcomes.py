@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pixelkiln.db import driver
+from pixelkiln.db import driver, returning
 from pixelkiln.db import events as ev
 from pixelkiln.db import transition_runs as runs
 from pixelkiln.db import transition_sql as sql
@@ -77,10 +77,11 @@ def record_outcomes(
 
 def _held(tx: Tx, ids: list[int], owner: str) -> set[int]:
     """The tasks of ``ids`` still under ``owner``'s lease, locked until the commit on
-    PostgreSQL: no other worker's recovery may slip in before the move."""
+    PostgreSQL and MySQL: no other worker's recovery may slip in before the move."""
     if tx.dialect == "postgresql":
         return {r[0] for r in driver.rows(tx, sql.HELD_PG_TEXT, (ids, owner))}
-    return set(tx.conn.execute(sql.HELD, {"h_ids": ids, "h_owner": owner}).scalars())
+    held_query = sql.HELD if tx.dialect == "sqlite" else sql.HELD_PG
+    return set(tx.conn.execute(held_query, {"h_ids": ids, "h_owner": owner}).scalars())
 
 
 def _tasks(outcomes: Sequence[TaskResult] | Sequence[TaskFailure]) -> list[ClaimedTask]:
@@ -102,7 +103,7 @@ def _succeed(
     else:
         rows = [{"t_id": r.task.id, "t_duration": r.duration, "t_now": tx.now} for r in done]
         tx.conn.execute(sql.SUCCEED, rows)
-        gone = list(tx.conn.execute(sql.DROP_IMAGES, {"d_ids": task_ids}).scalars())
+        gone = list(returning.execute(tx.conn, sql.DROP_IMAGES, {"d_ids": task_ids}).scalars())
     # a re-run after a crash overwrote the same files; never keep two rows for them
     for batch_id in gone:
         counts.deltas[batch_id]["images"] -= 1
@@ -120,7 +121,7 @@ def _succeed(
         return []
     if pg:
         return _insert_images_pg(tx, images)
-    return list(tx.conn.execute(sql.INSERT_IMAGES, images).scalars())
+    return list(returning.execute(tx.conn, sql.INSERT_IMAGES, images).scalars())
 
 
 def _insert_images_pg(tx: Tx, images: list[dict[str, Any]]) -> list[int]:
@@ -131,9 +132,8 @@ def _insert_images_pg(tx: Tx, images: list[dict[str, Any]]) -> list[int]:
         else [row[name] for row in images]
         for name, kind in sql.IMAGE_COLUMNS
     ]
-    made = {
-        (task_id, index): id for id, task_id, index in driver.rows(tx, sql.INSERT_IMAGES_PG, arrays)
-    }
+    rows = driver.rows(tx, sql.INSERT_IMAGES_PG, arrays)
+    made = {(task_id, index): image_id for image_id, task_id, index in rows}
     return [made[(row["task_id"], row["index"])] for row in images]
 
 

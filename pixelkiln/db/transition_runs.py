@@ -19,6 +19,7 @@ from typing import NamedTuple
 from sqlalchemy import bindparam, select, update
 
 from pixelkiln import params
+from pixelkiln.db import returning
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
 from pixelkiln.db.tables import tasks
@@ -68,10 +69,10 @@ def supersede(tx: Tx, rerun: Sequence[ClaimedTask], dropped: list[DroppedImage])
     doomed = sorted(tx.conn.execute(marked).scalars())
     kept = [t.id for t in rerun if t.id not in doomed]
     if kept:
-        gone.update(tx.conn.execute(sql.SUPERSEDE_IMAGES, {"h_ids": kept}).scalars())
+        gone.update(returning.execute(tx.conn, sql.SUPERSEDE_IMAGES, {"h_ids": kept}).scalars())
     if not doomed:
         return gone
-    for row in tx.conn.execute(sql.DELETE_EARLIER, {"h_ids": doomed}):
+    for row in returning.execute(tx.conn, sql.DELETE_EARLIER, {"h_ids": doomed}):
         dropped.append(DroppedImage(row.id, row.batch_id, row.path))
         gone[row.batch_id] += 0 if row.superseded else 1
     mark_replacing(tx, doomed, False)  # replaced once: a later regenerate says again

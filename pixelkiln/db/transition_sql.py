@@ -110,24 +110,26 @@ def regenerate_tasks(batch_id: int, source: TaskStatus, only: list[int]) -> Any:
 _CLAIMED = ("id", "batch_id", "position", "key", "backend", "prompt", "negative_prompt")
 
 
-def _claim_statement(skip_locked: bool) -> Any:
-    """pending → running under a lease, returning models.ClaimedTask's fields in order."""
-    pick = (
-        select(tasks.c.id)
-        .where(
-            tasks.c.batch_id == bindparam("c_batch"),
-            tasks.c.status == PENDING,
-            tasks.c.backend == bindparam("c_backend"),
-            tasks.c.next_attempt_at <= bindparam("c_now"),
-        )
-        .order_by(tasks.c.position)
-        .limit(bindparam("c_limit"))
+#: the pending tasks a claim takes: one batch's, for one backend, due, in position order
+_PICK = (
+    select(tasks.c.id)
+    .where(
+        tasks.c.batch_id == bindparam("c_batch"),
+        tasks.c.status == PENDING,
+        tasks.c.backend == bindparam("c_backend"),
+        tasks.c.next_attempt_at <= bindparam("c_now"),
     )
-    if skip_locked:
-        pick = pick.with_for_update(skip_locked=True)
+    .order_by(tasks.c.position)
+    .limit(bindparam("c_limit"))
+)
+
+
+def _claim_statement(picked: Any) -> Any:
+    """pending → running under a lease for the tasks ``picked``, returning
+    models.ClaimedTask's fields in order."""
     return (
         update(tasks)
-        .where(tasks.c.id.in_(pick.scalar_subquery()))
+        .where(tasks.c.id.in_(picked))
         .values(
             status=RUNNING,
             lease_owner=bindparam("c_owner"),
@@ -146,10 +148,15 @@ def _claim_statement(skip_locked: bool) -> Any:
     )
 
 
-CLAIM = _claim_statement(skip_locked=False)
-CLAIM_PG = _claim_statement(skip_locked=True)
+CLAIM = _claim_statement(_PICK.scalar_subquery())
+CLAIM_PG = _claim_statement(_PICK.with_for_update(skip_locked=True).scalar_subquery())
+#: MySQL, in two steps: it neither takes a LIMIT in an IN subquery nor updates a table
+#: by a subquery of itself. The tasks are picked (and locked) with SKIP LOCKED, then
+#: CLAIM_PICKED moves the ids ``:c_ids`` (through db.returning: MySQL has no RETURNING)
+CLAIM_PICK = _PICK.with_for_update(skip_locked=True)
+CLAIM_PICKED = _claim_statement(bindparam("c_ids", expanding=True))
 
-#: batches with limits of their own, read again under a row lock (PostgreSQL): two
+#: batches with limits of their own, read again under a row lock (PostgreSQL, MySQL): two
 #: runners claiming at once then count each other's claims (see db.pacing)
 BATCH_LIMITS_PG = (
     select(*LIMIT_COLUMNS)
@@ -209,6 +216,7 @@ def start_sqlite(n: int) -> str:
 
 HELD = select(tasks.c.id).where(*held("h"))
 HELD_PG = HELD.with_for_update()  # no other worker's recovery may slip in before the move
+#: (``_PG``: every database with row locks, MySQL too)
 
 #: a try recorded without having been marked started still counts as one
 _UNMARKED = case((tasks.c.started_at.is_(None), 1), else_=0)

@@ -46,7 +46,7 @@ from typing import Any
 
 from sqlalchemy import Row, select
 
-from pixelkiln.db import driver
+from pixelkiln.db import driver, returning
 from pixelkiln.db import events as ev
 from pixelkiln.db import transition_runs as runs
 from pixelkiln.db import transition_sql as sql
@@ -243,7 +243,7 @@ def start(tx: Tx, owner: str, task_ids: Sequence[int], *, paced: bool = False) -
         marked = {r[0] for r in driver.rows(tx, sql.START_PG, (tx.now, list(task_ids), owner))}
     else:
         params = {"s_ids": list(task_ids), "s_owner": owner, "s_now": tx.now}
-        marked = set(tx.conn.execute(sql.START, params).scalars())
+        marked = set(returning.execute(tx.conn, sql.START, params).scalars())
     if marked and paced:  # a batch's ``delay`` counts from its task's real start
         tx.conn.execute(sql.PACED_MARKED, {"m_ids": sorted(marked), "m_now": tx.now})
     return marked
@@ -254,7 +254,7 @@ def renew(tx: Tx, owner: str, task_ids: Sequence[int], until: float) -> set[int]
     if not task_ids:
         return set()
     params = {"r_ids": list(task_ids), "r_owner": owner, "r_until": until}
-    return set(tx.conn.execute(sql.RENEW, params).scalars())
+    return set(returning.execute(tx.conn, sql.RENEW, params).scalars())
 
 
 # -- tasks: giving back -----------------------------------------------------------------------
@@ -265,7 +265,9 @@ def release(tx: Tx, owner: str, task_ids: Iterable[int]) -> int:
     ids = list(task_ids)
     if not ids:
         return 0
-    moved = tx.conn.execute(sql.RELEASE, {"l_ids": ids, "l_owner": owner}).scalars().all()
+    moved = (
+        returning.execute(tx.conn, sql.RELEASE, {"l_ids": ids, "l_owner": owner}).scalars().all()
+    )
     counts = Counts()
     counts.moved(moved, RUNNING, PENDING)
     counts.apply(tx)
@@ -280,8 +282,8 @@ def recover(tx: Tx, dead_owners: Sequence[str] = ()) -> int:
     nothing. Returns how many tasks moved.
     """
     lapsed = sql.lapsed(tx.now, list(dead_owners))
-    failed = tx.conn.execute(sql.recover_failed(lapsed, tx.now, LAST_ATTEMPT)).all()
-    back = tx.conn.execute(sql.recover_back(lapsed, tx.now, PUT_BACK)).all()
+    failed = returning.execute(tx.conn, sql.recover_failed(lapsed, tx.now, LAST_ATTEMPT)).all()
+    back = returning.execute(tx.conn, sql.recover_back(lapsed, tx.now, PUT_BACK)).all()
     if not failed and not back:
         return 0
     refund_failed(tx, [r.id for r in failed])

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from pixelkiln.db import returning
 from pixelkiln.db.credits import grant
 from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.tables import (
@@ -25,8 +26,9 @@ from pixelkiln.db.tables import (
     tasks,
     users,
 )
-from pixelkiln.exceptions import InvalidStateError, NotFoundError
+from pixelkiln.exceptions import InvalidStateError, InvalidValueError, NotFoundError
 from pixelkiln.models import parse_id
+from pixelkiln.wire.schemas import MAX_SHARE
 
 TOKEN_PREFIX = "pk_"
 
@@ -40,6 +42,8 @@ class User:
     is_admin: bool  #: may manage users, credits, presets and runtime settings
     active: bool  #: an inactive user's tokens are refused
     created_at: float
+    #: their weight in fair share among tasks of equal priority (db.fair; default 1)
+    share: float = 1.0
 
 
 def hash_token(token: str) -> str:
@@ -47,21 +51,41 @@ def hash_token(token: str) -> str:
 
 
 def _user(row: Row[Any]) -> User:
-    return User(row.id, row.name, bool(row.is_admin), bool(row.active), row.created_at)
+    active, admin = bool(row.active), bool(row.is_admin)
+    return User(row.id, row.name, admin, active, row.created_at, float(row.share))
 
 
-def create_user(tx: Tx, name: str, *, is_admin: bool = False) -> User:
+def check_share(share: float) -> float:
+    """A user's fair-share weight, or InvalidValueError saying what one may be."""
+    if not (0 < share <= MAX_SHARE):  # NaN fails too
+        raise InvalidValueError(
+            f"a share is a weight above 0 and at most {MAX_SHARE:g} (1 is everyone's "
+            f"default; 2 gets twice the tasks of 1), not {share:g}",
+            field="share",
+        )
+    return float(share)
+
+
+def create_user(tx: Tx, name: str, *, is_admin: bool = False, share: float = 1.0) -> User:
     """A new active user; InvalidStateError when the name is taken."""
+    check_share(share)
     if tx.conn.execute(select(users.c.id).where(users.c.name == name)).first() is not None:
         raise InvalidStateError(f"a user named '{name}' already exists")
     try:
-        user_id = tx.conn.execute(
+        user_id = returning.execute(
+            tx.conn,
             insert(users).returning(users.c.id),
-            {"name": name, "is_admin": is_admin, "active": True, "created_at": tx.now},
+            {
+                "name": name,
+                "is_admin": is_admin,
+                "active": True,
+                "created_at": tx.now,
+                "share": share,
+            },
         ).scalar_one()
     except IntegrityError as exc:  # another process won the race for the name
         raise InvalidStateError(f"a user named '{name}' already exists") from exc
-    return User(user_id, name, is_admin, True, tx.now)
+    return User(user_id, name, is_admin, True, tx.now, share)
 
 
 def issue_token(tx: Tx, user_id: int, label: str = "") -> str:
@@ -80,9 +104,12 @@ def revoke_tokens(tx: Tx, user_id: int) -> int:
     return int(tx.conn.execute(delete(api_tokens).where(api_tokens.c.user_id == user_id)).rowcount)
 
 
-def add_user(tx: Tx, name: str, *, is_admin: bool = False, credits: int = 0) -> tuple[User, str]:
-    """A new user with a first token (returned: shown once) and optional starting credits."""
-    user = create_user(tx, name, is_admin=is_admin)
+def add_user(
+    tx: Tx, name: str, *, is_admin: bool = False, credits: int = 0, share: float = 1.0
+) -> tuple[User, str]:
+    """A new user with a first token (returned: shown once), optional starting credits and
+    a fair-share weight (``share``)."""
+    user = create_user(tx, name, is_admin=is_admin, share=share)
     token = issue_token(tx, user.id, "first token")
     if credits:
         grant(tx, user.id, credits, "initial credits")
@@ -132,6 +159,17 @@ def list_users(conn: Connection) -> list[tuple[User, int]]:
 def set_active(tx: Tx, user_id: int, active: bool) -> User:
     changed = tx.conn.execute(
         update(users).where(users.c.id == user_id).values(active=active)
+    ).rowcount
+    if not changed:
+        raise NotFoundError(f"no user {user_id}")
+    return get_user(tx.conn, user_id)
+
+
+def set_share(tx: Tx, user_id: int, share: float) -> User:
+    """Change a user's fair-share weight; the next claim of any process weighs by it."""
+    check_share(share)
+    changed = tx.conn.execute(
+        update(users).where(users.c.id == user_id).values(share=share)
     ).rowcount
     if not changed:
         raise NotFoundError(f"no user {user_id}")

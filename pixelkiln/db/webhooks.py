@@ -23,8 +23,9 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, exists, func, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from pixelkiln.db import returning
 from pixelkiln.db.database import Tx
 from pixelkiln.db.settings_store import get_setting, set_setting
 from pixelkiln.db.tables import batches, events, users, webhook_deliveries
@@ -116,14 +117,17 @@ def enqueue_owed(tx: Tx, after_id: int = 0) -> int:
     is unique and the insert skips what exists.
     """
     made = _owed(after_id, literal(DeliveryStatus.PENDING.value), literal(tx.now), literal(tx.now))
-    dialect_insert = postgresql.insert if tx.dialect == "postgresql" else sqlite.insert
-    statement = (
-        dialect_insert(D)
-        .from_select(
-            ["batch_id", "event_id", "url", "status", "next_attempt_at", "created_at"], made
+    names = ["batch_id", "event_id", "url", "status", "next_attempt_at", "created_at"]
+    statement: Any
+    if tx.dialect == "mysql":  # no ON CONFLICT: IGNORE skips the rows whose key exists
+        statement = mysql.insert(D).from_select(names, made).prefix_with("IGNORE")
+    else:
+        dialect_insert = postgresql.insert if tx.dialect == "postgresql" else sqlite.insert
+        statement = (
+            dialect_insert(D)
+            .from_select(names, made)
+            .on_conflict_do_nothing(index_elements=["event_id"])
         )
-        .on_conflict_do_nothing(index_elements=["event_id"])
-    )
     return int(tx.conn.execute(statement).rowcount)
 
 
@@ -146,12 +150,17 @@ def claim_due(tx: Tx, limit: int, *, lease: float) -> list[Claimed]:
     row's lock re-checks them against the claimed row and skips it.
     """
     due = and_(D.c.status == DeliveryStatus.PENDING, D.c.next_attempt_at <= tx.now)
-    picked = select(D.c.id).where(due).order_by(D.c.next_attempt_at, D.c.id).limit(limit)
-    rows = tx.conn.execute(
+    picked: Any = select(D.c.id).where(due).order_by(D.c.next_attempt_at, D.c.id).limit(limit)
+    if tx.dialect == "mysql":  # no LIMIT in an IN subquery: the ids first, locked
+        picked = list(tx.conn.execute(picked.with_for_update(skip_locked=True)).scalars())
+    else:
+        picked = picked.scalar_subquery()
+    rows = returning.execute(
+        tx.conn,
         update(D)
-        .where(D.c.id.in_(picked.scalar_subquery()), due)
+        .where(D.c.id.in_(picked), due)
         .values(attempts=D.c.attempts + 1, next_attempt_at=tx.now + lease)
-        .returning(D.c.id, D.c.batch_id, D.c.event_id, D.c.url, D.c.attempts)
+        .returning(D.c.id, D.c.batch_id, D.c.event_id, D.c.url, D.c.attempts),
     ).all()
     claimed = [Claimed(r.id, r.batch_id, r.event_id, r.url, r.attempts) for r in rows]
     return sorted(claimed, key=lambda c: c.id)

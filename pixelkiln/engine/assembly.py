@@ -19,17 +19,18 @@ one: what it knows of backends comes from
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import httpx
 
 from pixelkiln.backends import Backend, BackendDeps, build_backends
-from pixelkiln.config import Settings
+from pixelkiln.config import BackendSettings, Settings
 from pixelkiln.db.database import Database
 from pixelkiln.engine.credentials import UserKeys
 from pixelkiln.engine.scheduler import Scheduler
 from pixelkiln.engine.supervisor import Companion
 from pixelkiln.engine.webhooks import Deliverer
+from pixelkiln.exceptions import ConfigError
 from pixelkiln.keybox import KeyBox
 from pixelkiln.storage import Storage
 
@@ -38,7 +39,12 @@ MAX_CONNECTIONS = 1000
 
 
 class Engine:
-    """Backends built on the running loop, and the schedulers that run tasks on them."""
+    """Backends built on the running loop, and the schedulers that run tasks on them.
+
+    ``only`` names the configured backends to build (``kiln worker --backends``):
+    its schedulers claim tasks of those alone and leave the others to other
+    processes. ConfigError for a name that is not configured.
+    """
 
     def __init__(
         self,
@@ -49,6 +55,7 @@ class Engine:
         keys: KeyBox,
         http: httpx.AsyncClient | None = None,
         backends: Mapping[str, Backend] | None = None,
+        only: Collection[str] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -57,9 +64,12 @@ class Engine:
         self._own_http = http is None and backends is None
         self.http = http
         if backends is None:
+            chosen = chosen_backends(settings, only)  # before anything is opened
             if self.http is None:
                 self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=MAX_CONNECTIONS))
-            backends = build_backends(settings.effective_backends(), BackendDeps(http=self.http))
+            backends = build_backends(chosen, BackendDeps(http=self.http))
+        elif only is not None:
+            backends = {name: b for name, b in backends.items() if name in only}
         self.backends = dict(backends)
         #: POSTs batch ends to their webhooks beside every scheduler built here
         self.deliverer = Deliverer(db, settings)
@@ -109,3 +119,20 @@ class Engine:
         if self._own_http and self.http is not None:
             await self.http.aclose()
         self.http = None
+
+
+def chosen_backends(settings: Settings, only: Collection[str] | None) -> list[BackendSettings]:
+    """The configured backends named in ``only`` (all without it); ConfigError for a name
+    that is not configured."""
+    configured = settings.effective_backends()
+    if only is None:
+        return configured
+    names = [b.name for b in configured]
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown backend(s) {', '.join(map(repr, unknown))}; configured: {', '.join(names)}"
+        )
+    if not only:
+        raise ConfigError("name at least one backend")
+    return [b for b in configured if b.name in only]

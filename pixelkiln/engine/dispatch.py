@@ -20,8 +20,11 @@ writes; :class:`~pixelkiln.engine.scheduler.Scheduler` does, around it.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Collection, Iterable
+import functools
+from collections.abc import Callable, Collection, Iterable, Mapping
 
+from pixelkiln.backends.base import Backend
+from pixelkiln.backends.pool import pool_of
 from pixelkiln.db.leases import ClaimedTask
 from pixelkiln.engine.limits import Limits
 
@@ -33,7 +36,7 @@ MAX_PREFETCH = 64
 class Dispatch:
     """The ready queues and running counts of one scheduler's backends; see the module."""
 
-    def __init__(self, limits: Limits, backends: Iterable[str]) -> None:
+    def __init__(self, limits: Limits, backends: Iterable[str] | Mapping[str, Backend]) -> None:
         self.limits = limits
         self._slots = limits.slots  # the same dict: admins' changes show at once
         names = list(backends)
@@ -47,6 +50,15 @@ class Dispatch:
         #: backends outside their active hours (engine.hours): none of their tasks start
         self.closed: frozenset[str] = frozenset()
         self._mean_duration: dict[str, float] = {}  # moving average of generation time
+        #: backends whose latest claim found fewer tasks than asked: the database has no
+        #: more for them now, so what is in their ready queue is the end of their work
+        self.drained: set[str] = set()
+        self._asked: dict[str, int] = {}  # the wants of the claim being made
+        if isinstance(backends, Mapping):
+            for name, backend in backends.items():
+                pool = pool_of(backend)
+                if pool is not None:  # near the end of its work it may wait for a fast server
+                    pool.backlog = functools.partial(self.backlog, name)
 
     # -- slots --------------------------------------------------------------------------------
 
@@ -112,13 +124,28 @@ class Dispatch:
             want = free_slots + target - ready
             if want > 0:
                 wants[name] = want
+        self._asked = wants
         return wants
+
+    def backlog(self, backend: str) -> int | None:
+        """The tasks of ``backend`` still to start, when they can be counted: those in its
+        ready queue once its latest claim found fewer than it asked for (the database has
+        no more now); None while the database has more."""
+        return len(self.ready[backend]) if backend in self.drained else None
 
     # -- the ready queues ---------------------------------------------------------------------
 
     def add(self, tasks: Iterable[ClaimedTask], first: Collection[int]) -> None:
         """Claimed tasks join their backend's queue; those in ``first`` (claimed into a
         slot free now: a batch's paced start) go ahead of the rest."""
+        tasks = list(tasks)
+        got = collections.Counter(t.backend for t in tasks)
+        for name, want in self._asked.items():  # what the claim these come from asked for
+            if got[name] < want:
+                self.drained.add(name)
+            else:
+                self.drained.discard(name)
+        self._asked = {}
         for task in tasks:
             if task.id in first:
                 self.ready[task.backend].appendleft(task)

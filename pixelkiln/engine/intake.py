@@ -21,8 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from pixelkiln import params
 from pixelkiln.db.batches import NewBatch
 from pixelkiln.exceptions import NotFoundError, Problem, SpecError
@@ -30,7 +28,7 @@ from pixelkiln.naming import file_name, image_stem, unique_stem
 from pixelkiln.problems import capped, merge_problems
 from pixelkiln.resolve import ResolvedTask, check_tasks
 from pixelkiln.specs import MAX_TASKS, BatchSpec, TaskPlaces, expand_items
-from pixelkiln.storage import InputImage, Storage, read_input_image
+from pixelkiln.storage import InputImage, Storage, StorageError, read_input_image
 from pixelkiln.sweeps import recorded, seeded
 
 
@@ -193,9 +191,9 @@ class _Inputs:
         """
         if original not in self.shapes:
             try:
-                with Image.open(self.storage.absolute(self.stored[original])) as image:
+                with self.storage.open_image(self.stored[original]) as image:
                     self.shapes[original] = image.size
-            except (OSError, ValueError):
+            except (OSError, ValueError, StorageError):
                 return None
         return self.shapes[original]
 

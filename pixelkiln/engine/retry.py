@@ -9,6 +9,7 @@ from pixelkiln.exceptions import (
     NoServerAvailableError,
     QuotaExhaustedError,
     RateLimitedError,
+    StorageError,
 )
 
 
@@ -26,6 +27,8 @@ def describe(exc: BaseException) -> str:
     """A one-line message for a failure, with the backend's own words."""
     if isinstance(exc, BackendError):
         return str(exc) or type(exc).__name__
+    if isinstance(exc, StorageError):
+        return f"storage: {exc}"
     return f"internal error: {type(exc).__name__}: {exc}"
 
 

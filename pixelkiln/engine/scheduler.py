@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from pixelkiln.backends.base import Backend, GeneratedImage
@@ -55,6 +55,7 @@ from pixelkiln.engine.outcomes import Generated, Job, Moved, Outcome, judge
 from pixelkiln.engine.owners import dead_local_owners, new_owner_id
 from pixelkiln.engine.recorder import Recorder
 from pixelkiln.engine.routing import Routes
+from pixelkiln.engine.shared_limits import SharedLimits
 from pixelkiln.engine.starts import StartMarks
 from pixelkiln.engine.supervisor import Companion, HealthReport, Supervision
 from pixelkiln.engine.task_io import build_request
@@ -94,6 +95,26 @@ class SchedulerStatus:
     backends_down: dict[str, float] = field(default_factory=dict)  #: name → down since
     backends: dict[str, BackendLimit] = field(default_factory=dict)  #: limits, servers up
     health: HealthReport | None = None
+    draining: bool = False  #: claims nothing more; ends once what runs is recorded (drain)
+    tally: Tally | None = None  #: what its tries came to so far
+
+
+@dataclass
+class Tally:
+    """What this scheduler's tries came to since it started (a worker's ``/metrics``)."""
+
+    generated: int = 0  #: tries that brought images back (to be recorded)
+    retried: int = 0  #: failed tries to be tried again (or moved to, or waiting on, a backend)
+    failed: int = 0  #: tasks that failed for good
+    given_back: int = 0  #: tasks handed back to the queue untried (shutdown, drain)
+
+    def add(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Generated):
+            self.generated += 1
+        elif isinstance(outcome, Moved) or outcome.retry_at is not None:
+            self.retried += 1
+        else:
+            self.failed += 1
 
 
 class Scheduler:
@@ -124,6 +145,9 @@ class Scheduler:
         self.user_keys = user_keys
         self.owner = owner or new_owner_id()
         self._starts = StartMarks(db, self.owner)  # attempts are spent when a request goes out
+        #: slots, rpm, the stored global cap and circuits shared with every process on the
+        #: database (None: ``shared_limits`` off, or no server pool)
+        self._shared = SharedLimits.build(db, self.owner, self.backends, settings, clock)
         #: stop with SchedulerStalledError after ``stall_seconds`` without progress (kiln run);
         #: otherwise retry for ever and let /healthz tell (kiln serve)
         self.stop_when_stalled = stop_when_stalled
@@ -160,6 +184,10 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()  # cuts a back-off pause short
         self._stopping = False
+        #: set by :meth:`drain`: nothing more is claimed or started
+        self._draining = False
+        self._drain_deadline: asyncio.TimerHandle | None = None
+        self.tally = Tally()
         self._next_recovery = 0.0
         self._next_settings = 0.0
         #: the earliest time a task this scheduler put back to retry later comes due
@@ -189,6 +217,20 @@ class Scheduler:
         self._stop_event.set()
         self._wake.set()
 
+    def drain(self, seconds: float) -> None:
+        """Stop claiming and starting now, and end :meth:`run` once nothing is held.
+
+        Tasks claimed ahead go back to the queue at once; running ones get
+        ``seconds`` to finish and be recorded, then :meth:`stop` gives back what
+        still runs, untried (no attempt spent). Call it on the scheduler's loop
+        (a signal handler, ``call_soon_threadsafe``): SIGTERM of ``kiln worker``.
+        """
+        if self._draining or self._stopping:
+            return
+        self._draining = True
+        self._drain_deadline = asyncio.get_running_loop().call_later(seconds, self.stop)
+        self._wake.set()
+
     def set_concurrency(self, value: int) -> None:
         """Change the global limit at run time; takes effect at the next claim."""
         self.limits.overall = max(1, value)
@@ -201,6 +243,11 @@ class Scheduler:
         self._live_changes += 1
         self._wake.set()
         return known
+
+    def slots_freed(self) -> None:
+        """Another process gave back server slots (a NOTIFY): waiters look again now."""
+        if self._shared is not None:
+            self._shared.changed()
 
     def cancel_batch(self, batch_id: int) -> int:
         """Stop this process's running tasks of a batch now (after the DB cancel)."""
@@ -227,6 +274,8 @@ class Scheduler:
             dict(self.routes.down),
             self.limits.snapshot(generating),
             self.supervision.report(),
+            self._draining,
+            replace(self.tally),
         )
 
     # -- main loop ----------------------------------------------------------------------------
@@ -240,6 +289,8 @@ class Scheduler:
         ``stall_seconds``.
         """
         helpers: dict[str, asyncio.Task[None]] = {}
+        if self._shared is not None:
+            self._shared.attach()
         try:
             while not self._stopping:
                 # cleared before looking, not after: a wake-up that arrives while we
@@ -265,11 +316,25 @@ class Scheduler:
 
     async def _step(self, until_done: bool) -> bool:
         """One pass of the loop; True when every batch in scope has ended (``until_done``)."""
+        if self._draining:
+            return await self._drain_step()
         await self._housekeeping()
         if await self._claim_and_start():
             return False
         idle = not self._jobs and not self._dispatch.has_ready()
         if until_done and idle and await self._scope_finished():
+            return True
+        await self._idle()
+        return False
+
+    async def _drain_step(self) -> bool:
+        """Give back what waits in the ready queues; True once nothing runs any more."""
+        ready = self._dispatch.ready_ids()
+        if ready:  # given back before being forgotten: a failed write is tried again
+            await self.db.awrite(release_tasks, self.owner, ready)
+            self._dispatch.drop(lambda t: True)
+            self.tally.given_back += len(ready)
+        if not self._jobs:
             return True
         await self._idle()
         return False
@@ -407,6 +472,8 @@ class Scheduler:
         backend = self.backends[task.backend]
         api_key = await self.user_keys.key_for(task, backend)  # None: the backend's own key
         request = await build_request(self.storage, task, api_key)
+        if self._shared is not None:  # the global cap an admin stored, across processes
+            await self._shared.take_global(task.id)
         # committed before the request goes out; a paced batch's delay runs from here
         await self._starts.mark(task.id, paced=task.paced)
         try:
@@ -420,6 +487,8 @@ class Scheduler:
     def _generation_over(self, job: Job) -> None:
         if job.generating:
             job.generating = False
+            if self._shared is not None:
+                self._shared.task_over(job.task.id)
             self._dispatch.finished(job.task.backend)
             self._wake.set()
 
@@ -432,6 +501,7 @@ class Scheduler:
         now = self._clock()
         for outcome in outcomes:
             self._jobs.pop(outcome.task.id, None)
+            self.tally.add(outcome)
             retry_at = outcome.retry_at if isinstance(outcome, TaskFailure) else None
             if retry_at is not None and retry_at > now:
                 self._retry_at = min(retry_at, self._retry_at or retry_at)
@@ -459,6 +529,8 @@ class Scheduler:
         ids = list(self._jobs) + self._dispatch.ready_ids()
         until = self._clock() + self.settings.lease_seconds
         held = await self.db.awrite(renew_leases, self.owner, ids, until) if ids else set()
+        if self._shared is not None:
+            await self._shared.renew(until)
         self.supervision.ok("lease renewal")
         # only what we asked about: tasks claimed while the renewal ran are not in `ids`
         self._drop_lost(set(ids) - held)
@@ -474,6 +546,8 @@ class Scheduler:
         now = self._clock()
         if self.hours:
             await self._close_hours(now)
+        if self._shared is not None:  # servers others found down, the stored global cap
+            await self._shared.refresh(now)
         if self.routes.troubled and await self.routes.sweep(now, self.only_batches):
             self.wake()  # waiting tasks moved to a fallback that is up
         if now >= self._next_recovery:
@@ -481,7 +555,10 @@ class Scheduler:
             # have lapsed, and recovering our own running tasks would run them twice
             await self._renew()
             owners = await self.db.aread(running_lease_owners)
-            recovered = await self.db.awrite(recover_leases, dead_local_owners(owners, self.owner))
+            dead = dead_local_owners(owners, self.owner)
+            recovered = await self.db.awrite(recover_leases, dead)
+            if self._shared is not None:
+                await self._shared.forget(dead)
             self._next_recovery = now + max(1.0, self.settings.lease_seconds / 2)
             if recovered:
                 log.info("put back %d task(s) whose runner stopped", recovered)
@@ -505,6 +582,8 @@ class Scheduler:
 
     async def _shutdown(self, helpers: dict[str, asyncio.Task[None]]) -> None:
         self._stopping = self._recorder.stopping = True
+        if self._drain_deadline is not None:
+            self._drain_deadline.cancel()
         self._stop_event.set()
         lease_keeper = helpers.get("leases")
         committer = helpers.get("commit")
@@ -527,11 +606,14 @@ class Scheduler:
         if give_back:
             try:
                 await self.db.awrite(release_tasks, self.owner, give_back)
+                self.tally.given_back += len(give_back)
             except Exception:
                 log.exception(
                     "could not give back %d task(s); their leases will lapse", len(give_back)
                 )
         self._jobs.clear()
+        if self._shared is not None:
+            await self._shared.close()
         await self._finish_companions(helpers)
 
     async def _finish_companions(self, helpers: dict[str, asyncio.Task[None]]) -> None:

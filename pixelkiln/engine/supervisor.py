@@ -49,6 +49,15 @@ class HealthReport:
     def stalled(self, bound: float) -> bool:
         return self.state != "stopped" and self.stalled_seconds >= bound
 
+    def may_be_stuck(self, bound: float) -> bool:
+        """Stopped, or no progress for ``bound`` seconds: stuck if work waits (ask then)."""
+        return self.state == "stopped" or self.stalled(bound)
+
+    def unhealthy(self, bound: float, work_waiting: bool) -> bool:
+        """A scheduler that has stopped, or that made no progress for ``bound`` seconds
+        while work waits, cannot go on: ``/healthz`` (the API's, a worker's) answers 503."""
+        return self.state == "stopped" or (work_waiting and self.stalled(bound))
+
 
 class Companion(Protocol):
     """A long-running part that runs beside a scheduler (the webhook deliverer): started

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pixelkiln.db.notify import EVENTS, WORK
+from pixelkiln.db.notify import EVENTS, SLOTS, WORK
 from pixelkiln.engine.bus import EventBus
 
 
@@ -30,11 +30,17 @@ class Wakeups:
     """Fans LISTEN notifications out to the schedulers and the bus, on ``loop``."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None], bus: EventBus
+        self,
+        loop: asyncio.AbstractEventLoop,
+        wake: Callable[[], None],
+        bus: EventBus,
+        slots_freed: Callable[[], None] | None = None,
     ) -> None:
         self.loop = loop
         self.wake = wake  #: wakes every scheduler of the process (called on ``loop``)
         self.bus = bus
+        #: tells the schedulers' waiters for server slots to look again (on ``loop``)
+        self.slots_freed = slots_freed
         self.heard_work = 0  #: work notifications handed on so far (tests, metrics)
         self.heard_events = 0
         self._lock = threading.Lock()
@@ -42,7 +48,7 @@ class Wakeups:
 
     def heard(self, kind: str) -> None:
         """A notification of ``kind`` (listener thread)."""
-        if kind not in (WORK, EVENTS):
+        if kind not in (WORK, EVENTS, SLOTS) or (kind == SLOTS and self.slots_freed is None):
             return
         with self._lock:
             if kind in self._pending:
@@ -60,6 +66,9 @@ class Wakeups:
         if kind == WORK:
             self.heard_work += 1
             self.wake()
+        elif kind == SLOTS:
+            if self.slots_freed is not None:
+                self.slots_freed()
         else:
             self.heard_events += 1
             self.bus.poke()

@@ -45,6 +45,9 @@ class SchedulerLink(Protocol):
     def cancel_batch(self, batch_id: int) -> object:
         """Stop this process's running tasks of a batch the database just cancelled."""
 
+    def slots_freed(self) -> None:
+        """Another process gave back server slots: requests waiting for one look again."""
+
 
 class Schedulers:
     """The schedulers of this process that submits wake and cancels reach.
@@ -74,6 +77,10 @@ class Schedulers:
     def cancel_batch(self, batch_id: int) -> None:
         for link in list(self._links):
             link.cancel_batch(batch_id)
+
+    def slots_freed(self) -> None:
+        for link in list(self._links):
+            link.slots_freed()
 
 
 @dataclass(frozen=True)

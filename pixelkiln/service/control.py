@@ -9,9 +9,6 @@ batch's running tasks now rather than at their next lease renewal).
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 
 from pixelkiln.db import transitions
@@ -23,7 +20,7 @@ from pixelkiln.exceptions import NotFoundError, Problem, SpecError
 from pixelkiln.models import Batch, Task, TaskStatus
 from pixelkiln.service.context import Caller, ServiceContext
 from pixelkiln.service.pricing import Pricing, charge_retry, pricing_for
-from pixelkiln.storage import Storage
+from pixelkiln.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -172,20 +169,12 @@ def batch_folders(batch_id: int) -> tuple[str, str]:
 def remove_batch_files(storage: Storage, batch_id: int) -> None:
     """Delete a batch's images and thumbnails (after its rows are gone).
 
-    Each folder is first renamed out of the way in one step, so nothing ever
-    sees a half-deleted folder under the batch's name; ids are never reused, so
-    no newer batch's files are there. A runner still finishing a task of the
-    batch (cancelled in another process, not stopped yet) may write meanwhile:
-    that must not turn a delete whose rows are gone into an error, so what
-    cannot be removed is logged. ``rmtree`` does not follow symlinks.
+    See ``Storage.delete_folder``: a local folder is renamed out of the way first, and
+    what cannot be removed (a runner of another process still writing, the object store
+    unreachable) is logged, not raised: the rows are gone, so it is only space.
     """
     for folder in batch_folders(batch_id):
-        path = storage.absolute(folder)
-        doomed = path.with_name(f".deleted-{batch_id}-{uuid.uuid4().hex}")
         try:
-            os.rename(path, doomed)
-        except FileNotFoundError:
-            continue
-        shutil.rmtree(doomed, ignore_errors=True)
-        if doomed.exists():
-            log.warning("could not remove all of %s", doomed)
+            storage.delete_folder(folder)
+        except StorageError as exc:
+            log.warning("could not remove the files of %s: %s", folder, exc)

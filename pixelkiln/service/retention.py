@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from pixelkiln.config import RetentionSettings
@@ -43,7 +42,7 @@ from pixelkiln.db import retention as db
 from pixelkiln.db.retention import OldBatch, OldUpload, Step
 from pixelkiln.service.context import Caller, ServiceContext, require_admin
 from pixelkiln.service.control import batch_folders, remove_batch_files
-from pixelkiln.storage import Storage
+from pixelkiln.storage import Storage, StorageError, thumbnails_of
 
 log = logging.getLogger("pixelkiln.retention")
 
@@ -172,40 +171,25 @@ def _plan_uploads(ctx: ServiceContext, found: Plan, cutoff: float) -> Plan:
 def _stored_since(storage: Storage, path: str, moment: float) -> bool:
     """The file was (re)stored after ``moment``: someone uploaded these bytes again."""
     try:
-        return storage.absolute(path).stat().st_mtime >= moment
-    except (OSError, ValueError):
+        return storage.stat(path).mtime >= moment
+    except (OSError, ValueError, StorageError):
         return False
 
 
 def _file_size(storage: Storage, path: str) -> int:
     try:
-        return storage.absolute(path).stat().st_size
-    except (OSError, ValueError):
+        return storage.stat(path).size
+    except (OSError, ValueError, StorageError):
         return 0
-
-
-def _walk(folder: str) -> Iterator[os.DirEntry[str]]:
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(entry.path)
-        else:
-            yield entry
 
 
 def _batch_folders_size(storage: Storage, batch_id: int) -> tuple[int, int]:
     """(files, bytes) under a batch's image and thumbnail folders."""
     files = size = 0
     for folder in batch_folders(batch_id):
-        for entry in _walk(str(storage.absolute(folder))):
+        for info in storage.list_files(folder):
             files += 1
-            try:
-                size += entry.stat(follow_symlinks=False).st_size
-            except OSError:
-                continue
+            size += info.size
     return files, size
 
 
@@ -347,12 +331,10 @@ def _remove_upload_files(
         size += _file_size(storage, path)
         storage.delete(path)
         removed += 1
-    thumbs = storage.absolute("thumbs/assets")
-    for upload in gone:
-        for thumb in thumbs.glob(f"{upload.id}_*.webp"):
-            size += _file_size(storage, f"thumbs/assets/{thumb.name}")
-            thumb.unlink(missing_ok=True)
-            removed += 1
+    for thumb in thumbnails_of(storage, "thumbs/assets", {u.id for u in gone}) if gone else ():
+        size += thumb.size
+        storage.delete(thumb.path)
+        removed += 1
     return removed, size
 
 

@@ -24,8 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
@@ -396,14 +394,11 @@ class RunDriver:
         for image in self.ctx.db.read(list_images, batch.id):
             key = safe_name(keys.get(image.task_id, str(image.task_id)), "scene")
             name = f"{safe_name(project['pid'], 'project')}_{key}_{image.index}.png"
-            source = self.ctx.storage.absolute(image.path)
             dest = folder / name
             if dest.is_file() and dest.stat().st_size == image.bytes:
                 continue
             folder.mkdir(parents=True, exist_ok=True)
-            partial = folder / f".{name}.part"
-            shutil.copyfile(source, partial)
-            os.replace(partial, dest)
+            self.ctx.storage.save_to(image.path, dest)  # from the storage, wherever it is
             count += 1
         return count
 

@@ -226,7 +226,7 @@ THUMB_SIZES = (128, 256, 512)
 
 def _thumbnails(found: Iterable[list[ImageRecord]], cell: int) -> dict[str, tuple[str, ...]]:
     """For each image larger than a cell, the cached thumbnails that would fill one
-    (``thumbs/<batch>/<image>_<size>.webp``, as ``api.media.thumbnail_path`` names them),
+    (``thumbs/<batch>/<image>_<size>.webp``, as ``api.media.thumbnail`` names them),
     smallest first; a smaller image is drawn from its own file."""
     sizes = [size for size in THUMB_SIZES if size >= cell]
     return {
@@ -244,8 +244,8 @@ def _opener(
         try:
             for thumbnail in thumbnails.get(path, ()):
                 with contextlib.suppress(FileNotFoundError):
-                    return Image.open(storage.absolute(thumbnail))
-            return Image.open(storage.absolute(path))
+                    return storage.open_image(thumbnail)
+            return storage.open_image(path)
         except ValueError as exc:  # a path outside the data folder: never opened
             raise OSError(str(exc)) from exc
 

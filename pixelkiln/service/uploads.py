@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixelkiln.db.presets import get_preset
-from pixelkiln.db.records import Asset, get_image, record_asset
+from pixelkiln.db.records import Asset, ImageInfo, get_image, record_asset
 from pixelkiln.engine.intake import asset_record
 from pixelkiln.exceptions import InvalidValueError, NotFoundError
 from pixelkiln.naming import file_name, unique_name, with_image_suffix
@@ -106,13 +106,29 @@ async def asset_from_image(ctx: ServiceContext, caller: Caller, image_id: int) -
     twice, or for an image already uploaded, answers the asset the caller has.
     """
     info = await ctx.read(get_image, image_id, caller.mine)
-    image = await ctx.run(_as_input, ctx, info.image.path, image_id)
-    path = await ctx.run(ctx.storage.write_asset, image)
-    name = file_name(PurePosixPath(info.image.path).name, f"image-{image_id}")
-    return await ctx.write(record_asset, caller.user_id, asset_record(image, path, name))
+    return await _as_asset(ctx, caller, info.image.path, image_id, "a reference")
 
 
-def _as_input(ctx: ServiceContext, path: str, image_id: int) -> InputImage:
+async def edit_input(ctx: ServiceContext, caller: Caller, info: ImageInfo) -> Asset:
+    """The image an edit re-prompts, as the caller's upload: the new batch's init image.
+
+    ``info`` is read with the caller's scope (an admin may edit anyone's image). The
+    bytes come from the storage, wherever it is, and are stored by content like any
+    input image, so the original stays as it is.
+    """
+    return await _as_asset(ctx, caller, info.image.path, info.image.id, "an init image")
+
+
+async def _as_asset(
+    ctx: ServiceContext, caller: Caller, path: str, image_id: int, role: str
+) -> Asset:
+    image = await ctx.run(_as_input, ctx, path, image_id, role)
+    stored = await ctx.run(ctx.storage.write_asset, image)
+    name = file_name(PurePosixPath(path).name, f"image-{image_id}")
+    return await ctx.write(record_asset, caller.user_id, asset_record(image, stored, name))
+
+
+def _as_input(ctx: ServiceContext, path: str, image_id: int, role: str) -> InputImage:
     """The stored image's file read and checked as an input image (a thread)."""
     limits = ctx.settings.server
     try:
@@ -124,6 +140,5 @@ def _as_input(ctx: ServiceContext, path: str, image_id: int) -> InputImage:
             data, max_bytes=limits.max_upload_bytes, max_pixels=limits.max_upload_pixels
         )
     except ValueError as exc:
-        raise InvalidValueError(
-            f"image {image_id} cannot be a reference: {exc}", field="image_id"
-        ) from exc
+        message = f"image {image_id} cannot be {role}: {exc}"
+        raise InvalidValueError(message, field="image_id") from exc

@@ -36,6 +36,8 @@ T = TypeVar("T")
 #: the most credits one grant (or a new user) may carry; balances have their own cap
 #: (pixelkiln.db.credits.MAX_BALANCE), so summing a ledger cannot overflow
 MAX_GRANT = 10**12
+#: the largest fair-share weight a user may have (db.users.check_share; default 1)
+MAX_SHARE = 1000.0
 #: preset positions are small ordinals; "last + 1" must stay far from MAX_ID
 MAX_POSITION = 1_000_000
 
@@ -336,12 +338,16 @@ class UserPublic(_Public):
     active: bool
     created_at: float
     balance: int
+    share: float = 1.0  #: weight in fair share among tasks of equal priority
 
 
 class UserCreate(_Input):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._@-]+$")
     is_admin: bool = False
     credits: int = Field(0, ge=0, le=MAX_GRANT)
+    share: float = Field(
+        1.0, gt=0, le=MAX_SHARE, description="Weight in fair share (2 gets twice 1's tasks)."
+    )
 
 
 class UserCreated(UserPublic):
@@ -349,7 +355,12 @@ class UserCreated(UserPublic):
 
 
 class UserUpdate(_Input):
-    active: bool
+    """What an admin changes about a user; fields left out stay as they are."""
+
+    active: bool | None = None
+    share: float | None = Field(
+        None, gt=0, le=MAX_SHARE, description="Weight in fair share (2 gets twice 1's tasks)."
+    )
 
 
 class GrantRequest(_Input):

@@ -12,7 +12,7 @@ from PIL import Image
 from pixelkiln.engine.intake import prepare_batch
 from pixelkiln.exceptions import NotFoundError, SpecError
 from pixelkiln.specs import parse_batch
-from pixelkiln.storage import Storage
+from pixelkiln.storage import LocalStorage
 
 
 def png(path: Path) -> Path:
@@ -26,7 +26,7 @@ def prepare(data: dict[str, Any], folder: Path, **options: Any) -> Any:
     spec = parse_batch(data, source="b.yaml", partial=True)
     return prepare_batch(
         spec,
-        storage=Storage(folder / "data"),
+        storage=LocalStorage(folder / "data"),
         default_backend="placeholder",
         known_backends=["placeholder"],
         max_attempts=3,

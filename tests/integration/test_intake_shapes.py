@@ -10,7 +10,7 @@ from PIL import Image
 from pixelkiln.db.batches import NewBatch
 from pixelkiln.engine.intake import prepare_batch
 from pixelkiln.specs import parse_batch
-from pixelkiln.storage import Storage
+from pixelkiln.storage import LocalStorage
 
 
 def picture(path: Path, width: int, height: int) -> str:
@@ -21,7 +21,7 @@ def picture(path: Path, width: int, height: int) -> str:
 def prepare(data: dict[str, Any], folder: Path) -> NewBatch:
     return prepare_batch(
         parse_batch(data, source="b.yaml", partial=True),
-        storage=Storage(folder / "data"),
+        storage=LocalStorage(folder / "data"),
         default_backend="placeholder",
         known_backends=["placeholder"],
         max_attempts=3,
@@ -79,7 +79,7 @@ def test_tasks_keyed_by_image_names_are_named_after_them_uniquely(tmp_path: Path
     ]
     batch = prepare({"name": "b", "defaults": {"prompt": "p"}, "tasks": tasks}, tmp_path)
     assert [i["name"] for i in batch.inputs] == ["photo", "PHOTO-2", "场景_1"]
-    storage = Storage(tmp_path / "data")
+    storage = LocalStorage(tmp_path / "data")
     assert storage.image_path(1, "PHOTO-2", None, 0) == "images/1/PHOTO-2_0.png"
     assert storage.image_path(1, "x", 3, 0) == "images/1/x_0003_0.png"
 

@@ -20,7 +20,8 @@ from pixelkiln.app import Kiln
 from pixelkiln.config import Settings, load_settings
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.database import Database, Tx
-from pixelkiln.db.notify import EVENTS, WORK, Listener, notify
+from pixelkiln.db.notify import EVENTS, SLOTS, WORK, Listener, notify
+from pixelkiln.db.slots import SlotWant, exchange
 from pixelkiln.testing import wait_until
 from tests.processes import env
 
@@ -129,3 +130,26 @@ async def test_a_submit_in_another_process_wakes_an_idle_scheduler(
         batch = await kiln.db.aread(get_batch, batch_id)
     assert batch.counts.succeeded == 2
     assert wakeups.heard_work > heard  # the other process's submit was heard
+
+
+def test_slots_given_back_are_announced_to_other_processes(postgres_url: str) -> None:
+    """A process giving back server slots tells the others, whose waiters look again now
+    instead of at their next re-check (engine.shared_limits)."""
+    heard: list[str] = []
+    live = threading.Event()
+    listener = Listener(postgres_url, heard.append, lambda up: live.set() if up else None)
+    db = Database.open(postgres_url)
+    listener.start()
+    try:
+        assert live.wait(10)
+        key = "sd|http://gpu:7860"
+        took = db.write(exchange, "a", [], [SlotWant(key, 2, 2)], 1e12, {key: 2})
+        assert took[key].slots == [0, 1]
+        heard.clear()
+        db.write(exchange, "a", [], [SlotWant(key, 2, 1)], 1e12)  # taking announces nothing
+        db.write(exchange, "a", [(key, 0)], [], 1e12)
+        asyncio.run(wait_until(lambda: SLOTS in heard, timeout=10))
+        assert heard.count(SLOTS) == 1
+    finally:
+        listener.stop()
+        db.close()

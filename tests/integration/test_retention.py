@@ -16,7 +16,7 @@ from PIL import Image
 from sqlalchemy import insert, select, update
 
 from pixelkiln import service
-from pixelkiln.api.media import thumbnail_path
+from pixelkiln.api.media import thumbnail
 from pixelkiln.app import Kiln
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.database import Tx
@@ -131,7 +131,7 @@ def _count(kiln: Kiln, table: Any, *where: Any) -> int:
 async def _thumbnail(kiln: Kiln, batch_id: int) -> Path:
     """The API's cached thumbnail of the batch's first image, made now."""
     image = (await kiln.service.read(batch_images, batch_id))[0].image
-    return await asyncio.to_thread(thumbnail_path, kiln.storage, image, 128)
+    return kiln.storage.absolute(await asyncio.to_thread(thumbnail, kiln.storage, image, 128))
 
 
 # -- whole batches ----------------------------------------------------------------------------

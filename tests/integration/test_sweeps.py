@@ -13,7 +13,7 @@ from pixelkiln.db.tasks import list_tasks
 from pixelkiln.engine.intake import prepare_batch
 from pixelkiln.exceptions import SpecError
 from pixelkiln.specs import parse_batch
-from pixelkiln.storage import Storage
+from pixelkiln.storage import LocalStorage
 from pixelkiln.sweeps import count_tasks
 
 SWEEP = {"x": {"cfg_scale": [5, 7, 9]}, "y": {"sampler": ["Euler a", "DPM++ 2M"]}}
@@ -27,7 +27,7 @@ def prepare(data: dict[str, Any], folder: Path, **options: Any) -> NewBatch:
     spec = parse_batch(data, source="grid.yaml", partial=True)
     return prepare_batch(
         spec,
-        storage=Storage(folder / "data"),
+        storage=LocalStorage(folder / "data"),
         default_backend="placeholder",
         known_backends=["placeholder", "other"],
         max_attempts=3,

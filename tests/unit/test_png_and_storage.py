@@ -12,7 +12,7 @@ from PIL import Image
 
 from pixelkiln import png
 from pixelkiln.exceptions import ServerError
-from pixelkiln.storage import Storage, infotext, read_input_image, safe_name, to_png
+from pixelkiln.storage import LocalStorage, infotext, read_input_image, safe_name, to_png
 
 
 def _png(size: tuple[int, int] = (8, 8), fmt: str = "PNG") -> bytes:
@@ -81,7 +81,7 @@ def test_names_are_capped_in_bytes_never_inside_a_character() -> None:
 
 
 def test_paths_cannot_leave_the_data_folder(tmp_path: Path) -> None:
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     assert storage.image_path(3, "../x", 7, 0) == "images/3/x_0007_0.png"
     with pytest.raises(ValueError, match="escapes"):
         storage.absolute("../outside.png")
@@ -90,7 +90,7 @@ def test_paths_cannot_leave_the_data_folder(tmp_path: Path) -> None:
 
 
 def test_writes_are_atomic_and_idempotent(tmp_path: Path) -> None:
-    storage = Storage(tmp_path)
+    storage = LocalStorage(tmp_path)
     relative = storage.image_path(1, "k", 1, 0)
     first = storage.write_image(relative, _png(), "p")
     second = storage.write_image(relative, _png(), "p")

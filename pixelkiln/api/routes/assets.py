@@ -3,16 +3,16 @@ make one of my generated images an upload (``from-image``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
 from pixelkiln.api.deps import CallerDep, CtxDep, IdPath, PageDep, page_fields
 from pixelkiln.api.media import (
     PRIVATE_CACHE,
     THUMB_TYPE,
-    StoredFile,
     ThumbSize,
-    asset_thumbnail_path,
+    asset_thumbnail,
+    stored_file,
 )
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.uploads import IMAGE_FILES, files_of, form_body, read_form, store_images
@@ -64,9 +64,9 @@ async def one(asset_id: IdPath, ctx: CtxDep, caller: CallerDep) -> AssetPublic:
 @router.get(
     "/{asset_id}/file", responses=ERRORS, response_class=FileResponse, summary="An uploaded image"
 )
-async def file(asset_id: IdPath, ctx: CtxDep, caller: CallerDep) -> FileResponse:
+async def file(asset_id: IdPath, ctx: CtxDep, caller: CallerDep) -> Response:
     asset = await ctx.read(get_asset, asset_id, caller.scope)
-    return StoredFile(ctx.storage.absolute(asset.path), media_type=asset.mime)
+    return stored_file(ctx.storage, asset.path, media_type=asset.mime)
 
 
 @router.get(
@@ -75,9 +75,8 @@ async def file(asset_id: IdPath, ctx: CtxDep, caller: CallerDep) -> FileResponse
     response_class=FileResponse,
     summary="A WebP thumbnail of an uploaded image, made on first request and cached",
 )
-async def thumbnail(
-    asset_id: IdPath, ctx: CtxDep, caller: CallerDep, size: ThumbSize
-) -> FileResponse:
+async def thumbnail(asset_id: IdPath, ctx: CtxDep, caller: CallerDep, size: ThumbSize) -> Response:
     asset = await ctx.read(get_asset, asset_id, caller.scope)
-    path = await ctx.run(asset_thumbnail_path, ctx.storage, asset, size)
-    return StoredFile(path, media_type=THUMB_TYPE, headers={"Cache-Control": PRIVATE_CACHE})
+    path = await ctx.run(asset_thumbnail, ctx.storage, asset, size)
+    cache = {"Cache-Control": PRIVATE_CACHE}
+    return stored_file(ctx.storage, path, media_type=THUMB_TYPE, headers=cache)

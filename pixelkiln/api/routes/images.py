@@ -25,17 +25,18 @@ from pixelkiln.api.errors import ApiError
 from pixelkiln.api.media import (
     PRIVATE_CACHE,
     THUMB_TYPE,
-    StoredFile,
     ThumbSize,
     remove_image_files,
-    thumbnail_path,
+    stored_file,
 )
+from pixelkiln.api.media import thumbnail as cached_thumbnail
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.views import batch_detail, image_detail
 from pixelkiln.db.image_search import find_images
 from pixelkiln.db.records import ImageInfo, ImageQuery, delete_image, get_image
 from pixelkiln.models import BatchStatus
 from pixelkiln.params import check_side
+from pixelkiln.service.uploads import edit_input
 from pixelkiln.specs import parse_batch
 from pixelkiln.wire.schemas import BatchDetail, EditRequest, Id, ImageDetail, Page
 
@@ -126,15 +127,12 @@ async def metadata(image_id: IdPath, ctx: CtxDep, caller: CallerDep) -> ImageDet
 @files.get(
     "/{image_id}/file", responses=ERRORS, response_class=FileResponse, summary="The PNG file"
 )
-async def file(image_id: IdPath, ctx: CtxDep, scope: ImageScopeDep) -> FileResponse:
+async def file(image_id: IdPath, ctx: CtxDep, scope: ImageScopeDep) -> Response:
     """With auth on: a bearer token, or a signed link's ``exp`` and ``sig``."""
     info = await ctx.read(get_image, image_id, scope)
     name = info.image.path.rsplit("/", 1)[-1]
-    return StoredFile(
-        ctx.storage.absolute(info.image.path),
-        media_type=PNG,
-        filename=name,
-        content_disposition_type="inline",
+    return stored_file(
+        ctx.storage, info.image.path, media_type=PNG, filename=name, disposition="inline"
     )
 
 
@@ -146,10 +144,11 @@ async def file(image_id: IdPath, ctx: CtxDep, scope: ImageScopeDep) -> FileRespo
 )
 async def thumbnail(
     image_id: IdPath, ctx: CtxDep, scope: ImageScopeDep, size: ThumbSize
-) -> FileResponse:
+) -> Response:
     info = await ctx.read(get_image, image_id, scope)
-    path = await ctx.run(thumbnail_path, ctx.storage, info.image, size)
-    return StoredFile(path, media_type=THUMB_TYPE, headers={"Cache-Control": PRIVATE_CACHE})
+    path = await ctx.run(cached_thumbnail, ctx.storage, info.image, size)
+    cache = {"Cache-Control": PRIVATE_CACHE}
+    return stored_file(ctx.storage, path, media_type=THUMB_TYPE, headers=cache)
 
 
 @files.get(
@@ -158,13 +157,13 @@ async def thumbnail(
     response_class=FileResponse,
     summary="An input image of the task that made this image",
 )
-async def task_input(image_id: IdPath, n: int, ctx: CtxDep, scope: ImageScopeDep) -> FileResponse:
+async def task_input(image_id: IdPath, n: int, ctx: CtxDep, scope: ImageScopeDep) -> Response:
     """``n`` = 0: the init image; 1…4: the reference images."""
     info = await ctx.read(get_image, image_id, scope)
     paths = [info.inputs.get("init_image") or "", *(info.inputs.get("reference_images") or [])]
     if not 0 <= n < len(paths) or not paths[n]:
         raise ApiError(404, "not_found", f"image {image_id} has no input {n}")
-    return StoredFile(ctx.storage.absolute(paths[n]))
+    return stored_file(ctx.storage, paths[n])
 
 
 @router.delete("/{image_id}", status_code=204, responses=ERRORS, summary="Delete an image")
@@ -185,12 +184,13 @@ async def edit(
 ) -> BatchDetail:
     """The original stays as it is; the result is a new one-task batch (charged as such)."""
     info = await ctx.read(get_image, image_id, caller.scope)
+    original = await edit_input(ctx.service, caller, info)  # its bytes, as an upload
     task: dict[str, object] = {
         "prompt": body.prompt,
         "negative_prompt": body.negative_prompt
         if body.negative_prompt is not None
         else info.negative_prompt,
-        "init_image": str(ctx.storage.absolute(info.image.path)),
+        "init_image": f"asset:{original.id}",
         "backend": body.backend or info.backend,
         "model": body.model if body.model is not None else info.params.get("model") or None,
         "denoise": body.denoise,
@@ -206,7 +206,7 @@ async def edit(
         },
         "edit",
     )
-    sub = service.Submission(spec, source="api", server_paths=True)
+    sub = service.Submission(spec, source="api")
     batch_id, _ = await service.submit(ctx.service, caller, sub)
     response.headers["Location"] = f"/api/v1/batches/{batch_id}"
     return batch_detail(await service.batch_page(ctx.service, caller, batch_id))

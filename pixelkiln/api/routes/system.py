@@ -31,11 +31,10 @@ async def healthz(ctx: CtxDep, response: Response) -> Health:
     if ctx.runner is None:
         return Health(status="ok", version=__version__)
     report = ctx.runner.health()
-    stopped = report.state == "stopped"
-    stalled = report.stalled(ctx.settings.scheduler.stall_seconds)
+    bound = ctx.settings.scheduler.stall_seconds
     # the query only when it could matter (a cheap one anyway)
-    waiting = bool(await ctx.read(unfinished_batch_ids)) if stopped or stalled else False
-    unhealthy = stopped or (waiting and stalled)  # stuck only while work waits
+    waiting = bool(await ctx.read(unfinished_batch_ids)) if report.may_be_stuck(bound) else False
+    unhealthy = report.unhealthy(bound, waiting)  # stuck only while work waits
     if unhealthy:
         response.status_code = 503
     return Health(

@@ -12,6 +12,7 @@ from pixelkiln.api.errors import ApiError
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.views import ledger_public, user_public
 from pixelkiln.db.credits import LedgerEntry, balance, grant, ledger
+from pixelkiln.db.database import Tx
 from pixelkiln.db.users import (
     User,
     add_user,
@@ -23,6 +24,7 @@ from pixelkiln.db.users import (
     revoke_tokens,
     set_active,
     set_provider_key,
+    set_share,
 )
 from pixelkiln.wire.schemas import (
     CreditsPublic,
@@ -125,14 +127,30 @@ async def users_list(ctx: CtxDep, _: AdminDep) -> list[UserPublic]:
 
 @admin.post("", status_code=201, responses=ERRORS, summary="Add a user; the token is shown once")
 async def users_add(body: UserCreate, ctx: CtxDep, _: AdminDep) -> UserCreated:
-    user, token = await ctx.write(add_user, body.name, is_admin=body.is_admin, credits=body.credits)
+    user, token = await ctx.write(
+        add_user, body.name, is_admin=body.is_admin, credits=body.credits, share=body.share
+    )
     return UserCreated(**user_public(user, body.credits).model_dump(), token=token)
 
 
-@admin.patch("/{user_id}", responses=ERRORS, summary="Enable or disable a user")
+@admin.patch(
+    "/{user_id}",
+    responses=ERRORS,
+    summary="Enable or disable a user, or change their fair-share weight",
+)
 async def users_update(user_id: IdPath, body: UserUpdate, ctx: CtxDep, _: AdminDep) -> UserPublic:
-    user = await ctx.write(set_active, user_id, body.active)
+    """``share``: their weight among users' tasks of equal priority (docs/queue-policy.md)."""
+    user = await ctx.write(_update_user, user_id, body)
     return user_public(user, await ctx.read(balance, user_id))
+
+
+def _update_user(tx: Tx, user_id: int, body: UserUpdate) -> User:
+    """The fields given, in one transaction (nothing changes unless all can)."""
+    if body.share is not None:
+        set_share(tx, user_id, body.share)
+    if body.active is not None:
+        set_active(tx, user_id, body.active)
+    return get_user(tx.conn, user_id)
 
 
 @admin.post(

@@ -189,7 +189,9 @@ async def test_charges_refunds_and_races_on_postgresql(tmp_path: Path, postgres_
 
 def kiln_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The `kiln` command on the API's data folder, credits on as in ``auth_api``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    # the database stays the API's (KILN_TEST_DATABASE puts it in this variable)
+    kept = ("KILN_STORAGE__DATABASE_URL",)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_") or k in kept}
     env |= {
         "COLUMNS": "200",
         "KILN_STORAGE__DATA_DIR": str(data_dir),

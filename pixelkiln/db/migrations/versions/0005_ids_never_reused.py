@@ -32,9 +32,10 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("server", sa.String(500), nullable=False, server_default=""))
         batch_op.add_column(sa.Column("model", sa.String(200), nullable=False, server_default=""))
         batch_op.add_column(sa.Column("params", sa.JSON(), nullable=True))
-    sqlite = op.get_bind().dialect.name == "sqlite"
-    _backfill(sqlite)
-    if not sqlite:  # PostgreSQL's SERIAL sequences never hand an id out twice
+    dialect = op.get_bind().dialect.name
+    sqlite = dialect == "sqlite"
+    _backfill(dialect)
+    if not sqlite:  # PostgreSQL's sequences, InnoDB's persisted counters: never reused
         return
     ledger_floor = op.get_bind().execute(sa.text("SELECT max(batch_id) FROM credit_ledger"))
     floors = {"batches": int(ledger_floor.scalar() or 0)}
@@ -47,9 +48,14 @@ def upgrade() -> None:
         _start_after(table, floors.get(table, 0))
 
 
-def _backfill(sqlite: bool) -> None:
+def _backfill(dialect: str) -> None:
     """Earlier images: the backend and model their task named (the server is unknown)."""
-    if sqlite:
+    if dialect in ("mysql", "mariadb"):
+        op.execute(
+            "UPDATE images JOIN tasks t ON t.id = images.task_id SET images.backend = t.backend, "
+            "images.model = coalesce(json_unquote(json_extract(t.params, '$.model')), '')"
+        )
+    elif dialect == "sqlite":
         op.execute(
             "UPDATE images SET "
             "backend = coalesce((SELECT t.backend FROM tasks t WHERE t.id = images.task_id), ''), "

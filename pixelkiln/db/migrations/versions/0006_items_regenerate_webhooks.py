@@ -64,10 +64,15 @@ def _alter() -> None:
         batch_op.add_column(
             sa.Column("superseded", sa.Boolean(), nullable=False, server_default=sa.false())
         )
-        batch_op.drop_constraint("uq_images_task_id_index", type_="unique")
-        batch_op.create_unique_constraint(
-            "uq_images_task_id_run_index", ["task_id", "run", "index"]
-        )
+        # MySQL: the old unique index is the one its task_id foreign key uses, so it can
+        # only go once the new one (which also starts with task_id) is there
+        unique = ("uq_images_task_id_run_index", ["task_id", "run", "index"])
+        if op.get_bind().dialect.name in ("mysql", "mariadb"):
+            batch_op.create_unique_constraint(*unique)
+            batch_op.drop_constraint("uq_images_task_id_index", type_="unique")
+        else:
+            batch_op.drop_constraint("uq_images_task_id_index", type_="unique")
+            batch_op.create_unique_constraint(*unique)
     with op.batch_alter_table("assets", schema=None) as batch_op:
         batch_op.add_column(sa.Column("name", sa.String(255), nullable=True))
     with op.batch_alter_table("users", schema=None) as batch_op:

@@ -8,10 +8,13 @@
   ``tat``), so requests per minute hold across processes;
 - ``server_health``: a server's circuit as one process found it (down since, probe
   again at), so the others skip it without waiting for their own timeouts;
-- users: ``share``, their weight in fair share among tasks of equal priority (default 1).
+- users: ``share``, their weight in fair share among tasks of equal priority (default 1);
+- credit_ledger: ``delta`` as a 64-bit integer: balances go up to ``MAX_BALANCE`` (10**15),
+  past PostgreSQL's and MySQL's 32-bit INTEGER (a large grant failed "out of range").
 
-Every change is an added table or a column with a default: SQLite adds it with
-``ALTER TABLE`` (no rebuild), so 0007's search triggers stay.
+Every change but one is an added table or a column with a default: SQLite adds it with
+``ALTER TABLE`` (no rebuild), so 0007's search triggers stay. The ledger's column is
+rebuilt on SQLite like 0003's seed (the ledger has no triggers).
 
 Revision ID: 0009
 Revises: 0008
@@ -58,9 +61,17 @@ def upgrade() -> None:
     op.add_column(
         "users", sa.Column("share", sa.Float(), nullable=False, server_default=sa.text("1"))
     )
+    with op.batch_alter_table("credit_ledger", schema=None) as batch_op:
+        batch_op.alter_column(
+            "delta", existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("credit_ledger", schema=None) as batch_op:
+        batch_op.alter_column(
+            "delta", existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=False
+        )
     with op.batch_alter_table("users", table_kwargs={"sqlite_autoincrement": True}) as b:
         b.drop_column("share")
     op.drop_table("server_health")

@@ -1,23 +1,17 @@
-"""Where image bytes live: a local folder, files named from ids, PNG metadata.
+"""What stored images are: safe file names, PNG bytes and their metadata, checked inputs.
 
-Every path under the data folder is built here from ids and *sanitised*
-names; no user string reaches the filesystem as given. Files are written to a
-temporary name and renamed, so a crash never leaves half an image, and names
-are deterministic (batch, task position, run, image index), so re-running a task
-overwrites its files instead of duplicating them.
+Shared by every storage (:mod:`pixelkiln.storage.local`, :mod:`pixelkiln.storage.s3`):
+nothing here knows where the bytes go.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import os
 import re
 import struct
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -122,107 +116,6 @@ def to_png(data: bytes) -> bytes:
             return out.getvalue()
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ServerError(f"generator returned data that is not an image ({exc})") from exc
-
-
-class Storage:
-    """The data folder: images, assets, logs and reports below one root."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-        self._root = str(self.root)  # plain strings on the hot path: pathlib costs per call
-        self._prefix = self._root + os.sep
-        self._made: set[str] = set()  # folders known to exist
-
-    def image_path(
-        self, batch_id: int, stem: str, position: int | None, index: int, run: int = 0
-    ) -> str:
-        """Relative path of image ``index`` of the task at ``position`` in a batch.
-
-        ``position`` None: the stem alone is unique in its batch (a task named after its
-        upload, see ``engine.intake.name_outputs``), so the name is ``<stem>_<index>.png``.
-        A regenerated task's later runs end in ``_r<run>`` (``s2_0002_0_r1.png``,
-        ``photo_00_0_r1.png``): never a first run's name (those end in a digit), so they
-        never overwrite any file, and its earlier runs' files are kept as history.
-        """
-        place = "" if position is None else f"_{position:04d}"
-        again = f"_r{run}" if run else ""
-        return f"images/{batch_id}/{safe_name(stem, 'task')}{place}_{index}{again}.png"
-
-    def absolute(self, relative: str) -> Path:
-        """The file for a stored relative path; refuses anything that leaves the root."""
-        return Path(self._checked(relative))
-
-    def _checked(self, relative: str) -> str:
-        # normpath, not resolve(): no filesystem calls on the hot path, and the
-        # folders below the root are ours (no user-made symlinks to follow)
-        path = os.path.normpath(os.path.join(self._root, relative))
-        if not path.startswith(self._prefix):
-            raise ValueError(f"path escapes the data folder: {relative}")
-        return path
-
-    def write_image(self, relative: str, data: bytes, parameters: str) -> StoredImage:
-        """Write ``data`` as PNG with the ``parameters`` chunk, atomically; return its record.
-
-        The size recorded is the file's own (what the generator returned, whatever was asked).
-        """
-        encoded = png.with_text(to_png(data), "parameters", parameters)
-        self._write_atomic(self._checked(relative), encoded)
-        width, height = png_size(encoded)
-        digest = hashlib.sha256(encoded).hexdigest()
-        return StoredImage(relative, width, height, len(encoded), digest)
-
-    def write_asset(self, image: InputImage) -> str:
-        """Store an input image by content hash (so re-uploads share a file); relative path.
-
-        Storing bytes that are already there touches the file: its modification time is
-        when they were last stored, which ``service.retention`` reads as the upload's age.
-        """
-        ext = {"JPEG": "jpg"}.get(image.format, image.format.lower())
-        relative = f"assets/{image.sha256[:2]}/{image.sha256}.{ext}"
-        target = self._checked(relative)
-        if not os.path.exists(target):
-            self._write_atomic(target, image.data)
-        else:  # stored again: retention counts an upload's age from its file's last store
-            with contextlib.suppress(OSError):
-                os.utime(target)
-        return relative
-
-    def read(self, relative: str) -> bytes:
-        return self.absolute(relative).read_bytes()
-
-    def delete(self, relative: str) -> None:
-        self.absolute(relative).unlink(missing_ok=True)
-
-    def delete_image(self, relative: str, batch_id: int, image_id: int) -> None:
-        """Delete an image file and its cached thumbnails (``thumbs/<batch>/<id>_<size>.webp``,
-        made by the API) once its row is gone."""
-        self.delete(relative)
-        for thumb in self.absolute(f"thumbs/{batch_id}").glob(f"{image_id}_*.webp"):
-            thumb.unlink(missing_ok=True)
-
-    def _write_atomic(self, target: str, data: bytes) -> None:
-        folder, name = os.path.split(target)
-        if folder not in self._made:
-            os.makedirs(folder, exist_ok=True)
-            self._made.add(folder)
-        # one temp name per target: a re-run after a crash reuses (truncates) the
-        # half-written temp file instead of leaving it behind. Only the lease holder
-        # of a task writes its files, so two writers of one name do not meet.
-        tmp = f"{folder}/.{name}.tmp"
-        try:
-            # os-level calls: open() adds fstat/ioctl/lseek round trips per file
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
 
 
 def read_input_image(
