@@ -45,16 +45,14 @@ def test_paced_tasks_go_ahead_of_those_claimed_before() -> None:
     assert dispatch.ready_ids() == [1, 2]
 
 
-def test_wants_only_the_free_slots_until_a_backend_is_timed() -> None:
-    # a backend of unknown speed may be slow: tasks it held ahead could not start on
-    # another runner's free slot meanwhile, so none is claimed ahead
+def test_wants_refill_to_the_target_and_skip_held_back_backends() -> None:
     dispatch = _dispatch(4, a=2, b=2)
-    assert dispatch.wants(_never) == {"a": 2, "b": 2}
-    assert dispatch.wants(lambda name: name == "b") == {"a": 2}
+    assert dispatch.wants(_never) == {"a": 4, "b": 4}  # free slots + a slot's worth ahead
+    assert dispatch.wants(lambda name: name == "b") == {"a": 4}
     dispatch.add(_tasks("a", 1), first=())
-    assert dispatch.wants(_never)["a"] == 1
+    assert dispatch.wants(_never)["a"] == 3  # half of its target or less: refill
     dispatch.add(_tasks("a", 2), first=())
-    assert "a" not in dispatch.wants(_never)  # enough for its free slots
+    assert "a" not in dispatch.wants(_never)  # enough ahead for its free slots
 
 
 def test_fast_backends_are_claimed_ahead_within_bounds() -> None:
