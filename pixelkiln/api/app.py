@@ -84,6 +84,7 @@ def create_app(
                 elif ctx.runner is not None:
                     await asyncio.to_thread(ctx.runner.stop)
                 ctx.pool.shutdown(wait=True)
+        app.state.closed = True  # the Kiln too: `kiln serve` need not close it (cli/serve.py)
 
     open_docs = not settings.auth.enabled  # with auth on, the schema needs a token too
     app = FastAPI(

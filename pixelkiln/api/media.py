@@ -16,10 +16,12 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import stat
 import zipfile
 from collections.abc import Iterable, Iterator
 from email.utils import formatdate
+from functools import partial
 from pathlib import PurePosixPath
 from typing import Annotated
 from urllib.parse import quote
@@ -34,7 +36,14 @@ from pixelkiln.api.errors import ApiError, error_response
 from pixelkiln.db.records import Asset
 from pixelkiln.models import ImageRecord
 from pixelkiln.naming import unique_name
-from pixelkiln.storage import Storage, StorageError, StoredInfo, Stream, content_type
+from pixelkiln.storage import (
+    Storage,
+    StorageError,
+    StoredFileChanged,
+    StoredInfo,
+    Stream,
+    content_type,
+)
 
 log = logging.getLogger("pixelkiln.api")
 
@@ -44,6 +53,9 @@ THUMB_TYPE = "image/webp"
 #: answered to a cookie or a token, and a proxy must not hand one user's to another
 PRIVATE_CACHE = "private, max-age=86400"
 READ_CHUNK = 256 * 1024
+#: looks (stat, then a read of that version) before a stored object that keeps being
+#: written again is answered 503
+VERSION_TRIES = 3
 
 
 def _thumb_size(
@@ -157,8 +169,15 @@ class StoredObject(Response):
             self.headers.setdefault("content-disposition", value)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Headers(scope=scope)
         try:
-            info = await anyio.to_thread.run_sync(self.storage.stat, self.relative)
+            for _ in range(VERSION_TRIES):
+                info = await anyio.to_thread.run_sync(self.storage.stat, self.relative)
+                answer = await self._answer(request, info, scope["method"].upper() == "HEAD")
+                if answer is not None:
+                    break
+            else:  # written again at every try: the next request will find it settled
+                raise StorageError(f"{self.relative} kept changing while it was being read")
         except (FileNotFoundError, ValueError):
             await _file_missing()(scope, receive, send)
             return
@@ -166,40 +185,48 @@ class StoredObject(Response):
             log.error("image storage unavailable: %s", exc)
             await _unavailable()(scope, receive, send)
             return
+        if isinstance(answer, Response):
+            await answer(scope, receive, send)
+            return
+        status, extra, stream = answer
+        await self._send_head(send, status, extra, more=stream is not None)
+        if stream is not None:
+            await _stream_until_disconnect(stream, send, receive)
+
+    async def _answer(
+        self, request: Headers, info: StoredInfo, head: bool
+    ) -> Response | tuple[int, dict[str, str], Stream | None] | None:
+        """(status, extra headers, the body's stream: None for a head alone), or a whole
+        answer (416), for the version ``info`` describes; None when the object was
+        written again since (stat anew).
+
+        The body is read with ``If-Match`` on that version's ETag: headers made from one
+        version never go out with another's bytes (a task run again, a thumbnail rewritten).
+        """
         self.headers["last-modified"] = formatdate(info.mtime, usegmt=True)
         self.headers["etag"] = info.etag
-        request = Headers(scope=scope)
         if _fresh(request, info):
-            await self._send_head(send, 304, {})
-            return
+            return 304, {}, None
         try:
             span = _range(request, info)
         except _Unsatisfiable:
-            answer = PlainTextResponse(
-                status_code=416, headers={"content-range": f"bytes */{info.size}"}
-            )
-            await answer(scope, receive, send)
-            return
+            headers = {"content-range": f"bytes */{info.size}"}
+            return PlainTextResponse(status_code=416, headers=headers)
         start, length = (0, info.size) if span is None else span
         status, extra = 200, {}
         if span is not None:
             status = 206
             extra["content-range"] = f"bytes {start}-{start + length - 1}/{info.size}"
         extra["content-length"] = str(length)
-        if scope["method"].upper() == "HEAD":
-            await self._send_head(send, status, extra)
-            return
+        if head:
+            return status, extra, None
         try:
-            stream = await anyio.to_thread.run_sync(self.storage.open, self.relative, start, length)
-        except FileNotFoundError:  # deleted between the HEAD and the GET
-            await _file_missing()(scope, receive, send)
-            return
-        except StorageError as exc:
-            log.error("image storage unavailable: %s", exc)
-            await _unavailable()(scope, receive, send)
-            return
-        await self._send_head(send, status, extra, more=True)
-        await _stream_until_disconnect(stream, send, receive)
+            stream = await anyio.to_thread.run_sync(
+                partial(self.storage.open, self.relative, start, length, if_match=info.etag)
+            )
+        except StoredFileChanged:
+            return None
+        return status, extra, stream
 
     async def _send_head(
         self, send: Send, status: int, extra: dict[str, str], more: bool = False
@@ -243,6 +270,11 @@ def _fresh(request: Headers, info: StoredInfo) -> bool:
     return "*" in tags or info.etag in tags
 
 
+#: one range spec: ``first-last``, ``first-`` or ``-suffix``, ASCII digits only (and not
+#: so many that ``int()`` refuses them: a longer one is no range, the whole file is sent)
+_BYTE_RANGE = re.compile(r"([0-9]{0,64})-([0-9]{0,64})")
+
+
 class _Unsatisfiable(Exception):
     """The range asked for starts past the end: 416."""
 
@@ -262,9 +294,10 @@ def _range(request: Headers, info: StoredInfo) -> tuple[int, int] | None:
     unit, _, spec = asked.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first or last) or not (first + last).isdigit():
+    found = _BYTE_RANGE.fullmatch(spec.strip())
+    if found is None or found.group() == "-":  # ASCII only: "²".isdigit() is True
         return None
+    first, last = found.groups()
     size = info.size
     if not first:  # the last N bytes
         length = min(int(last), size)

@@ -87,6 +87,14 @@ class SchedulerThread:
         self._stopping = True
         self._call(lambda s: s.stop())
 
+    def stop_within(self, seconds: float) -> bool:
+        """:meth:`hurry`, then wait for the thread at most ``seconds`` (blocking); True
+        once it has ended. For a shutdown that cannot wait for :meth:`stop` (a second
+        Ctrl-C): the scheduler gives back what it holds as it ends."""
+        self.hurry()
+        self._thread.join(seconds)
+        return not self._thread.is_alive()
+
     def wake(self) -> None:
         self._call(lambda s: s.wake())
 

@@ -6,6 +6,7 @@ port may do anything, so ``serve`` refuses to bind anything but loopback.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Annotated, Any
@@ -99,25 +100,84 @@ def serve(
             timeout_graceful_shutdown=5,  # open event streams must not hold a shutdown forever
         )
     )
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C re-raised once shut down: exit 0
-        server.run()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C re-raised once shut down: exit 0
+            server.run()
+    finally:
+        _close_leftovers(app)
+
+
+#: seconds a forced stop waits for the scheduler thread to give back what it holds
+FORCED_STOP_SECONDS = 30.0
+#: seconds a forced stop gives open requests (event streams) to end once told
+REQUESTS_SECONDS = 2.0
+
+
+def _close_leftovers(app: Any) -> None:
+    """Whatever way uvicorn ended, nothing is left held: should the app's shutdown not
+    have run to its end (it never should; this is the last line), the scheduler thread is
+    hurried and waited for (bounded) and the installation closed here."""
+    if getattr(app.state, "closed", False):
+        return
+    ctx = getattr(app.state, "ctx", None)
+    if ctx is None:  # never started: nothing was opened
+        return
+    runner = ctx.runner
+    if runner is not None and not runner.stop_within(FORCED_STOP_SECONDS):
+        log.error(
+            "the scheduler did not stop within %g s; what it holds returns to the queue "
+            "when its leases lapse",
+            FORCED_STOP_SECONDS,
+        )
+    with contextlib.suppress(Exception):
+        asyncio.run(ctx.kiln.aclose())
+    log.info("closed after a forced stop")
 
 
 def _draining_server(config: Any) -> Any:
     """uvicorn's server (imported on use: it is slow to import), where a second Ctrl-C /
     SIGTERM also hurries the scheduler's drain: the first lets running tasks finish within
     ``[scheduler] shutdown_seconds`` (the app's shutdown), the second gives what still runs
-    back to the queue now."""
+    back to the queue now.
+
+    A second Ctrl-C while a request is still open (an event stream: uvicorn waits for
+    those first) makes uvicorn skip the app's shutdown (its ``force_exit``), where the
+    scheduler gives back what it holds and the installation closes. Here the open
+    requests are ended instead (their connections closed: each ends as a client that
+    left would) and the app's shutdown runs all the same, hurried.
+    """
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.should_exit:
-                ctx = getattr(getattr(self.config.app, "state", None), "ctx", None)
-                runner = getattr(ctx, "runner", None)
+                runner = _runner_of(self.config.app)
                 if runner is not None:
                     log.info("second stop signal: giving running tasks back now")
                     runner.hurry()
             super().handle_exit(sig, frame)
 
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets)
+            if self.force_exit:  # uvicorn skipped the app's shutdown: run it here
+                await self._end_requests()
+                await self.lifespan.shutdown()
+
+        async def _end_requests(self) -> None:
+            state = self.server_state
+            for connection in list(state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.close()  # the request sees its client gone, and ends
+            if state.tasks:
+                await asyncio.wait(list(state.tasks), timeout=REQUESTS_SECONDS)
+            for task in list(state.tasks):
+                task.cancel()
+
     return DrainingServer(config)
+
+
+def _runner_of(app: Any) -> Any:
+    """The scheduler thread of the app (None: none runs, or not started yet)."""
+    ctx = getattr(getattr(app, "state", None), "ctx", None)
+    return getattr(ctx, "runner", None)

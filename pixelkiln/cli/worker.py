@@ -10,6 +10,7 @@ Exit codes: 0 stopped by a signal, 1 it could not go on, 2 bad config or option.
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Annotated
 
 import typer
@@ -61,7 +62,7 @@ def worker(
     """
     # here, not at the top: its companions import cron parsing and the retention rules,
     # which no other command pays for at start
-    from pixelkiln.engine.worker import Worker
+    from pixelkiln.engine.worker import STOP_SIGNALS, Worker
 
     with errors():
         settings = settings_from(config, log_level)
@@ -81,6 +82,9 @@ def worker(
         if health is not None:
             console.print(f"  health    http://{health[0]}:{health[1]}/healthz", markup=False)
         console.print(f"  log       {log_path}", markup=False, highlight=False)
+        # a stop signal during start-up (before the loop installs its handlers) counts too
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, lambda number, _frame: runner.stop(signal.Signals(number).name))
         asyncio.run(runner.run())
     console.print("Worker stopped; nothing held.", highlight=False)
     raise typer.Exit(EXIT_OK)

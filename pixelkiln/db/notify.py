@@ -23,7 +23,10 @@ saves the round trips (the writer commits many writes in one transaction).
 
 SQLite (and MySQL) send nothing: their processes poll, as every process still
 does as a fallback. :class:`Listener` is the receiving end: one connection per
-process in its own thread, reconnecting when the server goes away.
+process in its own thread, reconnecting when the server goes away. A connection
+that dies without a word (a NAT or firewall that forgot it, a server host that lost
+power: half-open) is noticed too: TCP keepalives, and a ``SELECT 1`` that must be
+answered once the connection has been quiet for :data:`CHECK_SECONDS`.
 
 >>> listener = Listener(url, on_notify=lambda kind: print(kind))   # doctest: +SKIP
 >>> listener.start()
@@ -37,6 +40,7 @@ import logging
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +57,20 @@ SLOTS = "kiln_slots"  #: a process gave back slots of generator servers (db.slot
 KINDS = (WORK, EVENTS, SLOTS)
 #: seconds between tries to (re)connect the listening connection, at most
 RECONNECT_MAX = 10.0
+#: seconds of quiet on the listening connection after which it is asked a ``SELECT 1``
+CHECK_SECONDS = 30.0
+#: seconds that ``SELECT 1`` may take before the connection counts as lost
+ANSWER_SECONDS = 10.0
 _CONNECT_TIMEOUT = 5
+#: libpq's TCP keepalives (the kernel notices a dead peer of an idle connection within
+#: about a minute), and how long sent bytes may stay unacknowledged (milliseconds)
+_KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
 
 # run through the driver (db.driver): a record of outcomes sends one per transaction
 _NOTIFY = "SELECT pg_notify(%s || ':' || current_schema(), '')"
@@ -93,7 +110,11 @@ class Listener:
     every kind each time the connection is (re)established: news sent while no one
     listened is not kept by the server. ``on_live(bool)`` says when listening starts
     and stops (pollers may slow down while it is live). A lost connection is tried
-    again with a growing pause, up to :data:`RECONNECT_MAX` seconds.
+    again with a growing pause, up to :data:`RECONNECT_MAX` seconds; so is one quiet
+    for ``check_seconds`` that does not answer a ``SELECT 1`` within ``answer_seconds``.
+
+    Listening needs psycopg 3 (the ``postgres`` extra): without it :meth:`start` says
+    so once and the process polls, as it does on SQLite.
     """
 
     def __init__(
@@ -101,10 +122,15 @@ class Listener:
         database_url: str,
         on_notify: Callable[[str], None],
         on_live: Callable[[bool], None] | None = None,
+        *,
+        check_seconds: float = CHECK_SECONDS,
+        answer_seconds: float = ANSWER_SECONDS,
     ) -> None:
         self.conninfo = libpq_url(database_url)
         self.on_notify = on_notify
         self.on_live = on_live
+        self.check_seconds = check_seconds
+        self.answer_seconds = answer_seconds
         self.live = False  #: connected and listening now
         self._stopping = threading.Event()
         # written to by stop(): ends the wait on the connection's socket at once
@@ -112,6 +138,16 @@ class Listener:
         self._thread = threading.Thread(target=self._run, name="kiln-listen", daemon=True)
 
     def start(self) -> None:
+        """Listen from now on; without psycopg 3, one line in the log and nothing else."""
+        try:
+            import psycopg  # noqa: F401  (the postgres extra)
+        except ImportError:
+            log.warning(
+                "other processes' work and events are not heard as they happen: LISTEN "
+                "needs psycopg 3 (pip install 'pixelkiln[postgres]', and a "
+                "postgresql+psycopg:// database_url); polling instead"
+            )
+            return
         self._thread.start()
 
     def stop(self) -> None:
@@ -142,7 +178,7 @@ class Listener:
         import psycopg  # the postgres extra; only a PostgreSQL installation gets here
 
         with psycopg.connect(
-            self.conninfo, autocommit=True, connect_timeout=_CONNECT_TIMEOUT
+            self.conninfo, autocommit=True, connect_timeout=_CONNECT_TIMEOUT, **_KEEPALIVES
         ) as conn:
             row = conn.execute("SELECT current_schema()").fetchone()
             schema = str(row[0]) if row else "public"
@@ -156,9 +192,42 @@ class Listener:
                 selector.register(conn.pgconn.socket, selectors.EVENT_READ)
                 selector.register(self._wake_r, selectors.EVENT_READ)
                 while not self._stopping.is_set():
-                    selector.select()
+                    if not selector.select(self.check_seconds):
+                        self._check(conn, selector)  # quiet so long: is anyone there?
                     self._drain(conn, kinds)
             self._set_live(False)
+
+    def _check(self, conn: Any, selector: selectors.BaseSelector) -> None:
+        """``SELECT 1``, answered within ``answer_seconds``, or the connection is lost.
+
+        A half-open connection raises no error on its own (writes go into the socket's
+        buffer): only an answer that does not come tells. Sent and read through libpq
+        directly, so the wait has a bound and :meth:`stop` still cuts it short;
+        notifications that arrive meanwhile stay queued for :meth:`_drain`.
+        """
+        import psycopg
+
+        pgconn = conn.pgconn
+        deadline = time.monotonic() + self.answer_seconds
+        pgconn.send_query(b"SELECT 1")
+        while pgconn.flush():  # non-blocking: what the socket did not take yet
+            self._wait(selector, deadline)
+        while True:
+            pgconn.consume_input()  # raises psycopg.OperationalError on a lost connection
+            if not pgconn.is_busy():
+                break
+            self._wait(selector, deadline)
+        while (result := pgconn.get_result()) is not None:
+            if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
+                message = result.error_message.decode(errors="replace").strip()
+                raise psycopg.OperationalError(f"SELECT 1 failed: {message}")
+
+    def _wait(self, selector: selectors.BaseSelector, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0 or not selector.select(left):
+            raise TimeoutError(f"no answer to SELECT 1 within {self.answer_seconds:g} s")
+        if self._stopping.is_set():
+            raise InterruptedError("stopping")
 
     def _drain(self, conn: Any, kinds: dict[str, str]) -> None:
         """Hand on every notification that arrived; raises when the connection broke."""

@@ -430,6 +430,10 @@ class Scheduler:
         self._wake_at = got.wake_at
         self._nothing_runnable = not got.tasks
         self._dispatch.add(got.tasks, first=got.paced)  # paced: into a slot free now
+        if self._draining or self._stopping:
+            # drain() or stop() came while the claim was being written: what it brought
+            # waits in the ready queues, which the next step (or the shutdown) gives back
+            return started > 0 or bool(got.tasks)
         return self._start_ready() + started > 0 or bool(got.tasks)
 
     async def _anything_runnable(self) -> bool:

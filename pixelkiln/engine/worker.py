@@ -35,6 +35,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection
+
 from pixelkiln import __version__
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
@@ -43,7 +45,8 @@ from pixelkiln.db.database import Database
 from pixelkiln.engine.assembly import Engine
 from pixelkiln.engine.housekeeping import server_companions
 from pixelkiln.engine.scheduler import Scheduler, SchedulerStatus, Tally
-from pixelkiln.exceptions import ConfigError
+from pixelkiln.engine.supervisor import HealthReport
+from pixelkiln.exceptions import ConfigError, DatabaseError
 from pixelkiln.wire.schemas import Health, SchedulerHealth
 
 log = logging.getLogger("pixelkiln.worker")
@@ -52,6 +55,8 @@ log = logging.getLogger("pixelkiln.worker")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: seconds a health client may take to send its request
 REQUEST_SECONDS = 5.0
+#: seconds the database may take to answer a health probe's query before it counts as down
+DATABASE_SECONDS = 5.0
 #: request header lines read at most (the rest of the request is not needed)
 MAX_HEADER_LINES = 100
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -253,10 +258,39 @@ class HealthPort:
 
     async def _health(self, status: SchedulerStatus) -> Answer:
         report = status.health or self.scheduler.supervision.report()
-        # the query only when it could matter, as the API's /healthz
         stuck = report.may_be_stuck(self.stall_seconds)
-        waiting = bool(await self.db.aread(unfinished_batch_ids)) if stuck else False
+        try:
+            waiting = await self._work_waiting(stuck)
+        except (DatabaseError, TimeoutError) as exc:
+            # a worker that cannot reach its database cannot claim or record anything
+            why = str(exc) or f"no answer within {DATABASE_SECONDS:g} s"
+            reason = f"the database cannot be reached: {why}"
+            log.debug("health port: %s", reason)  # the scheduler's own failures are logged
+            return self._health_body(status, report, False, bad=True, reason=reason)
         bad = report.unhealthy(self.stall_seconds, waiting)
+        return self._health_body(status, report, waiting, bad=bad)
+
+    async def _work_waiting(self, stuck: bool) -> bool:
+        """Whether tasks wait (asked only when the scheduler may be stuck, as the API's
+        /healthz); else only that the database answers, as the API's does. Bounded by
+        :data:`DATABASE_SECONDS` (a database that does not answer is down here)."""
+        async with asyncio.timeout(DATABASE_SECONDS):
+            if stuck:
+                return bool(await self.db.aread(unfinished_batch_ids))
+            await self.db.aread(_database_answers)
+            return False
+
+    def _health_body(
+        self,
+        status: SchedulerStatus,
+        report: HealthReport,
+        waiting: bool,
+        *,
+        bad: bool,
+        reason: str = "",
+    ) -> Answer:
+        """The /healthz answer: 503 when ``bad``; ``reason`` says why where the scheduler's
+        own state does not (the database down)."""
         health = Health(
             status="unhealthy" if bad else "ok",
             version=__version__,
@@ -278,6 +312,8 @@ class HealthPort:
             "generating": status.generating,
             "backends_down": sorted(status.backends_down),
         }
+        if reason:
+            body["reason"] = reason
         return _json(503 if bad else 200, body)
 
 
@@ -290,6 +326,10 @@ async def _request_line(reader: asyncio.StreamReader) -> tuple[str, str]:
         if (await reader.readline()).strip() == b"":
             break
     return words[0].upper(), words[1]
+
+
+def _database_answers(conn: Connection) -> None:
+    conn.exec_driver_sql("SELECT 1").scalar()
 
 
 def _json(status: int, data: dict[str, Any]) -> Answer:

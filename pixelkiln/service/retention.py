@@ -42,7 +42,7 @@ from pixelkiln.db import retention as db
 from pixelkiln.db.retention import OldBatch, OldUpload, Step
 from pixelkiln.service.context import Caller, ServiceContext, require_admin
 from pixelkiln.service.control import batch_folders, remove_batch_files
-from pixelkiln.storage import Storage, StorageError, thumbnails_of
+from pixelkiln.storage import Storage, StorageError, StoredInfo
 
 log = logging.getLogger("pixelkiln.retention")
 
@@ -259,7 +259,11 @@ async def _batch_step(ctx: ServiceContext, batch: OldBatch) -> tuple[Step, int, 
     step = await ctx.write(db.delete_batch_step, batch.id, batch.finished_at)
     if not step.done or step.kept:
         return step, 0, 0
-    files, size = await ctx.run(_batch_folders_size, ctx.storage, batch.id)
+    try:  # the rows are gone: the store unreachable leaves the files (logged), not an error
+        files, size = await ctx.run(_batch_folders_size, ctx.storage, batch.id)
+    except StorageError as exc:
+        log.warning("retention: could not list the files of batch %d: %s", batch.id, exc)
+        files = size = 0
     await ctx.run(remove_batch_files, ctx.storage, batch.id)
     return step, files, size
 
@@ -323,19 +327,34 @@ def _remove_upload_files(
     storage: Storage, gone: list[OldUpload], files: list[str], fresh: Callable[[str], bool]
 ) -> tuple[int, int]:
     """Remove the files no upload row holds any more (unless stored again meanwhile), and
-    the deleted uploads' cached thumbnails; (files, bytes) removed."""
+    the deleted uploads' cached thumbnails; (files, bytes) removed.
+
+    The rows are gone already: a file that cannot be removed (the store unreachable) is
+    logged and left (only space), never an error that would stop the pass before the
+    others; thumbnails are looked up per upload, not by listing every upload's.
+    """
     removed = size = 0
-    for path in files:
-        if fresh(path):
+    doomed = [(path, None) for path in files if not fresh(path)]
+    thumbs = _thumbnails(storage, "thumbs/assets", {u.id for u in gone}) if gone else []
+    for path, known in (*doomed, *((t.path, t.size) for t in thumbs)):
+        length = _file_size(storage, path) if known is None else known
+        try:
+            storage.delete(path)
+        except StorageError as exc:
+            log.warning("retention: could not delete %s (its row is gone): %s", path, exc)
             continue
-        size += _file_size(storage, path)
-        storage.delete(path)
-        removed += 1
-    for thumb in thumbnails_of(storage, "thumbs/assets", {u.id for u in gone}) if gone else ():
-        size += thumb.size
-        storage.delete(thumb.path)
+        size += length
         removed += 1
     return removed, size
+
+
+def _thumbnails(storage: Storage, folder: str, ids: set[int]) -> list[StoredInfo]:
+    """The cached thumbnails of these ids; none (logged) when the store cannot list them."""
+    try:
+        return list(storage.thumbnails(folder, ids))
+    except StorageError as exc:
+        log.warning("retention: could not list the thumbnails in %s: %s", folder, exc)
+        return []
 
 
 async def sweep(

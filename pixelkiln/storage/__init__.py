@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from pixelkiln.exceptions import StorageError
 from pixelkiln.storage.base import (
     Storage,
+    StoredFileChanged,
     StoredInfo,
     Stream,
     checked_relative,
@@ -52,6 +53,7 @@ __all__ = [
     "LocalStorage",
     "Storage",
     "StorageError",
+    "StoredFileChanged",
     "StoredImage",
     "StoredInfo",
     "Stream",

@@ -20,7 +20,7 @@ import os
 import posixpath
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +29,7 @@ from typing import Protocol
 from PIL import Image
 
 from pixelkiln import png
+from pixelkiln.exceptions import StorageError
 from pixelkiln.storage.images import InputImage, StoredImage, png_size, safe_name, to_png
 
 PNG_TYPE = "image/png"
@@ -51,6 +52,11 @@ class StoredInfo:
     mtime: float  #: when last written (or touched), seconds since 1970
     #: a validator that changes when the bytes do (an HTTP ETag, quotes included)
     etag: str
+
+
+class StoredFileChanged(StorageError):
+    """The file is no longer the version asked for (``Storage.open(..., if_match=etag)``):
+    it was written again since its ``stat``. Stat it again and start over."""
 
 
 class Stream(Protocol):
@@ -171,11 +177,20 @@ class Storage(ABC):
         """The whole file."""
 
     @abstractmethod
-    def open(self, relative: str, start: int = 0, length: int | None = None) -> Stream:
+    def open(
+        self,
+        relative: str,
+        start: int = 0,
+        length: int | None = None,
+        *,
+        if_match: str | None = None,
+    ) -> Stream:
         """A stream of the file's bytes from ``start`` (``length`` of them, or to the end).
 
         Close it (``with storage.open(p) as f``). Read it in blocks: a large file is never
-        held in memory whole.
+        held in memory whole. ``if_match``: the ETag of the version wanted (from
+        :meth:`stat`); :class:`StoredFileChanged` if the file is another one now, so
+        headers built from a ``stat`` never go out with another version's bytes.
         """
 
     @abstractmethod
@@ -223,8 +238,18 @@ class Storage(ABC):
         """Delete an image file and its cached thumbnails (``thumbs/<batch>/<id>_<size>.webp``,
         made by the API) once its row is gone."""
         self.delete(relative)
-        for thumb in thumbnails_of(self, f"thumbs/{batch_id}", {image_id}):
+        for thumb in self.thumbnails(f"thumbs/{batch_id}", {image_id}):
             self.delete(thumb.path)
+
+    def thumbnails(self, folder: str, ids: Collection[int]) -> Iterator[StoredInfo]:
+        """The cached thumbnails (``<id>_<size>.webp``) in ``folder`` of the images or
+        uploads with these ids. Here: one listing of the folder, filtered; a storage that
+        can look up names by their start (a glob, a key prefix) does that per id instead,
+        never listing the others' (``thumbs/assets`` holds every upload's)."""
+        wanted = set(ids)
+        for info in self.list_files(folder):
+            if _thumbnail_id(info.path) in wanted:
+                yield info
 
     # -- health --------------------------------------------------------------------------------
 
@@ -238,14 +263,19 @@ class Storage(ABC):
         """Release the storage's connections."""
 
 
-def thumbnails_of(storage: Storage, folder: str, ids: set[int]) -> Iterator[StoredInfo]:
-    """The cached thumbnails (``<id>_<size>.webp``) in ``folder`` of the images or uploads
-    with these ids: one listing of the folder, whatever the number of ids."""
-    for info in storage.list_files(folder):
-        name = info.path.rsplit("/", 1)[-1]
-        number, sep, rest = name.partition("_")
-        if sep and rest.endswith(".webp") and number.isdigit() and int(number) in ids:
-            yield info
+def thumbnails_of(storage: Storage, folder: str, ids: Collection[int]) -> Iterator[StoredInfo]:
+    """The cached thumbnails in ``folder`` of these images or uploads
+    (:meth:`Storage.thumbnails`)."""
+    return storage.thumbnails(folder, ids)
+
+
+def _thumbnail_id(path: str) -> int | None:
+    """The image or upload id of a thumbnail's path (``<id>_<size>.webp``); None: not one."""
+    name = path.rsplit("/", 1)[-1]
+    number, sep, rest = name.partition("_")
+    if sep and rest.endswith(".webp") and number.isascii() and number.isdigit():
+        return int(number)
+    return None
 
 
 def content_type(relative: str) -> str:

@@ -14,13 +14,19 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from types import TracebackType
 
 from PIL import Image
 
-from pixelkiln.storage.base import Storage, StoredInfo, Stream, checked_relative
+from pixelkiln.storage.base import (
+    Storage,
+    StoredFileChanged,
+    StoredInfo,
+    Stream,
+    checked_relative,
+)
 
 log = logging.getLogger("pixelkiln.storage")
 
@@ -109,8 +115,19 @@ class LocalStorage(Storage):
     def read(self, relative: str) -> bytes:
         return self.absolute(relative).read_bytes()
 
-    def open(self, relative: str, start: int = 0, length: int | None = None) -> Stream:
+    def open(
+        self,
+        relative: str,
+        start: int = 0,
+        length: int | None = None,
+        *,
+        if_match: str | None = None,
+    ) -> Stream:
         file = open(self._checked(relative), "rb")  # the caller closes it
+        # writes replace a file whole (a new inode): the open one is the version fstat sees
+        if if_match is not None and _info(relative, os.fstat(file.fileno())).etag != if_match:
+            file.close()
+            raise StoredFileChanged(f"{relative} was written again since it was looked at")
         if start:
             file.seek(start)
         if length is None:
@@ -144,6 +161,18 @@ class LocalStorage(Storage):
         # a glob of names: no stat of the batch's other thumbnails
         for thumb in self.absolute(f"thumbs/{batch_id}").glob(f"{image_id}_*.webp"):
             thumb.unlink(missing_ok=True)
+
+    def thumbnails(self, folder: str, ids: Collection[int]) -> Iterator[StoredInfo]:
+        """A glob of names per id: the folder's other files are not looked at."""
+        base = self.absolute(folder)
+        for image_id in sorted(set(ids)):
+            for thumb in base.glob(f"{int(image_id)}_*.webp"):
+                try:
+                    found = thumb.stat()
+                except OSError:
+                    continue  # removed meanwhile
+                relative = os.path.relpath(thumb, self._root).replace(os.sep, "/")
+                yield _info(relative, found)
 
     def delete_folder(self, folder: str) -> None:
         """Delete a folder and what is in it.

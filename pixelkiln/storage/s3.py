@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from botocore.exceptions import (
 from pixelkiln.exceptions import ConfigError, StorageError
 from pixelkiln.storage.base import (
     Storage,
+    StoredFileChanged,
     StoredInfo,
     Stream,
     checked_relative,
@@ -55,6 +56,7 @@ _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 _REFUSED = frozenset(
     {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
 )
+_CHANGED = frozenset({"412", "PreconditionFailed"})  # If-Match: another version now
 _DELETE_CHUNK = 1000  # DeleteObjects takes at most 1000 keys
 
 
@@ -134,11 +136,22 @@ class S3Storage(Storage):
         with self.open(relative) as body:
             return body.read()
 
-    def open(self, relative: str, start: int = 0, length: int | None = None) -> Stream:
+    def open(
+        self,
+        relative: str,
+        start: int = 0,
+        length: int | None = None,
+        *,
+        if_match: str | None = None,
+    ) -> Stream:
         key = self._key(relative)
-        if length == 0:
-            return _Body(None, key)
         extra: dict[str, Any] = {}
+        if if_match is not None:
+            extra["IfMatch"] = if_match  # 412 once it was written again: StoredFileChanged
+        if length == 0:
+            if if_match is not None:  # nothing to read, but still the version asked for
+                self._still(key, if_match)
+            return _Body(None, key)
         if start or length is not None:
             end = "" if length is None else str(start + length - 1)
             extra["Range"] = f"bytes={start}-{end}"
@@ -156,6 +169,10 @@ class S3Storage(Storage):
             head["LastModified"].timestamp(),
             head["ETag"],
         )
+
+    def _still(self, key: str, etag: str) -> None:
+        with _translated("stat", key):
+            self._client.head_object(Bucket=self.bucket, Key=key, IfMatch=etag)
 
     def _exists(self, key: str) -> bool:
         try:
@@ -191,9 +208,17 @@ class S3Storage(Storage):
         self._delete_keys([self._key(i.path) for i in self.list_files(folder)])
 
     def delete_image(self, relative: str, batch_id: int, image_id: int) -> None:
-        # its thumbnails by their own key prefix: no listing of the batch's others
-        thumbs = self._listed(self._key(f"thumbs/{batch_id}") + f"/{image_id}_")
+        thumbs = self.thumbnails(f"thumbs/{batch_id}", (image_id,))
         self._delete_keys([self._key(relative), *(self._key(t.path) for t in thumbs)])
+
+    def thumbnails(self, folder: str, ids: Collection[int]) -> Iterator[StoredInfo]:
+        """One listing per id, by the key prefix ``<folder>/<id>_``: the folder's other
+        objects (every upload's thumbnails, under ``thumbs/assets``) are not listed."""
+        base = self._key(folder)
+        for image_id in sorted(set(ids)):
+            for info in self._listed(f"{base}/{int(image_id)}_"):
+                if info.path.endswith(".webp"):
+                    yield info
 
     def _delete_keys(self, keys: list[str]) -> None:
         for start in range(0, len(keys), _DELETE_CHUNK):
@@ -282,6 +307,8 @@ def _translated(action: str, key: str) -> Iterator[None]:
         code = str(error.get("Code", ""))
         if code in _MISSING:
             raise FileNotFoundError(f"no object {key}") from exc
+        if code in _CHANGED:
+            raise StoredFileChanged(f"{key} was written again since it was looked at") from exc
         message = error.get("Message") or code
         raise StorageError(f"S3 {action} of {key} failed: {code} {message}".strip()) from exc
     except BotoCoreError as exc:

@@ -93,6 +93,9 @@ class FakeServer:
         self.faults = faults or Faults(latency=latency)
         self.requests: list[RecordedRequest] = []
         self.gate = Gate()  #: holds generations for tests; see :meth:`hold`
+        self.in_flight = 0  #: generations in progress now (held ones included)
+        self.peak_in_flight = 0  #: the most generations ever in progress at once
+        self._counting = threading.Lock()
         self.app: ASGIApp = self.build_app()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -212,8 +215,25 @@ class FakeServer:
     async def generating(self, interrupted: asyncio.Event | None = None) -> bool:
         """One generation's time: held while :meth:`hold` says so, then the latency.
 
-        Returns True when ``interrupted`` is set before the generation is over.
+        Returns True when ``interrupted`` is set before the generation is over. Counted
+        in :attr:`in_flight` meanwhile (and :attr:`peak_in_flight`): what a GPU box's owner
+        watches when clients must keep to its slots.
         """
+        with self._counting:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._generation(interrupted)
+        finally:
+            with self._counting:
+                self.in_flight -= 1
+
+    def reset_peak(self) -> None:
+        """Start :attr:`peak_in_flight` again from what is in progress now."""
+        with self._counting:
+            self.peak_in_flight = self.in_flight
+
+    async def _generation(self, interrupted: asyncio.Event | None) -> bool:
         if await self.gate.passage(interrupted):
             return True
         if interrupted is None:
