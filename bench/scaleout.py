@@ -102,6 +102,7 @@ async def stand_in_worker(config: Path) -> None:
     quiet_logs()
     async with Kiln(load_settings(config)) as kiln:
         scheduler = kiln.engine().scheduler(concurrency=SLOTS)
+        scheduler.listening = lambda: kiln.listening  # idle polls stretch while NOTIFY is up
         kiln.schedulers.add(scheduler)
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, scheduler.stop)
         await scheduler.run()

@@ -208,6 +208,7 @@ class Kiln:
         """
         self.schedulers.discard(self.scheduler)
         self.scheduler = self.engine().scheduler(only_batches, stop_when_stalled=True)
+        self.scheduler.listening = lambda: self.listening  # announced work: rarer idle looks
         self.schedulers.add(self.scheduler)
         return self.scheduler
 

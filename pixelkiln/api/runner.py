@@ -142,6 +142,9 @@ class SchedulerThread:
             return None
         return await asyncio.wrap_future(future)
 
+    def _listening(self) -> bool:
+        return self.kiln.listening
+
     def _call(self, fn: Callable[[Scheduler], Any]) -> bool:
         loop, scheduler = self._loop, self._scheduler
         if loop is None or scheduler is None or loop.is_closed():
@@ -172,6 +175,7 @@ class SchedulerThread:
                     follow_settings=True,
                     companions=server_companions(self.kiln.service),
                 )
+                self._scheduler.listening = self._listening  # announced work: rarer looks
                 if self._stopping:  # stop() came while this one was being built
                     self._scheduler.stop()
                 self._started.set()

@@ -44,9 +44,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from pixelkiln.db import driver
 from pixelkiln.db.database import Tx
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ _KEEPALIVES: dict[str, Any] = {
     "tcp_user_timeout": 60_000,
 }
 
-_NOTIFY = text("SELECT pg_notify(:kind || ':' || current_schema(), '')")
+# run through the driver (db.driver): a record of outcomes sends one per transaction
+_NOTIFY = "SELECT pg_notify(%s || ':' || current_schema(), '')"
 _SENT = "kiln_notified"  # Connection.info key: (transaction, kinds sent in it)
 
 
@@ -87,7 +88,7 @@ def notify(tx: Tx, kind: str) -> None:
         tx.conn.info[_SENT] = sent
     if kind in sent[1]:
         return
-    tx.conn.execute(_NOTIFY, {"kind": kind})
+    driver.rows(tx, _NOTIFY, (kind,))
     sent[1].add(kind)
 
 

@@ -10,11 +10,12 @@ module; callers use ``transitions.record_outcomes``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pixelkiln.db import driver, returning
 from pixelkiln.db import events as ev
-from pixelkiln.db import returning
 from pixelkiln.db import transition_runs as runs
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
@@ -44,8 +45,7 @@ def record_outcomes(
     ids = [r.task.id for r in results] + [f.task.id for f in failures]
     if not ids:
         return set()
-    held_query = sql.HELD if tx.dialect == "sqlite" else sql.HELD_PG
-    held = set(tx.conn.execute(held_query, {"h_ids": ids, "h_owner": owner}).scalars())
+    held = _held(tx, ids, owner)
     done = [r for r in results if r.task.id in held]
     later = [f for f in failures if f.task.id in held and f.retry_at is not None]
     final = [f for f in failures if f.task.id in held and f.retry_at is None]
@@ -75,6 +75,15 @@ def record_outcomes(
     return held  # every outcome of a task still held was recorded
 
 
+def _held(tx: Tx, ids: list[int], owner: str) -> set[int]:
+    """The tasks of ``ids`` still under ``owner``'s lease, locked until the commit on
+    PostgreSQL and MySQL: no other worker's recovery may slip in before the move."""
+    if tx.dialect == "postgresql":
+        return {r[0] for r in driver.rows(tx, sql.HELD_PG_TEXT, (ids, owner))}
+    held_query = sql.HELD if tx.dialect == "sqlite" else sql.HELD_PG
+    return set(tx.conn.execute(held_query, {"h_ids": ids, "h_owner": owner}).scalars())
+
+
 def _tasks(outcomes: Sequence[TaskResult] | Sequence[TaskFailure]) -> list[ClaimedTask]:
     return [o.task for o in outcomes]
 
@@ -85,25 +94,47 @@ def _succeed(
     """running → succeeded with the image rows; returns the new image ids in order."""
     if not done:
         return []
-    tx.conn.execute(
-        sql.SUCCEED, [{"t_id": r.task.id, "t_duration": r.duration, "t_now": tx.now} for r in done]
-    )
+    pg = tx.dialect == "postgresql"  # through the driver: see db.driver
+    task_ids = [r.task.id for r in done]
+    if pg:
+        durations = [r.duration for r in done]
+        driver.rows(tx, sql.SUCCEED_PG, (tx.now, tx.now, task_ids, durations))
+        gone = [r[0] for r in driver.rows(tx, sql.DROP_IMAGES_PG, (task_ids,))]
+    else:
+        rows = [{"t_id": r.task.id, "t_duration": r.duration, "t_now": tx.now} for r in done]
+        tx.conn.execute(sql.SUCCEED, rows)
+        gone = list(returning.execute(tx.conn, sql.DROP_IMAGES, {"d_ids": task_ids}).scalars())
     # a re-run after a crash overwrote the same files; never keep two rows for them
-    for batch_id in returning.execute(
-        tx.conn, sql.DROP_IMAGES, {"d_ids": [r.task.id for r in done]}
-    ).scalars():
+    for batch_id in gone:
         counts.deltas[batch_id]["images"] -= 1
     for batch_id, k in runs.supersede(tx, [r.task for r in done if r.task.run], dropped).items():
         counts.deltas[batch_id]["images"] -= k
     counts.moved((r.task.batch_id for r in done), RUNNING, SUCCEEDED)
     for r in done:
         counts.deltas[r.task.batch_id]["images"] += len(r.images)
-    rows = [
+    images = [
         sql.image_row(r.task, i, img, seed, tx.now)
         for r in done
         for i, (img, seed) in enumerate(r.images)
     ]
-    return list(returning.execute(tx.conn, sql.INSERT_IMAGES, rows).scalars()) if rows else []
+    if not images:
+        return []
+    if pg:
+        return _insert_images_pg(tx, images)
+    return list(returning.execute(tx.conn, sql.INSERT_IMAGES, images).scalars())
+
+
+def _insert_images_pg(tx: Tx, images: list[dict[str, Any]]) -> list[int]:
+    """INSERT_IMAGES as one statement of arrays; the new ids in the order of ``images``."""
+    arrays = [
+        [json.dumps(row[name]) for row in images]  # as SQLAlchemy's JSON: None is 'null'
+        if kind == "json"
+        else [row[name] for row in images]
+        for name, kind in sql.IMAGE_COLUMNS
+    ]
+    rows = driver.rows(tx, sql.INSERT_IMAGES_PG, arrays)
+    made = {(task_id, index): image_id for image_id, task_id, index in rows}
+    return [made[(row["task_id"], row["index"])] for row in images]
 
 
 def _image_events(result: TaskResult, image_ids: Iterable[int]) -> list[ev.PendingEvent]:

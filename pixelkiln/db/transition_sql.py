@@ -302,6 +302,59 @@ def image_row(
     }
 
 
+# -- PostgreSQL through the driver (db.driver): a task's start and its success ---------------------
+# The same moves as START, HELD_PG, SUCCEED, DROP_IMAGES and INSERT_IMAGES, one text each
+# whatever the number of tasks (arrays), for psycopg's own placeholders.
+
+_SUCCEEDED = TaskStatus.SUCCEEDED
+START_PG = (
+    "UPDATE tasks SET attempts = attempts + 1, started_at = %s "
+    f"WHERE id = ANY(%s) AND status = '{RUNNING}' AND lease_owner = %s AND started_at IS NULL "
+    "RETURNING id"
+)
+HELD_PG_TEXT = (
+    f"SELECT id FROM tasks WHERE id = ANY(%s) AND status = '{RUNNING}' AND lease_owner = %s "
+    "FOR UPDATE"
+)
+#: parameters: now, now, ids, durations
+SUCCEED_PG = (
+    f"UPDATE tasks AS t SET status = '{_SUCCEEDED}', finished_at = %s, last_error = NULL, "
+    "attempts = t.attempts + CASE WHEN t.started_at IS NULL THEN 1 ELSE 0 END, "
+    "lease_owner = NULL, lease_expires_at = NULL, duration = v.duration, "
+    "started_at = COALESCE(t.started_at, %s) "
+    "FROM unnest(%s::integer[], %s::float8[]) AS v(id, duration) WHERE t.id = v.id"
+)
+DROP_IMAGES_PG = (
+    "DELETE FROM images WHERE task_id = ANY(%s) "
+    "AND run = (SELECT t.run FROM tasks AS t WHERE t.id = images.task_id) RETURNING batch_id"
+)
+#: image_row's keys in INSERT_IMAGES_PG's order, with each column's array type
+IMAGE_COLUMNS = (
+    ("task_id", "integer"),
+    ("batch_id", "integer"),
+    ("index", "integer"),
+    ("path", "text"),
+    ("width", "integer"),
+    ("height", "integer"),
+    ("bytes", "integer"),
+    ("sha256", "text"),
+    ("seed", "bigint"),
+    ("created_at", "float8"),
+    ("backend", "text"),
+    ("server", "text"),
+    ("model", "text"),
+    ("params", "json"),  # given as JSON text
+    ("run", "integer"),
+)
+#: one parameter per column, an array each; returns (id, task_id, index) of each row
+_IMAGE_NAMES = ", ".join(f'"{name}"' for name, _ in IMAGE_COLUMNS)
+_IMAGE_ARRAYS = ", ".join(f"%s::{kind}[]" for _, kind in IMAGE_COLUMNS)
+INSERT_IMAGES_PG = (
+    f"INSERT INTO images ({_IMAGE_NAMES}) SELECT * FROM unnest({_IMAGE_ARRAYS}) "
+    'RETURNING id, task_id, "index"'
+)
+
+
 # -- giving back --------------------------------------------------------------------------------
 
 RELEASE = (

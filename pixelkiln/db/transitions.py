@@ -46,8 +46,8 @@ from typing import Any
 
 from sqlalchemy import Row, select
 
+from pixelkiln.db import driver, returning
 from pixelkiln.db import events as ev
-from pixelkiln.db import returning
 from pixelkiln.db import transition_runs as runs
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
@@ -239,6 +239,8 @@ def start(tx: Tx, owner: str, task_ids: Sequence[int], *, paced: bool = False) -
         cursor.execute(sql.start_sqlite(len(task_ids)), [tx.now, *task_ids, owner])
         marked = {row[0] for row in cursor.fetchall()}
         cursor.close()
+    elif tx.dialect == "postgresql":  # through the driver too: see db.driver
+        marked = {r[0] for r in driver.rows(tx, sql.START_PG, (tx.now, list(task_ids), owner))}
     else:
         params = {"s_ids": list(task_ids), "s_owner": owner, "s_now": tx.now}
         marked = set(returning.execute(tx.conn, sql.START, params).scalars())

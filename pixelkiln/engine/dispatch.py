@@ -6,8 +6,8 @@ per-task cost low) into a ready queue per backend, and starts them as slots
 free up: within the global cap and each backend's slots (engine.limits),
 turning between backends so that none starves the others. How far ahead it
 claims follows each backend's speed: about :data:`PREFETCH_SECONDS` of work,
-so fast tasks come in large chunks and slow ones a slot's worth at a time, and
-no runner hoards work that another could start sooner. Nothing here waits or
+so fast tasks come in large chunks, and tasks slower than that none ahead at
+all: no runner hoards work that another could start sooner. Nothing here waits or
 writes; :class:`~pixelkiln.engine.scheduler.Scheduler` does, around it.
 
 >>> dispatch = Dispatch(limits, backends)
@@ -85,11 +85,27 @@ class Dispatch:
         self._mean_duration[backend] = seconds if mean is None else 0.8 * mean + 0.2 * seconds
 
     def ready_target(self, backend: str) -> int:
-        """Tasks to keep claimed ahead: about PREFETCH_SECONDS of work, within bounds."""
+        """Tasks to keep claimed ahead (beyond the free slots): about PREFETCH_SECONDS of
+        work, within bounds; none for tasks that take PREFETCH_SECONDS or more.
+
+        Claiming ahead only hides the claim's own round trip (a few milliseconds) from a
+        slot, which matters when tasks take milliseconds too. A task held ahead by one
+        runner cannot start on another runner's free slot meanwhile: with tasks of a
+        second, a batch shared by several processes would end a whole task later than
+        it could (one runner still working through what it held while the others idle;
+        bench/scaleout: 0.79 of ideal at 8 workers, 0.91 without). So a backend whose
+        tasks take PREFETCH_SECONDS or more gets no task ahead: each freed slot is
+        refilled by a claim the moment its task ends. Before the first task of a backend
+        has finished, its first claim takes a slot's worth ahead, as a claim that asks
+        for more than it gets is how the pool learns that the queue ran dry
+        (:meth:`backlog`).
+        """
         capacity = max(1, min(self._slots[backend], self.limits.overall))
         mean = self._mean_duration.get(backend)
         if mean is None:
             return capacity
+        if mean >= PREFETCH_SECONDS:
+            return 0
         per_slot = PREFETCH_SECONDS / max(mean, 1e-4)
         return int(min(MAX_PREFETCH, max(1, capacity * per_slot)))
 

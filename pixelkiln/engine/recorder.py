@@ -25,6 +25,7 @@ from pixelkiln.db.transitions import DroppedImage
 from pixelkiln.engine.outcomes import Generated, Job, Moved, Outcome
 from pixelkiln.engine.supervisor import Supervision
 from pixelkiln.engine.task_io import store_images
+from pixelkiln.models import EventType
 from pixelkiln.storage import Storage
 
 log = logging.getLogger("pixelkiln.engine")
@@ -47,6 +48,7 @@ class Recorder:
         failure_for: Callable[[Job, Exception], TaskFailure | Moved],
         recorded: Callable[[list[Outcome]], None],
         pause: Callable[[float], Awaitable[None]],
+        batch_ended: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.storage = storage
@@ -57,6 +59,8 @@ class Recorder:
         self._failure_for = failure_for
         self._recorded = recorded
         self._pause = pause
+        #: called (on the loop) after a group that ended a batch committed: its webhook is due
+        self._batch_ended = batch_ended
         self._queue: asyncio.Queue[Outcome | None] = asyncio.Queue()
 
     def put(self, outcome: Outcome) -> None:
@@ -99,7 +103,7 @@ class Recorder:
                         else ([], [])
                     )
                 results, more = stored
-                dropped = await self.db.awrite(self._write, results, failures + more, moves)
+                dropped, ended = await self.db.awrite(self._write, results, failures + more, moves)
             except Exception as exc:
                 if self.stopping:
                     log.exception("could not record %d task outcome(s)", len(outcomes))
@@ -109,6 +113,8 @@ class Recorder:
             self.supervision.ok("recording")
             if dropped:  # after the commit: a row never lacks its file
                 await asyncio.to_thread(self._remove_files, dropped)
+            if ended and self._batch_ended is not None:
+                self._batch_ended()
             break
         self._recorded(outcomes)
 
@@ -118,13 +124,14 @@ class Recorder:
         results: list[TaskResult],
         failures: list[TaskFailure],
         moves: list[tuple[ClaimedTask, str, str]],
-    ) -> list[DroppedImage]:
-        """Record the group; returns the images of earlier runs a regenerate replaced."""
+    ) -> tuple[list[DroppedImage], bool]:
+        """Record the group; returns the images of earlier runs a regenerate replaced, and
+        whether a batch ended."""
         dropped: list[DroppedImage] = []
         accepted = record_outcomes(tx, self.owner, results, failures, dropped)
         if moves:  # in the same transaction: a task is never pending on the wrong backend
             move_tasks(tx, [m for m in moves if m[0].id in accepted])
-        return dropped
+        return dropped, any(e.type == EventType.DONE for e in tx.events)
 
     def _remove_files(self, dropped: list[DroppedImage]) -> None:
         """Delete the files of replaced images (worker thread); one that cannot be is logged:

@@ -29,6 +29,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
 
 from pixelkiln.backends.base import Backend, GeneratedImage
 from pixelkiln.config import SchedulerSettings
@@ -68,6 +69,21 @@ log = logging.getLogger("pixelkiln.engine")
 MAX_BACKLOG = 256
 #: seconds between looks at the concurrency an admin stored (``follow_settings``)
 SETTINGS_INTERVAL = 2.0
+#: seconds between an idle scheduler's looks for work while other processes' new work is
+#: announced (LISTEN/NOTIFY): the look only finds what no announcement covers (a batch's
+#: scheduled start, a task retried by another process coming due)
+LISTENING_POLL = 5.0
+
+
+def _never() -> bool:
+    return False
+
+
+@runtime_checkable
+class Wakeable(Protocol):
+    """A companion that wants to hear when a batch ended here (the webhook deliverer)."""
+
+    def poke(self) -> None: ...
 
 
 @dataclass
@@ -164,6 +180,7 @@ class Scheduler:
             failure_for=self._failure,
             recorded=self._recorded,
             pause=self._pause,
+            batch_ended=self._batch_ended,
         )
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()  # cuts a back-off pause short
@@ -174,6 +191,12 @@ class Scheduler:
         self.tally = Tally()
         self._next_recovery = 0.0
         self._next_settings = 0.0
+        #: the earliest time a task this scheduler put back to retry later comes due
+        self._retry_at: float | None = None
+        #: whether new work is announced to this process (PostgreSQL LISTEN/NOTIFY, set by
+        #: the process that listens: ``Kiln.listening``): an idle scheduler then looks for
+        #: work every LISTENING_POLL seconds instead of every ``poll_interval``
+        self.listening: Callable[[], bool] = _never
         #: parts run beside the scheduler, kept alive like its helpers (webhook deliveries)
         self._companions = tuple(companions)
 
@@ -347,9 +370,29 @@ class Scheduler:
         opening = self.hours.next_opening(now) if self.hours else None
         if opening is not None and (wake_at is None or wake_at <= now or opening < wake_at):
             wake_at = opening
-        timeout = idle_timeout(self.settings.poll_interval, wake_at, now)
+        timeout = idle_timeout(self.idle_poll(now), wake_at, now)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def idle_poll(self, now: float) -> float:
+        """Seconds until an idle scheduler looks for work again by itself.
+
+        ``poll_interval``, unless new work is announced (``listening``): then longer,
+        but never past what only this loop notices (its own retries coming due, the
+        next recovery of dead runners' tasks, an admin's stored limits), nor while a
+        backend is in trouble (its waiting tasks may move to a fallback).
+        """
+        base = self.settings.poll_interval
+        if not self.listening() or self.routes.troubled:
+            return base
+        if self._retry_at is not None and self._retry_at <= now:
+            self._retry_at = None  # due: this pass's claim took it
+        due = [self._next_recovery]
+        if self._retry_at is not None:
+            due.append(self._retry_at)
+        if self.follow_settings:
+            due.append(self._next_settings)
+        return max(base, min(LISTENING_POLL, *(at - now for at in due)))
 
     def _wants(self) -> dict[str, int]:
         """How many tasks to claim per backend; none while too many wait to be recorded."""
@@ -457,10 +500,20 @@ class Scheduler:
     # -- recording, leases, recovery, shutdown --------------------------------------------------
 
     def _recorded(self, outcomes: list[Outcome]) -> None:
+        now = self._clock()
         for outcome in outcomes:
             self._jobs.pop(outcome.task.id, None)
             self.tally.add(outcome)
+            retry_at = outcome.retry_at if isinstance(outcome, TaskFailure) else None
+            if retry_at is not None and retry_at > now:
+                self._retry_at = min(retry_at, self._retry_at or retry_at)
         self._wake.set()
+
+    def _batch_ended(self) -> None:
+        """A batch ended here: companions that wait for that (webhooks) look now."""
+        for companion in self._companions:
+            if isinstance(companion, Wakeable):
+                companion.poke()
 
     def _renew_interval(self) -> float:
         return min(2.0, self.settings.lease_seconds / 3)

@@ -14,6 +14,13 @@ a crash or another process left behind), claims the due rows, and sends them.
 A failed try is due again after ``[webhooks] backoff`` seconds, doubling each
 time up to ``backoff_max``, until ``max_attempts``.
 
+A pass starts every ``[webhooks] poll_interval`` while there is work; while
+nothing is owed or due the pause doubles, up to :data:`IDLE_BACKOFF` times the
+interval (a worker that sits idle, or runs batches without webhooks, then costs
+the database next to nothing). A batch that ends in this process :meth:`pokes
+<Deliverer.poke>` it, so its delivery goes out at once; an end in another process
+is found at the next pass, as before.
+
 When its scheduler stops (``kiln run`` once its batches end), :meth:`finish`
 delivers what is due for at most ``[webhooks] timeout`` seconds (and a short
 margin); the rest stays pending for the next process that runs a scheduler
@@ -27,6 +34,7 @@ on this database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -36,6 +44,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
+from sqlalchemy import Connection
 
 from pixelkiln import __version__
 from pixelkiln.config import Settings
@@ -69,6 +78,8 @@ log = logging.getLogger("pixelkiln.webhooks")
 SWEEP_SECONDS = 60.0
 #: deliveries sent at once by one process
 PARALLEL = 16
+#: the longest pause between passes while nothing is owed, in ``poll_interval``s
+IDLE_BACKOFF = 8
 #: seconds a claimed try holds its row beyond ``[webhooks] timeout`` (the row comes back
 #: to the queue after that when the process died mid-try)
 LEASE_MARGIN = 30.0
@@ -100,11 +111,33 @@ class Round:
 
     delivered: int = 0  #: tries the receiver acknowledged
     failed: int = 0  #: tries that failed (due again later, or given up)
+    idle: bool = True  #: nothing was owed or due: the next pass may wait longer
 
     def count(self, outcome: TryOutcome | None) -> None:
         if outcome is not None:
             self.delivered += outcome.delivered
             self.failed += not outcome.delivered
+
+
+@dataclass(frozen=True)
+class _Look:
+    """What a pass finds before writing anything, read on one connection."""
+
+    top: int  #: the newest event's id
+    owed: int  #: batch ends after the cursor owed a delivery row
+    due: int  #: deliveries due now
+
+
+def _look(conn: Connection, after: int, now: float) -> _Look:
+    # the newest id first: an end committed meanwhile is looked at again next time
+    return _Look(latest_event_id(conn), owed_count(conn, after), due_count(conn, now))
+
+
+def idle_pause(poll_interval: float, idle_passes: int) -> float:
+    """Seconds until the next pass after ``idle_passes`` passes in a row found nothing:
+    the interval, doubled per idle pass, at most :data:`IDLE_BACKOFF` times it."""
+    factor: int = min(2 ** min(idle_passes, 16), IDLE_BACKOFF)
+    return poll_interval * factor
 
 
 @dataclass
@@ -238,21 +271,34 @@ class Deliverer:
         self._cursor = _Cursor()
         self._lock = asyncio.Lock()  # one pass at a time (the loop's, or finish's)
         self._stopping = False
+        self._poked = asyncio.Event()  # a batch ended here: the next pass now
         self._supervision = Supervision(stall_seconds=float("inf"))
 
     # -- running --------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Deliver what is due every ``poll_interval`` until cancelled or :meth:`finish`."""
+        """Deliver what is due every ``poll_interval`` (less often while nothing is owed)
+        until cancelled or :meth:`finish`."""
         self._stopping = False
+        idle_passes = 0
         while not self._stopping:
             try:
-                await self.deliver_pending()
+                done = await self.deliver_round()
             except Exception as exc:  # the database: back off, log without a flood
                 await asyncio.sleep(self._supervision.failed("webhook delivery", exc))
                 continue
             self._supervision.ok("webhook delivery")
-            await asyncio.sleep(self.settings.poll_interval)
+            idle_passes = idle_passes + 1 if done.idle else 0
+            await self._pause(idle_pause(self.settings.poll_interval, idle_passes))
+
+    def poke(self) -> None:
+        """A batch ended in this process: look for owed deliveries now. Call on the loop."""
+        self._poked.set()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._poked.wait(), seconds)
+        self._poked.clear()
 
     async def finish(self) -> None:
         """Deliver what is due now, for at most ``[webhooks] timeout`` seconds (and
@@ -288,8 +334,9 @@ class Deliverer:
         """
         done = Round()
         async with self._lock:
-            await self._enqueue()
-            while await self.db.aread(due_count, self._clock()):
+            due = await self._enqueue()
+            done.idle = not due
+            while due:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 claimed = await self.db.awrite(claim_due, PARALLEL, lease=self._lease())
@@ -302,18 +349,22 @@ class Deliverer:
                     if isinstance(outcome, BaseException):
                         raise outcome  # the row's lease lapses; it is tried again later
                     done.count(outcome)
+                due = await self.db.aread(due_count, self._clock()) > 0
             return done
 
-    async def _enqueue(self) -> None:
+    async def _enqueue(self) -> bool:
+        """Make the rows owed for new batch ends; True when a delivery may be due now."""
         cursor, now = self._cursor, time.monotonic()
         after = 0 if cursor.after is None or now >= cursor.next_sweep else cursor.after
         if after == 0:
             cursor.next_sweep = now + SWEEP_SECONDS
-        top = await self.db.aread(latest_event_id)
-        if await self.db.aread(owed_count, after):
+        # one read (one connection) for the three looks: this runs every poll interval
+        look = await self.db.aread(_look, after, self._clock())
+        if look.owed:  # made now, or by another process meanwhile: due either way
             made = await self.db.awrite(enqueue_owed, after)
             log.debug("webhooks: %d delivery(ies) owed", made)
-        cursor.after = top
+        cursor.after = look.top
+        return look.due > 0 or look.owed > 0
 
     def _lease(self) -> float:
         return self.settings.timeout + LEASE_MARGIN

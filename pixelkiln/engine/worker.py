@@ -113,6 +113,7 @@ class Worker:
             companions=server_companions(kiln.service),
         )
         self.scheduler = scheduler
+        scheduler.listening = lambda: kiln.listening  # announced work: idle looks are rarer
         kiln.schedulers.add(scheduler)  # a schedule started here wakes it at once
         if self.health is not None:
             self.port = HealthPort(scheduler, kiln.db, self.settings.scheduler.stall_seconds)

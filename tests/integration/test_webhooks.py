@@ -21,10 +21,13 @@ from pixelkiln.db.database import Database
 from pixelkiln.db.users import add_user
 from pixelkiln.db.webhooks import DeliveryStatus, list_deliveries, stored_secret
 from pixelkiln.engine.webhooks import (
+    IDLE_BACKOFF,
     Deliverer,
+    Round,
     WebhookRefusedError,
     address_kind,
     forbidden_address,
+    idle_pause,
     literal_refusal,
 )
 from pixelkiln.exceptions import SpecError
@@ -360,3 +363,41 @@ async def test_a_bounded_round_starts_no_try_after_its_deadline(
     assert (untried.status, untried.attempts) == (DeliveryStatus.PENDING, 0)
     assert (done.delivered, done.failed, done.pending, done.next_due_at) == (1, 0, 0, None)
     assert len(receiver.deliveries()) == 1
+
+
+def test_the_poll_backs_off_while_nothing_is_owed() -> None:
+    pauses = [idle_pause(1.0, n) for n in range(6)]
+    assert pauses == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]  # at most IDLE_BACKOFF intervals
+    assert max(pauses) == IDLE_BACKOFF and idle_pause(1.0, 10**6) == IDLE_BACKOFF
+
+
+async def test_a_batch_ending_in_a_running_scheduler_is_delivered_without_waiting_for_a_poll(
+    tmp_path: Path, database_url: str, receiver: FakeWebhookReceiver
+) -> None:
+    # a poll an hour apart: only the scheduler's poke on the batch's end can send it
+    settings = _settings(tmp_path, database_url, poll_interval=3600.0)
+    async with Kiln(settings) as kiln:
+        deliverer = kiln.engine().deliverer
+        passes: list[Round] = []
+        pass_once = deliverer.deliver_round
+
+        async def counted(deadline: float | None = None) -> Round:
+            passes.append(await pass_once(deadline))
+            return passes[-1]
+
+        deliverer.deliver_round = counted  # type: ignore[method-assign]
+        scheduler = kiln.new_scheduler()
+        running = asyncio.create_task(scheduler.run())
+        try:
+            await wait_until(lambda: len(passes) == 1)  # its first pass, then an hour's pause
+            spec = parse_batch(
+                {"name": "hooked", "webhook": receiver.hook_url, "tasks": [{"prompt": "a fox"}]}
+            )
+            batch_id = await kiln.submit(spec)
+            scheduler.wake()
+            await wait_until(lambda: len(receiver.deliveries()) == 1)
+            [row] = await kiln.db.aread(list_deliveries, batch_id)
+            assert row.status == DeliveryStatus.DELIVERED
+        finally:
+            scheduler.stop()
+            await running

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pixelkiln.backends.placeholder import PlaceholderBackend
 from pixelkiln.config import BackendSettings
-from pixelkiln.engine.dispatch import MAX_PREFETCH, Dispatch
+from pixelkiln.engine.dispatch import MAX_PREFETCH, PREFETCH_SECONDS, Dispatch
 from pixelkiln.engine.limits import Limits
 from pixelkiln.models import ClaimedTask
 
@@ -55,12 +55,32 @@ def test_wants_refill_to_the_target_and_skip_held_back_backends() -> None:
     assert "a" not in dispatch.wants(_never)  # enough ahead for its free slots
 
 
-def test_fast_backends_are_claimed_further_ahead_within_bounds() -> None:
+def test_fast_backends_are_claimed_ahead_within_bounds() -> None:
     dispatch = _dispatch(4, a=2, b=2)
     dispatch.observe("a", 0.001)
-    dispatch.observe("b", 10.0)
+    dispatch.observe("b", PREFETCH_SECONDS / 4)
     assert dispatch.ready_target("a") == MAX_PREFETCH
-    assert dispatch.ready_target("b") == 1
+    assert dispatch.ready_target("b") == 8  # 2 slots x 4 tasks in PREFETCH_SECONDS
+    assert dispatch.wants(_never) == {"a": 2 + MAX_PREFETCH, "b": 2 + 8}
+    dispatch.add(_tasks("b", *range(1, 6)), first=())
+    assert "b" not in dispatch.wants(_never)  # more than half its target still ready
+    assert len(dispatch.take()) == 2  # b's two slots busy, 3 left ready
+    assert dispatch.wants(_never)["b"] == 8 - 3  # half of the target or less: refilled
+
+
+def test_slow_tasks_are_not_claimed_ahead() -> None:
+    # tasks of a second: a held one would make a batch shared by several runners end a
+    # task later than it could, while a claim when a slot frees costs milliseconds
+    dispatch = _dispatch(8, a=4)
+    dispatch.observe("a", 1.0)
+    assert dispatch.ready_target("a") == 0
+    assert dispatch.wants(_never) == {"a": 4}
+    dispatch.add(_tasks("a", 1, 2, 3, 4), first=())
+    assert len(dispatch.take()) == 4 and dispatch.wants(_never) == {}
+    dispatch.finished("a")  # a task ended: its slot, and only it, is claimed again
+    assert dispatch.wants(_never) == {"a": 1}
+    dispatch.observe("a", PREFETCH_SECONDS)  # the threshold itself: still none ahead
+    assert dispatch.ready_target("a") == 0
 
 
 def test_drop_forgets_ready_tasks_by_condition() -> None:
