@@ -30,6 +30,9 @@ from pixelkiln.engine.limits import Limits
 #: work claimed ahead per backend, in seconds of generation (see Dispatch.ready_target)
 PREFETCH_SECONDS = 0.25
 MAX_PREFETCH = 64
+#: tasks left (claimed ahead + still in the database) below which a pool is told how many:
+#: near the end of the work it then places them where each finishes first (backends.pool)
+COUNTED_BACKLOG = 64
 
 
 class Dispatch:
@@ -52,6 +55,7 @@ class Dispatch:
         #: backends whose latest claim found fewer tasks than asked: the database has no
         #: more for them now, so what is in their ready queue is the end of their work
         self.drained: set[str] = set()
+        self._pending: int | None = None  #: tasks the database held after the latest claim
         self._asked: dict[str, int] = {}  # the wants of the claim being made
         if isinstance(backends, Mapping):
             for name, backend in backends.items():
@@ -133,15 +137,26 @@ class Dispatch:
     def backlog(self, backend: str) -> int | None:
         """The tasks of ``backend`` still to start, when they can be counted: those in its
         ready queue once its latest claim found fewer than it asked for (the database has
-        no more now); None while the database has more."""
-        return len(self.ready[backend]) if backend in self.drained else None
+        no more now), or those plus what the database still holds once that is few (at
+        most :data:`COUNTED_BACKLOG`: the end of the work is near); None while there is
+        more (every free slot is filled)."""
+        ready = len(self.ready[backend])
+        if backend in self.drained:
+            return ready
+        if self._pending is not None and ready + self._pending <= COUNTED_BACKLOG:
+            return ready + self._pending
+        return None
 
     # -- the ready queues ---------------------------------------------------------------------
 
-    def add(self, tasks: Iterable[ClaimedTask], first: Collection[int]) -> None:
+    def add(
+        self, tasks: Iterable[ClaimedTask], first: Collection[int], pending: int | None = None
+    ) -> None:
         """Claimed tasks join their backend's queue; those in ``first`` (claimed into a
-        slot free now: a batch's paced start) go ahead of the rest."""
+        slot free now: a batch's paced start) go ahead of the rest. ``pending``: tasks
+        the database still holds in the batches they came from (:meth:`backlog`)."""
         tasks = list(tasks)
+        self._pending = pending
         got = collections.Counter(t.backend for t in tasks)
         for name, want in self._asked.items():  # what the claim these come from asked for
             if got[name] < want:

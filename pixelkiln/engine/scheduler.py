@@ -430,7 +430,8 @@ class Scheduler:
         )
         self._wake_at = got.wake_at
         self._nothing_runnable = not got.tasks
-        self._dispatch.add(got.tasks, first=got.paced)  # paced: into a slot free now
+        # paced: into a slot free now; pending: what is left, counted near the end
+        self._dispatch.add(got.tasks, first=got.paced, pending=got.pending)
         if self._draining or self._stopping:
             # drain() or stop() came while the claim was being written: what it brought
             # waits in the ready queues, which the next step (or the shutdown) gives back
