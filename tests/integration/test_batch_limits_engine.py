@@ -33,7 +33,7 @@ class CountingWebUI(FakeSDWebUI):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.in_flight: Counter[str] = Counter()
+        self.by_label: Counter[str] = Counter()  # requests in flight per label
         self.moments: list[Counter[str]] = []  #: what was in flight as each request arrived
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -47,8 +47,8 @@ class CountingWebUI(FakeSDWebUI):
             if not message.get("more_body"):
                 break
         label = json.loads(body)["prompt"].split()[0]
-        self.in_flight.update((label, "all"))
-        self.moments.append(Counter(self.in_flight))
+        self.by_label.update((label, "all"))
+        self.moments.append(Counter(self.by_label))
         replayed = False
 
         async def replay() -> Message:
@@ -61,8 +61,8 @@ class CountingWebUI(FakeSDWebUI):
         try:
             await super().__call__(scope, replay, send)
         finally:
-            self.in_flight[label] -= 1
-            self.in_flight["all"] -= 1
+            self.by_label[label] -= 1
+            self.by_label["all"] -= 1
 
     def peak(self, label: str) -> int:
         return max(moment[label] for moment in self.moments)
