@@ -134,9 +134,11 @@ def test_two_servers_on_one_database_run_each_slot_once(tmp_path: Path, postgres
 
 
 @pytest.mark.slow
-def test_a_server_stopped_across_two_due_times_runs_the_missed_slot_once(tmp_path: Path) -> None:
+def test_a_server_stopped_across_two_due_times_runs_the_missed_slot_once(
+    tmp_path: Path, suite_database: str
+) -> None:
     (tmp_path / "tick.yaml").write_text(BATCH)
-    url = f"sqlite:///{tmp_path / 'kiln.db'}"
+    url = suite_database
     folder = installation(tmp_path, "a", url)
     added = kiln(folder, "schedule", "add", "0 3 * * *", "../tick.yaml", "--timezone", "UTC")
     assert added.returncode == 0, added.stderr

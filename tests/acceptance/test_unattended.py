@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,8 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
-from test_cli import _env, kiln, query, start, wait_for
+from sqlalchemy import select
+from test_cli import _env, kiln, start
 from test_serve import free_port, serving
+
+from pixelkiln.db.tables import events
+from tests.processes import query, wait_for
 
 #: quick probes of servers that are down, and retries of steps that fail
 SCHEDULER = """
@@ -121,16 +124,16 @@ def test_both_webui_servers_killed_the_run_ends_on_the_fallback(tmp_path: Path) 
     files = list((tmp_path / "kiln-data" / "images" / "1").glob("*.png"))
     per_task = query(tmp_path, "SELECT task_id, COUNT(*) FROM images GROUP BY task_id")
     assert len(files) == 60 and len(per_task) == 60 and {n for _, n in per_task} == {1}
-    successes = Counter(
-        json.loads(data)["item_key"]
-        for (data,) in query(tmp_path, "SELECT data FROM events WHERE type = 'progress'")
-    )
+    progress = select(events.c.data).where(events.c.type == "progress")
+    successes = Counter(data["item_key"] for (data,) in query(tmp_path, progress))
     assert len(successes) == 60 and set(successes.values()) == {1}  # each ended once
     backends = dict(query(tmp_path, "SELECT id, backend FROM tasks"))
     moved = {
         task_id
-        for task_id, data in query(tmp_path, "SELECT task_id, data FROM events WHERE type='info'")
-        if json.loads(data).get("fallback_from") == "a1111"
+        for task_id, data in query(
+            tmp_path, select(events.c.task_id, events.c.data).where(events.c.type == "info")
+        )
+        if data.get("fallback_from") == "a1111"
     }
     assert moved == {t for t, b in backends.items() if b == "placeholder"}
     assert 6 <= Counter(backends.values())["a1111"] < 60
@@ -224,20 +227,18 @@ latency = 0.05
             final = _wait_finished(url, batch)
             assert final["status"] == "completed", final
             assert _wait_healthy_again(url)["scheduler"]["failing"] == []
-        db = data / "kiln.db"
         files = list((data / "images" / str(batch)).glob("*.png"))
-        rows = _sql(db, "SELECT COUNT(*) FROM images")[0][0]
+        rows = query(tmp_path, "SELECT COUNT(*) FROM images", data_dir=data)[0][0]
         assert rows == len(files) == 80
         for kind in ("progress", "image_generated"):
-            per_task = _sql(db, f"SELECT task_id, COUNT(*) FROM events WHERE type='{kind}' "
-                                "GROUP BY task_id")  # fmt: skip
+            per_task = query(
+                tmp_path,
+                "SELECT task_id, COUNT(*) FROM events WHERE type = :kind GROUP BY task_id",
+                {"kind": kind},
+                data_dir=data,
+            )
             expected = 1 if kind == "progress" else 2
             assert len(per_task) == 40 and {n for _, n in per_task} == {expected}, kind
-
-
-def _sql(db: Path, statement: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(statement).fetchall()
 
 
 def _wait_unhealthy(url: str) -> dict[str, Any]:
