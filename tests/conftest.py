@@ -230,7 +230,7 @@ def mysql_url(clean_environ: str | None) -> Iterator[str]:
     yield from _fresh("mysql", clean_environ)
 
 
-def _database_params() -> list[Any]:
+def database_params() -> list[Any]:
     """Every database in the default pass; only the suite's own in a postgres/mysql pass."""
     marks = {"postgres": pytest.mark.postgres, "mysql": pytest.mark.mysql}
     if TEST_DATABASE in marks:
@@ -238,7 +238,7 @@ def _database_params() -> list[Any]:
     return ["sqlite", *(pytest.param(kind, marks=mark) for kind, mark in marks.items())]
 
 
-@pytest.fixture(params=_database_params())
+@pytest.fixture(params=database_params())
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The same test on an SQLite file, on PostgreSQL and on MySQL/MariaDB."""
     if request.param == "sqlite":
