@@ -206,11 +206,14 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path / "data")
 
 
-def _fresh(kind: str, suite_url: str | None) -> Iterator[str]:
-    """A fresh database of ``kind``: the suite's own when it runs on that kind."""
+def _fresh(kind: str, suite_url: str | None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database of ``kind``: the suite's own when it runs on that kind. A test that
+    names a database other than the suite's chose it: the suite's variable goes, so that
+    what its settings and subprocesses open is what it named (or SQLite, as by default)."""
     if TEST_DATABASE == kind and suite_url is not None:
         yield suite_url  # clean_environ drops it
         return
+    monkeypatch.delenv("KILN_STORAGE__DATABASE_URL", raising=False)
     url, drop = _SCRATCH[kind].create()
     try:
         yield url
@@ -219,15 +222,15 @@ def _fresh(kind: str, suite_url: str | None) -> Iterator[str]:
 
 
 @pytest.fixture
-def postgres_url(clean_environ: str | None) -> Iterator[str]:
+def postgres_url(clean_environ: str | None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh schema in the test PostgreSQL database, dropped afterwards."""
-    yield from _fresh("postgres", clean_environ)
+    yield from _fresh("postgres", clean_environ, monkeypatch)
 
 
 @pytest.fixture
-def mysql_url(clean_environ: str | None) -> Iterator[str]:
+def mysql_url(clean_environ: str | None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh database on the test MariaDB/MySQL server, dropped afterwards."""
-    yield from _fresh("mysql", clean_environ)
+    yield from _fresh("mysql", clean_environ, monkeypatch)
 
 
 def database_params() -> list[Any]:

@@ -33,7 +33,7 @@ def kiln(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*KILN, *args],
         cwd=cwd,
-        env={**env(), "COLUMNS": "200"},
+        env={**env(cwd), "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=120,

@@ -20,7 +20,7 @@ LATENCY = 0.6  #: seconds each fake generation takes: the run's time is mostly t
 
 def kiln(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`kiln` with no terminal on stdin, as cron runs it."""
-    environ = env() | {"COLUMNS": "200"}
+    environ = env(cwd) | {"COLUMNS": "200"}
     return subprocess.run(
         [*KILN, *args],
         cwd=cwd,

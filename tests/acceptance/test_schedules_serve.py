@@ -45,7 +45,7 @@ CLAIMED = re.compile(r"schedule (\d+): slot (\d+) claimed")
 
 def kiln(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*KILN, *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=60
+        [*KILN, *args], cwd=cwd, env=env(cwd), capture_output=True, text=True, timeout=60
     )
 
 
@@ -69,7 +69,7 @@ def serving(*folders: Path) -> Iterator[None]:
             port = free_port()
             command = [*KILN, "serve", "--port", str(port), "--log-level", "warning"]
             process = subprocess.Popen(
-                command, cwd=cwd, env=env(), stdout=out, stderr=subprocess.STDOUT
+                command, cwd=cwd, env=env(cwd), stdout=out, stderr=subprocess.STDOUT
             )
             stack.callback(stop, process, out_path)
             started.append((f"http://127.0.0.1:{port}", process, out_path))

@@ -7,6 +7,7 @@ killed with SIGKILL, and a data folder on a small tmpfs.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from test_cli import _env, kiln, start
 from test_serve import free_port, serving
 
 from pixelkiln.db.tables import events
-from tests.processes import query, wait_for
+from tests.processes import database_of, query, wait_for
 
 #: quick probes of servers that are down, and retries of steps that fail
 SCHEDULER = """
@@ -177,8 +178,15 @@ def test_without_a_fallback_the_run_ends_at_the_deadline_and_retry_finishes(
     assert query(tmp_path, "SELECT status, n_succeeded FROM batches") == [("completed", 60)]
 
 
+#: room left for images on the small disk when the database is not on it
+ROOM = 256 * 1024
+
+
 @contextmanager
 def small_tmpfs(folder: Path) -> Iterator[Path]:
+    """A 2 MB disk mounted on ``folder``. On SQLite, the database (file and WAL) and the
+    images fill it; where the suite's database lives elsewhere (``KILN_TEST_DATABASE``), a
+    ballast file leaves the images :data:`ROOM` bytes, so they fill it as soon."""
     folder.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
@@ -188,6 +196,9 @@ def small_tmpfs(folder: Path) -> Iterator[Path]:
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or 'not permitted'}")
     try:
+        if not database_of(folder.parent, folder).startswith("sqlite"):
+            free = shutil.disk_usage(folder).free
+            (folder / "ballast").write_bytes(b"\0" * max(0, free - ROOM))
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)

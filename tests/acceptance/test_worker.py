@@ -98,7 +98,7 @@ def write_spec(folder: Path, tasks: int, name: str = "night") -> Path:
 
 def kiln(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*KILN, *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=PATIENCE
+        [*KILN, *args], cwd=cwd, env=env(cwd), capture_output=True, text=True, timeout=PATIENCE
     )
 
 
