@@ -5,6 +5,11 @@ and MySQL/MariaDB, each a fresh one (a schema, a database) dropped afterwards.
 ``KILN_TEST_DATABASE=postgres|mysql`` puts the rest of the suite on that database too:
 ``settings``/``make_settings`` and every ``kiln`` subprocess (through
 ``KILN_STORAGE__DATABASE_URL``) get a fresh one instead of SQLite in their data folder.
+In that mode ``database_url`` is that database only (the default pass already ran each
+parametrized test on all three), and ``postgres_url``/``mysql_url`` of that kind are the
+same database as the variable's, so what a test opens itself and what its settings and
+subprocesses open agree. A test of how configuration is read asks for
+``no_suite_database``.
 """
 
 from __future__ import annotations
@@ -12,15 +17,18 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from pixelkiln.config import Settings, load_settings
 from pixelkiln.db.database import Database
+from tests.processes import FOLDER_DATABASES
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "KILN_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -43,6 +51,8 @@ class Scratch:
         admin_url = POSTGRES_ADMIN_URL if kind == "postgres" else MYSQL_ADMIN_URL
         self.admin_url = admin_url
         self._admin: Engine | None = None
+        self._names: dict[str, str] = {}  # URL -> name of each database not yet dropped
+        self._late: list[str] = []  # names that were locked when their test ended
 
     def _engine(self) -> Engine:
         if self._admin is None:
@@ -50,25 +60,49 @@ class Scratch:
         return self._admin
 
     def create(self) -> tuple[str, Callable[[], None]]:
-        """A new empty database's URL, and what drops it."""
+        """A new empty database's URL, and what drops it (:meth:`drop`)."""
         name = f"kiln_test_{secrets.token_hex(4)}"
-        make, drop, url = self._statements(name)
+        make, _, url = self._statements(name)
         try:
             with self._engine().connect() as conn:
                 conn.execute(text(make))
         except Exception as exc:  # pragma: no cover - only without the server
             pytest.skip(f"{self.kind} not reachable: {exc}")
+        self._names[url] = name
+        return url, lambda: self.drop(url)
 
-        def dropped() -> None:
-            with self._engine().connect() as conn:
-                conn.execute(text(drop))
+    def drop(self, url: str) -> None:
+        """Drop ``url``'s database now; one still locked (a connection the test left in
+        a transaction, a subprocess still exiting) is dropped at the end of the session,
+        so that a test's leftovers never hang the next one."""
+        name = self._names.pop(url)
+        try:
+            self._drop(name, lock_seconds=3)
+        except OperationalError:
+            self._late.append(name)
 
-        return url, dropped
+    def drop_late(self) -> None:
+        """Drop what :meth:`drop` could not, waiting for its locks this time."""
+        for name in self._late:
+            self._drop(name, lock_seconds=None)
+        self._late.clear()
+
+    def _drop(self, name: str, lock_seconds: int | None) -> None:
+        postgres = self.kind == "postgres"
+        if lock_seconds is None:  # the server's default: wait as long as it takes
+            limit = "SET lock_timeout = 0" if postgres else "SET lock_wait_timeout = DEFAULT"
+        elif postgres:
+            limit = f"SET lock_timeout = '{lock_seconds}s'"
+        else:
+            limit = f"SET lock_wait_timeout = {lock_seconds}"
+        with self._engine().connect() as conn:
+            conn.execute(text(limit))
+            conn.execute(text(self._statements(name)[1]))
 
     def _statements(self, name: str) -> tuple[str, str, str]:
         if self.kind == "postgres":
             url = f"{self.admin_url}?options=-csearch_path%3D{name}"
-            return f'CREATE SCHEMA "{name}"', f'DROP SCHEMA "{name}" CASCADE', url
+            return f'CREATE SCHEMA "{name}"', f'DROP SCHEMA IF EXISTS "{name}" CASCADE', url
         # created with the server's defaults: Database.open makes it utf8mb4 itself
         url = str(make_url(self.admin_url).set(database=name).render_as_string(False))
         return f"CREATE DATABASE `{name}`", f"DROP DATABASE IF EXISTS `{name}`", url
@@ -80,38 +114,74 @@ class Scratch:
 
 
 _SCRATCH = {kind: Scratch(kind) for kind in ("postgres", "mysql")}
-#: databases made for the whole suite's switch (KILN_TEST_DATABASE): dropped at the end
-_SUITE_DROPS: list[Callable[[], None]] = []
-
-
-def suite_database_url() -> str | None:
-    """A fresh database of ``KILN_TEST_DATABASE`` (None: SQLite, each test's own file)."""
-    if TEST_DATABASE == "sqlite":
-        return None
-    url, drop = _SCRATCH[TEST_DATABASE].create()
-    _SUITE_DROPS.append(drop)
-    return url
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _drop_suite_databases() -> Iterator[None]:
+def _drop_late_databases() -> Iterator[None]:
     yield
-    for drop in _SUITE_DROPS:
-        drop()
     for scratch in _SCRATCH.values():
+        scratch.drop_late()
         scratch.dispose()
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[str | None]:
     """No KILN_* variable from the developer's shell leaks into a test; with
-    ``KILN_TEST_DATABASE``, every ``kiln`` the test starts uses a fresh database of it."""
+    ``KILN_TEST_DATABASE``, every ``kiln`` the test starts uses a fresh database of it
+    (its URL is this fixture's value; None on SQLite, each test's own file)."""
     for name in list(os.environ):
         if name.startswith("KILN_") and name not in _TEST_VARIABLES:
             monkeypatch.delenv(name)
-    url = suite_database_url()
-    if url is not None:
-        monkeypatch.setenv("KILN_STORAGE__DATABASE_URL", url)
+    if TEST_DATABASE == "sqlite":
+        yield None
+        return
+    scratch = _SCRATCH[TEST_DATABASE]
+    url, drop = scratch.create()
+    monkeypatch.setenv("KILN_STORAGE__DATABASE_URL", url)
+    try:
+        yield url
+    finally:
+        drop()
+
+
+@pytest.fixture
+def suite_database(clean_environ: str | None, tmp_path: Path) -> str:
+    """The URL for a test that names its database itself (in a ``kiln.toml``, to
+    ``Database.open``): the suite's (``KILN_TEST_DATABASE``), else SQLite in ``tmp_path``."""
+    return clean_environ or f"sqlite:///{tmp_path / 'kiln.db'}"
+
+
+@contextmanager
+def folder_database(folder: Path) -> Iterator[None]:
+    """While the block runs, `kiln` in ``folder`` (through ``tests.processes``) uses a fresh
+    database of ``KILN_TEST_DATABASE`` of its own, whatever test is running: for a server
+    that outlives one test (a module's), or a folder that must not share the test's
+    database. SQLite: nothing to do, each data folder has its file."""
+    if TEST_DATABASE == "sqlite":
+        yield
+        return
+    folder = folder.resolve()
+    FOLDER_DATABASES[folder], drop = _SCRATCH[TEST_DATABASE].create()
+    try:
+        yield
+    finally:
+        del FOLDER_DATABASES[folder]
+        drop()
+
+
+@pytest.fixture
+def own_database(clean_environ: str | None) -> Iterator[Callable[[Path], None]]:
+    """For a test that runs `kiln` in several data folders that must not share a database:
+    ``own_database(folder)`` gives ``folder`` one of its own (:func:`folder_database`)
+    until the test ends."""
+    with ExitStack() as stack:
+        yield lambda folder: stack.enter_context(folder_database(folder))
+
+
+@pytest.fixture
+def no_suite_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a test of how settings are read: ``KILN_TEST_DATABASE``'s variable is unset."""
+    monkeypatch.delenv("KILN_STORAGE__DATABASE_URL", raising=False)
 
 
 @pytest.fixture
@@ -136,33 +206,42 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path / "data")
 
 
+def _fresh(kind: str, suite_url: str | None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database of ``kind``: the suite's own when it runs on that kind. A test that
+    names a database other than the suite's chose it: the suite's variable goes, so that
+    what its settings and subprocesses open is what it named (or SQLite, as by default)."""
+    if TEST_DATABASE == kind and suite_url is not None:
+        yield suite_url  # clean_environ drops it
+        return
+    monkeypatch.delenv("KILN_STORAGE__DATABASE_URL", raising=False)
+    url, drop = _SCRATCH[kind].create()
+    try:
+        yield url
+    finally:
+        drop()
+
+
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgres_url(clean_environ: str | None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh schema in the test PostgreSQL database, dropped afterwards."""
-    url, drop = _SCRATCH["postgres"].create()
-    try:
-        yield url
-    finally:
-        drop()
+    yield from _fresh("postgres", clean_environ, monkeypatch)
 
 
 @pytest.fixture
-def mysql_url() -> Iterator[str]:
+def mysql_url(clean_environ: str | None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh database on the test MariaDB/MySQL server, dropped afterwards."""
-    url, drop = _SCRATCH["mysql"].create()
-    try:
-        yield url
-    finally:
-        drop()
+    yield from _fresh("mysql", clean_environ, monkeypatch)
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mysql", marks=pytest.mark.mysql),
-    ]
-)
+def database_params() -> list[Any]:
+    """Every database in the default pass; only the suite's own in a postgres/mysql pass."""
+    marks = {"postgres": pytest.mark.postgres, "mysql": pytest.mark.mysql}
+    if TEST_DATABASE in marks:
+        return [pytest.param(TEST_DATABASE, marks=marks[TEST_DATABASE])]
+    return ["sqlite", *(pytest.param(kind, marks=mark) for kind, mark in marks.items())]
+
+
+@pytest.fixture(params=database_params())
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The same test on an SQLite file, on PostgreSQL and on MySQL/MariaDB."""
     if request.param == "sqlite":

@@ -8,11 +8,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+from sqlalchemy import Connection, Executable, create_engine, make_url, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 KILN = [sys.executable, "-m", "pixelkiln.cli"]  # the `kiln` command
 
@@ -24,9 +29,121 @@ def free_port() -> int:
         return port
 
 
-def env() -> dict[str, str]:
-    """This environment without KILN_* variables (a test's config file decides)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+#: the KILN_* variables a subprocess keeps: the suite's database (KILN_TEST_DATABASE)
+KEPT = ("KILN_STORAGE__DATABASE_URL",)
+#: data folders that a test gave a database of their own (conftest's ``own_database``)
+FOLDER_DATABASES: dict[Path, str] = {}
+
+
+def env(cwd: Path | None = None) -> dict[str, str]:
+    """This environment without KILN_* variables (a test's config file decides), except
+    the database that ``KILN_TEST_DATABASE`` chose for the test (tests/conftest.py): the
+    one of its own that ``cwd`` was given, none where ``cwd/kiln.toml`` names one."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("KILN_") or k in KEPT}
+    if cwd is None:
+        return kept
+    own = FOLDER_DATABASES.get(cwd.resolve())
+    if own is not None:
+        kept["KILN_STORAGE__DATABASE_URL"] = own
+    elif _names_a_database(cwd / "kiln.toml"):
+        kept.pop("KILN_STORAGE__DATABASE_URL", None)
+    return kept
+
+
+def _names_a_database(config: Path) -> bool:
+    """Whether ``config`` sets ``[storage] database_url`` (the test chose its database)."""
+    try:
+        storage = tomllib.loads(config.read_text()).get("storage")
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # none yet, or a test of a bad file
+    return isinstance(storage, dict) and "database_url" in storage
+
+
+def database_of(folder: Path, data_dir: Path | None = None) -> str:
+    """The database ``kiln`` uses when run in ``folder`` with no database in its config:
+    the folder's own, the suite's (``KILN_TEST_DATABASE``) or the embedded SQLite file in
+    its data folder (``data_dir``; ``folder/kiln-data`` by default)."""
+    own = FOLDER_DATABASES.get(folder.resolve())
+    suite = own or os.environ.get("KILN_STORAGE__DATABASE_URL")
+    return suite or f"sqlite:///{(data_dir or folder / 'kiln-data') / 'kiln.db'}"
+
+
+def query(
+    folder: Path,
+    sql: str | Executable,
+    params: Mapping[str, Any] | None = None,
+    *,
+    data_dir: Path | None = None,
+) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` on :func:`database_of` ``folder``, on whichever database that is
+    (a statement built from ``pixelkiln.db.tables`` decodes JSON columns on each).
+
+    SQLite's file is opened read-only, so that a query never creates it. Raises
+    :class:`sqlalchemy.exc.DBAPIError` while the database or its tables do not exist yet.
+    """
+    with connected(folder, read_only=True, data_dir=data_dir) as conn:
+        found = conn.execute(_statement(sql), dict(params or {}))
+        return [tuple(row) for row in found]
+
+
+def execute(
+    folder: Path,
+    sql: str | Executable,
+    params: Mapping[str, Any] | None = None,
+    *,
+    data_dir: Path | None = None,
+) -> None:
+    """Run ``sql`` (a write) on :func:`database_of` ``folder`` and commit it."""
+    with connected(folder, data_dir=data_dir) as conn:
+        conn.execute(_statement(sql), dict(params or {}))
+        conn.commit()
+
+
+def _statement(sql: str | Executable) -> Executable:
+    return text(sql) if isinstance(sql, str) else sql
+
+
+@contextmanager
+def connected(
+    folder: Path, *, read_only: bool = False, data_dir: Path | None = None
+) -> Iterator[Connection]:
+    """One connection to :func:`database_of` ``folder`` (another process's database),
+    closed after: no pool outlives the test, so nothing holds the database when the test's
+    teardown drops it."""
+    url = make_url(database_of(folder, data_dir))
+    connect_args: dict[str, Any] = {}
+    if url.get_backend_name() == "sqlite":
+        connect_args["timeout"] = 30  # wait for the other process's writer
+        if read_only:
+            url = url.set(database=f"file:{url.database}?mode=ro", query={"uri": "true"})
+    engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def count(folder: Path, table: str) -> int:
+    """The rows of ``table`` in :func:`database_of` ``folder``; 0 while it does not exist."""
+    try:
+        return int(query(folder, f"SELECT COUNT(*) FROM {table}")[0][0])
+    except DBAPIError:
+        return 0
+
+
+def wait_for(folder: Path, sql: str, at_least: int, timeout: float = 120) -> None:
+    """Until the first value of ``sql`` on ``folder``'s database is ``at_least``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            rows = query(folder, sql)
+            if rows and rows[0][0] is not None and rows[0][0] >= at_least:
+                return
+        except DBAPIError:
+            pass  # the database or its tables not created yet
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {sql} >= {at_least}")
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -52,7 +169,7 @@ def serving(cwd: Path, *args: str, log_level: str = "warning", drain: float = 1.
         subprocess.Popen(
             [*KILN, "serve", "--port", str(port), "--log-level", log_level, *args],
             cwd=cwd,
-            env={**env(), "KILN_SCHEDULER__SHUTDOWN_SECONDS": str(drain)},
+            env={**env(cwd), "KILN_SCHEDULER__SHUTDOWN_SECONDS": str(drain)},
             stdout=out,
             stderr=subprocess.STDOUT,
         ) as process,
@@ -77,7 +194,7 @@ def running(cwd: Path, *args: str, log: str) -> Iterator[subprocess.Popen[bytes]
     with (
         (cwd / log).open("w") as out,
         subprocess.Popen(
-            [*KILN, *args], cwd=cwd, env=env(), stdout=out, stderr=subprocess.STDOUT
+            [*KILN, *args], cwd=cwd, env=env(cwd), stdout=out, stderr=subprocess.STDOUT
         ) as process,
     ):
         try:

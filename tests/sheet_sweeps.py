@@ -10,15 +10,14 @@ and each task's ``axes``: the sheets' side of the contract, apart from the expan
 from __future__ import annotations
 
 import itertools
-import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Connection, update
 
 from pixelkiln.db.database import Tx
 from pixelkiln.db.tables import batches, tasks
+from tests.processes import connected
 
 SWEEP: dict[str, dict[str, list[Any]]] = {
     "x": {"cfg_scale": [5, 7, 9]},
@@ -56,25 +55,24 @@ def plain_spec(
 
 def mark_sweep(tx: Tx, batch_id: int, sweep: dict[str, dict[str, list[Any]]] = SWEEP) -> None:
     """Record the sweep on a batch made by :func:`plain_spec` (tasks by position)."""
-    tx.conn.execute(update(batches).where(batches.c.id == batch_id).values(extra={"sweep": sweep}))
+    _mark(tx.conn, batch_id, sweep)
+
+
+def mark_sweep_in(
+    folder: Path, batch_id: int, sweep: dict[str, dict[str, list[Any]]] = SWEEP
+) -> None:
+    """:func:`mark_sweep` on the database of the `kiln` run in ``folder`` (another
+    process's: SQLite's file in ``kiln-data``, or the suite's PostgreSQL/MySQL one)."""
+    with connected(folder) as conn:
+        _mark(conn, batch_id, sweep)
+        conn.commit()
+
+
+def _mark(conn: Connection, batch_id: int, sweep: dict[str, dict[str, list[Any]]]) -> None:
+    conn.execute(update(batches).where(batches.c.id == batch_id).values(extra={"sweep": sweep}))
     for position, axes in enumerate(cells(sweep), start=1):
-        tx.conn.execute(
+        conn.execute(
             update(tasks)
             .where(tasks.c.batch_id == batch_id, tasks.c.position == position)
             .values(axes=axes)
         )
-
-
-def mark_sweep_file(
-    db_file: Path, batch_id: int, sweep: dict[str, dict[str, list[Any]]] = SWEEP
-) -> None:
-    """:func:`mark_sweep` on another process's SQLite database file."""
-    with sqlite3.connect(db_file, timeout=30) as conn:
-        conn.execute(
-            "UPDATE batches SET extra = ? WHERE id = ?", (json.dumps({"sweep": sweep}), batch_id)
-        )
-        for position, axes in enumerate(cells(sweep), start=1):
-            conn.execute(
-                "UPDATE tasks SET axes = ? WHERE batch_id = ? AND position = ?",
-                (json.dumps(axes), batch_id, position),
-            )

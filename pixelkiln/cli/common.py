@@ -90,7 +90,11 @@ def setup_logging(settings: Settings, prefix: str = "kiln") -> Path:
     folder = settings.storage.data_dir / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{prefix}_{datetime.now():%Y%m%d_%H%M%S}.log"
-    if path.exists():  # another process started in the same second: a file of its own
+    try:
+        # created here or not at all (O_EXCL): of two processes that start in the same
+        # second, a check-then-open would let both append to one file
+        path.touch(exist_ok=False)
+    except FileExistsError:  # another process started in the same second: a file of its own
         path = path.with_name(f"{path.stem}_{os.getpid()}.log")
     handler = logging.FileHandler(path, encoding="utf-8")
     # the process id: several servers on one database each say which claimed what

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 import zipfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from pixelkiln.db.tables import events
 from pixelkiln.testing import FakeSDWebUI
+from tests.processes import count, env, query, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def kiln(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedPro
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_env(),
+        env=_env(cwd),
     )
 
 
@@ -38,14 +38,12 @@ def start(cwd: Path, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=_env(cwd),
     )
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env["COLUMNS"] = "200"
-    return env
+def _env(cwd: Path | None = None) -> dict[str, str]:
+    return {**env(cwd), "COLUMNS": "200"}
 
 
 def write_webui_config(folder: Path, url: str, concurrency: int) -> None:
@@ -77,24 +75,6 @@ def write_batch(folder: Path, tasks: int, n: int = 1) -> Path:
     return path
 
 
-def query(folder: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(folder / "kiln-data" / "kiln.db") as conn:
-        return conn.execute(sql).fetchall()
-
-
-def wait_for(folder: Path, sql: str, at_least: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            rows = query(folder, sql)
-            if rows and rows[0][0] >= at_least:  # type: ignore[operator]
-                return
-        except sqlite3.OperationalError:
-            pass  # database not created yet
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {sql} >= {at_least}")
-
-
 def test_quickstart_runs_writes_report_log_and_images(tmp_path: Path) -> None:
     done = kiln(
         tmp_path, "run", str(REPO / "examples" / "quickstart.yaml"), "--report", "report.json"
@@ -118,10 +98,7 @@ def test_bad_input_exits_2_naming_file_row_and_field(tmp_path: Path) -> None:
     assert "row 3, field 'n'" in done.stderr
     assert "row 4, field 'aspect_ratio'" in done.stderr
     assert "Traceback" not in done.stderr
-    assert (
-        not (tmp_path / "kiln-data" / "kiln.db").exists()
-        or not query(tmp_path, "SELECT COUNT(*) FROM batches")[0][0]
-    )
+    assert count(tmp_path, "batches") == 0
     missing = kiln(tmp_path, "run", "nope.yaml")
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
     unknown = kiln(tmp_path, "status", "42")
@@ -153,10 +130,8 @@ def test_killed_mid_batch_then_resumed_every_task_succeeds_exactly_once(tmp_path
     assert len(per_task) == 300 and all(count == 2 for _, count in per_task)
     files = list((tmp_path / "kiln-data" / "images" / "1").iterdir())
     assert len(files) == 600 and all(f.suffix == ".png" for f in files)
-    successes = Counter(
-        json.loads(data)["item_key"]
-        for (data,) in query(tmp_path, "SELECT data FROM events WHERE type = 'progress'")
-    )
+    progress = select(events.c.data).where(events.c.type == "progress")
+    successes = Counter(data["item_key"] for (data,) in query(tmp_path, progress))
     assert len(successes) == 300 and set(successes.values()) == {1}
 
 

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from test_cli import kiln
 
-
-def stored_batches(folder: Path) -> int:
-    db = folder / "kiln-data" / "kiln.db"
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as conn:
-        count: int = conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
-    return count
+from tests.processes import count
 
 
 def test_every_problem_of_a_batch_file_is_listed_at_once(tmp_path: Path) -> None:
@@ -34,7 +26,7 @@ def test_every_problem_of_a_batch_file_is_listed_at_once(tmp_path: Path) -> None
     assert "bad.yaml, task 2, field 'aspect_ratio': must be one of" in err
     assert "bad.yaml, task 3, field 'init_image': file not found: missing.png" in err
     assert "Traceback" not in done.stderr
-    assert stored_batches(tmp_path) == 0
+    assert count(tmp_path, "batches") == 0
 
 
 def test_a_wrong_top_level_key_lists_the_top_level_keys(tmp_path: Path) -> None:
@@ -55,4 +47,4 @@ def test_a_table_names_spreadsheet_rows(tmp_path: Path) -> None:
     err = " ".join(done.stderr.split())
     assert "rows.csv, row 2, field 'n'" in err
     assert "rows.csv, row 4, field 'init_image': file not found: gone.png" in err
-    assert stored_batches(tmp_path) == 0
+    assert count(tmp_path, "batches") == 0

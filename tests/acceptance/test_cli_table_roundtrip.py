@@ -9,7 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from pixelkiln.db.tables import tasks
 from pixelkiln.inputs.headers import COLUMN_NAMES
 from tests.acceptance.test_cli import kiln, query
 from tests.sheets import sheet_rows
@@ -21,15 +23,10 @@ STYLE = "style=storybook watercolour, soft light"
 
 def _tasks(folder: Path, batch: int) -> list[tuple[str, str, dict[str, object]]]:
     """(key, prompt, item without its parameter columns) of each task of the batch."""
-    rows = query(
-        folder, f"SELECT key, prompt, item FROM tasks WHERE batch_id = {batch} ORDER BY id"
-    )
+    columns = select(tasks.c.key, tasks.c.prompt, tasks.c.item)
+    rows = query(folder, columns.where(tasks.c.batch_id == batch).order_by(tasks.c.id))
     return [
-        (
-            str(key),
-            str(prompt),
-            {k: v for k, v in json.loads(str(item)).items() if k not in COLUMN_NAMES},
-        )
+        (str(key), str(prompt), {k: v for k, v in item.items() if k not in COLUMN_NAMES})
         for key, prompt, item in rows
     ]
 

@@ -5,14 +5,13 @@ images, and sweeps an old batch itself at start-up."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.processes import KILN, env, serving
+from tests.processes import KILN, env, execute, query, serving
 
 CONFIG = """
 [[backends]]
@@ -34,7 +33,7 @@ def kiln(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*KILN, *args],
         cwd=cwd,
-        env={**env(), "COLUMNS": "200"},
+        env={**env(cwd), "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -49,22 +48,21 @@ def run_batch(cwd: Path, name: str, *prompts: str) -> int:
     )
     done = kiln(cwd, "run", spec.name, "--quiet")
     assert done.returncode in (0, 1), done.stderr
-    with sqlite3.connect(cwd / "kiln-data" / "kiln.db") as db:
-        return int(db.execute("SELECT max(id) FROM batches").fetchone()[0])
+    return int(query(cwd, "SELECT max(id) FROM batches")[0][0])
 
 
 def age(cwd: Path, batch_id: int, days: float) -> None:
     ended = time.time() - days * DAY
-    with sqlite3.connect(cwd / "kiln-data" / "kiln.db") as db:
-        db.execute(
-            "UPDATE batches SET finished_at = ?, created_at = ? WHERE id = ?",
-            (ended, ended - 60, batch_id),
-        )
+    execute(
+        cwd,
+        "UPDATE batches SET finished_at = :ended, created_at = :created WHERE id = :id",
+        {"ended": ended, "created": ended - 60, "id": batch_id},
+    )
 
 
-def rows(cwd: Path, sql: str, *args: object) -> int:
-    with sqlite3.connect(cwd / "kiln-data" / "kiln.db") as db:
-        return int(db.execute(sql, args).fetchone()[0])
+def rows(cwd: Path, sql: str, batch_id: int) -> int:
+    """The count of ``sql`` (its ``:id`` the batch's) on the database `kiln` uses in ``cwd``."""
+    return int(query(cwd, sql, {"id": batch_id})[0][0])
 
 
 def image_files(cwd: Path, batch_id: int) -> list[Path]:
@@ -96,16 +94,16 @@ def test_gc_dry_run_lists_then_gc_removes_old_batches_and_the_api_forgets_them(
     assert dry.returncode == 0, dry.stderr
     assert "old moths" in dry.stdout and "Dry run: nothing was removed" in dry.stdout
     assert "recent herons" not in dry.stdout and "half done" not in dry.stdout
-    assert rows(tmp_path, "SELECT count(*) FROM batches WHERE id = ?", old) == 1
+    assert rows(tmp_path, "SELECT count(*) FROM batches WHERE id = :id", old) == 1
     assert len(image_files(tmp_path, old)) == 2
 
     gc = kiln(tmp_path, "gc")
     assert gc.returncode == 0, gc.stderr
     assert "old moths" in gc.stdout and "Removed 1 batch(es) (2 task(s), 2 image(s))" in gc.stdout
-    assert rows(tmp_path, "SELECT count(*) FROM batches WHERE id = ?", old) == 0
-    assert rows(tmp_path, "SELECT count(*) FROM tasks WHERE batch_id = ?", old) == 0
-    assert rows(tmp_path, "SELECT count(*) FROM images WHERE batch_id = ?", old) == 0
-    assert rows(tmp_path, "SELECT count(*) FROM events WHERE batch_id = ?", old) == 0
+    assert rows(tmp_path, "SELECT count(*) FROM batches WHERE id = :id", old) == 0
+    assert rows(tmp_path, "SELECT count(*) FROM tasks WHERE batch_id = :id", old) == 0
+    assert rows(tmp_path, "SELECT count(*) FROM images WHERE batch_id = :id", old) == 0
+    assert rows(tmp_path, "SELECT count(*) FROM events WHERE batch_id = :id", old) == 0
     assert image_files(tmp_path, old) == []
     assert len(image_files(tmp_path, recent)) == 1 and len(image_files(tmp_path, retried)) == 1
     assert "Nothing is old enough" in kiln(tmp_path, "gc").stdout

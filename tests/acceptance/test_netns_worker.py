@@ -166,7 +166,7 @@ def test_a_worker_across_a_link_runs_the_batch(
             worker = subprocess.Popen(
                 ["ip", "netns", "exec", link.namespace, *KILN, "worker", "-c", str(inside)],
                 cwd=tmp_path,
-                env=env(),
+                env=env(tmp_path),  # the database of its kiln.toml: across the link
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

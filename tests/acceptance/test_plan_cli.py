@@ -6,7 +6,6 @@ servers says 18 tasks and a time within 20% of the measured run; and `kiln plan`
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,14 @@ from typing import Any
 import pytest
 
 from pixelkiln.testing import FakeSDWebUI
-from tests.processes import KILN, env
+from tests.processes import KILN, count, env, query
 
 LATENCY = 0.6  #: seconds each fake generation takes: the run's time is mostly these
 
 
 def kiln(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`kiln` with no terminal on stdin, as cron runs it."""
-    environ = env() | {"COLUMNS": "200"}
+    environ = env(cwd) | {"COLUMNS": "200"}
     return subprocess.run(
         [*KILN, *args],
         cwd=cwd,
@@ -83,10 +82,9 @@ def test_after_a_warm_up_the_plan_of_a_sweep_is_within_20_percent(tmp_path: Path
         assert found["backends"][0]["slots"] == 2
         ran = kiln(tmp_path, "run", "sweep.json", "--quiet")
         assert ran.returncode == 0, ran.stderr
-    with sqlite3.connect(tmp_path / "kiln-data" / "kiln.db") as db:
-        started, finished = db.execute(
-            "SELECT started_at, finished_at FROM batches WHERE name = 'sweep'"
-        ).fetchone()
+    [(started, finished)] = query(
+        tmp_path, "SELECT started_at, finished_at FROM batches WHERE name = 'sweep'"
+    )
     measured = finished - started
     assert abs(found["seconds"] - measured) <= 0.2 * measured, (found["seconds"], measured)
 
@@ -123,8 +121,7 @@ def test_kiln_run_asks_above_the_threshold_and_never_waits_without_a_terminal(
     assert "--yes" in said and "money 0.12 (over 0.05)" in said
     assert "3 images" not in said  # size alone stops no unattended run
     assert "Plan: 2 task(s), 3 image(s)" in refused.stdout
-    with sqlite3.connect(tmp_path / "kiln-data" / "kiln.db") as db:
-        assert db.execute("SELECT count(*) FROM batches").fetchone() == (0,)
+    assert count(tmp_path, "batches") == 0
     ran = kiln(tmp_path, "run", spec, "--quiet", "--yes")
     assert ran.returncode == 0, ran.stderr
 

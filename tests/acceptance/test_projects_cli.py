@@ -7,16 +7,17 @@ from __future__ import annotations
 import itertools
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from sqlalchemy import select
 from test_cli import _env, kiln, start
 from test_serve import free_port
 from test_unattended import kill, webuis
 
+from pixelkiln.db.tables import runs
+from tests.processes import query, wait_for
 from tests.unit.test_projects_config import make_project, scenes, write_config
 
 SIZES = {"project001": 3, "project002": 3, "project003": 30, "project004": 3, "project005": 3}
@@ -76,24 +77,6 @@ cfg_scale = 9
     )
 
 
-def db_rows(folder: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(folder / "kiln-data" / "kiln.db") as conn:
-        return conn.execute(sql).fetchall()
-
-
-def wait_until(folder: Path, sql: str, at_least: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            rows = db_rows(folder, sql)
-            if rows and rows[0][0] is not None and rows[0][0] >= at_least:  # type: ignore[operator]
-                return
-        except sqlite3.OperationalError:
-            pass  # not created yet
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {sql} >= {at_least}")
-
-
 PROJECT3_DONE = "SELECT n_succeeded FROM batches WHERE name = 'project003'"
 
 
@@ -105,7 +88,7 @@ def test_five_projects_one_missing_its_srt_one_server_killed_mid_run(tmp_path: P
     elsewhere.mkdir()
     with webuis(ports) as servers:
         runner = start(elsewhere, "projects", "run", str(config), "--quiet")
-        wait_until(folder, PROJECT3_DONE, 5)
+        wait_for(folder, PROJECT3_DONE, 5)
         kill(servers[:1])
         out, err = runner.communicate(timeout=240)
     assert runner.returncode == 1, out + err  # one project failed
@@ -113,17 +96,19 @@ def test_five_projects_one_missing_its_srt_one_server_killed_mid_run(tmp_path: P
     assert "project005: FAILED" in out and "missing project005_zh.srt" in out
     assert list(elsewhere.iterdir()) == []  # nothing written where it ran from
 
-    batches = db_rows(folder, "SELECT name, status, n_images, run_id, source FROM batches")
+    batches = query(
+        folder, "SELECT name, status, n_images, run_id, source FROM batches ORDER BY id"
+    )
     assert batches == [
         (pid, "completed", SIZES[pid], 1, "project") for pid in SIZES if pid != "project005"
     ]
     # one after another: each project starts after the one before ended
     times = [
         (float(str(start)), float(str(end)))
-        for start, end in db_rows(folder, "SELECT started_at, finished_at FROM batches ORDER BY id")
+        for start, end in query(folder, "SELECT started_at, finished_at FROM batches ORDER BY id")
     ]
     assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(times))
-    prompts = db_rows(folder, "SELECT prompt FROM tasks ORDER BY id LIMIT 1")
+    prompts = query(folder, "SELECT prompt FROM tasks ORDER BY id LIMIT 1")
     assert prompts == [("documentary. scene 1, ink wash",)]
 
     [report_file] = (folder / "logs").glob("run-1-*.json")
@@ -131,13 +116,13 @@ def test_five_projects_one_missing_its_srt_one_server_killed_mid_run(tmp_path: P
     assert report["projects_total"] == 5 and report["projects_succeeded"] == 4
     assert report["projects_failed"] == 1 and report["success_rate"] == 0.8
     assert report["images_per_project"] == {**SIZES, "project005": 0}
-    assert report["images_total"] == 39 == db_rows(folder, "SELECT COUNT(*) FROM images")[0][0]
+    assert report["images_total"] == 39 == query(folder, "SELECT COUNT(*) FROM images")[0][0]
     [failed] = report["failed_projects"]
     assert failed["pid"] == "project005" and "project005_zh.srt" in failed["reason"]
     assert set(report["seconds_per_project"]) == set(SIZES)
     assert report["time_range"]["start"] <= report["time_range"]["end"]
-    [(stored,)] = db_rows(folder, "SELECT report FROM runs WHERE id = 1")
-    assert json.loads(str(stored)) == report
+    [(stored,)] = query(folder, select(runs.c.report).where(runs.c.id == 1))
+    assert stored == report
 
     log = Path(report["files"]["log"]).read_text(encoding="utf-8")
     assert Path(report["files"]["log"]).parent == folder / "logs"
@@ -151,7 +136,7 @@ def test_five_projects_one_missing_its_srt_one_server_killed_mid_run(tmp_path: P
         made = sorted(images.iterdir()) if images.exists() else []
         assert len(made) == (0 if pid == "project005" else count)
     # the other server took the killed one's work
-    answered = db_rows(folder, "SELECT server, COUNT(*) FROM images GROUP BY server")
+    answered = query(folder, "SELECT server, COUNT(*) FROM images GROUP BY server")
     assert {str(url).rsplit(":", 1)[1] for url, _ in answered} == {str(p) for p in ports}
 
 
@@ -161,7 +146,7 @@ def test_a_killed_run_is_resumed_without_redoing_finished_projects(tmp_path: Pat
     folder = config.parent
     with webuis(ports):
         runner = start(folder, "projects", "run", "nightly.json", "--quiet")
-        wait_until(folder, PROJECT3_DONE, 3)
+        wait_for(folder, PROJECT3_DONE, 3)
         runner.send_signal(signal.SIGKILL)
         runner.communicate(timeout=30)
         checked = kiln(tmp_path, "projects", "check", "studio/nightly.json")
@@ -169,11 +154,11 @@ def test_a_killed_run_is_resumed_without_redoing_finished_projects(tmp_path: Pat
     assert checked.returncode == 1 and "project003" in checked.stdout  # project005 missing
     assert resumed.returncode == 1, resumed.stdout + resumed.stderr
     assert "resumed" in resumed.stdout and "4 succeeded, 1 failed of 5" in resumed.stdout
-    names = [name for (name,) in db_rows(folder, "SELECT name FROM batches ORDER BY id")]
+    names = [name for (name,) in query(folder, "SELECT name FROM batches ORDER BY id")]
     assert names == ["project001", "project002", "project003", "project004"]  # each once
-    per_task = db_rows(folder, "SELECT COUNT(*) FROM images GROUP BY task_id")
+    per_task = query(folder, "SELECT COUNT(*) FROM images GROUP BY task_id")
     assert len(per_task) == 39 and {n for (n,) in per_task} == {1}
-    assert db_rows(folder, "SELECT status FROM runs") == [("partial",)]
+    assert query(folder, "SELECT status FROM runs") == [("partial",)]
 
 
 def test_sample_writes_a_config_that_check_accepts(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ BATCH = "name: tick\ndefaults: {width: 64, height: 64}\ntasks:\n  - prompt: a cl
 
 def kiln(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*KILN, *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=120
+        [*KILN, *args], cwd=cwd, env=env(cwd), capture_output=True, text=True, timeout=120
     )
 
 

@@ -45,7 +45,7 @@ CLAIMED = re.compile(r"schedule (\d+): slot (\d+) claimed")
 
 def kiln(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*KILN, *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=60
+        [*KILN, *args], cwd=cwd, env=env(cwd), capture_output=True, text=True, timeout=60
     )
 
 
@@ -69,7 +69,7 @@ def serving(*folders: Path) -> Iterator[None]:
             port = free_port()
             command = [*KILN, "serve", "--port", str(port), "--log-level", "warning"]
             process = subprocess.Popen(
-                command, cwd=cwd, env=env(), stdout=out, stderr=subprocess.STDOUT
+                command, cwd=cwd, env=env(cwd), stdout=out, stderr=subprocess.STDOUT
             )
             stack.callback(stop, process, out_path)
             started.append((f"http://127.0.0.1:{port}", process, out_path))
@@ -134,9 +134,11 @@ def test_two_servers_on_one_database_run_each_slot_once(tmp_path: Path, postgres
 
 
 @pytest.mark.slow
-def test_a_server_stopped_across_two_due_times_runs_the_missed_slot_once(tmp_path: Path) -> None:
+def test_a_server_stopped_across_two_due_times_runs_the_missed_slot_once(
+    tmp_path: Path, suite_database: str
+) -> None:
     (tmp_path / "tick.yaml").write_text(BATCH)
-    url = f"sqlite:///{tmp_path / 'kiln.db'}"
+    url = suite_database
     folder = installation(tmp_path, "a", url)
     added = kiln(folder, "schedule", "add", "0 3 * * *", "../tick.yaml", "--timezone", "UTC")
     assert added.returncode == 0, added.stderr

@@ -88,7 +88,7 @@ async def test_four_processes_never_send_a_server_more_than_its_slots(
                 subprocess.Popen(
                     [*KILN, "resume", "--quiet", "--config", str(config)],
                     cwd=tmp_path,
-                    env=env(),
+                    env=env(tmp_path),
                     stdout=stack.enter_context(log.open("w")),
                     stderr=subprocess.STDOUT,
                 )

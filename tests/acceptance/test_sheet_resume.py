@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from sqlalchemy import select
 from test_cli import kiln, start, wait_for
 
+from pixelkiln.db.tables import images, tasks
 from pixelkiln.sheets import PLACEHOLDER, Cell, Layout, SheetPlan, layout
 from pixelkiln.testing import FakeSDWebUI
-from tests.sheet_sweeps import SWEEP, mark_sweep_file, plain_spec
+from tests.processes import query
+from tests.sheet_sweeps import SWEEP, mark_sweep_in, plain_spec
 
 #: the spec's own sweep: seeds across, so every cell differs
 REAL_SWEEP = {
@@ -44,15 +47,6 @@ concurrency = 2
     )
 
 
-def _db(folder: Path) -> Path:
-    return folder / "kiln-data" / "kiln.db"
-
-
-def _rows(folder: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(_db(folder)) as conn:
-        return conn.execute(sql).fetchall()
-
-
 def _geometry(sweep: dict[str, dict[str, list[Any]]], title: str) -> Layout:
     (x_name, xs), (y_name, ys) = next(iter(sweep["x"].items())), next(iter(sweep["y"].items()))
     empty = tuple(tuple(Cell() for _ in xs) for _ in ys)
@@ -74,14 +68,14 @@ def _check_sheet(folder: Path, sheet: Path, sweep: dict[str, dict[str, list[Any]
     assert all(_inked(image, box.header_box(c)) > 30 for c in range(3))
     assert all(_inked(image, box.label_box(r)) > 30 for r in range(3))
     (x_name, xs), (y_name, ys) = next(iter(sweep["x"].items())), next(iter(sweep["y"].items()))
-    found = _rows(
-        folder,
-        'SELECT t.axes, (SELECT path FROM images i WHERE i.task_id = t.id AND i."index" = 0) '
-        "FROM tasks t WHERE t.batch_id = 1",
+    first = (
+        select(images.c.path)
+        .where(images.c.task_id == tasks.c.id, images.c.index == 0)
+        .scalar_subquery()
     )
+    found = query(folder, select(tasks.c.axes, first).where(tasks.c.batch_id == 1))
     grey = 0
-    for axes_text, path in found:
-        axes = json.loads(axes_text)
+    for axes, path in found:
         if axes["z"]["model"] != z:
             continue
         r, c = ys.index(axes["y"][y_name]), xs.index(axes["x"][x_name])
@@ -118,7 +112,7 @@ def _sheets(folder: Path, out: str) -> list[Path]:
 def _resume_and_compare(
     straight: Path, halted: Path, webui: FakeSDWebUI, sweep: dict[str, dict[str, list[Any]]]
 ) -> None:
-    succeeded = _rows(halted, "SELECT n_succeeded FROM batches")[0][0]
+    succeeded = query(halted, "SELECT n_succeeded FROM batches")[0][0]
     assert 9 <= succeeded < 18
     partial = _sheets(halted, "partial")
     greys = [_check_sheet(halted, p, sweep, f"m{i}") for i, p in enumerate(partial, 1)]
@@ -136,24 +130,25 @@ def _resume_and_compare(
 
 
 def test_a_sweep_killed_half_way_and_resumed_draws_the_uninterrupted_sheets(
-    tmp_path: Path,
+    tmp_path: Path, own_database: Callable[[Path], None]
 ) -> None:
     """The sweep recorded on a plain batch (as a sweep expansion records it)."""
     straight, halted = tmp_path / "straight", tmp_path / "halted"
     with FakeSDWebUI(models=("m1", "m2")) as webui:
         for folder in (straight, halted):
             _config(folder, webui.url)
+            own_database(folder)
             (folder / "sweep.json").write_text(json.dumps(plain_spec(name="sweep")))
         done = kiln(straight, "run", "sweep.json", "--quiet")
         assert done.returncode == 0, done.stderr
         _kill_half_way(halted, webui, "sweep.json")
         for folder in (straight, halted):
-            mark_sweep_file(_db(folder), 1)
+            mark_sweep_in(folder, 1)
         _resume_and_compare(straight, halted, webui, SWEEP)
 
 
 def test_a_sweep_spec_killed_half_way_and_resumed_draws_the_uninterrupted_sheets(
-    tmp_path: Path,
+    tmp_path: Path, own_database: Callable[[Path], None]
 ) -> None:
     """The same, from a spec's own ``sweep:`` with explicit seeds."""
     spec = {
@@ -166,10 +161,11 @@ def test_a_sweep_spec_killed_half_way_and_resumed_draws_the_uninterrupted_sheets
     with FakeSDWebUI(models=("m1", "m2")) as webui:
         for folder in (straight, halted):
             _config(folder, webui.url)
+            own_database(folder)
             (folder / "sweep.json").write_text(json.dumps(spec))
         done = kiln(straight, "run", "sweep.json", "--quiet")
         assert done.returncode == 0, done.stderr
-        assert _rows(straight, "SELECT n_tasks FROM batches") == [(18,)]
+        assert query(straight, "SELECT n_tasks FROM batches") == [(18,)]
         _kill_half_way(halted, webui, "sweep.json")
         _resume_and_compare(straight, halted, webui, REAL_SWEEP)
 
@@ -182,7 +178,7 @@ def test_kiln_sheet_says_clearly_what_is_wrong(tmp_path: Path) -> None:
     assert plain.returncode == 2 and "batch 1 is not a sweep" in plain.stderr
     (tmp_path / "sweep.json").write_text(json.dumps(plain_spec(name="grid")))
     assert kiln(tmp_path, "run", "sweep.json", "--quiet").returncode == 0
-    mark_sweep_file(_db(tmp_path), 2)
+    mark_sweep_in(tmp_path, 2)
     unknown = kiln(tmp_path, "sheet", "grid", "--z", "m7")
     assert unknown.returncode == 2 and "its values: m1, m2" in unknown.stderr
     one_file = kiln(tmp_path, "sheet", "2", "--out", "all.png")

@@ -7,7 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
+from sqlalchemy import select
 from test_cli import REPO, kiln, query
+
+from pixelkiln.db.tables import batches, tasks
 
 
 def test_the_sweep_example_runs_and_records_its_axes(tmp_path: Path) -> None:
@@ -18,22 +21,23 @@ def test_the_sweep_example_runs_and_records_its_axes(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["totals"]["succeeded"] == report["totals"]["tasks"] == 72
 
-    (extra,) = query(tmp_path, "SELECT extra FROM batches")[0]
-    assert json.loads(str(extra))["sweep"] == {
+    (extra,) = query(tmp_path, select(batches.c.extra))[0]
+    assert extra["sweep"] == {
         "x": {"cfg_scale": [5, 7, 9]},
         "y": {"sampler": ["Euler a", "DPM++ 2M"]},
         "z": {"$mood": ["calm morning", "stormy night"]},
     }
-    rows = query(tmp_path, "SELECT key, prompt, axes, params FROM tasks ORDER BY position")
+    columns = select(tasks.c.key, tasks.c.prompt, tasks.c.axes, tasks.c.params)
+    rows = query(tmp_path, columns.order_by(tasks.c.position))
     key, prompt, axes, params = rows[4]
     assert key == "scene#1|cfg_scale=7|sampler=DPM++ 2M|$mood=calm morning"
     assert prompt == "a fox in a forest, ink drawing, calm morning"
-    assert json.loads(str(axes)) == {
+    assert axes == {
         "x": {"cfg_scale": 7},
         "y": {"sampler": "DPM++ 2M"},
         "z": {"$mood": "calm morning"},
     }
-    assert json.loads(str(params))["sampler"] == "DPM++ 2M"
+    assert params["sampler"] == "DPM++ 2M"
     assert len({row[0] for row in rows}) == 72
     assert {row[1] for row in rows if row[0].startswith("scene#6|")} == {
         f"a owl in a forest, watercolour painting, warm palette, {mood}"

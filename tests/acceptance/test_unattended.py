@@ -7,8 +7,8 @@ killed with SIGKILL, and a data folder on a small tmpfs.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,8 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
-from test_cli import _env, kiln, query, start, wait_for
+from sqlalchemy import select
+from test_cli import _env, kiln, start
 from test_serve import free_port, serving
+
+from pixelkiln.db.tables import events
+from tests.processes import database_of, query, wait_for
 
 #: quick probes of servers that are down, and retries of steps that fail
 SCHEDULER = """
@@ -121,16 +125,16 @@ def test_both_webui_servers_killed_the_run_ends_on_the_fallback(tmp_path: Path) 
     files = list((tmp_path / "kiln-data" / "images" / "1").glob("*.png"))
     per_task = query(tmp_path, "SELECT task_id, COUNT(*) FROM images GROUP BY task_id")
     assert len(files) == 60 and len(per_task) == 60 and {n for _, n in per_task} == {1}
-    successes = Counter(
-        json.loads(data)["item_key"]
-        for (data,) in query(tmp_path, "SELECT data FROM events WHERE type = 'progress'")
-    )
+    progress = select(events.c.data).where(events.c.type == "progress")
+    successes = Counter(data["item_key"] for (data,) in query(tmp_path, progress))
     assert len(successes) == 60 and set(successes.values()) == {1}  # each ended once
     backends = dict(query(tmp_path, "SELECT id, backend FROM tasks"))
     moved = {
         task_id
-        for task_id, data in query(tmp_path, "SELECT task_id, data FROM events WHERE type='info'")
-        if json.loads(data).get("fallback_from") == "a1111"
+        for task_id, data in query(
+            tmp_path, select(events.c.task_id, events.c.data).where(events.c.type == "info")
+        )
+        if data.get("fallback_from") == "a1111"
     }
     assert moved == {t for t, b in backends.items() if b == "placeholder"}
     assert 6 <= Counter(backends.values())["a1111"] < 60
@@ -174,8 +178,15 @@ def test_without_a_fallback_the_run_ends_at_the_deadline_and_retry_finishes(
     assert query(tmp_path, "SELECT status, n_succeeded FROM batches") == [("completed", 60)]
 
 
+#: room left for images on the small disk when the database is not on it
+ROOM = 256 * 1024
+
+
 @contextmanager
 def small_tmpfs(folder: Path) -> Iterator[Path]:
+    """A 2 MB disk mounted on ``folder``. On SQLite, the database (file and WAL) and the
+    images fill it; where the suite's database lives elsewhere (``KILN_TEST_DATABASE``), a
+    ballast file leaves the images :data:`ROOM` bytes, so they fill it as soon."""
     folder.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
@@ -185,6 +196,9 @@ def small_tmpfs(folder: Path) -> Iterator[Path]:
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or 'not permitted'}")
     try:
+        if not database_of(folder.parent, folder).startswith("sqlite"):
+            free = shutil.disk_usage(folder).free
+            (folder / "ballast").write_bytes(b"\0" * max(0, free - ROOM))
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
@@ -224,20 +238,18 @@ latency = 0.05
             final = _wait_finished(url, batch)
             assert final["status"] == "completed", final
             assert _wait_healthy_again(url)["scheduler"]["failing"] == []
-        db = data / "kiln.db"
         files = list((data / "images" / str(batch)).glob("*.png"))
-        rows = _sql(db, "SELECT COUNT(*) FROM images")[0][0]
+        rows = query(tmp_path, "SELECT COUNT(*) FROM images", data_dir=data)[0][0]
         assert rows == len(files) == 80
         for kind in ("progress", "image_generated"):
-            per_task = _sql(db, f"SELECT task_id, COUNT(*) FROM events WHERE type='{kind}' "
-                                "GROUP BY task_id")  # fmt: skip
+            per_task = query(
+                tmp_path,
+                "SELECT task_id, COUNT(*) FROM events WHERE type = :kind GROUP BY task_id",
+                {"kind": kind},
+                data_dir=data,
+            )
             expected = 1 if kind == "progress" else 2
             assert len(per_task) == 40 and {n for _, n in per_task} == {expected}, kind
-
-
-def _sql(db: Path, statement: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(statement).fetchall()
 
 
 def _wait_unhealthy(url: str) -> dict[str, Any]:

@@ -98,7 +98,7 @@ def write_spec(folder: Path, tasks: int, name: str = "night") -> Path:
 
 def kiln(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*KILN, *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=PATIENCE
+        [*KILN, *args], cwd=cwd, env=env(cwd), capture_output=True, text=True, timeout=PATIENCE
     )
 
 
@@ -299,8 +299,8 @@ def _logs(folder: Path) -> str:
 # -- bad input --------------------------------------------------------------------------------
 
 
-def test_submit_and_worker_refuse_bad_input_like_run(tmp_path: Path) -> None:
-    write_config(tmp_path, f"sqlite:///{tmp_path / 'kiln.db'}", "http://127.0.0.1:9")
+def test_submit_and_worker_refuse_bad_input_like_run(tmp_path: Path, suite_database: str) -> None:
+    write_config(tmp_path, suite_database, "http://127.0.0.1:9")
     spec = tmp_path / "bad.json"
     spec.write_text(json.dumps({"name": "bad", "tasks": [{"prompt": "x", "steps": -3}]}))
     submitted, ran = kiln(tmp_path, "submit", str(spec)), kiln(tmp_path, "run", str(spec))

@@ -32,6 +32,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
+from tests.conftest import folder_database
 from tests.processes import KILN, env, free_port, wait_healthy
 
 CHROMIUM = "/usr/bin/chromium"
@@ -99,7 +100,7 @@ class Server:
 
 def _kiln(cwd: Path, *args: str) -> str:
     done = subprocess.run(
-        [*KILN, *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=60
+        [*KILN, *args], cwd=cwd, env=env(cwd), capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
@@ -109,6 +110,11 @@ def _kiln(cwd: Path, *args: str) -> str:
 def serving(cwd: Path, config: str) -> Iterator[Server]:
     """`kiln serve` in ``cwd`` with ``config`` (auth and credits on, for its users), root
     (admin) and the USERS with their tokens; stopped at the end, with no traceback logged."""
+    with folder_database(cwd):  # the module's server outlives each test's database
+        yield from _serving(cwd, config)
+
+
+def _serving(cwd: Path, config: str) -> Iterator[Server]:
     (cwd / "kiln.toml").write_text(config)
     root_token = _kiln(cwd, "users", "add", "root", "--admin", "--credits", "5000")
     port = free_port()
@@ -118,7 +124,7 @@ def serving(cwd: Path, config: str) -> Iterator[Server]:
         subprocess.Popen(
             [*KILN, "serve", "--port", str(port), "--log-level", "warning"],
             cwd=cwd,
-            env=env(),
+            env=env(cwd),
             stdout=out,
             stderr=subprocess.STDOUT,
         ) as process,

@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect
 
 from pixelkiln.sheets import PLACEHOLDER
 from tests.browser.conftest import Browse, Server, axe
-from tests.sheet_sweeps import mark_sweep_file, plain_spec
+from tests.sheet_sweeps import mark_sweep_in, plain_spec
 
 CELL = 256 * 256  #: pixels of one cell (64 px images drawn into 256 px cells)
 LOADED = "img => img.complete && img.naturalWidth > 0"
@@ -37,7 +37,7 @@ def test_a_sweep_batch_shows_its_sheets_filling_in(
         assert made.status_code == 201, made.text
         batch_id = made.json()["id"]
         assert api.post(f"/batches/{batch_id}/pause").status_code == 200
-    mark_sweep_file(server.cwd / "kiln-data" / "kiln.db", batch_id)
+    mark_sweep_in(server.cwd, batch_id)
 
     page, _ = browse("alice")
     page.goto(f"/batches/{batch_id}")

@@ -38,7 +38,7 @@ from pixelkiln.db.tasks import TaskResult, complete_tasks
 from pixelkiln.resolve import resolve_tasks
 from pixelkiln.specs import parse_batch
 from pixelkiln.storage import StoredImage
-from tests.conftest import POSTGRES_ADMIN_URL
+from tests.conftest import POSTGRES_ADMIN_URL, database_params
 
 PROMPTS = [
     "a red Moth on a lamp",
@@ -56,13 +56,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mysql", marks=pytest.mark.mysql),
-    ]
-)
+@pytest.fixture(params=database_params())  # as database_url: one in a postgres/mysql pass
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """SQLite, a PostgreSQL database of its own (pg_trgm lives in one schema per
     database, and other tests' schemas in the shared ``test`` database may hold it), or

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    opened = Database.open(f"sqlite:///{tmp_path / 'kiln.db'}")
+def db(suite_database: str) -> Iterator[Database]:
+    opened = Database.open(suite_database)
     yield opened
     opened.close()
 

@@ -12,6 +12,8 @@ from pixelkiln.config import BackendSettings, ChannelSettings, Settings, load_se
 from pixelkiln.exceptions import ConfigError
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+# these tests read the configuration itself: not the suite's database variable
+pytestmark = pytest.mark.usefixtures("no_suite_database")
 
 
 def test_defaults_need_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
