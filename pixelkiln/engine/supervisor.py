@@ -28,7 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from pixelkiln import __version__
 from pixelkiln.exceptions import SchedulerStalledError
+from pixelkiln.wire.schemas import Health, SchedulerHealth
 
 log = logging.getLogger("pixelkiln.engine")
 
@@ -57,6 +59,22 @@ class HealthReport:
         """A scheduler that has stopped, or that made no progress for ``bound`` seconds
         while work waits, cannot go on: ``/healthz`` (the API's, a worker's) answers 503."""
         return self.state == "stopped" or (work_waiting and self.stalled(bound))
+
+
+def health_answer(report: HealthReport, *, unhealthy: bool, work_waiting: bool) -> Health:
+    """The ``/healthz`` body of a process with a scheduler (the API's, a worker's port)."""
+    return Health(
+        status="unhealthy" if unhealthy else "ok",
+        version=__version__,
+        scheduler=SchedulerHealth(
+            state=report.state,
+            stalled_seconds=report.stalled_seconds,
+            last_error=report.last_error,
+            failing=list(report.failing),
+            restarts=report.restarts,
+            work_waiting=work_waiting,
+        ),
+    )
 
 
 class Companion(Protocol):

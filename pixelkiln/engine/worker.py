@@ -37,7 +37,6 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from pixelkiln import __version__
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings
 from pixelkiln.db.batches import unfinished_batch_ids
@@ -45,9 +44,8 @@ from pixelkiln.db.database import Database
 from pixelkiln.engine.assembly import Engine
 from pixelkiln.engine.housekeeping import server_companions
 from pixelkiln.engine.scheduler import Scheduler, SchedulerStatus, Tally
-from pixelkiln.engine.supervisor import HealthReport
+from pixelkiln.engine.supervisor import HealthReport, health_answer
 from pixelkiln.exceptions import ConfigError, DatabaseError
-from pixelkiln.wire.schemas import Health, SchedulerHealth
 
 log = logging.getLogger("pixelkiln.worker")
 
@@ -292,18 +290,7 @@ class HealthPort:
     ) -> Answer:
         """The /healthz answer: 503 when ``bad``; ``reason`` says why where the scheduler's
         own state does not (the database down)."""
-        health = Health(
-            status="unhealthy" if bad else "ok",
-            version=__version__,
-            scheduler=SchedulerHealth(
-                state=report.state,
-                stalled_seconds=report.stalled_seconds,
-                last_error=report.last_error,
-                failing=list(report.failing),
-                restarts=report.restarts,
-                work_waiting=waiting,
-            ),
-        )
+        health = health_answer(report, unhealthy=bad, work_waiting=waiting)
         body = health.model_dump(mode="json")
         body["worker"] = {
             "owner": self.scheduler.owner,

@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, Self
 
 from PIL import Image
 
@@ -57,6 +57,25 @@ class StoredInfo:
 class StoredFileChanged(StorageError):
     """The file is no longer the version asked for (``Storage.open(..., if_match=etag)``):
     it was written again since its ``stat``. Stat it again and start over."""
+
+
+class Closing:
+    """``with`` support for a stream: ``__exit__`` calls its ``close()``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> None:
+        self.close()
 
 
 class Stream(Protocol):

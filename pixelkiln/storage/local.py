@@ -16,11 +16,11 @@ import threading
 import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from types import TracebackType
 
 from PIL import Image
 
 from pixelkiln.storage.base import (
+    Closing,
     Storage,
     StoredFileChanged,
     StoredInfo,
@@ -204,7 +204,7 @@ class LocalStorage(Storage):
         """A folder holds no connections."""
 
 
-class _Bounded:
+class _Bounded(Closing):
     """A file read up to ``length`` bytes (a Range of it); closes the file with itself."""
 
     def __init__(self, file: Stream, length: int) -> None:
@@ -221,18 +221,6 @@ class _Bounded:
 
     def close(self) -> None:
         self._file.close()
-
-    def __enter__(self) -> _Bounded:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-        /,
-    ) -> None:
-        self.close()
 
 
 def _info(relative: str, found: os.stat_result) -> StoredInfo:

@@ -24,7 +24,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Collection, Iterator
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -39,6 +38,7 @@ from botocore.exceptions import (
 
 from pixelkiln.exceptions import ConfigError, StorageError
 from pixelkiln.storage.base import (
+    Closing,
     Storage,
     StoredFileChanged,
     StoredInfo,
@@ -266,7 +266,7 @@ class S3Storage(Storage):
         self._client.close()
 
 
-class _Body:
+class _Body(Closing):
     """An object's body as a :class:`~pixelkiln.storage.base.Stream`; errors translated."""
 
     def __init__(self, body: Any, key: str) -> None:
@@ -283,18 +283,6 @@ class _Body:
     def close(self) -> None:
         if self._body is not None:
             self._body.close()
-
-    def __enter__(self) -> _Body:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-        /,
-    ) -> None:
-        self.close()
 
 
 @contextlib.contextmanager

@@ -11,8 +11,9 @@ from pixelkiln.api.deps import AdminDep, CallerDep, CtxDep
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.backends.base import accepts_user_keys
 from pixelkiln.db.batches import unfinished_batch_ids
+from pixelkiln.engine.supervisor import health_answer
 from pixelkiln.service import pricing_for
-from pixelkiln.wire.schemas import BackendPublic, Health, SchedulerHealth
+from pixelkiln.wire.schemas import BackendPublic, Health
 
 health = APIRouter(tags=["system"])
 protected = APIRouter(tags=["system"])
@@ -37,18 +38,7 @@ async def healthz(ctx: CtxDep, response: Response) -> Health:
     unhealthy = report.unhealthy(bound, waiting)  # stuck only while work waits
     if unhealthy:
         response.status_code = 503
-    return Health(
-        status="unhealthy" if unhealthy else "ok",
-        version=__version__,
-        scheduler=SchedulerHealth(
-            state=report.state,
-            stalled_seconds=report.stalled_seconds,
-            last_error=report.last_error,
-            failing=list(report.failing),
-            restarts=report.restarts,
-            work_waiting=waiting,
-        ),
-    )
+    return health_answer(report, unhealthy=unhealthy, work_waiting=waiting)
 
 
 @protected.get(
