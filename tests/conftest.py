@@ -190,15 +190,19 @@ def anyio_backend() -> str:
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings for a test: its own data folder, quick retries and polling."""
+    """Settings for a test: its own data folder, quick retries and polling. A
+    ``database_url`` the test names wins over ``KILN_TEST_DATABASE``'s variable (which,
+    as any environment variable, wins over what is passed in): a test that puts its
+    database behind a proxy gets the proxy."""
     scheduler = {"retry_base_delay": 0.01, "retry_max_delay": 0.05, "poll_interval": 0.05}
     scheduler.update(overrides.pop("scheduler", {}))
-    return load_settings(
-        None,
-        storage={"data_dir": str(data_dir), **overrides.pop("storage", {})},
-        scheduler=scheduler,
-        **overrides,
-    )
+    storage = {"data_dir": str(data_dir), **overrides.pop("storage", {})}
+    settings = load_settings(None, storage=storage, scheduler=scheduler, **overrides)
+    named = storage.get("database_url")
+    if named is None or settings.storage.database_url == named:
+        return settings
+    chosen = settings.storage.model_copy(update={"database_url": named})
+    return settings.model_copy(update={"storage": chosen})
 
 
 @pytest.fixture
