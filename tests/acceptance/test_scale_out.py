@@ -242,18 +242,24 @@ def test_a_two_slot_server_never_sees_more_than_two_generations(deployment: Depl
         with d.client("alice") as alice:
             batch = alice.create_batch(_spec("slots", tasks))
 
-            def started_per_worker() -> list[int]:
+            def held_per_worker() -> list[int]:
                 found = d.sql(
-                    "SELECT lease_owner FROM tasks WHERE batch_id = :b AND status = 'running'"
-                    " AND started_at IS NOT NULL",
+                    "SELECT lease_owner FROM tasks WHERE batch_id = :b AND status = 'running'",
                     b=batch.id,
                 )
                 return sorted(Counter(_pid(o) for (o,) in found).values())
 
-            # each worker started its 2 (its own concurrency): 8 requests want the 2 slots
-            until(lambda: started_per_worker() == [PER_WORKER] * WORKERS, "8 tasks started")
+            # each worker holds tasks and wants to send 2 (its own concurrency): 8 requests
+            # want the 2 slots
+            until(
+                lambda: [n >= PER_WORKER for n in held_per_worker()] == [True] * WORKERS,
+                "each worker to hold its 2 tasks",
+            )
             until(lambda: webui.held == SLOTS, "the server's two slots in use")
             assert (webui.in_flight, webui.peak_in_flight) == (SLOTS, SLOTS)
+            # only the 2 sent have started (spent an attempt): the others wait untried
+            sent = "SELECT COUNT(*) FROM tasks WHERE batch_id = :b AND started_at IS NOT NULL"
+            assert d.sql(sent, b=batch.id) == [(SLOTS,)]
             webui.release()
             until(lambda: _ended(alice, batch.id), "the batch to end")
             assert alice.get_batch(batch.id).status == BatchStatus.COMPLETED
