@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from pixelkiln.db.tables import tasks
 from pixelkiln.inputs.headers import COLUMN_NAMES
-from tests.acceptance.test_cli import kiln, query
+from tests.acceptance.test_cli import kiln
+from tests.processes import query
 from tests.sheets import sheet_rows
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "storyboard.yaml"
