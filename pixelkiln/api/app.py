@@ -74,7 +74,7 @@ def create_app(
             try:
                 yield
             finally:
-                if ctx.runner is not None and drain_seconds > 0:
+                if ctx.runner is not None and drain_seconds > 0 and not ctx.runner.hurried:
                     log.info(
                         "stopping: claiming nothing more; running tasks have %g s to finish, "
                         "then they go back to the queue untried",

@@ -53,6 +53,7 @@ class SchedulerThread:
         self._scheduler: Scheduler | None = None
         self._started = threading.Event()
         self._stopping = False
+        self.hurried = False  #: a second stop signal came: nothing waits for running tasks
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="kiln-scheduler", daemon=True)
 
@@ -84,7 +85,7 @@ class SchedulerThread:
 
     def hurry(self) -> None:
         """A second stop signal during :meth:`drain`: give back what still runs, now."""
-        self._stopping = True
+        self._stopping = self.hurried = True
         self._call(lambda s: s.stop())
 
     def stop_within(self, seconds: float) -> bool:
