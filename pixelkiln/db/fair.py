@@ -59,6 +59,7 @@ class Contender:
     priority: int  #: higher is served first, whatever the shares
     place: float  #: ``coalesce(queue_rank, id)``: the earlier place wins a tie
     share: float  #: its owner's weight (``users.share``; 1 for "local" or a deleted user)
+    pending: int = 0  #: its tasks waiting to be claimed (``n_pending``) as the claim began
 
     @property
     def id(self) -> int:
@@ -71,6 +72,7 @@ _COLUMNS = (
     batches.c.priority,
     cast(func.coalesce(batches.c.queue_rank, batches.c.id), Float),
     func.coalesce(users.c.share, 1.0),
+    batches.c.n_pending,
 )
 _SOURCE = batches.outerjoin(users, users.c.id == batches.c.owner_id)
 _CONTENDERS = runnable_statement(False, _COLUMNS, _SOURCE)
@@ -91,7 +93,9 @@ def contenders(conn: Connection, now: float, only: Iterable[int] | None = None) 
     else:
         rows = conn.execute(_CONTENDERS_ONLY, {"r_now": now, "r_only": list(only)})
     return [
-        Contender(BatchLimits(*row[:5]), row[5], int(row[6]), float(row[7]), float(row[8]))
+        Contender(
+            BatchLimits(*row[:5]), row[5], int(row[6]), float(row[7]), float(row[8]), int(row[9])
+        )
         for row in rows
     ]
 
