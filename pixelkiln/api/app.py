@@ -25,6 +25,8 @@ from pixelkiln.api.compat import compat_routers
 from pixelkiln.api.deps import ApiContext, get_caller
 from pixelkiln.api.errors import BodyLimit, install_error_handlers
 from pixelkiln.api.hosts import LocalHostsOnly
+from pixelkiln.api.openapi import complete_schema
+from pixelkiln.api.plain_text import refuse_control_text
 from pixelkiln.api.routes import (
     admin,
     assets,
@@ -88,6 +90,7 @@ def create_app(
 
     open_docs = not settings.auth.enabled  # with auth on, the schema needs a token too
     app = FastAPI(
+        dependencies=[Depends(refuse_control_text)],  # every route, page and drop-in API
         title="pixelkiln",
         version=__version__,
         summary="Batch image generation: queue thousands of prompts, come back to images.",
@@ -131,6 +134,10 @@ def create_app(
         app.include_router(router, dependencies=secured)
     mount_web(app)  # the browser UI: pages over the routes above, and their static files
     app.add_middleware(SecurityHeaders)
+    token_free = [("", system.health), ("/api/v1", session.router)]
+    app.openapi = lambda: complete_schema(  # type: ignore[method-assign]
+        app, token_free, tokens=settings.auth.enabled
+    )
     if not settings.auth.enabled:  # nobody signs in: only this machine may ask (DNS rebinding)
         app.add_middleware(LocalHostsOnly, allowed=settings.auth.allowed_origins)
     return app

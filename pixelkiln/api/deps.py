@@ -28,6 +28,7 @@ from pixelkiln.service.links import link_is_valid
 from pixelkiln.service.sessions import COOKIE
 from pixelkiln.storage import Storage
 from pixelkiln.wire.schemas import Id, Offset
+from pixelkiln.wire.text import PATTERN as TEXT_PATTERN
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -39,9 +40,9 @@ OffsetQuery = Annotated[Offset, Query(description="Items to skip.")]
 
 
 def search_text(description: str) -> Any:
-    """A search's ``q``: up to 200 characters, no NUL (no database can match one, and
-    SQLite's index would read it as the end of the text)."""
-    return Query(max_length=200, pattern=r"^[^\x00]*$", description=description)
+    """A search's ``q``: up to 200 characters, no control character (pixelkiln.wire.text;
+    no database can match a NUL, and SQLite's index would read it as the end of the text)."""
+    return Query(max_length=200, pattern=TEXT_PATTERN, description=description)
 
 
 READ_THREADS = 4  #: threads for the API's reads and file work

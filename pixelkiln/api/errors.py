@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pixelkiln.db.credits import BalanceLimitError, InsufficientCreditsError
@@ -156,14 +157,36 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", message, first["field"] or None, problems)
 
 
-async def _http(_: Request, exc: Exception) -> JSONResponse:
+async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if isinstance(exc, ApiError):
         return error_response(
             exc.status_code, exc.code, exc.message, exc.field, exc.problems, exc.headers
         )
     code = _CODES.get(exc.status_code, "error")
-    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}
+        message = f"{request.method} is not allowed here; allowed: {headers['Allow']}"
+        return error_response(405, code, message, headers=headers)
+    return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+
+
+#: the methods a 405's ``Allow`` may name, in the order it names them
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed(request: Request) -> list[str]:
+    """Every method some route takes at this path (Starlette's own 405 names only those of
+    the first route whose path matched, and a path often has a route per method)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
 
 
 async def _kiln(_: Request, exc: Exception) -> JSONResponse:

@@ -59,7 +59,13 @@ VERSION_TRIES = 3
 
 
 def _thumb_size(
-    size: Annotated[int, Query(description=f"Longest side: one of {THUMB_SIZES}.")] = 256,
+    size: Annotated[
+        int,
+        Query(
+            description=f"Longest side: one of {THUMB_SIZES}.",
+            json_schema_extra={"enum": list(THUMB_SIZES)},
+        ),
+    ] = 256,
 ) -> int:
     if size not in THUMB_SIZES:
         raise ApiError(422, "invalid_request", f"size must be one of {THUMB_SIZES}", field="size")

@@ -10,10 +10,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    Strict,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from pixelkiln.models import MAX_ID, BatchStatus, EventType, TaskStatus
-from pixelkiln.problems import NUL_MESSAGE, json_path, nul_paths
+from pixelkiln.problems import json_path
+from pixelkiln.wire.text import bad_text
 
 if TYPE_CHECKING:  # named here too; loaded on first use (see __getattr__ at the end)
     from pixelkiln.wire.web import AssetFromImage as AssetFromImage
@@ -50,15 +60,17 @@ class _Public(BaseModel):
 
 
 class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # strict: a JSON body's types are the schema's (no "5" or true for 5, no 0 for false)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nul(cls, data: Any) -> Any:
-        """Text with a NUL reaches no database (PostgreSQL refuses it): name where it is."""
-        found = nul_paths(data, limit=1)
-        if found:
-            raise ValueError(f"{json_path(found[0]) or 'the body'} {NUL_MESSAGE}")
+    def _no_control(cls, data: Any) -> Any:
+        """Text with a NUL or another control character (pixelkiln.wire.text) reaches no
+        database (PostgreSQL refuses a NUL): name where it is."""
+        found = bad_text(data)
+        if found is not None:
+            raise ValueError(f"{json_path(found[0]) or 'the body'} {found[1]}")
         return data
 
 
@@ -196,13 +208,15 @@ TaskKey = Annotated[str, Field(min_length=1, max_length=200)]
 class RegenerateRequest(_Input):
     """Finished tasks to run again, succeeded ones included: by ``keys`` or by ``task_ids``."""
 
-    # an item's id may be a number (``{"id": 3}``): its key is the text "3"
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
+    # an item's id may be a number (``{"id": 3}``): its key is the text "3" (lax for that)
+    model_config = ConfigDict(
+        extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True, strict=False
+    )
 
     keys: list[TaskKey] | None = Field(None, min_length=1, max_length=10_000)
-    task_ids: list[Id] | None = Field(None, min_length=1, max_length=10_000)
+    task_ids: list[Annotated[Id, Strict()]] | None = Field(None, min_length=1, max_length=10_000)
     #: delete the earlier images once the new ones are recorded (default: keep them as history)
-    replace: bool = False
+    replace: StrictBool = False
 
     @model_validator(mode="after")
     def _one_way(self) -> RegenerateRequest:

@@ -56,13 +56,16 @@ async def list_uploads(ctx: CtxDep, caller: CallerDep, page: PageDep) -> Page[As
     )
 
 
-@router.get("/{asset_id}", responses=ERRORS, summary="One uploaded image's record")
+@router.get("/{asset_id:int}", responses=ERRORS, summary="One uploaded image's record")
 async def one(asset_id: IdPath, ctx: CtxDep, caller: CallerDep) -> AssetPublic:
     return asset_public(await ctx.read(get_asset, asset_id, caller.scope))
 
 
 @router.get(
-    "/{asset_id}/file", responses=ERRORS, response_class=FileResponse, summary="An uploaded image"
+    "/{asset_id:int}/file",
+    responses=ERRORS,
+    response_class=FileResponse,
+    summary="An uploaded image",
 )
 async def file(asset_id: IdPath, ctx: CtxDep, caller: CallerDep) -> Response:
     asset = await ctx.read(get_asset, asset_id, caller.scope)
@@ -70,7 +73,7 @@ async def file(asset_id: IdPath, ctx: CtxDep, caller: CallerDep) -> Response:
 
 
 @router.get(
-    "/{asset_id}/thumbnail",
+    "/{asset_id:int}/thumbnail",
     responses=ERRORS,
     response_class=FileResponse,
     summary="A WebP thumbnail of an uploaded image, made on first request and cached",

@@ -267,7 +267,7 @@ async def active_batches(ctx: CtxDep, caller: CallerDep) -> ActiveCount:
     return ActiveCount(active=await ctx.read(count_active, caller.mine))
 
 
-@router.get("/{batch_id}", responses=ERRORS, summary="One batch with a page of its tasks")
+@router.get("/{batch_id:int}", responses=ERRORS, summary="One batch with a page of its tasks")
 async def get_one(
     batch_id: IdPath,
     ctx: CtxDep,
@@ -281,13 +281,13 @@ async def get_one(
     return batch_detail(await service.batch_page(ctx.service, caller, batch_id, page))
 
 
-@router.post("/{batch_id}/cancel", responses=ERRORS, summary="Cancel a batch")
+@router.post("/{batch_id:int}/cancel", responses=ERRORS, summary="Cancel a batch")
 async def cancel(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
     """Pending tasks stop at once (refunded), running ones at their next lease check."""
     return batch_public(await service.cancel(ctx.service, caller, batch_id))
 
 
-@router.post("/{batch_id}/retry", responses=ERRORS, summary="Retry failed tasks")
+@router.post("/{batch_id:int}/retry", responses=ERRORS, summary="Retry failed tasks")
 async def retry(
     batch_id: IdPath, ctx: CtxDep, caller: CallerDep, body: RetryRequest | None = None
 ) -> RetryResult:
@@ -305,7 +305,7 @@ async def retry(
 
 
 @router.post(
-    "/{batch_id}/regenerate", responses=ERRORS, summary="Run chosen tasks again, succeeded too"
+    "/{batch_id:int}/regenerate", responses=ERRORS, summary="Run chosen tasks again, succeeded too"
 )
 async def regenerate(
     batch_id: IdPath, body: RegenerateRequest, ctx: CtxDep, caller: CallerDep
@@ -328,17 +328,17 @@ async def regenerate(
     return RegenerateResult(regenerated=count, batch=batch_public(batch))
 
 
-@router.post("/{batch_id}/pause", responses=ERRORS, summary="Pause a batch")
+@router.post("/{batch_id:int}/pause", responses=ERRORS, summary="Pause a batch")
 async def pause(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
     return batch_public(await service.pause(ctx.service, caller, batch_id))
 
 
-@router.post("/{batch_id}/resume", responses=ERRORS, summary="Resume a paused batch")
+@router.post("/{batch_id:int}/resume", responses=ERRORS, summary="Resume a paused batch")
 async def resume(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> BatchPublic:
     return batch_public(await service.resume(ctx.service, caller, batch_id))
 
 
-@router.delete("/{batch_id}", status_code=204, responses=ERRORS, summary="Delete a batch")
+@router.delete("/{batch_id:int}", status_code=204, responses=ERRORS, summary="Delete a batch")
 async def delete(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> Response:
     """A finished batch with its tasks, events and image files; 409 while it runs."""
     await service.delete(ctx.service, caller, batch_id)
@@ -346,7 +346,7 @@ async def delete(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> Response:
 
 
 @router.get(
-    "/{batch_id}/images.zip",
+    "/{batch_id:int}/images.zip",
     responses=ERRORS | {200: {"content": {"application/zip": {}}}},
     response_class=StreamingResponse,
     summary="Every image of a batch as a ZIP",

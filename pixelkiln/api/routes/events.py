@@ -51,7 +51,7 @@ def _after(header: str | None, query: int | None) -> int | None:
 
 
 @router.get(
-    "/batches/{batch_id}/events",
+    "/batches/{batch_id:int}/events",
     responses=ERRORS | SSE_RESPONSE,
     response_class=StreamingResponse,
     summary="A batch's events, live (SSE)",
@@ -125,7 +125,7 @@ def _still_allowed(request: Request, ctx: ApiContext, caller: Caller) -> StillAl
     return check
 
 
-@router.get("/batches/{batch_id}/log", responses=ERRORS, summary="A batch's events as JSON")
+@router.get("/batches/{batch_id:int}/log", responses=ERRORS, summary="A batch's events as JSON")
 async def batch_log(
     batch_id: IdPath,
     ctx: CtxDep,

@@ -44,7 +44,7 @@ def _download(data: bytes, media_type: str, filename: str) -> Response:
 
 
 @router.get(
-    "/batches/{batch_id}/export.{kind}",
+    "/batches/{batch_id:int}/export.{kind}",
     responses=ERRORS | {200: {"content": {XLSX: {}, "text/csv": {}}}},
     response_class=Response,
     summary="A batch as a spreadsheet (one row per task, with results)",

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
+from pydantic import BeforeValidator
 from sqlalchemy import Connection
 
 from pixelkiln import service
@@ -68,6 +69,21 @@ _COUNT = (
 )
 
 
+def _not_a_number(value: object) -> object:
+    """A date and time is written out: a bare number (an epoch?) is refused, not guessed."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError(f"{value!r} is a number; give a date and time ({_WHEN})")
+    return value
+
+
+#: a time in a query: ISO 8601 only (pydantic alone would read a number as epoch seconds)
+When = Annotated[datetime, BeforeValidator(_not_a_number)]
+
+
 def _epoch(when: datetime | None) -> float | None:
     """Seconds since 1970. A naive time is UTC, not the server's local time: converting
     through local time fails for year 1 (and means nothing to a client elsewhere)."""
@@ -88,8 +104,8 @@ async def search(
     backend: Annotated[
         str | None, Query(max_length=100, description="The backend that made the image.")
     ] = None,
-    since: Annotated[datetime | None, Query(description=f"Created at or after ({_WHEN}).")] = None,
-    until: Annotated[datetime | None, Query(description=f"Created before ({_WHEN}).")] = None,
+    since: Annotated[When | None, Query(description=f"Created at or after ({_WHEN}).")] = None,
+    until: Annotated[When | None, Query(description=f"Created before ({_WHEN}).")] = None,
     before: Annotated[Id | None, Query(description="Cursor: ids below this.")] = None,
     count: Annotated[bool, Query(description=_COUNT)] = True,
     history: Annotated[
@@ -119,13 +135,13 @@ async def search(
     return Page[ImageDetail](items=items, next_cursor=cursor, **fields)
 
 
-@router.get("/{image_id}", responses=ERRORS, summary="An image's metadata")
+@router.get("/{image_id:int}", responses=ERRORS, summary="An image's metadata")
 async def metadata(image_id: IdPath, ctx: CtxDep, caller: CallerDep) -> ImageDetail:
     return image_detail(await ctx.read(get_image, image_id, caller.scope))
 
 
 @files.get(
-    "/{image_id}/file", responses=ERRORS, response_class=FileResponse, summary="The PNG file"
+    "/{image_id:int}/file", responses=ERRORS, response_class=FileResponse, summary="The PNG file"
 )
 async def file(image_id: IdPath, ctx: CtxDep, scope: ImageScopeDep) -> Response:
     """With auth on: a bearer token, or a signed link's ``exp`` and ``sig``."""
@@ -137,7 +153,7 @@ async def file(image_id: IdPath, ctx: CtxDep, scope: ImageScopeDep) -> Response:
 
 
 @files.get(
-    "/{image_id}/thumbnail",
+    "/{image_id:int}/thumbnail",
     responses=ERRORS,
     response_class=FileResponse,
     summary="A WebP thumbnail, made on first request and cached",
@@ -152,7 +168,7 @@ async def thumbnail(
 
 
 @files.get(
-    "/{image_id}/inputs/{n}",
+    "/{image_id:int}/inputs/{n:int}",
     responses=ERRORS,
     response_class=FileResponse,
     summary="An input image of the task that made this image",
@@ -166,7 +182,7 @@ async def task_input(image_id: IdPath, n: int, ctx: CtxDep, scope: ImageScopeDep
     return stored_file(ctx.storage, paths[n])
 
 
-@router.delete("/{image_id}", status_code=204, responses=ERRORS, summary="Delete an image")
+@router.delete("/{image_id:int}", status_code=204, responses=ERRORS, summary="Delete an image")
 async def delete(image_id: IdPath, ctx: CtxDep, caller: CallerDep) -> Response:
     info = await ctx.write(delete_image, image_id, caller.scope)
     await ctx.run(remove_image_files, ctx.storage, info.image)
@@ -174,7 +190,7 @@ async def delete(image_id: IdPath, ctx: CtxDep, caller: CallerDep) -> Response:
 
 
 @router.post(
-    "/{image_id}/edit",
+    "/{image_id:int}/edit",
     status_code=201,
     responses=ERRORS,
     summary="Re-prompt an image: a new img2img batch from it",

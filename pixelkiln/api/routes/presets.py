@@ -35,7 +35,7 @@ async def list_all(
     return [preset_public(p) for p in found]
 
 
-@router.get("/{preset_id}", responses=ERRORS, summary="One preset")
+@router.get("/{preset_id:int}", responses=ERRORS, summary="One preset")
 async def get_one(preset_id: IdPath, ctx: CtxDep, caller: CallerDep) -> PresetPublic:
     return preset_public(await service.get_preset(ctx.service, caller, preset_id))
 
@@ -45,7 +45,7 @@ async def create(body: PresetCreate, ctx: CtxDep, caller: AdminDep) -> PresetPub
     return preset_public(await service.create_preset(ctx.service, caller, _fields(body)))
 
 
-@router.patch("/{preset_id}", responses=ERRORS, summary="Change a preset (admin)")
+@router.patch("/{preset_id:int}", responses=ERRORS, summary="Change a preset (admin)")
 async def change(
     preset_id: IdPath, body: PresetUpdate, ctx: CtxDep, caller: AdminDep
 ) -> PresetPublic:
@@ -53,7 +53,9 @@ async def change(
     return preset_public(changed)
 
 
-@router.delete("/{preset_id}", status_code=204, responses=ERRORS, summary="Delete a preset (admin)")
+@router.delete(
+    "/{preset_id:int}", status_code=204, responses=ERRORS, summary="Delete a preset (admin)"
+)
 async def remove(preset_id: IdPath, ctx: CtxDep, caller: AdminDep) -> Response:
     await service.delete_preset(ctx.service, caller, preset_id)
     return Response(status_code=204)

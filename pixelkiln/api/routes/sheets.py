@@ -56,7 +56,9 @@ def _url(batch_id: int, ref: service.SheetRef) -> str:
     return f"/api/v1/batches/{batch_id}/sheet.png{tail}"
 
 
-@router.get("/{batch_id}/sheets", responses=ERRORS, summary="The contact sheets of a sweep batch")
+@router.get(
+    "/{batch_id:int}/sheets", responses=ERRORS, summary="The contact sheets of a sweep batch"
+)
 async def sheets(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> SheetList:
     """One sheet per z value (and per group when several tasks share each cell); an empty
     list for a batch that is not a sweep; 409 for a sweep too large to draw."""
@@ -77,7 +79,7 @@ async def sheets(batch_id: IdPath, ctx: CtxDep, caller: CallerDep) -> SheetList:
 
 
 @router.get(
-    "/{batch_id}/sheet.png",
+    "/{batch_id:int}/sheet.png",
     response_class=Response,
     responses=ERRORS
     | {200: {"content": {PNG: {}}, "description": "The sheet, drawn from the results so far."}},

@@ -39,7 +39,7 @@ def _owned_task(
     return task, images_of_tasks(conn, [task.id], history)[task.id]
 
 
-@router.get("/{task_id}", responses=ERRORS, summary="One task with its images")
+@router.get("/{task_id:int}", responses=ERRORS, summary="One task with its images")
 async def get_one(
     task_id: IdPath,
     ctx: CtxDep,
@@ -62,7 +62,7 @@ def _references(conn: Connection, task_id: int, scope: int | None) -> list[Asset
 
 
 @router.get(
-    "/{task_id}/references", responses=ERRORS, summary="A task's reference images, as uploads"
+    "/{task_id:int}/references", responses=ERRORS, summary="A task's reference images, as uploads"
 )
 async def references(task_id: IdPath, ctx: CtxDep, caller: CallerDep) -> list[AssetPublic]:
     """Each as ``asset:<id>`` to use again (the web UI's "send to Generate" fills its form
@@ -71,7 +71,7 @@ async def references(task_id: IdPath, ctx: CtxDep, caller: CallerDep) -> list[As
     return [asset_public(a) for a in found]
 
 
-@router.post("/{task_id}/retry", responses=ERRORS, summary="Retry one failed or cancelled task")
+@router.post("/{task_id:int}/retry", responses=ERRORS, summary="Retry one failed or cancelled task")
 async def retry(task_id: IdPath, ctx: CtxDep, caller: CallerDep) -> RetryResult:
     task, _ = await ctx.read(_owned_task, task_id, caller.scope)
     count = await service.retry(

@@ -134,7 +134,7 @@ async def users_add(body: UserCreate, ctx: CtxDep, _: AdminDep) -> UserCreated:
 
 
 @admin.patch(
-    "/{user_id}",
+    "/{user_id:int}",
     responses=ERRORS,
     summary="Enable or disable a user, or change their fair-share weight",
 )
@@ -154,7 +154,7 @@ def _update_user(tx: Tx, user_id: int, body: UserUpdate) -> User:
 
 
 @admin.post(
-    "/{user_id}/tokens",
+    "/{user_id:int}/tokens",
     status_code=201,
     responses=ERRORS,
     summary="Issue another token for a user (shown once)",
@@ -173,7 +173,7 @@ async def users_token(
 
 
 @admin.delete(
-    "/{user_id}/tokens",
+    "/{user_id:int}/tokens",
     status_code=204,
     responses=ERRORS,
     summary="Revoke every token of a user (a leaked one, say); issue a new one after",
@@ -183,7 +183,7 @@ async def users_revoke(user_id: IdPath, ctx: CtxDep, _: AdminDep) -> Response:
     return Response(status_code=204)
 
 
-@admin.post("/{user_id}/credits", responses=ERRORS, summary="Grant (or take back) credits")
+@admin.post("/{user_id:int}/credits", responses=ERRORS, summary="Grant (or take back) credits")
 async def users_grant(
     user_id: IdPath, body: GrantRequest, ctx: CtxDep, _: AdminDep
 ) -> CreditsPublic:

@@ -13,7 +13,7 @@ router = APIRouter(tags=["webhooks"])
 
 
 @router.get(
-    "/batches/{batch_id}/webhooks",
+    "/batches/{batch_id:int}/webhooks",
     responses=ERRORS,
     summary="A batch's webhook deliveries (one per time it ended)",
 )

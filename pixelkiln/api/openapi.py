@@ -1,0 +1,174 @@
+"""The OpenAPI schema as the server really answers: what FastAPI derives, plus what every
+route shares and no route spells out.
+
+FastAPI documents what a route declares. Some answers come from the app around the
+routes, the same for each of them, and are added here once:
+
+- the bearer token (``securitySchemes``), on every operation that takes one;
+- errors any route may answer: 401, 403 and 429 (a token, its rights, failed tokens
+  from one address), 404, 422 (bad values, control characters: pixelkiln.api.plain_text),
+  503 (the database or storage unreachable), and 400/413 where a body is sent (not
+  parseable, too large), each in the error shape of its API (ours, or a drop-in's);
+- the text rule of :mod:`pixelkiln.wire.text` as a ``pattern`` on every string, so
+  that a client (or a fuzzer) knows that a control character is refused.
+
+>>> app.openapi = lambda: complete_schema(app, [('', health)], tokens=True)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+
+from pixelkiln.wire.text import PATTERN
+
+BEARER = "bearer"
+#: what each shared status means, as its description
+SHARED = {
+    400: "The body cannot be parsed (not JSON, a broken form)",
+    401: "No token, or a token that is not valid",
+    403: "The token may not do this (an admin's route; another origin's cookie)",
+    404: "No such object, or not yours",
+    413: "The body is larger than the server takes",
+    422: "A value is not valid (the field is named), or text holds a control character",
+    429: "Too many failed tokens from this address: wait Retry-After seconds",
+    503: "The database or the image storage cannot be reached now: retry",
+}
+#: a drop-in API's path prefix → its error body's component (pixelkiln.api.compat)
+ENVELOPES = {
+    "/api/slide/": "SlideError",
+    "/api/batch/": "ServiceError",
+    "/api/admin/": "ServiceError",
+}
+_ENVELOPE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "SlideError": {
+        "type": "object",
+        "required": ["detail"],
+        "properties": {
+            "detail": {"type": "string"},
+            "code": {"type": ["string", "null"]},
+            "problems": {"type": "array", "items": {"$ref": "#/components/schemas/Problem"}},
+        },
+    },
+    "ServiceError": {
+        "type": "object",
+        "required": ["success", "error", "message", "code"],
+        "properties": {
+            "success": {"type": "boolean", "const": False},
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "code": {"type": "string"},
+            "field": {"type": "string"},
+            "problems": {"type": "array", "items": {"$ref": "#/components/schemas/Problem"}},
+        },
+    },
+}
+_METHODS = ("get", "put", "post", "delete", "patch", "options", "head")
+
+
+def complete_schema(
+    app: FastAPI, open_routers: Sequence[tuple[str, APIRouter]], *, tokens: bool
+) -> dict[str, Any]:
+    """``app``'s schema with the shared answers, the token and the text rule added (once;
+    cached in ``app.openapi_schema`` as FastAPI's own). ``open_routers``: the routers
+    (with the prefix each is included at) whose routes take no token (/healthz, signing
+    in); ``tokens``: whether the others need one (``[auth] enabled``)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+    )
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.setdefault("Problem", _problem_schema(schemas))
+    schemas.update(_ENVELOPE_SCHEMAS)
+    token_free = _operations_of(open_routers)
+    if tokens:
+        components["securitySchemes"] = {BEARER: {"type": "http", "scheme": "bearer"}}
+    for path, method, operation in _operations(schema):
+        guarded = (path, method) not in token_free
+        _add_shared_answers(path, operation, guarded=guarded, tokens=tokens)
+        if guarded and tokens:
+            operation["security"] = [{BEARER: []}]
+    _add_text_rule(schema)
+    app.openapi_schema = schema
+    return schema
+
+
+def _problem_schema(schemas: dict[str, Any]) -> dict[str, Any]:
+    found = schemas.get("ProblemPublic")
+    if found is not None:
+        return {"$ref": "#/components/schemas/ProblemPublic"}
+    return {
+        "type": "object",
+        "properties": {n: {"type": "string"} for n in ("where", "field", "message")},
+    }
+
+
+def _operations(schema: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in schema.get("paths", {}).items():
+        for method in _METHODS:
+            if method in item:
+                yield path, method, item[method]
+
+
+def _operations_of(routers: Sequence[tuple[str, APIRouter]]) -> set[tuple[str, str]]:
+    """The (path, method) of each route of ``routers`` (each included at its prefix)."""
+    return {
+        (prefix + route.path_format, method.lower())
+        for prefix, router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods or ()
+    }
+
+
+def _error_body(path: str) -> dict[str, Any]:
+    name = next((c for prefix, c in ENVELOPES.items() if path.startswith(prefix)), "ErrorBody")
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+
+def _add_shared_answers(
+    path: str, operation: dict[str, Any], *, guarded: bool, tokens: bool
+) -> None:
+    answers = operation.setdefault("responses", {})
+    statuses = [404, 422, 503]
+    if guarded:
+        statuses += [401, 403, 429] if tokens else [403]
+    if "requestBody" in operation:
+        statuses += [400, 413]
+    for status in sorted(statuses):
+        answer = answers.setdefault(str(status), {"description": SHARED[status]})
+        answer["content"] = _error_body(path)  # a drop-in's shape replaces FastAPI's guess
+        if status == 429:
+            answer.setdefault("headers", {})["Retry-After"] = {
+                "description": "Seconds to wait before trying a token again",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+
+
+def _add_text_rule(node: Any) -> None:
+    """``pattern`` on every free-text string, ``propertyNames`` on every open object."""
+    if isinstance(node, list):
+        for item in node:
+            _add_text_rule(item)
+        return
+    if not isinstance(node, dict):
+        return
+    if node.get("type") == "string" and not any(
+        key in node for key in ("pattern", "format", "enum", "const", "contentMediaType")
+    ):
+        node["pattern"] = PATTERN
+    if node.get("type") == "object" and node.get("additionalProperties", True) is not False:
+        node.setdefault("propertyNames", {"pattern": PATTERN})
+    for key, value in node.items():
+        if key not in ("example", "examples", "default", "const", "enum"):
+            _add_text_rule(value)
