@@ -136,7 +136,10 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     token_free = [("", system.health), ("/api/v1", session.router)]
     app.openapi = lambda: complete_schema(  # type: ignore[method-assign]
-        app, token_free, tokens=settings.auth.enabled
+        app,
+        token_free,
+        tokens=settings.auth.enabled,
+        max_concurrency=settings.server.max_concurrency,
     )
     if not settings.auth.enabled:  # nobody signs in: only this machine may ask (DNS rebinding)
         app.add_middleware(LocalHostsOnly, allowed=settings.auth.allowed_origins)

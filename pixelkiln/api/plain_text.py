@@ -3,7 +3,8 @@
 One dependency of the whole app (``create_app``) applies the rule of
 :mod:`pixelkiln.wire.text` to the path's values, the query's names and values, the
 headers a route reads, a JSON body (as FastAPI has already parsed it) and a form's
-fields and file names, before any route runs. So a new route, field or drop-in API is
+fields and file names (:func:`check_form`, also called by the routes that read their
+multipart body themselves), before any route runs. So a new route, field or drop-in API is
 covered without a check of its own, and the answer is one clear 422 naming the field
 (``tasks[0].prompt``, ``query q``) on SQLite and PostgreSQL alike, never a database error.
 
@@ -16,11 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from pixelkiln.api.errors import ApiError
 from pixelkiln.problems import json_path
-from pixelkiln.wire.text import bad_text, describe
+from pixelkiln.wire.text import bad_text, describe, visible
 
 #: the request headers that routes read as text (the others are only compared or ignored)
 TEXT_HEADERS = ("idempotency-key", "last-event-id")
@@ -40,16 +41,22 @@ async def refuse_control_text(request: Request) -> None:
     if json_body is not None:
         found = bad_text(json_body)
         if found is not None:
-            field = json_path(found[0]) or "body"
+            field = visible(json_path(found[0])) or "body"
             raise ApiError(422, "invalid_request", f"{field} {found[1]}", field=field)
-    form = getattr(request, "_form", None)  # parsed by FastAPI for a form body only
+    form = getattr(request, "_form", None)  # parsed by FastAPI for a declared form only
     if form is not None:
-        for name, value in form.multi_items():
-            _check(name, name, "a form field's name")
-            if isinstance(value, UploadFile):
-                _check(name, value.filename or "", "the file name of")
-            else:
-                _check(name, value, "form field")
+        check_form(form)
+
+
+def check_form(form: FormData) -> None:
+    """422 for a form's first field (name, text or file name) with a control character;
+    for the routes that parse their multipart body themselves (api.uploads.read_form)."""
+    for name, value in form.multi_items():
+        _check(name, name, "a form field's name")
+        if isinstance(value, UploadFile):
+            _check(name, value.filename or "", "the file name of")
+        else:
+            _check(name, value, "form field")
 
 
 def _check(field: str, value: Any, what: str) -> None:
@@ -57,5 +64,6 @@ def _check(field: str, value: Any, what: str) -> None:
     ``value`` breaks the rule."""
     reason = describe(value) if isinstance(value, str) else None
     if reason is not None:
+        field = visible(field)
         message = f"{what} {field} {reason}"
         raise ApiError(422, "invalid_request", message, field=field)

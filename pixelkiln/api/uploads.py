@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 
 from pixelkiln.api.deps import ApiContext
 from pixelkiln.api.errors import ApiError
+from pixelkiln.api.plain_text import check_form
 from pixelkiln.db.database import Tx
 from pixelkiln.db.records import Asset, record_asset
 from pixelkiln.engine.intake import asset_record
@@ -59,7 +60,7 @@ def form_body(required: str, properties: dict[str, Any]) -> dict[str, Any]:
 async def read_form(request: Request, max_files: int, field: str = "files") -> FormData:
     """Parse a multipart body within our limits; 422 for too many files (named ``field``)."""
     try:
-        return await request.form(max_files=max_files, max_fields=MAX_FIELDS)
+        form = await request.form(max_files=max_files, max_fields=MAX_FIELDS)
     except HTTPException as exc:
         if isinstance(exc, ApiError):
             raise
@@ -69,6 +70,12 @@ async def read_form(request: Request, max_files: int, field: str = "files") -> F
                 422, "too_many_files", f"at most {max_files} files per request", field=field
             ) from exc
         raise ApiError(400, "bad_request", f"unreadable form data: {detail}") from exc
+    try:
+        check_form(form)  # no control character in a field, its name or a file name
+    except ApiError:
+        await form.close()  # its files, spooled to disk: nobody else will
+        raise
+    return form
 
 
 def files_of(form: FormData, name: str) -> list[UploadFile]:

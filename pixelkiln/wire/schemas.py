@@ -21,9 +21,9 @@ from pydantic import (
     model_validator,
 )
 
-from pixelkiln.models import MAX_ID, BatchStatus, EventType, TaskStatus
+from pixelkiln.models import BatchStatus, EventType, TaskStatus
 from pixelkiln.problems import json_path
-from pixelkiln.wire.text import bad_text
+from pixelkiln.wire.text import bad_text, visible
 
 if TYPE_CHECKING:  # named here too; loaded on first use (see __getattr__ at the end)
     from pixelkiln.wire.web import AssetFromImage as AssetFromImage
@@ -48,30 +48,54 @@ T = TypeVar("T")
 MAX_GRANT = 10**12
 #: the largest fair-share weight a user may have (db.users.check_share; default 1)
 MAX_SHARE = 1000.0
-#: preset positions are small ordinals; "last + 1" must stay far from MAX_ID
+#: preset positions are small ordinals; "last + 1" must stay far from MAX_JSON_INT
 MAX_POSITION = 1_000_000
 
-Id = Annotated[int, Field(ge=1, le=MAX_ID)]  #: a row id
-Offset = Annotated[int, Field(ge=0, le=MAX_ID)]  #: items to skip, or an id to resume after
+#: the largest whole number every JSON reader holds exactly (a double's 53 bits): ids and
+#: offsets stay below it (the database's own limit, MAX_ID, is far above any real id), so
+#: that a client in JavaScript reads them right and offset + limit never overflows
+MAX_JSON_INT = 2**53 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_JSON_INT)]  #: a row id
+Offset = Annotated[int, Field(ge=0, le=MAX_JSON_INT)]  #: items to skip, or an id to resume after
 
 
 class _Public(BaseModel):
     model_config = ConfigDict(extra="ignore")  # a newer server may send more fields
 
 
-class _Input(BaseModel):
-    # strict: a JSON body's types are the schema's (no "5" or true for 5, no 0 for false)
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
+class JsonBody(BaseModel):
+    """A request body as JSON types it: what the schema says, no guessing.
+
+    Strict (no ``"5"`` or ``true`` for 5, no ``0`` for false), but a whole number written
+    ``5.0`` is 5, as JSON Schema counts it an integer; text holds no control character
+    (:mod:`pixelkiln.wire.text`: a NUL reaches no database) and the error names where.
+    """
+
+    model_config = ConfigDict(str_strip_whitespace=True, strict=True)
 
     @model_validator(mode="before")
     @classmethod
-    def _no_control(cls, data: Any) -> Any:
-        """Text with a NUL or another control character (pixelkiln.wire.text) reaches no
-        database (PostgreSQL refuses a NUL): name where it is."""
+    def _as_json(cls, data: Any) -> Any:
         found = bad_text(data)
         if found is not None:
-            raise ValueError(f"{json_path(found[0]) or 'the body'} {found[1]}")
-        return data
+            raise ValueError(f"{visible(json_path(found[0])) or 'the body'} {found[1]}")
+        return whole_numbers(data)
+
+
+def whole_numbers(data: Any) -> Any:
+    """``data`` with every float that is a whole number as an int (a float field takes an
+    int as it is; an int field would refuse the float)."""
+    if isinstance(data, float) and data.is_integer():
+        return int(data)
+    if isinstance(data, dict):
+        return {key: whole_numbers(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [whole_numbers(value) for value in data]
+    return data
+
+
+class _Input(JsonBody):
+    model_config = ConfigDict(extra="forbid")
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -329,7 +353,8 @@ class PresetPublic(_Public):
 
 
 class ReorderRequest(_Input):
-    ids: list[Id] = Field(min_length=1, max_length=10_000)  #: preset ids in their new order
+    #: preset ids in their new order
+    ids: list[Id] = Field(min_length=1, max_length=10_000, json_schema_extra={"uniqueItems": True})
 
     @field_validator("ids")
     @classmethod

@@ -26,6 +26,11 @@ from typing import Any
 CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 #: the same rule as an OpenAPI (ECMA 262) ``pattern`` for every string of the schema
 PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+#: :data:`PATTERN` for a text that may not be empty: spaces alone are empty once stripped
+NONBLANK = (
+    r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f]"
+    r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+)
 #: why text with a NUL character is refused
 NUL_MESSAGE = "contains a NUL character (\\0), which cannot be stored; remove it"
 
@@ -39,6 +44,12 @@ def describe(text: str) -> str | None:
     if char == "\x00":
         return NUL_MESSAGE
     return f"contains the control character U+{ord(char):04X}, which is not allowed; remove it"
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters written as escapes (``a\\x1bb``), to name
+    it in a message without carrying the character on."""
+    return CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
 def bad_text(data: Any) -> tuple[tuple[Any, ...], str] | None:

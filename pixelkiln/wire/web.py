@@ -119,7 +119,9 @@ class QueueOrder(_Input):
     """
 
     #: my queued, running or paused batches, first-to-claim first; each once
-    batch_ids: list[Id] = Field(min_length=1, max_length=10_000)
+    batch_ids: list[Id] = Field(
+        min_length=1, max_length=10_000, json_schema_extra={"uniqueItems": True}
+    )
     #: admins only: the ids may be any user's (their places are permuted the same way)
     all_users: bool = False
 

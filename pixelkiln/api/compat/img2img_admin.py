@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 from sqlalchemy import Connection
 
 from pixelkiln import service
@@ -28,14 +28,14 @@ from pixelkiln.db.records import search_batches
 from pixelkiln.db.stats import task_counts
 from pixelkiln.db.users import get_user
 from pixelkiln.models import BatchStatus
-from pixelkiln.wire.schemas import PresetCreate, PresetUpdate
+from pixelkiln.wire.schemas import MAX_POSITION, JsonBody, PresetCreate, PresetUpdate
 
 router = envelope_router(render_error, prefix="/api/admin", tags=["compat: img2img service"])
 
 ADMIN_QUEUES = 50  #: the service's admin page lists the newest 50
 
 
-class ConcurrencyBody(BaseModel):
+class ConcurrencyBody(JsonBody):
     model_config = ConfigDict(extra="ignore")
 
     concurrency: int = Field(ge=1)
@@ -53,16 +53,17 @@ async def set_concurrency(body: ConcurrencyBody, ctx: CtxDep, caller: AdminDep) 
     return ok({"concurrency": now.concurrency}, message="concurrency updated")
 
 
-class PresetBody(BaseModel):
+class PresetBody(JsonBody):
     """A preset as the service's admin page sends it (camelCase sortOrder, isActive)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, str_strip_whitespace=True)
 
-    title: str | None = None
-    content: str | None = None
-    category: str | None = None
-    negative_prompt: str | None = None
-    sort_order: int | None = Field(None, alias="sortOrder")
+    # the bounds of our own presets (PresetCreate), so that the schema says them
+    title: str | None = Field(None, min_length=1, max_length=200)
+    content: str | None = Field(None, min_length=1, max_length=20_000)
+    category: str | None = Field(None, max_length=100)
+    negative_prompt: str | None = Field(None, max_length=20_000)
+    sort_order: int | None = Field(None, alias="sortOrder", ge=0, le=MAX_POSITION)
     is_active: bool | None = Field(None, alias="isActive")
 
     def ours(self) -> dict[str, Any]:

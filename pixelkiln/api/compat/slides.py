@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, WithJsonSchema, field_validator
 
 from pixelkiln import service
 from pixelkiln.api.compat.envelope import envelope_router
@@ -34,7 +34,7 @@ from pixelkiln.models import Batch, BatchStatus, ImageRecord, Task, TaskStatus
 from pixelkiln.reports import eta_seconds
 from pixelkiln.service import BatchPage, Submission
 from pixelkiln.specs import MAX_WORKERS, parse_batch
-from pixelkiln.wire.schemas import Id
+from pixelkiln.wire.schemas import MAX_JSON_INT, Id, JsonBody
 
 MAX_SLIDES = 1000  #: slides one request may carry (a deck, not a catalogue)
 
@@ -50,7 +50,7 @@ def render_error(status: int, error: dict[str, Any]) -> JSONResponse:
 router = envelope_router(render_error, prefix="/api/slide/batch", tags=["compat: slide API"])
 
 
-class Slide(BaseModel):
+class Slide(JsonBody):
     """One slide as the tool sends it; fields it leaves out are empty in the prompt."""
 
     model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
@@ -74,7 +74,7 @@ class Slide(BaseModel):
         return value
 
 
-class SlideBatch(BaseModel):
+class SlideBatch(JsonBody):
     """``POST /api/slide/batch/generate``; ``resolution``, ``backend`` and ``name`` are ours."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
@@ -88,16 +88,28 @@ class SlideBatch(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=200)
 
 
-class StatusRequest(BaseModel):
+class StatusRequest(JsonBody):
     model_config = ConfigDict(extra="ignore")
 
-    batch_id: Id
+    #: the tool sends back the ``batch_id`` it got, a string; a number is taken too
+    batch_id: Annotated[
+        Id,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "integer", "minimum": 1, "maximum": MAX_JSON_INT},
+                    {"type": "string", "pattern": r"^\s*0*[1-9][0-9]{0,14}\s*$"},
+                ]
+            }
+        ),
+    ]
 
     @field_validator("batch_id", mode="before")
     @classmethod
     def _number(cls, value: Any) -> Any:
-        """The tool sends back the ``batch_id`` it got, a string."""
-        return value.strip() if isinstance(value, str) else value
+        if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 20:
+            return int(value.strip())
+        return value
 
 
 def batch_spec(body: SlideBatch, template: str) -> dict[str, Any]:

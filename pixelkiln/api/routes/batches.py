@@ -60,6 +60,12 @@ router = APIRouter(prefix="/batches", tags=["batches"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (401, 402, 404, 409, 413, 422)
 }
+#: a create's other answers: the same batch again (an Idempotency-Key replayed), or
+#: still running when ``wait`` ran out
+CREATED: dict[int | str, dict[str, Any]] = {
+    200: {"model": BatchDetail, "description": "The batch made before with this Idempotency-Key"},
+    202: {"model": BatchDetail, "description": "Made; still running when the wait ended"},
+}
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -105,7 +111,14 @@ async def _created(
     return batch_detail(await service.batch_page(ctx.service, caller, batch_id, page))
 
 
-@router.post("", status_code=201, responses=ERRORS, summary="Create a batch from a spec")
+@router.post(
+    "",
+    status_code=201,
+    responses=ERRORS
+    | CREATED
+    | {200: {"model": BatchDetail | BatchPlan, "description": "A replay, or the dry run's plan"}},
+    summary="Create a batch from a spec",
+)
 async def create_batch(
     body: Annotated[BatchSpec, SkipValidation],  # documented as a BatchSpec, checked below
     ctx: CtxDep,
@@ -145,7 +158,7 @@ _UPLOAD_BODY = form_body(
 @router.post(
     "/upload",
     status_code=201,
-    responses=ERRORS,
+    responses=ERRORS | CREATED,
     openapi_extra=_UPLOAD_BODY,
     summary="Create an img2img batch from uploaded images",
 )
@@ -184,7 +197,7 @@ async def create_from_uploads(
 @router.post(
     "/import",
     status_code=201,
-    responses=ERRORS | {415: {"model": ErrorBody}},
+    responses=ERRORS | CREATED | {415: {"model": ErrorBody}},
     summary="Create a batch from an uploaded batch file (XLSX, CSV, JSON, YAML, TOML)",
     openapi_extra=form_body(
         "file",
