@@ -109,6 +109,10 @@ def checked_params(raw: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(raw) - set(Params.model_fields))
     if unknown:
         raise InvalidValueError(f"unknown parameter(s): {', '.join(unknown)}", field="params")
+    flags = sorted(name for name, value in raw.items() if isinstance(value, bool))
+    if flags:  # no parameter is a yes/no; lax validation would read true as 1
+        where = f"params.{flags[0]}"
+        raise InvalidValueError(f"{where}: true or false is not a value of it", field=where)
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
