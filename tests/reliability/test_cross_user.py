@@ -97,6 +97,8 @@ class Alice:
             "task_ids": self.task_ids[:1],
             "image_id": self.image_ids[0],
             "owner_id": self.user_id,
+            "q": MARK,  # a search for her text finds nothing of hers
+            "all_users": True,  # everybody's queue: an admin's, not bob's
         }
 
 

@@ -38,6 +38,13 @@ from tests.reliability.conftest import Tally
 pytestmark = pytest.mark.anyio
 
 ESCAPE = "pwned"  #: the last part of every hostile path: found anywhere outside, an escape
+SECRET = "secret-beside-0c1d"  #: in a file beside the data folder: read back, an escape
+
+
+def reads(box: Path) -> list[str]:
+    """Names of a file outside the data folder, as input images and wildcard lists."""
+    beside = box / "beside.txt"
+    return [str(beside), "../beside.txt", "../../beside.txt", f"file://{beside}", "~/.bashrc"]
 
 
 def payloads(box: Path, soak_long: int) -> dict[str, str]:
@@ -193,7 +200,7 @@ def _ours(body: bytes) -> bool:
 def box(tmp_path: Path) -> Path:
     folder = tmp_path / "box"
     (folder / "data").mkdir(parents=True)
-    (folder / "beside.txt").write_text("a file beside the data folder")
+    (folder / "beside.txt").write_text(SECRET)
     return folder
 
 
@@ -246,6 +253,7 @@ async def test_hostile_names_through_the_api_stay_inside(
             if status >= 500 or (status == 200 and not _ours(body)):
                 tried.problems.append(f"static file {label!r} {path}: {status} {body[:100]!r}")
     await _sheets_and_webhooks(client, box, tried)
+    await _reads(client, box, tried)
     await _downloads(client, made, tried)
     tally.add("path traversal", inputs=tried.inputs, server_errors=tried.server_errors)
     assert not tried.problems, "\n".join(tried.problems)
@@ -287,6 +295,24 @@ async def _sheets_and_webhooks(client: httpx.AsyncClient, box: Path, tried: Trie
             "/api/v1/batches", json={"name": "w", "webhook": url, "tasks": [{"prompt": "p"}]}
         )
         tried.answer(f"webhook {url!r}", r, ok=())
+
+
+async def _reads(client: httpx.AsyncClient, box: Path, tried: Tried) -> None:
+    """A file outside the data folder named as an input image, a table's reference or a
+    wildcard list: refused (the API takes uploads only), never read."""
+    for name in reads(box):
+        for where, value in (("init_image", name), ("reference_images", [name])):
+            task = {"prompt": "p", where: value}
+            r = await client.post("/api/v1/batches", json={"name": "r", "tasks": [task]})
+            tried.answer(f"{where} {name!r}", r, ok=())
+        csv = f"prompt,init_image\np,{_csv(name)}\n".encode()
+        r = await client.post("/api/v1/batches/import", files={"file": ("r.csv", csv, "text/csv")})
+        tried.answer(f"imported init_image {name!r}", r, ok=())
+    for prompt in ("__../../beside__", "__../beside__", f"__{box}/beside__"):
+        body = {"name": "w", "defaults": SMALL, "tasks": [{"prompt": prompt}]}
+        r = await client.post("/api/v1/batches?wait=true", json=body)
+        if tried.answer(f"wildcard {prompt!r}", r) and SECRET in r.text:
+            tried.problems.append(f"wildcard {prompt!r} read a file outside: {r.text[:200]}")
 
 
 async def _downloads(client: httpx.AsyncClient, made: list[int], tried: Tried) -> None:
@@ -386,11 +412,13 @@ def test_hostile_names_through_the_cli_stay_inside(box: Path, soak: Any, tally: 
         kiln(f"export {batch} to a ZIP", "export", str(batch), "--to", str(out / f"{batch}.zip"))
         tried.names(f"kiln export {batch}.zip", zipfile.ZipFile(out / f"{batch}.zip").namelist())
     _cli_sheets(kiln, box, out)
+    _cli_reads(kiln, box, out)
     _cli_projects(kiln, box, projects, names)
     tally.add("path traversal", inputs=tried.inputs, server_errors=tried.server_errors)
     assert not tried.problems, "\n".join(tried.problems)
     after = listing(box, (data, out, projects))
-    assert after - before <= {"specs", *(f"specs/{p.name}" for p in box.glob("specs/*"))}
+    written = {"specs", "specs/wildcards", "specs/wildcards/ok.txt"}  # by this test
+    assert after - before <= written | {f"specs/{p.name}" for p in box.glob("specs/*.json")}
     assert not unsafe_names(data), unsafe_names(data)
     assert not unsafe_names(out), unsafe_names(out)
 
@@ -408,6 +436,27 @@ def _cli_sheets(kiln: Kiln, box: Path, out: Path) -> None:
     assert batch, said
     kiln("sheet of hostile z values", "sheet", batch[1], "--out", str(out / "sheets"), "--quiet")
     assert len(list((out / "sheets").glob("*.png"))) == len(z)
+
+
+def _cli_reads(kiln: Kiln, box: Path, out: Path) -> None:
+    """A batch file whose wildcards name lists outside its ``wildcards`` folder: refused
+    (exit 2) before any file is opened, or taken as text; the file beside is never read."""
+    specs = box / "specs"
+    (specs / "wildcards").mkdir(exist_ok=True)
+    (specs / "wildcards" / "ok.txt").write_text("red\nblue\n")
+    for prompt in ("__../../beside__", "__../beside__", f"__{box}/beside__", "__ok__ fox"):
+        spec = specs / "wild.json"
+        spec.write_text(json.dumps({"name": "w", "defaults": SMALL, "tasks": [{"prompt": prompt}]}))
+        code, said = kiln(f"run, wildcard {prompt!r}", "run", str(spec), "--yes", "--quiet")
+        batch = re.search(r"Batch ([0-9]+)", said)
+        if prompt.startswith("__ok__"):
+            assert code == 0 and batch, said  # the folder is read: the refusals mean something
+        if code != 0 or batch is None:
+            continue
+        table = out / f"wild-{batch[1]}.csv"
+        kiln(f"export wildcard {prompt!r}", "export", batch[1], "--to", str(table))
+        if SECRET in table.read_text(encoding="utf-8"):
+            kiln.tried.problems.append(f"wildcard {prompt!r} read the file beside")
 
 
 def _cli_projects(kiln: Kiln, box: Path, projects: Path, names: dict[str, str]) -> None:
