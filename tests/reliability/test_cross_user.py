@@ -415,6 +415,7 @@ async def _as_bob(api: Api, ops: list[Operation], alice: Alice, count: Count) ->
         if operation.owned and r.status_code != 404:
             count.problems.append(f"bob {operation} on alice's -> {r.status_code}: {r.text[:200]}")
     await _bobs_own_lists_have_his_rows(bob, alice, count)
+    await _bobs_own_events(api, bob, alice, count)
     await _smuggled(api, bob, alice, own.json(), count)
 
 
@@ -427,6 +428,67 @@ async def _bobs_own_lists_have_his_rows(bob: httpx.AsyncClient, alice: Alice, co
             count.problems.append(f"bob GET {path}: his own rows are missing: {r.text[:200]}")
         if leaks(r, alice):
             count.problems.append(f"bob GET {path} shows {leaks(r, alice)}")
+
+
+async def _bobs_own_events(api: Api, bob: httpx.AsyncClient, alice: Alice, count: Count) -> None:
+    """Bob's event stream from the first event on: his batch's events, none of hers."""
+    token = str(bob.headers["authorization"]).removeprefix("Bearer ")
+    _, hers = await listen(api.app, "/api/v1/events?after=0", alice.token, seconds=0.6)
+    assert MARK.encode() in hers, "her own stream replays her events: bob's would show them"
+    for path, his in (
+        ("/api/v1/events?after=0", True),
+        (f"/api/v1/batches/{alice.batch_id}/events?after=0", False),
+    ):
+        status, body = await listen(api.app, path, token, seconds=0.6)
+        count.requests += 1
+        count.server_errors += status >= 500
+        text = body.decode("utf-8", "replace")
+        if MARK in text or any(s in text for s in alice.secrets):
+            count.problems.append(f"bob's stream {path} carries alice's events: {text[:300]}")
+        if his and BOB not in text:
+            count.problems.append(f"bob's own stream lacks his batch's events: {text[:300]}")
+        if not his and status != 404:
+            count.problems.append(f"bob's stream of alice's batch -> {status}")
+
+
+async def listen(app: FastAPI, path: str, token: str, seconds: float) -> tuple[int, bytes]:
+    """An event stream as a client hears it for ``seconds``, then hangs up (straight to
+    the ASGI app: httpx's ASGI transport waits for a response's end, a stream has none)."""
+    raw, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": raw,
+        "raw_path": raw.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"localhost"), (b"authorization", f"Bearer {token}".encode())],
+        "client": ("127.0.0.1", 40001),
+        "server": ("localhost", 80),
+        "app": app,
+    }
+    sent: list[dict[str, Any]] = []
+    asked = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await anyio.sleep(seconds)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with anyio.move_on_after(seconds + 5):
+        await app(scope, receive, send)
+    status = next((m["status"] for m in sent if m["type"] == "http.response.start"), 0)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body
 
 
 async def _smuggled(
