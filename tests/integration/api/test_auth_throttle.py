@@ -12,13 +12,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from apikit import Api
+from cryptography.fernet import Fernet
 
-from pixelkiln.service.sessions import COOKIE
+from pixelkiln.config import Settings
+from pixelkiln.keybox import KEY_FILE, KeyBox, secret_key_warning
+from pixelkiln.service.links import link_query
+from pixelkiln.service.sessions import COOKIE, session_token_hash, session_value
 from pixelkiln.service.throttle import FailedAttempts, client_key
 
 pytestmark = pytest.mark.anyio
@@ -238,3 +243,40 @@ def test_the_table_of_addresses_is_bounded() -> None:
     assert len(attempts._addresses) == 100
     # the least recently seen went first: an address a crowd pushed out starts afresh
     assert attempts.retry_after("locked") == 0
+
+
+# --- the secret key's place (pixelkiln/keybox.py) ------------------------------------------
+
+
+def test_the_key_warning_is_given_while_the_key_lives_in_the_data_folder(tmp_path: Path) -> None:
+    def settings(**auth: Any) -> Settings:
+        return Settings(storage={"data_dir": str(tmp_path)}, auth=auth)
+
+    assert secret_key_warning(settings()) is None  # auth off, nothing generated: nothing to protect
+    coming = secret_key_warning(settings(enabled=True))
+    assert coming is not None and f"will be generated into {tmp_path / KEY_FILE}" in coming
+    KeyBox(settings()).encrypt("sk-users-own")  # an install that stored a provider key
+    assert (tmp_path / KEY_FILE).stat().st_mode & 0o777 == 0o600
+    for auth in ({}, {"enabled": True}):
+        there = secret_key_warning(settings(**auth))
+        assert there is not None and f"is {tmp_path / KEY_FILE}," in there
+        assert "set KILN_AUTH__SECRET_KEY to that file's contents" in there
+    configured = Fernet.generate_key().decode()
+    assert secret_key_warning(settings(enabled=True, secret_key=configured)) is None
+
+
+def test_moving_the_generated_key_into_the_setting_keeps_what_it_protects(tmp_path: Path) -> None:
+    """What docs/security.md tells an existing install to do: KILN_AUTH__SECRET_KEY = the
+    file's contents, then delete the file. Stored provider keys, sessions and links
+    stay good."""
+    before = KeyBox(Settings(storage={"data_dir": str(tmp_path)}))
+    stored = before.encrypt("sk-users-own")
+    link = link_query(before, 7, ttl=60, now=1000.0)
+    cookie = session_value(before, "ab" * 32, ttl=60, now=1000.0)
+    contents = (tmp_path / KEY_FILE).read_text().strip()
+    (tmp_path / KEY_FILE).unlink()
+    after = KeyBox(Settings(storage={"data_dir": str(tmp_path)}, auth={"secret_key": contents}))
+    assert after.decrypt(stored) == "sk-users-own"
+    assert link_query(after, 7, ttl=60, now=1000.0) == link
+    assert session_token_hash(after, cookie, now=1000.0) == "ab" * 32
+    assert not (tmp_path / KEY_FILE).exists()  # nothing generated again
