@@ -29,7 +29,7 @@ import json
 import re
 import zipfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ pytestmark = pytest.mark.anyio
 
 MARK = "alice-7f3e9"  #: in every text of alice's: found in an answer to anyone else, a leak
 BOB = "bob-51c2d"
+GHOST = 9_000_001  #: an id of every kind that nobody has
 #: the kinds of object a path parameter names, and whether a user owns them
 OWNED = {"batch_id", "task_id", "image_id", "asset_id", "queue_id"}
 #: operations nobody needs a token for
@@ -403,6 +404,9 @@ async def _as_bob(api: Api, ops: list[Operation], alice: Alice, count: Count) ->
     )
     assert own.status_code == 201, own.text
     example = Example(api.app.openapi(), alice.body_ids())
+    # ids nobody has: alice's objects must answer exactly as these do
+    ghost = replace(alice, batch_id=GHOST, task_ids=[GHOST], image_ids=[GHOST], asset_id=GHOST)
+    nowhere = Example(api.app.openapi(), ghost.body_ids())
     for operation in ops:
         url, kwargs = request_of(operation, alice, example)
         if "events" in operation.path and not operation.owned:
@@ -414,9 +418,23 @@ async def _as_bob(api: Api, ops: list[Operation], alice: Alice, count: Count) ->
             count.problems.append(f"bob {operation} -> {r.status_code} shows {found}")
         if operation.owned and r.status_code != 404:
             count.problems.append(f"bob {operation} on alice's -> {r.status_code}: {r.text[:200]}")
+        if operation.owned:
+            url, kwargs = request_of(operation, ghost, nowhere)
+            none = await bob.request(operation.method, url, **kwargs)
+            count.saw(f"bob {operation} on nothing", none)
+            if (none.status_code, _numberless(none)) != (r.status_code, _numberless(r)):
+                count.problems.append(
+                    f"bob {operation}: alice's answers {r.status_code} {r.text[:150]}, "
+                    f"nothing's {none.status_code} {none.text[:150]}"
+                )
     await _bobs_own_lists_have_his_rows(bob, alice, count)
     await _bobs_own_events(api, bob, alice, count)
     await _smuggled(api, bob, alice, own.json(), count)
+
+
+def _numberless(response: httpx.Response) -> str:
+    """An answer with its numbers out ("no batch 1" and "no batch 9000001" alike)."""
+    return re.sub(r"[0-9]+", "N", response.text)
 
 
 async def _bobs_own_lists_have_his_rows(bob: httpx.AsyncClient, alice: Alice, count: Count) -> None:
@@ -496,13 +514,26 @@ async def _smuggled(
 ) -> None:
     """Alice's ids inside bob's own requests: a batch on her upload, her tasks retried
     through his batch, his signed link moved onto her image."""
-    theirs = {**SMALL, "init_image": f"asset:{alice.asset_id}"}
-    r = await bob.post(
-        "/api/v1/batches", json={"name": "x", "defaults": theirs, "tasks": [{"prompt": "p"}]}
-    )
-    count.saw("bob POST /api/v1/batches on alice's asset", r)
-    if not 400 <= r.status_code < 500:
-        count.problems.append(f"bob's batch on alice's upload -> {r.status_code}: {r.text}")
+    ref = f"asset:{alice.asset_id}"
+    for where, value in (("init_image", ref), ("reference_images", [ref])):
+        body = {"name": "x", "defaults": {**SMALL, where: value}, "tasks": [{"prompt": "p"}]}
+        r = await bob.post("/api/v1/batches", json=body)
+        count.saw(f"bob's batch with alice's upload as {where}", r)
+        # the answer names the ref bob sent, as for one that does not exist
+        if not 400 <= r.status_code < 500 or MARK in r.text:
+            count.problems.append(f"bob's batch on alice's upload -> {r.status_code}: {r.text}")
+    for path, body in (
+        ("/api/v1/assets/from-image", {"image_id": alice.image_ids[0]}),
+        ("/api/slide/batch/status", {"batch_id": alice.batch_id}),
+    ):
+        r = await bob.post(path, json=body)
+        count.saw(f"bob POST {path} with alice's id", r)
+        if r.status_code != 404 or leaks(r, alice):
+            count.problems.append(f"bob POST {path} with alice's id -> {r.status_code}: {r.text}")
+    r = await bob.put("/api/v1/queue", json={"batch_ids": [alice.batch_id]})
+    count.saw("bob PUT /api/v1/queue with alice's batch", r)
+    if r.status_code < 400 or leaks(r, alice):
+        count.problems.append(f"bob reordered alice's batch -> {r.status_code}: {r.text}")
     for action, body in [
         ("retry", {"task_ids": alice.task_ids[:1]}),
         ("regenerate", {"task_ids": alice.task_ids[:1]}),

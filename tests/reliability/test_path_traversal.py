@@ -252,6 +252,7 @@ async def test_hostile_names_through_the_api_stay_inside(
             tried.inputs += 1
             if status >= 500 or (status == 200 and not _ours(body)):
                 tried.problems.append(f"static file {label!r} {path}: {status} {body[:100]!r}")
+        await _in_paths(api, name, label, tried)
     await _sheets_and_webhooks(client, box, tried)
     await _reads(client, box, tried)
     await _downloads(client, made, tried)
@@ -295,6 +296,30 @@ async def _sheets_and_webhooks(client: httpx.AsyncClient, box: Path, tried: Trie
             "/api/v1/batches", json={"name": "w", "webhook": url, "tasks": [{"prompt": "p"}]}
         )
         tried.answer(f"webhook {url!r}", r, ok=())
+
+
+#: routes whose path takes a name or a number, the hostile name put in its place
+IN_PATHS = (
+    "/api/v1/batches/1/export.{}",
+    "/api/v1/images/1/inputs/{}",
+    "/api/v1/batches/{}/images.zip",
+    "/api/v1/assets/{}/file",
+    "/batches/{}",
+)
+
+
+async def _in_paths(api: Api, name: str, label: str, tried: Tried) -> None:
+    """The name in the path of routes that read files: a 4xx (or the page saying it is
+    not there), never a file from outside."""
+    for template in IN_PATHS:
+        for part in (quote(name, safe="/%."), quote(name, safe="")):
+            path = template.format(part)
+            status, body = await raw_get(api.app, path)
+            tried.inputs += 1
+            tried.server_errors += status >= 500
+            outside = SECRET.encode() in body or body.startswith(b"SQLite format")
+            if status >= 500 or outside or (status < 400 and template.startswith("/api")):
+                tried.problems.append(f"{template} {label!r}: {status} {body[:100]!r}")
 
 
 async def _reads(client: httpx.AsyncClient, box: Path, tried: Tried) -> None:
