@@ -377,7 +377,7 @@ async def test_every_route_keeps_alices_objects_hers(
             await _as_bob(api, ops, alice, count)
             await _without_a_token(api, ops, alice, count)
             await _as_admin(api, ops, alice, count)
-            await _pages(api, alice, count)
+            await _pages(api, ops, alice, count)
             after = await snapshot(api, mine, ops, alice)
     tally.add(f"cross-user ({label})", inputs=count.requests, server_errors=count.server_errors)
     assert not count.problems, "\n".join(count.problems)
@@ -597,7 +597,7 @@ async def _as_admin(api: Api, ops: list[Operation], alice: Alice, count: Count) 
         count.problems.append("the admin's list of every batch lacks alice's")
 
 
-async def _pages(api: Api, alice: Alice, count: Count) -> None:
+async def _pages(api: Api, ops: list[Operation], alice: Alice, count: Count) -> None:
     """Every page of the web UI, as bob (by his session cookie) and as nobody."""
     _, token = await api.ctx.write(add_user, "bob-web")
     browser = api.with_token(None)
@@ -615,6 +615,19 @@ async def _pages(api: Api, alice: Alice, count: Count) -> None:
             if who == "nobody" and page not in ("/login", "/favicon.ico"):
                 if r.status_code != 303 or not r.headers["location"].startswith("/login"):
                     count.problems.append(f"nobody page {page} -> {r.status_code}")
+        none = await browser.get(fill(page, replace(alice, batch_id=GHOST)))
+        mine = await browser.get(path)
+        count.saw(f"bob page {page} of nothing", none)
+        if (none.status_code, _numberless(none)) != (mine.status_code, _numberless(mine)):
+            count.problems.append(f"bob page {page}: alice's differs from nothing's")
+    example = Example(api.app.openapi(), alice.body_ids())
+    for operation in ops:  # the API by the session cookie, as the pages' scripts call it
+        if operation.method == "GET" and operation.owned and "events" not in operation.path:
+            url, kwargs = request_of(operation, alice, example)
+            r = await browser.get(url, **kwargs)
+            count.saw(f"bob's cookie {operation}", r)
+            if r.status_code != 404 or leaks(r, alice):
+                count.problems.append(f"bob's cookie {operation} -> {r.status_code}")
 
 
 def fill(page: str, alice: Alice) -> str:
