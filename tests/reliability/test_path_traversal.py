@@ -10,7 +10,9 @@ box is listed before and after: nothing appears outside the data folder (or the
 projects folder a run writes into), every name written inside is one
 :func:`~pixelkiln.storage.safe_name` keeps as it is, every ZIP entry and
 ``Content-Disposition`` file name is a plain name, and each field answers a clear 4xx
-(exit 2 for the CLI) or takes the name sanitised; never a 5xx or a traceback.
+(exit 2 for the CLI) or takes the name sanitised; never a 5xx or a traceback. A file
+beside the data folder named as an input image, a table's reference or a wildcard list
+is refused or never read. The API on SQLite and PostgreSQL; the CLI on SQLite.
 """
 
 from __future__ import annotations
@@ -204,9 +206,16 @@ def box(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-async def api(box: Path) -> AsyncIterator[Api]:
-    settings = api_settings(box / "data", compat={"img2img_service": True})
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def api(request: pytest.FixtureRequest, box: Path) -> AsyncIterator[Api]:
+    """The API on SQLite (its file in the data folder) and on PostgreSQL."""
+    data = box / "data"
+    url = f"sqlite:///{data / 'kiln.db'}"
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+    settings = api_settings(
+        data, storage={"data_dir": str(data), "database_url": url}, compat={"img2img_service": True}
+    )
     async with running_api(settings) as running:
         yield running
 
