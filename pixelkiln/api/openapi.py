@@ -199,10 +199,13 @@ def _add_shared_answers(
         answer = answers.setdefault(str(status), {"description": SHARED[status]})
         answer["content"] = _error_body(path)  # a drop-in's shape replaces FastAPI's guess
         if status == 429:
-            answer.setdefault("headers", {})["Retry-After"] = {
-                "description": "Seconds to wait before trying a token again",
-                "schema": {"type": "integer", "minimum": 0},
-            }
+            answer.setdefault("headers", {}).setdefault(
+                "Retry-After",
+                {
+                    "description": "Seconds to wait before trying a token again",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+            )
 
 
 def _add_text_rule(schema: dict[str, Any]) -> None:
