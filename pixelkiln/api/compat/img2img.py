@@ -135,7 +135,7 @@ def _queue(
     return batch, tasks, images_of_tasks(conn, [t.id for t in tasks])
 
 
-@router.get("/queue/{queue_id:int}", summary="A queue and its tasks (img2img service)")
+@router.get("/queue/{queue_id}", summary="A queue and its tasks (img2img service)")
 async def queue(queue_id: IdPath, ctx: CtxDep, caller: CallerDep) -> dict[str, Any]:
     batch, tasks, images = await ctx.read(_queue, queue_id, caller.scope)
     # the uploaded image is served through the image made from it (none before that)
@@ -155,7 +155,7 @@ async def queues(ctx: CtxDep, caller: CallerDep, limit: Limit = 20) -> dict[str,
     return ok([queue_row(b) for b in found])
 
 
-@router.post("/queue/{queue_id:int}/cancel", summary="Cancel a queue (img2img service)")
+@router.post("/queue/{queue_id}/cancel", summary="Cancel a queue (img2img service)")
 async def cancel(queue_id: IdPath, ctx: CtxDep, caller: CallerDep) -> dict[str, Any]:
     batch = await service.cancel(ctx.service, caller, queue_id)
     return ok(queue_row(batch), message="queue cancelled")
@@ -165,7 +165,7 @@ def _owned_task(conn: Connection, task_id: int, scope: int | None) -> Task:
     return scoped_task(conn, task_id, scope)[0]  # another's: "no task N", as a missing one
 
 
-@router.post("/task/{task_id:int}/retry", summary="Retry a failed task (img2img service)")
+@router.post("/task/{task_id}/retry", summary="Retry a failed task (img2img service)")
 async def retry(task_id: IdPath, ctx: CtxDep, caller: CallerDep) -> dict[str, Any]:
     """A failed (or cancelled) task goes back in the queue, charged like a new create."""
     task = await ctx.read(_owned_task, task_id, caller.scope)

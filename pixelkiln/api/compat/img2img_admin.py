@@ -100,7 +100,7 @@ async def add_preset(body: PresetBody, ctx: CtxDep, caller: AdminDep) -> dict[st
     return ok(preset_row(made), message="preset added")
 
 
-@router.put("/presets/{preset_id:int}", summary="Change a preset (img2img service)")
+@router.put("/presets/{preset_id}", summary="Change a preset (img2img service)")
 async def change_preset(
     preset_id: IdPath, body: PresetBody, ctx: CtxDep, caller: AdminDep
 ) -> dict[str, Any]:
@@ -109,7 +109,7 @@ async def change_preset(
     return ok(preset_row(changed), message="preset updated")
 
 
-@router.delete("/presets/{preset_id:int}", summary="Delete a preset (img2img service)")
+@router.delete("/presets/{preset_id}", summary="Delete a preset (img2img service)")
 async def delete_preset(preset_id: IdPath, ctx: CtxDep, caller: AdminDep) -> dict[str, Any]:
     await service.delete_preset(ctx.service, caller, preset_id)
     return ok(message="preset deleted")
