@@ -90,7 +90,6 @@ def create_app(
 
     open_docs = not settings.auth.enabled  # with auth on, the schema needs a token too
     app = FastAPI(
-        dependencies=[Depends(refuse_control_text)],  # every route, page and drop-in API
         title="pixelkiln",
         version=__version__,
         summary="Batch image generation: queue thousands of prompts, come back to images.",
@@ -105,9 +104,12 @@ def create_app(
     app.add_middleware(
         BodyLimit, max_bytes=limits.max_request_bytes, max_other=limits.max_spec_bytes
     )
-    app.include_router(system.health)
-    app.include_router(session.router, prefix="/api/v1")  # signing in needs no token yet
-    secured = [Depends(get_caller)]
+    # every API route (not the pages: they answer a page) refuses control characters, first
+    text = [Depends(refuse_control_text)]
+    app.include_router(system.health, dependencies=text)
+    # signing in needs no token yet
+    app.include_router(session.router, prefix="/api/v1", dependencies=text)
+    secured = [*text, Depends(get_caller)]
     app.include_router(system.protected, dependencies=secured, responses=THROTTLED)
     if not open_docs:
         app.include_router(_schema_route(app), dependencies=secured)
@@ -129,7 +131,7 @@ def create_app(
     ):
         app.include_router(router, prefix="/api/v1", dependencies=secured, responses=THROTTLED)
     # its routes take a token or a signed link (ImageScopeDep): never without one of them
-    app.include_router(images.files, prefix="/api/v1", responses=THROTTLED)
+    app.include_router(images.files, prefix="/api/v1", dependencies=text, responses=THROTTLED)
     for router in compat_routers(settings.compat):  # other tools' shapes, where switched on
         app.include_router(router, dependencies=secured, responses=THROTTLED_ENVELOPED)
     mount_web(app)  # the browser UI: pages over the routes above, and their static files

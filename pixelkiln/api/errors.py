@@ -189,7 +189,7 @@ def _allowed(request: Request) -> list[str]:
     ]
 
 
-async def _kiln(_: Request, exc: Exception) -> JSONResponse:
+async def _kiln(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, SpecError):
         return _spec_error(exc)
     if isinstance(exc, NotFoundError):
@@ -210,6 +210,9 @@ async def _kiln(_: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, BalanceLimitError):
         return error_response(422, "balance_limit", str(exc), "amount")
     if isinstance(exc, UnstorableValueError):
+        if any(_beyond_any_id(v, INT32) for v in request.path_params.values()):
+            # an id past a 32-bit column (PostgreSQL's integer) names nothing, as on SQLite
+            return error_response(404, "not_found", "no such object: the id is out of range")
         return error_response(422, "invalid_request", str(exc))
     if isinstance(exc, DatabaseError):
         log.error("database unavailable: %s", exc)
@@ -238,10 +241,16 @@ def _spec_error(exc: SpecError) -> JSONResponse:
     return error_response(422, "invalid_spec", str(exc), field, problems)
 
 
-def _beyond_any_id(value: object) -> bool:
-    """A whole number (any sign) too large to be an id."""
+#: the largest value of a 32-bit integer column
+INT32 = 2**31 - 1
+
+
+def _beyond_any_id(value: object, limit: int | None = None) -> bool:
+    """A whole number (any sign) too large to be an id (or above ``limit``)."""
     digits = str(value).strip().lstrip("+-")
-    return digits.isascii() and digits.isdigit() and parse_id(digits, low=0) is None
+    if not (digits.isascii() and digits.isdigit()):
+        return False
+    return parse_id(digits, low=0) is None or (limit is not None and int(digits) > limit)
 
 
 async def _overflow(request: Request, exc: Exception) -> JSONResponse:
