@@ -1,0 +1,118 @@
+"""SIGKILL of `kiln serve` at random points of a paid batch, on SQLite and PostgreSQL.
+
+A user with credits creates a batch through the API; `kiln serve` is killed (SIGKILL,
+no chance to clean up) five times at seeded random points of it and started again each
+time. Afterwards every task succeeded exactly once, image rows = files = tasks × n, no
+temp file is left in the data folder and the credit ledger is the grant less what the
+tasks cost. The seed is printed (``KILN_SOAK_SEED`` replays one); so is the batch's
+throughput against an undisturbed batch of the same size run by the same server after.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.conftest import Soak, Tally
+from tests.reliability.faultkit import (
+    Poller,
+    Serve,
+    add_user,
+    audit,
+    create_batch,
+    placeholder,
+    rows,
+    until,
+    wait_finished,
+    write_config,
+)
+
+KILLS = 5
+N = 2  #: images per task
+
+
+def database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'kiln-data' / 'kiln.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def succeeded(database_url: str, batch_id: int) -> int:
+    found = rows(database_url, "SELECT n_succeeded FROM batches WHERE id = :b", b=batch_id)
+    return int(found[0][0]) if found else 0
+
+
+def reached(database_url: str, batch_id: int, point: int) -> Callable[[], bool]:
+    return lambda: succeeded(database_url, batch_id) >= point
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_sigkill_of_kiln_serve_mid_batch_loses_and_doubles_nothing(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, soak: Soak, tally: Tally
+) -> None:
+    area = f"SIGKILL kiln serve ({'SQLite' if kind == 'sqlite' else 'PostgreSQL'})"
+    tasks = soak.pick(200, 1000)
+    seed = int(os.environ.get("KILN_SOAK_SEED") or random.SystemRandom().randrange(10**6))
+    print(f"\n{area}: seed {seed} (KILN_SOAK_SEED={seed} replays it)")
+    rng = random.Random(seed)
+    # where to kill: after this many tasks succeeded (and a random breath more)
+    points = sorted(rng.sample(range(tasks // 10, tasks * 9 // 10), KILLS))
+    database_url = database(kind, request, tmp_path)
+    data_dir = tmp_path / "kiln-data"
+    write_config(tmp_path, database_url, backends=placeholder(latency=0.02), lease_seconds=5)
+    grant = 2 * tasks * N
+    token = add_user(tmp_path, "alice", grant)
+
+    server = Serve(tmp_path)
+    server.start()
+    try:
+        started = time.monotonic()
+        batch_id = create_batch(server.url, token, tasks, n=N, name="night")
+        with Poller(server.url, token, [f"/api/v1/batches/{batch_id}", "/healthz"]) as poller:
+            for point in points:
+                until(reached(database_url, batch_id, point), f"{point} tasks to succeed")
+                time.sleep(rng.uniform(0, 0.2))
+                server.kill()
+                server.start()
+            final = wait_finished(server.url, token, batch_id)
+        crashed_seconds = time.monotonic() - started
+        assert final["status"] == "completed", final
+
+        started = time.monotonic()
+        baseline = create_batch(server.url, token, tasks, n=N, name="calm")
+        assert wait_finished(server.url, token, baseline)["status"] == "completed"
+        calm_seconds = time.monotonic() - started
+    finally:
+        server.stop()
+
+    found = audit(database_url, data_dir, batch_id, tasks=tasks, n=N, user="alice", grant=grant)
+    calm = audit(database_url, data_dir, baseline, tasks=tasks, n=N)
+    tally.add(
+        area,
+        faults=KILLS,
+        crashes=KILLS,
+        inputs=poller.asked,
+        server_errors=poller.server_errors,
+        lost=found.lost + calm.lost,
+        duplicated=found.duplicated + calm.duplicated,
+        drift=found.drift,
+    )
+    ratio = (tasks / crashed_seconds) / (tasks / calm_seconds)
+    print(
+        f"{area}: {tasks} tasks × {N} through {KILLS} SIGKILLs in {crashed_seconds:.1f} s, "
+        f"undisturbed {calm_seconds:.1f} s: throughput ratio {ratio:.2f}"
+    )
+    assert poller.errors == [], poller.errors
+    assert found.statuses == {"succeeded": tasks}, found
+    assert found.image_rows == found.files == tasks * N, found
+    assert (found.lost, found.duplicated, found.drift) == (0, 0, 0), found
+    assert found.problems == [] and calm.problems == [], (found.problems, calm.problems)
+    assert (calm.lost, calm.duplicated) == (0, 0), calm
+    assert server.starts == KILLS + 1
