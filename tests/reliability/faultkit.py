@@ -25,6 +25,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from pixelkiln.testing.faults import Faults, Outcome
 from tests.processes import KILN, env, free_port
 
 #: seconds a test waits for what processes do (generous: 2 shared cores, ~7 users)
@@ -205,11 +206,32 @@ def batch(url: str, token: str | None, batch_id: int) -> dict[str, Any] | None:
     return found
 
 
-def until(condition: Callable[[], object], what: str, timeout: float = PATIENCE) -> None:
+def until(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def reached(database_url: str, batch_id: int, point: int) -> Callable[[], bool]:
+    """A condition for :func:`until`: ``point`` tasks of the batch succeeded. Raises at once
+    where the batch ended short of it (its tasks' errors say why)."""
+
+    def condition() -> bool:
+        found = rows(
+            database_url, "SELECT n_succeeded, status FROM batches WHERE id = :b", b=batch_id
+        )
+        done, status = (int(found[0][0]), str(found[0][1])) if found else (0, "queued")
+        if done < point and status in ("completed", "partial", "failed", "cancelled"):
+            errors = rows(
+                database_url,
+                "SELECT DISTINCT last_error FROM tasks WHERE batch_id = :b AND status = 'failed'",
+                b=batch_id,
+            )
+            raise AssertionError(f"batch {batch_id} ended {status} at {done}: {errors[:5]}")
+        return done >= point
+
+    return condition
 
 
 def wait_finished(url: str, token: str | None, batch_id: int) -> dict[str, Any]:
@@ -398,3 +420,16 @@ def sqlite_integrity(database: Path) -> str:
     """``PRAGMA integrity_check`` of the SQLite file: ``"ok"`` when sound."""
     found = rows(f"sqlite:///{database}", "PRAGMA integrity_check")
     return "; ".join(str(r[0]) for r in found)
+
+
+@dataclass
+class CountingFaults(Faults):
+    """:class:`Faults` that count what they played other than ``"ok"``."""
+
+    played: Counter[str] = field(default_factory=Counter)
+
+    def next_outcome(self) -> Outcome:
+        outcome = super().next_outcome()
+        if outcome != "ok":
+            self.played[str(outcome)] += 1
+        return outcome

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from tests.reliability.faultkit import (
     audit,
     create_batch,
     placeholder,
-    rows,
+    reached,
     until,
     wait_finished,
     write_config,
@@ -41,15 +40,6 @@ def database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'kiln-data' / 'kiln.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
-
-
-def succeeded(database_url: str, batch_id: int) -> int:
-    found = rows(database_url, "SELECT n_succeeded FROM batches WHERE id = :b", b=batch_id)
-    return int(found[0][0]) if found else 0
-
-
-def reached(database_url: str, batch_id: int, point: int) -> Callable[[], bool]:
-    return lambda: succeeded(database_url, batch_id) >= point
 
 
 @pytest.mark.slow
