@@ -290,16 +290,12 @@ class Poller:
     @staticmethod
     def _acceptable(path: str, answer: httpx.Response) -> bool:
         """/healthz says 503 while unhealthy (its body says why); elsewhere a 503 during an
-        outage is acceptable only with a message (a problem body with ``detail``)."""
+        outage is acceptable only with a message (``{"error": {"code", "message"}}``)."""
         if answer.status_code != 503:
             return False
         if path == "/healthz":
             return True
-        try:
-            body = answer.json()
-        except ValueError:
-            return False
-        return isinstance(body, dict) and bool(body.get("detail") or body.get("title"))
+        return clear_503(answer)
 
     @property
     def server_errors(self) -> int:
@@ -308,6 +304,20 @@ class Poller:
     @property
     def asked(self) -> int:
         return sum(self.answers.values()) + self.refused
+
+
+def clear_503(answer: httpx.Response) -> bool:
+    """A 503 that says what is wrong (the API's error body), not a bare failure."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return False
+    error = body.get("error") if isinstance(body, dict) else None
+    return (
+        isinstance(error, dict)
+        and error.get("code") == "unavailable"
+        and bool(error.get("message"))
+    )
 
 
 # -- the audit ------------------------------------------------------------------------------
