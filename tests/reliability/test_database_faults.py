@@ -150,8 +150,8 @@ def test_sqlite_locked_by_another_connection_in_bursts(
                     locker.close()
             creates.join()
             wait_finished(server.url, token, batch_id)
-            for small in creates.ids:
-                wait_finished(server.url, token, small)
+            for created in creates.ids:
+                wait_finished(server.url, token, created)
     audits = check_all(database_url, data_dir, batch_id, tasks, creates, grant)
     record_and_assert(
         tally, "database locked (SQLite)", bursts, poller, creates, [audits[0], *audits[1]]
@@ -211,8 +211,8 @@ def test_postgresql_connections_terminated_mid_batch(
                 creates.start()  # on a pool whose connections were all just cut
             creates.join()
             wait_finished(server.url, token, batch_id)
-            for small in creates.ids:
-                wait_finished(server.url, token, small)
+            for created in creates.ids:
+                wait_finished(server.url, token, created)
     print(f"PostgreSQL restart: {terminated} connections terminated in {kills} rounds")
-    main, small = check_all(postgres_url, data_dir, batch_id, tasks, creates, grant)
-    record_and_assert(tally, "PostgreSQL restart", kills, poller, creates, [main, *small])
+    main, extra = check_all(postgres_url, data_dir, batch_id, tasks, creates, grant)
+    record_and_assert(tally, "PostgreSQL restart", kills, poller, creates, [main, *extra])
