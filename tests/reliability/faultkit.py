@@ -179,10 +179,13 @@ def serve(cwd: Path) -> Iterator[Serve]:
         server.stop()
 
 
-def create_batch(url: str, token: str | None, tasks: int, *, n: int = 1, name: str = "b") -> int:
+def create_batch(
+    url: str, token: str | None, tasks: int, *, n: int = 1, name: str = "b", size: int = 64
+) -> int:
+    """A batch of ``tasks`` tasks of ``n`` images of ``size``² pixels, created by the API."""
     body = {
         "name": name,
-        "defaults": {"width": 64, "height": 64, "n": n},
+        "defaults": {"width": size, "height": size, "n": n},
         "tasks": [{"prompt": f"{name} scene {i}", "key": f"s{i}"} for i in range(tasks)],
     }
     created = httpx.post(f"{url}/api/v1/batches", json=body, headers=auth(token), timeout=60)
