@@ -13,15 +13,19 @@ the same server after.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from tests.processes import connected
 from tests.reliability.conftest import Soak, Tally
 from tests.reliability.faultkit import (
     Poller,
@@ -30,6 +34,7 @@ from tests.reliability.faultkit import (
     audit,
     auth,
     create_batch,
+    kiln,
     placeholder,
     reached,
     rows,
@@ -153,3 +158,39 @@ def post_batch(url: str, token: str, key: str) -> httpx.Response | None:
         return httpx.post(f"{url}/api/v1/batches", json=body, headers=headers, timeout=60)
     except httpx.TransportError:
         return None
+
+
+def test_the_audit_sees_what_a_crash_could_leave(tmp_path: Path) -> None:
+    """The checks above can fail: a batch run to the end, then a file gone, a stray file,
+    a temp file and a ledger entry no task explains are each seen."""
+    database_url = f"sqlite:///{tmp_path / 'kiln-data' / 'kiln.db'}"
+    write_config(tmp_path, database_url, backends=placeholder(latency=0), paying=False)
+    spec = {
+        "name": "seen",
+        "tasks": [{"prompt": f"p{i}", "width": 64, "height": 64} for i in range(4)],
+    }
+    (tmp_path / "seen.json").write_text(json.dumps(spec))
+    done = kiln(tmp_path, "run", "seen.json", "--quiet")
+    assert done.returncode == 0, done.stderr
+    add_user(tmp_path, "alice", 10)
+    data_dir = tmp_path / "kiln-data"
+    clean = audit(database_url, data_dir, 1, tasks=4, user="alice", grant=10)
+    assert (clean.lost, clean.duplicated, clean.drift, clean.problems) == (0, 0, 0, [])
+
+    first, second, *_ = sorted((data_dir / "images" / "1").glob("*.png"))
+    first.unlink()  # a row without its file
+    shutil.copy(second, second.with_name("stray.png"))  # a file no row names
+    (second.parent / f".{second.name}.tmp").write_bytes(b"half")  # a write cut short
+    with connected(tmp_path, data_dir=data_dir) as conn:  # credits no task explains
+        conn.execute(
+            text(
+                "INSERT INTO credit_ledger (user_id, delta, reason, note, created_at) "
+                "VALUES (1, 1, 'grant', 'stray', 0)"
+            )
+        )
+        conn.commit()
+    found = audit(database_url, data_dir, 1, tasks=5, user="alice", grant=10)
+    assert found.lost == 1  # five expected, four stored
+    assert found.duplicated == 1 and found.drift == 1
+    assert any("without their file" in p for p in found.problems), found.problems
+    assert found.temp_files == [f"images/1/.{second.name}.tmp"]
