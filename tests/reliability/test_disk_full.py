@@ -33,6 +33,7 @@ from tests.reliability.faultkit import (
     create_batch,
     ledger_drift,
     placeholder,
+    rows,
     serve,
     sqlite_integrity,
     until,
@@ -41,6 +42,10 @@ from tests.reliability.faultkit import (
 )
 
 N = 2
+CONCURRENCY = 4  #: faultkit's configuration
+#: seconds per generation: past the scheduler's claim-ahead, so that what a stalled
+#: scheduler holds is what it started, not a prefetched queue
+LATENCY = 0.3
 #: bytes the filler leaves free, round by round: none for an image (its write fails
 #: first), then room for a few images but not for the batch (the database fails first)
 ROOMS = (8 * 1024, 192 * 1024)
@@ -110,14 +115,14 @@ def test_a_full_disk_stalls_kiln_serve_cleanly_and_it_goes_on_when_space_returns
 ) -> None:
     """``full``: what the small disk holds (the database elsewhere, only the images fill
     it: their writes fail, not the database's)."""
-    tasks, rounds = soak.pick((16, 2), (100, 6))  # tasks per round
+    tasks, rounds = soak.pick((30, 2), (100, 6))  # tasks per round
     with tmpfs(tmp_path / "data", "24m") as data_dir:
         database = (data_dir if full != "images" else tmp_path) / "kiln.db"
         write_config(
             tmp_path,
             f"sqlite:///{database}",
             data_dir=data_dir,
-            backends=placeholder(latency=0.02),
+            backends=placeholder(latency=LATENCY),
         )
         config = tmp_path / "kiln.toml"
         config.write_text(config.read_text().replace("[scheduler]\n", "[scheduler]" + STALLED))
@@ -125,6 +130,7 @@ def test_a_full_disk_stalls_kiln_serve_cleanly_and_it_goes_on_when_space_returns
         token = add_user(tmp_path, "alice", grant)
         reasons: set[str] = set()
         finals: list[dict[str, Any]] = []
+        held: list[int] = []  #: tasks claimed (running) a second into each stall
         with serve(tmp_path) as server:
             paths = ["/api/v1/batches/1", "/api/v1/batches", "/api/v1/me/credits", "/healthz"]
             with Poller(server.url, token, paths) as poller:
@@ -137,6 +143,8 @@ def test_a_full_disk_stalls_kiln_serve_cleanly_and_it_goes_on_when_space_returns
                     )
                     filler = fill(data_dir, ROOMS[i % len(ROOMS)])
                     reasons.add(wait_stalled(server.url))
+                    time.sleep(1)  # what the stalled scheduler does meanwhile
+                    held.append(running_tasks(database))
                     assert sqlite_integrity(database) == "ok"
                     assert torn_images(data_dir) == []
                     filler.unlink()
@@ -158,7 +166,7 @@ def test_a_full_disk_stalls_kiln_serve_cleanly_and_it_goes_on_when_space_returns
         drift=drift,
     )
     print(f"\ndisk full of {full}: {rounds} rounds; the scheduler said: {sorted(reasons)}")
-    print(f"disk full of {full}: the server logged {written}")
+    print(f"disk full of {full}: the server logged {written}; tasks held in each stall {held}")
     assert poller.errors == [], poller.errors
     assert all("disk is full" in r or "No space left" in r for r in reasons), reasons
     assert [f["status"] for f in finals] == ["completed"] * rounds, finals
@@ -168,6 +176,9 @@ def test_a_full_disk_stalls_kiln_serve_cleanly_and_it_goes_on_when_space_returns
         assert found.problems == [], found.problems
     assert drift == 0
     assert integrity == "ok" and torn == []
+    # nothing more is claimed (and generated, on a generator that may be paid for) while
+    # nothing can be stored: what ran when the disk filled, and what it had claimed
+    assert max(held) <= 3 * CONCURRENCY, held
     if full == "images":  # what failed was the images' writes, and it was said
         assert written["image write"] > 0, written
 
@@ -182,6 +193,12 @@ def wait_stalled(url: str) -> str:
             return str(scheduler.get("last_error"))
         time.sleep(0.1)
     raise AssertionError("the disk filled up but /healthz never said so")
+
+
+def running_tasks(database: Path) -> int:
+    return int(
+        rows(f"sqlite:///{database}", "SELECT COUNT(*) FROM tasks WHERE status = 'running'")[0][0]
+    )
 
 
 def full_disk_errors(logs: Path) -> dict[str, int]:
