@@ -57,7 +57,7 @@ class Recorder:
         self.supervision = supervision
         self.stopping = False  #: at shutdown a failing group is dropped, not retried
         #: a group could not be recorded and waits to be tried again (a full disk): the
-        #: scheduler claims nothing meanwhile, so that it does not generate (perhaps pay
+        #: scheduler starts and claims nothing meanwhile, so that it does not generate (pay
         #: for) images that could not be stored and only wait in memory
         self.failing = False
         self._failure_for = failure_for
