@@ -257,7 +257,11 @@ def task_limit_problem(
 ) -> Problem | None:
     """The batch makes more tasks than ``[limits] max_tasks_per_batch`` allows (counted
     after wildcards, random draws and sweep axes, without making them)."""
-    count = count_tasks(spec, base_dir)
+    return too_many_tasks(count_tasks(spec, base_dir), limits, source)
+
+
+def too_many_tasks(count: int, limits: LimitsSettings, source: str) -> Problem | None:
+    """The problem of a batch of ``count`` tasks when that is over ``[limits]``; else None."""
     if count <= limits.max_tasks_per_batch:
         return None
     return Problem(
