@@ -42,7 +42,7 @@ def load_structured(
         )
     if not data.get("name"):
         data = {**data, "name": default_name}
-    return parse_batch(data, source, partial=partial)
+    return parse_batch(data, source, partial=partial, control=True)
 
 
 def _parse_json(text: str, source: str) -> Any:
