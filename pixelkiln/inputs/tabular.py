@@ -196,7 +196,10 @@ def _sheet_read(sheet: Sheet, source: str) -> Problem:
 
 
 def _not_xlsx(source: str, exc: Exception) -> SpecError:
-    detail = str(exc) or type(exc).__name__
+    # the reader's own first line only: openpyxl's go on about "the exception for details"
+    lines = str(exc).strip().splitlines()
+    detail = (lines[0].strip() if lines else "") or type(exc).__name__
+    detail = re.sub(r" (?:from|at) <[^>]*>", "", detail)[:200]  # no object reprs
     return file_error(source, f"is not a readable .xlsx workbook ({detail})")
 
 
