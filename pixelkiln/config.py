@@ -255,8 +255,9 @@ class AuthSettings(BaseModel):
     )
     secret_key: SecretStr | None = Field(
         None,
-        description="Fernet key that encrypts users' provider keys; empty = one generated "
-        "into <data_dir>/secret.key on first use.",
+        description="Fernet key that encrypts users' provider keys and signs sessions and "
+        "image links; empty = one generated into <data_dir>/secret.key on first use, beside "
+        "what it protects (set this, e.g. as KILN_AUTH__SECRET_KEY, instead).",
     )
     link_ttl: float = Field(
         86400.0,
@@ -279,6 +280,21 @@ class AuthSettings(BaseModel):
         "the API (with the session cookie, or with auth off), e.g. a proxy's public "
         "address; the server's own host is always allowed (with auth off: when it is "
         "this machine).",
+    )
+    failed_limit: int = Field(
+        10,
+        ge=0,
+        le=1_000_000,
+        description="Different bad tokens (bearer tokens, session cookies, sign-ins) one "
+        "client address may send within failed_window before its requests are answered 429 "
+        "for failed_window seconds, good tokens too; counted per process; loopback never "
+        "locked; 0 = no limit.",
+    )
+    failed_window: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="Seconds over which failed_limit counts, and how long a lock lasts.",
     )
 
 

@@ -1,9 +1,16 @@
-"""Encryption of users' provider keys at rest (Fernet: AES-128-CBC + HMAC-SHA256).
+"""Encryption of users' provider keys at rest (Fernet: AES-128-CBC + HMAC-SHA256), and the
+installation's secret that signed sessions and image links derive their keys from.
 
-The key comes from ``[auth] secret_key``, or is generated once into
-``<data_dir>/secret.key`` (mode 0600) the first time a provider key is stored.
-Losing that file makes stored provider keys unreadable, never readable by
+The key comes from ``[auth] secret_key`` (best: ``KILN_AUTH__SECRET_KEY`` from a secret
+store), or is generated once into ``<data_dir>/secret.key`` (mode 0600) the first time
+one is needed, and read from there ever after: an existing install keeps working. That
+file lies beside the database it protects, so a copy of the data folder carries both;
+:func:`secret_key_warning` is what ``kiln serve`` and ``kiln worker`` say about it at
+start-up. Losing that file makes stored provider keys unreadable, never readable by
 someone else: users then store their keys again.
+
+>>> secret_key_warning(Settings(auth={"enabled": True, "secret_key": "x" * 43 + "="})) is None
+True
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from cryptography.fernet import Fernet, InvalidToken
 from pixelkiln.config import Settings
 from pixelkiln.exceptions import ConfigError
 
+#: the generated key's file, in ``[storage] data_dir``
+KEY_FILE = "secret.key"
+
 
 class KeyBox:
     """Encrypts and decrypts provider keys; builds its Fernet key on first use."""
@@ -26,7 +36,7 @@ class KeyBox:
     def __init__(self, settings: Settings) -> None:
         secret = settings.auth.secret_key
         self._configured = secret.get_secret_value() if secret else None
-        self._file = settings.storage.data_dir / "secret.key"
+        self._file = settings.storage.data_dir / KEY_FILE
         self._fernet: Fernet | None = None
         self._lock = threading.Lock()
 
@@ -59,6 +69,26 @@ class KeyBox:
                 except ValueError as exc:
                     raise ConfigError(f"[auth] secret_key is not a Fernet key: {exc}") from exc
             return self._fernet
+
+
+def secret_key_warning(settings: Settings) -> str | None:
+    """What to warn about at start-up while the secret key lives in the data folder
+    beside what it protects; None when ``[auth] secret_key`` is set, or when there is
+    nothing to protect (auth off and no key generated yet: no sessions, no links, no
+    stored provider keys)."""
+    if settings.auth.secret_key:
+        return None
+    path = settings.storage.data_dir / KEY_FILE
+    exists = path.is_file()
+    if not exists and not settings.auth.enabled:
+        return None
+    where = f"is {path}" if exists else f"will be generated into {path}"
+    return (
+        f"the secret key (it encrypts users' provider keys and signs sessions and image "
+        f"links) {where}, beside the data it protects: set KILN_AUTH__SECRET_KEY"
+        + (" to that file's contents, then delete the file" if exists else "")
+        + " (see docs/security.md)"
+    )
 
 
 def _load_or_create(path: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Collection
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -44,6 +45,60 @@ def encode_rgb(raw: bytes, width: int, height: int, level: int = 1) -> bytes:
 
 def is_png(data: bytes) -> bool:
     return data[:8] == SIGNATURE
+
+
+#: the chunks a stored PNG keeps: the picture's own, its colour and size information and
+#: text (a generator's parameters or workflow); anything else (a private chunk, APNG
+#: frames, a chunk of no standard) is dropped by :func:`cleaned`
+KEPT_CHUNKS = frozenset(
+    {
+        b"IHDR",
+        b"PLTE",
+        b"IDAT",
+        b"IEND",
+        b"tRNS",
+        b"gAMA",
+        b"cHRM",
+        b"sRGB",
+        b"iCCP",
+        b"cICP",
+        b"sBIT",
+        b"bKGD",
+        b"pHYs",
+        b"tIME",
+        b"tEXt",
+        b"zTXt",
+        b"iTXt",
+    }
+)
+
+
+def is_whole(png: bytes) -> bool:
+    """Whether ``png``'s chunks run from IHDR to an IEND, each within the data."""
+    chunks = _chunks(png, 8)
+    return bool(chunks) and chunks[-1][0] == b"IEND" and chunks[-1][2] <= len(png)
+
+
+TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+
+
+def cleaned(png: bytes, texts: Collection[str] | None = None) -> bytes:
+    """``png`` without what is not part of its picture: the chunks not in
+    :data:`KEPT_CHUNKS`, and every byte after IEND (where a PNG+HTML or PNG+ZIP
+    polyglot keeps its other file). ``texts``: the keys of the text chunks kept (None:
+    all). The picture's bytes are not touched, so cleaning twice changes nothing.
+    """
+    keys = None if texts is None else {key.encode("latin-1") + b"\x00" for key in texts}
+    kept = [png[:8]]
+    for kind, start, end in _chunks(png, 8):
+        if kind not in KEPT_CHUNKS:
+            continue
+        if kind in TEXT_CHUNKS and keys is not None:
+            body = png[start + 8 : end - 4]
+            if not any(body.startswith(key) for key in keys):
+                continue
+        kept.append(png[start:end])
+    return b"".join(kept)
 
 
 def with_text(png: bytes, key: str, value: str) -> bytes:

@@ -26,8 +26,9 @@ from pixelkiln.service import sessions
 from pixelkiln.service.context import LOCAL, Caller
 from pixelkiln.service.links import link_is_valid
 from pixelkiln.service.sessions import COOKIE
+from pixelkiln.service.throttle import FailedAttempts, client_key
 from pixelkiln.storage import Storage
-from pixelkiln.wire.schemas import Id, Offset
+from pixelkiln.wire.schemas import ErrorBody, Id, Offset
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -63,6 +64,8 @@ class ApiContext:
         self.pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="kiln-api")
         self.service = replace(kiln.service, executor=self.pool)
         self._runner: SchedulerThread | None = None
+        #: failed tokens by client address (:mod:`pixelkiln.service.throttle`)
+        self.throttle = FailedAttempts(settings.auth.failed_limit, settings.auth.failed_window)
 
     @property
     def runner(self) -> SchedulerThread | None:
@@ -172,6 +175,42 @@ def check_origin(request: Request, ctx: ApiContext, by_cookie: bool) -> None:
             )
 
 
+#: the 429 of every operation that takes a token, for the OpenAPI schema (api/app.py); the
+#: drop-in APIs (``THROTTLED_ENVELOPED``) answer it in their own tool's error shape
+THROTTLED_ENVELOPED: dict[int | str, dict[str, Any]] = {
+    429: {
+        "description": "Too many different bad tokens from this client address: nothing is "
+        "checked until Retry-After seconds have passed ([auth] failed_limit).",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds until this address may try again.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    }
+}
+THROTTLED: dict[int | str, dict[str, Any]] = {429: {"model": ErrorBody, **THROTTLED_ENVELOPED[429]}}
+
+
+def refuse_if_locked(request: Request, ctx: ApiContext) -> None:
+    """429 with ``Retry-After`` while the client's address is locked for sending too many
+    bad tokens; its token (good or bad) is not looked at."""
+    wait = ctx.throttle.retry_after(client_key(request.client.host if request.client else None))
+    if wait:
+        raise ApiError(
+            429,
+            "too_many_requests",
+            f"too many bad tokens from this address: try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+def note_bad_token(request: Request, ctx: ApiContext, credential: str) -> None:
+    """Count a bearer token, session cookie or sign-in that opened nothing against the
+    client's address (its lock, when this is one too many, is logged there)."""
+    ctx.throttle.failed(client_key(request.client.host if request.client else None), credential)
+
+
 async def session_user(request: Request, ctx: ApiContext) -> User | None:
     """The user of the request's session cookie (see :mod:`pixelkiln.service.sessions`)."""
     return await sessions.session_user(ctx.service, request.cookies.get(COOKIE))
@@ -179,12 +218,16 @@ async def session_user(request: Request, ctx: ApiContext) -> User | None:
 
 async def get_caller(request: Request, ctx: CtxDep) -> Caller:
     """The caller, from the bearer token or else the session cookie; 401 when auth is on
-    and neither is good. Cookie-authenticated writes must come from our own pages."""
+    and neither is good, 429 while the client's address is locked for too many bad ones.
+    Cookie-authenticated writes must come from our own pages."""
+    if ctx.settings.auth.enabled:
+        refuse_if_locked(request, ctx)
     by_cookie = ctx.settings.auth.enabled and not request.headers.get("authorization")
     if by_cookie and COOKIE in request.cookies:
         check_origin(request, ctx, by_cookie=True)
         user = await session_user(request, ctx)
         if user is None:
+            note_bad_token(request, ctx, request.cookies[COOKIE])
             raise ApiError(
                 401,
                 "unauthorized",
@@ -194,8 +237,10 @@ async def get_caller(request: Request, ctx: CtxDep) -> Caller:
     check_origin(request, ctx, by_cookie=False)
     if not ctx.settings.auth.enabled:
         return LOCAL
-    user = await ctx.read(user_for_token, _bearer(request))
+    token = _bearer(request)
+    user = await ctx.read(user_for_token, token)
     if user is None:
+        note_bad_token(request, ctx, token)
         raise ApiError(
             401,
             "unauthorized",

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pixelkiln.web.headers import CONTENT_CSP
+
 
 def is_loopback_host(host: str) -> bool:
     """127.0.0.0/8, ::1 and "localhost"; anything else is reachable from elsewhere (a host
@@ -76,6 +78,7 @@ async def _refuse(send: Send, host: str) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-content-type-options", b"nosniff"),
+                (b"content-security-policy", CONTENT_CSP.encode()),
             ],
         }
     )

@@ -2,8 +2,11 @@
 
 Nothing from an upload reaches the filesystem by its name: images are stored
 by content hash (:meth:`Storage.write_asset`), a table goes to a temporary
-file. The name a client sent is kept as sanitised text (:func:`pixelkiln.naming.file_name`):
-shown, stored as the asset's name, and made the key of an upload batch's task.
+file. Nor does anything reach it as sent: an image is stored re-encoded
+(:func:`pixelkiln.storage.read_input_image`), so no file appended to it, and no
+metadata but its colour profile, is ever stored or served back. The name a
+client sent is kept as sanitised text (:func:`pixelkiln.naming.file_name`): shown,
+stored as the asset's name, and made the key of an upload batch's task.
 Files are read one at a time, so 50 × 10 MB never sits in memory at once: every
 file is checked first, and only when all pass are they read again from their
 spool and stored, so a refused upload leaves no file behind.
@@ -93,7 +96,7 @@ async def store_images(
             f"at most {limits.max_upload_files} files per request",
             field=field,
         )
-    checked: list[tuple[UploadFile, InputImage, str]] = []
+    checked: list[tuple[UploadFile, str, str]] = []
     too_large: list[dict[str, str]] = []
     invalid: list[dict[str, str]] = []
     for i, upload in enumerate(files):
@@ -105,12 +108,13 @@ async def store_images(
             continue
         data = await upload.read(limits.max_upload_bytes + 1)
         try:
-            image = await ctx.run(_check, ctx, data)
+            await ctx.run(_check, ctx, data, False)  # cleaned once all pass, below
         except ValueError as exc:
             bucket = too_large if len(data) > limits.max_upload_bytes else invalid
             bucket.append(_problem(where, name, str(exc)))
             continue
-        checked.append((upload, replace(image, data=b""), name))  # bytes stay in the spool
+        # the bytes stay in the spool: only their digest is kept, to see them unchanged
+        checked.append((upload, hashlib.sha256(data).hexdigest(), name))
     if too_large:
         raise ApiError(
             413,
@@ -129,10 +133,13 @@ async def store_images(
         )
     # only now, every file good, does anything reach the disk: a refused upload leaves nothing
     records = []
-    for upload, image, name in checked:
+    for upload, digest, name in checked:
         await upload.seek(0)
         data = await upload.read(limits.max_upload_bytes + 1)
-        records.append(await ctx.run(_store, ctx, replace(image, data=data), name))
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ApiError(400, "bad_request", "an uploaded file changed while it was read")
+        # checked again, and so cleaned (re-encoded): what is stored is never the bytes sent
+        records.append(await ctx.run(_store, ctx, await ctx.run(_check, ctx, data), name))
     assets = await ctx.write(_record_all, caller.user_id, records)
     return [Uploaded(a, name) for a, (_, _, name) in zip(assets, checked, strict=True)]
 
@@ -145,18 +152,20 @@ def _too_large(size: int, limit: int) -> str:
     return f"file is {size:,} bytes; the limit is {limit:,}"
 
 
-def _check(ctx: ApiContext, data: bytes) -> InputImage:
-    """Content checks: type, size, pixels, truncation (a thread)."""
+def _check(ctx: ApiContext, data: bytes, clean: bool = True) -> InputImage:
+    """Content checks: type, size, pixels, truncation; the image cleaned to be stored
+    unless ``clean`` is False (a first look) (a thread)."""
     limits = ctx.settings.server
     return read_input_image(
-        data, max_bytes=limits.max_upload_bytes, max_pixels=limits.max_upload_pixels
+        data,
+        max_bytes=limits.max_upload_bytes,
+        max_pixels=limits.max_upload_pixels,
+        clean=clean,
     )
 
 
 def _store(ctx: ApiContext, image: InputImage, name: str) -> dict[str, Any]:
-    """The checked file by content hash (a thread); the bytes must be those checked."""
-    if hashlib.sha256(image.data).hexdigest() != image.sha256:
-        raise ApiError(400, "bad_request", "an uploaded file changed while it was read")
+    """The checked (and cleaned) image by content hash (a thread)."""
     return asset_record(image, ctx.storage.write_asset(image), name)
 
 

@@ -22,6 +22,7 @@ from pixelkiln.cli.common import (
     settings_from,
     setup_logging,
 )
+from pixelkiln.config import Settings
 from pixelkiln.storage import check_storage
 
 log = logging.getLogger("pixelkiln.serve")
@@ -77,6 +78,7 @@ def serve(
         raise typer.Exit(2)
     with errors():
         log_path = setup_logging(settings, prefix="serve")
+    warn_of_the_key(settings)
     app = create_app(
         settings, run_scheduler=worker, drain_seconds=settings.scheduler.shutdown_seconds
     )
@@ -105,6 +107,17 @@ def serve(
             server.run()
     finally:
         _close_leftovers(app)
+
+
+def warn_of_the_key(settings: Settings) -> None:
+    """A WARNING (console and log) while the secret key lives beside the data it protects
+    (``kiln serve`` and ``kiln worker``, once their log is set up)."""
+    from pixelkiln.keybox import secret_key_warning  # cryptography: only when serving
+
+    warning = secret_key_warning(settings)
+    if warning is not None:
+        log.warning("%s", warning)
+        err_console.print(f"[yellow]Warning:[/] {escape(warning)}", highlight=False)
 
 
 #: seconds a forced stop waits for the scheduler thread to give back what it holds

@@ -62,6 +62,7 @@ def worker(
     """
     # here, not at the top: its companions import cron parsing and the retention rules,
     # which no other command pays for at start
+    from pixelkiln.cli.serve import warn_of_the_key
     from pixelkiln.engine.worker import STOP_SIGNALS, Worker
 
     with errors():
@@ -70,6 +71,7 @@ def worker(
         port = settings.worker.health_port if health_port is None else health_port
         health = (settings.worker.health_host, port) if port else None
         log_path = setup_logging(settings, prefix="worker")
+        warn_of_the_key(settings)
         runner = Worker(
             settings,
             backends=names,

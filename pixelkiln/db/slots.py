@@ -15,14 +15,19 @@ Every change goes through :func:`exchange`, one write that first gives back slot
 then takes the wanted ones and reserves their rpm starts, so a scheduler sends every
 take and release of one event-loop turn together (engine.shared_limits).
 
-**Handover.** A process refused a server's slots (all held) records that it wants one:
-the server's row ``slot = -1`` (:data:`WANT`) gets ``holder`` = the waiter and
-``expires_at`` = now + :data:`WANT_SECONDS`, renewed by each refused look. While such a
-want is live, nobody else takes that server's slots: a process giving one back does not
-take it again in the same write (it would never be seen free), and the waiter gets it at
-its next look (at once on PostgreSQL: the give-back sends ``NOTIFY``, and only then), so
-slots rotate between the processes that have work. The waiter's successful take clears
-its want; a waiter that went away lets it lapse.
+**Handover.** A process refused a server's slots (all held) while holding none of them
+queues for one: it takes one of the server's want rows (``slot`` :data:`WANT` and below,
+:data:`WANT_ROWS` of them) with ``holder`` = the waiter, ``task_id`` = its ticket (one
+more than the highest live ticket) and ``expires_at`` = now + :data:`WANT_SECONDS`,
+renewed, ticket kept, by each refused look. While wants are live, only the first in line
+(lowest ticket) takes the server's slots: a process giving one back does not take it
+again in the same write (it would never be seen free), and the first waiter gets it at
+its next look (at once on PostgreSQL: the give-back sends ``NOTIFY``, and only then).
+So slots go to the processes that have work in the order they asked: none waits while
+another, quicker to ask again, gets turn after turn (with one marker row for all,
+whoever looked first after each handover was next, and one of four workers waited 3 s
+while the others took eleven turns). A waiter's successful take clears its want; a
+waiter that went away lets it lapse, and the next in line is first.
 
 **rpm.** A start is reserved only up to :data:`RPM_AHEAD` seconds ahead: a slot would be
 held idle while its request sleeps. Beyond that the slot is not taken, and the answer
@@ -58,6 +63,7 @@ __all__ = [
     "GLOBAL",
     "RPM_AHEAD",
     "WANT",
+    "WANT_ROWS",
     "WANT_SECONDS",
     "Bucket",
     "Granted",
@@ -72,8 +78,11 @@ __all__ = [
 
 #: the pseudo server whose slots are the global concurrency an admin stored
 GLOBAL = "*"
-#: the slot number of a server's "wanted" marker row (see the module docstring)
+#: the slot number of a server's first want row; the others are below it (module docstring)
 WANT = -1
+#: want rows per server: processes that can queue for its slots at once (one more waits
+#: unqueued, and takes a slot once the queue is empty)
+WANT_ROWS = 32
 #: seconds a refused process's want stays live unless renewed by its next refused look
 WANT_SECONDS = 0.5
 #: seconds ahead an rpm start may be reserved; a later one is refused (the slot not held)
@@ -154,15 +163,36 @@ _RELEASE = (
     )
     .values(holder=None, task_id=None, expires_at=None)
 )
-_WANTS = select(server_slots.c.server, server_slots.c.holder, server_slots.c.expires_at).where(
+_WANTS = select(
+    server_slots.c.server,
+    server_slots.c.slot,
+    server_slots.c.holder,
+    server_slots.c.task_id,
+    server_slots.c.expires_at,
+).where(
     server_slots.c.server.in_(bindparam("w_keys", expanding=True)),
-    server_slots.c.slot == WANT,
+    server_slots.c.slot <= WANT,
     server_slots.c.holder.is_not(None),
+)
+#: a want row to queue in: free or lapsed (``SKIP LOCKED``: one another process is taking
+#: now is skipped)
+_FREE_WANT = (
+    select(server_slots.c.slot)
+    .where(
+        server_slots.c.server == bindparam("w_key"),
+        server_slots.c.slot <= WANT,
+        or_(server_slots.c.holder.is_(None), server_slots.c.expires_at < bindparam("w_now")),
+    )
+    .order_by(server_slots.c.slot.desc())
+    .limit(1)
+    .with_for_update(skip_locked=True)
 )
 _SET_WANT = (
     update(server_slots)
-    .where(server_slots.c.server == bindparam("w_key"), server_slots.c.slot == WANT)
-    .values(holder=bindparam("w_holder"), expires_at=bindparam("w_until"))
+    .where(server_slots.c.server == bindparam("w_key"), server_slots.c.slot == bindparam("w_slot"))
+    .values(
+        holder=bindparam("w_holder"), task_id=bindparam("w_ticket"), expires_at=bindparam("w_until")
+    )
 )
 _TAT = (
     select(rate_buckets.c.tat)
@@ -197,31 +227,66 @@ def exchange(
             [{"b_key": k, "b_slot": n, "b_holder": holder} for k, n in sorted(releases)],
         )
     keys = sorted({k for k, _ in releases} | {w.key for w in wants})
-    marks = _wants_of(tx, keys) if keys else {}
-    foreign = {k for k, (by, live) in marks.items() if live and by != holder}
+    queues = _wants_of(tx, keys) if keys else {}
+    foreign = {k for k, q in queues.items() if q.first is not None and q.first != holder}
     if any(k in foreign for k, _ in releases):
         notify(tx, SLOTS)  # a waiter elsewhere looks again now (PostgreSQL); else nobody needs to
     order = sorted(wants, key=lambda w: (w.key, w.bucket.name if w.bucket else ""))
     taken = {id(w): ([] if w.key in foreign else _take(tx, holder, w, until)) for w in order}
     granted = _reserve_all(tx, holder, order, taken)
-    for key in sorted({w.key for w in order} - foreign):  # another's want stands as it is
-        mine = [w for w in order if w.key == key]
-        if not any(taken[id(w)] or w.held for w in mine):
-            # refused for want of a free slot, holding none: this process gets the next one
-            want = {"w_key": key, "w_holder": holder, "w_until": tx.now + WANT_SECONDS}
-            tx.conn.execute(_SET_WANT, want)
-        elif key in marks and marks[key][0] == holder:  # got what it wanted
-            tx.conn.execute(_SET_WANT, {"w_key": key, "w_holder": None, "w_until": None})
+    for key in sorted({w.key for w in order}):
+        queue = queues.get(key, _Queue())
+        mine = queue.rows.get(holder)  # (slot, ticket, live) of this process's want row
+        if any(taken[id(w)] or w.held for w in order if w.key == key):
+            if mine is not None:  # got what it waited for (or holds some): out of the line
+                _set_want(tx, key, mine[0], None, None, None)
+        elif mine is not None and mine[2]:  # still waiting: its place in line is kept
+            _set_want(tx, key, mine[0], holder, mine[1], tx.now + WANT_SECONDS)
+        else:  # refused for want of a free slot, holding none: it joins the line
+            row = mine[0] if mine is not None else _free_want_row(tx, key)
+            if row is not None:
+                _set_want(tx, key, row, holder, queue.last + 1, tx.now + WANT_SECONDS)
     return granted
 
 
-def _wants_of(tx: Tx, keys: list[str]) -> dict[str, tuple[str, bool]]:
-    """key → (the process that wants one of its slots, whether that want is live)."""
-    rows = tx.conn.execute(_WANTS, {"w_keys": keys})
-    return {
-        str(r.server): (str(r.holder), r.expires_at is not None and r.expires_at >= tx.now)
-        for r in rows
-    }
+@dataclass
+class _Queue:
+    """The processes waiting for one server's slots, as its want rows hold them."""
+
+    #: holder → (want row, ticket, live) of each process with a want row, lapsed or not
+    rows: dict[str, tuple[int, int, bool]] = field(default_factory=dict)
+    first: str | None = None  #: the live want with the lowest ticket: the next slot's
+    last: int = 0  #: the highest live ticket (0: nobody waits)
+
+
+def _wants_of(tx: Tx, keys: list[str]) -> dict[str, _Queue]:
+    """key → the line of processes waiting for its slots."""
+    queues: dict[str, _Queue] = {}
+    best: dict[str, tuple[int, str]] = {}
+    for r in tx.conn.execute(_WANTS, {"w_keys": keys}):
+        key, by, ticket = str(r.server), str(r.holder), int(r.task_id or 0)
+        live = r.expires_at is not None and r.expires_at >= tx.now
+        queue = queues.setdefault(key, _Queue())
+        queue.rows[by] = (int(r.slot), ticket, live)
+        if live:
+            queue.last = max(queue.last, ticket)
+            if key not in best or (ticket, by) < best[key]:
+                best[key] = (ticket, by)
+                queue.first = by
+    return queues
+
+
+def _free_want_row(tx: Tx, key: str) -> int | None:
+    """A want row of ``key`` free to queue in (None: the line is full)."""
+    found = tx.conn.execute(_FREE_WANT, {"w_key": key, "w_now": tx.now}).scalar()
+    return None if found is None else int(found)
+
+
+def _set_want(
+    tx: Tx, key: str, row: int, holder: str | None, ticket: int | None, until: float | None
+) -> None:
+    params = {"w_key": key, "w_slot": row, "w_holder": holder, "w_ticket": ticket}
+    tx.conn.execute(_SET_WANT, {**params, "w_until": until})
 
 
 def _take(tx: Tx, holder: str, want: SlotWant, until: float) -> list[int]:
@@ -294,8 +359,8 @@ def _reserve(tx: Tx, bucket: Bucket, slots: list[int]) -> Granted:
 
 
 def ensure_rows(tx: Tx, slots: Mapping[str, int], buckets: Collection[str] = ()) -> None:
-    """Add the rows a first take needs: per key of ``slots``, its :data:`WANT` marker and
-    slots ``0 … n-1``; a bucket row per name in ``buckets``. Reads which exist and inserts
+    """Add the rows a first take needs: per key of ``slots``, its :data:`WANT_ROWS` want
+    rows and slots ``0 … n-1``; a bucket row per name in ``buckets``. Reads which exist and inserts
     only the missing ones (a write of its own, before the take: see the module docstring)."""
     if slots:
         query = select(server_slots.c.server, server_slots.c.slot).where(
@@ -305,7 +370,7 @@ def ensure_rows(tx: Tx, slots: Mapping[str, int], buckets: Collection[str] = ())
         rows = [
             {"server": k, "slot": n}
             for k, count in sorted(slots.items())
-            for n in range(WANT, count)
+            for n in range(WANT - WANT_ROWS + 1, count)
             if (k, n) not in have
         ]
         insert_missing(tx, server_slots, rows)

@@ -136,8 +136,12 @@ def _as_input(ctx: ServiceContext, path: str, image_id: int, role: str) -> Input
     except FileNotFoundError as exc:
         raise NotFoundError(f"image {image_id}'s file is gone") from exc
     try:
+        # stored by this server, so already clean (storage.to_png): kept byte for byte
         return read_input_image(
-            data, max_bytes=limits.max_upload_bytes, max_pixels=limits.max_upload_pixels
+            data,
+            max_bytes=limits.max_upload_bytes,
+            max_pixels=limits.max_upload_pixels,
+            clean=False,
         )
     except ValueError as exc:
         message = f"image {image_id} cannot be {role}: {exc}"

@@ -106,9 +106,14 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def to_png(data: bytes) -> bytes:
-    """Generator output as PNG bytes; JPEG/WebP are re-encoded, garbage is a ServerError."""
-    if png.is_png(data) and data[12:16] == b"IHDR":
-        return data
+    """Generator output as PNG bytes; JPEG/WebP are re-encoded, garbage is a ServerError.
+
+    A whole PNG (IHDR first, IEND last) is kept as it is, less what a browser or another
+    tool could find in it besides the picture (:func:`pixelkiln.png.cleaned`: anything
+    after IEND, private chunks); a PNG cut short is decoded, and refused.
+    """
+    if png.is_png(data) and data[12:16] == b"IHDR" and png.is_whole(data):
+        return png.cleaned(data)
     try:
         with Image.open(io.BytesIO(data)) as image:
             out = io.BytesIO()
@@ -119,27 +124,39 @@ def to_png(data: bytes) -> bytes:
 
 
 def read_input_image(
-    data: bytes, *, max_bytes: int = MAX_INPUT_BYTES, max_pixels: int = MAX_INPUT_PIXELS
+    data: bytes,
+    *,
+    max_bytes: int = MAX_INPUT_BYTES,
+    max_pixels: int = MAX_INPUT_PIXELS,
+    clean: bool = True,
 ) -> InputImage:
-    """Validate an input image by its content (not its name); ValueError says what is wrong."""
+    """Validate an input image by its content (not its name) and clean it for storing;
+    ValueError says what is wrong.
+
+    What comes back is the picture re-encoded (:func:`clean_image`), never the bytes as
+    sent, though in the format it was sent in: nothing after the image's end (a PNG with
+    HTML or a ZIP appended), no metadata but its colour profile, turned upright by its
+    EXIF orientation, CMYK as RGB, 16 bits as 8, an animation's first frame. Its
+    ``sha256`` is of those bytes, so the same file uploaded twice is still stored once.
+    ``clean=False`` checks the same but keeps the bytes: for a file this server stored
+    itself (a generated image made an upload, already cleaned by :func:`to_png`).
+    """
     if len(data) > max_bytes:
         raise ValueError(f"image is {len(data):,} bytes; the limit is {max_bytes:,}")
     try:
-        return _inspect_image(data, max_pixels)
+        return _inspect_image(data, max_pixels, clean)
     except UnidentifiedImageError as exc:
         # not Pillow's text: it names the buffer's memory address
         raise ValueError("not a readable image (JPEG, PNG, GIF or WebP expected)") from exc
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"image has too many pixels ({exc})") from exc
-    except Image.DecompressionBombWarning as exc:
-        # raised only where warnings are errors; elsewhere our own pixel limit (below
-        # Pillow's) refuses the image. No catch_warnings: it is not thread-safe.
-        raise ValueError(f"image has too many pixels ({exc})") from exc
-    except OSError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # the warning is raised only where warnings are errors; elsewhere our own pixel
+        # limit (below Pillow's) refuses the image. No catch_warnings: not thread-safe.
+        raise ValueError(f"image has too many pixels; the limit is {max_pixels:,}") from exc
+    except (OSError, SyntaxError, EOFError) as exc:
         raise ValueError(f"damaged or truncated image ({exc})") from exc
 
 
-def _inspect_image(data: bytes, max_pixels: int) -> InputImage:
+def _inspect_image(data: bytes, max_pixels: int, clean: bool) -> InputImage:
     with Image.open(io.BytesIO(data)) as image:
         fmt = image.format or ""
         width, height = image.size
@@ -151,6 +168,95 @@ def _inspect_image(data: bytes, max_pixels: int) -> InputImage:
             raise ValueError(
                 f"image is {width}×{height} pixels; the limit is {max_pixels:,} pixels"
             )
-        image.load()  # catches truncated files
+        if width < 1 or height < 1:
+            raise ValueError(f"image is {width}×{height} pixels: it has no picture")
+        image.load()  # the first frame; catches truncated files
+        if clean:
+            fmt, data, (width, height) = clean_image(image, data)
     digest = hashlib.sha256(data).hexdigest()
     return InputImage(data, fmt, INPUT_FORMATS[fmt], width, height, digest)
+
+
+#: the EXIF tag of the orientation, and how each value is turned upright (as Pillow's
+#: ``ImageOps.exif_transpose``; 1 and anything unknown: as it is)
+_ORIENTATION = 0x0112
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+#: how each format is written again: lossless ones as they were, lossy ones at a quality
+#: that loses little (without chroma subsampling)
+_SAVE_OPTIONS: dict[str, dict[str, Any]] = {
+    "PNG": {},
+    "GIF": {},
+    "JPEG": {"quality": 95, "subsampling": 0},
+    "WEBP": {"quality": 95},
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # a damaged EXIF block: as if there were none
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+#: the one text a stored PNG keeps: the WebUI-style parameters (this server's own, on
+#: every image it generated), so an image of ours uploaded again is the same file
+KEPT_TEXTS = ("parameters",)
+
+
+def clean_image(image: Image.Image, data: bytes) -> tuple[str, bytes, tuple[int, int]]:
+    """A decoded input image (``data``, as sent) made safe to store: (Pillow format
+    name, bytes, size).
+
+    Only the pixels and the colour profile are kept: nothing appended to the file,
+    no EXIF, comments or private chunks survive, so a stored upload holds no other file
+    (an HTML page, a script, a ZIP) for a browser or another tool to find. The EXIF
+    orientation is applied (the picture is stored upright, and every reader sees it
+    the same way), CMYK becomes RGB, 16-bit samples become 8-bit, an animation is its
+    first frame. The format stays the one sent (a GIF's first frame is a still GIF).
+
+    JPEG, GIF and WebP are decoded and encoded again. An 8-bit PNG standing upright is
+    cleaned chunk by chunk instead (:func:`pixelkiln.png.cleaned`: no text but
+    :data:`KEPT_TEXTS`, nothing after IEND): the same picture, losslessly, and a file
+    this server generated stays byte for byte the same.
+    """
+    fmt = image.format or "PNG"
+    if fmt == "PNG" and data[24:25] != b"\x10" and _orientation(image) == 1 and png.is_whole(data):
+        return fmt, png.cleaned(data, KEPT_TEXTS), image.size
+    profile = image.info.get("icc_profile")
+    transparency = image.info.get("transparency")
+    picture = _plain_mode(image, fmt)
+    if image.mode == "CMYK":
+        profile = None  # a CMYK profile does not describe RGB pixels
+    turn = _UPRIGHT.get(_orientation(image))
+    turned = picture.transpose(turn) if turn is not None else picture.copy()
+    turned.info = {}  # Pillow's writers fall back on it: nothing is written unasked
+    options = dict(_SAVE_OPTIONS[fmt])
+    if isinstance(profile, bytes) and profile and fmt != "GIF":
+        options["icc_profile"] = profile
+    if fmt == "GIF" and turned.mode == "P" and isinstance(transparency, int):
+        options["transparency"] = transparency
+    out = io.BytesIO()
+    turned.save(out, format=fmt, **options)
+    return fmt, out.getvalue(), turned.size
+
+
+def _plain_mode(image: Image.Image, fmt: str) -> Image.Image:
+    """The image in a mode every generator and browser reads: L, RGB or RGBA (a GIF's
+    palette stays one)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scaled, not clipped
+        return image.convert("I").point(lambda v: v / 257).convert("L")
+    if (image.mode == "L" and fmt != "WEBP") or (fmt == "GIF" and image.mode == "P"):
+        return image
+    alpha = "A" in image.getbands() or "transparency" in image.info
+    if alpha and fmt != "JPEG":
+        return image.convert("RGBA")
+    return image if image.mode == "RGB" else image.convert("RGB")

@@ -312,6 +312,31 @@ def test_a_slot_given_back_goes_to_the_process_that_wants_one(db: Database) -> N
     assert db.write(exchange, "a:1:x", [], [SlotWant("srv", 1, 1)], until)[srv].slots == [0]
 
 
+def test_processes_waiting_for_a_slot_get_it_in_the_order_they_asked(db: Database) -> None:
+    # four workers on a one-slot server: whoever asks again first after a handover must
+    # not get turn after turn while another waits (one of four waited 3 s for eleven)
+    until = time.time() + 30
+    db.write(ensure_rows, {"srv": 1})
+    srv = ("srv", None)
+
+    def ask(holder: str, releases: list[tuple[str, int]] | None = None) -> list[int]:
+        got = db.write(exchange, holder, releases or [], [SlotWant("srv", 1, 1)], until)
+        return list(got[srv].slots)
+
+    assert ask("x:1:x") == [0]
+    assert (ask("a:2:a"), ask("b:3:b"), ask("c:4:c")) == ([], [], [])  # in line: a, b, c
+    assert ask("x:1:x", [("srv", 0)]) == []  # x gives back and asks again: behind c
+    assert (ask("c:4:c"), ask("b:3:b"), ask("x:1:x")) == ([], [], [])  # not their turn
+    assert ask("a:2:a") == [0]
+    assert ask("a:2:a", [("srv", 0)]) == []  # a, quick to ask again, is last in line
+    assert (ask("a:2:a"), ask("c:4:c"), ask("x:1:x")) == ([], [], [])
+    assert ask("b:3:b") == [0]
+    assert ask("b:3:b", [("srv", 0)]) == []
+    assert (ask("x:1:x"), ask("a:2:a"), ask("b:3:b")) == ([], [], [])
+    assert ask("c:4:c") == [0]
+    assert db.read(slots_held, "srv", 0.0) == {0: "c:4:c"}
+
+
 def test_an_rpm_start_too_far_ahead_is_not_granted(db: Database) -> None:
     until = time.time() + 30
     bucket = Bucket("slow", interval=30.0)  # rpm 2

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from pixelkiln.api.deps import CtxDep, check_origin
+from pixelkiln.api.deps import (
+    THROTTLED,
+    CtxDep,
+    check_origin,
+    note_bad_token,
+    refuse_if_locked,
+)
 from pixelkiln.api.errors import ApiError
 from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.views import user_public
@@ -33,7 +39,9 @@ def set_session_cookie(request: Request, response: Response, value: str, max_age
     )
 
 
-@router.post("", responses=ERRORS, summary="Sign in with a token: sets the session cookie")
+@router.post(
+    "", responses=ERRORS | THROTTLED, summary="Sign in with a token: sets the session cookie"
+)
 async def create_session(
     body: SessionCreate, request: Request, response: Response, ctx: CtxDep
 ) -> UserPublic:
@@ -42,9 +50,11 @@ async def create_session(
     sign-out, or when the token is revoked."""
     if not ctx.settings.auth.enabled:
         raise ApiError(409, "auth_disabled", "auth is off: nothing needs signing in")
+    refuse_if_locked(request, ctx)  # too many bad tokens from here: none is checked
     check_origin(request, ctx, by_cookie=False)  # another site's page may not sign you in
     found = await sign_in(ctx.service, body.token)
     if found is None:
+        note_bad_token(request, ctx, body.token)
         raise ApiError(401, "unauthorized", "invalid or revoked token", field="token")
     user, value = found
     set_session_cookie(request, response, value, int(ctx.settings.auth.session_ttl))
