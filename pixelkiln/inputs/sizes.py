@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pixelkiln.exceptions import Problem, SpecError
+
 #: the top-level lists whose entries each make at least one task
 LISTS = ("tasks", "items")
 #: what every object of the spec but the top level is read as: nothing at all
@@ -47,3 +49,23 @@ def may_list_more(size: int, limit: int) -> bool:
     """Whether a JSON text of ``size`` bytes could list more than ``limit`` entries: each
     takes two bytes at least (``0,``), so a smaller text is not worth counting."""
     return size > 2 * limit
+
+
+def limit_message(count: int, limit: int) -> str:
+    """What a batch of ``count`` tasks over a limit of ``limit`` is told."""
+    return (
+        f"{count:,} tasks; at most {limit:,} in one batch ([limits] max_tasks_per_batch): split it"
+    )
+
+
+def check_listed(count: int, limit: int | None, source: str) -> None:
+    """SpecError when a file lists more than ``limit`` tasks (None: no limit given)."""
+    if limit is not None and count > limit:
+        raise SpecError([Problem(source, "", "tasks", limit_message(count, limit))])
+
+
+def listed_in(data: Any) -> int:
+    """Entries of the top-level ``tasks`` and ``items`` lists of parsed spec data."""
+    if not isinstance(data, dict):
+        return 0
+    return sum(len(data[key]) for key in LISTS if isinstance(data.get(key), list))

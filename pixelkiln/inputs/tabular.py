@@ -38,6 +38,7 @@ from pixelkiln.inputs.headers import (
     is_chinese_heading,
 )
 from pixelkiln.inputs.pictures import PICTURE_COLUMNS, PlacedPictures, Placement, column_letter
+from pixelkiln.inputs.sizes import check_listed
 from pixelkiln.inputs.xlsx import Formula, Row, Sheet, dispimg, read_sheet
 from pixelkiln.problems import MAX_PROBLEMS, capped, problems_from_validation
 from pixelkiln.prompts import TemplateError, expand_items, parse_template
@@ -99,6 +100,7 @@ def load_csv(
     *,
     partial: bool = False,
     template: TableTemplate | None = None,
+    max_tasks: int | None = None,
 ) -> TableBatch:
     """Read a CSV file (UTF-8, with or without BOM; ``,`` ``;`` or tab separated).
 
@@ -112,7 +114,9 @@ def load_csv(
         rows = [(number, _unescaped(cells)) for number, cells in enumerate(reader, start=1)]
     except csv.Error as exc:
         raise file_error(source, f"is not valid CSV (line {reader.line_num}): {exc}") from exc
-    return rows_to_batch(rows, source, name, partial=partial, template=template)
+    return rows_to_batch(
+        rows, source, name, partial=partial, template=template, max_tasks=max_tasks
+    )
 
 
 def _has_chinese_heading(text: str) -> bool:
@@ -148,6 +152,7 @@ def load_xlsx(
     partial: bool = False,
     pictures_dir: Callable[[], Path] | None = None,
     template: TableTemplate | None = None,
+    max_tasks: int | None = None,
 ) -> TableBatch:
     """Read the table sheet of an ``.xlsx`` workbook, with the pictures on its cells.
 
@@ -170,7 +175,13 @@ def load_xlsx(
     placed = PlacedPictures(sheet, source, pictures_dir)
     try:
         return rows_to_batch(
-            placed.rows, source, name, partial=partial, pictures=placed, template=template
+            placed.rows,
+            source,
+            name,
+            partial=partial,
+            pictures=placed,
+            template=template,
+            max_tasks=max_tasks,
         )
     except SpecError as exc:
         if sheet.table or not sheet.others:
@@ -211,6 +222,7 @@ def rows_to_batch(
     partial: bool = False,
     pictures: PlacedPictures | None = None,
     template: TableTemplate | None = None,
+    max_tasks: int | None = None,
 ) -> TableBatch:
     """Turn numbered rows (header first) into a batch; SpecError lists every problem.
 
@@ -225,6 +237,7 @@ def rows_to_batch(
     header = _Header.read(header_cells, header_number, source, items=template is not None)
     if not body:
         raise file_error(source, "the table has a header but no task rows")
+    check_listed(len(body), max_tasks, source)  # before a task is made of any row
     placement = Placement()
     if pictures is not None:
         placement = pictures.place(header.columns, header.headings, {n for n, _ in body})

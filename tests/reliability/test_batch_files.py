@@ -399,3 +399,31 @@ async def test_the_api_answers_hostile_files_and_specs_with_4xx(
     for label, _, body in answers:
         if "formula.xlsx" in label and "import" in label:
             assert "formula cells are not supported; paste values" in body, body
+
+
+@pytest.mark.parametrize("kind", ["csv", "json", "yaml"])
+def test_kiln_submit_refuses_a_file_over_the_task_limit_before_building_it(
+    kind: str, tmp_path: Path, tally: Tally
+) -> None:
+    (tmp_path / "kiln.toml").write_text(CONFIG + "[limits]\nmax_tasks_per_batch = 100\n")
+    tasks = [{"prompt": f"a fox {i}"} for i in range(101)]
+    path = tmp_path / f"over.{kind}"
+    if kind == "csv":
+        path.write_bytes(_rows_csv(101))
+    elif kind == "json":
+        path.write_text(json.dumps({"name": "over", "tasks": tasks}))
+    else:
+        path.write_text(yaml.safe_dump({"name": "over", "tasks": tasks}))
+    done = subprocess.run(
+        [*KILN, "submit", path.name],
+        cwd=tmp_path,
+        env=env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    err = " ".join(done.stderr.split())
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "101 tasks; at most 100 in one batch ([limits] max_tasks_per_batch)" in err, err
+    assert "Traceback" not in done.stderr
+    tally.add("batch files (SQLite)", inputs=1)
