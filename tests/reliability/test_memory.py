@@ -9,12 +9,17 @@ The same figures print with ``python -m bench.memory``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.memory import MB, image_runs, spec_runs
+from pixelkiln.service import fingerprint
+from pixelkiln.specs import parse_batch
 from tests.processes import env
 from tests.reliability.conftest import Soak, Tally
 
@@ -41,3 +46,26 @@ def test_a_large_image_is_refused_or_leaves_no_memory_behind(
     assert image.memory.now - baseline.now < 64 * MB, (baseline, image)
     assert image.memory.peak - baseline.peak < 250 * MB, (baseline, image)
     tally.add("memory (SQLite)", inputs=2)
+
+
+SPECS: list[dict[str, Any]] = [
+    {"name": "a", "tasks": [{"prompt": "x"}]},
+    {
+        "name": 'é "tasks-" 狐',
+        "vars": {"tasks": []},
+        "sweep": {"x": {"n": [1, 2]}},
+        "tasks": [{"prompt": "x", "n": 2}, {"prompt": "y", "key": "k"}],
+    },
+    {"name": "i", "template": "{a}", "items": [{"id": "1", "a": "b"}, {"id": "2", "a": [1]}]},
+]
+
+
+@pytest.mark.parametrize("data", SPECS)
+def test_a_spec_hashes_task_by_task_as_its_whole_dump_would(data: dict[str, Any]) -> None:
+    """Idempotency keys stored before stay valid: the streamed hash is the same bytes'."""
+    spec = parse_batch(data)
+    whole = json.dumps(
+        ["json", spec.model_dump(mode="json")], sort_keys=True, separators=(",", ":"), default=str
+    )
+    assert fingerprint("json", spec) == hashlib.sha256(whole.encode()).hexdigest()
+    assert fingerprint("json", spec) != fingerprint("file", spec)
