@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
@@ -58,6 +58,10 @@ LAYOUT_FIELDS = (
 TOP_FIELDS = ("description", "default_settings", "projects", "projects_dir", "data_dir", "logs_dir")
 #: longest pause between two projects, in seconds
 MAX_DELAY = 86_400.0
+#: a project id's UTF-8 length: its folder's files (``{pid}_paragraphs.json``) fit in a name
+MAX_PID_BYTES = 200
+#: a file name's length on common filesystems (ext4, APFS, NTFS in UTF-16 units)
+MAX_PART_BYTES = 255
 
 
 class ProjectSettings(Params):
@@ -302,8 +306,10 @@ def _entries(
 def checked_pid(value: Any) -> tuple[str, str]:
     """A project id as text, and "" — or "" and why it cannot be one (it names a folder).
 
-    >>> checked_pid("../etc")
-    ('', "'../etc' cannot name a project folder: no '/', '\\\\' or '..', at most 200 characters")
+    >>> checked_pid("project001")
+    ('project001', '')
+    >>> checked_pid("../etc")[0]
+    ''
     """
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
         return "", "is required: a text (the project's folder name)"
@@ -313,12 +319,14 @@ def checked_pid(value: Any) -> tuple[str, str]:
         or "\\" in pid
         or ".." in pid
         or pid.startswith(".")
-        or "\x00" in pid
-        or len(pid) > 200
+        or any(ord(c) < 32 or ord(c) == 127 for c in pid)
+        # bytes, not characters: its folder's files ({pid}_scenes.json ...) stay under
+        # the 255 bytes a file name may take
+        or len(pid.encode()) > MAX_PID_BYTES
     ):
         return "", (
-            f"'{pid[:60]}' cannot name a project folder: no '/', '\\' or '..', "
-            "at most 200 characters"
+            f"'{pid[:60]}' cannot name a project folder: no '/', '\\', '..' or control "
+            f"characters, at most {MAX_PID_BYTES} bytes"
         )
     return pid, ""
 
@@ -408,11 +416,18 @@ def _project_fields(config: ProjectsConfig, entry: ProjectEntry) -> dict[str, An
 
 def _inside(folder: Path, name: str, what: str, named: str = "the project folder") -> Path:
     """``folder / name``, refused (ValueError) when ``name`` would leave ``folder``
-    (``named`` in the message)."""
-    path = Path(name)
-    if path.is_absolute() or ".." in path.parts or not name.strip():
+    (``named`` in the message) on any system: ``\\`` counts as a separator and a drive
+    (``C:``) as absolute, as on Windows; a NUL or a part longer than a file name may be
+    is refused too, rather than failing when the folder is made."""
+    windows = PureWindowsPath(name)  # splits on both '/' and '\\'
+    if Path(name).is_absolute() or windows.anchor or ".." in windows.parts or not name.strip():
         raise ValueError(f"{what} '{name}' would leave {named}")
-    return folder / path
+    if "\0" in name or any(len(part.encode()) > MAX_PART_BYTES for part in windows.parts):
+        raise ValueError(
+            f"{what} '{name[:60]}' cannot be a path: a NUL, or a part longer than "
+            f"{MAX_PART_BYTES} bytes"
+        )
+    return folder / Path(*windows.parts)
 
 
 def _missing(folder: Path, patterns: Sequence[str], fields: Mapping[str, Any]) -> list[str]:

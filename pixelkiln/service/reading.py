@@ -9,7 +9,8 @@ from sqlalchemy import Connection
 
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.records import images_of_tasks
-from pixelkiln.db.tasks import list_tasks
+from pixelkiln.db.tasks import get_task, list_tasks
+from pixelkiln.exceptions import NotFoundError
 from pixelkiln.models import Batch, ImageRecord, Task, TaskStatus
 from pixelkiln.service.context import Caller, ServiceContext
 
@@ -34,6 +35,17 @@ class BatchPage:
     images: dict[int, list[ImageRecord]]  #: by task id
     task_total: int  #: tasks in the batch with the page's statuses
     task_offset: int  #: tasks of those skipped before this page
+
+
+def scoped_task(conn: Connection, task_id: int, scope: int | None) -> tuple[Task, Batch]:
+    """The task and its batch when the batch is the caller's (``scope``: their user id,
+    None for an admin); else the very NotFoundError of a missing task ("no task 7"):
+    another user's task must not say that it exists, nor which batch it is in."""
+    task = get_task(conn, task_id)
+    try:
+        return task, get_batch(conn, task.batch_id, scope)
+    except NotFoundError:
+        raise NotFoundError(f"no task {task_id}") from None
 
 
 def _read_page(conn: Connection, batch_id: int, scope: int | None, page: TaskPage) -> BatchPage:

@@ -32,10 +32,11 @@ from pixelkiln.api.uploads import files_of, form_body, read_form, store_images
 from pixelkiln.api.views import ImageLinks
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.records import images_of_tasks, search_batches
-from pixelkiln.db.tasks import get_task, list_tasks
+from pixelkiln.db.tasks import list_tasks
 from pixelkiln.models import Batch, ImageRecord, Task
 from pixelkiln.problems import invalid_value
 from pixelkiln.service import Caller, Submission, Uploaded, UploadFields
+from pixelkiln.service.reading import scoped_task
 from pixelkiln.specs import BatchSpec
 from pixelkiln.wire.schemas import Id
 
@@ -161,9 +162,7 @@ async def cancel(queue_id: IdPath, ctx: CtxDep, caller: CallerDep) -> dict[str, 
 
 
 def _owned_task(conn: Connection, task_id: int, scope: int | None) -> Task:
-    task = get_task(conn, task_id)
-    get_batch(conn, task.batch_id, scope)  # NotFoundError when not the caller's
-    return task
+    return scoped_task(conn, task_id, scope)[0]  # another's: "no task N", as a missing one
 
 
 @router.post("/task/{task_id}/retry", summary="Retry a failed task (img2img service)")
