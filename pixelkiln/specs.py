@@ -16,6 +16,7 @@ data into a :class:`BatchSpec`, reporting *every* problem with where it is;
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -33,7 +34,14 @@ from pydantic import (
 
 from pixelkiln import params
 from pixelkiln.exceptions import Problem, SpecError
-from pixelkiln.problems import NUL_MESSAGE, capped, json_path, merge_problems, nul_paths
+from pixelkiln.problems import (
+    MAX_PROBLEMS,
+    NUL_MESSAGE,
+    capped,
+    json_path,
+    merge_problems,
+    nul_paths,
+)
 from pixelkiln.problems import problems_from_validation as problems_from_validation  # re-export
 
 #: names of every parameter a task or the defaults may carry
@@ -248,7 +256,9 @@ def _known_in_batch(loc: tuple[Any, ...]) -> Sequence[str]:
     return BATCH_KEYS
 
 
-def parse_batch(data: Any, source: str = "", *, partial: bool = False) -> BatchSpec:
+def parse_batch(
+    data: Any, source: str = "", *, partial: bool = False, control: bool = False
+) -> BatchSpec:
     """Validate raw batch data (from JSON/YAML/TOML/an API body) into a BatchSpec.
 
     Raises SpecError listing every problem. With ``partial=True`` a spec whose
@@ -256,10 +266,23 @@ def parse_batch(data: Any, source: str = "", *, partial: bool = False) -> BatchS
     problems in :attr:`BatchSpec.problems`, so that the checks made later (input
     files, uploads, backends) report in the same answer; nothing runs it, since
     :func:`resolve_tasks` and ``prepare_batch`` raise them.
+
+    Data nested more than :data:`MAX_DEPTH` levels, holding more than :data:`MAX_VALUES`
+    values (a YAML file's aliases repeat what they name), or containing itself (a YAML
+    alias inside its own anchor) is refused before anything else is looked at; so is text
+    with a NUL, and with ``control=True`` (batch files) any other control character
+    but tab and line breaks (:func:`text_problems`).
     """
     if not isinstance(data, dict):
         message = "a batch must be a mapping with 'tasks'"
         raise SpecError([Problem(source, "", "", message, path="")])
+    shape = shape_problem(data)
+    if shape is not None:  # walked no further: every later check would walk all of it
+        raise SpecError([Problem(source, "", "", shape, path="")])
+    if control:
+        found = text_problems(data, source)
+        if found:
+            raise SpecError(capped(found, source))
     nul = [
         Problem(source, *_locate_in_batch(loc), NUL_MESSAGE, path=json_path(loc))
         for loc in nul_paths(data)
@@ -277,6 +300,103 @@ def parse_batch(data: Any, source: str = "", *, partial: bool = False) -> BatchS
     if spec.problems and not partial:
         raise SpecError(capped(spec.problems, source))
     return spec
+
+
+#: most levels of lists and mappings inside each other a batch may hold (items' fields)
+MAX_DEPTH = 100
+#: most values (list entries and mapping values) a batch may hold, aliases counted each
+#: time they repeat what they name: far above 100,000 tasks of a dozen values each
+MAX_VALUES = 5_000_000
+
+
+def shape_problem(data: Any) -> str | None:
+    """What makes ``data`` (JSON-like, as a parser built it) too deep, too large or endless
+    to be walked; None when it is fine.
+
+    Found in one pass over its distinct lists and mappings: a YAML file can name one list
+    many times over (``*alias``), so the values are counted as each use repeats them
+    ("billion laughs") without walking each repetition, and a list inside itself is found
+    rather than followed for ever.
+
+    >>> shape_problem({"tasks": [[[]]]}) is None
+    True
+    """
+    shapes: dict[int, tuple[int, int]] = {}  # id → (depth, values), for each one walked
+    open_ids: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        node, walked = stack.pop()
+        inner = list(node.values()) if isinstance(node, dict) else node
+        if walked:
+            below = [shapes[id(c)] for c in inner if isinstance(c, dict | list)]
+            depth = 1 + max((d for d, _ in below), default=0)
+            shapes[id(node)] = (depth, len(inner) + sum(v for _, v in below))
+            open_ids.discard(id(node))
+            continue
+        if id(node) in shapes:
+            continue
+        if id(node) in open_ids:
+            return (
+                "holds a list or mapping inside itself (a YAML alias used within its own "
+                "anchor); a batch file cannot be endless"
+            )
+        open_ids.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in inner if isinstance(c, dict | list))
+    depth, values = shapes[id(data)]
+    if depth > MAX_DEPTH:
+        return (
+            f"is nested {depth} levels deep (lists and mappings inside each other); "
+            f"at most {MAX_DEPTH}"
+        )
+    if values > MAX_VALUES:
+        return (
+            f"holds {values:,} values once its YAML aliases (*name) repeat what they name; "
+            f"at most {MAX_VALUES:,}: write the batch out, or split it"
+        )
+    return None
+
+
+#: characters text in a batch file may not hold: control characters but tab, line feed and
+#: carriage return (a NUL has its own message), DEL, and the C1 controls mojibake is made of
+CONTROL = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def control_message(text: str) -> str | None:
+    """Why ``text`` cannot be a batch's value ("contains a control character (U+0007) at
+    character 5; remove it"); None when it holds none (a NUL is NUL_MESSAGE's)."""
+    if "\x00" in text:
+        return NUL_MESSAGE
+    found = CONTROL.search(text)
+    if found is None:
+        return None
+    return (
+        f"contains a control character (U+{ord(found.group()):04X}) at character "
+        f"{found.start() + 1}, which a batch file may not hold; remove it"
+    )
+
+
+def text_problems(data: Any, source: str) -> list[Problem]:
+    """A problem for each text (or key) of ``data`` holding a control character, named by
+    where it is ("task 3", field ``prompt``); at most MAX_PROBLEMS of them."""
+    found: list[Problem] = []
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack and len(found) < MAX_PROBLEMS:
+        loc, value = stack.pop()
+        if isinstance(value, str):
+            message = control_message(value)
+            if message is not None:
+                found.append(Problem(source, *_locate_in_batch(loc), message, path=json_path(loc)))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                message = control_message(key) if isinstance(key, str) else None
+                if message is not None:
+                    where, name = _locate_in_batch((*loc, key))
+                    found.append(Problem(source, where, name, f"the key {message}"))
+                stack.append(((*loc, key), item))
+        elif isinstance(value, list):
+            stack.extend(((*loc, i), item) for i, item in enumerate(value))
+    return sorted(found, key=lambda p: [str(x).zfill(12) for x in (p.path or "")])
 
 
 def expand_items(spec: BatchSpec, source: str = "") -> BatchSpec:

@@ -12,9 +12,12 @@ the scheduler builds backends.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import typing
 from importlib.metadata import entry_points
+
+import httpx
 
 from pixelkiln.backends.base import Backend, BackendDeps, BackendFactory, BackendInfo
 from pixelkiln.config import BackendSettings
@@ -82,6 +85,19 @@ def build_backends(settings: list[BackendSettings], deps: BackendDeps) -> dict[s
     return {s.name: build_backend(s, deps) for s in settings}
 
 
+def check_backend_settings(settings: list[BackendSettings]) -> None:
+    """Build every configured backend once and drop it: a setting only its backend can
+    judge (a WebUI ``api_key`` not ``user:password``) is a :class:`ConfigError` before a
+    server starts, as ``kiln run`` and ``kiln worker`` find it, not a traceback from
+    the app's start-up."""
+
+    async def build() -> None:
+        async with httpx.AsyncClient() as http:
+            build_backends(settings, BackendDeps(http=http))
+
+    asyncio.run(build())
+
+
 __all__ = [
     "Backend",
     "BackendDeps",
@@ -89,5 +105,6 @@ __all__ = [
     "backend_types",
     "build_backend",
     "build_backends",
+    "check_backend_settings",
     "describe_backends",
 ]

@@ -213,10 +213,17 @@ VarOption = Annotated[
 ]
 
 
-def load_spec(spec: Path, name: str | None, template: str | None, var: list[str]) -> LoadedBatch:
-    """A batch file as ``kiln run`` and ``kiln submit`` read it (SpecError for bad input)."""
+def load_spec(
+    spec: Path,
+    name: str | None,
+    template: str | None,
+    var: list[str],
+    max_tasks: int | None = None,
+) -> LoadedBatch:
+    """A batch file as ``kiln run`` and ``kiln submit`` read it (SpecError for bad input);
+    one listing more than ``max_tasks`` tasks refused before they are built."""
     items = _table_template(template, var)
-    return load_batch_file(spec, name=name, partial=True, template=items)
+    return load_batch_file(spec, name=name, partial=True, template=items, max_tasks=max_tasks)
 
 
 def run(
@@ -236,7 +243,8 @@ def run(
     """
     with errors():
         settings = settings_from(config, log_level)
-        loaded = load_spec(spec, name, template, var or [])
+        limit = settings.limits.max_tasks_per_batch
+        loaded = load_spec(spec, name, template, var or [], limit)
         log_path = setup_logging(settings)
         code = asyncio.run(_submit_and_run(settings, loaded, report, quiet, log_path, yes))
     raise typer.Exit(code)

@@ -62,10 +62,12 @@ def serve(
 
     from pixelkiln.api.app import create_app
     from pixelkiln.api.hosts import is_loopback_host
+    from pixelkiln.backends import check_backend_settings
 
     with errors():
         settings = settings_from(config)
         check_storage(settings.storage)  # a bucket that cannot be used: exit 2, say why
+        check_backend_settings(settings.backends)  # one only its backend judges: exit 2
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     if not is_loopback_host(host) and not settings.auth.enabled:

@@ -56,7 +56,7 @@ def submit(
     """
     with errors():
         settings = settings_from(config)
-        loaded = load_spec(spec, name, template, var or [])
+        loaded = load_spec(spec, name, template, var or [], settings.limits.max_tasks_per_batch)
         batch_id = asyncio.run(_queue(settings, loaded, yes))
     tasks = count_tasks(loaded.spec, loaded.base_dir)
     if as_json:

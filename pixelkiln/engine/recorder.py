@@ -56,6 +56,10 @@ class Recorder:
         self.owner = owner
         self.supervision = supervision
         self.stopping = False  #: at shutdown a failing group is dropped, not retried
+        #: a group could not be recorded and waits to be tried again (a full disk): the
+        #: scheduler starts and claims nothing meanwhile, so that it does not generate (pay
+        #: for) images that could not be stored and only wait in memory
+        self.failing = False
         self._failure_for = failure_for
         self._recorded = recorded
         self._pause = pause
@@ -108,8 +112,10 @@ class Recorder:
                 if self.stopping:
                     log.exception("could not record %d task outcome(s)", len(outcomes))
                     break
+                self.failing = True
                 await self._pause(self.supervision.failed("recording", exc))
                 continue
+            self.failing = False
             self.supervision.ok("recording")
             if dropped:  # after the commit: a row never lacks its file
                 await asyncio.to_thread(self._remove_files, dropped)

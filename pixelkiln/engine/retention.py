@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from pixelkiln.service.context import LOCAL, ServiceContext
 from pixelkiln.service.retention import Outcome, sweep
@@ -30,6 +31,8 @@ log = logging.getLogger("pixelkiln.retention")
 #: seconds :meth:`Sweeper.finish` waits for the step under way
 FINISH_SECONDS = 10.0
 HOUR = 3_600.0
+#: temp files and half-deleted folders older than this are a crash's leftovers
+LEFTOVER_SECONDS = HOUR
 
 
 class Sweeper:
@@ -55,8 +58,13 @@ class Sweeper:
                 await asyncio.wait_for(self._stopping.wait(), self.interval)
 
     async def sweep_once(self) -> Outcome | None:
-        """One pass; None when it failed (logged, never raised)."""
+        """One pass; None when it failed (logged, never raised). A crash's leftovers in the
+        storage (temp files, half-deleted folders) go first, whatever the rules."""
         try:
+            cutoff = time.time() - LEFTOVER_SECONDS
+            removed = await asyncio.to_thread(self.ctx.storage.sweep_leftovers, cutoff)
+            if removed:
+                log.info("retention: removed %d file(s) a crash left half-written", removed)
             return await sweep(self.ctx, LOCAL, stop=self._stopping.is_set)
         except Exception:
             hours = self.interval / HOUR

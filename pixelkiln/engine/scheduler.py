@@ -417,7 +417,10 @@ class Scheduler:
         job.job = asyncio.create_task(self._execute(job), name=f"kiln-task-{task.id}")
 
     async def _claim_and_start(self) -> bool:
-        """Start what is ready, refill by claiming; True when anything happened."""
+        """Start what is ready, refill by claiming; True when anything happened. Nothing
+        starts while recording fails: its images could not be stored (a full disk)."""
+        if self._recorder.failing:
+            return False
         started = self._start_ready()
         wants = self._wants()
         if not wants:

@@ -81,6 +81,7 @@ def load_batch_file(
     source: str | None = None,
     pictures_dir: Callable[[], Path] | None = None,
     template: TableTemplate | None = None,
+    max_tasks: int | None = None,
 ) -> LoadedBatch:
     """Read and validate a batch file; the extension says which format it is.
 
@@ -94,7 +95,9 @@ def load_batch_file(
     Pictures in an XLSX's cells are written to ``pictures_dir()`` (default: a private
     folder removed when the process ends) and listed in :attr:`LoadedBatch.pictures`.
     A ``template`` makes a table's rows items (:class:`TableTemplate`); a JSON, YAML or
-    TOML file, which can hold its own, is refused one.
+    TOML file, which can hold its own, is refused one. A file listing more than
+    ``max_tasks`` tasks (``[limits] max_tasks_per_batch``) is refused before they are
+    built (:mod:`pixelkiln.inputs.sizes`); a sweep's or wildcards' count is checked later.
 
     >>> load_batch_file(Path("shots.csv")).where(0)                 # doctest: +SKIP
     'row 2'
@@ -110,11 +113,15 @@ def load_batch_file(
                 "a template given with the file is for CSV and XLSX tables; "
                 "a JSON, YAML or TOML file holds its own 'template' and 'vars'",
             )
-        spec = structured.load_structured(path, source, default_name, partial=partial)
+        spec = structured.load_structured(
+            path, source, default_name, partial=partial, max_tasks=max_tasks
+        )
         return LoadedBatch(spec, source, base_dir, TaskPlaces.of(spec))
     if suffix in (".csv", ".xlsx"):
         if suffix == ".csv":
-            table = tabular.load_csv(path, source, default_name, partial=partial, template=template)
+            table = tabular.load_csv(
+                path, source, default_name, partial=partial, template=template, max_tasks=max_tasks
+            )
         else:
             table = tabular.load_xlsx(
                 path,
@@ -123,6 +130,7 @@ def load_batch_file(
                 partial=partial,
                 pictures_dir=pictures_dir,
                 template=template,
+                max_tasks=max_tasks,
             )
         where = _RowNumbers(table.rows)
         return LoadedBatch(table.spec, source, base_dir, where, table.pictures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def read_bytes(path: Path, source: str) -> bytes:
 def read_text(
     path: Path, source: str, *, hint: str = "", chinese: Callable[[str], bool] | None = None
 ) -> str:
-    """The file as text: UTF-8, with or without a byte-order mark, and not blank.
+    """The file as text: UTF-8, with or without a byte-order mark (or UTF-16 and UTF-32
+    with theirs), and not blank.
 
     With ``chinese``, a file that is not UTF-8 is read as GB18030 (what Chinese Excel
     and WPS save a CSV in: GBK is part of it) when ``chinese`` says that reading is
@@ -38,8 +40,12 @@ def read_text(
     data = read_bytes(path, source)
     try:
         # utf-8-sig drops the BOM that Excel and Notepad put in front of UTF-8 files.
-        text = data.decode("utf-8-sig")
+        text = data.decode(_bom_encoding(data) or "utf-8-sig")
     except UnicodeDecodeError as exc:
+        if _bom_encoding(data):
+            detail = f"{_bom_encoding(data)} (its byte-order mark says) but is not valid"
+            message = f"is marked {detail} (byte {exc.start})"
+            raise file_error(source, f"{message}; {hint}" if hint else message) from exc
         legacy = _gb18030(data, chinese) if chinese else None
         if legacy is None:
             message = f"is not UTF-8 text (undecodable byte at offset {exc.start})"
@@ -48,6 +54,21 @@ def read_text(
     if not text.strip():
         raise file_error(source, "the file is empty")
     return text
+
+
+#: byte-order marks, longest first (UTF-32's begins with UTF-16's)
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _bom_encoding(data: bytes) -> str | None:
+    """UTF-16 or UTF-32, when the text starts with their byte-order mark (Excel's "Unicode
+    Text", Notepad's "Unicode"): a mark no text in another encoding starts with."""
+    return next((name for bom, name in _BOMS if data.startswith(bom)), None)
 
 
 def _gb18030(data: bytes, accept: Callable[[str], bool]) -> str | None:

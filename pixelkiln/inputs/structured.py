@@ -17,23 +17,36 @@ from typing import Any
 import yaml
 
 from pixelkiln.inputs._files import file_error, read_text
+from pixelkiln.inputs.sizes import check_listed, listed_in, listed_in_json, may_list_more
 from pixelkiln.specs import BatchSpec, parse_batch
 
 
 def load_structured(
-    path: Path, source: str, default_name: str, *, partial: bool = False
+    path: Path,
+    source: str,
+    default_name: str,
+    *,
+    partial: bool = False,
+    max_tasks: int | None = None,
 ) -> BatchSpec:
     """Parse a ``.json``, ``.yaml``/``.yml`` or ``.toml`` batch file into a BatchSpec.
 
     ``default_name`` names the batch when the file has no ``name`` of its own;
-    ``partial`` is :func:`pixelkiln.specs.parse_batch`'s.
+    ``partial`` is :func:`pixelkiln.specs.parse_batch`'s. A file listing more than
+    ``max_tasks`` tasks is refused before they are validated (a JSON file's counted as
+    it is read, without building them: :mod:`pixelkiln.inputs.sizes`).
     """
-    parse = _PARSERS[path.suffix.lower()]
+    suffix = path.suffix.lower()
+    parse = _PARSERS[suffix]
     text = read_text(path, source)
+    if suffix == ".json" and max_tasks is not None and may_list_more(len(text), max_tasks):
+        check_listed(listed_in_json(text) or 0, max_tasks, source)
     try:
         data = parse(text, source)
     except RecursionError as exc:  # the parsers recurse once per level of nesting
         raise file_error(source, "is nested too deeply to be a batch file") from exc
+    del text
+    check_listed(listed_in(data), max_tasks, source)
     if not isinstance(data, dict):
         raise file_error(
             source,
@@ -42,7 +55,7 @@ def load_structured(
         )
     if not data.get("name"):
         data = {**data, "name": default_name}
-    return parse_batch(data, source, partial=partial)
+    return parse_batch(data, source, partial=partial, control=True)
 
 
 def _parse_json(text: str, source: str) -> Any:

@@ -38,10 +38,11 @@ from pixelkiln.inputs.headers import (
     is_chinese_heading,
 )
 from pixelkiln.inputs.pictures import PICTURE_COLUMNS, PlacedPictures, Placement, column_letter
-from pixelkiln.inputs.xlsx import Row, Sheet, UnsavedFormula, dispimg, read_sheet
+from pixelkiln.inputs.sizes import check_listed
+from pixelkiln.inputs.xlsx import Formula, Row, Sheet, dispimg, read_sheet
 from pixelkiln.problems import MAX_PROBLEMS, capped, problems_from_validation
 from pixelkiln.prompts import TemplateError, expand_items, parse_template
-from pixelkiln.specs import BatchSpec, TaskSpec, salvage
+from pixelkiln.specs import BatchSpec, TaskSpec, control_message, salvage
 
 #: a CSV cell starting with one of these is a formula to a spreadsheet, so an export writes
 #: it behind a ``'``, which reading takes off again
@@ -64,9 +65,9 @@ TEXT_COLUMNS = frozenset(
 _DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
 _LIST_SEPARATOR = re.compile(r"[;\r\n]+")
 FULLWIDTH_COLON = "\uff1a"  #: what a Chinese input method types for ":" (16\uff1a9)
-_UNSAVED = (
-    "holds a formula with no saved value ({formula}); type the text, "
-    "or open and save the file in Excel first"
+_FORMULA = (
+    "cell {cell} holds a formula ({formula}): formula cells are not supported; paste "
+    "values (copy the cells, then Paste Special > Values)"
 )
 
 
@@ -99,6 +100,7 @@ def load_csv(
     *,
     partial: bool = False,
     template: TableTemplate | None = None,
+    max_tasks: int | None = None,
 ) -> TableBatch:
     """Read a CSV file (UTF-8, with or without BOM; ``,`` ``;`` or tab separated).
 
@@ -112,7 +114,9 @@ def load_csv(
         rows = [(number, _unescaped(cells)) for number, cells in enumerate(reader, start=1)]
     except csv.Error as exc:
         raise file_error(source, f"is not valid CSV (line {reader.line_num}): {exc}") from exc
-    return rows_to_batch(rows, source, name, partial=partial, template=template)
+    return rows_to_batch(
+        rows, source, name, partial=partial, template=template, max_tasks=max_tasks
+    )
 
 
 def _has_chinese_heading(text: str) -> bool:
@@ -148,6 +152,7 @@ def load_xlsx(
     partial: bool = False,
     pictures_dir: Callable[[], Path] | None = None,
     template: TableTemplate | None = None,
+    max_tasks: int | None = None,
 ) -> TableBatch:
     """Read the table sheet of an ``.xlsx`` workbook, with the pictures on its cells.
 
@@ -170,7 +175,13 @@ def load_xlsx(
     placed = PlacedPictures(sheet, source, pictures_dir)
     try:
         return rows_to_batch(
-            placed.rows, source, name, partial=partial, pictures=placed, template=template
+            placed.rows,
+            source,
+            name,
+            partial=partial,
+            pictures=placed,
+            template=template,
+            max_tasks=max_tasks,
         )
     except SpecError as exc:
         if sheet.table or not sheet.others:
@@ -196,7 +207,10 @@ def _sheet_read(sheet: Sheet, source: str) -> Problem:
 
 
 def _not_xlsx(source: str, exc: Exception) -> SpecError:
-    detail = str(exc) or type(exc).__name__
+    # the reader's own first line only: openpyxl's go on about "the exception for details"
+    lines = str(exc).strip().splitlines()
+    detail = (lines[0].strip() if lines else "") or type(exc).__name__
+    detail = re.sub(r" (?:from|at) <[^>]*>", "", detail)[:200]  # no object reprs
     return file_error(source, f"is not a readable .xlsx workbook ({detail})")
 
 
@@ -208,6 +222,7 @@ def rows_to_batch(
     partial: bool = False,
     pictures: PlacedPictures | None = None,
     template: TableTemplate | None = None,
+    max_tasks: int | None = None,
 ) -> TableBatch:
     """Turn numbered rows (header first) into a batch; SpecError lists every problem.
 
@@ -222,6 +237,7 @@ def rows_to_batch(
     header = _Header.read(header_cells, header_number, source, items=template is not None)
     if not body:
         raise file_error(source, "the table has a header but no task rows")
+    check_listed(len(body), max_tasks, source)  # before a task is made of any row
     placement = Placement()
     if pictures is not None:
         placement = pictures.place(header.columns, header.headings, {n for n, _ in body})
@@ -265,11 +281,15 @@ class _Header:
             heading = _cell_value(cell)
             if heading is None:
                 continue
-            if isinstance(heading, UnsavedFormula):
-                message = f"column {column_letter(index)} " + _UNSAVED.format(**vars(heading))
+            if isinstance(heading, Formula):
+                message = _formula_message(heading, index, number)
                 problems.append(Problem(source, where, "", message))
                 continue
             text = header.headings[index] = _as_text(heading)
+            control = _control_message(text, index, number)
+            if control is not None:
+                problems.append(Problem(source, where, "", control))
+                continue
             problem = header.place(index, text, items)
             if problem:
                 problems.append(Problem(source, where, *problem))
@@ -354,7 +374,7 @@ def _row_to_task(
 ) -> tuple[TaskSpec, list[Problem]]:
     """The row's task (its invalid values left out) and the row's problems."""
     where = f"row {number}"
-    values, problems = _row_values(cells, header.columns, where, source)
+    values, problems = _row_values(cells, header.columns, number, source)
     problems.extend(_add_pictures(values, placement.refs.get(number, {}), where, source))
     reported = {p.field for p in problems}  # an unsaved formula is not a blank
     if "prompt" in header.columns.values() and "prompt" not in {*values, *reported}:
@@ -399,7 +419,7 @@ def _rows_to_items(
     aliases = _aliases(columns, header.headings, template.text)
     items: list[dict[str, Any]] = []
     for position, (number, cells) in enumerate(body, start=1):
-        values, found = _row_values(cells, columns, f"row {number}", source)
+        values, found = _row_values(cells, columns, number, source)
         values |= {alias: values[name] for name, alias in aliases if name in values}
         values = nested_fields(values)  # setting.place → {"setting": {"place": ...}}
         # without an id column a row's id is its task's position, as a table task's key is
@@ -460,23 +480,38 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 def _row_values(
-    cells: Sequence[Any], columns: Mapping[int, str], where: str, source: str
+    cells: Sequence[Any], columns: Mapping[int, str], number: int, source: str
 ) -> tuple[dict[str, Any], list[Problem]]:
     """The row's non-blank cells by column name, parameters converted to what TaskSpec
-    expects; and a problem for each cell that is a formula with no saved value.
+    expects; and a problem for each cell that is a formula or holds a control character.
     """
     values: dict[str, Any] = {}
     problems: list[Problem] = []
+    where = f"row {number}"
     for index, column in columns.items():
         value = _cell_value(cells[index]) if index < len(cells) else None
         if column in PICTURE_COLUMNS and dispimg(value):
             continue  # a WPS picture the file lacks: the pictures' check reports it
-        if isinstance(value, UnsavedFormula):
-            message = f"column {column_letter(index)} " + _UNSAVED.format(**vars(value))
-            problems.append(Problem(source, where, column, message))
+        if isinstance(value, Formula):
+            problems.append(Problem(source, where, column, _formula_message(value, index, number)))
+            continue
+        control = _control_message(value, index, number) if isinstance(value, str) else None
+        if control is not None:
+            problems.append(Problem(source, where, column, control))
         elif value is not None:
             values[column] = _convert(column, value)
     return values, problems
+
+
+def _formula_message(formula: Formula, index: int, number: int) -> str:
+    return _FORMULA.format(cell=f"{column_letter(index)}{number}", formula=formula.formula)
+
+
+def _control_message(text: str, index: int, number: int) -> str | None:
+    """Why a cell's text cannot be read, naming the cell ("cell B3 contains a control
+    character (U+0007) at character 5, ..."); None when it is fine."""
+    message = control_message(text)
+    return None if message is None else f"cell {column_letter(index)}{number} {message}"
 
 
 def _convert(column: str, value: Any) -> Any:

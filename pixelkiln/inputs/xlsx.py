@@ -7,9 +7,10 @@ active one. A workbook may well start with a sheet of instructions (说明).
 Three things a spreadsheet holds beyond plain values, each handled on purpose
 rather than lost:
 
-- A formula cell's value is the one Excel saved with the file. A workbook made by
-  a program (not saved by Excel) has none: such a cell is marked
-  :class:`UnsavedFormula`, so it is reported as a formula, never as a blank.
+- A formula cell is marked :class:`Formula`, whether or not the file holds the value
+  Excel saved for it (a program's workbook has none; a saved one may be blank or an
+  error such as ``#REF!``): it is reported as a formula, never read as a blank or as
+  its last value. A WPS picture formula (``DISPIMG``) is read as that picture.
 - A picture placed on a cell (Excel's "Insert picture" over cells; openpyxl
   anchors) is returned with the cell it sits on, as is a WPS "embed in cell"
   picture (``=DISPIMG("ID_…",1)`` with its bytes in ``xl/cellimages.xml``).
@@ -32,6 +33,8 @@ from xml.etree import ElementTree
 
 #: one spreadsheet row: its 1-based number and its cell values
 Row = tuple[int, Sequence[Any]]
+#: most bytes a workbook's parts may inflate to (a "zip bomb" of a few KB inflates to GBs)
+MAX_INFLATED = 256 * 1024 * 1024
 _FORMULA_TAG = re.compile(rb"<(?:\w+:)?f[ >/]")
 _DISPIMG = re.compile(r'DISPIMG\(\s*"([^"]+)"', re.IGNORECASE)
 _NS = {
@@ -44,10 +47,14 @@ _NS = {
 
 
 @dataclass(frozen=True)
-class UnsavedFormula:
-    """A formula cell whose file holds no saved value (made by a program, never opened)."""
+class Formula:
+    """A formula cell (its saved value, if the file has one, is not used: see the module)."""
 
     formula: str  #: as written in the cell, "=A2&B2"
+
+
+#: the name this class had while only formulas without a saved value were marked
+UnsavedFormula = Formula
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,7 @@ def read_sheet(data: bytes, looks_like_table: HeaderCheck = lambda _: True) -> S
         import openpyxl  # imported here: it costs a quarter second at start-up
 
         archive = zipfile.ZipFile(io.BytesIO(data))
+        _check_inflated(archive)
         names = set(archive.namelist())
         workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
         try:
@@ -94,7 +102,7 @@ def read_sheet(data: bytes, looks_like_table: HeaderCheck = lambda _: True) -> S
             workbook.close()
         if _has_formulas(archive, names):
             formulas = openpyxl.load_workbook(io.BytesIO(data), read_only=True)
-            rows = _mark_unsaved(rows, formulas, title)
+            rows = _mark_formulas(rows, formulas, title)
         pictures: list[Picture] = []
         loose: list[int] = []
         if any(name.startswith("xl/drawings/") for name in names):
@@ -141,14 +149,35 @@ def _values(sheet: Any) -> list[Row]:
     return [(n, list(cells)) for n, cells in enumerate(sheet.iter_rows(values_only=True), 1)]
 
 
+def _check_inflated(archive: zipfile.ZipFile) -> None:
+    """ValueError when the workbook's parts inflate past MAX_INFLATED (a "zip bomb").
+
+    The sizes are those the archive declares; reading a part never inflates it past its
+    declared size (zipfile stops there, and the checksum then fails).
+    """
+    inflated = sum(info.file_size for info in archive.infolist())
+    if inflated > MAX_INFLATED:
+        raise ValueError(
+            f"its parts inflate to {inflated:,} bytes; at most {MAX_INFLATED:,} are read"
+        )
+
+
 def _has_formulas(archive: zipfile.ZipFile, names: set[str]) -> bool:
-    """Whether any sheet holds a formula: only then is the second pass worth its time."""
+    """Whether any sheet holds a formula: only then is the second pass worth its time.
+    Each sheet is read a piece at a time, never inflated whole into memory."""
     sheets = (n for n in names if n.startswith("xl/worksheets/") and n.endswith(".xml"))
-    return any(_FORMULA_TAG.search(archive.read(name)) for name in sheets)
+    for name in sheets:
+        with archive.open(name) as part:
+            tail = b""
+            while piece := part.read(1 << 20):
+                if _FORMULA_TAG.search(tail + piece):
+                    return True
+                tail = piece[-16:]  # a tag cut in two by the pieces' boundary
+    return False
 
 
-def _mark_unsaved(rows: list[Row], workbook: Any, name: str) -> list[Row]:
-    """Rows where each formula cell without a saved value holds an UnsavedFormula."""
+def _mark_formulas(rows: list[Row], workbook: Any, name: str) -> list[Row]:
+    """Rows where each formula cell holds a :class:`Formula` in place of its saved value."""
     try:
         sheet = workbook[name]
         sheet.reset_dimensions()
@@ -156,8 +185,8 @@ def _mark_unsaved(rows: list[Row], workbook: Any, name: str) -> list[Row]:
         for (number, values), cells in zip(rows, sheet.iter_rows(), strict=False):
             row = list(values)
             for index, cell in enumerate(cells):
-                if index < len(row) and row[index] is None and cell.data_type == "f":
-                    row[index] = UnsavedFormula(str(cell.value))
+                if index < len(row) and cell.data_type == "f":
+                    row[index] = Formula(str(cell.value))
             marked.append((number, row))
         return marked + rows[len(marked) :]
     finally:
@@ -263,6 +292,6 @@ def dispimg(value: Any) -> bool:
 def _text(value: Any) -> str:
     """A cell's text for a DISPIMG look: WPS saves the formula's text as its value,
     other writers save no value at all."""
-    if isinstance(value, UnsavedFormula):
+    if isinstance(value, Formula):
         return value.formula
     return value if isinstance(value, str) else ""

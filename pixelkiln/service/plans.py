@@ -39,6 +39,7 @@ from pixelkiln.db.batches import NewBatch
 from pixelkiln.db.credits import InsufficientCreditsError, balance, ensure_covered
 from pixelkiln.db.speeds import Speed, measured
 from pixelkiln.exceptions import Problem, SpecError
+from pixelkiln.inputs.sizes import limit_message
 from pixelkiln.resolve import ResolvedTask
 from pixelkiln.service.admin import concurrency_view
 from pixelkiln.service.context import ServiceContext
@@ -257,16 +258,14 @@ def task_limit_problem(
 ) -> Problem | None:
     """The batch makes more tasks than ``[limits] max_tasks_per_batch`` allows (counted
     after wildcards, random draws and sweep axes, without making them)."""
-    count = count_tasks(spec, base_dir)
+    return too_many_tasks(count_tasks(spec, base_dir), limits, source)
+
+
+def too_many_tasks(count: int, limits: LimitsSettings, source: str) -> Problem | None:
+    """The problem of a batch of ``count`` tasks when that is over ``[limits]``; else None."""
     if count <= limits.max_tasks_per_batch:
         return None
-    return Problem(
-        source,
-        "",
-        "tasks",
-        f"{count:,} tasks; at most {limits.max_tasks_per_batch:,} in one batch "
-        "([limits] max_tasks_per_batch): split it",
-    )
+    return Problem(source, "", "tasks", limit_message(count, limits.max_tasks_per_batch))
 
 
 def pixel_problems(

@@ -270,6 +270,12 @@ class Storage(ABC):
             if _thumbnail_id(info.path) in wanted:
                 yield info
 
+    def sweep_leftovers(self, older_than: float) -> int:
+        """Remove what writes and deletes that a crash cut short left behind, last changed
+        before ``older_than`` (a wall-clock time); how many. Here: nothing is left (an
+        object store's write is whole or absent)."""
+        return 0
+
     # -- health --------------------------------------------------------------------------------
 
     @abstractmethod

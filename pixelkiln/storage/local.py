@@ -195,6 +195,28 @@ class LocalStorage(Storage):
         if doomed.exists():
             log.warning("could not remove all of %s", doomed)
 
+    def sweep_leftovers(self, older_than: float) -> int:
+        """Temp files of writes (``.NAME.tmp``, ``.NAME.PID-TID.tmp``) and folders renamed
+        for deletion (``.deleted-…``) that a SIGKILL left, last changed before
+        ``older_than``: the retention sweeper's pass removes them (a write under way is
+        milliseconds old). Only our own dot-names are touched; symlinks are not followed."""
+        removed = 0
+        for folder, dirs, files in os.walk(self._root):
+            for name in [d for d in dirs if d.startswith(".deleted-")]:
+                dirs.remove(name)  # not walked: it goes as a whole
+                path = os.path.join(folder, name)
+                if _older(path, older_than):
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += not os.path.exists(path)
+            for name in files:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    path = os.path.join(folder, name)
+                    if _older(path, older_than):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path)
+                            removed += 1
+        return removed
+
     # -- health --------------------------------------------------------------------------------
 
     def check(self) -> None:
@@ -229,6 +251,13 @@ def _info(relative: str, found: os.stat_result) -> StoredInfo:
     base = f"{found.st_mtime}-{found.st_size}"
     etag = f'"{hashlib.md5(base.encode(), usedforsecurity=False).hexdigest()}"'
     return StoredInfo(relative, found.st_size, found.st_mtime, etag)
+
+
+def _older(path: str, moment: float) -> bool:
+    try:
+        return os.lstat(path).st_mtime < moment
+    except FileNotFoundError:
+        return False
 
 
 def _walk(folder: str) -> Iterator[os.DirEntry[str]]:

@@ -66,7 +66,8 @@ def test_a_formula_with_no_saved_value_is_named_with_its_row(tmp_path: Path) -> 
     done = kiln(tmp_path, "run", "f.xlsx")
     assert done.returncode == 2
     err = " ".join(done.stderr.split())
-    assert "row 3" in err and "holds a formula with no saved value" in err
+    assert "row 3" in err and "cell A3 holds a formula" in err
+    assert "formula cells are not supported; paste values" in err
     assert "is required" not in err
 
 

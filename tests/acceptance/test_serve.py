@@ -69,6 +69,18 @@ def test_serve_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
     assert "Refusing" in result.stderr and "[auth] enabled" in result.stderr
 
 
+def test_serve_refuses_a_backend_setting_its_backend_refuses(tmp_path: Path) -> None:
+    # checked by the backend itself when built: once a lifespan traceback and exit 3
+    (tmp_path / "kiln.toml").write_text(
+        '[[backends]]\nname = "w"\ntype = "sdwebui"\nurls = ["http://127.0.0.1:9"]\n'
+        'api_key = "no-colon"\n'
+    )
+    result = kiln(tmp_path, "serve", "--port", str(free_port()))
+    assert result.returncode == 2, result.stderr
+    assert "api_key for the WebUI must be 'user:password'" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_users_with_tokens_and_credits(tmp_path: Path) -> None:
     (tmp_path / "kiln.toml").write_text(CONFIG + AUTH)
     added = kiln(tmp_path, "users", "add", "alice", "--credits", "2")

@@ -59,8 +59,8 @@ def test_a_formula_without_a_saved_value_is_reported_as_a_formula(tmp_path: Path
     [problem] = exc.value.problems
     assert (problem.where, problem.field) == ("row 3", "prompt")
     assert problem.message == (
-        'column A holds a formula with no saved value (=A2&" at dusk"); type the text, '
-        "or open and save the file in Excel first"
+        'cell A3 holds a formula (=A2&" at dusk"): formula cells are not supported; '
+        "paste values (copy the cells, then Paste Special > Values)"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -104,3 +105,29 @@ async def test_finish_stops_the_sweeper_between_passes(kiln: Kiln) -> None:
 async def test_every_server_scheduler_sweeps(kiln: Kiln) -> None:
     companions = server_companions(kiln.service)
     assert [c.name for c in companions if isinstance(c, Sweeper)] == ["retention"]
+
+
+async def test_a_pass_removes_what_a_crash_left_half_written(kiln: Kiln) -> None:
+    # a SIGKILL between a temp file's write and its rename, or between a batch folder's
+    # rename for deletion and its removal, leaves these; young ones may be writes under way
+    root = Path(kiln.settings.storage.data_dir)
+    old, young = time.time() - 2 * sweeper_module.LEFTOVER_SECONDS, time.time()
+    made = {
+        "images/7/.0001.png.tmp": old,
+        "thumbs/7/.3_256.webp.123-456.tmp": old,
+        "images/.deleted-9-abc/0001.png": old,
+        "images/8/.0002.png.tmp": young,  # a write under way
+        "images/8/0002.png": old,  # a stored image, however old
+        "images/8/.hidden": old,  # not one of ours: left alone
+    }
+    for relative, moment in made.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        os.utime(path, (moment, moment))
+    os.utime(root / "images/.deleted-9-abc", (old, old))
+    await Sweeper(kiln.service).sweep_once()
+    left = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    assert {"images/7/.0001.png.tmp", "thumbs/7/.3_256.webp.123-456.tmp"}.isdisjoint(left)
+    assert not (root / "images/.deleted-9-abc").exists()
+    assert {"images/8/.0002.png.tmp", "images/8/0002.png", "images/8/.hidden"} <= left

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import SkipValidation, ValidationError
 
 from pixelkiln import service
@@ -20,6 +24,7 @@ from pixelkiln.api.deps import (
     search_text,
 )
 from pixelkiln.api.media import zip_stream
+from pixelkiln.api.plain_text import check_json
 from pixelkiln.api.table_template import TEMPLATE_FIELDS, template_of
 from pixelkiln.api.uploads import (
     IMAGE_FILES,
@@ -36,9 +41,11 @@ from pixelkiln.api.views import batch_detail, batch_public
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.records import count_active, search_batches
 from pixelkiln.db.tasks import list_images
+from pixelkiln.exceptions import SpecError
+from pixelkiln.inputs.sizes import listed_in_json, may_list_more
 from pixelkiln.models import BatchStatus, TaskStatus
 from pixelkiln.problems import invalid_value
-from pixelkiln.service import Caller, Submission, TaskPage, UploadFields
+from pixelkiln.service import Caller, Submission, TaskPage, UploadFields, plans
 from pixelkiln.service.submission import plan
 from pixelkiln.specs import BatchSpec, parse_batch
 from pixelkiln.wire.schemas import (
@@ -111,15 +118,88 @@ async def _created(
     return batch_detail(await service.batch_page(ctx.service, caller, batch_id, page))
 
 
-@router.post(
-    "",
-    status_code=201,
-    responses=ERRORS
-    | CREATED
-    | {200: {"model": BatchDetail | BatchPlan, "description": "A replay, or the dry run's plan"}},
-    summary="Create a batch from a spec",
-)
+@dataclass(frozen=True)
+class _SpecJson:
+    """A create's JSON body as :class:`_SpecBody` read it (``request.state.spec_json``)."""
+
+    data: Any = None  #: the parsed spec (a JSON object); None when FastAPI reads the body
+    listed: int | None = None  #: entries of its tasks and items, when over the limit
+
+
+def _read_spec_json(data: bytearray, limit: int) -> tuple[_SpecJson, bytes]:
+    """The body read (a thread): a spec listing more than ``limit`` tasks counted, never
+    built; else parsed. And the bytes FastAPI then reads: none, or the body when it is no
+    JSON object (FastAPI answers that as it always did)."""
+    if may_list_more(len(data), limit):
+        listed = listed_in_json(data)
+        if listed is not None and listed > limit:
+            return _SpecJson(listed=listed), b"{}"
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):
+        return _SpecJson(), bytes(data)
+    if not isinstance(parsed, dict):
+        return _SpecJson(), bytes(data)
+    return _SpecJson(data=parsed), b"{}"
+
+
+class _Read(Request):
+    """The request with its body already read: FastAPI's own reading gets ``content``."""
+
+    def __init__(self, request: Request, content: bytes) -> None:
+        super().__init__(request.scope, request.receive)
+        self._content = content
+
+    async def body(self) -> bytes:
+        return self._content
+
+
+class _SpecBody(APIRoute):
+    """A create's JSON body read in a thread, not on the event loop by FastAPI: a spec over
+    ``[limits] max_tasks_per_batch`` is counted without being built (and refused once the
+    caller is known), and the raw JSON is dropped as soon as the spec is validated, so a
+    large spec is not held three times over (bytes, JSON, spec) while it is submitted."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def read_first(request: Request) -> Response:
+            media = request.headers.get("content-type", "application/json")
+            media = media.split(";")[0].strip().lower()
+            if media != "application/json" and not media.endswith("+json"):
+                return await handler(request)
+            data = bytearray()
+            async for chunk in request.stream():  # not kept by the request, as body() would
+                data += chunk
+            ctx: ApiContext = request.app.state.ctx
+            limit = ctx.settings.limits.max_tasks_per_batch
+            read, content = await ctx.run(_read_spec_json, data, limit)
+            del data
+            forward = _Read(request, content)
+            forward.state.spec_json = read
+            del read
+            return await handler(forward)
+
+        return read_first
+
+
+def _spec_json(request: Request, body: Any) -> Any:
+    """The spec data :class:`_SpecBody` read (taken off the request, so that nothing holds
+    it once validated), or the body FastAPI read; SpecError for one over the task limit."""
+    read: _SpecJson | None = getattr(request.state, "spec_json", None)
+    if read is None:
+        return body
+    del request.state.spec_json
+    if read.listed is not None:
+        limits = request.app.state.ctx.settings.limits
+        over = plans.too_many_tasks(read.listed, limits, "")
+        if over is not None:
+            raise SpecError([over])
+    return read.data if read.data is not None else body
+
+
 async def create_batch(
+    request: Request,
     body: Annotated[BatchSpec, SkipValidation],  # documented as a BatchSpec, checked below
     ctx: CtxDep,
     caller: CallerDep,
@@ -136,7 +216,11 @@ async def create_batch(
     With ``dry_run=true`` nothing is queued: 200 and a BatchPlan (tasks, images, credits,
     estimated seconds and money, per backend; see docs/plans.md).
     """
-    spec = parse_batch(body, partial=True)
+    data = _spec_json(request, body)
+    del body
+    await ctx.run(check_json, data)  # read by the route, not FastAPI: the text guard's rule
+    spec = await ctx.run(parse_batch, data, partial=True)
+    del data  # the spec holds what is needed: its raw JSON goes now
     if dry_run:
         response.status_code = 200
         found = await plan(ctx.service, caller, Submission(spec))
@@ -145,9 +229,22 @@ async def create_batch(
     sub = Submission(
         spec,
         idempotency_key=idempotency_key,
-        fingerprint=service.fingerprint("json", spec.model_dump(mode="json")),
+        fingerprint=service.fingerprint("json", spec),
     )
     return await _created(ctx, caller, sub, response, wait, timeout)
+
+
+router.add_api_route(
+    "",
+    create_batch,
+    methods=["POST"],
+    status_code=201,
+    responses=ERRORS
+    | CREATED
+    | {200: {"model": BatchDetail | BatchPlan, "description": "A replay, or the dry run's plan"}},
+    summary="Create a batch from a spec",
+    route_class_override=_SpecBody,
+)
 
 
 _UPLOAD_BODY = form_body(
@@ -235,7 +332,7 @@ async def create_from_file(
         source_name=loaded.source,
         where=loaded.where,
         idempotency_key=idempotency_key,
-        fingerprint=service.fingerprint("file", loaded.spec.model_dump(mode="json")),
+        fingerprint=service.fingerprint("file", loaded.spec),
     )
     return await _created(ctx, caller, sub, response, wait, timeout)
 

@@ -97,7 +97,7 @@ async def test_bad_cells_are_answered_with_their_rows(users_api: Api) -> None:
     r = await _import(alice, workbook_bytes(rows, {"B4": png()}))
     assert r.status_code == 422
     problems = {(p["where"], p["field"]): p["message"] for p in r.json()["error"]["problems"]}
-    assert "holds a formula with no saved value" in problems[("row 3", "prompt")]
+    assert "formula cells are not supported; paste values" in problems[("row 3", "prompt")]
     assert "a picture is placed in column B ('负面提示词')" in problems[("row 4", "")]
 
 
