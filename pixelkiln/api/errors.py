@@ -36,6 +36,7 @@ from pixelkiln.exceptions import (
 )
 from pixelkiln.models import parse_id
 from pixelkiln.problems import json_path
+from pixelkiln.wire.schemas import MAX_STORED_ID
 
 log = logging.getLogger("pixelkiln.api")
 
@@ -210,7 +211,7 @@ async def _kiln(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, BalanceLimitError):
         return error_response(422, "balance_limit", str(exc), "amount")
     if isinstance(exc, UnstorableValueError):
-        if any(_beyond_any_id(v, INT32) for v in request.path_params.values()):
+        if any(_beyond_any_id(v, MAX_STORED_ID) for v in request.path_params.values()):
             # an id past a 32-bit column (PostgreSQL's integer) names nothing, as on SQLite
             return error_response(404, "not_found", "no such object: the id is out of range")
         return error_response(422, "invalid_request", str(exc))
@@ -239,10 +240,6 @@ def _spec_error(exc: SpecError) -> JSONResponse:
         return error_response(422, "invalid_request", str(exc), first.path or None, problems)
     field = first.field if first and first.field else None
     return error_response(422, "invalid_spec", str(exc), field, problems)
-
-
-#: the largest value of a 32-bit integer column
-INT32 = 2**31 - 1
 
 
 def _beyond_any_id(value: object, limit: int | None = None) -> bool:

@@ -57,6 +57,17 @@ MAX_POSITION = 1_000_000
 MAX_JSON_INT = 2**53 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_JSON_INT)]  #: a row id
 Offset = Annotated[int, Field(ge=0, le=MAX_JSON_INT)]  #: items to skip, or an id to resume after
+_T = TypeVar("_T")
+#: the largest id a row can have on every database (PostgreSQL's and MySQL's 32-bit INTEGER)
+MAX_STORED_ID = 2**31 - 1
+
+
+def stored_id(value: int, past: _T) -> int | _T:
+    """An id from a query as the database can compare it: a number past every id a row can
+    have (PostgreSQL refuses it against a 32-bit column, "integer out of range") becomes
+    ``past`` — 0 for "this id" (no row has it), None for "below it" (every row),
+    :data:`MAX_STORED_ID` for "after it" (none)."""
+    return value if value <= MAX_STORED_ID else past
 
 
 class _Public(BaseModel):

@@ -28,6 +28,7 @@ from pixelkiln.wire.schemas import (
     Id,
     Page,
     StatsPublic,
+    stored_id,
 )
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -93,7 +94,8 @@ async def all_batches(
     q: Annotated[str | None, search_text("Part of a batch's name or prompt.")] = None,
     owner_id: Annotated[Id | None, Query(description="Only this user's.")] = None,
 ) -> Page[BatchPublic]:
-    return await search_page(ctx, page, owner_id, status, q)
+    chosen = None if owner_id is None else stored_id(owner_id, 0)  # past any id: nobody's
+    return await search_page(ctx, page, chosen, status, q)
 
 
 def _stats(conn: Connection, since: float) -> StatsPublic:

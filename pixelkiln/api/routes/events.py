@@ -21,7 +21,7 @@ from pixelkiln.db.events import events_after
 from pixelkiln.db.records import latest_event_id
 from pixelkiln.models import parse_id
 from pixelkiln.service import Caller
-from pixelkiln.wire.schemas import EventPublic, Offset, Page
+from pixelkiln.wire.schemas import MAX_STORED_ID, EventPublic, Offset, Page, stored_id
 
 router = APIRouter(tags=["events"])
 
@@ -46,8 +46,8 @@ def _after(header: str | None, query: int | None) -> int | None:
                 "Last-Event-ID must be an event id (a number)",
                 field="Last-Event-ID",
             )
-        return after
-    return query
+        return stored_id(after, MAX_STORED_ID)  # past any event id: none after it
+    return None if query is None else stored_id(query, MAX_STORED_ID)
 
 
 @router.get(
@@ -135,6 +135,7 @@ async def batch_log(
 ) -> Page[EventPublic]:
     """The per-batch log, oldest first; page on with ``after`` = the last id seen."""
     await ctx.read(get_batch, batch_id, caller.scope)
+    after = stored_id(after, MAX_STORED_ID)  # past any event id: none after it
     events = await ctx.read(events_after, after, batch_id=batch_id, limit=limit)
     return Page[EventPublic].model_construct(
         items=[event_public(e) for e in events],

@@ -39,7 +39,7 @@ from pixelkiln.models import BatchStatus
 from pixelkiln.params import check_side
 from pixelkiln.service.uploads import edit_input
 from pixelkiln.specs import parse_batch
-from pixelkiln.wire.schemas import BatchDetail, EditRequest, Id, ImageDetail, Page
+from pixelkiln.wire.schemas import BatchDetail, EditRequest, Id, ImageDetail, Page, stored_id
 
 router = APIRouter(prefix="/images", tags=["images"])
 #: an image's file, thumbnail and inputs: readable with a signed link (``exp`` + ``sig``)
@@ -121,9 +121,9 @@ async def search(
         history=history,
         text=q or None,
         backend=backend or None,
-        batch_id=batch_id,
+        batch_id=None if batch_id is None else stored_id(batch_id, 0),  # past any id: none
         status=status,
-        before_id=before,
+        before_id=None if before is None else stored_id(before, None),  # past any: all
         since=_epoch(since),
         until=_epoch(until),
     )
