@@ -13,29 +13,18 @@ from pixelkiln.api.routes.batches import ERRORS
 from pixelkiln.api.views import asset_public, batch_public, task_public
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.records import Asset, asset_ids_at, get_asset, images_of_tasks
-from pixelkiln.db.tasks import get_task
-from pixelkiln.exceptions import NotFoundError
-from pixelkiln.models import Batch, ImageRecord, Task
+from pixelkiln.models import ImageRecord, Task
+from pixelkiln.service.reading import scoped_task
 from pixelkiln.wire.schemas import AssetPublic, RetryResult, TaskPublic
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
-
-
-def _scoped_task(conn: Connection, task_id: int, scope: int | None) -> tuple[Task, Batch]:
-    """The task and its batch, when the batch is the caller's; else the very NotFoundError
-    of a missing task: another user's task must not tell which batch it is in."""
-    task = get_task(conn, task_id)
-    try:
-        return task, get_batch(conn, task.batch_id, scope)
-    except NotFoundError:
-        raise NotFoundError(f"no task {task_id}") from None
 
 
 def _owned_task(
     conn: Connection, task_id: int, scope: int | None, history: bool = False
 ) -> tuple[Task, list[ImageRecord]]:
     """The task, when its batch is the caller's (else NotFoundError, like a missing one)."""
-    task, _ = _scoped_task(conn, task_id, scope)
+    task, _ = scoped_task(conn, task_id, scope)
     return task, images_of_tasks(conn, [task.id], history)[task.id]
 
 
@@ -54,7 +43,7 @@ async def get_one(
 
 def _references(conn: Connection, task_id: int, scope: int | None) -> list[Asset]:
     """The task's reference images that are its batch owner's uploads, in the task's order."""
-    task, batch = _scoped_task(conn, task_id, scope)
+    task, batch = scoped_task(conn, task_id, scope)
     owner_id = batch.owner_id
     paths = [str(p) for p in task.inputs.get("reference_images") or []]
     ids = asset_ids_at(conn, paths, owner_id)
