@@ -253,13 +253,20 @@ def _check_inflated_size(path: Path) -> None:
         raise ApiError(413, "too_large", "the XLSX file inflates too much", field="file")
 
 
-def load_table(path: Path, name: str | None, template: TableTemplate | None = None) -> LoadedBatch:
+def load_table(
+    path: Path,
+    name: str | None,
+    template: TableTemplate | None = None,
+    *,
+    max_tasks: int | None = None,
+) -> LoadedBatch:
     """Read the batch file (thread); SpecError names each problem's row and column.
 
     Messages name the file as uploaded, not the temporary copy. Pictures in its
     cells are written beside it, in the upload's private folder, until
     :func:`store_pictures` makes them the caller's uploads. A ``template`` makes a
-    table's rows items.
+    table's rows items. A file listing more than ``max_tasks`` rows (``[limits]
+    max_tasks_per_batch``) is refused before any row becomes a task.
     """
     return load_batch_file(
         path,
@@ -268,6 +275,7 @@ def load_table(path: Path, name: str | None, template: TableTemplate | None = No
         source=path.name,
         pictures_dir=lambda: path.parent,
         template=template,
+        max_tasks=max_tasks,
     )
 
 

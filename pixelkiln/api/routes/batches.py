@@ -323,7 +323,11 @@ async def create_from_file(
     template = template_of(upload.form)
     with saved_table(upload) as path:
         loaded = await ctx.run(
-            load_table, path, name if isinstance(name, str) and name else None, template
+            load_table,
+            path,
+            name if isinstance(name, str) and name else None,
+            template,
+            max_tasks=ctx.settings.limits.max_tasks_per_batch,
         )
         loaded = await store_pictures(ctx, caller, loaded)  # while their files exist
     sub = Submission(

@@ -46,7 +46,8 @@ async def parse(request: Request, ctx: CtxDep, caller: CallerDep) -> ParsedTable
     in ``reference_images``). Every problem in one 422 naming row and column."""
     upload = await read_one_file(request, ctx)
     with saved_table(upload) as path:
-        loaded = await ctx.run(load_table, path, None)
+        limit = ctx.settings.limits.max_tasks_per_batch
+        loaded = await ctx.run(load_table, path, None, max_tasks=limit)
         check_problems(loaded)  # before any picture is stored
         loaded = await store_pictures(ctx, caller, loaded)  # while their files exist
     check_problems(loaded)  # a picture that is no image

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
-from apikit import Api, spec
+from apikit import Api, api_settings, running_api, spec
 
 from pixelkiln.specs import BATCH_KEYS, TASK_KEYS
 
@@ -81,3 +82,19 @@ async def test_other_request_bodies_list_their_valid_fields(api: Api) -> None:
     assert error["message"] == (
         "task_idz: unknown field 'task_idz'; known fields are: task_ids, include_cancelled"
     )
+
+
+async def test_an_imported_table_over_the_task_limit_is_refused_before_its_rows(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    settings = api_settings(
+        data, storage={"data_dir": str(data)}, limits={"max_tasks_per_batch": 3}
+    )
+    table = b"prompt\n" + b"".join(b"row %d\n" % i for i in range(5))
+    async with running_api(settings, run_scheduler=False) as running:
+        for path in ("/api/v1/batches/import", "/api/v1/tables/parse"):
+            files = {"file": ("rows.csv", io.BytesIO(table), "text/csv")}
+            r = await running.client.post(path, files=files)
+            assert r.status_code == 422, (path, r.text)
+            assert "max_tasks_per_batch" in r.text and "5" in r.text, r.text
