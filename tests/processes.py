@@ -86,6 +86,16 @@ def query(
         return [tuple(row) for row in found]
 
 
+def rows(database_url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` on the database at ``database_url`` (a connection of its own)."""
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql), params)]
+    finally:
+        engine.dispose()
+
+
 def execute(
     folder: Path,
     sql: str | Executable,

@@ -20,14 +20,11 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 
 from pixelkiln.testing import FakeSDWebUI
-from tests.processes import KILN, env, free_port, running, stop
+from tests.processes import KILN, env, free_port, rows, running, stop
 
 TXT2IMG = "/sdapi/v1/txt2img"
 #: seconds a test waits for what processes do (generous: 2 shared cores)
@@ -107,15 +104,6 @@ def submit(cwd: Path, spec: Path, *args: str) -> int:
     done = kiln(cwd, "submit", str(spec), "--json", *args)
     assert done.returncode == 0, done.stderr
     return int(json.loads(done.stdout)["id"])
-
-
-def rows(database_url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    engine = create_engine(database_url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql), params)]
-    finally:
-        engine.dispose()
 
 
 def until(condition: Callable[[], object], what: str, timeout: float = PATIENCE) -> None:

@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 from pixelkiln.testing.faults import Faults, Outcome
-from tests.processes import KILN, env, free_port
+from tests.processes import KILN, env, free_port, rows
 
 #: seconds a test waits for what processes do (generous: 2 shared cores, ~7 users)
 PATIENCE = 240.0
@@ -339,15 +337,6 @@ class Audit:
     files: int
     temp_files: list[str]
     problems: list[str]  #: each thing wrong, in words (empty: all well)
-
-
-def rows(database_url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    engine = create_engine(database_url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql), params)]
-    finally:
-        engine.dispose()
 
 
 def temp_files(data_dir: Path) -> list[str]:

@@ -22,7 +22,8 @@ Quick mode: 6 examples per operation; every phase on SQLite, the random ones (fu
 stateful) on PostgreSQL: the coverage phase's 4,000 boundary cases are the same on both
 databases and take two minutes here. ``KILN_SOAK=full``: every phase on both, 200
 examples per operation in the fuzzing phase (some 18,000 random cases over the 89
-operations, besides the coverage phase's): a long run. The seed is fixed (``KILN_SCHEMATHESIS_SEED`` changes it) and printed, with the command to replay.
+operations, besides the coverage phase's): a long run. The seed is fixed
+(``KILN_SCHEMATHESIS_SEED`` changes it) and printed, with the command to replay.
 """
 
 from __future__ import annotations
