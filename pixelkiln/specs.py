@@ -16,7 +16,6 @@ data into a :class:`BatchSpec`, reporting *every* problem with where it is;
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -43,6 +42,7 @@ from pixelkiln.problems import (
     nul_paths,
 )
 from pixelkiln.problems import problems_from_validation as problems_from_validation  # re-export
+from pixelkiln.wire.text import CONTROL
 
 #: names of every parameter a task or the defaults may carry
 PARAM_NAMES = (
@@ -357,14 +357,10 @@ def shape_problem(data: Any) -> str | None:
     return None
 
 
-#: characters text in a batch file may not hold: control characters but tab, line feed and
-#: carriage return (a NUL has its own message), DEL, and the C1 controls mojibake is made of
-CONTROL = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-
-
 def control_message(text: str) -> str | None:
     """Why ``text`` cannot be a batch's value ("contains a control character (U+0007) at
-    character 5; remove it"); None when it holds none (a NUL is NUL_MESSAGE's)."""
+    character 5; remove it"); None when it holds none (a NUL is NUL_MESSAGE's). The
+    characters are the API's (:data:`pixelkiln.wire.text.CONTROL`): one rule for both."""
     if "\x00" in text:
         return NUL_MESSAGE
     found = CONTROL.search(text)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pixelkiln.problems import NUL_MESSAGE
+
 #: the characters refused in text (see the module's docstring)
 CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 #: the same rule as an OpenAPI (ECMA 262) ``pattern`` for every string of the schema
@@ -31,8 +33,6 @@ NONBLANK = (
     r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f]"
     r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
 )
-#: why text with a NUL character is refused
-NUL_MESSAGE = "contains a NUL character (\\0), which cannot be stored; remove it"
 
 
 def describe(text: str) -> str | None:

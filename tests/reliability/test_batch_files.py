@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from pixelkiln.exceptions import SpecError
 from pixelkiln.inputs import load_batch_file
-from pixelkiln.specs import CONTROL
+from pixelkiln.wire.text import CONTROL
 from tests.integration.api.apikit import api_settings, running_api
 from tests.processes import KILN, env
 from tests.reliability.conftest import Soak, Tally
