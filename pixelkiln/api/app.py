@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from pixelkiln import __version__
 from pixelkiln.api.compat import compat_routers
-from pixelkiln.api.deps import THROTTLED, THROTTLED_ENVELOPED, ApiContext, get_caller
+from pixelkiln.api.deps import ApiContext, get_caller
 from pixelkiln.api.errors import BodyLimit, install_error_handlers
 from pixelkiln.api.hosts import LocalHostsOnly
 from pixelkiln.api.openapi import complete_schema
@@ -110,7 +110,7 @@ def create_app(
     # signing in needs no token yet
     app.include_router(session.router, prefix="/api/v1", dependencies=text)
     secured = [*text, Depends(get_caller)]
-    app.include_router(system.protected, dependencies=secured, responses=THROTTLED)
+    app.include_router(system.protected, dependencies=secured)
     if not open_docs:
         app.include_router(_schema_route(app), dependencies=secured)
     for router in (
@@ -129,11 +129,11 @@ def create_app(
         tables.router,
         sheets.router,
     ):
-        app.include_router(router, prefix="/api/v1", dependencies=secured, responses=THROTTLED)
+        app.include_router(router, prefix="/api/v1", dependencies=secured)
     # its routes take a token or a signed link (ImageScopeDep): never without one of them
-    app.include_router(images.files, prefix="/api/v1", dependencies=text, responses=THROTTLED)
+    app.include_router(images.files, prefix="/api/v1", dependencies=text)
     for router in compat_routers(settings.compat):  # other tools' shapes, where switched on
-        app.include_router(router, dependencies=secured, responses=THROTTLED_ENVELOPED)
+        app.include_router(router, dependencies=secured)
     mount_web(app)  # the browser UI: pages over the routes above, and their static files
     app.add_middleware(SecurityHeaders)
     token_free = [("", system.health), ("/api/v1", session.router)]

@@ -176,21 +176,19 @@ def check_origin(request: Request, ctx: ApiContext, by_cookie: bool) -> None:
             )
 
 
-#: the 429 of every operation that takes a token, for the OpenAPI schema (api/app.py); the
-#: drop-in APIs (``THROTTLED_ENVELOPED``) answer it in their own tool's error shape
-THROTTLED_ENVELOPED: dict[int | str, dict[str, Any]] = {
-    429: {
-        "description": "Too many different bad tokens from this client address: nothing is "
-        "checked until Retry-After seconds have passed ([auth] failed_limit).",
-        "headers": {
-            "Retry-After": {
-                "description": "Seconds until this address may try again.",
-                "schema": {"type": "integer", "minimum": 1},
-            }
-        },
-    }
+#: the 429 of signing in (routes/session.py), which takes no token yet: every operation that
+#: takes one has its 429 from the schema's shared answers (api/openapi.py)
+_THROTTLED_429: dict[str, Any] = {
+    "description": "Too many different bad tokens from this client address: nothing is "
+    "checked until Retry-After seconds have passed ([auth] failed_limit).",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds until this address may try again.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
 }
-THROTTLED: dict[int | str, dict[str, Any]] = {429: {"model": ErrorBody, **THROTTLED_ENVELOPED[429]}}
+THROTTLED: dict[int | str, dict[str, Any]] = {429: {"model": ErrorBody, **_THROTTLED_429}}
 
 
 def refuse_if_locked(request: Request, ctx: ApiContext) -> None:
