@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, MutableMapping
 from importlib import import_module
 from typing import Any, NamedTuple
 
@@ -144,22 +144,28 @@ def load_command(name: str) -> Any:
     return typer.main.get_group(holder).commands[name]
 
 
-class _Commands(Mapping[str, Any]):
+class _Commands(MutableMapping[str, Any]):
     """The app's commands by name, each built on first use: listing them costs nothing."""
 
     def __init__(self) -> None:
-        self.built: dict[str, Any] = {}
+        self.built: dict[str, Any] = dict.fromkeys(COMMANDS)  # None: not built yet
 
     def __getitem__(self, name: str) -> Any:
-        if name not in self.built:
-            self.built[name] = load_command(name)  # KeyError: no such command
+        if self.built[name] is None:  # KeyError: no such command
+            self.built[name] = load_command(name)
         return self.built[name]
 
+    def __setitem__(self, name: str, command: Any) -> None:
+        self.built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self.built[name]
+
     def __iter__(self) -> Iterator[str]:
-        return iter(COMMANDS)
+        return iter(self.built)
 
     def __len__(self) -> int:
-        return len(COMMANDS)
+        return len(self.built)
 
 
 def _short(summary: str, limit: int) -> str:
@@ -179,7 +185,7 @@ class _Kiln(TyperGroup):
         return self.commands.get(cmd_name)
 
     def list_commands(self, ctx: Any) -> list[str]:
-        return list(COMMANDS)  # not TyperGroup's, which reads every command
+        return list(self.commands)  # not TyperGroup's, which builds every command
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         """The list in ``kiln --help``, from :data:`COMMANDS`: as click writes it, but
