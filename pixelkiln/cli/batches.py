@@ -26,13 +26,13 @@ from pixelkiln.cli.common import (
     with_db,
 )
 from pixelkiln.exceptions import ConfigError
-from pixelkiln.inputs.headers import Headers, check_headers
 
 # Each command imports what only it needs (``kiln status`` starts without the engine,
 # the exports or the spreadsheets): see pixelkiln/cli/__init__.py.
 if TYPE_CHECKING:
     from pixelkiln.config import Settings
     from pixelkiln.db.database import Database
+    from pixelkiln.inputs.headers import Headers
     from pixelkiln.models import Batch
 
 HeadersOption = Annotated[
@@ -221,6 +221,8 @@ def export(
 
 
 def _headers(value: str) -> Headers:
+    from pixelkiln.inputs.headers import check_headers  # the inputs package: for files only
+
     try:
         return check_headers(value)
     except ValueError as exc:
