@@ -182,7 +182,8 @@ class _Kiln(TyperGroup):
         self.commands = _Commands()
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        return self.commands.get(cmd_name)
+        # not .get(): a command that fails to import says why, never "No such command"
+        return self.commands[cmd_name] if cmd_name in self.commands else None
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)  # not TyperGroup's, which builds every command
