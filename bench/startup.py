@@ -97,7 +97,8 @@ def main() -> None:
     wall, cpu = m["kiln --help"]
     verdict = "meets" if wall < HELP_TARGET else "meets on CPU" if cpu < HELP_TARGET else "MISSES"
     print(
-        f"  target `kiln --help` < {HELP_TARGET:g} s: {verdict} ({wall:.3f} s wall, CPU {cpu:.3f} s)"
+        f"  target `kiln --help` < {HELP_TARGET:g} s: {verdict} "
+        f"({wall:.3f} s wall, CPU {cpu:.3f} s)"
     )
 
 
