@@ -53,6 +53,18 @@ ADJUST_COUNTS = (
     )
 )
 
+#: ADJUST_COUNTS through the driver (db.driver) on PostgreSQL and SQLite: it runs in every
+#: claim and every record of outcomes. Parameters: a delta per COUNTED key, then the batch
+_ADJUST_SET = ", ".join(f"n_{k} = n_{k} + {{p}}" for k in COUNTED)
+_ADJUST_TEXT = (
+    f"UPDATE batches SET {_ADJUST_SET} WHERE id = {{p}} "
+    f"RETURNING id, status, started_at, n_tasks, {', '.join(f'n_{k}' for k in COUNTED)}"
+)
+ADJUST_COUNTS_TEXT = {
+    "postgresql": _ADJUST_TEXT.replace("{p}", "%s"),
+    "sqlite": _ADJUST_TEXT.replace("{p}", "?"),
+}
+
 # -- batches ------------------------------------------------------------------------------------
 
 START_BATCH = (
