@@ -13,7 +13,9 @@ arrival time of the next request, wall clock): each start granted pushes it on b
 
 Every change goes through :func:`exchange`, one write that first gives back slots,
 then takes the wanted ones and reserves their rpm starts, so a scheduler sends every
-take and release of one event-loop turn together (engine.shared_limits).
+take and release of one event-loop turn together (engine.shared_limits). A slot given back
+and wanted again in the same write, while no other process waits for the server, is kept
+(its lease renewed by one statement) rather than given back and taken again.
 
 **Handover.** A process refused a server's slots (all held) while holding none of them
 queues for one: it takes one of the server's want rows (``slot`` :data:`WANT` and below,
