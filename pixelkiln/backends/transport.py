@@ -83,8 +83,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         trust_env: bool = True,
     ) -> None:
         self._limits = limits
-        self._verify = verify
-        self._trust_env = trust_env  # for SSL_CERT_FILE / SSL_CERT_DIR, as httpx reads them
+        # built now, as httpx builds its own: loading the CA bundle blocks for a while,
+        # and on the loop it would hold back every task timed to start meanwhile
+        self._ssl = _ssl_context(verify, trust_env)  # trust_env: SSL_CERT_FILE / _DIR
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
 
@@ -95,7 +96,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             limit=limits.max_connections or 0,
             limit_per_host=0,
             keepalive_timeout=limits.keepalive_expiry,
-            ssl=_ssl_context(self._verify, self._trust_env),
+            ssl=self._ssl,
             use_dns_cache=False,  # httpx resolves each new connection
         )
         self._session = aiohttp.ClientSession(
