@@ -37,6 +37,9 @@ DB = os.environ.get("PEER_DB", "postgresql://postgres@127.0.0.1:5432/test")
 TABLE = os.environ.get("PEER_TABLE", "peer_results")
 OUT = Path(os.environ.get("PEER_OUT", "/tmp/celery-peer"))
 TASK = "bench.celery_peer.generate"
+#: this run's queue: benchmarks running at once on one Redis never take, or purge, each
+#: other's tasks (the workers, started from here, inherit it through the environment)
+QUEUE = os.environ.setdefault("PEER_QUEUE", f"peer-{os.getpid()}")
 
 app = Celery("peer", broker=BROKER)
 app.conf.update(
@@ -46,6 +49,7 @@ app.conf.update(
     task_ignore_result=True,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
+    task_default_queue=QUEUE,
     # a message unacked this long is redelivered (Redis' visibility timeout): the peer's
     # recovery after a worker dies; short, as pixelkiln's lease is
     broker_transport_options={"visibility_timeout": float(os.environ.get("PEER_VISIBILITY", "10"))},
@@ -88,7 +92,7 @@ def reset(db: str, table: str) -> None:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute(f"CREATE TABLE {table} (job int, path text, bytes int, pid int)")
     with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge("celery")
+        conn.default_channel.queue_purge(QUEUE)
 
 
 def start_worker(
@@ -107,7 +111,7 @@ def start_worker(
         "-c",
         str(concurrency),
         "-n",
-        f"{name}@%h",
+        f"{name}-{QUEUE}@%h",
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",
@@ -128,7 +132,8 @@ def wait_ready(workers: int, deadline: float = 60.0) -> None:
     give_up = time.monotonic() + deadline
     while time.monotonic() < give_up:
         answers = app.control.ping(timeout=0.5) or []
-        if len(answers) >= workers:
+        ours = [a for a in answers for worker in a if f"-{QUEUE}@" in worker]
+        if len(ours) >= workers:
             return
     raise RuntimeError(f"{workers} Celery worker(s) did not start within {deadline:g} s")
 

@@ -238,7 +238,7 @@ def celery_recovery(
     celery_peer.enqueue(warm, tasks, url, SIZE)
     with celery_peer.app.connection_for_write() as conn:
         client = conn.default_channel.client
-        while client.llen("celery"):
+        while client.llen(celery_peer.QUEUE):
             time.sleep(0.02)
     os.killpg(procs[0].pid, signal.SIGKILL)
     killed = time.perf_counter()
