@@ -11,11 +11,11 @@ same database as the variable's, so what a test opens itself and what its settin
 subprocesses open agree. A test of how configuration is read asks for
 ``no_suite_database``.
 
-The suite runs in several processes (pytest-xdist, ``-n auto`` in pyproject.toml's
-addopts; the hooks at the end of this file): every fixture here is safe to run in
-several at once (random schema and database names, free ports, ``tmp_path``).
-``python -m pytest -n0`` runs it in one process, as does ``-s`` (whose output the
-workers could not show).
+The suite runs in several processes (pytest-xdist's ``-n auto``, the default that the
+hooks at the end of this file give): every fixture here is safe to run in several at
+once (random schema and database names, free ports, ``tmp_path``).
+``python -m pytest -n0`` (or ``-p no:xdist``) runs it in one process, as does ``-s``
+(whose output the workers could not show).
 """
 
 from __future__ import annotations
@@ -272,6 +272,19 @@ def db(database_url: str) -> Iterator[Database]:
 # -- pytest-xdist: how many workers, which tests share one, the reliability table -----------
 #: more workers than cores: most tests wait (on a `kiln` subprocess, a server, a sleep)
 EXTRA_WORKERS = 2
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """No ``-n``: ``-n auto --dist loadgroup`` (here, not in addopts, so that ``-p no:xdist``
+    still parses); ``-n N`` alone: ``--dist loadgroup``. Not in a worker, which runs its
+    share itself."""
+    if hasattr(config, "workerinput") or not hasattr(config.option, "numprocesses"):
+        return  # an xdist worker, or xdist not loaded (-p no:xdist, not installed)
+    if config.option.numprocesses is None:
+        config.option.numprocesses = "auto"
+    if config.option.dist == "no" and not config.option.distload:
+        config.option.dist = "loadgroup"
 
 
 @pytest.hookimpl(optionalhook=True)
