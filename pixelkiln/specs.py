@@ -89,6 +89,14 @@ def check_webhook_url(value: str) -> str:
     return value
 
 
+def _not_a_switch(value: Any) -> Any:
+    """A number field refuses ``true``/``false``: pydantic reads them as 1 and 0, so
+    ``steps: true`` would quietly run one step."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true or false")
+    return value
+
+
 class Params(BaseModel):
     """Generation parameters; every one optional so defaults and overrides share a shape."""
 
@@ -129,6 +137,10 @@ class Params(BaseModel):
             raise ValueError("a backend chain names each backend once")
         return chain
 
+    _numbers = field_validator(
+        "width", "height", "steps", "cfg_scale", "seed", "n", "denoise", mode="before"
+    )(_not_a_switch)
+
     @field_validator("aspect_ratio")
     @classmethod
     def _ratio(cls, value: str | None) -> str | None:
@@ -165,6 +177,8 @@ class Expand(BaseModel):
     #: when not given)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
 
+    _numbers = field_validator("random", "seed", mode="before")(_not_a_switch)
+
 
 class BatchSpec(BaseModel):
     """A whole batch as submitted."""
@@ -194,6 +208,10 @@ class BatchSpec(BaseModel):
     sweep: dict[str, dict[str, list[Any]]] | None = None
     #: how the prompts' wildcards become tasks (default: every combination)
     expand: Expand | None = None
+
+    _numbers = field_validator("priority", "max_attempts", "max_workers", "delay", mode="before")(
+        _not_a_switch
+    )
 
     @field_validator("tasks")
     @classmethod

@@ -101,7 +101,18 @@ class StoredFile(FileResponse):
             if stat.S_ISREG(found.st_mode):  # else FileResponse's own error: a bug, not input
                 self.stat_result = found
                 self.set_stat_headers(found)
+        if _fresh(Headers(scope=scope), self.headers.get("etag")):
+            await self._not_modified(send)
+            return
         await super().__call__(scope, receive, send)
+
+    async def _not_modified(self, send: Send) -> None:
+        """304: the client's cached copy is this version (its validators, no body)."""
+        headers = MutableHeaders(raw=list(self.raw_headers))
+        for name in ("content-type", "content-length", "content-disposition"):
+            del headers[name]
+        await send({"type": "http.response.start", "status": 304, "headers": headers.raw})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def stored_file(
@@ -211,7 +222,7 @@ class StoredObject(Response):
         """
         self.headers["last-modified"] = formatdate(info.mtime, usegmt=True)
         self.headers["etag"] = info.etag
-        if _fresh(request, info):
+        if _fresh(request, info.etag):
             return 304, {}, None
         try:
             span = _range(request, info)
@@ -267,13 +278,13 @@ async def _stream_until_disconnect(stream: Stream, send: Send, receive: Receive)
             await anyio.to_thread.run_sync(stream.close)
 
 
-def _fresh(request: Headers, info: StoredInfo) -> bool:
+def _fresh(request: Headers, etag: str | None) -> bool:
     """The client's copy is current (``If-None-Match`` names the ETag, or ``*``)."""
     wanted = request.get("if-none-match")
-    if wanted is None:
+    if wanted is None or etag is None:
         return False
     tags = {tag.strip().removeprefix("W/") for tag in wanted.split(",")}
-    return "*" in tags or info.etag in tags
+    return "*" in tags or etag in tags
 
 
 #: one range spec: ``first-last``, ``first-`` or ``-suffix``, ASCII digits only (and not

@@ -132,3 +132,27 @@ async def test_a_range_header_of_superscript_digits_gets_the_whole_file(s3_api: 
     odd: Any = {"Range": "bytes=\u00b2-".encode("latin-1")}
     r = await s3_api.client.get(url, headers=odd)
     assert r.status_code == 200 and r.content == whole.content
+
+
+@pytest.fixture
+async def local_api(tmp_path: Path) -> AsyncIterator[Api]:
+    async with running_api(api_settings(tmp_path / "data")) as running:
+        yield running
+
+
+async def test_a_local_file_answers_304_to_the_etag_a_client_holds(local_api: Api) -> None:
+    """Files served from the data folder honour ``If-None-Match`` as objects do: a cached
+    copy costs no body; another version's tag (or none) gets the bytes."""
+    url, _ = await _image(local_api)
+    client = local_api.client
+    for path in (url, url.replace("/file", "/thumbnail")):
+        whole = await client.get(path)
+        assert whole.status_code == 200 and whole.content, path
+        etag = whole.headers["etag"]
+        for held in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+            cached = await client.get(path, headers={"If-None-Match": held})
+            assert cached.status_code == 304 and cached.content == b"", (path, held)
+            assert cached.headers["etag"] == etag
+            assert "content-type" not in cached.headers
+        stale = await client.get(path, headers={"If-None-Match": '"another-version"'})
+        assert stale.status_code == 200 and stale.content == whole.content

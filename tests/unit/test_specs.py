@@ -64,6 +64,21 @@ def test_unknown_key_in_defaults_is_located_in_defaults() -> None:
     assert problems(exc) == [("defaults", "steep")]
 
 
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [("task 1", "steps"), ("task 1", "cfg_scale"), ("defaults", "seed"), ("batch", "priority")],
+)
+def test_true_or_false_is_no_number(where: str, field: str) -> None:
+    """YAML's ``steps: yes`` is ``True``: refused by name, not run as 1 step."""
+    task: dict[str, Any] = {"prompt": "a"}
+    data = batch(task)
+    {"task 1": task, "defaults": data["defaults"], "batch": data}[where][field] = True
+    with pytest.raises(SpecError) as exc:
+        parse_batch(data)
+    [problem] = exc.value.problems
+    assert problem.field == field and "not true or false" in problem.message
+
+
 @pytest.mark.parametrize("n", [0, 11, -1])
 def test_n_outside_1_to_10_is_a_problem(n: int) -> None:
     with pytest.raises(SpecError) as exc:
