@@ -279,12 +279,24 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     """No ``-n``: ``-n auto --dist loadgroup`` (here, not in addopts, so that ``-p no:xdist``
     still parses); ``-n N`` alone: ``--dist loadgroup``. Not in a worker, which runs its
     share itself."""
-    if hasattr(config, "workerinput") or not hasattr(config.option, "numprocesses"):
-        return  # an xdist worker, or xdist not loaded (-p no:xdist, not installed)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        # a worker parsed the command line, which lacks the --dist given below: it marks
+        # its tests' groups (xdist's loadgroup) as the controller schedules them
+        config.option.loadgroup = config.option.loadgroup or workerinput.get("kiln_loadgroup")
+        return
+    if not hasattr(config.option, "numprocesses"):
+        return  # xdist not loaded (-p no:xdist, or not installed)
     if config.option.numprocesses is None:
         config.option.numprocesses = "auto"
     if config.option.dist == "no" and not config.option.distload:
         config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Tell each worker whether the tests are scheduled by group (see pytest_cmdline_main)."""
+    node.workerinput["kiln_loadgroup"] = node.config.option.dist == "loadgroup"
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -298,6 +310,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return len(os.sched_getaffinity(0)) + EXTRA_WORKERS
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the marks into node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that uses a module-scoped fixture (a `kiln serve`, a browser) runs on the
     same worker as the rest of its module (``--dist loadgroup``), so that the fixture
