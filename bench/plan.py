@@ -10,8 +10,9 @@ per size, weighted by the cfg values, seeds and prompts they stand for.
 
 Baselines, measured in the same run: for the service call, the same plan made from every
 task (resolving all 100,000, as plans were made before samples); for `kiln plan`,
-`kiln --help` as a subprocess (starting Python and importing the CLI, which every
-command pays). Each figure is the median of ``--repeat`` runs, alternated, because this
+`kiln --help` as a subprocess (starting Python and the command list, which every command
+pays; it imports no command module: `python -m bench.startup` splits start-up further).
+Each figure is the median of ``--repeat`` runs, alternated, because this
 machine is shared: CPU seconds are printed beside wall seconds, and the target (`kiln
 plan` answers in < 2 s) is judged on both. ``--quick`` plans 10,000 tasks once.
 """

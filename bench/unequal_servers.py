@@ -8,10 +8,12 @@ servers do more, and near the end a fast server about to free rather than a slow
 The ideal throughput is Σ slots/latency (≈ 28.9 tasks/s). A fake server takes longer
 than its nominal latency (HTTP, a PNG, the client decoding it, on a shared machine), so
 the run also measures what the servers themselves sustain: each server's slots kept
-busy back to back by bare loops of the same client code, all three at once; that sum
-is the ideal this machine allows. The baseline, measured in the same run on the same
-servers, is what simple batch scripts do: tasks dealt to the servers in turn (task i to
-server i mod 3), each server working through its share with its own slots.
+busy back to back by bare loops of the same client code, all three at once, each slot
+over its own time; that sum, measured just before and just after pixelkiln's run and
+averaged (the machine's load may change), is the ideal this machine allows. The
+baseline, measured in the same run on the same servers, is what simple batch scripts do:
+tasks dealt to the servers in turn (task i to server i mod 3), each server working
+through its share with its own slots.
 Target: pixelkiln ≥ 0.95 of ideal.
 """
 
@@ -21,7 +23,6 @@ import argparse
 import asyncio
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,14 @@ async def round_robin(urls: list[str], tasks: int, slots: int) -> float:
 
 async def capacity(urls: list[str], slots: int, seconds: float) -> list[float]:
     """Requests/s each server sustains with its ``slots`` busy back to back (same client
-    code, no pool, no engine), all servers at once for ``seconds``."""
+    code, no pool, no engine), all servers at once for about ``seconds``.
+
+    Each slot's rate is its requests over its own time, from the common start to the end
+    of its last request, and a server's rate is the sum over its slots: a slot that
+    stopped early (its last request ended soon after ``seconds``) is not charged the
+    slow server's tail. (Dividing every server's count by the time until the very last
+    request ended, as this did before, charged the fast servers up to one slow latency
+    each and put their rate up to ~15 % too low on a short window.)"""
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1000)) as http:
         backends = [
             create(
@@ -68,42 +76,51 @@ async def capacity(urls: list[str], slots: int, seconds: float) -> list[float]:
             )
             for k, url in enumerate(urls)
         ]
-        done = [0] * len(urls)
-        until = time.perf_counter() + seconds
+        rates = [0.0] * len(urls)
+        started = time.perf_counter()
+        until = started + seconds
 
         async def worker(k: int) -> None:
+            done = 0
             while time.perf_counter() < until:
                 request = generation_request(task_id=k, prompt=f"capacity prompt {k}")
                 await backends[k].generate(request)
-                done[k] += 1
+                done += 1
+            rates[k] += done / (time.perf_counter() - started)
 
-        started = time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(len(urls)) for _ in range(slots)))
-        elapsed = time.perf_counter() - started
         for backend in backends:
             await backend.aclose()
-    return [n / elapsed for n in done]
+    return rates
 
 
 @dataclass(frozen=True)
 class Measured:
     kiln: float  #: tasks/s through pixelkiln
     baseline: float  #: tasks/s dealt in turn
-    sustained: list[float]  #: requests/s each server sustains (capacity)
+    sustained: list[float]  #: requests/s each server sustains: the mean of before and after
+    before: float  #: Σ sustained, measured just before pixelkiln's run
+    after: float  #: Σ sustained, measured just after it
     shares: list[int]  #: tasks each server did for pixelkiln
 
 
 async def measure(tasks: int, latencies: list[float], slots: int) -> Measured:
     servers = [("sdwebui", {"latency": latency}) for latency in latencies]
+    window = max(3.0, 6 * max(latencies))
     with FakeFleet(servers) as fleet:
+        # the servers' capacity is measured on both sides of pixelkiln's run and averaged,
+        # so that a change in the machine's load during the run weighs on both alike
+        before = await capacity(fleet.urls, slots, window)
+        served = [sum(fleet.outcomes(k).values()) for k in range(len(latencies))]
         with tempfile.TemporaryDirectory() as folder:
             result = await run_batch(bench_settings(Path(folder), fleet.urls, slots), tasks)
         if result.succeeded != tasks:
             raise SystemExit(f"pixelkiln lost work: {result}")
-        shares = [sum(Counter(fleet.outcomes(k)).values()) for k in range(len(latencies))]
-        sustained = await capacity(fleet.urls, slots, max(3.0, 6 * max(latencies)))
+        shares = [sum(fleet.outcomes(k).values()) - served[k] for k in range(len(latencies))]
+        after = await capacity(fleet.urls, slots, window)
         baseline = await round_robin(fleet.urls, tasks, slots)
-    return Measured(result.throughput, baseline, sustained, shares)
+    sustained = [(a + b) / 2 for a, b in zip(before, after, strict=True)]
+    return Measured(result.throughput, baseline, sustained, sum(before), sum(after), shares)
 
 
 def main() -> None:
@@ -126,7 +143,8 @@ def main() -> None:
     print(
         f"ideal the servers sustain here (same run):  {sustained:6.2f} tasks/s   "
         f"({', '.join(f'{x:.2f}' for x in got.sustained)} per server; "
-        f"{sustained / ideal:.3f} of nominal)"
+        f"{sustained / ideal:.3f} of nominal; {got.before:.2f} before pixelkiln's run, "
+        f"{got.after:.2f} after)"
     )
     print(
         f"pixelkiln:               {kiln:6.2f} tasks/s   ratio {kiln / ideal:.3f} of nominal, "

@@ -19,7 +19,6 @@ from pixelkiln.db.routing import tasks_fallen_back
 from pixelkiln.db.tasks import list_tasks
 from pixelkiln.db.webhooks import list_deliveries
 from pixelkiln.models import Batch, BatchStatus, Task, TaskStatus
-from pixelkiln.service.webhooks import delivery_public
 
 #: who sends a delivery still pending when this process is gone
 RETRIED_BY = "retried by the next `kiln serve`/`kiln run`/`kiln webhooks deliver`"
@@ -96,6 +95,8 @@ def webhook_facts(conn: Connection, batch: Batch) -> dict[str, Any] | None:
     without a webhook."""
     if batch.webhook is None:
         return None
+    from pixelkiln.service.webhooks import delivery_public  # (the webhook sender: only here)
+
     rows = list_deliveries(conn, batch.id)
     return {
         "url": batch.webhook,

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from pixelkiln.backends import build_backend
 from pixelkiln.backends.base import BackendDeps
+from pixelkiln.backends.transport import shared_client
 from pixelkiln.config import BackendSettings, Settings
 from pixelkiln.exceptions import BackendError, ConfigError, RejectedInputError
 
@@ -58,7 +59,7 @@ async def check_backends(
     Raises :class:`ConfigError` for a name that is not configured.
     """
     selected = _select(settings.effective_backends(), names)
-    client = http or httpx.AsyncClient(timeout=PROBE_TIMEOUT)
+    client = http or shared_client(timeout=PROBE_TIMEOUT)
     try:
         groups = await asyncio.gather(*(_check_one(s, BackendDeps(client)) for s in selected))
     finally:

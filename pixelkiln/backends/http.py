@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -222,7 +223,7 @@ async def send(
     messages.
     """
     try:
-        response = await http.request(method, url, timeout=timeout, **kwargs)
+        response = await http.request(method, _url(url), timeout=_timeout(timeout), **kwargs)
     except httpx.InvalidURL as exc:
         raise RejectedInputError(f"{server}: unusable backend URL", server=server) from exc
     except httpx.HTTPError as exc:
@@ -230,6 +231,18 @@ async def send(
     if check:
         raise_for_status(response, server=server)
     return response
+
+
+@functools.lru_cache(maxsize=512)
+def _url(url: str) -> httpx.URL:
+    """``url`` parsed once: a scheduler sends to a few endpoints over and over, and
+    httpx parses a string URL twice per request (``httpx.URL`` is immutable)."""
+    return httpx.URL(url)
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float) -> httpx.Timeout:
+    return httpx.Timeout(seconds)
 
 
 def json_body(response: httpx.Response, *, server: str) -> Any:

@@ -260,6 +260,19 @@ class ServerPool:
                     type(exc).__name__,
                 )
 
+    def rate_below(self, seconds: float) -> float:
+        """Requests per second that the servers up whose requests take less than
+        ``seconds`` (measured) complete with every usable slot busy: Σ slots / latency.
+
+        The scheduler claims tasks ahead for these alone (engine.dispatch): on unequal
+        servers the backend's mean task time may be long while a fast server still
+        frees a slot every few hundredths of a second."""
+        return sum(
+            s.limit / s.latency
+            for s in self.servers
+            if s.up and s.latency is not None and 0 < s.latency < seconds
+        )
+
     def servers_up(self) -> int:
         """How many servers may take work now (circuit closed)."""
         return sum(s.up for s in self.servers)

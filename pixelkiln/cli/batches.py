@@ -9,13 +9,12 @@ from collections.abc import Callable
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pixelkiln.app import Kiln
 from pixelkiln.cli.common import (
     BatchArg,
     ConfigOption,
@@ -26,17 +25,15 @@ from pixelkiln.cli.common import (
     settings_from,
     with_db,
 )
-from pixelkiln.cli.projects import print_run, runs_table
-from pixelkiln.config import Settings
-from pixelkiln.db.batches import find_batch, list_batches
-from pixelkiln.db.database import Database
 from pixelkiln.exceptions import ConfigError
-from pixelkiln.export import export_batch, export_kind
-from pixelkiln.inputs.headers import Headers, check_headers
-from pixelkiln.models import Batch
-from pixelkiln.reports import build_report, eta_seconds, render_text, webhook_facts, webhook_line
-from pixelkiln.storage import open_storage
-from pixelkiln.workbooks import template_bytes
+
+# Each command imports what only it needs (``kiln status`` starts without the engine,
+# the exports or the spreadsheets): see pixelkiln/cli/__init__.py.
+if TYPE_CHECKING:
+    from pixelkiln.config import Settings
+    from pixelkiln.db.database import Database
+    from pixelkiln.inputs.headers import Headers
+    from pixelkiln.models import Batch
 
 HeadersOption = Annotated[
     str,
@@ -58,6 +55,9 @@ def cancel(batch: BatchArg, config: ConfigOption = None) -> None:
 
 
 async def _cancel(settings: Settings, ref: str) -> Batch:
+    from pixelkiln.app import Kiln
+    from pixelkiln.db.batches import find_batch
+
     async with Kiln(settings, engine=False) as kiln:  # no backend (nor HTTP client) is built
         return await kiln.cancel((await kiln.db.aread(find_batch, ref)).id)
 
@@ -66,6 +66,8 @@ async def _cancel(settings: Settings, ref: str) -> Batch:
 
 
 def _batch_facts(batch: Batch) -> dict[str, Any]:
+    from pixelkiln.reports import eta_seconds
+
     c = batch.counts
     return {
         "id": batch.id,
@@ -98,6 +100,10 @@ def status(
     config: ConfigOption = None,
 ) -> None:
     """Show one batch (counts, progress, ETA), or the recent project runs and batches."""
+    from pixelkiln.cli.projects import print_run, runs_table
+    from pixelkiln.db.batches import list_batches
+    from pixelkiln.reports import webhook_facts
+
     with errors():
         settings = settings_from(config)
         if run is not None:
@@ -136,6 +142,8 @@ def status(
 
 
 def _print_one(f: dict[str, Any]) -> None:
+    from pixelkiln.reports import webhook_line
+
     eta = f["eta_seconds"]
     eta_text = "-" if eta is None else f"{eta:.0f} s"
     console.print(
@@ -158,6 +166,8 @@ def report(
     config: ConfigOption = None,
 ) -> None:
     """A batch's report: time range, totals, success rate, rates, each failure and why."""
+    from pixelkiln.reports import build_report, render_text
+
     with errors():
         if fmt not in ("text", "json"):
             raise ConfigError("--format must be text or json")
@@ -185,6 +195,9 @@ def export(
     config: ConfigOption = None,
 ) -> None:
     """Copy a batch's images and a manifest.json out, or write it as a spreadsheet."""
+    from pixelkiln.export import export_batch, export_kind
+    from pixelkiln.storage import open_storage
+
     try:
         kind = export_kind(to)
     except ValueError as exc:
@@ -208,6 +221,8 @@ def export(
 
 
 def _headers(value: str) -> Headers:
+    from pixelkiln.inputs.headers import check_headers  # the inputs package: for files only
+
     try:
         return check_headers(value)
     except ValueError as exc:
@@ -223,6 +238,8 @@ def init(
     headers: HeadersOption = "en",
 ) -> None:
     """Write a commented sample kiln.toml and batch.yaml (and batch.xlsx) to start from."""
+    from pixelkiln.workbooks import template_bytes
+
     language = _headers(headers)
     samples = resources.files("pixelkiln") / "samples"
     folder.mkdir(parents=True, exist_ok=True)

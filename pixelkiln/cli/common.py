@@ -8,15 +8,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from pixelkiln.config import Settings, load_settings
-from pixelkiln.db.batches import find_batch
-from pixelkiln.db.database import Database
 from pixelkiln.exceptions import (
     ConfigError,
     InvalidStateError,
@@ -26,7 +23,11 @@ from pixelkiln.exceptions import (
     SpecError,
     UnstorableValueError,
 )
-from pixelkiln.models import Batch
+
+if TYPE_CHECKING:  # the settings, the database: imported by the commands that use them
+    from pixelkiln.config import Settings
+    from pixelkiln.db.database import Database
+    from pixelkiln.models import Batch
 
 console = Console()
 err_console = Console(stderr=True)
@@ -81,6 +82,8 @@ def errors() -> Iterator[None]:
 
 def settings_from(config: Path | None, log_level: str | None = None) -> Settings:
     """The settings of ``config`` (or ./kiln.toml, $KILN_CONFIG), with a log level override."""
+    from pixelkiln.config import load_settings
+
     overrides: dict[str, Any] = {"log": {"level": log_level}} if log_level else {}
     return load_settings(config, **overrides)
 
@@ -110,6 +113,8 @@ def setup_logging(settings: Settings, prefix: str = "kiln") -> Path:
 
 def with_db(settings: Settings, fn: Callable[[Database], T]) -> T:
     """Open the database, call ``fn`` with it, close it."""
+    from pixelkiln.db.database import Database
+
     db = Database.open(settings.storage.resolved_database_url())
     try:
         return fn(db)
@@ -119,4 +124,6 @@ def with_db(settings: Settings, fn: Callable[[Database], T]) -> T:
 
 def resolve(db: Database, ref: str) -> Batch:
     """A batch by id or by the name of the newest batch so named."""
+    from pixelkiln.db.batches import find_batch
+
     return db.read(find_batch, ref)

@@ -16,13 +16,12 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pixelkiln.app import Kiln
 from pixelkiln.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -36,21 +35,16 @@ from pixelkiln.cli.common import (
     settings_from,
     setup_logging,
 )
-from pixelkiln.cli.run import run_batches
-from pixelkiln.config import DEFAULT_CONFIG_FILE, Settings
-from pixelkiln.db.database import Database
-from pixelkiln.db.runs import Run, get_run, list_runs
-from pixelkiln.engine.owners import new_owner_id
 from pixelkiln.exceptions import InvalidStateError
-from pixelkiln.inputs.projects import ProjectsPlan
-from pixelkiln.reports_runs import build_run_report, render_run_text
-from pixelkiln.service import LOCAL
-from pixelkiln.service.runs import (
-    RunDriver,
-    RunStopped,
-    create_projects_run,
-    plan_projects_run,
-)
+
+# Each command imports what it uses (`kiln status` lists runs without the engine).
+if TYPE_CHECKING:
+    from pixelkiln.app import Kiln
+    from pixelkiln.config import Settings
+    from pixelkiln.db.database import Database
+    from pixelkiln.db.runs import Run
+    from pixelkiln.inputs.projects import ProjectsPlan
+    from pixelkiln.service.runs import RunDriver
 
 projects_app = typer.Typer(
     help="Project runs: a studio's config of project folders, one batch per project.",
@@ -100,6 +94,8 @@ def project_settings(
 ) -> Settings:
     """The kiln.toml to use: ``--config``, else $KILN_CONFIG or ./kiln.toml, else the one
     beside the project config (cron runs from ``/``)."""
+    from pixelkiln.config import DEFAULT_CONFIG_FILE
+
     if config is None and project_config is not None:
         beside = project_config.absolute().parent / DEFAULT_CONFIG_FILE
         if (
@@ -161,6 +157,18 @@ async def run_projects(
     holder id the run was created with (run-now creates it held, so that no server
     takes it before this process does); by default a new one.
     """
+    from pixelkiln.app import Kiln
+    from pixelkiln.cli.run import run_batches
+    from pixelkiln.engine.owners import new_owner_id
+    from pixelkiln.reports_runs import render_run_text
+    from pixelkiln.service import LOCAL
+    from pixelkiln.service.runs import (
+        RunDriver,
+        RunStopped,
+        create_projects_run,
+        plan_projects_run,
+    )
+
     async with Kiln(settings) as kiln:
         owner = owner or new_owner_id()
         if project_config is not None:
@@ -203,6 +211,8 @@ async def run_projects(
 
 async def _claim(kiln: Kiln, driver: RunDriver) -> None:
     """Take the run, waiting (twice its lease at most) for a dead driver's lease to lapse."""
+    from pixelkiln.db.runs import get_run
+
     deadline = time.monotonic() + 2 * driver.lease + 1
     told = False
     while not await driver.claim():
@@ -289,6 +299,10 @@ def check(
 async def _check(
     settings: Settings, project_config: Path, overrides: dict[str, Any]
 ) -> ProjectsPlan:
+    from pixelkiln.app import Kiln
+    from pixelkiln.service import LOCAL
+    from pixelkiln.service.runs import plan_projects_run
+
     async with Kiln(settings, engine=False) as kiln:
         return await plan_projects_run(kiln.service, LOCAL, project_config, overrides)
 
@@ -333,6 +347,8 @@ def sample(
 
 def runs_table(db: Database, limit: int = 5) -> Table | None:
     """The recent runs as a whole, for ``kiln status``; None when there is none."""
+    from pixelkiln.db.runs import list_runs
+
     found = db.read(list_runs, limit=limit)
     if not found:
         return None
@@ -360,6 +376,8 @@ def _shown_status(run: Run) -> str:
 
 
 def _run_counts(db: Database, run: Run) -> tuple[int, int, int]:
+    from pixelkiln.reports_runs import build_run_report
+
     report = run.report or db.read(build_run_report, run.id)  # a running one: so far
     return report["projects_succeeded"], report["projects_failed"], report["images_total"]
 
@@ -367,6 +385,9 @@ def _run_counts(db: Database, run: Run) -> tuple[int, int, int]:
 def print_run(db: Database, run_id: int) -> None:
     """One run's report (``kiln status --run ID``): as stored when it ended (its batches may
     since have gone by the retention rules), else as it stands so far."""
+    from pixelkiln.db.runs import get_run
+    from pixelkiln.reports_runs import build_run_report, render_run_text
+
     run = db.read(get_run, run_id)
     report = run.report or db.read(build_run_report, run_id)
     console.print(

@@ -42,7 +42,7 @@ SHARE_HELP = (
 )
 
 users_app = typer.Typer(
-    help="API users: add them (prints a token), list them, grant credits, set shares.",
+    help="API users, their tokens and credits.",
     no_args_is_help=True,
 )
 

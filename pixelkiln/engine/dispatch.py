@@ -23,7 +23,7 @@ import functools
 from collections.abc import Callable, Collection, Iterable, Mapping
 
 from pixelkiln.backends.base import Backend
-from pixelkiln.backends.pool import pool_of
+from pixelkiln.backends.pool import ServerPool, pool_of
 from pixelkiln.db.leases import ClaimedTask
 from pixelkiln.engine.limits import Limits
 
@@ -57,11 +57,13 @@ class Dispatch:
         self.drained: set[str] = set()
         self._pending: int | None = None  #: tasks the database held after the latest claim
         self._asked: dict[str, int] = {}  # the wants of the claim being made
+        self._pools: dict[str, ServerPool] = {}
         if isinstance(backends, Mapping):
             for name, backend in backends.items():
                 pool = pool_of(backend)
                 if pool is not None:  # near the end of its work it may wait for a fast server
                     pool.backlog = functools.partial(self.backlog, name)
+                    self._pools[name] = pool
 
     # -- slots --------------------------------------------------------------------------------
 
@@ -99,17 +101,21 @@ class Dispatch:
         it could (one runner still working through what it held while the others idle;
         bench/scaleout: 0.79 of ideal at 8 workers, 0.91 without). So a backend whose
         tasks take PREFETCH_SECONDS or more gets no task ahead: each freed slot is
-        refilled by a claim the moment its task ends. Before the first task of a backend
-        has finished, its first claim takes a slot's worth ahead, as a claim that asks
-        for more than it gets is how the pool learns that the queue ran dry
-        (:meth:`backlog`).
+        refilled by a claim the moment its task ends, unless servers of its pool are
+        faster than that (unequal servers): then about PREFETCH_SECONDS of their work.
+        Before the first task of a backend has finished, its first claim takes a slot's
+        worth ahead, as a claim that asks for more than it gets is how the pool learns
+        that the queue ran dry (:meth:`backlog`).
         """
         capacity = max(1, min(self._slots[backend], self.limits.overall))
         mean = self._mean_duration.get(backend)
         if mean is None:
             return capacity
         if mean >= PREFETCH_SECONDS:
-            return 0
+            # unequal servers: the mean is long, but the fast ones free a slot more often
+            pool = self._pools.get(backend)
+            fast = 0.0 if pool is None else pool.rate_below(PREFETCH_SECONDS)
+            return int(min(MAX_PREFETCH, PREFETCH_SECONDS * fast))
         per_slot = PREFETCH_SECONDS / max(mean, 1e-4)
         return int(min(MAX_PREFETCH, max(1, capacity * per_slot)))
 

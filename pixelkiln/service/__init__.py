@@ -21,6 +21,11 @@ A face parses its user's shape, calls one function here with a
   (``kiln gc``, the server's sweeper)
 - :mod:`~pixelkiln.service.context`: the context, the caller, the schedulers to wake
 
+Each name here is imported from its module when first used (PEP 562): ``from pixelkiln
+import service`` costs nothing, and ``service.LOCAL`` imports only the context, not
+admin's backends checks nor submission's planning (``kiln`` start-up pays for what its
+command uses).
+
 >>> from pixelkiln import service
 >>> async with Kiln(settings) as kiln:                                   # doctest: +SKIP
 ...     batch_id, _ = await service.submit(kiln.service, service.LOCAL, service.Submission(spec))
@@ -29,44 +34,95 @@ A face parses its user's shape, calls one function here with a
 
 from __future__ import annotations
 
-from pixelkiln.service.admin import (
-    BackendView,
-    ConcurrencyView,
-    LiveLimits,
-    concurrency_view,
-    reset_backend_concurrency,
-    reset_concurrency,
-    set_backend_concurrency,
-    set_concurrency,
-)
-from pixelkiln.service.context import (
-    LOCAL,
-    BackendCatalog,
-    Caller,
-    SchedulerLink,
-    Schedulers,
-    ServiceContext,
-)
-from pixelkiln.service.control import cancel, delete, pause, regenerate, resume, retry
-from pixelkiln.service.presets import (
-    change_preset,
-    create_preset,
-    delete_preset,
-    get_preset,
-    list_presets,
-    reorder_presets,
-)
-from pixelkiln.service.pricing import Pricing, pricing_for
-from pixelkiln.service.reading import (
-    ALL_TASKS,
-    BatchPage,
-    TaskPage,
-    batch_page,
-    wait_until_finished,
-)
-from pixelkiln.service.sheets import SheetRef, list_sheets, sheet_png
-from pixelkiln.service.submission import Submission, Submitted, fingerprint, submit
-from pixelkiln.service.uploads import Uploaded, UploadFields, upload_spec
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pixelkiln.service.admin import (
+        BackendView,
+        ConcurrencyView,
+        LiveLimits,
+        concurrency_view,
+        reset_backend_concurrency,
+        reset_concurrency,
+        set_backend_concurrency,
+        set_concurrency,
+    )
+    from pixelkiln.service.context import (
+        LOCAL,
+        BackendCatalog,
+        Caller,
+        SchedulerLink,
+        Schedulers,
+        ServiceContext,
+    )
+    from pixelkiln.service.control import cancel, delete, pause, regenerate, resume, retry
+    from pixelkiln.service.presets import (
+        change_preset,
+        create_preset,
+        delete_preset,
+        get_preset,
+        list_presets,
+        reorder_presets,
+    )
+    from pixelkiln.service.pricing import Pricing, pricing_for
+    from pixelkiln.service.reading import (
+        ALL_TASKS,
+        BatchPage,
+        TaskPage,
+        batch_page,
+        wait_until_finished,
+    )
+    from pixelkiln.service.sheets import SheetRef, list_sheets, sheet_png
+    from pixelkiln.service.submission import Submission, Submitted, fingerprint, submit
+    from pixelkiln.service.uploads import Uploaded, UploadFields, upload_spec
+
+#: each name this package gives, and the module of this package it comes from
+_FROM: dict[str, str] = {
+    "BackendView": "admin",
+    "ConcurrencyView": "admin",
+    "LiveLimits": "admin",
+    "concurrency_view": "admin",
+    "reset_backend_concurrency": "admin",
+    "reset_concurrency": "admin",
+    "set_backend_concurrency": "admin",
+    "set_concurrency": "admin",
+    "BackendCatalog": "context",
+    "Caller": "context",
+    "LOCAL": "context",
+    "SchedulerLink": "context",
+    "Schedulers": "context",
+    "ServiceContext": "context",
+    "cancel": "control",
+    "delete": "control",
+    "pause": "control",
+    "regenerate": "control",
+    "resume": "control",
+    "retry": "control",
+    "change_preset": "presets",
+    "create_preset": "presets",
+    "delete_preset": "presets",
+    "get_preset": "presets",
+    "list_presets": "presets",
+    "reorder_presets": "presets",
+    "Pricing": "pricing",
+    "pricing_for": "pricing",
+    "ALL_TASKS": "reading",
+    "BatchPage": "reading",
+    "TaskPage": "reading",
+    "batch_page": "reading",
+    "wait_until_finished": "reading",
+    "SheetRef": "sheets",
+    "list_sheets": "sheets",
+    "sheet_png": "sheets",
+    "Submission": "submission",
+    "Submitted": "submission",
+    "fingerprint": "submission",
+    "submit": "submission",
+    "UploadFields": "uploads",
+    "Uploaded": "uploads",
+    "upload_spec": "uploads",
+}
 
 __all__ = [
     "ALL_TASKS",
@@ -113,3 +169,16 @@ __all__ = [
     "upload_spec",
     "wait_until_finished",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _FROM.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pixelkiln.service' has no attribute {name!r}")
+    value = getattr(import_module(f"pixelkiln.service.{module}"), name)
+    globals()[name] = value  # the next use is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_FROM})

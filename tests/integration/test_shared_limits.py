@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select, update
 
 from pixelkiln.app import Kiln
 from pixelkiln.backends.pool import Server, ServerPool, pool_of
@@ -335,6 +335,62 @@ def test_processes_waiting_for_a_slot_get_it_in_the_order_they_asked(db: Databas
     assert (ask("x:1:x"), ask("a:2:a"), ask("b:3:b")) == ([], [], [])
     assert ask("c:4:c") == [0]
     assert db.read(slots_held, "srv", 0.0) == {0: "c:4:c"}
+
+
+def test_a_slot_given_back_and_wanted_again_is_kept_in_one_statement(db: Database) -> None:
+    if db.dialect == "mysql":
+        pytest.skip("MySQL gives the slot back and takes one again (db.slots._keep)")
+    until = time.time() + 30
+    db.write(ensure_rows, {"srv": 3})
+    srv = ("srv", None)
+    assert db.write(exchange, "a:1:x", [], [SlotWant("srv", 3, 2)], until)[srv].slots == [0, 1]
+    db.write(exchange, "a:1:x", [("srv", 0)], [], until)  # slot 0 free now
+    statements: list[str] = []
+
+    def counted(tx: Tx) -> list[int]:
+        listen = lambda *args: statements.append(args[2])  # noqa: E731
+        event.listen(tx.conn, "before_cursor_execute", listen)
+        try:
+            later = until + 10
+            return exchange(tx, "a:1:x", [("srv", 1)], [SlotWant("srv", 3, 1)], later)[srv].slots
+        finally:
+            event.remove(tx.conn, "before_cursor_execute", listen)
+
+    # the request's slot is kept for the next (given back and taken: it would have moved to 0)
+    assert db.write(counted) == [1]
+    assert len(statements) == 1  # not give back, read the line, take
+    assert db.read(slots_held, "srv", 0.0) == {1: "a:1:x"}
+    lease = select(server_slots.c.expires_at).where(server_slots.c.slot == 1)
+    assert db.read(lambda conn: conn.execute(lease).scalar()) == until + 10
+
+
+def test_a_slot_that_lapsed_and_went_to_another_is_not_kept(db: Database) -> None:
+    now = time.time()
+    db.write(ensure_rows, {"srv": 1})
+    srv = ("srv", None)
+    assert db.write(exchange, "a:1:x", [], [SlotWant("srv", 1, 1)], now - 1)[srv].slots == [0]
+    assert db.write(exchange, "b:2:y", [], [SlotWant("srv", 1, 1)], now + 30)[srv].slots == [0]
+    again = db.write(exchange, "a:1:x", [("srv", 0)], [SlotWant("srv", 1, 1)], now + 30)
+    assert again[srv].slots == []  # b holds it now: a's stale give-back keeps nothing
+    assert db.read(slots_held, "srv", 0.0) == {0: "b:2:y"}
+
+
+def test_a_slot_is_not_kept_while_another_process_waits_for_it(db: Database) -> None:
+    until = time.time() + 30
+    db.write(ensure_rows, {"srv": 1})
+    srv = ("srv", None)
+    assert db.write(exchange, "a:1:x", [], [SlotWant("srv", 1, 1)], until)[srv].slots == [0]
+    # b's want, lapsed: it no longer waits, so a keeps its slot
+    assert db.write(exchange, "b:2:y", [], [SlotWant("srv", 1, 1)], until)[srv].slots == []
+    lapse = update(server_slots).where(server_slots.c.holder == "b:2:y").values(expires_at=0.0)
+    db.write(lambda tx: tx.conn.execute(lapse))
+    kept = db.write(exchange, "a:1:x", [("srv", 0)], [SlotWant("srv", 1, 1)], until)
+    assert kept[srv].slots == [0]
+    # b waits again (live): a's slot, given back, is b's
+    assert db.write(exchange, "b:2:y", [], [SlotWant("srv", 1, 1)], until)[srv].slots == []
+    gone = db.write(exchange, "a:1:x", [("srv", 0)], [SlotWant("srv", 1, 1)], until)
+    assert gone[srv].slots == []
+    assert db.write(exchange, "b:2:y", [], [SlotWant("srv", 1, 1)], until)[srv].slots == [0]
 
 
 def test_an_rpm_start_too_far_ahead_is_not_granted(db: Database) -> None:

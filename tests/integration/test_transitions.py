@@ -11,7 +11,7 @@ import time
 from typing import get_type_hints
 
 import pytest
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, update
 
 from pixelkiln.db.batches import (
     NewBatch,
@@ -31,7 +31,7 @@ from pixelkiln.db.leases import (
     renew_leases,
     start_tasks,
 )
-from pixelkiln.db.tables import images, tasks
+from pixelkiln.db.tables import batches, images, tasks
 from pixelkiln.db.tasks import get_task, record_outcomes
 from pixelkiln.db.users import create_user
 from pixelkiln.models import (
@@ -183,6 +183,30 @@ def test_success_counts_images_numbers_progress_and_completes(db: Database, user
     assert done.data["summary"]["succeeded"] == 3 and done.data["summary"]["status"] == "completed"
     assert db.read(balance, user_id) == 100 - 3 * COST  # nothing refunded
     assert [_attempts(db, t.id) for t in claimed] == [1, 1, 1]
+
+
+def test_a_success_recorded_again_keeps_one_image_row_and_a_lost_one_changes_nothing(
+    db: Database, user_id: int
+) -> None:
+    batch_id = _batch(db, user_id, 2)
+    [a, b] = _claim(db, 2)
+    _start(db, [a, b])
+    assert db.write(record_outcomes, "w1", [_ok(a)], []) == {a.id}
+
+    def running_again(tx: Tx) -> None:  # its run again, as after a crash (counters along)
+        again = {"status": TaskStatus.RUNNING, "lease_owner": "w1", "lease_expires_at": 1e12}
+        tx.conn.execute(update(tasks).where(tasks.c.id == a.id).values(again))
+        moved = {"n_succeeded": batches.c.n_succeeded - 1, "n_running": batches.c.n_running + 1}
+        tx.conn.execute(update(batches).where(batches.c.id == batch_id).values(moved))
+
+    db.write(running_again)
+    assert db.write(record_outcomes, "w1", [_ok(a)], []) == {a.id}
+    assert db.write(record_outcomes, "someone else", [_ok(b)], []) == set()  # not held
+    batch = checked(db, batch_id)
+    assert (batch.counts.succeeded, batch.counts.running, batch.counts.images) == (1, 1, 1)
+    count = select(func.count()).select_from(images).where(images.c.task_id == a.id)
+    assert db.read(lambda conn: conn.execute(count).scalar_one()) == 1
+    assert db.read(get_task, b.id).status == TaskStatus.RUNNING
 
 
 def test_retry_later_then_failure_refunds_once(db: Database, user_id: int) -> None:

@@ -8,9 +8,9 @@ import collections
 import pytest
 
 from pixelkiln.backends.placeholder import PlaceholderBackend
-from pixelkiln.backends.pool import Server, ServerPool, earliest_finish
+from pixelkiln.backends.pool import CircuitState, Server, ServerPool, earliest_finish
 from pixelkiln.config import BackendSettings
-from pixelkiln.engine.dispatch import Dispatch
+from pixelkiln.engine.dispatch import PREFETCH_SECONDS, Dispatch
 from pixelkiln.engine.limits import Limits
 from pixelkiln.models import ClaimedTask
 
@@ -153,3 +153,34 @@ def test_dispatch_counts_the_backlog_once_a_claim_comes_back_short() -> None:
     asked = dispatch.wants(lambda name: False)["a"]
     dispatch.add([_task(i, "a") for i in range(10, 10 + asked)], first=())  # all: more may wait
     assert dispatch.backlog("a") is None
+
+
+def test_a_fast_server_of_a_pool_gets_tasks_claimed_ahead_when_the_mean_is_long() -> None:
+    # unequal servers: the mean task is long (no claim ahead for slow tasks), but the fast
+    # server frees a slot every 0.1 s: about PREFETCH_SECONDS of its work waits ready, so
+    # its next task needs no claim written while its slot stands idle
+    settings = BackendSettings(
+        name="a", type="sdwebui", urls=["http://fast", "http://mid", "http://slow"], concurrency=2
+    )
+    backend = _Pooled(settings)
+    pool = backend.pool
+    for server, latency in zip(pool.servers, (0.1, 0.3, 0.9), strict=True):
+        server.latency = latency
+    dispatch = Dispatch(Limits(6, {"a": backend}), {"a": backend})
+    dispatch.observe("a", 0.5)
+    assert PREFETCH_SECONDS < 0.3  # the mid and slow servers count for nothing
+    assert dispatch.ready_target("a") == int(PREFETCH_SECONDS * 2 / 0.1)
+    assert pool.rate_below(PREFETCH_SECONDS) == pytest.approx(20.0)
+    pool.servers[0].state = CircuitState.OPEN  # the fast one down: none ahead
+    assert dispatch.ready_target("a") == 0
+    pool.servers[0].state = CircuitState.CLOSED
+    pool.servers[0].latency = None  # its speed not known yet: none ahead either
+    assert dispatch.ready_target("a") == 0
+
+
+class _Pooled(PlaceholderBackend):
+    """A backend on a server pool that sends nothing (only dispatch looks at it)."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        super().__init__(settings)
+        self.pool = ServerPool.from_settings(settings, None)
