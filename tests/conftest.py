@@ -10,6 +10,12 @@ parametrized test on all three), and ``postgres_url``/``mysql_url`` of that kind
 same database as the variable's, so what a test opens itself and what its settings and
 subprocesses open agree. A test of how configuration is read asks for
 ``no_suite_database``.
+
+The suite runs in several processes (pytest-xdist's ``-n auto``, the default that the
+hooks at the end of this file give): every fixture here is safe to run in several at
+once (random schema and database names, free ports, ``tmp_path``).
+``python -m pytest -n0`` (or ``-p no:xdist``) runs it in one process, as does ``-s``
+(whose output the workers could not show).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from sqlalchemy.exc import OperationalError
 from pixelkiln.config import Settings, load_settings
 from pixelkiln.db.database import Database
 from tests.processes import FOLDER_DATABASES
+from tests.reliability.tally import TALLY
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "KILN_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -260,6 +267,80 @@ def db(database_url: str) -> Iterator[Database]:
     opened = Database.open(database_url)
     yield opened
     opened.close()
+
+
+# -- pytest-xdist: how many workers, which tests share one, the reliability table -----------
+#: more workers than cores: most tests wait (on a `kiln` subprocess, a server, a sleep)
+EXTRA_WORKERS = 2
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """No ``-n``: ``-n auto --dist loadgroup`` (here, not in addopts, so that ``-p no:xdist``
+    still parses); ``-n N`` alone: ``--dist loadgroup``. Not in a worker, which runs its
+    share itself."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        # a worker parsed the command line, which lacks the --dist given below: it marks
+        # its tests' groups (xdist's loadgroup) as the controller schedules them
+        config.option.loadgroup = config.option.loadgroup or workerinput.get("kiln_loadgroup")
+        return
+    if not hasattr(config.option, "numprocesses"):
+        return  # xdist not loaded (-p no:xdist, or not installed)
+    if config.option.numprocesses is None:
+        config.option.numprocesses = "auto"
+    if config.option.dist == "no" and not config.option.distload:
+        config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Tell each worker whether the tests are scheduled by group (see pytest_cmdline_main)."""
+    node.workerinput["kiln_loadgroup"] = node.config.option.dist == "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: the cores this process may use plus :data:`EXTRA_WORKERS`; none with
+    ``-s`` (a worker's output is not shown); ``PYTEST_XDIST_AUTO_NUM_WORKERS`` wins."""
+    if config.getoption("capture") == "no":
+        return 0
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own hook reads it
+    return len(os.sched_getaffinity(0)) + EXTRA_WORKERS
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the marks into node ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a module-scoped fixture (a `kiln serve`, a browser) runs on the
+    same worker as the rest of its module (``--dist loadgroup``), so that the fixture
+    starts once, not once per worker."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        scopes = {d.scope for defs in info.name2fixturedefs.values() for d in defs}
+        if "module" in scopes:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A worker hands its reliability rows to the controller (:func:`pytest_testnodedown`)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["kiln_tally"] = TALLY.as_json()["rows"]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The controller merges each worker's reliability rows as the worker ends."""
+    TALLY.merge(getattr(node, "workeroutput", {}).get("kiln_tally", {}))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The reliability table, once: by the controller, or the one process without xdist."""
+    if not hasattr(terminalreporter.config, "workerinput"):
+        TALLY.report(terminalreporter)
 
 
 # -- S3-compatible storage: a moto server on loopback (tests/s3server.py) -------------------

@@ -156,9 +156,15 @@ def wait_for(folder: Path, sql: str, at_least: int, timeout: float = 120) -> Non
     raise AssertionError(f"timed out waiting for {sql} >= {at_least}")
 
 
+#: how long a `kiln` subprocess may take to start: a bound on a hang, not a speed check (the
+#: suite's workers and its two passes share the cores, and each start imports pixelkiln)
+START_SECONDS = 120
+
+
 def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Until `kiln serve` at ``url`` answers /healthz (30 s at most; its log if not)."""
-    deadline = time.monotonic() + 30
+    """Until `kiln serve` at ``url`` answers /healthz (:data:`START_SECONDS` at most; its
+    log if not)."""
+    deadline = time.monotonic() + START_SECONDS
     while process.poll() is None and time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:

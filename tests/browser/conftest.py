@@ -33,7 +33,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from tests.conftest import folder_database
-from tests.processes import KILN, env, free_port, wait_healthy
+from tests.processes import KILN, START_SECONDS, env, free_port, wait_healthy
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,7 +100,12 @@ class Server:
 
 def _kiln(cwd: Path, *args: str) -> str:
     done = subprocess.run(
-        [*KILN, *args], cwd=cwd, env=env(cwd), capture_output=True, text=True, timeout=60
+        [*KILN, *args],
+        cwd=cwd,
+        env=env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=START_SECONDS,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
