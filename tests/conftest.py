@@ -270,8 +270,9 @@ def db(database_url: str) -> Iterator[Database]:
 
 
 # -- pytest-xdist: how many workers, which tests share one, the reliability table -----------
-#: more workers than cores: most tests wait (on a `kiln` subprocess, a server, a sleep)
-EXTRA_WORKERS = 2
+#: one worker more than the cores: most tests wait (on a `kiln` subprocess, a server, a
+#: sleep); two more, with both passes at once, made tests time out on a 2-core box
+EXTRA_WORKERS = 1
 
 
 @pytest.hookimpl(tryfirst=True)
