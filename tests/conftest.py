@@ -11,11 +11,11 @@ same database as the variable's, so what a test opens itself and what its settin
 subprocesses open agree. A test of how configuration is read asks for
 ``no_suite_database``.
 
-The suite runs in several processes (pytest-xdist's ``-n auto``, the default that the
-hooks at the end of this file give): every fixture here is safe to run in several at
-once (random schema and database names, free ports, ``tmp_path``).
-``python -m pytest -n0`` (or ``-p no:xdist``) runs it in one process, as does ``-s``
-(whose output the workers could not show).
+The suite runs in one process by default; ``python -m pytest -n auto`` spreads it over
+pytest-xdist workers (``--dist loadgroup``, given by the hooks at the end of this file):
+every fixture here is safe to run in several at once (random schema and database names,
+free ports, ``tmp_path``). On a 2-core box the workers made the suite slower, and tests
+that bound a time (fair share, a drain) failed under their load, hence the default.
 """
 
 from __future__ import annotations
@@ -277,9 +277,8 @@ EXTRA_WORKERS = 1
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """No ``-n``: ``-n auto --dist loadgroup`` (here, not in addopts, so that ``-p no:xdist``
-    still parses); ``-n N`` alone: ``--dist loadgroup``. Not in a worker, which runs its
-    share itself."""
+    """``-n N`` (or ``-n auto``) alone: ``--dist loadgroup``; no ``-n``: one process. Not in
+    a worker, which runs its share itself."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         # a worker parsed the command line, which lacks the --dist given below: it marks
@@ -289,7 +288,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     if not hasattr(config.option, "numprocesses"):
         return  # xdist not loaded (-p no:xdist, or not installed)
     if config.option.numprocesses is None:
-        config.option.numprocesses = "auto"
+        return  # one process: on a 2-core box, workers made the suite slower, not faster
     if config.option.dist == "no" and not config.option.distload:
         config.option.dist = "loadgroup"
 
