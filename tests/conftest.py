@@ -14,8 +14,9 @@ subprocesses open agree. A test of how configuration is read asks for
 The suite runs in one process by default; ``python -m pytest -n auto`` spreads it over
 pytest-xdist workers (``--dist loadgroup``, given by the hooks at the end of this file):
 every fixture here is safe to run in several at once (random schema and database names,
-free ports, ``tmp_path``). On a 2-core box the workers made the suite slower, and tests
-that bound a time (fair share, a drain) failed under their load, hence the default.
+free ports, ``tmp_path``). On a 2-core box the workers got through more tests a minute,
+but tests that bound a time (fair share, a drain, a webhook's wait) failed under their
+load, hence the default.
 """
 
 from __future__ import annotations
@@ -288,7 +289,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     if not hasattr(config.option, "numprocesses"):
         return  # xdist not loaded (-p no:xdist, or not installed)
     if config.option.numprocesses is None:
-        return  # one process: on a 2-core box, workers made the suite slower, not faster
+        return  # one process: under workers' load, tests that bound a time failed
     if config.option.dist == "no" and not config.option.distload:
         config.option.dist = "loadgroup"
 
