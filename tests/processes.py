@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -225,3 +226,11 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: f
     """Send ``sig`` and wait for the exit code (``timeout`` s at most)."""
     process.send_signal(sig)
     return process.wait(timeout=timeout)
+
+
+def loaded_after(statement: str) -> list[str]:
+    """The modules a fresh interpreter holds after running ``statement`` (import checks)."""
+    code = f"{statement}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
+    return loaded

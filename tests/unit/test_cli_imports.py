@@ -4,13 +4,10 @@ parsing, the retention rules), and the commands that need them still find them."
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 from typer.testing import CliRunner
 
 from pixelkiln.cli import app
+from tests.processes import loaded_after
 
 #: imported by ``kiln dev`` (pixelkiln.testing), ``kiln schedule`` (croniter), ``kiln gc`` or
 #: client code, when they run: never by the other commands
@@ -25,16 +22,9 @@ NOT_AT_START = (
 )
 
 
-def _loaded_after(statement: str) -> list[str]:
-    code = f"{statement}; import json, sys; print(json.dumps(sorted(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded: list[str] = json.loads(done.stdout)
-    return loaded
-
-
 def test_import_pixelkiln_cli_leaves_out_the_client_and_the_fakes() -> None:
     # every command module, as the app once imported them all (now each when it runs)
-    loaded = _loaded_after(
+    loaded = loaded_after(
         "from pixelkiln.cli import COMMANDS, load_command; [load_command(n) for n in COMMANDS]"
     )
     assert "pixelkiln.cli.plan" in loaded  # the import really happened
@@ -42,8 +32,8 @@ def test_import_pixelkiln_cli_leaves_out_the_client_and_the_fakes() -> None:
 
 
 def test_import_pixelkiln_imports_the_client_when_it_is_named() -> None:
-    assert "pixelkiln.client" not in _loaded_after("import pixelkiln")
-    assert "pixelkiln.client" in _loaded_after("import pixelkiln; pixelkiln.AsyncClient")
+    assert "pixelkiln.client" not in loaded_after("import pixelkiln")
+    assert "pixelkiln.client" in loaded_after("import pixelkiln; pixelkiln.AsyncClient")
     import pixelkiln
     from pixelkiln.client import ApiError, Client
 

@@ -7,14 +7,12 @@ as they happen), so a new import that breaks a boundary fails here by name.
 from __future__ import annotations
 
 import ast
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import pixelkiln
+from tests.processes import loaded_after
 
 PACKAGE = Path(pixelkiln.__file__).parent
 SERVER_ONLY = ("fastapi", "starlette", "sqlalchemy")
@@ -55,15 +53,6 @@ def _modules(under: str = "") -> list[tuple[str, set[str]]]:
 
 def _reaches(imports: set[str], package: str) -> set[str]:
     return {name for name in imports if name == package or name.startswith(package + ".")}
-
-
-def _loaded_after(statement: str) -> list[str]:
-    code = f"{statement}; import json, sys; print(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    loaded: list[str] = json.loads(out)
-    return loaded
 
 
 def test_no_module_outside_api_imports_the_api() -> None:
@@ -119,7 +108,7 @@ def test_credits_are_charged_from_one_module() -> None:
     ],
 )
 def test_the_client_pulls_in_neither_fastapi_nor_sqlalchemy(statement: str) -> None:
-    loaded = _loaded_after(statement)
+    loaded = loaded_after(statement)
     assert "pixelkiln.client" in loaded  # the import really happened
     assert [m for m in loaded if m.split(".")[0] in SERVER_ONLY] == []
     assert [m for m in loaded if m.startswith(("pixelkiln.api", "pixelkiln.db"))] == []

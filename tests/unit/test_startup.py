@@ -17,6 +17,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from pixelkiln.cli import COMMANDS, app, load_command
+from tests.processes import loaded_after
 
 #: what no ``kiln`` command but ``serve`` and ``dev`` (or an export) needs
 WEB_AND_SHEETS = ("fastapi", "starlette", "uvicorn", "jinja2", "openpyxl")
@@ -36,15 +37,8 @@ NOT_AT_START = (
 )
 
 
-def _loaded_after(statement: str) -> list[str]:
-    code = f"{statement}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
-    return loaded
-
-
 def test_import_pixelkiln_cli_imports_no_command() -> None:
-    loaded = _loaded_after("import pixelkiln.cli")
+    loaded = loaded_after("import pixelkiln.cli")
     assert "pixelkiln.cli" in loaded and "typer" in loaded  # the import really happened
     assert [m for m in loaded if m.startswith(NOT_AT_START)] == []
 
@@ -54,7 +48,7 @@ def test_kiln_help_lists_every_command_without_importing_one() -> None:
         "import sys\nfrom pixelkiln.cli import app\n"
         "try:\n    app(['--help'])\nexcept SystemExit:\n    pass"
     )
-    loaded = _loaded_after(code)
+    loaded = loaded_after(code)
     assert [m for m in loaded if m.startswith(NOT_AT_START)] == []
     shown = CliRunner().invoke(app, ["--help"])
     assert shown.exit_code == 0
@@ -75,7 +69,7 @@ def test_kiln_help_lists_every_command_without_importing_one() -> None:
 def test_a_command_module_leaves_out_the_web_stack_and_the_spreadsheets(
     module: str, allowed: tuple[str, ...]
 ) -> None:
-    loaded = _loaded_after(f"import {module}")
+    loaded = loaded_after(f"import {module}")
     assert module in loaded
     banned = tuple(m for m in WEB_AND_SHEETS if m not in allowed)
     assert [m for m in loaded if m.startswith(banned)] == []
