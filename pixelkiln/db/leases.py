@@ -34,6 +34,7 @@ __all__ = [
     "renew_leases",
     "running_lease_owners",
     "start_tasks",
+    "unstart_tasks",
 ]
 
 
@@ -114,6 +115,12 @@ def start_tasks(tx: Tx, owner: str, task_ids: Sequence[int], paced: bool = False
 
     ``paced``: some belong to batches with a ``delay``, which then counts from now."""
     return transitions.start(tx, owner, task_ids, paced=paced)
+
+
+def unstart_tasks(tx: Tx, owner: str, starts: Mapping[int, float]) -> int:
+    """Give back the attempts :func:`start_tasks` spent at ``starts[task_id]`` for requests
+    that never went out (their callers were cancelled as the start was written); how many."""
+    return transitions.unstart(tx, owner, starts)
 
 
 def renew_leases(tx: Tx, owner: str, task_ids: Sequence[int], until: float) -> set[int]:

@@ -211,6 +211,16 @@ START = (
 )
 
 
+#: starts marked at ``:u_at`` whose requests never went out (a slot take wrote the mark, and
+#: its caller was cancelled as the grant arrived): the attempt given back, as if never marked.
+#: Only a start of that moment: a later try of the task keeps its own
+UNSTART = (
+    update(tasks)
+    .where(*held("u"), tasks.c.started_at == bindparam("u_at"))
+    .values(attempts=tasks.c.attempts - 1, started_at=None)
+)
+
+
 def start_sqlite(n: int) -> str:
     """START as SQLite text for ``n`` ids (parameters: now, *ids, owner).
 

@@ -18,6 +18,7 @@ limits in :mod:`.transition_claim`, recording tries in
 Tasks (``models.TaskStatus``)::
 
     pending ──claim──▶ running ──start (attempt spent)──▶ running ──succeed──▶ succeeded
+    running (started) ──unstart (its request never went out)──▶ running (attempt back)
     running ──retry later · release · recover──▶ pending
     running ──fail · recover after the last attempt──▶ failed            (refund)
     pending, running ──cancel──▶ cancelled                               (refund)
@@ -41,7 +42,7 @@ never marked started counts as its try.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Row, select
@@ -77,6 +78,7 @@ __all__ = [
     "renew",
     "retry",
     "start",
+    "unstart",
 ]
 
 PENDING, RUNNING = TaskStatus.PENDING, TaskStatus.RUNNING
@@ -247,6 +249,19 @@ def start(tx: Tx, owner: str, task_ids: Sequence[int], *, paced: bool = False) -
     if marked and paced:  # a batch's ``delay`` counts from its task's real start
         tx.conn.execute(sql.PACED_MARKED, {"m_ids": sorted(marked), "m_now": tx.now})
     return marked
+
+
+def unstart(tx: Tx, owner: str, starts: Mapping[int, float]) -> int:
+    """Undo :func:`start` for tasks whose requests never went out: ``starts`` maps each to
+    the moment it was marked (a start marked with a slot take whose caller was cancelled as
+    the grant arrived: engine.shared_limits). Only tasks still held and marked at that
+    moment; how many."""
+    undone = 0
+    for at in sorted(set(starts.values())):
+        ids = sorted(t for t, when in starts.items() if when == at)
+        params = {"u_ids": ids, "u_owner": owner, "u_at": at}
+        undone += int(tx.conn.execute(sql.UNSTART, params).rowcount)
+    return undone
 
 
 def renew(tx: Tx, owner: str, task_ids: Sequence[int], until: float) -> set[int]:
