@@ -31,6 +31,13 @@ whoever looked first after each handover was next, and one of four workers waite
 while the others took eleven turns). A waiter's successful take clears its want; a
 waiter that went away lets it lapse, and the next in line is first.
 
+**Starts.** A take may carry the task its slot is for (:attr:`SlotWant.starts`): a slot
+granted to it with no rpm wait goes out at once, so the task's start is marked (its
+attempt spent, :func:`~pixelkiln.db.leases.start_tasks`) in the same write, not in one of
+its own just after (engine.sending). A start so marked whose request then never went out
+(its caller was cancelled as the grant arrived) is given back by the write that gives its
+slot back (``unstarts``). A failed write marks nothing: it is one transaction.
+
 **rpm.** A start is reserved only up to :data:`RPM_AHEAD` seconds ahead: a slot would be
 held idle while its request sleeps. Beyond that the slot is not taken, and the answer
 says how long to wait (:attr:`Granted.wait`).
@@ -58,6 +65,7 @@ from sqlalchemy import Connection, Insert, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from pixelkiln.db.database import Tx
+from pixelkiln.db.leases import start_tasks, unstart_tasks
 from pixelkiln.db.notify import SLOTS, notify
 from pixelkiln.db.tables import rate_buckets, server_slots
 
@@ -112,6 +120,11 @@ class SlotWant:
     #: one refused while holding none records a want, so one holding some cannot keep the
     #: others out by wanting more
     held: int = 0
+    #: per slot wanted, in the order the slots are handed out (:class:`Granted`): the task
+    #: it is for, whose start a grant with no rpm wait marks in this write, or None
+    starts: tuple[int | None, ...] = ()
+    #: some of ``starts`` belong to batches with a ``delay`` (it runs from the start)
+    paced: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,12 @@ class Granted:
     delays: list[float] = field(default_factory=list)
     #: fewer slots than wanted because of rpm: seconds until a start may be reserved
     wait: float = 0.0
+    #: per slot (empty: None for each), its task's start (:attr:`SlotWant.starts`) marked in
+    #: this write: True (held: its request goes out now), False (the task was taken away:
+    #: not to be sent), None (no task named, or an rpm wait first: marked after it)
+    marks: list[bool | None] = field(default_factory=list)
+    #: the write's clock, when ``marks`` holds a start: what the start was stamped with
+    at: float = 0.0
 
 
 # The hot statements, built once: a take and a give-back run per request sent.
@@ -241,10 +260,13 @@ def exchange(
     releases: Sequence[tuple[str, int]],
     wants: Sequence[SlotWant],
     until: float,
+    unstarts: Mapping[int, float] | None = None,
 ) -> dict[tuple[str, str | None], Granted]:
     """Give back ``releases`` (key, slot), then take what ``wants`` asks for; per (key,
     bucket name), what was granted (fewer slots than wanted, or none, when the others hold
-    them, or want them first: see the module docstring).
+    them, or want them first: see the module docstring). Then, on ``holder``'s tasks:
+    the attempts of ``unstarts`` (task → when its start was marked) given back, and the
+    starts the grants carry marked (:func:`_mark_starts`).
 
     ``until``: the lease of the slots taken. Slots are picked ``SKIP LOCKED`` (no waits),
     then rpm buckets are reserved in name order, then wants are written in key order, so
@@ -254,6 +276,20 @@ def exchange(
     A slot given back and wanted again in this write while nobody else waits for its
     server is kept instead (:func:`_keep`): under load, the give-back of one request and
     the take of the next are one statement, not three."""
+    granted = _exchange_slots(tx, holder, releases, wants, until)
+    if unstarts:
+        unstart_tasks(tx, holder, unstarts)
+    return _mark_starts(tx, holder, wants, granted)
+
+
+def _exchange_slots(
+    tx: Tx,
+    holder: str,
+    releases: Sequence[tuple[str, int]],
+    wants: Sequence[SlotWant],
+    until: float,
+) -> dict[tuple[str, str | None], Granted]:
+    """:func:`exchange`'s slots and rpm starts."""
     kept = _keep(tx, holder, releases, wants, until)
     order = sorted(wants, key=lambda w: (w.key, w.bucket.name if w.bucket else ""))
     taken = _share_kept(order, kept)
@@ -288,6 +324,36 @@ def exchange(
             row = mine[0] if mine is not None else _free_want_row(tx, key)
             if row is not None:
                 _set_want(tx, key, row, holder, queue.last + 1, tx.now + WANT_SECONDS)
+    return granted
+
+
+def _mark_starts(
+    tx: Tx,
+    holder: str,
+    wants: Sequence[SlotWant],
+    granted: dict[tuple[str, str | None], Granted],
+) -> dict[tuple[str, str | None], Granted]:
+    """Mark the start of each task named for a slot granted with no rpm wait (its request
+    goes out at once), as :func:`~pixelkiln.db.leases.start_tasks` marks any start: the
+    i-th slot granted to a want is its i-th take's. ``granted`` with their ``marks``."""
+    due: list[tuple[SlotWant, Granted, list[int | None]]] = []
+    for want in wants:
+        got = granted[(want.key, want.bucket.name if want.bucket else None)]
+        named = [
+            task if delay <= 0 else None
+            for task, delay in zip(want.starts, got.delays, strict=False)
+        ]
+        if any(task is not None for task in named):
+            due.append((want, got, named))
+    if not due:
+        return granted
+    ids = [task for _, _, named in due for task in named if task is not None]
+    held = start_tasks(tx, holder, ids, any(want.paced for want, _, _ in due))
+    for want, got, named in due:
+        marks: list[bool | None] = [None if t is None else t in held for t in named]
+        marks += [None] * (len(got.slots) - len(marks))
+        key = (want.key, want.bucket.name if want.bucket else None)
+        granted[key] = replace(got, marks=marks, at=tx.now)
     return granted
 
 
