@@ -97,7 +97,9 @@ logger = logging.getLogger(__name__)
 
 #: awaited just before a request goes out, once the pool holds a server slot for it (and
 #: any rpm wait is over); set per task by the scheduler (engine.sending), which spends the
-#: task's attempt and starts its timeout then, so waiting for a slot costs neither
+#: task's attempt and starts its timeout then, so waiting for a slot costs neither. With
+#: shared limits the slot take reads it too, and may mark the start in its own write
+#: (engine.shared_limits); the hook then only starts the timeout
 about_to_send: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
     "pixelkiln_about_to_send", default=None
 )

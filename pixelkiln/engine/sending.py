@@ -8,8 +8,12 @@ scheduler does not mark the start itself; it hands the pool a hook
 (:data:`~pixelkiln.backends.pool.about_to_send`, a context variable of the task's job)
 that the pool awaits once it holds a server slot and just before it calls the server.
 The hook marks the start (engine.starts, committed before the request goes out) and
-starts the timeout. A backend without a pool (placeholder, diffusers) sends at once: its
-start is marked before it is called, as a queued task's would be.
+starts the timeout. With shared limits the pool's slot take, a write just before, marks
+the start itself when it grants the slot with no rpm wait (the hook is an
+:class:`~pixelkiln.engine.starts.TryStart` the take reads), and the hook only checks the
+task was still held and starts the timeout. A backend without a pool (placeholder,
+diffusers) sends at once: its start is marked before it is called, as a queued task's
+would be.
 
 A task cancelled, taken away or shut down while it waits has no start mark, so it goes
 back to the queue untried (``release_tasks`` gives back only a started try's attempt).
@@ -22,32 +26,28 @@ import asyncio
 from pixelkiln.backends.base import Backend, GeneratedImage, GenerationRequest
 from pixelkiln.backends.pool import about_to_send, pool_of
 from pixelkiln.db.leases import ClaimedTask
-from pixelkiln.engine.starts import StartMarks
+from pixelkiln.engine.starts import StartMarks, TryStart
 from pixelkiln.exceptions import BackendTimeoutError
 
 __all__ = ["send"]
 
 
-class _Start:
-    """Marks ``task`` started once (later requests of the same try are no new attempt) and
-    arms the try's timeout from then."""
+class _Start(TryStart):
+    """Marks ``task`` started once (later requests of the same try are no new attempt),
+    unless the pool's slot take marked it already, and arms the try's timeout from then."""
 
     def __init__(
         self, starts: StartMarks, task: ClaimedTask, timeout: float, deadline: asyncio.Timeout
     ) -> None:
+        super().__init__(task.id, task.paced)
         self._starts = starts
-        self._task = task
         self._timeout = timeout
         self._deadline = deadline
-        self.marked = False
 
     async def __call__(self) -> None:
-        if self.marked:
-            return
-        self.marked = True
         # committed before the request goes out; a paced batch's delay runs from here
-        await self._starts.mark(self._task.id, paced=self._task.paced)
-        self._deadline.reschedule(asyncio.get_running_loop().time() + self._timeout)
+        if await self.went_out(self._starts):
+            self._deadline.reschedule(asyncio.get_running_loop().time() + self._timeout)
 
 
 async def send(

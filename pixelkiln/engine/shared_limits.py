@@ -19,8 +19,12 @@ server pools shares with every other process on its database
 Cost: every take and give-back of one event-loop turn goes to the writer as one
 :func:`~pixelkiln.db.slots.exchange` (as engine.starts groups start marks), nothing
 waits on the event loop, and held slots are renewed with the tasks' leases by one
-statement; a killed process's slots come back when that lease lapses. With the
-setting off, or with no backend on a server pool (the placeholder), nothing here runs.
+statement. A take carries the start of the try it is for (the pool's ``about_to_send``
+hook, an :class:`~pixelkiln.engine.starts.TryStart`): a slot granted with no rpm wait
+marks it in the same write, so a request costs one write before it goes out, not two; a
+grant whose caller was cancelled as it arrived gives the attempt back with the slot. A
+killed process's slots come back when that lease lapses. With the setting off, or with
+no backend on a server pool (the placeholder), nothing here runs.
 
 >>> shared = SharedLimits.build(db, owner, backends, settings)   # doctest: +SKIP
 >>> shared.attach()                  # pools take slots in the database from now on
@@ -43,7 +47,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from pixelkiln.backends.base import Backend
-from pixelkiln.backends.pool import Server, ServerPool, pool_of
+from pixelkiln.backends.pool import Server, ServerPool, about_to_send, pool_of
 from pixelkiln.config import SchedulerSettings
 from pixelkiln.db.database import Database
 from pixelkiln.db.server_health import ServerDown, record_down, record_up, servers_down
@@ -58,6 +62,7 @@ from pixelkiln.db.slots import (
     release_holders,
     renew_slots,
 )
+from pixelkiln.engine.starts import TryStart
 
 __all__ = ["RECHECK", "REFRESH", "SharedLimits", "SlotExchange", "server_key"]
 
@@ -92,6 +97,8 @@ class _Take:
     limit: int
     bucket: Bucket | None
     future: asyncio.Future[float | None]
+    start: TryStart | None = None  #: the try it is for: marked with a grant without rpm wait
+    marked_at: float | None = None  #: when the grant marked ``start`` (an attempt spent)
 
 
 class SlotExchange:
@@ -101,7 +108,7 @@ class SlotExchange:
     turn join it); the writer's answer settles the waiting takes from one callback. A slot
     given back waits up to :data:`RELEASE_DELAY` for the next take's write (releases go
     first in it, so this process never waits for itself). A take whose caller gave up
-    meanwhile has its slot given back.
+    meanwhile has its slot given back (and the attempt its grant spent, with it).
 
     A write that fails (the database away, a deadlock) refuses its takes, as if the slots
     were held (the callers look again after :meth:`retry_in`, backing off while writes keep
@@ -121,6 +128,7 @@ class SlotExchange:
         self._clock = clock
         self._takes: list[_Take] = []
         self._releases: list[tuple[str, int]] = []
+        self._unstarts: dict[int, float] = {}  # task → its start to undo, sent with releases
         self._held: dict[str, list[int]] = {}  # key → slot numbers held now
         self._ensured: dict[str, int] = {}  # key → rows known to exist (0 … n-1)
         self._buckets: set[str] = set()  # rpm bucket rows known to exist
@@ -132,13 +140,19 @@ class SlotExchange:
         self._backoff_until = 0.0  # after failed writes: no take before this
         self.used = False  #: any slot was ever taken: there may be rows to give back
 
-    async def take(self, key: str, limit: int, bucket: Bucket | None = None) -> float | None:
+    async def take(
+        self, key: str, limit: int, bucket: Bucket | None = None, start: TryStart | None = None
+    ) -> float | None:
         """One of ``key``'s ``limit`` slots: seconds to wait before starting (rpm), or None
         when it cannot be had now (every one held elsewhere, another process waits for one
-        first, rpm, or the write failed): look again after :meth:`retry_in`."""
+        first, rpm, or the write failed): look again after :meth:`retry_in`.
+
+        ``start``: the try the slot is for; granted with no rpm wait (0.0), it is marked
+        in the same write (``start.taken_with`` says how)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float | None] = loop.create_future()
-        self._takes.append(_Take(key, max(1, limit), bucket, future))
+        take = _Take(key, max(1, limit), bucket, future, start)
+        self._takes.append(take)
         if not self._soon:
             self._soon = True
             loop.call_soon(self._flush, loop)
@@ -149,8 +163,16 @@ class SlotExchange:
             # answer arrived but nobody will use or give back the slot, so give it back here
             if future.done() and not future.cancelled() and future.exception() is None:
                 if future.result() is not None:
-                    self.give_back(key)
+                    self._abandon(take)
             raise
+
+    def _abandon(self, take: _Take) -> None:
+        """A slot granted to a caller that gave up: given back, and the attempt its grant
+        spent (the request never went out) with it, in the same write."""
+        self.give_back(take.key)
+        if take.start is not None and take.marked_at is not None:
+            self._unstarts[take.start.task_id] = take.marked_at
+            take.start.taken_with, take.marked_at = None, None
 
     def retry_in(self, key: str) -> float:
         """Seconds before a take of ``key`` refused now is worth asking again."""
@@ -198,20 +220,25 @@ class SlotExchange:
         self._soon = False
         takes, self._takes = [t for t in self._takes if not t.future.done()], []
         releases, self._releases = self._releases, []
-        if not takes and not releases:
+        unstarts, self._unstarts = self._unstarts, {}
+        if not takes and not releases and not unstarts:
             return
         if self._clock() < self._backoff_until:  # the database keeps failing: not yet
-            self._answered(takes, [], None, None)
+            self._answered(takes, [], {}, None, None)
             self._releases = releases + self._releases
+            self._unstarts = unstarts | self._unstarts
             self._flush_in(self._backoff_until - self._clock())
             return
         wants: dict[tuple[str, str | None], SlotWant] = {}
-        for t in takes:
+        for t in takes:  # the i-th slot granted to a want is its i-th take's (_answered)
             name = t.bucket.name if t.bucket else None
             old = wants.get((t.key, name))
             count = old.count + 1 if old else 1
             limit = max(old.limit, t.limit) if old else t.limit
-            wants[(t.key, name)] = SlotWant(t.key, limit, count, t.bucket, self.held(t.key))
+            starts = (*(old.starts if old else ()), t.start.task_id if t.start else None)
+            paced = (old is not None and old.paced) or (t.start is not None and t.start.paced)
+            held = self.held(t.key)
+            wants[(t.key, name)] = SlotWant(t.key, limit, count, t.bucket, held, starts, paced)
         ensure = self._ensure(wants.values())
         until = self._clock() + self._lease
         added: Future[None] | None = None
@@ -219,9 +246,11 @@ class SlotExchange:
             if ensure is not None:  # a write of its own, before the first take (db.slots)
                 added = self._db.submit(ensure_rows, *ensure)
                 self._writes.add(added)
-            written = self._db.submit(exchange, self.holder, releases, list(wants.values()), until)
+            written = self._db.submit(
+                exchange, self.holder, releases, list(wants.values()), until, unstarts
+            )
         except Exception as exc:  # the writer is gone: refused, as by a failed write
-            self._answered(takes, releases, None, exc)
+            self._answered(takes, releases, unstarts, None, exc)
             return
         self.used = self.used or bool(takes)
         self._writes.add(written)
@@ -229,7 +258,9 @@ class SlotExchange:
         def answered(done: Future[Any]) -> None:  # in the writer thread
             if not loop.is_closed():  # else nobody waits any more
                 ensured = None if added is None or added.exception() is not None else ensure
-                loop.call_soon_threadsafe(self._settle_written, takes, releases, ensured, done)
+                loop.call_soon_threadsafe(
+                    self._settle_written, takes, releases, unstarts, ensured, done
+                )
 
         written.add_done_callback(answered)
 
@@ -243,6 +274,7 @@ class SlotExchange:
         self,
         takes: list[_Take],
         releases: list[tuple[str, int]],
+        unstarts: dict[int, float],
         ensure: tuple[dict[str, int], list[str]] | None,
         written: Future[dict[tuple[str, str | None], Granted]],
     ) -> None:
@@ -253,25 +285,29 @@ class SlotExchange:
             for key, n in slots.items():
                 self._ensured[key] = max(n, self._ensured.get(key, 0))
             self._buckets.update(buckets)
-        self._answered(takes, releases, None if error else written.result(), error)
+        self._answered(takes, releases, unstarts, None if error else written.result(), error)
 
     def _answered(
         self,
         takes: list[_Take],
         releases: list[tuple[str, int]],
+        unstarts: dict[int, float],
         granted: dict[tuple[str, str | None], Granted] | None,
         error: BaseException | None,
     ) -> None:
         if granted is None:
             if error is not None:
-                self._failed(error, releases)
+                self._failed(error, releases, unstarts)
             for t in takes:  # refused: they look again after retry_in
                 if not t.future.done():
                     t.future.set_result(None)
             return
         self._failures = 0
         now = self._clock()
-        grants = {k: list(zip(g.slots, g.delays, strict=True)) for k, g in granted.items()}
+        grants = {
+            k: list(zip(g.slots, g.delays, g.marks or [None] * len(g.slots), strict=True))
+            for k, g in granted.items()
+        }
         for (key, _), g in granted.items():
             if g.wait > 0:
                 self._rest[key] = now + g.wait
@@ -281,23 +317,30 @@ class SlotExchange:
                 if not t.future.done():
                     t.future.set_result(None)
                 continue
-            slot, delay = given.pop(0)
+            slot, delay, mark = given.pop(0)
             self._held.setdefault(t.key, []).append(slot)
+            if mark is not None and t.start is not None:  # its start marked in that write
+                t.start.taken_with = mark
+                t.marked_at = granted[(t.key, t.bucket.name if t.bucket else None)].at
             if t.future.done():  # its caller gave up meanwhile: nobody will give it back
-                self.give_back(t.key)
+                self._abandon(t)
             else:
                 t.future.set_result(delay)
 
-    def _failed(self, error: BaseException, releases: list[tuple[str, int]]) -> None:
+    def _failed(
+        self, error: BaseException, releases: list[tuple[str, int]], unstarts: dict[int, float]
+    ) -> None:
         """A write failed: back off; the slots given back are still held there, so they
-        are sent again after the back-off (renewals keep them alive meanwhile)."""
+        are sent again after the back-off (renewals keep them alive meanwhile), and the
+        attempts to give back with them."""
         self._failures += 1
         backoff = min(MAX_BACKOFF, RECHECK * 2**self._failures)
         self._backoff_until = self._clock() + backoff
         if self._failures == 1:
             log.warning("server slots: a write failed (%s); backing off", error)
         self._releases = releases + self._releases
-        if self._releases:
+        self._unstarts = unstarts | self._unstarts
+        if self._releases or self._unstarts:
             self._flush_in(backoff)
 
 
@@ -314,7 +357,11 @@ class _PoolShare:
         )
 
     async def take(self, server: Server) -> float | None:
-        return await self._slots.take(self.keys[id(server)], server.limit, self._bucket)
+        # the try this request is for (engine.sending's hook, in the task's context): a
+        # slot granted without rpm wait marks its start in the same write
+        hook = about_to_send.get()
+        start = hook if isinstance(hook, TryStart) and hook.open else None
+        return await self._slots.take(self.keys[id(server)], server.limit, self._bucket, start)
 
     def retry_in(self, server: Server) -> float:
         return self._slots.retry_in(self.keys[id(server)])
