@@ -14,8 +14,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from pixelkiln.app import Kiln
 from pixelkiln.db.batches import get_batch
+from pixelkiln.db.slots import Bucket
 from pixelkiln.db.tasks import list_tasks
-from pixelkiln.engine.starts import StartMarks
+from pixelkiln.engine.shared_limits import SlotExchange
+from pixelkiln.engine.starts import StartMarks, TryStart
 from pixelkiln.models import BatchStatus
 from pixelkiln.specs import parse_batch
 from pixelkiln.testing import FakeSDWebUI
@@ -152,7 +154,21 @@ async def test_each_start_of_a_paced_batch_moves_its_wait(
         seen[task_id] = paced
         await mark(self, task_id, paced=paced)
 
+    take = SlotExchange.take
+
+    async def spied_take(
+        self: SlotExchange,
+        key: str,
+        limit: int,
+        bucket: Bucket | None = None,
+        start: TryStart | None = None,
+    ) -> float | None:
+        if start is not None:  # marked with the slot when granted at once (engine.sending)
+            seen[start.task_id] = start.paced
+        return await take(self, key, limit, bucket, start)
+
     monkeypatch.setattr(StartMarks, "mark", spied)
+    monkeypatch.setattr(SlotExchange, "take", spied_take)
     with CountingWebUI(latency=0.0) as webui:
         settings = _settings(tmp_path, webui.url, database_url)
         async with Kiln(settings) as kiln:
