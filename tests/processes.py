@@ -204,6 +204,13 @@ def serving(cwd: Path, *args: str, log_level: str = "warning", drain: float = 1.
                     process.kill()
 
 
+#: the output of each `kiln` that :func:`running` started, by process id (for :func:`stop`)
+_OUTPUT: dict[int, Path] = {}
+#: what `kiln worker` prints once a stop signal stops it gracefully (before that, while the
+#: interpreter starts, SIGTERM's default action ends it, as any program's)
+WORKER_UP = "SIGTERM or Ctrl-C stops it"
+
+
 @contextmanager
 def running(cwd: Path, *args: str, log: str) -> Iterator[subprocess.Popen[bytes]]:
     """`kiln ARGS` in ``cwd`` in the background, its output in ``cwd/LOG``; killed at the end
@@ -214,16 +221,27 @@ def running(cwd: Path, *args: str, log: str) -> Iterator[subprocess.Popen[bytes]
             [*KILN, *args], cwd=cwd, env=env(cwd), stdout=out, stderr=subprocess.STDOUT
         ) as process,
     ):
+        _OUTPUT[process.pid] = cwd / log
         try:
             yield process
         finally:
+            del _OUTPUT[process.pid]
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=30)
 
 
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-    """Send ``sig`` and wait for the exit code (``timeout`` s at most)."""
+    """Send ``sig`` and wait for the exit code (``timeout`` s at most). A `kiln worker` that
+    :func:`running` started gets it once it says it is up (:data:`WORKER_UP`): on a loaded
+    box a batch can end before a second worker has finished starting."""
+    output = _OUTPUT.get(process.pid)
+    if output is not None and "worker" in process.args:  # type: ignore[operator]
+        deadline = time.monotonic() + START_SECONDS
+        while WORKER_UP not in output.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                break  # ended (or hung) before it was up: its exit code says so
+            time.sleep(0.05)
     process.send_signal(sig)
     return process.wait(timeout=timeout)
 

@@ -60,6 +60,12 @@ def worker(
     shutdown_seconds to finish, then go back to the queue untried; a second one
     gives them back at once. The log goes to <data_dir>/logs/worker_*.log.
     """
+    # a stop signal from here on stops the worker gracefully, even one that comes while
+    # the engine is still being imported (a deployment stopped as it starts): noted now,
+    # handed to the worker once it is built, and it exits 0 holding nothing
+    early: list[str] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, _frame: early.append(signal.Signals(number).name))
     # here, not at the top: its companions import cron parsing and the retention rules,
     # which no other command pays for at start
     from pixelkiln.cli.serve import warn_of_the_key
@@ -87,6 +93,8 @@ def worker(
         # a stop signal during start-up (before the loop installs its handlers) counts too
         for sig in STOP_SIGNALS:
             signal.signal(sig, lambda number, _frame: runner.stop(signal.Signals(number).name))
+        for why in early[:2]:  # the first drains, the second gives back at once
+            runner.stop(why)
         asyncio.run(runner.run())
     console.print("Worker stopped; nothing held.", highlight=False)
     raise typer.Exit(EXIT_OK)

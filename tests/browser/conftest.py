@@ -30,7 +30,14 @@ from typing import Any
 import axe_playwright_python
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
+)
 
 from tests.conftest import folder_database
 from tests.processes import KILN, START_SECONDS, env, free_port, wait_healthy
@@ -39,6 +46,11 @@ CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("KILN_BROWSER_ARTIFACTS", ROOT / "build" / "browser"))
 AXE_JS = Path(axe_playwright_python.__file__).parent / "axe.min.js"
+#: how long an ``expect(...)`` waits for the page to get there (Playwright's default is 5 s):
+#: a bound on a hang, not a speed check; a page reload took longer than 5 s on the 2-core
+#: box with the suite's workers and a `kiln serve` per module sharing it
+EXPECT_MS = 20_000
+expect.set_options(timeout=EXPECT_MS)
 
 CONFIG = """
 [[backends]]
