@@ -11,12 +11,11 @@ same database as the variable's, so what a test opens itself and what its settin
 subprocesses open agree. A test of how configuration is read asks for
 ``no_suite_database``.
 
-The suite runs in one process by default; ``python -m pytest -n auto`` spreads it over
-pytest-xdist workers (``--dist loadgroup``, given by the hooks at the end of this file):
-every fixture here is safe to run in several at once (random schema and database names,
-free ports, ``tmp_path``). On a 2-core box the workers got through more tests a minute,
-but tests that bound a time (fair share, a drain, a webhook's wait) failed under their
-load, hence the default.
+``python -m pytest -n auto`` (the README's test command, and .ci/run's) spreads the suite
+over pytest-xdist workers (``--dist loadgroup``, given by the hooks at the end of this
+file); without ``-n`` it runs in one process. Every fixture here is safe to run in several
+at once (random schema and database names, free ports, ``tmp_path``), and a test that
+bounds a time bounds a hang under the workers' load, not a speed.
 """
 
 from __future__ import annotations
@@ -289,7 +288,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     if not hasattr(config.option, "numprocesses"):
         return  # xdist not loaded (-p no:xdist, or not installed)
     if config.option.numprocesses is None:
-        return  # one process: under workers' load, tests that bound a time failed
+        return  # no -n: one process
     if config.option.dist == "no" and not config.option.distload:
         config.option.dist = "loadgroup"
 
