@@ -5,7 +5,9 @@ through a single thread holding a single connection (datasette's pattern).
 The thread takes whatever writes are waiting and commits them together
 ("group commit"): under load, hundreds of task results cost one fsync. If
 one write of a group fails, the group is rolled back and each write re-run in
-its own transaction, so a bad write never takes good ones down with it.
+its own transaction, so a bad write never takes good ones down with it. A write
+that a deadlock chose as its victim (two transactions locking rows in opposite
+orders, on PostgreSQL or MySQL) is run again, :data:`DEADLOCK_TRIES` times at most.
 Reads use their own pooled connections and never wait for the writer (WAL).
 
 Write functions take a :class:`Tx` first; events they append are handed to
@@ -55,6 +57,12 @@ from pixelkiln.models import Event
 SCHEMA_REVISION = "0009"
 MIGRATIONS = Path(__file__).parent / "migrations"
 MAX_GROUP = 512  # writes committed together at most
+#: tries of a write chosen as a deadlock's victim (or failing to serialize) before its
+#: caller hears of it: the other transaction has gone on by then, so a try again succeeds
+DEADLOCK_TRIES = 4
+#: what PostgreSQL (SQLSTATE) and MySQL/MariaDB (error number) answer such a victim
+_DEADLOCK_STATES = frozenset({"40P01", "40001"})
+_DEADLOCK_ERRNOS = frozenset({1213})
 SQLITE_BUSY_MS = 30_000
 #: the names SQLAlchemy gives MySQL's dialects (``mysql+…://``, ``mariadb+…://``)
 MYSQL = ("mysql", "mariadb")
@@ -180,21 +188,29 @@ class Database:
             _settle(item.future, result=result)
 
     def _commit_one(self, conn: Connection, item: _Write) -> None:
-        try:
-            with conn.begin():
-                tx = Tx(conn, time.time(), self.dialect)
-                result = item.fn(tx, *item.args, **item.kwargs)
-        except OperationalError as exc:
-            _settle(item.future, error=DatabaseError(f"database error: {exc.orig}"))
+        for attempt in range(1, DEADLOCK_TRIES + 1):
+            try:
+                with conn.begin():
+                    tx = Tx(conn, time.time(), self.dialect)
+                    result = item.fn(tx, *item.args, **item.kwargs)
+            except OperationalError as exc:
+                if attempt < DEADLOCK_TRIES and _deadlocked(exc):
+                    # the victim of two transactions locking rows in different orders (a
+                    # batch cancelled while workers record its tasks): the other one has
+                    # been let through; after a short, growing pause this one runs again
+                    time.sleep(0.01 * attempt)
+                    continue
+                _settle(item.future, error=DatabaseError(f"database error: {exc.orig}"))
+                return
+            except DataError as exc:
+                _settle(item.future, error=_unstorable(exc))
+                return
+            except BaseException as exc:
+                _settle(item.future, error=exc)
+                return
+            self._published(tx.events)
+            _settle(item.future, result=result)
             return
-        except DataError as exc:
-            _settle(item.future, error=_unstorable(exc))
-            return
-        except BaseException as exc:
-            _settle(item.future, error=exc)
-            return
-        self._published(tx.events)
-        _settle(item.future, result=result)
 
     def _published(self, events: list[Event]) -> None:
         if events and self.on_commit is not None:
@@ -293,6 +309,17 @@ class Database:
             driver = conn.connection.driver_connection
             assert driver is not None  # an open connection
             driver.execute(pragma)
+
+
+def _deadlocked(exc: OperationalError) -> bool:
+    """Whether the database rolled ``exc``'s transaction back to end a deadlock (or a
+    serialization failure): nothing was wrong with the write itself."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None)  # psycopg
+    if state is not None:
+        return state in _DEADLOCK_STATES
+    args: tuple[Any, ...] = getattr(orig, "args", ())  # PyMySQL: (errno, message)
+    return bool(args) and args[0] in _DEADLOCK_ERRNOS
 
 
 def _unstorable(exc: DataError) -> UnstorableValueError:
