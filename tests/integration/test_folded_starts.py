@@ -32,6 +32,7 @@ from pixelkiln.resolve import resolve_tasks
 from pixelkiln.specs import parse_batch
 from pixelkiln.testing import FakeSDWebUI, wait_until
 from tests.conftest import make_settings
+from tests.integration.test_shared_limits import cancel_as_granted
 
 pytestmark = pytest.mark.anyio
 ME = "me:1:x"
@@ -83,35 +84,8 @@ async def test_a_start_marked_for_a_take_cancelled_as_it_was_granted_is_given_ba
     # must not stay spent; it goes back with the slot
     _, (task,) = _claimed(db, 1)
     slots = SlotExchange(db, ME, lease_seconds=30.0)
-    assert await slots.take("srv", 1) == 0.0  # its rows added: the next take is one write
-    slots.give_back("srv")
-    await slots.settled()
-    loop = asyncio.get_running_loop()
-    writer_busy, go_on = threading.Event(), threading.Event()
-
-    def block(tx: Tx) -> None:
-        writer_busy.set()
-        go_on.wait(30)
-
-    blocked = db.submit(block)
-    await wait_until(writer_busy.is_set)
     start = TryStart(task.id, paced=False)
-    take = asyncio.create_task(slots.take("srv", 1, start=start))
-    await wait_until(lambda: slots._writes)
-    (written,) = slots._writes
-    queued = threading.Event()
-
-    def cancel_soon(_: object) -> None:  # after the exchange's own callback: same turn
-        loop.call_soon_threadsafe(take.cancel)
-        queued.set()
-
-    written.add_done_callback(cancel_soon)
-    go_on.set()
-    blocked.result(30)
-    queued.wait(30)  # the loop waits here: grant and cancel reach it in one turn
-    with pytest.raises(asyncio.CancelledError):
-        await take
-    await slots.settled()
+    await cancel_as_granted(db, slots, start)
     after = _task(db, task)
     assert (after.status, after.attempts, after.started_at) == (TaskStatus.RUNNING, 0, None)
     assert db.read(slots_held, "srv", 0.0) == {}

@@ -28,6 +28,7 @@ from pixelkiln.db.slots import GLOBAL, Bucket, SlotWant, ensure_rows, exchange, 
 from pixelkiln.db.tables import rate_buckets, server_health, server_slots
 from pixelkiln.db.tasks import list_images, list_tasks
 from pixelkiln.engine.shared_limits import REFRESH, SharedLimits, SlotExchange, server_key
+from pixelkiln.engine.starts import TryStart
 from pixelkiln.models import BatchStatus, TaskStatus
 from pixelkiln.specs import parse_batch
 from pixelkiln.testing import FakeSDWebUI, wait_until
@@ -410,34 +411,7 @@ async def test_a_slot_granted_in_the_turn_its_take_is_cancelled_is_given_back(
     # the grant is settled, then (same turn, before the taker resumes) the taker is
     # cancelled, as a task timeout firing then would: nobody holds the slot but the exchange
     slots = SlotExchange(db, "me:1:x", lease_seconds=30.0)
-    assert await slots.take("srv", 1) == 0.0  # its rows added: the next take is one write
-    slots.give_back("srv")
-    await slots.settled()
-    loop = asyncio.get_running_loop()
-    writer_busy, go_on = threading.Event(), threading.Event()
-
-    def block(tx: Tx) -> None:
-        writer_busy.set()
-        go_on.wait(30)
-
-    blocked = db.submit(block)
-    await wait_until(writer_busy.is_set)
-    take = asyncio.create_task(slots.take("srv", 1))
-    await wait_until(lambda: slots._writes)
-    (written,) = slots._writes
-    queued = threading.Event()
-
-    def cancel_soon(_: object) -> None:  # after the exchange's own callback: same turn
-        loop.call_soon_threadsafe(take.cancel)
-        queued.set()
-
-    written.add_done_callback(cancel_soon)
-    go_on.set()
-    blocked.result(30)
-    queued.wait(30)  # the loop waits here: grant and cancel reach it in one turn
-    with pytest.raises(asyncio.CancelledError):
-        await take
-    await slots.settled()
+    await cancel_as_granted(db, slots)
     assert slots.held("srv") == 0
     assert db.read(slots_held, "srv", 0.0) == {}
     other = SlotExchange(db, "other:2:y", lease_seconds=30.0)
@@ -599,4 +573,40 @@ async def test_a_failed_slot_write_refuses_and_its_give_back_is_sent_again(
     failing = False
     # nothing else happens here (idle): the give-back is sent again by itself
     await wait_until(lambda: db.read(slots_held, "srv", 0.0) == {})
+    await slots.settled()
+
+
+async def cancel_as_granted(
+    db: Database, slots: SlotExchange, start: TryStart | None = None
+) -> None:
+    """Take a slot of "srv" (for ``start``'s try) and cancel the taker in the very turn
+    its grant arrives: after the exchange's own callback, before the taker resumes, as a
+    task timeout firing then would; returns once the exchange has settled."""
+    assert await slots.take("srv", 1) == 0.0  # its rows added: the next take is one write
+    slots.give_back("srv")
+    await slots.settled()
+    loop = asyncio.get_running_loop()
+    writer_busy, go_on = threading.Event(), threading.Event()
+
+    def block(tx: Tx) -> None:
+        writer_busy.set()
+        go_on.wait(30)
+
+    blocked = db.submit(block)
+    await wait_until(writer_busy.is_set)
+    take = asyncio.create_task(slots.take("srv", 1, start=start))
+    await wait_until(lambda: slots._writes)
+    (written,) = slots._writes
+    queued = threading.Event()
+
+    def cancel_soon(_: object) -> None:  # after the exchange's own callback: same turn
+        loop.call_soon_threadsafe(take.cancel)
+        queued.set()
+
+    written.add_done_callback(cancel_soon)
+    go_on.set()
+    blocked.result(30)
+    queued.wait(30)  # the loop waits here: grant and cancel reach it in one turn
+    with pytest.raises(asyncio.CancelledError):
+        await take
     await slots.settled()
