@@ -10,7 +10,6 @@ taken-away task is not sent, an rpm wait still comes first, a failed write marks
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,9 +29,9 @@ from pixelkiln.engine.starts import TryStart
 from pixelkiln.models import Task, TaskStatus
 from pixelkiln.resolve import resolve_tasks
 from pixelkiln.specs import parse_batch
-from pixelkiln.testing import FakeSDWebUI, wait_until
+from pixelkiln.testing import FakeSDWebUI
 from tests.conftest import make_settings
-from tests.integration.test_shared_limits import cancel_as_granted
+from tests.integration.test_shared_limits import cancel_as_granted, give_up_before_the_answer
 
 pytestmark = pytest.mark.anyio
 ME = "me:1:x"
@@ -97,21 +96,7 @@ async def test_a_start_marked_for_a_take_given_up_before_its_answer_is_given_bac
 ) -> None:
     _, (task,) = _claimed(db, 1)
     slots = SlotExchange(db, ME, lease_seconds=30.0)
-    writer_busy, go_on = threading.Event(), threading.Event()
-
-    def block(tx: Tx) -> None:
-        writer_busy.set()
-        go_on.wait(30)
-
-    blocked = db.submit(block)  # the take's write waits behind this one
-    await wait_until(writer_busy.is_set)
-    take = asyncio.create_task(slots.take("srv", 2, start=TryStart(task.id, paced=False)))
-    await wait_until(lambda: slots._writes)  # its write (and the mark) is queued
-    take.cancel()
-    go_on.set()
-    blocked.result(30)
-    await slots.settled()
-    await slots.settled()  # the give-back its grant caused
+    await give_up_before_the_answer(db, slots, TryStart(task.id, paced=False))
     assert (_task(db, task).attempts, _task(db, task).started_at) == (0, None)
     assert db.read(slots_held, "srv", 0.0) == {}
 

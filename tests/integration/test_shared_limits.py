@@ -260,21 +260,7 @@ async def test_a_slot_granted_to_a_take_given_up_meanwhile_is_given_back(
     db: Database,
 ) -> None:
     slots = SlotExchange(db, "me:1:x", lease_seconds=30.0)
-    writer_busy, go_on = threading.Event(), threading.Event()
-
-    def block(tx: Tx) -> None:
-        writer_busy.set()
-        go_on.wait(30)
-
-    blocked = db.submit(block)  # the take's write waits behind this one
-    await wait_until(writer_busy.is_set)
-    take = asyncio.create_task(slots.take("srv", 2))
-    await wait_until(lambda: slots._writes)  # its write is queued
-    take.cancel()
-    go_on.set()
-    blocked.result(30)
-    await slots.settled()
-    await slots.settled()  # the give-back its grant caused
+    await give_up_before_the_answer(db, slots)
     assert slots.held("srv") == 0
     assert db.read(slots_held, "srv", 0.0) == {}
 
@@ -610,3 +596,26 @@ async def cancel_as_granted(
     with pytest.raises(asyncio.CancelledError):
         await take
     await slots.settled()
+
+
+async def give_up_before_the_answer(
+    db: Database, slots: SlotExchange, start: TryStart | None = None
+) -> None:
+    """Take 2 slots of "srv" (for ``start``'s try) and cancel the taker while its write
+    waits behind another one; returns once the grant and the give-back it caused have
+    been written."""
+    writer_busy, go_on = threading.Event(), threading.Event()
+
+    def block(tx: Tx) -> None:
+        writer_busy.set()
+        go_on.wait(30)
+
+    blocked = db.submit(block)  # the take's write waits behind this one
+    await wait_until(writer_busy.is_set)
+    take = asyncio.create_task(slots.take("srv", 2, start=start))
+    await wait_until(lambda: slots._writes)  # its write (and any start mark) is queued
+    take.cancel()
+    go_on.set()
+    blocked.result(30)
+    await slots.settled()
+    await slots.settled()  # the give-back its grant caused
