@@ -260,11 +260,6 @@ class Scheduler:
                 stopped += 1
         return stopped
 
-    def _drop_lost(self, lost: set[int]) -> None:
-        """Forget ready tasks whose lease was taken away (cancelled, or recovered)."""
-        if lost:
-            self._dispatch.drop(lambda t: t.id in lost)
-
     def status(self) -> SchedulerStatus:
         held = len(self._jobs) + len(self._dispatch.ready_ids())
         generating = self._dispatch.generating
@@ -415,6 +410,22 @@ class Scheduler:
         job = Job(task, self._clock())
         self._jobs[task.id] = job
         job.job = asyncio.create_task(self._execute(job), name=f"kiln-task-{task.id}")
+        job.job.add_done_callback(lambda _: self._job_ended(job))
+
+    def _job_ended(self, job: Job) -> None:
+        """A job's asyncio task is done. One cancelled before its first step (a cancel or a
+        lost lease arriving in the same turn as its start) ran none of :meth:`_execute`, not
+        even its ``finally``: it is forgotten and its slot freed here, or this backend would
+        keep one slot less for good."""
+        if job.lost:
+            self._forget(job)
+        self._generation_over(job)
+
+    def _forget(self, job: Job) -> None:
+        """Drop ``job`` from the running jobs, unless its task is already held by a newer
+        one (cancelled, retried and claimed again meanwhile)."""
+        if self._jobs.get(job.task.id) is job:
+            del self._jobs[job.task.id]
 
     async def _claim_and_start(self) -> bool:
         """Start what is ready, refill by claiming; True when anything happened. Nothing
@@ -462,7 +473,7 @@ class Scheduler:
             images = await self._generate(task)
         except asyncio.CancelledError:
             if job.lost:  # taken away: nothing to record or give back
-                self._jobs.pop(task.id, None)
+                self._forget(job)
             raise
         except Exception as exc:
             self._recorder.put(self._failure(job, exc))
@@ -506,7 +517,9 @@ class Scheduler:
     def _recorded(self, outcomes: list[Outcome]) -> None:
         now = self._clock()
         for outcome in outcomes:
-            self._jobs.pop(outcome.task.id, None)
+            job = self._jobs.get(outcome.task.id)
+            if job is not None and job.task is outcome.task:  # not a newer claim's job
+                del self._jobs[outcome.task.id]
             self.tally.add(outcome)
             retry_at = outcome.retry_at if isinstance(outcome, TaskFailure) else None
             if retry_at is not None and retry_at > now:
@@ -531,20 +544,28 @@ class Scheduler:
                 self.supervision.failed("lease renewal", exc)
 
     async def _renew(self) -> None:
-        """Extend the leases of everything held; stop work on what was taken away."""
-        ids = list(self._jobs) + self._dispatch.ready_ids()
+        """Extend the leases of everything held; stop work on what was taken away.
+
+        Only the jobs and ready tasks asked about are dropped, and before anything else is
+        awaited: a task cancelled, retried and claimed again while the renewal was written
+        is held again, by a newer job or ready entry, which must be left alone.
+        """
+        jobs = dict(self._jobs)
+        ready = [t for queue in self._dispatch.ready.values() for t in queue]
+        ids = [*jobs, *(t.id for t in ready)]
         until = self._clock() + self.settings.lease_seconds
         held = await self.db.awrite(renew_leases, self.owner, ids, until) if ids else set()
+        lost = {id(t) for t in ready if t.id not in held}
+        if lost:
+            self._dispatch.drop(lambda t: id(t) in lost)
+        for task_id, job in jobs.items():
+            if task_id not in held and self._jobs.get(task_id) is job and job.generating:
+                if job.job is not None:
+                    job.lost = True  # cancelled elsewhere, or presumed dead: stop working
+                    job.job.cancel()
         if self._shared is not None:
             await self._shared.renew(until)
         self.supervision.ok("lease renewal")
-        # only what we asked about: tasks claimed while the renewal ran are not in `ids`
-        self._drop_lost(set(ids) - held)
-        for task_id in ids:
-            job = self._jobs.get(task_id)
-            if job is not None and task_id not in held and job.generating and job.job:
-                job.lost = True  # cancelled elsewhere, or presumed dead: stop working
-                job.job.cancel()
 
     async def _housekeeping(self) -> None:
         """Backends' hours, recovery of dead runners' tasks, fallback moves and admins'
