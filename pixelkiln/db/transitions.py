@@ -100,14 +100,19 @@ def cancel(tx: Tx, batch: Batch) -> None:
     """Pending and running tasks → cancelled and refunded; the batch ends cancelled.
 
     A runner working on one of them learns it at its next lease renewal.
+
+    The task rows are locked before the batch's (the order of every runner's write:
+    its tasks, then their batch's counters); locking the batch first deadlocked with
+    workers recording this batch's tasks.
     """
-    _not_deleting(tx, batch.id)
     if batch.status.finished:
+        _not_deleting(tx, batch.id)  # one being deleted is gone rather than finished
         raise InvalidStateError(f"batch {batch.id} already finished ({batch.status})")
     counts = Counts()
     for source in (PENDING, RUNNING):
         moved = tx.conn.execute(sql.cancel_tasks(batch.id, source, tx.now)).rowcount
         counts.shift(batch.id, source, CANCELLED, moved)
+    _not_deleting(tx, batch.id)  # a retention step's mark undoes the moves (rolled back)
     refund_where(tx, (tasks.c.batch_id == batch.id) & (tasks.c.status == CANCELLED))
     set_final(tx, counts.apply(tx)[batch.id], BatchStatus.CANCELLED)
 
