@@ -24,6 +24,7 @@ from pixelkiln import __version__
 from pixelkiln.api.compat import compat_routers
 from pixelkiln.api.deps import ApiContext, get_caller
 from pixelkiln.api.errors import BodyLimit, install_error_handlers
+from pixelkiln.api.head import HeadAsGet
 from pixelkiln.api.hosts import LocalHostsOnly
 from pixelkiln.api.openapi import complete_schema
 from pixelkiln.api.plain_text import refuse_control_text
@@ -104,6 +105,7 @@ def create_app(
     app.add_middleware(
         BodyLimit, max_bytes=limits.max_request_bytes, max_other=limits.max_spec_bytes
     )
+    app.add_middleware(HeadAsGet)  # curl -I on an image's URL: the GET's headers
     # every API route (not the pages: they answer a page) refuses control characters, first
     text = [Depends(refuse_control_text)]
     app.include_router(system.health, dependencies=text)
