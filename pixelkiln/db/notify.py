@@ -167,19 +167,24 @@ class Listener:
                 self._listen()
                 pause = 0.1
             except Exception as exc:  # psycopg errors, a socket gone: listen again later
-                self._set_live(False)
                 if self._stopping.is_set():
+                    self._set_live(False)
                     return
+                # said before anyone is told: whoever sees listening stop finds the why
                 log.warning("LISTEN connection lost (%s); polling until it is back", exc)
+                self._set_live(False)
             self._stopping.wait(pause)
             pause = min(pause * 2, RECONNECT_MAX)
 
     def _listen(self) -> None:
         import psycopg  # the postgres extra; only a PostgreSQL installation gets here
 
-        with psycopg.connect(
+        # closed here rather than by ``with``: leaving a ``with`` on an error first tries a
+        # rollback, which a connection cut mid-query refuses with a warning of its own
+        conn = psycopg.connect(
             self.conninfo, autocommit=True, connect_timeout=_CONNECT_TIMEOUT, **_KEEPALIVES
-        ) as conn:
+        )
+        try:
             row = conn.execute("SELECT current_schema()").fetchone()
             schema = str(row[0]) if row else "public"
             kinds = {channel(kind, schema): kind for kind in KINDS}
@@ -196,6 +201,8 @@ class Listener:
                         self._check(conn, selector)  # quiet so long: is anyone there?
                     self._drain(conn, kinds)
             self._set_live(False)
+        finally:
+            conn.close()
 
     def _check(self, conn: Any, selector: selectors.BaseSelector) -> None:
         """``SELECT 1``, answered within ``answer_seconds``, or the connection is lost.
