@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from pixelkiln import ApiError, Client
+from pixelkiln.engine.dispatch import PREFETCH_SECONDS
 from pixelkiln.models import BatchStatus
 from pixelkiln.testing import FakeSDWebUI
 from tests.acceptance.test_worker import (
@@ -324,7 +325,13 @@ def test_a_small_batch_behind_a_large_one_finishes_within_twice_its_fair_share(
 ) -> None:
     d, webui, small = deployment, deployment.webui, 10
     d.keep_four()
-    webui.faults.latency = 0.25  # generation time well above a worker's claim-ahead window
+    # generation time well above a worker's claim-ahead window (engine.dispatch): each
+    # worker then holds only what its own concurrency runs, none claimed ahead. It was
+    # 0.25 s, the window itself: a worker whose server latency estimate still carried the
+    # earlier tests' 0.1 s (an average) counted the server as fast and could claim alice's
+    # tasks ahead of bob's; CI saw completion 43 and 47 against the bound of 40, twice,
+    # while runs here gave 18 to 23.
+    webui.faults.latency = 2 * PREFETCH_SECONDS
     try:
         with d.client("alice") as alice, d.client("bob") as bob:
             large = alice.create_batch(_spec("large", 2000))
