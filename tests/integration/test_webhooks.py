@@ -396,8 +396,12 @@ async def test_a_batch_ending_in_a_running_scheduler_is_delivered_without_waitin
             batch_id = await kiln.submit(spec)
             scheduler.wake()
             await wait_until(lambda: len(receiver.deliveries()) == 1)
-            [row] = await kiln.db.aread(list_deliveries, batch_id)
-            assert row.status == DeliveryStatus.DELIVERED
+
+            async def recorded() -> bool:  # written once the receiver's answer is in
+                [row] = await kiln.db.aread(list_deliveries, batch_id)
+                return row.status == DeliveryStatus.DELIVERED
+
+            await wait_until(recorded)
         finally:
             scheduler.stop()
             await running
