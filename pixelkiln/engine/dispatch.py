@@ -199,8 +199,12 @@ class Dispatch:
     def has_ready(self) -> bool:
         return any(self.ready.values())
 
+    def ready_tasks(self) -> list[ClaimedTask]:
+        """Every task waiting in the ready queues, backend by backend."""
+        return [t for ready in self.ready.values() for t in ready]
+
     def ready_ids(self) -> list[int]:
-        return [t.id for ready in self.ready.values() for t in ready]
+        return [t.id for t in self.ready_tasks()]
 
     def drop(self, condition: Callable[[ClaimedTask], bool]) -> int:
         """Forget the ready tasks matching ``condition``; returns how many."""

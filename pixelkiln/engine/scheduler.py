@@ -418,14 +418,16 @@ class Scheduler:
         even its ``finally``: it is forgotten and its slot freed here, or this backend would
         keep one slot less for good."""
         if job.lost:
-            self._forget(job)
+            self._forget(job.task)
         self._generation_over(job)
 
-    def _forget(self, job: Job) -> None:
-        """Drop ``job`` from the running jobs, unless its task is already held by a newer
-        one (cancelled, retried and claimed again meanwhile)."""
-        if self._jobs.get(job.task.id) is job:
-            del self._jobs[job.task.id]
+    def _forget(self, task: ClaimedTask) -> None:
+        """Drop the job of this claim of ``task`` from the running jobs, unless the task is
+        already held by a newer claim's job (cancelled, retried and claimed again
+        meanwhile): each claim is a ClaimedTask of its own."""
+        job = self._jobs.get(task.id)
+        if job is not None and job.task is task:
+            del self._jobs[task.id]
 
     async def _claim_and_start(self) -> bool:
         """Start what is ready, refill by claiming; True when anything happened. Nothing
@@ -473,7 +475,7 @@ class Scheduler:
             images = await self._generate(task)
         except asyncio.CancelledError:
             if job.lost:  # taken away: nothing to record or give back
-                self._forget(job)
+                self._forget(task)
             raise
         except Exception as exc:
             self._recorder.put(self._failure(job, exc))
@@ -517,9 +519,7 @@ class Scheduler:
     def _recorded(self, outcomes: list[Outcome]) -> None:
         now = self._clock()
         for outcome in outcomes:
-            job = self._jobs.get(outcome.task.id)
-            if job is not None and job.task is outcome.task:  # not a newer claim's job
-                del self._jobs[outcome.task.id]
+            self._forget(outcome.task)
             self.tally.add(outcome)
             retry_at = outcome.retry_at if isinstance(outcome, TaskFailure) else None
             if retry_at is not None and retry_at > now:
@@ -551,7 +551,7 @@ class Scheduler:
         is held again, by a newer job or ready entry, which must be left alone.
         """
         jobs = dict(self._jobs)
-        ready = [t for queue in self._dispatch.ready.values() for t in queue]
+        ready = self._dispatch.ready_tasks()
         ids = [*jobs, *(t.id for t in ready)]
         until = self._clock() + self.settings.lease_seconds
         held = await self.db.awrite(renew_leases, self.owner, ids, until) if ids else set()

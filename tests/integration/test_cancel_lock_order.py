@@ -17,12 +17,11 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Connection, create_engine, text
 
-from pixelkiln.db.batches import NewBatch, cancel_batch, create_batch, get_batch
+from pixelkiln.db.batches import cancel_batch, get_batch
 from pixelkiln.db.database import Database
 from pixelkiln.db.leases import claim_tasks
 from pixelkiln.models import BatchStatus
-from pixelkiln.resolve import resolve_tasks
-from pixelkiln.specs import parse_batch
+from tests.integration.test_start_marks import _batch
 
 pytestmark = pytest.mark.postgres
 
@@ -37,9 +36,7 @@ def db(postgres_url: str) -> Iterator[Database]:
 def test_a_cancel_waits_for_a_worker_recording_its_task_without_a_deadlock(
     db: Database, postgres_url: str
 ) -> None:
-    spec = parse_batch({"name": "b", "tasks": [{"prompt": f"p{i}"} for i in range(3)]})
-    new = NewBatch("b", "cli", 3, resolve_tasks(spec, default_backend="placeholder"))
-    batch_id = db.write(create_batch, new)
+    batch_id = _batch(db, 3)
     [running] = db.write(claim_tasks, "worker:1:x", {"placeholder": 1}, 3600.0, [batch_id])
     writer = db.write(lambda tx: tx.conn.execute(text("SELECT pg_backend_pid()")).scalar())
     engine = create_engine(postgres_url)
