@@ -22,7 +22,7 @@ import httpx
 from pixelkiln.backends import Backend, BackendInfo, describe_backends
 from pixelkiln.config import Settings
 from pixelkiln.db.database import Database
-from pixelkiln.db.notify import Listener
+from pixelkiln.db.notify import EVENTS, KINDS, Listener
 from pixelkiln.db.users import get_user
 from pixelkiln.engine.assembly import Engine
 from pixelkiln.engine.bus import EventBus
@@ -50,6 +50,8 @@ class Kiln:
     ``backends`` replaces the configured ones with ready-made instances (tests,
     embedding); ``engine=False`` builds none when opening, for a process whose
     tasks run elsewhere (the API: its scheduler thread builds its own).
+    ``hear_events=False``: on PostgreSQL, other processes' events are not listened for
+    (a process that streams none to anyone: ``kiln worker``), only their new work.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class Kiln:
         http: httpx.AsyncClient | None = None,
         backends: Mapping[str, Backend] | None = None,
         engine: bool = True,
+        hear_events: bool = True,
     ) -> None:
         self.settings = settings
         self.storage = open_storage(settings.storage)  #: where image bytes live
@@ -73,6 +76,7 @@ class Kiln:
         self._http = http
         self._given_backends = backends
         self._build_engine = engine
+        self._hear_events = hear_events
         self._engine: Engine | None = None
         self._db: Database | None = None
         #: PostgreSQL: other processes' new work and events, heard as they commit
@@ -141,7 +145,8 @@ class Kiln:
             self.bus,
             slots_freed=self.schedulers.slots_freed,
         )
-        self._listener = Listener(url, self.wakeups.heard, self.wakeups.live)
+        kinds = KINDS if self._hear_events else tuple(k for k in KINDS if k != EVENTS)
+        self._listener = Listener(url, self.wakeups.heard, self.wakeups.live, kinds=kinds)
         self._listener.start()
 
     def engine(self) -> Engine:

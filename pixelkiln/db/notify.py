@@ -41,7 +41,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -104,7 +104,7 @@ def libpq_url(database_url: str) -> str:
 
 
 class Listener:
-    """LISTENs on :data:`WORK` and :data:`EVENTS` in a thread of its own.
+    """LISTENs on ``kinds`` (:data:`KINDS`: all of them) in a thread of its own.
 
     ``on_notify(kind)`` is called in that thread for each notification, and for
     every kind each time the connection is (re)established: news sent while no one
@@ -125,8 +125,12 @@ class Listener:
         *,
         check_seconds: float = CHECK_SECONDS,
         answer_seconds: float = ANSWER_SECONDS,
+        kinds: Collection[str] = KINDS,
     ) -> None:
         self.conninfo = libpq_url(database_url)
+        #: the news listened for: a process nobody follows events in (``kiln worker``) is
+        #: not woken by every task recorded anywhere
+        self.kinds = tuple(kind for kind in KINDS if kind in kinds)
         self.on_notify = on_notify
         self.on_live = on_live
         self.check_seconds = check_seconds
@@ -187,11 +191,11 @@ class Listener:
         try:
             row = conn.execute("SELECT current_schema()").fetchone()
             schema = str(row[0]) if row else "public"
-            kinds = {channel(kind, schema): kind for kind in KINDS}
+            kinds = {channel(kind, schema): kind for kind in self.kinds}
             for name in kinds:
                 conn.execute(f'LISTEN "{name}"')
             self._set_live(True)
-            for kind in KINDS:  # what was sent while nobody listened
+            for kind in self.kinds:  # what was sent while nobody listened
                 self.on_notify(kind)
             with selectors.DefaultSelector() as selector:
                 selector.register(conn.pgconn.socket, selectors.EVENT_READ)

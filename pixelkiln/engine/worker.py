@@ -96,7 +96,9 @@ class Worker:
 
         ConfigError for an unknown backend or a health port that cannot be bound.
         """
-        async with Kiln(self.settings, engine=False) as kiln:  # the engine is built below
+        # the engine is built below; nothing here follows events (no SSE streams): a worker
+        # is not woken by every task recorded in any process
+        async with Kiln(self.settings, engine=False, hear_events=False) as kiln:
             engine = Engine(
                 kiln.settings, db=kiln.db, storage=kiln.storage, keys=kiln.keys, only=self.backends
             )

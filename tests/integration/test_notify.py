@@ -156,3 +156,48 @@ def test_slots_given_back_are_announced_to_other_processes(postgres_url: str) ->
     finally:
         listener.stop()
         db.close()
+
+
+def test_a_listener_hears_only_the_kinds_it_listens_for(postgres_url: str) -> None:
+    """``kinds`` limits what is listened for: a process that streams no events to anyone
+    (``kiln worker``) is not woken by every task recorded in any process."""
+    heard: list[str] = []
+    live = threading.Event()
+    listener = Listener(
+        postgres_url, heard.append, lambda up: live.set() if up else None, kinds=(WORK,)
+    )
+    db = Database.open(postgres_url)
+    listener.start()
+    try:
+        assert live.wait(10)
+        assert heard == [WORK]  # a connect hands on only the kinds listened for
+        heard.clear()
+
+        def events_then_work(tx: Tx) -> None:
+            notify(tx, EVENTS)
+            notify(tx, SLOTS)
+
+        db.write(events_then_work)
+        db.write(lambda tx: notify(tx, WORK))  # after the others: once it is heard, they were
+        asyncio.run(wait_until(lambda: WORK in heard, timeout=10))
+        assert heard == [WORK]
+    finally:
+        listener.stop()
+        db.close()
+
+
+async def test_a_kiln_that_hears_no_events_still_hears_work(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """``Kiln(hear_events=False)`` (what ``kiln worker`` opens): work from other processes
+    wakes it, their events do not."""
+    path = config(tmp_path, postgres_url)
+    async with Kiln(settings_of(path), engine=False, hear_events=False) as kiln:
+        wakeups = kiln.wakeups
+        assert wakeups is not None
+        await wait_until(lambda: kiln.listening and wakeups.heard_work >= 1, timeout=10)
+        work = wakeups.heard_work
+        await asyncio.to_thread(kiln.db.write, lambda tx: notify(tx, EVENTS))
+        await submit_elsewhere(path)  # commits tasks (WORK) and a "created" event (EVENTS)
+        await wait_until(lambda: wakeups.heard_work > work, timeout=10)
+        assert wakeups.heard_events == 0
