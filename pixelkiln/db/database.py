@@ -221,14 +221,25 @@ class Database:
     def read(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Run ``fn(conn, ...)`` on a read connection (a consistent snapshot)."""
-        try:
-            with self.read_engine.connect() as conn, conn.begin():
-                return fn(conn, *args, **kwargs)
-        except OperationalError as exc:
-            raise DatabaseError(f"database error: {exc.orig}") from exc
-        except DataError as exc:
-            raise _unstorable(exc) from exc
+        """Run ``fn(conn, ...)`` on a read connection (a consistent snapshot).
+
+        A pooled connection the server closed (restarted, or an admin's
+        ``pg_terminate_backend``) fails its first statement; the pool then drops every
+        connection as old as that one, and the read runs once more on a new one. A read
+        writes nothing, so running it again is safe; it costs a round trip only when a
+        connection died, where a ping on every checkout would cost one each time.
+        """
+        for attempt in (1, 2):
+            try:
+                with self.read_engine.connect() as conn, conn.begin():
+                    return fn(conn, *args, **kwargs)
+            except OperationalError as exc:
+                if attempt == 1 and exc.connection_invalidated:
+                    continue
+                raise DatabaseError(f"database error: {exc.orig}") from exc
+            except DataError as exc:
+                raise _unstorable(exc) from exc
+        raise AssertionError("unreachable")  # the second try returns or raises
 
     async def aread(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -377,7 +388,10 @@ def _engines(url: str) -> tuple[Engine, Engine]:
         engine = _mysql_engine(make_url(url))
         return engine, engine
     if dialect != "sqlite":
-        engine = create_engine(url, pool_pre_ping=True)
+        # no ping on checkout (a round trip before every read): a read on a connection
+        # the server closed is run again instead (Database.read); the writer's own
+        # connection reconnects by itself after a failed write
+        engine = create_engine(url)
         return engine, engine
     args = {"check_same_thread": False, "timeout": SQLITE_BUSY_MS / 1000}
     read = create_engine(url, connect_args=args)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from sqlalchemy import Connection, text
 
 from pixelkiln.db import driver
 from pixelkiln.db.batches import NewBatch, create_batch
@@ -109,3 +110,28 @@ def test_a_connection_lost_under_the_driver_is_replaced_for_the_next_write(
     # its own, on a new connection: the failure under the driver did not wedge the writer
     assert pg.write(_backend_pid) != pid
     assert pg.write(_backend_pid) == pg.write(_backend_pid)  # and keeps that one
+
+
+def _read_pid(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def test_a_read_on_a_connection_the_server_closed_runs_again_without_pings(
+    pg: Database, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads are not preceded by a ping (a round trip each); a pooled connection the server
+    closed fails the read's first statement, and the read runs once more on a new one."""
+    pings: list[object] = []
+    ping = pg.read_engine.dialect.do_ping
+
+    def counted(connection: object) -> bool:
+        pings.append(connection)
+        return ping(connection)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pg.read_engine.dialect, "do_ping", counted)
+    pid = pg.read(_read_pid)
+    assert pg.read(_read_pid) == pid  # the pooled connection again
+    with psycopg.connect(libpq_url(postgres_url), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+    assert pg.read(_read_pid) != pid
+    assert pings == []
