@@ -144,6 +144,7 @@ class Kiln:
             self.schedulers.wake,
             self.bus,
             slots_freed=self.schedulers.slots_freed,
+            state_changed=self.schedulers.state_changed,
         )
         kinds = KINDS if self._hear_events else tuple(k for k in KINDS if k != EVENTS)
         self._listener = Listener(url, self.wakeups.heard, self.wakeups.live, kinds=kinds)

@@ -114,6 +114,9 @@ class SchedulerThread:
     def slots_freed(self) -> None:
         self._call(lambda s: s.slots_freed())
 
+    def state_changed(self) -> None:
+        self._call(lambda s: s.state_changed())
+
     def cancel_batch(self, batch_id: int) -> None:
         """Stop this process's running tasks of a batch the database just cancelled."""
         self._call(lambda s: s.cancel_batch(batch_id))

@@ -14,6 +14,11 @@ never of a change that rolled back):
 - :data:`SLOTS`: a process gave back slots of generator servers (:mod:`.slots`):
   schedulers waiting for a server whose slots other processes held look again at
   once instead of at their next re-check (engine.shared_limits).
+- :data:`STATE`: what schedulers otherwise re-read every second or two changed: a
+  runtime setting an admin stored (:mod:`.settings_store`: the concurrency), or a
+  server found down or back (:mod:`.server_health`). Every scheduler reads them
+  again now; while it listens it re-reads them by itself only every
+  :data:`STATE_POLL` seconds.
 
 A channel is named after its kind and the database schema (``kiln_work:public``),
 so installations sharing one database in different schemas do not wake each
@@ -54,7 +59,12 @@ log = logging.getLogger(__name__)
 WORK = "kiln_work"  #: tasks became claimable
 EVENTS = "kiln_events"  #: events were appended
 SLOTS = "kiln_slots"  #: a process gave back slots of generator servers (db.slots)
-KINDS = (WORK, EVENTS, SLOTS)
+STATE = "kiln_state"  #: stored limits changed, or a server was found down or back
+KINDS = (WORK, EVENTS, SLOTS, STATE)
+#: seconds between a listening process's own re-reads of what :data:`STATE` announces
+#: (a fallback: while the connection is live, nothing announced is missed, and a
+#: reconnect announces every kind once)
+STATE_POLL = 30.0
 #: seconds between tries to (re)connect the listening connection, at most
 RECONNECT_MAX = 10.0
 #: seconds of quiet on the listening connection after which it is asked a ``SELECT 1``

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, delete, select, update
 
 from pixelkiln.db.database import Tx
+from pixelkiln.db.notify import STATE, notify
 from pixelkiln.db.slots import insert_missing
 from pixelkiln.db.tables import server_health
 
@@ -51,11 +52,13 @@ def record_down(tx: Tx, server: str, retry_at: float, error: str, by: str) -> No
             updated_by=by,
         )
     )
+    notify(tx, STATE)  # the other processes look at it now, not at their next re-read
 
 
 def record_up(tx: Tx, server: str) -> None:
     """``server`` answered a probe: nobody needs to skip it any more."""
     tx.conn.execute(delete(server_health).where(server_health.c.server == server))
+    notify(tx, STATE)
 
 
 def servers_down(conn: Connection, servers: Collection[str]) -> list[ServerDown]:

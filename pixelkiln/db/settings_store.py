@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select
 
 from pixelkiln.db.database import Tx
+from pixelkiln.db.notify import STATE, notify
 from pixelkiln.db.tables import runtime_settings
 
 CONCURRENCY = "concurrency"  #: global number of tasks running at once
@@ -32,13 +33,16 @@ def get_setting(conn: Connection, key: str, default: Any = None) -> Any:
 
 
 def set_setting(tx: Tx, key: str, value: Any) -> None:
+    """Store ``value``; every listening process re-reads the settings (db.notify)."""
     tx.conn.execute(delete(runtime_settings).where(runtime_settings.c.key == key))
     tx.conn.execute(insert(runtime_settings), {"key": key, "value": value, "updated_at": tx.now})
+    notify(tx, STATE)
 
 
 def delete_setting(tx: Tx, key: str) -> None:
     """Forget a value: the configured one applies again."""
     tx.conn.execute(delete(runtime_settings).where(runtime_settings.c.key == key))
+    notify(tx, STATE)
 
 
 def stored_concurrency(conn: Connection) -> tuple[int | None, dict[str, int]]:

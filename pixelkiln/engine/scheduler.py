@@ -45,6 +45,7 @@ from pixelkiln.db.leases import (
     renew_leases,
     running_lease_owners,
 )
+from pixelkiln.db.notify import STATE_POLL
 from pixelkiln.db.settings_store import stored_concurrency
 from pixelkiln.db.tasks import TaskFailure
 from pixelkiln.engine.credentials import UserKeys
@@ -67,7 +68,8 @@ log = logging.getLogger("pixelkiln.engine")
 
 #: tasks finished generating but not yet recorded, at most, before claiming pauses
 MAX_BACKLOG = 256
-#: seconds between looks at the concurrency an admin stored (``follow_settings``)
+#: seconds between looks at the concurrency an admin stored (``follow_settings``); while
+#: changes are announced (LISTEN/NOTIFY, db.notify.STATE) only every STATE_POLL seconds
 SETTINGS_INTERVAL = 2.0
 #: seconds between an idle scheduler's looks for work while other processes' new work is
 #: announced (LISTEN/NOTIFY): the look only finds what no announcement covers (a batch's
@@ -249,6 +251,14 @@ class Scheduler:
         """Another process gave back server slots (a NOTIFY): waiters look again now."""
         if self._shared is not None:
             self._shared.changed()
+
+    def state_changed(self) -> None:
+        """Another process stored limits or found a server down or back (a NOTIFY): read
+        them again at the next step, which comes now."""
+        self._next_settings = 0.0
+        if self._shared is not None:
+            self._shared.refresh_soon()
+        self._wake.set()
 
     def cancel_batch(self, batch_id: int) -> int:
         """Stop this process's running tasks of a batch now (after the DB cancel)."""
@@ -574,7 +584,7 @@ class Scheduler:
         if self.hours:
             await self._close_hours(now)
         if self._shared is not None:  # servers others found down, the stored global cap
-            await self._shared.refresh(now)
+            await self._shared.refresh(now, announced=self.listening())
         if self.routes.troubled and await self.routes.sweep(now, self.only_batches):
             self.wake()  # waiting tasks moved to a fallback that is up
         if now >= self._next_recovery:
@@ -594,7 +604,7 @@ class Scheduler:
             stored = await self.db.aread(stored_concurrency)
             if changes == self._live_changes:  # else read before a live change: stale
                 self.limits.apply(*stored)
-            self._next_settings = now + SETTINGS_INTERVAL
+            self._next_settings = now + (STATE_POLL if self.listening() else SETTINGS_INTERVAL)
 
     async def _close_hours(self, now: float) -> None:
         """Backends outside their hours start nothing; tasks claimed ahead for one that just

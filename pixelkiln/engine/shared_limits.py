@@ -50,6 +50,7 @@ from pixelkiln.backends.base import Backend
 from pixelkiln.backends.pool import Server, ServerPool, about_to_send, pool_of
 from pixelkiln.config import SchedulerSettings
 from pixelkiln.db.database import Database
+from pixelkiln.db.notify import STATE_POLL
 from pixelkiln.db.server_health import ServerDown, record_down, record_up, servers_down
 from pixelkiln.db.settings_store import CONCURRENCY, get_setting
 from pixelkiln.db.slots import (
@@ -452,11 +453,16 @@ class SharedLimits:
         if dead_owners:
             await self._db.awrite(release_holders, dead_owners)
 
-    async def refresh(self, now: float) -> None:
-        """When due: servers others found down (or back), and the stored global cap."""
+    async def refresh(self, now: float, *, announced: bool = False) -> None:
+        """When due: servers others found down (or back), and the stored global cap.
+
+        ``announced``: changes to them are announced to this process (PostgreSQL
+        LISTEN/NOTIFY, db.notify.STATE), which calls :meth:`refresh_soon`; they are then
+        read by themselves only every STATE_POLL seconds instead of every REFRESH.
+        """
         if now < self._next_refresh:
             return
-        self._next_refresh = now + REFRESH
+        self._next_refresh = now + (STATE_POLL if announced else REFRESH)
         keys = [k for share in self._shares for k in share.keys.values()]
         downs, overall = await self._db.aread(_shared_state, keys)
         self._apply_health(downs)
@@ -464,6 +470,10 @@ class SharedLimits:
         if limit != self.global_limit:
             self.global_limit = limit
             self._wake_global()
+
+    def refresh_soon(self) -> None:
+        """Another process changed what :meth:`refresh` reads: it reads at its next call."""
+        self._next_refresh = 0.0
 
     def changed(self) -> None:
         """Slots may have freed in another process (a wake-up, e.g. PostgreSQL NOTIFY):

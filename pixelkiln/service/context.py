@@ -48,6 +48,10 @@ class SchedulerLink(Protocol):
     def slots_freed(self) -> None:
         """Another process gave back server slots: requests waiting for one look again."""
 
+    def state_changed(self) -> None:
+        """Stored limits changed, or a server was found down or back (another process):
+        read them again now."""
+
 
 class Schedulers:
     """The schedulers of this process that submits wake and cancels reach.
@@ -81,6 +85,10 @@ class Schedulers:
     def slots_freed(self) -> None:
         for link in list(self._links):
             link.slots_freed()
+
+    def state_changed(self) -> None:
+        for link in list(self._links):
+            link.state_changed()
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,11 @@ from pixelkiln.app import Kiln
 from pixelkiln.config import Settings, load_settings
 from pixelkiln.db.batches import get_batch
 from pixelkiln.db.database import Database, Tx
-from pixelkiln.db.notify import EVENTS, SLOTS, WORK, Listener, notify
+from pixelkiln.db.notify import EVENTS, SLOTS, STATE, WORK, Listener, notify
+from pixelkiln.db.server_health import record_down, record_up
+from pixelkiln.db.settings_store import CONCURRENCY, delete_setting, set_setting
 from pixelkiln.db.slots import SlotWant, ensure_rows, exchange
+from pixelkiln.engine import scheduler as scheduler_module
 from pixelkiln.testing import wait_until
 from tests.processes import env
 
@@ -201,3 +204,57 @@ async def test_a_kiln_that_hears_no_events_still_hears_work(
         await submit_elsewhere(path)  # commits tasks (WORK) and a "created" event (EVENTS)
         await wait_until(lambda: wakeups.heard_work > work, timeout=10)
         assert wakeups.heard_events == 0
+
+
+def test_stored_limits_and_servers_found_down_are_announced(postgres_url: str) -> None:
+    """What schedulers otherwise re-read every second or two is announced when it changes:
+    an admin's stored concurrency (set or forgotten), a server found down or back."""
+    heard: list[str] = []
+    live = threading.Event()
+    listener = Listener(
+        postgres_url, heard.append, lambda up: live.set() if up else None, kinds=(STATE,)
+    )
+    db = Database.open(postgres_url)
+    listener.start()
+    try:
+        assert live.wait(10)
+        changes = [
+            lambda tx: set_setting(tx, CONCURRENCY, 3),
+            lambda tx: delete_setting(tx, CONCURRENCY),
+            lambda tx: record_down(tx, "http://gpu:7860", 1e12, "refused", "w1"),
+            lambda tx: record_up(tx, "http://gpu:7860"),
+        ]
+        for change in changes:
+            heard.clear()
+            db.write(change)
+            asyncio.run(wait_until(lambda: heard == [STATE], timeout=10))
+    finally:
+        listener.stop()
+        db.close()
+
+
+async def test_a_listening_scheduler_follows_a_stored_concurrency_at_once(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin's concurrency stored by another process reaches a listening scheduler at
+    once, though it re-reads the settings by itself far less often than the deadline."""
+    monkeypatch.setattr(scheduler_module, "SETTINGS_INTERVAL", LONG)
+    path = config(tmp_path, postgres_url)
+    other = Database.open(postgres_url)
+    try:
+        await asyncio.to_thread(other.write, set_setting, CONCURRENCY, 5)
+        async with Kiln(settings_of(path)) as kiln:
+            scheduler = kiln.engine().scheduler(follow_settings=True)
+            scheduler.listening = lambda: kiln.listening
+            kiln.schedulers.add(scheduler)
+            running = asyncio.create_task(scheduler.run())
+            try:
+                await wait_until(lambda: kiln.listening, timeout=10)
+                await wait_until(lambda: scheduler.limits.overall == 5, timeout=10)  # read
+                await asyncio.to_thread(other.write, set_setting, CONCURRENCY, 7)
+                await wait_until(lambda: scheduler.limits.overall == 7, timeout=10)
+            finally:
+                scheduler.stop()
+                await running
+    finally:
+        other.close()
