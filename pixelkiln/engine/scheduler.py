@@ -183,6 +183,7 @@ class Scheduler:
             recorded=self._recorded,
             pause=self._pause,
             batch_ended=self._batch_ended,
+            others_generating=lambda: self._dispatch.running() > 0,
         )
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()  # cuts a back-off pause short
