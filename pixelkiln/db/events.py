@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Row, insert, select
 
 from pixelkiln.db import driver, returning
 from pixelkiln.db.database import Tx
-from pixelkiln.db.notify import EVENTS, notify
+from pixelkiln.db.notify import EVENTS, NOTIFY_EXPR, to_send
 from pixelkiln.db.tables import batches, events
 from pixelkiln.models import BatchStatus, Event, EventType
 
@@ -280,7 +280,8 @@ def append_events(tx: Tx, pending: list[PendingEvent]) -> list[Event]:
     if tx.dialect == "sqlite":
         ids = _insert_sqlite(tx, pending)
     elif tx.dialect == "postgresql":
-        ids = _insert_pg(tx, pending)
+        # other processes' followers read them now, told by the insert itself
+        ids = _insert_pg(tx, pending, to_send(tx, EVENTS))
     else:
         rows = [
             {"batch_id": b, "task_id": t, "type": str(kind), "data": data, "created_at": tx.now}
@@ -292,7 +293,6 @@ def append_events(tx: Tx, pending: list[PendingEvent]) -> list[Event]:
         for id, (b, t, kind, data) in zip(ids, pending, strict=True)
     ]
     tx.events.extend(appended)
-    notify(tx, EVENTS)  # other processes' followers read them now (PostgreSQL)
     return appended
 
 
@@ -331,19 +331,31 @@ _INSERT_PG = (
     "SELECT b, t, k, d, %s FROM unnest(%s::integer[], %s::integer[], %s::text[], %s::json[]) "
     "WITH ORDINALITY AS v(b, t, k, d, n) ORDER BY n RETURNING id"
 )
+#: the same, sending the EVENTS notification too (db.notify): once, whatever the rows
+_INSERT_PG_NOTIFY = f"WITH note AS (SELECT {NOTIFY_EXPR} AS sent) " + _INSERT_PG.replace(
+    "WITH ORDINALITY AS v(b, t, k, d, n) ", "WITH ORDINALITY AS v(b, t, k, d, n) CROSS JOIN note "
+)
 
 
-def _insert_pg(tx: Tx, pending: list[PendingEvent]) -> list[int]:
+def _insert_pg(tx: Tx, pending: list[PendingEvent], announce: bool) -> list[int]:
     """The events as one INSERT of arrays through the driver: the SQLAlchemy insert of many
-    rows (parameter processing per row and column) cost several times the statement."""
-    params = (
+    rows (parameter processing per row and column) cost several times the statement.
+    ``announce``: the statement also sends the EVENTS notification (db.notify)."""
+    if announce:
+        found = driver.rows(tx, _INSERT_PG_NOTIFY, (EVENTS, *_params(tx, pending)))
+    else:
+        found = driver.rows(tx, _INSERT_PG, _params(tx, pending))
+    return sorted(row[0] for row in found)
+
+
+def _params(tx: Tx, pending: list[PendingEvent]) -> tuple[object, ...]:
+    return (
         tx.now,
         [b for b, _t, _k, _d in pending],
         [t for _b, t, _k, _d in pending],
         [str(k) for _b, _t, k, _d in pending],
         [json.dumps(d, separators=(",", ":")) for _b, _t, _k, d in pending],
     )
-    return sorted(row[0] for row in driver.rows(tx, _INSERT_PG, params))
 
 
 def append_event(tx: Tx, event: PendingEvent) -> Event:

@@ -18,13 +18,17 @@ import pytest
 
 from pixelkiln.app import Kiln
 from pixelkiln.config import Settings, load_settings
-from pixelkiln.db.batches import get_batch
+from pixelkiln.db.batches import NewBatch, create_batch, get_batch
 from pixelkiln.db.database import Database, Tx
+from pixelkiln.db.events import PendingEvent, append_events, events_after
 from pixelkiln.db.notify import EVENTS, SLOTS, STATE, WORK, Listener, notify
 from pixelkiln.db.server_health import record_down, record_up
 from pixelkiln.db.settings_store import CONCURRENCY, delete_setting, set_setting
 from pixelkiln.db.slots import SlotWant, ensure_rows, exchange
 from pixelkiln.engine import scheduler as scheduler_module
+from pixelkiln.models import Event, EventType
+from pixelkiln.resolve import resolve_tasks
+from pixelkiln.specs import parse_batch
 from pixelkiln.testing import wait_until
 from tests.processes import env
 
@@ -258,3 +262,36 @@ async def test_a_listening_scheduler_follows_a_stored_concurrency_at_once(
                 await running
     finally:
         other.close()
+
+
+def test_appended_events_are_announced_by_their_own_insert(postgres_url: str) -> None:
+    """The events' INSERT sends the EVENTS notification itself (one statement, not two);
+    twice in one transaction still sends it, the ids still come back in order."""
+    db = Database.open(postgres_url)
+    spec = parse_batch({"name": "b", "tasks": [{"prompt": "a fox"}]})
+    tasks = resolve_tasks(spec, default_backend="placeholder")
+    batch_id = db.write(create_batch, NewBatch(name="b", source="cli", max_attempts=3, tasks=tasks))
+    # listening only from now on: the batch's own news was sent before anyone listened
+    heard: list[str] = []
+    listener = Listener(postgres_url, heard.append, kinds=(EVENTS,))
+    listener.start()
+    try:
+        asyncio.run(wait_until(lambda: heard == [EVENTS], timeout=10))  # the connect's
+        heard.clear()
+
+        def two(tx: Tx) -> list[Event]:
+            first = append_events(tx, [(batch_id, None, EventType.INFO, {"message": "one"})])
+            more: list[PendingEvent] = [
+                (batch_id, None, EventType.INFO, {"message": m}) for m in ("two", "three")
+            ]
+            return first + append_events(tx, more)
+
+        appended = db.write(two)
+        assert [e.data["message"] for e in appended] == ["one", "two", "three"]
+        assert [e.id for e in appended] == sorted(e.id for e in appended)
+        asyncio.run(wait_until(lambda: heard == [EVENTS], timeout=10))
+        stored = db.read(events_after, appended[0].id - 1, batch_id=batch_id)
+        assert [e.data["message"] for e in stored] == ["one", "two", "three"]
+    finally:
+        listener.stop()
+        db.close()
