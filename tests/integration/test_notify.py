@@ -12,6 +12,8 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -165,20 +167,27 @@ def test_slots_given_back_are_announced_to_other_processes(postgres_url: str) ->
         db.close()
 
 
+@contextmanager
+def listening(url: str, kinds: Collection[str]) -> Iterator[tuple[Database, list[str]]]:
+    """A database and a live Listener on ``kinds``; what it hears from now on (the connect's
+    own announcement of each kind, once it came, is not in it)."""
+    heard: list[str] = []
+    listener = Listener(url, heard.append, kinds=kinds)
+    db = Database.open(url)
+    listener.start()
+    try:
+        asyncio.run(wait_until(lambda: sorted(heard) == sorted(kinds), timeout=10))
+        heard.clear()
+        yield db, heard
+    finally:
+        listener.stop()
+        db.close()
+
+
 def test_a_listener_hears_only_the_kinds_it_listens_for(postgres_url: str) -> None:
     """``kinds`` limits what is listened for: a process that streams no events to anyone
     (``kiln worker``) is not woken by every task recorded in any process."""
-    heard: list[str] = []
-    live = threading.Event()
-    listener = Listener(
-        postgres_url, heard.append, lambda up: live.set() if up else None, kinds=(WORK,)
-    )
-    db = Database.open(postgres_url)
-    listener.start()
-    try:
-        assert live.wait(10)
-        assert heard == [WORK]  # a connect hands on only the kinds listened for
-        heard.clear()
+    with listening(postgres_url, (WORK,)) as (db, heard):
 
         def events_then_work(tx: Tx) -> None:
             notify(tx, EVENTS)
@@ -188,9 +197,6 @@ def test_a_listener_hears_only_the_kinds_it_listens_for(postgres_url: str) -> No
         db.write(lambda tx: notify(tx, WORK))  # after the others: once it is heard, they were
         asyncio.run(wait_until(lambda: WORK in heard, timeout=10))
         assert heard == [WORK]
-    finally:
-        listener.stop()
-        db.close()
 
 
 async def test_a_kiln_that_hears_no_events_still_hears_work(
@@ -213,28 +219,17 @@ async def test_a_kiln_that_hears_no_events_still_hears_work(
 def test_stored_limits_and_servers_found_down_are_announced(postgres_url: str) -> None:
     """What schedulers otherwise re-read every second or two is announced when it changes:
     an admin's stored concurrency (set or forgotten), a server found down or back."""
-    heard: list[str] = []
-    live = threading.Event()
-    listener = Listener(
-        postgres_url, heard.append, lambda up: live.set() if up else None, kinds=(STATE,)
-    )
-    db = Database.open(postgres_url)
-    listener.start()
-    try:
-        assert live.wait(10)
-        changes = [
-            lambda tx: set_setting(tx, CONCURRENCY, 3),
-            lambda tx: delete_setting(tx, CONCURRENCY),
-            lambda tx: record_down(tx, "http://gpu:7860", 1e12, "refused", "w1"),
-            lambda tx: record_up(tx, "http://gpu:7860"),
-        ]
+    changes = [
+        lambda tx: set_setting(tx, CONCURRENCY, 3),
+        lambda tx: delete_setting(tx, CONCURRENCY),
+        lambda tx: record_down(tx, "http://gpu:7860", 1e12, "refused", "w1"),
+        lambda tx: record_up(tx, "http://gpu:7860"),
+    ]
+    with listening(postgres_url, (STATE,)) as (db, heard):
         for change in changes:
             heard.clear()
             db.write(change)
             asyncio.run(wait_until(lambda: heard == [STATE], timeout=10))
-    finally:
-        listener.stop()
-        db.close()
 
 
 async def test_a_listening_scheduler_follows_a_stored_concurrency_at_once(
