@@ -326,14 +326,16 @@ def _insert_sqlite(tx: Tx, pending: list[PendingEvent]) -> list[int]:
 
 #: one text whatever the number of rows (arrays, db.driver); ``ORDER BY n``: the ids are
 #: drawn from the sequence in the order of the rows, so sorted they are the rows' ids in order
-_INSERT_PG = (
+_INSERT_PG_ROWS = (
     "INSERT INTO events (batch_id, task_id, type, data, created_at) "
     "SELECT b, t, k, d, %s FROM unnest(%s::integer[], %s::integer[], %s::text[], %s::json[]) "
-    "WITH ORDINALITY AS v(b, t, k, d, n) ORDER BY n RETURNING id"
+    "WITH ORDINALITY AS v(b, t, k, d, n)"
 )
+_INSERT_PG = f"{_INSERT_PG_ROWS} ORDER BY n RETURNING id"
 #: the same, sending the EVENTS notification too (db.notify): once, whatever the rows
-_INSERT_PG_NOTIFY = f"WITH note AS (SELECT {NOTIFY_EXPR} AS sent) " + _INSERT_PG.replace(
-    "WITH ORDINALITY AS v(b, t, k, d, n) ", "WITH ORDINALITY AS v(b, t, k, d, n) CROSS JOIN note "
+_INSERT_PG_NOTIFY = (
+    f"WITH note AS (SELECT {NOTIFY_EXPR} AS sent) "
+    f"{_INSERT_PG_ROWS} CROSS JOIN note ORDER BY n RETURNING id"
 )
 
 

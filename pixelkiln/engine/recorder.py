@@ -7,10 +7,10 @@ lacks its file. While other tasks are still generating, a group waits
 :data:`GATHER_SECONDS` for their outcomes before it is written: tasks started
 together (a slow generator's slots, filled at once) finish within milliseconds of
 each other, and one write for them costs the writer a fraction of one each. The
-last task running is recorded at once. A write that fails (disk full, database gone) is backed off
-and tried again while the scheduler keeps the tasks' leases, so nothing is
-lost or done twice; only at shutdown does a failing group give up (the
-leases lapse and the tasks are recovered).
+last task running is recorded at once. A write that fails (disk full, database
+gone) is backed off and tried again while the scheduler keeps the tasks' leases,
+so nothing is lost or done twice; only at shutdown does a failing group give up
+(the leases lapse and the tasks are recovered).
 """
 
 from __future__ import annotations
