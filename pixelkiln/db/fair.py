@@ -37,9 +37,11 @@ import heapq
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, Float, cast, func, select
 
+from pixelkiln.db import driver
 from pixelkiln.db.batches import UNFINISHED, runnable_statement
 from pixelkiln.db.pacing import LIMIT_COLUMNS, BatchLimits
 from pixelkiln.db.tables import batches, users
@@ -88,8 +90,8 @@ _RUNNING_BY_OWNER = (
 def contenders(conn: Connection, now: float, only: Iterable[int] | None = None) -> list[Contender]:
     """The batches with tasks to start (``db.batches.runnable_batches``), with their owner,
     priority, place and share; in the queue's order."""
-    if only is None:
-        rows = conn.execute(_CONTENDERS, {"r_now": now})
+    if only is None:  # on every claim's path: through the driver (db.driver)
+        rows: Iterable[Sequence[Any]] = driver.core_rows(conn, _CONTENDERS, {"r_now": now})
     else:
         rows = conn.execute(_CONTENDERS_ONLY, {"r_now": now, "r_only": list(only)})
     return [

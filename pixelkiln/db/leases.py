@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from pixelkiln.db import transitions
 from pixelkiln.db.batches import runnable_batches
@@ -25,14 +25,15 @@ from pixelkiln.models import ClaimedTask, TaskStatus
 __all__ = [
     "Claim",
     "ClaimedTask",
+    "LeaseLook",
     "Outlook",
     "claim",
     "claim_tasks",
+    "lease_look",
     "outlook",
     "recover_leases",
     "release_tasks",
     "renew_leases",
-    "running_lease_owners",
     "start_tasks",
     "unstart_tasks",
 ]
@@ -137,9 +138,27 @@ def release_tasks(tx: Tx, owner: str, task_ids: Iterable[int]) -> int:
     return transitions.release(tx, owner, task_ids)
 
 
-def running_lease_owners(conn: Connection) -> list[str]:
-    query = select(tasks.c.lease_owner).where(tasks.c.status == TaskStatus.RUNNING).distinct()
-    return list(conn.execute(query).scalars())
+@dataclass(frozen=True)
+class LeaseLook:
+    """Who holds running tasks, and whether a lease lapsed: what a recovery would find."""
+
+    owners: list[str]  #: the lease owners of running tasks
+    lapsed: bool  #: some running task's lease expired before ``now``
+
+
+_LEASE_LOOK = (
+    select(tasks.c.lease_owner, func.min(tasks.c.lease_expires_at))
+    .where(tasks.c.status == TaskStatus.RUNNING)
+    .group_by(tasks.c.lease_owner)
+)
+
+
+def lease_look(conn: Connection, now: float) -> LeaseLook:
+    """A read before :func:`recover_leases`: a runner writes the recovery only when a
+    lease lapsed or an owner is found dead, not every few seconds for nothing."""
+    rows = conn.execute(_LEASE_LOOK).all()
+    lapsed = any(until is not None and until < now for _, until in rows)
+    return LeaseLook([owner for owner, _ in rows if owner is not None], lapsed)
 
 
 def recover_leases(tx: Tx, dead_owners: Sequence[str] = ()) -> int:

@@ -61,9 +61,21 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, bindparam, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Insert,
+    Integer,
+    String,
+    Table,
+    any_,
+    bindparam,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from pixelkiln.db import driver
 from pixelkiln.db.database import Tx
 from pixelkiln.db.leases import start_tasks, unstart_tasks
 from pixelkiln.db.notify import SLOTS, notify
@@ -199,28 +211,42 @@ _OTHERS_WAIT = (
 )
 #: a slot given back and wanted again in the same write is kept, its lease renewed: still
 #: this holder's, not lapsed, and nobody else waits for the server (SQLite, PostgreSQL)
-_KEEP = (
-    update(server_slots)
-    .where(
-        server_slots.c.server == bindparam("k_key"),
-        server_slots.c.slot.in_(bindparam("k_slots", expanding=True)),
-        server_slots.c.holder == bindparam("k_holder"),
-        server_slots.c.expires_at >= bindparam("k_now"),
-        ~_OTHERS_WAIT,
+
+
+def _keep_statement(slots: Any) -> Any:
+    return (
+        update(server_slots)
+        .where(
+            server_slots.c.server == bindparam("k_key"),
+            slots,
+            server_slots.c.holder == bindparam("k_holder"),
+            server_slots.c.expires_at >= bindparam("k_now"),
+            ~_OTHERS_WAIT,
+        )
+        .values(expires_at=bindparam("k_until"))
+        .returning(server_slots.c.slot)
     )
-    .values(expires_at=bindparam("k_until"))
-    .returning(server_slots.c.slot)
+
+
+def _wants_statement(keys: Any) -> Any:
+    return select(
+        server_slots.c.server,
+        server_slots.c.slot,
+        server_slots.c.holder,
+        server_slots.c.task_id,
+        server_slots.c.expires_at,
+    ).where(keys, server_slots.c.slot <= WANT, server_slots.c.holder.is_not(None))
+
+
+_KEEP = _keep_statement(server_slots.c.slot.in_(bindparam("k_slots", expanding=True)))
+_WANTS = _wants_statement(server_slots.c.server.in_(bindparam("w_keys", expanding=True)))
+#: PostgreSQL: the lists as arrays, so each statement has one text and runs through the
+#: driver (db.driver: a take and a give-back run per request sent)
+_KEEP_PG = _keep_statement(
+    server_slots.c.slot == any_(bindparam("k_slots", type_=postgresql.ARRAY(Integer)))
 )
-_WANTS = select(
-    server_slots.c.server,
-    server_slots.c.slot,
-    server_slots.c.holder,
-    server_slots.c.task_id,
-    server_slots.c.expires_at,
-).where(
-    server_slots.c.server.in_(bindparam("w_keys", expanding=True)),
-    server_slots.c.slot <= WANT,
-    server_slots.c.holder.is_not(None),
+_WANTS_PG = _wants_statement(
+    server_slots.c.server == any_(bindparam("w_keys", type_=postgresql.ARRAY(String)))
 )
 #: a want row to queue in: free or lapsed (``SKIP LOCKED``: one another process is taking
 #: now is skipped)
@@ -381,8 +407,12 @@ def _keep(
         slots = slots[: sum(w.count for w in mine)]
         if slots:
             params = {"k_key": key, "k_slots": slots, "k_holder": holder, "k_now": tx.now}
-            rows = tx.conn.execute(_KEEP, {**params, "k_until": until}).scalars()
-            kept[key] = sorted(int(n) for n in rows)
+            params["k_until"] = until
+            if tx.dialect == "postgresql":
+                found = [row[0] for row in driver.core_rows(tx.conn, _KEEP_PG, params)]
+            else:
+                found = list(tx.conn.execute(_KEEP, params).scalars())
+            kept[key] = sorted(int(n) for n in found)
     return kept
 
 
@@ -410,11 +440,15 @@ def _wants_of(tx: Tx, keys: list[str]) -> dict[str, _Queue]:
     """key → the line of processes waiting for its slots."""
     queues: dict[str, _Queue] = {}
     best: dict[str, tuple[int, str]] = {}
-    for r in tx.conn.execute(_WANTS, {"w_keys": keys}):
-        key, by, ticket = str(r.server), str(r.holder), int(r.task_id or 0)
-        live = r.expires_at is not None and r.expires_at >= tx.now
+    if tx.dialect == "postgresql":
+        found: Iterable[Sequence[Any]] = driver.core_rows(tx.conn, _WANTS_PG, {"w_keys": keys})
+    else:
+        found = tx.conn.execute(_WANTS, {"w_keys": keys})
+    for server, slot, holder, ticket_id, expires_at in found:
+        key, by, ticket = str(server), str(holder), int(ticket_id or 0)
+        live = expires_at is not None and expires_at >= tx.now
         queue = queues.setdefault(key, _Queue())
-        queue.rows[by] = (int(r.slot), ticket, live)
+        queue.rows[by] = (int(slot), ticket, live)
         if live:
             queue.last = max(queue.last, ticket)
             if key not in best or (ticket, by) < best[key]:
@@ -440,8 +474,11 @@ def _take(tx: Tx, holder: str, want: SlotWant, until: float) -> list[int]:
     """Take up to ``want.count`` free (or lapsed) slots of ``want.key``; their numbers."""
     params = {"f_key": want.key, "f_limit": want.limit, "f_now": tx.now, "f_count": want.count}
     if tx.dialect not in ("mysql", "mariadb"):
-        taken = tx.conn.execute(_TAKE_RETURNING, {**params, "b_holder": holder, "b_until": until})
-        slots = sorted(taken.scalars())
+        params = {**params, "b_holder": holder, "b_until": until}
+        if tx.dialect == "postgresql":  # through the driver (db.driver): per request sent
+            slots = sorted(row[0] for row in driver.core_rows(tx.conn, _TAKE_RETURNING, params))
+        else:
+            slots = sorted(tx.conn.execute(_TAKE_RETURNING, params).scalars())
         extra = [{"b_key": want.key, "b_slot": n, "b_holder": holder} for n in slots[want.count :]]
         if extra:  # not expected (see _PICKED), but a slot nobody knows of would never free
             tx.conn.execute(_RELEASE, extra)

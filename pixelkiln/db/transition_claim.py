@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pixelkiln.db import returning
+from pixelkiln.db import driver, returning
 from pixelkiln.db import transition_sql as sql
 from pixelkiln.db.database import Tx
 from pixelkiln.db.pacing import BatchLimits
@@ -119,8 +119,9 @@ def _claim_rows(tx: Tx, params: dict[str, Any]) -> Sequence[Any]:
         if not picked:
             return []
         return returning.execute(tx.conn, sql.CLAIM_PICKED, {**params, "c_ids": picked}).all()
-    statement = sql.CLAIM_PG if tx.dialect == "postgresql" else sql.CLAIM
-    return tx.conn.execute(statement, params).all()
+    if tx.dialect == "postgresql":  # on every claim's path: through the driver (db.driver)
+        return driver.core_rows(tx.conn, sql.CLAIM_PG, params)
+    return tx.conn.execute(sql.CLAIM, params).all()
 
 
 def _allowances(tx: Tx, limits: Mapping[int, BatchLimits]) -> dict[int, int]:

@@ -39,11 +39,11 @@ from pixelkiln.db.leases import (
     Claim,
     ClaimedTask,
     claim,
+    lease_look,
     outlook,
     recover_leases,
     release_tasks,
     renew_leases,
-    running_lease_owners,
 )
 from pixelkiln.db.notify import STATE_POLL
 from pixelkiln.db.settings_store import stored_concurrency
@@ -565,7 +565,7 @@ class Scheduler:
         ready = self._dispatch.ready_tasks()
         ids = [*jobs, *(t.id for t in ready)]
         until = self._clock() + self.settings.lease_seconds
-        held = await self.db.awrite(renew_leases, self.owner, ids, until) if ids else set()
+        held = await self._renew_writes(ids, until)
         lost = {id(t) for t in ready if t.id not in held}
         if lost:
             self._dispatch.drop(lambda t: id(t) in lost)
@@ -574,9 +574,21 @@ class Scheduler:
                 if job.job is not None:
                     job.lost = True  # cancelled elsewhere, or presumed dead: stop working
                     job.job.cancel()
-        if self._shared is not None:
-            await self._shared.renew(until)
         self.supervision.ok("lease renewal")
+
+    async def _renew_writes(self, ids: list[int], until: float) -> set[int]:
+        """The tasks' leases and the server slots' (shared limits), submitted together so
+        that the writer commits them as one transaction; the tasks still held."""
+        tasks = self.db.awrite(renew_leases, self.owner, ids, until) if ids else None
+        slots = self._shared.renew(until) if self._shared is not None else None
+        if tasks is None:
+            if slots is not None:
+                await slots
+            return set()
+        if slots is None:
+            return await tasks
+        held, _ = await asyncio.gather(tasks, slots)
+        return held
 
     async def _housekeeping(self) -> None:
         """Backends' hours, recovery of dead runners' tasks, fallback moves and admins'
@@ -589,12 +601,15 @@ class Scheduler:
         if self.routes.troubled and await self.routes.sweep(now, self.only_batches):
             self.wake()  # waiting tasks moved to a fallback that is up
         if now >= self._next_recovery:
-            # our own leases first: after writes failed for a while (full disk) they may
-            # have lapsed, and recovering our own running tasks would run them twice
-            await self._renew()
-            owners = await self.db.aread(running_lease_owners)
-            dead = dead_local_owners(owners, self.owner)
-            recovered = await self.db.awrite(recover_leases, dead)
+            # a read first: the write only when there is something to recover
+            look = await self.db.aread(lease_look, time.time())
+            dead = dead_local_owners(look.owners, self.owner)
+            recovered = 0
+            if dead or look.lapsed:
+                # our own leases first: after writes failed for a while (full disk) they
+                # may have lapsed, and recovering our own running tasks would run them twice
+                await self._renew()
+                recovered = await self.db.awrite(recover_leases, dead)
             if self._shared is not None:
                 await self._shared.forget(dead)
             self._next_recovery = now + max(1.0, self.settings.lease_seconds / 2)

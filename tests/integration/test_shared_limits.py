@@ -8,12 +8,14 @@ GPU box owner sees, not what pixelkiln believes it sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import event, insert, select, update
 
@@ -335,13 +337,9 @@ def test_a_slot_given_back_and_wanted_again_is_kept_in_one_statement(db: Databas
     statements: list[str] = []
 
     def counted(tx: Tx) -> list[int]:
-        listen = lambda *args: statements.append(args[2])  # noqa: E731
-        event.listen(tx.conn, "before_cursor_execute", listen)
-        try:
+        with _counting_statements(tx, statements):
             later = until + 10
             return exchange(tx, "a:1:x", [("srv", 1)], [SlotWant("srv", 3, 1)], later)[srv].slots
-        finally:
-            event.remove(tx.conn, "before_cursor_execute", listen)
 
     # the request's slot is kept for the next (given back and taken: it would have moved to 0)
     assert db.write(counted) == [1]
@@ -619,3 +617,30 @@ async def give_up_before_the_answer(
     blocked.result(30)
     await slots.settled()
     await slots.settled()  # the give-back its grant caused
+
+
+@contextlib.contextmanager
+def _counting_statements(tx: Tx, statements: list[str]) -> Iterator[None]:
+    """Every statement ``tx`` runs, through SQLAlchemy or (PostgreSQL) through the driver
+    itself (db.driver): psycopg's cursors of the connection record what they execute."""
+    listen = lambda *args: statements.append(args[2])  # noqa: E731
+    if tx.dialect != "postgresql":
+        event.listen(tx.conn, "before_cursor_execute", listen)
+        try:
+            yield
+        finally:
+            event.remove(tx.conn, "before_cursor_execute", listen)
+        return
+
+    class Recording(psycopg.Cursor[Any]):
+        def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+            statements.append(str(query))
+            return super().execute(query, *args, **kwargs)
+
+    driver: Any = tx.conn.connection.driver_connection
+    before = driver.cursor_factory
+    driver.cursor_factory = Recording
+    try:
+        yield
+    finally:
+        driver.cursor_factory = before
