@@ -7,7 +7,7 @@ cursor (the compiled-cache lookup, the parameter processing, the result
 wrapping). Every task runs a handful of such statements (its start mark, its
 outcome), so those are written once as the driver's own SQL text
 (:mod:`.transition_sql`) and run here, in the caller's transaction. On
-PostgreSQL they take arrays (``= ANY(%s)``, ``unnest``), so a statement has one
+PostgreSQL they take arrays (``= ANY(%b)``, ``unnest``; binary), so a statement has one
 text whatever the number of tasks, and psycopg prepares it after a few runs.
 
 What comes back is what SQLAlchemy would have made of it: a driver error is
@@ -15,7 +15,7 @@ raised as SQLAlchemy's (``OperationalError``, ``DataError``…, which the writer
 turns into our own), and a lost connection is invalidated, so the next
 transaction reconnects.
 
->>> rows(tx, "SELECT id FROM tasks WHERE id = ANY(%s)", ([1, 2],))   # doctest: +SKIP
+>>> rows(tx, "SELECT id FROM tasks WHERE id = ANY(%b)", ([1, 2],))   # doctest: +SKIP
 [(1,), (2,)]
 """
 

@@ -324,11 +324,11 @@ def _insert_sqlite(tx: Tx, pending: list[PendingEvent]) -> list[int]:
     return ids
 
 
-#: one text whatever the number of rows (arrays, db.driver); ``ORDER BY n``: the ids are
+#: one text whatever the number of rows (arrays in binary, db.driver); ``ORDER BY n``: the ids are
 #: drawn from the sequence in the order of the rows, so sorted they are the rows' ids in order
 _INSERT_PG_ROWS = (
     "INSERT INTO events (batch_id, task_id, type, data, created_at) "
-    "SELECT b, t, k, d, %s FROM unnest(%s::integer[], %s::integer[], %s::text[], %s::json[]) "
+    "SELECT b, t, k, d, %s FROM unnest(%b::integer[], %b::integer[], %b::text[], %b::json[]) "
     "WITH ORDINALITY AS v(b, t, k, d, n)"
 )
 _INSERT_PG = f"{_INSERT_PG_ROWS} ORDER BY n RETURNING id"
