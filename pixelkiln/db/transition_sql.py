@@ -325,7 +325,7 @@ def image_row(
 
 
 # -- PostgreSQL through the driver (db.driver): a task's start and its success ---------------------
-# The same moves as START, HELD_PG, SUCCEED, DROP_IMAGES and INSERT_IMAGES, one text each
+# The same moves as START, RENEW, HELD_PG, SUCCEED, DROP_IMAGES and INSERT_IMAGES, one text each
 # whatever the number of tasks (arrays), for psycopg's own placeholders. The arrays go in
 # binary (``%b``): psycopg's text form escapes each element through a regular expression, a
 # tenth of a record's CPU with the JSON of images' parameters.
@@ -335,6 +335,11 @@ START_PG = (
     "UPDATE tasks SET attempts = attempts + 1, started_at = %s "
     f"WHERE id = ANY(%b) AND status = '{RUNNING}' AND lease_owner = %s AND started_at IS NULL "
     "RETURNING id"
+)
+#: RENEW's move; parameters: until, ids, owner
+RENEW_PG = (
+    f"UPDATE tasks SET lease_expires_at = %s WHERE id = ANY(%b) AND status = '{RUNNING}' "
+    "AND lease_owner = %s RETURNING id"
 )
 HELD_PG_TEXT = (
     f"SELECT id FROM tasks WHERE id = ANY(%b) AND status = '{RUNNING}' AND lease_owner = %s "

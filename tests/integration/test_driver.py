@@ -90,7 +90,7 @@ def test_outcomes_record_each_image_and_its_event_under_the_same_id(db: Database
 
 def test_a_driver_error_is_the_one_sqlalchemy_would_raise(pg: Database) -> None:
     claimed = _claimed(pg, 1)
-    with pytest.raises(UnstorableValueError, match="NUL|0x00"):
+    with pytest.raises(UnstorableValueError, match=r"NUL|0x00"):
         pg.write(complete_tasks, "w1", [_result(claimed[0], model="bad\x00model")])
     assert pg.read(list_images, claimed[0].batch_id) == []  # the whole record rolled back
     assert pg.write(complete_tasks, "w1", [_result(claimed[0])]) == {claimed[0].id}

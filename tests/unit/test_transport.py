@@ -28,8 +28,13 @@ from cryptography.x509.oid import NameOID
 from pixelkiln.backends.base import BackendDeps
 from pixelkiln.backends.http import ServerDownError, map_transport_error, send
 from pixelkiln.backends.sdwebui import create
-from pixelkiln.backends.transport import AiohttpTransport, shared_client
-from pixelkiln.exceptions import BackendError, BackendTimeoutError, BackendUnavailableError
+from pixelkiln.backends.transport import AiohttpTransport, send_json, shared_client
+from pixelkiln.exceptions import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    RateLimitedError,
+)
 from pixelkiln.testing import FakeSDWebUI, generation_request, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -431,3 +436,115 @@ async def test_a_big_body_then_a_slow_answer_is_not_a_timeout() -> None:
         timeout = httpx.Timeout(5, write=0.3)
         response = await client.post(url, content=body, timeout=timeout)
     assert response.text == "ok"
+
+
+# -- the short way of a JSON request (send_json) ---------------------------------------------
+
+
+async def json_requests(client: httpx.AsyncClient, url: str) -> list[httpx.Response]:
+    """What a generator backend sends: JSON bodies through http.send, with and without
+    headers of its own and Basic auth."""
+    return [
+        await send(client, "POST", url + "/sdapi/v1/txt2img", server=url, timeout=5, json={}),
+        await send(
+            client,
+            "POST",
+            url + "/v1/images/generations",
+            server=url,
+            timeout=5,
+            json={"prompt": "一只猫 ✓", "n": 1, "size": [64, 64], "x": None},
+            headers={"Authorization": "Bearer k", "X-Title": "pixelkiln"},
+        ),
+        await send(
+            client,
+            "POST",
+            url + "/sdapi/v1/img2img",
+            server=url,
+            timeout=5,
+            json={"init_images": ["aGk="]},
+            auth=httpx.BasicAuth("user", "pass"),
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        ),
+    ]
+
+
+async def test_json_requests_take_the_short_way_byte_for_byte_as_httpx_sends_them() -> None:
+    sent: dict[str, list[bytes]] = {}
+    answers: dict[str, list[tuple[int, str, list[tuple[bytes, bytes]], bytes]]] = {}
+    answer = OK.replace(b"\r\n\r\n", b"\r\nX-Extra: kept\r\nX-Extra: twice\r\n\r\n", 1)
+    for name, make in (("httpx", httpx.AsyncClient), ("aiohttp", shared_client)):
+        seen: list[bytes] = []
+        async with serve(recorder(seen, answer)) as url, make() as client:
+            responses = await json_requests(client, url)
+        port = url.rsplit(":", 1)[1].encode()
+        sent[name] = [s.replace(port, b"PORT") for s in seen]
+        answers[name] = [
+            (r.status_code, r.reason_phrase, r.headers.raw, r.content) for r in responses
+        ]
+    assert len(sent["aiohttp"]) == 3
+    assert sent["aiohttp"] == sent["httpx"]
+    assert answers["aiohttp"] == answers["httpx"]
+    assert b"Authorization: Basic dXNlcjpwYXNz" in sent["aiohttp"][2]
+
+
+async def test_send_json_is_taken_by_a_plain_shared_client_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[bytes] = []
+    async with serve(recorder(seen)) as url:
+        target = httpx.URL(url + "/sdapi/v1/txt2img")
+
+        async def short(client: httpx.AsyncClient, **kwargs: object) -> bool:
+            answer = await send_json(client, "POST", target, {}, timeout=5, **kwargs)  # type: ignore[arg-type]
+            return answer is not None
+
+        async with shared_client() as client:
+            assert await short(client)
+            assert await short(client, auth=httpx.BasicAuth("u", "p"))
+            assert not await short(client, auth=httpx.DigestAuth("u", "p"))
+            big = "x" * 70_000  # past one write: httpx's write timeout applies to it
+            assert await send_json(client, "POST", target, {"b": big}, timeout=5) is None
+            client.cookies.set("session", "abc")  # cookies to send: httpx's own way
+            assert not await short(client)
+        async with httpx.AsyncClient() as plain:  # not over our transport
+            assert not await short(plain)
+        async with shared_client(event_hooks={"request": [lambda r: None]}) as hooked:
+            assert not await short(hooked)
+        async with shared_client(auth=("u", "p")) as authed:
+            assert not await short(authed)
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+        async with shared_client() as proxied:  # a proxy is mounted: never the short way
+            assert not await short(proxied)
+
+
+async def test_a_cookie_set_on_the_short_way_is_sent_back() -> None:
+    seen: list[bytes] = []
+    answer = OK.replace(b"\r\n\r\n", b"\r\nSet-Cookie: session=abc; Path=/\r\n\r\n", 1)
+    async with serve(recorder(seen, answer)) as url, shared_client() as client:
+        await send(client, "POST", url + "/login", server=url, timeout=5, json={})
+        await send(client, "POST", url + "/next", server=url, timeout=5, json={})
+    assert b"Cookie: session=abc" not in seen[0]
+    assert b"Cookie: session=abc" in seen[1]
+
+
+@CLIENTS
+async def test_a_gzip_json_answer_through_send_is_decoded_once(
+    make: Callable[[], httpx.AsyncClient],
+) -> None:
+    body = gzip.compress(b'{"images": ["aGk="]}')
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    async with serve(recorder([], answer)) as url, make() as client:
+        response = await send(client, "POST", url, server=url, timeout=5, json={"a": 1})
+    assert response.json() == {"images": ["aGk="]}
+    assert response.headers["content-encoding"] == "gzip"
+
+
+async def test_an_error_status_on_the_short_way_is_ours() -> None:
+    answer = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 4\r\n\r\nslow"
+    async with serve(recorder([], answer)) as url, shared_client() as client:
+        with pytest.raises(RateLimitedError) as info:
+            await send(client, "POST", url, server=url, timeout=5, json={})
+    assert info.value.retry_after == 7
