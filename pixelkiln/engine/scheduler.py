@@ -49,7 +49,7 @@ from pixelkiln.db.notify import STATE_POLL
 from pixelkiln.db.settings_store import stored_concurrency
 from pixelkiln.db.tasks import TaskFailure
 from pixelkiln.engine.credentials import UserKeys
-from pixelkiln.engine.dispatch import Dispatch
+from pixelkiln.engine.dispatch import CLAIM_GATHER, Dispatch
 from pixelkiln.engine.hours import Hours
 from pixelkiln.engine.limits import BackendLimit, Limits, idle_timeout
 from pixelkiln.engine.outcomes import Generated, Job, Moved, Outcome, judge
@@ -173,6 +173,10 @@ class Scheduler:
         self._nothing_runnable = False
         #: when a batch waiting out its ``delay`` may start its next task (db.pacing)
         self._wake_at: float | None = None
+        #: a claim for freed slots waits for the rest of their round until then, at the
+        #: latest (engine.dispatch.CLAIM_GATHER); None: no claim is waiting
+        self._gather_deadline: float | None = None
+        self._claim_at: float | None = None  #: the waiting claim's next look
         self._recorder = Recorder(
             db=db,
             storage=storage,
@@ -377,6 +381,8 @@ class Scheduler:
         if opening is not None and (wake_at is None or wake_at <= now or opening < wake_at):
             wake_at = opening
         timeout = idle_timeout(self.idle_poll(now), wake_at, now)
+        if self._claim_at is not None:  # a claim waiting for the rest of its round
+            timeout = min(timeout, max(0.0, self._claim_at - now))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
@@ -451,6 +457,8 @@ class Scheduler:
             return started > 0
         if self._nothing_runnable and not await self._anything_runnable():
             return started > 0
+        if self._gathering(wants):
+            return started > 0
         free = {name: self._dispatch.free_on(name) for name in wants}
         got: Claim = await self.db.awrite(
             claim, self.owner, wants, self.settings.lease_seconds, self.only_batches, free
@@ -464,6 +472,25 @@ class Scheduler:
             # waits in the ready queues, which the next step (or the shutdown) gives back
             return started > 0 or bool(got.tasks)
         return self._start_ready() + started > 0 or bool(got.tasks)
+
+    def _gathering(self, wants: Mapping[str, int]) -> bool:
+        """Whether the claim for ``wants`` waits a moment for the other tasks of the round
+        that freed the slots (engine.dispatch.gather_until): True until they end, or the
+        gather's deadline passes."""
+        now = self._clock()
+        running = (
+            (job.task.backend, job.started)
+            for job in self._jobs.values()
+            if job.generating and job.task.backend in wants
+        )
+        until = None if self._stopping else self._dispatch.gather_until(running, now)
+        if until is None or (self._gather_deadline is not None and now >= self._gather_deadline):
+            self._gather_deadline = self._claim_at = None
+            return False
+        if self._gather_deadline is None:
+            self._gather_deadline = now + CLAIM_GATHER
+        self._claim_at = min(until, self._gather_deadline)
+        return True
 
     async def _anything_runnable(self) -> bool:
         """A read-only look before taking the write lock again after an empty claim."""

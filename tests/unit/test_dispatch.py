@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pixelkiln.backends.placeholder import PlaceholderBackend
 from pixelkiln.config import BackendSettings
-from pixelkiln.engine.dispatch import MAX_PREFETCH, PREFETCH_SECONDS, Dispatch
+from pixelkiln.engine.dispatch import (
+    CLAIM_GATHER,
+    GATHER_LOOK,
+    MAX_PREFETCH,
+    PREFETCH_SECONDS,
+    Dispatch,
+)
 from pixelkiln.engine.limits import Limits
 from pixelkiln.models import ClaimedTask
 
@@ -88,3 +94,27 @@ def test_drop_forgets_ready_tasks_by_condition() -> None:
     dispatch.add(_tasks("a", 1, 2) + _tasks("b", 3), first=())
     assert dispatch.drop(lambda t: t.id != 2) == 2
     assert dispatch.ready_ids() == [2] and dispatch.has_ready()
+
+
+def test_a_claim_waits_only_for_the_rest_of_its_round_of_slow_tasks() -> None:
+    dispatch = _dispatch(8, slow=4, fast=4)
+    dispatch.observe("slow", 1.0)
+    dispatch.observe("fast", PREFETCH_SECONDS / 10)  # claimed ahead: never waits
+    now = 100.0
+    # started with the one that just ended (due 1 ms and 4 ms from now, or 2 ms ago), one
+    # of a later round (due in 0.5 s), one long overdue: only the round counts
+    round_ = [("slow", now - 0.999), ("slow", now - 0.996), ("slow", now - 1.002)]
+    others = [("slow", now - 0.5), ("slow", now - 1.2), ("fast", now - 0.02)]
+    assert dispatch.gather_until(round_ + others, now) == now - 0.996 + 1.0
+    # only late ones left: a look again in a moment (their end wakes the scheduler)
+    assert dispatch.gather_until([("slow", now - 1.002)], now) == now + GATHER_LOOK
+    assert dispatch.gather_until(others, now) is None
+    assert dispatch.gather_until([], now) is None
+    # never longer than CLAIM_GATHER, nor a hundredth of a task
+    assert dispatch.gather_until([("slow", now - 1.0 + CLAIM_GATHER * 2)], now) is None
+    quick = _dispatch(2, a=2)
+    quick.observe("a", 0.3)  # a hundredth is 3 ms: a task due in 5 ms is not waited for
+    assert quick.gather_until([("a", now - 0.295)], now) is None
+    assert quick.gather_until([("a", now - 0.298)], now) is not None
+    new = _dispatch(2, a=2)  # nothing measured yet: no wait
+    assert new.gather_until([("a", now - 0.999)], now) is None
