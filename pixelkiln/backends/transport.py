@@ -26,6 +26,11 @@ so a gzip answer is decoded once, by httpx). What this module makes faithful:
   it, so the transport (and its client) can be built outside a running loop;
   ``aclose()`` closes it.
 
+:func:`send_json` is a shorter way for the request a scheduler sends per task (a
+generator's JSON API, through :func:`pixelkiln.backends.http.send`): the same bytes
+and the same response, without httpx's request object and flows, for a client of
+:func:`shared_client` and a request that nothing of httpx's would change.
+
 Proxies are not this module's business: :func:`shared_client` mounts httpx's
 default transport for every proxy the environment names (``trust_env``, as
 httpx does), so proxied requests take exactly the path they took before.

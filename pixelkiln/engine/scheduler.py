@@ -327,6 +327,7 @@ class Scheduler:
 
     async def _step(self, until_done: bool) -> bool:
         """One pass of the loop; True when every batch in scope has ended (``until_done``)."""
+        self._claim_at = None  # a claim still waiting for its round says so again below
         if self._draining:
             return await self._drain_step()
         await self._housekeeping()
