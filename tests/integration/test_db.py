@@ -24,7 +24,9 @@ from pixelkiln.db.database import MIGRATIONS, SCHEMA_REVISION, Database, Tx
 from pixelkiln.db.events import events_after
 from pixelkiln.db.leases import (
     ClaimedTask,
+    LeaseLook,
     claim_tasks,
+    lease_look,
     recover_leases,
     release_tasks,
     renew_leases,
@@ -202,6 +204,20 @@ def test_dead_owner_is_recovered_before_its_lease_expires(db: Database) -> None:
     _claim(db, "host:1:dead", 2, lease=3600)
     assert db.write(recover_leases, ["host:1:dead"]) == 2
     assert len(_claim(db, "w2", 2)) == 2
+
+
+def test_the_lease_look_finds_what_a_recovery_would(db: Database) -> None:
+    _batch(db, 3)
+    assert db.read(lease_look, time.time()) == LeaseLook([], False)  # nothing running
+    _claim(db, "w1", 2, lease=3600)
+    look = db.read(lease_look, time.time())
+    assert look == LeaseLook(["w1"], False)  # held and live: a runner writes nothing
+    _claim(db, "w2", 1, lease=0.01)
+    time.sleep(0.05)
+    look = db.read(lease_look, time.time())
+    assert sorted(look.owners) == ["w1", "w2"] and look.lapsed
+    assert db.write(recover_leases) == 1  # what the look saw lapse
+    assert db.read(lease_look, time.time()) == LeaseLook(["w1"], False)
 
 
 def test_renewal_reports_tasks_taken_away(db: Database) -> None:

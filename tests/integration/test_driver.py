@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, bindparam, select, text
 
 from pixelkiln.db import driver
 from pixelkiln.db.batches import NewBatch, create_batch
@@ -15,6 +15,7 @@ from pixelkiln.db.database import Database, Tx
 from pixelkiln.db.events import events_after
 from pixelkiln.db.leases import ClaimedTask, claim_tasks, start_tasks
 from pixelkiln.db.notify import libpq_url
+from pixelkiln.db.tables import tasks
 from pixelkiln.db.tasks import TaskResult, complete_tasks, get_task, list_images
 from pixelkiln.exceptions import UnstorableValueError
 from pixelkiln.models import EventType
@@ -135,3 +136,24 @@ def test_a_read_on_a_connection_the_server_closed_runs_again_without_pings(
         admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
     assert pg.read(_read_pid) != pid
     assert pings == []
+
+
+def test_a_core_statement_through_the_driver_gives_sqlalchemys_rows(pg: Database) -> None:
+    claimed = _claimed(pg, 3)
+    query = (
+        select(tasks.c.id, tasks.c.params, tasks.c.status)
+        .where(tasks.c.status.in_(["running", "pending"]), tasks.c.id >= bindparam("low"))
+        .order_by(tasks.c.id)
+    )
+
+    def both(tx: Tx) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+        ours = driver.core_rows(tx.conn, query, {"low": claimed[1].id})
+        theirs = [tuple(r) for r in tx.conn.execute(query, {"low": claimed[1].id})]
+        return ours, theirs
+
+    ours, theirs = pg.write(both)
+    assert ours == theirs and len(ours) == 2  # the literal IN list expanded once, JSON parsed
+    assert isinstance(ours[0][1], dict)
+    listed = select(tasks.c.id).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+    with pytest.raises(ValueError, match="expanding"):  # a list per run: an array instead
+        pg.write(lambda tx: driver.core_rows(tx.conn, listed, {"ids": [1]}))
