@@ -19,9 +19,10 @@ Both are warmed up first (one round of tasks, not measured). CPU seconds per
 task are the workers' own (``/proc``), summed over the workers, from submit to
 the end. ``/proc`` counts in 10 ms ticks per process: at 8 workers the quick
 mode's 160 tasks carry about ±1 ms per task of that alone, ``--full`` (800
-tasks) about ±0.2; the CPU figures are ``--full``'s. Then one worker of ``--kill-workers`` is SIGKILLed once every task has
-been taken off the queue, and the recovery time is the time from the kill until
-the last task is done (its tasks come back after the lease, or Redis'
+tasks) about ±0.2; the CPU figures are ``--full``'s. Then one worker of
+``--kill-workers`` is SIGKILLed once every task has been taken off the queue,
+and the recovery time is the time from the kill until the last task is done
+(its tasks come back after the lease, or Redis'
 visibility timeout, both ``--lease`` seconds; pixelkiln also spots a dead worker
 on the same host at its next look). Targets: efficiency ≥ 0.9 at 8 workers,
 time ≤ Celery's, CPU seconds per task ≤ Celery's.
