@@ -138,26 +138,32 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 response = await self._send(session, request, body or None)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map_error(exc, request) from exc
-        return httpx.Response(
-            response.status,
-            headers=list(response.raw_headers),
-            stream=_Body(response, request),
-            extensions={
-                "http_version": b"HTTP/1.1",
-                "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
-            },
-        )
+        return _answer(response, _Body(response, request))
 
     async def _send(
         self, session: aiohttp.ClientSession, request: httpx.Request, data: Any
     ) -> aiohttp.ClientResponse:
+        timeout = _timeout(request.extensions.get("timeout"))
+        return await self._request(
+            session, request.method, request.url, data, request.headers.raw, timeout
+        )
+
+    async def _request(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: httpx.URL,
+        data: Any,
+        headers: list[tuple[bytes, bytes]],
+        timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
         return await session.request(
-            request.method,
-            self._url(request.url),
+            method,
+            self._url(url),
             data=data,
-            headers=_headers(request.headers.raw),
+            headers=_headers(headers),
             allow_redirects=False,  # httpx follows them, if asked to
-            timeout=_timeout(request.extensions.get("timeout")),
+            timeout=timeout,
         )
 
     async def _send_watched(
@@ -193,13 +199,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         whole without building httpx's request and streamed response (:func:`send_json`)."""
         session = self._session or self._open()
         try:
-            response = await session.request(
-                method,
-                self._url(url),
-                data=body,
-                headers=_headers(headers),
-                allow_redirects=False,
-                timeout=_timeout_of(timeout),
+            response = await self._request(
+                session, method, url, body, headers, _timeout_of(timeout)
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map_error(exc, httpx.Request(method, url)) from exc
@@ -209,15 +210,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise _map_error(exc, httpx.Request(method, url), reading=True) from exc
         finally:
             response.release()
-        answer = httpx.Response(
-            response.status,
-            headers=list(response.raw_headers),
-            stream=httpx.ByteStream(content),
-            extensions={
-                "http_version": b"HTTP/1.1",
-                "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
-            },
-        )
+        answer = _answer(response, httpx.ByteStream(content))
         answer.read()  # decoded here (Content-Encoding), as the client's read would
         return answer
 
@@ -245,6 +238,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+def _answer(response: aiohttp.ClientResponse, stream: httpx.AsyncByteStream) -> httpx.Response:
+    """httpx's response for aiohttp's ``response``, its body read from ``stream``."""
+    return httpx.Response(
+        response.status,
+        headers=list(response.raw_headers),
+        stream=stream,
+        extensions={
+            "http_version": b"HTTP/1.1",
+            "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
+        },
+    )
 
 
 class _Body(httpx.AsyncByteStream):

@@ -209,11 +209,12 @@ _OTHERS_WAIT = (
     )
     .exists()
 )
-#: a slot given back and wanted again in the same write is kept, its lease renewed: still
-#: this holder's, not lapsed, and nobody else waits for the server (SQLite, PostgreSQL)
 
 
 def _keep_statement(slots: Any) -> Any:
+    """A slot given back and wanted again in the same write is kept, its lease renewed:
+    still this holder's, not lapsed, and nobody else waits for the server (SQLite,
+    PostgreSQL); ``slots``: the test of the slots given back."""
     return (
         update(server_slots)
         .where(
@@ -413,12 +414,9 @@ def _keep(
         slots = slots[: sum(w.count for w in mine)]
         if slots:
             params = {"k_key": key, "k_slots": slots, "k_holder": holder, "k_now": tx.now}
-            params["k_until"] = until
-            if tx.dialect == "postgresql":
-                found = [row[0] for row in driver.core_rows(tx.conn, _KEEP_PG, params)]
-            else:
-                found = list(tx.conn.execute(_KEEP, params).scalars())
-            kept[key] = sorted(int(n) for n in found)
+            statement = _KEEP_PG if tx.dialect == "postgresql" else _KEEP
+            found = driver.core_rows(tx.conn, statement, {**params, "k_until": until})
+            kept[key] = sorted(int(row[0]) for row in found)
     return kept
 
 
@@ -446,11 +444,10 @@ def _wants_of(tx: Tx, keys: list[str]) -> dict[str, _Queue]:
     """key → the line of processes waiting for its slots."""
     queues: dict[str, _Queue] = {}
     best: dict[str, tuple[int, str]] = {}
-    if tx.dialect == "postgresql":
-        found: Iterable[Sequence[Any]] = driver.core_rows(tx.conn, _WANTS_PG, {"w_keys": keys})
-    else:
-        found = tx.conn.execute(_WANTS, {"w_keys": keys})
-    for server, slot, holder, ticket_id, expires_at in found:
+    statement = _WANTS_PG if tx.dialect == "postgresql" else _WANTS
+    for server, slot, holder, ticket_id, expires_at in driver.core_rows(
+        tx.conn, statement, {"w_keys": keys}
+    ):
         key, by, ticket = str(server), str(holder), int(ticket_id or 0)
         live = expires_at is not None and expires_at >= tx.now
         queue = queues.setdefault(key, _Queue())
@@ -481,10 +478,7 @@ def _take(tx: Tx, holder: str, want: SlotWant, until: float) -> list[int]:
     params = {"f_key": want.key, "f_limit": want.limit, "f_now": tx.now, "f_count": want.count}
     if tx.dialect not in ("mysql", "mariadb"):
         params = {**params, "b_holder": holder, "b_until": until}
-        if tx.dialect == "postgresql":  # through the driver (db.driver): per request sent
-            slots = sorted(row[0] for row in driver.core_rows(tx.conn, _TAKE_RETURNING, params))
-        else:
-            slots = sorted(tx.conn.execute(_TAKE_RETURNING, params).scalars())
+        slots = sorted(row[0] for row in driver.core_rows(tx.conn, _TAKE_RETURNING, params))
         extra = [{"b_key": want.key, "b_slot": n, "b_holder": holder} for n in slots[want.count :]]
         if extra:  # not expected (see _PICKED), but a slot nobody knows of would never free
             tx.conn.execute(_RELEASE, extra)

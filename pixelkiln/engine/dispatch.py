@@ -140,7 +140,7 @@ class Dispatch:
         slots be refilled by one claim, started by one write (bench/scaleout: 1.5 tasks
         per claim without; CPU per task is mostly those writes).
         """
-        latest: float | None = None
+        dues = []
         for backend, started in running:
             mean = self._mean_duration.get(backend)
             if mean is None or mean < PREFETCH_SECONDS:
@@ -148,8 +148,8 @@ class Dispatch:
             due, window = started + mean, min(CLAIM_GATHER, CLAIM_GATHER_SHARE * mean)
             # a task of the round a little slower than the mean is waited for too
             if abs(due - now) <= window:
-                latest = max(due, now + GATHER_LOOK) if latest is None else max(latest, due)
-        return latest
+                dues.append(due)
+        return max(*dues, now + GATHER_LOOK) if dues else None
 
     def wants(self, holds_back: Callable[[str], bool]) -> dict[str, int]:
         """How many tasks to claim per backend: refill a ready queue once it runs low.

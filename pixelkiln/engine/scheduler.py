@@ -607,16 +607,13 @@ class Scheduler:
     async def _renew_writes(self, ids: list[int], until: float) -> set[int]:
         """The tasks' leases and the server slots' (shared limits), submitted together so
         that the writer commits them as one transaction; the tasks still held."""
-        tasks = self.db.awrite(renew_leases, self.owner, ids, until) if ids else None
-        slots = self._shared.renew(until) if self._shared is not None else None
-        if tasks is None:
-            if slots is not None:
-                await slots
+        slots = [self._shared.renew(until)] if self._shared is not None else []
+        if not ids:  # nothing held: no task write at all
+            await asyncio.gather(*slots)
             return set()
-        if slots is None:
-            return await tasks
-        held, _ = await asyncio.gather(tasks, slots)
-        return held
+        held = asyncio.ensure_future(self.db.awrite(renew_leases, self.owner, ids, until))
+        await asyncio.gather(held, *slots)
+        return held.result()
 
     async def _housekeeping(self) -> None:
         """Backends' hours, recovery of dead runners' tasks, fallback moves and admins'
