@@ -23,6 +23,12 @@ keeps one :class:`Server` per URL and decides, per request, where it goes:
   server costs the task at most one attempt. When every server's circuit is
   open, :class:`NoServerAvailableError` tells the scheduler to wait without
   spending an attempt.
+* **first come, first served.** Calls that had to wait for a slot (every one busy, or
+  held by other processes) get slots in the order they began to wait: a call that
+  arrives later does not take a slot an earlier one can use, even when it happens to
+  look first. The scheduler claims tasks in fair-share order (db.fair), so the order a
+  process sends them in is that order too: a user's task claimed while every slot was
+  busy is not passed over, turn after turn, by tasks claimed after it.
 * **429.** ``Retry-After`` (or ``default_retry_after``) cools that server down;
   the request waits for a server (up to ``max_rate_limit_wait`` seconds) instead
   of failing the task.
@@ -95,6 +101,10 @@ HealthCheck = Callable[[str], Awaitable[object]]
 
 logger = logging.getLogger(__name__)
 
+#: seconds a call that leaves a free slot to an earlier waiting call looks again by
+#: itself at most (it is woken when that call takes the slot or gives up anyway)
+OWED_LOOK = 0.5
+
 #: awaited just before a request goes out, once the pool holds a server slot for it (and
 #: any rpm wait is over); set per task by the scheduler (engine.sending), which spends the
 #: task's attempt and starts its timeout then, so waiting for a slot costs neither. With
@@ -159,6 +169,13 @@ class Server:
         return max(self.cooldown_until, self.full_until)
 
 
+@dataclass(eq=False)
+class _Call:
+    """One call of :meth:`ServerPool.run` choosing a server: its place in the pool's line."""
+
+    tried: set[Server]  #: the servers that already failed it (it does not wait for those)
+
+
 class SharedSlots(Protocol):
     """What a pool shares with the other processes on its database (engine.shared_limits)."""
 
@@ -220,6 +237,9 @@ class ServerPool:
         #: hook answering None: more than that, so every free slot is filled at once
         self.backlog: Callable[[], int | None] | None = None
         self._choosing = 0  # calls in _acquire now
+        #: calls that had to wait for a slot, in the order they began to wait: a slot one
+        #: of them can use is theirs before a later call's (first come, first served)
+        self._line: list[_Call] = []
 
     @classmethod
     def from_settings(
@@ -318,8 +338,10 @@ class ServerPool:
 
     async def _acquire(self, tried: set[Server], last: BackendError | None) -> Server:
         """Take a slot on the server that will finish first, waiting for slots, 429
-        cooldowns and (near the end of the work) a fast server about to be free."""
+        cooldowns and (near the end of the work) a fast server about to be free; calls
+        that had to wait go first, in their order (:meth:`_owed`)."""
         self._choosing += 1
+        call = _Call(tried)
         waiting_since: float | None = None  # since when it waits for a busy, faster server
         try:
             while True:
@@ -328,22 +350,48 @@ class ServerPool:
                 if not candidates:
                     raise self._nothing_left(last)
                 free = [s for s in candidates if s.has_slot() and s.resting_until() <= now]
-                if free:
-                    server, wait = self._choose(free, candidates, now)
+                mine = [s for s in free if not self._owed(s, call)]
+                if mine:
+                    server, wait = self._choose(mine, candidates, now)
                     if server is None:  # bounded: never past when a free one would finish it
                         waiting_since = now if waiting_since is None else waiting_since
-                        server, wait = _wait_at_most(free, waiting_since, now, wait)
+                        server, wait = _wait_at_most(mine, waiting_since, now, wait)
                     if server is not None:
                         self._take(server)
                         if self.shared is None or await self._take_shared(server):
                             server.sent.append(self._clock())  # after any rpm wait
                             return server
+                        self._wait_in_line(call)  # the others hold its slots: wait in turn
                         continue
+                    self._leave_line(call)  # it waits for a faster server by choice
                 else:
+                    self._wait_in_line(call)
                     wait = self._cooldown_wait(candidates, now, last)
+                    if free:  # left to earlier calls, which are woken for it
+                        wait = OWED_LOOK if wait is None else min(wait, OWED_LOOK)
                 await self._wait_change(wait)
         finally:
             self._choosing -= 1
+            self._leave_line(call)
+
+    def _owed(self, server: Server, call: _Call) -> bool:
+        """Whether a call waiting before ``call`` could take ``server``: it is theirs."""
+        for earlier in self._line:
+            if earlier is call:
+                return False
+            if server not in earlier.tried:
+                return True
+        return False
+
+    def _wait_in_line(self, call: _Call) -> None:
+        if call not in self._line:
+            self._line.append(call)
+
+    def _leave_line(self, call: _Call) -> None:
+        """A call got its slot (or gave up): the next in line may take one now."""
+        if call in self._line:
+            self._line.remove(call)
+            self._notify()
 
     def _choose(
         self, free: list[Server], candidates: list[Server], now: float

@@ -169,6 +169,36 @@ async def test_half_open_trial_without_health_checks() -> None:
     assert len(calls) == 4
 
 
+async def test_a_call_that_waited_for_a_slot_goes_before_one_that_came_later() -> None:
+    """First come, first served: the call that waited for the busy slot gets it when it
+    frees, not a call that happens to look first (it arrives as the slot frees: its first
+    step runs before the waiting call is woken). A scheduler claims in fair-share order,
+    so a user's task that waited is not passed over, turn after turn, by later claims."""
+    order: list[str] = []
+    release = asyncio.Event()
+
+    def named(name: str) -> Callable[[Server], Any]:
+        async def call(server: Server) -> str:
+            order.append(name)
+            if name == "first":
+                await release.wait()
+            return name
+
+        return call
+
+    pool = ServerPool("p", ["http://a"], concurrency=1)
+    first = asyncio.create_task(pool.run(named("first")))
+    await wait_until(lambda: order == ["first"])
+    waited = asyncio.create_task(pool.run(named("waited")))
+    for _ in range(5):  # it found the slot busy and waits for it
+        await asyncio.sleep(0)
+    assert order == ["first"]
+    release.set()  # the first call ends in the next turn; the late one's first step follows
+    late = asyncio.create_task(pool.run(named("late")))
+    assert await asyncio.gather(first, waited, late) == ["first", "waited", "late"]
+    assert order == ["first", "waited", "late"]
+
+
 async def test_retry_after_is_honoured(fakes: Any, http: httpx.AsyncClient) -> None:
     (server,) = fakes(1)
     server.faults.retry_after = 0.5
