@@ -1,7 +1,7 @@
 """Slots freed by a round of slow tasks are refilled by one claim and one start.
 
 Tasks started together on a slow generator end together, a few milliseconds
-apart. A claim for the first freed slot waits, at most a hundredth of a task
+apart. A claim for the first freed slot waits, at most 3 % of a task
 (engine.dispatch.CLAIM_GATHER), for the rest of its round: the next round is
 claimed in one write and marked started in one write, not one of each per task.
 (The second round is claimed ahead with the first, before any task was measured.)

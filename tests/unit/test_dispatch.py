@@ -6,6 +6,7 @@ from pixelkiln.backends.placeholder import PlaceholderBackend
 from pixelkiln.config import BackendSettings
 from pixelkiln.engine.dispatch import (
     CLAIM_GATHER,
+    CLAIM_GATHER_SHARE,
     GATHER_LOOK,
     MAX_PREFETCH,
     PREFETCH_SECONDS,
@@ -110,11 +111,12 @@ def test_a_claim_waits_only_for_the_rest_of_its_round_of_slow_tasks() -> None:
     assert dispatch.gather_until([("slow", now - 1.002)], now) == now + GATHER_LOOK
     assert dispatch.gather_until(others, now) is None
     assert dispatch.gather_until([], now) is None
-    # never longer than CLAIM_GATHER, nor a hundredth of a task
+    # never longer than CLAIM_GATHER, nor CLAIM_GATHER_SHARE of a task
     assert dispatch.gather_until([("slow", now - 1.0 + CLAIM_GATHER * 2)], now) is None
     quick = _dispatch(2, a=2)
-    quick.observe("a", 0.3)  # a hundredth is 3 ms: a task due in 5 ms is not waited for
-    assert quick.gather_until([("a", now - 0.295)], now) is None
-    assert quick.gather_until([("a", now - 0.298)], now) is not None
+    quick.observe("a", 0.3)  # 3 % of it is 9 ms: a task due in 12 ms is not waited for
+    assert CLAIM_GATHER_SHARE * 0.3 < 0.012 < CLAIM_GATHER
+    assert quick.gather_until([("a", now - 0.288)], now) is None
+    assert quick.gather_until([("a", now - 0.295)], now) is not None
     new = _dispatch(2, a=2)  # nothing measured yet: no wait
     assert new.gather_until([("a", now - 0.999)], now) is None
