@@ -37,6 +37,16 @@ class Job:
     generating: bool = True
     lost: bool = False  #: the lease was taken away; nothing to give back
 
+    def take_away(self) -> bool:
+        """Stop a generating job whose task is no longer this process's (its batch was
+        cancelled, or its lease went to another): marked lost, so that nothing is recorded
+        or given back, and its coroutine cancelled. Whether there was one to stop."""
+        if not self.generating or self.job is None:
+            return False
+        self.lost = True
+        self.job.cancel()
+        return True
+
 
 @dataclass(frozen=True)
 class Generated:

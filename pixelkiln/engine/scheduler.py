@@ -269,9 +269,7 @@ class Scheduler:
         """Stop this process's running tasks of a batch now (after the DB cancel)."""
         stopped = self._dispatch.drop(lambda t: t.batch_id == batch_id)
         for job in list(self._jobs.values()):
-            if job.task.batch_id == batch_id and job.generating and job.job is not None:
-                job.lost = True
-                job.job.cancel()
+            if job.task.batch_id == batch_id and job.take_away():
                 stopped += 1
         return stopped
 
@@ -598,10 +596,8 @@ class Scheduler:
         if lost:
             self._dispatch.drop(lambda t: id(t) in lost)
         for task_id, job in jobs.items():
-            if task_id not in held and self._jobs.get(task_id) is job and job.generating:
-                if job.job is not None:
-                    job.lost = True  # cancelled elsewhere, or presumed dead: stop working
-                    job.job.cancel()
+            if task_id not in held and self._jobs.get(task_id) is job:
+                job.take_away()  # cancelled elsewhere, or presumed dead: stop working
         self.supervision.ok("lease renewal")
 
     async def _renew_writes(self, ids: list[int], until: float) -> set[int]:

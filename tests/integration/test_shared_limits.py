@@ -167,11 +167,13 @@ async def test_rpm_holds_across_two_schedulers(
     interval = 60 / rpm
     # every start was reserved in the one shared bucket (two local limiters: no row at all)
     assert tat >= before + count * interval
-    # and the server saw them spaced: two limiters of their own would each send 10 a second
+    # and the server saw them spaced: the k-th start was reserved for before + k intervals
+    # at the earliest and a request only ever arrives late, never early, so the k-th arrival
+    # comes no sooner (two limiters of their own would each send 10 a second: the 12th by
+    # before + 0.5 s). Lateness under load bunches arrivals; it cannot break this bound.
     starts = sorted(webui.starts)
-    window = 0.5
-    busiest = max(sum(1 for t in starts if s <= t < s + window) for s in starts)
-    assert busiest <= window / interval + 2  # + burst 1, + 1 for arrival jitter
+    early = [k for k, t in enumerate(starts) if t < before + k * interval - 0.005]
+    assert early == [], (early, [round(t - before, 3) for t in starts])
 
 
 async def test_a_server_one_scheduler_found_down_is_skipped_by_another(
