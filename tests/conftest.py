@@ -314,7 +314,13 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that uses a module-scoped fixture (a `kiln serve`, a browser) runs on the
     same worker as the rest of its module (``--dist loadgroup``), so that the fixture
-    starts once, not once per worker."""
+    starts once, not once per worker.
+
+    Tests marked ``slow`` (15 s and more under the suite's load) go first, the longest
+    (``slow(seconds=...)``, else 15) first among them, the rest after them in their own
+    order: xdist hands work out in collection order, and the schemathesis run (over 2
+    minutes) handed out last kept one worker busy for two minutes after the others had
+    finished."""
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         if info is None:
@@ -322,6 +328,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         scopes = {d.scope for defs in info.name2fixturedefs.values() for d in defs}
         if "module" in scopes:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    items.sort(key=_slow_first)  # stable: each kind keeps its order
+
+
+def _slow_first(item: pytest.Item) -> float:
+    slow = item.get_closest_marker("slow")
+    return 0.0 if slow is None else -float(slow.kwargs.get("seconds", 15))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pixelkiln.testing import FakeWebhookReceiver
 from pixelkiln.wire.signing import verify
 from tests.acceptance.test_cli import kiln
@@ -41,6 +43,7 @@ def _json(folder: Path, *args: str) -> Any:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 def test_a_failed_delivery_is_reported_listed_and_delivered_later(tmp_path: Path) -> None:
     with FakeWebhookReceiver() as receiver:
         receiver.faults.error_rates = {500: 1.0}

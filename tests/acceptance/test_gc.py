@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.processes import KILN, env, execute, query, serving
 
@@ -77,6 +78,7 @@ def records(url: str) -> set[int]:
     return {item["batch_id"] for item in page.json()["items"]}
 
 
+@pytest.mark.slow
 def test_gc_dry_run_lists_then_gc_removes_old_batches_and_the_api_forgets_them(
     tmp_path: Path,
 ) -> None:

@@ -62,6 +62,7 @@ SWEEP = {
 }
 
 
+@pytest.mark.slow
 def test_after_a_warm_up_the_plan_of_a_sweep_is_within_20_percent(tmp_path: Path) -> None:
     with FakeSDWebUI(latency=LATENCY) as one, FakeSDWebUI(latency=LATENCY) as two:
         _config(tmp_path, [one.url, two.url])

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 from sqlalchemy import select
 from test_cli import kiln, start, wait_for
@@ -129,6 +130,7 @@ def _resume_and_compare(
         assert (partial[i - 1].read_bytes() != one.read_bytes()) is (greys[i - 1] > 0)
 
 
+@pytest.mark.slow
 def test_a_sweep_killed_half_way_and_resumed_draws_the_uninterrupted_sheets(
     tmp_path: Path, own_database: Callable[[Path], None]
 ) -> None:
@@ -147,6 +149,7 @@ def test_a_sweep_killed_half_way_and_resumed_draws_the_uninterrupted_sheets(
         _resume_and_compare(straight, halted, webui, SWEEP)
 
 
+@pytest.mark.slow
 def test_a_sweep_spec_killed_half_way_and_resumed_draws_the_uninterrupted_sheets(
     tmp_path: Path, own_database: Callable[[Path], None]
 ) -> None:
@@ -170,6 +173,7 @@ def test_a_sweep_spec_killed_half_way_and_resumed_draws_the_uninterrupted_sheets
         _resume_and_compare(straight, halted, webui, REAL_SWEEP)
 
 
+@pytest.mark.slow
 def test_kiln_sheet_says_clearly_what_is_wrong(tmp_path: Path) -> None:
     (tmp_path / "kiln.toml").write_text('[[backends]]\nname = "p"\ntype = "placeholder"\n')
     (tmp_path / "plain.json").write_text(json.dumps({"name": "plain", "tasks": [{"prompt": "a"}]}))

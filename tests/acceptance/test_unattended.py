@@ -153,6 +153,7 @@ def test_both_webui_servers_killed_the_run_ends_on_the_fallback(tmp_path: Path) 
     assert report["backends"]["placeholder"]["succeeded"] == len(moved)
 
 
+@pytest.mark.slow
 def test_without_a_fallback_the_run_ends_at_the_deadline_and_retry_finishes(
     tmp_path: Path,
 ) -> None:

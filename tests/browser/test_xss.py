@@ -97,6 +97,7 @@ def nothing_ran(page: Page, path: str, dialogs: list[str]) -> None:
     assert injected == 0, path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bypass_csp", [False, True], ids=["with-csp", "csp-bypassed"])
 def test_payloads_show_as_text_and_never_run(
     browse: Browse, hostile: dict[str, Any], bypass_csp: bool

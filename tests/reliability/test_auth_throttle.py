@@ -80,6 +80,7 @@ def server_logs(folder: Path, prefix: str) -> str:
     return "\n".join(p.read_text() for p in sorted((folder / "data" / "logs").glob(f"{prefix}_*")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_bad_tokens_are_throttled_per_address_and_logged(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest, soak: Soak, tally: Tally

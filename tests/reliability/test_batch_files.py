@@ -316,6 +316,7 @@ def _toml(tasks: list[dict[str, str]]) -> str:
 # -- the command line ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["run", "submit"])
 def test_kiln_refuses_hostile_files_with_exit_2_and_no_traceback(
     command: str, tmp_path: Path, files: dict[str, Path], tally: Tally

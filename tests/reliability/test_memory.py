@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/PID
 ACCEPTED_PEAK = 400 * MB
 
 
+@pytest.mark.slow
 def test_large_specs_keep_the_server_small(tmp_path: Path, soak: Soak, tally: Tally) -> None:
     baseline, (over, accepted) = spec_runs(tmp_path, 100_000, 200_000, env(tmp_path))
     assert over.status == 422 and accepted.status == 201

@@ -220,6 +220,7 @@ async def api(request: pytest.FixtureRequest, box: Path) -> AsyncIterator[Api]:
         yield running
 
 
+@pytest.mark.slow
 async def test_hostile_names_through_the_api_stay_inside(
     api: Api, box: Path, soak: Any, tally: Tally
 ) -> None:
@@ -418,6 +419,7 @@ def kiln_logging() -> Iterator[None]:
     logger.handlers, logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("kiln_logging")
 def test_hostile_names_through_the_cli_stay_inside(box: Path, soak: Any, tally: Tally) -> None:
     data, out, projects = box / "data", box / "out", box / "projects"

@@ -227,6 +227,7 @@ def _collect(node: Any, found: list[int]) -> None:
             _collect(value, found)
 
 
+@pytest.mark.slow(seconds=150)  # the suite's longest: handed out first
 @pytest.mark.timeout(900 if MODE == "quick" else 3600)
 def test_schemathesis_finds_nothing(
     database: tuple[str, str], tmp_path: Path, soak: Soak, tally: Tally
