@@ -1,12 +1,13 @@
 """A `kiln worker` in its own network namespace, reaching its database and generator over a link.
 
 The test builds the "other machine": a network namespace whose only
-addresses are its loopback and one end of a veth pair (10.213.N.2/30); the
-host keeps the other end (10.213.N.1). PostgreSQL listens on 127.0.0.1 only,
-so a small TCP forwarder in the test listens on the host's end of the link
-and carries connections to it; the fake WebUI listens on the host's end
-itself. The worker runs inside (``ip netns exec``), with a kiln.toml naming
-those addresses, and runs a batch submitted on the host. Storage is the
+addresses are its loopback and one end of a veth pair (a /30 of 10.213.0.0/16
+that no interface of the host uses); the host keeps the other end. PostgreSQL
+listens on 127.0.0.1 only, so a small TCP forwarder in the test listens on
+the host's end of the link and carries connections to it; the fake WebUI
+listens on the host's end itself. The worker runs inside (``ip netns exec``),
+with a kiln.toml naming those addresses, and runs a batch submitted on the
+host. Storage is the
 shared data folder (the namespace shares the filesystem).
 
 It needs root and iproute2 (skipped, saying which, without them); the
@@ -15,6 +16,7 @@ namespace and the link are removed whatever happens.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import shutil
@@ -59,6 +61,28 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
 
 
+def _free_pair() -> tuple[str, str]:
+    """A /30 of 10.213.0.0/16 that no interface of the host uses: (the host's end, the
+    namespace's). One of 16,000, and never one in use: a /24 of 250 drawn at random
+    met another run's (or a leftover) about once in 250 runs, and the worker's packets
+    went to the other pair."""
+    shown = subprocess.run(
+        ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=30
+    ).stdout
+    used = {
+        ipaddress.ip_interface(word.split("/")[0] + "/30").network
+        for line in shown.splitlines()
+        for word in line.split()
+        if word.startswith("10.213.")
+    }
+    while True:
+        third, block = secrets.randbelow(250) + 1, secrets.randbelow(64)
+        pair = ipaddress.ip_network(f"10.213.{third}.{4 * block}/30")
+        if pair not in used:
+            host, inside = list(pair.hosts())
+            return str(host), str(inside)
+
+
 @pytest.fixture
 def link() -> Iterator[Link]:
     if os.geteuid() != 0:
@@ -67,7 +91,7 @@ def link() -> Iterator[Link]:
         pytest.skip("creating a network namespace needs iproute2's `ip` command")
     tag = secrets.token_hex(3)
     name, host_end, inside_end = f"kiln-{tag}", f"kh{tag}", f"kn{tag}"
-    subnet = f"10.213.{secrets.randbelow(250) + 1}"
+    host_address, inside_address = _free_pair()
     try:
         _ip("netns", "add", name)
     except subprocess.CalledProcessError as exc:
@@ -75,12 +99,12 @@ def link() -> Iterator[Link]:
     try:
         _ip("link", "add", host_end, "type", "veth", "peer", "name", inside_end)
         _ip("link", "set", inside_end, "netns", name)
-        _ip("addr", "add", f"{subnet}.1/30", "dev", host_end)
+        _ip("addr", "add", f"{host_address}/30", "dev", host_end)
         _ip("link", "set", host_end, "up")
-        _ip("netns", "exec", name, "ip", "addr", "add", f"{subnet}.2/30", "dev", inside_end)
+        _ip("netns", "exec", name, "ip", "addr", "add", f"{inside_address}/30", "dev", inside_end)
         _ip("netns", "exec", name, "ip", "link", "set", inside_end, "up")
         _ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
-        yield Link(name, f"{subnet}.1", f"{subnet}.2")
+        yield Link(name, host_address, inside_address)
     finally:
         # deleting the namespace deletes its end of the pair, and with it the host's end
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
