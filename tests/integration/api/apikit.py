@@ -98,12 +98,7 @@ class Api:
         return ctx
 
     def with_token(self, token: str | None) -> httpx.AsyncClient:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app),
-            base_url="http://localhost",
-            headers=headers,
-        )
+        client = _asgi_client(self.app, token)
         self.clients.append(client)
         return client
 
@@ -130,8 +125,9 @@ class Api:
 async def running_api(settings: Settings, *, run_scheduler: bool = True) -> AsyncIterator[Api]:
     app = create_app(settings, run_scheduler=run_scheduler)
     async with app.router.lifespan_context(app):
-        api = Api(app, httpx.AsyncClient(), settings)
-        api.client = api.with_token(None)
+        # no client of httpx's own transport here: each builds an SSL context (30 ms)
+        api = Api(app, _asgi_client(app, None), settings)
+        api.clients.append(api.client)
         try:
             yield api
         finally:
@@ -172,3 +168,11 @@ async def serving(settings: Settings, *, run_scheduler: bool = True) -> AsyncIte
     finally:
         server.should_exit = True
         await task
+
+
+def _asgi_client(app: FastAPI, token: str | None) -> httpx.AsyncClient:
+    """A client that calls the app in process, as ``token``'s user (or no one)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://localhost", headers=headers
+    )
