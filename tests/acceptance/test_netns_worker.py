@@ -7,8 +7,7 @@ listens on 127.0.0.1 only, so a small TCP forwarder in the test listens on
 the host's end of the link and carries connections to it; the fake WebUI
 listens on the host's end itself. The worker runs inside (``ip netns exec``),
 with a kiln.toml naming those addresses, and runs a batch submitted on the
-host. Storage is the
-shared data folder (the namespace shares the filesystem).
+host. Storage is the shared data folder (the namespace shares the filesystem).
 
 It needs root and iproute2 (skipped, saying which, without them); the
 namespace and the link are removed whatever happens.
