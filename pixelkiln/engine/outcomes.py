@@ -36,6 +36,10 @@ class Job:
     job: asyncio.Task[None] | None = None
     generating: bool = True
     lost: bool = False  #: the lease was taken away; nothing to give back
+    out: bool = False  #: its request went out (engine.sending)
+
+    def went_out(self) -> None:
+        self.out = True
 
     def take_away(self) -> bool:
         """Stop a generating job whose task is no longer this process's (its batch was

@@ -3,14 +3,18 @@
 Whatever finished while the last group was written forms the next group: its
 image files are written in one thread hop, then its rows (task states, image
 rows, events, fallback moves) commit in one transaction, so a row never
-lacks its file. While other tasks are still generating, a group waits
-:data:`GATHER_SECONDS` for their outcomes before it is written: tasks started
-together (a slow generator's slots, filled at once) finish within milliseconds of
-each other, and one write for them costs the writer a fraction of one each. The
-last task running is recorded at once. A write that fails (disk full, database
-gone) is backed off and tried again while the scheduler keeps the tasks' leases,
-so nothing is lost or done twice; only at shutdown does a failing group give up
-(the leases lapse and the tasks are recovered).
+lacks its file. While other tasks are still generating, a group waits for
+their outcomes before it is written: tasks started together (a slow
+generator's slots, filled at once) finish within milliseconds of each other,
+and one write for them costs the writer a fraction of one each. How long is
+the scheduler's to say (``gather_wait``): not while a request is about to go
+out (sending comes first), then as engine.dispatch.outcomes_wait says (the
+rest of a round; a slow round's records once the next round has gone out; a
+stream of fast outcomes 20 ms). The last task running is recorded at once.
+A write that fails (disk full, database gone) is backed off and tried again
+while the scheduler keeps the tasks' leases, so nothing is lost or done twice;
+only at shutdown does a failing group give up (the leases lapse and the tasks
+are recovered).
 """
 
 from __future__ import annotations
@@ -36,8 +40,6 @@ log = logging.getLogger("pixelkiln.engine")
 
 #: storage errors that are the machine's, not the task's: the group is written again later
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-#: seconds a group waits for the outcomes of other tasks still generating (see the module)
-GATHER_SECONDS = 0.02
 
 
 class Recorder:
@@ -55,7 +57,7 @@ class Recorder:
         recorded: Callable[[list[Outcome]], None],
         pause: Callable[[float], Awaitable[None]],
         batch_ended: Callable[[], None] | None = None,
-        others_generating: Callable[[], bool] | None = None,
+        gather_wait: Callable[[float], float] | None = None,
     ) -> None:
         self.db = db
         self.storage = storage
@@ -72,8 +74,8 @@ class Recorder:
         self._pause = pause
         #: called (on the loop) after a group that ended a batch committed: its webhook is due
         self._batch_ended = batch_ended
-        #: whether other tasks are generating now (their outcomes may join the group)
-        self._others_generating = others_generating or (lambda: False)
+        #: seconds a group should wait still, given how long it waited (0: write it now)
+        self._gather_wait = gather_wait or (lambda waited: 0.0)
         self._queue: asyncio.Queue[Outcome | None] = asyncio.Queue()
 
     def put(self, outcome: Outcome) -> None:
@@ -87,8 +89,8 @@ class Recorder:
         """Record outcomes in groups: whatever finished while the last group was written."""
         while True:
             first = await self._queue.get()
-            if first is not None and not self.stopping and self._others_generating():
-                await asyncio.sleep(GATHER_SECONDS)
+            if first is not None:
+                await self._gather()
             outcomes = [first] if first is not None else []
             while not self._queue.empty():
                 more = self._queue.get_nowait()
@@ -100,6 +102,17 @@ class Recorder:
                 await self._record(outcomes)
             if first is None:
                 return
+
+    async def _gather(self) -> None:
+        """Wait as long as the scheduler says the group should (see the module), asking
+        again after each wait."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while not self.stopping:
+            wait = self._gather_wait(loop.time() - began)
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
 
     async def _record(self, outcomes: list[Outcome]) -> None:
         generated = [o for o in outcomes if isinstance(o, Generated)]

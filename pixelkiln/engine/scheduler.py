@@ -27,7 +27,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
@@ -49,7 +49,7 @@ from pixelkiln.db.notify import STATE_POLL
 from pixelkiln.db.settings_store import stored_concurrency
 from pixelkiln.db.tasks import TaskFailure
 from pixelkiln.engine.credentials import UserKeys
-from pixelkiln.engine.dispatch import CLAIM_GATHER, Dispatch
+from pixelkiln.engine.dispatch import CLAIM_GATHER, GATHER_LOOK, RECORD_GATHER, Dispatch
 from pixelkiln.engine.hours import Hours
 from pixelkiln.engine.limits import BackendLimit, Limits, idle_timeout
 from pixelkiln.engine.outcomes import Generated, Job, Moved, Outcome, judge
@@ -176,7 +176,8 @@ class Scheduler:
         #: a claim for freed slots waits for the rest of their round until then, at the
         #: latest (engine.dispatch.CLAIM_GATHER); None: no claim is waiting
         self._gather_deadline: float | None = None
-        self._claim_at: float | None = None  #: the waiting claim's next look
+        #: the next look of a claim waiting for its round, or for a slot's lead to begin
+        self._claim_at: float | None = None
         self._recorder = Recorder(
             db=db,
             storage=storage,
@@ -187,7 +188,7 @@ class Scheduler:
             recorded=self._recorded,
             pause=self._pause,
             batch_ended=self._batch_ended,
-            others_generating=lambda: self._dispatch.running() > 0,
+            gather_wait=self._gather_wait,
         )
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()  # cuts a back-off pause short
@@ -380,7 +381,7 @@ class Scheduler:
         if opening is not None and (wake_at is None or wake_at <= now or opening < wake_at):
             wake_at = opening
         timeout = idle_timeout(self.idle_poll(now), wake_at, now)
-        if self._claim_at is not None:  # a claim waiting for the rest of its round
+        if self._claim_at is not None:  # a claim waiting for its round, or a slot's lead
             timeout = min(timeout, max(0.0, self._claim_at - now))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
@@ -405,19 +406,52 @@ class Scheduler:
             due.append(self._next_settings)
         return max(base, min(LISTENING_POLL, *(at - now for at in due)))
 
-    def _wants(self) -> dict[str, int]:
-        """How many tasks to claim per backend; none while too many wait to be recorded."""
+    def _wants(self, ending: Mapping[str, int]) -> dict[str, int]:
+        """How many tasks to claim per backend (``ending``: slots about to free); none
+        while too many wait to be recorded."""
         if len(self._jobs) - self._dispatch.running() > MAX_BACKLOG:
             return {}
         troubled, now = self.routes.troubled, self._clock()
         closed = self._dispatch.closed  # outside its hours: its tasks wait in the queue
         return self._dispatch.wants(
-            lambda name: name in closed or (troubled and self.routes.holds_back(name, now))
+            lambda name: name in closed or (troubled and self.routes.holds_back(name, now)),
+            ending,
         )
 
+    def _gather_wait(self, waited: float) -> float:
+        """Seconds the recorder's next group still waits, ``waited`` in (engine.recorder):
+        while a request is about to go out (its slot taken and its start marked, or its
+        start waiting for the rest of its round; RECORD_GATHER at most), then as
+        engine.dispatch.outcomes_wait says. Recording is on no task's way to its generator,
+        sending is: on a box of few cores, records written as the next round went out
+        delayed it (their file writes and rows, and other workers' too)."""
+        if waited < RECORD_GATHER and (
+            any(job.generating and not job.out for job in self._jobs.values())
+            or any(ready and self._dispatch.free_on(n) for n, ready in self._dispatch.ready.items())
+        ):
+            return GATHER_LOOK
+        running = [(job.task.backend, job.started) for job in self._jobs.values() if job.generating]
+        return self._dispatch.outcomes_wait(running, self._clock(), waited)
+
+    def _ending(self) -> dict[str, int]:
+        """Slots about to free (engine.dispatch.ending), their tasks claimed now; the loop
+        wakes for the next ones' lead (``_claim_at``)."""
+        if self._stopping:
+            return {}
+        running = ((job.task.backend, job.started) for job in self._jobs.values() if job.generating)
+        ending, next_at = self._dispatch.ending(running, self._clock())
+        if next_at is not None:
+            self._claim_at = next_at if self._claim_at is None else min(self._claim_at, next_at)
+        return ending
+
     def _start_ready(self) -> int:
-        """Start ready tasks while there are free slots, turning between backends."""
-        taken = self._dispatch.take()
+        """Start ready tasks while there are free slots, turning between backends. A slow
+        backend's freed slots wait for the rest of their round (:meth:`_gathering`), so
+        that one start write serves the round, as one claim does (engine.dispatch)."""
+        waiting = {n for n, ready in self._dispatch.ready.items() if ready}
+        waiting = {n for n in waiting if self._dispatch.free_on(n) > 0}
+        hold = waiting if waiting and self._gathering(waiting) else ()
+        taken = self._dispatch.take(hold)
         for task in taken:
             self._start(task)
         return len(taken)
@@ -451,12 +485,13 @@ class Scheduler:
         if self._recorder.failing:
             return False
         started = self._start_ready()
-        wants = self._wants()
+        ending = self._ending()
+        wants = self._wants(ending)
         if not wants:
             return started > 0
         if self._nothing_runnable and not await self._anything_runnable():
             return started > 0
-        if self._gathering(wants):
+        if not ending and self._gathering(wants):  # a claim ahead of a round: it is the round's
             return started > 0
         free = {name: self._dispatch.free_on(name) for name in wants}
         got: Claim = await self.db.awrite(
@@ -472,23 +507,24 @@ class Scheduler:
             return started > 0 or bool(got.tasks)
         return self._start_ready() + started > 0 or bool(got.tasks)
 
-    def _gathering(self, wants: Mapping[str, int]) -> bool:
-        """Whether the claim for ``wants`` waits a moment for the other tasks of the round
-        that freed the slots (engine.dispatch.gather_until): True until they end, or the
-        gather's deadline passes."""
+    def _gathering(self, backends: Collection[str]) -> bool:
+        """Whether the claim or the start of tasks of ``backends`` waits a moment for the
+        other tasks of the round that freed the slots (engine.dispatch.gather_until): True
+        until they end, or the gather's deadline passes."""
         now = self._clock()
         running = (
             (job.task.backend, job.started)
             for job in self._jobs.values()
-            if job.generating and job.task.backend in wants
+            if job.generating and job.task.backend in backends
         )
         until = None if self._stopping else self._dispatch.gather_until(running, now)
         if until is None or (self._gather_deadline is not None and now >= self._gather_deadline):
-            self._gather_deadline = self._claim_at = None
+            self._gather_deadline = None
             return False
         if self._gather_deadline is None:
             self._gather_deadline = now + CLAIM_GATHER
-        self._claim_at = min(until, self._gather_deadline)
+        look = min(until, self._gather_deadline)
+        self._claim_at = look if self._claim_at is None else min(self._claim_at, look)
         return True
 
     async def _anything_runnable(self) -> bool:
@@ -509,7 +545,7 @@ class Scheduler:
     async def _execute(self, job: Job) -> None:
         task = job.task
         try:
-            images = await self._generate(task)
+            images = await self._generate(job)
         except asyncio.CancelledError:
             if job.lost:  # taken away: nothing to record or give back
                 self._forget(task)
@@ -523,8 +559,9 @@ class Scheduler:
         finally:
             self._generation_over(job)
 
-    async def _generate(self, task: ClaimedTask) -> list[GeneratedImage]:
+    async def _generate(self, job: Job) -> list[GeneratedImage]:
         """One try on the backend, within the per-task timeout."""
+        task = job.task
         known = self.routes.refuse_early(task.backend, self._clock(), task.own_key)
         if known is not None:
             raise known  # nothing to ask: every server is down, or the account is empty
@@ -535,7 +572,9 @@ class Scheduler:
             await self._shared.take_global(task.id)
         # the start is marked (an attempt spent) and the timeout runs from when the request
         # goes out, not while the pool waits for a server slot (engine.sending)
-        images = await send(self._starts, task, backend, request, self.settings.task_timeout)
+        images = await send(
+            self._starts, task, backend, request, self.settings.task_timeout, job.went_out
+        )
         if not images:
             raise ServerError("the backend returned no images")
         return images

@@ -22,6 +22,7 @@ back to the queue untried (``release_tasks`` gives back only a started try's att
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from pixelkiln.backends.base import Backend, GeneratedImage, GenerationRequest
 from pixelkiln.backends.pool import about_to_send, pool_of
@@ -37,17 +38,25 @@ class _Start(TryStart):
     unless the pool's slot take marked it already, and arms the try's timeout from then."""
 
     def __init__(
-        self, starts: StartMarks, task: ClaimedTask, timeout: float, deadline: asyncio.Timeout
+        self,
+        starts: StartMarks,
+        task: ClaimedTask,
+        timeout: float,
+        deadline: asyncio.Timeout,
+        out: Callable[[], None] | None,
     ) -> None:
         super().__init__(task.id, task.paced)
         self._starts = starts
         self._timeout = timeout
         self._deadline = deadline
+        self._out = out
 
     async def __call__(self) -> None:
         # committed before the request goes out; a paced batch's delay runs from here
         if await self.went_out(self._starts):
             self._deadline.reschedule(asyncio.get_running_loop().time() + self._timeout)
+            if self._out is not None:
+                self._out()
 
 
 async def send(
@@ -56,12 +65,13 @@ async def send(
     backend: Backend,
     request: GenerationRequest,
     timeout: float,
+    out: Callable[[], None] | None = None,
 ) -> list[GeneratedImage]:
     """``backend.generate(request)`` for ``task``, its start marked when the request goes out
-    and ``timeout`` seconds from then (BackendTimeoutError past it)."""
+    and ``timeout`` seconds from then (BackendTimeoutError past it); ``out`` is called then."""
     try:
         async with asyncio.timeout(None) as deadline:
-            start = _Start(starts, task, timeout, deadline)
+            start = _Start(starts, task, timeout, deadline, out)
             if pool_of(backend) is None:  # nothing to wait for: it goes out now
                 await start()
                 return await backend.generate(request)

@@ -1,11 +1,14 @@
 """Slots freed by a round of slow tasks are refilled by one claim and one start.
 
 Tasks started together on a slow generator end together, a few milliseconds
-apart. A claim for the first freed slot waits, at most 3 % of a task
-(engine.dispatch.CLAIM_GATHER), for the rest of its round: the next round is
-claimed in one write and marked started in one write, not one of each per task.
-(The second round is claimed ahead with the first, before any task was measured.)
-Tasks marked started in one write share its ``started_at``.
+apart. The next round is claimed for their slots a moment before they are due
+to end (engine.dispatch.CLAIM_LEAD; with nothing measured yet, a claim for the
+first freed slot waits for the rest of its round, CLAIM_GATHER), and the start
+of a task for the first freed slot waits, at most 3 % of a task, for the rest of
+its round: the next round is claimed in one write and marked started in one
+write, not one of each per task. (The second round is claimed ahead with the
+first, before any task was measured.) Tasks marked started in one write share
+its ``started_at``.
 """
 
 from __future__ import annotations

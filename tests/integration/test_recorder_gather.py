@@ -1,9 +1,9 @@
 """Outcomes of tasks that finish within milliseconds of each other are written together.
 
-The recorder waits ``GATHER_SECONDS`` for the outcomes of tasks still generating
-(engine.recorder): tasks started together on a slow generator finish together, and
-one write for them costs the writer far less than one each. The last task running is
-recorded at once. Each record write stamps its tasks with its own time, so tasks
+The recorder waits up to ``RECORD_GATHER`` for the outcomes of tasks still generating
+(engine.recorder, engine.dispatch.outcomes_wait): tasks started together on a slow
+generator finish together, and one write for them costs the writer far less than one
+each. The last task running is recorded at once. Each record write stamps its tasks with its own time, so tasks
 recorded in one write share one ``finished_at``.
 """
 
@@ -19,7 +19,7 @@ from pixelkiln.backends.base import GeneratedImage, GenerationRequest
 from pixelkiln.backends.placeholder import draw
 from pixelkiln.config import BackendSettings
 from pixelkiln.db.tasks import list_tasks
-from pixelkiln.engine import recorder
+from pixelkiln.engine import dispatch
 from pixelkiln.models import TaskStatus
 from pixelkiln.specs import parse_batch
 from tests.conftest import make_settings
@@ -58,7 +58,7 @@ async def _finished_at(tmp_path: Path, step: float, tasks: int) -> list[float]:
 
 async def test_tasks_finishing_together_are_recorded_in_one_write(tmp_path: Path) -> None:
     # four tasks, each 2 ms after the one before: well inside the 20 ms the first waits
-    assert recorder.GATHER_SECONDS >= 0.02
+    assert dispatch.RECORD_GATHER >= 0.02
     finished = await _finished_at(tmp_path, 0.002, 4)
     assert len(finished) == 4 and len(set(finished)) == 1
 

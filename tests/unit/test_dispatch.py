@@ -7,9 +7,12 @@ from pixelkiln.config import BackendSettings
 from pixelkiln.engine.dispatch import (
     CLAIM_GATHER,
     CLAIM_GATHER_SHARE,
+    CLAIM_LEAD,
+    CLAIM_LEAD_SHARE,
     GATHER_LOOK,
     MAX_PREFETCH,
     PREFETCH_SECONDS,
+    RECORD_GATHER,
     Dispatch,
 )
 from pixelkiln.engine.limits import Limits
@@ -120,3 +123,55 @@ def test_a_claim_waits_only_for_the_rest_of_its_round_of_slow_tasks() -> None:
     assert quick.gather_until([("a", now - 0.295)], now) is not None
     new = _dispatch(2, a=2)  # nothing measured yet: no wait
     assert new.gather_until([("a", now - 0.999)], now) is None
+
+
+def test_slots_about_to_free_are_claimed_for_a_lead_before_their_tasks_end() -> None:
+    dispatch = _dispatch(8, slow=4, fast=4)
+    now = 1000.0
+    # nothing measured yet: no slot is known to free soon
+    assert dispatch.ending([("slow", now - 0.99)], now) == ({}, None)
+    dispatch.observe("slow", 1.0)
+    dispatch.observe("fast", PREFETCH_SECONDS / 10)  # claimed ahead anyway: never counted
+    lead = min(CLAIM_LEAD, CLAIM_LEAD_SHARE * 1.0)
+    running = [
+        ("slow", now - 1.0 + lead / 2),  # due within the lead
+        ("slow", now - 1.0 - lead / 2),  # a little late: still about to end
+        ("slow", now - 1.0 + 1.5 * lead),  # the rest of its round: one claim serves it
+        ("slow", now - 0.5),  # half way: its lead begins later
+        ("fast", now - 0.01),
+    ]
+    ending, next_at = dispatch.ending(running, now)
+    assert ending == {"slow": 3}
+    assert next_at == now + 0.5 - lead
+    # a task long past its due is not counted: nothing is claimed for a hung request
+    assert dispatch.ending([("slow", now - 1.0 - 3 * lead)], now) == ({}, None)
+    # the slots about to free are wanted as if free, but not once their tasks wait ready
+    dispatch.generating["slow"] = 4
+    assert dispatch.wants(_never, ending)["slow"] == 3
+    dispatch.add(_tasks("slow", 1, 2, 3), first=())
+    assert "slow" not in dispatch.wants(_never, ending)
+
+
+def test_a_held_backend_starts_nothing_while_the_others_do() -> None:
+    dispatch = _dispatch(4, a=2, b=2)
+    dispatch.add(_tasks("a", 1, 2) + _tasks("b", 3, 4), first=())
+    assert {t.backend for t in dispatch.take(hold={"a"})} == {"b"}
+    assert [t.id for t in dispatch.take()] == [1, 2]
+
+
+def test_outcomes_wait_for_the_rest_of_a_slow_round_only() -> None:
+    dispatch = _dispatch(8, slow=4, fast=4)
+    now = 1000.0
+    # nothing else running: the last outcomes are written at once
+    assert dispatch.outcomes_wait([], now, 0.0) == 0.0
+    # tasks not measured yet, or fast ones: their outcomes stream in, RECORD_GATHER in all
+    assert dispatch.outcomes_wait([("slow", now - 0.5)], now, 0.005) == RECORD_GATHER - 0.005
+    dispatch.observe("slow", 1.0)
+    dispatch.observe("fast", 0.01)
+    assert dispatch.outcomes_wait([("fast", now)], now, 0.0) == RECORD_GATHER
+    # the others of a slow round, due 3 ms from now: until then
+    wait = dispatch.outcomes_wait([("slow", now - 0.997), ("slow", now - 0.998)], now, 0.0)
+    assert abs(wait - 0.003) < 1e-9
+    # the next round, a second away: written now; and never past RECORD_GATHER in all
+    assert dispatch.outcomes_wait([("slow", now - 0.001)], now, 0.0) == 0.0
+    assert dispatch.outcomes_wait([("slow", now - 0.997)], now, RECORD_GATHER) == 0.0
