@@ -11,21 +11,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     ColumnElement,
     Connection,
     Dialect,
     Row,
     Text,
     bindparam,
-    cast,
     func,
     insert,
     or_,
     select,
 )
 
-from pixelkiln.db import returning, transitions
+from pixelkiln.db import driver, returning, transitions
 from pixelkiln.db.database import Tx, one_row
 from pixelkiln.db.pacing import LIMIT_COLUMNS, BatchLimits
 from pixelkiln.db.tables import assets, batches, tasks
@@ -116,34 +114,37 @@ CHUNK = 5000
 
 
 def _insert_tasks(tx: Tx, batch_id: int, new: NewBatch) -> None:
-    """Insert a batch's task rows a chunk at a time: a sweep's 100,000 rows never sit in
-    memory together, and the JSON of a value shared by many tasks is encoded once."""
-    sql, shape = _tasks_insert(tx.conn.dialect)
+    """Insert a batch's task rows as they are made: a sweep's 100,000 rows never sit in
+    memory together, and the JSON of a value shared by many tasks is encoded once. On
+    PostgreSQL one ``COPY`` stream (db.driver.copy_rows); elsewhere an ``executemany`` a
+    chunk at a time."""
     inputs = new.inputs or [{}] * len(new.tasks)
     encode = _Encoder()
     pending = TaskStatus.PENDING.value
     rows = (
-        shape(
-            (
-                batch_id,
-                t.position,
-                t.key,
-                pending,
-                t.backend,
-                t.prompt,
-                t.negative_prompt,
-                _to_json(t.params_json()),
-                encode(i),
-                encode(t.item),
-                encode(t.axes),
-                new.max_attempts,
-                tx.now,
-                0.0,
-            )
+        (
+            batch_id,
+            t.position,
+            t.key,
+            pending,
+            t.backend,
+            t.prompt,
+            t.negative_prompt,
+            _to_json(t.params_json()),
+            encode(i),
+            encode(t.item),
+            encode(t.axes),
+            new.max_attempts,
+            tx.now,
+            0.0,
         )
         for t, i in zip(new.tasks, inputs, strict=True)
     )
-    while chunk := list(itertools.islice(rows, CHUNK)):
+    if tx.dialect == "postgresql":
+        driver.copy_rows(tx, "tasks", _ROW, rows)
+        return
+    sql, shape = _tasks_insert(tx.conn.dialect)
+    while chunk := [shape(row) for row in itertools.islice(rows, CHUNK)]:
         tx.conn.exec_driver_sql(sql, chunk)
 
 
@@ -152,17 +153,17 @@ _INSERTS: dict[str, tuple[str, Callable[[tuple[Any, ...]], Any]]] = {}
 
 
 def _tasks_insert(dialect: Dialect) -> tuple[str, Callable[[tuple[Any, ...]], Any]]:
-    """The INSERT of new task rows, and what makes a row (a tuple in :data:`_ROW` order) the
-    driver's parameters: the statement is compiled once per dialect and run by the driver.
+    """The INSERT of new task rows on SQLite and MySQL, and what makes a row (a tuple in
+    :data:`_ROW` order) the driver's parameters: the statement is compiled once per dialect
+    and run by the driver (PostgreSQL: ``COPY``, db.driver.copy_rows).
 
     SQLAlchemy's per-row work (a row's bind parameters built and its JSON values encoded
     one by one) was two thirds of storing a 100,000-task sweep. The rows bring the text
     the JSON type would have written, ``json.dumps`` of the value (``None`` too is the
     JSON ``null``, as the type writes it), so what is stored, and read back through the
-    JSON type, is the same as before on every database. SQLite and MySQL store the text as
-    it is;
-    PostgreSQL takes it with a cast to ``json`` (a text parameter is not assigned to a json
-    column implicitly). The other columns need no conversion on either database.
+    JSON type, is the same on every database: SQLite and MySQL store the text as it is,
+    PostgreSQL's ``COPY`` parses it into the ``json`` column. The other columns need no
+    conversion.
     """
     known = f"{dialect.name}+{dialect.driver}"
     found = _INSERTS.get(known)
@@ -172,9 +173,7 @@ def _tasks_insert(dialect: Dialect) -> tuple[str, Callable[[tuple[Any, ...]], An
     def bound(name: str) -> ColumnElement[Any]:
         if name not in _JSON_COLUMNS:
             return bindparam(name, type_=tasks.c[name].type)
-        text = bindparam(name, type_=Text)
-        # SQLite and MySQL take JSON as text (MySQL checks it); PostgreSQL needs the cast
-        return cast(text, JSON) if dialect.name == "postgresql" else text
+        return bindparam(name, type_=Text)  # JSON as text (MySQL checks it)
 
     compiled = insert(tasks).values({name: bound(name) for name in _ROW}).compile(dialect=dialect)
     shape: Callable[[tuple[Any, ...]], Any]

@@ -22,7 +22,7 @@ transaction reconnects.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Connection
@@ -71,6 +71,27 @@ def _compiled(
     expanded = compiled.construct_expanded_state(dict.fromkeys(names))
     own = {k: v for k, v in expanded.parameters.items() if k not in names}
     return expanded.statement, own
+
+
+def copy_rows(tx: Tx, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """PostgreSQL: ``rows`` into ``table``'s ``columns`` by ``COPY … FROM STDIN``, in the
+    caller's transaction. A JSON column takes its value's JSON text, as an ``INSERT``
+    with a cast does; ``None`` is ``NULL``. One stream for any number of rows: storing a
+    batch of 800 tasks took 44-48 ms with an ``executemany`` (a statement a row,
+    pipelined), 27-28 ms with ``COPY``."""
+    conn = tx.conn
+    driver: Any = conn.connection.driver_connection
+    dbapi_error: type[Exception] = conn.dialect.loaded_dbapi.Error
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    cursor = driver.cursor()
+    try:
+        with cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except dbapi_error as exc:
+        raise _translated(conn, statement, (), exc, driver, cursor) from exc
+    finally:
+        cursor.close()
 
 
 def _run(

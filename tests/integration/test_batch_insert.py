@@ -101,3 +101,17 @@ def test_a_batch_of_several_chunks_is_stored_whole(db: Database, monkeypatch: An
     assert len(stored) == 8
     assert [row["axes"] for row in stored] == [AXES if i % 2 else None for i in range(1, 9)]
     assert [row["params"]["seed"] for row in stored] == [2**32 - 1] * 8
+
+
+def test_text_that_copy_escapes_reads_back_as_given(db: Database) -> None:
+    # PostgreSQL stores the rows by COPY, whose text format escapes these
+    odd = ["tab\there", "two\nlines", "\\N", "\\.", "back\\slash\r\n", "狐 🦊", ""]
+    made = [_task(i, prompt=text, negative_prompt=text[::-1]) for i, text in enumerate(odd, 1)]
+    batch_id = db.write(create_batch, NewBatch("b", "cli", 3, made))
+    query = select(tasks.c.prompt, tasks.c.negative_prompt, tasks.c.item).where(
+        tasks.c.batch_id == batch_id
+    )
+    rows = db.read(lambda conn: conn.execute(query.order_by(tasks.c.position)).all())
+    assert [(r.prompt, r.negative_prompt, r.item) for r in rows] == [
+        (text, text[::-1], None) for text in odd
+    ]

@@ -3,8 +3,8 @@
 The recorder waits up to ``RECORD_GATHER`` for the outcomes of tasks still generating
 (engine.recorder, engine.dispatch.outcomes_wait): tasks started together on a slow
 generator finish together, and one write for them costs the writer far less than one
-each. The last task running is recorded at once. Each record write stamps its tasks with its own time, so tasks
-recorded in one write share one ``finished_at``.
+each. The last task running is recorded at once. Each record write stamps its tasks
+with its own time, so tasks recorded in one write share one ``finished_at``.
 """
 
 from __future__ import annotations
