@@ -77,6 +77,9 @@ class Dispatch:
         self._pending: int | None = None  #: tasks the database held after the latest claim
         self._asked: dict[str, int] = {}  # the wants of the claim being made
         self._pools: dict[str, ServerPool] = {}
+        #: backends measured to take PREFETCH_SECONDS or more a task: none claimed ahead,
+        #: claimed for a lead (ending), started and recorded by round (gather_until)
+        self.slow: set[str] = set()
         if isinstance(backends, Mapping):
             for name, backend in backends.items():
                 pool = pool_of(backend)
@@ -108,6 +111,7 @@ class Dispatch:
         """A task of ``backend`` generated in ``seconds``: the claim-ahead target follows."""
         mean = self._mean_duration.get(backend)
         self._mean_duration[backend] = seconds if mean is None else 0.8 * mean + 0.2 * seconds
+        self.slow = {b for b, m in self._mean_duration.items() if m >= PREFETCH_SECONDS}
 
     def ready_target(self, backend: str) -> int:
         """Tasks to keep claimed ahead (beyond the free slots): about PREFETCH_SECONDS of

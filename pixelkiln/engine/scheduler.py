@@ -436,7 +436,7 @@ class Scheduler:
     def _ending(self) -> dict[str, int]:
         """Slots about to free (engine.dispatch.ending), their tasks claimed now; the loop
         wakes for the next ones' lead (``_claim_at``)."""
-        if self._stopping:
+        if self._stopping or not self._dispatch.slow:  # nothing to look at: a job each
             return {}
         running = ((job.task.backend, job.started) for job in self._jobs.values() if job.generating)
         ending, next_at = self._dispatch.ending(running, self._clock())
@@ -448,8 +448,8 @@ class Scheduler:
         """Start ready tasks while there are free slots, turning between backends. A slow
         backend's freed slots wait for the rest of their round (:meth:`_gathering`), so
         that one start write serves the round, as one claim does (engine.dispatch)."""
-        waiting = {n for n, ready in self._dispatch.ready.items() if ready}
-        waiting = {n for n in waiting if self._dispatch.free_on(n) > 0}
+        slow = self._dispatch.slow  # only they wait for a round (and it takes a look at each job)
+        waiting = {n for n in slow if self._dispatch.ready.get(n) and self._dispatch.free_on(n) > 0}
         hold = waiting if waiting and self._gathering(waiting) else ()
         taken = self._dispatch.take(hold)
         for task in taken:

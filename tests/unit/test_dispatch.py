@@ -175,3 +175,14 @@ def test_outcomes_wait_for_the_rest_of_a_slow_round_only() -> None:
     # the next round, a second away: written now; and never past RECORD_GATHER in all
     assert dispatch.outcomes_wait([("slow", now - 0.001)], now, 0.0) == 0.0
     assert dispatch.outcomes_wait([("slow", now - 0.997)], now, RECORD_GATHER) == 0.0
+
+
+def test_a_backend_is_slow_once_measured_at_prefetch_seconds_or_more() -> None:
+    dispatch = _dispatch(4, a=2, b=2)
+    assert dispatch.slow == set()
+    dispatch.observe("a", PREFETCH_SECONDS)
+    dispatch.observe("b", PREFETCH_SECONDS / 2)
+    assert dispatch.slow == {"a"}
+    for _ in range(20):  # it got faster: its tasks are claimed ahead again
+        dispatch.observe("a", 0.01)
+    assert dispatch.slow == set()
