@@ -491,7 +491,7 @@ class Scheduler:
             return started > 0
         if self._nothing_runnable and not await self._anything_runnable():
             return started > 0
-        if not ending and self._gathering(wants):  # a claim ahead of a round: it is the round's
+        if not ending and self._gathering(wants):  # a lead claim serves its round already
             return started > 0
         free = {name: self._dispatch.free_on(name) for name in wants}
         got: Claim = await self.db.awrite(
