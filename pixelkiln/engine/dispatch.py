@@ -162,9 +162,9 @@ class Dispatch:
         ending: dict[str, int] = {}
         next_at: float | None = None
         for backend, started in running:
-            mean = self._mean_duration.get(backend)
-            if mean is None or mean < PREFETCH_SECONDS:
+            if backend not in self.slow:
                 continue
+            mean = self._mean_duration[backend]
             due, lead = started + mean, min(CLAIM_LEAD, CLAIM_LEAD_SHARE * mean)
             if now - lead <= due <= now + 2 * lead:
                 ending[backend] = ending.get(backend, 0) + 1
@@ -187,7 +187,7 @@ class Dispatch:
         left = RECORD_GATHER - waited
         if not running or left <= 0:
             return 0.0
-        if any(self._mean_duration.get(b, 0.0) < PREFETCH_SECONDS for b, _ in running):
+        if any(b not in self.slow for b, _ in running):
             return left
         until = self.gather_until(running, now)
         return 0.0 if until is None else min(until - now, left)
@@ -208,9 +208,9 @@ class Dispatch:
         """
         dues = []
         for backend, started in running:
-            mean = self._mean_duration.get(backend)
-            if mean is None or mean < PREFETCH_SECONDS:
+            if backend not in self.slow:
                 continue
+            mean = self._mean_duration[backend]
             due, window = started + mean, min(CLAIM_GATHER, CLAIM_GATHER_SHARE * mean)
             # a task of the round a little slower than the mean is waited for too
             if abs(due - now) <= window:
@@ -298,6 +298,10 @@ class Dispatch:
                     self.generating[name] += 1
                     progress = True
         return taken
+
+    def startable(self) -> set[str]:
+        """Backends with a task ready and a slot free for it now."""
+        return {name for name, ready in self.ready.items() if ready and self.free_on(name) > 0}
 
     def has_ready(self) -> bool:
         return any(self.ready.values())

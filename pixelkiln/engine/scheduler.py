@@ -27,7 +27,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
@@ -427,19 +427,22 @@ class Scheduler:
         delayed it (their file writes and rows, and other workers' too)."""
         if waited < RECORD_GATHER and (
             any(job.generating and not job.out for job in self._jobs.values())
-            or any(ready and self._dispatch.free_on(n) for n, ready in self._dispatch.ready.items())
+            or self._dispatch.startable()
         ):
             return GATHER_LOOK
-        running = [(job.task.backend, job.started) for job in self._jobs.values() if job.generating]
-        return self._dispatch.outcomes_wait(running, self._clock(), waited)
+        return self._dispatch.outcomes_wait(self._running(), self._clock(), waited)
+
+    def _running(self) -> Iterator[tuple[str, float]]:
+        """(backend, start) of each job generating now: what a round is made of
+        (engine.dispatch)."""
+        return ((job.task.backend, job.started) for job in self._jobs.values() if job.generating)
 
     def _ending(self) -> dict[str, int]:
         """Slots about to free (engine.dispatch.ending), their tasks claimed now; the loop
         wakes for the next ones' lead (``_claim_at``)."""
         if self._stopping or not self._dispatch.slow:  # nothing to look at: a job each
             return {}
-        running = ((job.task.backend, job.started) for job in self._jobs.values() if job.generating)
-        ending, next_at = self._dispatch.ending(running, self._clock())
+        ending, next_at = self._dispatch.ending(self._running(), self._clock())
         if next_at is not None:
             self._claim_at = next_at if self._claim_at is None else min(self._claim_at, next_at)
         return ending
@@ -448,8 +451,8 @@ class Scheduler:
         """Start ready tasks while there are free slots, turning between backends. A slow
         backend's freed slots wait for the rest of their round (:meth:`_gathering`), so
         that one start write serves the round, as one claim does (engine.dispatch)."""
-        slow = self._dispatch.slow  # only they wait for a round (and it takes a look at each job)
-        waiting = {n for n in slow if self._dispatch.ready.get(n) and self._dispatch.free_on(n) > 0}
+        # only slow backends wait for a round (and a look at it passes over every job)
+        waiting = self._dispatch.startable() & self._dispatch.slow
         hold = waiting if waiting and self._gathering(waiting) else ()
         taken = self._dispatch.take(hold)
         for task in taken:
@@ -512,11 +515,7 @@ class Scheduler:
         other tasks of the round that freed the slots (engine.dispatch.gather_until): True
         until they end, or the gather's deadline passes."""
         now = self._clock()
-        running = (
-            (job.task.backend, job.started)
-            for job in self._jobs.values()
-            if job.generating and job.task.backend in backends
-        )
+        running = ((b, started) for b, started in self._running() if b in backends)
         until = None if self._stopping else self._dispatch.gather_until(running, now)
         if until is None or (self._gather_deadline is not None and now >= self._gather_deadline):
             self._gather_deadline = None
