@@ -50,6 +50,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DataError, OperationalError
 
+from pixelkiln.db.fresh import recording, replay
+from pixelkiln.db.fresh import statements as fresh_statements
 from pixelkiln.exceptions import DatabaseError, NotFoundError, UnstorableValueError
 from pixelkiln.models import Event
 
@@ -116,7 +118,7 @@ class Database:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         db = cls(url)
         try:
-            db._migrate()
+            db.migrate()
         except OperationalError as exc:
             raise DatabaseError(f"cannot open the database: {exc.orig}") from exc
         db._thread = threading.Thread(target=db._writer_loop, name="kiln-db-writer", daemon=True)
@@ -258,9 +260,12 @@ class Database:
         self.read_engine.dispose()
         self.write_engine.dispose()
 
-    def _migrate(self) -> None:
+    def migrate(self, *, fresh: bool = True, recorded: list[str] | None = None) -> None:
+        """Bring the schema up to date: an empty database by the recorded statements of
+        :mod:`pixelkiln.db.fresh` (``fresh``, where recorded for its server), else by the
+        migrations; their write statements are appended to ``recorded`` when given."""
         if self.dialect == "mysql":
-            self._migrate_mysql()
+            self._migrate_mysql(fresh, recorded)
             return
         with self.write_engine.connect() as conn:
             # A migration may rebuild a table others reference (SQLite alters tables by
@@ -269,11 +274,11 @@ class Database:
             self._sqlite_pragma(conn, "PRAGMA foreign_keys=OFF")
             try:
                 with conn.begin():
-                    self._upgrade(conn)
+                    self._upgrade(conn, fresh, recorded)
             finally:
                 self._sqlite_pragma(conn, "PRAGMA foreign_keys=ON")
 
-    def _migrate_mysql(self) -> None:
+    def _migrate_mysql(self, fresh: bool, recorded: list[str] | None) -> None:
         """One migrator at a time across processes: MySQL has no transaction-scoped
         advisory lock, so a named session lock (GET_LOCK) is taken around the upgrade
         and released whatever happens. MySQL commits each DDL statement on its own: a
@@ -287,12 +292,12 @@ class Database:
                 raise DatabaseError("another process is migrating the database; try again")
             try:
                 with conn.begin():
-                    self._upgrade(conn)
+                    self._upgrade(conn, fresh, recorded)
             finally:
                 conn.execute(text("SELECT RELEASE_LOCK(:name)"), name)
                 conn.commit()
 
-    def _upgrade(self, conn: Connection) -> None:
+    def _upgrade(self, conn: Connection, fresh: bool, recorded: list[str] | None) -> None:
         if self.dialect == "postgresql":
             # one migrator at a time across processes
             conn.execute(text("SELECT pg_advisory_xact_lock(7477001)"))
@@ -304,15 +309,27 @@ class Database:
             # compared byte for byte, as on PostgreSQL and SQLite (a "_ci" collation
             # would make "Bob" and "bob" one user, "a" and "a " one idempotency key)
             conn.exec_driver_sql("ALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        found = fresh_statements(conn, SCHEMA_REVISION) if revision is None and fresh else None
+        if found is not None:
+            replay(conn, found)
+        else:
+            self._alembic(conn, recorded)
+        if self.is_sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+            raise DatabaseError("migration left rows whose foreign keys point nowhere")
+
+    def _alembic(self, conn: Connection, recorded: list[str] | None) -> None:
         from alembic import command  # only when migrating: alembic is slow to import
         from alembic.config import Config
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         config.attributes["connection"] = conn
-        command.upgrade(config, "head")
-        if self.is_sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
-            raise DatabaseError("migration left rows whose foreign keys point nowhere")
+        if recorded is None:
+            command.upgrade(config, "head")
+            return
+        with recording(conn) as sent:
+            command.upgrade(config, "head")
+        recorded.extend(sent)
 
     def _sqlite_pragma(self, conn: Connection, pragma: str) -> None:
         """Run ``pragma`` outside any transaction (the driver's own autocommit)."""

@@ -3,7 +3,7 @@ images, assets, users and presets (deleting the newest batch handed its id, and 
 folder, to the next batch). Images record who made them: backend, server, model, params.
 
 SQLite can add AUTOINCREMENT only by rebuilding a table, and these tables are referenced
-by others: the rebuild runs with foreign keys off (``Database._migrate``), or dropping the
+by others: the rebuild runs with foreign keys off (``Database.migrate``), or dropping the
 old copy would cascade-delete every child row. After the rebuild, each table's counter
 starts past the highest id it ever gave, as far as the database still knows it: its own
 rows, and for batches the ids the append-only credit ledger names.
