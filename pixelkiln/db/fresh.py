@@ -17,24 +17,19 @@ migrations leave instead (:func:`sqlite_schema`): its table copies took 27 ms to
 A flavour with no file (MySQL proper, where only MariaDB's was recorded) or a file of
 another revision is migrated by alembic.
 
-``python -m pixelkiln.db.fresh`` records the files again (after a new migration; a test
-fails until it is run), on SQLite and on the PostgreSQL and MariaDB servers named by
-``KILN_TEST_POSTGRES`` and ``KILN_TEST_MYSQL`` (the test suite's defaults otherwise).
+``python -m tests.record_schemas`` records the files again (after a new migration; a
+test fails until it is run), on SQLite and the test PostgreSQL and MariaDB servers.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, create_engine, event, make_url, text
+from sqlalchemy import Connection, event
 
 FOLDER = Path(__file__).parent / "schemas"
 #: the statements replayed: what an empty database must be written to become the schema
@@ -131,6 +126,7 @@ def sqlite_schema(conn: Connection) -> list[str]:
 
 
 def write(kind: str, found: list[str]) -> Path:
+    """Keep ``found`` as the statements of ``kind`` at today's revision."""
     from pixelkiln.db.database import SCHEMA_REVISION
 
     FOLDER.mkdir(exist_ok=True)
@@ -138,45 +134,3 @@ def write(kind: str, found: list[str]) -> Path:
     body = {"revision": SCHEMA_REVISION, "statements": found}
     path.write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
-
-
-@contextmanager
-def scratch(kind: str) -> Iterator[str]:
-    """An empty database of ``kind`` (sqlite, postgres, mysql) for :func:`record`."""
-    if kind == "sqlite":
-        with tempfile.TemporaryDirectory() as folder:
-            yield f"sqlite:///{folder}/kiln.db"
-        return
-    name = f"kiln_fresh_{secrets.token_hex(4)}"
-    if kind == "postgres":
-        admin = os.environ.get("KILN_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1/test")
-        make, drop = f'CREATE SCHEMA "{name}"', f'DROP SCHEMA "{name}" CASCADE'
-        url = f"{admin}?options=-csearch_path%3D{name}"
-    else:
-        admin = os.environ.get("KILN_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
-        make, drop = f"CREATE DATABASE `{name}`", f"DROP DATABASE `{name}`"
-        url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(make))
-        try:
-            yield url
-        finally:
-            with engine.connect() as conn:
-                conn.execute(text(drop))
-    finally:
-        engine.dispose()
-
-
-def main() -> None:
-    """Record the statement files again (see the module's text)."""
-    for kind in ("sqlite", "postgres", "mysql"):
-        with scratch(kind) as url:
-            flavour_name, found = record(url)
-        path = write(flavour_name, found)
-        print(f"{path}: {len(found)} statements", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

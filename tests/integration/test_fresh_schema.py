@@ -32,7 +32,7 @@ def another(database_url: str, tmp_path: Path) -> Iterator[str]:
 
 
 def test_the_recorded_statements_are_what_the_migrations_write_today(database_url: str) -> None:
-    """Fails after a new migration until ``python -m pixelkiln.db.fresh`` is run."""
+    """Fails after a new migration until ``python -m tests.record_schemas`` is run."""
     kind, found = fresh.record(database_url)
     recorded = json.loads((fresh.FOLDER / f"{kind}.json").read_text(encoding="utf-8"))
     assert recorded["revision"] == SCHEMA_REVISION
